@@ -1,0 +1,69 @@
+"""Process settings, read from ``XLHUB_*`` environment variables (and ``.env``)."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SITE_FILE = PROJECT_ROOT / "config" / "demo" / "site.yaml"
+
+
+class RetentionSettings(BaseSettings):
+    """Days to keep each hypertable; the hub drops older chunks itself (the Apache
+    edition of TimescaleDB has no add_retention_policy)."""
+
+    model_config = SettingsConfigDict(env_prefix="XLHUB_RETENTION_", extra="ignore")
+
+    device_telemetry_days: int = Field(30, ge=1)
+    device_positions_days: int = Field(90, ge=1)
+    camera_health_days: int = Field(30, ge=1)
+    events_days: int = Field(365, ge=1)
+    dead_letters_days: int = Field(30, ge=1)
+    interval_seconds: int = Field(3600, ge=10, description="how often the retention job runs")
+
+
+class Settings(BaseSettings):
+    """Settings of one hub process tree.
+
+    With no ``database_url`` / ``mqtt_url`` the hub runs its embedded default: a private
+    PostgreSQL+TimescaleDB cluster and a private Mosquitto under ``var_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="XLHUB_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(None, description="postgresql://… of an existing TimescaleDB")
+    mqtt_url: str | None = Field(None, description="mqtt://user:pass@host:port of an existing broker")
+    site_file: Path = DEMO_SITE_FILE
+    var_dir: Path = PROJECT_ROOT / "var"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=1, le=65535)
+    embedded_pg_port: int = Field(55432, ge=1, le=65535)
+    embedded_mqtt_port: int = Field(18830, ge=1, le=65535)
+    camera_workers: int = Field(1, ge=0, description="camera worker processes (each owns a shard)")
+    demo: bool | None = Field(None, description="run the demo simulators (default: when the site file is the demo)")
+    log_level: str = "INFO"
+    log_json: bool = False
+    session_hours: int = Field(12, ge=1, description="how long a login session lasts (one shift)")
+    secret_key: SecretStr | None = Field(None, description="key for secrets at rest; generated under var/ if unset")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @cached_property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None or self.mqtt_url is None
+
+    @property
+    def demo_enabled(self) -> bool:
+        if self.demo is not None:
+            return self.demo
+        return self.site_file.resolve() == DEMO_SITE_FILE.resolve()
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,79 @@
+"""Connections to PostgreSQL/TimescaleDB: URL handling, waiting with backoff, pools."""
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from config.urls import redact_text, redact_url
+
+log = logging.getLogger(__name__)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database URL in SQLAlchemy's psycopg-3 dialect form (for alembic)."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(f"not a PostgreSQL URL: {redact_url(url)}")
+
+
+def wait_for_database(url: str, timeout: float = 60.0) -> None:
+    """Block until the database accepts a connection, retrying with backoff.
+
+    Raises TimeoutError naming the (redacted) URL and the last error."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(
+                    f"database {redact_url(url)} not reachable after {timeout:.0f}s: "
+                    f"{redact_text(str(exc)).strip()}"
+                ) from None
+            log.info("waiting for database %s (%s)", redact_url(url), type(exc).__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def connect(url: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(url, row_factory=dict_row, connect_timeout=10, **kwargs)
+
+
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "xlhub") -> ConnectionPool:
+    pool = ConnectionPool(
+        url, min_size=min_size, max_size=max_size, name=name, open=False,
+        kwargs={"row_factory": dict_row, "connect_timeout": 10},
+        reconnect_timeout=3600,
+    )
+    pool.open(wait=False)
+    return pool
+
+
+async def open_async_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "xlhub-api") -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(
+        url, min_size=min_size, max_size=max_size, name=name, open=False,
+        kwargs={"row_factory": dict_row, "connect_timeout": 10},
+        # Keep trying for an hour: a database away for a minute must not kill the API.
+        reconnect_timeout=3600,
+    )
+    await pool.open(wait=False)
+    return pool
+
+
+def timescaledb_info(conn: psycopg.Connection) -> dict:
+    """Version and license of the TimescaleDB extension in this database."""
+    row = conn.execute(
+        "SELECT extversion AS version, current_setting('timescaledb.license', true) AS license "
+        "FROM pg_extension WHERE extname = 'timescaledb'"
+    ).fetchone()
+    if row is None:
+        return {"version": None, "license": None}
+    return dict(row)

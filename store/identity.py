@@ -1,0 +1,219 @@
+"""Identity: users (一人一密码), login sessions and API tokens for machine clients.
+
+Passwords are argon2id hashes; session and API tokens are random and stored only as
+SHA-256, so a database dump opens no door.  Every account is scoped to one node of the
+grid tree (一级一权限): what it may see is that node's subtree.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+_hasher = PasswordHasher()
+# A hash of a random password: verifying against it when the user does not exist keeps
+# the answer time the same, so timing does not reveal which usernames exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+MIN_PASSWORD_LENGTH = 10
+# Failed logins before an account is slowed down, and the longest lock-out.
+FREE_ATTEMPTS = 5
+MAX_LOCK = timedelta(minutes=15)
+
+
+class IdentityError(ValueError):
+    """A request about identity that cannot be honoured; the message says why."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a person (user) or a machine client (token)."""
+
+    kind: str            # "user" | "token"
+    name: str            # username or token name
+    role: str
+    node_code: str
+    node_path: tuple[str, ...]   # codes root → node: the subtree key
+    user_id: int | None = None
+    department_code: str | None = None
+    display_name: str | None = None
+    must_change_password: bool = False
+
+
+def hash_password(password: str) -> str:
+    check_password_policy(password)
+    return _hasher.hash(password)
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise IdentityError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if password.isdigit() or password.isalpha():
+        raise IdentityError("password must mix letters with digits or symbols")
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _principal(row: dict, kind: str) -> Principal:
+    return Principal(
+        kind=kind, name=row["name"], role=row["role"], node_code=row["node_code"],
+        node_path=tuple(row["path"]), user_id=row.get("user_id"),
+        department_code=row.get("department_code"), display_name=row.get("display_name"),
+        must_change_password=row.get("must_change_password", False),
+    )
+
+
+def create_user(conn: psycopg.Connection, *, username: str, display_name: str, role: str, node_code: str,
+                password: str, department_code: str | None = None, origin: str = "cli",
+                must_change_password: bool = False) -> int:
+    if conn.execute("SELECT 1 FROM grid_nodes WHERE code = %s AND retired_at IS NULL", (node_code,)).fetchone() is None:
+        raise IdentityError(f"unknown grid node {node_code!r}")
+    try:
+        row = conn.execute(
+            """INSERT INTO users (username, display_name, role, node_code, department_code, password_hash,
+                                  origin, must_change_password)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+            (username, display_name, role, node_code, department_code, hash_password(password), origin,
+             must_change_password),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise IdentityError(f"user {username!r} already exists") from None
+    return row["id"]
+
+
+def set_password(conn: psycopg.Connection, username: str, password: str, *, must_change: bool = False) -> None:
+    cur = conn.execute(
+        """UPDATE users SET password_hash = %s, must_change_password = %s, password_changed_at = now(),
+                  failed_logins = 0, locked_until = NULL, updated_at = now()
+           WHERE username = %s""",
+        (hash_password(password), must_change, username),
+    )
+    if cur.rowcount == 0:
+        raise IdentityError(f"unknown user {username!r}")
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    principal: Principal | None
+    reason: str | None = None          # why it failed (for the audit log, not the caller)
+    retry_after: float | None = None   # seconds, when the account is locked
+
+
+def authenticate(conn: psycopg.Connection, username: str, password: str) -> LoginResult:
+    """Check a password, with lock-out growing after repeated failures (brute force)."""
+    row = conn.execute(
+        """SELECT u.id AS user_id, u.username AS name, u.role, u.node_code, u.department_code, u.display_name,
+                  u.password_hash, u.active, u.failed_logins, u.locked_until, u.must_change_password, g.path
+           FROM users u JOIN grid_nodes g ON g.code = u.node_code WHERE u.username = %s FOR UPDATE OF u""",
+        (username,),
+    ).fetchone()
+    if row is None:
+        _verify(_DUMMY_HASH, password)
+        return LoginResult(None, "unknown user")
+    now = datetime.now(timezone.utc)
+    if row["locked_until"] is not None and row["locked_until"] > now:
+        return LoginResult(None, "locked", (row["locked_until"] - now).total_seconds())
+    if not row["active"]:
+        _verify(_DUMMY_HASH, password)
+        return LoginResult(None, "inactive")
+    if not _verify(row["password_hash"], password):
+        failures = row["failed_logins"] + 1
+        lock = None
+        if failures >= FREE_ATTEMPTS:
+            lock = now + min(timedelta(seconds=2 ** (failures - FREE_ATTEMPTS)), MAX_LOCK)
+        conn.execute("UPDATE users SET failed_logins = %s, locked_until = %s WHERE id = %s",
+                     (failures, lock, row["user_id"]))
+        return LoginResult(None, f"wrong password ({failures} in a row)")
+    if row["failed_logins"] or row["locked_until"]:
+        conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = %s", (row["user_id"],))
+    if _hasher.check_needs_rehash(row["password_hash"]):
+        conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(password), row["user_id"]))
+    return LoginResult(_principal(row, "user"))
+
+
+def _verify(hashed: str, password: str) -> bool:
+    try:
+        return _hasher.verify(hashed, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def create_session(conn: psycopg.Connection, user_id: int, hours: int, client_ip: str | None,
+                   user_agent: str | None) -> str:
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        """INSERT INTO sessions (token_hash, user_id, expires_at, client_ip, user_agent)
+           VALUES (%s, %s, now() + make_interval(hours => %s), %s, %s)""",
+        (token_digest(token), user_id, hours, client_ip, (user_agent or "")[:200]),
+    )
+    return token
+
+
+def end_session(conn: psycopg.Connection, token: str) -> None:
+    conn.execute("DELETE FROM sessions WHERE token_hash = %s", (token_digest(token),))
+
+
+def end_all_sessions(conn: psycopg.Connection, user_id: int) -> None:
+    conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+
+
+SESSION_LOOKUP = """
+SELECT u.id AS user_id, u.username AS name, u.role, u.node_code, u.department_code, u.display_name,
+       u.must_change_password, g.path
+FROM sessions s JOIN users u ON u.id = s.user_id JOIN grid_nodes g ON g.code = u.node_code
+WHERE s.token_hash = %s AND s.expires_at > now() AND u.active
+"""
+
+TOKEN_LOOKUP = """
+UPDATE api_tokens t SET last_used_at = now()
+FROM grid_nodes g
+WHERE t.token_hash = %s AND g.code = t.node_code AND t.revoked_at IS NULL
+  AND (t.expires_at IS NULL OR t.expires_at > now())
+RETURNING t.name, t.role, t.node_code, g.path
+"""
+
+
+def principal_for_token(conn: psycopg.Connection, token: str) -> Principal | None:
+    """Resolve a bearer secret: a login session first, else an API token."""
+    digest = token_digest(token)
+    row = conn.execute(SESSION_LOOKUP, (digest,)).fetchone()
+    if row is not None:
+        return _principal(row, "user")
+    row = conn.execute(TOKEN_LOOKUP, (digest,)).fetchone()
+    if row is not None:
+        return _principal(row, "token")
+    return None
+
+
+def create_api_token(conn: psycopg.Connection, *, name: str, role: str, node_code: str, created_by: str,
+                     days: int | None = None) -> str:
+    """A token for a machine client (e.g. the case system). Returned once; stored hashed."""
+    token = "xlt_" + secrets.token_urlsafe(32)
+    try:
+        conn.execute(
+            """INSERT INTO api_tokens (name, token_hash, role, node_code, created_by, expires_at)
+               VALUES (%s, %s, %s, %s, %s, CASE WHEN %s::int IS NULL THEN NULL ELSE now() + make_interval(days => %s::int) END)""",
+            (name, token_digest(token), role, node_code, created_by, days, days),
+        )
+    except psycopg.errors.UniqueViolation:
+        raise IdentityError(f"API token {name!r} already exists") from None
+    except psycopg.errors.ForeignKeyViolation:
+        raise IdentityError(f"unknown grid node {node_code!r}") from None
+    return token
+
+
+def revoke_api_token(conn: psycopg.Connection, name: str) -> None:
+    if conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+                    (name,)).rowcount == 0:
+        raise IdentityError(f"no active API token named {name!r}")

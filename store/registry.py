@@ -1,0 +1,151 @@
+"""The registry: grid tree (网格), cameras, devices, departments and site users, kept in
+step with the site file, with versioned grid membership (a camera moved to another grid
+keeps its history: events stay in the grid they happened in)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from config.site import Site
+from store import identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncReport:
+    nodes: int = 0
+    retired_nodes: list[str] = field(default_factory=list)
+    cameras: int = 0
+    devices: int = 0
+    moved: list[tuple[str, str | None, str]] = field(default_factory=list)   # (source, from, to)
+    created_users: list[tuple[str, str | None]] = field(default_factory=list)  # (username, generated password)
+
+
+def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
+    """Bring the registry in line with the site file, in the caller's transaction."""
+    report = SyncReport()
+    seen_codes: list[str] = []
+    paths: dict[str, list[str]] = {}
+    for node, parent_code, _depth in site.nodes():
+        path = [*paths.get(parent_code, []), node.code] if parent_code else [node.code]
+        paths[node.code] = path
+        seen_codes.append(node.code)
+        center = node.center
+        conn.execute(
+            """INSERT INTO grid_nodes (code, name, level, parent_code, path, center_lat, center_lon, boundary)
+               VALUES (%(code)s, %(name)s, %(level)s, %(parent)s, %(path)s, %(lat)s, %(lon)s, %(boundary)s)
+               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, level = EXCLUDED.level,
+                   parent_code = EXCLUDED.parent_code, path = EXCLUDED.path, center_lat = EXCLUDED.center_lat,
+                   center_lon = EXCLUDED.center_lon, boundary = EXCLUDED.boundary, retired_at = NULL,
+                   updated_at = now()""",
+            {"code": node.code, "name": node.name, "level": str(node.level.value if hasattr(node.level, "value") else node.level),
+             "parent": parent_code, "path": path,
+             "lat": center.lat if center else None, "lon": center.lon if center else None,
+             "boundary": Jsonb(node.boundary) if node.boundary else None},
+        )
+        report.nodes += 1
+    retired = conn.execute(
+        "UPDATE grid_nodes SET retired_at = now() WHERE retired_at IS NULL AND NOT (code = ANY(%s)) RETURNING code",
+        (seen_codes,),
+    ).fetchall()
+    report.retired_nodes = [r["code"] for r in retired]
+
+    for cam in site.cameras:
+        conn.execute(
+            """INSERT INTO cameras (id, name, rtsp_url, substream_url, onvif, credentials_ref, lat, lon, tags, active)
+               VALUES (%(id)s, %(name)s, %(rtsp)s, %(sub)s, %(onvif)s, %(cred)s, %(lat)s, %(lon)s, %(tags)s, true)
+               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, rtsp_url = EXCLUDED.rtsp_url,
+                   substream_url = EXCLUDED.substream_url, onvif = EXCLUDED.onvif,
+                   credentials_ref = EXCLUDED.credentials_ref, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+                   tags = EXCLUDED.tags, active = true, updated_at = now()""",
+            {"id": cam.id, "name": cam.name, "rtsp": _str(cam.rtsp_url), "sub": _str(cam.substream_url),
+             "onvif": Jsonb(cam.onvif.model_dump()) if cam.onvif else None, "cred": cam.credentials,
+             "lat": cam.position.lat if cam.position else None, "lon": cam.position.lon if cam.position else None,
+             "tags": list(cam.tags or [])},
+        )
+        _move(conn, "camera", cam.id, cam.grid, report)
+        report.cameras += 1
+    for dev in site.devices:
+        conn.execute(
+            """INSERT INTO devices (id, kind, name, lat, lon, active) VALUES (%s, %s, %s, %s, %s, true)
+               ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name, lat = EXCLUDED.lat,
+                   lon = EXCLUDED.lon, active = true, updated_at = now()""",
+            (dev.id, _enum(dev.kind), dev.name, dev.position.lat if dev.position else None,
+             dev.position.lon if dev.position else None),
+        )
+        _move(conn, "device", dev.id, dev.grid, report)
+        report.devices += 1
+
+    for dept in site.departments:
+        conn.execute(
+            """INSERT INTO departments (code, name, node_code) VALUES (%s, %s, %s)
+               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, node_code = EXCLUDED.node_code""",
+            (dept.code, dept.name, dept.node),
+        )
+
+    for user in site.users:
+        existing = conn.execute("SELECT id, origin FROM users WHERE username = %s", (user.username,)).fetchone()
+        if existing is None:
+            password = os.environ.get(user.password_env) if user.password_env else None
+            generated = None
+            if not password:
+                password = generated = identity.generate_password()
+            identity.create_user(conn, username=user.username, display_name=user.name, role=_enum(user.role),
+                                 node_code=user.node, department_code=user.department, password=password,
+                                 origin="site", must_change_password=generated is not None)
+            report.created_users.append((user.username, generated))
+        elif existing["origin"] == "site":
+            # The site file stays the truth for accounts it declares; passwords are the person's own.
+            conn.execute(
+                """UPDATE users SET display_name = %s, role = %s, node_code = %s, department_code = %s,
+                       updated_at = now() WHERE id = %s""",
+                (user.name, _enum(user.role), user.node, user.department, existing["id"]),
+            )
+    return report
+
+
+def _str(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _enum(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _move(conn: psycopg.Connection, kind: str, source_id: str, grid: str, report: SyncReport) -> None:
+    current = conn.execute(
+        "SELECT id, grid_code FROM grid_membership WHERE source_kind = %s AND source_id = %s AND valid_to IS NULL",
+        (kind, source_id),
+    ).fetchone()
+    if current is not None and current["grid_code"] == grid:
+        return
+    if current is not None:
+        conn.execute("UPDATE grid_membership SET valid_to = clock_timestamp() WHERE id = %s", (current["id"],))
+    conn.execute(
+        "INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) VALUES (%s, %s, %s, clock_timestamp())",
+        (kind, source_id, grid),
+    )
+    report.moved.append((source_id, current["grid_code"] if current else None, grid))
+
+
+def grid_at(conn: psycopg.Connection, source_id: str, at: datetime | None = None) -> str | None:
+    """The grid a camera or device belonged to at a time (now by default)."""
+    row = conn.execute(
+        """SELECT grid_code FROM grid_membership
+           WHERE source_id = %(id)s AND valid_from <= coalesce(%(at)s, now())
+             AND (valid_to IS NULL OR valid_to > coalesce(%(at)s, now()))
+           ORDER BY valid_from DESC LIMIT 1""",
+        {"id": source_id, "at": at},
+    ).fetchone()
+    return row["grid_code"] if row else None
+
+
+def node_path(conn: psycopg.Connection, code: str) -> list[str] | None:
+    row = conn.execute("SELECT path FROM grid_nodes WHERE code = %s", (code,)).fetchone()
+    return list(row["path"]) if row else None

@@ -288,18 +288,27 @@ CREATE TABLE worker_heartbeats (
 
 DOWNGRADE = r"""
 DROP FUNCTION IF EXISTS audit_chain(), audit_append_only(), audit_digest(audit_log) CASCADE;
-DROP TABLE IF EXISTS worker_heartbeats, evidence, dead_letters, camera_health, device_positions,
-    device_telemetry, events, audit_log, api_tokens, sessions, users, departments,
+-- TimescaleDB drops a hypertable only on its own, not in a list.
+DROP TABLE IF EXISTS events;
+DROP TABLE IF EXISTS device_telemetry;
+DROP TABLE IF EXISTS device_positions;
+DROP TABLE IF EXISTS camera_health;
+DROP TABLE IF EXISTS dead_letters;
+DROP TABLE IF EXISTS worker_heartbeats, evidence, audit_log, api_tokens, sessions, users, departments,
     grid_membership, devices, cameras, grid_nodes CASCADE;
 DROP SEQUENCE IF EXISTS audit_log_id_seq;
 """
 
 
-# exec_driver_sql hands the script to psycopg untouched (no bind-parameter parsing of
-# ':' or '%'), as one multi-statement simple query.
+def _run_script(sql: str) -> None:
+    # Straight to psycopg without parameters: no placeholder parsing of '%' or ':', and
+    # psycopg then sends the multi-statement script as one simple query (same transaction).
+    op.get_bind().connection.driver_connection.execute(sql)
+
+
 def upgrade() -> None:
-    op.get_bind().exec_driver_sql(UPGRADE)
+    _run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    op.get_bind().exec_driver_sql(DOWNGRADE)
+    _run_script(DOWNGRADE)

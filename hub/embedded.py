@@ -1,0 +1,379 @@
+"""The embedded default: a private PostgreSQL+TimescaleDB cluster and a private Mosquitto,
+created under var/ on first start, bound to loopback, supervised and stopped cleanly.
+
+Both servers refuse to run as root, so when the hub runs as root they run as Debian's
+service users (postgres, mosquitto).  Those users must be able to reach their data
+directory; a checkout under a private directory (mktemp -d is 0700) is not reachable,
+so the data then lives under /var/lib/xlhub/<hash> and var/<name> is a symlink to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+RELOCATED_ROOT = Path("/var/lib/xlhub")
+HUB_MQTT_USER = "xlhub-hub"
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedError(f"process exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def _service_user(name: str) -> pwd.struct_passwd | None:
+    """The account a server runs as: its Debian service user when we are root, else us."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise EmbeddedError(f"running as root but the service user {name!r} does not exist "
+                            f"(run scripts/setup)") from None
+
+
+def _as_user(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
+    return argv if user is None else ["runuser", "-u", user.pw_name, "--", *argv]
+
+
+def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    return subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-x", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def service_dir(var_dir: Path, name: str, user: pwd.struct_passwd | None) -> Path:
+    """var/<name>, owned by the service user, relocated when that user cannot reach var/."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    link = var_dir / name
+    if user is None:
+        link.mkdir(exist_ok=True)
+        return link
+    if link.is_symlink() or (not link.exists() and not _reachable_by(user, var_dir)):
+        target = RELOCATED_ROOT / hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:16] / name
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        if not link.is_symlink():
+            link.symlink_to(target)
+        path = target
+    else:
+        link.mkdir(exist_ok=True)
+        path = link
+    for p in [path, *path.rglob("*")]:
+        os.lchown(p, user.pw_uid, user.pw_gid)
+    return path
+
+
+def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
+    """A generated secret kept in a 0600 file (created on first use)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A private PostgreSQL 15 cluster with timescaledb preloaded, on 127.0.0.1:port."""
+
+    var_dir: Path
+    port: int
+    database: str = "xlhub"
+    user: str = "xlhub"
+    proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.var_dir = Path(self.var_dir).resolve()
+        self._os_user = _service_user("postgres")
+        self.password = read_or_create_secret(self.var_dir / "secrets" / "pg_password")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def base(self) -> Path:
+        return service_dir(self.var_dir, "pg", self._os_user)
+
+    def _run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        res = subprocess.run(_as_user(self._os_user, argv), capture_output=True, text=True, **kw)
+        if res.returncode != 0:
+            raise EmbeddedError(f"{Path(argv[0]).name} failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+        return res
+
+    def init(self) -> bool:
+        """Create the cluster if it does not exist yet. Returns True when it was created."""
+        base = self.base
+        data = base / "data"
+        if (data / "PG_VERSION").exists():
+            self._write_conf(data)
+            return False
+        if not (PG_BIN / "initdb").exists():
+            raise EmbeddedError(f"{PG_BIN}/initdb not found: PostgreSQL 15 is not installed (run scripts/setup)")
+        pwfile = base / ".initpw"
+        pwfile.write_text(self.password + "\n")
+        if self._os_user:
+            os.chown(pwfile, self._os_user.pw_uid, self._os_user.pw_gid)
+        os.chmod(pwfile, 0o600)
+        try:
+            self._run([str(PG_BIN / "initdb"), "-D", str(data), "-U", self.user, "--pwfile", str(pwfile),
+                       "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions"])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write_conf(data)
+        return True
+
+    def _write_conf(self, data: Path) -> None:
+        run = self.base / "run"
+        run.mkdir(exist_ok=True)
+        if self._os_user:
+            os.chown(run, self._os_user.pw_uid, self._os_user.pw_gid)
+        conf = f"""# Written by xlhub on every start; edit postgresql.conf for local changes.
+listen_addresses = '127.0.0.1'
+port = {self.port}
+unix_socket_directories = '{run}'
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+max_connections = 200
+shared_buffers = 256MB
+work_mem = 16MB
+maintenance_work_mem = 128MB
+wal_compression = on
+max_wal_size = 2GB
+checkpoint_timeout = 15min
+logging_collector = off
+log_min_messages = warning
+log_line_prefix = '%m [%p] '
+"""
+        path = data / "xlhub.conf"
+        path.write_text(conf)
+        if self._os_user:
+            os.chown(path, self._os_user.pw_uid, self._os_user.pw_gid)
+        main = data / "postgresql.conf"
+        text = main.read_text()
+        if "include_if_exists = 'xlhub.conf'" not in text:
+            main.write_text(text + "\ninclude_if_exists = 'xlhub.conf'\n")
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.init()
+        data = self.base / "data"
+        log_path = self.base / "postgres.log"
+        logf = open(log_path, "ab")
+        self.proc = subprocess.Popen(_as_user(self._os_user, [str(PG_BIN / "postgres"), "-D", str(data)]),
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        try:
+            _wait_port(self.port, timeout, self.proc)
+            self._wait_accepting(timeout)
+        except EmbeddedError as exc:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            self.stop()
+            raise EmbeddedError(f"embedded PostgreSQL did not start: {exc}\n{tail}") from None
+        self._ensure_database()
+
+    def _wait_accepting(self, timeout: float) -> None:
+        import psycopg
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", connect_timeout=3):
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(f"not accepting connections: {exc}") from None
+                time.sleep(0.2)
+
+    def _ensure_database(self) -> None:
+        import psycopg
+        with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown (SIGINT): active transactions roll back, everything committed stays."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            # runuser forwards signals to its child.
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class MqttAccount:
+    username: str
+    password: str
+    # Topic filters this account may write and read (一机一帐号: a device only its own).
+    write: list[str]
+    read: list[str]
+
+
+def device_account(kind: str, device_id: str, password: str) -> MqttAccount:
+    root = f"xlhub/v1/{kind}/{device_id}"
+    return MqttAccount(
+        username=device_id, password=password,
+        write=[f"{root}/avail", f"{root}/state", f"{root}/tele", f"{root}/evt/#", f"{root}/res", f"{root}/res/#"],
+        read=[f"{root}/cmd/#"],
+    )
+
+
+@dataclass
+class EmbeddedMosquitto:
+    """A private Mosquitto 2 broker on 127.0.0.1:port with a password file and ACL."""
+
+    var_dir: Path
+    port: int
+    proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.var_dir = Path(self.var_dir).resolve()
+        self._os_user = _service_user("mosquitto")
+        self.hub_password = read_or_create_secret(self.var_dir / "secrets" / "mqtt_hub_password")
+        self.accounts: dict[str, MqttAccount] = {}
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HUB_MQTT_USER}:{quote(self.hub_password, safe='')}@127.0.0.1:{self.port}"
+
+    def set_accounts(self, accounts: list[MqttAccount]) -> None:
+        self.accounts = {a.username: a for a in accounts}
+
+    def write_config(self) -> Path:
+        base = service_dir(self.var_dir, "mosquitto", self._os_user)
+        (base / "data").mkdir(exist_ok=True)
+        passwd = base / "passwd"
+        plain = [f"{HUB_MQTT_USER}:{self.hub_password}"] + [f"{a.username}:{a.password}" for a in self.accounts.values()]
+        passwd.write_text("\n".join(plain) + "\n")
+        os.chmod(passwd, 0o600)
+        subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
+        acl_lines = [f"user {HUB_MQTT_USER}", "topic readwrite #", ""]
+        for a in self.accounts.values():
+            acl_lines.append(f"user {a.username}")
+            acl_lines += [f"topic write {t}" for t in a.write]
+            acl_lines += [f"topic read {t}" for t in a.read]
+            acl_lines.append("")
+        acl = base / "acl"
+        acl.write_text("\n".join(acl_lines))
+        conf = base / "mosquitto.conf"
+        conf.write_text(f"""# Written by xlhub on every start.
+per_listener_settings false
+listener {self.port} 127.0.0.1
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}
+persistence true
+persistence_location {base / 'data'}/
+autosave_interval 10
+# QoS 1 messages queue for a disconnected persistent session instead of being dropped.
+max_queued_messages 1000000
+max_inflight_messages 0
+max_packet_size 1048576
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+connection_messages false
+{"user " + self._os_user.pw_name if self._os_user else ""}
+""")
+        if self._os_user:
+            for p in [base, *base.rglob("*")]:
+                os.lchown(p, self._os_user.pw_uid, self._os_user.pw_gid)
+        return conf
+
+    def start(self, timeout: float = 20.0) -> None:
+        if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
+            raise EmbeddedError("mosquitto is not installed (run scripts/setup)")
+        conf = self.write_config()
+        log_path = conf.parent / "mosquitto.log"
+        logf = open(log_path, "ab")
+        self.proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        try:
+            _wait_port(self.port, timeout, self.proc)
+        except EmbeddedError as exc:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            self.stop()
+            raise EmbeddedError(f"embedded Mosquitto did not start: {exc}\n{tail}") from None
+
+    def reload(self) -> None:
+        """Re-read password file and ACL (credential rotation) without dropping clients."""
+        self.write_config()
+        if self.running():
+            self.proc.send_signal(signal.SIGHUP)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def load_accounts(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path.exists() else {}

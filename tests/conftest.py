@@ -1,0 +1,88 @@
+"""Session-wide real peers: a private PostgreSQL+TimescaleDB cluster and a private
+Mosquitto, each on a free loopback port, torn down at the end of the session.
+
+Fixtures here are shared by every test package; tests that need a clean database take
+`db` (a fresh database per test module, migrated) instead of the session one."""
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT_ROOT / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def var_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+def pg(var_dir):
+    server = EmbeddedPostgres(var_dir, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mqtt(var_dir):
+    broker = EmbeddedMosquitto(var_dir, free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def create_database(pg: EmbeddedPostgres, migrate: bool = True) -> str:
+    """A new, empty (optionally migrated) database on the session cluster; returns its URL."""
+    from store import migrate as migrations
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = pg.url.rsplit("/", 1)[0] + "/" + name
+    if migrate:
+        migrations.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def db_url(pg) -> str:
+    return create_database(pg)
+
+
+@pytest.fixture(scope="session")
+def demo_site():
+    from config.settings import DEMO_SITE_FILE
+    from config.site import load_site
+
+    return load_site(DEMO_SITE_FILE)
+
+
+@pytest.fixture(scope="session")
+def demo_passwords() -> dict[str, str]:
+    """Passwords for the demo site's users, given through their password_env variables."""
+    from config.settings import DEMO_SITE_FILE
+    from config.site import load_site
+
+    site = load_site(DEMO_SITE_FILE)
+    out = {}
+    for user in site.users:
+        pw = "Pw-" + secrets.token_urlsafe(9)
+        if user.password_env:
+            os.environ[user.password_env] = pw
+            out[user.username] = pw
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

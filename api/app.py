@@ -1,0 +1,51 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.admin.views import router as admin_router
+from api.audit import AuditMiddleware
+from api.auth.views import router as auth_router
+from api.broker import BrokerStatus
+from api.health.views import router as health_router
+from api.registry.views import router as registry_router
+from config.settings import Settings
+from store.db import open_pool
+
+
+def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
+               expected_workers: list[str] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.pool = open_pool(db_url, min_size=2, max_size=16, name="xlhub-api")
+        app.state.mqtt_status.start()
+        try:
+            yield
+        finally:
+            app.state.mqtt_status.stop()
+            app.state.pool.close()
+
+    app = FastAPI(
+        title="雪亮 hub API", version="0.1.0", lifespan=lifespan,
+        description="Xueliang Hub: cameras, field devices, events and cases of the grid-governance platform. "
+                    "Every call needs a bearer token (POST /api/auth/login, or an API token).",
+    )
+    app.state.settings = settings
+    app.state.db_url = db_url
+    app.state.mqtt_status = BrokerStatus(mqtt_url)
+    app.state.expected_workers = list(expected_workers or [])
+    app.add_middleware(AuditMiddleware)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc: RequestValidationError):
+        # Name every bad field; never echo the submitted values (they may be passwords).
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+
+    for router in (health_router, auth_router, registry_router, admin_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,71 @@
+"""Audit of HTTP requests: one record per mutating request and per sensitive read.
+
+A view that writes its own record in the same transaction as its change (login, user
+creation, …) sets ``request.state.audited = True`` and the middleware stays silent; a
+sensitive read (live video, snapshot, export) declares itself with ``audited_read``."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from api.deps import client_ip
+from store.audit import AuditEntry, record
+
+log = logging.getLogger(__name__)
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def outcome_of(status_code: int) -> str:
+    if status_code < 400:
+        return "ok"
+    if status_code in (401, 403, 404):
+        return "denied"
+    if status_code < 500:
+        return "failed"
+    return "error"
+
+
+def entry_for(request: Request, action: str, outcome: str, target: str | None = None,
+              detail: dict | None = None, actor: str | None = None) -> AuditEntry:
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return AuditEntry(actor=principal.name, actor_kind=principal.kind, role=principal.role,
+                          node_code=principal.node_code, action=action, target=target,
+                          source_ip=client_ip(request), outcome=outcome, detail=detail)
+    return AuditEntry(actor=actor or "anonymous", actor_kind="anonymous", action=action, target=target,
+                      source_ip=client_ip(request), outcome=outcome, detail=detail)
+
+
+def audited_read(action: str):
+    """Dependency marking a GET as a sensitive read (查看实时视频、截图、导出)."""
+    def mark(request: Request) -> None:
+        request.state.audit_action = action
+    return mark
+
+
+class AuditMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next):
+        response = await call_next(request)
+        if getattr(request.state, "audited", False):
+            return response
+        action = getattr(request.state, "audit_action", None)
+        if action is None and request.method not in MUTATING:
+            return response
+        route = request.scope.get("route")
+        action = action or f"{request.method} {getattr(route, 'path', request.url.path)}"
+        entry = entry_for(request, action, outcome_of(response.status_code), target=request.url.path,
+                          detail={"status": response.status_code, "method": request.method})
+        try:
+            await run_in_threadpool(_write, request.app.state.pool, entry)
+        except Exception:  # the response is already decided; losing the DB must not hide it
+            log.exception("audit record could not be written for %s %s", request.method, request.url.path)
+        return response
+
+
+def _write(pool, entry: AuditEntry) -> None:
+    with pool.connection(timeout=5) as conn:
+        record(conn, entry)

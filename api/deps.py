@@ -1,0 +1,78 @@
+"""Request dependencies: the database pool, the caller (principal) and its scope."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.permissions import Permission, allowed
+from store.identity import Principal, principal_for_token
+
+SESSION_COOKIE = "xlhub_session"
+_bearer = HTTPBearer(auto_error=False, description="login session token or API token")
+
+
+# Views are plain `def` functions: FastAPI runs them in its thread pool, and they share
+# the store's synchronous services with the CLI and the workers.
+def get_conn(request: Request) -> Iterator[psycopg.Connection]:
+    """One pooled connection per request; its transaction commits when the view returns
+    and rolls back when it raises (views commit explicitly what must survive an error)."""
+    try:
+        cm = request.app.state.pool.connection(timeout=5)
+        conn = cm.__enter__()
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "database unavailable") from exc
+    try:
+        yield conn
+    except BaseException as exc:
+        cm.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        cm.__exit__(None, None, None)
+
+
+Conn = Annotated[psycopg.Connection, Depends(get_conn)]
+
+
+def current_principal(request: Request, conn: Conn,
+                            bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    token = bearer.credentials if bearer else request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated: log in or send a bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    principal = principal_for_token(conn, token)
+    if principal is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "session expired or token invalid",
+                            headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require(permission: Permission):
+    def check(principal: CurrentPrincipal) -> Principal:
+        if not allowed(principal.role, permission):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {principal.role!r} lacks permission {permission.value!r}")
+        return principal
+    return check
+
+
+def in_scope(principal: Principal, path: list[str] | tuple[str, ...] | None) -> bool:
+    """Is a resource at this grid path inside the caller's subtree?"""
+    return bool(path) and principal.node_code in path
+
+
+def ensure_in_scope(principal: Principal, path, what: str) -> None:
+    # 404 rather than 403: another township's resources are not even confirmed to exist.
+    if not in_scope(principal, path):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None

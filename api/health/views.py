@@ -1,0 +1,66 @@
+"""Operability: liveness, readiness (database, broker, workers) and Prometheus metrics."""
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+from store.db import timescaledb_info
+
+router = APIRouter(tags=["health 运行状态"])
+
+# A worker is alive while its heartbeat is younger than this.
+HEARTBEAT_STALE_S = 15.0
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The API process is up (says nothing about its dependencies)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database (with TimescaleDB), the broker and every expected worker are."""
+    state = request.app.state
+    checks: dict[str, dict] = {}
+    started = time.monotonic()
+    try:
+        with state.pool.connection(timeout=3) as conn:
+            info = timescaledb_info(conn)
+            beats = conn.execute(
+                "SELECT name, kind, pid, extract(epoch FROM now() - seen_at) AS age_s, detail FROM worker_heartbeats"
+            ).fetchall()
+        checks["database"] = {"ready": info["version"] is not None, "timescaledb": info["version"],
+                              "license": info["license"], "latency_ms": round((time.monotonic() - started) * 1000, 1)}
+    except Exception as exc:  # any failure here means "not ready", with the reason
+        checks["database"] = {"ready": False, "error": type(exc).__name__}
+        beats = []
+    checks["broker"] = {"ready": bool(state.mqtt_status.connected), **state.mqtt_status.describe()}
+    seen = {b["name"]: b for b in beats}
+    workers = {}
+    for name in state.expected_workers:
+        beat = seen.get(name)
+        alive = beat is not None and beat["age_s"] is not None and beat["age_s"] < HEARTBEAT_STALE_S
+        workers[name] = {"ready": bool(alive and (beat["detail"] or {}).get("ready", True)),
+                         "last_seen_s": None if beat is None else round(beat["age_s"], 1),
+                         **({"detail": beat["detail"]} if beat else {})}
+    checks["workers"] = {"ready": all(w["ready"] for w in workers.values()), "workers": workers}
+    ready = all(c["ready"] for c in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics of every hub process (multiprocess mode when the supervisor runs)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = DEFAULT_REGISTRY
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,192 @@
+"""The grid tree (网格), cameras and devices, as the caller is allowed to see them:
+only the subtree of the caller's own node (一级一权限)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from api.deps import Conn, ensure_in_scope, require
+from api.permissions import Permission
+from config.urls import redact_url
+from store.identity import Principal
+
+router = APIRouter(prefix="/api", tags=["registry 网格与设备"])
+
+
+class GridNode(BaseModel):
+    code: str
+    name: str
+    level: str
+    parent_code: str | None
+    path: list[str]
+    center_lat: float | None
+    center_lon: float | None
+    boundary: list | None
+
+
+class Camera(BaseModel):
+    id: str
+    name: str
+    grid_code: str
+    grid_path: list[str]
+    rtsp_url: str | None
+    has_onvif: bool
+    lat: float | None
+    lon: float | None
+    tags: list[str]
+
+
+class Device(BaseModel):
+    id: str
+    kind: str
+    name: str
+    grid_code: str
+    grid_path: list[str]
+    lat: float | None
+    lon: float | None
+
+
+class Membership(BaseModel):
+    grid_code: str
+    valid_from: datetime
+    valid_to: datetime | None
+
+
+@router.get("/grid", response_model=list[GridNode])
+def grid_tree(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.GRID_READ))]) -> list[GridNode]:
+    """The caller's node and everything below it, parents before children."""
+    rows = conn.execute(
+        """SELECT code, name, level, parent_code, path, center_lat, center_lon, boundary FROM grid_nodes
+           WHERE path @> ARRAY[%s] AND retired_at IS NULL ORDER BY cardinality(path), code""",
+        (principal.node_code,),
+    ).fetchall()
+    return [GridNode(**r) for r in rows]
+
+
+CAMERA_QUERY = """
+SELECT c.id, c.name, m.grid_code, g.path AS grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif,
+       c.lat, c.lon, c.tags
+FROM cameras c
+JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
+JOIN grid_nodes g ON g.code = m.grid_code
+WHERE c.active AND g.path @> ARRAY[%(node)s] {extra}
+ORDER BY g.path, c.id
+"""
+
+
+def _camera(row: dict) -> Camera:
+    # URLs never carry credentials to the browser.
+    return Camera(**{**row, "rtsp_url": redact_url(row["rtsp_url"]) if row["rtsp_url"] else None})
+
+
+@router.get("/cameras", response_model=list[Camera])
+def list_cameras(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
+                 grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None) -> list[Camera]:
+    extra, params = "", {"node": principal.node_code}
+    if grid:
+        extra, params["grid"] = "AND g.path @> ARRAY[%(grid)s]", grid
+    return [_camera(r) for r in conn.execute(CAMERA_QUERY.format(extra=extra), params).fetchall()]
+
+
+@router.get("/cameras/{camera_id}", response_model=Camera)
+def get_camera(camera_id: str, conn: Conn,
+               principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))]) -> Camera:
+    row = conn.execute(CAMERA_QUERY.format(extra="AND c.id = %(id)s"),
+                       {"node": principal.node_code, "id": camera_id}).fetchone()
+    ensure_in_scope(principal, row["grid_path"] if row else None, f"camera {camera_id!r}")
+    return _camera(row)
+
+
+DEVICE_QUERY = """
+SELECT d.id, d.kind, d.name, m.grid_code, g.path AS grid_path, d.lat, d.lon
+FROM devices d
+JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = d.id AND m.valid_to IS NULL
+JOIN grid_nodes g ON g.code = m.grid_code
+WHERE d.active AND g.path @> ARRAY[%(node)s] {extra}
+ORDER BY g.path, d.kind, d.id
+"""
+
+
+@router.get("/devices", response_model=list[Device])
+def list_devices(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
+                 kind: Annotated[str | None, Query(pattern="^(door|speaker|drone|radio)$")] = None,
+                 grid: str | None = None) -> list[Device]:
+    extra, params = [], {"node": principal.node_code}
+    if kind:
+        extra.append("AND d.kind = %(kind)s")
+        params["kind"] = kind
+    if grid:
+        extra.append("AND g.path @> ARRAY[%(grid)s]")
+        params["grid"] = grid
+    return [Device(**r) for r in conn.execute(DEVICE_QUERY.format(extra=" ".join(extra)), params).fetchall()]
+
+
+@router.get("/devices/{device_id}", response_model=Device)
+def get_device(device_id: str, conn: Conn,
+               principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))]) -> Device:
+    row = conn.execute(DEVICE_QUERY.format(extra="AND d.id = %(id)s"),
+                       {"node": principal.node_code, "id": device_id}).fetchone()
+    ensure_in_scope(principal, row["grid_path"] if row else None, f"device {device_id!r}")
+    return Device(**row)
+
+
+@router.get("/sources/{source_id}/grid-history", response_model=list[Membership])
+def grid_history(source_id: str, conn: Conn,
+                 principal: Annotated[Principal, Depends(require(Permission.GRID_READ))]) -> list[Membership]:
+    """Every grid a camera or device has belonged to (grids are re-drawn; history stays)."""
+    rows = conn.execute(
+        """SELECT m.grid_code, m.valid_from, m.valid_to, g.path FROM grid_membership m
+           JOIN grid_nodes g ON g.code = m.grid_code WHERE m.source_id = %s ORDER BY m.valid_from""",
+        (source_id,),
+    ).fetchall()
+    current = [r for r in rows if r["valid_to"] is None]
+    ensure_in_scope(principal, current[0]["path"] if current else None, f"source {source_id!r}")
+    return [Membership(**r) for r in rows]
+
+
+class Event(BaseModel):
+    id: str
+    time: datetime
+    source_time: datetime | None
+    source_kind: str
+    source_id: str
+    type: str
+    grid_code: str | None
+    severity: str | None
+    lat: float | None
+    lon: float | None
+    payload: dict
+    evidence: list
+
+
+@router.get("/events", response_model=list[Event])
+def list_events(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))],
+                source_id: str | None = None, type_prefix: str | None = None, grid: str | None = None,
+                since: datetime | None = None, until: datetime | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
+    """Events in the caller's subtree, newest first."""
+    scope = "grid_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])"
+    where = [scope]
+    params: dict = {"node": principal.node_code, "limit": limit}
+    if source_id:
+        where.append("source_id = %(source_id)s")
+        params["source_id"] = source_id
+    if type_prefix:
+        where.append("type LIKE %(type)s")
+        params["type"] = type_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+    if grid:
+        where.append("grid_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(grid)s])")
+        params["grid"] = grid
+    if since:
+        where.append("time >= %(since)s")
+        params["since"] = since
+    if until:
+        where.append("time < %(until)s")
+        params["until"] = until
+    rows = conn.execute(
+        f"""SELECT id, time, source_time, source_kind, source_id, type, grid_code, severity, lat, lon, payload, evidence
+            FROM events WHERE {' AND '.join(where)} ORDER BY time DESC LIMIT %(limit)s""", params).fetchall()
+    return [Event(**r) for r in rows]

@@ -1,0 +1,233 @@
+"""`xlhub`: the hub's one command.
+
+    xlhub run                      start the hub (embedded servers unless configured)
+    xlhub check-config FILE        report every problem in a site file
+    xlhub migrate                  apply the schema
+    xlhub user add|list|passwd     manage accounts (一人一密码)
+    xlhub token add|revoke         API tokens for machine clients
+    xlhub audit verify             verify the audit log's hash chain
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from config.settings import Settings
+
+log = logging.getLogger("xlhub")
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL to work on; in embedded mode, the private cluster — started for
+    the duration of the command when the hub is not running."""
+    from hub.embedded import EmbeddedPostgres
+    from store import migrate
+    from store.db import wait_for_database
+
+    if settings.database_url:
+        yield settings.database_url
+        return
+    pg = EmbeddedPostgres(settings.var_dir, settings.embedded_pg_port)
+    started = False
+    try:
+        wait_for_database(pg.url, timeout=1)
+    except TimeoutError:
+        pg.start()
+        started = True
+    try:
+        migrate.upgrade(pg.url)
+        yield pg.url
+    finally:
+        if started:
+            pg.stop()
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from config.site import SiteError
+    from hub.embedded import EmbeddedError
+    from hub.supervisor import Supervisor, describe_targets
+
+    if args.site:
+        settings.site_file = Path(args.site)
+    if args.no_demo:
+        settings.demo = False
+    log.info("starting hub: site %s; %s", settings.site_file, describe_targets(settings))
+    try:
+        return Supervisor(settings).run()
+    except SiteError as exc:
+        print(f"xlhub: refusing to start, the site file has problems:\n{exc}", file=sys.stderr)
+        return 2
+    except (EmbeddedError, TimeoutError) as exc:
+        print(f"xlhub: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_check_config(args, settings: Settings) -> int:
+    from config.site import check_site_file
+
+    site, problems = check_site_file(Path(args.file))
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.file}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK — {sum(1 for _ in site.nodes())} grid nodes, {len(site.cameras)} cameras, "
+          f"{len(site.devices)} devices, {len(site.users)} users")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    from store import migrate
+
+    with database(settings) as url:
+        print(f"schema at revision {migrate.current_revision(url)} (head {migrate.head_revision()})")
+    return 0
+
+
+def _read_password(args) -> str | None:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty():
+        first = getpass.getpass("password (empty: generate one): ")
+        if first and getpass.getpass("again: ") != first:
+            raise SystemExit("xlhub: passwords differ")
+        return first or None
+    return None
+
+
+def cmd_user(args, settings: Settings) -> int:
+    from store import audit, identity
+    from store.db import connect
+
+    with database(settings) as url, connect(url) as conn:
+        if args.action == "list":
+            for r in conn.execute("SELECT username, display_name, role, node_code, active FROM users ORDER BY node_code, username"):
+                print(f"{r['username']:<20} {r['role']:<20} {r['node_code']:<14} {'' if r['active'] else '(inactive) '}{r['display_name']}")
+            return 0
+        password = _read_password(args)
+        generated = None
+        if password is None:
+            password = generated = identity.generate_password()
+        try:
+            if args.action == "add":
+                identity.create_user(conn, username=args.username, display_name=args.name or args.username,
+                                     role=args.role, node_code=args.node, department_code=args.department,
+                                     password=password, origin="cli", must_change_password=generated is not None)
+            else:
+                identity.set_password(conn, args.username, password, must_change=generated is not None)
+        except identity.IdentityError as exc:
+            print(f"xlhub: {exc}", file=sys.stderr)
+            return 1
+        audit.record(conn, audit.AuditEntry(actor=getpass.getuser(), actor_kind="system", action=f"cli.user.{args.action}",
+                                            target=args.username, outcome="ok"))
+    print(f"user {args.username}: {'created' if args.action == 'add' else 'password set'}")
+    if generated:
+        print(f"initial password (shown once): {generated}")
+    return 0
+
+
+def cmd_token(args, settings: Settings) -> int:
+    from store import audit, identity
+    from store.db import connect
+
+    with database(settings) as url, connect(url) as conn:
+        try:
+            if args.action == "add":
+                token = identity.create_api_token(conn, name=args.name, role=args.role, node_code=args.node,
+                                                  created_by=getpass.getuser(), days=args.days)
+            else:
+                identity.revoke_api_token(conn, args.name)
+                token = None
+        except identity.IdentityError as exc:
+            print(f"xlhub: {exc}", file=sys.stderr)
+            return 1
+        audit.record(conn, audit.AuditEntry(actor=getpass.getuser(), actor_kind="system",
+                                            action=f"cli.token.{args.action}", target=args.name, outcome="ok"))
+    if token:
+        print(f"API token {args.name} (shown once): {token}")
+    else:
+        print(f"API token {args.name} revoked")
+    return 0
+
+
+def cmd_audit(args, settings: Settings) -> int:
+    from store import audit
+    from store.db import connect
+
+    with database(settings) as url, connect(url) as conn:
+        report = audit.verify(conn)
+    if report.ok:
+        print(f"audit chain OK: {report.records} records verified")
+        return 0
+    print(f"audit chain BROKEN at record {report.broken_at}: {report.reason} "
+          f"({report.records} records read)", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from config.site import Role
+
+    p = argparse.ArgumentParser(prog="xlhub", description="Xueliang Hub (雪亮 hub)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the hub")
+    run.add_argument("--site", help="site file (default: XLHUB_SITE_FILE or the built-in demo site)")
+    run.add_argument("--no-demo", action="store_true", help="do not start the demo simulators")
+    run.set_defaults(func=cmd_run)
+
+    chk = sub.add_parser("check-config", help="report every problem in a site file")
+    chk.add_argument("file")
+    chk.set_defaults(func=cmd_check_config)
+
+    mig = sub.add_parser("migrate", help="apply the database schema")
+    mig.set_defaults(func=cmd_migrate)
+
+    user = sub.add_parser("user", help="user accounts")
+    usub = user.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add", help="create an account")
+    add.add_argument("username")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--node", required=True, help="grid node code the account is scoped to")
+    add.add_argument("--name", help="display name")
+    add.add_argument("--department", help="department code (department handlers)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    passwd = usub.add_parser("passwd", help="set a password")
+    passwd.add_argument("username")
+    passwd.add_argument("--password-stdin", action="store_true")
+    usub.add_parser("list", help="list accounts")
+    user.set_defaults(func=cmd_user)
+
+    token = sub.add_parser("token", help="API tokens for machine clients")
+    tsub = token.add_subparsers(dest="action", required=True)
+    tadd = tsub.add_parser("add")
+    tadd.add_argument("name")
+    tadd.add_argument("--role", required=True, choices=[r.value for r in Role])
+    tadd.add_argument("--node", required=True)
+    tadd.add_argument("--days", type=int)
+    trev = tsub.add_parser("revoke")
+    trev.add_argument("name")
+    token.set_defaults(func=cmd_token)
+
+    aud = sub.add_parser("audit", help="audit log")
+    asub = aud.add_subparsers(dest="action", required=True)
+    asub.add_parser("verify", help="verify the hash chain")
+    aud.set_defaults(func=cmd_audit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    from hub.logs import setup_logging
+    setup_logging(settings, process="main")
+    sys.exit(args.func(args, settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""`xlhub run`: start the embedded servers (unless external ones are configured), apply
+the schema, sync the site file into the registry, then start and watch the hub's
+processes — API, ingest, camera workers and (for the demo site) the simulators —
+restarting any that dies, and stopping everything cleanly on SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.settings import Settings
+from config.site import Site, load_site
+from config.urls import redact_url
+from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account, read_or_create_secret
+
+log = logging.getLogger("xlhub.supervisor")
+
+RESTART_BACKOFF = (1, 2, 5, 10, 30)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    ready_worker: bool            # counted by /readyz
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    site: Site | None = None
+    pg: EmbeddedPostgres | None = None
+    broker: EmbeddedMosquitto | None = None
+    db_url: str = ""
+    mqtt_url: str = ""
+    children: list[Child] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    # -- start-up -------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything before the hub's own processes: servers, schema, registry."""
+        from store import migrate
+        from store.db import connect, wait_for_database
+        from store.registry import sync_site
+
+        s = self.settings
+        self.site = load_site(s.site_file)  # raises SiteError listing every problem
+        s.var_dir.mkdir(parents=True, exist_ok=True)
+        if s.database_url:
+            self.db_url = s.database_url
+        else:
+            self.pg = EmbeddedPostgres(s.var_dir, s.embedded_pg_port)
+            created = self.pg.init()
+            log.info("%s embedded PostgreSQL on 127.0.0.1:%d", "created" if created else "starting", s.embedded_pg_port)
+            self.pg.start()
+            self.db_url = self.pg.url
+        if s.mqtt_url:
+            self.mqtt_url = s.mqtt_url
+        else:
+            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port)
+            self.broker.set_accounts(self._device_accounts())
+            self.broker.start()
+            self.mqtt_url = self.broker.url
+            log.info("embedded Mosquitto on 127.0.0.1:%d", s.embedded_mqtt_port)
+        wait_for_database(self.db_url, timeout=120)
+        migrate.upgrade(self.db_url)
+        with connect(self.db_url) as conn:
+            report = sync_site(conn, self.site)
+            conn.execute("DELETE FROM worker_heartbeats")
+        log.info("site %s: %d grid nodes, %d cameras, %d devices", self.site.name, report.nodes, report.cameras,
+                 report.devices)
+        for source, old, new in report.moved:
+            if old is not None:
+                log.info("%s moved from grid %s to %s (history kept)", source, old, new)
+        for username, password in report.created_users:
+            if password:
+                # Shown once, on the console of whoever started the hub; stored only as a hash.
+                print(f"[xlhub] created user {username} with initial password: {password}", flush=True)
+
+    def _device_accounts(self) -> list[MqttAccount]:
+        """一机一帐号: one broker account per device, passwords generated once and kept in var/secrets."""
+        path = self.settings.var_dir / "secrets" / "mqtt_devices.json"
+        known = json.loads(path.read_text()) if path.exists() else {}
+        accounts = []
+        for dev in self.site.devices:
+            kind = str(getattr(dev.kind, "value", dev.kind))
+            if dev.id not in known:
+                known[dev.id] = secrets.token_urlsafe(18)
+            accounts.append(device_account(kind, dev.id, known[dev.id]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(known, f)
+        os.replace(tmp, path)
+        return accounts
+
+    def plan_children(self) -> None:
+        py = [sys.executable, "-m", "hub.process"]
+        s = self.settings
+        self.children = [
+            Child("ingest", [*py, "ingest"], True),
+            *[Child(f"cameras-{i}", [*py, "cameras", "--shard", str(i), "--of", str(s.camera_workers)], True)
+              for i in range(s.camera_workers)],
+            Child("api", [*py, "api"], False),
+        ]
+        if s.demo_enabled:
+            self.children += [Child("demo-cameras", [*py, "demo-cameras"], False),
+                              Child("demo-devices", [*py, "demo-devices"], False)]
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "XLHUB_DATABASE_URL": self.db_url,
+            "XLHUB_MQTT_URL": self.mqtt_url,
+            "XLHUB_SITE_FILE": str(self.settings.site_file),
+            "XLHUB_VAR_DIR": str(self.settings.var_dir),
+            "XLHUB_EXPECTED_WORKERS": ",".join(c.name for c in self.children if c.ready_worker),
+            "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir()),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.settings.demo_enabled:
+            env.setdefault("XLHUB_DEMO_CAMERA_PASSWORD",
+                           read_or_create_secret(self.settings.var_dir / "secrets" / "demo_camera_password"))
+        return env
+
+    def _metrics_dir(self) -> Path:
+        return self.settings.var_dir / "run" / "prometheus"
+
+    # -- running --------------------------------------------------------------------
+    def start_child(self, child: Child, env: dict[str, str]) -> None:
+        child.proc = subprocess.Popen(child.argv, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        try:
+            self.prepare()
+        except BaseException:
+            self.shutdown()
+            raise
+        metrics = self._metrics_dir()
+        shutil.rmtree(metrics, ignore_errors=True)
+        metrics.mkdir(parents=True)
+        self.plan_children()
+        env = self.child_env()
+        for child in self.children:
+            self.start_child(child, env)
+        retention = threading.Thread(target=self._retention_loop, name="retention", daemon=True)
+        retention.start()
+        s = self.settings
+        print(f"[xlhub] hub running: web UI and API http://{s.http_host}:{s.http_port}/ "
+              f"(API docs /docs, readiness /readyz); Ctrl-C stops it", flush=True)
+        while not self.stopping.wait(0.5):
+            self._watch(env)
+        self.shutdown()
+        return 0
+
+    def _watch(self, env: dict[str, str]) -> None:
+        now = time.monotonic()
+        for server, name in ((self.pg, "PostgreSQL"), (self.broker, "Mosquitto")):
+            if server is not None and not server.running() and not self.stopping.is_set():
+                log.error("embedded %s died; restarting it", name)
+                try:
+                    server.start()
+                except Exception as exc:  # keep supervising; try again next round
+                    log.error("embedded %s restart failed: %s", name, exc)
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.next_start:
+                    self.start_child(child, env)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started_at > 60:
+                    child.restarts = 0  # it stayed up: forget old crashes
+                continue
+            delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+            log.error("%s exited with code %s; restarting in %ds", child.name, code, delay)
+            child.proc = None
+            child.restarts += 1
+            child.next_start = now + delay
+
+    def _retention_loop(self) -> None:
+        from store.db import connect
+        from store.retention import apply_retention
+
+        while not self.stopping.wait(self.settings.retention.interval_seconds):
+            try:
+                with connect(self.db_url) as conn:
+                    apply_retention(conn, self.settings.retention)
+            except Exception as exc:
+                log.warning("retention run failed (will retry): %s", exc)
+
+    def _install_signal_handlers(self) -> None:
+        def stop(signum, frame):
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping.set()
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for child in reversed(self.children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.terminate()
+        deadline = time.monotonic() + 15
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", child.name)
+                child.proc.kill()
+                child.proc.wait()
+            child.proc = None
+        if self.broker is not None:
+            self.broker.stop()
+        if self.pg is not None:
+            self.pg.stop()
+        log.info("hub stopped")
+
+
+def describe_targets(settings: Settings) -> str:
+    db = redact_url(settings.database_url) if settings.database_url else f"embedded PostgreSQL under {settings.var_dir}"
+    mq = redact_url(settings.mqtt_url) if settings.mqtt_url else f"embedded Mosquitto under {settings.var_dir}"
+    return f"database: {db}; broker: {mq}"

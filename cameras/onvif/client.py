@@ -369,8 +369,10 @@ class OnvifCamera:
         them, unlike the service discovery calls many cameras answer to anyone)."""
         if self._device is None:
             async def attempt() -> ONVIFCamera:
+                # no_cache: the WSDLs are local files, and zeep's default cache is one SQLite file
+                # shared by every worker process on the machine.
                 device = ONVIFCamera(self.host, self.port, self._username, self._password,
-                                     adjust_time=self._adjust_time)
+                                     adjust_time=self._adjust_time, no_cache=True)
                 try:
                     await asyncio.wait_for(device.update_xaddrs(), self.timeout)
                 except BaseException as exc:

@@ -16,6 +16,7 @@ class Permission(StrEnum):
     USERS_MANAGE = "users.manage"
     TOKENS_MANAGE = "tokens.manage"
     AUDIT_READ = "audit.read"
+    LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
 
 
 _ALL_STAFF = set(Role)
@@ -28,6 +29,9 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.USERS_MANAGE: {Role.admin},
     Permission.TOKENS_MANAGE: {Role.admin},
     Permission.AUDIT_READ: {Role.admin, Role.centre_lead},
+    # Everyone who works a grid or a control room; a department handler sees the evidence
+    # attached to the cases dispatched to it, not the cameras.
+    Permission.LIVE_VIEW: _ALL_STAFF - {Role.department_handler},
 }
 
 

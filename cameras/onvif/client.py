@@ -333,8 +333,11 @@ class OnvifCamera:
         except OnvifError:
             raise
         except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
-            raise OnvifError(BAD_REPLY, f"reply lacks expected fields ({type(exc).__name__})",
-                             camera=self.address, operation=operation) from None
+            kind = type(exc).__name__
+        else:
+            return
+        raise OnvifError(BAD_REPLY, f"reply lacks expected fields ({kind})", camera=self.address,
+                         operation=operation)
 
     async def call(self, service: str, operation: str, params: Any = None, *, port_type: str | None = None,
                    timeout: float | None = None, authless: bool = False, retry: RetryPolicy | None = None) -> Any:
@@ -349,12 +352,16 @@ class OnvifCamera:
                 # Local work only (WSDL parsing, cached): not under the network timeout.
                 svc = await device.create_onvif_service(service, port_type=port_type)
             except Exception as exc:  # noqa: BLE001 - every failure is mapped to an OnvifError
-                raise self.error(exc, f"{service}.{operation}") from None
-            method = getattr(svc, ("authless_" if authless else "") + operation)
-            try:
-                return await asyncio.wait_for(method(params), limit)
-            except Exception as exc:  # noqa: BLE001
-                raise self.error(exc, operation) from None
+                error = self.error(exc, f"{service}.{operation}")
+            else:
+                method = getattr(svc, ("authless_" if authless else "") + operation)
+                try:
+                    return await asyncio.wait_for(method(params), limit)
+                except Exception as exc:  # noqa: BLE001
+                    error = self.error(exc, operation)
+            # Raised outside the except blocks so the zeep/aiohttp exception is not even kept
+            # as __context__: callers, loggers and tracebacks see the OnvifError alone.
+            raise error
 
         return await self.with_retry(attempt, retry)
 
@@ -375,12 +382,14 @@ class OnvifCamera:
                                      adjust_time=self._adjust_time, no_cache=True)
                 try:
                     await asyncio.wait_for(device.update_xaddrs(), self.timeout)
-                except BaseException as exc:
+                    return device
+                except Exception as exc:  # noqa: BLE001 - mapped to an OnvifError below
+                    error = self.error(exc, "connect")
+                except BaseException:
                     await _close_quietly(device)
-                    if isinstance(exc, Exception):
-                        raise self.error(exc, "connect") from None
                     raise
-                return device
+                await _close_quietly(device)
+                raise error
 
             self._device = await self.with_retry(attempt)
         try:

@@ -76,8 +76,9 @@ class _Stopped(Exception):
 
 
 class PullPointSubscriber:
-    """The PullPoint loop of one connected :class:`OnvifCamera`. One subscriber per camera
-    object (the subscription's address is kept on the camera's service table)."""
+    """The PullPoint loop of one :class:`OnvifCamera` (connected by the loop itself if it is not
+    yet). One subscriber per camera object (the subscription's address is kept on the camera's
+    service table)."""
 
     def __init__(self, camera: OnvifCamera, on_event: EventCallback, *, camera_id: str | None = None,
                  subscription_seconds: float = 60.0, pull_seconds: float = 10.0, message_limit: int = 64,
@@ -111,6 +112,9 @@ class PullPointSubscriber:
         try:
             while not self._stop.is_set():
                 try:
+                    if not self.camera.connected:
+                        # Also when the camera was unreachable when the worker started.
+                        await self._interruptible(self.camera.connect())
                     if self._subscribed and self._now() >= self._expires_at:
                         logger.info("onvif %s: subscription ran out while the camera was away", self.camera_id)
                         self._forget_subscription()

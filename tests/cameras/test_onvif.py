@@ -316,15 +316,15 @@ async def test_motion_and_tamper_notifications_become_hub_events(fake):
 
 
 async def test_renewal_happens_before_expiry_by_the_camera_clock(fake):
-    # The camera's clock is an hour ahead and it grants 3 s whatever we ask: renewals must
+    # The camera's clock is an hour ahead and it grants 4 s whatever we ask: renewals must
     # follow the camera's own CurrentTime/TerminationTime and land before every expiry.
     fake.clock_offset = 3600
-    fake.granted_seconds = 3
+    fake.granted_seconds = 4
     events: list[HubEvent] = []
     async with onvif_to(fake) as cam:
-        sub = subscriber_for(cam, events, subscription_seconds=3)
+        sub = subscriber_for(cam, events, subscription_seconds=4)
         task = asyncio.create_task(sub.run())
-        await asyncio.sleep(7.5)
+        await asyncio.sleep(8.5)
         fake.push("tns1:VideoSource/MotionAlarm", {"Source": "VideoSource_1"}, {"State": "true"})
         await wait_for(lambda: events)
         await sub.stop()
@@ -378,6 +378,26 @@ async def test_camera_reboot_backs_off_and_resubscribes(fake):
     changed = [e for e in events if e.active]
     assert changed[0].type == "camera.input" and changed[0].payload["input"] == "AlarmIn_1"
     assert any(e.initial for e in events[1:])
+
+
+async def test_camera_down_at_start_is_waited_for(fake):
+    fake.go_down()
+    events: list[HubEvent] = []
+    cam = onvif_to(fake, retry=NO_RETRY)
+    sub = subscriber_for(cam, events, backoff=(0.2, 0.4))
+    task = asyncio.create_task(sub.run())
+    await asyncio.sleep(1.0)
+    assert not cam.connected and sub.stats.failures >= 2
+    assert "unreachable" in sub.stats.last_error and PASSWORD not in sub.stats.last_error
+    fake.come_up()
+    await wait_for(lambda: sub.stats.subscribed)
+    fake.push("tns1:RuleEngine/FieldDetector/ObjectsInside", {**MOTION_SOURCE, "Rule": "MyFieldDetector1"},
+              {"IsInside": "true"})
+    await wait_for(lambda: events)
+    await sub.stop()
+    await task
+    await cam.close()
+    assert events[0].type == "camera.intrusion.field" and events[0].severity == "major"
 
 
 # ======================================================================== WS-Discovery

@@ -1,0 +1,3 @@
+from devices.sim.simulators import main
+
+main()

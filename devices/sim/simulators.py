@@ -1,0 +1,684 @@
+"""Simulated field devices speaking the MQTT contract (devices/contract.py).
+
+Four kinds, each a small state machine that produces realistic telemetry and events:
+
+- door (门禁): telemetry every 30 s; access granted a few times an hour (then opened,
+  closed), denied about once an hour, exit button, rarely held open, very rarely forced open.
+- speaker (村村响): telemetry every 60 s; playback receipts when told to ``play``.
+- drone (无人机): idle on its pad (telemetry every 30 s), then missions: 1 Hz telemetry
+  while flying a loop around its base, battery draining, return home, landing.
+- radio (对讲机): telemetry every 5 s while its holder walks around; push-to-talk a few
+  times an hour; SOS very rarely.
+
+Every interval is divided, and every event rate multiplied, by ``speed`` (tests and
+benchmarks use speed 10..1000).
+
+A :class:`DeviceFleet` runs many simulated devices in one process with one scheduler
+thread. Connections:
+
+- per device (一机一帐号): a paho MQTT 5 client per device, username = device id, its
+  own password, LWT = retained ``avail`` offline, retained ``avail`` online and ``state``
+  on connect, subscribed to its own ``cmd/#``. Used when the device has a password.
+- shared: one client under the hub's account publishes for every device without a
+  password (thousands of devices, one TCP connection). No per-device LWT then: the fleet
+  publishes ``avail`` offline for its devices when it stops.
+
+Commands are answered minimally: ``res`` with phase ``accepted`` then ``finished``,
+echoing the MQTT 5 correlation data (full command semantics come later).
+
+For benchmarks :meth:`DeviceFleet.run_load` publishes telemetry of the shared devices
+at a given aggregate rate (or flat out) through a lean batch-publish path.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import random
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from devices.contract import TOPIC_ROOT
+
+log = logging.getLogger(__name__)
+
+EARTH_M_PER_DEG = 111_320.0
+HOUR = 3600.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    return (lat + north_m / EARTH_M_PER_DEG,
+            lon + east_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat)))))
+
+
+# --------------------------------------------------------------------------- devices
+@dataclass
+class SimDevice:
+    """One simulated device: identity, home position and kind-specific state."""
+
+    id: str
+    kind: str
+    lat: float
+    lon: float
+    password: str | None = None
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    seq: int = 0
+    msg: int = 0
+    state: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return f"{TOPIC_ROOT}/{self.kind}/{self.id}"
+
+    def envelope(self) -> dict:
+        self.seq += 1
+        self.msg += 1
+        return {"v": 1, "id": f"{self.id}-{self.msg}", "ts": _now_ms(), "seq": self.seq}
+
+
+class Behaviour:
+    """Kind-specific behaviour. ``telemetry(dev, now)`` returns the body and the seconds
+    until the next reading (before speed scaling); ``EVENTS`` are Poisson processes
+    (events per hour) whose ``fire`` returns [(event type without kind, body), ...]."""
+
+    kind = ""
+    EVENTS: dict[str, float] = {}
+
+    def init(self, dev: SimDevice) -> None:
+        pass
+
+    def telemetry(self, dev: SimDevice, now: float) -> tuple[dict, float]:
+        raise NotImplementedError
+
+    def fire(self, dev: SimDevice, name: str, now: float) -> list[tuple[str, dict]]:
+        return [(name, {})]
+
+    def command(self, dev: SimDevice, name: str, body: dict) -> list[tuple[str, dict]]:
+        """Events a command causes (besides the res answers)."""
+        return []
+
+
+class Door(Behaviour):
+    kind = "door"
+    EVENTS = {"access_granted": 4.0, "access_denied": 1.0, "exit_button": 1.0, "held_open": 0.2,
+              "forced_open": 0.02, "tamper": 0.01}
+
+    def init(self, dev):
+        dev.state.update(door_open=False, locked=True, battery=dev.rng.uniform(60, 100))
+
+    def telemetry(self, dev, now):
+        s = dev.state
+        s["battery"] = max(5.0, s["battery"] - 0.001)
+        return {"door_open": s["door_open"], "locked": s["locked"], "battery_pct": round(s["battery"], 1)}, 30.0
+
+    def fire(self, dev, name, now):
+        rng = dev.rng
+        if name in ("access_granted", "access_denied"):
+            who = {"card_id": f"C{rng.randint(1000, 1099)}"} if rng.random() < 0.8 else {"user_id": f"u{rng.randint(1, 40)}"}
+            body = {**who, "direction": rng.choice(["in", "in", "out"])}
+            if name == "access_denied":
+                body["reason"] = rng.choice(["unknown_card", "expired", "outside_schedule"])
+                return [(name, body)]
+            return [(name, body), ("opened", {}), ("closed", {})]
+        if name == "exit_button":
+            return [("exit_button", {}), ("opened", {}), ("closed", {})]
+        if name == "held_open":
+            return [("opened", {}), ("held_open", {"held_s": round(rng.uniform(60, 300))}), ("closed", {})]
+        if name == "forced_open":
+            return [("forced_open", {}), ("closed", {})]
+        return [(name, {})]
+
+
+class Speaker(Behaviour):
+    kind = "speaker"
+
+    def init(self, dev):
+        dev.state.update(volume=60, playing=False, temp=dev.rng.uniform(25, 32))
+
+    def telemetry(self, dev, now):
+        s = dev.state
+        target = 45.0 if s["playing"] else 28.0
+        s["temp"] += (target - s["temp"]) * 0.2 + dev.rng.uniform(-0.3, 0.3)
+        return {"volume": s["volume"], "playing": s["playing"], "amp_temp_c": round(s["temp"], 1)}, 60.0
+
+    def command(self, dev, name, body):
+        if name in ("play", "broadcast"):
+            bid = str(body.get("broadcast_id") or body.get("id") or "unknown")[:128]
+            if "volume" in body and isinstance(body["volume"], int) and 0 <= body["volume"] <= 100:
+                dev.state["volume"] = body["volume"]
+            return [("playback", {"broadcast_id": bid, "phase": "started"}),
+                    ("playback", {"broadcast_id": bid, "phase": "finished"})]
+        if name == "volume" and isinstance(body.get("volume"), int) and 0 <= body["volume"] <= 100:
+            dev.state["volume"] = body["volume"]
+        return []
+
+
+class Drone(Behaviour):
+    kind = "drone"
+    # A mission about every 40 minutes (scaled by speed), while idle.
+    EVENTS = {"mission": 1.5}
+
+    def init(self, dev):
+        dev.state.update(mode="idle", battery=100.0, angle=0.0, radius=dev.rng.uniform(300, 800), alt=0.0,
+                         low_sent=False, lat=dev.lat, lon=dev.lon, heading=0.0, speed=0.0, t_mode=0.0)
+
+    def telemetry(self, dev, now):
+        s, rng = dev.state, dev.rng
+        mode = s["mode"]
+        if mode == "idle":
+            s["battery"] = min(100.0, s["battery"] + 0.5)
+            s.update(alt=0.0, speed=0.0, lat=dev.lat, lon=dev.lon)
+            interval = 30.0
+        else:
+            interval = 1.0
+            s["battery"] = max(0.0, s["battery"] - 0.03)
+            if mode == "mission":
+                s["alt"] = min(120.0, s["alt"] + 3.0)
+                s["angle"] = (s["angle"] + 8.0 / s["radius"]) % (2 * math.pi)
+                north, east = s["radius"] * math.cos(s["angle"]), s["radius"] * math.sin(s["angle"])
+                s["lat"], s["lon"] = _offset(dev.lat, dev.lon, north, east)
+                s["heading"] = (math.degrees(s["angle"]) + 90.0) % 360.0
+                s["speed"] = 8.0 + rng.uniform(-0.5, 0.5)
+                if s["battery"] < 30.0 or s["t_mode"] > 600:
+                    s["mode"], s["t_mode"] = "return_home", 0.0
+            elif mode == "return_home":
+                s["lat"] += (dev.lat - s["lat"]) * 0.1
+                s["lon"] += (dev.lon - s["lon"]) * 0.1
+                s["speed"] = 6.0
+                if abs(s["lat"] - dev.lat) < 1e-5 and abs(s["lon"] - dev.lon) < 1e-5:
+                    s["mode"], s["t_mode"] = "landing", 0.0
+            elif mode == "landing":
+                s["alt"] = max(0.0, s["alt"] - 4.0)
+                s["speed"] = 0.0
+                if s["alt"] <= 0.0:
+                    s["mode"], s["t_mode"], s["low_sent"] = "idle", 0.0, False
+            s["t_mode"] += 1.0
+        body = {"lat": round(s["lat"], 6), "lon": round(s["lon"], 6), "alt_m": round(s["alt"], 1),
+                "heading_deg": round(s["heading"], 1), "speed_mps": round(s["speed"], 1),
+                "battery_pct": round(s["battery"], 1), "mode": s["mode"]}
+        return body, interval
+
+    def pending_events(self, dev) -> list[tuple[str, dict]]:
+        s = dev.state
+        if s["mode"] != "idle" and s["battery"] < 20.0 and not s["low_sent"]:
+            s["low_sent"] = True
+            return [("low_battery", {"battery_pct": round(s["battery"], 1), "lat": round(s["lat"], 6),
+                                     "lon": round(s["lon"], 6)})]
+        return []
+
+    def fire(self, dev, name, now):
+        if name == "mission" and dev.state["mode"] == "idle":
+            dev.state.update(mode="mission", t_mode=0.0)
+        return []
+
+    def command(self, dev, name, body):
+        if name == "return_home" and dev.state["mode"] == "mission":
+            dev.state.update(mode="return_home", t_mode=0.0)
+        return []
+
+
+class Radio(Behaviour):
+    kind = "radio"
+    EVENTS = {"ptt": 6.0, "sos": 0.002}
+
+    def init(self, dev):
+        dev.state.update(lat=dev.lat, lon=dev.lon, battery=dev.rng.uniform(50, 100), heading=dev.rng.uniform(0, 360))
+
+    def telemetry(self, dev, now):
+        s, rng = dev.state, dev.rng
+        s["heading"] = (s["heading"] + rng.uniform(-40, 40)) % 360
+        step = 1.4 * 5.0 * rng.uniform(0, 1)
+        north, east = step * math.cos(math.radians(s["heading"])), step * math.sin(math.radians(s["heading"]))
+        # A spring back home keeps the walk within a few hundred metres.
+        north += (dev.lat - s["lat"]) * EARTH_M_PER_DEG * 0.02
+        east += (dev.lon - s["lon"]) * EARTH_M_PER_DEG * math.cos(math.radians(dev.lat)) * 0.02
+        s["lat"], s["lon"] = _offset(s["lat"], s["lon"], north, east)
+        s["battery"] = max(1.0, s["battery"] - 0.005)
+        return {"lat": round(s["lat"], 6), "lon": round(s["lon"], 6), "battery_pct": round(s["battery"], 1),
+                "signal_dbm": round(rng.uniform(-95, -60), 1)}, 5.0
+
+    def fire(self, dev, name, now):
+        s = dev.state
+        where = {"lat": round(s["lat"], 6), "lon": round(s["lon"], 6)}
+        if name == "sos":
+            return [("sos", where)]
+        tg = f"tg-{dev.id.split('-')[-1]}"
+        return [("ptt_start", {"talk_group": tg, **where}),
+                ("ptt_stop", {"talk_group": tg, "duration_s": round(dev.rng.uniform(2, 20), 1), **where})]
+
+
+BEHAVIOURS: dict[str, Behaviour] = {b.kind: b for b in (Door(), Speaker(), Drone(), Radio())}
+
+
+# --------------------------------------------------------------------------- clients
+_PUBACK_FAST = paho.mqtt.__version__.startswith("2.2.")
+
+
+class BatchPublisher(mqtt.Client):
+    """paho 2.x client that can also publish many QoS 1 messages in one write, keeping
+    its own count of outstanding PUBACKs (for load generation; paho's per-message
+    bookkeeping costs more than the rest of a simulated device). Messages sent this way
+    are not retransmitted after a reconnect."""
+
+    def __init__(self, *args, window: int = 20000, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+        self._raw: set[int] = set()
+        self._raw_cv = threading.Condition()
+        self.raw_acked = 0
+        self.raw_failed = 0
+
+    def _handle_pubackcomp(self, cmd):
+        if cmd == "PUBACK" and _PUBACK_FAST:
+            pkt = self._in_packet["packet"]
+            mid = (pkt[0] << 8) | pkt[1]
+            with self._raw_cv:
+                if mid in self._raw:
+                    self._raw.discard(mid)
+                    if len(pkt) > 2 and pkt[2] >= 0x80:
+                        self.raw_failed += 1
+                    else:
+                        self.raw_acked += 1
+                    if len(self._raw) <= self.window // 2:
+                        self._raw_cv.notify_all()
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_pubackcomp(cmd)
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> int:
+        """Queue PUBLISH packets for (topic, payload) pairs in one write; blocks while
+        more than ``window`` are unacknowledged. Returns how many were queued."""
+        if not _PUBACK_FAST:
+            n = 0
+            for topic, payload in messages:
+                self.publish(topic, payload, qos=qos)
+                n += 1
+            return n
+        chunks: list[bytes] = []
+        n = 0
+        pack_h = struct.Struct("!H").pack
+        for topic, payload in messages:
+            t = topic.encode()
+            if qos:
+                with self._raw_cv:
+                    deadline = time.monotonic() + timeout
+                    while len(self._raw) >= self.window:
+                        if not self._raw_cv.wait(max(0.0, deadline - time.monotonic())):
+                            raise TimeoutError("broker stopped acknowledging")
+                    mid = self._mid_generate()
+                    self._raw.add(mid)
+                var = pack_h(len(t)) + t + pack_h(mid) + b"\x00"
+            else:
+                var = pack_h(len(t)) + t + b"\x00"
+            remaining = len(var) + len(payload)
+            hdr = bytearray([0x30 | (qos << 1)])
+            while True:
+                byte = remaining % 128
+                remaining //= 128
+                hdr.append(byte | 0x80 if remaining else byte)
+                if not remaining:
+                    break
+            chunks.append(bytes(hdr) + var + payload)
+            n += 1
+        if chunks:
+            self._packet_queue(0x30, b"".join(chunks), 0, 0)
+        return n
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._raw)
+
+    def wait_all_acked(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._raw_cv:
+            while self._raw:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._raw_cv.wait(min(left, 0.1))
+        return True
+
+
+def _client_for(url: str, client_id: str, username: str | None = None, password: str | None = None,
+                cls=mqtt.Client, **kwargs) -> tuple[mqtt.Client, str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("MQTT URL must start with mqtt:// or mqtts://")
+    client = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs)
+    user = username if username is not None else (unquote(parts.username) if parts.username else None)
+    pw = password if username is not None else (unquote(parts.password) if parts.password else None)
+    if user:
+        client.username_pw_set(user, pw)
+    if parts.scheme == "mqtts":
+        client.tls_set()
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.max_inflight_messages_set(100)
+    return client, parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+def _avail(status: str) -> bytes:
+    return json.dumps({"v": 1, "status": status, "ts": _now_ms()}).encode()
+
+
+# --------------------------------------------------------------------------- fleet
+class DeviceFleet:
+    """Many simulated devices in one process: one scheduler thread, one MQTT client per
+    device that has a password, one shared client (hub account) for the others."""
+
+    def __init__(self, devices: list[SimDevice], mqtt_url: str, *, speed: float = 1.0, events: bool = True,
+                 qos_telemetry: int = 1, client_prefix: str = "xlhub-sim") -> None:
+        if speed <= 0:
+            raise ValueError("speed must be > 0")
+        self.devices = {d.id: d for d in devices}
+        self.mqtt_url = mqtt_url
+        self.speed = speed
+        self.events_enabled = events
+        self.qos_telemetry = qos_telemetry
+        self.client_prefix = client_prefix
+        self.clients: dict[str, mqtt.Client] = {}       # device id → its own client
+        self.shared: BatchPublisher | None = None
+        self.published = {"tele": 0, "evt": 0, "res": 0, "avail": 0, "state": 0}
+        self.commands_received = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._tie = 0
+        for d in devices:
+            BEHAVIOURS[d.kind].init(d)
+
+    @classmethod
+    def from_site(cls, site, mqtt_url: str, passwords: dict[str, str] | None = None, *, speed: float = 1.0,
+                  seed: int | None = None, **kwargs) -> DeviceFleet:
+        """The site file's devices; those with a password in ``passwords`` connect with
+        their own account, the others share the ``mqtt_url`` account."""
+        passwords = passwords or {}
+        rng = random.Random(seed)
+        devices = []
+        for dev in site.devices:
+            kind = str(getattr(dev.kind, "value", dev.kind))
+            pos = getattr(dev, "position", None)
+            lat, lon = (pos.lat, pos.lon) if pos is not None else (30.0, 104.0)
+            devices.append(SimDevice(dev.id, kind, lat, lon, passwords.get(dev.id),
+                                     rng=random.Random(rng.random())))
+        return cls(devices, mqtt_url, speed=speed, **kwargs)
+
+    @classmethod
+    def synthetic(cls, n: int, mqtt_url: str, *, kinds=("door", "speaker", "drone", "radio"),
+                  centre=(30.60, 104.40), prefix: str = "sim", seed: int = 1, **kwargs) -> DeviceFleet:
+        """``n`` devices of the given kinds spread over ~20 km around ``centre`` (no
+        passwords: they share the URL's account)."""
+        rng = random.Random(seed)
+        devices = []
+        for i in range(n):
+            kind = kinds[i % len(kinds)]
+            lat, lon = _offset(centre[0], centre[1], rng.uniform(-10000, 10000), rng.uniform(-10000, 10000))
+            devices.append(SimDevice(f"{prefix}-{kind}-{i:05d}", kind, lat, lon, rng=random.Random(rng.random())))
+        return cls(devices, mqtt_url, **kwargs)
+
+    # -- connections -------------------------------------------------------------------
+    def connect(self, timeout: float = 20.0) -> None:
+        """Connect every client (per-device ones publish avail online + state)."""
+        shared_ids = [d.id for d in self.devices.values() if not d.password]
+        if shared_ids:
+            client, host, port = _client_for(self.mqtt_url, f"{self.client_prefix}-shared-{id(self):x}",
+                                             cls=BatchPublisher)
+            client.on_connect = self._on_shared_connect
+            client.on_message = self._on_command
+            client.connect_async(host, port, keepalive=30)
+            client.loop_start()
+            self.shared = client
+        for d in self.devices.values():
+            if d.password:
+                client, host, port = _client_for(self.mqtt_url, d.id, username=d.id, password=d.password)
+                client.will_set(f"{d.root}/avail", _avail("offline"), qos=1, retain=True)
+                client.user_data_set(d)
+                client.on_connect = self._on_device_connect
+                client.on_message = self._on_command
+                client.connect_async(host, port, keepalive=30)
+                client.loop_start()
+                self.clients[d.id] = client
+        deadline = time.monotonic() + timeout
+        for c in [*self.clients.values(), *([self.shared] if self.shared else [])]:
+            while not c.is_connected():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("simulated devices could not connect to the broker")
+                time.sleep(0.02)
+
+    def _on_device_connect(self, client, dev: SimDevice, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("device %s refused by the broker: %s", dev.id, reason_code)
+            return
+        client.subscribe(f"{dev.root}/cmd/#", qos=1)
+        client.publish(f"{dev.root}/avail", _avail("online"), qos=1, retain=True)
+        self._publish_state(dev)
+        self._count("avail")
+
+    def _on_shared_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("shared simulator client refused by the broker: %s", reason_code)
+            return
+        client.subscribe(f"{TOPIC_ROOT}/+/+/cmd/#", qos=1)
+        for d in self.devices.values():
+            if not d.password:
+                client.publish(f"{d.root}/avail", _avail("online"), qos=1, retain=True)
+                self._count("avail")
+
+    def _client_of(self, dev: SimDevice) -> mqtt.Client | None:
+        return self.clients.get(dev.id) or self.shared
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            self.published[what] += n
+
+    def _publish(self, dev: SimDevice, channel: str, body: dict, *, qos: int = 1, retain: bool = False,
+                 properties: Properties | None = None) -> None:
+        client = self._client_of(dev)
+        if client is None:
+            return
+        payload = json.dumps({**dev.envelope(), **body}, separators=(",", ":")).encode()
+        client.publish(f"{dev.root}/{channel}", payload, qos=qos, retain=retain, properties=properties)
+        self._count(channel.split("/")[0])
+
+    def _publish_state(self, dev: SimDevice) -> None:
+        body, _ = BEHAVIOURS[dev.kind].telemetry(dev, time.time())
+        self._publish(dev, "state", body, retain=True)
+
+    # -- commands ----------------------------------------------------------------------
+    def _on_command(self, client, userdata, msg) -> None:
+        try:
+            parts = msg.topic.split("/")
+            if len(parts) != 6 or parts[4] != "cmd":
+                return
+            dev = self.devices.get(parts[3])
+            if dev is None or dev.kind != parts[2]:
+                return
+            name = parts[5]
+            try:
+                body = json.loads(msg.payload)
+                if not isinstance(body, dict):
+                    body = {}
+            except ValueError:
+                body = {}
+            self.commands_received += 1
+            props = Properties(PacketTypes.PUBLISH)
+            corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+            if corr is not None:
+                props.CorrelationData = corr
+            cmd_id = str(body.get("id"))[:64] if body.get("id") else None
+            for phase in ("accepted", "finished"):
+                res = {"cmd": name[:128], "phase": phase, **({"cmd_id": cmd_id} if cmd_id else {})}
+                self._publish(dev, "res", res, properties=props if corr is not None else None)
+                if phase == "accepted":
+                    for etype, ebody in BEHAVIOURS[dev.kind].command(dev, name, body):
+                        self._publish(dev, f"evt/{etype}", ebody)
+        except Exception:
+            log.exception("simulated device failed to handle a command on %s", msg.topic)
+
+    # -- scheduling --------------------------------------------------------------------
+    def _push(self, due: float, dev_id: str, what: str) -> None:
+        self._tie += 1
+        heapq.heappush(self._heap, (due, self._tie, dev_id, what))
+
+    def _next_event_in(self, per_hour: float, dev: SimDevice) -> float:
+        return dev.rng.expovariate(per_hour * self.speed / HOUR)
+
+    def start(self) -> None:
+        """Connect and run the scheduler thread."""
+        self.connect()
+        now = time.monotonic()
+        for d in self.devices.values():
+            # Spread first readings over the first interval, so a fleet does not pulse.
+            _, interval = BEHAVIOURS[d.kind].telemetry(d, time.time())
+            self._push(now + d.rng.uniform(0, interval / self.speed), d.id, "tele")
+            if self.events_enabled:
+                for name, rate in BEHAVIOURS[d.kind].EVENTS.items():
+                    self._push(now + self._next_event_in(rate, d), d.id, "evt:" + name)
+        self._thread = threading.Thread(target=self._run, name="device-fleet", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._heap:
+                self._stop.wait(0.5)
+                continue
+            due = self._heap[0][0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                if self._stop.wait(min(wait, 0.5)):
+                    break
+                continue
+            _, _, dev_id, what = heapq.heappop(self._heap)
+            dev = self.devices[dev_id]
+            beh = BEHAVIOURS[dev.kind]
+            try:
+                if what == "tele":
+                    body, interval = beh.telemetry(dev, time.time())
+                    self._publish(dev, "tele", body, qos=self.qos_telemetry)
+                    if isinstance(beh, Drone) and self.events_enabled:
+                        for etype, ebody in beh.pending_events(dev):
+                            self._publish(dev, f"evt/{etype}", ebody)
+                    self._push(due + interval / self.speed, dev_id, "tele")
+                else:
+                    name = what[4:]
+                    for etype, ebody in beh.fire(dev, name, time.time()):
+                        self._publish(dev, f"evt/{etype}", ebody)
+                    self._push(due + self._next_event_in(beh.EVENTS[name], dev), dev_id, what)
+            except Exception:
+                log.exception("simulated device %s failed", dev_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop publishing; per-device clients disconnect cleanly after saying offline
+        (a killed process leaves it to the LWT)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        infos = []
+        for d in self.devices.values():
+            client = self._client_of(d)
+            if client is not None and client.is_connected():
+                infos.append(client.publish(f"{d.root}/avail", _avail("offline"), qos=1, retain=True))
+        for info in infos:
+            try:
+                info.wait_for_publish(timeout)
+            except (ValueError, RuntimeError):
+                pass
+        for c in [*self.clients.values(), *([self.shared] if self.shared else [])]:
+            c.disconnect()
+            c.loop_stop()
+
+    # -- load generation ---------------------------------------------------------------
+    def reading(self, dev: SimDevice) -> tuple[str, bytes]:
+        """One telemetry message of ``dev`` (topic, payload)."""
+        body, _ = BEHAVIOURS[dev.kind].telemetry(dev, time.time())
+        env = dev.envelope()
+        env.update(body)
+        return f"{dev.root}/tele", json.dumps(env, separators=(",", ":")).encode()
+
+    def run_load(self, rate: float, seconds: float, *, qos: int = 1, batch: int = 200,
+                 stop: threading.Event | None = None) -> dict:
+        """Publish telemetry of the shared devices round-robin at ``rate`` msg/s (0 = as
+        fast as possible) for ``seconds``, through the batch path. Call after connect()
+        (not together with start()). Returns counts and the achieved rate."""
+        if self.shared is None:
+            raise RuntimeError("run_load needs shared devices (devices without passwords) and connect()")
+        devs = [d for d in self.devices.values() if not d.password]
+        client = self.shared
+        sent = 0
+        i = 0
+        t0 = time.monotonic()
+        end = t0 + seconds
+        while True:
+            now = time.monotonic()
+            if now >= end or (stop is not None and stop.is_set()):
+                break
+            if rate > 0:
+                due = int((now - t0) * rate)
+                if due <= sent:
+                    time.sleep(min(0.005, end - now))
+                    continue
+                n = min(batch, due - sent)
+            else:
+                n = batch
+            msgs = []
+            for _ in range(n):
+                msgs.append(self.reading(devs[i]))
+                i = (i + 1) % len(devs)
+            client.publish_many(msgs, qos=qos)
+            sent += n
+        elapsed = time.monotonic() - t0
+        acked = client.wait_all_acked(60) if qos else True
+        with self._lock:
+            self.published["tele"] += sent
+        return {"sent": sent, "seconds": elapsed, "rate": sent / elapsed if elapsed else 0.0,
+                "all_acked": acked, "failed": client.raw_failed}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m devices.sim``: run the site file's devices against a broker."""
+    import argparse
+    import os
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m devices.sim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--site", default=None, help="site file (default: XLHUB_SITE_FILE or the demo site)")
+    parser.add_argument("--mqtt-url", default=os.environ.get("XLHUB_MQTT_URL"), help="mqtt://user:pass@host:port")
+    parser.add_argument("--passwords", default=None,
+                        help="JSON file {device id: password} (var/secrets/mqtt_devices.json)")
+    parser.add_argument("--speed", type=float, default=1.0, help="time acceleration (default 1)")
+    parser.add_argument("--synthetic", type=int, default=0, help="N synthetic devices instead of the site's")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.mqtt_url:
+        parser.error("--mqtt-url or XLHUB_MQTT_URL is required")
+    if args.synthetic:
+        fleet = DeviceFleet.synthetic(args.synthetic, args.mqtt_url, speed=args.speed, seed=args.seed or 1)
+    else:
+        from config.settings import Settings
+        from config.site import load_site
+        site = load_site(args.site or Settings().site_file)
+        passwords = json.loads(open(args.passwords).read()) if args.passwords else {}
+        fleet = DeviceFleet.from_site(site, args.mqtt_url, passwords=passwords, speed=args.speed, seed=args.seed)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    fleet.start()
+    log.info("%d simulated devices running (speed %g); Ctrl-C stops them", len(fleet.devices), args.speed)
+    while not stop.wait(10):
+        log.info("published so far: %s", fleet.published)
+    fleet.stop()

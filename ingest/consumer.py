@@ -1,0 +1,552 @@
+"""The ingest consumer: the hub's one MQTT subscriber and the only writer of telemetry
+and events.
+
+Flow: broker → (paho loop thread) → bounded in-memory queue → (writer thread) normalise
++ binary COPY + commit → PUBACK every message of the batch. A message is acknowledged
+only after the transaction holding it committed, so a crash (even SIGKILL) never loses
+an acknowledged message: the broker keeps the rest in our persistent session
+(clean_start=False, fixed client id, session expiry 1 day) and delivers it again.
+
+Overload and outages:
+- QoS 1 messages are never shed. The consumer tells the broker how many unacknowledged
+  messages it may have in flight (MQTT 5 Receive Maximum); past that the broker keeps
+  them queued in our session. The in-memory queue is larger than that window, so it can
+  always take them: the broker's queue is the overload buffer, and no QoS 1 message is
+  ever dropped or acknowledged unstored. (Shedding an unacknowledged QoS 1 message
+  would only park it in the broker until the next reconnect while holding a flow-control
+  slot, so it would slow everything and still not be gone.)
+- QoS 0 messages carry no promise; when the queue is above ``shed_at`` (80 %) QoS 0
+  telemetry is shed, and QoS 0 events only when the queue is full. Every shed message is
+  counted (``xlhub_ingest_shed_total``).
+- Database unreachable: the batch is kept, retried with backoff (0.5 s → 10 s), nothing
+  is acked, the heartbeat says not ready; the broker stops sending at Receive Maximum.
+- Broker gone: paho reconnects with backoff (1 s → 30 s). On a reconnect that finds the
+  session, queued QoS 1 messages of the old connection are dropped from memory (the broker
+  sends them again); acks of a batch begun on an old connection are not sent.
+- Bad input of any kind goes to dead_letters; the process never dies of it.
+
+The paho client used here takes a fast path for plain PUBLISH packets (no MQTT 5
+properties: the usual case) and acknowledges a whole batch with one write. Stock paho
+decodes a Properties object per packet and writes one PUBACK per syscall, which caps a
+consumer near 20k msg/s on this class of machine; the fast path lifts the MQTT side to
+about 100k msg/s. Anything else (packets with properties, QoS 2) goes through paho's own
+code. The fast path depends on paho-mqtt 2.2 internals (pinned in pyproject.toml);
+with another version it switches itself off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.client import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import Counter, Gauge, Histogram
+
+from config.urls import redact_url
+from ingest.writer import (
+    Heartbeat,
+    Prepared,
+    RegistryCache,
+    WriteResult,
+    is_connection_error,
+    open_writer_connection,
+    prepare,
+    write_one_by_one,
+    write_prepared,
+)
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION = "xlhub/v1/#"
+CLIENT_ID = "xlhub-ingest"
+
+# --------------------------------------------------------------------------- metrics
+# Module-level: one set per process (several services in one test process share them).
+M_RECEIVED = Counter("xlhub_ingest_received_total", "MQTT messages received by ingest", ["qos"])
+M_STORED = Counter("xlhub_ingest_stored_total", "rows committed by ingest", ["table"])
+M_DEAD = Counter("xlhub_ingest_dead_letters_total", "messages stored as dead letters")
+M_DUP = Counter("xlhub_ingest_duplicate_events_total", "redelivered events recognised and not stored again")
+M_SHED = Counter("xlhub_ingest_shed_total", "QoS 0 messages dropped under overload", ["class"])
+M_SKEW = Counter("xlhub_ingest_clock_skew_total", "messages whose device time is >5 min off the hub's")
+M_DB_ERRORS = Counter("xlhub_ingest_db_errors_total", "failed batch writes (retried)")
+M_BATCH = Histogram("xlhub_ingest_batch_seconds", "receive of the oldest message to commit, per batch",
+                    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
+M_QUEUE = Gauge("xlhub_ingest_queue_depth", "messages received and not yet committed",
+                multiprocess_mode="livesum")
+
+_PUBACK = struct.Struct("!BBH")
+_FAST_PATH_OK = paho.mqtt.__version__.startswith("2.2.")
+
+
+class _BufferedSocket:
+    """Serves paho's small reads (1 byte, then the rest of the packet) from one larger
+    recv; ``pending()`` tells paho's loop that data is buffered so it does not block in
+    select()."""
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            data = self._sock.recv(32768)   # < the allocator's mmap threshold
+            if len(data) <= n:
+                self._buf, self._pos = b"", 0
+                return data
+            self._buf, self._pos = data, n
+            return data[:n]
+        end = pos + n
+        self._pos = end
+        return buf[pos:end]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class FastClient(mqtt.Client):
+    """paho 2.x client with a fast path for plain PUBLISH packets and batched PUBACKs.
+
+    Set ``sink(topic: bytes, payload: bytes, qos, mid, retain, received_epoch)``; it is
+    called in the network thread for every PUBLISH (also those taking paho's own path)."""
+
+    sink: Callable[..., None] | None = None
+
+    def _create_socket(self):
+        sock = super()._create_socket()
+        return _BufferedSocket(sock) if _FAST_PATH_OK and isinstance(sock, __import__("socket").socket) else sock
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        sink = self.sink
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if sink is None or qos == 2 or not _FAST_PATH_OK or self._protocol != mqtt.MQTTv5:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        try:
+            pos = 2 + ((packet[0] << 8) | packet[1])
+            topic = bytes(packet[2:pos])
+            mid = 0
+            if qos:
+                mid = (packet[pos] << 8) | packet[pos + 1]
+                pos += 2
+            if packet[pos] != 0:          # has MQTT 5 properties: let paho decode them
+                return super()._handle_publish()
+            payload = bytes(packet[pos + 1:])
+        except IndexError:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        sink(topic, payload, qos, mid, header & 0x01, time.time())
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK (success) for many QoS 1 messages, in order, in one write."""
+        if not mids:
+            return
+        if not self._manual_ack:
+            return
+        data = b"".join([_PUBACK.pack(0x40, 2, m) for m in mids])
+        self._packet_queue(0x40, data, 0, 0)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(url)}")
+    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return parts.hostname or "127.0.0.1", port, user, password, parts.scheme == "mqtts"
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored_telemetry: int = 0
+    stored_positions: int = 0
+    stored_camera_health: int = 0
+    stored_events: int = 0
+    duplicate_events: int = 0
+    dead_letters: int = 0
+    ignored: int = 0
+    shed_telemetry: int = 0
+    shed_events: int = 0
+    stale_acks_skipped: int = 0
+    dropped_on_reconnect: int = 0
+    batches: int = 0
+    db_errors: int = 0
+    last_batch_s: float = 0.0
+    max_batch_s: float = 0.0
+
+
+class IngestService:
+    """MQTT → TimescaleDB. ``start()`` returns at once (threads do the work); ``stop()``
+    flushes what is queued (commit, then ack) and disconnects; ``stats()`` is a dict.
+
+    ``on_commit(prepared, result, committed_at)`` is called after each commit (tests and
+    the benchmark use it; keep it cheap)."""
+
+    def __init__(self, db_url: str, mqtt_url: str, *, client_id: str = CLIENT_ID,
+                 subscription: str = SUBSCRIPTION, batch_size: int = 5000, batch_ms: float = 100,
+                 receive_maximum: int = 30000, queue_max: int = 100_000, shed_fraction: float = 0.8,
+                 session_expiry_s: int = 86400, heartbeat_name: str | None = "ingest",
+                 heartbeat_s: float = 3.0, registry_refresh_s: float = 5.0,
+                 on_commit: Callable[[Prepared, WriteResult, float], None] | None = None,
+                 probe_times: bool = False) -> None:
+        if not 1 <= receive_maximum <= 65535:
+            raise ValueError("receive_maximum must be 1..65535")
+        if queue_max < receive_maximum * 2:
+            raise ValueError("queue_max must be at least twice receive_maximum (QoS 1 is never shed)")
+        self.db_url, self.mqtt_url = db_url, mqtt_url
+        self.client_id, self.subscription = client_id, subscription
+        self.batch_size, self.batch_s = batch_size, batch_ms / 1000.0
+        self.receive_maximum, self.queue_max = receive_maximum, queue_max
+        self.shed_at = int(queue_max * shed_fraction)
+        self.session_expiry_s = session_expiry_s
+        self.registry = RegistryCache(refresh_s=registry_refresh_s)
+        self.on_commit = on_commit
+        self.probe_times = probe_times
+        self._stats = IngestStats()
+        self._queue: deque = deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._gen = 0
+        self._connected = False
+        self._db_ok = False
+        self._subscribed = False
+        self._last_error: str | None = None
+        self._stopping = threading.Event()
+        self._intake_closed = False
+        self._client: FastClient | None = None
+        self._writer: threading.Thread | None = None
+        self._conn = None
+        self._heartbeat = Heartbeat(db_url, heartbeat_name, "ingest", self._heartbeat_detail,
+                                    interval=heartbeat_s) if heartbeat_name else None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        host, port, user, password, tls = parse_mqtt_url(self.mqtt_url)
+        client = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                            protocol=mqtt.MQTTv5, manual_ack=True)
+        if user:
+            client.username_pw_set(user, password)
+        if tls:
+            client.tls_set()
+        client.sink = self._sink
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
+        client.connect_async(host, port, keepalive=15, clean_start=False, properties=props)
+        self._client = client
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer.start()
+        client.loop_start()
+        if self._heartbeat:
+            self._heartbeat.start()
+        log.info("ingest started: %s → %s", redact_url(self.mqtt_url), redact_url(self.db_url))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Flush the queue (commit then ack), then disconnect. Messages that arrive while
+        flushing stay unacked and come again on the next start."""
+        with self._cv:
+            self._intake_closed = True     # what arrives from now on is not acked: it comes again
+            self._stopping.set()
+            self._cv.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        client = self._client
+        if client is not None:
+            deadline = time.monotonic() + 2
+            while client.want_write() and time.monotonic() < deadline:   # let the last PUBACKs out
+                time.sleep(0.01)
+            client.disconnect()
+            client.loop_stop()
+        if self._heartbeat:
+            self._heartbeat.stop()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            time.sleep(0.05)
+        return False
+
+    @property
+    def ready(self) -> bool:
+        return self._connected and self._subscribed and self._db_ok
+
+    def stats(self) -> dict[str, Any]:
+        s = self._stats
+        return {**s.__dict__, "queue": len(self._queue), "connected": self._connected,
+                "subscribed": self._subscribed, "db_ok": self._db_ok, "ready": self.ready,
+                "last_error": self._last_error}
+
+    def _heartbeat_detail(self) -> dict:
+        s = self._stats
+        return {"ready": self.ready, "broker": self._connected, "database": self._db_ok,
+                "queue": len(self._queue), "received": s.received, "dead_letters": s.dead_letters,
+                "stored": s.stored_telemetry + s.stored_positions + s.stored_camera_health + s.stored_events,
+                "shed": s.shed_telemetry + s.shed_events, "last_batch_ms": round(s.last_batch_s * 1000, 1),
+                "error": self._last_error}
+
+    # -- network thread ----------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._last_error = f"broker refused: {reason_code}"
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        with self._cv:
+            self._gen += 1
+            gen = self._gen
+            if flags.session_present:
+                # Unacked QoS 1 messages of the old connection come again: forget our copies.
+                kept = deque(i for i in self._queue if i[2] == 0)
+                self._stats.dropped_on_reconnect += len(self._queue) - len(kept)
+                self._queue = kept
+            self._connected = True
+        log.info("connected to broker (session %s, generation %d)",
+                 "resumed" if flags.session_present else "new", gen)
+        client.subscribe(self.subscription, options=SubscribeOptions(qos=1, retainHandling=1))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        self._subscribed = not failed
+        if failed:
+            self._last_error = f"subscription refused: {failed[0]}"
+            log.error("subscription to %s refused: %s", self.subscription, failed[0])
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected = False
+        self._subscribed = False
+        if not self._stopping.is_set():
+            self._last_error = f"broker connection lost: {reason_code}"
+            log.warning("broker connection lost (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        # paho's own path (packets with properties): same treatment.
+        self._sink(msg._topic, msg.payload, msg.qos, msg.mid, msg.retain, time.time())
+
+    def _sink(self, topic: bytes, payload: bytes, qos: int, mid: int, retain: int, received: float) -> None:
+        with self._cv:
+            if self._intake_closed:
+                return
+            q = self._queue
+            n = len(q)
+            if qos == 0 and n >= self.shed_at:
+                if b"/evt/" not in topic:
+                    self._stats.shed_telemetry += 1
+                    M_SHED.labels("telemetry").inc()
+                    return
+                if n >= self.queue_max:
+                    self._stats.shed_events += 1
+                    M_SHED.labels("event").inc()
+                    return
+            q.append((topic, payload, qos, mid, retain, received, self._gen))
+            if n + 1 == self.batch_size:
+                self._cv.notify()
+
+    # -- writer thread -----------------------------------------------------------------
+    def _take(self) -> list:
+        with self._cv:
+            if len(self._queue) < self.batch_size and not self._stopping.is_set():
+                if not self._queue:
+                    self._cv.wait(self.batch_s)
+                # Wait until the oldest message is batch_s old or the batch is full.
+                while self._queue and len(self._queue) < self.batch_size and not self._stopping.is_set():
+                    left = self._queue[0][5] + self.batch_s - time.time()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+            q = self._queue
+            n = min(len(q), self.batch_size)
+            return [q.popleft() for _ in range(n)]
+
+    def _ensure_conn(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = open_writer_connection(self.db_url)
+            self.registry.refresh(self._conn)
+        return self._conn
+
+    def _write_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            items = self._take()
+            if not items:
+                if self._stopping.is_set():
+                    break
+                self._idle_refresh()
+                continue
+            M_QUEUE.set(len(self._queue) + len(items))
+            while True:
+                try:
+                    result, prepared = self._write(items)
+                    self._db_ok = True
+                    self._last_error = None
+                    backoff = 0.5
+                    break
+                except Exception as exc:
+                    self._db_ok = False
+                    self._stats.db_errors += 1
+                    M_DB_ERRORS.inc()
+                    self._last_error = f"database: {type(exc).__name__}: {str(exc).strip()[:200]}"
+                    log.warning("batch of %d not stored (%s); retrying in %.1fs", len(items), self._last_error,
+                                backoff)
+                    if self._conn is not None:
+                        try:
+                            self._conn.close()
+                        except Exception:
+                            pass
+                        self._conn = None
+                    if self._stopping.wait(backoff):
+                        log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
+                        return
+                    backoff = min(backoff * 2, 10.0)
+            committed = time.time()
+            self._ack(items)
+            self._account(items, prepared, result, committed)
+            if self.on_commit is not None:
+                try:
+                    self.on_commit(prepared, result, committed)
+                except Exception:
+                    log.exception("on_commit hook failed")
+        if self._conn is not None:
+            self._conn.close()
+
+    def _idle_refresh(self) -> None:
+        try:
+            conn = self._ensure_conn()
+            self.registry.maybe_refresh(conn)
+            conn.commit()
+            self._db_ok = True
+        except Exception as exc:
+            self._db_ok = False
+            self._last_error = f"database: {type(exc).__name__}"
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
+            self._conn = None
+            self._stopping.wait(0.5)
+
+    def _write(self, items: list) -> tuple[WriteResult, Prepared]:
+        conn = self._ensure_conn()
+        self.registry.maybe_refresh(conn)
+        prepared = prepare(items, self.registry, probe_times=self.probe_times)
+        if prepared.retry_unknown and self.registry.loaded_at < time.monotonic() - self.registry.miss_refresh_s:
+            # A source we do not know: maybe just registered. Look again once.
+            self.registry.refresh(conn)
+            prepared = prepare(items, self.registry, probe_times=self.probe_times)
+        conn.commit()   # end the registry read transaction
+        try:
+            return write_prepared(conn, prepared), prepared
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            log.warning("database refused a batch of %d (%s: %s); storing one by one", len(items),
+                        type(exc).__name__, str(exc).strip()[:200])
+            return write_one_by_one(conn, items, self.registry), prepared
+
+    def _ack(self, items: list) -> None:
+        client = self._client
+        with self._cv:
+            gen, connected = self._gen, self._connected
+        mids = [i[3] for i in items if i[2] == 1 and i[6] == gen]
+        stale = sum(1 for i in items if i[2] == 1 and i[6] != gen)
+        if stale:
+            self._stats.stale_acks_skipped += stale
+        if client is not None and connected and mids:
+            client.ack_many(mids)
+
+    def _account(self, items: list, p: Prepared, r: WriteResult, committed: float) -> None:
+        s = self._stats
+        s.received += len(items)
+        s.batches += 1
+        s.stored_telemetry += r.telemetry
+        s.stored_positions += r.positions
+        s.stored_camera_health += r.camera_health
+        s.stored_events += r.events
+        s.duplicate_events += r.events_duplicate
+        s.dead_letters += r.dead_letters
+        s.ignored += p.ignored
+        latency = committed - items[0][5]
+        s.last_batch_s = latency
+        s.max_batch_s = max(s.max_batch_s, latency)
+        q1 = sum(1 for i in items if i[2])
+        if q1:
+            M_RECEIVED.labels("1").inc(q1)
+        if len(items) - q1:
+            M_RECEIVED.labels("0").inc(len(items) - q1)
+        for table, n in (("device_telemetry", r.telemetry), ("device_positions", r.positions),
+                         ("camera_health", r.camera_health), ("events", r.events)):
+            if n:
+                M_STORED.labels(table).inc(n)
+        if r.dead_letters:
+            M_DEAD.inc(r.dead_letters)
+        if r.events_duplicate:
+            M_DUP.inc(r.events_duplicate)
+        if p.skewed:
+            M_SKEW.inc(p.skewed)
+        M_BATCH.observe(latency)
+        M_QUEUE.set(len(self._queue))
+
+
+def run_ingest(settings_or_urls, stop_event: threading.Event, **kwargs) -> None:
+    """Run the ingest service until ``stop_event`` is set. ``settings_or_urls`` is a
+    config.settings.Settings (database_url, mqtt_url) or a (db_url, mqtt_url) pair."""
+    if isinstance(settings_or_urls, (tuple, list)):
+        db_url, mqtt_url = settings_or_urls
+    else:
+        db_url, mqtt_url = settings_or_urls.database_url, settings_or_urls.mqtt_url
+    if not db_url or not mqtt_url:
+        raise ValueError("ingest needs both a database URL and an MQTT URL")
+    service = IngestService(db_url, mqtt_url, **kwargs)
+    service.start()
+    try:
+        stop_event.wait()
+    finally:
+        service.stop()
+
+
+def main() -> None:
+    """``python -m ingest.consumer``: run ingest from XLHUB_DATABASE_URL / XLHUB_MQTT_URL
+    until SIGTERM/SIGINT (the supervisor uses hub.process; this is for tests and tools)."""
+    import signal
+
+    logging.basicConfig(level=os.environ.get("XLHUB_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_ingest((os.environ["XLHUB_DATABASE_URL"], os.environ["XLHUB_MQTT_URL"]), stop,
+               client_id=os.environ.get("XLHUB_INGEST_CLIENT_ID", CLIENT_ID),
+               heartbeat_name=os.environ.get("XLHUB_INGEST_HEARTBEAT", "ingest"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""The batch writer of the ingest path: normalise a batch of received MQTT messages,
+resolve each source's grid from the registry, write everything with binary COPY in one
+transaction, and say what was stored (the consumer acks only after this commits).
+
+- device_telemetry, device_positions, camera_health, dead_letters: plain binary COPY.
+  Telemetry is at-least-once: a batch committed just before a crash (before its acks
+  reached the broker) is delivered again and stored twice. Readers that care use
+  (device_id, msg_id).
+- events: COPY into a per-connection temp table, then ``INSERT … SELECT DISTINCT ON
+  (source_id, msg_id) … WHERE NOT EXISTS`` an event with the same (source_id, msg_id)
+  received within DEDUPE_WINDOW, so a redelivered event is never stored twice. Each new
+  event gets a ULID; the device's own id is kept in ``msg_id``. After the commit a
+  ``NOTIFY xlhub_events`` tells listeners (alerts/) that events arrived.
+- A message that fails the contract, names an unknown source, or names a source under
+  the wrong kind goes to dead_letters with its raw bytes and the reason. A batch the
+  database refuses for a reason other than a lost connection is retried message by
+  message, and the messages it still refuses are dead-lettered: one poison message never
+  wedges the stream.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg.types.json import set_json_dumps
+
+from devices.contract import (
+    CameraHealthRow,
+    ContractError,
+    EventRow,
+    PositionRow,
+    TelemetryRow,
+    normalise,
+    parse_topic,
+)
+
+log = logging.getLogger(__name__)
+
+# How far back a redelivered event is looked for. Redelivery comes from the broker's
+# persistent session (expiry 1 day) or a retained message; 3 days covers both with margin
+# and keeps the check an index range scan on events_source (source_id, time).
+DEDUPE_WINDOW = "3 days"
+# A device clock further than this from the hub's is counted as skewed.
+SKEW_LIMIT_S = 300.0
+
+# One received MQTT message: (topic bytes, payload bytes, qos, mid, retain, received epoch s, generation)
+Item = tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    kind: str                  # door | speaker | drone | radio | camera
+    grid_code: str | None
+    grid_path: list[str] | None
+    active: bool
+
+
+class RegistryCache:
+    """Source id → kind and current grid, read from the registry (devices, cameras and
+    the open grid_membership rows), refreshed every ``refresh_s`` and on an unknown id
+    (at most once a second)."""
+
+    QUERY = """
+        SELECT s.id, s.kind, m.grid_code, n.path, s.active
+        FROM (SELECT id, kind, active FROM devices
+              UNION ALL SELECT id, 'camera', active FROM cameras) s
+        LEFT JOIN grid_membership m ON m.source_id = s.id AND m.valid_to IS NULL
+             AND m.source_kind = CASE WHEN s.kind = 'camera' THEN 'camera' ELSE 'device' END
+        LEFT JOIN grid_nodes n ON n.code = m.grid_code
+    """
+
+    def __init__(self, refresh_s: float = 5.0, miss_refresh_s: float = 1.0) -> None:
+        self.refresh_s = refresh_s
+        self.miss_refresh_s = miss_refresh_s
+        self.sources: dict[str, Source] = {}
+        self.loaded_at = 0.0
+        self._missed = False
+
+    def refresh(self, conn: psycopg.Connection) -> None:
+        rows = conn.execute(self.QUERY).fetchall()
+        self.sources = {r[0]: Source(r[1], r[2], list(r[3]) if r[3] is not None else None, r[4]) for r in rows}
+        self.loaded_at = time.monotonic()
+        self._missed = False
+
+    def maybe_refresh(self, conn: psycopg.Connection) -> None:
+        age = time.monotonic() - self.loaded_at
+        if age >= self.refresh_s or (self._missed and age >= self.miss_refresh_s):
+            self.refresh(conn)
+
+    def kind_of(self, source_id: str) -> str | None:
+        src = self.sources.get(source_id)
+        if src is None:
+            self._missed = True
+            return None
+        return src.kind if src.active else "inactive"
+
+
+@dataclass
+class Prepared:
+    """One batch after normalisation: the rows per table and what was refused."""
+    telemetry: list[tuple] = field(default_factory=list)
+    positions: list[tuple] = field(default_factory=list)
+    camera_health: list[tuple] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)
+    dead: list[tuple] = field(default_factory=list)
+    ignored: int = 0
+    skewed: int = 0
+    source_times: list[float] = field(default_factory=list)   # device ts of stored rows (latency probes)
+    retry_unknown: bool = False
+
+    @property
+    def rows(self) -> int:
+        return len(self.telemetry) + len(self.positions) + len(self.camera_health) + len(self.events)
+
+
+def _dt(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _topic_text(topic: bytes) -> str:
+    return topic.decode("utf-8", errors="replace")
+
+
+def _dead(item: Item, reason: str) -> tuple:
+    topic, payload, qos, _mid, retain, received, _gen = item
+    return (_dt(received), _topic_text(topic), bytes(payload), reason[:2000], qos, bool(retain))
+
+
+def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = False) -> Prepared:
+    """Normalise a batch (pure CPU, no database). Never raises for bad input."""
+    out = Prepared()
+    tele, pos, cam, evt = out.telemetry, out.positions, out.camera_health, out.events
+    kind_of = registry.kind_of
+    sources = registry.sources
+    cache: dict[float, datetime] = {}
+    for item in items:
+        topic, payload, _qos, _mid, _retain, received, _gen = item
+        at = cache.get(received)
+        if at is None:
+            at = cache[received] = _dt(received)
+        try:
+            t = parse_topic(topic)
+            if t.channel == "cmd":
+                out.ignored += 1
+                continue
+            rows = normalise(t, payload, at, kind_of)
+        except ContractError as exc:
+            out.dead.append(_dead(item, exc.reason))
+            if exc.reason.startswith("source: unknown"):
+                out.retry_unknown = True
+            continue
+        except Exception as exc:  # a bug in a parser must not stop the stream
+            log.exception("normalise failed on %r", topic[:200])
+            out.dead.append(_dead(item, f"internal error while validating: {type(exc).__name__}: {exc}"))
+            continue
+        src = sources[t.source_id]
+        grid = src.grid_code
+        for row in rows:
+            if type(row) is TelemetryRow:
+                tele.append((row.time, row.device_id, row.kind, row.source_time, row.seq, row.msg_id, grid,
+                             row.data))
+            elif type(row) is PositionRow:
+                pos.append((row.time, row.device_id, row.source_time, row.lat, row.lon, row.alt_m,
+                            row.heading_deg, row.speed_mps, grid))
+            elif type(row) is CameraHealthRow:
+                cam.append((row.time, row.camera_id, row.state, row.fps, row.bitrate_kbps, row.keyframe_interval,
+                            row.reconnects, row.ttff_ms, row.last_frame_age_ms, grid))
+            elif type(row) is EventRow:
+                evt.append((row.time, row.id, row.source_time, row.source_kind, row.source_id, row.type, grid,
+                            src.grid_path, row.severity, row.lat, row.lon, row.msg_id, row.payload, row.evidence))
+        st = rows[0].source_time if rows else None
+        if st is not None:
+            skew = received - st.timestamp()
+            if skew > SKEW_LIMIT_S or skew < -SKEW_LIMIT_S:
+                out.skewed += 1
+            if probe_times:
+                out.source_times.append(st.timestamp())
+    return out
+
+
+COPY_TELEMETRY = ("COPY device_telemetry (time, device_id, kind, source_time, seq, msg_id, grid_code, data) "
+                  "FROM STDIN (FORMAT BINARY)")
+TYPES_TELEMETRY = ["timestamptz", "text", "text", "timestamptz", "int8", "text", "text", "jsonb"]
+COPY_POSITIONS = ("COPY device_positions (time, device_id, source_time, lat, lon, alt_m, heading_deg, speed_mps, "
+                  "grid_code) FROM STDIN (FORMAT BINARY)")
+TYPES_POSITIONS = ["timestamptz", "text", "timestamptz", "float8", "float8", "float4", "float4", "float4", "text"]
+COPY_CAMERA = ("COPY camera_health (time, camera_id, state, fps, bitrate_kbps, keyframe_interval, reconnects, "
+               "ttff_ms, last_frame_age_ms, grid_code) FROM STDIN (FORMAT BINARY)")
+TYPES_CAMERA = ["timestamptz", "text", "text", "float4", "float4", "float4", "int4", "float4", "float4", "text"]
+EVENT_COLUMNS = ("time, id, source_time, source_kind, source_id, type, grid_code, grid_path, severity, lat, lon, "
+                 "msg_id, payload, evidence")
+COPY_EVENTS = f"COPY _ingest_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+TYPES_EVENTS = ["timestamptz", "text", "timestamptz", "text", "text", "text", "text", "text[]", "text", "float8",
+                "float8", "text", "jsonb", "jsonb"]
+INSERT_EVENTS = f"""
+    INSERT INTO events ({EVENT_COLUMNS})
+    SELECT DISTINCT ON (s.source_id, s.msg_id) {', '.join('s.' + c.strip() for c in EVENT_COLUMNS.split(','))}
+    FROM _ingest_events s
+    WHERE NOT EXISTS (SELECT 1 FROM events e
+                      WHERE e.source_id = s.source_id AND e.msg_id = s.msg_id
+                        AND e.time > s.time - INTERVAL '{DEDUPE_WINDOW}')
+    ORDER BY s.source_id, s.msg_id, s.time
+    RETURNING id
+"""
+COPY_DEAD = "COPY dead_letters (time, topic, payload, reason, qos, retained) FROM STDIN (FORMAT BINARY)"
+TYPES_DEAD = ["timestamptz", "text", "bytea", "text", "int2", "bool"]
+
+
+def _json_passthrough(obj) -> str:
+    # The rows carry JSON already serialised by pydantic; anything else is dumped here.
+    return obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+
+
+def open_writer_connection(url: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, connect_timeout=5, application_name="xlhub-ingest")
+    set_json_dumps(_json_passthrough, context=conn)
+    conn.execute("SET synchronous_commit = on")
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS _ingest_events (LIKE events) ON COMMIT DELETE ROWS")
+    conn.commit()
+    return conn
+
+
+@dataclass
+class WriteResult:
+    telemetry: int = 0
+    positions: int = 0
+    camera_health: int = 0
+    events: int = 0
+    events_duplicate: int = 0
+    dead_letters: int = 0
+    event_ids: list[str] = field(default_factory=list)
+
+
+def _copy(cur: psycopg.Cursor, sql: str, types: list[str], rows: list[tuple]) -> None:
+    if not rows:
+        return
+    with cur.copy(sql) as copy:
+        copy.set_types(types)
+        write = copy.write_row
+        for row in rows:
+            write(row)
+
+
+def write_prepared(conn: psycopg.Connection, p: Prepared) -> WriteResult:
+    """Write one prepared batch in one transaction and commit it. Raises on any database
+    error (after rolling back)."""
+    res = WriteResult()
+    try:
+        with conn.cursor() as cur:
+            _copy(cur, COPY_TELEMETRY, TYPES_TELEMETRY, p.telemetry)
+            _copy(cur, COPY_POSITIONS, TYPES_POSITIONS, p.positions)
+            _copy(cur, COPY_CAMERA, TYPES_CAMERA, p.camera_health)
+            _copy(cur, COPY_DEAD, TYPES_DEAD, p.dead)
+            if p.events:
+                _copy(cur, COPY_EVENTS, TYPES_EVENTS, p.events)
+                cur.execute(INSERT_EVENTS)
+                res.event_ids = [r[0] for r in cur.fetchall()]
+                if res.event_ids:
+                    ids = res.event_ids
+                    note = {"count": len(ids), "ids": ids[:200]}
+                    cur.execute("SELECT pg_notify('xlhub_events', %s)", (json.dumps(note),))
+        conn.commit()
+    except BaseException:
+        try:
+            conn.rollback()
+        except Exception:
+            pass
+        raise
+    res.telemetry, res.positions, res.camera_health = len(p.telemetry), len(p.positions), len(p.camera_health)
+    res.events = len(res.event_ids)
+    res.events_duplicate = len(p.events) - res.events
+    res.dead_letters = len(p.dead)
+    return res
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A lost or unreachable database (retry the same batch later) as opposed to data the
+    database refuses (dead-letter it)."""
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
+    return False
+
+
+def write_one_by_one(conn: psycopg.Connection, items: list[Item], registry: RegistryCache) -> WriteResult:
+    """Fallback when the database refused a whole batch: store each message on its own,
+    dead-lettering the ones it still refuses (with the database's reason)."""
+    total = WriteResult()
+    for item in items:
+        p = prepare([item], registry)
+        try:
+            r = write_prepared(conn, p)
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise
+            reason = f"database refused: {type(exc).__name__}: {str(exc).strip()[:500]}"
+            r = write_prepared(conn, Prepared(dead=[_dead(item, reason)]))
+        for name in ("telemetry", "positions", "camera_health", "events", "events_duplicate", "dead_letters"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+        total.event_ids += r.event_ids
+    return total
+
+
+class Heartbeat:
+    """Upserts this worker's row in worker_heartbeats every ``interval`` seconds from its
+    own thread and connection (so a slow batch does not make the worker look dead)."""
+
+    def __init__(self, db_url: str, name: str, kind: str, detail, interval: float = 3.0) -> None:
+        import os
+        import socket
+        self.db_url, self.name, self.kind, self.detail, self.interval = db_url, name, kind, detail, interval
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started_at = datetime.now(UTC)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_ok: float | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        from psycopg.types.json import Jsonb
+        conn = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.db_url, connect_timeout=5, autocommit=True,
+                                           application_name=f"xlhub-{self.name}-heartbeat")
+                conn.execute(
+                    """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
+                       VALUES (%s, %s, %s, %s, %s, now(), %s)
+                       ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host,
+                           pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, seen_at = now(),
+                           detail = EXCLUDED.detail""",
+                    (self.name, self.kind, self.host, self.pid, self.started_at, Jsonb(self.detail())),
+                )
+                self.last_ok = time.monotonic()
+            except Exception as exc:
+                log.debug("heartbeat failed: %s", type(exc).__name__)
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                conn = None
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()

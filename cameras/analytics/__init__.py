@@ -1,0 +1,44 @@
+"""Image analytics of the camera workers: tamper (tamper.py), motion in zones (motion.py),
+arming schedules (schedule.py). numpy and OpenCV on small grey pictures: the luma plane
+of a decoded frame, downscaled — never a colour conversion of the full frame."""
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's grey picture (H, W) uint8 — a view of the Y plane when the pixel
+    format is planar YUV (no copy, no conversion)."""
+    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"):
+        plane = frame.planes[0]
+        buf = np.frombuffer(plane, np.uint8)
+        return buf.reshape(plane.height, plane.line_size)[:, :plane.width]
+    return frame.to_ndarray(format="gray")
+
+
+def downscale(grey: np.ndarray, width: int) -> np.ndarray:
+    h, w = grey.shape[:2]
+    if w <= width:
+        return np.ascontiguousarray(grey)
+    height = max(2, int(round(h * width / w)))
+    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def polygon_mask(polygons, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 mask (255 inside any polygon) for polygons in picture fractions."""
+    h, w = shape
+    mask = np.zeros((h, w), np.uint8)
+    for poly in polygons:
+        pts = np.array([[round(x * (w - 1)), round(y * (h - 1))] for x, y in poly], np.int32)
+        cv2.fillPoly(mask, [pts], 255)
+    return mask
+
+
+def keep_mask(masks, shape: tuple[int, int]) -> np.ndarray | None:
+    """uint8 mask of the analysed pixels (255) with the ignored areas cut out; None when
+    nothing is masked."""
+    if not masks:
+        return None
+    return cv2.bitwise_not(polygon_mask(masks, shape))

@@ -1,0 +1,248 @@
+"""Per-camera analytics configuration and the list of cameras a worker runs.
+
+The site file's camera entry carries the analytics under its ``analytics:`` key; every
+field has a default, so a camera with no ``analytics:`` gets health watch and tamper
+detection on keyframes only (the cheap mode) and no motion detection::
+
+    cameras:
+      - id: cam-dsc-01
+        rtsp_url: rtsp://10.1.2.3/main
+        substream_url: rtsp://10.1.2.3/sub
+        credentials: village-cams
+        analytics:
+          masks: [[[0, 0], [0.4, 0], [0.4, 0.06], [0, 0.06]]]   # the OSD clock
+          motion:
+            enabled: true                                        # full decoding for this camera
+            schedule: ["22:00-06:00"]                            # armed at night (site time zone)
+            zones:
+              - name: entrance
+                polygon: [[0.1, 0.6], [0.9, 0.6], [0.9, 1.0], [0.1, 1.0]]
+            masks: [[[0.7, 0.0], [1.0, 0.0], [1.0, 0.5], [0.7, 0.5]]]   # the tree
+
+Polygons are lists of ``[x, y]`` in fractions of the picture (0..1, origin top-left), so
+they survive a change of stream resolution.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.urls import redact_url
+
+log = logging.getLogger(__name__)
+
+TAMPER_CHECKS = ("covered", "defocused", "moved", "dark", "bright")
+
+
+def _polygon(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    for x, y in points:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError("polygon points are fractions of the picture: x and y must lie in 0..1")
+    return points
+
+
+Polygon = Annotated[list[tuple[float, float]], Field(min_length=3, max_length=64), AfterValidator(_polygon)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthConfig(_Model):
+    """When a camera counts as suspect, offline, back and frozen (debounce)."""
+
+    stall_s: Seconds = Field(3.0, description="no frame for this long: suspect (no alert yet)")
+    offline_s: Seconds = Field(10.0, description="no frame for this long: offline (alert)")
+    recover_s: Seconds = Field(5.0, description="frames flowing this long after an outage: online again")
+    frozen_s: Seconds = Field(12.0, description="picture unchanged this long while frames flow: frozen")
+    frozen_level: float = Field(0.15, ge=0, description="mean grey difference (0..255) below which two "
+                                                        "pictures count as the same picture")
+    telemetry_s: Seconds = Field(10.0, description="how often health telemetry is published")
+    open_timeout_s: Seconds = 5.0
+    read_timeout_s: Seconds = 3.0
+
+
+class TamperConfig(_Model):
+    """Lens covered or sprayed, defocused, turned away, too dark, too bright.
+
+    Every check compares against the camera's own baseline, learned at start and then
+    refreshed slowly (``baseline_tau_s``) from healthy pictures only, so dusk and dawn
+    move the baseline instead of raising an alert, and a tampered picture never becomes
+    the new normal."""
+
+    enabled: bool = True
+    checks: list[Literal["covered", "defocused", "moved", "dark", "bright"]] = list(TAMPER_CHECKS)
+    interval_s: Seconds = Field(1.0, description="analysis period when every frame is decoded "
+                                                 "(keyframe-only cameras analyse every keyframe)")
+    learn_s: Seconds = Field(20.0, description="time to learn the first baseline")
+    learn_samples: int = Field(4, ge=1, description="and at least this many pictures")
+    baseline_tau_s: Seconds = Field(1800.0, description="time constant of the slow baseline refresh")
+    confirm_s: float = Field(3.0, ge=0, description="a condition must last this long to raise an alert")
+    clear_s: float = Field(6.0, ge=0, description="and be gone this long to clear it")
+    covered_std: float = Field(4.0, gt=0, description="grey standard deviation below which the picture is uniform")
+    defocus_ratio: float = Field(0.4, gt=0, lt=1, description="sharpness below this fraction of the baseline")
+    moved_similarity: float = Field(0.45, gt=0, lt=1, description="structural similarity to the baseline "
+                                                                  "below which the camera has moved")
+    dark_level: float = Field(40.0, gt=0, lt=255, description="mean grey below this (and far below the "
+                                                              "baseline) is too dark")
+    bright_level: float = Field(210.0, gt=0, lt=255, description="mean grey above this is too bright")
+
+
+class Zone(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    polygon: Polygon
+    min_area: float = Field(0.02, gt=0, le=1, description="fraction of the zone that must change")
+    schedule: list[str] | None = Field(None, description="overrides the camera's motion schedule")
+
+
+class MotionConfig(_Model):
+    """Motion in zones, on a downscaled grey picture (full decoding: costs a camera's
+    whole decode, so it is enabled only where it is needed)."""
+
+    enabled: bool = False
+    fps: float = Field(5.0, gt=0, le=30, description="analysis rate")
+    width: int = Field(160, ge=32, le=640, description="width of the analysed picture")
+    zones: list[Zone] = Field(default_factory=list, description="empty: the whole picture is one zone")
+    masks: list[Polygon] = Field(default_factory=list, description="ignored areas: trees, a busy road")
+    threshold: int = Field(25, ge=1, le=255, description="grey difference that counts as change")
+    min_pixels: int = Field(12, ge=1, description="changed pixels needed (of the analysed picture)")
+    cooldown_s: float = Field(30.0, ge=0, description="per zone, after an alert")
+    whole_frame: float = Field(0.5, gt=0, le=1, description="fraction of the picture changing at once "
+                                                            "(lights, IR switch): recalibrate, no alert")
+    background_tau_s: Seconds = Field(4.0, description="how fast the background absorbs change")
+    schedule: list[str] = Field(default_factory=list, description='when armed, e.g. ["22:00-06:00"]; '
+                                                                  "empty: always")
+
+
+class ClipConfig(_Model):
+    ring_s: Seconds = Field(20.0, description="seconds of packets kept per camera")
+    before_s: float = Field(5.0, ge=0, le=60)
+    after_s: float = Field(5.0, ge=0, le=60)
+    flag_after_s: float = Field(3.0, ge=0, le=60, description="after-part of a supervisor flag's clip "
+                                                              "(the API waits for it)")
+    jpeg_quality: int = Field(90, ge=30, le=100)
+
+
+class CameraAnalytics(_Model):
+    stream: Literal["main", "sub"] = Field("sub", description="read the substream when the camera has one")
+    maintenance: bool = Field(False, description="in maintenance: watched, but no alerts")
+    masks: list[Polygon] = Field(default_factory=list, description="ignored by every analysis (OSD text, clock)")
+    timezone: str | None = Field(None, description="for schedules; default the site's")
+    health: HealthConfig = HealthConfig()
+    tamper: TamperConfig = TamperConfig()
+    motion: MotionConfig = MotionConfig()
+    clip: ClipConfig = ClipConfig()
+
+    @property
+    def decode_all(self) -> bool:
+        return self.motion.enabled
+
+
+@dataclass
+class CameraSpec:
+    """One camera as a worker runs it. ``url`` never carries credentials; the password
+    is only put into the URL handed to the demuxer (``stream_url``)."""
+
+    id: str
+    url: str
+    name: str = ""
+    grid: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    analytics: CameraAnalytics = field(default_factory=CameraAnalytics)
+    timezone: str = "Asia/Shanghai"
+
+    def stream_url(self) -> str:
+        if not self.username:
+            return self.url
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        userinfo = quote(self.username, safe="")
+        if self.password is not None:
+            userinfo += ":" + quote(self.password, safe="")
+        netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    @property
+    def shown_url(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def tz(self) -> str:
+        return self.analytics.timezone or self.timezone
+
+
+def shard_of(camera_id: str, shards: int) -> int:
+    """Stable across processes and restarts (Python's hash() is salted per process)."""
+    return zlib.crc32(camera_id.encode("utf-8")) % max(1, shards)
+
+
+def analytics_of(camera) -> CameraAnalytics:
+    raw = getattr(camera, "analytics", None)
+    if raw is None:
+        return CameraAnalytics()
+    if isinstance(raw, CameraAnalytics):
+        return raw
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
+    return CameraAnalytics.model_validate(raw)
+
+
+def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec], dict[str, str]]:
+    """The cameras of ``site`` in this shard, and the ones that cannot run with the reason
+    (no stream URL, credentials missing) — reported, never fatal for the others."""
+    from config.site import resolve_password
+
+    specs: list[CameraSpec] = []
+    problems: dict[str, str] = {}
+    for cam in site.cameras:
+        if shard_of(cam.id, shards) != shard:
+            continue
+        try:
+            analytics = analytics_of(cam)
+        except ValueError as exc:
+            problems[cam.id] = f"analytics: {exc}"
+            continue
+        url = cam.substream_url if (analytics.stream == "sub" and cam.substream_url) else cam.rtsp_url
+        if not url:
+            problems[cam.id] = "no rtsp_url (ONVIF-only cameras get their stream URI from ONVIF)"
+            continue
+        username = password = None
+        if cam.credentials:
+            cred = site.credentials.get(cam.credentials)
+            if cred is None:
+                problems[cam.id] = f"credentials {cam.credentials!r} not defined"
+                continue
+            try:
+                password = resolve_password(cred, cam.credentials)
+            except Exception as exc:  # CredentialError: names the source, never the secret
+                problems[cam.id] = str(exc)
+                continue
+            username = cred.username
+        specs.append(CameraSpec(id=cam.id, url=str(url), name=cam.name, grid=cam.grid, username=username,
+                                password=password, analytics=analytics, timezone=site.timezone))
+    return specs, problems
+
+
+class EvidenceSettings(BaseSettings):
+    """Where evidence files live and how long (``XLHUB_EVIDENCE_*``). With several hub
+    machines the directory must be shared storage: the API serves what workers wrote."""
+
+    model_config = SettingsConfigDict(env_prefix="XLHUB_EVIDENCE_", env_file=".env", extra="ignore")
+
+    dir: Path | None = Field(None, description="default: <var_dir>/evidence")
+    retention_days: int = Field(90, ge=1)
+    sweep_interval_s: int = Field(3600, ge=10)
+
+    def root(self, var_dir: Path) -> Path:
+        return (self.dir or (Path(var_dir) / "evidence")).resolve()

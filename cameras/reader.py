@@ -1,0 +1,328 @@
+"""Stream reading that never hangs.
+
+One ``StreamReader`` thread per camera opens the stream with PyAV (FFmpeg), with a
+timeout on the open and on every read: FFmpeg's interrupt callback aborts a socket that
+is open but silent (a hung camera, a SIGSTOPped server) after ``read_timeout`` seconds,
+where cv2.VideoCapture would sit for 30. Health does not even wait for that: it is judged
+by the clock from the last packet (cameras.health), so a reader stuck anywhere — even in
+a DNS lookup no timeout covers — is seen as a stall and, past ``stuck_after``, replaced
+by a fresh thread.
+
+Reconnects back off 1, 5, 10, then 60 s forever, also when the camera is unreachable at
+start; the backoff restarts after a connection that delivered frames.
+
+Two cost modes:
+- keyframes only (``decode_all=False``): every packet is demuxed and kept in the evidence
+  ring, but only keyframes reach the decoder (and the decoder skips non-key frames
+  anyway): health and tamper for hundreds of cameras;
+- full decoding (``decode_all=True``): every frame is decoded (H.264 needs them all) and
+  handed to analysis at the configured rate: motion.
+
+Credentials are put into the URL only for the demuxer; every message this module logs or
+raises goes through config.urls.redact_text.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Protocol
+
+import av
+
+from cameras.evidence import Segment
+from config.urls import redact_text
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S: tuple[float, ...] = (1.0, 5.0, 10.0, 60.0)
+
+
+def backoff_delay(failures: int, backoff: tuple[float, ...] = BACKOFF_S) -> float:
+    """Seconds to wait after the ``failures``-th failed (or ended) connection in a row."""
+    return backoff[min(max(failures, 1), len(backoff)) - 1]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, redacted reason for a failed open or read (FFmpeg puts the URL, and so
+    the password, into its messages)."""
+    if isinstance(exc, av.error.ExitError):
+        return "timed out (no data)"
+    text = redact_text(str(exc)).strip()
+    # "[Errno 111] Connection refused: 'rtsp://***@host/x'" → keep the reason, drop the URL.
+    if ": '" in text:
+        text = text.split(": '", 1)[0]
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def input_options(url: str, read_timeout_s: float) -> dict[str, str]:
+    if not url.lower().startswith(("rtsp://", "rtsps://")):
+        return {}
+    return {
+        "rtsp_transport": "tcp",                          # UDP loses packets through NAT and firewalls
+        "timeout": str(int(read_timeout_s * 1_000_000)),  # socket I/O timeout, µs
+        # Probe little: the SDP already names the codec, and a long probe is time to first
+        # frame (and packets buffered with stale arrival times).
+        "analyzeduration": "500000",
+        "probesize": "131072",
+        "fflags": "nobuffer",
+    }
+
+
+class WallClock:
+    """Maps a stream's timestamps to wall-clock time (epoch seconds).
+
+    The camera's own clock, from RTCP sender reports (FFmpeg's ``start_time_realtime``),
+    is used when it agrees with the arrival times within ``max_skew_s``: it is the time
+    the frame was captured, as the camera's OSD shows it. Otherwise (no RTCP yet, a file,
+    a camera whose clock is wrong) the stream is anchored on arrival: wall = pts + the
+    smallest (arrival − pts) seen recently, i.e. the least-delayed packet defines the
+    offset, and network jitter does not move it. ``skew_s`` reports a lying camera clock.
+    """
+
+    def __init__(self, max_skew_s: float = 2.0, window_s: float = 30.0) -> None:
+        self.max_skew_s = max_skew_s
+        self.window_s = window_s
+        self.reset()
+
+    def reset(self) -> None:
+        self._rtcp_start: float | None = None
+        self._prev_min = float("inf")
+        self._cur_min = float("inf")
+        self._window_started: float | None = None
+        self.skew_s: float | None = None
+        self._last_pts: float | None = None
+
+    def set_rtcp_start(self, start_s: float) -> None:
+        self._rtcp_start = start_s
+
+    @property
+    def has_rtcp(self) -> bool:
+        return self._rtcp_start is not None
+
+    def observe(self, pts_s: float, arrival: float) -> float:
+        """Feed one packet; returns its wall time."""
+        if self._last_pts is not None and not (-5.0 < pts_s - self._last_pts < 30.0):
+            # Timestamp discontinuity (camera restarted its clock): forget the anchor.
+            self._prev_min = self._cur_min = float("inf")
+        self._last_pts = pts_s
+        if self._window_started is None or arrival - self._window_started > self.window_s:
+            self._prev_min, self._cur_min = self._cur_min, float("inf")
+            self._window_started = arrival
+        offset = arrival - pts_s
+        if offset < self._cur_min:
+            self._cur_min = offset
+        return self.map(pts_s)
+
+    def map(self, pts_s: float) -> float:
+        arrival_offset = min(self._prev_min, self._cur_min)
+        if self._rtcp_start is not None:
+            camera_wall = self._rtcp_start + pts_s
+            if arrival_offset != float("inf"):
+                self.skew_s = camera_wall - (pts_s + arrival_offset)
+                if abs(self.skew_s) > self.max_skew_s:
+                    return pts_s + arrival_offset
+            return camera_wall
+        return pts_s + arrival_offset
+
+
+class ReaderSink(Protocol):
+    """What a reader feeds, all on the reader thread (keep it quick)."""
+
+    def on_open(self, segment: Segment, open_s: float) -> None: ...
+    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment) -> None: ...
+    def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None: ...
+    def on_close(self, reason: str | None, frames: int) -> None: ...
+    def on_retry(self, delay_s: float, failures: int) -> None: ...
+
+
+@dataclass
+class ReaderStats:
+    opens: int = 0
+    failures: int = 0
+    packets: int = 0
+    frames_decoded: int = 0
+
+
+class StreamReader:
+    """Reads one camera forever (``start``), or one connection (``read_once``)."""
+
+    _segments = 0
+    _segments_lock = threading.Lock()
+
+    def __init__(self, camera_id: str, url: Callable[[], str] | str, sink: ReaderSink, *,
+                 decode_all: bool = False, analysis_fps: float | None = None,
+                 open_timeout_s: float = 5.0, read_timeout_s: float = 3.0,
+                 backoff: tuple[float, ...] = BACKOFF_S, clock: WallClock | None = None,
+                 pace: bool = False) -> None:
+        self.camera_id = camera_id
+        self._url = url if callable(url) else (lambda u=url: u)
+        self.sink = sink
+        self.decode_all = decode_all
+        self.analysis_period = 1.0 / analysis_fps if analysis_fps else 0.0
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.backoff = backoff
+        self.clock = clock or WallClock()
+        self.pace = pace
+        self.stats = ReaderStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.abandoned = False
+        # Monotonic time of the last sign of life of the reader thread (packet, open, retry).
+        self.progress_at = time.monotonic()
+        self.phase = "idle"
+
+    # -- thread --------------------------------------------------------------------
+    def start(self) -> StreamReader:
+        self._thread = threading.Thread(target=self._run, name=f"reader-{self.camera_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def abandon(self) -> None:
+        """Give up on a thread stuck where no timeout reaches (it is a daemon; when it
+        wakes up it finds itself abandoned and exits without touching anything)."""
+        self.abandoned = True
+        self._stop.set()
+
+    def stuck_for(self, now: float | None = None) -> float:
+        """Seconds since the reader thread last showed life (0 when waiting to retry)."""
+        if self.phase in ("idle", "backoff", "stopped"):
+            return 0.0
+        return (now or time.monotonic()) - self.progress_at
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            frames = self.read_once()
+            if self._stop.is_set() or self.abandoned:
+                break
+            # A connection that delivered frames restarts the sequence at its first step.
+            failures = 1 if frames else failures + 1
+            delay = backoff_delay(failures, self.backoff)
+            self.phase = "backoff"
+            self.sink.on_retry(delay, failures)
+            self._stop.wait(delay)
+        self.phase = "stopped"
+
+    # -- one connection ------------------------------------------------------------
+    def read_once(self) -> int:
+        """Open, read until the stream ends, fails or ``stop``; returns frames decoded."""
+        self.phase = "opening"
+        self.progress_at = time.monotonic()
+        started = time.monotonic()
+        container = None
+        frames = 0
+        reason: str | None = None
+        try:
+            url = self._url()
+            container = av.open(url, options=input_options(url, self.read_timeout_s),
+                                timeout=(self.open_timeout_s, self.read_timeout_s))
+            del url
+            if self.abandoned:
+                return 0
+            frames = self._read(container, started)
+        except (av.FFmpegError, OSError, IndexError) as exc:     # IndexError: no video stream
+            reason = describe_error(exc)
+            self.stats.failures += 1
+        except Exception as exc:     # a bug in analysis must not end the camera's reading
+            reason = describe_error(exc)
+            self.stats.failures += 1
+            log.error("camera %s: reader failed: %s\n%s", self.camera_id, reason,
+                      redact_text("".join(traceback.format_exception(exc))))
+        finally:
+            if container is not None:
+                try:
+                    container.close()
+                except Exception:
+                    pass
+            self.phase = "closed"
+        if not self.abandoned:
+            if reason is None and not self._stop.is_set():
+                reason = "stream ended"
+            self.sink.on_close(reason, frames)
+        return frames
+
+    def _read(self, container, started: float) -> int:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        ctx.thread_count = 1            # hundreds of cameras per process: no per-camera thread pools
+        if not self.decode_all:
+            ctx.skip_frame = "NONKEY"
+        with StreamReader._segments_lock:
+            StreamReader._segments += 1
+            seg_id = StreamReader._segments
+        tb = stream.time_base or Fraction(1, 90000)
+        segment = Segment(seg_id, ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None)
+        tb_f = float(tb)
+        self.stats.opens += 1
+        self.clock.reset()
+        self.phase = "reading"
+        self.progress_at = time.monotonic()
+        self.sink.on_open(segment, time.monotonic() - started)
+
+        sink, clock, stop, stats = self.sink, self.clock, self._stop, self.stats
+        decode_all, period = self.decode_all, self.analysis_period
+        next_analysis = 0.0
+        frames = 0
+        rtcp_checks = 0
+        pace_origin: tuple[float, float] | None = None
+        for packet in container.demux(stream):
+            if stop.is_set():
+                break
+            pts = packet.pts
+            if pts is None or packet.size == 0:
+                continue
+            now = time.time()
+            self.progress_at = time.monotonic()
+            stats.packets += 1
+            if not clock.has_rtcp and rtcp_checks < 2000:
+                rtcp_checks += 1
+                rt = container.start_time_realtime
+                if rt:
+                    clock.set_rtcp_start(rt / 1_000_000)
+            pts_s = pts * tb_f
+            if self.pace:       # a file read as if live (tests, demos)
+                if pace_origin is None:
+                    pace_origin = (now, pts_s)
+                ahead = (pts_s - pace_origin[1]) - (now - pace_origin[0])
+                if ahead > 0 and stop.wait(ahead):
+                    break
+                now = time.time()
+            wall = clock.observe(pts_s, now)
+            key = packet.is_keyframe
+            sink.on_packet(packet, wall, key, segment)
+            if not (decode_all or key):
+                continue
+            try:
+                decoded = ctx.decode(packet)
+            except av.FFmpegError:
+                continue        # a corrupt packet costs one frame, not the connection
+            for frame in decoded:
+                frames += 1
+                stats.frames_decoded += 1
+                if decode_all:
+                    fwall = clock.map(frame.pts * tb_f) if frame.pts is not None else wall
+                    if fwall < next_analysis:
+                        continue
+                    # A steady cadence; after a gap, restart it from this frame.
+                    next_analysis = next_analysis + period if fwall - next_analysis < period else fwall + period
+                    sink.on_frame(frame, fwall, bool(frame.key_frame))
+                else:
+                    sink.on_frame(frame, wall, True)
+        return frames

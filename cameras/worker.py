@@ -1,0 +1,669 @@
+"""The camera worker process: a shard of the cameras, read, watched, analysed, evidenced.
+
+``CameraWorker(settings, shard=i, shards=n).run(stop_event)`` (started by hub.process)
+owns the cameras whose stable hash falls in shard ``i``. Per camera, a ``CameraPipeline``
+ties together the reader thread (cameras.reader), the evidence ring (cameras.evidence),
+the health state machine (cameras.health) and the analytics (cameras.analytics). The
+worker's main thread ticks every pipeline twice a second (health is judged by the clock,
+not by the readers), publishes health telemetry, finishes clips, writes its heartbeat.
+
+Everything leaves over MQTT as the camera itself would send it (devices.contract):
+
+    xlhub/v1/camera/<id>/tele                   health (fps, bitrate, keyframe interval, …)
+    xlhub/v1/camera/<id>/evt/offline            camera.offline  (+ last good snapshot)
+    xlhub/v1/camera/<id>/evt/online             camera.online
+    xlhub/v1/camera/<id>/evt/frozen[.cleared]   camera.frozen
+    xlhub/v1/camera/<id>/evt/tamper.<covered|defocused|moved|dark|bright>   (+ snapshot, clip)
+    xlhub/v1/camera/<id>/evt/tamper.cleared     (detail.condition)
+    xlhub/v1/camera/<id>/evt/motion             camera.motion (+ snapshot, clip)
+    xlhub/v1/camera/<id>/evt/flag               camera.flag: a supervisor's flag (+ snapshot, clip)
+
+and commands come in on ``xlhub/v1/camera/<id>/cmd/<name>`` — ``flag``, ``snapshot``,
+``maintenance``, ``rebaseline`` — answered on the MQTT 5 response topic with the
+correlation data echoed (body: the contract's CommandResult).
+
+The envelope ``id`` of an event is a ULID chosen here, and the ``evidence`` rows of its
+files carry it as ``event_id`` (the worker writes those rows itself: it owns the files).
+A clip's after-part is still being recorded when the event leaves: the event carries the
+clip's evidence id with ``pending: true``; its row (with the SHA-256) follows seconds
+later. A supervisor's flag waits for the clip and carries both hashes.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import av
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from ulid import ULID
+
+from cameras.analytics import luma
+from cameras.analytics.motion import MotionDetector
+from cameras.analytics.tamper import TamperDetector
+from cameras.config import CameraSpec, EvidenceSettings, camera_specs
+from cameras.evidence import JPEG, MP4, Evidence, EvidenceStore, PacketRing, Record, frame_at, jpeg, new_evidence_id, remux_mp4
+from cameras.health import HealthEvent, HealthMonitor
+from cameras.reader import StreamReader
+from config.urls import redact_url
+from devices.contract import topic_for
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+HEARTBEAT_S = 5.0
+BASELINE_SAVE_S = 300.0
+
+
+def _ms(t: float) -> int:
+    return int(round(t * 1000))
+
+
+@dataclass
+class OutEvent:
+    camera_id: str
+    type: str                      # full dotted type: camera.tamper.covered
+    id: str                        # ULID: envelope id, evidence.event_id
+    at: float                      # wall time (epoch s) of the frame / condition
+    detail: dict = field(default_factory=dict)
+    score: float | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    severity: str | None = None
+
+    def body(self, seq: int) -> dict:
+        out = {"v": 1, "id": self.id, "ts": _ms(self.at), "seq": seq, "detail": self.detail,
+               "evidence": [e.ref() for e in self.evidence]}
+        if self.score is not None:
+            out["score"] = max(0.0, min(1.0, float(self.score)))
+        if self.severity:
+            out["severity"] = self.severity
+        return out
+
+
+@dataclass
+class PendingClip:
+    evidence_id: str
+    event_id: str
+    around: float
+    t0: float
+    t1: float
+    give_up_at: float          # wall time: finish with what there is (camera went down)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Evidence | None = None
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; the message goes back to the requester."""
+
+
+# --------------------------------------------------------------------------- one camera
+class CameraPipeline:
+    """Reader → ring, health, analytics → events with evidence, for one camera."""
+
+    def __init__(self, spec: CameraSpec, *, emit: Callable[[OutEvent], None], store: EvidenceStore | None,
+                 jobs: ThreadPoolExecutor, baseline_dir: Path | None = None, wall=time.time) -> None:
+        self.spec = spec
+        self.cfg = spec.analytics
+        self.emit = emit
+        self.store = store
+        self.jobs = jobs
+        self.wall = wall
+        self.ring = PacketRing(self.cfg.clip.ring_s)
+        self.health = HealthMonitor(spec.id, self.cfg.health, maintenance=self.cfg.maintenance)
+        self.tamper = TamperDetector(self.cfg.tamper, masks=self.cfg.masks)
+        self.motion = MotionDetector(self.cfg.motion, masks=self.cfg.masks, timezone=spec.tz) \
+            if self.cfg.motion.enabled else None
+        self.baseline_path = baseline_dir / f"{spec.id}.npz" if baseline_dir else None
+        if self.baseline_path and self.baseline_path.exists() and self.tamper.load(self.baseline_path):
+            log.info("camera %s: tamper baseline loaded", spec.id)
+        self._next_tamper = 0.0
+        self._tamper_period = self.cfg.tamper.interval_s if self.cfg.decode_all else 0.0
+        self.pending_clips: list[PendingClip] = []
+        self._clips_lock = threading.Lock()
+        self._last_close_reason: str | None = None
+        self.analysed_frames = 0
+        self.events_raised = 0
+        self.reader = self._new_reader()
+
+    def _new_reader(self) -> StreamReader:
+        h = self.cfg.health
+        return StreamReader(self.spec.id, self.spec.stream_url, self, decode_all=self.cfg.decode_all,
+                            analysis_fps=self.cfg.motion.fps if self.cfg.decode_all else None,
+                            open_timeout_s=h.open_timeout_s, read_timeout_s=h.read_timeout_s)
+
+    def start(self) -> None:
+        log.info("camera %s: reading %s (%s)", self.spec.id, self.spec.shown_url,
+                 "every frame, motion" if self.cfg.decode_all else "keyframes only")
+        self.reader.start()
+
+    def stop(self) -> None:
+        self.reader.stop()
+
+    # -- reader sink (reader thread) -------------------------------------------------
+    def on_open(self, segment, open_s: float) -> None:
+        self.health.opened(open_s)
+        if self._last_close_reason is not None:
+            log.info("camera %s: connected again (%s %dx%d, open %.2fs)", self.spec.id, segment.codec,
+                     segment.width, segment.height, open_s)
+        self._last_close_reason = None
+
+    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment) -> None:
+        self.ring.append(Record(packet, wall, key, segment))
+        self.health.packet(packet.size, key, wall)
+
+    def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
+        self.analysed_frames += 1
+        grey = luma(frame)
+        if self.motion is not None:
+            for hit in self.motion.observe(grey, wall):
+                self.raise_event("camera.motion", wall, {"zone": hit.zone, "area": hit.area, "pixels": hit.pixels,
+                                                         "bbox": list(hit.bbox)},
+                                 score=hit.score, frame=frame)
+        if self._tamper_period and wall < self._next_tamper:
+            return
+        self._next_tamper = wall + self._tamper_period
+        small = self.tamper.measurer.prepare(grey)
+        m = self.tamper.measurer.measure(small)
+        self.health.picture(self.tamper.measurer.signature(small), self.tamper.uniform(m))
+        if self.health.frozen or self.health.maintenance:
+            return      # a frozen picture says nothing new; maintenance must not teach the baseline
+        for f in self.tamper.observe(small, wall, m):
+            if f.raised:
+                self.raise_event(f"camera.tamper.{f.condition}", f.at, f.detail, score=f.score)
+            else:
+                self.raise_event("camera.tamper.cleared", f.at, {"condition": f.condition, **f.detail},
+                                 clip=False, snapshot_at=wall)
+
+    def on_close(self, reason: str | None, frames: int) -> None:
+        self.health.closed(reason)
+        if reason and reason != self._last_close_reason:
+            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.spec.shown_url)
+        self._last_close_reason = reason or self._last_close_reason
+
+    def on_retry(self, delay_s: float, attempt: int) -> None:
+        log.debug("camera %s: retry %d in %.0fs", self.spec.id, attempt, delay_s)
+
+    # -- events ------------------------------------------------------------------------
+    def raise_event(self, type_: str, at: float, detail: dict, *, score: float | None = None,
+                    frame: av.VideoFrame | None = None, clip: bool = True, snapshot: bool = True,
+                    snapshot_at: float | None = None) -> str | None:
+        """Queue an event: its snapshot is taken first (the frame at ``at``, or ``frame``
+        when the analysis holds it), then it is emitted with a pending clip."""
+        if self.health.maintenance:
+            log.info("camera %s: %s suppressed (maintenance)", self.spec.id, type_)
+            return None
+        event_id = str(ULID())
+        self.events_raised += 1
+        self.jobs.submit(self._build_event, type_, event_id, at, detail, score, frame, clip, snapshot,
+                         snapshot_at if snapshot_at is not None else at)
+        return event_id
+
+    def _build_event(self, type_: str, event_id: str, at: float, detail: dict, score, frame, clip: bool,
+                     snapshot: bool, snapshot_at: float) -> None:
+        try:
+            evidence: list[Evidence] = []
+            if snapshot:
+                snap = self.snapshot(snapshot_at, event_id, frame=frame)
+                if snap is not None:
+                    evidence.append(snap)
+            if clip and self.store is not None:
+                evidence.append(self._schedule_clip(event_id, at))
+            self.emit(OutEvent(self.spec.id, type_, event_id, at, detail, score, evidence))
+        except Exception:
+            log.exception("camera %s: %s could not be built", self.spec.id, type_)
+
+    def snapshot(self, at: float, event_id: str | None, frame: av.VideoFrame | None = None,
+                 frame_wall: float | None = None) -> Evidence | None:
+        """Store the frame shown at ``at`` as JPEG evidence (``frame`` if given)."""
+        if self.store is None:
+            return None
+        if frame is None:
+            found = frame_at(self.ring.records(), at)
+            if found is None:
+                return None
+            frame, frame_wall = found
+        data = jpeg(frame, self.cfg.clip.jpeg_quality)
+        return self.store.save_bytes(self.spec.id, "snapshot", data, JPEG, frame_wall or at, event_id)
+
+    def _schedule_clip(self, event_id: str, at: float, after_s: float | None = None) -> Evidence:
+        c = self.cfg.clip
+        after = c.after_s if after_s is None else after_s
+        pending = PendingClip(new_evidence_id(), event_id, at, at - c.before_s, at + after,
+                              give_up_at=at + after + self.cfg.health.offline_s)
+        with self._clips_lock:
+            self.pending_clips.append(pending)
+        return Evidence(id=pending.evidence_id, kind="clip", media_type=MP4, captured_at=pending.t0, pending=True)
+
+    def _finish_clip(self, clip: PendingClip) -> None:
+        try:
+            tmp = self.store.temp_path(self.spec.id, clip.evidence_id, "mp4")
+            info = remux_mp4(self.ring.records(), clip.t0, clip.t1, tmp, around=clip.around)
+            if info is None:
+                log.warning("camera %s: no packets for the clip of event %s", self.spec.id, clip.event_id)
+                return
+            clip.result = self.store.save_file(self.spec.id, "clip", tmp, MP4, info.start_wall, clip.event_id,
+                                               clip.evidence_id)
+        except Exception:
+            log.exception("camera %s: clip %s failed", self.spec.id, clip.evidence_id)
+        finally:
+            clip.done.set()
+
+    # -- scheduler thread ----------------------------------------------------------------
+    def tick(self) -> None:
+        for ev in self.health.tick():
+            self._health_event(ev)
+        now = self.wall()
+        latest = self.ring.latest_wall
+        with self._clips_lock:
+            due = [c for c in self.pending_clips if (latest is not None and latest >= c.t1) or now >= c.give_up_at]
+            self.pending_clips = [c for c in self.pending_clips if c not in due]
+        for clip in due:
+            self.jobs.submit(self._finish_clip, clip)
+        # A reader stuck where no FFmpeg timeout reaches (name resolution): replace it.
+        h = self.cfg.health
+        if self.reader.stuck_for() > h.open_timeout_s + h.read_timeout_s + 10:
+            log.warning("camera %s: reader stuck %.0fs, starting a new one", self.spec.id, self.reader.stuck_for())
+            self.reader.abandon()
+            self.health.closed("reader stuck")
+            self.reader = self._new_reader()
+            self.reader.start()
+
+    def _health_event(self, ev: HealthEvent) -> None:
+        if ev.type == "camera.offline":
+            # The last good picture: the latest frame in the ring, whatever time it is.
+            last = self.ring.latest_wall
+            self.raise_event(ev.type, ev.at, ev.detail, clip=False, snapshot=last is not None,
+                             snapshot_at=last if last is not None else ev.at)
+        elif ev.type == "camera.online":
+            self.raise_event(ev.type, ev.at, ev.detail, clip=False, snapshot_at=self.ring.latest_wall or ev.at)
+        else:
+            self.raise_event(ev.type, ev.at, ev.detail, clip=False,
+                             snapshot_at=ev.at if ev.type == "camera.frozen" else (self.ring.latest_wall or ev.at))
+
+    def set_maintenance(self, on: bool) -> None:
+        was = self.health.maintenance
+        for ev in self.health.set_maintenance(on):
+            self._health_event(ev)
+        if was and not on:
+            self.tamper.rebaseline()        # the camera may have been re-aimed or refocused
+        log.info("camera %s: maintenance %s", self.spec.id, "on" if on else "off")
+
+    def save_baseline(self) -> None:
+        if self.baseline_path is not None and self.tamper.learned:
+            try:
+                self.tamper.save(self.baseline_path)
+            except OSError as exc:
+                log.warning("camera %s: baseline not saved: %s", self.spec.id, exc)
+
+    # -- commands (job threads) ----------------------------------------------------------
+    def flag(self, frame_at_s: float, note: str | None, category: str | None, by: str | None,
+             severity: str | None = None) -> OutEvent:
+        """A supervisor's flag: the frame shown at ``frame_at_s`` and a clip around it,
+        as a ``camera.flag`` event (emitted once both are stored)."""
+        if self.store is None:
+            raise CommandError("this worker stores no evidence")
+        now = self.wall()
+        if frame_at_s > now + 2:
+            raise CommandError("frame time is in the future")
+        oldest = self.ring.records()[:1]
+        if not oldest or frame_at_s < oldest[0].wall:
+            raise CommandError(f"no video at that time: the hub keeps the last {self.cfg.clip.ring_s:.0f} s")
+        self.ring.wait_for(frame_at_s, timeout=2.0)
+        event_id = str(ULID())
+        snap = self.snapshot(frame_at_s, event_id)
+        if snap is None:
+            raise CommandError("no decodable frame at that time")
+        c = self.cfg.clip
+        pending = PendingClip(new_evidence_id(), event_id, frame_at_s, frame_at_s - c.before_s,
+                              frame_at_s + c.flag_after_s, give_up_at=frame_at_s + c.flag_after_s + 3)
+        self.ring.wait_for(pending.t1, timeout=max(0.0, pending.give_up_at - self.wall()))
+        self._finish_clip(pending)
+        evidence = [snap] + ([pending.result] if pending.result is not None else [])
+        detail = {"note": note, "category": category, "by": by, "frame_at": _ms(frame_at_s),
+                  "snapshot_frame_at": _ms(snap.captured_at)}
+        event = OutEvent(self.spec.id, "camera.flag", event_id, frame_at_s,
+                         {k: v for k, v in detail.items() if v is not None}, None, evidence, severity)
+        self.events_raised += 1
+        self.emit(event)
+        return event
+
+    def latest_jpeg(self) -> tuple[bytes, float]:
+        latest = self.ring.latest_wall
+        if latest is None:
+            raise CommandError("no picture from this camera yet")
+        found = frame_at(self.ring.records(), latest)
+        if found is None:
+            raise CommandError("no decodable picture yet")
+        frame, wall = found
+        return jpeg(frame, self.cfg.clip.jpeg_quality), wall
+
+
+# --------------------------------------------------------------------------- MQTT
+def _mqtt_client(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(url)}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if parts.username:
+        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+    if parts.scheme == "mqtts":
+        client.tls_set()
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.max_queued_messages_set(10_000)
+    return client, parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+class MqttLink:
+    """The worker's one MQTT connection: publishes as each of its cameras, receives
+    their commands. Sequence numbers are per camera, from 0 at every worker start."""
+
+    def __init__(self, url: str, client_id: str, camera_ids: list[str],
+                 on_command: Callable[[str, str, dict, mqtt.MQTTMessage], None]) -> None:
+        self.url = url
+        self.camera_ids = list(camera_ids)
+        self.on_command = on_command
+        self.client, self._host, self._port = _mqtt_client(url, client_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.connected = threading.Event()
+        self._seq: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+
+    def start(self) -> None:
+        self.client.connect_async(self._host, self._port, keepalive=15)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT %s refused the connection: %s", redact_url(self.url), reason_code)
+            return
+        self.connected.set()
+        subs = [(topic_for("camera", cid, "cmd", "+"), 1) for cid in self.camera_ids]
+        for i in range(0, len(subs), 100):
+            client.subscribe(subs[i:i + 100])
+        log.info("MQTT connected to %s; commands of %d cameras subscribed", redact_url(self.url), len(subs))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        log.warning("MQTT connection lost (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 6 or parts[4] != "cmd":
+            return
+        camera_id, name = parts[3], parts[5]
+        try:
+            body = json.loads(msg.payload) if msg.payload else {}
+            if not isinstance(body, dict):
+                raise ValueError("payload must be a JSON object")
+        except ValueError as exc:
+            self.reply(camera_id, name, msg, {}, "rejected", f"bad command payload: {exc}")
+            return
+        self.on_command(camera_id, name, body, msg)
+
+    def next_seq(self, camera_id: str) -> int:
+        with self._seq_lock:
+            n = self._seq.get(camera_id, 0)
+            self._seq[camera_id] = n + 1
+            return n
+
+    def publish(self, camera_id: str, channel: str, name: str | None, body: dict, qos: int = 1) -> None:
+        topic = topic_for("camera", camera_id, channel, name)
+        self.client.publish(topic, json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=qos)
+
+    def publish_event(self, ev: OutEvent) -> None:
+        self.publish(ev.camera_id, "evt", ev.type.removeprefix("camera."), ev.body(self.next_seq(ev.camera_id)))
+
+    def publish_telemetry(self, camera_id: str, figures: dict) -> None:
+        body = {"v": 1, "id": str(ULID()), "ts": _ms(time.time()), "seq": self.next_seq(camera_id),
+                **{k: v for k, v in figures.items() if v is not None}}
+        self.publish(camera_id, "tele", None, body, qos=0)
+
+    def reply(self, camera_id: str, name: str, request: mqtt.MQTTMessage, request_body: dict, phase: str,
+              detail: str | None = None, **extra) -> None:
+        body = {"v": 1, "id": str(ULID()), "ts": _ms(time.time()), "seq": self.next_seq(camera_id),
+                "cmd": name, "phase": phase}
+        if isinstance(request_body.get("id"), str):
+            body["cmd_id"] = request_body["id"][:64]
+        if detail:
+            body["detail"] = detail[:1024]
+        body.update(extra)
+        req_props = getattr(request, "properties", None)
+        response_topic = getattr(req_props, "ResponseTopic", None) if req_props else None
+        props = None
+        if response_topic:
+            topic = response_topic
+            props = Properties(PacketTypes.PUBLISH)
+            corr = getattr(req_props, "CorrelationData", None)
+            if corr:
+                props.CorrelationData = corr
+        else:
+            if "jpeg_b64" in body:
+                return  # a picture only goes to a requester that asked for an answer
+            topic = topic_for("camera", camera_id, "res", name)
+        self.client.publish(topic, json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
+                            properties=props)
+
+
+# --------------------------------------------------------------------------- the worker
+class CameraWorker:
+    def __init__(self, settings, shard: int = 0, shards: int = 1, cameras: list[CameraSpec] | None = None, *,
+                 db_url: str | None = None, mqtt_url: str | None = None, evidence_root: Path | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, job_threads: int = 4) -> None:
+        self.settings = settings
+        self.shard, self.shards = shard, shards
+        self.name = f"cameras-{shard}"
+        self._cameras = cameras
+        self.db_url = db_url or settings.database_url
+        self.mqtt_url = mqtt_url or settings.mqtt_url
+        self.evidence_settings = EvidenceSettings()
+        self.evidence_root = Path(evidence_root) if evidence_root else self.evidence_settings.root(settings.var_dir)
+        self.baseline_dir = Path(settings.var_dir) / "cameras" / "baselines"
+        self.heartbeat_s = heartbeat_s
+        self.job_threads = job_threads
+        self.pipelines: dict[str, CameraPipeline] = {}
+        self.problems: dict[str, str] = {}
+        self.link: MqttLink | None = None
+        self.pool = None
+        self.store: EvidenceStore | None = None
+        self.ready = threading.Event()
+        self.started_at = datetime.now(UTC)
+
+    # -- set-up ------------------------------------------------------------------------
+    def _load_cameras(self) -> list[CameraSpec]:
+        if self._cameras is not None:
+            return list(self._cameras)
+        from config.site import load_site
+
+        site = load_site(self.settings.site_file)
+        specs, self.problems = camera_specs(site, self.shard, self.shards)
+        for cam_id, problem in self.problems.items():
+            log.error("camera %s not started: %s", cam_id, problem)
+        return specs
+
+    def run(self, stop: threading.Event) -> None:
+        specs = self._load_cameras()
+        jobs = ThreadPoolExecutor(max_workers=self.job_threads, thread_name_prefix=f"{self.name}-job")
+        self.jobs = jobs
+        if self.db_url:
+            from store.db import open_pool
+            self.pool = open_pool(self.db_url, min_size=1, max_size=3, name=self.name)
+        self.store = EvidenceStore(self.evidence_root, self.pool)
+        if self.mqtt_url:
+            self.link = MqttLink(self.mqtt_url, f"xlhub-{self.name}-{os.getpid()}", [s.id for s in specs],
+                                 self._on_command)
+            self.link.start()
+        else:
+            log.warning("no MQTT broker configured: camera events are not published")
+        for spec in specs:
+            self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
+                                                     baseline_dir=self.baseline_dir)
+        for p in self.pipelines.values():
+            p.start()
+        log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
+                 self.shards, self.evidence_root)
+        self.ready.set()
+        next_tele: dict[str, float] = {cid: time.monotonic() + p.cfg.health.telemetry_s
+                                       for cid, p in self.pipelines.items()}
+        next_heartbeat = 0.0
+        next_sweep = time.monotonic() + 60
+        next_baseline = time.monotonic() + BASELINE_SAVE_S
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                for cid, p in self.pipelines.items():
+                    try:
+                        p.tick()
+                    except Exception:
+                        log.exception("camera %s: tick failed", cid)
+                    if now >= next_tele[cid]:
+                        next_tele[cid] = now + p.cfg.health.telemetry_s
+                        if self.link is not None:
+                            self.link.publish_telemetry(cid, p.health.telemetry())
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.heartbeat_s
+                    self._heartbeat(ready=True)
+                    self.store.flush()
+                if now >= next_sweep:
+                    next_sweep = now + self.evidence_settings.sweep_interval_s
+                    jobs.submit(self._sweep)
+                if now >= next_baseline:
+                    next_baseline = now + BASELINE_SAVE_S
+                    for p in self.pipelines.values():
+                        p.save_baseline()
+                stop.wait(TICK_S)
+        finally:
+            self._shutdown(jobs)
+
+    def _shutdown(self, jobs: ThreadPoolExecutor) -> None:
+        for p in self.pipelines.values():
+            p.stop()
+        for p in self.pipelines.values():
+            p.reader.join(timeout=0.5)
+            p.save_baseline()
+        jobs.shutdown(wait=True, cancel_futures=True)
+        self._heartbeat(ready=False)
+        if self.link is not None:
+            self.link.stop()
+        if self.pool is not None:
+            self.pool.close()
+        log.info("%s stopped", self.name)
+
+    # -- outputs -------------------------------------------------------------------------
+    def _emit(self, ev: OutEvent) -> None:
+        log.info("camera %s: %s %s", ev.camera_id, ev.type, ev.id)
+        if self.link is not None:
+            self.link.publish_event(ev)
+
+    def _sweep(self) -> None:
+        try:
+            n = self.store.sweep(list(self.pipelines), self.evidence_settings.retention_days)
+            if n:
+                log.info("evidence retention: %d files removed", n)
+        except Exception as exc:
+            log.warning("evidence retention sweep failed: %s", type(exc).__name__)
+
+    def status(self) -> dict:
+        states: dict[str, int] = {}
+        for p in self.pipelines.values():
+            states[p.health.shown_state] = states.get(p.health.shown_state, 0) + 1
+        return {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
+                "shard": self.shard, "shards": self.shards, "problems": self.problems,
+                "mqtt": bool(self.link and self.link.connected.is_set())}
+
+    def _heartbeat(self, ready: bool) -> None:
+        if self.pool is None:
+            return
+        detail = self.status()
+        detail["ready"] = ready
+        try:
+            from psycopg.types.json import Jsonb
+            with self.pool.connection(timeout=3) as conn:
+                conn.execute(
+                    """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
+                       VALUES (%s, 'cameras', %s, %s, %s, now(), %s)
+                       ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                           started_at = EXCLUDED.started_at, seen_at = now(), detail = EXCLUDED.detail""",
+                    (self.name, socket.gethostname(), os.getpid(), self.started_at, Jsonb(detail)))
+        except Exception as exc:
+            log.warning("%s: heartbeat not written: %s", self.name, type(exc).__name__)
+
+    # -- commands --------------------------------------------------------------------------
+    def _on_command(self, camera_id: str, name: str, body: dict, msg: mqtt.MQTTMessage) -> None:
+        """On the MQTT thread: hand the work to a job thread at once."""
+        pipeline = self.pipelines.get(camera_id)
+        if pipeline is None:
+            return      # another shard's camera (shared subscriptions) or a retired one
+        self.jobs.submit(self._command, pipeline, name, body, msg)
+
+    def _command(self, p: CameraPipeline, name: str, body: dict, msg: mqtt.MQTTMessage) -> None:
+        link = self.link
+        try:
+            if name == "flag":
+                at = _epoch_s(body.get("frame_ts", body.get("frame_at")))
+                note, category, by = (_text(body.get(k), 500) for k in ("note", "category", "by"))
+                severity = body.get("severity") if body.get("severity") in ("info", "minor", "major", "critical") else None
+                event = p.flag(at, note, category, by, severity)
+                link.reply(p.spec.id, name, msg, body, "finished", event_id=event.id,
+                           evidence=[e.ref() for e in event.evidence], frame_at=_ms(at))
+            elif name == "snapshot":
+                data, wall = p.latest_jpeg()
+                link.reply(p.spec.id, name, msg, body, "finished", frame_at=_ms(wall),
+                           state=p.health.shown_state, jpeg_b64=base64.b64encode(data).decode("ascii"))
+            elif name == "maintenance":
+                on = body.get("on")
+                if not isinstance(on, bool):
+                    raise CommandError("'on' must be true or false")
+                p.set_maintenance(on)
+                link.reply(p.spec.id, name, msg, body, "finished", maintenance=on)
+            elif name == "rebaseline":
+                p.tamper.rebaseline()
+                link.reply(p.spec.id, name, msg, body, "finished")
+            else:
+                link.reply(p.spec.id, name, msg, body, "rejected", f"unknown command {name!r}")
+        except CommandError as exc:
+            link.reply(p.spec.id, name, msg, body, "failed", str(exc))
+        except Exception as exc:
+            log.exception("camera %s: command %s failed", p.spec.id, name)
+            link.reply(p.spec.id, name, msg, body, "failed", f"internal error ({type(exc).__name__})")
+
+
+def _epoch_s(value) -> float:
+    if isinstance(value, bool) or value is None:
+        raise CommandError("frame_ts is required (epoch milliseconds or ISO-8601 with offset)")
+    if isinstance(value, (int, float)):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise CommandError("frame_ts: not an ISO-8601 time") from None
+        if dt.tzinfo is None:
+            raise CommandError("frame_ts: needs a UTC offset")
+        return dt.timestamp()
+    raise CommandError("frame_ts: epoch milliseconds or ISO-8601")
+
+
+def _text(value, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CommandError("note, category and by must be strings")
+    return value[:limit]

@@ -13,6 +13,7 @@ from api.auth.views import router as auth_router
 from api.broker import BrokerStatus
 from api.health.views import router as health_router
 from api.registry.views import router as registry_router
+from api.web import router as web_router  # the web UI at / and live video (/api/live)
 from config.settings import Settings
 from store.db import open_pool
 
@@ -46,6 +47,8 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
 
-    for router in (health_router, auth_router, registry_router, admin_router):
+    for router in (health_router, auth_router, registry_router, admin_router, web_router):
         app.include_router(router)
+    from api.cameras.views import router as cameras_router  # flags, snapshots, evidence
+    app.include_router(cameras_router)
     return app

@@ -1,0 +1,33 @@
+"""Settings of live video (``XLHUB_LIVE_*``), read by the API process."""
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LiveSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XLHUB_LIVE_", env_file=".env", extra="ignore")
+
+    ice_hosts: str | None = Field(
+        None, description="comma-separated local addresses offered as WebRTC host candidates; "
+                          "default: the API's bind address (XLHUB_HTTP_HOST), or every interface "
+                          "when that is 0.0.0.0/::")
+    linger_s: float = Field(5.0, ge=0, le=600, description="keep a camera's pull this long after its last "
+                                                            "viewer leaves (switching layouts does not reconnect)")
+    snapshot_lease_s: float = Field(15.0, gt=0, le=600, description="a frame.jpg request keeps the pull this long")
+    max_sessions: int = Field(64, ge=1, description="WebRTC viewers the API process serves at once")
+    max_sessions_per_user: int = Field(20, ge=1)
+    connect_timeout_s: float = Field(20.0, gt=0, description="a viewer that has not connected by then is dropped")
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    stall_s: float = Field(3.0, gt=0, description="no packet for this long: the feed counts as stalled")
+    queue_packets: int = Field(90, ge=8, description="per viewer; a slower viewer skips to the next keyframe")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+
+    def host_addresses(self, http_host: str) -> list[str] | None:
+        """Addresses for ICE host candidates, or None for aioice's default (every interface)."""
+        if self.ice_hosts:
+            return [h.strip() for h in self.ice_hosts.split(",") if h.strip()]
+        if http_host in ("0.0.0.0", "::", ""):
+            return None
+        return [http_host]

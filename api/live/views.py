@@ -1,0 +1,222 @@
+"""Live video (实时视频): WebRTC signalling and the snapshot fallback.
+
+POST   /api/live/{camera_id}/offer       SDP offer in, SDP answer out (audited: live.view)
+DELETE /api/live/sessions/{session_id}   the viewer closes its tile
+GET    /api/live/{camera_id}/frame.jpg   newest picture of the same pull (audited: live.snapshot,
+                                          once per viewer and camera a minute)
+GET    /api/live/status                  feeds of the caller's cameras: state, viewers
+GET    /api/live/clock                   the hub's clock (the page aligns frame timestamps to it)
+
+Scoped like every other camera resource: another township's camera answers 404. The pull,
+and the camera credentials it needs, stay on the hub.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from pydantic import BaseModel, Field
+
+from api.audit import audited_read
+from api.deps import Conn, CurrentPrincipal, ensure_in_scope, require
+from api.live.config import LiveSettings
+from api.live.relay import CameraSource, LiveError, LiveRelay
+from api.permissions import Permission
+from store.identity import Principal
+
+log = logging.getLogger(__name__)
+
+FRAME_AUDIT_EVERY_S = 60.0
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = getattr(app.state, "settings", None)
+    relay = LiveRelay(LiveSettings(), http_host=getattr(settings, "http_host", "127.0.0.1"))
+    app.state.live = relay
+    app.state.live_frame_audits = {}
+    try:
+        yield
+    finally:
+        await relay.close()
+
+
+router = APIRouter(prefix="/api/live", tags=["live 实时视频"], lifespan=lifespan)
+
+LiveViewer = Annotated[Principal, Depends(require(Permission.LIVE_VIEW))]
+
+
+class Offer(BaseModel):
+    sdp: str = Field(min_length=10, max_length=20_000)
+    type: str = Field("offer", pattern="^offer$")
+
+
+class Answer(BaseModel):
+    sdp: str
+    type: str = "answer"
+    session_id: str
+    camera_id: str
+    codec: str = "H264"
+    passthrough: bool = True
+
+
+class FeedStatus(BaseModel):
+    camera_id: str
+    state: str
+    reason: str | None
+    codec: str | None
+    width: int | None
+    height: int | None
+    viewers: int
+    snapshot_lease: bool
+    packets: int
+    keyframes: int
+    connections: int
+    started_at: float
+    last_packet_at: float | None
+
+
+class LiveStatus(BaseModel):
+    feeds: list[FeedStatus]
+    my_sessions: list[dict]
+
+
+# -------------------------------------------------------------------- camera lookup
+
+CAMERA_QUERY = """
+SELECT c.id, c.rtsp_url, c.credentials_ref, g.path AS grid_path
+FROM cameras c
+JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
+JOIN grid_nodes g ON g.code = m.grid_code
+WHERE c.active AND c.id = %(id)s AND g.path @> ARRAY[%(node)s]
+"""
+
+_site_cache: dict[str, tuple[float, object]] = {}
+
+
+def _site(path: Path):
+    from config.site import load_site
+    key = str(path)
+    mtime = os.stat(path).st_mtime
+    cached = _site_cache.get(key)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, load_site(path))
+        _site_cache[key] = cached
+    return cached[1]
+
+
+def _credentials(request: Request, ref: str, camera_id: str) -> tuple[str, str]:
+    from config.site import CredentialError, resolve_password
+    try:
+        site = _site(Path(request.app.state.settings.site_file))
+        cred = site.credentials[ref]
+        return cred.username, resolve_password(cred, name=ref)
+    except (CredentialError, KeyError, OSError, Exception) as exc:  # noqa: BLE001
+        # The detail (a variable or file name, never a value) goes to the log, not the browser.
+        log.error("camera %s: credentials %r unavailable: %s", camera_id, ref, exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            "the camera's credentials are not available on the hub (see the hub log)") from None
+
+
+def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveViewer) -> CameraSource:
+    row = conn.execute(CAMERA_QUERY, {"id": camera_id, "node": principal.node_code}).fetchone()
+    ensure_in_scope(principal, row["grid_path"] if row else None, f"camera {camera_id!r}")
+    if not row["rtsp_url"]:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this camera has no stream address")
+    user = password = None
+    if row["credentials_ref"]:
+        user, password = _credentials(request, row["credentials_ref"], camera_id)
+    return CameraSource(camera_id=row["id"], url=row["rtsp_url"], username=user, password=password)
+
+
+Source = Annotated[CameraSource, Depends(camera_source)]
+
+
+def _relay(request: Request) -> LiveRelay:
+    return request.app.state.live
+
+
+def _http(exc: LiveError) -> HTTPException:
+    return HTTPException(exc.status, exc.message)
+
+
+def _mark_frame_audit(request: Request) -> None:
+    # Denials are always audited; a successful frame only once a minute per viewer and camera
+    # (the endpoint clears the mark), so a snapshot tile refreshed every second is one record.
+    request.state.audit_action = "live.snapshot"
+
+
+# -------------------------------------------------------------------- endpoints
+
+
+@router.post("/{camera_id}/offer", response_model=Answer, dependencies=[Depends(audited_read("live.view"))],
+             summary="开始观看实时视频 (WebRTC offer → answer)")
+async def offer(camera_id: str, body: Offer, request: Request, source: Source, principal: LiveViewer) -> Answer:
+    """The camera's H.264 is passed through (no re-encoding): the browser must offer H.264.
+    Gather ICE candidates before sending the offer (no trickle)."""
+    try:
+        session = await _relay(request).open_session(source, body.sdp, body.type, principal.name)
+    except LiveError as exc:
+        raise _http(exc) from None
+    return Answer(sdp=session.pc.localDescription.sdp, session_id=session.id, camera_id=camera_id)
+
+
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, summary="结束观看")
+async def close_session(session_id: str, request: Request, principal: CurrentPrincipal) -> None:
+    relay = _relay(request)
+    session = relay.sessions.get(session_id)
+    if session is None or session.user != principal.name:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "session not found")
+    await relay.close_session(session_id)
+
+
+@router.get("/{camera_id}/frame.jpg", dependencies=[Depends(_mark_frame_audit)],
+            responses={200: {"content": {"image/jpeg": {}}}}, summary="实时快照 (WebRTC 不可用时)")
+async def frame(camera_id: str, request: Request, source: Source, principal: LiveViewer) -> Response:
+    """The newest picture from the same pull as live view, decoded on the hub.
+    ``X-Frame-Time``: when the hub received it (ms since epoch)."""
+    relay = _relay(request)
+    try:
+        jpeg, wall = await relay.snapshot(source)
+    except LiveError as exc:
+        raise _http(exc) from None
+    audits: dict = request.app.state.live_frame_audits
+    key, now = (principal.name, camera_id), time.monotonic()
+    if now - audits.get(key, -1e9) < FRAME_AUDIT_EVERY_S:
+        request.state.audit_action = None
+    else:
+        audits[key] = now
+        if len(audits) > 10_000:
+            audits.clear()
+    return Response(jpeg, media_type="image/jpeg",
+                    headers={"Cache-Control": "no-store", "X-Frame-Time": str(int(wall * 1000))})
+
+
+def _cameras_in_scope(conn, principal: Principal, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    rows = conn.execute(
+        """SELECT m.source_id FROM grid_membership m JOIN grid_nodes g ON g.code = m.grid_code
+           WHERE m.source_kind = 'camera' AND m.valid_to IS NULL AND m.source_id = ANY(%s)
+             AND g.path @> ARRAY[%s]""", (ids, principal.node_code)).fetchall()
+    return {r["source_id"] for r in rows}
+
+
+@router.get("/status", response_model=LiveStatus, summary="实时视频状态")
+def live_status(request: Request, conn: Conn, principal: LiveViewer) -> LiveStatus:
+    relay = _relay(request)
+    feeds = dict(relay.feeds)
+    visible = _cameras_in_scope(conn, principal, list(feeds))
+    mine = [s.info() for s in list(relay.sessions.values()) if s.user == principal.name]
+    return LiveStatus(feeds=[FeedStatus(**f.info()) for cid, f in sorted(feeds.items()) if cid in visible],
+                      my_sessions=mine)
+
+
+@router.get("/clock", summary="服务器时钟")
+def clock(principal: CurrentPrincipal) -> dict:
+    return {"now_ms": int(time.time() * 1000)}

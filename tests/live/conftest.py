@@ -1,0 +1,69 @@
+"""A hub with live video: the demo site's cameras served by the simulated RTSP server
+(real GStreamer, H.264, timestamp strip), behind a real API server."""
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from cameras.sim.server import SimRtspServer
+from store.db import connect
+from tests.api.conftest import PASSWORD, ApiServer, seeded_db  # noqa: F401  (fixture re-exported)
+
+CAMERA_USER = "admin"
+LIVE_ENV = {"XLHUB_LIVE_LINGER_S": "1", "XLHUB_LIVE_SNAPSHOT_LEASE_S": "3", "XLHUB_LIVE_ICE_HOSTS": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def camera_password():
+    """The demo site's camera credentials come from this variable (never inline)."""
+    old = os.environ.get("XLHUB_DEMO_CAMERA_PASSWORD")
+    pw = "Cam-" + secrets.token_urlsafe(8)
+    os.environ["XLHUB_DEMO_CAMERA_PASSWORD"] = pw
+    yield pw
+    if old is None:
+        os.environ.pop("XLHUB_DEMO_CAMERA_PASSWORD", None)
+    else:
+        os.environ["XLHUB_DEMO_CAMERA_PASSWORD"] = old
+
+
+@pytest.fixture(scope="module")
+def sim_cameras(demo_site, camera_password):
+    """Every demo camera as a mount of one simulated RTSP server that requires the password.
+    Small pictures and a 1 s GOP keep the tests light (2 cores shared)."""
+    mounts = [{"path": f"/{cam.id}", "width": 320, "height": 180, "fps": 10, "gop": 10,
+               "seed": i + 1, "username": CAMERA_USER, "password": camera_password, "bitrate": 300}
+              for i, cam in enumerate(demo_site.cameras)]
+    with SimRtspServer(mounts) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def live_db(seeded_db, sim_cameras):  # noqa: F811
+    """The seeded database with the cameras' addresses moved to the simulator's port."""
+    with connect(seeded_db) as conn:
+        for cam in conn.execute("SELECT id FROM cameras").fetchall():
+            conn.execute("UPDATE cameras SET rtsp_url = %s WHERE id = %s",
+                         (sim_cameras.url(f"/{cam['id']}"), cam["id"]))
+    return seeded_db
+
+
+@pytest.fixture(scope="module")
+def live_api(live_db, mqtt):
+    saved = {k: os.environ.get(k) for k in LIVE_ENV}
+    os.environ.update(LIVE_ENV)
+    try:
+        with ApiServer(live_db, mqtt.url) as server:
+            yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def relay_of(server: ApiServer):
+    """The API's LiveRelay (the server runs in this process, in its own thread and loop)."""
+    return server.server.config.app.state.live

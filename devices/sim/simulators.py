@@ -335,7 +335,8 @@ class BatchPublisher(mqtt.Client):
             chunks.append(bytes(hdr) + var + payload)
             n += 1
         if chunks:
-            self._packet_queue(0x30, b"".join(chunks), 0, 0)
+            # command 0: not treated as a single PUBLISH by paho's writer (no on_publish, no info)
+            self._packet_queue(0, b"".join(chunks), 0, 0)
         return n
 
     @property
@@ -380,7 +381,8 @@ class DeviceFleet:
     device that has a password, one shared client (hub account) for the others."""
 
     def __init__(self, devices: list[SimDevice], mqtt_url: str, *, speed: float = 1.0, events: bool = True,
-                 qos_telemetry: int = 1, client_prefix: str = "xlhub-sim") -> None:
+                 qos_telemetry: int = 1, client_prefix: str = "xlhub-sim", announce: bool = True,
+                 diag: bool = False) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.devices = {d.id: d for d in devices}
@@ -389,6 +391,9 @@ class DeviceFleet:
         self.events_enabled = events
         self.qos_telemetry = qos_telemetry
         self.client_prefix = client_prefix
+        self.announce = announce     # shared client: publish retained avail online per device at connect
+        self.diag = diag             # add the diagnostics real devices send (firmware, uptime, rssi, board temp)
+        self._started = time.time()
         self.clients: dict[str, mqtt.Client] = {}       # device id → its own client
         self.shared: BatchPublisher | None = None
         self.published = {"tele": 0, "evt": 0, "res": 0, "avail": 0, "state": 0}
@@ -474,7 +479,7 @@ class DeviceFleet:
             return
         client.subscribe(f"{TOPIC_ROOT}/+/+/cmd/#", qos=1)
         for d in self.devices.values():
-            if not d.password:
+            if not d.password and self.announce:
                 client.publish(f"{d.root}/avail", _avail("online"), qos=1, retain=True)
                 self._count("avail")
 
@@ -604,16 +609,22 @@ class DeviceFleet:
     # -- load generation ---------------------------------------------------------------
     def reading(self, dev: SimDevice) -> tuple[str, bytes]:
         """One telemetry message of ``dev`` (topic, payload)."""
-        body, _ = BEHAVIOURS[dev.kind].telemetry(dev, time.time())
+        now = time.time()
+        body, _ = BEHAVIOURS[dev.kind].telemetry(dev, now)
         env = dev.envelope()
         env.update(body)
+        if self.diag:
+            env.update(fw="3.2.17-cn", uptime_s=int(now - self._started) + 86400, rssi_dbm=dev.rng.randint(-95, -55),
+                       board_temp_c=round(dev.rng.uniform(30, 45), 1))
         return f"{dev.root}/tele", json.dumps(env, separators=(",", ":")).encode()
 
     def run_load(self, rate: float, seconds: float, *, qos: int = 1, batch: int = 200,
-                 stop: threading.Event | None = None) -> dict:
+                 stop: threading.Event | None = None, gate=None, on_sent=None) -> dict:
         """Publish telemetry of the shared devices round-robin at ``rate`` msg/s (0 = as
         fast as possible) for ``seconds``, through the batch path. Call after connect()
-        (not together with start()). Returns counts and the achieved rate."""
+        (not together with start()). ``gate()``, if given, returns how many messages may
+        be sent now (closed-loop load: the benchmark bounds the backlog with it);
+        ``on_sent(n)`` is told after each batch. Returns counts and the achieved rate."""
         if self.shared is None:
             raise RuntimeError("run_load needs shared devices (devices without passwords) and connect()")
         devs = [d for d in self.devices.values() if not d.password]
@@ -634,12 +645,19 @@ class DeviceFleet:
                 n = min(batch, due - sent)
             else:
                 n = batch
+            if gate is not None:
+                n = min(n, gate())
+                if n <= 0:
+                    time.sleep(0.001)
+                    continue
             msgs = []
             for _ in range(n):
                 msgs.append(self.reading(devs[i]))
                 i = (i + 1) % len(devs)
             client.publish_many(msgs, qos=qos)
             sent += n
+            if on_sent is not None:
+                on_sent(n)
         elapsed = time.monotonic() - t0
         acked = client.wait_all_acked(60) if qos else True
         with self._lock:

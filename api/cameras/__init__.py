@@ -1,0 +1,1 @@
+"""Camera endpoints: a video supervisor's flag, live snapshots and evidence downloads."""

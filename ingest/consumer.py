@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import struct
 import threading
 import time
@@ -116,7 +117,8 @@ class _BufferedSocket:
         return buf[pos:end]
 
     def pending(self) -> int:
-        return len(self._buf) - self._pos
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0   # TLS keeps its own buffer
+        return len(self._buf) - self._pos + inner
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -135,7 +137,7 @@ class FastClient(mqtt.Client):
 
     def _create_socket(self):
         sock = super()._create_socket()
-        return _BufferedSocket(sock) if _FAST_PATH_OK and isinstance(sock, __import__("socket").socket) else sock
+        return _BufferedSocket(sock) if _FAST_PATH_OK and isinstance(sock, socket.socket) else sock
 
     def _handle_publish(self) -> MQTTErrorCode:
         sink = self.sink

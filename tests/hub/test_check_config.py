@@ -52,3 +52,11 @@ def test_hub_refuses_to_start_on_an_invalid_site_file(tmp_path):
     assert res.returncode == 2
     assert "refusing to start" in res.stderr and "999999999999" in res.stderr
     assert not (tmp_path / "var" / "pg").exists(), "nothing was started"
+
+
+def test_cameras_discover_probes_and_reports(tmp_path):
+    # On loopback-only machines nothing answers; the command must still finish, show its
+    # progress and say so, rather than hang or crash.
+    res = xlhub("cameras", "discover", "--timeout", "1", timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert "ONVIF" in res.stdout

@@ -64,13 +64,17 @@ def _service_user(name: str) -> pwd.struct_passwd | None:
                             f"(run scripts/setup)") from None
 
 
-def _as_user(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
-    return argv if user is None else ["runuser", "-u", user.pw_name, "--", *argv]
+def _as_user(user: pwd.struct_passwd | None) -> dict:
+    """Popen arguments that run the child itself as the service user (no runuser in
+    between, so our signals reach the server directly)."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [],
+            "env": {**os.environ, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}}
 
 
 def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
-    return subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-x", str(path)],
-                          capture_output=True).returncode == 0
+    return subprocess.run(["test", "-x", str(path)], capture_output=True, cwd="/", **_as_user(user)).returncode == 0
 
 
 def service_dir(var_dir: Path, name: str, user: pwd.struct_passwd | None) -> Path:
@@ -132,7 +136,7 @@ class EmbeddedPostgres:
         return service_dir(self.var_dir, "pg", self._os_user)
 
     def _run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        res = subprocess.run(_as_user(self._os_user, argv), capture_output=True, text=True, **kw)
+        res = subprocess.run(argv, capture_output=True, text=True, cwd="/", **_as_user(self._os_user), **kw)
         if res.returncode != 0:
             raise EmbeddedError(f"{Path(argv[0]).name} failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         return res
@@ -195,8 +199,9 @@ log_line_prefix = '%m [%p] '
         data = self.base / "data"
         log_path = self.base / "postgres.log"
         logf = open(log_path, "ab")
-        self.proc = subprocess.Popen(_as_user(self._os_user, [str(PG_BIN / "postgres"), "-D", str(data)]),
-                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(data)], cwd="/",
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                     **_as_user(self._os_user))
         logf.close()
         try:
             _wait_port(self.port, timeout, self.proc)
@@ -233,7 +238,6 @@ log_line_prefix = '%m [%p] '
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            # runuser forwards signals to its child.
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from config.settings import Settings
 
@@ -49,6 +50,11 @@ def run_cameras(settings: Settings, shard: int, of: int) -> None:
 
 
 def run_demo_cameras(settings: Settings) -> None:
+    """The demo site's cameras: a real RTSP server with generated village scenes, where now
+    and then a vehicle drives through one of them (so motion analytics have something to see)."""
+    import random
+    from urllib.parse import urlsplit
+
     from cameras.sim.server import SimRtspServer
     from config.site import load_site
 
@@ -57,17 +63,28 @@ def run_demo_cameras(settings: Settings) -> None:
     password = os.environ["XLHUB_DEMO_CAMERA_PASSWORD"]
     mounts, port = [], None
     for i, cam in enumerate(site.cameras):
-        from urllib.parse import urlsplit
         url = urlsplit(str(cam.rtsp_url))
         port = url.port
-        mounts.append({"path": url.path, "width": 640, "height": 360, "fps": 10, "gop": 20,
-                       "scene": "normal", "seed": i + 1, "username": "admin", "password": password})
+        mounts.append({"path": url.path, "width": 640, "height": 360, "fps": 10, "scene": "street",
+                       "state": "normal", "seed": i + 1, "username": "admin", "password": password})
     server = SimRtspServer(mounts, port=port)
     server.start()
     log.info("demo cameras serving %d streams on port %s", len(mounts), port)
-    while not stop.wait(2):
-        if not server.running():
+    rng = random.Random(7)
+    next_vehicle = time.monotonic() + rng.uniform(30, 90)
+    busy: tuple[str, float] | None = None
+    while not stop.wait(1):
+        if not server.running:
             raise SystemExit("demo RTSP server died")
+        now = time.monotonic()
+        if busy and now > busy[1]:
+            server.set_scene(busy[0], "normal")
+            busy = None
+        if busy is None and now > next_vehicle:
+            path = rng.choice(mounts)["path"]
+            server.set_scene(path, "motion")
+            busy = (path, now + 6)
+            next_vehicle = now + rng.uniform(60, 180)
     server.stop()
 
 

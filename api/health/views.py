@@ -33,7 +33,7 @@ def readyz(request: Request) -> JSONResponse:
         with state.pool.connection(timeout=3) as conn:
             info = timescaledb_info(conn)
             beats = conn.execute(
-                "SELECT name, kind, pid, extract(epoch FROM now() - seen_at) AS age_s, detail FROM worker_heartbeats"
+                "SELECT name, kind, pid, extract(epoch FROM now() - seen_at)::float8 AS age_s, detail FROM worker_heartbeats"
             ).fetchall()
         checks["database"] = {"ready": info["version"] is not None, "timescaledb": info["version"],
                               "license": info["license"], "latency_ms": round((time.monotonic() - started) * 1000, 1)}

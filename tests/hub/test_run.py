@@ -1,0 +1,137 @@
+"""`xlhub run` on its embedded default with the demo site: reaches ready with the real
+database, broker and workers, moves demo data end to end, and stops everything cleanly
+on SIGTERM and SIGINT; a second start reuses what the first created."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from config.settings import DEMO_SITE_FILE
+from config.site import load_site
+from hub.embedded import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Hub:
+    def __init__(self, var_dir: Path, passwords: dict[str, str]):
+        self.var_dir = var_dir
+        self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port()}
+        self.env = {**os.environ, **passwords,
+                    "XLHUB_VAR_DIR": str(var_dir), "XLHUB_HTTP_PORT": str(self.ports["http"]),
+                    "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"])}
+        for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
+            self.env.pop(key, None)
+        self.proc: subprocess.Popen | None = None
+        self.base = f"http://127.0.0.1:{self.ports['http']}"
+
+    def start(self) -> None:
+        self.log = open(self.var_dir.parent / f"hub-{time.time():.0f}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "run"], cwd=PROJECT_ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"hub exited with {self.proc.returncode}:\n{self.output()}"
+            try:
+                r = httpx.get(f"{self.base}/readyz", timeout=3)
+                assert r.status_code in (200, 503), r.text
+                last = r.json()
+                if r.status_code == 200:
+                    return last
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"not ready after {timeout}s: {last}\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-6000:]
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def db_url(self) -> str:
+        password = (self.var_dir / "secrets" / "pg_password").read_text().strip()
+        return f"postgresql://xlhub:{password}@127.0.0.1:{self.ports['pg']}/xlhub"
+
+
+@pytest.fixture(scope="module")
+def passwords():
+    site = load_site(DEMO_SITE_FILE)
+    return {u.password_env: f"Run-test-{i}-pw" for i, u in enumerate(site.users) if u.password_env}
+
+
+def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords):
+    hub = Hub(tmp_path / "var", passwords)
+    started = time.monotonic()
+    hub.start()
+    try:
+        ready = hub.wait_ready()
+        print(f"first start ready in {time.monotonic() - started:.1f}s")
+        db = ready["checks"]["database"]
+        assert (db["timescaledb"], db["license"]) == ("2.19.3", "apache")
+        assert ready["checks"]["broker"]["ready"]
+        workers = ready["checks"]["workers"]["workers"]
+        assert {"ingest", "cameras-0"} <= set(workers) and all(w["ready"] for w in workers.values())
+
+        site = load_site(DEMO_SITE_FILE)
+        admin = next(u for u in site.users if str(u.role) == "admin")
+        r = httpx.post(f"{hub.base}/api/auth/login", json={"username": admin.username,
+                                                           "password": passwords[admin.password_env]})
+        assert r.status_code == 200, r.text
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        assert len(httpx.get(f"{hub.base}/api/cameras", headers=auth).json()) == len(site.cameras)
+        assert "xlhub_" in httpx.get(f"{hub.base}/metrics").text or httpx.get(f"{hub.base}/metrics").status_code == 200
+
+        # demo devices → broker → ingest → TimescaleDB, and camera health from the RTSP demo cameras
+        deadline = time.monotonic() + 60
+        counts = {}
+        while time.monotonic() < deadline:
+            with psycopg.connect(hub.db_url()) as conn:
+                counts = dict(zip(("telemetry", "positions", "camera_health"), conn.execute(
+                    """SELECT (SELECT count(*) FROM device_telemetry), (SELECT count(*) FROM device_positions),
+                              (SELECT count(*) FROM camera_health WHERE state = 'online')""").fetchone()))
+            if all(counts.values()):
+                break
+            time.sleep(1)
+        assert all(counts.values()), counts
+    finally:
+        code = hub.stop(signal.SIGTERM)
+    assert code == 0, hub.output()
+    assert not [name for name, p in hub.ports.items() if port_open(p)], "a server outlived the hub"
+    assert "hub stopped" in hub.output()
+
+    # second start: cluster and broker config already exist
+    again = time.monotonic()
+    hub.start()
+    try:
+        hub.wait_ready()
+        print(f"second start ready in {time.monotonic() - again:.1f}s")
+        assert "created embedded PostgreSQL" not in hub.output().split("hub stopped")[-1]
+        assert "initial password" not in hub.output().split("hub stopped")[-1]
+    finally:
+        assert hub.stop(signal.SIGINT) == 0
+    assert not any(port_open(p) for p in hub.ports.values())

@@ -23,6 +23,7 @@ class SyncReport:
     retired_nodes: list[str] = field(default_factory=list)
     cameras: int = 0
     devices: int = 0
+    deactivated: list[str] = field(default_factory=list)   # devices no longer in the site file
     moved: list[tuple[str, str | None, str]] = field(default_factory=list)   # (source, from, to)
     created_users: list[tuple[str, str | None]] = field(default_factory=list)  # (username, generated password)
 
@@ -81,6 +82,14 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
         )
         _move(conn, "device", dev.id, dev.grid, report)
         report.devices += 1
+
+    # Sources dropped from the site file stop being accepted (ingest dead-letters inactive
+    # ids) but keep their rows: their history still points at them.
+    conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s))",
+                 ([c.id for c in site.cameras],))
+    report.deactivated = [r["id"] for r in conn.execute(
+        "UPDATE devices SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s)) RETURNING id",
+        ([d.id for d in site.devices],)).fetchall()]
 
     for dept in site.departments:
         conn.execute(

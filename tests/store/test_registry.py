@@ -75,3 +75,19 @@ def test_a_grid_dropped_from_the_site_file_is_retired_not_deleted(pg, tmp_path):
         row = conn.execute("SELECT retired_at FROM grid_nodes WHERE code = %s", (extra["code"],)).fetchone()
     assert report.retired_nodes == [extra["code"]]
     assert row is not None and row["retired_at"] is not None
+
+
+def test_a_device_dropped_from_the_site_file_is_deactivated_not_deleted(pg, tmp_path):
+    url = create_database(pg)
+    data = yaml.safe_load(DEMO_SITE_FILE.read_text())
+    dropped = data["devices"].pop()
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with connect(url) as conn:
+        sync_site(conn, load_site(DEMO_SITE_FILE))
+        report = sync_site(conn, load_site(smaller))
+        row = conn.execute("SELECT active FROM devices WHERE id = %s", (dropped["id"],)).fetchone()
+        again = sync_site(conn, load_site(DEMO_SITE_FILE))
+        back = conn.execute("SELECT active FROM devices WHERE id = %s", (dropped["id"],)).fetchone()
+    assert report.deactivated == [dropped["id"]] and row["active"] is False
+    assert again.deactivated == [] and back["active"] is True

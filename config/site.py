@@ -47,6 +47,21 @@ from pydantic import (
     model_validator,
 )
 
+from config.alerting import (
+    CATEGORY_LABELS,
+    SEVERITY_LABELS,
+    URGENCY_LABELS,
+    Arming,
+    CaseSystem,
+    Category,
+    Rule,
+    Schedule,
+    Severity,
+    Sla,
+    Urgency,
+    alerting_findings,
+)
+
 __all__ = [
     "CredentialError", "Camera", "Credential", "DEVICE_KIND_LABELS", "Department", "Device", "DeviceKind",
     "GeoPoint", "GridLevel", "GridNode", "LEVEL_LABELS", "LEVEL_RANK", "Onvif", "Problem", "ROLE_LABELS",
@@ -135,7 +150,9 @@ DEVICE_KIND_LABELS: dict[DeviceKind, str] = {
     DeviceKind.radio: "公网对讲机",
 }
 
-_ENUM_LABELS: dict[type[StrEnum], dict] = {Role: ROLE_LABELS, GridLevel: LEVEL_LABELS, DeviceKind: DEVICE_KIND_LABELS}
+_ENUM_LABELS: dict[type[StrEnum], dict] = {Role: ROLE_LABELS, GridLevel: LEVEL_LABELS, DeviceKind: DEVICE_KIND_LABELS,
+                                            Category: CATEGORY_LABELS, Urgency: URGENCY_LABELS,
+                                            Severity: SEVERITY_LABELS}
 
 # Context key: set by check_site_data, which runs the rules itself on the raw data.
 _RULES_DONE = "xlhub_rules_done"
@@ -380,6 +397,12 @@ class Site(_Model):
     devices: Annotated[list[Device], _EmptyList] = Field(default_factory=list)
     departments: Annotated[list[Department], _EmptyList] = Field(default_factory=list)
     users: Annotated[list[User], _EmptyList] = Field(default_factory=list)
+    # Alerting (config/alerting.py; reference in alerts/README.md): event → alarm → case.
+    rules: Annotated[list[Rule], _EmptyList] = Field(default_factory=list)
+    schedules: Annotated[dict[Id, Schedule], _EmptyDict] = Field(default_factory=dict)
+    arming: Annotated[list[Arming], _EmptyList] = Field(default_factory=list)
+    sla: Sla = Field(default_factory=Sla)
+    case_systems: Annotated[list[CaseSystem], _EmptyList] = Field(default_factory=list)
 
     _index: dict[str, tuple[GridNode, str | None, int]] | None = PrivateAttr(None)
     _source: Path | None = PrivateAttr(None)
@@ -726,6 +749,19 @@ def _site_rules(data: Any) -> list[_Finding]:
                     and _enum(Role, item.get("role")) in (Role.department_handler, None):
                 where = _suggest(dept, dept_codes) if dept_codes else " (there is no 'departments:' section)"
                 out.append(_Finding(loc + ("department",), f"unknown department '{dept}'" + where))
+
+    # -- alerting: rules, schedules, arming, sla, case systems (config/alerting.py)
+    source_kinds: dict[str, str] = {}
+    for section in ("cameras", "devices"):
+        items = data.get(section)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                kind = "camera" if section == "cameras" else item.get("kind")
+                if isinstance(kind, str):
+                    source_kinds[item["id"]] = kind
+    for loc, reason in alerting_findings(data, codes=codes if check_nodes else None, sources=ids,
+                                         source_kinds=source_kinds, departments=dept_codes):
+        out.append(_Finding(loc, reason))
     return out
 
 

@@ -6,6 +6,8 @@
     xlhub user add|list|passwd     manage accounts (一人一密码)
     xlhub token add|revoke         API tokens for machine clients
     xlhub audit verify             verify the audit log's hash chain
+    xlhub outbox list|replay       deliveries to case systems: dead letters and replay
+    xlhub cap import FILE          import a CAP 1.2 emergency warning
 """
 from __future__ import annotations
 
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     asub = aud.add_subparsers(dest="action", required=True)
     asub.add_parser("verify", help="verify the hash chain")
     aud.set_defaults(func=cmd_audit)
+
+    from alerts.cli import register as register_alerts   # outbox list|replay, cap import
+    register_alerts(sub, database)
     return p
 
 

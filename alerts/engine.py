@@ -1,0 +1,324 @@
+"""The alerts engine: the process (``python -m hub.process alerts``) that turns events into
+alarms and cases, keeps the SLA clocks, delivers the outbox and sends broadcasts.
+
+    engine = AlertsEngine(settings)        # settings.database_url, mqtt_url, site_file
+    engine.run(stop_event)                 # blocks until stop_event is set
+
+Threads, each with its own pooled connections:
+- listener: LISTEN xlhub_alert_events / xlhub_outbox / xlhub_broadcasts, wakes the others
+  (and wakes everyone after a reconnect: a notification sent while it was away is not lost
+  because every worker reads its table, the notification only says "look now");
+- events (the caller's thread): drains alert_event_queue in batches — one transaction per
+  batch removes the queued events and writes everything they cause, a savepoint per event
+  keeps one bad event from blocking the rest (it is kept in alert_event_failures);
+- sender: the outbox webhook sender (alerts.delivery.sender);
+- scanner: every ``scan_interval_s``: SLA clocks, quiet alarms, unacknowledged alarms that
+  become cases, broadcasts nobody answered;
+- broadcaster: publishes pending speaker commands (and camera evidence requests);
+- heartbeat: worker_heartbeats row "alerts" every 5 s, read by /readyz.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg.types.json import Jsonb
+from ulid import ULID
+
+from alerts import actions, feed
+from alerts.alarms import service as alarms
+from alerts.alarms.models import Event
+from alerts.cases import service as cases
+from alerts.config import AlertsConfig, load_config
+from alerts.delivery import outbox
+from alerts.delivery.sender import WebhookSender
+from alerts.mqtt import CommandPublisher
+from alerts.processing import Processor
+from alerts.registry import RegistryView
+from config.settings import Settings
+from config.site import SiteError
+from store.db import open_pool, wait_for_database
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "xlhub_alert_events"
+OUTBOX_CHANNEL = "xlhub_outbox"
+BROADCAST_CHANNEL = "xlhub_broadcasts"
+
+TAKE_BATCH = """
+DELETE FROM alert_event_queue q
+WHERE q.event_id IN (SELECT event_id FROM alert_event_queue ORDER BY enqueued_at, event_id
+                     LIMIT %s FOR UPDATE SKIP LOCKED)
+RETURNING q.event_id, q.event_time
+"""
+LOAD_EVENTS = """
+SELECT e.* FROM events e JOIN unnest(%s::text[], %s::timestamptz[]) AS k(id, time) ON e.id = k.id AND e.time = k.time
+ORDER BY e.time, e.id
+"""
+
+
+class AlertsEngine:
+    def __init__(self, settings: Settings, *, name: str = "alerts", scan_interval_s: float = 1.0,
+                 batch: int = 200, webhook_workers: int = 4, heartbeat_s: float = 5.0) -> None:
+        if not settings.database_url:
+            raise ValueError("the alerts engine needs settings.database_url")
+        self.settings = settings
+        self.name = name
+        self.db_url = settings.database_url
+        self.mqtt_url = settings.mqtt_url
+        self.site_file = settings.site_file
+        self.scan_interval_s = scan_interval_s
+        self.batch = batch
+        self.webhook_workers = webhook_workers
+        self.heartbeat_s = heartbeat_s
+        self.registry = RegistryView()
+        self.processor = Processor(self.registry)
+        self.events_wake = threading.Event()
+        self.broadcast_wake = threading.Event()
+        self.ready = threading.Event()
+        self.counters = {"events": 0, "alarms": 0, "cases": 0, "correlated": 0, "failed": 0, "disarmed": 0}
+        self.pool = None
+        self.sender: WebhookSender | None = None
+        self.mqtt: CommandPublisher | None = None
+        self.listening = False
+        self._cfg: AlertsConfig | None = None
+        self._bad_mtime: float | None = None
+        self._pending_commands: list[tuple[str, dict]] = []
+        self._commands_lock = threading.Lock()
+        self._started_at = datetime.now(UTC)
+        self._last_prune = 0.0
+
+    # -- configuration ----------------------------------------------------------------------
+    def config(self) -> AlertsConfig:
+        """The site file's alerting configuration; a broken edit keeps the last good one."""
+        try:
+            self._cfg = load_config(self.site_file)
+        except (SiteError, OSError) as exc:
+            mtime = _mtime(self.site_file)
+            if self._cfg is None:
+                raise
+            if mtime != self._bad_mtime:
+                self._bad_mtime = mtime
+                log.error("site file %s has problems; keeping the rules loaded before:\n%s", self.site_file, exc)
+        return self._cfg
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        wait_for_database(self.db_url, timeout=120)
+        self.config()
+        self.pool = open_pool(self.db_url, min_size=2, max_size=4 + self.webhook_workers, name="xlhub-alerts")
+        self.pool.wait(timeout=30)
+        with self.pool.connection() as conn:
+            self.registry.refresh(conn)
+        if self.mqtt_url:
+            self.mqtt = CommandPublisher(self.mqtt_url)
+            self.mqtt.start()
+        self.sender = WebhookSender(self.pool, self.config, workers=self.webhook_workers)
+        threads = [threading.Thread(target=fn, args=(stop,), name=f"alerts-{label}", daemon=True)
+                   for label, fn in (("listen", self._listen), ("sender", self.sender.run), ("scan", self._scan_loop),
+                                     ("broadcast", self._broadcast_loop), ("heartbeat", self._heartbeat_loop))]
+        for t in threads:
+            t.start()
+        self.ready.set()
+        log.info("alerts engine running: %d rules, %d case systems", len(self._cfg.rules.rules),
+                 len(self._cfg.case_systems))
+        try:
+            self._events_loop(stop)
+        finally:
+            stop.set()
+            self.events_wake.set()
+            self.broadcast_wake.set()
+            self.sender.wake.set()
+            for t in threads:
+                t.join(10)
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            self.pool.close()
+            log.info("alerts engine stopped")
+
+    # -- listener ---------------------------------------------------------------------------
+    def _listen(self, stop: threading.Event) -> None:
+        wake = {EVENTS_CHANNEL: self.events_wake, BROADCAST_CHANNEL: self.broadcast_wake}
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
+                                     application_name="xlhub-alerts-listen") as conn:
+                    for channel in (EVENTS_CHANNEL, OUTBOX_CHANNEL, BROADCAST_CHANNEL):
+                        conn.execute(f"LISTEN {channel}")
+                    self.listening = True
+                    self.events_wake.set()              # catch up on what arrived while away
+                    self.broadcast_wake.set()
+                    self.sender.wake.set()
+                    while not stop.is_set():
+                        for n in conn.notifies(timeout=0.5):
+                            if n.channel == OUTBOX_CHANNEL:
+                                self.sender.wake.set()
+                            elif n.channel in wake:
+                                wake[n.channel].set()
+            except psycopg.Error as exc:
+                self.listening = False
+                log.warning("alerts listener lost the database (%s); reconnecting", type(exc).__name__)
+                stop.wait(1.0)
+        self.listening = False
+
+    # -- events -----------------------------------------------------------------------------
+    def _events_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                n = self.drain_once()
+            except Exception:
+                log.exception("alert event batch failed; retrying")
+                n = 0
+                stop.wait(1.0)
+            if n == 0:
+                self.events_wake.wait(1.0)
+                self.events_wake.clear()
+
+    def drain_once(self) -> int:
+        """Process one batch of queued events; returns how many were taken."""
+        cfg = self.config()
+        commands: list[tuple[str, dict]] = []
+        wake_sender = False
+        with self.pool.connection(timeout=10) as conn:
+            self.registry.maybe_refresh(conn)
+            with conn.transaction():
+                keys = conn.execute(TAKE_BATCH, (self.batch,)).fetchall()
+                if not keys:
+                    return 0
+                rows = conn.execute(LOAD_EVENTS, ([k["event_id"] for k in keys],
+                                                  [k["event_time"] for k in keys])).fetchall()
+                now = datetime.now(UTC)
+                for row in rows:
+                    ev = Event.from_row(row)
+                    if ev.source_id not in self.registry.sources:
+                        self.registry.maybe_refresh(conn, missing=ev.source_id)
+                    try:
+                        with conn.transaction():
+                            out = self.processor.process(conn, cfg, ev, now)
+                    except Exception as exc:
+                        self.counters["failed"] += 1
+                        log.exception("event %s (%s from %s) could not be processed", ev.id, ev.type, ev.source_id)
+                        conn.execute("INSERT INTO alert_event_failures (event_id, event_time, error) VALUES (%s, %s, %s) "
+                                     "ON CONFLICT (event_id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()",
+                                     (ev.id, ev.time, f"{type(exc).__name__}: {exc}"[:2000]))
+                        continue
+                    self.counters["events"] += 1
+                    self.counters["alarms"] += int(out.created_alarm)
+                    self.counters["cases"] += int(out.case_id is not None)
+                    self.counters["correlated"] += int(bool(out.correlated_to))
+                    self.counters["disarmed"] += int(bool(out.disarmed) and out.alarm_id is None)
+                    commands += out.commands
+                    wake_sender = wake_sender or out.case_id is not None or bool(out.correlated_to)
+        # committed: now the outside world may hear of it
+        if wake_sender or cfg.case_systems:
+            self.sender.wake.set()
+        if commands:
+            with self._commands_lock:
+                self._pending_commands += commands
+            self.broadcast_wake.set()
+        return len(keys)
+
+    # -- clocks -----------------------------------------------------------------------------
+    def _scan_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.scan_interval_s):
+            try:
+                self.scan_once()
+            except Exception:
+                log.exception("alerts scan failed")
+
+    def scan_once(self, now: datetime | None = None) -> dict[str, int]:
+        cfg = self.config()
+        now = now or datetime.now(UTC)
+        done = {"sla": 0, "cleared": 0, "cases": 0, "broadcasts": 0}
+        with self.pool.connection(timeout=10) as conn:
+            due = cases.sla_due(conn, now)
+        for case_id in due:
+            try:
+                with self.pool.connection(timeout=10) as conn:
+                    done["sla"] += len(cases.sla_check(conn, cfg, case_id, now))
+            except Exception:
+                log.exception("SLA check of case %s failed", case_id)
+        with self.pool.connection(timeout=10) as conn:
+            done["cleared"] = alarms.clear_quiet(conn, now)
+        with self.pool.connection(timeout=10) as conn:
+            for alarm in alarms.due_for_case(conn, now):
+                rule = cfg.rules.by_id.get(alarm["rule_id"])
+                if rule is None or rule.case is None:
+                    # the rule is gone or no longer makes cases: stop asking
+                    conn.execute("UPDATE alarms SET case_due_at = NULL WHERE id = %s", (alarm["id"],))
+                    continue
+                self.processor.open_case(conn, cfg, rule, alarm, None, now)
+                done["cases"] += 1
+        with self.pool.connection(timeout=10) as conn:
+            done["broadcasts"] = actions.expire_unanswered(conn, cfg, now)
+        if time.monotonic() - self._last_prune > 3600:
+            with self.pool.connection(timeout=10) as conn:
+                feed.prune(conn)
+            self._last_prune = time.monotonic()
+        if done["sla"] or done["cases"] or done["broadcasts"]:
+            self.sender.wake.set()
+        return done
+
+    # -- broadcasts and commands ----------------------------------------------------------------
+    def _broadcast_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                sent = self.publish_commands()
+            except Exception:
+                log.exception("publishing broadcasts failed")
+                sent = 0
+            if not sent:
+                self.broadcast_wake.wait(2.0)
+                self.broadcast_wake.clear()
+
+    def publish_commands(self) -> int:
+        if self.mqtt is None or not self.mqtt.connected.is_set():
+            return 0
+        sent = 0
+        with self._commands_lock:
+            commands, self._pending_commands = self._pending_commands, []
+        for topic, body in commands:
+            # Evidence requests are best effort: the correlation window collects what comes.
+            self.mqtt.command(topic, f"ev-{ULID()}", body)
+        with self.pool.connection(timeout=10) as conn:
+            deliveries = actions.pending_deliveries(conn)
+        for d in deliveries:
+            if not self.mqtt.command(actions.play_topic(d["speaker_id"]), d["command_id"], actions.play_body(d)):
+                break
+            with self.pool.connection(timeout=10) as conn:
+                actions.mark_sent(conn, d["broadcast_id"], d["speaker_id"])
+            sent += 1
+        return sent
+
+    # -- heartbeat ------------------------------------------------------------------------------
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        while not stop.is_set():
+            try:
+                with self.pool.connection(timeout=5) as conn:
+                    queued = conn.execute("SELECT count(*) AS n FROM alert_event_queue").fetchone()["n"]
+                    detail = {"ready": self.ready.is_set() and self.listening, "queued_events": queued,
+                              "outbox": outbox.counts(conn), "mqtt": bool(self.mqtt and self.mqtt.connected.is_set()),
+                              "delivery": dict(self.sender.stats) if self.sender else {}, **self.counters}
+                    conn.execute(
+                        """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
+                           VALUES (%s, 'alerts', %s, %s, %s, now(), %s)
+                           ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host,
+                               pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, seen_at = now(),
+                               detail = EXCLUDED.detail""",
+                        (self.name, host, pid, self._started_at, Jsonb(detail)))
+            except Exception as exc:
+                log.debug("alerts heartbeat failed: %s", type(exc).__name__)
+            stop.wait(self.heartbeat_s)
+
+
+def _mtime(path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None

@@ -51,4 +51,10 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         app.include_router(router)
     from api.cameras.views import router as cameras_router  # flags, snapshots, evidence
     app.include_router(cameras_router)
+    from api.alerts.feed import router as alerts_feed_router  # SSE feed of alarms and cases
+    from api.alerts.inbound import router as alerts_inbound_router  # case systems' status back
+    from api.alerts.views import router as alerts_router  # alarms, cases, outbox, CAP, assessment
+    from api.open311.views import router as open311_router  # Open311 GeoReport v2 facade
+    for router in (alerts_router, alerts_feed_router, alerts_inbound_router, open311_router):
+        app.include_router(router)
     return app

@@ -17,6 +17,17 @@ class Permission(StrEnum):
     TOKENS_MANAGE = "tokens.manage"
     AUDIT_READ = "audit.read"
     LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
+    # alerts (issue 5): alarms, cases, their evidence, deliveries, CAP warnings, assessment
+    ALARMS_READ = "alarms.read"
+    ALARMS_HANDLE = "alarms.handle"          # acknowledge (确认) and clear (清除)
+    CASES_READ = "cases.read"
+    CASES_CREATE = "cases.create"            # intake: hotline, grid workers, video supervisors
+    CASES_ACT = "cases.act"                  # lifecycle actions; flows.py decides which, per state and role
+    CASE_EVIDENCE = "cases.evidence"         # download evidence files (audited)
+    OUTBOX_READ = "outbox.read"
+    OUTBOX_REPLAY = "outbox.replay"
+    CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
+    STATS_READ = "stats.read"                # 考核评价
 
 
 _ALL_STAFF = set(Role)
@@ -32,6 +43,18 @@ GRANTS: dict[Permission, set[Role]] = {
     # Everyone who works a grid or a control room; a department handler sees the evidence
     # attached to the cases dispatched to it, not the cameras.
     Permission.LIVE_VIEW: _ALL_STAFF - {Role.department_handler},
+    Permission.ALARMS_READ: _ALL_STAFF - {Role.department_handler},
+    Permission.ALARMS_HANDLE: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.grid_head},
+    # Administrators manage accounts and devices; they do not handle cases (and see none).
+    Permission.CASES_READ: _ALL_STAFF - {Role.admin},
+    Permission.CASES_CREATE: {Role.hotline, Role.video_supervisor, Role.grid_worker, Role.grid_head, Role.dispatcher,
+                              Role.centre_lead},
+    Permission.CASES_ACT: _ALL_STAFF - {Role.admin},
+    Permission.CASE_EVIDENCE: _ALL_STAFF - {Role.admin},
+    Permission.OUTBOX_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
+    Permission.OUTBOX_REPLAY: {Role.admin, Role.centre_lead},
+    Permission.CAP_IMPORT: {Role.dispatcher, Role.centre_lead},
+    Permission.STATS_READ: {Role.centre_lead, Role.dispatcher},
 }
 
 

@@ -1,0 +1,162 @@
+"""The engine on its own (database and broker real, no API): events become alarms and
+incidents by the demo site's rules, repeats count on one alarm, correlated camera
+evidence reaches the case, SOS makes a case at once with a broadcast to the village and a
+notification for the township's dispatcher; nothing queued while the engine is down is
+lost."""
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from store.db import connect
+from store.registry import sync_site
+from tests.alerts.conftest import EngineRunner, insert_event, insert_evidence, one, query, wait_for, write_site
+
+
+@pytest.fixture(scope="module")
+def site_db(db_url, demo_site):
+    with connect(db_url) as conn:
+        sync_site(conn, demo_site)
+    return db_url
+
+
+@pytest.fixture(scope="module")
+def engine(site_db, mqtt, tmp_path_factory):
+    site = write_site(tmp_path_factory.mktemp("site") / "site.yaml")
+    with EngineRunner(site_db, mqtt.url, site) as runner:
+        yield runner
+
+
+def alarm_of(db_url, source_id, event_type):
+    return one(db_url, "SELECT * FROM alarms WHERE source_id = %s AND type = %s ORDER BY created_at DESC LIMIT 1",
+               (source_id, event_type))
+
+
+def test_forced_door_is_one_incident_with_the_nearest_cameras_evidence(site_db, engine):
+    now = datetime.now(UTC)
+    with connect(site_db) as conn:   # the door's telemetry before it was forced
+        conn.execute("INSERT INTO device_telemetry (time, device_id, kind, data) VALUES (%s, 'door-dsc', 'door', %s)",
+                     (now - timedelta(seconds=20), json.dumps({"door_open": False, "locked": True})))
+    snapshot = insert_evidence(site_db, "cam-dsc-01", "image/jpeg", at=now - timedelta(seconds=5))
+    clip = insert_evidence(site_db, "cam-dsc-01", "video/mp4", at=now - timedelta(seconds=4))
+    before = insert_event(site_db, "cam-dsc-01", "camera.motion", at=now - timedelta(seconds=5),
+                          evidence=[{"kind": "snapshot", "ref": snapshot["id"]}])
+    door = insert_event(site_db, "door-dsc", "door.forced_open", at=now)
+    alarm = wait_for(lambda: (a := alarm_of(site_db, "door-dsc", "door.forced_open")) and a["case_id"] and a,
+                     what="the door alarm and its case")
+    assert alarm["severity"] == "major" and alarm["state"] == "active" and alarm["count"] == 1
+    assert alarm["correlated"][0] == "cam-dsc-01"            # the nearest camera first
+    links = {r["event_id"]: r["role"] for r in query(site_db, "SELECT * FROM alarm_events WHERE alarm_id = %s",
+                                                      (alarm["id"],))}
+    assert links == {door: "trigger", before: "correlated"}
+    case = one(site_db, "SELECT * FROM cases WHERE id = %s", (alarm["case_id"],))
+    assert (case["category"], case["urgency"], case["state"], case["channel"]) == ("public_order", "high", "reported",
+                                                                                    "device")
+    assert case["owner_code"] == "510199101000" and case["grid_code"] == "510199101201001"   # 东山镇 is responsible
+    evidence = {r["ref"]: r for r in query(site_db, "SELECT * FROM case_evidence WHERE case_id = %s", (case["id"],))}
+    assert evidence[snapshot["id"]]["sha256"] == snapshot["sha256"] and evidence[snapshot["id"]]["kind"] == "snapshot"
+    assert evidence[clip["id"]]["sha256"] == clip["sha256"] and evidence[clip["id"]]["kind"] == "clip"
+    telemetry = [r for r in evidence.values() if r["kind"] == "telemetry"]
+    assert len(telemetry) == 1 and len(telemetry[0]["sha256"]) == 64
+    assert telemetry[0]["detail"]["rows"][0]["data"] == {"door_open": False, "locked": True}
+
+    # Motion on the nearest camera after the door, within the minute: the same incident.
+    later = insert_evidence(site_db, "cam-dsc-01", "image/jpeg")
+    after = insert_event(site_db, "cam-dsc-01", "camera.motion", evidence=[{"kind": "snapshot", "ref": later["id"]}])
+    wait_for(lambda: one(site_db, "SELECT 1 FROM case_evidence WHERE case_id = %s AND ref = %s",
+                         (case["id"], later["id"])), what="the later snapshot on the case")
+    assert one(site_db, "SELECT role FROM alarm_events WHERE event_id = %s", (after,))["role"] == "correlated"
+    assert alarm_of(site_db, "cam-dsc-01", "camera.motion") is None
+    assert one(site_db, "SELECT count(*) AS n FROM case_transitions WHERE case_id = %s AND action = 'evidence'",
+               (case["id"],))["n"] == 1
+
+    # The door forced again: the same alarm counts it, no second case.
+    insert_event(site_db, "door-dsc", "door.forced_open")
+    wait_for(lambda: alarm_of(site_db, "door-dsc", "door.forced_open")["count"] == 2, what="the repeat")
+    assert one(site_db, "SELECT count(*) AS n FROM alarms WHERE source_id = 'door-dsc'")["n"] == 1
+    assert one(site_db, "SELECT count(*) AS n FROM cases WHERE alarm_id = %s", (alarm["id"],))["n"] == 1
+
+
+def test_sos_is_a_case_at_once_with_a_broadcast_and_the_dispatcher_told(site_db, engine, mqtt):
+    received: list[tuple[str, dict]] = []
+    got = threading.Event()
+    sub = mqtt_subscriber(mqtt.url, "xlhub/v1/speaker/+/cmd/#", received, got)
+    try:
+        insert_event(site_db, "radio-tyc", "radio.sos", severity="critical", payload={"user_id": "village-head"})
+        alarm = wait_for(lambda: (a := alarm_of(site_db, "radio-tyc", "radio.sos")) and a["case_id"] and a,
+                         what="the SOS case")
+        assert alarm["severity"] == "critical"
+        case = one(site_db, "SELECT * FROM cases WHERE id = %s", (alarm["case_id"],))
+        assert case["state"] == "registered"                        # 受理 and 立案 by the rule, at once
+        actions = [r["action"] for r in query(site_db, "SELECT action FROM case_transitions WHERE case_id = %s "
+                                                       "ORDER BY id", (case["id"],))]
+        assert actions == ["create", "accept", "register"]
+        broadcast = one(site_db, "SELECT * FROM broadcasts WHERE case_id = %s", (case["id"],))
+        assert broadcast["area_codes"] == ["510199101202"] and broadcast["kind"] == "emergency"   # 桃园村
+        wait_for(got.is_set, 10, what="the speaker command on MQTT")
+        topic, body = received[0]
+        assert topic == "xlhub/v1/speaker/speaker-tyc/cmd/play"
+        assert body["broadcast_id"] == broadcast["id"] and body["kind"] == "emergency" and body["v"] == 1
+        note = one(site_db, "SELECT * FROM notifications WHERE case_id = %s", (case["id"],))
+        assert note["role"] == "dispatcher" and note["node_code"] == "510199101000"
+
+        # The speaker answers (as ingest stores its playback events): the report joins the case.
+        insert_event(site_db, "speaker-tyc", "speaker.playback", severity="info",
+                     payload={"broadcast_id": broadcast["id"], "phase": "finished"})
+        report = wait_for(lambda: one(site_db, "SELECT * FROM case_evidence WHERE case_id = %s AND kind = "
+                                               "'broadcast_report'", (case["id"],)), what="the broadcast report")
+        assert report["detail"]["status"] == "done" and report["detail"]["speakers"][0]["speaker_id"] == "speaker-tyc"
+        assert one(site_db, "SELECT status FROM broadcasts WHERE id = %s", (broadcast["id"],))["status"] == "done"
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
+def test_camera_tamper_alarm_is_cleared_when_the_camera_is_back(site_db, engine):
+    insert_event(site_db, "cam-xhc-01", "camera.tamper.covered")
+    wait_for(lambda: alarm_of(site_db, "cam-xhc-01", "camera.tamper.covered"), what="the tamper alarm")
+    insert_event(site_db, "cam-xhc-01", "camera.online", severity="info")
+    alarm = wait_for(lambda: (a := alarm_of(site_db, "cam-xhc-01", "camera.tamper.covered"))["state"] == "cleared"
+                     and a, what="the tamper alarm cleared")
+    assert alarm["cleared_by"] == "system:rule:camera-tamper" and alarm["case_id"] is None
+    # Fired again within the flap window: the same alarm, counted as a flap.
+    insert_event(site_db, "cam-xhc-01", "camera.tamper.covered")
+    again = wait_for(lambda: (a := alarm_of(site_db, "cam-xhc-01", "camera.tamper.covered"))["state"] == "active"
+                     and a, what="the re-raised alarm")
+    assert again["id"] == alarm["id"] and again["flaps"] == 1 and again["count"] == 2
+
+
+def test_events_queued_while_the_engine_is_down_are_processed_on_start(site_db, mqtt, tmp_path, engine):
+    engine.stop.set()
+    engine.thread.join(20)
+    insert_event(site_db, "door-xhc", "door.forced_open")
+    assert one(site_db, "SELECT count(*) AS n FROM alert_event_queue")["n"] >= 1
+    with EngineRunner(site_db, mqtt.url, write_site(tmp_path / "site.yaml")):
+        alarm = wait_for(lambda: (a := alarm_of(site_db, "door-xhc", "door.forced_open")) and a["case_id"] and a,
+                         what="the case of the event queued while down")
+        assert alarm["count"] == 1
+    assert one(site_db, "SELECT count(*) AS n FROM alert_event_queue")["n"] == 0
+    assert one(site_db, "SELECT count(*) AS n FROM alert_event_failures")["n"] == 0
+
+
+def mqtt_subscriber(url: str, topic: str, received: list, got: threading.Event) -> mqtt.Client:
+    from urllib.parse import unquote, urlsplit
+    parts = urlsplit(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(unquote(parts.username), unquote(parts.password))
+    ready = threading.Event()
+    client.on_subscribe = lambda *a: ready.set()
+    client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+
+    def on_message(c, u, msg):
+        received.append((msg.topic, json.loads(msg.payload)))
+        got.set()
+    client.on_message = on_message
+    client.connect(parts.hostname, parts.port)
+    client.loop_start()
+    assert ready.wait(10), "subscription not confirmed"
+    return client

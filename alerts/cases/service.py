@@ -290,12 +290,13 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
         column = {Action.sign: "accepted_at", Action.send_back: "returned_at", Action.feedback: "done_at"}[action]
         handled_by = None if action is Action.send_back else actor.name
         for part in mine:
+            # feedback on a part nobody signed for counts as signed then (签收 implied)
+            signed = ", accepted_at = coalesce(accepted_at, %(now)s)" if action is Action.feedback else ""
             conn.execute(
-                f"""UPDATE case_assignments SET state = %s, {column} = %s, note = coalesce(%s, note),
-                        handled_by = coalesce(%s, handled_by),
-                        accepted_at = CASE WHEN %s = 'done' THEN coalesce(accepted_at, %s) ELSE accepted_at END
-                    WHERE id = %s""",
-                (new_state_of_part, now, note, handled_by, new_state_of_part, now, part.id))
+                f"""UPDATE case_assignments SET state = %(state)s, {column} = %(now)s, note = coalesce(%(note)s, note),
+                        handled_by = coalesce(%(by)s, handled_by){signed}
+                    WHERE id = %(id)s""",
+                {"state": new_state_of_part, "now": now, "note": note, "by": handled_by, "id": part.id})
         detail["parts"] = [p.department_code or p.assignee for p in mine]
         ids = {p.id for p in mine}
         remaining = [AssignmentView(a.id, a.department_code, a.assignee,

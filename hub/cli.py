@@ -6,6 +6,7 @@
     xlhub user add|list|passwd     manage accounts (一人一密码)
     xlhub token add|revoke         API tokens for machine clients
     xlhub audit verify             verify the audit log's hash chain
+    xlhub cameras discover         find ONVIF cameras on the local network (WS-Discovery)
     xlhub outbox list|replay       deliveries to case systems: dead letters and replay
     xlhub cap import FILE          import a CAP 1.2 emergency warning
 """
@@ -172,6 +173,12 @@ def cmd_audit(args, settings: Settings) -> int:
     return 1
 
 
+def cmd_cameras(args, settings: Settings) -> int:
+    from cameras.onvif.discovery import discover_cli
+
+    return discover_cli(args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from config.site import Role
 
@@ -220,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     asub = aud.add_subparsers(dest="action", required=True)
     asub.add_parser("verify", help="verify the hash chain")
     aud.set_defaults(func=cmd_audit)
+
+    cams = sub.add_parser("cameras", help="cameras")
+    csub = cams.add_subparsers(dest="action", required=True)
+    disc = csub.add_parser("discover", help="WS-Discovery probe for ONVIF cameras, with progress")
+    disc.add_argument("--timeout", type=float, default=5.0, help="seconds to listen for answers")
+    cams.set_defaults(func=cmd_cameras)
 
     from alerts.cli import register as register_alerts   # outbox list|replay, cap import
     register_alerts(sub, database)

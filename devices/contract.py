@@ -248,7 +248,10 @@ class CommandResult(Envelope):
 
     cmd_id: MsgId | None = None
     cmd: ShortText | None = None
-    phase: Literal["accepted", "rejected", "started", "finished", "failed"]
+    # accepted → progress (any number; ``started`` is an older name for it) → finished |
+    # failed | preempted; rejected at once; expired: the device got it too late.
+    phase: Literal["accepted", "rejected", "started", "progress", "finished", "failed", "preempted", "expired"]
+    progress_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     detail: Annotated[str, Field(max_length=1024)] | None = None
 
 
@@ -530,7 +533,7 @@ def _res(t: Topic, payload: bytes, received_at: datetime) -> list[Row]:
     m = _validate(CommandResult, payload, f"{t.kind} res")
     body = m.model_dump_json(exclude=_ENVELOPE_FIELDS, exclude_none=True)
     return [EventRow(received_at, str(ULID()), m.ts, t.kind, t.source_id, f"{t.kind}.command_result",
-                     "minor" if m.phase in ("rejected", "failed") else "info", None, None, m.id, body, "[]")]
+                     "minor" if m.phase in ("rejected", "failed", "expired") else "info", None, None, m.id, body, "[]")]
 
 
 def _cmd(t: Topic, payload: bytes, received_at: datetime) -> list[Row]:

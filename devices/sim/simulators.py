@@ -23,8 +23,17 @@ thread. Connections:
   password (thousands of devices, one TCP connection). No per-device LWT then: the fleet
   publishes ``avail`` offline for its devices when it stops.
 
-Commands are answered minimally: ``res`` with phase ``accepted`` then ``finished``,
-echoing the MQTT 5 correlation data (full command semantics come later).
+Commands follow the hub's semantics (devices/commands): ``res`` on the response topic
+the hub gave, echoing the MQTT 5 correlation data, ``accepted`` (or ``rejected``) at once,
+``progress`` while working, then ``finished`` | ``failed`` | ``preempted`` (``expired`` for
+a queued play that outlived its message expiry); a redelivered command id is carried out
+once. Speakers play for the command's ``duration_s`` × ``repeat`` (scaled by speed), and a
+strictly higher priority tier interrupts the current play (receipt ``preempted``); door
+controllers check the HMAC signature of ``unlock`` with their key, keep a log of their last
+``event_log`` events and republish them on ``replay_events`` (``since_seq``); drones fly
+``mission`` and ``return_home`` and finish when landed. ``cut(id)`` / ``restore(id)``
+simulate a network outage (own-account devices drop their connection: the broker
+publishes their Last Will).
 
 For benchmarks :meth:`DeviceFleet.run_load` publishes telemetry of the shared devices
 at a given aggregate rate (or flat out) through a lean batch-publish path.
@@ -39,6 +48,7 @@ import random
 import struct
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -49,6 +59,7 @@ from paho.mqtt.client import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devices.commands.signing import verify as verify_signature
 from devices.contract import TOPIC_ROOT
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,56 @@ def _now_ms() -> int:
 def _offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
     return (lat + north_m / EARTH_M_PER_DEG,
             lon + east_m / (EARTH_M_PER_DEG * max(0.01, math.cos(math.radians(lat)))))
+
+
+# --------------------------------------------------------------------------- commands
+class Command:
+    """One command a simulated device received: its body and how to answer it (``res``
+    on the response topic the hub gave, echoing the MQTT 5 correlation data)."""
+
+    def __init__(self, fleet: DeviceFleet, dev: SimDevice, name: str, body: dict, correlation: bytes | None,
+                 response_topic: str | None, expiry_s: float | None) -> None:
+        self.fleet, self.dev, self.name, self.body = fleet, dev, name, body
+        self.id = str(body["id"])[:64] if body.get("id") else None
+        self.expiry_s = expiry_s
+        self.phases: list[str] = []
+        self._props = None
+        if correlation is not None:
+            self._props = Properties(PacketTypes.PUBLISH)
+            self._props.CorrelationData = correlation
+        # Only our own res topic: the broker would refuse any other (一机一帐号).
+        own = f"{dev.root}/res"
+        self._channel = response_topic[len(dev.root) + 1:] if response_topic and (
+            response_topic == own or response_topic.startswith(own + "/")) else "res"
+
+    def reply(self, phase: str, detail: str | None = None, progress_pct: float | None = None) -> None:
+        self.phases.append(phase)
+        res = {"cmd": self.name[:128], "phase": phase}
+        if self.id:
+            res["cmd_id"] = self.id
+        if detail:
+            res["detail"] = detail[:1024]
+        if progress_pct is not None:
+            res["progress_pct"] = progress_pct
+        self.fleet._publish(self.dev, self._channel, res, properties=self._props)
+
+
+def fetch_audio(body: dict, dev: SimDevice) -> str | None:
+    """Fetch the broadcast's audio as a speaker would (its own credentials), check its
+    SHA-256; None when fine, else what went wrong."""
+    import hashlib
+
+    import httpx
+    try:
+        r = httpx.get(body["audio_url"], auth=(dev.id, dev.password or ""), timeout=10)
+    except httpx.HTTPError as exc:
+        return f"audio download failed: {type(exc).__name__}"
+    if r.status_code != 200:
+        return f"audio download failed: HTTP {r.status_code}"
+    want = body.get("audio_sha256")
+    if want and hashlib.sha256(r.content).hexdigest() != want:
+        return "audio checksum mismatch"
+    return None
 
 
 # --------------------------------------------------------------------------- devices
@@ -108,9 +169,10 @@ class Behaviour:
     def fire(self, dev: SimDevice, name: str, now: float) -> list[tuple[str, dict]]:
         return [(name, {})]
 
-    def command(self, dev: SimDevice, name: str, body: dict) -> list[tuple[str, dict]]:
-        """Events a command causes (besides the res answers)."""
-        return []
+    def command(self, fleet: DeviceFleet, dev: SimDevice, cmd: Command) -> None:
+        """Carry out a command, answering with ``cmd.reply(phase, detail)``: at least
+        ``accepted`` or ``rejected`` at once, then ``progress`` and a final phase."""
+        cmd.reply("rejected", f"unknown command {cmd.name!r}")
 
 
 class Door(Behaviour):
@@ -143,6 +205,55 @@ class Door(Behaviour):
             return [("forced_open", {}), ("closed", {})]
         return [(name, {})]
 
+    def command(self, fleet, dev, cmd):
+        if cmd.name == "unlock":
+            self._unlock(fleet, dev, cmd)
+        elif cmd.name == "replay_events":
+            self._replay(fleet, dev, cmd)
+        else:
+            super().command(fleet, dev, cmd)
+
+    def _unlock(self, fleet, dev, cmd):
+        # A real controller checks the hub's signature with its own key: the broker's ACL
+        # alone would let anyone holding the hub's account open every door.
+        key = fleet.keys.get(dev.id)
+        if key is None:
+            cmd.reply("rejected", "no signing key configured on this controller")
+            return
+        problem = verify_signature(key, cmd.body, dev.id)
+        if problem:
+            dev.state["rejected_unlocks"] = dev.state.get("rejected_unlocks", 0) + 1
+            cmd.reply("rejected", problem)
+            return
+        duration = cmd.body.get("duration_s", 5)
+        duration = duration if isinstance(duration, (int, float)) and 0 < duration <= 300 else 5
+        cmd.reply("accepted")
+        dev.state.update(locked=False, door_open=True)
+        operator = str(cmd.body.get("operator") or "hub")[:128]
+        fleet.emit_events(dev, [("access_granted", {"user_id": operator, "direction": "in", "method": "remote",
+                                                    "cmd_id": cmd.id}), ("opened", {})])
+        cmd.reply("progress", f"unlocked for {duration:g}s")
+
+        def relock():
+            dev.state.update(locked=True, door_open=False)
+            fleet.emit_events(dev, [("closed", {})])
+            cmd.reply("finished", "relocked")
+        fleet.later(duration / fleet.speed, relock)
+
+    def _replay(self, fleet, dev, cmd):
+        since = cmd.body.get("since_seq")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            cmd.reply("rejected", "since_seq must be a non-negative integer")
+            return
+        cmd.reply("accepted")
+        entries = [e for e in dev.state.get("log", ()) if e[0] > since]
+        oldest = dev.state["log"][0][0] if dev.state.get("log") else None
+        if oldest is not None and oldest > since + 1 and dev.state.get("log_overflowed"):
+            cmd.reply("progress", f"buffer starts at seq {oldest}: events {since + 1}..{oldest - 1} were overwritten")
+        for _, topic, payload in entries:
+            fleet.publish_raw(dev, topic, payload)
+        cmd.reply("finished", f"replayed {len(entries)} events since seq {since}")
+
 
 class Speaker(Behaviour):
     kind = "speaker"
@@ -156,16 +267,87 @@ class Speaker(Behaviour):
         s["temp"] += (target - s["temp"]) * 0.2 + dev.rng.uniform(-0.3, 0.3)
         return {"volume": s["volume"], "playing": s["playing"], "amp_temp_c": round(s["temp"], 1)}, 60.0
 
-    def command(self, dev, name, body):
-        if name in ("play", "broadcast"):
-            bid = str(body.get("broadcast_id") or body.get("id") or "unknown")[:128]
-            if "volume" in body and isinstance(body["volume"], int) and 0 <= body["volume"] <= 100:
+    # Seconds a play lasts when the command does not say (scaled by the fleet's speed).
+    NOMINAL_PLAY_S = 1.0
+
+    def command(self, fleet, dev, cmd):
+        body = cmd.body
+        if cmd.name == "volume":
+            if isinstance(body.get("volume"), int) and 0 <= body["volume"] <= 100:
                 dev.state["volume"] = body["volume"]
-            return [("playback", {"broadcast_id": bid, "phase": "started"}),
-                    ("playback", {"broadcast_id": bid, "phase": "finished"})]
-        if name == "volume" and isinstance(body.get("volume"), int) and 0 <= body["volume"] <= 100:
+                cmd.reply("accepted")
+                cmd.reply("finished")
+            else:
+                cmd.reply("rejected", "volume must be an integer 0..100")
+            return
+        if cmd.name not in ("play", "broadcast"):
+            super().command(fleet, dev, cmd)
+            return
+        priority = body.get("priority", 5)
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9:
+            cmd.reply("rejected", "priority must be an integer 1..9")
+            return
+        if isinstance(body.get("volume"), int) and 0 <= body["volume"] <= 100:
             dev.state["volume"] = body["volume"]
-        return []
+        duration = body.get("duration_s")
+        duration = duration if isinstance(duration, (int, float)) and duration > 0 else self.NOMINAL_PLAY_S
+        repeat = body.get("repeat") if isinstance(body.get("repeat"), int) and 1 <= body["repeat"] <= 10 else 1
+        item = {"cmd": cmd, "bid": str(body.get("broadcast_id") or cmd.id or "unknown")[:128], "priority": priority,
+                "seconds": duration * repeat / fleet.speed, "timer": None,
+                "expires": time.monotonic() + cmd.expiry_s / fleet.speed if cmd.expiry_s else None}
+        cmd.reply("accepted")
+        if fleet.fetch_audio and body.get("audio_url") and dev.password:
+            threading.Thread(target=self._fetch_then_queue, args=(fleet, dev, item), daemon=True).start()
+        else:
+            self._queue(fleet, dev, item)
+
+    def _fetch_then_queue(self, fleet, dev, item):
+        problem = fetch_audio(item["cmd"].body, dev)
+        if problem:
+            item["cmd"].reply("failed", problem)
+            fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "failed", "detail": problem})])
+            return
+        self._queue(fleet, dev, item)
+
+    def _queue(self, fleet, dev, item):
+        with fleet.device_lock(dev):
+            current = dev.state.get("current")
+            if current is not None and item["priority"] <= current["priority"]:
+                # Equal or lower tier waits its turn (a notice never cuts a notice).
+                dev.state.setdefault("queue", []).append(item)
+                dev.state["queue"].sort(key=lambda x: -x["priority"])
+                item["cmd"].reply("progress", f"queued behind broadcast {current['bid']}")
+                return
+            if current is not None:
+                fleet.cancel(current["timer"])
+                fleet.emit_events(dev, [("playback", {"broadcast_id": current["bid"], "phase": "preempted",
+                                                      "detail": f"interrupted by priority {item['priority']}"})])
+                current["cmd"].reply("preempted", f"interrupted by broadcast {item['bid']} (priority {item['priority']})")
+            self._start(fleet, dev, item)
+
+    def _start(self, fleet, dev, item):
+        dev.state["current"] = item
+        dev.state["playing"] = True
+        fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "started"})])
+        item["cmd"].reply("progress", "playing")
+        item["timer"] = fleet.later(item["seconds"], lambda: self._finish(fleet, dev, item))
+
+    def _finish(self, fleet, dev, item):
+        with fleet.device_lock(dev):
+            if dev.state.get("current") is not item:
+                return          # preempted meanwhile
+            fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "finished"})])
+            item["cmd"].reply("finished")
+            dev.state["current"] = None
+            dev.state["playing"] = False
+            queue = dev.state.get("queue") or []
+            while queue:
+                nxt = queue.pop(0)
+                if nxt["expires"] is not None and time.monotonic() > nxt["expires"]:
+                    nxt["cmd"].reply("expired", "waited in the queue past its expiry")
+                    continue
+                self._start(fleet, dev, nxt)
+                break
 
 
 class Drone(Behaviour):
@@ -226,10 +408,38 @@ class Drone(Behaviour):
             dev.state.update(mode="mission", t_mode=0.0)
         return []
 
-    def command(self, dev, name, body):
-        if name == "return_home" and dev.state["mode"] == "mission":
-            dev.state.update(mode="return_home", t_mode=0.0)
-        return []
+    def command(self, fleet, dev, cmd):
+        s = dev.state
+        if cmd.name == "mission":
+            if s["mode"] != "idle":
+                cmd.reply("rejected", f"not on the pad (mode {s['mode']})")
+            elif s["battery"] < 40.0:
+                cmd.reply("rejected", f"battery {s['battery']:.0f}% too low for a mission")
+            else:
+                cmd.reply("accepted")
+                s.update(mode="mission", t_mode=0.0)
+                s["awaiting"] = ("idle", cmd)          # finished once it has flown and landed
+                cmd.reply("progress", "taking off")
+        elif cmd.name == "return_home":
+            if s["mode"] not in ("mission", "manual"):
+                cmd.reply("rejected", f"not flying a mission (mode {s['mode']})")
+            else:
+                cmd.reply("accepted")
+                previous = s.get("awaiting")
+                if previous is not None:
+                    previous[1].reply("preempted", "recalled: return home")
+                s.update(mode="return_home", t_mode=0.0)
+                s["awaiting"] = ("idle", cmd)
+                cmd.reply("progress", "returning home")
+        else:
+            super().command(fleet, dev, cmd)
+
+    def settle(self, dev) -> None:
+        """Answer a command waiting for a mode (called after each telemetry step)."""
+        waiting = dev.state.get("awaiting")
+        if waiting is not None and dev.state["mode"] == waiting[0]:
+            dev.state["awaiting"] = None
+            waiting[1].reply("finished", "landed")
 
 
 class Radio(Behaviour):
@@ -382,7 +592,8 @@ class DeviceFleet:
 
     def __init__(self, devices: list[SimDevice], mqtt_url: str, *, speed: float = 1.0, events: bool = True,
                  qos_telemetry: int = 1, client_prefix: str = "xlhub-sim", announce: bool = True,
-                 diag: bool = False) -> None:
+                 diag: bool = False, keys: dict[str, str | bytes] | None = None, fetch_audio: bool = False,
+                 event_log: int = 1000) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.devices = {d.id: d for d in devices}
@@ -402,19 +613,30 @@ class DeviceFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heap: list[tuple[float, int, str, str]] = []
+        self._heap_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._calls: dict[int, object] = {}
         self._tie = 0
+        # Command-signing keys (door unlock), as provisioned on each controller.
+        self.keys = {k: (bytes.fromhex(v) if isinstance(v, str) else v) for k, v in (keys or {}).items()}
+        self.fetch_audio = fetch_audio       # speakers download the audio they are told to play
+        self.event_log = event_log           # events a door controller keeps for replay
+        self._dev_locks = {d.id: threading.RLock() for d in devices}
         for d in devices:
             BEHAVIOURS[d.kind].init(d)
 
     @classmethod
     def from_site(cls, site, mqtt_url: str, passwords: dict[str, str] | None = None, *, speed: float = 1.0,
-                  seed: int | None = None, **kwargs) -> DeviceFleet:
-        """The site file's devices; those with a password in ``passwords`` connect with
-        their own account, the others share the ``mqtt_url`` account."""
+                  seed: int | None = None, only: set[str] | None = None, **kwargs) -> DeviceFleet:
+        """The site file's devices (or ``only`` those ids); those with a password in
+        ``passwords`` connect with their own account, the others share the ``mqtt_url``
+        account. ``keys={id: hex}`` provisions command-signing keys."""
         passwords = passwords or {}
         rng = random.Random(seed)
         devices = []
         for dev in site.devices:
+            if only is not None and dev.id not in only:
+                continue
             kind = str(getattr(dev.kind, "value", dev.kind))
             pos = getattr(dev, "position", None)
             lat, lon = (pos.lat, pos.lon) if pos is not None else (30.0, 104.0)
@@ -495,9 +717,64 @@ class DeviceFleet:
         client = self._client_of(dev)
         if client is None:
             return
-        payload = json.dumps({**dev.envelope(), **body}, separators=(",", ":")).encode()
-        client.publish(f"{dev.root}/{channel}", payload, qos=qos, retain=retain, properties=properties)
+        env = dev.envelope()
+        payload = json.dumps({**env, **body}, separators=(",", ":")).encode()
+        topic = f"{dev.root}/{channel}"
+        if dev.kind == "door" and channel.startswith("evt/"):
+            # The controller's own event log: kept whether or not the network is up, so the
+            # hub can fetch what it missed (cmd/replay_events).
+            log_ = dev.state.setdefault("log", deque(maxlen=self.event_log))
+            if len(log_) == log_.maxlen:
+                dev.state["log_overflowed"] = True
+            log_.append((env["seq"], topic, payload))
+        if dev.state.get("cut"):
+            return          # no network: lost (doors keep their events in the log above)
+        client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         self._count(channel.split("/")[0])
+
+    def publish_raw(self, dev: SimDevice, topic: str, payload: bytes) -> None:
+        """Send an already-built message again (replay keeps the original id, seq and time)."""
+        client = self._client_of(dev)
+        if client is not None and not dev.state.get("cut"):
+            client.publish(topic, payload, qos=1)
+            self._count("evt")
+
+    def emit_events(self, dev: SimDevice, events: list[tuple[str, dict]]) -> None:
+        for etype, ebody in events:
+            self._publish(dev, f"evt/{etype}", ebody)
+
+    def emit(self, dev_id: str, name: str) -> list[str]:
+        """Fire one of a device's events now (``access_granted``, ``sos``, …): for tests.
+        Returns the event types published."""
+        dev = self.devices[dev_id]
+        events = BEHAVIOURS[dev.kind].fire(dev, name, time.time())
+        self.emit_events(dev, events)
+        return [e for e, _ in events]
+
+    def device_lock(self, dev: SimDevice) -> threading.RLock:
+        return self._dev_locks[dev.id]
+
+    # -- outages -----------------------------------------------------------------------
+    def cut(self, dev_id: str) -> None:
+        """The device loses its network: nothing it sends arrives. A device with its own
+        connection drops it without DISCONNECT, so the broker publishes its Last Will."""
+        dev = self.devices[dev_id]
+        dev.state["cut"] = True
+        client = self.clients.get(dev_id)
+        if client is not None:
+            client.loop_stop()
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+    def restore(self, dev_id: str) -> None:
+        """The network is back: the device reconnects (avail online, state) and carries on."""
+        dev = self.devices[dev_id]
+        dev.state["cut"] = False
+        client = self.clients.get(dev_id)
+        if client is not None:
+            client.reconnect()
+            client.loop_start()
 
     def _publish_state(self, dev: SimDevice) -> None:
         body, _ = BEHAVIOURS[dev.kind].telemetry(dev, time.time())
@@ -510,7 +787,7 @@ class DeviceFleet:
             if len(parts) != 6 or parts[4] != "cmd":
                 return
             dev = self.devices.get(parts[3])
-            if dev is None or dev.kind != parts[2]:
+            if dev is None or dev.kind != parts[2] or dev.state.get("cut"):
                 return
             name = parts[5]
             try:
@@ -519,25 +796,48 @@ class DeviceFleet:
                     body = {}
             except ValueError:
                 body = {}
-            self.commands_received += 1
-            props = Properties(PacketTypes.PUBLISH)
-            corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-            if corr is not None:
-                props.CorrelationData = corr
             cmd_id = str(body.get("id"))[:64] if body.get("id") else None
-            for phase in ("accepted", "finished"):
-                res = {"cmd": name[:128], "phase": phase, **({"cmd_id": cmd_id} if cmd_id else {})}
-                self._publish(dev, "res", res, properties=props if corr is not None else None)
-                if phase == "accepted":
-                    for etype, ebody in BEHAVIOURS[dev.kind].command(dev, name, body):
-                        self._publish(dev, f"evt/{etype}", ebody)
+            if cmd_id is not None:
+                # A redelivered command (same id) is carried out once.
+                seen = dev.state.setdefault("seen_cmds", OrderedDict())
+                if cmd_id in seen:
+                    return
+                seen[cmd_id] = True
+                while len(seen) > 256:
+                    seen.popitem(last=False)
+            self.commands_received += 1
+            props = msg.properties
+            corr = getattr(props, "CorrelationData", None) if props else None
+            response = getattr(props, "ResponseTopic", None) if props else None
+            expiry = getattr(props, "MessageExpiryInterval", None) if props else None
+            cmd = Command(self, dev, name, body, corr, response, expiry)
+            BEHAVIOURS[dev.kind].command(self, dev, cmd)
         except Exception:
             log.exception("simulated device failed to handle a command on %s", msg.topic)
 
     # -- scheduling --------------------------------------------------------------------
-    def _push(self, due: float, dev_id: str, what: str) -> None:
-        self._tie += 1
-        heapq.heappush(self._heap, (due, self._tie, dev_id, what))
+    def _push(self, due: float, dev_id: str, what: str) -> int:
+        with self._heap_lock:
+            self._tie += 1
+            heapq.heappush(self._heap, (due, self._tie, dev_id, what))
+            tie = self._tie
+        self._kick.set()
+        return tie
+
+    def later(self, delay: float, fn) -> int:
+        """Run ``fn()`` in the scheduler thread after ``delay`` seconds; returns a handle
+        for ``cancel``."""
+        with self._heap_lock:
+            self._tie += 1
+            tie = self._tie
+            self._calls[tie] = fn
+            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay), tie, "", "call"))
+        self._kick.set()
+        return tie
+
+    def cancel(self, handle: int | None) -> None:
+        if handle is not None:
+            self._calls.pop(handle, None)
 
     def _next_event_in(self, per_hour: float, dev: SimDevice) -> float:
         return dev.rng.expovariate(per_hour * self.speed / HOUR)
@@ -558,25 +858,39 @@ class DeviceFleet:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self._heap:
-                self._stop.wait(0.5)
+            with self._heap_lock:
+                head = self._heap[0] if self._heap else None
+            if head is None:
+                self._kick.wait(0.5)
+                self._kick.clear()
                 continue
-            due = self._heap[0][0]
+            due = head[0]
             wait = due - time.monotonic()
             if wait > 0:
-                if self._stop.wait(min(wait, 0.5)):
-                    break
+                self._kick.wait(min(wait, 0.5))
+                self._kick.clear()
                 continue
-            _, _, dev_id, what = heapq.heappop(self._heap)
+            with self._heap_lock:
+                _, tie, dev_id, what = heapq.heappop(self._heap)
+            if what == "call":
+                fn = self._calls.pop(tie, None)
+                if fn is not None:
+                    try:
+                        fn()
+                    except Exception:
+                        log.exception("simulated device callback failed")
+                continue
             dev = self.devices[dev_id]
             beh = BEHAVIOURS[dev.kind]
             try:
                 if what == "tele":
                     body, interval = beh.telemetry(dev, time.time())
                     self._publish(dev, "tele", body, qos=self.qos_telemetry)
-                    if isinstance(beh, Drone) and self.events_enabled:
-                        for etype, ebody in beh.pending_events(dev):
-                            self._publish(dev, f"evt/{etype}", ebody)
+                    if isinstance(beh, Drone):
+                        beh.settle(dev)
+                        if self.events_enabled:
+                            for etype, ebody in beh.pending_events(dev):
+                                self._publish(dev, f"evt/{etype}", ebody)
                     self._push(due + interval / self.speed, dev_id, "tele")
                 else:
                     name = what[4:]
@@ -590,6 +904,7 @@ class DeviceFleet:
         """Stop publishing; per-device clients disconnect cleanly after saying offline
         (a killed process leaves it to the LWT)."""
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout)
         infos = []
@@ -677,6 +992,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mqtt-url", default=os.environ.get("XLHUB_MQTT_URL"), help="mqtt://user:pass@host:port")
     parser.add_argument("--passwords", default=None,
                         help="JSON file {device id: password} (var/secrets/mqtt_devices.json)")
+    parser.add_argument("--keys", default=None,
+                        help="JSON file {device id: hex key} of command-signing keys (var/secrets/device_keys.json)")
     parser.add_argument("--speed", type=float, default=1.0, help="time acceleration (default 1)")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic devices instead of the site's")
     parser.add_argument("--seed", type=int, default=None)
@@ -691,7 +1008,9 @@ def main(argv: list[str] | None = None) -> None:
         from config.site import load_site
         site = load_site(args.site or Settings().site_file)
         passwords = json.loads(open(args.passwords).read()) if args.passwords else {}
-        fleet = DeviceFleet.from_site(site, args.mqtt_url, passwords=passwords, speed=args.speed, seed=args.seed)
+        keys = json.loads(open(args.keys).read()) if args.keys else {}
+        fleet = DeviceFleet.from_site(site, args.mqtt_url, passwords=passwords, speed=args.speed, seed=args.seed,
+                                      keys=keys)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

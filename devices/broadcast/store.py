@@ -1,0 +1,329 @@
+"""Broadcasts (村村响) through the devices layer: a request → at its time, one ``play``
+command per speaker under the targets (resolved from the registry's current membership
+then, not when the request was made) and one receipt per speaker → the report of which
+villages heard it and which did not.
+
+Priority tiers: an emergency warning (应急预警) is tier 9; a notice (通告) is 5, 6 (high)
+or 7 (urgent).  A speaker playing something interrupts it for a strictly higher tier (the
+interrupted one is reported ``preempted``) and queues anything else behind it."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.types.json import Jsonb
+from ulid import ULID
+
+from devices.commands.model import Requester
+from devices.commands.store import new_command_id
+from devices.registry import RegistryError, common_path, speakers_under
+from store import audit
+
+log = logging.getLogger(__name__)
+
+KINDS = ("notice", "emergency")
+KIND_LABELS = {"notice": "通告", "emergency": "应急预警"}
+EMERGENCY_TIER = 9
+NOTICE_TIERS = {"normal": 5, "high": 6, "urgent": 7}
+
+RECEIPT_OPEN = ("pending", "sent", "accepted", "started")
+RECEIPT_FINAL = ("finished", "failed", "preempted", "rejected", "expired", "offline", "cancelled")
+RECEIPT_LABELS = {
+    "pending": "待发送", "sent": "已发送", "accepted": "已接收", "started": "正在播放", "finished": "已播放完成",
+    "failed": "播放失败", "preempted": "被更高优先级广播打断", "rejected": "设备拒绝播放",
+    "expired": "超时未回执", "offline": "离线未收听", "cancelled": "已取消",
+}
+STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "播放中", "done": "全部播放完成",
+                "partial": "部分播放完成", "failed": "未能播放", "cancelled": "已取消", "no_speakers": "范围内无广播设备"}
+VILLAGE_LABELS = {"heard": "已收听", "partial": "部分收听", "not_heard": "未收听", "in_progress": "播放中"}
+PLAY_COMMAND = "play"
+
+
+def tier(kind: str, priority: int | str | None) -> int:
+    """The priority tier (1..9, higher interrupts lower) of a broadcast."""
+    if kind == "emergency":
+        return EMERGENCY_TIER
+    if priority is None:
+        return NOTICE_TIERS["normal"]
+    if isinstance(priority, str):
+        if priority not in NOTICE_TIERS:
+            raise RegistryError("优先级无效：normal、high 或 urgent (priority must be normal, high or urgent)")
+        return NOTICE_TIERS[priority]
+    if not 1 <= priority <= 8:
+        # 9 is the emergency tier: a notice must not pass for a warning.
+        raise RegistryError("通告的优先级为 1–8，9 仅用于应急预警 (notice priority 1..8; 9 is emergencies only)")
+    return priority
+
+
+@dataclass
+class BroadcastRequest:
+    targets: list[str]
+    kind: str = "notice"
+    priority: int | str | None = None
+    text: str | None = None
+    audio_id: str | None = None
+    audio_url: str | None = None
+    duration_s: float | None = None
+    scheduled_at: datetime | None = None
+    repeat: int = 1
+    volume: int | None = None
+    expires_in_s: int = 300
+    detail: dict = field(default_factory=dict)
+
+
+def check_audio_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistryError("音频地址须为 http(s) 链接 (audio_url must be an http(s) URL)")
+    if parts.username or parts.password:
+        raise RegistryError("音频地址不得包含用户名或密码 (audio_url must not carry credentials)")
+    return url
+
+
+def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester: Requester) -> dict:
+    """Record a broadcast (in the caller's transaction); the devices service sends it when due."""
+    if req.kind not in KINDS:
+        raise RegistryError("广播类型无效：notice（通告）或 emergency（应急预警） (kind must be notice or emergency)")
+    if not req.targets:
+        raise RegistryError("请选择广播范围 (at least one target)")
+    if not (req.text or req.audio_id or req.audio_url):
+        raise RegistryError("请提供广播内容：文字、音频文件或音频地址 (text, audio_id or audio_url required)")
+    if not 1 <= req.repeat <= 10:
+        raise RegistryError("重复次数为 1–10 (repeat 1..10)")
+    duration = req.duration_s
+    if req.audio_id:
+        audio = conn.execute("SELECT duration_s FROM broadcast_audio WHERE id = %s", (req.audio_id,)).fetchone()
+        if audio is None:
+            raise RegistryError("音频文件不存在 (audio not found)", 404)
+        duration = duration or audio["duration_s"]
+    if req.audio_url:
+        check_audio_url(req.audio_url)
+    scope = common_path(conn, list(dict.fromkeys(req.targets)))
+    if not scope:
+        raise RegistryError("广播范围无共同上级 (targets share no ancestor)")
+    return conn.execute(
+        """INSERT INTO device_broadcasts (id, kind, priority, text, audio_id, audio_url, duration_s, repeat, volume,
+               targets, scope_path, requested_by, requester_kind, requester_role, requester_node, scheduled_at,
+               expires_in_s)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+        (str(ULID()), req.kind, tier(req.kind, req.priority), req.text, req.audio_id, req.audio_url, duration,
+         req.repeat, req.volume, list(dict.fromkeys(req.targets)), scope, requester.name, requester.kind,
+         requester.role, requester.node_code, req.scheduled_at, req.expires_in_s)).fetchone()
+
+
+def cancel_broadcast(conn: psycopg.Connection, broadcast_id: str, by: str) -> dict:
+    row = conn.execute("UPDATE device_broadcasts SET state = 'cancelled', cancelled_by = %s, completed_at = now() "
+                       "WHERE id = %s AND state = 'scheduled' RETURNING *", (by, broadcast_id)).fetchone()
+    if row is None:
+        raise RegistryError("只能取消尚未播放的定时广播 (only a scheduled broadcast not yet sent can be cancelled)",
+                            409)
+    return row
+
+
+# --------------------------------------------------------------------------- dispatch
+@dataclass
+class DispatchOptions:
+    media_base_url: str
+    answer_margin_s: float = 30.0
+    default_duration_s: float = 30.0
+
+
+def audio_path(broadcast_id: str) -> str:
+    return f"/api/broadcasts/{broadcast_id}/audio"
+
+
+def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool], opts: DispatchOptions) -> list[str]:
+    """Fan out every broadcast whose time has come: a play command and a receipt per
+    speaker under its targets. ``online`` is the hub's current belief per device."""
+    due = conn.execute(
+        """SELECT b.*, a.sha256 AS audio_sha256, a.media_type AS audio_media_type
+           FROM device_broadcasts b LEFT JOIN broadcast_audio a ON a.id = b.audio_id
+           WHERE b.state = 'scheduled' AND coalesce(b.scheduled_at, b.requested_at) <= %s
+           ORDER BY b.priority DESC, coalesce(b.scheduled_at, b.requested_at) FOR UPDATE OF b SKIP LOCKED""",
+        (now,)).fetchall()
+    sent = []
+    for b in due:
+        speakers = speakers_under(conn, list(b["targets"]))
+        if not speakers:
+            conn.execute("UPDATE device_broadcasts SET state = 'no_speakers', dispatched_at = %s, completed_at = %s "
+                         "WHERE id = %s", (now, now, b["id"]))
+            complete_if_done(conn, b["id"], now)
+            continue
+        duration = float(b["duration_s"] or opts.default_duration_s)
+        body = {"broadcast_id": b["id"], "kind": b["kind"], "priority": b["priority"], "repeat": b["repeat"],
+                "duration_s": duration}
+        if b["text"]:
+            body["text"] = b["text"]
+        if b["audio_id"]:
+            body.update(audio_url=opts.media_base_url.rstrip("/") + audio_path(b["id"]),
+                        audio_sha256=b["audio_sha256"], media_type=b["audio_media_type"])
+        elif b["audio_url"]:
+            body["audio_url"] = b["audio_url"]
+        if b["volume"] is not None:
+            body["volume"] = b["volume"]
+        expires = now + timedelta(seconds=b["expires_in_s"])
+        # No answer by the end of the (repeated) audio plus a margin — and plus the time it
+        # may wait for delivery — and the speaker is reported as not having played it.
+        deadline = expires + timedelta(seconds=duration * b["repeat"] + opts.answer_margin_s)
+        commands, receipts = [], []
+        for s in speakers:
+            cid = new_command_id()
+            commands.append((cid, s.id, Jsonb(body), b["requested_by"], b["requester_kind"], b["requester_role"],
+                             b["requester_node"], now, expires, deadline, s.grid_code, list(s.grid_path), b["id"]))
+            receipts.append((b["id"], s.id, s.grid_code, list(s.grid_path), s.village_code, cid,
+                             bool(online.get(s.id, False)), now))
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO device_commands (id, device_id, device_kind, name, body, requested_by, requester_kind,
+                       requester_role, requester_node, requested_at, expires_at, deadline_at, grid_code, grid_path,
+                       broadcast_id)
+                   VALUES (%s, %s, 'speaker', 'play', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", commands)
+            cur.executemany(
+                """INSERT INTO device_broadcast_receipts (broadcast_id, speaker_id, grid_code, grid_path, village_code,
+                       command_id, online_at_send, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""", receipts)
+        conn.execute("UPDATE device_broadcasts SET state = 'playing', dispatched_at = %s WHERE id = %s",
+                     (now, b["id"]))
+        sent.append(b["id"])
+    return sent
+
+
+# --------------------------------------------------------------------------- receipts
+_RECEIPT_RANK = "array_position(ARRAY['pending','sent','accepted','started']::text[], status)"
+
+
+def _receipt(conn: psycopg.Connection, where: str, params: dict, status: str, at: datetime,
+             detail: str | None) -> str | None:
+    """Move a receipt forward (never back, never out of a final status); returns its broadcast id."""
+    if status in RECEIPT_FINAL:
+        guard = "status NOT IN ('finished','failed','preempted','rejected','expired','offline','cancelled')"
+    else:
+        guard = f"{_RECEIPT_RANK} < array_position(ARRAY['pending','sent','accepted','started']::text[], %(status)s)"
+    row = conn.execute(
+        f"""UPDATE device_broadcast_receipts SET status = %(status)s, updated_at = %(at)s,
+                detail = coalesce(%(detail)s, detail),
+                sent_at = CASE WHEN %(status)s = 'sent' THEN %(at)s ELSE sent_at END,
+                started_at = CASE WHEN %(status)s = 'started' THEN coalesce(started_at, %(at)s) ELSE started_at END,
+                finished_at = CASE WHEN %(final)s THEN %(at)s ELSE finished_at END
+            WHERE {where} AND {guard} RETURNING broadcast_id""",
+        {**params, "status": status, "at": at, "detail": detail, "final": status in RECEIPT_FINAL}).fetchone()
+    return row["broadcast_id"] if row else None
+
+
+def on_commands_sent(conn: psycopg.Connection, command_ids: list[str], at: datetime) -> None:
+    if command_ids:
+        conn.execute("""UPDATE device_broadcast_receipts SET status = 'sent', sent_at = %s, updated_at = %s
+                        WHERE command_id = ANY(%s) AND status = 'pending'""", (at, at, command_ids))
+
+
+# What a play command's state means for its receipt (res phases). ``progress`` is not
+# ``started``: a play queued behind another reports progress too; only the speaker's
+# playback event says it started.
+_COMMAND_TO_RECEIPT = {"accepted": "accepted", "finished": "finished", "failed": "failed",
+                       "rejected": "rejected", "preempted": "preempted", "expired": "expired"}
+
+
+def on_command_state(conn: psycopg.Connection, command: dict, at: datetime) -> str | None:
+    """A play command moved (device answer or hub timeout): its receipt follows."""
+    status = _COMMAND_TO_RECEIPT.get(command["state"])
+    if status is None:
+        return None
+    if status == "expired":
+        # No answer: a speaker already offline when it was sent did not hear it (离线未收听).
+        row = conn.execute("SELECT online_at_send FROM device_broadcast_receipts WHERE command_id = %s",
+                           (command["id"],)).fetchone()
+        if row is not None and not row["online_at_send"]:
+            status = "offline"
+    return _receipt(conn, "command_id = %(cid)s", {"cid": command["id"]}, status, at, command.get("detail"))
+
+
+def on_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, phase: str, at: datetime,
+                detail: str | None = None) -> str | None:
+    """A speaker's ``evt/playback`` receipt (started, finished, failed, preempted)."""
+    if phase not in ("started", "finished", "failed", "preempted"):
+        return None
+    return _receipt(conn, "broadcast_id = %(b)s AND speaker_id = %(s)s", {"b": broadcast_id, "s": speaker_id},
+                    phase, at, detail)
+
+
+# --------------------------------------------------------------------------- report
+def complete_if_done(conn: psycopg.Connection, broadcast_id: str, now: datetime) -> dict | None:
+    """When no receipt is open any more: the broadcast's final state and report, audited."""
+    b = conn.execute("SELECT * FROM device_broadcasts WHERE id = %s FOR UPDATE", (broadcast_id,)).fetchone()
+    if b is None or b["report"] is not None or b["state"] in ("scheduled", "cancelled"):
+        return None
+    open_left = conn.execute(
+        "SELECT count(*) AS n FROM device_broadcast_receipts WHERE broadcast_id = %s AND status = ANY(%s)",
+        (broadcast_id, list(RECEIPT_OPEN))).fetchone()["n"]
+    if open_left:
+        return None
+    report = build_report(conn, b)
+    state = "no_speakers" if b["state"] == "no_speakers" else report["outcome"]
+    conn.execute("UPDATE device_broadcasts SET state = %s, completed_at = %s, report = %s WHERE id = %s",
+                 (state, now, Jsonb(report), broadcast_id))
+    audit.record(conn, audit.AuditEntry(
+        actor="devices", actor_kind="system", action="broadcast.completed", target=broadcast_id, outcome="ok",
+        node_code=b["scope_path"][-1] if b["scope_path"] else None,
+        detail={"state": state, "speakers": report["speakers"], "villages_heard": len(report["heard"]),
+                "villages_not_heard": len(report["not_heard"]), "requested_by": b["requested_by"]}))
+    return report
+
+
+def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -> dict:
+    """Which villages heard the broadcast and which did not (and why), per speaker.
+    ``within``: only the receipts under this grid node (the caller's scope)."""
+    rows = conn.execute(
+        """SELECT r.speaker_id, d.name AS speaker_name, r.grid_code, r.village_code,
+                  coalesce(v.name, g.name) AS village_name, r.status, r.detail, r.online_at_send, r.sent_at,
+                  r.started_at, r.finished_at
+           FROM device_broadcast_receipts r
+           LEFT JOIN devices d ON d.id = r.speaker_id
+           LEFT JOIN grid_nodes v ON v.code = r.village_code
+           LEFT JOIN grid_nodes g ON g.code = r.grid_code
+           WHERE r.broadcast_id = %s AND (%s::text IS NULL OR r.grid_path @> ARRAY[%s::text])
+           ORDER BY r.village_code NULLS LAST, r.speaker_id""", (b["id"], within, within)).fetchall()
+    counts: dict[str, int] = {}
+    villages: dict[str, dict] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        key = r["village_code"] or r["grid_code"] or "-"
+        v = villages.setdefault(key, {"code": key, "name": r["village_name"] or key, "speakers": []})
+        v["speakers"].append({
+            "id": r["speaker_id"], "name": r["speaker_name"], "status": r["status"],
+            "status_label": RECEIPT_LABELS.get(r["status"], r["status"]), "detail": r["detail"],
+            "online_at_send": r["online_at_send"],
+            "started_at": r["started_at"].isoformat() if r["started_at"] else None,
+            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None})
+    heard, not_heard = [], []
+    for v in villages.values():
+        statuses = [s["status"] for s in v["speakers"]]
+        if any(s in RECEIPT_OPEN for s in statuses):
+            v["status"] = "in_progress"
+        elif all(s == "finished" for s in statuses):
+            v["status"] = "heard"
+        elif any(s in ("finished", "preempted") for s in statuses):
+            v["status"] = "partial"     # heard on some speakers, or cut short by a higher tier
+        else:
+            v["status"] = "not_heard"
+        v["status_label"] = VILLAGE_LABELS[v["status"]]
+        if v["status"] == "heard":
+            heard.append({"code": v["code"], "name": v["name"]})
+        elif v["status"] in ("partial", "not_heard"):
+            not_heard.append({"code": v["code"], "name": v["name"], "status": v["status"],
+                              "reasons": sorted({s["status_label"] for s in v["speakers"] if s["status"] != "finished"})})
+    total = len(rows)
+    finished = counts.get("finished", 0)
+    outcome = "done" if total and finished == total else ("partial" if finished else "failed")
+    summary = (f"{len(villages)} 个村（社区）中 {len(heard)} 个已收听，{len(not_heard)} 个未完整收听；"
+               f"{finished}/{total} 个喇叭播放完成")
+    return {
+        "broadcast_id": b["id"], "kind": b["kind"], "kind_label": KIND_LABELS[b["kind"]], "priority": b["priority"],
+        "text": b["text"], "requested_by": b["requested_by"],
+        "requested_at": b["requested_at"].isoformat(),
+        "dispatched_at": b["dispatched_at"].isoformat() if b.get("dispatched_at") else None,
+        "outcome": outcome, "summary": summary,
+        "speakers": {"total": total, **counts},
+        "heard": heard, "not_heard": not_heard, "villages": list(villages.values()),
+    }

@@ -1,0 +1,88 @@
+"""Geofences from the grid tree: which grid (网格) a radio or drone is in, from the
+boundary polygons of the grid nodes (``[lon, lat]`` pairs), and enter/exit transitions
+confirmed by a few consecutive fixes so a walk along a boundary does not flap."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def point_in_polygon(lon: float, lat: float, polygon: list[list[float]] | list[tuple[float, float]]) -> bool:
+    """Even-odd ray casting; points on an edge count as inside the first polygon tested."""
+    inside = False
+    n = len(polygon)
+    j = n - 1
+    for i in range(n):
+        xi, yi = polygon[i][0], polygon[i][1]
+        xj, yj = polygon[j][0], polygon[j][1]
+        if (yi > lat) != (yj > lat):
+            x_cross = (xj - xi) * (lat - yi) / (yj - yi) + xi
+            if lon < x_cross:
+                inside = not inside
+        j = i
+    return inside
+
+
+@dataclass(frozen=True)
+class Fence:
+    code: str
+    name: str
+    polygon: tuple[tuple[float, float], ...]
+    bbox: tuple[float, float, float, float]      # min lon, min lat, max lon, max lat
+
+    @classmethod
+    def of(cls, code: str, name: str, polygon) -> Fence:
+        pts = tuple((float(p[0]), float(p[1])) for p in polygon)
+        lons, lats = [p[0] for p in pts], [p[1] for p in pts]
+        return cls(code, name, pts, (min(lons), min(lats), max(lons), max(lats)))
+
+    def contains(self, lon: float, lat: float) -> bool:
+        x0, y0, x1, y1 = self.bbox
+        return x0 <= lon <= x1 and y0 <= lat <= y1 and point_in_polygon(lon, lat, self.polygon)
+
+
+def leaf_fences(rows: list[dict]) -> list[Fence]:
+    """The finest grid nodes with a boundary (nodes no other bounded node lies under):
+    the 网格 themselves, or the villages where grids have no boundary."""
+    bounded = [r for r in rows if r.get("boundary")]
+    parents = {p for r in bounded for p in (r["path"] or [])[:-1]}
+    return [Fence.of(r["code"], r["name"], r["boundary"]) for r in bounded if r["code"] not in parents]
+
+
+def locate(fences: list[Fence], lon: float, lat: float) -> Fence | None:
+    for f in fences:
+        if f.contains(lon, lat):
+            return f
+    return None
+
+
+@dataclass
+class FenceTracker:
+    """Per device: the confirmed grid and a candidate waiting for confirmation."""
+
+    confirm: int = 2
+    current: dict[str, str | None] = field(default_factory=dict)      # device → grid code (None: outside all)
+    _candidate: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+
+    def known(self, device_id: str) -> bool:
+        return device_id in self.current
+
+    def set(self, device_id: str, code: str | None) -> None:
+        self.current[device_id] = code
+        self._candidate.pop(device_id, None)
+
+    def update(self, device_id: str, code: str | None) -> tuple[str | None, str | None] | None:
+        """Feed one fix's grid; returns (left, entered) once a change is confirmed."""
+        if device_id not in self.current:
+            self.current[device_id] = code          # first fix: where it is, no transition
+            return None
+        if code == self.current[device_id]:
+            self._candidate.pop(device_id, None)
+            return None
+        cand, n = self._candidate.get(device_id, (code, 0))
+        n = n + 1 if cand == code else 1
+        if n < self.confirm:
+            self._candidate[device_id] = (code, n)
+            return None
+        left = self.current[device_id]
+        self.set(device_id, code)
+        return left, code

@@ -1,0 +1,573 @@
+"""The devices service: the hub's side of every field device, as one long-running process
+(``DevicesService(settings).run(stop_event)``, heartbeat row ``devices``).
+
+It keeps one MQTT connection (the hub's account) and one database connection, and does:
+
+- availability: online/offline from ``avail`` (Last Will) and from the heartbeat timeout
+  (devices/availability.py); a hub-decided change is stored once as an event;
+- commands: publishes what the API (or the service itself) queued in ``device_commands`` —
+  QoS 1, MQTT 5 message expiry, response topic = the device's ``res``, correlation data =
+  the command id — signs the ones that must be signed (door unlock), and follows the phases
+  the devices answer with until finished | failed | rejected | preempted, or expires them;
+- broadcasts: fans out due broadcasts (schedules) to the speakers under their targets and
+  follows the per-speaker receipts to the report (devices/broadcast/);
+- doors: after an outage asks the controller to replay its buffered events
+  (``cmd/replay_events`` since the last seq the hub saw), so none are missing;
+- radios: geofence enter/exit against the grid boundaries; drones: health warnings
+  (battery, link lost while flying);
+- decommissioned devices: clears their retained ``avail``/``state`` topics.
+
+Ingest stays the only writer of what devices send; this service writes what the hub
+decides (commands, receipts, availability, the events it raises itself).
+
+One worker thread owns the database connection and handles MQTT messages and timers in
+order, so there are no races between a device's answer and a timeout of the same command.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from config.urls import redact_url
+from devices import registry
+from devices.availability import AvailabilityTracker, Transition
+from devices.broadcast import store as broadcasts
+from devices.commands import signing
+from devices.commands import store as commands
+from devices.commands.model import FINAL, Requester
+from devices.contract import DEVICE_KINDS, ContractError, parse_topic, topic_for
+from devices.credentials import DeviceSecrets
+from devices.geofence import FenceTracker, leaf_fences, locate
+from devices.settings import DevicesSettings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_NAME = "devices"
+SIGNED_COMMANDS = {("door", "unlock")}
+REPLAY_COMMAND = "replay_events"
+SYSTEM = Requester.system("devices")
+
+
+@dataclass
+class _Msg:
+    topic: str
+    payload: bytes
+    correlation: bytes | None
+    retained: bool
+    received: float
+
+
+class DevicesService:
+    """``settings``: config.settings.Settings (database_url, mqtt_url, var_dir, http_*);
+    ``devices_settings``: DevicesSettings (defaults from ``XLHUB_DEVICES_*``)."""
+
+    def __init__(self, settings, devices_settings: DevicesSettings | None = None, *, client_id: str | None = None,
+                 heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = 0.25) -> None:
+        if not settings.database_url or not settings.mqtt_url:
+            raise ValueError("DevicesService needs database_url and mqtt_url")
+        self.settings = settings
+        self.cfg = devices_settings or DevicesSettings()
+        self.db_url = settings.database_url
+        self.mqtt_url = settings.mqtt_url
+        self.secrets = DeviceSecrets.for_var_dir(settings.var_dir)
+        self.heartbeat_name = heartbeat_name
+        self.tick_s = tick_s
+        self.client_id = client_id or f"xlhub-devices-{os.getpid()}-{secrets.token_hex(3)}"
+        self.media_base_url = self.cfg.media_base_url or f"http://{settings.http_host}:{settings.http_port}"
+        self.started_at = datetime.now(UTC)
+        self.tracker = AvailabilityTracker(self.cfg, self.started_at)
+        self.fences = FenceTracker(confirm=self.cfg.geofence_confirm)
+        self._fence_list: list = []
+        self._fence_names: dict[str, str] = {}
+        self.devices: dict[str, registry.DeviceRecord] = {}
+        self._drones: dict[str, dict] = {}
+        self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._connected = threading.Event()
+        self._seq = itertools.count(int(time.time() * 1000))
+        self._last = {"registry": 0.0, "sweep": 0.0, "heartbeat": 0.0, "send": 0.0}
+        self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "events_raised": 0,
+                      "replays": 0, "errors": 0}
+        self.ready = threading.Event()
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ MQTT
+    def _make_client(self) -> mqtt.Client:
+        parts = urlsplit(self.mqtt_url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(self.mqtt_url)}")
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        if parts.username:
+            c.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        if parts.scheme == "mqtts":
+            c.tls_set()
+        c.reconnect_delay_set(1, 30)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("devices service: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
+            return
+        # noLocal: our own commands do not come back to us.
+        opts = SubscribeOptions(qos=1, noLocal=True)
+        client.subscribe([(f"xlhub/v1/{kind}/+/#", opts) for kind in DEVICE_KINDS])
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        self._queue.put(_Msg(msg.topic, msg.payload, bytes(corr) if corr else None, bool(msg.retain), time.time()))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=15)
+        self._client.loop_start()
+        for target, name in ((self._work, "devices-worker"), (self._listen, "devices-listen")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Run until ``stop_event`` is set (the supervisor's child process entry point)."""
+        self.start()
+        stop_event.wait()
+        self.stop()
+
+    def wait_ready(self, timeout: float = 20.0) -> bool:
+        return self.ready.wait(timeout)
+
+    # ------------------------------------------------------------------ database wake-ups
+    def _listen(self) -> None:
+        """LISTEN xlhub_devices: a command or broadcast was queued, send it now."""
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
+                                     application_name="xlhub-devices-listen") as conn:
+                    conn.execute("LISTEN xlhub_devices")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._wake.set()
+            except Exception as exc:
+                log.debug("devices listen connection lost: %s", type(exc).__name__)
+                self._stop.wait(2.0)
+
+    # ------------------------------------------------------------------ the worker
+    def _work(self) -> None:
+        conn: psycopg.Connection | None = None
+        backoff = 0.5
+        pending: deque[_Msg] = deque()
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row, connect_timeout=5,
+                                           application_name="xlhub-devices")
+                    self._load(conn)
+                    backoff = 0.5
+                self._wake.wait(self.tick_s)
+                self._wake.clear()
+                while len(pending) < 5000:
+                    try:
+                        pending.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if pending:
+                    batch = list(pending)
+                    with conn.transaction():
+                        for m in batch:
+                            self._handle(conn, m)
+                        self._complete_touched(conn)
+                    pending.clear()
+                self._timers(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # The batch stays in `pending` and is handled again once the database is back.
+                log.warning("devices service: database unavailable (%s); retrying in %.1fs", type(exc).__name__,
+                            backoff)
+                self.ready.clear()
+                self.stats["errors"] += 1
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:
+                    pass
+                conn = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:
+                # A bug or a row the database refuses: handle the batch one message at a
+                # time so one bad message cannot hold up the others, then go on.
+                log.exception("devices service: batch failed; retrying one by one")
+                self.stats["errors"] += 1
+                for m in list(pending):
+                    try:
+                        with conn.transaction():
+                            self._handle(conn, m)
+                            self._complete_touched(conn)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        break
+                    except Exception:
+                        log.exception("devices service: dropped a message on %s", m.topic)
+                    pending.popleft()
+        if conn is not None:
+            conn.close()
+
+    def _load(self, conn: psycopg.Connection) -> None:
+        self._refresh_registry(conn)
+        for row in conn.execute("SELECT device_id, grid_code FROM device_geofence").fetchall():
+            self.fences.set(row["device_id"], row["grid_code"])
+
+    def _refresh_registry(self, conn: psycopg.Connection) -> None:
+        devs = registry.active_devices(conn)
+        self.devices = {d.id: d for d in devs}
+        stored = {r["device_id"]: r for r in conn.execute("SELECT * FROM device_availability").fetchall()}
+        self.tracker.sync([(d.id, d.kind, d.heartbeat_s) for d in devs], stored)
+        nodes = conn.execute("SELECT code, name, path, boundary FROM grid_nodes WHERE retired_at IS NULL").fetchall()
+        self._fence_list = leaf_fences(nodes)
+        self._fence_names = {n["code"]: n["name"] for n in nodes}
+        self._last["registry"] = time.monotonic()
+
+    def _timers(self, conn: psycopg.Connection) -> None:
+        mono = time.monotonic()
+        now = datetime.now(UTC)
+        if mono - self._last["registry"] >= self.cfg.registry_refresh_s:
+            self._refresh_registry(conn)
+        if mono - self._last["sweep"] >= min(1.0, self.tick_s * 4):
+            self._last["sweep"] = mono
+            with conn.transaction():
+                for t in self.tracker.sweep(now):
+                    self._transition(conn, t)
+                self._drone_sweep(conn, now)
+                self._persist_liveness(conn)
+            with conn.transaction():
+                for cmd in commands.expire_overdue(conn, now):
+                    self._command_moved(conn, cmd, now)
+                self._complete_touched(conn)
+            self._clear_retained(conn)
+        # Every round (cheap, partial indexes): a broadcast or command queued through the
+        # API goes out as soon as the NOTIFY wakes us.
+        with conn.transaction():
+            broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
+                self.media_base_url, self.cfg.broadcast_answer_margin_s))
+            self._complete_touched(conn)
+        self._send_pending(conn)
+        if mono - self._last["heartbeat"] >= 3.0:
+            self._last["heartbeat"] = mono
+            self._heartbeat(conn)
+            if self._connected.is_set():
+                self.ready.set()
+
+    # ------------------------------------------------------------------ incoming
+    def _handle(self, conn: psycopg.Connection, m: _Msg) -> None:
+        self.stats["messages"] += 1
+        if m.retained:
+            return      # a cache for newcomers, possibly days old: never evidence of life
+        try:
+            t = parse_topic(m.topic)
+        except ContractError:
+            return
+        dev = self.devices.get(t.source_id)
+        if dev is None or dev.kind != t.kind or t.channel == "cmd":
+            return
+        try:
+            body = json.loads(m.payload) if m.payload else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return      # ingest dead-letters it; nothing to decide here
+        at = datetime.fromtimestamp(m.received, UTC)
+        seq = body.get("seq") if isinstance(body.get("seq"), int) and not isinstance(body.get("seq"), bool) else None
+        if t.channel == "avail":
+            trans = self.tracker.avail(dev.id, body.get("status"), at, seq)
+            if trans is not None:
+                self._transition(conn, trans)
+            return
+        trans = self.tracker.seen(dev.id, at, seq)
+        if trans is not None:
+            self._transition(conn, trans)
+        if t.channel == "res":
+            self._on_result(conn, dev, m, body, at)
+        elif t.channel == "evt" and t.kind == "speaker" and t.name == "playback":
+            bid, phase = body.get("broadcast_id"), body.get("phase")
+            if isinstance(bid, str) and isinstance(phase, str):
+                detail = body.get("detail") if isinstance(body.get("detail"), str) else None
+                b = broadcasts.on_playback(conn, bid, dev.id, phase, at, detail)
+                if b:
+                    self.stats["receipts"] += 1
+                    self._touched.add(b)
+        elif t.channel == "tele":
+            if t.kind in self.cfg.geofence_kinds:
+                self._geofence(conn, dev, body, at)
+            if t.kind == "drone":
+                self._drone_health(conn, dev, body, at)
+
+    def _on_result(self, conn, dev, m: _Msg, body: dict, at: datetime) -> None:
+        cmd_id = None
+        if m.correlation:
+            try:
+                cmd_id = m.correlation.decode()
+            except UnicodeDecodeError:
+                cmd_id = None
+        cmd_id = cmd_id or (body.get("cmd_id") if isinstance(body.get("cmd_id"), str) else None)
+        phase = body.get("phase")
+        if not cmd_id or not isinstance(phase, str):
+            return
+        detail = body.get("detail") if isinstance(body.get("detail"), str) else None
+        pct = body.get("progress_pct") if isinstance(body.get("progress_pct"), (int, float)) else None
+        cmd, changed = commands.apply_phase(conn, cmd_id, dev.id, phase, at, detail, pct)
+        if cmd is None:
+            return
+        self.stats["phases"] += 1
+        if changed:
+            self._command_moved(conn, cmd, at)
+
+    def _command_moved(self, conn, cmd: dict, at: datetime) -> None:
+        """A command changed state (device answer or hub timeout)."""
+        if cmd["broadcast_id"]:
+            b = broadcasts.on_command_state(conn, cmd, at)
+            if b:
+                self._touched.add(b)
+            return
+        if cmd["state"] in FINAL:
+            from store import audit
+            audit.record(conn, audit.AuditEntry(
+                actor="devices", actor_kind="system", action="device.command.outcome", target=cmd["device_id"],
+                node_code=cmd["grid_code"], outcome="ok" if cmd["state"] == "finished" else "failed",
+                detail={"command_id": cmd["id"], "name": cmd["name"], "state": cmd["state"],
+                        "detail": cmd["detail"], "requested_by": cmd["requested_by"]}))
+
+    def _complete_touched(self, conn) -> None:
+        """Broadcasts whose receipts moved in this transaction: reported once all are final
+        (checked once per batch, not per receipt: a fan-out to 1,000 speakers answers 4,000 times)."""
+        now = datetime.now(UTC)
+        for b in sorted(self._touched):
+            broadcasts.complete_if_done(conn, b, now)
+        self._touched.clear()
+
+    # ------------------------------------------------------------------ availability
+    def _transition(self, conn, t: Transition) -> None:
+        if t.raise_event:
+            payload = {"status": t.status, "reason": t.reason}
+            if t.silent_s is not None:
+                payload["silent_s"] = t.silent_s
+            registry.store_event(conn, device_id=t.device_id, kind=t.kind, type=f"{t.kind}.{t.status}",
+                                 severity="info" if t.status == "online" else "minor", payload=payload, at=t.at)
+            self.stats["events_raised"] += 1
+        conn.execute(
+            """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
+               VALUES (%s, %s, %s, %s, %s, %s)
+               ON CONFLICT (device_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+                   changed_at = CASE WHEN device_availability.status = EXCLUDED.status
+                                     THEN device_availability.changed_at ELSE EXCLUDED.changed_at END,
+                   last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
+                   last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""",
+            (t.device_id, t.status, t.reason, t.at, self.tracker.devices[t.device_id].last_seen,
+             self.tracker.devices[t.device_id].last_seq))
+        if (t.kind == "door" and t.status == "online" and self.cfg.replay_on_reconnect
+                and t.seq_before is not None and (t.reason == "avail" or t.previous == "offline")):
+            self._request_replay(conn, t.device_id, t.seq_before)
+
+    def _request_replay(self, conn, device_id: str, since_seq: int) -> None:
+        """After an outage: everything the controller buffered since the last seq we saw.
+        Ingest drops what it already has ((device, message id) dedupe), so asking for a
+        little too much is harmless and asking too little is not."""
+        commands.create_command(conn, device_id=device_id, name=REPLAY_COMMAND, body={"since_seq": since_seq},
+                                requester=SYSTEM, timeout_s=max(30.0, self.cfg.command_timeout_s),
+                                expiry_s=self.cfg.command_expiry_s)
+        self.stats["replays"] += 1
+        self._wake.set()
+
+    def _persist_liveness(self, conn) -> None:
+        rows = self.tracker.dirty_rows()
+        if rows:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
+                       VALUES (%s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (device_id) DO UPDATE SET
+                           last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
+                           last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""", rows)
+
+    # ------------------------------------------------------------------ radios and drones
+    def _geofence(self, conn, dev, body: dict, at: datetime) -> None:
+        lat, lon = body.get("lat"), body.get("lon")
+        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+            return
+        fence = locate(self._fence_list, float(lon), float(lat))
+        code = fence.code if fence else None
+        first = not self.fences.known(dev.id)
+        change = self.fences.update(dev.id, code)
+        if first:
+            conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (device_id) DO NOTHING", (dev.id, code, at))
+        if change is None:
+            return
+        left, entered = change
+        # One event per fence crossed: leaving the old grid, entering the new one (None:
+        # outside every boundary, e.g. out of the county).
+        for action, grid, other in (("exited", left, entered), ("entered", entered, left)):
+            if grid is None:
+                continue
+            payload = {"action": action, "fence_id": grid, "fence_name": self._fence_names.get(grid),
+                       ("to" if action == "exited" else "from"): other}
+            registry.store_event(conn, device_id=dev.id, kind=dev.kind, type=f"{dev.kind}.geofence", severity="info",
+                                 payload=payload, lat=float(lat), lon=float(lon), at=at)
+            self.stats["events_raised"] += 1
+        conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (device_id) DO UPDATE SET grid_code = EXCLUDED.grid_code, since = EXCLUDED.since",
+                     (dev.id, entered, at))
+
+    def _drone_health(self, conn, dev, body: dict, at: datetime) -> None:
+        st = self._drones.setdefault(dev.id, {"warned": set(), "last": None, "flying": False, "lost": False})
+        mode, battery = body.get("mode"), body.get("battery_pct")
+        st["last"] = time.monotonic()
+        st["flying"] = mode not in (None, "idle")
+        if st["lost"]:
+            st["lost"] = False
+            self._drone_warning(conn, dev, "link_restored", "info", body, at)
+        if not st["flying"]:
+            st["warned"].clear()
+            return
+        if isinstance(battery, (int, float)):
+            if battery < self.cfg.drone_battery_critical_pct and "battery_critical" not in st["warned"]:
+                st["warned"].update({"battery_critical", "battery_low"})
+                self._drone_warning(conn, dev, "battery_critical", "major", body, at)
+            elif battery < self.cfg.drone_battery_warn_pct and "battery_low" not in st["warned"]:
+                st["warned"].add("battery_low")
+                self._drone_warning(conn, dev, "battery_low", "minor", body, at)
+
+    def _drone_sweep(self, conn, now: datetime) -> None:
+        mono = time.monotonic()
+        for dev_id, st in self._drones.items():
+            if st["flying"] and not st["lost"] and st["last"] and mono - st["last"] > self.cfg.drone_link_lost_s:
+                st["lost"] = True
+                dev = self.devices.get(dev_id)
+                if dev is not None:
+                    self._drone_warning(conn, dev, "link_lost", "major",
+                                        {"lost_s": round(mono - st["last"], 1)}, now)
+
+    def _drone_warning(self, conn, dev, warning: str, severity: str, body: dict, at: datetime) -> None:
+        labels = {"battery_low": "无人机电量低", "battery_critical": "无人机电量严重不足",
+                  "link_lost": "无人机飞行中失去联系", "link_restored": "无人机恢复联系"}
+        payload = {"warning": warning, "label": labels[warning]}
+        for k in ("battery_pct", "mode", "alt_m", "lost_s"):
+            if k in body:
+                payload[k] = body[k]
+        lat, lon = body.get("lat"), body.get("lon")
+        registry.store_event(conn, device_id=dev.id, kind="drone", type="drone.health", severity=severity,
+                             payload=payload, lat=lat if isinstance(lat, (int, float)) else None,
+                             lon=lon if isinstance(lon, (int, float)) else None, at=at)
+        self.stats["events_raised"] += 1
+
+    # ------------------------------------------------------------------ outgoing
+    def _send_pending(self, conn: psycopg.Connection) -> None:
+        if not self._connected.is_set():
+            return
+        while True:
+            now = datetime.now(UTC)
+            with conn.transaction():
+                due = commands.due_for_sending(conn, now)
+                if not due:
+                    return
+                sent = []
+                for cmd in due:
+                    if self._publish_command(cmd, now):
+                        sent.append(cmd["id"])
+                commands.mark_sent(conn, sent, now)
+                broadcasts.on_commands_sent(conn, [c["id"] for c in due if c["broadcast_id"] and c["id"] in sent],
+                                            now)
+                self.stats["commands_sent"] += len(sent)
+            if len(due) < 2000 or not sent:
+                return
+
+    def _publish_command(self, cmd: dict, now: datetime) -> bool:
+        kind, dev_id = cmd["device_kind"], cmd["device_id"]
+        body = {"v": 1, "id": cmd["id"], "ts": int(now.timestamp() * 1000), "seq": next(self._seq),
+                **(cmd["body"] or {})}
+        if cmd["signed"] or (kind, cmd["name"]) in SIGNED_COMMANDS:
+            key = self.secrets.ensure_signing_key(dev_id)
+            body.update(device=dev_id, exp=int(cmd["expires_at"].timestamp() * 1000))
+            body = signing.sign(key, body)
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = cmd["id"].encode()
+        props.ResponseTopic = topic_for(kind, dev_id, "res")
+        # A command that reaches a device late is worse than one that never arrives.
+        props.MessageExpiryInterval = max(1, int((cmd["expires_at"] - now).total_seconds()))
+        info = self._client.publish(topic_for(kind, dev_id, "cmd", cmd["name"]),
+                                    json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
+                                    properties=props)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def _clear_retained(self, conn) -> None:
+        todo = registry.retained_to_clear(conn)
+        if not todo or not self._connected.is_set():
+            return
+        infos = []
+        for kind, dev_id in todo:
+            for channel in ("avail", "state"):
+                # An empty retained message deletes the retained one (MQTT).
+                infos.append(self._client.publish(topic_for(kind, dev_id, channel), b"", qos=1, retain=True))
+        for info in infos:
+            try:
+                info.wait_for_publish(5)
+            except (RuntimeError, ValueError):
+                return
+        if all(i.is_published() for i in infos):
+            registry.mark_retained_cleared(conn, [d for _, d in todo])
+
+    # ------------------------------------------------------------------ heartbeat
+    def _heartbeat(self, conn) -> None:
+        open_cmds = conn.execute("SELECT count(*) AS n FROM device_commands WHERE state = ANY(%s)",
+                                 (["pending", "sent", "accepted", "progress"],)).fetchone()["n"]
+        online = sum(1 for v in self.tracker.online().values() if v)
+        detail = {"ready": self._connected.is_set(), "broker": self._connected.is_set(), "devices": len(self.devices),
+                  "online": online, "open_commands": open_cmds, **self.stats}
+        conn.execute(
+            """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
+               VALUES (%s, 'devices', %s, %s, %s, now(), %s)
+               ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host, pid = EXCLUDED.pid,
+                   started_at = EXCLUDED.started_at, seen_at = now(), detail = EXCLUDED.detail""",
+            (self.heartbeat_name, socket.gethostname(), os.getpid(), self.started_at, Jsonb(detail)))
+
+
+def run_devices(settings, stop_event: threading.Event) -> None:
+    """Entry point for the supervisor's ``devices`` child process."""
+    DevicesService(settings).run(stop_event)

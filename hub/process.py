@@ -41,6 +41,13 @@ def run_ingest(settings: Settings) -> None:
     service.stop()
 
 
+def run_alerts(settings: Settings) -> None:
+    from alerts.engine import AlertsEngine
+
+    stop = _stop_event()
+    AlertsEngine(settings).run(stop)
+
+
 def run_cameras(settings: Settings, shard: int, of: int) -> None:
     from cameras.worker import CameraWorker
 
@@ -106,7 +113,7 @@ def run_demo_devices(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hub.process")
-    parser.add_argument("name", choices=["api", "ingest", "cameras", "demo-cameras", "demo-devices"])
+    parser.add_argument("name", choices=["api", "ingest", "alerts", "cameras", "demo-cameras", "demo-devices"])
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         run_api(settings)
     elif args.name == "ingest":
         run_ingest(settings)
+    elif args.name == "alerts":
+        run_alerts(settings)
     elif args.name == "cameras":
         run_cameras(settings, args.shard, args.of)
     elif args.name == "demo-cameras":

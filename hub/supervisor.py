@@ -113,6 +113,7 @@ class Supervisor:
         s = self.settings
         self.children = [
             Child("ingest", [*py, "ingest"], True),
+            Child("alerts", [*py, "alerts"], True),
             *[Child(f"cameras-{i}", [*py, "cameras", "--shard", str(i), "--of", str(s.camera_workers)], True)
               for i in range(s.camera_workers)],
             Child("api", [*py, "api"], False),

@@ -27,12 +27,14 @@ import secrets
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from api.live.config import LiveSettings
@@ -210,6 +212,50 @@ class Subscriber:
         self.queue.put_nowait(None)
 
 
+class PackCache:
+    """RTP payloads of a feed's recent packets, computed once for all its viewers."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._items: OrderedDict[int, tuple[av.Packet, tuple[list[bytes], int]]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, packet: av.Packet, compute) -> tuple[list[bytes], int]:
+        key = id(packet)  # the cache holds the packet, so its id cannot be reused meanwhile
+        item = self._items.get(key)
+        if item is not None and item[0] is packet:
+            self.hits += 1
+            return item[1]
+        self.misses += 1
+        result = compute(packet)
+        self._items[key] = (packet, result)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return result
+
+
+class SharedPacker(H264Encoder):
+    """aiortc's H.264 packetiser for pass-through: an access unit is split into RTP payloads
+    once per feed (not once per viewer), and encoding is refused outright."""
+
+    def __init__(self, cache: PackCache):
+        super().__init__()
+        self._cache = cache
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        return self._cache.get(packet, super().pack)
+
+    def encode(self, frame, force_keyframe: bool = False):  # pragma: no cover - must never happen
+        raise RuntimeError("live view passes the camera's H.264 through; it never encodes")
+
+
+def _install_packer(sender: RTCRtpSender, cache: PackCache) -> None:
+    # RTCRtpSender creates its encoder lazily when the first frame is sent and only if it
+    # has none yet: giving it ours first keeps the pack shared (aiortc 1.16 attribute).
+    sender._RTCRtpSender__encoder = SharedPacker(cache)
+
+
 class PassthroughTrack(MediaStreamTrack):
     """A video track whose ``recv`` returns encoded packets: aiortc packs them as they are."""
 
@@ -258,6 +304,7 @@ class Feed:
         self.gop: list[tuple[int, av.Packet, float]] = []    # (seq, packet, hub wall time)
         self.seq = 0
         self.extradata = b""
+        self.pack_cache = PackCache()
         self.keyframe_ready = asyncio.Event()
         self._stop = threading.Event()
         self._container = None
@@ -645,6 +692,7 @@ class LiveRelay:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            _install_packer(transceiver.sender, feed.pack_cache)
         except LiveError:
             await self.close_session(session.id)
             raise
@@ -708,5 +756,5 @@ class LiveRelay:
                 "stopped_feeds": self.stopped_feeds}
 
 
-__all__ = ["CameraSource", "Feed", "LiveError", "LiveRelay", "PassthroughTrack", "Subscriber",
+__all__ = ["CameraSource", "Feed", "LiveError", "LiveRelay", "PackCache", "PassthroughTrack", "SharedPacker", "Subscriber",
            "ViewerSession", "use_host_addresses"]

@@ -109,6 +109,8 @@ async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, 
         # three viewers, one RTSP session at the camera
         assert sim_clients(sim_cameras, cam) == 1
         assert relay.feeds[cam].connections == 1 and len(relay.feeds[cam].subscribers) == 3
+        # each access unit is split into RTP payloads once, for all three
+        assert relay.feeds[cam].pack_cache.hits >= relay.feeds[cam].pack_cache.misses
         # the first two leave (one by DELETE, one by closing its connection): still streaming
         with httpx.Client(base_url=live_api.base_url, headers={"Authorization": f"Bearer {token}"}) as c:
             assert c.delete(f"/api/live/sessions/{viewers[0].session_id}").status_code == 204

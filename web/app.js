@@ -1,0 +1,161 @@
+// The control room shell: login, navigation, and the pages (routed by #/name).
+import { api, ApiError, onUnauthorized, syncClock } from './api.js';
+import { clear, fmtTime, gridIndex, h, toast } from './ui.js';
+
+const PAGES = [
+  { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
+  { id: 'alerts', label: '告警', en: 'Alerts', load: () => import('./pages/alerts.js') },
+  { id: 'cases', label: '案件', en: 'Cases', load: () => import('./pages/cases.js') },
+  { id: 'broadcast', label: '广播', en: 'Broadcast', load: () => import('./pages/broadcast.js') },
+  { id: 'map', label: '地图', en: 'Map', load: () => import('./pages/map.js') },
+  { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
+  { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
+];
+
+const root = document.getElementById('app');
+const state = { me: null, grid: null, page: null, cleanup: null };
+
+// Everything a page needs to know about the session.
+export function session() { return state; }
+
+async function boot() {
+  onUnauthorized(() => { if (state.me) { state.me = null; showLogin('会话已过期，请重新登录。Session expired.'); } });
+  try {
+    state.me = await api.get('/api/auth/me');
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return showLogin();
+    clear(root).append(h('div', { class: 'error-box' }, `无法连接到服务器：${err.message}`));
+    return undefined;
+  }
+  return showShell();
+}
+
+function showLogin(message) {
+  teardownPage();
+  document.body.classList.remove('signed-in');
+  const error = h('p', { class: 'form-error', role: 'alert', id: 'login-error' }, message || '');
+  const user = h('input', { id: 'login-username', name: 'username', autocomplete: 'username', required: true, maxlength: 64 });
+  const pass = h('input', { id: 'login-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, maxlength: 256 });
+  const button = h('button', { type: 'submit', class: 'primary', id: 'login-submit' }, '登录');
+  const form = h('form', {
+    class: 'login-card',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      button.disabled = true;
+      error.textContent = '';
+      try {
+        await api.post('/api/auth/login', { username: user.value.trim(), password: pass.value });
+        pass.value = '';
+        state.me = await meAfterLogin();
+        await showShell();
+      } catch (err) {
+        if (err.status === 401) error.textContent = '用户名或密码错误。Wrong username or password.';
+        else if (err.status === 429) error.textContent = `连续登录失败次数过多，请 ${err.retryAfter || '稍后'} 秒后再试。Too many failed logins.`;
+        else if (err.status === 422) error.textContent = '请输入用户名和密码。';
+        else error.textContent = `登录失败：${err.message}`;
+      } finally {
+        button.disabled = false;
+      }
+    },
+  },
+  h('div', { class: 'login-brand' }, h('img', { src: '/favicon.ico', alt: '', width: 48, height: 48 }),
+    h('div', {}, h('h1', {}, '雪亮工程 · 调度中心'), h('p', {}, 'Xueliang Hub control room'))),
+  h('label', { for: 'login-username' }, '用户名 ', h('small', {}, 'Username')), user,
+  h('label', { for: 'login-password' }, '密码 ', h('small', {}, 'Password')), pass,
+  error, button,
+  h('p', { class: 'hint' }, '一人一密码：请勿与他人共用账户。操作均记录在案。'));
+  clear(root).append(h('main', { class: 'login-page' }, form));
+  user.focus();
+}
+
+// The hub commits a request's transaction just after answering it, so the new session may
+// not be visible for a few milliseconds after a successful login: retry a 401 briefly.
+async function meAfterLogin() {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await api.get('/api/auth/me');
+    } catch (err) {
+      if (err.status !== 401 || attempt >= 8) throw new ApiError(err.status === 401 ? 0 : err.status, err.status === 401 ? '登录后会话未生效，请重试。' : err.detail);
+      await new Promise((r) => setTimeout(r, 100 + attempt * 100));
+    }
+  }
+}
+
+async function showShell() {
+  document.body.classList.add('signed-in');
+  syncClock();
+  try {
+    state.grid = gridIndex(await api.get('/api/grid'));
+  } catch (err) {
+    state.grid = gridIndex([]);
+    toast(`网格数据加载失败：${err.message}`, 'error');
+  }
+  const me = state.me;
+  const nodeName = state.grid.nameOf(me.node_code);
+  const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
+  const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
+    PAGES.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+  const header = h('header', { class: 'topbar' },
+    h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
+      h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),
+    nav,
+    h('div', { class: 'who' }, clock,
+      h('span', { id: 'whoami' }, `${me.display_name || me.username}（${me.role_label}）`),
+      h('button', { type: 'button', class: 'link', id: 'logout', onclick: logout }, '退出')));
+  const main = h('main', { id: 'page', class: 'page' });
+  clear(root).append(header, main);
+  if (state.clockTimer) clearInterval(state.clockTimer);
+  state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
+  window.removeEventListener('hashchange', route);
+  window.addEventListener('hashchange', route);
+  if (me.must_change_password) {
+    toast('首次登录请先修改密码。Please change your initial password.', 'warn', 8000);
+    if (location.hash !== '#/account') { location.hash = '#/account'; return; }
+  }
+  await route();
+}
+
+function teardownPage() {
+  if (state.cleanup) {
+    try { state.cleanup(); } catch (err) { console.error(err); }
+  }
+  state.cleanup = null;
+}
+
+async function route() {
+  if (!state.me) return;
+  const id = (location.hash.match(/^#\/([a-z]+)/) || [])[1];
+  const page = PAGES.find((p) => p.id === id) || PAGES[0];
+  if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
+  teardownPage();
+  document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === page.id));
+  document.title = `${page.label} · 雪亮 hub`;
+  const main = document.getElementById('page');
+  if (!main) return;
+  clear(main).append(h('p', { class: 'loading' }, '加载中…'));
+  main.dataset.page = page.id;
+  state.page = page.id;
+  try {
+    const mod = await page.load();
+    if (state.page !== page.id) return;
+    clear(main);
+    const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout });
+    if (state.page === page.id) state.cleanup = cleanup || null;
+    else if (cleanup) cleanup();
+  } catch (err) {
+    console.error(err);
+    clear(main).append(h('div', { class: 'error-box', role: 'alert' }, `页面出错：${err.message}`));
+  }
+}
+
+export async function logout(message) {
+  teardownPage();
+  try { await api.post('/api/auth/logout'); } catch { /* already out */ }
+  state.me = null;
+  if (state.clockTimer) clearInterval(state.clockTimer);
+  history.replaceState(null, '', '/');
+  showLogin(typeof message === 'string' ? message : '已退出登录。Signed out.');
+}
+
+window.addEventListener('pagehide', teardownPage);
+boot();

@@ -1,0 +1,298 @@
+// 电视墙 — the video wall, laid out by the grid tree (township → villages), 1/4/9/16 tiles.
+import { api, request } from '../api.js';
+import { LiveTile, TILE_STATES } from '../live.js';
+import { CATEGORIES, URGENCIES, clear, errorBox, eventLabel, fmtTime, h, modal, toast } from '../ui.js';
+
+const LAYOUTS = [1, 4, 9, 16];
+const HEALTH = {
+  online: { label: '在线', cls: 'ok' },
+  offline: { label: '离线', cls: 'bad' },
+  tampered: { label: '疑似遭破坏', cls: 'warn' },
+  frozen: { label: '画面冻结', cls: 'warn' },
+  unknown: { label: '状态未知', cls: 'muted' },
+};
+
+function healthOf(events) {
+  // The newest health-relevant event of a camera decides its state.
+  for (const e of events) {
+    if (e.type === 'camera.offline') return { ...HEALTH.offline, since: e.time, type: e.type };
+    if (e.type === 'camera.online') return { ...HEALTH.online, since: e.time, type: e.type };
+    if (e.type.startsWith('camera.tamper.')) return { ...HEALTH.tampered, label: eventLabel(e.type), since: e.time, type: e.type };
+    if (e.type === 'camera.frozen') return { ...HEALTH.frozen, since: e.time, type: e.type };
+  }
+  return { ...HEALTH.unknown };
+}
+
+export async function render(main, { me, grid }) {
+  const saved = JSON.parse(localStorage.getItem('xlhub.wall') || '{}');
+  const view = {
+    layout: LAYOUTS.includes(saved.layout) ? saved.layout : 4,
+    node: saved.node && grid.byCode.has(saved.node) ? saved.node : me.node_code,
+    page: 0,
+    zoom: null,
+    selected: null,
+  };
+  let cameras = [];
+  const tiles = new Map();   // camera id → { tile, el, live }
+  let health = new Map();
+  let feeds = new Map();
+  let timers = [];
+
+  const wall = h('section', { class: 'wall', id: 'wall', 'aria-label': '电视墙' });
+  const tree = h('nav', { class: 'tree', 'aria-label': '网格树' });
+  const pager = h('span', { class: 'pager' });
+  const layoutButtons = LAYOUTS.map((n) => h('button', {
+    type: 'button', class: 'seg', id: `layout-${n}`, dataset: { layout: n }, 'aria-pressed': String(n === view.layout),
+    onclick: () => { view.layout = n; view.zoom = null; view.page = 0; persist(); draw(); },
+  }, `${n} 画面`));
+  const title = h('h2', { class: 'wall-title' });
+  const toolbar = h('div', { class: 'toolbar' }, title, h('div', { class: 'seg-group', role: 'group', 'aria-label': '布局' }, layoutButtons), pager,
+    h('span', { class: 'hint' }, '双击画面放大；选中画面后按 F 标记事件'));
+  main.append(h('div', { class: 'wall-page' }, tree, h('div', { class: 'wall-main' }, toolbar, wall)));
+
+  function persist() { localStorage.setItem('xlhub.wall', JSON.stringify({ layout: view.layout, node: view.node })); }
+
+  try {
+    cameras = await api.get('/api/cameras');
+  } catch (err) {
+    wall.append(errorBox(err, '摄像机列表加载失败'));
+    return () => {};
+  }
+  const camerasUnder = (code) => cameras.filter((c) => c.grid_path.includes(code));
+
+  function drawTree() {
+    clear(tree);
+    const item = (node, depth) => {
+      const count = camerasUnder(node.code).length;
+      const children = node.children.filter((c) => c.level !== 'grid');
+      return h('li', {},
+        h('button', {
+          type: 'button', class: `tree-node${node.code === view.node ? ' active' : ''}`, dataset: { code: node.code },
+          style: { paddingLeft: `${0.5 + depth * 0.9}rem` },
+          onclick: () => { view.node = node.code; view.page = 0; view.zoom = null; persist(); draw(); },
+        }, node.name, h('span', { class: 'count' }, String(count))),
+        children.length ? h('ul', {}, children.map((c) => item(c, depth + 1))) : null);
+    };
+    tree.append(h('h3', {}, '辖区 ', h('small', {}, 'Area')), h('ul', {}, grid.roots.map((r) => item(r, 0))));
+  }
+
+  function visibleCameras() {
+    const list = camerasUnder(view.node);
+    if (view.zoom) return list.filter((c) => c.id === view.zoom);
+    const per = view.layout;
+    const pages = Math.max(1, Math.ceil(list.length / per));
+    view.page = Math.min(view.page, pages - 1);
+    return list.slice(view.page * per, view.page * per + per);
+  }
+
+  function draw() {
+    drawTree();
+    layoutButtons.forEach((b) => b.setAttribute('aria-pressed', String(Number(b.dataset.layout) === view.layout && !view.zoom)));
+    const list = camerasUnder(view.node);
+    const node = grid.byCode.get(view.node);
+    title.textContent = `${node ? node.name : ''} · ${list.length} 路视频`;
+    const shown = visibleCameras();
+    const per = view.zoom ? 1 : view.layout;
+    const cols = Math.sqrt(per);
+    wall.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
+    wall.dataset.layout = String(per);
+    clear(pager);
+    const pages = Math.max(1, Math.ceil(list.length / view.layout));
+    if (!view.zoom && pages > 1) {
+      pager.append(
+        h('button', { type: 'button', disabled: view.page === 0, onclick: () => { view.page -= 1; draw(); } }, '上一页'),
+        h('span', {}, ` ${view.page + 1} / ${pages} `),
+        h('button', { type: 'button', disabled: view.page >= pages - 1, onclick: () => { view.page += 1; draw(); } }, '下一页'));
+    } else if (view.zoom) {
+      pager.append(h('button', { type: 'button', onclick: () => { view.zoom = null; draw(); } }, '返回多画面'));
+    }
+    // Keep tiles that stay on screen playing; stop the others (their pulls stop on the hub).
+    const keep = new Set(shown.map((c) => c.id));
+    for (const [id, t] of tiles) {
+      if (!keep.has(id)) { t.live.stop(); tiles.delete(id); }
+    }
+    clear(wall);
+    if (!list.length) {
+      wall.append(h('div', { class: 'empty' }, '该辖区没有摄像机。No cameras in this area.'));
+      return;
+    }
+    for (const cam of shown) {
+      let t = tiles.get(cam.id);
+      if (!t) { t = makeTile(cam); tiles.set(cam.id, t); t.live.start(); }
+      wall.append(t.el);
+    }
+    for (let i = shown.length; i < per; i += 1) wall.append(h('div', { class: 'tile tile-empty' }, '空闲画面'));
+  }
+
+  function makeTile(cam) {
+    const stateBadge = h('span', { class: 'badge state', dataset: { role: 'state' } }, TILE_STATES.idle);
+    const healthBadge = h('span', { class: 'badge muted', dataset: { role: 'health' } }, HEALTH.unknown.label);
+    const counter = h('span', { class: 'frames', dataset: { role: 'frames' } }, '');
+    const reason = h('span', { class: 'reason' });
+    const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
+    const zoomBtn = h('button', { type: 'button', class: 'icon-btn', title: '放大/还原', 'aria-label': '放大', onclick: (e) => { e.stopPropagation(); toggleZoom(cam.id); } }, '⤢');
+    let el;
+    const live = new LiveTile(cam, {
+      onState: (state, why) => {
+        stateBadge.textContent = TILE_STATES[state] || state;
+        stateBadge.className = `badge state state-${state}`;
+        reason.textContent = why || '';
+        if (el) el.dataset.state = state;
+        flagBtn.disabled = !['live', 'snapshot'].includes(state);
+        if (state === 'offline' && !live.img.src) lastPicture(cam, live);
+      },
+    });
+    el = h('article', {
+      class: 'tile', tabindex: 0, dataset: { camera: cam.id, state: 'idle', frames: '0' },
+      'aria-label': cam.name,
+      onclick: () => select(cam.id),
+      ondblclick: () => toggleZoom(cam.id),
+      onfocus: () => select(cam.id),
+    },
+    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), zoomBtn),
+    live.el,
+    h('footer', {}, stateBadge, healthBadge, reason, counter, flagBtn));
+    flagBtn.disabled = true;
+    const t = { el, live, stateBadge, healthBadge, counter };
+    paintHealth(t, cam.id);
+    return t;
+  }
+
+  async function lastPicture(cam, live) {
+    // The worker's last good picture of an offline camera (if that endpoint is on this hub).
+    try {
+      const res = await request(`/api/cameras/${encodeURIComponent(cam.id)}/snapshot`, { raw: true, headers: { Accept: 'image/jpeg' } });
+      const blob = await res.blob();
+      if (live.stopped || live.img.src) return;
+      live.img.src = URL.createObjectURL(blob);
+      live.img.classList.add('stale');
+      live.img.hidden = false;
+      live.video.hidden = true;
+    } catch { /* no picture at all */ }
+  }
+
+  function select(id) {
+    view.selected = id;
+    for (const [cid, t] of tiles) t.el.classList.toggle('selected', cid === id);
+  }
+
+  function toggleZoom(id) {
+    view.zoom = view.zoom === id ? null : id;
+    draw();
+  }
+
+  function paintHealth(t, id) {
+    const hs = health.get(id) || HEALTH.unknown;
+    t.healthBadge.textContent = hs.label;
+    t.healthBadge.className = `badge ${hs.cls}`;
+    t.healthBadge.title = hs.since ? `${hs.label} · ${fmtTime(hs.since, { date: true })}` : '尚无该摄像机的健康事件';
+    t.el.dataset.health = hs.cls;
+  }
+
+  async function refreshHealth() {
+    try {
+      const events = await api.get('/api/events?type_prefix=camera.&limit=500');
+      const byCam = new Map();
+      for (const e of events) {
+        if (!byCam.has(e.source_id)) byCam.set(e.source_id, []);
+        byCam.get(e.source_id).push(e);
+      }
+      health = new Map([...byCam].map(([id, evs]) => [id, healthOf(evs)]));
+    } catch { /* keep the last known */ }
+    for (const [id, t] of tiles) paintHealth(t, id);
+  }
+
+  async function refreshFeeds() {
+    try {
+      const st = await api.get('/api/live/status');
+      feeds = new Map(st.feeds.map((f) => [f.camera_id, f]));
+    } catch { /* ignore */ }
+    for (const [id, t] of tiles) {
+      const f = feeds.get(id);
+      t.counter.textContent = `${t.live.frames} 帧${f ? ` · ${f.viewers} 人观看` : ''}`;
+      t.el.dataset.frames = String(t.live.frames);
+    }
+  }
+
+  function openFlag(cam) {
+    const t = tiles.get(cam.id);
+    if (!t) return;
+    const shot = t.live.capture();      // the frame on screen now, before the form opens
+    const at = new Date(shot.time);
+    const urgency = URGENCIES.map((u, i) => h('label', { class: `urgency urgency-${u.colour}` },
+      h('input', { type: 'radio', name: 'urgency', value: u.code, checked: i === 1 }), u.label));
+    const category = h('select', { id: 'flag-category', name: 'category' },
+      CATEGORIES.map((c) => h('option', { value: c.label }, c.label)));
+    const note = h('textarea', { id: 'flag-note', name: 'note', rows: 3, maxlength: 500, placeholder: '简要描述所见情况（可选）' });
+    const result = h('div', { class: 'flag-result', role: 'status', id: 'flag-result' });
+    const submit = h('button', { type: 'submit', class: 'primary', id: 'flag-submit' }, '上报事件');
+    const form = h('form', {
+      class: 'flag-form', id: 'flag-form',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        clear(result).append('正在上报…');
+        const u = URGENCIES.find((x) => x.code === form.querySelector('input[name=urgency]:checked').value);
+        try {
+          const out = await api.post(`/api/cameras/${encodeURIComponent(cam.id)}/flags`, {
+            frame_time: new Date(shot.time).toISOString(),
+            category: category.value,
+            severity: u.severity,
+            note: [note.value.trim(), `紧急程度：${u.label}`].filter(Boolean).join('\n'),
+          });
+          clear(result).append(h('p', { class: 'ok' }, `已上报。事件编号 ${out.event_id}`),
+            out.evidence && out.evidence.length ? h('p', {}, '证据：', out.evidence.map((ev) => h('a', { href: ev.url, target: '_blank', rel: 'noopener' }, ev.kind === 'clip' ? '视频片段 ' : '截图 '))) : null);
+          toast(`已标记：${cam.name}`, 'ok');
+          result.dataset.outcome = 'ok';
+        } catch (err) {
+          result.dataset.outcome = 'error';
+          submit.disabled = false;
+          if (err.missing) {
+            clear(result).append(h('p', { class: 'error' }, '标记接口尚未接入：本系统还没有 POST /api/cameras/{id}/flags，事件未上报。'),
+              h('small', {}, 'Flag endpoint not available yet: nothing was reported.'));
+          } else if (err.status === 403) {
+            clear(result).append(h('p', { class: 'error' }, `当前角色无权标记视频事件（${err.detail || ''}）`));
+          } else {
+            clear(result).append(h('p', { class: 'error' }, `上报失败：${err.detail || err.message}`));
+          }
+        }
+      },
+    },
+    h('div', { class: 'flag-grid' },
+      shot.still ? h('img', { class: 'flag-still', src: shot.still, alt: `${cam.name} ${fmtTime(at)}` }) : h('div', { class: 'flag-still empty' }, '无画面'),
+      h('dl', {},
+        h('dt', {}, '地点'), h('dd', { id: 'flag-place' }, cam.name),
+        h('dt', {}, '网格'), h('dd', { id: 'flag-grid' }, grid.trail(cam.grid_path, 1) || cam.grid_code),
+        h('dt', {}, '画面时间'), h('dd', { id: 'flag-time', dataset: { ms: String(shot.time) } }, `${fmtTime(at, { date: true })}.${String(at.getMilliseconds()).padStart(3, '0')}`),
+        h('dt', {}, '来源'), h('dd', {}, shot.mode === 'live' ? '实时视频' : '快照'))),
+    h('label', { for: 'flag-category' }, '类别'), category,
+    h('fieldset', { class: 'urgencies' }, h('legend', {}, '紧急程度'), urgency),
+    h('label', { for: 'flag-note' }, '说明'), note,
+    result,
+    h('div', { class: 'actions' }, submit));
+    note.addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) form.requestSubmit(); });
+    modal(`标记事件 · ${cam.name}`, form);
+    submit.focus();
+  }
+
+  const onKey = (e) => {
+    if (e.target.closest('input, textarea, select, .modal')) return;
+    if ((e.key === 'f' || e.key === 'F') && view.selected && tiles.has(view.selected)) { e.preventDefault(); openFlag(tiles.get(view.selected).live.camera); }
+    if (e.key === 'Escape' && view.zoom) { view.zoom = null; draw(); }
+    const n = Number(e.key);
+    if ([1, 4, 9].includes(n) && !e.ctrlKey && !e.altKey) { view.layout = n; view.zoom = null; view.page = 0; persist(); draw(); }
+  };
+  document.addEventListener('keydown', onKey);
+
+  draw();
+  refreshHealth();
+  refreshFeeds();
+  timers = [setInterval(refreshHealth, 15000), setInterval(refreshFeeds, 2000)];
+
+  return () => {
+    document.removeEventListener('keydown', onKey);
+    timers.forEach(clearInterval);
+    for (const t of tiles.values()) t.live.stop();
+    tiles.clear();
+  };
+}

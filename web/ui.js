@@ -1,0 +1,155 @@
+// Small DOM helpers (no framework): h() builds elements with text nodes only, so nothing
+// from the API is ever parsed as HTML.
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k === 'style' && typeof v === 'object') Object.assign(el.style, v);
+    else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+export function s(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.setAttribute('class', v);
+    else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+export function clear(el) { while (el.firstChild) el.firstChild.remove(); return el; }
+
+export function toast(message, kind = 'info', ms = 4000) {
+  const box = document.getElementById('toasts');
+  const t = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
+  box.append(t);
+  setTimeout(() => t.remove(), ms);
+}
+
+// A page section that is not wired yet: says so plainly instead of showing made-up data.
+export function notAvailable(what, detail) {
+  return h('div', { class: 'not-available', dataset: { notAvailable: 'true' } },
+    h('strong', {}, `${what}：尚未接入`),
+    h('span', {}, detail || '该功能的服务端接口尚未在本系统上线，上线后此处将自动显示。'),
+    h('small', {}, 'Not available yet: the hub has no API for this yet.'));
+}
+
+export function errorBox(err, what = '加载失败') {
+  const detail = err && (err.detail || err.message) ? `${err.detail || err.message}` : '';
+  return h('div', { class: 'error-box', role: 'alert' }, h('strong', {}, what), detail ? h('span', {}, detail) : null);
+}
+
+const pad = (n) => String(n).padStart(2, '0');
+export function fmtTime(value, { seconds = true, date = false } = {}) {
+  if (value === null || value === undefined || value === '') return '—';
+  const d = value instanceof Date ? value : new Date(value);
+  if (Number.isNaN(d.getTime())) return '—';
+  const t = `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ''}`;
+  if (!date) return t;
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${t}`;
+}
+
+export function fmtAgo(value) {
+  const ms = Date.now() - new Date(value).getTime();
+  if (Number.isNaN(ms)) return '—';
+  if (ms < 60_000) return `${Math.max(0, Math.round(ms / 1000))} 秒前`;
+  if (ms < 3_600_000) return `${Math.round(ms / 60_000)} 分钟前`;
+  if (ms < 86_400_000) return `${Math.round(ms / 3_600_000)} 小时前`;
+  return fmtTime(value, { date: true, seconds: false });
+}
+
+export const LEVEL_LABELS = { county: '县(区)', township: '乡镇(街道)', village: '村', community: '社区', grid: '网格' };
+export const KIND_LABELS = { camera: '摄像机', door: '门禁', speaker: '广播', drone: '无人机', radio: '对讲机' };
+export const CATEGORIES = [
+  { code: 'public_order', label: '治安防控' },
+  { code: 'hazard', label: '安全隐患' },
+  { code: 'dispute', label: '矛盾纠纷' },
+  { code: 'city', label: '城市管理' },
+  { code: 'sentiment', label: '社情民意' },
+];
+// 紧急程度, coloured as the attention levels (green 一般 / yellow 中等 / red 严重).
+export const URGENCIES = [
+  { code: 'low', label: '一般', colour: 'green', severity: 'minor' },
+  { code: 'medium', label: '中等', colour: 'yellow', severity: 'major' },
+  { code: 'high', label: '严重', colour: 'red', severity: 'critical' },
+];
+export const SEVERITY_LABELS = { critical: '紧急', major: '重要', minor: '次要', warning: '提示', info: '提示' };
+export const EVENT_LABELS = {
+  'door.forced_open': '门禁被强行打开', 'door.duress': '门禁胁迫报警', 'door.tamper': '门禁设备被破坏',
+  'door.held_open': '门长时间未关', 'door.access_denied': '门禁拒绝通行', 'door.access_granted': '门禁通行',
+  'radio.sos': '对讲机紧急求助', 'drone.geofence': '无人机越界', 'drone.link_lost': '无人机失联',
+  'drone.low_battery': '无人机电量低', 'camera.offline': '摄像机离线', 'camera.online': '摄像机恢复在线',
+  'camera.flag': '视频监督员标记', 'camera.motion': '画面有移动', 'camera.intrusion': '区域入侵',
+  'camera.fire': '疑似火情', 'camera.smoke': '疑似烟雾', 'camera.frozen': '画面冻结',
+  'camera.tamper.covered': '摄像机被遮挡', 'camera.tamper.moved': '摄像机被移位',
+  'camera.tamper.defocus': '摄像机失焦', 'camera.tamper.defocused': '摄像机失焦',
+  'camera.tamper.dark': '画面过暗', 'camera.tamper.bright': '画面过亮',
+};
+export function eventLabel(type) {
+  if (EVENT_LABELS[type]) return EVENT_LABELS[type];
+  if (type && type.startsWith('camera.tamper.')) return '摄像机遭破坏';
+  return type;
+}
+
+// The grid tree as the API gives it (parents before children) → lookup helpers.
+export function gridIndex(nodes) {
+  const byCode = new Map(nodes.map((n) => [n.code, { ...n, children: [] }]));
+  const roots = [];
+  for (const n of byCode.values()) {
+    const parent = n.parent_code && byCode.get(n.parent_code);
+    if (parent) parent.children.push(n); else roots.push(n);
+  }
+  const nameOf = (code) => byCode.get(code)?.name || code;
+  // "东山镇 › 东山村 › 东山村第一网格", from below the caller's own node
+  const trail = (path, from = 0) => (path || []).slice(from).map(nameOf).join(' › ');
+  return { byCode, roots, nameOf, trail };
+}
+
+export function modal(title, body, { onClose, wide = false } = {}) {
+  const close = () => { backdrop.remove(); document.removeEventListener('keydown', onKey); onClose?.(); };
+  const onKey = (e) => { if (e.key === 'Escape') close(); };
+  const dialog = h('div', { class: `modal${wide ? ' modal-wide' : ''}`, role: 'dialog', 'aria-modal': 'true', 'aria-label': title },
+    h('header', {}, h('h2', {}, title), h('button', { class: 'icon-btn', type: 'button', 'aria-label': '关闭', onclick: close }, '×')),
+    body);
+  const backdrop = h('div', { class: 'modal-backdrop', onclick: (e) => { if (e.target === backdrop) close(); } }, dialog);
+  document.body.append(backdrop);
+  document.addEventListener('keydown', onKey);
+  return { close, dialog };
+}
+
+let audioCtx = null;
+// A short alarm tone for critical alerts (Web Audio: nothing to download).
+export function beep({ freq = 880, ms = 180, times = 3 } = {}) {
+  try {
+    audioCtx = audioCtx || new AudioContext();
+    for (let i = 0; i < times; i += 1) {
+      const osc = audioCtx.createOscillator();
+      const gain = audioCtx.createGain();
+      osc.frequency.value = freq;
+      gain.gain.value = 0.15;
+      osc.connect(gain).connect(audioCtx.destination);
+      const at = audioCtx.currentTime + i * (ms * 2) / 1000;
+      osc.start(at);
+      osc.stop(at + ms / 1000);
+    }
+  } catch { /* no audio device */ }
+}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 import socket
 import threading
 import time
@@ -54,7 +55,7 @@ TAKE_BATCH = """
 DELETE FROM alert_event_queue q
 WHERE q.event_id IN (SELECT event_id FROM alert_event_queue ORDER BY enqueued_at, event_id
                      LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING q.event_id, q.event_time
+RETURNING q.event_id, q.event_time, q.enqueued_at
 """
 LOAD_EVENTS = """
 SELECT e.* FROM events e JOIN unnest(%s::text[], %s::timestamptz[]) AS k(id, time) ON e.id = k.id AND e.time = k.time
@@ -92,6 +93,7 @@ class AlertsEngine:
         self._commands_lock = threading.Lock()
         self._started_at = datetime.now(UTC)
         self._last_prune = 0.0
+        self.queue_waits: deque[float] = deque(maxlen=1000)
 
     # -- configuration ----------------------------------------------------------------------
     def config(self) -> AlertsConfig:
@@ -193,6 +195,9 @@ class AlertsEngine:
                 rows = conn.execute(LOAD_EVENTS, ([k["event_id"] for k in keys],
                                                   [k["event_time"] for k in keys])).fetchall()
                 now = datetime.now(UTC)
+                # How long events waited between their insert (ingest's transaction) and
+                # this batch: the hand-off latency, in the heartbeat for /readyz.
+                self.queue_waits.extend((now - k["enqueued_at"]).total_seconds() * 1000 for k in keys)
                 for row in rows:
                     ev = Event.from_row(row)
                     if ev.source_id not in self.registry.sources:
@@ -302,7 +307,10 @@ class AlertsEngine:
             try:
                 with self.pool.connection(timeout=5) as conn:
                     queued = conn.execute("SELECT count(*) AS n FROM alert_event_queue").fetchone()["n"]
+                    waits = sorted(self.queue_waits)
                     detail = {"ready": self.ready.is_set() and self.listening, "queued_events": queued,
+                              "queue_wait_ms": {"p50": round(waits[len(waits) // 2], 1) if waits else None,
+                                                "max": round(waits[-1], 1) if waits else None},
                               "outbox": outbox.counts(conn), "mqtt": bool(self.mqtt and self.mqtt.connected.is_set()),
                               "delivery": dict(self.sender.stats) if self.sender else {}, **self.counters}
                     conn.execute(

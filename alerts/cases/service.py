@@ -195,6 +195,10 @@ def create_case(conn: psycopg.Connection, cfg: AlertsConfig, new: NewCase, actor
     body: dict[str, Any] = {"evidence": [evidence_summary(e) for e in attached]}
     if new.reporter:
         body["reporter"] = new.reporter        # the case system calls the reporter back (结果反馈)
+    if new.alarm_id:
+        body["alarm"] = conn.execute(
+            "SELECT id, rule_id, source_kind, source_id, type, severity, count, first_at, correlated FROM alarms "
+            "WHERE id = %s", (new.alarm_id,)).fetchone()
     _announce(conn, cfg, case, "case.created", "created", body, now)
     return case
 
@@ -503,8 +507,15 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
                   a.assigned_at, a.accepted_at, a.done_at, a.returned_at, a.handled_by, a.note
            FROM case_assignments a LEFT JOIN departments d ON d.code = a.department_code
            WHERE a.case_id = %s ORDER BY a.round, a.id""", (case["id"],)).fetchall()
+    # A clip is referenced before its file is stored (the camera worker finishes it seconds
+    # later): take its hash from the evidence table once it is there.
     evidence = [evidence_summary(r) for r in conn.execute(
-        "SELECT * FROM case_evidence WHERE case_id = %s ORDER BY id", (case["id"],))]
+        """SELECT ce.id, ce.kind, ce.ref, coalesce(ce.sha256, e.sha256) AS sha256,
+                  coalesce(ce.media_type, e.media_type) AS media_type, coalesce(ce.evidence_id, e.id) AS evidence_id,
+                  ce.source_id, ce.event_id, coalesce(ce.captured_at, e.captured_at) AS captured_at, ce.added_at,
+                  ce.added_by
+           FROM case_evidence ce LEFT JOIN evidence e ON e.id = coalesce(ce.evidence_id, ce.ref)
+           WHERE ce.case_id = %s ORDER BY ce.id""", (case["id"],))]
     alarm = None
     if case["alarm_id"]:
         alarm = conn.execute(

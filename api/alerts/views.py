@@ -266,13 +266,13 @@ def case_evidence(case_id: str, evidence_row: int, request: Request, conn: Conn,
                        (evidence_row, case["id"])).fetchone()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "evidence not found")
-    headers = {"X-Content-SHA256": row["sha256"] or ""}
     if row["detail"]:
-        return JSONResponse(row["detail"], headers=headers)
-    stored = conn.execute("SELECT path, media_type FROM evidence WHERE id = %s",
+        return JSONResponse(row["detail"], headers={"X-Content-SHA256": row["sha256"] or ""})
+    stored = conn.execute("SELECT path, media_type, sha256 FROM evidence WHERE id = %s",
                           (row["evidence_id"] or row["ref"],)).fetchone()
     if stored is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the evidence file is not in the evidence store")
+    headers = {"X-Content-SHA256": stored["sha256"]}
     from cameras.config import EvidenceSettings
     from cameras.evidence import resolve_evidence_path
 

@@ -57,4 +57,6 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     from api.open311.views import router as open311_router  # Open311 GeoReport v2 facade
     for router in (alerts_router, alerts_feed_router, alerts_inbound_router, open311_router):
         app.include_router(router)
+    from api.devices.views import router as devices_router  # device state, commands, broadcasts, media
+    app.include_router(devices_router)
     return app

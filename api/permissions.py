@@ -28,6 +28,12 @@ class Permission(StrEnum):
     OUTBOX_REPLAY = "outbox.replay"
     CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
     STATS_READ = "stats.read"                # 考核评价
+    # field devices (issue 4)
+    DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices
+    DEVICE_COMMAND = "device.command"        # drone mission / return home, speaker volume, door replay …
+    DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)
+    BROADCAST_SEND = "broadcast.send"        # 广播：通告 and 应急预警
+    BROADCAST_READ = "broadcast.read"        # broadcast history and reports (回执)
 
 
 _ALL_STAFF = set(Role)
@@ -55,6 +61,12 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.OUTBOX_REPLAY: {Role.admin, Role.centre_lead},
     Permission.CAP_IMPORT: {Role.dispatcher, Role.centre_lead},
     Permission.STATS_READ: {Role.centre_lead, Role.dispatcher},
+    Permission.DEVICES_MANAGE: {Role.admin},
+    Permission.DEVICE_COMMAND: {Role.dispatcher, Role.centre_lead, Role.admin},
+    # Opening a guarded door from afar: the control room's dispatcher, and the administrator.
+    Permission.DOOR_UNLOCK: {Role.dispatcher, Role.admin},
+    Permission.BROADCAST_SEND: {Role.dispatcher, Role.centre_lead, Role.admin},
+    Permission.BROADCAST_READ: _ALL_STAFF - {Role.department_handler},
 }
 
 

@@ -9,6 +9,7 @@
     xlhub cameras discover         find ONVIF cameras on the local network (WS-Discovery)
     xlhub outbox list|replay       deliveries to case systems: dead letters and replay
     xlhub cap import FILE          import a CAP 1.2 emergency warning
+    xlhub devices credentials issue|rotate ID   a device's broker password (一机一帐号), shown once
 """
 from __future__ import annotations
 
@@ -236,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from alerts.cli import register as register_alerts   # outbox list|replay, cap import
     register_alerts(sub, database)
+
+    from devices.cli import register as register_devices   # devices credentials issue|rotate
+    from hub.embedded import EmbeddedMosquitto, device_account
+    register_devices(sub, database, broker_factory=lambda s: EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port),
+                     account_factory=device_account)
     return p
 
 

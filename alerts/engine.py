@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "xlhub_alert_events"
 OUTBOX_CHANNEL = "xlhub_outbox"
 BROADCAST_CHANNEL = "xlhub_broadcasts"
+MAX_PENDING_COMMANDS = 1000
 
 TAKE_BATCH = """
 DELETE FROM alert_event_queue q
@@ -222,9 +223,10 @@ class AlertsEngine:
         # committed: now the outside world may hear of it
         if wake_sender or cfg.case_systems:
             self.sender.wake.set()
-        if commands:
+        if commands and self.mqtt is not None:
             with self._commands_lock:
-                self._pending_commands += commands
+                # Best effort: while the broker is away, keep the latest requests only.
+                self._pending_commands = (self._pending_commands + commands)[-MAX_PENDING_COMMANDS:]
             self.broadcast_wake.set()
         return len(keys)
 

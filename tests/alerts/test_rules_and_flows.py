@@ -15,7 +15,7 @@ from alerts.actor import Actor
 from alerts.cap.parse import CapError, parse_cap
 from alerts.cases import flows, sla
 from alerts.cases.flows import AssignmentView, CaseView
-from alerts.cases.models import Action, CaseError, CaseNotFound, CaseState
+from alerts.cases.models import Action, CaseNotFound, CaseState
 from alerts.delivery.signing import signature, verify
 from alerts.rules.compile import EventFacts, RuleSet
 from alerts.rules.schedule import is_active

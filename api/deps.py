@@ -35,7 +35,9 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
         cm.__exit__(None, None, None)
 
 
-Conn = Annotated[psycopg.Connection, Depends(get_conn)]
+# scope="function": the transaction commits before the response is sent, so a client
+# acting on a 201 at once finds what it created.
+Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 def current_principal(request: Request, conn: Conn,

@@ -233,12 +233,13 @@ log_line_prefix = '%m [%p] '
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT): active transactions roll back, everything committed stays."""
+    def stop(self, timeout: float = 30.0, immediate: bool = False) -> None:
+        """Fast shutdown (SIGINT): active transactions roll back, everything committed stays.
+        Immediate (SIGQUIT) skips the shutdown checkpoint: for throwaway test clusters."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

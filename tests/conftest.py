@@ -29,7 +29,7 @@ def pg(var_dir):
     server = EmbeddedPostgres(var_dir, free_port())
     server.start()
     yield server
-    server.stop()
+    server.stop(immediate=True)  # throwaway cluster: no shutdown checkpoint to wait for
 
 
 @pytest.fixture(scope="session")

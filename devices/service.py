@@ -305,6 +305,10 @@ class DevicesService:
         except ContractError:
             return
         dev = self.devices.get(t.source_id)
+        if dev is None and time.monotonic() - self._last["registry"] > 1.0:
+            # Added through the API since the last refresh: look again (at most once a second).
+            self._refresh_registry(conn)
+            dev = self.devices.get(t.source_id)
         if dev is None or dev.kind != t.kind or t.channel == "cmd":
             return
         try:

@@ -149,7 +149,9 @@ def test_drone_mission_and_return_home_report_back(clients, hub, mqtt, var, demo
         time.sleep(1.0)
         home = ds.post("/api/devices/drone-dsc/commands", json={"name": "return_home", "timeout_s": 60}).json()
         for _ in range(4):
-            home = ds.get(f"/api/commands/{home['id']}?wait=8").json()
+            r = ds.get(f"/api/commands/{home['id']}?wait=8")
+            assert r.status_code == 200, r.text
+            home = r.json()
             if home["state"] == "finished":
                 break
         assert home["state"] == "finished" and home["phases"][-1]["detail"] == "landed", home

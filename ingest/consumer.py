@@ -91,6 +91,9 @@ _PUBACK = struct.Struct("!BBH")
 _FAST_PATH_OK = paho.mqtt.__version__.startswith("2.2.")
 
 
+# How long an event may wait for others to share its commit (the telemetry window is longer).
+EVENT_FLUSH_S = 0.005
+
 class _BufferedSocket:
     """Serves paho's small reads (1 byte, then the rest of the packet) from one larger
     recv; ``pending()`` tells paho's loop that data is buffered so it does not block in
@@ -222,6 +225,7 @@ class IngestService:
         self.db_url, self.mqtt_url = db_url, mqtt_url
         self.client_id, self.subscription = client_id, subscription
         self.batch_size, self.batch_s = batch_size, batch_ms / 1000.0
+        self._urgent_at: float | None = None   # receive time of the first event waiting
         self.receive_maximum, self.queue_max = receive_maximum, queue_max
         self.shed_at = int(queue_max * shed_fraction)
         self.session_expiry_s = session_expiry_s
@@ -371,6 +375,10 @@ class IngestService:
             q.append((topic, payload, qos, mid, retain, received, self._gen))
             if n + 1 == self.batch_size:
                 self._cv.notify()
+            elif self._urgent_at is None and b"/evt/" in topic:
+                # An event (a forced door, an SOS) should not sit out the telemetry window.
+                self._urgent_at = received
+                self._cv.notify()
 
     # -- writer thread -----------------------------------------------------------------
     def _take(self) -> list:
@@ -380,10 +388,15 @@ class IngestService:
                     self._cv.wait(self.batch_s)
                 # Wait until the oldest message is batch_s old or the batch is full.
                 while self._queue and len(self._queue) < self.batch_size and not self._stopping.is_set():
-                    left = self._queue[0][5] + self.batch_s - time.time()
+                    due = self._queue[0][5] + self.batch_s
+                    if self._urgent_at is not None:
+                        # a few ms still coalesce a burst of events into one commit
+                        due = min(due, self._urgent_at + EVENT_FLUSH_S)
+                    left = due - time.time()
                     if left <= 0:
                         break
                     self._cv.wait(left)
+            self._urgent_at = None
             q = self._queue
             n = min(len(q), self.batch_size)
             return [q.popleft() for _ in range(n)]

@@ -94,6 +94,7 @@ _FAST_PATH_OK = paho.mqtt.__version__.startswith("2.2.")
 # How long an event may wait for others to share its commit (the telemetry window is longer).
 EVENT_FLUSH_S = 0.005
 
+
 class _BufferedSocket:
     """Serves paho's small reads (1 byte, then the rest of the packet) from one larger
     recv; ``pending()`` tells paho's loop that data is buffered so it does not block in

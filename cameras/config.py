@@ -63,8 +63,9 @@ class HealthConfig(_Model):
     offline_s: Seconds = Field(10.0, description="no frame for this long: offline (alert)")
     recover_s: Seconds = Field(5.0, description="frames flowing this long after an outage: online again")
     frozen_s: Seconds = Field(12.0, description="picture unchanged this long while frames flow: frozen")
-    frozen_level: float = Field(0.15, ge=0, description="mean grey difference (0..255) below which two "
-                                                        "pictures count as the same picture")
+    frozen_level: float = Field(0.5, ge=0, description="mean difference of fine detail (0..255) below which "
+                                                       "two pictures count as the same picture (a live camera's "
+                                                       "noise alone gives 2 or more)")
     telemetry_s: Seconds = Field(10.0, description="how often health telemetry is published")
     open_timeout_s: Seconds = 5.0
     read_timeout_s: Seconds = 3.0
@@ -80,7 +81,7 @@ class TamperConfig(_Model):
 
     enabled: bool = True
     checks: list[Literal["covered", "defocused", "moved", "dark", "bright"]] = list(TAMPER_CHECKS)
-    interval_s: Seconds = Field(1.0, description="analysis period when every frame is decoded "
+    interval_s: Seconds = Field(2.0, description="analysis period when every frame is decoded "
                                                  "(keyframe-only cameras analyse every keyframe)")
     learn_s: Seconds = Field(20.0, description="time to learn the first baseline")
     learn_samples: int = Field(4, ge=1, description="and at least this many pictures")
@@ -109,7 +110,8 @@ class MotionConfig(_Model):
 
     enabled: bool = False
     fps: float = Field(5.0, gt=0, le=30, description="analysis rate")
-    width: int = Field(160, ge=32, le=640, description="width of the analysed picture")
+    width: int = Field(160, ge=32, le=640, description="analysed picture at least this wide (halvings of "
+                                                       "the stream's: under twice this)")
     zones: list[Zone] = Field(default_factory=list, description="empty: the whole picture is one zone")
     masks: list[Polygon] = Field(default_factory=list, description="ignored areas: trees, a busy road")
     threshold: int = Field(25, ge=1, le=255, description="grey difference that counts as change")

@@ -73,12 +73,15 @@ class PacketRing:
     def __init__(self, seconds: float) -> None:
         self.seconds = float(seconds)
         self._items: deque[Record] = deque()
-        self._cond = threading.Condition()
+        # A plain lock on the hot path (a Condition's own enter/exit is Python code);
+        # the condition shares it, for the few that wait for packets to come.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._waiters = 0
 
     def append(self, record: Record) -> None:
         items = self._items
-        with self._cond:
+        with self._lock:
             items.append(record)
             cutoff = record.wall - self.seconds
             while items[0].wall < cutoff and len(items) > 1:
@@ -87,12 +90,12 @@ class PacketRing:
                 self._cond.notify_all()
 
     def records(self) -> list[Record]:
-        with self._cond:
+        with self._lock:
             return list(self._items)
 
     @property
     def latest_wall(self) -> float | None:
-        with self._cond:
+        with self._lock:
             return self._items[-1].wall if self._items else None
 
     def wait_for(self, wall: float, timeout: float) -> bool:
@@ -111,7 +114,7 @@ class PacketRing:
                 self._waiters -= 1
 
     def clear(self) -> None:
-        with self._cond:
+        with self._lock:
             self._items.clear()
 
     def __len__(self) -> int:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import cv2
 import numpy as np
 
 from cameras.config import HealthConfig
@@ -102,8 +103,8 @@ class HealthMonitor:
         self._last_sig = None
         self.picture_changed_mono = None
 
-    def packet(self, size: int, key: bool, wall: float) -> None:
-        now = self._mono()
+    def packet(self, size: int, key: bool, wall: float, mono: float | None = None) -> None:
+        now = self._mono() if mono is None else mono
         self.last_packet_wall = wall
         if self._awaiting_first:
             self._awaiting_first = False
@@ -135,7 +136,7 @@ class HealthMonitor:
         if prev is None or prev.shape != signature.shape:
             self.picture_changed_mono = now
             return
-        diff = float(np.mean(np.abs(signature.astype(np.int16) - prev)))
+        diff = cv2.norm(signature, prev, cv2.NORM_L1) / signature.size
         if diff > self.cfg.frozen_level:
             self.picture_changed_mono = now
 

@@ -59,6 +59,10 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+def is_live(url: str) -> bool:
+    return url.lower().startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://"))
+
+
 def input_options(url: str, read_timeout_s: float) -> dict[str, str]:
     if not url.lower().startswith(("rtsp://", "rtsps://")):
         return {}
@@ -84,9 +88,11 @@ class WallClock:
     offset, and network jitter does not move it. ``skew_s`` reports a lying camera clock.
     """
 
-    def __init__(self, max_skew_s: float = 2.0, window_s: float = 30.0) -> None:
+    def __init__(self, max_skew_s: float = 2.0, window_s: float = 30.0, stream_time: bool = False) -> None:
         self.max_skew_s = max_skew_s
         self.window_s = window_s
+        # A recording (file) read at any speed: its own timeline, started at the first packet.
+        self.stream_time = stream_time
         self.reset()
 
     def reset(self) -> None:
@@ -96,6 +102,7 @@ class WallClock:
         self._window_started: float | None = None
         self.skew_s: float | None = None
         self._last_pts: float | None = None
+        self._stream_origin: float | None = None
 
     def set_rtcp_start(self, start_s: float) -> None:
         self._rtcp_start = start_s
@@ -106,6 +113,10 @@ class WallClock:
 
     def observe(self, pts_s: float, arrival: float) -> float:
         """Feed one packet; returns its wall time."""
+        if self.stream_time:
+            if self._stream_origin is None:
+                self._stream_origin = arrival - pts_s
+            return pts_s + self._stream_origin
         if self._last_pts is not None and not (-5.0 < pts_s - self._last_pts < 30.0):
             # Timestamp discontinuity (camera restarted its clock): forget the anchor.
             self._prev_min = self._cur_min = float("inf")
@@ -119,6 +130,8 @@ class WallClock:
         return self.map(pts_s)
 
     def map(self, pts_s: float) -> float:
+        if self.stream_time and self._stream_origin is not None:
+            return pts_s + self._stream_origin
         arrival_offset = min(self._prev_min, self._cur_min)
         if self._rtcp_start is not None:
             camera_wall = self._rtcp_start + pts_s
@@ -134,7 +147,7 @@ class ReaderSink(Protocol):
     """What a reader feeds, all on the reader thread (keep it quick)."""
 
     def on_open(self, segment: Segment, open_s: float) -> None: ...
-    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment) -> None: ...
+    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment, mono: float) -> None: ...
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None: ...
     def on_close(self, reason: str | None, frames: int) -> None: ...
     def on_retry(self, delay_s: float, failures: int) -> None: ...
@@ -145,7 +158,6 @@ class ReaderStats:
     opens: int = 0
     failures: int = 0
     packets: int = 0
-    frames_decoded: int = 0
 
 
 class StreamReader:
@@ -231,6 +243,7 @@ class StreamReader:
         reason: str | None = None
         try:
             url = self._url()
+            self.clock.stream_time = not is_live(url)
             container = av.open(url, options=input_options(url, self.read_timeout_s),
                                 timeout=(self.open_timeout_s, self.read_timeout_s))
             del url
@@ -278,24 +291,26 @@ class StreamReader:
 
         sink, clock, stop, stats = self.sink, self.clock, self._stop, self.stats
         decode_all, period = self.decode_all, self.analysis_period
-        next_analysis = 0.0
+        next_analysis = float("-inf")     # in stream seconds
         frames = 0
-        rtcp_checks = 0
+        rtcp_checks = 0 if not clock.stream_time else 2000     # live streams: look for RTCP a while
         pace_origin: tuple[float, float] | None = None
+        wall_clock, mono_clock = time.time, time.monotonic
         for packet in container.demux(stream):
             if stop.is_set():
                 break
             pts = packet.pts
             if pts is None or packet.size == 0:
                 continue
-            now = time.time()
-            self.progress_at = time.monotonic()
+            now = wall_clock()
+            self.progress_at = mono = mono_clock()
             stats.packets += 1
-            if not clock.has_rtcp and rtcp_checks < 2000:
+            if rtcp_checks < 2000:
                 rtcp_checks += 1
                 rt = container.start_time_realtime
                 if rt:
                     clock.set_rtcp_start(rt / 1_000_000)
+                    rtcp_checks = 2000
             pts_s = pts * tb_f
             if self.pace:       # a file read as if live (tests, demos)
                 if pace_origin is None:
@@ -306,7 +321,7 @@ class StreamReader:
                 now = time.time()
             wall = clock.observe(pts_s, now)
             key = packet.is_keyframe
-            sink.on_packet(packet, wall, key, segment)
+            sink.on_packet(packet, wall, key, segment, mono)
             if not (decode_all or key):
                 continue
             try:
@@ -315,14 +330,13 @@ class StreamReader:
                 continue        # a corrupt packet costs one frame, not the connection
             for frame in decoded:
                 frames += 1
-                stats.frames_decoded += 1
                 if decode_all:
-                    fwall = clock.map(frame.pts * tb_f) if frame.pts is not None else wall
-                    if fwall < next_analysis:
+                    fts = frame.pts * tb_f if frame.pts is not None else pts_s
+                    if fts < next_analysis:
                         continue
                     # A steady cadence; after a gap, restart it from this frame.
-                    next_analysis = next_analysis + period if fwall - next_analysis < period else fwall + period
-                    sink.on_frame(frame, fwall, bool(frame.key_frame))
+                    next_analysis = next_analysis + period if fts - next_analysis < period else fts + period
+                    sink.on_frame(frame, clock.map(fts), frame.key_frame)
                 else:
                     sink.on_frame(frame, wall, True)
         return frames

@@ -129,6 +129,8 @@ class CameraPipeline:
         if self.baseline_path and self.baseline_path.exists() and self.tamper.load(self.baseline_path):
             log.info("camera %s: tamper baseline loaded", spec.id)
         self._next_tamper = 0.0
+        self._armed = False
+        self._armed_checked = float("-inf")
         self._tamper_period = self.cfg.tamper.interval_s if self.cfg.decode_all else 0.0
         self.pending_clips: list[PendingClip] = []
         self._clips_lock = threading.Lock()
@@ -159,14 +161,14 @@ class CameraPipeline:
                      segment.width, segment.height, open_s)
         self._last_close_reason = None
 
-    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment) -> None:
+    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment, mono: float) -> None:
         self.ring.append(Record(packet, wall, key, segment))
-        self.health.packet(packet.size, key, wall)
+        self.health.packet(packet.size, key, wall, mono)
 
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
         self.analysed_frames += 1
         grey = luma(frame)
-        if self.motion is not None:
+        if self.motion is not None and self._motion_armed(wall):
             for hit in self.motion.observe(grey, wall):
                 self.raise_event("camera.motion", wall, {"zone": hit.zone, "area": hit.area, "pixels": hit.pixels,
                                                          "bbox": list(hit.bbox)},
@@ -176,7 +178,7 @@ class CameraPipeline:
         self._next_tamper = wall + self._tamper_period
         small = self.tamper.measurer.prepare(grey)
         m = self.tamper.measurer.measure(small)
-        self.health.picture(self.tamper.measurer.signature(small), self.tamper.uniform(m))
+        self.health.picture(m.thumb, self.tamper.uniform(m))
         if self.health.frozen or self.health.maintenance:
             return      # a frozen picture says nothing new; maintenance must not teach the baseline
         for f in self.tamper.observe(small, wall, m):
@@ -185,6 +187,17 @@ class CameraPipeline:
             else:
                 self.raise_event("camera.tamper.cleared", f.at, {"condition": f.condition, **f.detail},
                                  clip=False, snapshot_at=wall)
+
+    def _motion_armed(self, wall: float) -> bool:
+        """Armed by the schedule (looked up once a second). Unarmed, motion is not even
+        computed, and its background is rebuilt when the schedule arms it again."""
+        if wall >= self._armed_checked + 1.0 or wall < self._armed_checked:
+            self._armed_checked = wall
+            armed = self.motion.armed(wall)
+            if armed and not self._armed:
+                self.motion.reset()
+            self._armed = armed
+        return self._armed
 
     def on_close(self, reason: str | None, frames: int) -> None:
         self.health.closed(reason)

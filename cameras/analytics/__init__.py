@@ -7,6 +7,10 @@ import av
 import cv2
 import numpy as np
 
+# Hundreds of cameras per process: parallelism comes from the cameras' threads, and
+# OpenCV's own worker pool would only add hand-offs (and spinning) on pictures this small.
+cv2.setNumThreads(1)
+
 
 def luma(frame: av.VideoFrame) -> np.ndarray:
     """The frame's grey picture (H, W) uint8 — a view of the Y plane when the pixel
@@ -19,11 +23,18 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
 
 
 def downscale(grey: np.ndarray, width: int) -> np.ndarray:
-    h, w = grey.shape[:2]
-    if w <= width:
-        return np.ascontiguousarray(grey)
-    height = max(2, int(round(h * width / w)))
-    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+    """Halve the picture while it stays at least ``width`` wide: the result is between
+    ``width`` and twice that. Exact halvings with INTER_AREA are OpenCV's fast path (a
+    640→160 reduction costs 12 µs this way, 90 µs in one non-integer step); analyses
+    compare a camera only with itself, so the exact size does not matter, only that it
+    is the same every time."""
+    out = grey
+    h, w = out.shape[:2]
+    while w >= 2 * width:
+        h2, w2 = h // 2, w // 2
+        out = cv2.resize(out[:2 * h2, :2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+        h, w = h2, w2
+    return out if out is not grey else np.ascontiguousarray(grey)
 
 
 def polygon_mask(polygons, shape: tuple[int, int]) -> np.ndarray:

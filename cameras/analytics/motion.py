@@ -1,7 +1,8 @@
 """Motion in zones, on a downscaled grey picture.
 
 Background subtraction against a running average (time constant ``background_tau_s``,
-updated only where nothing moves), a fixed grey threshold, a 3×3 opening against noise;
+updated only where nothing moves), a fixed grey threshold, a 3×3 opening against noise
+(skipped, with the zones, when fewer than ``min_pixels`` changed: the common case);
 a zone alerts when enough of it changed (``min_area`` of the zone and ``min_pixels``),
 while armed by its schedule, at most once per ``cooldown_s``. Masks (trees, a busy road,
 the OSD) are cut out of every zone. When most of the picture changes at once — lights
@@ -58,6 +59,7 @@ class MotionDetector:
     def _prepare(self, shape: tuple[int, int]) -> None:
         self._shape = shape
         keep = keep_mask(self.masks, shape)
+        self._masked = keep is not None
         self._keep = keep if keep is not None else np.full(shape, 255, np.uint8)
         self._keep_px = max(1, cv2.countNonZero(self._keep))
         self._zones: list[tuple[str, np.ndarray, int, float]] = []
@@ -65,8 +67,22 @@ class MotionDetector:
             m = cv2.bitwise_and(polygon_mask([z.polygon], shape), self._keep)
             self._zones.append((z.name, m, max(1, cv2.countNonZero(m)), z.min_area))
         if not self.cfg.zones:
-            self._zones.append((WHOLE_PICTURE, self._keep, self._keep_px, 0.005))
+            self._zones.append((WHOLE_PICTURE, None, self._keep_px, 0.005))
         self._bg = None
+
+    def _shrink(self, grey: np.ndarray) -> np.ndarray:
+        """The analysed picture: ``width`` to twice that. From a much larger picture,
+        every n-th pixel and a 3×3 mean (it reads 1/n² of a frame the decoder just
+        wrote, where averaging every pixel would read all of it); from one at most four
+        times larger, exact halvings (INTER_AREA, OpenCV's fast path)."""
+        h, w = grey.shape[:2]
+        step = 1
+        while w // (2 * step) >= self.cfg.width:
+            step *= 2
+        if step >= 4:
+            sampled = cv2.resize(grey, (w // step, h // step), interpolation=cv2.INTER_NEAREST)
+            return cv2.blur(sampled, (3, 3))
+        return downscale(grey, self.cfg.width)
 
     def reset(self) -> None:
         self._bg = None
@@ -76,8 +92,7 @@ class MotionDetector:
 
     def observe(self, grey: np.ndarray, wall: float) -> list[MotionHit]:
         cfg = self.cfg
-        small = downscale(grey, cfg.width)
-        small = cv2.GaussianBlur(small, (5, 5), 0)
+        small = self._shrink(grey)
         if small.shape != self._shape:
             self._prepare(small.shape)
         if self._bg is None:
@@ -90,26 +105,34 @@ class MotionDetector:
 
         diff = cv2.absdiff(small, cv2.convertScaleAbs(self._bg))
         _, fg = cv2.threshold(diff, cfg.threshold, 255, cv2.THRESH_BINARY)
-        fg = cv2.bitwise_and(fg, self._keep)
-        if cv2.countNonZero(fg) > cfg.whole_frame * self._keep_px:
+        if self._masked:
+            fg = cv2.bitwise_and(fg, self._keep)
+        changed = cv2.countNonZero(fg)
+        if changed > cfg.whole_frame * self._keep_px:
             # Lights, IR switch, exposure jump: a new normal, not an intruder.
             self._bg = small.astype(np.float32)
             self.recalibrations += 1
             self._hold_until = wall + 1.0
             return []
+        if changed < cfg.min_pixels:
+            # Nothing moves (most of the time, at most cameras): the cheap path.
+            if alpha > 0:
+                cv2.accumulateWeighted(small, self._bg, alpha)
+            return []
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _KERNEL)
         if alpha > 0:
+            # Where something moves, the background must not learn it.
             cv2.accumulateWeighted(small, self._bg, alpha, mask=cv2.bitwise_not(fg))
         if wall < self._hold_until:
             return []
         hits: list[MotionHit] = []
         h, w = small.shape
         for name, zone_mask, zone_px, min_area in self._zones:
-            in_zone = cv2.bitwise_and(fg, zone_mask)
-            n = cv2.countNonZero(in_zone)
-            if n < cfg.min_pixels or n < min_area * zone_px:
+            if wall < self._cooldown.get(name, 0.0):
                 continue
-            if wall < self._cooldown.get(name, 0.0) or not self.schedules[name].armed(wall):
+            in_zone = cv2.bitwise_and(fg, zone_mask) if zone_mask is not None else fg
+            n = cv2.countNonZero(in_zone)
+            if n < cfg.min_pixels or n < min_area * zone_px or not self.schedules[name].armed(wall):
                 continue
             x, y, bw, bh = cv2.boundingRect(cv2.findNonZero(in_zone))
             self._cooldown[name] = wall + cfg.cooldown_s

@@ -30,7 +30,7 @@ class RingSink:
         self.ring = ring
 
     def on_open(self, segment, open_s): pass
-    def on_packet(self, packet, wall, key, segment): self.ring.append(Record(packet, wall, key, segment))
+    def on_packet(self, packet, wall, key, segment, mono): self.ring.append(Record(packet, wall, key, segment))
     def on_frame(self, frame, wall, key): pass
     def on_close(self, reason, frames): pass
     def on_retry(self, delay_s, failures): pass

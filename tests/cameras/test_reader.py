@@ -45,7 +45,7 @@ class Sink:
         self.segment = segment
         self.opened.set()
 
-    def on_packet(self, packet, wall, key, segment):
+    def on_packet(self, packet, wall, key, segment, mono):
         self.packets += 1
         self.keys += key
 

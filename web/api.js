@@ -23,9 +23,11 @@ function detailOf(body) {
   return null;
 }
 
-export async function request(path, { method = 'GET', body, headers = {}, raw = false, signal, keepalive } = {}) {
+export async function request(path, { method = 'GET', body, bodyRaw, headers = {}, raw = false, signal, keepalive } = {}) {
   const init = { method, headers: { Accept: 'application/json', ...headers }, credentials: 'same-origin', signal, keepalive };
-  if (body !== undefined) {
+  if (bodyRaw !== undefined) {
+    init.body = bodyRaw;      // FormData: the browser sets the multipart boundary
+  } else if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }

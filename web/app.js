@@ -1,6 +1,7 @@
 // The control room shell: login, navigation, and the pages (routed by #/name).
 import { api, ApiError, onUnauthorized, syncClock } from './api.js';
-import { clear, fmtTime, gridIndex, h, toast } from './ui.js';
+import { onFeed, startFeed, stopFeed } from './feed.js';
+import { beep, clear, fmtTime, gridIndex, h, toast } from './ui.js';
 
 const PAGES = [
   { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
@@ -19,7 +20,7 @@ const state = { me: null, grid: null, page: null, cleanup: null };
 export function session() { return state; }
 
 async function boot() {
-  onUnauthorized(() => { if (state.me) { state.me = null; showLogin('会话已过期，请重新登录。Session expired.'); } });
+  onUnauthorized(() => { if (state.me) { state.me = null; stopFeed(); showLogin('会话已过期，请重新登录。Session expired.'); } });
   try {
     state.me = await api.get('/api/auth/me');
   } catch (err) {
@@ -108,6 +109,17 @@ async function showShell() {
   state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
   window.removeEventListener('hashchange', route);
   window.addEventListener('hashchange', route);
+  // Alarms and cases pushed live; a critical alarm sounds and shows on whatever page is open.
+  startFeed();
+  if (!state.alarmHook) {
+    state.alarmHook = onFeed('alarm', (m) => {
+      const sum = m.summary || {};
+      if (sum.severity === 'critical' && (m.action === 'raised' || m.action === 'reopened')) {
+        if (localStorage.getItem('xlhub.sound') !== 'off') beep();
+        toast(`紧急告警：${sum.title || sum.type || ''}（${sum.source_id || ''}）`, 'error', 10000);
+      }
+    });
+  }
   if (me.must_change_password) {
     toast('首次登录请先修改密码。Please change your initial password.', 'warn', 8000);
     if (location.hash !== '#/account') { location.hash = '#/account'; return; }
@@ -124,9 +136,10 @@ function teardownPage() {
 
 async function route() {
   if (!state.me) return;
-  const id = (location.hash.match(/^#\/([a-z]+)/) || [])[1];
+  const [, id, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || [];
   const page = PAGES.find((p) => p.id === id) || PAGES[0];
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
+
   teardownPage();
   document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === page.id));
   document.title = `${page.label} · 雪亮 hub`;
@@ -139,7 +152,7 @@ async function route() {
     const mod = await page.load();
     if (state.page !== page.id) return;
     clear(main);
-    const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout });
+    const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout, arg: arg ? decodeURIComponent(arg) : null });
     if (state.page === page.id) state.cleanup = cleanup || null;
     else if (cleanup) cleanup();
   } catch (err) {
@@ -152,6 +165,7 @@ export async function logout(message) {
   teardownPage();
   try { await api.post('/api/auth/logout'); } catch { /* already out */ }
   state.me = null;
+  stopFeed();
   if (state.clockTimer) clearInterval(state.clockTimer);
   history.replaceState(null, '', '/');
   showLogin(typeof message === 'string' ? message : '已退出登录。Signed out.');

@@ -1,60 +1,127 @@
-// 告警 — the alert feed: alarms (when the alarms API is on this hub) and the live stream of
-// events from cameras and field devices, with sound for critical ones.
-import { api, probe } from '../api.js';
-import { SEVERITY_LABELS, beep, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, modal, notAvailable } from '../ui.js';
+// 告警 — the alert feed: alarms pushed live (SSE), acknowledged from the list, evidence one
+// click away; below, the raw stream of events from cameras and field devices.
+import { api } from '../api.js';
+import { onFeed, onFeedStatus } from '../feed.js';
+import { SEVERITY_LABELS, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, modal, notAvailable, toast } from '../ui.js';
 
 const EVENTS_EVERY_MS = 5000;
+const FILTERS = [
+  { id: 'open', label: '未处理', states: ['active', 'acknowledged'] },
+  { id: 'active', label: '未确认', states: ['active'] },
+  { id: 'all', label: '全部', states: [] },
+];
 
-export async function render(main, { grid }) {
-  const alarmsBox = h('section', { class: 'panel', id: 'alarms' }, h('h2', {}, '告警 ', h('small', {}, 'Alarms')));
+export function evidenceUrl(item) {
+  if (item.url) return item.url;
+  const id = item.evidence_id || item.ref || item.id;
+  return id ? `/api/evidence/${encodeURIComponent(id)}` : null;
+}
+
+export function evidenceFigure(item) {
+  const url = evidenceUrl(item);
+  const when = fmtTime(item.captured_at, { date: true });
+  if (item.detail && !url) return h('figure', {}, h('pre', {}, JSON.stringify(item.detail, null, 1)), h('figcaption', {}, when));
+  if (item.pending) return h('figure', {}, h('p', { class: 'muted' }, '视频片段录制中，稍后可查看。'), h('figcaption', {}, when));
+  if ((item.media_type || '').startsWith('image/') || item.kind === 'snapshot') {
+    return h('figure', {}, h('img', { src: url, alt: '证据截图', loading: 'lazy' }), h('figcaption', {}, `截图 ${when}`, item.sha256 ? h('small', {}, ` SHA-256 ${item.sha256.slice(0, 16)}…`) : null));
+  }
+  return h('figure', {}, h('video', { src: url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${when}`));
+}
+
+export function showEvidence(title, loader) {
+  const body = h('div', { class: 'evidence', id: 'evidence' }, '加载中…');
+  modal(`证据 · ${title}`, body, { wide: true });
+  Promise.resolve(loader()).then((items) => {
+    clear(body);
+    if (!items || !items.length) body.append(h('p', {}, '暂无证据文件。'));
+    (items || []).forEach((it) => body.append(evidenceFigure(it)));
+  }).catch((err) => clear(body).append(err.missing ? notAvailable('证据查看') : errorBox(err, '证据加载失败')));
+}
+
+export async function render(main, { me, grid }) {
+  let filter = FILTERS[0];
+  const feedBadge = h('span', { class: 'badge muted', id: 'feed-status' }, '实时推送：—');
+  const tabs = FILTERS.map((f) => h('button', {
+    type: 'button', class: 'seg', 'aria-pressed': String(f === filter), dataset: { filter: f.id },
+    onclick: () => { filter = f; tabs.forEach((t) => t.setAttribute('aria-pressed', String(t.dataset.filter === f.id))); loadAlarms(); },
+  }, f.label));
+  const alarmList = h('ol', { class: 'feed', id: 'alarm-list' });
+  const alarmsBox = h('section', { class: 'panel', id: 'alarms' },
+    h('header', { class: 'panel-head' }, h('h2', {}, '告警 ', h('small', {}, 'Alarms')),
+      h('div', { class: 'seg-group' }, tabs), feedBadge),
+    alarmList);
   const eventsList = h('ol', { class: 'feed', id: 'event-feed' });
   const soundToggle = h('input', { type: 'checkbox', id: 'sound', checked: localStorage.getItem('xlhub.sound') !== 'off' });
   soundToggle.addEventListener('change', () => localStorage.setItem('xlhub.sound', soundToggle.checked ? 'on' : 'off'));
   const eventsBox = h('section', { class: 'panel', id: 'events' },
-    h('header', { class: 'panel-head' }, h('h2', {}, '最近事件 ', h('small', {}, 'Recent events (live)')),
+    h('header', { class: 'panel-head' }, h('h2', {}, '最近事件 ', h('small', {}, 'Recent events')),
       h('label', { class: 'inline' }, soundToggle, ' 紧急告警声音')),
     eventsList);
   main.append(h('div', { class: 'two-col' }, alarmsBox, eventsBox));
+  const offStatus = onFeedStatus((s) => {
+    feedBadge.textContent = `实时推送：${{ live: '已连接', connecting: '连接中', unavailable: '不可用', off: '未连接' }[s]}`;
+    feedBadge.className = `badge ${s === 'live' ? 'ok' : s === 'unavailable' ? 'bad' : 'muted'}`;
+  });
 
-  // Alarms: the alerts API (alarms, acknowledge, SSE feed) is built elsewhere; until it is
-  // on this hub, say so.
-  const alarms = await probe('/api/alarms?limit=50');
-  if (alarms.missing) {
-    alarmsBox.append(notAvailable('告警列表与确认', '告警（含确认、实时推送）由告警服务提供，接口上线前此处不显示告警。下方为设备与摄像机上报的实时事件。'));
-  } else if (!alarms.ok) {
-    alarmsBox.append(errorBox(alarms.error, '告警加载失败'));
-  } else {
-    const rows = Array.isArray(alarms.data) ? alarms.data : (alarms.data.items || []);
-    alarmsBox.append(rows.length ? h('ol', { class: 'feed' }, rows.map((a) => h('li', { class: `sev-${a.severity || 'minor'}` },
-      h('span', { class: 'badge' }, SEVERITY_LABELS[a.severity] || a.severity || ''),
-      h('strong', {}, a.title || a.name || eventLabel(a.type || '')),
-      h('span', { class: 'muted' }, fmtTime(a.raised_at || a.time || a.created_at, { date: true })),
-      h('span', { class: 'muted' }, a.state || '')))) : h('p', { class: 'empty' }, '当前没有告警。'));
+  const fresh = new Set();
+  function alarmRow(a) {
+    const ackBtn = a.state === 'active' ? h('button', {
+      type: 'button', class: 'ack-btn', onclick: async (e) => {
+        e.target.disabled = true;
+        try {
+          await api.post(`/api/alarms/${encodeURIComponent(a.id)}/acknowledge`, {});
+          toast(`已确认：${a.title || a.type_label}`, 'ok');
+          loadAlarms();
+        } catch (err) {
+          e.target.disabled = false;
+          toast(err.status === 403 ? '当前角色无权确认告警。' : `确认失败：${err.detail || err.message}`, 'error');
+        }
+      },
+    }, '确认') : null;
+    const ev = a.evidence || [];
+    return h('li', { class: `sev-${a.severity}${fresh.has(a.id) ? ' new' : ''}`, dataset: { id: a.id, state: a.state } },
+      h('span', { class: `badge sev-${a.severity}` }, a.severity_label || SEVERITY_LABELS[a.severity] || a.severity),
+      h('div', { class: 'grow' },
+        h('strong', {}, a.title || a.type_label || eventLabel(a.type)),
+        h('div', { class: 'muted small' }, `${a.source_id} · ${grid.trail(a.grid_path, 1) || a.grid_code || ''}`,
+          a.count > 1 ? ` · ${a.count} 次` : '', a.flapping ? ' · 反复' : '')),
+      h('span', { class: `badge state-${a.state}` }, a.state_label || a.state),
+      h('time', { datetime: a.last_at, title: fmtTime(a.first_at, { date: true }) }, fmtAgo(a.last_at)),
+      ev.length ? h('button', { type: 'button', class: 'link', onclick: () => showEvidence(a.title || a.type_label, () => ev) }, `证据(${ev.length})`) : null,
+      a.case_id ? h('a', { href: `#/cases/${encodeURIComponent(a.case_id)}` }, '案件') : null,
+      ackBtn);
   }
+
+  let alarmsAvailable = true;
+  async function loadAlarms() {
+    const qs = new URLSearchParams({ limit: '100' });
+    filter.states.forEach((s) => qs.append('state', s));
+    try {
+      const rows = await api.get(`/api/alarms?${qs}`);
+      clear(alarmList);
+      if (!rows.length) alarmList.append(h('li', { class: 'empty' }, filter.id === 'all' ? '暂无告警。' : '当前没有待处理的告警。'));
+      rows.forEach((a) => alarmList.append(alarmRow(a)));
+    } catch (err) {
+      clear(alarmList);
+      if (err.missing) { alarmsAvailable = false; alarmList.append(h('li', {}, notAvailable('告警列表与确认'))); }
+      else if (err.status === 403) alarmList.append(h('li', { class: 'empty' }, '当前角色不处理告警。'));
+      else alarmList.append(h('li', {}, errorBox(err, '告警加载失败')));
+    }
+  }
+
+  let reloadTimer = null;
+  const offAlarm = onFeed('alarm', (m) => {
+    if (!alarmsAvailable) return;
+    fresh.add(m.ref);
+    clearTimeout(reloadTimer);
+    reloadTimer = setTimeout(loadAlarms, 300);
+  });
 
   const seen = new Set();
   let first = true;
   let timer = null;
   let stopped = false;
-
-  async function showEvidence(ev) {
-    const body = h('div', { class: 'evidence' }, '加载中…');
-    modal(`证据 · ${eventLabel(ev.type)}`, body, { wide: true });
-    try {
-      const items = await api.get(`/api/events/${encodeURIComponent(ev.id)}/evidence`);
-      clear(body);
-      if (!items.length) body.append(h('p', {}, '该事件暂无证据文件。'));
-      for (const it of items) {
-        body.append(it.media_type === 'image/jpeg'
-          ? h('figure', {}, h('img', { src: it.url, alt: '证据截图' }), h('figcaption', {}, fmtTime(it.captured_at, { date: true })))
-          : h('figure', {}, h('video', { src: it.url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${fmtTime(it.captured_at, { date: true })}`)));
-      }
-    } catch (err) {
-      clear(body).append(err.missing ? notAvailable('证据查看') : errorBox(err, '证据加载失败'));
-    }
-  }
-
-  function row(ev) {
+  function eventRow(ev) {
     const sev = ev.severity || 'info';
     const hasEvidence = (ev.evidence && ev.evidence.length) || ev.type === 'camera.flag';
     return h('li', { class: `sev-${sev}`, dataset: { id: ev.id, type: ev.type } },
@@ -63,35 +130,31 @@ export async function render(main, { grid }) {
       h('span', {}, ev.source_id),
       h('span', { class: 'muted' }, ev.grid_code ? grid.nameOf(ev.grid_code) : ''),
       h('time', { datetime: ev.time, title: fmtTime(ev.time, { date: true }) }, fmtAgo(ev.time)),
-      hasEvidence ? h('button', { type: 'button', class: 'link', onclick: () => showEvidence(ev) }, '证据') : null);
+      hasEvidence ? h('button', { type: 'button', class: 'link', onclick: () => showEvidence(eventLabel(ev.type), () => api.get(`/api/events/${encodeURIComponent(ev.id)}/evidence`)) }, '证据') : null);
   }
-
-  async function poll() {
+  async function pollEvents() {
     try {
       const events = await api.get('/api/events?limit=100');
-      const fresh = events.filter((e) => !seen.has(e.id));
-      fresh.forEach((e) => seen.add(e.id));
+      const newOnes = events.filter((e) => !seen.has(e.id));
+      newOnes.forEach((e) => seen.add(e.id));
       if (first) {
         clear(eventsList);
         if (!events.length) eventsList.append(h('li', { class: 'empty' }, '暂无事件。'));
-        events.forEach((e) => eventsList.append(row(e)));
-      } else if (fresh.length) {
+        events.forEach((e) => eventsList.append(eventRow(e)));
+      } else if (newOnes.length) {
         eventsList.querySelector('.empty')?.remove();
-        fresh.reverse().forEach((e) => {
-          const r = row(e);
-          r.classList.add('new');
-          eventsList.prepend(r);
-        });
+        newOnes.reverse().forEach((e) => { const r = eventRow(e); r.classList.add('new'); eventsList.prepend(r); });
         while (eventsList.children.length > 200) eventsList.lastChild.remove();
-        if (soundToggle.checked && fresh.some((e) => e.severity === 'critical')) beep();
       }
       first = false;
     } catch (err) {
       if (first) clear(eventsList).append(h('li', {}, errorBox(err, '事件加载失败')));
     }
-    if (!stopped) timer = setTimeout(poll, EVENTS_EVERY_MS);
+    if (!stopped) timer = setTimeout(pollEvents, EVENTS_EVERY_MS);
   }
+  alarmList.append(h('li', { class: 'loading' }, '加载中…'));
   eventsList.append(h('li', { class: 'loading' }, '加载中…'));
-  poll();
-  return () => { stopped = true; clearTimeout(timer); };
+  loadAlarms();
+  pollEvents();
+  return () => { stopped = true; clearTimeout(timer); clearTimeout(reloadTimer); offAlarm(); offStatus(); };
 }

@@ -1,6 +1,11 @@
-// 广播 — the broadcast console: targets on the grid tree, text (TTS), priority, time.
-import { api, probe } from '../api.js';
-import { clear, errorBox, fmtTime, h, notAvailable } from '../ui.js';
+// 广播 — the broadcast console: targets on the grid tree, text (TTS) or an uploaded audio file,
+// kind, priority and time; per-speaker receipts update live; history with reports (回执).
+import { api, request } from '../api.js';
+import { onFeed } from '../feed.js';
+import { clear, errorBox, fmtTime, h, modal, notAvailable } from '../ui.js';
+
+const OPEN_STATES = ['scheduled', 'sending', 'playing'];
+const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', cancelled: 'muted' };
 
 export async function render(main, { grid }) {
   let speakers = [];
@@ -11,17 +16,34 @@ export async function render(main, { grid }) {
   }
   const chosen = new Set();
   const targets = h('ul', { class: 'targets', id: 'broadcast-targets' });
-  const villages = [...grid.byCode.values()].filter((n) => n.level === 'village' || n.level === 'community');
-  for (const v of villages) {
+  const areas = [...grid.byCode.values()].filter((n) => ['county', 'township', 'village', 'community'].includes(n.level));
+  const boxes = new Map();
+  for (const v of areas) {
     const here = speakers.filter((s) => s.grid_path.includes(v.code));
-    const box = h('input', { type: 'checkbox', value: v.code, disabled: !here.length });
-    box.addEventListener('change', () => { if (box.checked) chosen.add(v.code); else chosen.delete(v.code); });
-    targets.append(h('li', {}, h('label', {}, box, ` ${grid.trail(v.path, 1)} `,
-      h('small', {}, here.length ? `${here.length} 个喇叭：${here.map((s) => s.name).join('、')}` : '无广播设备'))));
+    const box = h('input', { type: 'checkbox', value: v.code, disabled: !here.length, dataset: { level: v.level } });
+    boxes.set(v.code, box);
+    box.addEventListener('change', () => {
+      // a township ticks its villages too (the hub expands a node to the speakers under it)
+      for (const [code, b] of boxes) {
+        const node = grid.byCode.get(code);
+        if (code !== v.code && node.path.includes(v.code) && !b.disabled) b.checked = box.checked;
+      }
+      chosen.clear();
+      for (const [code, b] of boxes) {
+        const node = grid.byCode.get(code);
+        const parentChosen = node.path.slice(0, -1).some((p) => boxes.get(p)?.checked);
+        if (b.checked && !parentChosen) chosen.add(code);
+      }
+    });
+    const depth = Math.max(0, v.path.length - 2);
+    targets.append(h('li', { style: { paddingLeft: `${depth * 1.2}rem` } }, h('label', {}, box, ` ${v.name} `,
+      h('small', {}, here.length ? `${here.length} 个喇叭${v.level === 'village' || v.level === 'community' ? `：${here.map((s) => s.name).join('、')}` : ''}` : '无广播设备'))));
   }
-  const text = h('textarea', { id: 'broadcast-text', rows: 4, maxlength: 500, placeholder: '输入通告内容，系统将转为语音播放' });
+  const text = h('textarea', { id: 'broadcast-text', rows: 4, maxlength: 1000, placeholder: '输入通告内容，系统将转为语音播放' });
+  const audio = h('input', { type: 'file', id: 'broadcast-audio', accept: 'audio/mpeg,audio/wav,audio/ogg,audio/aac,audio/mp4,.mp3,.wav,.ogg,.aac,.m4a' });
   const kind = h('select', { id: 'broadcast-kind' }, h('option', { value: 'notice' }, '通告'), h('option', { value: 'emergency' }, '应急预警'));
   const priority = h('select', { id: 'broadcast-priority' }, h('option', { value: 'normal' }, '普通'), h('option', { value: 'high' }, '优先'), h('option', { value: 'urgent' }, '紧急（打断当前播放）'));
+  const repeat = h('input', { type: 'number', id: 'broadcast-repeat', min: 1, max: 10, value: 1 });
   const when = h('input', { type: 'datetime-local', id: 'broadcast-when' });
   const result = h('div', { id: 'broadcast-result', role: 'status' });
   const send = h('button', { type: 'submit', class: 'primary', id: 'broadcast-send' }, '发送广播');
@@ -30,21 +52,32 @@ export async function render(main, { grid }) {
     onsubmit: async (e) => {
       e.preventDefault();
       clear(result);
-      if (!chosen.size) { result.append(h('p', { class: 'error' }, '请选择至少一个村（社区）。')); return; }
-      if (!text.value.trim()) { result.append(h('p', { class: 'error' }, '请输入广播内容。')); return; }
+      delete result.dataset.outcome;
+      if (!chosen.size) { result.append(h('p', { class: 'error' }, '请选择播放范围（至少一个村或社区）。')); return; }
+      if (!text.value.trim() && !audio.files.length) { result.append(h('p', { class: 'error' }, '请输入广播内容或选择音频文件。')); return; }
       send.disabled = true;
       try {
+        let audioId = null;
+        if (audio.files.length) {
+          const fd = new FormData();
+          fd.append('file', audio.files[0]);
+          const res = await request('/api/broadcasts/audio', { method: 'POST', raw: true, headers: {}, bodyRaw: fd });
+          audioId = (await res.json()).audio_id;
+        }
         const out = await api.post('/api/broadcasts', {
-          targets: [...chosen], text: text.value.trim(), kind: kind.value, priority: priority.value,
+          targets: [...chosen], text: text.value.trim() || null, audio_id: audioId, kind: kind.value,
+          priority: kind.value === 'emergency' ? null : priority.value, repeat: Number(repeat.value) || 1,
           at: when.value ? new Date(when.value).toISOString() : null,
         });
-        result.append(h('p', { class: 'ok' }, `已发送。编号 ${out.id || ''}`));
+        result.dataset.outcome = 'ok';
+        result.append(h('p', { class: 'ok' }, `已发送（${out.kind_label}）：${out.state_label || out.state}`));
         loadHistory();
+        showReport(out.id);
       } catch (err) {
         result.dataset.outcome = 'error';
         result.append(h('p', { class: 'error' }, err.missing
-          ? '广播接口尚未接入：本系统还没有 POST /api/broadcasts，广播未发送。Broadcast API not available yet.'
-          : `发送失败：${err.detail || err.message}`));
+          ? '广播接口尚未接入：本系统还没有 POST /api/broadcasts，广播未发送。'
+          : err.status === 403 ? '当前角色无权发送广播。' : `发送失败：${err.detail || err.message}`));
       } finally {
         send.disabled = false;
       }
@@ -53,23 +86,67 @@ export async function render(main, { grid }) {
   h('h2', {}, '广播 ', h('small', {}, 'Broadcast console')),
   h('h3', {}, '播放范围'), targets,
   h('label', { for: 'broadcast-text' }, '内容（文字转语音）'), text,
+  h('label', { for: 'broadcast-audio' }, '或上传音频文件（MP3/WAV/OGG/AAC）'), audio,
   h('div', { class: 'row' },
-    h('label', {}, '类型 ', kind), h('label', {}, '优先级 ', priority), h('label', {}, '定时（留空立即）', when)),
-  h('p', { class: 'muted' }, '上传音频文件将在广播接口上线后提供。'),
+    h('label', {}, '类型 ', kind), h('label', {}, '优先级 ', priority), h('label', {}, '重复次数 ', repeat),
+    h('label', {}, '定时（留空立即）', when)),
   result, h('div', { class: 'actions' }, send));
-  const history = h('section', { class: 'panel', id: 'broadcast-history' }, h('h2', {}, '广播记录 ', h('small', {}, 'History & receipts')));
+  const history = h('section', { class: 'panel', id: 'broadcast-history' });
   main.append(h('div', { class: 'two-col' }, form, history));
 
+  let pollTimer = null;
+  let stopped = false;
   async function loadHistory() {
+    clearTimeout(pollTimer);
+    let rows;
+    try {
+      rows = await api.get('/api/broadcasts?limit=30');
+    } catch (err) {
+      clear(history).append(h('h2', {}, '广播记录 ', h('small', {}, 'History & receipts')),
+        err.missing ? notAvailable('广播记录与回执') : errorBox(err, '广播记录加载失败'));
+      return;
+    }
     clear(history).append(h('h2', {}, '广播记录 ', h('small', {}, 'History & receipts')));
-    const res = await probe('/api/broadcasts?limit=50');
-    if (res.missing) { history.append(notAvailable('广播记录与回执', '每个喇叭的播放回执将在广播接口上线后实时显示。')); return; }
-    if (!res.ok) { history.append(errorBox(res.error)); return; }
-    const rows = Array.isArray(res.data) ? res.data : (res.data.items || []);
-    history.append(rows.length ? h('ol', { class: 'feed' }, rows.map((b) => h('li', {},
-      h('strong', {}, b.text || b.message || b.id), h('span', { class: 'muted' }, fmtTime(b.created_at || b.at, { date: true })),
-      h('span', {}, b.state || '')))) : h('p', { class: 'empty' }, '暂无广播记录。'));
+    history.append(rows.length ? h('ol', { class: 'feed', id: 'broadcast-list' }, rows.map((b) => {
+      const sp = b.speakers || {};
+      const total = Object.values(sp).reduce((a, n) => a + n, 0);
+      return h('li', { class: b.kind === 'emergency' ? 'sev-critical' : '', dataset: { id: b.id, state: b.state } },
+        h('span', { class: `badge ${b.kind === 'emergency' ? 'sev-critical' : ''}` }, b.kind_label),
+        h('div', { class: 'grow' }, h('strong', {}, b.text || '（音频）'),
+          h('div', { class: 'muted small' }, `${b.targets.map((t) => grid.nameOf(t)).join('、')} · ${b.requested_by} · ${fmtTime(b.created_at, { date: true })}`)),
+        h('span', { class: `badge ${b.state === 'done' ? 'ok' : ['failed', 'no_speakers'].includes(b.state) ? 'bad' : b.state === 'partial' ? 'warn' : 'muted'}` }, b.state_label || b.state),
+        h('span', { class: 'small receipts' }, total ? `${sp.finished || 0}/${total} 播完` : ''),
+        h('button', { type: 'button', class: 'link', onclick: () => showReport(b.id) }, '回执'));
+    })) : h('p', { class: 'empty' }, '暂无广播记录。'));
+    // receipts update live: while something is playing, look again every few seconds
+    if (!stopped && rows.some((b) => OPEN_STATES.includes(b.state))) pollTimer = setTimeout(loadHistory, 3000);
   }
-  loadHistory();
-  return null;
+
+  function showReport(id) {
+    const body = h('div', { class: 'report', id: 'broadcast-report' }, '加载中…');
+    let timer = null;
+    const dlg = modal('广播回执', body, { wide: true, onClose: () => clearTimeout(timer) });
+    const paint = async () => {
+      let r;
+      try { r = await api.get(`/api/broadcasts/${encodeURIComponent(id)}/report`); } catch (err) {
+        clear(body).append(errorBox(err, '回执加载失败'));
+        return;
+      }
+      clear(body).append(
+        h('p', {}, h('strong', {}, `${r.kind_label}：`), r.text || '（音频）'),
+        h('p', { id: 'report-summary' }, h('span', { class: `badge ${r.state === 'done' ? 'ok' : 'muted'}` }, r.state_label || r.state), ' ', r.summary),
+        h('table', { class: 'receipts-table' },
+          h('thead', {}, h('tr', {}, h('th', {}, '村（社区）'), h('th', {}, '喇叭'), h('th', {}, '状态'), h('th', {}, '开始'), h('th', {}, '结束'))),
+          h('tbody', {}, (r.villages || []).flatMap((v) => v.speakers.map((s, i) => h('tr', { dataset: { speaker: s.id, status: s.status } },
+            h('td', {}, i === 0 ? `${v.name}（${v.status_label}）` : ''), h('td', {}, s.name || s.id),
+            h('td', {}, h('span', { class: `badge ${RECEIPT_CLASS[s.status] || 'muted'}` }, s.status_label), s.detail ? h('small', {}, ` ${typeof s.detail === 'string' ? s.detail : ''}`) : null),
+            h('td', {}, fmtTime(s.started_at)), h('td', {}, fmtTime(s.finished_at))))))));
+      if (dlg.dialog.isConnected && OPEN_STATES.includes(r.state)) timer = setTimeout(paint, 2000);
+    };
+    paint();
+  }
+
+  const off = onFeed('broadcast', () => { if (!stopped) loadHistory(); });
+  await loadHistory();
+  return () => { stopped = true; clearTimeout(pollTimer); off(); };
 }

@@ -1,40 +1,196 @@
-// 案件 — the case board: cases by stage of the shared lifecycle, overdue ones first.
-import { probe } from '../api.js';
-import { CATEGORIES, URGENCIES, errorBox, fmtTime, h, notAvailable } from '../ui.js';
+// 案件 — the case board: cases by state of the shared lifecycle, overdue ones highlighted,
+// filters; the case page with its timeline (电子档案), evidence, SLA clock and the actions
+// this user may take at this state (and only those: the hub decides, per role and state).
+import { api } from '../api.js';
+import { onFeed } from '../feed.js';
+import { CATEGORIES, URGENCIES, clear, errorBox, fmtAgo, fmtTime, h, modal, notAvailable, toast } from '../ui.js';
+import { evidenceFigure } from './alerts.js';
 
-const STAGES = [
-  { code: 'accept', label: '受理' }, { code: 'register', label: '立案' }, { code: 'dispatch', label: '派遣' },
-  { code: 'handle', label: '处置' }, { code: 'feedback', label: '反馈' }, { code: 'verify', label: '核查' },
-  { code: 'close', label: '结案' }, { code: 'evaluate', label: '评价' },
-];
+const BOARD_STATES = ['reported', 'accepted', 'registered', 'dispatched', 'handling', 'feedback', 'verified', 'closed', 'evaluated'];
+const STATE_FALLBACK = {
+  reported: '待受理', accepted: '已受理', registered: '已立案', dispatched: '已派遣', handling: '处置中', feedback: '已反馈',
+  verified: '已核查', closed: '已结案', evaluated: '已评价', rejected: '不予受理', cancelled: '已撤销', suspended: '已挂起',
+};
+const SATISFACTION = ['', '不满意', '基本满意', '满意', '比较满意', '非常满意'];
 
-export async function render(main) {
-  const filters = h('div', { class: 'toolbar' },
-    h('h2', {}, '案件 ', h('small', {}, 'Cases')),
-    h('select', { 'aria-label': '类别', disabled: true }, h('option', {}, '全部类别'), CATEGORIES.map((c) => h('option', {}, c.label))),
-    h('select', { 'aria-label': '紧急程度', disabled: true }, h('option', {}, '全部紧急程度'), URGENCIES.map((u) => h('option', {}, u.label))));
-  const lifecycle = h('ol', { class: 'lifecycle', 'aria-label': '案件流程' }, STAGES.map((s) => h('li', {}, s.label)));
-  const board = h('section', { class: 'panel', id: 'case-board' });
-  main.append(filters, lifecycle, board);
+function remaining(seconds) {
+  if (seconds === null || seconds === undefined) return '—';
+  const late = seconds < 0;
+  let s = Math.abs(Math.round(seconds));
+  const d = Math.floor(s / 86400); s -= d * 86400;
+  const hr = Math.floor(s / 3600); s -= hr * 3600;
+  const m = Math.floor(s / 60);
+  const text = `${d ? `${d}天` : ''}${hr ? `${hr}小时` : ''}${m}分钟`;
+  return late ? `已超时 ${text}` : `剩余 ${text}`;
+}
 
-  const res = await probe('/api/cases?limit=200');
-  if (res.missing) {
-    board.append(notAvailable('案件看板', '案件（受理→立案→派遣→处置→反馈→核查→结案→评价）由案件服务提供；接口上线后此处按状态显示案件、超时高亮、时间线与可执行操作。'));
-    return null;
+// The SLA clock: time left in the current stage and overall (negative: late).
+function slaText(c) {
+  const r = c.remaining_s && typeof c.remaining_s === 'object' ? c.remaining_s : { total: c.remaining_s, stage: null };
+  const parts = [];
+  if (c.stage_label && r.stage !== null && r.stage !== undefined) parts.push(`${c.stage_label}环节${remaining(r.stage)}`);
+  if (r.total !== null && r.total !== undefined) parts.push(`全程${remaining(r.total)}`);
+  if (c.suspended) parts.push('（已挂起，计时暂停）');
+  return parts.join(' · ') || '不计时';
+}
+
+export async function render(main, { grid, arg }) {
+  let vocab = null;
+  try { vocab = await api.get('/api/alerts/vocabulary'); } catch (err) {
+    if (err.missing) { main.append(notAvailable('案件看板')); return null; }
+    if (err.status === 403) { main.append(h('div', { class: 'empty' }, '当前角色不处理案件（管理员不查看案件）。')); return null; }
   }
-  if (!res.ok) {
-    board.append(errorBox(res.error, '案件加载失败'));
-    return null;
+  const stateLabel = (s) => (vocab && vocab.states[s]) || STATE_FALLBACK[s] || s;
+  const filters = { category: '', urgency: '', overdue: false, q: '', grid: '' };
+  const category = h('select', { 'aria-label': '类别', id: 'case-category' }, h('option', { value: '' }, '全部类别'),
+    CATEGORIES.map((c) => h('option', { value: c.code }, c.label)));
+  const urgency = h('select', { 'aria-label': '紧急程度', id: 'case-urgency' }, h('option', { value: '' }, '全部紧急程度'),
+    URGENCIES.map((u) => h('option', { value: u.code }, u.label)));
+  const areas = [...grid.byCode.values()].filter((n) => n.level !== 'grid');
+  const area = h('select', { 'aria-label': '辖区', id: 'case-grid' }, h('option', { value: '' }, '全部辖区'),
+    areas.map((n) => h('option', { value: n.code }, grid.trail(n.path, 1) || n.name)));
+  const overdue = h('input', { type: 'checkbox', id: 'case-overdue' });
+  const q = h('input', { type: 'search', id: 'case-q', placeholder: '编号或标题', maxlength: 100 });
+  const board = h('section', { class: 'board', id: 'case-board' });
+  const count = h('span', { class: 'muted', id: 'case-count' });
+  for (const [el, key] of [[category, 'category'], [urgency, 'urgency'], [area, 'grid']]) {
+    el.addEventListener('change', () => { filters[key] = el.value; load(); });
   }
-  // Generic rendering until the case page is wired to the cases API's exact shape.
-  const cases = Array.isArray(res.data) ? res.data : (res.data.items || []);
-  const columns = h('div', { class: 'columns' });
-  for (const stage of STAGES) {
-    const inStage = cases.filter((c) => (c.stage || c.state) === stage.code);
-    columns.append(h('div', { class: 'column' }, h('h3', {}, `${stage.label} (${inStage.length})`),
-      inStage.map((c) => h('div', { class: `card${c.overdue ? ' overdue' : ''}` },
-        h('strong', {}, c.title || c.id), h('small', {}, fmtTime(c.created_at, { date: true }))))));
+  overdue.addEventListener('change', () => { filters.overdue = overdue.checked; load(); });
+  let qTimer = null;
+  q.addEventListener('input', () => { clearTimeout(qTimer); qTimer = setTimeout(() => { filters.q = q.value.trim(); load(); }, 300); });
+  main.append(h('div', { class: 'toolbar' }, h('h2', {}, '案件 ', h('small', {}, 'Cases')), category, urgency, area,
+    h('label', { class: 'inline' }, overdue, ' 仅看超时'), q, count), board);
+
+  async function load() {
+    const qs = new URLSearchParams({ limit: '300' });
+    if (filters.category) qs.set('category', filters.category);
+    if (filters.urgency) qs.set('urgency', filters.urgency);
+    if (filters.grid) qs.set('grid', filters.grid);
+    if (filters.overdue) qs.set('overdue', 'true');
+    if (filters.q) qs.set('q', filters.q);
+    let cases;
+    try {
+      cases = await api.get(`/api/cases?${qs}`);
+    } catch (err) {
+      clear(board).append(err.missing ? notAvailable('案件看板') : err.status === 403 ? h('div', { class: 'empty' }, '当前角色不处理案件。') : errorBox(err, '案件加载失败'));
+      return;
+    }
+    count.textContent = `${cases.length} 件`;
+    const columns = BOARD_STATES.map((s) => ({ state: s, cases: cases.filter((c) => c.state === s) }));
+    const others = cases.filter((c) => !BOARD_STATES.includes(c.state));
+    if (others.length) columns.push({ state: 'other', label: '其他（挂起、撤销、不予受理）', cases: others });
+    clear(board).append(h('div', { class: 'columns' }, columns.map((col) => h('div', { class: 'column', dataset: { state: col.state } },
+      h('h3', {}, `${col.label || stateLabel(col.state)} `, h('span', { class: 'count' }, String(col.cases.length))),
+      col.cases
+        .sort((a, b) => Number(b.overdue || b.stage_overdue) - Number(a.overdue || a.stage_overdue) || String(a.due_at).localeCompare(String(b.due_at)))
+        .map(card)))));
   }
-  board.append(columns);
-  return null;
+
+  function card(c) {
+    const late = c.overdue || c.stage_overdue;
+    return h('button', {
+      type: 'button', class: `card urgency-${c.urgency_colour || ''}${late ? ' overdue' : ''}${c.warned ? ' warned' : ''}`,
+      dataset: { id: c.id, number: c.number }, onclick: () => openCase(c.id),
+    },
+    h('span', { class: 'card-top' }, h('strong', {}, c.number), h('span', { class: `badge urgency-${c.urgency_colour}` }, c.urgency_label)),
+    h('span', { class: 'card-title' }, c.title),
+    h('small', {}, `${c.category_label} · ${grid.nameOf(c.grid_code)} · ${c.channel_label || ''}`),
+    late ? h('small', { class: 'late' }, c.overdue ? '已超时' : `${c.stage_label || ''}环节超时`) : h('small', {}, c.due_at ? `期限 ${fmtTime(c.due_at, { date: true, seconds: false })}` : ''));
+  }
+
+  async function openCase(id) {
+    const body = h('div', { class: 'case-page', id: 'case-page' }, '加载中…');
+    const dlg = modal('案件', body, { wide: true });
+    const paint = async () => {
+      let c;
+      try { c = await api.get(`/api/cases/${encodeURIComponent(id)}`); } catch (err) {
+        clear(body).append(errorBox(err, err.status === 404 ? '案件不存在或不在本辖区' : '案件加载失败'));
+        return;
+      }
+      dlg.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
+      const late = c.overdue || c.stage_overdue;
+      clear(body).append(
+        h('div', { class: 'case-head' },
+          h('h3', {}, c.title),
+          h('div', { class: 'row' },
+            h('span', { class: 'badge', id: 'case-state' }, c.state_label),
+            h('span', { class: `badge urgency-${c.urgency_colour}` }, c.urgency_label),
+            h('span', { class: 'badge' }, c.category_label),
+            h('span', { class: 'badge muted' }, c.channel_label || c.channel),
+            h('span', { class: `sla${late ? ' late' : ''}`, id: 'case-sla' }, slaText(c)))),
+        h('dl', {},
+          h('dt', {}, '地点'), h('dd', {}, `${grid.trail(c.grid_path, 1)}${c.address ? ` · ${c.address}` : ''}`),
+          h('dt', {}, '责任单位'), h('dd', {}, grid.trail(c.owner_path, 1) || c.owner_code),
+          h('dt', {}, '立案时间'), h('dd', {}, fmtTime(c.created_at, { date: true })),
+          h('dt', {}, '办结期限'), h('dd', {}, fmtTime(c.due_at, { date: true })),
+          c.description ? [h('dt', {}, '描述'), h('dd', {}, c.description)] : null,
+          c.reporter ? [h('dt', {}, '报告人'), h('dd', {}, Object.values(c.reporter).join(' · '))] : null,
+          c.satisfaction ? [h('dt', {}, '满意度'), h('dd', {}, SATISFACTION[c.satisfaction] || String(c.satisfaction))] : null),
+        actionsBox(c, paint),
+        h('h4', {}, '办理过程 ', h('small', {}, '电子档案')),
+        h('ol', { class: 'timeline', id: 'case-timeline' }, (c.timeline || []).map((t) => h('li', {},
+          h('time', {}, fmtTime(t.at, { date: true })),
+          h('strong', {}, t.label || t.action), t.to_state_label ? h('span', { class: 'muted' }, ` → ${t.to_state_label}`) : null,
+          h('span', { class: 'muted' }, ` ${t.actor || ''}${t.actor_department ? `（${t.actor_department}）` : ''}`),
+          t.note && t.note !== 'null' ? h('div', { class: 'note' }, t.note) : null))),
+        (c.assignments || []).length ? [h('h4', {}, '派遣'), h('ul', {}, c.assignments.map((a) => h('li', {},
+          `${a.department_name || a.assignee || a.node_code} · ${a.state}${a.done_at ? ` · ${fmtTime(a.done_at, { date: true })}` : ''}`)))] : null,
+        h('h4', {}, '证据'),
+        (c.evidence || []).length
+          ? h('div', { class: 'evidence', id: 'case-evidence' }, c.evidence.map((e) => evidenceFigure({ ...e, url: e.media_type || e.evidence_id ? `/api/cases/${encodeURIComponent(c.id)}/evidence/${e.id}` : null })))
+          : h('p', { class: 'muted' }, '暂无证据。'),
+        (c.broadcasts || []).length ? [h('h4', {}, '广播'), h('ul', {}, c.broadcasts.map((b) => h('li', {}, `${b.message || ''} · ${b.status} · ${b.finished}/${b.speakers} 个喇叭`)))] : null);
+    };
+    await paint();
+  }
+
+  function actionsBox(c, repaint) {
+    const allowed = c.allowed_actions || [];
+    const box = h('div', { class: 'case-actions', id: 'case-actions' });
+    if (!allowed.length) { box.append(h('p', { class: 'muted' }, '当前状态下您没有可执行的操作。')); return box; }
+    const note = h('textarea', { rows: 2, id: 'action-note', placeholder: '办理意见（部分操作必填）', maxlength: 2000 });
+    const extra = h('div', { class: 'row' });
+    const result = h('div', { role: 'status', id: 'action-result' });
+    const needsParam = (p) => allowed.some((a) => (a.params || []).includes(p));
+    const departments = h('input', { id: 'action-departments', placeholder: '部门编码，逗号分隔（派遣）' });
+    const assignee = h('input', { id: 'action-assignee', placeholder: '网格员用户名（派遣）' });
+    const target = h('select', { id: 'action-target' }, h('option', { value: '' }, '交办至下级…'),
+      [...grid.byCode.values()].filter((n) => n.path.includes(c.owner_code) && n.code !== c.owner_code).map((n) => h('option', { value: n.code }, grid.trail(n.path, 1))));
+    const satisfaction = h('select', { id: 'action-satisfaction' }, [5, 4, 3, 2, 1].map((n) => h('option', { value: n }, SATISFACTION[n])));
+    if (needsParam('departments')) extra.append(departments, assignee);
+    if (needsParam('target_node')) extra.append(target);
+    if (needsParam('satisfaction')) extra.append(h('label', { class: 'inline' }, '满意度 ', satisfaction));
+    const buttons = allowed.map((a) => h('button', {
+      type: 'button', class: 'action-btn', dataset: { action: a.action },
+      onclick: async () => {
+        clear(result);
+        if (a.needs_note && !note.value.trim()) { result.append(h('p', { class: 'error' }, `“${a.label}”需要填写办理意见。`)); note.focus(); return; }
+        const body = { note: note.value.trim() || null, expected_state: c.state };
+        if ((a.params || []).includes('departments')) body.departments = departments.value.split(/[,，\s]+/).filter(Boolean);
+        if ((a.params || []).includes('assignee') && assignee.value.trim()) body.assignee = assignee.value.trim();
+        if ((a.params || []).includes('target_node')) body.target_node = target.value || null;
+        if ((a.params || []).includes('satisfaction')) body.satisfaction = Number(satisfaction.value);
+        buttons.forEach((b) => { b.disabled = true; });
+        try {
+          await api.post(`/api/cases/${encodeURIComponent(c.id)}/actions/${a.action}`, body);
+          toast(`${a.label}：已办理`, 'ok');
+          await repaint();
+          load();
+        } catch (err) {
+          buttons.forEach((b) => { b.disabled = false; });
+          result.append(h('p', { class: 'error' }, `${a.label}失败：${err.detail || err.message}`));
+        }
+      },
+    }, a.label));
+    box.append(h('h4', {}, '可执行操作'), note, extra, h('div', { class: 'row' }, buttons), result);
+    return box;
+  }
+
+  let reload = null;
+  const off = onFeed('case', () => { clearTimeout(reload); reload = setTimeout(load, 400); });
+  board.append(h('p', { class: 'loading' }, '加载中…'));
+  await load();
+  if (arg) openCase(arg);
+  return () => { off(); clearTimeout(reload); clearTimeout(qTimer); };
 }

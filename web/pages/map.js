@@ -1,13 +1,16 @@
-// 地图 — grids, devices and cameras drawn as SVG from the site file's coordinates
-// (no online map tiles: the hub has no internet).
+// 地图 — grids, devices and cameras drawn as SVG from the site file's coordinates (no online
+// map tiles: the hub has no internet), devices coloured by status, drone and radio tracks
+// replayed over a chosen window, SOS brought to the front.
 import { api } from '../api.js';
-import { KIND_LABELS, LEVEL_LABELS, clear, errorBox, h, notAvailable, s } from '../ui.js';
+import { onFeed } from '../feed.js';
+import { KIND_LABELS, LEVEL_LABELS, clear, errorBox, fmtTime, h, s } from '../ui.js';
 
 const W = 1000;
 const H = 720;
 const KIND_COLOURS = { camera: '#4fc3f7', door: '#ffb74d', speaker: '#81c784', drone: '#ba68c8', radio: '#f06292' };
+const WINDOWS = [{ h: 1, label: '近1小时' }, { h: 6, label: '近6小时' }, { h: 24, label: '近24小时' }];
 
-export async function render(main, { grid }) {
+export async function render(main, { me, grid }) {
   let cameras = [];
   let devices = [];
   try {
@@ -15,6 +18,13 @@ export async function render(main, { grid }) {
   } catch (err) {
     main.append(errorBox(err, '地图数据加载失败'));
     return null;
+  }
+  let states = new Map();
+  let stateNote = '';
+  try {
+    states = new Map((await api.get('/api/device-state')).map((d) => [d.id, d]));
+  } catch (err) {
+    stateNote = err.missing ? '设备状态接口尚未接入' : `设备状态不可用：${err.message}`;
   }
   const nodes = [...grid.byCode.values()];
   const points = [];
@@ -39,14 +49,20 @@ export async function render(main, { grid }) {
   const X = (lon) => ox + (lon - minLon) * kx * scale;
   const Y = (lat) => H - oy - (lat - minLat) * scale;
 
-  const info = h('aside', { class: 'panel map-info', id: 'map-info' }, h('h3', {}, '图例 ', h('small', {}, 'Legend')),
+  const legend = h('div', {}, h('h3', {}, '图例 ', h('small', {}, 'Legend')),
     h('ul', { class: 'legend' }, Object.entries(KIND_COLOURS).map(([k, c]) => h('li', {},
-      h('span', { class: 'swatch', style: { background: c } }), KIND_LABELS[k]))),
-    h('p', { class: 'muted' }, '点击设备查看详情。'),
-    notAvailable('设备在线状态与轨迹回放', '无人机、对讲机轨迹回放与 SOS 置顶将在定位接口上线后提供。'));
+      h('span', { class: 'swatch', style: { background: c } }), KIND_LABELS[k])),
+    h('li', {}, h('span', { class: 'swatch offline-swatch' }), '离线（灰色）')),
+    stateNote ? h('p', { class: 'muted' }, stateNote) : h('p', { class: 'muted' }, '点击设备或区域查看详情。'));
+  const details = h('div', { id: 'map-details' });
+  const sosBox = h('div', { id: 'sos', class: 'sos', hidden: true });
+  const windowSel = h('select', { id: 'track-window' }, WINDOWS.map((w) => h('option', { value: w.h }, w.label)));
+  const replayBtn = h('button', { type: 'button', id: 'track-replay' }, '回放轨迹');
+  const trackNote = h('p', { class: 'muted small', id: 'track-note' });
+  const info = h('aside', { class: 'panel map-info', id: 'map-info' }, sosBox, legend,
+    h('h3', {}, '无人机与对讲机轨迹'), h('div', { class: 'row' }, windowSel, replayBtn), trackNote, details);
   const show = (title, rows) => {
-    clear(info).append(h('h3', {}, title), h('dl', {}, rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
-      h('button', { type: 'button', class: 'link', onclick: () => render(clear(main), { grid }) }, '返回图例'));
+    clear(details).append(h('h3', {}, title), h('dl', {}, rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
   };
 
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'map', id: 'map-svg', role: 'img', 'aria-label': '辖区地图' });
@@ -65,19 +81,30 @@ export async function render(main, { grid }) {
     if (n.center_lat === null || n.level === 'grid') continue;
     svg.append(s('text', { x: X(n.center_lon), y: Y(n.center_lat), class: `label level-${n.level}`, 'text-anchor': 'middle' }, n.name));
   }
+  const tracksLayer = s('g', { class: 'tracks' });
+  const markersLayer = s('g', { class: 'markers' });
+  svg.append(tracksLayer, markersLayer);
+  const markers = new Map();
   const mark = (item, kind) => {
-    if (item.lat === null || item.lon === null) return;
-    const x = X(item.lon);
-    const y = Y(item.lat);
-    const colour = KIND_COLOURS[kind] || '#ccc';
+    const st = states.get(item.id);
+    const lat = st && st.lat !== null ? st.lat : item.lat;
+    const lon = st && st.lon !== null ? st.lon : item.lon;
+    if (lat === null || lon === null) return;
+    const x = X(lon);
+    const y = Y(lat);
+    const offline = st && st.status === 'offline';
+    const colour = offline ? '#607d8b' : KIND_COLOURS[kind] || '#ccc';
     const shape = kind === 'camera'
       ? s('path', { d: `M${x - 7},${y + 6} L${x + 7},${y + 6} L${x},${y - 8} Z`, fill: colour })
       : s('circle', { cx: x, cy: y, r: 5.5, fill: colour });
-    const g = s('g', { class: `marker kind-${kind}`, 'data-id': item.id, tabindex: 0,
+    const g = s('g', { class: `marker kind-${kind}${offline ? ' offline' : ''}`, 'data-id': item.id, 'data-status': st ? st.status || 'unknown' : 'unknown', tabindex: 0,
       onclick: () => show(`${KIND_LABELS[kind]} · ${item.name}`, [['编号', item.id], ['网格', grid.trail(item.grid_path, 1)],
-        ['坐标', `${item.lat.toFixed(5)}, ${item.lon.toFixed(5)}`]]) },
-    shape, s('title', {}, `${KIND_LABELS[kind]}：${item.name}`));
-    svg.append(g);
+        ['状态', st ? `${st.status_label}${st.status_reason ? `（${st.status_reason}）` : ''}` : (kind === 'camera' ? '见电视墙' : '未知')],
+        ['最后通信', st && st.last_seen_at ? fmtTime(st.last_seen_at, { date: true }) : '—'],
+        ['坐标', `${lat.toFixed(5)}, ${lon.toFixed(5)}`]]) },
+    shape, s('title', {}, `${KIND_LABELS[kind]}：${item.name}${st ? `（${st.status_label}）` : ''}`));
+    markersLayer.append(g);
+    markers.set(item.id, { g, x, y });
   };
   devices.forEach((d) => mark(d, d.kind));
   cameras.forEach((c) => mark(c, 'camera'));
@@ -85,5 +112,77 @@ export async function render(main, { grid }) {
   main.append(h('div', { class: 'toolbar' }, h('h2', {}, '地图 ', h('small', {}, 'Map (offline, from the site file)')),
     h('span', { class: 'muted' }, `${cameras.length} 台摄像机 · ${devices.length} 台设备`)),
   h('div', { class: 'map-page' }, h('div', { class: 'map-wrap' }, svg), info));
-  return null;
+
+  // tracks of drones and radios over the chosen window
+  let tracks = new Map();
+  async function loadTracks() {
+    const hours = Number(windowSel.value);
+    const since = new Date(Date.now() - hours * 3600 * 1000).toISOString();
+    clear(tracksLayer);
+    try {
+      const pts = await api.get(`/api/grid/${encodeURIComponent(me.node_code)}/tracks?since=${encodeURIComponent(since)}&limit=20000`);
+      tracks = new Map();
+      pts.forEach((p) => { if (!tracks.has(p.device_id)) tracks.set(p.device_id, []); tracks.get(p.device_id).push(p); });
+      for (const [id, list] of tracks) {
+        const dev = devices.find((d) => d.id === id);
+        const colour = KIND_COLOURS[dev ? dev.kind : 'drone'];
+        tracksLayer.append(s('polyline', { class: 'track', 'data-device': id, stroke: colour,
+          points: list.map((p) => `${X(p.lon).toFixed(1)},${Y(p.lat).toFixed(1)}`).join(' ') }, s('title', {}, `${dev ? dev.name : id} 轨迹`)));
+      }
+      trackNote.textContent = tracks.size ? `${tracks.size} 台设备，${pts.length} 个定位点` : '该时段内没有定位数据。';
+    } catch (err) {
+      trackNote.textContent = err.missing ? '轨迹接口尚未接入。' : `轨迹不可用：${err.detail || err.message}`;
+    }
+  }
+  let anim = null;
+  function replay() {
+    cancelAnimationFrame(anim);
+    if (!tracks.size) return;
+    const all = [...tracks.values()].flat();
+    const t0 = Math.min(...all.map((p) => new Date(p.time).getTime()));
+    const t1 = Math.max(...all.map((p) => new Date(p.time).getTime()));
+    const dots = new Map([...tracks.keys()].map((id) => {
+      const dot = s('circle', { r: 7, class: 'replay-dot' });
+      tracksLayer.append(dot);
+      return [id, dot];
+    }));
+    const started = performance.now();
+    const DURATION = 10000;
+    const step = (now) => {
+      const f = Math.min(1, (now - started) / DURATION);
+      const t = t0 + (t1 - t0) * f;
+      for (const [id, list] of tracks) {
+        let p = list[0];
+        for (const q of list) { if (new Date(q.time).getTime() <= t) p = q; else break; }
+        dots.get(id).setAttribute('cx', X(p.lon));
+        dots.get(id).setAttribute('cy', Y(p.lat));
+      }
+      trackNote.textContent = `回放 ${fmtTime(new Date(t), { date: true })}`;
+      if (f < 1) anim = requestAnimationFrame(step);
+      else setTimeout(() => dots.forEach((d) => d.remove()), 1500);
+    };
+    anim = requestAnimationFrame(step);
+  }
+  windowSel.addEventListener('change', loadTracks);
+  replayBtn.addEventListener('click', replay);
+  loadTracks();
+
+  // SOS (对讲机紧急求助): the radio pulses and the alarm is on top of the panel
+  async function loadSos() {
+    try {
+      const sos = await api.get('/api/alarms?state=active&state=acknowledged&type=radio.sos&limit=20');
+      markers.forEach((m) => m.g.classList.remove('sos'));
+      clear(sosBox);
+      sosBox.hidden = !sos.length;
+      for (const a of sos) {
+        markers.get(a.source_id)?.g.classList.add('sos');
+        markersLayer.append(markers.get(a.source_id)?.g || s('g'));   // to the front
+        sosBox.append(h('div', {}, h('strong', {}, `SOS · ${a.title || '对讲机紧急求助'}`), ` ${a.source_id} · ${fmtTime(a.last_at, { date: true })} `,
+          a.case_id ? h('a', { href: `#/cases/${encodeURIComponent(a.case_id)}` }, '案件') : null));
+      }
+    } catch { sosBox.hidden = true; }
+  }
+  loadSos();
+  const off = onFeed('alarm', (m) => { if ((m.summary || {}).type === 'radio.sos') loadSos(); });
+  return () => { cancelAnimationFrame(anim); off(); };
 }

@@ -1,85 +1,125 @@
-// 统计 — figures for the control room's LED wall: what is measured today from cameras,
-// devices and events; case assessment (考核评价) once the cases API is on this hub.
-import { api, probe } from '../api.js';
-import { KIND_LABELS, clear, eventLabel, h, notAvailable, s } from '../ui.js';
+// 统计 — figures for the control room's LED wall: cases by category and state, on-time rate
+// by area and department (考核评价), device and camera availability. Every figure comes from
+// the hub; a block whose API is not reachable for this role says so.
+import { api } from '../api.js';
+import { CATEGORIES, KIND_LABELS, clear, h, s } from '../ui.js';
 
-function barChart(title, rows, { id } = {}) {
-  const max = Math.max(1, ...rows.map((r) => r.value));
-  const bw = 420;
+function barChart(title, rows, { id, unit = '', max: fixedMax } = {}) {
+  const max = fixedMax || Math.max(1, ...rows.map((r) => r.value));
+  const bw = 400;
   const rowH = 26;
   const svg = s('svg', { viewBox: `0 0 640 ${Math.max(1, rows.length) * rowH + 10}`, class: 'chart', role: 'img', 'aria-label': title });
   rows.forEach((r, i) => {
     const y = 5 + i * rowH;
+    const w = Math.max(2, (r.value / max) * bw);
     svg.append(
-      s('text', { x: 150, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, r.label),
-      s('rect', { x: 160, y: y + 3, width: Math.max(2, (r.value / max) * bw), height: rowH - 8, rx: 3, class: `bar ${r.cls || ''}` }),
-      s('text', { x: 168 + (r.value / max) * bw, y: y + 17, class: 'chart-value' }, String(r.value)));
+      s('text', { x: 170, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, r.label),
+      s('rect', { x: 180, y: y + 3, width: w, height: rowH - 8, rx: 3, class: `bar ${r.cls || ''}` }),
+      s('text', { x: 188 + w, y: y + 17, class: 'chart-value' }, `${r.text ?? r.value}${unit}`));
   });
   return h('figure', { class: 'panel chart-box', id }, h('figcaption', {}, title), rows.length ? svg : h('p', { class: 'empty' }, '暂无数据'));
 }
 
 const big = (label, value, id, cls = '') => h('div', { class: `kpi ${cls}`, id }, h('span', { class: 'kpi-value' }, String(value)), h('span', { class: 'kpi-label' }, label));
+const pct = (x) => (x === null || x === undefined ? '—' : `${Math.round(x * 100)}%`);
+const unavailable = (title, id, why) => h('figure', { class: 'panel chart-box', id }, h('figcaption', {}, title), h('p', { class: 'muted' }, why));
 
 export async function render(main, { grid }) {
   const kpis = h('div', { class: 'kpis', id: 'kpis' });
   const charts = h('div', { class: 'charts' });
+  const wrap = h('div', { class: 'stats' });
   const led = h('button', { type: 'button', id: 'led-mode', onclick: () => {
-    const el = main.querySelector('.stats');
     if (document.fullscreenElement) document.exitFullscreen();
-    else el.requestFullscreen?.().catch(() => el.classList.toggle('led'));
+    else wrap.requestFullscreen?.().catch(() => wrap.classList.toggle('led'));
   } }, '大屏模式 (LED)');
-  const wrap = h('div', { class: 'stats' }, h('div', { class: 'toolbar' }, h('h2', {}, '统计 ', h('small', {}, 'Statistics')), led), kpis, charts);
+  const stamp = h('span', { class: 'muted', id: 'stats-time' });
+  wrap.append(h('div', { class: 'toolbar' }, h('h2', {}, '统计 ', h('small', {}, 'Statistics')), led, stamp), kpis, charts);
   main.append(wrap);
   let timer = null;
   let stopped = false;
 
+  const soft = (p) => p.then((data) => ({ data }), (error) => ({ error }));
+
   async function load() {
-    const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
-    const [cameras, devices, events, live] = await Promise.all([
+    const since30 = new Date(Date.now() - 30 * 86400 * 1000).toISOString();
+    const since24 = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+    const [cameras, devices, events, live, deviceState, cases, byArea, byDept] = await Promise.all([
       api.get('/api/cameras'), api.get('/api/devices'),
-      api.get(`/api/events?limit=1000&since=${encodeURIComponent(since)}`),
-      api.get('/api/live/status').catch(() => ({ feeds: [] })),
+      soft(api.get(`/api/events?limit=1000&since=${encodeURIComponent(since24)}`)),
+      soft(api.get('/api/live/status')),
+      soft(api.get('/api/device-state')),
+      soft(api.get(`/api/cases?limit=1000&since=${encodeURIComponent(since30)}`)),
+      soft(api.get('/api/alerts/stats?by=area&level=village')),
+      soft(api.get('/api/alerts/stats?by=department')),
     ]);
-    // camera health: the newest online/offline event of each camera
+    // camera availability: the newest online/offline event of each camera
     const lastHealth = new Map();
-    for (const e of events) {
+    for (const e of events.data || []) {
       if (e.source_kind === 'camera' && (e.type === 'camera.offline' || e.type === 'camera.online') && !lastHealth.has(e.source_id)) {
         lastHealth.set(e.source_id, e.type);
       }
     }
-    const offline = [...lastHealth.values()].filter((t) => t === 'camera.offline').length;
+    const camOffline = [...lastHealth.values()].filter((t) => t === 'camera.offline').length;
+    const states = deviceState.data || [];
+    const devOnline = states.filter((d) => d.status === 'online').length;
+    const openCases = (cases.data || []).filter((c) => !['closed', 'evaluated', 'rejected', 'cancelled'].includes(c.state));
+    const overdue = openCases.filter((c) => c.overdue || c.stage_overdue).length;
+    // cameras the workers never reported on are unknown, not online
+    const camKnown = cameras.filter((c) => lastHealth.has(c.id)).length;
     clear(kpis).append(
-      big('摄像机', cameras.length, 'kpi-cameras'),
-      big('离线摄像机', offline, 'kpi-offline', offline ? 'bad' : 'ok'),
-      big('正在直播', live.feeds.filter((f) => f.state === 'live').length, 'kpi-live'),
-      big('物联设备', devices.length, 'kpi-devices'),
-      big('24小时事件', events.length, 'kpi-events'));
+      camKnown ? big('摄像机在线', `${cameras.length - camOffline}/${cameras.length}`, 'kpi-cameras', camOffline ? 'bad' : 'ok')
+        : big(`摄像机 ${cameras.length} 台（暂无健康数据）`, '—', 'kpi-cameras'),
+      big('设备在线', deviceState.data ? `${devOnline}/${devices.length}` : '—', 'kpi-devices', deviceState.data && devOnline < devices.length ? 'bad' : ''),
+      big('正在直播', live.data ? live.data.feeds.filter((f) => f.state === 'live').length : '—', 'kpi-live'),
+      big('在办案件', cases.data ? openCases.length : '—', 'kpi-open-cases'),
+      big('超时案件', cases.data ? overdue : '—', 'kpi-overdue', overdue ? 'bad' : 'ok'),
+      big('按期办结率', byArea.data ? pct(byArea.data.total.on_time_rate) : '—', 'kpi-on-time'));
+    stamp.textContent = `更新于 ${new Date().toLocaleTimeString('zh-CN', { hour12: false })}`;
 
+    const blocks = [];
+    if (cases.data) {
+      const byCat = CATEGORIES.map((c) => ({ label: c.label, value: cases.data.filter((x) => x.category === c.code).length }));
+      const byState = new Map();
+      cases.data.forEach((c) => byState.set(c.state_label || c.state, (byState.get(c.state_label || c.state) || 0) + 1));
+      blocks.push(barChart('近30天案件（按类别）', byCat, { id: 'chart-case-category' }),
+        barChart('近30天案件（按状态）', [...byState].map(([label, value]) => ({ label, value })), { id: 'chart-case-state' }));
+    } else {
+      blocks.push(unavailable('案件统计', 'chart-case-category', cases.error?.status === 403 ? '当前角色不查看案件。' : `案件数据不可用：${cases.error?.message || ''}`));
+    }
+    const rateRows = (r) => r.data.groups.filter((g) => g.cases).map((g) => ({
+      label: g.name || g.key, value: g.on_time_rate === null ? 0 : g.on_time_rate * 100,
+      text: g.on_time_rate === null ? `— (${g.cases}件)` : `${Math.round(g.on_time_rate * 100)}% (${g.closed}/${g.cases})`,
+      cls: g.on_time_rate !== null && g.on_time_rate < 0.8 ? 'bad' : '',
+    }));
+    blocks.push(byArea.data ? barChart('按期办结率（按村/社区）', rateRows(byArea), { id: 'chart-on-time-area', max: 100 })
+      : unavailable('按期办结率（按地区）', 'chart-on-time-area', byArea.error?.status === 403 ? '考核评价仅对调度员和中心主任开放。' : `不可用：${byArea.error?.message || ''}`));
+    blocks.push(byDept.data ? barChart('按期办结率（按部门）', rateRows(byDept), { id: 'chart-on-time-dept', max: 100 })
+      : unavailable('按期办结率（按部门）', 'chart-on-time-dept', byDept.error?.status === 403 ? '考核评价仅对调度员和中心主任开放。' : `不可用：${byDept.error?.message || ''}`));
+    const byKind = new Map();
+    for (const d of devices) {
+      const st = states.find((x) => x.id === d.id);
+      const k = byKind.get(d.kind) || { total: 0, online: 0 };
+      k.total += 1;
+      if (st && st.status === 'online') k.online += 1;
+      byKind.set(d.kind, k);
+    }
+    blocks.push(barChart('设备在线率（按类型）', [...byKind].map(([kind, k]) => ({
+      label: KIND_LABELS[kind] || kind, value: deviceState.data ? (k.online / k.total) * 100 : 0,
+      text: deviceState.data ? `${k.online}/${k.total}` : `${k.total} 台（状态不可用）`, cls: k.online < k.total ? 'bad' : '',
+    })), { id: 'chart-devices', max: 100 }));
     const byVillage = new Map();
     for (const c of cameras) {
       const v = c.grid_path.find((code) => ['village', 'community'].includes(grid.byCode.get(code)?.level));
       const name = v ? grid.nameOf(v) : grid.nameOf(c.grid_code);
-      byVillage.set(name, (byVillage.get(name) || 0) + 1);
+      const cur = byVillage.get(name) || { total: 0, offline: 0 };
+      cur.total += 1;
+      if (lastHealth.get(c.id) === 'camera.offline') cur.offline += 1;
+      byVillage.set(name, cur);
     }
-    const byKind = new Map();
-    devices.forEach((d) => byKind.set(d.kind, (byKind.get(d.kind) || 0) + 1));
-    const byType = new Map();
-    events.forEach((e) => byType.set(e.type, (byType.get(e.type) || 0) + 1));
-    const typeRows = [...byType].sort((a, b) => b[1] - a[1]).slice(0, 10)
-      .map(([t, n]) => ({ label: eventLabel(t), value: n, cls: t.includes('offline') || t.includes('tamper') || t.includes('sos') ? 'bad' : '' }));
-
-    clear(charts).append(
-      barChart('各村（社区）摄像机数量', [...byVillage].map(([label, value]) => ({ label, value })), { id: 'chart-cameras' }),
-      barChart('物联设备（按类型）', [...byKind].map(([k, value]) => ({ label: KIND_LABELS[k] || k, value })), { id: 'chart-devices' }),
-      barChart('近24小时事件（按类型）', typeRows, { id: 'chart-events' }),
-      h('section', { class: 'panel', id: 'case-stats' }, h('h3', {}, '案件统计与考核评价'), await caseStats()));
-  }
-
-  async function caseStats() {
-    const res = await probe('/api/cases/stats');
-    if (res.missing) return notAvailable('案件统计（按类别、状态、按期办结率）', '考核评价数据来自案件服务，接口上线后此处显示按地区、部门的按期办结率与满意度。');
-    if (!res.ok) return h('p', { class: 'error' }, res.error.message);
-    return h('pre', {}, JSON.stringify(res.data, null, 1));
+    blocks.push(barChart(camKnown ? '摄像机在线（按村/社区）' : '摄像机数量（按村/社区，暂无健康数据）', [...byVillage].map(([label, v]) => ({
+      label, value: camKnown ? v.total - v.offline : v.total, text: camKnown ? `${v.total - v.offline}/${v.total}` : `${v.total}`, cls: v.offline ? 'bad' : '',
+    })), { id: 'chart-cameras' }));
+    clear(charts).append(...blocks);
   }
 
   async function loop() {

@@ -7,7 +7,6 @@ and a device added then decommissioned (its retained topics cleared)."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta

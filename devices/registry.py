@@ -139,22 +139,6 @@ def decommission_device(conn: psycopg.Connection, device_id: str, by: str) -> De
     return get_device(conn, device_id)
 
 
-def deactivate_missing_site_devices(conn: psycopg.Connection, site_device_ids: list[str]) -> list[str]:
-    """Site devices no longer in the site file are decommissioned (API-added ones are not
-    the site file's to remove). Returns their ids; the devices service clears their
-    retained topics."""
-    rows = conn.execute(
-        """UPDATE devices SET active = false, decommissioned_at = coalesce(decommissioned_at, now()),
-               decommissioned_by = coalesce(decommissioned_by, 'site file'), updated_at = now()
-           WHERE origin = 'site' AND active AND NOT (id = ANY(%s)) RETURNING id""", (site_device_ids,)).fetchall()
-    # Already inactive (the store's own sync may have got there first) but never cleared.
-    conn.execute(
-        """UPDATE devices SET decommissioned_at = coalesce(decommissioned_at, now()),
-               decommissioned_by = coalesce(decommissioned_by, 'site file')
-           WHERE NOT active AND decommissioned_at IS NULL AND NOT (id = ANY(%s))""", (site_device_ids,))
-    return [r["id"] for r in rows]
-
-
 def retained_to_clear(conn: psycopg.Connection) -> list[tuple[str, str]]:
     """(kind, id) of inactive devices whose retained topics have not been cleared yet."""
     rows = conn.execute("SELECT kind, id FROM devices WHERE NOT active AND retained_cleared_at IS NULL "

@@ -48,6 +48,13 @@ def run_alerts(settings: Settings) -> None:
     AlertsEngine(settings).run(stop)
 
 
+def run_devices(settings: Settings) -> None:
+    from devices.service import DevicesService
+
+    stop = _stop_event()
+    DevicesService(settings).run(stop)
+
+
 def run_cameras(settings: Settings, shard: int, of: int) -> None:
     from cameras.worker import CameraWorker
 
@@ -96,16 +103,17 @@ def run_demo_cameras(settings: Settings) -> None:
 
 
 def run_demo_devices(settings: Settings) -> None:
-    import json
-
+    """The demo site's door controllers, speakers, drones and radios, each logged in with
+    its own broker account and (doors) its command-signing key."""
     from config.site import load_site
+    from devices.credentials import DeviceSecrets
     from devices.sim.simulators import DeviceFleet
 
     stop = _stop_event()
     site = load_site(settings.site_file)
-    passwords = json.loads((settings.var_dir / "secrets" / "mqtt_devices.json").read_text()) \
-        if (settings.var_dir / "secrets" / "mqtt_devices.json").exists() else {}
-    fleet = DeviceFleet.from_site(site, settings.mqtt_url, passwords=passwords)
+    secrets_store = DeviceSecrets.for_var_dir(settings.var_dir)
+    fleet = DeviceFleet.from_site(site, settings.mqtt_url, passwords=secrets_store.passwords(),
+                                  keys=secrets_store.keys())
     fleet.start()
     stop.wait()
     fleet.stop()
@@ -113,7 +121,7 @@ def run_demo_devices(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hub.process")
-    parser.add_argument("name", choices=["api", "ingest", "alerts", "cameras", "demo-cameras", "demo-devices"])
+    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "cameras", "demo-cameras", "demo-devices"])
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         run_ingest(settings)
     elif args.name == "alerts":
         run_alerts(settings)
+    elif args.name == "devices":
+        run_devices(settings)
     elif args.name == "cameras":
         run_cameras(settings, args.shard, args.of)
     elif args.name == "demo-cameras":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -67,21 +66,23 @@ class Supervisor:
             log.info("%s embedded PostgreSQL on 127.0.0.1:%d", "created" if created else "starting", s.embedded_pg_port)
             self.pg.start()
             self.db_url = self.pg.url
-        if s.mqtt_url:
-            self.mqtt_url = s.mqtt_url
-        else:
-            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port)
-            self.broker.set_accounts(self._device_accounts())
-            self.broker.start()
-            self.mqtt_url = self.broker.url
-            log.info("embedded Mosquitto on 127.0.0.1:%d", s.embedded_mqtt_port)
         wait_for_database(self.db_url, timeout=120)
         migrate.upgrade(self.db_url)
         with connect(self.db_url) as conn:
             report = sync_site(conn, self.site)
             conn.execute("DELETE FROM worker_heartbeats")
+            kinds = {r["id"]: r["kind"] for r in conn.execute("SELECT id, kind FROM devices WHERE active")}
         log.info("site %s: %d grid nodes, %d cameras, %d devices", self.site.name, report.nodes, report.cameras,
                  report.devices)
+        # The broker starts after the registry: its password file and ACL come from it.
+        if s.mqtt_url:
+            self.mqtt_url = s.mqtt_url
+        else:
+            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port)
+            self.broker.set_accounts(self._device_accounts(kinds))
+            self.broker.start()
+            self.mqtt_url = self.broker.url
+            log.info("embedded Mosquitto on 127.0.0.1:%d", s.embedded_mqtt_port)
         for source, old, new in report.moved:
             if old is not None:
                 log.info("%s moved from grid %s to %s (history kept)", source, old, new)
@@ -90,23 +91,19 @@ class Supervisor:
                 # Shown once, on the console of whoever started the hub; stored only as a hash.
                 print(f"[xlhub] created user {username} with initial password: {password}", flush=True)
 
-    def _device_accounts(self) -> list[MqttAccount]:
-        """一机一帐号: one broker account per device, passwords generated once and kept in var/secrets."""
-        path = self.settings.var_dir / "secrets" / "mqtt_devices.json"
-        known = json.loads(path.read_text()) if path.exists() else {}
-        accounts = []
+    def _device_accounts(self, kinds: dict[str, str]) -> list[MqttAccount]:
+        """一机一帐号: one broker account per active device. Site devices get theirs on
+        first start (doors also a command-signing key); API-added devices through
+        `xlhub devices credentials issue`."""
+        from devices.credentials import DeviceSecrets, broker_accounts
+
+        secrets_store = DeviceSecrets.for_var_dir(self.settings.var_dir)
+        known = secrets_store.passwords()
         for dev in self.site.devices:
-            kind = str(getattr(dev.kind, "value", dev.kind))
             if dev.id not in known:
-                known[dev.id] = secrets.token_urlsafe(18)
-            accounts.append(device_account(kind, dev.id, known[dev.id]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(known, f)
-        os.replace(tmp, path)
-        return accounts
+                secrets_store.issue(dev.id, signing_key=str(dev.kind) == "door")
+        return [device_account(kind, device_id, password)
+                for kind, device_id, password in broker_accounts(secrets_store, kinds)]
 
     def plan_children(self) -> None:
         py = [sys.executable, "-m", "hub.process"]
@@ -114,6 +111,7 @@ class Supervisor:
         self.children = [
             Child("ingest", [*py, "ingest"], True),
             Child("alerts", [*py, "alerts"], True),
+            Child("devices", [*py, "devices"], True),
             *[Child(f"cameras-{i}", [*py, "cameras", "--shard", str(i), "--of", str(s.camera_workers)], True)
               for i in range(s.camera_workers)],
             Child("api", [*py, "api"], False),

@@ -76,7 +76,8 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
         conn.execute(
             """INSERT INTO devices (id, kind, name, lat, lon, active) VALUES (%s, %s, %s, %s, %s, true)
                ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, name = EXCLUDED.name, lat = EXCLUDED.lat,
-                   lon = EXCLUDED.lon, active = true, updated_at = now()""",
+                   lon = EXCLUDED.lon, active = true, decommissioned_at = NULL, decommissioned_by = NULL,
+                   updated_at = now()""",
             (dev.id, _enum(dev.kind), dev.name, dev.position.lat if dev.position else None,
              dev.position.lon if dev.position else None),
         )
@@ -87,8 +88,12 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
     # ids) but keep their rows: their history still points at them.
     conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s))",
                  ([c.id for c in site.cameras],))
+    # Devices added through the API are not the site file's to remove. The devices
+    # service clears a decommissioned device's retained topics.
     report.deactivated = [r["id"] for r in conn.execute(
-        "UPDATE devices SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s)) RETURNING id",
+        """UPDATE devices SET active = false, decommissioned_at = now(), decommissioned_by = 'site file',
+               updated_at = now()
+           WHERE active AND origin = 'site' AND NOT (id = ANY(%s)) RETURNING id""",
         ([d.id for d in site.devices],)).fetchall()]
 
     for dept in site.departments:

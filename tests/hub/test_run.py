@@ -95,7 +95,7 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
         assert (db["timescaledb"], db["license"]) == ("2.19.3", "apache")
         assert ready["checks"]["broker"]["ready"]
         workers = ready["checks"]["workers"]["workers"]
-        assert {"ingest", "alerts", "cameras-0"} <= set(workers) and all(w["ready"] for w in workers.values())
+        assert {"ingest", "alerts", "devices", "cameras-0"} <= set(workers) and all(w["ready"] for w in workers.values())
 
         site = load_site(DEMO_SITE_FILE)
         admin = next(u for u in site.users if str(u.role) == "admin")

@@ -15,17 +15,27 @@ and path like every other problem.  This module must not import :mod:`config.sit
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
-import zoneinfo
 from datetime import time as dtime
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from config.fields import (
+    SECRET_QUERY_KEYS,
+    Code,
+    EnvName,
+    Id,
+    StrictModel,
+    Text,
+    check_text,
+    check_timezone,
+    suggest,
+)
 
 __all__ = [
     "AlarmSpec", "Arming", "CATEGORY_LABELS", "CaseSpec", "CaseSystem", "Category", "Correlation",
@@ -149,12 +159,8 @@ def _from_label(labels: dict) -> BeforeValidator:
 # ---------------------------------------------------------------------------- value checks
 
 _DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)(d|h|ms|m|s))")
-_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_CODE_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 _PATTERN_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*(?:\.\*)?")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _HHMM_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
-_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass", "pw", "token", "secret", "key", "api_key", "apikey"}
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -188,17 +194,6 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _id(value: str) -> str:
-    if not _ID_RE.fullmatch(value):
-        raise ValueError("must be 1–63 characters: lowercase letters, digits, '-' or '_', "
-                         "starting with a letter or digit")
-    return value
-
-
-def _code(value: str) -> str:
-    if not _CODE_RE.fullmatch(value):
-        raise ValueError("must be 1–32 letters or digits (a grid code)")
-    return value
 
 
 def _pattern(value: str) -> str:
@@ -208,22 +203,12 @@ def _pattern(value: str) -> str:
     kind = value.split(".", 1)[0]
     if kind not in EVENT_KINDS:
         raise ValueError(f"must start with a source kind ({', '.join(EVENT_KINDS)}), not '{kind}'"
-                         + _suggest(kind, EVENT_KINDS))
+                         + suggest(kind, EVENT_KINDS))
     if value.count(".") == 0:
         raise ValueError(f"names only the kind; write {value}.* for every {value} event")
     return value
 
 
-def _env_name(value: str) -> str:
-    if not _ENV_RE.fullmatch(value):
-        raise ValueError("must be an environment variable name (letters, digits and '_', not starting with a digit)")
-    return value
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
 
 
 def _hhmm(value: Any) -> str:
@@ -255,7 +240,7 @@ def http_url_problem(url: str) -> str | None:
     if port is not None and not 1 <= port <= 65535:
         return "port is out of range 1–65535"
     for key, _ in parse_qsl(parts.query, keep_blank_values=True):
-        if key.lower() in _SECRET_QUERY_KEYS:
+        if key.lower() in SECRET_QUERY_KEYS:
             return f"a secret in the query string ('{key}=…'); use secret_env or secret_file"
     return None
 
@@ -267,18 +252,10 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _suggest(value: str, choices) -> str:
-    match = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.7)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
-
-Id = Annotated[str, AfterValidator(_id)]
-Code = Annotated[str, AfterValidator(_code)]
-Text = Annotated[str, Field(max_length=200), AfterValidator(_text)]
-LongText = Annotated[str, Field(max_length=1000), AfterValidator(_text)]
+LongText = Annotated[str, Field(max_length=1000), AfterValidator(check_text)]
 EventPattern = Annotated[str, AfterValidator(_pattern)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 TimeOfDay = Annotated[str, BeforeValidator(_hhmm)]
 Level = Literal["county", "township", "village", "community", "grid"]
@@ -289,8 +266,6 @@ _EmptyList = BeforeValidator(lambda v: [] if v is None else v)
 _EmptyDict = BeforeValidator(lambda v: {} if v is None else v)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=False)
 
 
 def pattern_matches(pattern: str, event_type: str) -> bool:
@@ -302,7 +277,7 @@ def pattern_matches(pattern: str, event_type: str) -> bool:
 
 # ---------------------------------------------------------------------------- rules
 
-class EventMatch(_Model):
+class EventMatch(StrictModel):
     """Which events a rule looks at."""
     types: Annotated[list[EventPattern], Field(min_length=1, max_length=32)]
     sources: Annotated[list[Id], _EmptyList] = Field(default_factory=list, description="camera/device ids; empty: any")
@@ -311,7 +286,7 @@ class EventMatch(_Model):
         None, description="ignore events whose severity hint is below this")
 
 
-class Correlation(_Model):
+class Correlation(StrictModel):
     """One incident: events of the nearest cameras within a window around the trigger are
     attached to its alarm (with their snapshots and clips) instead of raising their own."""
     window: Duration = timedelta(seconds=60)
@@ -322,7 +297,7 @@ class Correlation(_Model):
     request_evidence: bool = Field(True, description="ask the cameras for a snapshot and clip around the event")
 
 
-class AlarmSpec(_Model):
+class AlarmSpec(StrictModel):
     severity: SeverityField
     title: Text | None = Field(None, description="default: the rule's name")
     correlate: Correlation | None = None
@@ -333,7 +308,7 @@ class AlarmSpec(_Model):
     flap_limit: int = Field(3, ge=1, le=100, description="re-raises within flap_window before it is 'flapping'")
 
 
-class CaseSpec(_Model):
+class CaseSpec(StrictModel):
     category: CategoryField
     urgency: UrgencyField
     level: Level = Field("township", description="the level responsible for the case (责任层级)")
@@ -346,7 +321,7 @@ class CaseSpec(_Model):
     title: Text | None = None
 
 
-class BroadcastAction(_Model):
+class BroadcastAction(StrictModel):
     """Play a message on the speakers (村村响) of the area around the event."""
     area: Level = Field("village", description="the event's node at this level: its speakers play")
     message: LongText
@@ -354,7 +329,7 @@ class BroadcastAction(_Model):
     repeat: int = Field(2, ge=1, le=10)
 
 
-class NotifyAction(_Model):
+class NotifyAction(StrictModel):
     """Notify the people of a role at the event's node of a level (e.g. the on-duty dispatcher)."""
     role: Literal["admin", "video_supervisor", "dispatcher", "hotline", "grid_worker", "grid_head",
                   "department_handler", "centre_lead"]
@@ -362,13 +337,13 @@ class NotifyAction(_Model):
     message: LongText | None = None
 
 
-class RuleAction(_Model):
+class RuleAction(StrictModel):
     """Exactly one of broadcast or notify."""
     broadcast: BroadcastAction | None = None
     notify: NotifyAction | None = None
 
 
-class Rule(_Model):
+class Rule(StrictModel):
     id: Id
     name: Text
     enabled: bool = True
@@ -381,29 +356,21 @@ class Rule(_Model):
 
 # ---------------------------------------------------------------------------- schedules
 
-class TimeWindow(_Model):
+class TimeWindow(StrictModel):
     days: Annotated[list[Weekday], _EmptyList] = Field(default_factory=lambda: list(Weekday),
                                                        description="days the window starts on; default every day")
     start: TimeOfDay
     end: TimeOfDay = Field(description="end before start: the window crosses midnight")
 
 
-def _timezone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        if zoneinfo.available_timezones():
-            raise ValueError("unknown time zone (use an IANA name such as Asia/Shanghai)") from None
-    return value
 
-
-class Schedule(_Model):
+class Schedule(StrictModel):
     name: Text | None = None
-    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(None, description="default: the site's")
+    timezone: Annotated[str, AfterValidator(check_timezone)] | None = Field(None, description="default: the site's")
     windows: Annotated[list[TimeWindow], Field(min_length=1, max_length=64)]
 
 
-class Arming(_Model):
+class Arming(StrictModel):
     """Events of these grids/sources raise alarms (of these rules) only while the schedule is on."""
     schedule: Id
     grids: Annotated[list[Code], _EmptyList] = Field(default_factory=list)
@@ -416,14 +383,14 @@ class Arming(_Model):
 def _stage(value: str) -> str:
     if value not in Stage.__members__:
         stages = ", ".join(f"{s.value} ({s.label})" for s in Stage)
-        raise ValueError(f"unknown stage '{value[:30]}'{_suggest(value, list(Stage.__members__))}; stages: {stages}")
+        raise ValueError(f"unknown stage '{value[:30]}'{suggest(value, list(Stage.__members__))}; stages: {stages}")
     return value
 
 
 StageKey = Annotated[str, AfterValidator(_stage)]
 
 
-class SlaDefault(_Model):
+class SlaDefault(StrictModel):
     total: Duration
     stages: Annotated[dict[StageKey, Duration], _EmptyDict] = Field(
         default_factory=dict, description="accept, dispatch, handle, verify, close")
@@ -435,7 +402,7 @@ class SlaLimit(SlaDefault):
     urgency: UrgencyField | None = Field(None, description="absent: any urgency")
 
 
-class Sla(_Model):
+class Sla(StrictModel):
     warn_at: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False, description="share of a limit that warns")
     default: SlaDefault = Field(default_factory=lambda: SlaDefault(total=timedelta(days=3)))
     limits: Annotated[list[SlaLimit], _EmptyList] = Field(default_factory=list)
@@ -456,19 +423,19 @@ class Sla(_Model):
 
 # ---------------------------------------------------------------------------- case systems
 
-class Retry(_Model):
+class Retry(StrictModel):
     first: Duration = timedelta(seconds=1)
     max_interval: Duration = timedelta(hours=1)
     give_up_after: Duration = Field(timedelta(hours=24), description="then the message is dead-lettered")
 
 
-class CaseSystem(_Model):
+class CaseSystem(StrictModel):
     """An external case system (e.g. the county's 网格化服务管理平台) that receives cases by
     webhook and reports their status back."""
     name: Id
     url: HttpUrl
     secret_env: EnvName | None = None
-    secret_file: Annotated[str, AfterValidator(_text)] | None = None
+    secret_file: Annotated[str, AfterValidator(check_text)] | None = None
     events: Annotated[list[Literal["case.created", "case.transition", "case.sla", "case.evidence"]], _EmptyList] = \
         Field(default_factory=lambda: list(CASE_EVENTS))
     categories: Annotated[list[CategoryField], _EmptyList] = Field(default_factory=list, description="empty: all")
@@ -501,18 +468,18 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
 
     def node_ref(loc: tuple, value: Any) -> None:
         if codes and isinstance(value, str) and value not in codes:
-            out.append((loc, f"unknown grid node '{value}'" + _suggest(value, codes)))
+            out.append((loc, f"unknown grid node '{value}'" + suggest(value, codes)))
 
     def source_ref(loc: tuple, value: Any) -> None:
         if isinstance(value, str) and value not in sources:
-            out.append((loc, f"unknown camera or device '{value}'" + _suggest(value, sources)))
+            out.append((loc, f"unknown camera or device '{value}'" + suggest(value, sources)))
 
     schedules = data.get("schedules")
     schedule_ids = {k for k in schedules if isinstance(k, str)} if isinstance(schedules, dict) else set()
 
     def schedule_ref(loc: tuple, value: Any) -> None:
         if isinstance(value, str) and value not in schedule_ids:
-            where = _suggest(value, schedule_ids) if schedule_ids else " (there is no 'schedules:' section)"
+            where = suggest(value, schedule_ids) if schedule_ids else " (there is no 'schedules:' section)"
             out.append((loc, f"unknown schedule '{value}'" + where))
 
     # -- rules
@@ -558,7 +525,7 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
                             "dispatching at once needs 'auto_register: true' (a case is registered 立案 before 派遣)"))
             for j, dept in dispatch:
                 if departments is not None and dept not in departments:
-                    where = _suggest(dept, departments) if departments else " (there is no 'departments:' section)"
+                    where = suggest(dept, departments) if departments else " (there is no 'departments:' section)"
                     out.append((loc + ("case", "dispatch_to", j), f"unknown department '{dept}'" + where))
         actions = rule.get("actions")
         for j, action in enumerate(actions if isinstance(actions, list) else []):
@@ -590,7 +557,7 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
             source_ref(loc + ("sources", j), src)
         for j, rid in _strs(entry.get("rules")):
             if isinstance(rules, list) and rid not in rule_ids:
-                out.append((loc + ("rules", j), f"unknown rule '{rid}'" + _suggest(rid, rule_ids)))
+                out.append((loc + ("rules", j), f"unknown rule '{rid}'" + suggest(rid, rule_ids)))
 
     # -- schedules: a window must not be empty
     for sid, sched in (schedules.items() if isinstance(schedules, dict) else []):

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import types
-import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,7 +37,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -60,6 +58,17 @@ from config.alerting import (
     Sla,
     Urgency,
     alerting_findings,
+)
+from config.fields import (
+    SECRET_QUERY_KEYS,
+    Code,
+    EnvName,
+    Id,
+    StrictModel,
+    Text,
+    check_text,
+    check_timezone,
+    suggest,
 )
 
 __all__ = [
@@ -162,24 +171,9 @@ _PASSWORD_SOURCES = ("password_env", "password_file", "password")
 
 # ---------------------------------------------------------------------------- value checks
 
-_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_CODE_RE = re.compile(r"[0-9A-Za-z]{1,32}")
 _USERNAME_RE = re.compile(r"[a-z0-9_.-]{2,32}")
-_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass", "pw", "token", "secret"}
 
 
-def _id(value: str) -> str:
-    if not _ID_RE.fullmatch(value):
-        raise ValueError("must be 1–63 characters: lowercase letters, digits, '-' or '_', "
-                         "starting with a letter or digit")
-    return value
-
-
-def _code(value: str) -> str:
-    if not _CODE_RE.fullmatch(value):
-        raise ValueError("must be 1–32 letters or digits (the province-assigned code)")
-    return value
 
 
 def _username(value: str) -> str:
@@ -188,16 +182,6 @@ def _username(value: str) -> str:
     return value
 
 
-def _env_name(value: str) -> str:
-    if not _ENV_RE.fullmatch(value):
-        raise ValueError("must be an environment variable name (letters, digits and '_', not starting with a digit)")
-    return value
-
-
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
 
 
 def _host(value: str) -> str:
@@ -205,14 +189,6 @@ def _host(value: str) -> str:
         raise ValueError("must be a bare host name or IP address (no scheme, path, spaces or user@)")
     return value
 
-
-def _timezone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        if zoneinfo.available_timezones():          # no tz database at all: cannot judge
-            raise ValueError("unknown time zone (use an IANA name such as Asia/Shanghai)") from None
-    return value
 
 
 def url_problem(url: str, schemes: tuple[str, ...] = ("rtsp", "rtsps")) -> str | None:
@@ -249,7 +225,7 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("rtsp", "rtsps")) -> str |
     if parts.netloc.endswith(":"):
         return "port is empty after ':'"
     for key, _value in parse_qsl(parts.query, keep_blank_values=True):
-        if key.lower() in _SECRET_QUERY_KEYS or key.lower() in {"user", "username"}:
+        if key.lower() in SECRET_QUERY_KEYS or key.lower() in {"user", "username"}:
             return (f"credentials in the query string ('{key}=…'); refer to an entry of 'credentials:' "
                     "with the camera's 'credentials' key instead")
     return None
@@ -262,10 +238,6 @@ def _rtsp_url(value: str) -> str:
     return value
 
 
-Id = Annotated[str, AfterValidator(_id)]
-Code = Annotated[str, AfterValidator(_code)]
-Text = Annotated[str, Field(max_length=200), AfterValidator(_text)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
 RtspUrl = Annotated[str, AfterValidator(_rtsp_url)]
 # An empty section (``cameras:`` with every entry commented out) reads as null: take it as empty.
 _EmptyList = BeforeValidator(lambda v: [] if v is None else v)
@@ -274,9 +246,6 @@ Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 
 
-class _Model(BaseModel):
-    # hide_input_in_errors: a pydantic ValidationError printed by someone must not show a password.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=False)
 
 
 def _run_rules(obj: BaseModel, info: ValidationInfo, rule) -> None:
@@ -295,12 +264,12 @@ def _join_loc(loc: tuple) -> str:
 
 # ---------------------------------------------------------------------------- models
 
-class GeoPoint(_Model):
+class GeoPoint(StrictModel):
     lat: Lat
     lon: Lon
 
 
-class GridNode(_Model):
+class GridNode(StrictModel):
     """One node of the grid tree: county 县(区) → township 乡镇(街道) → village 村 | community 社区 → grid 网格."""
 
     code: Code
@@ -317,12 +286,12 @@ class GridNode(_Model):
         return self
 
 
-class Credential(_Model):
+class Credential(StrictModel):
     """A user name and exactly one password source.  Never printed with its secret."""
 
     username: Text
     password_env: EnvName | None = None
-    password_file: Annotated[str, AfterValidator(_text)] | None = None
+    password_file: Annotated[str, AfterValidator(check_text)] | None = None
     password: SecretStr | None = Field(None, description="plain password in the file: allowed, discouraged")
 
     @model_validator(mode="after")
@@ -335,12 +304,12 @@ class Credential(_Model):
         return self
 
 
-class Onvif(_Model):
+class Onvif(StrictModel):
     host: Annotated[str, AfterValidator(_host)]
     port: int = Field(80, ge=1, le=65535)
 
 
-class Camera(_Model):
+class Camera(StrictModel):
     id: Id
     name: Text
     grid: Code = Field(description="code of any node of the grid tree")
@@ -349,7 +318,7 @@ class Camera(_Model):
     onvif: Onvif | None = None
     credentials: Id | None = Field(None, description="name of an entry of the site's credentials")
     position: GeoPoint | None = None
-    tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(_text)]], _EmptyList] = Field(
+    tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(check_text)]], _EmptyList] = Field(
         default_factory=list)
 
     @model_validator(mode="after")
@@ -358,7 +327,7 @@ class Camera(_Model):
         return self
 
 
-class Device(_Model):
+class Device(StrictModel):
     id: Id
     kind: DeviceKind
     name: Text
@@ -366,13 +335,13 @@ class Device(_Model):
     position: GeoPoint | None = None
 
 
-class Department(_Model):
+class Department(StrictModel):
     code: Id
     name: Text
     node: Code = Field(description="grid node where the department sits")
 
 
-class User(_Model):
+class User(StrictModel):
     username: Annotated[str, AfterValidator(_username)]
     name: Text
     role: Role
@@ -387,10 +356,10 @@ class User(_Model):
         return self
 
 
-class Site(_Model):
+class Site(StrictModel):
     version: Literal[1]
     name: Text
-    timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Shanghai"
+    timezone: Annotated[str, AfterValidator(check_timezone)] = "Asia/Shanghai"
     grid: GridNode
     credentials: Annotated[dict[Id, Credential], _EmptyDict] = Field(default_factory=dict)
     cameras: Annotated[list[Camera], _EmptyList] = Field(default_factory=list)
@@ -611,10 +580,6 @@ def _user_rules(d: Any) -> list[tuple[tuple, str]]:
     return []
 
 
-def _suggest(value: str, choices) -> str:
-    match = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.75)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
 
 _MAX_TREE_DEPTH = 12
 
@@ -670,7 +635,7 @@ def _site_rules(data: Any) -> list[_Finding]:
 
     def node_ref(loc: tuple, value: Any) -> None:
         if check_nodes and isinstance(value, str) and value not in codes:
-            out.append(_Finding(loc, f"unknown grid node '{value}'" + _suggest(value, codes)))
+            out.append(_Finding(loc, f"unknown grid node '{value}'" + suggest(value, codes)))
 
     # -- credentials
     creds = data.get("credentials")
@@ -706,7 +671,7 @@ def _site_rules(data: Any) -> list[_Finding]:
                     out.append(_Finding(loc + sub, reason))
                 ref = item.get("credentials")
                 if isinstance(ref, str) and cred_names is not None and ref not in cred_names:
-                    where = _suggest(ref, cred_names) if cred_names else " (there is no 'credentials:' section)"
+                    where = suggest(ref, cred_names) if cred_names else " (there is no 'credentials:' section)"
                     out.append(_Finding(loc + ("credentials",), f"unknown credentials '{ref}'" + where))
 
     # -- departments
@@ -747,7 +712,7 @@ def _site_rules(data: Any) -> list[_Finding]:
             dept = item.get("department")
             if isinstance(dept, str) and dept_codes is not None and dept not in dept_codes \
                     and _enum(Role, item.get("role")) in (Role.department_handler, None):
-                where = _suggest(dept, dept_codes) if dept_codes else " (there is no 'departments:' section)"
+                where = suggest(dept, dept_codes) if dept_codes else " (there is no 'departments:' section)"
                 out.append(_Finding(loc + ("department",), f"unknown department '{dept}'" + where))
 
     # -- alerting: rules, schedules, arming, sla, case systems (config/alerting.py)
@@ -937,7 +902,7 @@ def _enum_reason(loc: tuple, value: Any) -> str:
         if by_label:
             return reason + f" (did you mean '{by_label[0].value}' ({labels[by_label[0]]})?)"
         shown = value if len(value) <= 40 else value[:37] + "…"
-        reason = f"'{shown}' is not valid; " + reason + _suggest(value.lower(), values)
+        reason = f"'{shown}' is not valid; " + reason + suggest(value.lower(), values)
     return reason
 
 

@@ -1,0 +1,72 @@
+"""Field types and checks shared by every section of the site file (the grid tree and
+its sources in config/site.py, the rules and delivery targets in config/alerting.py).
+
+Each check raises ValueError with a reason an administrator can act on, and never
+echoes a secret."""
+from __future__ import annotations
+
+import difflib
+import re
+import zoneinfo
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+CODE_RE = re.compile(r"[0-9A-Za-z]{1,32}")
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Query parameters that carry a secret: refused in any URL of the site file.
+SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass", "pw", "token", "secret", "key", "api_key", "apikey"}
+
+
+class StrictModel(BaseModel):
+    """A site-file section: unknown keys are problems (typos), inputs never echoed."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=False)
+
+
+def check_id(value: str) -> str:
+    if not ID_RE.fullmatch(value):
+        raise ValueError("must be 1–63 characters: lowercase letters, digits, '-' or '_', "
+                         "starting with a letter or digit")
+    return value
+
+
+def check_code(value: str) -> str:
+    if not CODE_RE.fullmatch(value):
+        raise ValueError("must be 1–32 letters or digits (the province-assigned code)")
+    return value
+
+
+def check_env_name(value: str) -> str:
+    if not ENV_RE.fullmatch(value):
+        raise ValueError("must be an environment variable name (letters, digits and '_', not starting with a digit)")
+    return value
+
+
+def check_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def check_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if zoneinfo.available_timezones():          # no tz database at all: cannot judge
+            raise ValueError("unknown time zone (use an IANA name such as Asia/Shanghai)") from None
+    return value
+
+
+def suggest(value: str, choices, cutoff: float = 0.7) -> str:
+    """" (did you mean 'x'?)" for the closest choice, or nothing."""
+    match = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+Id = Annotated[str, AfterValidator(check_id)]
+Code = Annotated[str, AfterValidator(check_code)]
+Text = Annotated[str, Field(max_length=200), AfterValidator(check_text)]
+EnvName = Annotated[str, AfterValidator(check_env_name)]
+TimeZone = Annotated[str, AfterValidator(check_timezone)]

@@ -37,10 +37,10 @@ def shots(artifacts_dir) -> Path:
 class UI:
     """A browser tab on the hub, logged in through the login form."""
 
-    def __init__(self, browser, base_url: str):
+    def __init__(self, browser, base_url: str, bypass_csp: bool = True):
+        # bypass_csp lets wait_for_function evaluate strings; one test runs under the real policy
         self.context = browser.new_context(base_url=base_url, viewport={"width": 1440, "height": 900},
-                                           locale="zh-CN", timezone_id="Asia/Shanghai",
-                                           bypass_csp=True)  # lets wait_for_function evaluate strings
+                                           locale="zh-CN", timezone_id="Asia/Shanghai", bypass_csp=bypass_csp)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.console: list[str] = []
@@ -69,8 +69,8 @@ class UI:
 def ui_for(browser, live_api):
     opened: list[UI] = []
 
-    def make(username: str | None = None) -> UI:
-        ui = UI(browser, live_api.base_url)
+    def make(username: str | None = None, bypass_csp: bool = True) -> UI:
+        ui = UI(browser, live_api.base_url, bypass_csp=bypass_csp)
         opened.append(ui)
         if username:
             ui.login(username)

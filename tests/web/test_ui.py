@@ -312,3 +312,20 @@ def test_broadcast_is_sent_and_its_receipts_shown(ui_for, shots, speakers_on_air
     p.keyboard.press("Escape")
     p.wait_for_selector("#broadcast-list li")
     assert "今晚有大风" in p.text_content("#broadcast-list")
+
+
+def test_every_page_works_under_the_uis_own_content_security_policy(ui_for):
+    """No inline script, no eval, nothing from another origin: the policy the hub sends is
+    the one the pages live with (the other tests relax it only for Playwright's helpers)."""
+    ui = ui_for("ds-dispatcher", bypass_csp=False)
+    p = ui.page
+    headers = p.request.get("/").headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    for page, ready in [("wall", '.tile[data-state="live"]'), ("alerts", "#alarm-list li"), ("cases", "#case-board .columns"),
+                        ("broadcast", "#broadcast-history h2"), ("map", "#map-svg .marker"), ("stats", "#kpi-cameras"),
+                        ("account", "#password-form")]:
+        p.click(f"#nav-{page}")
+        p.wait_for_selector(ready, timeout=30000)
+    violations = [m for m in ui.console if "Content Security Policy" in m or "Refused to" in m]
+    assert not violations, violations
+    assert not ui.errors, ui.errors

@@ -130,6 +130,7 @@ export async function render(main, { me, grid }) {
     const counter = h('span', { class: 'frames', dataset: { role: 'frames' } }, '');
     const reason = h('span', { class: 'reason' });
     const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
+    const ptzBtn = cam.has_onvif ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
     const zoomBtn = h('button', { type: 'button', class: 'icon-btn', title: '放大/还原', 'aria-label': '放大', onclick: (e) => { e.stopPropagation(); toggleZoom(cam.id); } }, '⤢');
     let el;
     const live = new LiveTile(cam, {
@@ -149,7 +150,7 @@ export async function render(main, { me, grid }) {
       ondblclick: () => toggleZoom(cam.id),
       onfocus: () => select(cam.id),
     },
-    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), zoomBtn),
+    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), ptzBtn, zoomBtn),
     live.el,
     h('footer', {}, stateBadge, healthBadge, reason, counter, flagBtn));
     flagBtn.disabled = true;
@@ -169,6 +170,24 @@ export async function render(main, { me, grid }) {
       live.img.hidden = false;
       live.video.hidden = true;
     } catch { /* no picture at all */ }
+  }
+
+  // PTZ for ONVIF cameras that have it: each press moves briefly, then stops.
+  function openPtz(cam) {
+    const result = h('p', { role: 'status', id: 'ptz-result' });
+    const move = async (pan, tilt, zoom) => {
+      clear(result);
+      try {
+        await api.post(`/api/cameras/${encodeURIComponent(cam.id)}/ptz`, { pan, tilt, zoom, duration_s: 0.5 });
+      } catch (err) {
+        result.append(err.missing ? '云台控制接口尚未接入（ONVIF PTZ 已在摄像机模块实现，等待 API）。PTZ API not available yet.'
+          : `云台控制失败：${err.detail || err.message}`);
+      }
+    };
+    const b = (label, pan, tilt, zoom) => h('button', { type: 'button', onclick: () => move(pan, tilt, zoom) }, label);
+    modal(`云台 · ${cam.name}`, h('div', { class: 'ptz' },
+      h('div', { class: 'ptz-pad' }, h('span'), b('▲', 0, 0.5, 0), h('span'), b('◀', -0.5, 0, 0), h('span'), b('▶', 0.5, 0, 0), h('span'), b('▼', 0, -0.5, 0), h('span')),
+      h('div', { class: 'row' }, b('放大 +', 0, 0, 0.5), b('缩小 −', 0, 0, -0.5)), result));
   }
 
   function select(id) {

@@ -20,13 +20,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from api.audit import entry_for
 from api.deps import SESSION_COOKIE, Conn, ensure_in_scope, require
 from api.permissions import Permission, allowed
+from api.registry.views import Event, query_events
 from devices import registry
 from devices.broadcast import audio as broadcast_audio
 from devices.broadcast import store as broadcasts
@@ -280,51 +290,25 @@ def grid_tracks(code: str, conn: Conn, principal: Annotated[Principal, Depends(r
 
 
 # ============================================================================ events
-class DeviceEvent(BaseModel):
-    id: str
-    time: datetime
-    source_time: datetime | None
-    source_kind: str
-    source_id: str
-    type: str
-    grid_code: str | None
-    severity: str | None
-    lat: float | None
-    lon: float | None
-    payload: dict
-    evidence: list
-
-
-def _events(conn, where: str, params: dict, type_prefix: str | None, since, until, limit) -> list[DeviceEvent]:
-    clauses = [where]
-    if type_prefix:
-        clauses.append("type LIKE %(type)s")
-        params["type"] = type_prefix.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
-    since, until = _window(since, until, timedelta(days=7))
-    clauses.append("time >= %(since)s AND time < %(until)s")
-    params.update(since=since, until=until, limit=limit)
-    rows = conn.execute(
-        f"""SELECT id, time, source_time, source_kind, source_id, type, grid_code, severity, lat, lon, payload, evidence
-            FROM events WHERE {' AND '.join(clauses)} ORDER BY time DESC LIMIT %(limit)s""", params).fetchall()
-    return [DeviceEvent(**r) for r in rows]
-
-
-@router.get("/devices/{device_id}/events", response_model=list[DeviceEvent])
+@router.get("/devices/{device_id}/events", response_model=list[Event])
 def device_events(device_id: str, conn: Conn, principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))],
                   type_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeviceEvent]:
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
     """A device's events, newest first (SOS, door events, playback receipts, geofence …)."""
     _device_in_scope(conn, principal, device_id)
-    return _events(conn, "source_id = %(dev)s", {"dev": device_id}, type_prefix, since, until, limit)
+    since, until = _window(since, until, timedelta(days=7))
+    return query_events(conn, principal, source_id=device_id, type_prefix=type_prefix, since=since, until=until,
+                        limit=limit)
 
 
-@router.get("/grid/{code}/events", response_model=list[DeviceEvent])
+@router.get("/grid/{code}/events", response_model=list[Event])
 def grid_events(code: str, conn: Conn, principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))],
                 type_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeviceEvent]:
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
     """Events of every source under a grid node, newest first."""
     _node_in_scope(conn, principal, code)
-    return _events(conn, "grid_path @> ARRAY[%(code)s]", {"code": code}, type_prefix, since, until, limit)
+    since, until = _window(since, until, timedelta(days=7))
+    return query_events(conn, principal, grid=code, type_prefix=type_prefix, since=since, until=until, limit=limit)
 
 
 # ============================================================================ registry
@@ -605,17 +589,14 @@ def create_broadcast(body: BroadcastIn, request: Request, conn: Conn,
     Mandarin) here, so the file every village hears is fixed and hashed now."""
     for code in dict.fromkeys(body.targets):
         _target_in_scope(conn, principal, code)
-    cfg = _cfg(request)
-    audio_id, duration = body.audio_id, None
+    voice = broadcast_audio.Voice.from_settings(_cfg(request), _var_dir(request))
     try:
-        if body.text and not body.audio_id and not body.audio_url:
-            f = broadcast_audio.synthesize(conn, body.text, cfg.media_root(_var_dir(request)), created_by=principal.name,
-                                           voice=cfg.tts_voice, words_per_minute=cfg.tts_words_per_minute)
-            audio_id, duration = f.id, f.duration_s
-        row = broadcasts.create_broadcast(conn, broadcasts.BroadcastRequest(
-            targets=body.targets, kind=body.kind, priority=body.priority, text=body.text, audio_id=audio_id,
-            audio_url=body.audio_url, duration_s=duration, scheduled_at=body.at, repeat=body.repeat,
-            volume=body.volume, expires_in_s=body.expires_in_s), _requester(principal))
+        req = broadcasts.with_speech(conn, broadcasts.BroadcastRequest(
+            targets=body.targets, kind=body.kind, priority=body.priority, text=body.text, audio_id=body.audio_id,
+            audio_url=body.audio_url, scheduled_at=body.at, repeat=body.repeat, volume=body.volume,
+            expires_in_s=body.expires_in_s), voice, principal.name)
+        audio_id = req.audio_id
+        row = broadcasts.create_broadcast(conn, req, _requester(principal))
     except broadcast_audio.AudioError as exc:
         raise HTTPException(422, str(exc)) from None
     except registry.RegistryError as exc:
@@ -758,7 +739,9 @@ def upload_media(device_id: str, request: Request, conn: Conn,
     dev = _authenticated_device(request, conn)
     if dev.id != device_id:
         raise HTTPException(403, "a device uploads only its own media")
-    from cameras.config import EvidenceSettings   # where evidence lives (shared with the camera workers)
+    from cameras.config import (
+        EvidenceSettings,  # where evidence lives (shared with the camera workers)
+    )
     root = EvidenceSettings().root(_var_dir(request))
     try:
         stored = save_media(conn, root, dev, file.file, file.content_type, max_bytes=_cfg(request).max_media_bytes,

@@ -162,23 +162,21 @@ class Event(BaseModel):
     evidence: list
 
 
-@router.get("/events", response_model=list[Event])
-def list_events(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))],
-                source_id: str | None = None, type_prefix: str | None = None, grid: str | None = None,
-                since: datetime | None = None, until: datetime | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
-    """Events in the caller's subtree, newest first."""
-    scope = "grid_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])"
-    where = [scope]
+def query_events(conn, principal: Principal, *, source_id: str | None = None, grid: str | None = None,
+                 type_prefix: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                 limit: int = 100) -> list[Event]:
+    """Events inside the caller's subtree (by the grid each event was stamped with when it
+    happened), newest first, narrowed by source, grid node, type prefix and time."""
+    where = ["grid_path @> ARRAY[%(node)s]"]
     params: dict = {"node": principal.node_code, "limit": limit}
     if source_id:
         where.append("source_id = %(source_id)s")
         params["source_id"] = source_id
     if type_prefix:
-        where.append("type LIKE %(type)s")
-        params["type"] = type_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+        where.append("starts_with(type, %(type)s)")
+        params["type"] = type_prefix
     if grid:
-        where.append("grid_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(grid)s])")
+        where.append("grid_path @> ARRAY[%(grid)s]")
         params["grid"] = grid
     if since:
         where.append("time >= %(since)s")
@@ -190,3 +188,13 @@ def list_events(conn: Conn, principal: Annotated[Principal, Depends(require(Perm
         f"""SELECT id, time, source_time, source_kind, source_id, type, grid_code, severity, lat, lon, payload, evidence
             FROM events WHERE {' AND '.join(where)} ORDER BY time DESC LIMIT %(limit)s""", params).fetchall()
     return [Event(**r) for r in rows]
+
+
+@router.get("/events", response_model=list[Event])
+def list_events(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))],
+                source_id: str | None = None, type_prefix: str | None = None, grid: str | None = None,
+                since: datetime | None = None, until: datetime | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Event]:
+    """Events in the caller's subtree, newest first."""
+    return query_events(conn, principal, source_id=source_id, grid=grid, type_prefix=type_prefix,
+                        since=since, until=until, limit=limit)

@@ -1,14 +1,17 @@
 """Tamper detection against the camera's own baseline.
 
 Each analysed picture (a keyframe, or one frame per ``interval_s`` when every frame is
-decoded) is reduced to a 320-px grey picture and measured:
+decoded) is halved down to a grey picture 320–639 px wide and measured:
 
 - ``mean``, ``std``: brightness and contrast of the unmasked pixels;
 - ``sharpness``: mean |Laplacian| / (std + 1) — high-frequency energy relative to
   contrast, so a darker or flatter scene (dusk) does not look defocused;
-- ``edges``: an 80-px map of gradient magnitude, the structure of the scene; compared to
-  the baseline's by normalised correlation it tells a turned camera from a passing car,
-  and is indifferent to overall brightness.
+- ``edges``: where the fine detail is (Laplacian energy at a quarter of that size,
+  smoothed), the structure of the scene; compared to the baseline's by normalised
+  correlation it tells a turned camera from a passing car, and is indifferent to overall
+  brightness;
+- ``thumb``: the same energy at half size, for the frozen-picture check (cameras.health):
+  sensor noise changes it in every live picture, a hung encoder repeats it exactly.
 
 Conditions, strongest first (one picture has at most one):
 - covered: near-uniform picture (std < ``covered_std``) — a hand, tape, spray paint;

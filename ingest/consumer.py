@@ -20,7 +20,8 @@ Overload and outages:
   counted (``xlhub_ingest_shed_total``).
 - Database unreachable: the batch is kept, retried with backoff (0.5 s → 10 s), nothing
   is acked, the heartbeat says not ready; the broker stops sending at Receive Maximum.
-- Broker gone: paho reconnects with backoff (1 s → 30 s). On a reconnect that finds the
+- Broker gone: paho reconnects with backoff (1 s → 5 s: the broker is local, and a longer
+  cap left ingest deaf for up to 30 s after the broker came back). On a reconnect that finds the
   session, queued QoS 1 messages of the old connection are dropped from memory (the broker
   sends them again); acks of a batch begun on an old connection are not sent.
 - Bad input of any kind goes to dead_letters; the process never dies of it.
@@ -72,6 +73,9 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTION = "xlhub/v1/#"
 CLIENT_ID = "xlhub-ingest"
+# Longest wait between reconnect attempts. The broker is on the same host or LAN; with 30 s
+# (paho's usual cap) ingest stayed away up to 30 s after a broker restart (tests/faults).
+RECONNECT_MAX_S = 5
 
 # --------------------------------------------------------------------------- metrics
 # Module-level: one set per process (several services in one test process share them).
@@ -263,7 +267,7 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum

@@ -1,9 +1,10 @@
 """Broadcasts to village speakers (村村响): audio (TTS or upload or URL, audio.py), the
 request / fan-out / receipts / report (store.py).  The devices service dispatches due
 broadcasts and follows the speakers' receipts; see README.md."""
-from devices.broadcast.audio import AudioError, AudioFile, save_upload, synthesize
-from devices.broadcast.store import (KIND_LABELS, RECEIPT_LABELS, STATE_LABELS, BroadcastRequest, build_report,
-                                     cancel_broadcast, create_broadcast, tier)
+from devices.broadcast.audio import AudioError, AudioFile, Voice, save_upload, synthesize
+from devices.broadcast.store import (FINAL_STATES, KIND_LABELS, RECEIPT_LABELS, STATE_LABELS, BroadcastRequest,
+                                     build_report, cancel_broadcast, create_broadcast, tier, with_speech)
 
-__all__ = ["KIND_LABELS", "RECEIPT_LABELS", "STATE_LABELS", "AudioError", "AudioFile", "BroadcastRequest",
-           "build_report", "cancel_broadcast", "create_broadcast", "save_upload", "synthesize", "tier"]
+__all__ = ["FINAL_STATES", "KIND_LABELS", "RECEIPT_LABELS", "STATE_LABELS", "AudioError", "AudioFile",
+           "BroadcastRequest", "Voice", "build_report", "cancel_broadcast", "create_broadcast", "save_upload",
+           "synthesize", "tier", "with_speech"]

@@ -33,6 +33,20 @@ class AudioError(ValueError):
 
 
 @dataclass(frozen=True)
+class Voice:
+    """Where the hub keeps synthesised speech and how it speaks (``XLHUB_DEVICES_TTS_*``,
+    ``XLHUB_DEVICES_MEDIA_DIR``): the same for the API, alerts and the files the API serves."""
+    media_root: Path
+    voice: str = "cmn"
+    words_per_minute: int = 150
+
+    @classmethod
+    def from_settings(cls, devices_settings, var_dir: Path) -> Voice:
+        return cls(devices_settings.media_root(var_dir), devices_settings.tts_voice,
+                   devices_settings.tts_words_per_minute)
+
+
+@dataclass(frozen=True)
 class AudioFile:
     id: str
     sha256: str

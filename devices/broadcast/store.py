@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from ulid import ULID
 
+from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
 from devices.commands.store import new_command_id
 from devices.registry import RegistryError, common_path, speakers_under
@@ -38,6 +39,8 @@ RECEIPT_LABELS = {
 }
 STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "播放中", "done": "全部播放完成",
                 "partial": "部分播放完成", "failed": "未能播放", "cancelled": "已取消", "no_speakers": "范围内无广播设备"}
+# A broadcast in one of these states changes no more (report stored, except ``cancelled``).
+FINAL_STATES = ("done", "partial", "failed", "cancelled", "no_speakers")
 VILLAGE_LABELS = {"heard": "已收听", "partial": "部分收听", "not_heard": "未收听", "in_progress": "播放中"}
 PLAY_COMMAND = "play"
 
@@ -72,6 +75,18 @@ class BroadcastRequest:
     volume: int | None = None
     expires_in_s: int = 300
     detail: dict = field(default_factory=dict)
+
+
+def with_speech(conn: psycopg.Connection, req: BroadcastRequest, voice: Voice | None,
+                created_by: str) -> BroadcastRequest:
+    """Text without audio is synthesised on the hub now (see audio.py), so every speaker
+    plays the same file, kept and hashed, and its length is known. Raises AudioError."""
+    if voice is None or not req.text or req.audio_id or req.audio_url:
+        return req
+    f = synthesize(conn, req.text, voice.media_root, created_by=created_by, voice=voice.voice,
+                   words_per_minute=voice.words_per_minute)
+    req.audio_id, req.duration_s = f.id, req.duration_s or f.duration_s
+    return req
 
 
 def check_audio_url(url: str) -> str:

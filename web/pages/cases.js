@@ -26,6 +26,7 @@ function remaining(seconds) {
 
 // The SLA clock: time left in the current stage and overall (negative: late).
 function slaText(c) {
+  if (['closed', 'evaluated', 'rejected', 'cancelled'].includes(c.state)) return c.closed_at ? `已办结 ${fmtTime(c.closed_at, { date: true })}` : '已办结';
   const r = c.remaining_s && typeof c.remaining_s === 'object' ? c.remaining_s : { total: c.remaining_s, stage: null };
   const parts = [];
   if (c.stage_label && r.stage !== null && r.stage !== undefined) parts.push(`${c.stage_label}环节${remaining(r.stage)}`);
@@ -110,7 +111,8 @@ export async function render(main, { grid, arg }) {
       }
       dlg.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
       const late = c.overdue || c.stage_overdue;
-      clear(body).append(
+      // h() flattens the optional sections (arrays) and skips the absent ones (null)
+      clear(body).append(h('div', { class: 'case-body' },
         h('div', { class: 'case-head' },
           h('h3', {}, c.title),
           h('div', { class: 'row' },
@@ -140,7 +142,7 @@ export async function render(main, { grid, arg }) {
         (c.evidence || []).length
           ? h('div', { class: 'evidence', id: 'case-evidence' }, c.evidence.map((e) => evidenceFigure({ ...e, url: e.media_type || e.evidence_id ? `/api/cases/${encodeURIComponent(c.id)}/evidence/${e.id}` : null })))
           : h('p', { class: 'muted' }, '暂无证据。'),
-        (c.broadcasts || []).length ? [h('h4', {}, '广播'), h('ul', {}, c.broadcasts.map((b) => h('li', {}, `${b.message || ''} · ${b.status} · ${b.finished}/${b.speakers} 个喇叭`)))] : null);
+        (c.broadcasts || []).length ? [h('h4', {}, '广播'), h('ul', {}, c.broadcasts.map((b) => h('li', {}, `${b.message || ''} · ${b.status} · ${b.finished}/${b.speakers} 个喇叭`)))] : null));
     };
     await paint();
   }

@@ -259,8 +259,8 @@ export async function render(main, { me, grid }) {
             severity: u.severity,
             note: [note.value.trim(), `紧急程度：${u.label}`].filter(Boolean).join('\n'),
           });
-          clear(result).append(h('p', { class: 'ok' }, `已上报。事件编号 ${out.event_id}`),
-            out.evidence && out.evidence.length ? h('p', {}, '证据：', out.evidence.map((ev) => h('a', { href: ev.url, target: '_blank', rel: 'noopener' }, ev.kind === 'clip' ? '视频片段 ' : '截图 '))) : null);
+          clear(result).append(h('div', {}, h('p', { class: 'ok' }, `已上报。事件编号 ${out.event_id}`),
+            out.evidence && out.evidence.length ? h('p', {}, '证据：', out.evidence.map((ev) => h('a', { href: ev.url, target: '_blank', rel: 'noopener' }, ev.kind === 'clip' ? '视频片段 ' : '截图 '))) : null));
           toast(`已标记：${cam.name}`, 'ok');
           result.dataset.eventId = out.event_id;
           result.dataset.outcome = 'ok';

@@ -391,13 +391,16 @@ class IngestService:
             if len(self._queue) < self.batch_size and not self._stopping.is_set():
                 if not self._queue:
                     self._cv.wait(self.batch_s)
-                # Wait until the oldest message is batch_s old or the batch is full.
+                # Wait until the oldest message is batch_s old or the batch is full. Receive
+                # times are wall-clock; the wait is also capped on the monotonic clock, so a
+                # wall clock stepped back (NTP, an operator) cannot hold a batch for the hour.
+                limit = time.monotonic() + self.batch_s
                 while self._queue and len(self._queue) < self.batch_size and not self._stopping.is_set():
                     due = self._queue[0][5] + self.batch_s
                     if self._urgent_at is not None:
                         # a few ms still coalesce a burst of events into one commit
                         due = min(due, self._urgent_at + EVENT_FLUSH_S)
-                    left = due - time.time()
+                    left = min(due - time.time(), limit - time.monotonic())
                     if left <= 0:
                         break
                     self._cv.wait(left)

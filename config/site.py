@@ -59,6 +59,7 @@ from config.alerting import (
     Urgency,
     alerting_findings,
 )
+from config.camera_analytics import CameraAnalytics
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
@@ -320,6 +321,8 @@ class Camera(StrictModel):
     position: GeoPoint | None = None
     tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(check_text)]], _EmptyList] = Field(
         default_factory=list)
+    analytics: CameraAnalytics | None = Field(None, description="health, tamper, motion and clip settings "
+                                                                "(config/camera_analytics.py)")
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> Camera:

@@ -514,8 +514,21 @@ def _evt(t: Topic, payload: bytes, received_at: datetime) -> list[Row]:
     severity = m.severity or (spec.severity_of(m) if spec.severity_of else default_severity(etype))
     body = m.model_dump_json(exclude=_EVENT_COMMON, exclude_none=True)
     evidence = json.dumps([e.model_dump(exclude_none=True) for e in m.evidence], ensure_ascii=False)
-    return [EventRow(received_at, str(ULID()), m.ts, t.kind, t.source_id, etype, severity, m.lat, m.lon,
+    return [EventRow(received_at, _event_id(t, m.id), m.ts, t.kind, t.source_id, etype, severity, m.lat, m.lon,
                      m.id, body, evidence)]
+
+
+def _event_id(t: Topic, msg_id: str) -> str:
+    """The hub's id for an event. Camera workers are the hub itself (only the hub's
+    account may publish camera topics) and already name the event with a ULID that their
+    evidence rows and flag replies carry, so it is kept; devices' ids are theirs, not
+    unique across devices, so those events get a fresh ULID."""
+    if t.kind == "camera":
+        try:
+            return str(ULID.from_str(msg_id))
+        except ValueError:
+            pass
+    return str(ULID())
 
 
 def _avail(t: Topic, payload: bytes, received_at: datetime) -> list[Row]:

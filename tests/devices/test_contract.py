@@ -313,3 +313,20 @@ def test_arbitrary_topics_only_contract_errors(topic):
         parse_topic(topic)
     except ContractError:
         pass
+
+
+def test_camera_events_keep_the_workers_ulid_as_their_id():
+    from datetime import datetime, timezone
+
+    from ulid import ULID
+
+    from devices.contract import normalise
+
+    worker_id = str(ULID())
+    now = datetime.now(timezone.utc)
+    payload = f'{{"v": 1, "id": "{worker_id}", "ts": "{now.isoformat()}", "seq": 1}}'.encode()
+    (row,) = normalise("xlhub/v1/camera/cam-1/evt/tamper.covered", payload, now)
+    assert row.id == worker_id and row.msg_id == worker_id
+    door = f'{{"v": 1, "id": "{worker_id}", "ts": "{now.isoformat()}", "seq": 1}}'.encode()
+    (drow,) = normalise("xlhub/v1/door/door-1/evt/opened", door, now)
+    assert drow.id != worker_id and drow.msg_id == worker_id

@@ -16,6 +16,7 @@ class Permission(StrEnum):
     USERS_MANAGE = "users.manage"
     TOKENS_MANAGE = "tokens.manage"
     AUDIT_READ = "audit.read"
+    CAMERAS_FLAG = "cameras.flag"    # 标记事件: a supervisor's flag raises a video-sourced event
     LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
     # alerts (issue 5): alarms, cases, their evidence, deliveries, CAP warnings, assessment
     ALARMS_READ = "alarms.read"
@@ -49,6 +50,7 @@ GRANTS: dict[Permission, set[Role]] = {
     # Everyone who works a grid or a control room; a department handler sees the evidence
     # attached to the cases dispatched to it, not the cameras.
     Permission.LIVE_VIEW: _ALL_STAFF - {Role.department_handler},
+    Permission.CAMERAS_FLAG: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.admin},
     Permission.ALARMS_READ: _ALL_STAFF - {Role.department_handler},
     Permission.ALARMS_HANDLE: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.grid_head},
     # Administrators manage accounts and devices; they do not handle cases (and see none).

@@ -25,6 +25,8 @@ from alerts.cases.models import CaseError
 from alerts.config import load_config
 from alerts.delivery import outbox
 from alerts.registry import RegistryView
+from devices.broadcast import Voice
+from devices.settings import DevicesSettings
 from store import audit
 from store.db import connect
 
@@ -47,14 +49,17 @@ def outbox_replay(db_url: str, site_file: str | Path, *, ids: list[int] | None =
 
 
 def cap_import(db_url: str, site_file: str | Path, file: str | Path, *, allow_non_actual: bool = False,
-               actor: str | None = None) -> CapImport:
+               actor: str | None = None, var_dir: str | Path | None = None) -> CapImport:
+    """``var_dir``: the hub's, where the warning's text is synthesised for the speakers
+    (as the API does); None sends the text only."""
     data = Path(file).read_bytes()
+    voice = Voice.from_settings(DevicesSettings(), Path(var_dir)) if var_dir is not None else None
     who = actor or getpass.getuser()
     with connect(db_url) as conn:
         registry = RegistryView()
         registry.refresh(conn)
         result = import_cap(conn, load_config(site_file), registry, data, Actor.system(f"cli:{who}"),
-                            allow_non_actual=allow_non_actual)
+                            allow_non_actual=allow_non_actual, voice=voice)
         audit.record(conn, audit.AuditEntry(actor=who, actor_kind="system", action="cli.cap.import",
                                             target=result.case_number or "-",
                                             detail={"file": str(file), "action": result.action,
@@ -100,7 +105,8 @@ def cmd_outbox(args, settings, *, database: DatabaseFactory) -> int:
 def cmd_cap(args, settings, *, database: DatabaseFactory) -> int:
     with database(settings) as url:
         try:
-            result = cap_import(url, settings.site_file, args.file, allow_non_actual=args.allow_non_actual)
+            result = cap_import(url, settings.site_file, args.file, allow_non_actual=args.allow_non_actual,
+                                var_dir=settings.var_dir)
         except (CapError, CaseError, OSError) as exc:
             print(f"xlhub: {args.file}: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
             return 1

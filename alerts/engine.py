@@ -1,11 +1,13 @@
 """The alerts engine: the process (``python -m hub.process alerts``) that turns events into
-alarms and cases, keeps the SLA clocks, delivers the outbox and sends broadcasts.
+alarms and cases, keeps the SLA clocks and delivers the outbox.  Broadcasts that rules ask
+for are devices-layer broadcasts (the devices service sends them); the engine puts their
+reports on the cases.
 
     engine = AlertsEngine(settings)        # settings.database_url, mqtt_url, site_file
     engine.run(stop_event)                 # blocks until stop_event is set
 
 Threads, each with its own pooled connections:
-- listener: LISTEN xlhub_alert_events / xlhub_outbox / xlhub_broadcasts, wakes the others
+- listener: LISTEN xlhub_alert_events / xlhub_outbox, wakes the others
   (and wakes everyone after a reconnect: a notification sent while it was away is not lost
   because every worker reads its table, the notification only says "look now");
 - events (the caller's thread): drains alert_event_queue in batches — one transaction per
@@ -13,8 +15,8 @@ Threads, each with its own pooled connections:
   keeps one bad event from blocking the rest (it is kept in alert_event_failures);
 - sender: the outbox webhook sender (alerts.delivery.sender);
 - scanner: every ``scan_interval_s``: SLA clocks, quiet alarms, unacknowledged alarms that
-  become cases, broadcasts nobody answered;
-- broadcaster: publishes pending speaker commands (and camera evidence requests);
+  become cases, finished broadcasts whose report goes on their case;
+- commands: publishes camera evidence requests after their batch commits (best effort);
 - heartbeat: worker_heartbeats row "alerts" every 5 s, read by /readyz.
 """
 from __future__ import annotations
@@ -43,13 +45,14 @@ from alerts.processing import Processor
 from alerts.registry import RegistryView
 from config.settings import Settings
 from config.site import SiteError
+from devices.broadcast import Voice
+from devices.settings import DevicesSettings
 from store.db import open_pool, wait_for_database
 
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "xlhub_alert_events"
 OUTBOX_CHANNEL = "xlhub_outbox"
-BROADCAST_CHANNEL = "xlhub_broadcasts"
 MAX_PENDING_COMMANDS = 1000
 
 TAKE_BATCH = """
@@ -79,9 +82,11 @@ class AlertsEngine:
         self.webhook_workers = webhook_workers
         self.heartbeat_s = heartbeat_s
         self.registry = RegistryView()
-        self.processor = Processor(self.registry)
+        # Broadcast text is synthesised where the API synthesises it and serves it from.
+        self.voice = Voice.from_settings(DevicesSettings(), settings.var_dir)
+        self.processor = Processor(self.registry, self.voice)
         self.events_wake = threading.Event()
-        self.broadcast_wake = threading.Event()
+        self.commands_wake = threading.Event()
         self.ready = threading.Event()
         self.counters = {"events": 0, "alarms": 0, "cases": 0, "correlated": 0, "failed": 0, "disarmed": 0}
         self.pool = None
@@ -124,7 +129,7 @@ class AlertsEngine:
         self.sender = WebhookSender(self.pool, self.config, workers=self.webhook_workers)
         threads = [threading.Thread(target=fn, args=(stop,), name=f"alerts-{label}", daemon=True)
                    for label, fn in (("listen", self._listen), ("sender", self.sender.run), ("scan", self._scan_loop),
-                                     ("broadcast", self._broadcast_loop), ("heartbeat", self._heartbeat_loop))]
+                                     ("commands", self._commands_loop), ("heartbeat", self._heartbeat_loop))]
         for t in threads:
             t.start()
         self.ready.set()
@@ -135,7 +140,7 @@ class AlertsEngine:
         finally:
             stop.set()
             self.events_wake.set()
-            self.broadcast_wake.set()
+            self.commands_wake.set()
             self.sender.wake.set()
             for t in threads:
                 t.join(10)
@@ -146,23 +151,21 @@ class AlertsEngine:
 
     # -- listener ---------------------------------------------------------------------------
     def _listen(self, stop: threading.Event) -> None:
-        wake = {EVENTS_CHANNEL: self.events_wake, BROADCAST_CHANNEL: self.broadcast_wake}
         while not stop.is_set():
             try:
                 with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
                                      application_name="xlhub-alerts-listen") as conn:
-                    for channel in (EVENTS_CHANNEL, OUTBOX_CHANNEL, BROADCAST_CHANNEL):
+                    for channel in (EVENTS_CHANNEL, OUTBOX_CHANNEL):
                         conn.execute(f"LISTEN {channel}")
                     self.listening = True
                     self.events_wake.set()              # catch up on what arrived while away
-                    self.broadcast_wake.set()
                     self.sender.wake.set()
                     while not stop.is_set():
                         for n in conn.notifies(timeout=0.5):
                             if n.channel == OUTBOX_CHANNEL:
                                 self.sender.wake.set()
-                            elif n.channel in wake:
-                                wake[n.channel].set()
+                            elif n.channel == EVENTS_CHANNEL:
+                                self.events_wake.set()
             except psycopg.Error as exc:
                 self.listening = False
                 log.warning("alerts listener lost the database (%s); reconnecting", type(exc).__name__)
@@ -227,7 +230,7 @@ class AlertsEngine:
             with self._commands_lock:
                 # Best effort: while the broker is away, keep the latest requests only.
                 self._pending_commands = (self._pending_commands + commands)[-MAX_PENDING_COMMANDS:]
-            self.broadcast_wake.set()
+            self.commands_wake.set()
         return len(keys)
 
     # -- clocks -----------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class AlertsEngine:
     def scan_once(self, now: datetime | None = None) -> dict[str, int]:
         cfg = self.config()
         now = now or datetime.now(UTC)
-        done = {"sla": 0, "cleared": 0, "cases": 0, "broadcasts": 0}
+        done = {"sla": 0, "cleared": 0, "cases": 0, "reports": 0}
         with self.pool.connection(timeout=10) as conn:
             due = cases.sla_due(conn, now)
         for case_id in due:
@@ -262,45 +265,35 @@ class AlertsEngine:
                 self.processor.open_case(conn, cfg, rule, alarm, None, now)
                 done["cases"] += 1
         with self.pool.connection(timeout=10) as conn:
-            done["broadcasts"] = actions.expire_unanswered(conn, cfg, now)
+            done["reports"] = actions.attach_reports(conn, cfg, now)
         if time.monotonic() - self._last_prune > 3600:
             with self.pool.connection(timeout=10) as conn:
                 feed.prune(conn)
             self._last_prune = time.monotonic()
-        if done["sla"] or done["cases"] or done["broadcasts"]:
+        if done["sla"] or done["cases"] or done["reports"]:
             self.sender.wake.set()
         return done
 
-    # -- broadcasts and commands ----------------------------------------------------------------
-    def _broadcast_loop(self, stop: threading.Event) -> None:
+    # -- commands ---------------------------------------------------------------------------
+    def _commands_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                sent = self.publish_commands()
+                self.publish_commands()
             except Exception:
-                log.exception("publishing broadcasts failed")
-                sent = 0
-            if not sent:
-                self.broadcast_wake.wait(2.0)
-                self.broadcast_wake.clear()
+                log.exception("publishing commands failed")
+            self.commands_wake.wait(2.0)
+            self.commands_wake.clear()
 
     def publish_commands(self) -> int:
+        """Camera evidence requests of the batches committed since (best effort: the
+        correlation window collects what comes)."""
         if self.mqtt is None or not self.mqtt.connected.is_set():
             return 0
-        sent = 0
         with self._commands_lock:
             commands, self._pending_commands = self._pending_commands, []
         for topic, body in commands:
-            # Evidence requests are best effort: the correlation window collects what comes.
             self.mqtt.command(topic, f"ev-{ULID()}", body)
-        with self.pool.connection(timeout=10) as conn:
-            deliveries = actions.pending_deliveries(conn)
-        for d in deliveries:
-            if not self.mqtt.command(actions.play_topic(d["speaker_id"]), d["command_id"], actions.play_body(d)):
-                break
-            with self.pool.connection(timeout=10) as conn:
-                actions.mark_sent(conn, d["broadcast_id"], d["speaker_id"])
-            sent += 1
-        return sent
+        return len(commands)
 
     # -- heartbeat ------------------------------------------------------------------------------
     def _heartbeat_loop(self, stop: threading.Event) -> None:

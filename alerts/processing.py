@@ -1,14 +1,15 @@
 """From one event to alarms, incidents, cases and actions (the engine calls this for
 every queued event, inside the transaction that also removes it from the queue).
 
-1. a speaker's answer to a broadcast is followed (actions.on_speaker_event);
-2. an event named in a rule's ``cleared_by`` clears that rule's alarms on its source;
-3. an event of a camera inside an open correlation window (the nearest cameras of a
+1. an event named in a rule's ``cleared_by`` clears that rule's alarms on its source;
+2. an event of a camera inside an open correlation window (the nearest cameras of a
    forced door within a minute) belongs to that incident: its evidence is attached to
    the alarm and its case, and it raises nothing of its own;
-4. otherwise the first enabled, armed rule that matches decides: the alarm of (source,
+3. otherwise the first enabled, armed rule that matches decides: the alarm of (source,
    type) is raised or counts a repeat; a new alarm opens its correlation window (and
-   looks back over it), becomes a case when the rule says so, and runs the actions.
+   looks back over it), becomes a case when the rule says so, and runs the actions
+   (a broadcast is a devices-layer broadcast: the devices service sends it and follows
+   the speakers' receipts, see actions.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from alerts.config import AlertsConfig
 from alerts.registry import RegistryView
 from alerts.rules.compile import EventFacts
 from config.alerting import Rule, pattern_matches
+from devices.broadcast import Voice
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,9 @@ class Outcome:
 
 
 class Processor:
-    def __init__(self, registry: RegistryView) -> None:
+    def __init__(self, registry: RegistryView, voice: Voice | None = None) -> None:
         self.registry = registry
+        self.voice = voice          # broadcast text is synthesised with it (None: text only)
 
     def grid_path_of(self, ev: Event) -> list[str]:
         if ev.grid_path:
@@ -68,8 +71,6 @@ class Processor:
     # -----------------------------------------------------------------------------------
     def process(self, conn: psycopg.Connection, cfg: AlertsConfig, ev: Event, now: datetime) -> Outcome:
         out = Outcome()
-        if ev.source_kind == "speaker" and ev.type in ("speaker.playback", "speaker.command_result"):
-            out.broadcast = actions.on_speaker_event(conn, cfg, ev, now)
         for rule in cfg.rules.clearing(ev.type):
             out.cleared += len(alarms.clear_by_event(conn, ev, rule, now))
         requested = evidence.requested_for_alarm(ev)
@@ -207,10 +208,10 @@ class Processor:
             if action.broadcast is not None:
                 b = action.broadcast
                 area = self.registry.node_at_level(grid_path, b.area)
-                actions.request_broadcast(conn, self.registry, actions.BroadcastRequest(
+                made = actions.request_broadcast(conn, actions.AlertBroadcast(
                     area_codes=[area] if area else [], message=b.message, kind=b.kind, repeat=b.repeat,
-                    requested_by=f"system:rule:{rule.id}", case_id=case_id, alarm_id=alarm["id"]))
-                out.broadcast = True
+                    requested_by=f"system:rule:{rule.id}", case_id=case_id, alarm_id=alarm["id"]), self.voice)
+                out.broadcast = out.broadcast or made is not None
             elif action.notify is not None:
                 n = action.notify
                 node = self.registry.node_at_level(grid_path, n.level)

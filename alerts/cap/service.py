@@ -1,6 +1,7 @@
 """Importing a CAP 1.2 emergency warning (应急预警): a case for the area it covers and a
-broadcast to the speakers of the villages in it; the broadcast report is attached to the
-case when the speakers have answered.
+broadcast to the speakers of the villages in it (a devices-layer emergency broadcast,
+tier 9); the devices layer's report is attached to the case when the speakers have
+answered.
 
 - ``Alert``: a new case (channel ``cap``, accepted and registered by the hub at once —
   a warning needs dispatching, not vetting) and a broadcast;
@@ -26,6 +27,7 @@ from alerts.cases import service as cases
 from alerts.cases.models import Action, ActionParams, CaseState, NewCase
 from alerts.config import AlertsConfig
 from alerts.registry import RegistryView, distance_m, point_in_polygon
+from devices.broadcast import Voice
 
 SECURITY_CATEGORIES = {"Security"}
 # Geocode value names taken as grid codes: the administrative division code (GB/T 2260,
@@ -96,7 +98,10 @@ def broadcast_text(info: CapInfo, limit: int = 300) -> str:
 
 
 def import_cap(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryView, data: bytes | str,
-               actor: Actor, now: datetime | None = None, *, allow_non_actual: bool = False) -> CapImport:
+               actor: Actor, now: datetime | None = None, *, allow_non_actual: bool = False,
+               voice: Voice | None = None) -> CapImport:
+    """``voice``: where and how the warning's text is synthesised (None: the speakers get
+    the text only)."""
     now = now or datetime.now(UTC)
     raw = data.encode() if isinstance(data, str) else bytes(data)
     alert = parse_cap(raw)
@@ -109,7 +114,7 @@ def import_cap(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryVi
                          existing["broadcast_id"])
     if alert.status != "Actual" and not allow_non_actual:
         raise CapError(f"status {alert.status}: only Actual alerts are acted on (import an exercise explicitly)")
-    result = _act(conn, cfg, registry, alert, actor, now)
+    result = _act(conn, cfg, registry, alert, actor, now, voice)
     cap_id = str(ULID())
     conn.execute(
         """INSERT INTO cap_alerts (id, sender, identifier, sent, msg_type, status, sha256, xml, case_id, broadcast_id,
@@ -133,7 +138,7 @@ def _referenced_cases(conn: psycopg.Connection, alert: CapAlert) -> list[dict]:
 
 
 def _act(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryView, alert: CapAlert, actor: Actor,
-         now: datetime) -> CapImport:
+         now: datetime, voice: Voice | None) -> CapImport:
     system = Actor.system("cap")
     if alert.msg_type in ("Ack", "Error"):
         return CapImport("ignored", reason=f"msgType {alert.msg_type}")
@@ -171,13 +176,12 @@ def _act(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryView, al
     if CaseState(case["state"]) is CaseState.reported:
         cases.apply(conn, cfg, case["id"], Action.accept, system, ActionParams(note="预警信息自动受理"), now)
         cases.apply(conn, cfg, case["id"], Action.register, system, ActionParams(note="预警信息自动立案"), now)
-    broadcast = actions.request_broadcast(conn, registry, actions.BroadcastRequest(
+    broadcast = actions.request_broadcast(conn, actions.AlertBroadcast(
         area_codes=areas, message=broadcast_text(info), kind="emergency", repeat=2,
-        requested_by=f"cap:{alert.identifier}", case_id=case["id"], detail={"cap": alert.identifier}))
-    speakers = conn.execute("SELECT count(*) AS n FROM broadcast_deliveries WHERE broadcast_id = %s",
-                            (broadcast["id"],)).fetchone()["n"]
-    return CapImport("created", case_id=case["id"], case_number=case["number"], broadcast_id=broadcast["id"],
-                     areas=areas, speakers=speakers)
+        requested_by=f"cap:{alert.identifier}", case_id=case["id"], detail={"cap": alert.identifier}), voice)
+    return CapImport("created", case_id=case["id"], case_number=case["number"],
+                     broadcast_id=broadcast["id"] if broadcast else None, areas=areas,
+                     speakers=len(broadcast["speakers"]) if broadcast else 0)
 
 
 __all__ = ["CapError", "CapImport", "import_cap", "match_areas", "parse_cap"]

@@ -521,12 +521,15 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
         alarm = conn.execute(
             "SELECT id, rule_id, source_id, type, severity, state, title, count, first_at, last_at FROM alarms "
             "WHERE id = %s", (case["alarm_id"],)).fetchone()
+    # Broadcasts are the devices layer's (device_broadcasts, one receipt per speaker).
     broadcasts = conn.execute(
-        """SELECT b.id, b.kind, b.message, b.status, b.area_codes, b.requested_at, b.reported_at,
-                  (SELECT count(*) FROM broadcast_deliveries d WHERE d.broadcast_id = b.id) AS speakers,
-                  (SELECT count(*) FROM broadcast_deliveries d WHERE d.broadcast_id = b.id AND d.status = 'finished')
-                      AS finished
-           FROM broadcasts b WHERE b.case_id = %s ORDER BY b.requested_at""", (case["id"],)).fetchall()
+        """SELECT b.id, b.kind, b.priority, b.text AS message, b.state AS status, b.targets AS area_codes,
+                  b.requested_at, b.completed_at, l.reported_at,
+                  (SELECT count(*) FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id) AS speakers,
+                  (SELECT count(*) FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id
+                       AND r.status = 'finished') AS finished
+           FROM case_broadcasts l JOIN device_broadcasts b ON b.id = l.broadcast_id
+           WHERE l.case_id = %s ORDER BY b.requested_at""", (case["id"],)).fetchall()
     allowed = [{"action": a.value, "label": ACTION_LABELS[a], "needs_note": flows.TRANSITIONS[a].needs_note,
                 "params": _action_params(a)} for a in flows.allowed_actions(view, actor)]
     out = summary(case)

@@ -35,6 +35,8 @@ from api.deps import Conn, client_ip, require
 from api.permissions import Permission
 from config.alerting import CATEGORY_LABELS, SEVERITY_LABELS, STAGE_LABELS, URGENCY_COLOURS, URGENCY_LABELS, Category, Urgency
 from config.site import SiteError
+from devices.broadcast import Voice
+from devices.settings import DevicesSettings
 from store import audit
 from store.identity import Principal
 
@@ -51,6 +53,14 @@ def alerts_config(request: Request) -> AlertsConfig:
     except (SiteError, OSError) as exc:
         log.error("site file cannot be loaded for alerts: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the site file has problems; see the hub log") from None
+
+
+def broadcast_voice(request: Request) -> Voice:
+    """Where broadcast text is synthesised: as for people's broadcasts (api/devices)."""
+    cfg = getattr(request.app.state, "devices_settings", None)
+    if cfg is None:
+        cfg = request.app.state.devices_settings = DevicesSettings()
+    return Voice.from_settings(cfg, request.app.state.settings.var_dir)
 
 
 def registry_view(request: Request, conn) -> RegistryView:
@@ -353,7 +363,8 @@ def cap_import(request: Request, conn: Conn, principal: Annotated[Principal, Dep
     cfg = alerts_config(request)
     actor = actor_of(request, principal)
     try:
-        result = import_cap(conn, cfg, registry_view(request, conn), xml, actor, allow_non_actual=allow_non_actual)
+        result = import_cap(conn, cfg, registry_view(request, conn), xml, actor, allow_non_actual=allow_non_actual,
+                            voice=broadcast_voice(request))
     except (CapError, CaseError) as exc:
         raise http_error(exc) from None
     audit_change(request, conn, "cap.import", result.case_number or "-",

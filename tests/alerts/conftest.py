@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -65,11 +66,16 @@ def write_site(path: Path, *, receiver_url: str | None = None, sla: dict | None 
 class EngineRunner:
     """AlertsEngine.run(stop) in a thread, as hub.process runs it in its child."""
 
-    def __init__(self, db_url: str, mqtt_url: str | None, site_file: Path, **kwargs) -> None:
+    def __init__(self, db_url: str, mqtt_url: str | None, site_file: Path, *, var_dir: Path | None = None,
+                 **kwargs) -> None:
         from alerts.engine import AlertsEngine
 
         kwargs.setdefault("scan_interval_s", 0.2)
-        self.engine = AlertsEngine(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file), **kwargs)
+        # Broadcast speech is synthesised under var_dir: a throwaway one unless given.
+        self._tmp = tempfile.TemporaryDirectory(prefix="xlhub-alerts-var-") if var_dir is None else None
+        var_dir = var_dir or Path(self._tmp.name)
+        self.engine = AlertsEngine(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file,
+                                            var_dir=var_dir), **kwargs)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.engine.run, args=(self.stop,), name="alerts-engine", daemon=True)
 
@@ -83,6 +89,8 @@ class EngineRunner:
         self.stop.set()
         self.thread.join(20)
         assert not self.thread.is_alive(), "the alerts engine did not stop"
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 class Receiver:

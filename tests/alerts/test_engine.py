@@ -31,6 +31,16 @@ def engine(site_db, mqtt, tmp_path_factory):
         yield runner
 
 
+@pytest.fixture(scope="module")
+def devices(site_db, mqtt, tmp_path_factory):
+    """The devices service, as the supervisor runs it beside the engine: it sends every
+    broadcast and follows the speakers' receipts."""
+    from tests.devices.conftest import start_service
+    svc = start_service(site_db, mqtt, tmp_path_factory.mktemp("devices-var"))
+    yield svc
+    svc.stop()
+
+
 def alarm_of(db_url, source_id, event_type):
     return one(db_url, "SELECT * FROM alarms WHERE source_id = %s AND type = %s ORDER BY created_at DESC LIMIT 1",
                (source_id, event_type))
@@ -81,7 +91,7 @@ def test_forced_door_is_one_incident_with_the_nearest_cameras_evidence(site_db, 
     assert one(site_db, "SELECT count(*) AS n FROM cases WHERE alarm_id = %s", (alarm["id"],))["n"] == 1
 
 
-def test_sos_is_a_case_at_once_with_a_broadcast_and_the_dispatcher_told(site_db, engine, mqtt):
+def test_sos_is_a_case_at_once_with_a_broadcast_and_the_dispatcher_told(site_db, engine, devices, mqtt):
     received: list[tuple[str, dict]] = []
     got = threading.Event()
     sub = mqtt_subscriber(mqtt.url, "xlhub/v1/speaker/+/cmd/#", received, got)
@@ -95,22 +105,34 @@ def test_sos_is_a_case_at_once_with_a_broadcast_and_the_dispatcher_told(site_db,
         actions = [r["action"] for r in query(site_db, "SELECT action FROM case_transitions WHERE case_id = %s "
                                                        "ORDER BY id", (case["id"],))]
         assert actions == ["create", "accept", "register"]
-        broadcast = one(site_db, "SELECT * FROM broadcasts WHERE case_id = %s", (case["id"],))
-        assert broadcast["area_codes"] == ["510199101202"] and broadcast["kind"] == "emergency"   # 桃园村
+        # A devices-layer broadcast: emergency tier, the rule's text spoken on the hub.
+        broadcast = one(site_db, "SELECT b.* FROM case_broadcasts l JOIN device_broadcasts b ON b.id = l.broadcast_id "
+                                 "WHERE l.case_id = %s", (case["id"],))
+        assert broadcast["targets"] == ["510199101202"] and broadcast["kind"] == "emergency"   # 桃园村
+        assert broadcast["priority"] == 9 and broadcast["requested_by"] == "system:rule:radio-sos"
+        assert broadcast["audio_id"] and broadcast["duration_s"] > 0
         wait_for(got.is_set, 10, what="the speaker command on MQTT")
         topic, body = received[0]
         assert topic == "xlhub/v1/speaker/speaker-tyc/cmd/play"
         assert body["broadcast_id"] == broadcast["id"] and body["kind"] == "emergency" and body["v"] == 1
+        assert body["priority"] == 9 and body["audio_url"].endswith(f"/api/broadcasts/{broadcast['id']}/audio")
         note = one(site_db, "SELECT * FROM notifications WHERE case_id = %s", (case["id"],))
         assert note["role"] == "dispatcher" and note["node_code"] == "510199101000"
 
-        # The speaker answers (as ingest stores its playback events): the report joins the case.
-        insert_event(site_db, "speaker-tyc", "speaker.playback", severity="info",
-                     payload={"broadcast_id": broadcast["id"], "phase": "finished"})
+        # The speaker answers on MQTT: its receipt, the devices layer's report, on the case.
+        sub.publish("xlhub/v1/speaker/speaker-tyc/evt/playback", json.dumps(
+            {"v": 1, "id": "pb-1", "ts": 0, "seq": 1, "broadcast_id": broadcast["id"], "phase": "finished"}),
+            qos=1).wait_for_publish(5)
         report = wait_for(lambda: one(site_db, "SELECT * FROM case_evidence WHERE case_id = %s AND kind = "
                                                "'broadcast_report'", (case["id"],)), what="the broadcast report")
-        assert report["detail"]["status"] == "done" and report["detail"]["speakers"][0]["speaker_id"] == "speaker-tyc"
-        assert one(site_db, "SELECT status FROM broadcasts WHERE id = %s", (broadcast["id"],))["status"] == "done"
+        assert report["detail"]["outcome"] == "done" and report["detail"]["broadcast_id"] == broadcast["id"]
+        assert report["detail"]["heard"] == [{"code": "510199101202", "name": "桃园村"}]
+        assert [s["id"] for s in report["detail"]["villages"][0]["speakers"]] == ["speaker-tyc"]
+        assert query(site_db, "SELECT speaker_id, status FROM device_broadcast_receipts WHERE broadcast_id = %s",
+                     (broadcast["id"],)) == [{"speaker_id": "speaker-tyc", "status": "finished"}]
+        assert one(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (broadcast["id"],))["state"] == "done"
+        assert one(site_db, "SELECT count(*) AS n FROM case_transitions WHERE case_id = %s AND action = "
+                            "'broadcast_report'", (case["id"],))["n"] == 1
     finally:
         sub.loop_stop()
         sub.disconnect()

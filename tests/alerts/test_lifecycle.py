@@ -25,6 +25,7 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from devices.settings import DevicesSettings
 from devices.sim.simulators import DeviceFleet
 from ingest.consumer import IngestService
 from store import identity
@@ -33,6 +34,7 @@ from store.registry import sync_site
 from tests.alerts.conftest import (SECRET_ENV, SYSTEM, TOKEN_ENV, TOKEN_NAME, EngineRunner, Receiver, insert_event,
                                    insert_evidence, one, query, wait_for, write_site)
 from tests.api.conftest import PASSWORD, ApiServer
+from tests.devices.conftest import start_service
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARCHIVE = "archive-office"       # a second case system: hazards only, down at first, gives up fast
@@ -63,17 +65,31 @@ def hub(db_url, demo_site, mqtt, tmp_path_factory):
     receiver.hub_url = api.base_url
     ingest = IngestService(db_url, mqtt.url, client_id=f"alerts-test-ingest-{uuid.uuid4().hex[:6]}", batch_ms=20,
                            heartbeat_name=None, session_expiry_s=0)
-    fleet = DeviceFleet.from_site(demo_site, mqtt.url, events=False, client_prefix=f"alerts-sim-{uuid.uuid4().hex[:4]}")
+    # The speakers play 20× faster: a spoken warning of 15 s, twice, takes 1.5 s.
+    speakers = {d.id for d in demo_site.devices if str(getattr(d.kind, "value", d.kind)) == "speaker"}
+    others = {d.id for d in demo_site.devices} - speakers
+    prefix = f"alerts-sim-{uuid.uuid4().hex[:4]}"
+    fleets = [DeviceFleet.from_site(demo_site, mqtt.url, events=False, client_prefix=prefix, only=others),
+              DeviceFleet.from_site(demo_site, mqtt.url, events=False, client_prefix=prefix + "s", only=speakers,
+                                    speed=20)]
+    var = tmp / "var"
+    devices = None
     try:
-        with api, EngineRunner(db_url, mqtt.url, site) as engine:
+        with api, EngineRunner(db_url, mqtt.url, site, var_dir=var) as engine:
             ingest.start()
             assert ingest.wait_ready(20)
-            fleet.start()
+            # as the supervisor runs it (production timeouts): sends the broadcasts, follows the receipts
+            devices = start_service(db_url, mqtt, var, DevicesSettings())
+            for fleet in fleets:
+                fleet.start()
             receiver.start()
             yield type("Hub", (), {"db": db_url, "api": api, "engine": engine, "receiver": receiver, "archive": archive,
-                                   "site": site, "mqtt": mqtt, "tmp": tmp})
+                                   "site": site, "mqtt": mqtt, "tmp": tmp, "var": var})
     finally:
-        fleet.stop()
+        for fleet in fleets:
+            fleet.stop()
+        if devices is not None:
+            devices.stop()
         ingest.stop()
         receiver.stop()
         archive.stop()
@@ -247,8 +263,8 @@ def test_sos_case_broadcast_report_and_live_feed(hub, device):
     report = wait_for(lambda: one(hub.db, "SELECT * FROM case_evidence WHERE case_id = %s AND kind = "
                                           "'broadcast_report'", (case["id"],)), timeout=15,
                       what="the speaker's broadcast report")
-    assert report["detail"]["status"] == "done"
-    assert [s["speaker_id"] for s in report["detail"]["speakers"]] == ["speaker-dsc"]
+    assert report["detail"]["outcome"] == "done"
+    assert [s["id"] for v in report["detail"]["villages"] for s in v["speakers"]] == ["speaker-dsc"]
     with hub.api.client("ds-dispatcher") as c:
         detail = c.get(f"/api/cases/{case['id']}").json()
     assert detail["state"] == "registered" and detail["broadcasts"][0]["status"] == "done"
@@ -290,7 +306,7 @@ CAP = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def xlhub(hub, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XLHUB_DATABASE_URL": hub.db, "XLHUB_SITE_FILE": str(hub.site)}
+    env = {**os.environ, "XLHUB_DATABASE_URL": hub.db, "XLHUB_SITE_FILE": str(hub.site), "XLHUB_VAR_DIR": str(hub.var)}
     return subprocess.run([sys.executable, "-m", "hub.cli", *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
 
@@ -306,12 +322,17 @@ def test_cap_warning_import_case_broadcast_and_dead_letter_replay(hub):
                (f"weather@county.example|{ident}",))
     assert (case["category"], case["urgency"], case["state"], case["owner_code"]) == ("hazard", "high", "registered",
                                                                                       "510199101000")
-    deliveries = query(hub.db, "SELECT d.speaker_id FROM broadcast_deliveries d JOIN broadcasts b ON b.id = "
-                               "d.broadcast_id WHERE b.case_id = %s ORDER BY 1", (case["id"],))
-    assert [d["speaker_id"] for d in deliveries] == ["speaker-dsc", "speaker-tyc"]    # 东山镇's two villages
+    broadcast = one(hub.db, "SELECT b.* FROM case_broadcasts l JOIN device_broadcasts b ON b.id = l.broadcast_id "
+                            "WHERE l.case_id = %s", (case["id"],))
+    assert (broadcast["kind"], broadcast["priority"], broadcast["targets"]) == ("emergency", 9, ["510199101000"])
+    assert broadcast["audio_id"] is not None                   # the warning's text, spoken on the hub
+    receipts = wait_for(lambda: query(hub.db, "SELECT speaker_id FROM device_broadcast_receipts WHERE broadcast_id = %s "
+                                              "ORDER BY 1", (broadcast["id"],)), what="the receipts")
+    assert [r["speaker_id"] for r in receipts] == ["speaker-dsc", "speaker-tyc"]    # 东山镇's two villages
     report = wait_for(lambda: one(hub.db, "SELECT * FROM case_evidence WHERE case_id = %s AND kind = "
                                           "'broadcast_report'", (case["id"],)), timeout=15, what="the broadcast report")
-    assert report["detail"]["status"] == "done" and len(report["detail"]["speakers"]) == 2
+    assert report["detail"]["outcome"] == "done" and report["detail"]["speakers"] == {"total": 2, "finished": 2}
+    assert {v["code"] for v in report["detail"]["heard"]} == {"510199101201", "510199101202"}
     assert xlhub(hub, "cap", "import", str(path)).stdout.startswith(f"duplicate: case {case['number']}")
 
     # The archive office (down, gives up after 1 s) has dead-lettered the hazard case's messages.

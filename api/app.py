@@ -8,10 +8,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.admin.views import router as admin_router
+from api.alerts.feed import router as alerts_feed_router
+from api.alerts.inbound import router as alerts_inbound_router
+from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
 from api.auth.views import router as auth_router
-from api.broker import BrokerStatus
+from api.broker import BrokerRequests, BrokerStatus
+from api.cameras.views import router as cameras_router
+from api.devices.views import router as devices_router
 from api.health.views import router as health_router
+from api.open311.views import router as open311_router
 from api.registry.views import router as registry_router
 from api.web import router as web_router  # the web UI at / and live video (/api/live)
 from config.settings import Settings
@@ -24,9 +30,13 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     async def lifespan(app: FastAPI):
         app.state.pool = open_pool(db_url, min_size=2, max_size=16, name="xlhub-api")
         app.state.mqtt_status.start()
+        if app.state.broker_requests is not None:
+            app.state.broker_requests.start()
         try:
             yield
         finally:
+            if app.state.broker_requests is not None:
+                app.state.broker_requests.stop()
             app.state.mqtt_status.stop()
             app.state.pool.close()
 
@@ -38,6 +48,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     app.state.settings = settings
     app.state.db_url = db_url
     app.state.mqtt_status = BrokerStatus(mqtt_url)
+    app.state.broker_requests = BrokerRequests(mqtt_url) if mqtt_url else None
     app.state.expected_workers = list(expected_workers or [])
     app.add_middleware(AuditMiddleware)
 
@@ -47,16 +58,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
 
-    for router in (health_router, auth_router, registry_router, admin_router, web_router):
+    # One router per resource: alerts = alarms, cases, outbox, CAP, assessment; the feed is
+    # SSE; inbound = case systems' status back; web = the UI at / and live video.
+    for router in (health_router, auth_router, registry_router, admin_router, cameras_router, devices_router,
+                   alerts_router, alerts_feed_router, alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
-    from api.cameras.views import router as cameras_router  # flags, snapshots, evidence
-    app.include_router(cameras_router)
-    from api.alerts.feed import router as alerts_feed_router  # SSE feed of alarms and cases
-    from api.alerts.inbound import router as alerts_inbound_router  # case systems' status back
-    from api.alerts.views import router as alerts_router  # alarms, cases, outbox, CAP, assessment
-    from api.open311.views import router as open311_router  # Open311 GeoReport v2 facade
-    for router in (alerts_router, alerts_feed_router, alerts_inbound_router, open311_router):
-        app.include_router(router)
-    from api.devices.views import router as devices_router  # device state, commands, broadcasts, media
-    app.include_router(devices_router)
     return app

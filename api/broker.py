@@ -1,13 +1,17 @@
 """The API process's own connection to the MQTT broker: readiness now, commands later."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import threading
 import time
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from config.urls import redact_url
 
@@ -74,3 +78,67 @@ class BrokerStatus:
         if self._client is not None:
             self._client.loop_stop()
             self._client.disconnect()
+
+
+class BrokerRequests:
+    """Request/response over MQTT 5 (camera workers' flag and snapshot commands): one
+    private response topic per API process, one correlation id per request. Started and
+    stopped with the application."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        client_id = f"xlhub-api-req-{os.getpid()}-{secrets.token_hex(3)}"
+        self.response_topic = f"xlhub/_replies/{client_id}"
+        self.client = mqtt_client(url, client_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.ready.set()
+        self.client.on_message = self._on_message
+        self.ready = threading.Event()
+        self._waiting: dict[bytes, list] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        connect_async(self.client)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused the request client: %s", redact_url(self.url), reason_code)
+            return
+        client.subscribe(self.response_topic, qos=1)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
+        with self._lock:
+            slot = self._waiting.get(bytes(corr)) if corr else None
+        if slot is None:
+            return
+        try:
+            slot[1] = json.loads(msg.payload)
+        except ValueError:
+            slot[1] = {"phase": "failed", "detail": "unreadable answer"}
+        slot[0].set()
+
+    def request(self, topic: str, body: dict, timeout: float) -> dict | None:
+        """Publish a command and wait for its answer; None when nothing answered in time."""
+        deadline = time.monotonic() + timeout
+        if not self.ready.wait(min(timeout, 5.0)):
+            return None
+        corr = secrets.token_bytes(12)
+        slot: list = [threading.Event(), None]
+        with self._lock:
+            self._waiting[corr] = slot
+        try:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = self.response_topic
+            props.CorrelationData = corr
+            self.client.publish(topic, json.dumps(body), qos=1, properties=props)
+            slot[0].wait(max(0.0, deadline - time.monotonic()))
+            return slot[1]
+        finally:
+            with self._lock:
+                self._waiting.pop(corr, None)

@@ -9,30 +9,23 @@ write (shared storage when they run on other machines).
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
-import secrets
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit
 
-import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
 
 from api.audit import audited_read
+from api.broker import BrokerRequests
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from cameras.config import EvidenceSettings
 from cameras.evidence import is_evidence_id, resolve_evidence_path
-from config.urls import redact_text, redact_url
+from config.urls import redact_text
 from devices.contract import topic_for
 from store.identity import Principal
 
@@ -44,87 +37,11 @@ SNAPSHOT_TIMEOUT_S = 5.0
 FLAG_TIMEOUT_S = 20.0       # the worker waits for the clip's after-part (3 s by default)
 
 
-# --------------------------------------------------------------------------- MQTT requests
-class CameraCommands:
-    """Request/response over MQTT 5: one private response topic per API process, one
-    correlation id per request."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.client_id = f"xlhub-api-cmd-{os.getpid()}-{secrets.token_hex(3)}"
-        self.response_topic = f"xlhub/_replies/{self.client_id}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                  protocol=mqtt.MQTTv5)
-        if parts.username:
-            self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-        if parts.scheme == "mqtts":
-            self.client.tls_set()
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 10)
-        self.ready = threading.Event()
-        self._waiting: dict[bytes, list] = {}
-        self._lock = threading.Lock()
-        self.url = url
-        self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=15)
-        self.client.loop_start()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("camera commands: broker %s refused: %s", redact_url(self.url), reason_code)
-            return
-        client.subscribe(self.response_topic, qos=1)
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self.ready.set()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        with self._lock:
-            slot = self._waiting.get(bytes(corr)) if corr else None
-        if slot is None:
-            return
-        try:
-            slot[1] = json.loads(msg.payload)
-        except ValueError:
-            slot[1] = {"phase": "failed", "detail": "unreadable answer from the camera worker"}
-        slot[0].set()
-
-    def request(self, camera_id: str, name: str, body: dict, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
-        if not self.ready.wait(min(timeout, 5.0)):
-            return None
-        corr = secrets.token_bytes(12)
-        slot: list = [threading.Event(), None]
-        with self._lock:
-            self._waiting[corr] = slot
-        try:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = self.response_topic
-            props.CorrelationData = corr
-            self.client.publish(topic_for("camera", camera_id, "cmd", name), json.dumps(body), qos=1,
-                                properties=props)
-            slot[0].wait(max(0.0, deadline - time.monotonic()))
-            return slot[1]
-        finally:
-            with self._lock:
-                self._waiting.pop(corr, None)
-
-
-_commands_lock = threading.Lock()
-
-
-def camera_commands(request: Request) -> CameraCommands:
-    state = request.app.state
-    with _commands_lock:
-        commands = getattr(state, "camera_commands", None)
-        if commands is None:
-            url = getattr(state.mqtt_status, "url", None)
-            if not url:
-                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no MQTT broker configured")
-            commands = state.camera_commands = CameraCommands(url)
-    return commands
+def camera_commands(request: Request) -> BrokerRequests:
+    requests = request.app.state.broker_requests
+    if requests is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no MQTT broker configured")
+    return requests
 
 
 def _timeout(request: Request, name: str, default: float) -> float:
@@ -204,7 +121,7 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
     if flag.severity:
         body["severity"] = flag.severity
     waited = _timeout(request, "flag", FLAG_TIMEOUT_S)
-    answer = camera_commands(request).request(camera_id, "flag", body, waited)
+    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "flag"), body, waited)
     if answer is None:
         raise _no_answer(camera_id, waited)
     if answer.get("phase") != "finished":
@@ -224,7 +141,7 @@ def camera_snapshot(camera_id: str, request: Request, conn: Conn,
     ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
     conn.commit()
     waited = _timeout(request, "snapshot", SNAPSHOT_TIMEOUT_S)
-    answer = camera_commands(request).request(camera_id, "snapshot",
+    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "snapshot"),
                                               {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000)}, waited)
     if answer is None:
         raise _no_answer(camera_id, waited)

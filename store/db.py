@@ -47,11 +47,20 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, row_factory=dict_row, connect_timeout=10, **kwargs)
 
 
+# How long one series of reconnection attempts lasts. psycopg_pool doubles the delay
+# between attempts without a cap until this runs out: with an hour, a database away for 30 s
+# left the API answering 503 for another 25 s after it came back (its next attempt was that
+# far off; tests/faults/test_database.py). Giving up loses nothing: a request that finds no
+# connection starts a fresh series (1 s, 2 s, …), so the pool is back as soon as the
+# database is.
+RECONNECT_TIMEOUT_S = 5.0
+
+
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "xlhub") -> ConnectionPool:
     pool = ConnectionPool(
         url, min_size=min_size, max_size=max_size, name=name, open=False,
         kwargs={"row_factory": dict_row, "connect_timeout": 10},
-        reconnect_timeout=3600,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,
     )
     pool.open(wait=False)
     return pool
@@ -61,8 +70,7 @@ async def open_async_pool(url: str, *, min_size: int = 1, max_size: int = 8, nam
     pool = AsyncConnectionPool(
         url, min_size=min_size, max_size=max_size, name=name, open=False,
         kwargs={"row_factory": dict_row, "connect_timeout": 10},
-        # Keep trying for an hour: a database away for a minute must not kill the API.
-        reconnect_timeout=3600,
+        reconnect_timeout=RECONNECT_TIMEOUT_S,      # see open_pool
     )
     await pool.open(wait=False)
     return pool

@@ -1,0 +1,448 @@
+"""Permissions as a matrix (一级一权限): every route of the API × every role × the caller's
+own subtree and another township's, driven against the real API.
+
+ROUTES below is the one table of what each route is meant to allow: who (public, any
+logged-in caller, a permission of api/permissions.py GRANTS, or its own rule) and how
+scope applies (a resource in another township answers 404; a list never shows another
+township's items). The route table of the app is the source of the rows: a route
+without an entry here fails `test_every_route_has_a_declared_expectation`, so a new
+endpoint cannot be forgotten; an entry whose permission differs from the `require(...)`
+the route declares fails too. The same table says which routes must leave an audit record
+(tests/security/test_audit_completeness.py).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from fastapi.routing import iter_route_contexts
+
+from api.permissions import GRANTS, Permission
+from config.site import Role
+from tests.security.conftest import (
+    OTHER_CAMERA,
+    OTHER_DOOR,
+    OTHER_GRID,
+    OTHER_SPEAKER,
+    OTHER_TOWNSHIP,
+    OTHER_USER,
+    OTHER_VILLAGE,
+    OWN_CAMERA,
+    OWN_DOOR,
+    OWN_GRID,
+    OWN_SPEAKER,
+    OWN_VILLAGE,
+    login,
+    role_user,
+)
+
+P = Permission
+_n = itertools.count()
+NOT_THERE = "01ZZZZZZZZZZZZZZZZZZZZZZZZ"      # a well-formed id nobody has
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one route is meant to do.
+
+    auth:   "public" | "user" (any logged-in caller) | "device" (HTTP Basic of a device) |
+            a Permission (GRANTS decide) | a frozenset of roles (a rule of its own).
+    scope:  "path"  — the resource named in the path (or body) of another township → 404;
+            "list"  — the answer never contains another township's items (``hidden``);
+            "role"  — no resource the test can place on both sides: only role is judged;
+            "none"  — not scoped (vocabulary, the caller's own things).
+    args:   path parameters: value, or (own, other), or a callable(side, ctx) → value.
+    body/query/files: likewise (callables get (side, ctx)).
+    audit:  "write" — every call leaves one audit record; "read" — a sensitive read, audited;
+            None — not audited (a plain read).
+    ok:     status codes an allowed caller may get besides 2xx (a missing worker: 504 …).
+    inline: the permission is checked inside the view (no require() dependency to compare).
+    """
+    auth: object
+    scope: str = "none"
+    args: dict = field(default_factory=dict)
+    body: object = None
+    query: object = None
+    files: object = None
+    hidden: tuple = ()
+    audit: str | None = None
+    ok: frozenset = frozenset()
+    inline: bool = False
+    stream: bool = False
+
+
+def both(own, other):
+    return (own, other)
+
+
+def uniq(prefix: str) -> Callable:
+    return lambda side, ctx: f"{prefix}{next(_n)}"
+
+
+GATEWAY = frozenset({502, 503, 504})
+CASE = lambda side, ctx: ctx.resources.cases.get(side, NOT_THERE)
+CASE_SCOPE = "path"       # downgraded to "role" at run time when no case could be made
+FEED_ROLES = frozenset(r for r in Role if r in GRANTS[P.ALARMS_READ] | GRANTS[P.CASES_READ])
+
+ROUTES: dict[tuple[str, str], Rule] = {
+    # ---------------------------------------------------------------- health, auth, web UI
+    ("GET", "/healthz"): Rule("public"),
+    ("GET", "/readyz"): Rule("public", ok=frozenset({503})),
+    ("GET", "/metrics"): Rule("public"),
+    ("GET", "/openapi.json"): Rule("public"),
+    ("GET", "/docs"): Rule("public"),
+    ("GET", "/docs/oauth2-redirect"): Rule("public"),
+    ("GET", "/redoc"): Rule("public"),
+    ("GET", "/"): Rule("public"),
+    ("GET", "/index.html"): Rule("public"),
+    ("GET", "/favicon.ico"): Rule("public"),
+    ("GET", "/web/{path:path}"): Rule("public", args={"path": "app.js"}, ok=frozenset({404})),
+    ("POST", "/api/auth/login"): Rule("public", body={"username": "nobody-at-all", "password": "wrong-Pass-1"},
+                                      ok=frozenset({401}), audit="write"),
+    ("POST", "/api/auth/logout"): Rule("user", audit="write"),
+    ("GET", "/api/auth/me"): Rule("user"),
+    ("POST", "/api/auth/password"): Rule("user", body={"old_password": "not-my-password-1",
+                                                       "new_password": "Another-pass-2026"}, audit="write"),
+    # ---------------------------------------------------------------- registry
+    ("GET", "/api/grid"): Rule(P.GRID_READ, "list", hidden=(OTHER_TOWNSHIP,)),
+    ("GET", "/api/cameras"): Rule(P.CAMERAS_READ, "list", hidden=(OTHER_CAMERA,)),
+    ("GET", "/api/cameras/{camera_id}"): Rule(P.CAMERAS_READ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}),
+    ("GET", "/api/devices"): Rule(P.DEVICES_READ, "list", hidden=(OTHER_DOOR,)),
+    ("GET", "/api/devices/{device_id}"): Rule(P.DEVICES_READ, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)}),
+    ("GET", "/api/sources/{source_id}/grid-history"): Rule(P.GRID_READ, "path",
+                                                           {"source_id": both(OWN_CAMERA, OTHER_CAMERA)}),
+    ("GET", "/api/events"): Rule(P.EVENTS_READ, "list", hidden=(OTHER_CAMERA,)),
+    # ---------------------------------------------------------------- administration
+    ("GET", "/api/users"): Rule(P.USERS_READ, "list", hidden=(OTHER_USER,)),
+    ("POST", "/api/users"): Rule(P.USERS_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "username": f"mx{next(_n)}", "display_name": "矩阵新用户", "role": "grid_worker",
+        "node_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
+    ("POST", "/api/tokens"): Rule(P.TOKENS_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "name": f"mx-token-{next(_n)}", "role": "dispatcher",
+        "node_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
+    ("GET", "/api/audit"): Rule(P.AUDIT_READ, "list", hidden=(OTHER_USER,)),
+    ("GET", "/api/audit/verify"): Rule(P.AUDIT_READ),
+    # ---------------------------------------------------------------- cameras (issue 3)
+    ("POST", "/api/cameras/{camera_id}/flags"): Rule(
+        P.CAMERAS_FLAG, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="write", ok=GATEWAY,
+        body=lambda side, ctx: {"frame_time": datetime.now(UTC).isoformat(), "category": "治安防控"}),
+    ("GET", "/api/cameras/{camera_id}/snapshot"): Rule(P.CAMERAS_READ, "path",
+                                                       {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+                                                       audit="read", ok=GATEWAY),
+    ("GET", "/api/evidence/{evidence_id}"): Rule(P.EVENTS_READ, "path", audit="read",
+                                                 args={"evidence_id": lambda side, ctx: ctx.resources.evidence[side]}),
+    ("GET", "/api/events/{event_id}/evidence"): Rule(
+        P.EVENTS_READ, "list", args={"event_id": lambda side, ctx: ctx.resources.events[side]},
+        hidden=(lambda ctx: ctx.resources.evidence["other"],)),
+    # ---------------------------------------------------------------- live video
+    ("POST", "/api/live/{camera_id}/offer"): Rule(P.LIVE_VIEW, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+                                                  body={"sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n", "type": "offer"},
+                                                  audit="read", ok=GATEWAY | {400, 409, 422}),
+    ("DELETE", "/api/live/sessions/{session_id}"): Rule("user", args={"session_id": "no-such-session"},
+                                                        ok=frozenset({404}), audit="write"),
+    ("GET", "/api/live/{camera_id}/frame.jpg"): Rule(P.LIVE_VIEW, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+                                                     audit="read", ok=GATEWAY | {409}),
+    ("GET", "/api/live/status"): Rule(P.LIVE_VIEW, "list", hidden=(OTHER_CAMERA,)),
+    ("GET", "/api/live/clock"): Rule("user"),
+    # ---------------------------------------------------------------- field devices (issue 4)
+    ("GET", "/api/device-state"): Rule(P.DEVICES_READ, "list", hidden=(OTHER_DOOR,)),
+    ("GET", "/api/devices/{device_id}/state"): Rule(P.DEVICES_READ, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)}),
+    ("GET", "/api/devices/{device_id}/telemetry"): Rule(P.DEVICES_READ, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)}),
+    ("GET", "/api/grid/{code}/telemetry"): Rule(P.DEVICES_READ, "path", {"code": both(OWN_GRID, OTHER_GRID)}),
+    ("GET", "/api/devices/{device_id}/track"): Rule(P.DEVICES_READ, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)}),
+    ("GET", "/api/grid/{code}/tracks"): Rule(P.DEVICES_READ, "path", {"code": both(OWN_GRID, OTHER_GRID)}),
+    ("GET", "/api/devices/{device_id}/events"): Rule(P.EVENTS_READ, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)}),
+    ("GET", "/api/grid/{code}/events"): Rule(P.EVENTS_READ, "path", {"code": both(OWN_GRID, OTHER_GRID)}),
+    ("POST", "/api/devices"): Rule(P.DEVICES_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "id": f"mx-door-{next(_n)}", "kind": "door", "name": "矩阵门禁", "grid": OWN_GRID if side == "own" else OTHER_GRID}),
+    ("PATCH", "/api/devices/{device_id}"): Rule(P.DEVICES_MANAGE, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)},
+                                                body={"name": "改名的门禁"}, audit="write"),
+    ("DELETE", "/api/devices/{device_id}"): Rule(P.DEVICES_MANAGE, "path", audit="write",
+                                                 args={"device_id": lambda side, ctx: ctx.throwaway_device(side)}),
+    ("POST", "/api/devices/{device_id}/commands"): Rule(
+        P.DEVICE_COMMAND, "path", {"device_id": both(OWN_SPEAKER, OTHER_SPEAKER)}, audit="write",
+        body={"name": "volume", "body": {"volume": 40}}),
+    ("GET", "/api/devices/{device_id}/commands"): Rule(P.DEVICES_READ, "path",
+                                                       {"device_id": both(OWN_SPEAKER, OTHER_SPEAKER)}),
+    ("GET", "/api/commands/{command_id}"): Rule(P.DEVICES_READ, "role", {"command_id": NOT_THERE}),
+    ("POST", "/api/doors/{device_id}/unlock"): Rule(P.DOOR_UNLOCK, "path", {"device_id": both(OWN_DOOR, OTHER_DOOR)},
+                                                    body={"duration_s": 5, "reason": "权限矩阵测试"}, audit="write"),
+    ("POST", "/api/broadcasts/audio"): Rule(P.BROADCAST_SEND, "none", audit="write", ok=frozenset({400, 413, 415, 422}),
+                                            files={"file": ("notice.wav", b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav")}),
+    ("POST", "/api/broadcasts"): Rule(P.BROADCAST_SEND, "path", audit="write", body=lambda side, ctx: {
+        "targets": [OWN_VILLAGE if side == "own" else OTHER_VILLAGE], "text": "权限矩阵测试通告"}),
+    ("GET", "/api/broadcasts"): Rule(P.BROADCAST_READ, "list", hidden=(OTHER_VILLAGE,)),
+    ("GET", "/api/broadcasts/{broadcast_id}"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE}),
+    ("GET", "/api/broadcasts/{broadcast_id}/report"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE}),
+    ("DELETE", "/api/broadcasts/{broadcast_id}"): Rule(P.BROADCAST_SEND, "role", {"broadcast_id": NOT_THERE},
+                                                       audit="write"),
+    ("GET", "/api/broadcasts/{broadcast_id}/audio"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE},
+                                                          inline=True),
+    ("POST", "/api/devices/{device_id}/media"): Rule("device", args={"device_id": OWN_DOOR}, audit="write",
+                                                     files={"file": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")}),
+    # ---------------------------------------------------------------- alarms and cases (issue 5)
+    ("GET", "/api/alerts/vocabulary"): Rule(P.CASES_READ),
+    ("GET", "/api/alarms"): Rule(P.ALARMS_READ, "list", hidden=(OTHER_CAMERA,)),
+    ("GET", "/api/alarms/{alarm_id}"): Rule(P.ALARMS_READ, "role", {"alarm_id": NOT_THERE}),
+    ("POST", "/api/alarms/{alarm_id}/acknowledge"): Rule(P.ALARMS_HANDLE, "role", {"alarm_id": NOT_THERE}, audit="write"),
+    ("POST", "/api/alarms/{alarm_id}/clear"): Rule(P.ALARMS_HANDLE, "role", {"alarm_id": NOT_THERE}, audit="write"),
+    ("POST", "/api/cases"): Rule(P.CASES_CREATE, "path", audit="write", body=lambda side, ctx: {
+        "title": "权限矩阵工单", "category": "public_order", "grid_code": OWN_GRID if side == "own" else OTHER_GRID}),
+    ("GET", "/api/cases"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,)),
+    ("GET", "/api/cases/{case_id}"): Rule(P.CASES_READ, CASE_SCOPE, {"case_id": CASE}),
+    ("POST", "/api/cases/{case_id}/actions/{action}"): Rule(P.CASES_ACT, CASE_SCOPE, audit="write",
+                                                            args={"case_id": CASE, "action": "note"},
+                                                            body={"note": "权限矩阵补充说明"}, ok=frozenset({409, 422})),
+    ("GET", "/api/cases/{case_id}/evidence/{evidence_row}"): Rule(P.CASE_EVIDENCE, "role", audit="read",
+                                                                  args={"case_id": CASE, "evidence_row": 999999}),
+    ("GET", "/api/notifications"): Rule(P.CASES_READ, "none"),
+    ("POST", "/api/notifications/{notification_id}/acknowledge"): Rule(P.CASES_READ, "role",
+                                                                       {"notification_id": 999999}, audit="write"),
+    ("GET", "/api/outbox"): Rule(P.OUTBOX_READ, "list", hidden=(OTHER_TOWNSHIP,)),
+    ("POST", "/api/outbox/replay"): Rule(P.OUTBOX_REPLAY, "none", body={"ids": [999999]}, audit="write"),
+    ("POST", "/api/alerts/cap"): Rule(P.CAP_IMPORT, "none", body=b"<alert>not really CAP</alert>", audit="write",
+                                      ok=frozenset({400, 422})),
+    ("GET", "/api/alerts/stats"): Rule(P.STATS_READ, "none"),
+    ("GET", "/api/alerts/feed"): Rule(FEED_ROLES, "none", stream=True, inline=True),
+    # case systems post status back with their own API token and signature: no person may
+    ("POST", "/api/alerts/inbound/{system}"): Rule(frozenset(), "none", {"system": "case-system"},
+                                                   body={"message_id": "m1", "case_id": "x", "status": "handling"},
+                                                   audit="write", inline=True),
+    ("GET", "/open311/v2/services.json"): Rule(P.CASES_READ, inline=True),
+    ("GET", "/open311/v2/services/{service_code}.json"): Rule(P.CASES_READ, args={"service_code": "public_order"},
+                                                             inline=True),
+    ("GET", "/open311/v2/requests.json"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,), inline=True),
+    ("GET", "/open311/v2/requests/{service_request_id}.json"): Rule(P.CASES_READ, "role", inline=True,
+                                                                    args={"service_request_id": "NO-SUCH-CASE"}),
+    ("POST", "/open311/v2/requests.json"): Rule(P.CASES_CREATE, "role", inline=True, audit="write",
+                                                ok=frozenset({400, 422})),
+}
+INTERNAL = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def app_routes(app) -> list[tuple[str, str, object]]:
+    out = []
+    for rc in iter_route_contexts(app.routes):
+        for method in sorted(rc.methods or ()):
+            if method != "HEAD":
+                out.append((method, rc.path, rc))
+    return out
+
+
+def declared_permissions(rc) -> set[str]:
+    """Permissions named by require(...) anywhere in the route's dependency tree."""
+    found: set[str] = set()
+
+    def walk(dep):
+        call = dep.call
+        if call is not None and getattr(call, "__closure__", None):
+            for name, cell in zip(call.__code__.co_freevars, call.__closure__):
+                if name == "permission":
+                    try:
+                        found.add(str(cell.cell_contents))
+                    except ValueError:
+                        pass
+        for d in dep.dependencies:
+            walk(d)
+
+    dependant = getattr(rc, "dependant", None)
+    if dependant is not None:
+        walk(dependant)
+    return found
+
+
+def test_every_route_has_a_declared_expectation(api):
+    app = api.server.config.app
+    routes = {(m, p) for m, p, _ in app_routes(app)}
+    missing = sorted(routes - set(ROUTES))
+    stale = sorted(set(ROUTES) - routes)
+    assert not missing, ("routes without a declared permission expectation (add them to ROUTES in "
+                         f"tests/security/test_permissions.py): {missing}")
+    assert not stale, f"ROUTES names routes the app does not have: {stale}"
+
+
+def test_declared_permission_matches_the_routes_dependency(api):
+    app = api.server.config.app
+    wrong = []
+    for method, path, rc in app_routes(app):
+        rule = ROUTES.get((method, path))
+        if rule is None or rule.inline:
+            continue
+        found = declared_permissions(rc)
+        expected = {str(rule.auth)} if isinstance(rule.auth, Permission) else set()
+        if found != expected:
+            wrong.append(f"{method} {path}: table says {sorted(expected) or rule.auth!r}, route requires {sorted(found)}")
+    assert not wrong, "\n".join(wrong)
+
+
+# --------------------------------------------------------------------------- driving
+class Ctx:
+    def __init__(self, api, tokens, resources, security_db):
+        self.api, self.tokens, self.resources = api, tokens, resources
+        self.db_url = security_db[0]
+        self._devices = itertools.count()
+
+    def throwaway_device(self, side: str) -> str:
+        """A device made for one DELETE (decommissioning the demo's devices would change the rest)."""
+        from store.db import connect
+        dev = f"mx-del-{side}-{next(self._devices)}"
+        grid = OWN_GRID if side == "own" else OTHER_GRID
+        with connect(self.db_url) as conn:
+            conn.execute("INSERT INTO devices (id, kind, name) VALUES (%s, 'door', '待删门禁')", (dev,))
+            conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
+                         "VALUES ('device', %s, %s, now() - interval '1 day')", (dev, grid))
+        return dev
+
+
+def _value(v, side, ctx):
+    if callable(v):
+        return v(side, ctx)
+    if isinstance(v, tuple) and len(v) == 2:
+        return v[0] if side == "own" else v[1]
+    return v
+
+
+def request_for(method: str, path: str, rule: Rule, side: str, ctx: Ctx) -> dict:
+    url = path
+    for name, v in rule.args.items():
+        url = url.replace("{" + name + "}", str(_value(v, side, ctx))).replace("{" + name + ":path}",
+                                                                                str(_value(v, side, ctx)))
+    kw: dict = {"method": method, "url": url}
+    body = _value(rule.body, side, ctx)
+    if isinstance(body, bytes):
+        kw["content"] = body
+        kw["headers"] = {"Content-Type": "application/xml"}
+    elif body is not None:
+        kw["json"] = body
+    if rule.files is not None:
+        kw["files"] = _value(rule.files, side, ctx)
+    if rule.query is not None:
+        kw["params"] = _value(rule.query, side, ctx)
+    return kw
+
+
+def call(client: httpx.Client, kw: dict, stream: bool = False) -> tuple[int, str]:
+    if stream:
+        with client.stream(**kw) as r:
+            return r.status_code, ""
+    r = client.request(**kw)
+    return r.status_code, r.text
+
+
+def allowed_roles(rule: Rule) -> set[Role]:
+    if rule.auth in ("public", "user"):
+        return set(Role)
+    if rule.auth == "device":
+        return set()
+    if isinstance(rule.auth, Permission):
+        return set(GRANTS[rule.auth])
+    return set(rule.auth)
+
+
+def expectation(rule: Rule, role: Role, side: str, scope: str) -> str:
+    """allowed | denied | hidden (404) | device (401: a person is not a device)."""
+    if rule.auth == "device":
+        return "device"
+    if role not in allowed_roles(rule):
+        return "denied"
+    if side == "other" and scope == "path":
+        return "hidden"
+    return "allowed"
+
+
+def judge(rule: Rule, expected: str, status: int, text: str, hidden: list[str]) -> str | None:
+    if status >= 500 and status not in rule.ok:
+        return f"server error {status}: {text[:200]}"
+    if expected == "device":
+        return None if status == 401 else f"a person's token got {status} from a device-only route"
+    if expected == "denied":
+        if rule.auth == frozenset() and status in (403, 404):
+            return None
+        return None if status == 403 else f"expected 403, got {status}: {text[:160]}"
+    if expected == "hidden":
+        return None if status == 404 else f"another township's resource: expected 404, got {status}: {text[:160]}"
+    if status in rule.ok:
+        return None
+    if status in (401, 403) or (status == 404 and rule.scope != "role"):
+        return f"allowed caller refused with {status}: {text[:160]}"
+    for marker in hidden:
+        if marker in text:
+            return f"answer shows another township's {marker!r}"
+    return None
+
+
+def test_permission_matrix(api, tokens, resources, security_db, figures=None):
+    ctx = Ctx(api, tokens, resources, security_db)
+    app = api.server.config.app
+    failures: list[str] = []
+    calls = 0
+    clients = {role: httpx.Client(base_url=api.base_url, timeout=30, headers={"Authorization": f"Bearer {tok}"})
+               for role, tok in tokens.items()}
+    anonymous = httpx.Client(base_url=api.base_url, timeout=30)
+    try:
+        for method, path, _ in app_routes(app):
+            rule = ROUTES.get((method, path))
+            if rule is None or path in INTERNAL:
+                continue
+            scope = rule.scope
+            if rule.args.get("case_id") is CASE and len(resources.cases) < 2:
+                scope = "role"
+            # Nobody logged in: only public routes answer.
+            if rule.auth != "public":
+                status, text = call(anonymous, request_for(method, path, rule, "own", ctx), rule.stream)
+                calls += 1
+                if status != 401:
+                    failures.append(f"{method} {path} anonymous: expected 401, got {status}: {text[:120]}")
+            for role, side in itertools.product(Role, ("own", "other")):
+                if scope in ("none", "role", "list") and side == "other" and rule.scope != "list":
+                    continue
+                client = clients[role]
+                if path == "/api/auth/logout":         # ends the session: use a fresh one
+                    client = httpx.Client(base_url=api.base_url, timeout=30,
+                                          headers={"Authorization": f"Bearer {login(api, role_user(role))}"})
+                kw = request_for(method, path, rule, side, ctx)
+                status, text = call(client, kw, rule.stream)
+                calls += 1
+                hidden = [h(ctx) if callable(h) else h for h in rule.hidden]
+                problem = judge(rule, expectation(rule, role, side, scope), status, text, hidden)
+                if problem:
+                    failures.append(f"{method} {path} as {role.value} ({side} subtree, {kw['url']}): {problem}")
+    finally:
+        for c in clients.values():
+            c.close()
+        anonymous.close()
+    print(f"\npermission matrix: {calls} calls, {len(failures)} failures; cases on both sides: {resources.cases}")
+    assert not failures, f"{len(failures)} of {calls} calls not as designed:\n" + "\n".join(failures)
+
+
+WIDENING = [
+    ("/api/cameras", {"grid": OTHER_TOWNSHIP}, OTHER_CAMERA),
+    ("/api/devices", {"grid": OTHER_TOWNSHIP}, OTHER_DOOR),
+    ("/api/events", {"grid": OTHER_TOWNSHIP}, OTHER_CAMERA),
+    ("/api/events", {"source_id": OTHER_CAMERA}, OTHER_CAMERA),
+    ("/api/device-state", {"grid": OTHER_TOWNSHIP}, OTHER_DOOR),
+    ("/api/alarms", {"grid": OTHER_TOWNSHIP}, OTHER_CAMERA),
+    ("/api/alarms", {"source": OTHER_CAMERA}, OTHER_CAMERA),
+    ("/api/cases", {"grid": OTHER_TOWNSHIP}, OTHER_GRID),
+    ("/api/audit", {"actor": OTHER_USER}, OTHER_USER),
+    ("/open311/v2/requests.json", {}, OTHER_GRID),
+]
+
+
+def test_query_parameters_cannot_widen_scope(api, tokens, resources):
+    """Filters name another township's node, source or person: the answer stays inside
+    the caller's own subtree (empty, or a 4xx), never the other township's items."""
+    login(api, OTHER_USER)          # the other township's dispatcher leaves audit records to find
+    problems = []
+    for role in (Role.admin, Role.centre_lead, Role.dispatcher):
+        with httpx.Client(base_url=api.base_url, timeout=30, headers={"Authorization": f"Bearer {tokens[role]}"}) as c:
+            for path, params, marker in WIDENING:
+                r = c.get(path, params=params)
+                if r.status_code >= 500 or (r.status_code == 200 and marker in r.text):
+                    problems.append(f"{role.value} GET {path} {params}: {r.status_code} {r.text[:160]}")
+    assert not problems, "\n".join(problems)

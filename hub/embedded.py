@@ -275,10 +275,18 @@ def device_account(kind: str, device_id: str, password: str) -> MqttAccount:
 
 @dataclass
 class EmbeddedMosquitto:
-    """A private Mosquitto 2 broker on 127.0.0.1:port with a password file and ACL."""
+    """A private Mosquitto 2 broker on 127.0.0.1:port with a password file and ACL.
+
+    With ``device_port`` the devices get a listener of their own: device accounts log in
+    only there, and there the client id is forced to the username. On one shared listener
+    any device account can connect with another client's id — the ingest's ``xlhub-ingest``
+    or another device's — which disconnects that client and takes its persistent session:
+    the QoS 1 messages queued in it are dropped (the read ACL refuses them to the impostor).
+    tests/security/test_mqtt_acl.py shows both."""
 
     var_dir: Path
     port: int
+    device_port: int | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -291,32 +299,56 @@ class EmbeddedMosquitto:
     def url(self) -> str:
         return f"mqtt://{HUB_MQTT_USER}:{quote(self.hub_password, safe='')}@127.0.0.1:{self.port}"
 
+    def device_url(self, username: str, password: str) -> str:
+        """Where a device connects: its own listener when there is one."""
+        port = self.device_port or self.port
+        return f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
+
     def set_accounts(self, accounts: list[MqttAccount]) -> None:
         self.accounts = {a.username: a for a in accounts}
 
     def write_config(self) -> Path:
         base = service_dir(self.var_dir, "mosquitto", self._os_user)
         (base / "data").mkdir(exist_ok=True)
-        passwd = base / "passwd"
-        plain = [f"{HUB_MQTT_USER}:{self.hub_password}"] + [f"{a.username}:{a.password}" for a in self.accounts.values()]
-        passwd.write_text("\n".join(plain) + "\n")
-        os.chmod(passwd, 0o600)
-        subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
-        acl_lines = [f"user {HUB_MQTT_USER}", "topic readwrite #", ""]
+        hub_entry = [f"{HUB_MQTT_USER}:{self.hub_password}"]
+        device_entries = [f"{a.username}:{a.password}" for a in self.accounts.values()]
+        hub_acl = [f"user {HUB_MQTT_USER}", "topic readwrite #", ""]
+        device_acl = []
         for a in self.accounts.values():
-            acl_lines.append(f"user {a.username}")
-            acl_lines += [f"topic write {t}" for t in a.write]
-            acl_lines += [f"topic read {t}" for t in a.read]
-            acl_lines.append("")
-        acl = base / "acl"
-        acl.write_text("\n".join(acl_lines))
-        conf = base / "mosquitto.conf"
-        conf.write_text(f"""# Written by xlhub on every start.
-per_listener_settings false
+            device_acl.append(f"user {a.username}")
+            device_acl += [f"topic write {t}" for t in a.write]
+            device_acl += [f"topic read {t}" for t in a.read]
+            device_acl.append("")
+        passwd, acl = base / "passwd", base / "acl"
+        if self.device_port is None:
+            _write_passwords(passwd, hub_entry + device_entries)
+            acl.write_text("\n".join(hub_acl + device_acl))
+            listeners = f"""per_listener_settings false
+listener {self.port} 127.0.0.1
+allow_anonymous false
+password_file {passwd}
+acl_file {acl}"""
+        else:
+            dev_passwd, dev_acl = base / "passwd-devices", base / "acl-devices"
+            _write_passwords(passwd, hub_entry)
+            acl.write_text("\n".join(hub_acl))
+            _write_passwords(dev_passwd, device_entries)
+            dev_acl.write_text("\n".join(device_acl) or "# no devices\n")
+            listeners = f"""per_listener_settings true
+# the hub's own processes
 listener {self.port} 127.0.0.1
 allow_anonymous false
 password_file {passwd}
 acl_file {acl}
+# devices: one account each, and the client id is the account (no session takeover)
+listener {self.device_port} 127.0.0.1
+allow_anonymous false
+password_file {dev_passwd}
+acl_file {dev_acl}
+use_username_as_clientid true"""
+        conf = base / "mosquitto.conf"
+        conf.write_text(f"""# Written by xlhub on every start.
+{listeners}
 persistence true
 persistence_location {base / 'data'}/
 autosave_interval 10
@@ -347,6 +379,8 @@ connection_messages false
         logf.close()
         try:
             _wait_port(self.port, timeout, self.proc)
+            if self.device_port is not None:
+                _wait_port(self.device_port, timeout, self.proc)
         except EmbeddedError as exc:
             tail = log_path.read_text(errors="replace")[-1500:]
             self.stop()
@@ -378,6 +412,17 @@ connection_messages false
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def _write_passwords(path: Path, entries: list[str]) -> None:
+    """A Mosquitto password file: created 0600 before anything is written (the plain
+    passwords never sit in a world-readable file), then hashed in place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(entries) + "\n" if entries else "")
+    if entries:
+        subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True)
 
 
 def load_accounts(path: Path) -> dict[str, dict]:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=1, le=65535)
     embedded_pg_port: int = Field(55432, ge=1, le=65535)
     embedded_mqtt_port: int = Field(18830, ge=1, le=65535)
+    embedded_mqtt_device_port: int = Field(18831, ge=1, le=65535,
+                                           description="the embedded broker's listener for device accounts")
     camera_workers: int = Field(1, ge=0, description="camera worker processes (each owns a shard)")
     demo: bool | None = Field(None, description="run the demo simulators (default: when the site file is the demo)")
     log_level: str = "INFO"

@@ -78,7 +78,9 @@ class Supervisor:
         if s.mqtt_url:
             self.mqtt_url = s.mqtt_url
         else:
-            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port)
+            # Devices log in on a listener of their own, where the client id is bound to the
+            # account: on a shared one a device could take over the ingest's session.
+            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port)
             self.broker.set_accounts(self._device_accounts(kinds))
             self.broker.start()
             self.mqtt_url = self.broker.url
@@ -127,6 +129,8 @@ class Supervisor:
             "XLHUB_MQTT_URL": self.mqtt_url,
             "XLHUB_SITE_FILE": str(self.settings.site_file),
             "XLHUB_VAR_DIR": str(self.settings.var_dir),
+            "XLHUB_MQTT_DEVICE_URL": (f"mqtt://127.0.0.1:{self.broker.device_port}" if self.broker
+                                      else self.mqtt_url),
             "XLHUB_EXPECTED_WORKERS": ",".join(c.name for c in self.children if c.ready_worker),
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir()),
             "PYTHONUNBUFFERED": "1",

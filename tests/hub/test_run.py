@@ -31,10 +31,11 @@ def port_open(port: int) -> bool:
 class Hub:
     def __init__(self, var_dir: Path, passwords: dict[str, str]):
         self.var_dir = var_dir
-        self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port()}
+        self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port(), "mqtt_devices": free_port()}
         self.env = {**os.environ, **passwords,
                     "XLHUB_VAR_DIR": str(var_dir), "XLHUB_HTTP_PORT": str(self.ports["http"]),
-                    "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"])}
+                    "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"]),
+                    "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(self.ports["mqtt_devices"])}
         for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
             self.env.pop(key, None)
         self.proc: subprocess.Popen | None = None

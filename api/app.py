@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -57,6 +58,13 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         # Name every bad field; never echo the submitted values (they may be passwords).
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(psycopg.DataError)
+    async def data_error(request, exc: psycopg.DataError):
+        # A value the database cannot take (a NUL byte in a filter, a number out of range, …)
+        # is the caller's mistake, not a server error: 400 with the kind, never the value.
+        return JSONResponse({"detail": f"invalid value in the request ({type(exc).__name__}): text may not "
+                                       "contain NUL bytes, numbers and times must be in range"}, status_code=400)
 
     # One router per resource: alerts = alarms, cases, outbox, CAP, assessment; the feed is
     # SSE; inbound = case systems' status back; web = the UI at / and live video.

@@ -1,6 +1,10 @@
 """Accounts: log in, log out, who am I, change password."""
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
@@ -11,6 +15,61 @@ from store import identity
 from store.audit import record
 
 router = APIRouter(prefix="/api/auth", tags=["auth 账户"])
+
+# Failed logins per client address. An account locks after identity.FREE_ATTEMPTS failures
+# in a row; guessing one password across many accounts (password spraying) never locks any
+# of them, so the address is slowed as well: past ADDRESS_FAILURES failures within
+# ADDRESS_WINDOW_S it gets 429 without a password check (which also spares the CPU the
+# argon2 work). Kept per API process, in memory.
+ADDRESS_FAILURES = 20
+ADDRESS_WINDOW_S = 60.0
+
+
+class AddressThrottle:
+    def __init__(self, limit: int = ADDRESS_FAILURES, window_s: float = ADDRESS_WINDOW_S) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        q = self._failures.get(address)
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        return q
+
+    def wait(self, address: str | None) -> float:
+        """Seconds this address must wait before its next attempt (0: go ahead)."""
+        if not address:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            q = self._recent(address, now)
+            return q[0] + self.window_s - now if q and len(q) >= self.limit else 0.0
+
+    def failed(self, address: str | None) -> None:
+        if not address:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > 50_000:          # bounded: forget addresses that went quiet
+                for key in [k for k, q in self._failures.items() if not q or q[-1] <= now - self.window_s]:
+                    del self._failures[key]
+            q = self._recent(address, now)
+            if q is None:
+                q = self._failures[address] = deque()
+            q.append(now)
+
+
+_throttle_lock = threading.Lock()
+
+
+def address_throttle(request: Request) -> AddressThrottle:
+    state = request.app.state
+    with _throttle_lock:
+        throttle = getattr(state, "login_throttle", None)
+        if throttle is None:
+            throttle = state.login_throttle = AddressThrottle()
+    return throttle
 
 
 class LoginRequest(BaseModel):
@@ -62,8 +121,18 @@ def _bearer_or_cookie(request: Request) -> str | None:
 def login(body: LoginRequest, request: Request, response: Response, conn: Conn) -> LoginResponse:
     request.state.audited = True
     settings = request.app.state.settings
+    throttle, address = address_throttle(request), client_ip(request)
+    wait = throttle.wait(address)
+    if wait > 0:
+        record(conn, entry_for(request, "auth.login", "denied", target=body.username,
+                               detail={"reason": "too many failed logins from this address"}, actor=body.username))
+        conn.commit()
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"too many failed logins from this address: try again in {int(wait) + 1} s",
+                            headers={"Retry-After": str(int(wait) + 1)})
     result = identity.authenticate(conn, body.username, body.password)
     if result.principal is None:
+        throttle.failed(address)
         record(conn, entry_for(request, "auth.login", "denied", target=body.username,
                                detail={"reason": result.reason}, actor=body.username))
         # The failure counter and the audit record must survive the error response.

@@ -88,8 +88,8 @@ class Client:
 
 @pytest.fixture(scope="module")
 def shared_listener(tmp_path_factory):
-    """The embedded broker as `xlhub run` starts it until the supervisor passes
-    ``device_port``: devices and hub processes on one listener."""
+    """The embedded broker without ``device_port`` (devices and hub processes on one
+    listener), kept to show why `xlhub run` gives devices a listener of their own."""
     b = EmbeddedMosquitto(tmp_path_factory.mktemp("acl-shared"), free_port())
     b.set_accounts([device_account("door", "door-a", PW["door-a"]), device_account("door", "door-b", PW["door-b"])])
     b.start()
@@ -174,8 +174,8 @@ def test_accounts_and_listeners(broker):
     assert not Client(broker.device_port, "door-a", PW["door-b"]).ok, "another device's password accepted"
 
 
-SHARED = pytest.mark.xfail(strict=True, reason="one shared listener: any device account may use any client id "
-                                                "(hub/embedded.py device_port fixes it; the supervisor must pass it)")
+SHARED = pytest.mark.xfail(strict=True, reason="one shared listener (EmbeddedMosquitto without device_port): any "
+                                                "device account may use any client id; xlhub run uses the device listener")
 TAKEOVER = pytest.mark.parametrize("config", ["device_listener", pytest.param("shared_listener", marks=SHARED)])
 
 

@@ -5,6 +5,8 @@ worker (a real child process) keeps its persistent session. The accounting at th
 every message the broker acknowledged is stored, no event twice, no dead letter."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
@@ -64,8 +66,11 @@ def test_broker_clean_restart_mid_stream(fault_db, own_broker, tmp_path, figures
 def test_broker_crash_and_30s_outage(fault_db, own_broker, tmp_path, figures):
     def fault(broker, ingest):
         # A hub's ingest runs for days: its session is in every one of the broker's
-        # snapshots (autosave every 10 s). Stream past one autosave before the crash.
-        time.sleep(11)
+        # snapshots (autosave every 10 s). Have Mosquitto write one now (SIGUSR1) instead
+        # of streaming past the next autosave; then stream on, so the crash loses what came
+        # after the snapshot, as a real one would.
+        os.kill(broker.proc.pid, signal.SIGUSR1)
+        time.sleep(2)
         broker.kill()                 # SIGKILL: no goodbye, no final save
         t0 = time.monotonic()
         wait_until(lambda: (d := ingest.heartbeat_detail()) and not d.get("broker"), 20,

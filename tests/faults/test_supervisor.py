@@ -44,7 +44,11 @@ def test_supervisor_restarts_killed_children(tmp_path, figures):
         tag = f"sup{uuid.uuid4().hex[:6]}"
         pub = Publisher(hub.ports["mqtt"], "xlhub-hub", password)
         stream = Stream(pub, tag, rate=200).start()
-        time.sleep(11)             # past one broker autosave: the ingest session is on disk
+        time.sleep(2)
+        # The ingest session must be in Mosquitto's snapshot before the broker is killed, as
+        # it is on a hub that has run for more than one autosave (10 s): ask for one now.
+        os.kill(child_pid(hub, "mosquitto"), signal.SIGUSR1)
+        time.sleep(1)
 
         for name in ("ingest", "api", "mosquitto"):
             pid = wait_until(lambda: child_pid(hub, name), 30, f"the {name} child")
@@ -61,7 +65,7 @@ def test_supervisor_restarts_killed_children(tmp_path, figures):
             wait_until(lambda: ready(hub), 60, f"/readyz ready after {name} was killed")
             measured[name] = {"restarted_after_s": round(restarted, 1),
                               "ready_after_s": round(time.monotonic() - t0, 1), "old_pid": pid, "new_pid": new}
-            time.sleep(3)
+            time.sleep(1)
         stream.stop()
         acc = settle(hub.db_url(), pub, tag, timeout=120)
         figures("supervisor_restarts", **measured, published=stream.sent + stream.events, accounting=acc.line(),

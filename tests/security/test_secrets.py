@@ -120,7 +120,7 @@ def running_hub(tmp_path_factory):
     hub.start()
     try:
         hub.wait_ready(180)
-        time.sleep(8)                  # let the demo run: cameras connect, devices publish, workers log
+        time.sleep(3)                  # let the demo run: cameras connect, devices publish, workers log
         admin = next(u for u in site.users if str(u.role) == "admin")
         token = httpx.post(f"{hub.base}/api/auth/login",
                            json={"username": admin.username, "password": passwords[admin.password_env]}).json()["token"]

@@ -179,9 +179,13 @@ class Soak:
                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self._wait_ready(240)
-        password = (self.var / "secrets" / "mqtt_hub_password").read_text().strip()
-        self.db_url = (f"postgresql://xlhub:{quote((self.var / 'secrets' / 'pg_password').read_text().strip(), safe='')}"
-                       f"@127.0.0.1:{self.ports['pg']}/xlhub")
+        from config.settings import Settings
+        from store.secrets import SecretBox, read_secret
+
+        box = SecretBox.from_settings(Settings(var_dir=self.var))    # plain or encrypted files alike
+        password = read_secret(self.var / "secrets" / "mqtt_hub_password", box, migrate=False)
+        pg_password = read_secret(self.var / "secrets" / "pg_password", box, migrate=False)
+        self.db_url = f"postgresql://xlhub:{quote(pg_password, safe='')}@127.0.0.1:{self.ports['pg']}/xlhub"
         from config.site import load_site
         from devices.sim.simulators import DeviceFleet
 

@@ -11,6 +11,9 @@ import uuid
 
 import httpx
 
+from config.settings import Settings
+from store.secrets import SecretBox, read_secret
+
 from tests.faults.tools import Publisher, Stream, children, cmdline, scalar, settle, wait_until
 from tests.hub.test_run import Hub
 
@@ -40,7 +43,8 @@ def test_supervisor_restarts_killed_children(tmp_path, figures):
     measured = {}
     try:
         hub.wait_ready(180)
-        password = (hub.var_dir / "secrets" / "mqtt_hub_password").read_text().strip()
+        password = read_secret(hub.var_dir / "secrets" / "mqtt_hub_password",
+                               SecretBox.from_settings(Settings(var_dir=hub.var_dir)), migrate=False)
         tag = f"sup{uuid.uuid4().hex[:6]}"
         pub = Publisher(hub.ports["mqtt"], "xlhub-hub", password)
         stream = Stream(pub, tag, rate=200).start()

@@ -243,7 +243,9 @@ def test_garbage_through_the_real_ingest_path(registry_db, mqtt):
             stats = svc.stats()
             dead = conn.execute("SELECT reason FROM dead_letters").fetchall()
         got = stats["received"] - before["received"]
-        assert got == len(sample) + 1, stats
+        # >=: the session's shared broker also hands the new subscription other tests'
+        # retained avail/state messages; every one of ours is counted in the dead letters below.
+        assert got >= len(sample) + 1, stats
         assert stats["dead_letters"] - before["dead_letters"] == len(sample) - expected_rows, stats
         assert all(r["reason"] for r in dead) and not [r for r in dead if r["reason"].startswith("internal error")], \
             [r["reason"] for r in dead if r["reason"].startswith("internal error")][:5]

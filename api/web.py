@@ -52,6 +52,8 @@ def favicon() -> FileResponse:
 @router.get("/web/{path:path}", include_in_schema=False)
 def asset(path: str) -> FileResponse:
     root = WEB_ROOT.resolve()
+    if "\x00" in path:  # Path.resolve() raises on NUL: an invalid name is simply not found
+        raise HTTPException(404, "not found")
     target = (root / path).resolve()
     # No way out of web/, no directory listings, no dotfiles, only known types.
     if (root not in target.parents or not target.is_file()

@@ -56,7 +56,7 @@ def ipycam(tmp_path_factory):
     try:
         import ipycam  # noqa: F401
     except ImportError:
-        pytest.skip("ipycam is not installed (test extra)")
+        pytest.fail("ipycam is not installed: scripts/setup installs it from requirements-nodeps.txt")
     with fake_mod.IpycamProcess(tmp_path_factory.mktemp("ipycam")) as cam:
         yield cam
 

@@ -100,7 +100,6 @@ def test_web_asset_path_tricks(api):
         assert b"root:" not in data and b"def create_app" not in data and b"BaseSettings" not in data
 
 
-@pytest.mark.xfail(strict=True, reason="api/web.py asset(): Path.resolve() raises ValueError on a NUL byte → 500")
 def test_web_asset_nul_byte(api):
     for target in [b"/web/%00", b"/web/app.js%00.png"]:
         status, data = raw_get(api, target)

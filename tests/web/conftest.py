@@ -18,9 +18,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # a test extra: missing means set-up is broken, not a skip
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (scripts/setup installs Debian's chromium)")
+        pytest.fail(f"{CHROMIUM} not found (scripts/setup installs Debian's chromium)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b

@@ -45,6 +45,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         title="雪亮 hub API", version="0.1.0", lifespan=lifespan,
         description="Xueliang Hub: cameras, field devices, events and cases of the grid-governance platform. "
                     "Every call needs a bearer token (POST /api/auth/login, or an API token).",
+        # Refused while it streams in (413), before a handler or the multipart parser
+        # spools it: a 32 MiB JSON body must not cost 32 MiB of memory or disk.
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.db_url = db_url

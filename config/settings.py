@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     demo: bool | None = Field(None, description="run the demo simulators (default: when the site file is the demo)")
     log_level: str = "INFO"
     log_json: bool = False
+    max_body_bytes: int = Field(1024 * 1024, ge=1024,
+                                description="largest HTTP request body; upload routes have their own limits")
     session_hours: int = Field(12, ge=1, description="how long a login session lasts (one shift)")
     secret_key: SecretStr | None = Field(None, description="key for secrets at rest; generated under var/ if unset")
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

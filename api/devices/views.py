@@ -50,6 +50,11 @@ from store.identity import Principal, principal_for_token
 
 router = APIRouter(prefix="/api", tags=["devices 物联设备"])
 
+# Upload routes lift the app's small body limit to the configured file size plus the
+# multipart framing; the handlers still enforce the exact per-file limit with a reason.
+_UPLOAD_LIMITS = DevicesSettings()
+_MULTIPART_OVERHEAD = 64 * 1024
+
 # Commands people may not send through the generic endpoint: each has its own, with its
 # own permission and audit (unlock: door.unlock, signed; play: broadcasts, with receipts).
 RESERVED_COMMANDS = {"unlock": "使用开门接口 POST /api/doors/{id}/unlock", "play": "使用广播接口 POST /api/broadcasts"}
@@ -564,7 +569,8 @@ def _target_in_scope(conn, principal: Principal, code: str) -> None:
                     f"broadcast target {code!r}")
 
 
-@router.post("/broadcasts/audio", status_code=201)
+@router.post("/broadcasts/audio", status_code=201,
+             max_body_size=_UPLOAD_LIMITS.max_audio_bytes + _MULTIPART_OVERHEAD)
 def upload_broadcast_audio(request: Request, conn: Conn,
                            principal: Annotated[Principal, Depends(require(Permission.BROADCAST_SEND))],
                            file: UploadFile = File(..., description="MP3, WAV, OGG, AAC or M4A")) -> dict:
@@ -727,7 +733,8 @@ def broadcast_audio_file(broadcast_id: str, request: Request, conn: Conn) -> Fil
     return FileResponse(path, media_type=a["media_type"], headers={"X-Content-SHA256": a["sha256"]})
 
 
-@router.post("/devices/{device_id}/media", status_code=201)
+@router.post("/devices/{device_id}/media", status_code=201,
+             max_body_size=_UPLOAD_LIMITS.max_media_bytes + _MULTIPART_OVERHEAD)
 def upload_media(device_id: str, request: Request, conn: Conn,
                  file: UploadFile = File(..., description="JPEG, PNG, TIFF, MP4 or MOV"),
                  captured_at: Annotated[datetime | None, Form()] = None,

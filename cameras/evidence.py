@@ -396,13 +396,14 @@ class EvidenceStore:
             return False
 
     def sweep(self, camera_ids: list[str], retention_days: int) -> int:
-        """Delete evidence of these cameras older than the retention, rows and files."""
+        """Delete evidence of these cameras older than the retention, rows and files; files
+        held by a case's archive (``evidence.hold``) stay."""
         if self.pool is None or not camera_ids:
             return 0
         with self.pool.connection(timeout=10) as conn:
             rows = conn.execute(
                 """DELETE FROM evidence WHERE source_kind = 'camera' AND source_id = ANY(%s)
-                   AND captured_at < now() - make_interval(days => %s) RETURNING path""",
+                   AND captured_at < now() - make_interval(days => %s) AND hold IS NULL RETURNING path""",
                 (camera_ids, retention_days)).fetchall()
         removed = 0
         for row in rows:

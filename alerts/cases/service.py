@@ -246,6 +246,10 @@ def attach_evidence(conn: psycopg.Connection, cfg: AlertsConfig, case: dict, ite
         ).fetchone()
         if row is not None:
             inserted.append(row)
+    held = [r["evidence_id"] for r in inserted if r["evidence_id"]]
+    if held:
+        # The archive keeps it past the camera's evidence retention (the sweep skips held files).
+        conn.execute("UPDATE evidence SET hold = %s WHERE id = ANY(%s) AND hold IS NULL", (f"case {case['id']}", held))
     if inserted and announce:
         _record(conn, case["id"], now, "evidence", case["state"], case["state"], actor, case["owner_code"],
                 detail={"refs": [r["ref"] for r in inserted]})

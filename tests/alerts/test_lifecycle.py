@@ -25,11 +25,12 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from cameras.evidence import EvidenceStore
 from devices.settings import DevicesSettings
 from devices.sim.simulators import DeviceFleet
 from ingest.consumer import IngestService
 from store import identity
-from store.db import connect
+from store.db import connect, open_pool
 from store.registry import sync_site
 from tests.alerts.conftest import (SECRET_ENV, SYSTEM, TOKEN_ENV, TOKEN_NAME, EngineRunner, Receiver, insert_event,
                                    insert_evidence, one, query, wait_for, write_site)
@@ -161,6 +162,18 @@ def test_forced_door_becomes_a_case_delivered_with_the_camera_evidence(hub, devi
     audited = query(hub.db, "SELECT actor, outcome FROM audit_log WHERE action = 'case.evidence.download'")
     assert ("ds-dispatcher", "ok") in {(a["actor"], a["outcome"]) for a in audited}
     assert ("xh-dispatcher", "denied") in {(a["actor"], a["outcome"]) for a in audited}
+    # The case's archive outlives the camera's evidence retention: a sweep that removes
+    # everything older than now keeps the files attached to the case.
+    loose = insert_evidence(hub.db, "cam-dsc-01", "image/jpeg", at=now - timedelta(seconds=3), root=hub.tmp / "evidence")
+    pool = open_pool(hub.db)
+    try:
+        EvidenceStore(hub.tmp / "evidence", pool).sweep(["cam-dsc-01"], retention_days=0)
+    finally:
+        pool.close()
+    assert not (hub.tmp / "evidence" / loose["path"]).exists()
+    for kept in (snapshot, clip):
+        assert (hub.tmp / "evidence" / kept["path"]).exists()
+        assert one(hub.db, "SELECT hold FROM evidence WHERE id = %s", (kept["id"],))["hold"] == f"case {case['id']}"
 
 
 def test_receiver_down_then_back_gets_every_message_once_in_order(hub, device):

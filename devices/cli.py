@@ -31,7 +31,7 @@ def credentials_command(args, settings, database, broker_factory, account_factor
     from store import audit
     from store.db import connect
 
-    store = DeviceSecrets.for_var_dir(settings.var_dir)
+    store = DeviceSecrets.for_settings(settings)
     with database(settings) as url, connect(url) as conn:
         kinds = {r["id"]: r["kind"] for r in conn.execute("SELECT id, kind FROM devices WHERE active").fetchall()}
         if args.device_id not in kinds:

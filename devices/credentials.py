@@ -1,28 +1,34 @@
 """Per-device secrets (一机一帐号): each device's broker password and its command-signing
-key, kept in ``var/secrets`` as two JSON files readable by the hub's user only (0600, in a
-0700 directory), written atomically under a lock (the supervisor, the CLI and the API
-may touch them).  A secret is printed once, when issued or rotated, and never logged.
+key, kept in ``var/secrets`` as two JSON maps encrypted with the hub's master key
+(store/secrets.py), readable by the hub's user only (0600, in a 0700 directory), written
+atomically under a lock (the supervisor, the CLI and the API may touch them).  A secret is
+printed once, when issued or rotated, and never logged.
 
 - ``mqtt_devices.json``: ``{device id: broker password}`` (also read by the supervisor to
   write Mosquitto's password file and ACL, and by the simulators).
 - ``device_keys.json``: ``{device id: hex key}`` for HMAC-signed commands (door unlock).
 
-Reloading the broker is the caller's: the hub's CLI passes a function that rewrites the
-embedded Mosquitto's password file and ACL and signals the running broker (SIGHUP makes
-Mosquitto re-read both without dropping connected clients; a client whose password changed
-is refused at its next connect)."""
+A map an older hub wrote in plain JSON is read as such and rewritten encrypted, under the
+lock, the first time it is read.
+
+Reloading the broker is the caller's: the supervisor watches these files and the registry
+and reloads its embedded Mosquitto when a device's account changes (decommissioned,
+rotated, issued); the CLI also reloads it itself. On reload (SIGHUP) Mosquitto re-reads the
+password file and ACL, disconnects a client whose account is gone or whose password
+changed, and refuses it from then on."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hmac
-import json
 import os
 import secrets
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from store.secrets import SecretBox, is_encrypted, read_json, write_json
 
 PASSWORDS_FILE = "mqtt_devices.json"
 KEYS_FILE = "device_keys.json"
@@ -40,12 +46,19 @@ class Issued:
 
 
 class DeviceSecrets:
-    def __init__(self, secrets_dir: Path) -> None:
+    def __init__(self, secrets_dir: Path, box: SecretBox | None = None) -> None:
         self.dir = Path(secrets_dir)
+        # Without a box: the one the hub's processes use for this var dir (XLHUB_SECRET_KEY
+        # from the environment, else the generated key file next to the secrets).
+        self.box = box or SecretBox.for_var_dir(self.dir.parent)
 
     @classmethod
-    def for_var_dir(cls, var_dir: Path) -> DeviceSecrets:
-        return cls(Path(var_dir) / "secrets")
+    def for_var_dir(cls, var_dir: Path, box: SecretBox | None = None) -> DeviceSecrets:
+        return cls(Path(var_dir) / "secrets", box)
+
+    @classmethod
+    def for_settings(cls, settings) -> DeviceSecrets:
+        return cls.for_var_dir(settings.var_dir, SecretBox.from_settings(settings))
 
     @property
     def passwords_path(self) -> Path:
@@ -56,13 +69,22 @@ class DeviceSecrets:
         return self.dir / KEYS_FILE
 
     # -- reading ---------------------------------------------------------------------
-    @staticmethod
-    def _read(path: Path) -> dict[str, str]:
-        if not path.exists():
-            return {}
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise CredentialsError(f"{path}: expected a JSON object")
+    def _load(self, path: Path) -> dict[str, str]:
+        # A wrong master key raises SecretError (naming the file): the CLI and `xlhub run`
+        # report it as such.
+        try:
+            return read_json(path, self.box, migrate=False)
+        except ValueError:
+            raise CredentialsError(f"{path}: not valid JSON") from None
+
+    def _read(self, path: Path) -> dict[str, str]:
+        data = self._load(path)
+        if path.exists() and not is_encrypted(path):
+            # Migrated under the lock: a plain rewrite racing an issue() would undo it.
+            with self._locked():
+                data = self._load(path)
+                if path.exists() and not is_encrypted(path):
+                    self._write(path, data)
         return data
 
     def passwords(self) -> dict[str, str]:
@@ -97,23 +119,15 @@ class DeviceSecrets:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    @staticmethod
-    def _write(path: Path, data: dict[str, str]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+    def _write(self, path: Path, data: dict[str, str]) -> None:
+        write_json(path, data, self.box)
 
     def issue(self, device_id: str, *, rotate: bool = False, signing_key: bool = True) -> Issued:
         """A new broker password for a device (and a signing key if it has none, or if
         ``rotate`` and ``signing_key``). ``issue`` refuses a device that already has one:
         rotate it instead, so nobody replaces a working password by mistake."""
         with self._locked():
-            passwords, keys = self.passwords(), self.keys()
+            passwords, keys = self._load(self.passwords_path), self._load(self.keys_path)
             if device_id in passwords and not rotate:
                 raise CredentialsError(f"device {device_id} already has credentials; use 'rotate' to replace them")
             if device_id not in passwords and rotate:
@@ -132,7 +146,7 @@ class DeviceSecrets:
         if key is not None:
             return key
         with self._locked():
-            keys = self.keys()
+            keys = self._load(self.keys_path)
             if device_id not in keys:
                 keys[device_id] = secrets.token_hex(32)
                 self._write(self.keys_path, keys)
@@ -140,9 +154,9 @@ class DeviceSecrets:
 
     def revoke(self, device_id: str) -> bool:
         """Forget a device's secrets (decommissioned): it can no longer log in once the
-        broker is reloaded."""
+        broker is reloaded (the supervisor does that when it sees the change)."""
         with self._locked():
-            passwords, keys = self.passwords(), self.keys()
+            passwords, keys = self._load(self.passwords_path), self._load(self.keys_path)
             found = passwords.pop(device_id, None) is not None
             if keys.pop(device_id, None) is not None:
                 self._write(self.keys_path, keys)

@@ -33,11 +33,12 @@ def database(settings: Settings) -> Iterator[str]:
     from hub.embedded import EmbeddedPostgres
     from store import migrate
     from store.db import wait_for_database
+    from store.secrets import SecretBox
 
     if settings.database_url:
         yield settings.database_url
         return
-    pg = EmbeddedPostgres(settings.var_dir, settings.embedded_pg_port)
+    pg = EmbeddedPostgres(settings.var_dir, settings.embedded_pg_port, box=SecretBox.from_settings(settings))
     started = False
     try:
         wait_for_database(pg.url, timeout=1)
@@ -240,17 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     from devices.cli import register as register_devices   # devices credentials issue|rotate
     from hub.embedded import EmbeddedMosquitto, device_account
-    register_devices(sub, database, broker_factory=lambda s: EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port),
-                     account_factory=device_account)
+    from store.secrets import SecretBox
+
+    def broker_factory(s: Settings) -> EmbeddedMosquitto:
+        # The same listeners as the running hub's broker: the config is rewritten whole.
+        return EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
+                                 box=SecretBox.from_settings(s))
+
+    register_devices(sub, database, broker_factory=broker_factory, account_factory=device_account)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    from store.secrets import SecretError
+
     args = build_parser().parse_args(argv)
     settings = Settings()
     from hub.logs import setup_logging
     setup_logging(settings, process="main")
-    sys.exit(args.func(args, settings))
+    try:
+        code = args.func(args, settings)
+    except SecretError as exc:
+        # Names the file and the likely cause (XLHUB_SECRET_KEY), never a value.
+        print(f"xlhub: cannot read the hub's secrets: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

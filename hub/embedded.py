@@ -8,8 +8,9 @@ so the data then lives under /var/lib/xlhub/<hash> and var/<name> is a symlink t
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
-import json
 import logging
 import os
 import pwd
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from store.secrets import SecretBox, read_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +102,6 @@ def service_dir(var_dir: Path, name: str, user: pwd.struct_passwd | None) -> Pat
     return path
 
 
-def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
-    """A generated secret kept in a 0600 file (created on first use)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return value
-
-
 @dataclass
 class EmbeddedPostgres:
     """A private PostgreSQL 15 cluster with timescaledb preloaded, on 127.0.0.1:port."""
@@ -120,12 +110,15 @@ class EmbeddedPostgres:
     port: int
     database: str = "xlhub"
     user: str = "xlhub"
+    # How var/secrets is encrypted: the supervisor passes the one from its settings.
+    box: SecretBox | None = field(default=None, repr=False)
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.var_dir = Path(self.var_dir).resolve()
         self._os_user = _service_user("postgres")
-        self.password = read_or_create_secret(self.var_dir / "secrets" / "pg_password")
+        self.box = self.box or SecretBox.for_var_dir(self.var_dir)
+        self.password = read_or_create_secret(self.var_dir / "secrets" / "pg_password", self.box)
 
     @property
     def url(self) -> str:
@@ -275,34 +268,44 @@ def device_account(kind: str, device_id: str, password: str) -> MqttAccount:
 
 @dataclass
 class EmbeddedMosquitto:
-    """A private Mosquitto 2 broker on 127.0.0.1:port with a password file and ACL.
+    """A private Mosquitto 2 broker on 127.0.0.1 with two listeners, each with its own
+    password file and ACL (``per_listener_settings``): ``port`` for the hub's own processes
+    (one account, ``xlhub-hub``) and ``device_port`` for the devices (one account each,
+    一机一帐号), picked free when not given.
 
-    With ``device_port`` the devices get a listener of their own: device accounts log in
-    only there, and there the client id is forced to the username. On one shared listener
-    any device account can connect with another client's id — the ingest's ``xlhub-ingest``
-    or another device's — which disconnects that client and takes its persistent session:
-    the QoS 1 messages queued in it are dropped (the read ACL refuses them to the impostor).
-    tests/security/test_mqtt_acl.py shows both."""
+    A device account exists only on the device listener, and there the client id is forced
+    to the username. Were devices on the hub's listener, any device account could connect
+    with another client's id — the ingest's ``xlhub-ingest`` or another device's — which
+    disconnects that client and takes its persistent session, dropping the QoS 1 messages
+    queued in it (tests/security/test_mqtt_acl.py). So there is no shared-listener mode."""
 
     var_dir: Path
     port: int
     device_port: int | None = None
+    box: SecretBox | None = field(default=None, repr=False)
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.var_dir = Path(self.var_dir).resolve()
+        if self.device_port is None:
+            self.device_port = free_port()
+        if self.device_port == self.port:
+            raise EmbeddedError("the device listener needs a port of its own")
         self._os_user = _service_user("mosquitto")
-        self.hub_password = read_or_create_secret(self.var_dir / "secrets" / "mqtt_hub_password")
+        self.box = self.box or SecretBox.for_var_dir(self.var_dir)
+        self.hub_password = read_or_create_secret(self.var_dir / "secrets" / "mqtt_hub_password", self.box)
         self.accounts: dict[str, MqttAccount] = {}
 
     @property
     def url(self) -> str:
         return f"mqtt://{HUB_MQTT_USER}:{quote(self.hub_password, safe='')}@127.0.0.1:{self.port}"
 
-    def device_url(self, username: str, password: str) -> str:
-        """Where a device connects: its own listener when there is one."""
-        port = self.device_port or self.port
-        return f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
+    def device_url(self, username: str | None = None, password: str | None = None) -> str:
+        """Where devices connect (the device listener); without a username, the bare
+        address for clients that bring each device's own account (the simulators)."""
+        if username is None:
+            return f"mqtt://127.0.0.1:{self.device_port}"
+        return f"mqtt://{quote(username, safe='')}:{quote(password or '', safe='')}@127.0.0.1:{self.device_port}"
 
     def set_accounts(self, accounts: list[MqttAccount]) -> None:
         self.accounts = {a.username: a for a in accounts}
@@ -310,8 +313,6 @@ class EmbeddedMosquitto:
     def write_config(self) -> Path:
         base = service_dir(self.var_dir, "mosquitto", self._os_user)
         (base / "data").mkdir(exist_ok=True)
-        hub_entry = [f"{HUB_MQTT_USER}:{self.hub_password}"]
-        device_entries = [f"{a.username}:{a.password}" for a in self.accounts.values()]
         hub_acl = [f"user {HUB_MQTT_USER}", "topic readwrite #", ""]
         device_acl = []
         for a in self.accounts.values():
@@ -320,21 +321,18 @@ class EmbeddedMosquitto:
             device_acl += [f"topic read {t}" for t in a.read]
             device_acl.append("")
         passwd, acl = base / "passwd", base / "acl"
-        if self.device_port is None:
-            _write_passwords(passwd, hub_entry + device_entries)
-            acl.write_text("\n".join(hub_acl + device_acl))
-            listeners = f"""per_listener_settings false
-listener {self.port} 127.0.0.1
-allow_anonymous false
-password_file {passwd}
-acl_file {acl}"""
-        else:
-            dev_passwd, dev_acl = base / "passwd-devices", base / "acl-devices"
-            _write_passwords(passwd, hub_entry)
-            acl.write_text("\n".join(hub_acl))
-            _write_passwords(dev_passwd, device_entries)
-            dev_acl.write_text("\n".join(device_acl) or "# no devices\n")
-            listeners = f"""per_listener_settings true
+        dev_passwd, dev_acl = base / "passwd-devices", base / "acl-devices"
+        conf = base / "mosquitto.conf"
+        # The supervisor, `xlhub devices credentials` and a restart may write at once: one
+        # writer at a time, and every file replaced whole so the broker never reads half of one.
+        with _config_lock(base):
+            _write_passwords(passwd, [f"{HUB_MQTT_USER}:{self.hub_password}"], self._os_user)
+            _write_file(acl, "\n".join(hub_acl), self._os_user)
+            _write_passwords(dev_passwd, [f"{a.username}:{a.password}" for a in self.accounts.values()],
+                             self._os_user)
+            _write_file(dev_acl, "\n".join(device_acl) or "# no devices\n", self._os_user)
+            _write_file(conf, f"""# Written by xlhub on every start.
+per_listener_settings true
 # the hub's own processes
 listener {self.port} 127.0.0.1
 allow_anonymous false
@@ -345,10 +343,7 @@ listener {self.device_port} 127.0.0.1
 allow_anonymous false
 password_file {dev_passwd}
 acl_file {dev_acl}
-use_username_as_clientid true"""
-        conf = base / "mosquitto.conf"
-        conf.write_text(f"""# Written by xlhub on every start.
-{listeners}
+use_username_as_clientid true
 persistence true
 persistence_location {base / 'data'}/
 autosave_interval 10
@@ -362,7 +357,7 @@ log_type warning
 log_type notice
 connection_messages false
 {"user " + self._os_user.pw_name if self._os_user else ""}
-""")
+""", self._os_user)
         if self._os_user:
             for p in [base, *base.rglob("*")]:
                 os.lchown(p, self._os_user.pw_uid, self._os_user.pw_gid)
@@ -379,18 +374,32 @@ connection_messages false
         logf.close()
         try:
             _wait_port(self.port, timeout, self.proc)
-            if self.device_port is not None:
-                _wait_port(self.device_port, timeout, self.proc)
+            _wait_port(self.device_port, timeout, self.proc)
         except EmbeddedError as exc:
             tail = log_path.read_text(errors="replace")[-1500:]
             self.stop()
             raise EmbeddedError(f"embedded Mosquitto did not start: {exc}\n{tail}") from None
 
     def reload(self) -> None:
-        """Re-read password file and ACL (credential rotation) without dropping clients."""
+        """Rewrite the password files and ACLs and make the broker re-read them (SIGHUP).
+        Mosquitto 2 then disconnects every client whose account is gone or whose password
+        changed, and refuses it from then on; the others stay connected."""
         self.write_config()
         if self.running():
             self.proc.send_signal(signal.SIGHUP)
+
+    def refresh(self, accounts: list[MqttAccount]) -> bool:
+        """Apply a new set of device accounts if it differs (reload); True when it did."""
+        wanted = {a.username: a for a in accounts}
+        if wanted == self.accounts:
+            return False
+        previous, self.accounts = self.accounts, wanted
+        try:
+            self.reload()
+        except BaseException:
+            self.accounts = previous         # not applied: the next refresh tries again
+            raise
+        return True
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -414,16 +423,37 @@ connection_messages false
         self.proc = None
 
 
-def _write_passwords(path: Path, entries: list[str]) -> None:
-    """A Mosquitto password file: created 0600 before anything is written (the plain
-    passwords never sit in a world-readable file), then hashed in place."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(entries) + "\n" if entries else "")
-    if entries:
-        subprocess.run(["mosquitto_passwd", "-U", str(path)], check=True, capture_output=True)
+@contextlib.contextmanager
+def _config_lock(base: Path):
+    fd = os.open(base / ".config.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
-def load_accounts(path: Path) -> dict[str, dict]:
-    return json.loads(path.read_text()) if path.exists() else {}
+def _write_file(path: Path, text: str, owner: pwd.struct_passwd | None, *, hashed: bool = False) -> None:
+    """Replace ``path`` whole: a 0600 temporary file (created so before anything is written,
+    so plain passwords never sit in a readable file), hashed in place with mosquitto_passwd
+    when ``hashed``, then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if hashed:
+            subprocess.run(["mosquitto_passwd", "-U", str(tmp)], check=True, capture_output=True)
+        os.chmod(tmp, 0o600)
+        if owner:
+            os.chown(tmp, owner.pw_uid, owner.pw_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_passwords(path: Path, entries: list[str], owner: pwd.struct_passwd | None) -> None:
+    """A Mosquitto password file (hashed; empty when there are no accounts)."""
+    _write_file(path, "\n".join(entries) + "\n" if entries else "", owner, hashed=bool(entries))

@@ -1,10 +1,14 @@
 """`xlhub run`: start the embedded servers (unless external ones are configured), apply
 the schema, sync the site file into the registry, then start and watch the hub's
 processes — API, ingest, camera workers and (for the demo site) the simulators —
-restarting any that dies, and stopping everything cleanly on SIGINT/SIGTERM."""
+restarting any that dies, and stopping everything cleanly on SIGINT/SIGTERM.
+
+While it runs it also keeps the broker's device accounts in step with the registry and
+var/secrets: a device decommissioned (through the API, or dropped from the site file) or
+whose password was rotated loses its old login within about a second."""
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import shutil
@@ -14,16 +18,21 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from config.settings import Settings
 from config.site import Site, load_site
 from config.urls import redact_url
-from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account, read_or_create_secret
+from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account
+from store.secrets import SecretBox, read_or_create_secret
 
 log = logging.getLogger("xlhub.supervisor")
 
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
+# How often the broker's device accounts are compared with the registry and var/secrets:
+# the longest a decommissioned device can still log in.
+BROKER_ACCOUNTS_CHECK_S = 1.0
 
 
 @dataclass
@@ -47,6 +56,21 @@ class Supervisor:
     mqtt_url: str = ""
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # (active device kinds, passwords file stamp) the broker's accounts were last made from
+    _accounts_basis: tuple | None = field(default=None, init=False, repr=False)
+    _account_ids: set[str] = field(default_factory=set, init=False, repr=False)
+    _broker_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        """Encrypts var/secrets (XLHUB_SECRET_KEY, else var/secrets/master.key)."""
+        return SecretBox.from_settings(self.settings)
+
+    @cached_property
+    def device_secrets(self):
+        from devices.credentials import DeviceSecrets
+
+        return DeviceSecrets.for_var_dir(self.settings.var_dir, self.box)
 
     # -- start-up -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -61,7 +85,7 @@ class Supervisor:
         if s.database_url:
             self.db_url = s.database_url
         else:
-            self.pg = EmbeddedPostgres(s.var_dir, s.embedded_pg_port)
+            self.pg = EmbeddedPostgres(s.var_dir, s.embedded_pg_port, box=self.box)
             created = self.pg.init()
             log.info("%s embedded PostgreSQL on 127.0.0.1:%d", "created" if created else "starting", s.embedded_pg_port)
             self.pg.start()
@@ -71,20 +95,32 @@ class Supervisor:
         with connect(self.db_url) as conn:
             report = sync_site(conn, self.site)
             conn.execute("DELETE FROM worker_heartbeats")
-            kinds = {r["id"]: r["kind"] for r in conn.execute("SELECT id, kind FROM devices WHERE active")}
+            kinds = self._active_kinds(conn)
         log.info("site %s: %d grid nodes, %d cameras, %d devices", self.site.name, report.nodes, report.cameras,
                  report.devices)
+        for device_id in report.deactivated:
+            # Dropped from the site file: decommissioned, so its credentials go too.
+            self.device_secrets.revoke(device_id)
+            log.info("device %s is no longer in the site file: decommissioned, broker credentials revoked", device_id)
         # The broker starts after the registry: its password file and ACL come from it.
         if s.mqtt_url:
             self.mqtt_url = s.mqtt_url
+            if report.deactivated:
+                self._warn_external(report.deactivated, "decommissioned")
+            accounts = self._device_accounts(kinds, issue=False)
         else:
             # Devices log in on a listener of their own, where the client id is bound to the
             # account: on a shared one a device could take over the ingest's session.
-            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port)
-            self.broker.set_accounts(self._device_accounts(kinds))
+            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
+                                            box=self.box)
+            accounts = self._device_accounts(kinds)
+            self.broker.set_accounts(accounts)
             self.broker.start()
             self.mqtt_url = self.broker.url
-            log.info("embedded Mosquitto on 127.0.0.1:%d", s.embedded_mqtt_port)
+            log.info("embedded Mosquitto on 127.0.0.1:%d (devices on :%d)", s.embedded_mqtt_port,
+                     self.broker.device_port)
+        self._account_ids = {a.username for a in accounts}
+        self._accounts_basis = (kinds, _stamp(self.device_secrets.passwords_path))
         for source, old, new in report.moved:
             if old is not None:
                 log.info("%s moved from grid %s to %s (history kept)", source, old, new)
@@ -93,19 +129,78 @@ class Supervisor:
                 # Shown once, on the console of whoever started the hub; stored only as a hash.
                 print(f"[xlhub] created user {username} with initial password: {password}", flush=True)
 
-    def _device_accounts(self, kinds: dict[str, str]) -> list[MqttAccount]:
-        """一机一帐号: one broker account per active device. Site devices get theirs on
-        first start (doors also a command-signing key); API-added devices through
-        `xlhub devices credentials issue`."""
-        from devices.credentials import DeviceSecrets, broker_accounts
+    @staticmethod
+    def _active_kinds(conn) -> dict[str, str]:
+        return {r["id"]: str(r["kind"]) for r in conn.execute("SELECT id, kind FROM devices WHERE active")}
 
-        secrets_store = DeviceSecrets.for_var_dir(self.settings.var_dir)
+    def _device_accounts(self, kinds: dict[str, str], issue: bool = True) -> list[MqttAccount]:
+        """一机一帐号: one broker account per active device. Site devices get theirs on
+        first start (doors also a command-signing key) when the broker is the embedded one;
+        API-added devices through `xlhub devices credentials issue`."""
+        from devices.credentials import broker_accounts
+
+        secrets_store = self.device_secrets
         known = secrets_store.passwords()
-        for dev in self.site.devices:
+        for dev in self.site.devices if issue else ():
             if dev.id not in known:
                 secrets_store.issue(dev.id, signing_key=str(dev.kind) == "door")
         return [device_account(kind, device_id, password)
                 for kind, device_id, password in broker_accounts(secrets_store, kinds)]
+
+    def sync_broker_accounts(self, conn) -> bool:
+        """Bring the broker's device accounts in line with the registry and var/secrets when
+        either changed since the last time: the embedded broker is rewritten and reloaded
+        (Mosquitto then drops and refuses a removed or re-passworded account); of an external
+        broker the hub manages nothing, so it says loudly what its operator must do.
+        Returns True when the accounts changed."""
+        from devices.credentials import broker_accounts
+
+        kinds = self._active_kinds(conn)
+        basis = (kinds, _stamp(self.device_secrets.passwords_path))
+        if basis == self._accounts_basis:
+            return False
+        wanted = {dev: pw for _, dev, pw in broker_accounts(self.device_secrets, kinds)}
+        accounts = [device_account(kinds[dev], dev, pw) for dev, pw in wanted.items()]
+        removed = sorted(self._account_ids - set(wanted))
+        if self.broker is not None:
+            with self._broker_lock:
+                before = {u: a.password for u, a in self.broker.accounts.items()}
+                changed = self.broker.refresh(accounts)
+            if changed:
+                added = sorted(set(wanted) - set(before))
+                new_password = sorted(d for d in wanted if d in before and before[d] != wanted[d])
+                log.info("broker device accounts reloaded (%d): removed %s, added %s, new password %s",
+                         len(accounts), removed or "-", added or "-", new_password or "-")
+        else:
+            changed = bool(removed)
+            if removed:
+                self._warn_external(removed, "decommissioned or its credentials revoked")
+        self._account_ids = set(wanted)
+        self._accounts_basis = basis
+        return changed
+
+    def _warn_external(self, device_ids: list[str], why: str) -> None:
+        for device_id in device_ids:
+            log.warning("device %s %s: the hub does not manage the external broker (%s); remove the "
+                        "account %s there yourself, until then the device can still log in",
+                        device_id, why, redact_url(self.mqtt_url or ""), device_id)
+
+    def _broker_accounts_loop(self) -> None:
+        from store.db import connect
+
+        conn = None
+        while not self.stopping.wait(BROKER_ACCOUNTS_CHECK_S):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.db_url, autocommit=True)
+                self.sync_broker_accounts(conn)
+            except Exception as exc:  # the database or the broker away: try again next round
+                log.warning("broker accounts check failed (will retry): %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
 
     def plan_children(self) -> None:
         py = [sys.executable, "-m", "hub.process"]
@@ -129,15 +224,14 @@ class Supervisor:
             "XLHUB_MQTT_URL": self.mqtt_url,
             "XLHUB_SITE_FILE": str(self.settings.site_file),
             "XLHUB_VAR_DIR": str(self.settings.var_dir),
-            "XLHUB_MQTT_DEVICE_URL": (f"mqtt://127.0.0.1:{self.broker.device_port}" if self.broker
-                                      else self.mqtt_url),
+            "XLHUB_MQTT_DEVICE_URL": self.broker.device_url() if self.broker else self.mqtt_url,
             "XLHUB_EXPECTED_WORKERS": ",".join(c.name for c in self.children if c.ready_worker),
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir()),
             "PYTHONUNBUFFERED": "1",
         })
         if self.settings.demo_enabled:
             env.setdefault("XLHUB_DEMO_CAMERA_PASSWORD",
-                           read_or_create_secret(self.settings.var_dir / "secrets" / "demo_camera_password"))
+                           read_or_create_secret(self.settings.var_dir / "secrets" / "demo_camera_password", self.box))
         return env
 
     def _metrics_dir(self) -> Path:
@@ -165,6 +259,7 @@ class Supervisor:
             self.start_child(child, env)
         retention = threading.Thread(target=self._retention_loop, name="retention", daemon=True)
         retention.start()
+        threading.Thread(target=self._broker_accounts_loop, name="broker-accounts", daemon=True).start()
         s = self.settings
         print(f"[xlhub] hub running: web UI and API http://{s.http_host}:{s.http_port}/ "
               f"(API docs /docs, readiness /readyz); Ctrl-C stops it", flush=True)
@@ -179,7 +274,9 @@ class Supervisor:
             if server is not None and not server.running() and not self.stopping.is_set():
                 log.error("embedded %s died; restarting it", name)
                 try:
-                    server.start()
+                    # not while the accounts thread rewrites the broker's config
+                    with self._broker_lock if server is self.broker else contextlib.nullcontext():
+                        server.start()
                 except Exception as exc:  # keep supervising; try again next round
                     log.error("embedded %s restart failed: %s", name, exc)
         for child in self.children:
@@ -237,6 +334,15 @@ class Supervisor:
         if self.pg is not None:
             self.pg.stop()
         log.info("hub stopped")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Changes whenever the file is rewritten (every write replaces it: a new inode)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def describe_targets(settings: Settings) -> str:

@@ -32,6 +32,7 @@ import base64
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,14 @@ class SecretBox:
             return cls(derive_key(value))
         return cls(load_or_create_key_file(Path(settings.var_dir) / "secrets" / KEY_FILE))
 
+    @classmethod
+    def for_var_dir(cls, var_dir: Path) -> SecretBox:
+        """The box every hub process uses for ``var_dir`` when it is given no settings: the
+        same XLHUB_SECRET_KEY (environment or .env) the supervisor and its children read."""
+        from config.settings import Settings
+
+        return cls.from_settings(Settings(var_dir=Path(var_dir)))
+
     def encrypt(self, value: str | bytes) -> str:
         data = value.encode() if isinstance(value, str) else value
         return PREFIX + self._fernet.encrypt(data).decode()
@@ -94,14 +103,20 @@ def load_or_create_key_file(path: Path) -> bytes:
     """The generated master key (created 0600 in a 0700 directory on first use)."""
     _secure_dir(path.parent)
     try:
-        return path.read_bytes().strip()
+        key = path.read_bytes().strip()
     except FileNotFoundError:
         pass
+    else:
+        # A copy restored from a backup may have lost its mode: the key stays the hub's alone.
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+        _check_key(path, key)
+        return key
     key = Fernet.generate_key()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:                      # another process made it meanwhile
-        return path.read_bytes().strip()
+        return _wait_for_key(path)
     with os.fdopen(fd, "wb") as f:
         f.write(key + b"\n")
         f.flush()
@@ -109,12 +124,32 @@ def load_or_create_key_file(path: Path) -> bytes:
     return key
 
 
+def _wait_for_key(path: Path, timeout: float = 5.0) -> bytes:
+    """The key another process has just created (O_EXCL won; it may not have written yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        key = path.read_bytes().strip()
+        if key or time.monotonic() > deadline:
+            _check_key(path, key)
+            return key
+        time.sleep(0.01)
+
+
+def _check_key(path: Path, key: bytes) -> None:
+    try:
+        Fernet(key)
+    except ValueError:
+        raise SecretError(f"{path}: not a master key (damaged file?)") from None
+
+
 def _secure_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, *, create: bool = False) -> bool:
+    """Write ``text`` to ``path`` through a 0600 temporary file. With ``create``, only if
+    ``path`` does not exist yet (returns False when another process made it first)."""
     _secure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -123,11 +158,20 @@ def _write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if create:
+            try:
+                os.link(tmp, path)           # unlike a rename, fails when the file exists
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.chmod(path, 0o600)
+    return True
 
 
 def is_encrypted(path: Path) -> bool:
@@ -158,12 +202,13 @@ def read_secret(path: Path, box: SecretBox, *, migrate: bool = True) -> str:
 
 
 def read_or_create_secret(path: Path, box: SecretBox, nbytes: int = 24) -> str:
-    """Drop-in for hub.embedded.read_or_create_secret: a generated secret, kept encrypted."""
+    """A generated secret (the database and broker passwords), created encrypted on first use."""
     path = Path(path)
     if path.exists():
         return read_secret(path, box)
     value = secrets.token_urlsafe(nbytes)
-    write_secret(path, value, box)
+    if not _write_atomic(path, box.encrypt(value) + "\n", create=True):
+        return read_secret(path, box)          # two processes started at once: the first one's
     return value
 
 

@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt
@@ -981,6 +982,18 @@ class DeviceFleet:
                 "all_acked": acked, "failed": client.raw_failed}
 
 
+def _secrets_map(path: str) -> dict:
+    """A {device id: secret} file: plain JSON, or one of the hub's encrypted var/secrets
+    files (read with the hub's master key: XLHUB_SECRET_KEY, else var/secrets/master.key)."""
+    from config.settings import Settings
+    from store.secrets import SecretBox, is_encrypted, read_json
+
+    p = Path(path)
+    if not is_encrypted(p):
+        return json.loads(p.read_text())
+    return read_json(p, SecretBox.from_settings(Settings(var_dir=p.resolve().parent.parent)), migrate=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m devices.sim``: run the site file's devices against a broker."""
     import argparse
@@ -991,9 +1004,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", default=None, help="site file (default: XLHUB_SITE_FILE or the demo site)")
     parser.add_argument("--mqtt-url", default=os.environ.get("XLHUB_MQTT_URL"), help="mqtt://user:pass@host:port")
     parser.add_argument("--passwords", default=None,
-                        help="JSON file {device id: password} (var/secrets/mqtt_devices.json)")
+                        help="JSON file {device id: password}, or the hub's var/secrets/mqtt_devices.json")
     parser.add_argument("--keys", default=None,
-                        help="JSON file {device id: hex key} of command-signing keys (var/secrets/device_keys.json)")
+                        help="JSON file {device id: hex key} of command-signing keys, or var/secrets/device_keys.json")
     parser.add_argument("--speed", type=float, default=1.0, help="time acceleration (default 1)")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic devices instead of the site's")
     parser.add_argument("--seed", type=int, default=None)
@@ -1007,8 +1020,8 @@ def main(argv: list[str] | None = None) -> None:
         from config.settings import Settings
         from config.site import load_site
         site = load_site(args.site or Settings().site_file)
-        passwords = json.loads(open(args.passwords).read()) if args.passwords else {}
-        keys = json.loads(open(args.keys).read()) if args.keys else {}
+        passwords = _secrets_map(args.passwords) if args.passwords else {}
+        keys = _secrets_map(args.keys) if args.keys else {}
         fleet = DeviceFleet.from_site(site, args.mqtt_url, passwords=passwords, speed=args.speed, seed=args.seed,
                                       keys=keys)
     stop = threading.Event()

@@ -74,7 +74,8 @@ def provision(mqtt, var_dir: Path, devices: dict[str, str]) -> dict[str, str]:
 
 def start_fleet(site, mqtt, var_dir: Path, only: set[str], *, speed: float = 1.0, **kwargs) -> DeviceFleet:
     store = DeviceSecrets.for_var_dir(var_dir)
-    fleet = DeviceFleet.from_site(site, mqtt.url, passwords=store.passwords(), keys=store.keys(), speed=speed,
+    # Every device of `only` has its own account (provision): they log in on the device listener.
+    fleet = DeviceFleet.from_site(site, mqtt.device_url(), passwords=store.passwords(), keys=store.keys(), speed=speed,
                                   only=only, events=False, client_prefix=f"dev-sim-{uuid.uuid4().hex[:4]}", **kwargs)
     fleet.start()
     return fleet

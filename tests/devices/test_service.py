@@ -153,7 +153,8 @@ def test_credentials_rotate_refuses_the_old_password(mqtt, site_db, var_dir):
     """Through the real CLI against the session's broker (its var dir): SIGHUP reload."""
     store = DeviceSecrets.for_var_dir(var_dir)
     env = {**os.environ, "XLHUB_VAR_DIR": str(var_dir), "XLHUB_DATABASE_URL": site_db,
-           "XLHUB_EMBEDDED_MQTT_PORT": str(mqtt.port), "XLHUB_LOG_LEVEL": "WARNING"}
+           "XLHUB_EMBEDDED_MQTT_PORT": str(mqtt.port), "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(mqtt.device_port),
+           "XLHUB_LOG_LEVEL": "WARNING"}
     env.pop("XLHUB_MQTT_URL", None)
     xlhub = [sys.executable, "-m", "hub.cli"]
     if "speaker-lls" not in store.passwords():
@@ -163,7 +164,7 @@ def test_credentials_rotate_refuses_the_old_password(mqtt, site_db, var_dir):
     old = store.passwords()["speaker-lls"]
     mqtt.accounts.clear()      # the CLI rewrote the broker's accounts from the registry; keep the fixture in step
     time.sleep(0.5)
-    assert try_connect(mqtt.port, "speaker-lls", old)
+    assert try_connect(mqtt.device_port, "speaker-lls", old)
     out = subprocess.run([*xlhub, "devices", "credentials", "rotate", "speaker-lls"], env=env, cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -171,8 +172,8 @@ def test_credentials_rotate_refuses_the_old_password(mqtt, site_db, var_dir):
     assert new != old and f"password (shown once): {new}" in out.stdout and "reloaded (pid" in out.stdout
     assert oct(store.passwords_path.stat().st_mode & 0o777) == "0o600"
     time.sleep(0.5)
-    assert not try_connect(mqtt.port, "speaker-lls", old)
-    assert try_connect(mqtt.port, "speaker-lls", new)
+    assert not try_connect(mqtt.device_port, "speaker-lls", old)
+    assert try_connect(mqtt.device_port, "speaker-lls", new)
     assert query(site_db, "SELECT count(*) FROM audit_log WHERE action = 'cli.devices.credentials.rotate' "
                           "AND target = 'speaker-lls'") == [(1,)]
     again = subprocess.run([*xlhub, "devices", "credentials", "issue", "speaker-lls"], env=env, cwd=PROJECT_ROOT,

@@ -10,14 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import psycopg
 import pytest
 
-from config.settings import DEMO_SITE_FILE
+from config.settings import DEMO_SITE_FILE, Settings
 from config.site import load_site
 from hub.embedded import free_port
+from store.secrets import SecretBox, read_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,9 +76,13 @@ class Hub:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def secret(self, name: str) -> str:
+        """A secret the hub keeps encrypted under var/secrets, read with the hub's key."""
+        box = SecretBox.from_settings(Settings(var_dir=self.var_dir))
+        return read_secret(self.var_dir / "secrets" / name, box, migrate=False)
+
     def db_url(self) -> str:
-        password = (self.var_dir / "secrets" / "pg_password").read_text().strip()
-        return f"postgresql://xlhub:{password}@127.0.0.1:{self.ports['pg']}/xlhub"
+        return f"postgresql://xlhub:{quote(self.secret('pg_password'), safe='')}@127.0.0.1:{self.ports['pg']}/xlhub"
 
 
 @pytest.fixture(scope="module")

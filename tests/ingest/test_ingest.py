@@ -216,7 +216,7 @@ def test_device_cannot_publish_under_another_devices_topic(ingest, mqtt, registr
     mqtt.reload()
     time.sleep(0.5)
     tag = uuid.uuid4().hex[:6]
-    dev = mqtt_client(mqtt.port, DOOR, password, client_id=DOOR)
+    dev = mqtt_client(mqtt.device_port, DOOR, password, client_id=DOOR)
     try:
         refused = dev.publish(f"xlhub/v1/door/{DOOR2}/evt/forced_open", body(f"spoof-{tag}"), qos=1)
         refused.wait_for_publish(10)
@@ -245,7 +245,7 @@ def test_wrong_password_is_refused(mqtt):
         result["rc"] = rc
         done.set()
     c.on_connect = on_connect
-    c.connect("127.0.0.1", mqtt.port)
+    c.connect("127.0.0.1", mqtt.device_port)
     c.loop_start()
     done.wait(10)
     c.loop_stop()
@@ -370,7 +370,7 @@ def test_simulated_fleet_with_own_accounts(ingest, mqtt, registry, hub_client):
     mqtt.reload()
     time.sleep(0.5)
     devices = [SimDevice(d, kinds[d], 30.65, 104.48, passwords[d]) for d in passwords]
-    fleet = DeviceFleet(devices, mqtt.url, speed=100)
+    fleet = DeviceFleet(devices, mqtt.device_url(), speed=100)
     fleet.devices[DRONE].state["mode"] = "mission"
     started = time.time()
     fleet.start()

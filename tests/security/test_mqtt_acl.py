@@ -1,8 +1,9 @@
 """一机一帐号 on a real Mosquitto with the hub's own generated password files and ACL: a
 device account publishes and reads only under its own topics, cannot plant a Last Will
-elsewhere, cannot log in to the hub's listener, and — on the device listener, where the
-client id is the account — cannot take over another client's session (the ingest's, with
-the QoS 1 messages queued in it, or another device's)."""
+elsewhere, cannot log in to the hub's listener (however the broker is set up: there is no
+shared-listener mode), and — on the device listener, where the client id is the account —
+cannot take over another client's session (the ingest's, with the QoS 1 messages queued
+in it, or another device's)."""
 from __future__ import annotations
 
 import threading
@@ -86,24 +87,12 @@ class Client:
         self.c.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def shared_listener(tmp_path_factory):
-    """The embedded broker without ``device_port`` (devices and hub processes on one
-    listener), kept to show why `xlhub run` gives devices a listener of their own."""
-    b = EmbeddedMosquitto(tmp_path_factory.mktemp("acl-shared"), free_port())
-    b.set_accounts([device_account("door", "door-a", PW["door-a"]), device_account("door", "door-b", PW["door-b"])])
-    b.start()
-    b.device_port = None
-    yield b
-    b.stop()
-
-
 def hub(b: EmbeddedMosquitto, **kw) -> Client:
     return Client(b.port, HUB_MQTT_USER, b.hub_password, **kw)
 
 
 def device(b: EmbeddedMosquitto, name: str, **kw) -> Client:
-    return Client(b.device_port or b.port, name, PW[name], **kw)
+    return Client(b.device_port, name, PW[name], **kw)
 
 
 def test_device_publishes_only_under_its_own_topics(broker):
@@ -174,17 +163,27 @@ def test_accounts_and_listeners(broker):
     assert not Client(broker.device_port, "door-a", PW["door-b"]).ok, "another device's password accepted"
 
 
-SHARED = pytest.mark.xfail(strict=True, reason="one shared listener (EmbeddedMosquitto without device_port): any "
-                                                "device account may use any client id; xlhub run uses the device listener")
-TAKEOVER = pytest.mark.parametrize("config", ["device_listener", pytest.param("shared_listener", marks=SHARED)])
+def test_no_broker_without_the_device_listener(tmp_path):
+    """Built without a device port (as the test and bench brokers are), the broker still
+    gives devices a listener of their own: a device account is refused on the hub's."""
+    b = EmbeddedMosquitto(tmp_path, free_port())
+    b.set_accounts([device_account("door", "door-a", PW["door-a"])])
+    b.start()
+    try:
+        assert b.device_port not in (None, b.port)
+        assert not Client(b.port, "door-a", PW["door-a"]).ok, "a device account logs in to the hub's listener"
+        dev = Client(b.device_port, "door-a", PW["door-a"])
+        assert dev.ok
+        dev.close()
+        assert hub(b).ok
+    finally:
+        b.stop()
 
 
-@TAKEOVER
-def test_device_cannot_take_over_the_ingest_session(config, request):
+def test_device_cannot_take_over_the_ingest_session(broker):
     """A device connecting with the ingest's client id must not disconnect it nor take its
     persistent session (whose queued QoS 1 messages the impostor may not read: the broker
     would drop them)."""
-    broker = request.getfixturevalue("broker" if config == "device_listener" else config)
     cid = f"xlhub-ingest-{uuid.uuid4().hex[:4]}"
     ingest = hub(broker, client_id=cid, clean=False, expiry=300)
     ingest.sub("xlhub/v1/#")
@@ -207,9 +206,7 @@ def test_device_cannot_take_over_the_ingest_session(config, request):
         sender.close()
 
 
-@TAKEOVER
-def test_device_cannot_kick_another_device_off(config, request):
-    broker = request.getfixturevalue("broker" if config == "device_listener" else config)
+def test_device_cannot_kick_another_device_off(broker):
     b = device(broker, "door-b", client_id="door-b")
     assert b.ok
     intruder = device(broker, "door-a", client_id="door-b")

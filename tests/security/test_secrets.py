@@ -1,14 +1,19 @@
 """Secrets (camera credentials, device passwords and signing keys, the database and broker
-passwords, people's passwords) are never printed — not in the hub's logs, not in an error,
-not in any API answer, not on a process command line — and are kept at rest as designed:
-0600 files in a 0700 directory, hashed where only a check is needed, and encrypted with
-store/secrets.py (Fernet under the master key)."""
+passwords, people's passwords) are never printed — not in the hub's logs, not in the CLI's
+output or errors, not in any API answer, not on a process command line — and are kept at
+rest as designed: 0600 files in a 0700 directory, hashed where only a check is needed, and
+encrypted with store/secrets.py (Fernet under the master key); the plain files an older hub
+left are encrypted at the first start and keep working. A decommissioned device's broker
+login ends within seconds, without a restart."""
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,10 +35,15 @@ from store.secrets import (
     rewrite,
     write_json,
 )
+from tests.devices.conftest import try_connect
 from tests.faults.tools import children, cmdline
-from tests.hub.test_run import Hub
+from tests.hub.test_run import PROJECT_ROOT, Hub
 
 CAMERA_PASSWORD = "Cam-Secret-7f3a9c"
+# What an older hub left in var/secrets: plain 0600 files (made unique per run so a match
+# in a log cannot come from anywhere else).
+LEGACY = {"pg_password": f"Legacy-pg-{secrets.token_hex(6)}", "door-dsc": f"Legacy-door-{secrets.token_hex(6)}",
+          "door-dsc-key": secrets.token_hex(32)}
 
 
 # --------------------------------------------------------------------------- store/secrets.py
@@ -117,6 +127,13 @@ def running_hub(tmp_path_factory):
     passwords = {u.password_env: f"Person-Secret-{i}-q9" for i, u in enumerate(site.users) if u.password_env}
     hub = Hub(tmp_path_factory.mktemp("sec-hub") / "var", passwords)
     hub.env["XLHUB_DEMO_CAMERA_PASSWORD"] = CAMERA_PASSWORD
+    old = hub.var_dir / "secrets"
+    old.mkdir(parents=True, mode=0o700)
+    for name, text in (("pg_password", LEGACY["pg_password"] + "\n"),
+                       ("mqtt_devices.json", json.dumps({"door-dsc": LEGACY["door-dsc"]}, indent=1)),
+                       ("device_keys.json", json.dumps({"door-dsc": LEGACY["door-dsc-key"]}, indent=1))):
+        (old / name).write_text(text)
+        os.chmod(old / name, 0o600)
     hub.start()
     try:
         hub.wait_ready(180)
@@ -182,8 +199,6 @@ def test_secret_files_and_broker_passwords_at_rest(running_hub):
     assert "use_username_as_clientid true" in conf, "devices share the hub's listener"
 
 
-@pytest.mark.xfail(strict=True, reason="var/secrets files are 0600 plain text until the supervisor, hub/embedded.py "
-                                       "and devices/credentials.py read and write them through store/secrets.py")
 def test_secrets_are_encrypted_at_rest(running_hub):
     var = running_hub["hub"].var_dir
     secrets_ = _secret_values(var, running_hub["passwords"])
@@ -193,3 +208,67 @@ def test_secrets_are_encrypted_at_rest(running_hub):
             text = f.read_text(errors="replace")
             plain += [f"{n} in secrets/{f.name}" for n, v in secrets_.items() if v in text]
     assert not plain, plain
+
+
+def test_plain_secrets_of_an_older_hub_are_encrypted_and_still_used(running_hub):
+    hub = running_hub["hub"]
+    d = hub.var_dir / "secrets"
+    box = SecretBox.from_settings(Settings(var_dir=hub.var_dir))
+    assert all(is_encrypted(d / n) for n in ("pg_password", "mqtt_devices.json", "device_keys.json"))
+    assert read_secret(d / "pg_password", box) == LEGACY["pg_password"]
+    assert read_json(d / "mqtt_devices.json", box)["door-dsc"] == LEGACY["door-dsc"]
+    assert read_json(d / "device_keys.json", box)["door-dsc"] == LEGACY["door-dsc-key"]
+    assert len(read_json(d / "mqtt_devices.json", box)) > 1, "the other site devices got no credentials"
+    # the database was created with the old password, the broker knows the old device password
+    assert hub.secret("pg_password") == LEGACY["pg_password"]
+    assert try_connect(hub.ports["mqtt_devices"], "door-dsc", LEGACY["door-dsc"])
+    key = d / "master.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert not [f.name for f in d.iterdir() if f.is_file() and key.read_text().strip() in f.read_text(errors="replace")
+                and f != key], "the master key is copied into a secrets file"
+
+
+def test_cli_output_holds_no_secret(running_hub):
+    """The CLI against the running hub's embedded database, then with a wrong master key:
+    answers and errors name files and causes, never values."""
+    hub = running_hub["hub"]
+    secrets_ = _secret_values(hub.var_dir, running_hub["passwords"])
+    env = dict(hub.env)
+
+    def xlhub(*argv: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hub.cli", *argv], cwd=PROJECT_ROOT, env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    runs = {" ".join(a): xlhub(*a) for a in (["migrate"], ["user", "list"], ["audit", "verify"])}
+    for name, out in runs.items():
+        assert out.returncode == 0, f"xlhub {name}: {out.stderr[-2000:]}"
+    assert "schema at revision" in runs["migrate"].stdout and "admin" in runs["user list"].stdout
+    wrong = xlhub("migrate", XLHUB_SECRET_KEY="not the key this hub was started with")
+    assert wrong.returncode == 1
+    assert "wrong master key" in wrong.stderr and "pg_password" in wrong.stderr and "Traceback" not in wrong.stderr
+    texts = {f"xlhub {n}": out.stdout + out.stderr for n, out in runs.items()}
+    texts["xlhub migrate (wrong key)"] = wrong.stdout + wrong.stderr
+    leaks = [f"{name} in {where}" for where, text in texts.items() for name, value in secrets_.items()
+             if value and value in text]
+    assert not leaks, leaks
+
+
+def test_decommissioned_device_is_refused_by_the_broker(running_hub):
+    """DELETE /api/devices/{id} through the running hub: the supervisor reloads the broker,
+    the device's credentials stop working (no restart), the other devices' keep working."""
+    hub = running_hub["hub"]
+    port = hub.ports["mqtt_devices"]
+    box = SecretBox.from_settings(Settings(var_dir=hub.var_dir))
+    passwords = read_json(hub.var_dir / "secrets" / "mqtt_devices.json", box, migrate=False)
+    gone, kept = passwords["radio-xhc"], passwords["radio-tyc"]
+    assert try_connect(port, "radio-xhc", gone)
+    r = httpx.delete(f"{hub.base}/api/devices/radio-xhc", headers={"Authorization": f"Bearer {running_hub['token']}"},
+                     timeout=20)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 15
+    while try_connect(port, "radio-xhc", gone):
+        assert time.monotonic() < deadline, "the decommissioned device still logs in to the broker"
+        time.sleep(0.5)
+    assert "radio-xhc" not in read_json(hub.var_dir / "secrets" / "mqtt_devices.json", box, migrate=False)
+    assert try_connect(port, "radio-tyc", kept)
+    assert hub.proc.poll() is None

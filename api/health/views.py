@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -15,6 +16,21 @@ router = APIRouter(tags=["health 运行状态"])
 
 # A worker is alive while its heartbeat is younger than this.
 HEARTBEAT_STALE_S = 15.0
+HOST = socket.gethostname()
+
+
+def _process_gone(beat: dict) -> bool:
+    """A worker on this machine whose process no longer exists is down now, not when its
+    last heartbeat turns stale (a SIGKILLed ingest would otherwise look ready for 15 s)."""
+    if beat.get("host") != HOST or not beat.get("pid"):
+        return False
+    try:
+        os.kill(beat["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # alive, another user's
+        return False
+    return False
 
 
 @router.get("/healthz")
@@ -33,7 +49,8 @@ def readyz(request: Request) -> JSONResponse:
         with state.pool.connection(timeout=3) as conn:
             info = timescaledb_info(conn)
             beats = conn.execute(
-                "SELECT name, kind, pid, extract(epoch FROM now() - seen_at)::float8 AS age_s, detail FROM worker_heartbeats"
+                "SELECT name, kind, host, pid, extract(epoch FROM now() - seen_at)::float8 AS age_s, detail "
+                "FROM worker_heartbeats"
             ).fetchall()
         checks["database"] = {"ready": info["version"] is not None, "timescaledb": info["version"],
                               "license": info["license"], "latency_ms": round((time.monotonic() - started) * 1000, 1)}
@@ -45,9 +62,11 @@ def readyz(request: Request) -> JSONResponse:
     workers = {}
     for name in state.expected_workers:
         beat = seen.get(name)
-        alive = beat is not None and beat["age_s"] is not None and beat["age_s"] < HEARTBEAT_STALE_S
+        gone = beat is not None and _process_gone(beat)
+        alive = beat is not None and not gone and beat["age_s"] is not None and beat["age_s"] < HEARTBEAT_STALE_S
         workers[name] = {"ready": bool(alive and (beat["detail"] or {}).get("ready", True)),
                          "last_seen_s": None if beat is None else round(beat["age_s"], 1),
+                         **({"error": f"process {beat['pid']} is gone"} if gone else {}),
                          **({"detail": beat["detail"]} if beat else {})}
     checks["workers"] = {"ready": all(w["ready"] for w in workers.values()), "workers": workers}
     ready = all(c["ready"] for c in checks.values())

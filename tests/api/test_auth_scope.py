@@ -165,3 +165,32 @@ def test_readyz_reports_timescaledb_version_and_license(api):
         assert c.get("/docs").status_code == 200
         assert "openapi" in c.get("/openapi.json").json()
         assert c.get("/metrics").status_code == 200
+
+
+def test_readyz_sees_a_dead_worker_before_its_heartbeat_is_stale(db_url, mqtt):
+    """A worker killed a second ago is not ready, though its last heartbeat is fresh."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.api.conftest import ApiServer
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        with connect(db_url) as conn:
+            for name, pid in (("w-alive", alive.pid), ("w-dead", dead.pid)):
+                conn.execute("""INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
+                                VALUES (%s, 'test', %s, %s, now(), now(), '{"ready": true}')
+                                ON CONFLICT (name) DO UPDATE SET pid = EXCLUDED.pid, seen_at = now()""",
+                             (name, socket.gethostname(), pid))
+        with ApiServer(db_url, mqtt.url, expected_workers=["w-alive", "w-dead"]) as server, server.client() as c:
+            r = c.get("/readyz")
+            workers = r.json()["checks"]["workers"]["workers"]
+            assert r.status_code == 503
+            assert workers["w-alive"]["ready"] is True
+            assert workers["w-dead"]["ready"] is False and workers["w-dead"]["error"] == f"process {dead.pid} is gone"
+    finally:
+        alive.kill()
+        alive.wait()

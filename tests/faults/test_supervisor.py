@@ -62,7 +62,7 @@ def test_supervisor_restarts_killed_children(tmp_path, figures):
                              f"the supervisor to restart {name}")
             restarted = time.monotonic() - t0
             if name == "ingest":
-                # /readyz trusts a heartbeat for 15 s: wait for the new process's own.
+                # Ready again means the new process, not a fresh row of the old: wait for its heartbeat.
                 wait_until(lambda: scalar(hub.db_url(), "SELECT pid = %s AND (detail->>'ready')::bool FROM "
                                           "worker_heartbeats WHERE name = 'ingest'", (new,)), 60,
                            "the new ingest's heartbeat")

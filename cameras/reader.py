@@ -9,7 +9,14 @@ a DNS lookup no timeout covers — is seen as a stall and, past ``stuck_after``,
 by a fresh thread.
 
 Reconnects back off 1, 5, 10, then 60 s forever, also when the camera is unreachable at
-start; the backoff restarts after a connection that delivered frames.
+start (``Backoff``). A connection that delivered media — one packet is enough: a keyframe
+may be a whole GOP away, and a camera that streams is there — restarts the sequence at its
+first step. A camera that dropped a streaming connection twice within ``FLAP_WINDOW_S`` is
+flapping (a loose cable, a PoE budget, a rebooting switch): it stops at the 10 s step, since
+its retries can land in its down moments by chance, and the 60 s step would then keep it
+away — and offline — up to a minute after it has settled. At most one connect attempt a
+second either way, so a flapping camera cannot spin the CPU; alerts are the health state
+machine's (debounced by time), not the reader's.
 
 Two cost modes:
 - keyframes only (``decode_all=False``): every packet is demuxed and kept in the evidence
@@ -27,6 +34,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,11 +48,44 @@ from config.urls import redact_text
 log = logging.getLogger(__name__)
 
 BACKOFF_S: tuple[float, ...] = (1.0, 5.0, 10.0, 60.0)
+# Two drops of a streaming connection this close together make a flapping camera. Long
+# enough to span a few cycles of a camera that reboots or loses power; a single outage
+# (one drop) keeps the whole schedule.
+FLAP_WINDOW_S = 300.0
 
 
 def backoff_delay(failures: int, backoff: tuple[float, ...] = BACKOFF_S) -> float:
     """Seconds to wait after the ``failures``-th failed (or ended) connection in a row."""
     return backoff[min(max(failures, 1), len(backoff)) - 1]
+
+
+class Backoff:
+    """The reconnect policy of one camera: ``after(delivered)`` once each connection has
+    ended gives the wait before the next one (see the module docstring)."""
+
+    def __init__(self, steps: tuple[float, ...] = BACKOFF_S, flap_window_s: float = FLAP_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.steps = steps
+        self.flap_window_s = flap_window_s
+        self._clock = clock
+        self.failures = 0           # connections since the last one that delivered media, that one included
+        self._drops: deque[float] = deque(maxlen=2)    # when the last streaming connections ended
+
+    @property
+    def flapping(self) -> bool:
+        return len(self._drops) == 2 and self._clock() - self._drops[0] <= self.flap_window_s
+
+    def after(self, delivered: bool) -> float:
+        if delivered:
+            self.failures = 1
+            self._drops.append(self._clock())
+        else:
+            self.failures += 1
+        failures = self.failures
+        if self.flapping:
+            # The last step is for a camera that has gone away, not one that keeps coming back.
+            failures = min(failures, max(1, len(self.steps) - 1))
+        return backoff_delay(failures, self.steps)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -219,16 +260,15 @@ class StreamReader:
         return (now or time.monotonic()) - self.progress_at
 
     def _run(self) -> None:
-        failures = 0
+        policy = Backoff(self.backoff)
         while not self._stop.is_set():
-            frames = self.read_once()
+            packets = self.stats.packets
+            self.read_once()
             if self._stop.is_set() or self.abandoned:
                 break
-            # A connection that delivered frames restarts the sequence at its first step.
-            failures = 1 if frames else failures + 1
-            delay = backoff_delay(failures, self.backoff)
+            delay = policy.after(delivered=self.stats.packets > packets)
             self.phase = "backoff"
-            self.sink.on_retry(delay, failures)
+            self.sink.on_retry(delay, policy.failures)
             self._stop.wait(delay)
         self.phase = "stopped"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cameras.config import CameraAnalytics, CameraSpec
-from cameras.reader import BACKOFF_S, StreamReader, WallClock, backoff_delay, describe_error
+from cameras.reader import BACKOFF_S, FLAP_WINDOW_S, Backoff, StreamReader, WallClock, backoff_delay, describe_error
 from cameras.sim.server import SimRtspServer, decode_timestamp_strip, free_port
 from cameras.worker import CameraPipeline
 
@@ -105,6 +105,44 @@ def test_wall_clock_ignores_a_lying_camera_clock_and_network_jitter():
 def test_backoff_is_1_5_10_then_60_forever():
     assert BACKOFF_S == (1.0, 5.0, 10.0, 60.0)
     assert [backoff_delay(n) for n in range(1, 8)] == [1, 5, 10, 60, 60, 60, 60]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_camera_that_streamed_then_went_away_follows_the_whole_schedule():
+    clock = FakeClock()
+    policy = Backoff(clock=clock)
+    waits = [policy.after(delivered=True)]
+    for _ in range(5):
+        clock.now += waits[-1]
+        waits.append(policy.after(delivered=False))
+    assert waits == [1, 5, 10, 60, 60, 60]
+
+
+def test_media_restarts_the_schedule_and_a_flapping_camera_never_reaches_the_60s_step():
+    clock = FakeClock()
+    policy = Backoff(clock=clock)
+    # Unreachable at start: the whole schedule.
+    assert [policy.after(delivered=False) for _ in range(5)] == [1, 5, 10, 60, 60]
+    # It streamed a while (one packet is enough, no keyframe needed) and dropped: back to 1 s.
+    clock.now += 60
+    assert policy.after(delivered=True) == 1
+    # Then it drops again and again; its retries happen to land in its down moments.
+    clock.now += 40
+    waits = [policy.after(delivered=True)]
+    for _ in range(6):
+        clock.now += waits[-1]
+        waits.append(policy.after(delivered=False))
+    assert waits == [1, 5, 10, 10, 10, 10, 10]
+    # Gone for good: once its last drops are older than the flap window, the 60 s step.
+    clock.now += FLAP_WINDOW_S
+    assert policy.after(delivered=False) == 60
 
 
 def test_unreachable_at_start_keeps_retrying_and_connects_when_the_camera_appears():

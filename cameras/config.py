@@ -47,35 +47,53 @@ from config.urls import redact_url
 
 log = logging.getLogger(__name__)
 
+def with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """``url`` with the user-info put in (for the demuxer only: never log or show it)."""
+    if not username:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = quote(username, safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 @dataclass
 class CameraSpec:
     """One camera as a worker runs it. ``url`` never carries credentials; the password
-    is only put into the URL handed to the demuxer (``stream_url``)."""
+    is only put into the URL handed to the demuxer (``stream_url``).
+
+    ``url`` is empty for a camera the site file knows only by its ONVIF address: the
+    worker asks the camera for its stream URI (cameras.onvif_link.OnvifStreamSource).
+    ``onvif_host`` is set whenever the camera has an ONVIF address (PTZ, stream URI)."""
 
     id: str
-    url: str
+    url: str = ""
     name: str = ""
     grid: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     analytics: CameraAnalytics = field(default_factory=CameraAnalytics)
     timezone: str = "Asia/Shanghai"
+    onvif_host: str | None = None
+    onvif_port: int = 80
 
     def stream_url(self) -> str:
-        if not self.username:
-            return self.url
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        userinfo = quote(self.username, safe="")
-        if self.password is not None:
-            userinfo += ":" + quote(self.password, safe="")
-        netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return with_credentials(self.url, self.username, self.password)
+
+    @property
+    def onvif_only(self) -> bool:
+        """No stream URL in the site file: the stream URI comes from ONVIF GetStreamUri."""
+        return not self.url and self.onvif_host is not None
 
     @property
     def shown_url(self) -> str:
+        if self.onvif_only:
+            return f"onvif://{self.onvif_host}:{self.onvif_port}"
         return redact_url(self.url)
 
     @property
@@ -101,7 +119,9 @@ def analytics_of(camera) -> CameraAnalytics:
 
 def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec], dict[str, str]]:
     """The cameras of ``site`` in this shard, and the ones that cannot run with the reason
-    (no stream URL, credentials missing) — reported, never fatal for the others."""
+    (neither a stream URL nor an ONVIF address, credentials missing) — reported, never
+    fatal for the others. A camera with only an ONVIF address runs: its worker asks the
+    camera for the stream URI."""
     from config.site import resolve_password
 
     specs: list[CameraSpec] = []
@@ -115,8 +135,9 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
             problems[cam.id] = f"analytics: {exc}"
             continue
         url = cam.substream_url if (analytics.stream == "sub" and cam.substream_url) else cam.rtsp_url
-        if not url:
-            problems[cam.id] = "no rtsp_url (ONVIF-only cameras get their stream URI from ONVIF)"
+        onvif = getattr(cam, "onvif", None)
+        if not url and onvif is None:
+            problems[cam.id] = "neither rtsp_url nor onvif"
             continue
         username = password = None
         if cam.credentials:
@@ -130,8 +151,9 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
                 problems[cam.id] = str(exc)
                 continue
             username = cred.username
-        specs.append(CameraSpec(id=cam.id, url=str(url), name=cam.name, grid=cam.grid, username=username,
-                                password=password, analytics=analytics, timezone=site.timezone))
+        specs.append(CameraSpec(id=cam.id, url=str(url or ""), name=cam.name, grid=cam.grid, username=username,
+                                password=password, analytics=analytics, timezone=site.timezone,
+                                onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80))
     return specs, problems
 
 

@@ -19,8 +19,12 @@ Everything leaves over MQTT as the camera itself would send it (devices.contract
     xlhub/v1/camera/<id>/evt/flag               camera.flag: a supervisor's flag (+ snapshot, clip)
 
 and commands come in on ``xlhub/v1/camera/<id>/cmd/<name>`` — ``flag``, ``snapshot``,
-``maintenance``, ``rebaseline`` — answered on the MQTT 5 response topic with the
+``maintenance``, ``rebaseline``, ``ptz`` — answered on the MQTT 5 response topic with the
 correlation data echoed (body: the contract's CommandResult).
+
+Cameras with an ONVIF address share one ONVIF loop (cameras.onvif_link): a camera the site
+file gives only by that address gets its stream URI from the camera itself, and ``ptz``
+commands (move, stop, presets, goto) are carried out over a session kept per camera.
 
 The envelope ``id`` of an event is a ULID chosen here, and the ``evidence`` rows of its
 files carry it as ``event_id`` (the worker writes those rows itself: it owns the files).
@@ -56,6 +60,7 @@ from cameras.analytics.tamper import TamperDetector
 from cameras.config import CameraSpec, EvidenceSettings, camera_specs
 from cameras.evidence import JPEG, MP4, Evidence, EvidenceStore, PacketRing, Record, frame_at, jpeg, new_evidence_id, remux_mp4
 from cameras.health import HealthEvent, HealthMonitor
+from cameras.onvif_link import PTZ_OPS, OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
 from config.urls import redact_url
 from devices.contract import topic_for
@@ -113,8 +118,11 @@ class CameraPipeline:
     """Reader → ring, health, analytics → events with evidence, for one camera."""
 
     def __init__(self, spec: CameraSpec, *, emit: Callable[[OutEvent], None], store: EvidenceStore | None,
-                 jobs: ThreadPoolExecutor, baseline_dir: Path | None = None, wall=time.time) -> None:
+                 jobs: ThreadPoolExecutor, baseline_dir: Path | None = None, wall=time.time,
+                 source: OnvifStreamSource | None = None, onvif: OnvifEndpoint | None = None) -> None:
         self.spec = spec
+        self.source = source        # ONVIF-only camera: where the stream URI comes from
+        self.onvif = onvif          # any camera with an ONVIF address (PTZ)
         self.cfg = spec.analytics
         self.emit = emit
         self.store = store
@@ -141,12 +149,17 @@ class CameraPipeline:
 
     def _new_reader(self) -> StreamReader:
         h = self.cfg.health
-        return StreamReader(self.spec.id, self.spec.stream_url, self, decode_all=self.cfg.decode_all,
+        url = self.source.url if self.source is not None else self.spec.stream_url
+        return StreamReader(self.spec.id, url, self, decode_all=self.cfg.decode_all,
                             analysis_fps=self.cfg.motion.fps if self.cfg.decode_all else None,
                             open_timeout_s=h.open_timeout_s, read_timeout_s=h.read_timeout_s)
 
+    @property
+    def shown_url(self) -> str:
+        return self.source.shown_url if self.source is not None else self.spec.shown_url
+
     def start(self) -> None:
-        log.info("camera %s: reading %s (%s)", self.spec.id, self.spec.shown_url,
+        log.info("camera %s: reading %s (%s)", self.spec.id, self.shown_url,
                  "every frame, motion" if self.cfg.decode_all else "keyframes only")
         self.reader.start()
 
@@ -156,6 +169,8 @@ class CameraPipeline:
     # -- reader sink (reader thread) -------------------------------------------------
     def on_open(self, segment, open_s: float) -> None:
         self.health.opened(open_s)
+        if self.source is not None:
+            self.source.stream_opened()
         if self._last_close_reason is not None:
             log.info("camera %s: connected again (%s %dx%d, open %.2fs)", self.spec.id, segment.codec,
                      segment.width, segment.height, open_s)
@@ -201,8 +216,10 @@ class CameraPipeline:
 
     def on_close(self, reason: str | None, frames: int) -> None:
         self.health.closed(reason)
+        if self.source is not None:
+            self.source.stream_closed(frames)
         if reason and reason != self._last_close_reason:
-            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.spec.shown_url)
+            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.shown_url)
         self._last_close_reason = reason or self._last_close_reason
 
     def on_retry(self, delay_s: float, attempt: int) -> None:
@@ -211,10 +228,11 @@ class CameraPipeline:
     # -- events ------------------------------------------------------------------------
     def raise_event(self, type_: str, at: float, detail: dict, *, score: float | None = None,
                     frame: av.VideoFrame | None = None, clip: bool = True, snapshot: bool = True,
-                    snapshot_at: float | None = None) -> str | None:
+                    snapshot_at: float | None = None, in_maintenance: bool = False) -> str | None:
         """Queue an event: its snapshot is taken first (the frame at ``at``, or ``frame``
-        when the analysis holds it), then it is emitted with a pending clip."""
-        if self.health.maintenance:
+        when the analysis holds it), then it is emitted with a pending clip.
+        ``in_maintenance``: not an alert (a condition ending), sent during maintenance too."""
+        if self.health.maintenance and not in_maintenance:
             log.info("camera %s: %s suppressed (maintenance)", self.spec.id, type_)
             return None
         event_id = str(ULID())
@@ -310,8 +328,18 @@ class CameraPipeline:
         for ev in self.health.set_maintenance(on):
             self._health_event(ev)
         if was and not on:
-            self.tamper.rebaseline()        # the camera may have been re-aimed or refocused
+            self.rebaseline("maintenance ended")    # the camera may have been re-aimed or refocused
         log.info("camera %s: maintenance %s", self.spec.id, "on" if on else "off")
+
+    def rebaseline(self, why: str) -> None:
+        """Forget the tamper baseline. Conditions that were raised end here (the new
+        baseline is the camera as it is now): each gets its ``camera.tamper.cleared``, so
+        alarms and the wall do not keep showing a tamper nobody will ever clear."""
+        active = list(self.tamper.active)
+        self.tamper.rebaseline()
+        for condition in active:
+            self.raise_event("camera.tamper.cleared", self.wall(), {"condition": condition, "rebaseline": why},
+                             clip=False, snapshot=False, in_maintenance=True)
 
     def save_baseline(self) -> None:
         if self.baseline_path is not None and self.tamper.learned:
@@ -494,6 +522,7 @@ class CameraWorker:
         self.pipelines: dict[str, CameraPipeline] = {}
         self.problems: dict[str, str] = {}
         self.link: MqttLink | None = None
+        self.onvif: OnvifLink | None = None
         self.pool = None
         self.store: EvidenceStore | None = None
         self.ready = threading.Event()
@@ -525,9 +554,18 @@ class CameraWorker:
             self.link.start()
         else:
             log.warning("no MQTT broker configured: camera events are not published")
+        if any(s.onvif_host for s in specs):
+            self.onvif = OnvifLink(name=f"{self.name}-onvif").start()
         for spec in specs:
+            endpoint = source = None
+            if spec.onvif_host:
+                endpoint = OnvifEndpoint(spec.onvif_host, spec.onvif_port, spec.username, spec.password)
+            if spec.onvif_only:
+                h = spec.analytics.health
+                source = OnvifStreamSource(spec.id, endpoint, self.onvif, stream=spec.analytics.stream,
+                                           first_wait_s=min(5.0, h.open_timeout_s)).start()
             self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
-                                                     baseline_dir=self.baseline_dir)
+                                                     baseline_dir=self.baseline_dir, source=source, onvif=endpoint)
         for p in self.pipelines.values():
             p.start()
         log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
@@ -571,6 +609,8 @@ class CameraWorker:
         for p in self.pipelines.values():
             p.reader.join(timeout=0.5)
             p.save_baseline()
+        if self.onvif is not None:
+            self.onvif.stop()
         jobs.shutdown(wait=True, cancel_futures=True)
         self._heartbeat(ready=False)
         if self.link is not None:
@@ -597,9 +637,14 @@ class CameraWorker:
         states: dict[str, int] = {}
         for p in self.pipelines.values():
             states[p.health.shown_state] = states.get(p.health.shown_state, 0) + 1
-        return {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
-                "shard": self.shard, "shards": self.shards, "problems": self.problems,
-                "mqtt": bool(self.link and self.link.connected.is_set())}
+        out = {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
+               "shard": self.shard, "shards": self.shards, "problems": self.problems,
+               "mqtt": bool(self.link and self.link.connected.is_set())}
+        sources = [p.source for p in self.pipelines.values() if p.source is not None]
+        if sources:
+            # ONVIF-only cameras still without a stream URI, with the reason (never a credential)
+            out["onvif_unresolved"] = {s.camera_id: s.last_error or "resolving" for s in sources if s.uri is None}
+        return out
 
     def _heartbeat(self, ready: bool) -> None:
         if self.pool is None:
@@ -624,7 +669,40 @@ class CameraWorker:
         pipeline = self.pipelines.get(camera_id)
         if pipeline is None:
             return      # another shard's camera (shared subscriptions) or a retired one
+        if name == "ptz":
+            # Straight to the ONVIF loop, in arrival order (a job pool could let a stop overtake its move).
+            self._ptz(pipeline, body, msg)
+            return
         self.jobs.submit(self._command, pipeline, name, body, msg)
+
+    def _ptz(self, p: CameraPipeline, body: dict, msg: mqtt.MQTTMessage) -> None:
+        link = self.link
+        try:
+            op, args = _ptz_args(body)
+        except CommandError as exc:
+            link.reply(p.spec.id, "ptz", msg, body, "rejected", str(exc), reason="invalid")
+            return
+        if p.onvif is None or self.onvif is None:
+            link.reply(p.spec.id, "ptz", msg, body, "failed", "the camera has no ONVIF address in the site file",
+                       reason="no onvif")
+            return
+
+        def done(future) -> None:
+            from cameras.onvif import OnvifError
+            try:
+                result = future.result()
+            except OnvifError as exc:
+                link.reply(p.spec.id, "ptz", msg, body, "failed", str(exc), reason=exc.reason, op=op)
+            except ValueError as exc:
+                link.reply(p.spec.id, "ptz", msg, body, "rejected", str(exc), reason="invalid", op=op)
+            except Exception as exc:
+                log.error("camera %s: ptz %s failed: %s", p.spec.id, op, type(exc).__name__)
+                link.reply(p.spec.id, "ptz", msg, body, "failed", f"internal error ({type(exc).__name__})", op=op)
+            else:
+                link.reply(p.spec.id, "ptz", msg, body, "finished", op=op, **result)
+
+        log.info("camera %s: ptz %s%s", p.spec.id, op, f" by {body['by']}" if isinstance(body.get("by"), str) else "")
+        self.onvif.submit(self.onvif.ptz(p.spec.id, p.onvif, op, args)).add_done_callback(done)
 
     def _command(self, p: CameraPipeline, name: str, body: dict, msg: mqtt.MQTTMessage) -> None:
         link = self.link
@@ -637,7 +715,16 @@ class CameraWorker:
                 link.reply(p.spec.id, name, msg, body, "finished", event_id=event.id,
                            evidence=[e.ref() for e in event.evidence], frame_at=_ms(at))
             elif name == "snapshot":
-                data, wall = p.latest_jpeg()
+                try:
+                    data, wall = p.latest_jpeg()
+                except CommandError:
+                    if p.source is None or not p.source.snapshot_uri:
+                        raise
+                    # No picture from the stream (yet): the camera's own ONVIF snapshot.
+                    try:
+                        data, wall = p.source.fetch_snapshot(), time.time()
+                    except OSError as exc:
+                        raise CommandError(f"no picture from the stream, and {exc}") from None
                 link.reply(p.spec.id, name, msg, body, "finished", frame_at=_ms(wall),
                            state=p.health.shown_state, jpeg_b64=base64.b64encode(data).decode("ascii"))
             elif name == "maintenance":
@@ -647,7 +734,7 @@ class CameraWorker:
                 p.set_maintenance(on)
                 link.reply(p.spec.id, name, msg, body, "finished", maintenance=on)
             elif name == "rebaseline":
-                p.tamper.rebaseline()
+                p.rebaseline("requested")
                 link.reply(p.spec.id, name, msg, body, "finished")
             else:
                 link.reply(p.spec.id, name, msg, body, "rejected", f"unknown command {name!r}")
@@ -672,6 +759,30 @@ def _epoch_s(value) -> float:
             raise CommandError("frame_ts: needs a UTC offset")
         return dt.timestamp()
     raise CommandError("frame_ts: epoch milliseconds or ISO-8601")
+
+
+def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not low <= value <= high:
+        raise CommandError(f"{key} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _ptz_args(body: dict) -> tuple[str, dict]:
+    """The ``ptz`` command's body: ``op`` (move | stop | presets | goto) and its arguments
+    (velocities -1..1 and a timeout of 0.1..10 s for move, ``token`` for goto)."""
+    op = body.get("op")
+    if op not in PTZ_OPS:
+        raise CommandError(f"op must be one of {', '.join(PTZ_OPS)}")
+    if op == "move":
+        return op, {"pan": _number(body, "pan", -1, 1, 0.0), "tilt": _number(body, "tilt", -1, 1, 0.0),
+                    "zoom": _number(body, "zoom", -1, 1, 0.0), "timeout": _number(body, "timeout", 0.1, 10, 1.0)}
+    if op == "goto":
+        token = body.get("token")
+        if not isinstance(token, str) or not 0 < len(token) <= 64:
+            raise CommandError("token must be a preset token (1-64 characters)")
+        return op, {"token": token}
+    return op, {}
 
 
 def _text(value, limit: int) -> str | None:

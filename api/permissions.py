@@ -18,6 +18,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit.read"
     CAMERAS_FLAG = "cameras.flag"    # 标记事件: a supervisor's flag raises a video-sourced event
     LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
+    CAMERAS_PTZ = "cameras.ptz"      # 云台控制: turn, zoom, presets of ONVIF PTZ cameras
     # alerts (issue 5): alarms, cases, their evidence, deliveries, CAP warnings, assessment
     ALARMS_READ = "alarms.read"
     ALARMS_HANDLE = "alarms.handle"          # acknowledge (确认) and clear (清除)
@@ -51,6 +52,9 @@ GRANTS: dict[Permission, set[Role]] = {
     # attached to the cases dispatched to it, not the cameras.
     Permission.LIVE_VIEW: _ALL_STAFF - {Role.department_handler},
     Permission.CAMERAS_FLAG: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.admin},
+    # Steering a camera changes what every viewer of it sees (and what it records): the
+    # people who work the wall — the video supervisor at it, the control room's dispatcher.
+    Permission.CAMERAS_PTZ: {Role.video_supervisor, Role.dispatcher},
     Permission.ALARMS_READ: _ALL_STAFF - {Role.department_handler},
     Permission.ALARMS_HANDLE: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.grid_head},
     # Administrators manage accounts and devices; they do not handle cases (and see none).

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.audit import entry_for
 from api.deps import SESSION_COOKIE, Conn, CurrentPrincipal, client_ip
+from api.permissions import Permission, allowed
 from config.site import ROLE_LABELS, Role
 from store import identity
 from store.audit import record
@@ -96,6 +97,7 @@ class Me(BaseModel):
     node_path: list[str]
     department_code: str | None
     must_change_password: bool
+    permissions: list[str] = []      # what the role may do (api/permissions.py): the UI shows only those controls
 
 
 class PasswordChange(BaseModel):
@@ -166,7 +168,8 @@ def me(principal: CurrentPrincipal) -> Me:
     return Me(kind=principal.kind, username=principal.name, display_name=principal.display_name,
               role=principal.role, role_label=role_label(principal.role), node_code=principal.node_code,
               node_path=list(principal.node_path), department_code=principal.department_code,
-              must_change_password=principal.must_change_password)
+              must_change_password=principal.must_change_password,
+              permissions=[p.value for p in Permission if allowed(principal.role, p)])
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)

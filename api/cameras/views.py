@@ -1,10 +1,19 @@
 """Cameras in the API: the video supervisor's flag (视频监督员 标记), the latest snapshot,
-and evidence downloads — all scoped to the caller's subtree (一级一权限) and audited.
+PTZ (云台), each camera's health for the video wall, and evidence downloads — all scoped
+to the caller's subtree (一级一权限) and audited.
 
-The API never decodes video: a flag or a snapshot is a command to the camera worker that
-owns the camera, over MQTT (``xlhub/v1/camera/<id>/cmd/<name>``, MQTT 5 response topic
-and correlation data); evidence files are read from the evidence directory the workers
-write (shared storage when they run on other machines).
+The API never decodes video: a flag, a snapshot or a PTZ command is a command to the
+camera worker that owns the camera, over MQTT (``xlhub/v1/camera/<id>/cmd/<name>``, MQTT 5
+response topic and correlation data); evidence files are read from the evidence directory
+the workers write (shared storage when they run on other machines).
+
+PTZ goes through the worker too, not from the API straight to the camera: the worker
+already holds the camera's credentials (the API process never reads them) and keeps one
+ONVIF session per camera, so an operator holding an arrow does not pay an ONVIF connect
+(four round trips) per press, and a move and the stop that ends it reach the camera in
+order. The API answers 409 for a camera without an ONVIF address or without PTZ, 503 when
+the camera does not answer, 502 when it refuses the hub's credentials or answers garbage,
+504 when no worker answers — each with a reason (中文 (English)), never a credential.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
@@ -35,6 +44,8 @@ router = APIRouter(prefix="/api", tags=["cameras 视频"])
 # Who may raise a flag from video: the video supervisor's job, and those who direct them.
 SNAPSHOT_TIMEOUT_S = 5.0
 FLAG_TIMEOUT_S = 20.0       # the worker waits for the clip's after-part (3 s by default)
+PTZ_TIMEOUT_S = 12.0        # a first command connects to the camera (2 tries of 5 s at worst)
+HEALTH_STALE_S = 60.0       # no telemetry for this long: the worker is not reporting, state unknown
 
 
 def camera_commands(request: Request) -> BrokerRequests:
@@ -61,12 +72,16 @@ def _failed(answer: dict) -> HTTPException:
 
 
 # --------------------------------------------------------------------------- scope
-def _camera_path(conn, camera_id: str) -> list[str] | None:
-    row = conn.execute(
-        """SELECT g.path FROM cameras c
+def _camera_row(conn, camera_id: str) -> dict | None:
+    return conn.execute(
+        """SELECT g.path, c.onvif IS NOT NULL AS has_onvif FROM cameras c
            JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
            JOIN grid_nodes g ON g.code = m.grid_code
            WHERE c.id = %s AND c.active""", (camera_id,)).fetchone()
+
+
+def _camera_path(conn, camera_id: str) -> list[str] | None:
+    row = _camera_row(conn, camera_id)
     return list(row["path"]) if row else None
 
 
@@ -200,3 +215,227 @@ def event_evidence(event_id: str, conn: Conn,
     return [EvidenceOut(id=r["id"], kind="snapshot" if r["media_type"] == "image/jpeg" else "clip",
                         media_type=r["media_type"], sha256=r["sha256"], bytes=r["bytes"],
                         captured_at=r["captured_at"], url=f"/api/evidence/{r['id']}") for r in rows]
+
+
+# --------------------------------------------------------------------------- PTZ 云台
+class PtzMoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pan: float = Field(0.0, ge=-1, le=1, description="水平 pan velocity: -1 left … 1 right")
+    tilt: float = Field(0.0, ge=-1, le=1, description="俯仰 tilt velocity: -1 down … 1 up")
+    zoom: float = Field(0.0, ge=-1, le=1, description="变倍 zoom velocity: -1 out … 1 in")
+    timeout: float = Field(1.0, ge=0.1, le=10, description="seconds the move lasts unless stopped or renewed "
+                                                           "(a lost stop cannot leave the camera turning)")
+
+
+class PtzMoveOut(BaseModel):
+    camera_id: str
+    pan: float
+    tilt: float
+    zoom: float
+    timeout: float
+
+
+class PtzDone(BaseModel):
+    camera_id: str
+    op: str
+    token: str | None = None
+
+
+class PtzPresetOut(BaseModel):
+    token: str
+    name: str
+
+
+# reason the worker gives → (status, 中文, English)
+PTZ_FAILURES = {
+    "no onvif": (status.HTTP_409_CONFLICT, "该摄像机未配置 ONVIF 地址，不能控制云台", "camera has no ONVIF address: no PTZ"),
+    "not supported": (status.HTTP_409_CONFLICT, "该摄像机不支持云台控制", "camera has no PTZ"),
+    "rejected": (status.HTTP_422_UNPROCESSABLE_CONTENT, "摄像机拒绝了该云台指令", "the camera rejected the command"),
+    "invalid": (status.HTTP_422_UNPROCESSABLE_CONTENT, "云台指令参数无效", "invalid PTZ command"),
+    "unreachable": (status.HTTP_503_SERVICE_UNAVAILABLE, "摄像机无法连接", "camera unreachable"),
+    "auth": (status.HTTP_502_BAD_GATEWAY, "摄像机拒绝了平台的凭据", "the camera refused the hub's credentials"),
+    "bad reply": (status.HTTP_502_BAD_GATEWAY, "摄像机的应答无法识别", "the camera's reply is not valid ONVIF"),
+}
+
+
+def _ptz(request: Request, conn, principal: Principal, camera_id: str, op: str, **args) -> dict:
+    row = _camera_row(conn, camera_id)
+    ensure_in_scope(principal, list(row["path"]) if row else None, f"camera {camera_id!r}")
+    if not row["has_onvif"]:
+        code, zh, en = PTZ_FAILURES["no onvif"]
+        raise HTTPException(code, f"{zh} ({en})")
+    conn.commit()       # release the transaction's snapshot while the worker talks to the camera
+    body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "op": op, "by": principal.name, **args}
+    waited = _timeout(request, "ptz", PTZ_TIMEOUT_S)
+    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "ptz"), body, waited)
+    if answer is None:
+        raise _no_answer(camera_id, waited)
+    if answer.get("phase") != "finished":
+        known = PTZ_FAILURES.get(str(answer.get("reason")))
+        if known is None:
+            raise _failed(answer)
+        code, zh, en = known
+        why = redact_text(str(answer.get("detail") or ""))[:300]
+        raise HTTPException(code, f"{zh} ({en}{': ' + why if why else ''})")
+    return answer
+
+
+@router.post("/cameras/{camera_id}/ptz/move", response_model=PtzMoveOut)
+def ptz_move(camera_id: str, move: PtzMoveIn, request: Request, conn: Conn,
+             principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> PtzMoveOut:
+    """Start a continuous move (云台转动/变倍) at the given velocities; it ends by itself
+    after ``timeout`` seconds, on ``/ptz/stop``, or when a new move replaces it. The
+    velocities sent are clamped to what the camera accepts and returned."""
+    answer = _ptz(request, conn, principal, camera_id, "move", pan=move.pan, tilt=move.tilt, zoom=move.zoom,
+                  timeout=move.timeout)
+    sent = answer.get("sent") or {}
+    return PtzMoveOut(camera_id=camera_id, pan=sent.get("pan", move.pan), tilt=sent.get("tilt", move.tilt),
+                      zoom=sent.get("zoom", move.zoom), timeout=move.timeout)
+
+
+@router.post("/cameras/{camera_id}/ptz/stop", response_model=PtzDone)
+def ptz_stop(camera_id: str, request: Request, conn: Conn,
+             principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> PtzDone:
+    """Stop pan, tilt and zoom (云台停止)."""
+    _ptz(request, conn, principal, camera_id, "stop")
+    return PtzDone(camera_id=camera_id, op="stop")
+
+
+@router.get("/cameras/{camera_id}/ptz/presets", response_model=list[PtzPresetOut])
+def ptz_presets(camera_id: str, request: Request, conn: Conn,
+                principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> list[PtzPresetOut]:
+    """The camera's presets (预置位), as the camera stores them."""
+    answer = _ptz(request, conn, principal, camera_id, "presets")
+    return [PtzPresetOut(token=str(p.get("token", "")), name=str(p.get("name", "")))
+            for p in answer.get("presets", []) if isinstance(p, dict)]
+
+
+@router.post("/cameras/{camera_id}/ptz/presets/{token}/goto", response_model=PtzDone)
+def ptz_goto(camera_id: str, request: Request, conn: Conn,
+             principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))],
+             token: Annotated[str, Path(min_length=1, max_length=64, description="preset token from /ptz/presets")]
+             ) -> PtzDone:
+    """Turn the camera to a preset (转到预置位)."""
+    _ptz(request, conn, principal, camera_id, "goto", token=token)
+    return PtzDone(camera_id=camera_id, op="goto", token=token)
+
+
+# --------------------------------------------------------------------------- health (电视墙)
+STATE_LABELS = {"online": "在线", "offline": "离线", "tampered": "画面异常", "frozen": "画面冻结",
+                "maintenance": "维护中", "connecting": "连接中", "unknown": "状态未知"}
+TAMPER_LABELS = {"covered": "遮挡", "defocused": "虚焦", "moved": "移位", "dark": "过暗", "bright": "过亮"}
+
+
+class SnapshotRef(BaseModel):
+    id: str
+    url: str
+    captured_at: datetime
+
+
+class TamperCondition(BaseModel):
+    condition: str
+    label: str
+    since: datetime
+
+
+class CameraHealthOut(BaseModel):
+    camera_id: str
+    grid_code: str
+    state: Literal["online", "offline", "tampered", "frozen", "maintenance", "connecting", "unknown"]
+    label: str = Field(description="中文 label for the wall: 在线 / 离线 / 遮挡 / 维护中 …")
+    since: datetime | None = Field(None, description="when the camera went offline, or the tamper began")
+    reported_state: str | None = Field(None, description="the worker's own state: online, suspect, offline, "
+                                                         "recovering, starting, frozen, maintenance")
+    reported_at: datetime | None = None
+    stale: bool = Field(description="no telemetry for a minute: the camera worker is not reporting")
+    tamper: list[TamperCondition] = Field(default_factory=list, description="active tamper conditions")
+    last_snapshot: SnapshotRef | None = Field(None, description="the camera's newest stored picture "
+                                                                "(an offline camera's last good frame)")
+    has_onvif: bool
+
+
+HEALTH_QUERY = """
+SELECT c.id AS camera_id, m.grid_code, c.onvif IS NOT NULL AS has_onvif,
+       h.state AS reported_state, h.time AS reported_at, now() - h.time > make_interval(secs => %(stale)s) AS stale,
+       t.conditions, s.id AS snapshot_id, s.captured_at AS snapshot_at, o.type AS last_change, o.time AS changed_at
+FROM cameras c
+JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
+JOIN grid_nodes g ON g.code = m.grid_code
+LEFT JOIN LATERAL (
+    SELECT time, state FROM camera_health
+    WHERE camera_id = c.id AND time > now() - interval '1 day' ORDER BY time DESC LIMIT 1) h ON true
+LEFT JOIN LATERAL (
+    -- per tamper condition, its newest event; active when that is not a camera.tamper.cleared
+    SELECT coalesce(jsonb_agg(jsonb_build_object('condition', cond, 'since', time) ORDER BY time), '[]') AS conditions
+    FROM (SELECT DISTINCT ON (cond) cond, type, time FROM (
+              SELECT CASE WHEN e.type = 'camera.tamper.cleared' THEN e.payload -> 'detail' ->> 'condition'
+                          ELSE substr(e.type, 15) END AS cond, e.type, e.time
+              FROM events e
+              WHERE e.source_kind = 'camera' AND e.source_id = c.id AND e.type LIKE 'camera.tamper.%%'
+                AND e.time > now() - interval '30 days') x
+          WHERE cond IS NOT NULL ORDER BY cond, time DESC) y
+    WHERE type <> 'camera.tamper.cleared') t ON true
+LEFT JOIN LATERAL (
+    SELECT type, time FROM events
+    WHERE source_kind = 'camera' AND source_id = c.id AND type IN ('camera.offline', 'camera.online')
+      AND time > now() - interval '30 days' ORDER BY time DESC LIMIT 1) o ON true
+LEFT JOIN LATERAL (
+    SELECT id, captured_at FROM evidence
+    WHERE source_kind = 'camera' AND source_id = c.id AND media_type = 'image/jpeg'
+    ORDER BY captured_at DESC LIMIT 1) s ON true
+WHERE c.active AND g.path @> ARRAY[%(node)s] {extra}
+ORDER BY g.path, c.id
+"""
+
+
+def camera_health_of(row: dict) -> CameraHealthOut:
+    """The wall's state from the worker's newest telemetry and the camera's tamper events:
+    maintenance, then offline, then an active tamper, then a frozen picture, then online."""
+    reported, stale = row["reported_state"], row["reported_at"] is None or bool(row["stale"])
+    tamper = [TamperCondition(condition=c["condition"], label=TAMPER_LABELS.get(c["condition"], c["condition"]),
+                              since=c["since"]) for c in (row["conditions"] or [])]
+    since = None
+    if stale or reported is None:
+        state = "unknown"
+    elif reported == "maintenance":
+        state = "maintenance"
+    elif reported == "offline":
+        state = "offline"
+        since = row["changed_at"] if row["last_change"] == "camera.offline" else None
+    elif tamper:
+        state = "tampered"
+        since = min(t.since for t in tamper)
+    elif reported == "frozen":
+        state = "frozen"
+    elif reported in ("online", "suspect"):
+        state = "online"
+    elif reported in ("starting", "recovering"):
+        state = "connecting"
+    else:
+        state = "unknown"
+    label = "、".join(t.label for t in tamper) if state == "tampered" else STATE_LABELS[state]
+    snap = None
+    if row["snapshot_id"]:
+        snap = SnapshotRef(id=row["snapshot_id"], url=f"/api/evidence/{row['snapshot_id']}",
+                           captured_at=row["snapshot_at"])
+    return CameraHealthOut(camera_id=row["camera_id"], grid_code=row["grid_code"], state=state, label=label,
+                           since=since, reported_state=reported, reported_at=row["reported_at"], stale=stale,
+                           tamper=tamper, last_snapshot=snap, has_onvif=row["has_onvif"])
+
+
+@router.get("/camera-health", response_model=list[CameraHealthOut])
+def camera_health(request: Request, conn: Conn,
+                  principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
+                  grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None
+                  ) -> list[CameraHealthOut]:
+    """Each camera's health for the video wall (电视墙): 在线 online, 离线 offline (with its
+    last stored picture), 遮挡/虚焦/移位/过暗/过亮 tampered, 画面冻结 frozen, 维护中
+    maintenance, 连接中 connecting, 状态未知 unknown (no worker reporting). Only cameras in
+    the caller's subtree. (Not ``/cameras/health``: that path is a camera id to
+    ``GET /api/cameras/{camera_id}``.)"""
+    stale = float(getattr(request.app.state, "camera_health_stale_s", HEALTH_STALE_S))
+    extra, params = "", {"node": principal.node_code, "stale": stale}
+    if grid:
+        extra, params["grid"] = "AND g.path @> ARRAY[%(grid)s]", grid
+    return [camera_health_of(r) for r in conn.execute(HEALTH_QUERY.format(extra=extra), params).fetchall()]

@@ -134,6 +134,18 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/cameras/{camera_id}/snapshot"): Rule(P.CAMERAS_READ, "path",
                                                        {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
                                                        audit="read", ok=GATEWAY),
+    # PTZ: the demo's cameras have no ONVIF address, so an allowed caller gets 409 with the reason
+    ("POST", "/api/cameras/{camera_id}/ptz/move"): Rule(
+        P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, body={"pan": 0.5, "timeout": 0.5},
+        audit="write", ok=GATEWAY | {409}),
+    ("POST", "/api/cameras/{camera_id}/ptz/stop"): Rule(P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+                                                        audit="write", ok=GATEWAY | {409}),
+    ("GET", "/api/cameras/{camera_id}/ptz/presets"): Rule(P.CAMERAS_PTZ, "path",
+                                                          {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, ok=GATEWAY | {409}),
+    ("POST", "/api/cameras/{camera_id}/ptz/presets/{token}/goto"): Rule(
+        P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA), "token": "1"}, audit="write",
+        ok=GATEWAY | {409}),
+    ("GET", "/api/camera-health"): Rule(P.CAMERAS_READ, "list", hidden=(OTHER_CAMERA,)),
     ("GET", "/api/evidence/{evidence_id}"): Rule(P.EVENTS_READ, "path", audit="read",
                                                  args={"evidence_id": lambda side, ctx: ctx.resources.evidence[side]}),
     ("GET", "/api/events/{event_id}/evidence"): Rule(

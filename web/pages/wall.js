@@ -1,26 +1,26 @@
 // 电视墙 — the video wall, laid out by the grid tree (township → villages), 1/4/9/16 tiles.
 import { api, request } from '../api.js';
 import { LiveTile, TILE_STATES } from '../live.js';
-import { CATEGORIES, URGENCIES, clear, errorBox, eventLabel, fmtTime, h, modal, toast } from '../ui.js';
+import { CATEGORIES, URGENCIES, clear, errorBox, fmtTime, h, modal, toast } from '../ui.js';
 
 const LAYOUTS = [1, 4, 9, 16];
+// Tile health from GET /api/camera-health (state → badge colour; the label comes with it).
 const HEALTH = {
   online: { label: '在线', cls: 'ok' },
   offline: { label: '离线', cls: 'bad' },
-  tampered: { label: '疑似遭破坏', cls: 'warn' },
+  tampered: { label: '画面异常', cls: 'warn' },
   frozen: { label: '画面冻结', cls: 'warn' },
+  maintenance: { label: '维护中', cls: 'maint' },
+  connecting: { label: '连接中', cls: 'muted' },
   unknown: { label: '状态未知', cls: 'muted' },
 };
+const PTZ_SPEEDS = [['慢', 0.25], ['中', 0.5], ['快', 1]];
+const PTZ_HOLD_S = 2;          // each move lasts this long on the camera unless renewed (a lost stop cannot spin it)
+const PTZ_RENEW_MS = 1500;     // while a button is held, the move is renewed this often
 
-function healthOf(events) {
-  // The newest health-relevant event of a camera decides its state.
-  for (const e of events) {
-    if (e.type === 'camera.offline') return { ...HEALTH.offline, since: e.time, type: e.type };
-    if (e.type === 'camera.online') return { ...HEALTH.online, since: e.time, type: e.type };
-    if (e.type.startsWith('camera.tamper.')) return { ...HEALTH.tampered, label: eventLabel(e.type), since: e.time, type: e.type };
-    if (e.type === 'camera.frozen') return { ...HEALTH.frozen, since: e.time, type: e.type };
-  }
-  return { ...HEALTH.unknown };
+function healthOf(row) {
+  const base = HEALTH[row.state] || HEALTH.unknown;
+  return { ...base, ...row, label: row.label || base.label };
 }
 
 export async function render(main, { me, grid }) {
@@ -37,6 +37,8 @@ export async function render(main, { me, grid }) {
   let health = new Map();
   let feeds = new Map();
   let timers = [];
+  // Only for those who may steer (api/permissions.py cameras.ptz); an older hub without the list: show it.
+  const canPtz = !Array.isArray(me.permissions) || me.permissions.includes('cameras.ptz');
 
   const wall = h('section', { class: 'wall', id: 'wall', 'aria-label': '电视墙' });
   const tree = h('nav', { class: 'tree', 'aria-label': '网格树' });
@@ -128,9 +130,10 @@ export async function render(main, { me, grid }) {
     const stateBadge = h('span', { class: 'badge state', dataset: { role: 'state' } }, TILE_STATES.idle);
     const healthBadge = h('span', { class: 'badge muted', dataset: { role: 'health' } }, HEALTH.unknown.label);
     const counter = h('span', { class: 'frames', dataset: { role: 'frames' } }, '');
+    const lastSeen = h('span', { class: 'last-seen', dataset: { role: 'last-seen' } }, '');
     const reason = h('span', { class: 'reason' });
     const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
-    const ptzBtn = cam.has_onvif ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
+    const ptzBtn = cam.has_onvif && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
     const zoomBtn = h('button', { type: 'button', class: 'icon-btn', title: '放大/还原', 'aria-label': '放大', onclick: (e) => { e.stopPropagation(); toggleZoom(cam.id); } }, '⤢');
     let el;
     const live = new LiveTile(cam, {
@@ -152,15 +155,17 @@ export async function render(main, { me, grid }) {
     },
     h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), ptzBtn, zoomBtn),
     live.el,
-    h('footer', {}, stateBadge, healthBadge, reason, counter, flagBtn));
+    h('footer', {}, stateBadge, healthBadge, lastSeen, reason, counter, flagBtn));
     flagBtn.disabled = true;
-    const t = { el, live, stateBadge, healthBadge, counter };
+    const t = { el, live, stateBadge, healthBadge, counter, lastSeen, shownSnapshot: null };
     paintHealth(t, cam.id);
     return t;
   }
 
   async function lastPicture(cam, live) {
-    // The worker's last good picture of an offline camera (if that endpoint is on this hub).
+    // An offline camera's last good picture: the stored one the health says, else ask its worker.
+    const hs = health.get(cam.id);
+    if (hs && hs.last_snapshot) { showStored(tiles.get(cam.id), hs.last_snapshot); return; }
     try {
       const res = await request(`/api/cameras/${encodeURIComponent(cam.id)}/snapshot`, { raw: true, headers: { Accept: 'image/jpeg' } });
       const blob = await res.blob();
@@ -172,22 +177,75 @@ export async function render(main, { me, grid }) {
     } catch { /* no picture at all */ }
   }
 
-  // PTZ for ONVIF cameras that have it: each press moves briefly, then stops.
+  // PTZ (云台) for ONVIF cameras: hold an arrow or a zoom button to move, let go to stop.
+  // Commands go out one after another (a stop never overtakes its move); each move lasts
+  // PTZ_HOLD_S on the camera and is renewed while the button is held.
   function openPtz(cam) {
-    const result = h('p', { role: 'status', id: 'ptz-result' });
-    const move = async (pan, tilt, zoom) => {
-      clear(result);
+    const path = `/api/cameras/${encodeURIComponent(cam.id)}/ptz`;
+    const result = h('p', { role: 'status', id: 'ptz-result', class: 'ptz-result' });
+    let speed = 0.5;
+    let queue = Promise.resolve();
+    let held = null;             // { pan, tilt, zoom, timer }
+    const say = (text, outcome) => { clear(result).append(text); result.dataset.outcome = outcome; };
+    const failed = (err) => {
+      if (err.status === 403) say('当前角色无权控制云台。No PTZ permission.', 'error');
+      else if (err.missing) say('云台控制接口不可用。PTZ API not available on this hub.', 'error');
+      else say(`云台控制失败：${err.detail || err.message}`, 'error');
+    };
+    const send = (what, call) => {
+      queue = queue.then(call).then(() => { if (what) say(what, 'ok'); }, failed);
+      return queue;
+    };
+    const moveNow = (pan, tilt, zoom) => send(null, () => api.post(`${path}/move`, { pan, tilt, zoom, timeout: PTZ_HOLD_S }));
+    const press = (pan, tilt, zoom) => (e) => {
+      e.preventDefault();
+      release();
+      held = { timer: setInterval(() => moveNow(pan * speed, tilt * speed, zoom * speed), PTZ_RENEW_MS) };
+      say('云台转动中…', 'moving');
+      moveNow(pan * speed, tilt * speed, zoom * speed);
+    };
+    const release = () => {
+      if (!held) return;
+      clearInterval(held.timer);
+      held = null;
+      send('已停止', () => api.post(`${path}/stop`));
+    };
+    const button = (id, label, title, pan, tilt, zoom) => h('button', {
+      type: 'button', id, title, 'aria-label': title,
+      onpointerdown: press(pan, tilt, zoom), onpointerup: release, onpointerleave: release, onpointercancel: release,
+      onkeydown: (e) => { if ((e.key === 'Enter' || e.key === ' ') && !e.repeat) press(pan, tilt, zoom)(e); },
+      onkeyup: (e) => { if (e.key === 'Enter' || e.key === ' ') release(); },
+    }, label);
+    const stop = h('button', { type: 'button', id: 'ptz-stop', title: '停止', 'aria-label': '停止',
+      onclick: () => { release(); send('已停止', () => api.post(`${path}/stop`)); } }, '■');
+    const speeds = h('div', { class: 'seg-group', role: 'group', 'aria-label': '速度' },
+      PTZ_SPEEDS.map(([label, v]) => h('button', {
+        type: 'button', class: 'seg', 'aria-pressed': String(v === speed), dataset: { speed: v },
+        onclick: (e) => { speed = v; e.target.parentNode.querySelectorAll('button').forEach((b) => b.setAttribute('aria-pressed', String(Number(b.dataset.speed) === v))); },
+      }, label)));
+    const presets = h('ul', { class: 'ptz-presets', id: 'ptz-presets' }, h('li', { class: 'muted' }, '正在读取预置位…'));
+    const loadPresets = async () => {
       try {
-        await api.post(`/api/cameras/${encodeURIComponent(cam.id)}/ptz`, { pan, tilt, zoom, duration_s: 0.5 });
+        const list = await api.get(`${path}/presets`);
+        clear(presets).append(...(list.length ? list.map((p) => h('li', {},
+          h('button', { type: 'button', dataset: { token: p.token },
+            onclick: () => send(`已转到预置位 ${p.name || p.token}`, () => api.post(`${path}/presets/${encodeURIComponent(p.token)}/goto`)) },
+          `转到 ${p.name || p.token}`))) : [h('li', { class: 'muted' }, '该摄像机没有预置位')]));
       } catch (err) {
-        result.append(err.missing ? '云台控制接口尚未接入（ONVIF PTZ 已在摄像机模块实现，等待 API）。PTZ API not available yet.'
-          : `云台控制失败：${err.detail || err.message}`);
+        clear(presets).append(h('li', { class: 'muted' }, `预置位不可用：${err.detail || err.message}`));
       }
     };
-    const b = (label, pan, tilt, zoom) => h('button', { type: 'button', onclick: () => move(pan, tilt, zoom) }, label);
-    modal(`云台 · ${cam.name}`, h('div', { class: 'ptz' },
-      h('div', { class: 'ptz-pad' }, h('span'), b('▲', 0, 0.5, 0), h('span'), b('◀', -0.5, 0, 0), h('span'), b('▶', 0.5, 0, 0), h('span'), b('▼', 0, -0.5, 0), h('span')),
-      h('div', { class: 'row' }, b('放大 +', 0, 0, 0.5), b('缩小 −', 0, 0, -0.5)), result));
+    const { dialog } = modal(`云台 · ${cam.name}`, h('div', { class: 'ptz', id: 'ptz-panel' },
+      h('div', { class: 'ptz-pad' },
+        h('span'), button('ptz-up', '▲', '向上', 0, 1, 0), h('span'),
+        button('ptz-left', '◀', '向左', -1, 0, 0), stop, button('ptz-right', '▶', '向右', 1, 0, 0),
+        h('span'), button('ptz-down', '▼', '向下', 0, -1, 0), h('span')),
+      h('div', { class: 'row' }, button('ptz-zoom-in', '放大 +', '放大（变倍）', 0, 0, 1), button('ptz-zoom-out', '缩小 −', '缩小（变倍）', 0, 0, -1)),
+      h('div', { class: 'row' }, h('span', { class: 'muted' }, '速度'), speeds),
+      h('h3', {}, '预置位 ', h('small', {}, 'Presets')), presets,
+      result), { onClose: release });
+    dialog.addEventListener('pointerup', release);
+    loadPresets();
   }
 
   function select(id) {
@@ -204,19 +262,34 @@ export async function render(main, { me, grid }) {
     const hs = health.get(id) || HEALTH.unknown;
     t.healthBadge.textContent = hs.label;
     t.healthBadge.className = `badge ${hs.cls}`;
-    t.healthBadge.title = hs.since ? `${hs.label} · ${fmtTime(hs.since, { date: true })}` : '尚无该摄像机的健康事件';
-    t.el.dataset.health = hs.cls;
+    const since = hs.since ? ` · 自 ${fmtTime(hs.since, { date: true })}` : '';
+    t.healthBadge.title = hs.state ? `${hs.label}${since}${hs.stale ? '（摄像机进程无上报）' : ''}` : '尚无该摄像机的健康数据';
+    t.el.dataset.health = hs.state || 'unknown';
+    clear(t.lastSeen);
+    if (hs.state === 'offline' && hs.last_snapshot) {
+      showStored(t, hs.last_snapshot);
+    }
+  }
+
+  // The stored last picture of an offline camera, greyed, when the tile has nothing live.
+  function showStored(t, snap) {
+    if (!t) return;
+    t.lastSeen.textContent = `最后画面 ${fmtTime(snap.captured_at, { date: true })}`;
+    const live = t.live;
+    if (live.stopped || live.state === 'live' || t.shownSnapshot === snap.id) return;
+    if (live.state === 'snapshot' && !live.img.classList.contains('stale')) return;
+    t.shownSnapshot = snap.id;
+    live.img.src = snap.url;
+    live.img.classList.add('stale');
+    live.img.hidden = false;
+    live.video.hidden = true;
+    t.el.dataset.lastSnapshot = snap.id;
   }
 
   async function refreshHealth() {
     try {
-      const events = await api.get('/api/events?type_prefix=camera.&limit=500');
-      const byCam = new Map();
-      for (const e of events) {
-        if (!byCam.has(e.source_id)) byCam.set(e.source_id, []);
-        byCam.get(e.source_id).push(e);
-      }
-      health = new Map([...byCam].map(([id, evs]) => [id, healthOf(evs)]));
+      const rows = await api.get('/api/camera-health');
+      health = new Map(rows.map((r) => [r.camera_id, healthOf(r)]));
     } catch { /* keep the last known */ }
     for (const [id, t] of tiles) paintHealth(t, id);
   }
@@ -307,7 +380,7 @@ export async function render(main, { me, grid }) {
   draw();
   refreshHealth();
   refreshFeeds();
-  timers = [setInterval(refreshHealth, 15000), setInterval(refreshFeeds, 2000)];
+  timers = [setInterval(refreshHealth, 10000), setInterval(refreshFeeds, 2000)];
 
   return () => {
     document.removeEventListener('keydown', onKey);

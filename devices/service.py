@@ -2,6 +2,10 @@
 (``DevicesService(settings).run(stop_event)``, heartbeat row ``devices``).
 
 It keeps one MQTT connection (the hub's account) and one database connection, and does:
+(as the hub's child process, ``run_devices``, the connection is a persistent session —
+client id ``xlhub-devices``, kept ``SESSION_EXPIRY_S`` by the broker — so what devices say
+while the service is away from the broker, a broker restart or its own, waits for it there:
+a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported unanswered)
 
 - availability: online/offline from ``avail`` (Last Will) and from the heartbeat timeout
   (devices/availability.py); a hub-decided change is stored once as an event;
@@ -62,6 +66,8 @@ from devices.settings import DevicesSettings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_NAME = "devices"
+CLIENT_ID = "xlhub-devices"      # the hub's devices worker (XLHUB_DEVICES_CLIENT_ID to run two hubs on one broker)
+SESSION_EXPIRY_S = 3600          # longer than any command's or broadcast's answer deadline
 SIGNED_COMMANDS = {("door", "unlock")}
 REPLAY_COMMAND = "replay_events"
 SYSTEM = Requester.system("devices")
@@ -81,7 +87,7 @@ class DevicesService:
     ``devices_settings``: DevicesSettings (defaults from ``XLHUB_DEVICES_*``)."""
 
     def __init__(self, settings, devices_settings: DevicesSettings | None = None, *, client_id: str | None = None,
-                 heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = 0.25) -> None:
+                 heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = 0.25, session_expiry_s: int = 0) -> None:
         if not settings.database_url or not settings.mqtt_url:
             raise ValueError("DevicesService needs database_url and mqtt_url")
         self.settings = settings
@@ -92,6 +98,8 @@ class DevicesService:
         self.heartbeat_name = heartbeat_name
         self.tick_s = tick_s
         self.client_id = client_id or f"xlhub-devices-{os.getpid()}-{secrets.token_hex(3)}"
+        # 0: a session that ends with the connection (tests run several services at once).
+        self.session_expiry_s = session_expiry_s
         self.media_base_url = self.cfg.media_base_url or f"http://{settings.http_host}:{settings.http_port}"
         self.started_at = datetime.now(UTC)
         self.tracker = AvailabilityTracker(self.cfg, self.started_at)
@@ -152,7 +160,12 @@ class DevicesService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._client.connect_async(self._host, self._port, keepalive=15)
+        if self.session_expiry_s:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+            self._client.connect_async(self._host, self._port, keepalive=15, clean_start=False, properties=props)
+        else:
+            self._client.connect_async(self._host, self._port, keepalive=15)
         self._client.loop_start()
         for target, name in ((self._work, "devices-worker"), (self._listen, "devices-listen")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -573,5 +586,6 @@ class DevicesService:
 
 
 def run_devices(settings, stop_event: threading.Event) -> None:
-    """Entry point for the supervisor's ``devices`` child process."""
-    DevicesService(settings).run(stop_event)
+    """Entry point for the supervisor's ``devices`` child process: the persistent session."""
+    DevicesService(settings, client_id=os.environ.get("XLHUB_DEVICES_CLIENT_ID", CLIENT_ID),
+                   session_expiry_s=SESSION_EXPIRY_S).run(stop_event)

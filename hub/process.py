@@ -49,10 +49,9 @@ def run_alerts(settings: Settings) -> None:
 
 
 def run_devices(settings: Settings) -> None:
-    from devices.service import DevicesService
+    from devices.service import run_devices
 
-    stop = _stop_event()
-    DevicesService(settings).run(stop)
+    run_devices(settings, _stop_event())
 
 
 def run_cameras(settings: Settings, shard: int, of: int) -> None:

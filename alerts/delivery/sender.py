@@ -3,7 +3,10 @@
 - Claims due messages with ``FOR UPDATE SKIP LOCKED`` and a lease (a sender that dies
   mid-delivery leaves the message to be claimed again when the lease runs out), only the
   oldest undelivered message of each (target, case): order per case holds even with
-  several senders.
+  several senders.  It claims no more than it has workers, so every claimed message is
+  being posted, and the lease is the longest case-system timeout plus ``LEASE_MARGIN_S``:
+  a sender killed mid-delivery strands only the few messages it was posting, and only
+  that long (a batch of 64 under a fixed 120 s lease held up to 64 cases for 2 minutes).
 - POSTs the stored JSON with ``Idempotency-Key``, an HMAC-SHA256 signature over timestamp
   and body (alerts.delivery.signing) and the event name.
 - 2xx: delivered.  Network errors, timeouts, 5xx, 408, 425 and 429: retried with
@@ -33,6 +36,7 @@ from alerts.delivery.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signatur
 log = logging.getLogger(__name__)
 
 RETRYABLE_4XX = {408, 425, 429}
+LEASE_MARGIN_S = 30.0            # beyond the HTTP timeout: recording the result, a slow database
 
 CLAIM = """
 UPDATE outbox SET status = 'delivering', attempts = attempts + 1,
@@ -66,11 +70,11 @@ def backoff(attempts: int, first: timedelta, max_interval: timedelta) -> timedel
 
 class WebhookSender:
     def __init__(self, pool: ConnectionPool, config: Callable[[], AlertsConfig], *, workers: int = 4,
-                 batch: int = 64, lease_s: float = 120.0, user_agent: str = "xlhub-alerts/1") -> None:
+                 batch: int | None = None, lease_s: float | None = None, user_agent: str = "xlhub-alerts/1") -> None:
         self.pool = pool
         self.config = config
-        self.batch = batch
-        self.lease_s = lease_s
+        self.batch = batch or workers            # claimed = being posted (see the module's docstring)
+        self.lease_s = lease_s                   # None: the longest timeout + LEASE_MARGIN_S
         self.user_agent = user_agent
         self.wake = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
@@ -112,12 +116,18 @@ class WebhookSender:
         self.clients.clear()
 
     # -- one round ------------------------------------------------------------------------
+    def lease(self, cfg: AlertsConfig) -> float:
+        if self.lease_s is not None:
+            return self.lease_s
+        timeouts = [s.timeout.total_seconds() for s in cfg.case_systems.values()]
+        return max(timeouts, default=10.0) + LEASE_MARGIN_S
+
     def deliver_due(self) -> int:
+        cfg = self.config()
         with self.pool.connection(timeout=10) as conn:
-            rows = conn.execute(CLAIM, {"lease": self.lease_s, "limit": self.batch}).fetchall()
+            rows = conn.execute(CLAIM, {"lease": self.lease(cfg), "limit": self.batch}).fetchall()
         if not rows:
             return 0
-        cfg = self.config()
         futures = [self.executor.submit(self._deliver_one, cfg, row) for row in rows]
         for f in futures:
             f.result()

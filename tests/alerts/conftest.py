@@ -97,8 +97,9 @@ class Receiver:
     """tests/alerts/webhook_receiver.py as a process: start, stop (the case system is
     down) and start again on the same port and log."""
 
-    def __init__(self, tmp: Path, hub_url: str | None = None) -> None:
+    def __init__(self, tmp: Path, hub_url: str | None = None, delay: float = 0.0) -> None:
         self.port = free_port()
+        self.delay = delay
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"receiver-{self.port}.jsonl"
         self.hub_url = hub_url
@@ -109,6 +110,8 @@ class Receiver:
                 "--secret-env", SECRET_ENV, "--log", str(self.log)]
         if self.hub_url:
             argv += ["--hub", self.hub_url, "--token-env", TOKEN_ENV]
+        if self.delay:
+            argv += ["--delay", str(self.delay)]
         self.proc = subprocess.Popen(argv, env=dict(os.environ))
         wait_for(self._up, 15, what="the webhook receiver to listen")
         return self

@@ -1,13 +1,15 @@
 """A stand-in for an external case system, run as its own process by the tests:
 
     python tests/alerts/webhook_receiver.py --port P --secret-env NAME --log FILE
-           [--hub URL --token-env NAME]
+           [--hub URL --token-env NAME] [--delay SECONDS]
 
 - POST /hook: verifies the HMAC-SHA256 signature (its own implementation, not the hub's),
   refuses a bad one with 401, and appends one JSON line per delivery to FILE with
   ``duplicate`` set when its Idempotency-Key was seen before (the key set survives a
   restart: it is read back from FILE).  Answers 200 either way — a receiver that already
-  has a message says so, and the hub moves on.
+  has a message says so, and the hub moves on.  With ``--delay`` it answers that many
+  seconds after recording (a slow case system: a sender killed meanwhile leaves messages
+  the receiver has but the hub does not know were delivered).
 - POST /status: posts a status change back to the hub (``--hub`` + ``/api/alerts/inbound/
   <system>``) signed the same way with the API token from ``--token-env``; answers with
   the hub's status and body.
@@ -65,7 +67,10 @@ def handler_for(rx: Receiver):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass            # the sender went away (killed) before the answer
 
         def do_GET(self) -> None:
             self._answer(200, {"ok": True})
@@ -82,6 +87,8 @@ def handler_for(rx: Receiver):
                 rx.record({"key": self.headers["Idempotency-Key"], "event": self.headers["X-Xlhub-Event"],
                            "case_id": payload["case"]["id"], "seq": payload["sequence"],
                            "received_at": time.time(), "payload": payload})
+                if rx.args.delay:
+                    time.sleep(rx.args.delay)
                 self._answer(200, {"received": True})
             elif self.path == "/status":
                 self._answer(*post_back(rx, body))
@@ -114,6 +121,7 @@ def main() -> None:
     p.add_argument("--log", required=True)
     p.add_argument("--hub")
     p.add_argument("--token-env")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds before answering a delivery")
     args = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(Receiver(args)))
     server.daemon_threads = True

@@ -94,7 +94,7 @@ class DevicesService:
         self.cfg = devices_settings or DevicesSettings()
         self.db_url = settings.database_url
         self.mqtt_url = settings.mqtt_url
-        self.secrets = DeviceSecrets.for_var_dir(settings.var_dir)
+        self.secrets = DeviceSecrets.for_settings(settings)
         self.heartbeat_name = heartbeat_name
         self.tick_s = tick_s
         self.client_id = client_id or f"xlhub-devices-{os.getpid()}-{secrets.token_hex(3)}"

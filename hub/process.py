@@ -110,7 +110,7 @@ def run_demo_devices(settings: Settings) -> None:
 
     stop = _stop_event()
     site = load_site(settings.site_file)
-    secrets_store = DeviceSecrets.for_var_dir(settings.var_dir)
+    secrets_store = DeviceSecrets.for_settings(settings)
     device_url = os.environ.get("XLHUB_MQTT_DEVICE_URL") or settings.mqtt_url
     fleet = DeviceFleet.from_site(site, device_url, passwords=secrets_store.passwords(),
                                   keys=secrets_store.keys())

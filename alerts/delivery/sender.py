@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 from psycopg_pool import ConnectionPool
@@ -183,7 +183,6 @@ class WebhookSender:
         return Result(False, code, f"HTTP {code}: {text}", permanent=permanent, duration_ms=ms)
 
     def _finish(self, cfg: AlertsConfig, row: dict, result: Result) -> None:
-        now = datetime.now(UTC)
         with self.pool.connection(timeout=10) as conn:
             conn.execute("INSERT INTO outbox_attempts (outbox_id, status, error, duration_ms) VALUES (%s, %s, %s, %s)",
                          (row["id"], result.status, result.error, result.duration_ms))
@@ -195,6 +194,9 @@ class WebhookSender:
                 if self.on_delivered is not None:
                     self.on_delivered(row, time.time())
                 return
+            # The claim query compares next_attempt_at with the database's clock, so the next
+            # attempt is scheduled by that clock too (a hub on another machine may differ).
+            now = conn.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
             system = cfg.case_systems.get(row["target"])
             retry = system.retry if system else None
             delay = backoff(row["attempts"], retry.first, retry.max_interval) if retry else timedelta(minutes=5)

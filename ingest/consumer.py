@@ -1,8 +1,9 @@
 """The ingest consumer: the hub's one MQTT subscriber and the only writer of telemetry
 and events.
 
-Flow: broker → (paho loop thread) → bounded in-memory queue → (writer thread) normalise
-+ binary COPY + commit → PUBACK every message of the batch. A message is acknowledged
+Flow: broker → (paho loop thread) → bounded in-memory queue → (prepare thread) normalise
+→ (writer thread) binary COPY + commit → PUBACK every message of the batch; the two
+writer threads work on consecutive batches at once. A message is acknowledged
 only after the transaction holding it committed, so a crash (even SIGKILL) never loses
 an acknowledged message: the broker keeps the rest in our persistent session
 (clean_start=False, fixed client id, session expiry 1 day) and delivers it again.
@@ -27,11 +28,12 @@ Overload and outages:
 - Bad input of any kind goes to dead_letters; the process never dies of it.
 
 The paho client used here takes a fast path for plain PUBLISH packets (no MQTT 5
-properties: the usual case) and acknowledges a whole batch with one write. Stock paho
-decodes a Properties object per packet and writes one PUBACK per syscall, which caps a
-consumer near 20k msg/s on this class of machine; the fast path lifts the MQTT side to
-about 100k msg/s. Anything else (packets with properties, QoS 2) goes through paho's own
-code. The fast path depends on paho-mqtt 2.2 internals (pinned in pyproject.toml);
+properties: the usual case): it parses every whole one already received in one pass
+instead of one per turn of paho's loop, and acknowledges a whole batch with one write.
+Stock paho decodes a Properties object per packet and writes one PUBACK per syscall,
+which caps a consumer near 20k msg/s on this class of machine; the fast path brings the
+MQTT side of the consumer to about 3 µs of CPU per message. Anything else (packets with
+properties, QoS 2) goes through paho's own code. The fast path depends on paho-mqtt 2.2 internals (pinned in pyproject.toml);
 with another version it switches itself off.
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.client import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -93,6 +96,7 @@ M_QUEUE = Gauge("xlhub_ingest_queue_depth", "messages received and not yet commi
 
 _PUBACK = struct.Struct("!BBH")
 _FAST_PATH_OK = paho.mqtt.__version__.startswith("2.2.")
+_paho_time = getattr(mqtt, "time_func", time.monotonic)   # paho's clock for keepalive
 
 
 # How long an event may wait for others to share its commit (the telemetry window is longer).
@@ -128,6 +132,40 @@ class _BufferedSocket:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0   # TLS keeps its own buffer
         return len(self._buf) - self._pos + inner
 
+    def take_publishes(self, out: list) -> None:
+        """Append (topic, payload, qos, mid, retain) of every whole plain PUBLISH at the
+        head of the buffer to ``out`` and consume them. Stops, leaving the rest for paho, at
+        anything else: another packet type, QoS 2, MQTT 5 properties, a packet not yet
+        wholly received, or one that does not parse (paho then reports the error)."""
+        buf, pos = self._buf, self._pos
+        end = len(buf)
+        while pos < end:
+            header = buf[pos]
+            qos = (header >> 1) & 3
+            if header & 0xF0 != 0x30 or qos > 1:
+                break
+            p, length, shift = pos + 1, 0, 0
+            while p < end and shift <= 21:
+                b = buf[p]
+                p += 1
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            else:
+                break                               # length incomplete (or malformed)
+            body_end = p + length
+            if length < 3 or body_end > end:
+                break
+            topic_end = p + 2 + ((buf[p] << 8) | buf[p + 1])
+            q = topic_end + 2 * qos                 # the packet id of a QoS 1 message
+            if q >= body_end or buf[q] != 0:        # malformed, or properties follow
+                break
+            mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
+            out.append((buf[p + 2:topic_end], buf[q + 1:body_end], qos, mid, header & 0x01))
+            pos = body_end
+        self._pos = pos
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -142,6 +180,9 @@ class FastClient(mqtt.Client):
     called in the network thread for every PUBLISH (also those taking paho's own path)."""
 
     sink: Callable[..., None] | None = None
+    # Optional: sink_many([(topic, payload, qos, mid, retain), ...], received_epoch) for
+    # the PUBLISHes taken from the buffer together (else sink is called for each).
+    sink_many: Callable[[list, float], None] | None = None
 
     def _create_socket(self):
         sock = super()._create_socket()
@@ -168,6 +209,28 @@ class FastClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         sink(topic, payload, qos, mid, header & 0x01, time.time())
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho reads one packet per pass of its loop (a select() and a dozen calls each);
+        # after that one, take every whole PUBLISH already buffered in one go.
+        rc = super().loop_read(max_packets)
+        sock, sink = self._sock, self.sink
+        if rc or sink is None or not isinstance(sock, _BufferedSocket) or self._protocol != mqtt.MQTTv5 \
+                or self._in_packet["command"] != 0:
+            return rc
+        msgs: list = []
+        sock.take_publishes(msgs)
+        if msgs:
+            with self._msgtime_mutex:
+                self._last_bytes_received = _paho_time()
+            received = time.time()
+            sink_many = self.sink_many
+            if sink_many is not None:
+                sink_many(msgs, received)
+            else:
+                for topic, payload, qos, mid, retain in msgs:
+                    sink(topic, payload, qos, mid, retain, received)
+        return rc
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK (success) for many QoS 1 messages, in order, in one write."""
@@ -241,6 +304,7 @@ class IngestService:
         self._queue: deque = deque()
         self._cv = threading.Condition(threading.Lock())
         self._gen = 0
+        self._redelivered_below = 0     # QoS 1 items of older generations come again
         self._connected = False
         self._db_ok = False
         self._subscribed = False
@@ -249,7 +313,13 @@ class IngestService:
         self._intake_closed = False
         self._client: FastClient | None = None
         self._writer: threading.Thread | None = None
-        self._conn = None
+        self._preparer: threading.Thread | None = None
+        self._conn = None          # the committer's
+        self._reg_conn = None      # the preparer's (registry reads)
+        self._handoff: deque = deque()      # (items, prepared) ready to be written: at most one
+        self._hcv = threading.Condition(threading.Lock())
+        self._prepare_done = False
+        self._committer_gone = False
         self._heartbeat = Heartbeat(db_url, heartbeat_name, "ingest", self._heartbeat_detail,
                                     interval=heartbeat_s) if heartbeat_name else None
 
@@ -263,6 +333,7 @@ class IngestService:
         if tls:
             client.tls_set()
         client.sink = self._sink
+        client.sink_many = self._sink_many
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -274,7 +345,9 @@ class IngestService:
         client.connect_async(host, port, keepalive=15, clean_start=False, properties=props)
         self._client = client
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-prepare", daemon=True)
         self._writer.start()
+        self._preparer.start()
         client.loop_start()
         if self._heartbeat:
             self._heartbeat.start()
@@ -287,8 +360,10 @@ class IngestService:
             self._intake_closed = True     # what arrives from now on is not acked: it comes again
             self._stopping.set()
             self._cv.notify_all()
-        if self._writer is not None:
-            self._writer.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in (self._preparer, self._writer):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         client = self._client
         if client is not None:
             deadline = time.monotonic() + 2
@@ -335,7 +410,9 @@ class IngestService:
             self._gen += 1
             gen = self._gen
             if flags.session_present:
-                # Unacked QoS 1 messages of the old connection come again: forget our copies.
+                # Unacked QoS 1 messages of the old connection come again: forget our copies
+                # (those already taken for a batch are left out before it is written).
+                self._redelivered_below = gen
                 kept = deque(i for i in self._queue if i[2] == 0)
                 self._stats.dropped_on_reconnect += len(self._queue) - len(kept)
                 self._queue = kept
@@ -363,29 +440,36 @@ class IngestService:
         self._sink(msg._topic, msg.payload, msg.qos, msg.mid, msg.retain, time.time())
 
     def _sink(self, topic: bytes, payload: bytes, qos: int, mid: int, retain: int, received: float) -> None:
+        self._sink_many([(topic, payload, qos, mid, retain)], received)
+
+    def _sink_many(self, msgs: list, received: float) -> None:
         with self._cv:
             if self._intake_closed:
                 return
             q = self._queue
-            n = len(q)
-            if qos == 0 and n >= self.shed_at:
-                if b"/evt/" not in topic:
-                    self._stats.shed_telemetry += 1
-                    M_SHED.labels("telemetry").inc()
-                    return
-                if n >= self.queue_max:
-                    self._stats.shed_events += 1
-                    M_SHED.labels("event").inc()
-                    return
-            q.append((topic, payload, qos, mid, retain, received, self._gen))
-            if n + 1 == self.batch_size:
-                self._cv.notify()
-            elif self._urgent_at is None and b"/evt/" in topic:
-                # An event (a forced door, an SOS) should not sit out the telemetry window.
-                self._urgent_at = received
+            before = len(q)
+            gen, shed_at = self._gen, self.shed_at
+            urgent = self._urgent_at is not None
+            for topic, payload, qos, mid, retain in msgs:
+                if qos == 0 and len(q) >= shed_at:
+                    if b"/evt/" not in topic:
+                        self._stats.shed_telemetry += 1
+                        M_SHED.labels("telemetry").inc()
+                        continue
+                    if len(q) >= self.queue_max:
+                        self._stats.shed_events += 1
+                        M_SHED.labels("event").inc()
+                        continue
+                q.append((topic, payload, qos, mid, retain, received, gen))
+                if not urgent and b"/evt/" in topic:
+                    # An event (a forced door, an SOS) should not sit out the telemetry window.
+                    urgent = True
+                    self._urgent_at = received
+                    self._cv.notify()
+            if before < self.batch_size <= len(q):
                 self._cv.notify()
 
-    # -- writer thread -----------------------------------------------------------------
+    # -- writer threads ----------------------------------------------------------------
     def _take(self) -> list:
         with self._cv:
             if len(self._queue) < self.batch_size and not self._stopping.is_set():
@@ -409,91 +493,177 @@ class IngestService:
             n = min(len(q), self.batch_size)
             return [q.popleft() for _ in range(n)]
 
+    # The writer is two threads: one prepares a batch (parse and validate: Python, holding
+    # the GIL) while the other has PostgreSQL store the batch before it (the GIL released
+    # while the server works). One after the other, the server sat idle while Python
+    # parsed and the reverse, and under sustained load the writer, not the CPU, set the
+    # pace. One prepared batch at most waits between them, so at most three batches are
+    # out of the queue; commits and acks stay in receive order (one committer).
+    def _prepare_loop(self) -> None:
+        try:
+            while True:
+                items = self._take()
+                if not items:
+                    if self._stopping.is_set():
+                        break
+                    self._idle_refresh()
+                    continue
+                prepared = self._prepare(items)
+                if prepared is None:          # stopping while the database is away
+                    log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
+                    break
+                with self._hcv:
+                    while self._handoff and not self._committer_gone:
+                        self._hcv.wait()
+                    if self._committer_gone:
+                        break
+                    self._handoff.append((items, prepared))
+                    self._hcv.notify_all()
+        finally:
+            with self._hcv:
+                self._prepare_done = True
+                self._hcv.notify_all()
+            self._close_registry_conn()
+
+    def _registry_conn(self):
+        if self._reg_conn is None or self._reg_conn.closed:
+            self._reg_conn = psycopg.connect(self.db_url, connect_timeout=5, autocommit=True,
+                                             application_name="xlhub-ingest-registry")
+        return self._reg_conn
+
+    def _close_registry_conn(self) -> None:
+        if self._reg_conn is not None:
+            try:
+                self._reg_conn.close()
+            except Exception:
+                pass
+            self._reg_conn = None
+
+    def _prepare(self, items: list) -> Prepared | None:
+        """Normalise a batch against a fresh enough registry. The registry must be readable
+        (else every source would look unknown and be dead-lettered): on a database error
+        this waits and tries again, and gives up (None) only when stopping."""
+        backoff = 0.5
+        while True:
+            try:
+                conn = self._registry_conn()
+                self.registry.maybe_refresh(conn)
+                prepared = prepare(items, self.registry, probe_times=self.probe_times)
+                if prepared.retry_unknown and \
+                        self.registry.loaded_at < time.monotonic() - self.registry.miss_refresh_s:
+                    # A source we do not know: maybe just registered. Look again once.
+                    self.registry.refresh(conn)
+                    prepared = prepare(items, self.registry, probe_times=self.probe_times)
+                return prepared
+            except Exception as exc:
+                self._db_failed(exc, len(items), backoff)
+                self._close_registry_conn()
+                if self._stopping.wait(backoff):
+                    return None
+                backoff = min(backoff * 2, 10.0)
+
+    def _db_failed(self, exc: BaseException, n: int, backoff: float) -> None:
+        self._db_ok = False
+        self._stats.db_errors += 1
+        M_DB_ERRORS.inc()
+        self._last_error = f"database: {type(exc).__name__}: {str(exc).strip()[:200]}"
+        log.warning("batch of %d not stored (%s); retrying in %.1fs", n, self._last_error, backoff)
+
+    def _drop_redelivered(self, items: list, prepared: Prepared) -> tuple[list, Prepared]:
+        """QoS 1 messages read before a reconnect that resumed our session are coming again
+        (they were never acked): a batch prepared before the reconnect leaves them out, as
+        the queue did, so they are not stored twice."""
+        with self._cv:
+            below = self._redelivered_below
+        if not any(i[2] == 1 and i[6] < below for i in items):
+            return items, prepared
+        kept = [i for i in items if not (i[2] == 1 and i[6] < below)]
+        self._stats.dropped_on_reconnect += len(items) - len(kept)
+        return kept, prepare(kept, self.registry, probe_times=self.probe_times)
+
     def _ensure_conn(self):
         if self._conn is None or self._conn.closed:
             self._conn = open_writer_connection(self.db_url)
-            self.registry.refresh(self._conn)
         return self._conn
 
     def _write_loop(self) -> None:
         backoff = 0.5
-        while True:
-            items = self._take()
-            if not items:
-                if self._stopping.is_set():
-                    break
-                self._idle_refresh()
-                continue
-            M_QUEUE.set(len(self._queue) + len(items))
+        try:
+            try:
+                self._ensure_conn()     # now rather than on the first batch (it creates a temp table)
+            except Exception:
+                pass                    # the first batch tries again and reports it
             while True:
-                try:
-                    result, prepared = self._write(items)
-                    self._db_ok = True
-                    self._last_error = None
-                    backoff = 0.5
-                    break
-                except Exception as exc:
-                    self._db_ok = False
-                    self._stats.db_errors += 1
-                    M_DB_ERRORS.inc()
-                    self._last_error = f"database: {type(exc).__name__}: {str(exc).strip()[:200]}"
-                    log.warning("batch of %d not stored (%s); retrying in %.1fs", len(items), self._last_error,
-                                backoff)
-                    if self._conn is not None:
-                        try:
-                            self._conn.close()
-                        except Exception:
-                            pass
-                        self._conn = None
-                    if self._stopping.wait(backoff):
-                        log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
-                        return
-                    backoff = min(backoff * 2, 10.0)
-            committed = time.time()
-            self._ack(items)
-            self._account(items, prepared, result, committed)
-            if self.on_commit is not None:
-                try:
-                    self.on_commit(prepared, result, committed)
-                except Exception:
-                    log.exception("on_commit hook failed")
-        if self._conn is not None:
-            self._conn.close()
+                with self._hcv:
+                    while not self._handoff and not self._prepare_done:
+                        self._hcv.wait()
+                    if not self._handoff:
+                        break
+                    items, prepared = self._handoff.popleft()
+                    self._hcv.notify_all()
+                M_QUEUE.set(len(self._queue) + len(items))
+                while True:
+                    # (again before each retry: the broker may have come back meanwhile)
+                    items, prepared = self._drop_redelivered(items, prepared)
+                    if not items:
+                        result = None
+                        break
+                    try:
+                        result = self._write(items, prepared)
+                        self._db_ok = True
+                        self._last_error = None
+                        backoff = 0.5
+                        break
+                    except Exception as exc:
+                        self._db_failed(exc, len(items), backoff)
+                        if self._conn is not None:
+                            try:
+                                self._conn.close()
+                            except Exception:
+                                pass
+                            self._conn = None
+                        if self._stopping.wait(backoff):
+                            log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
+                            return
+                        backoff = min(backoff * 2, 10.0)
+                if result is None:
+                    continue
+                committed = time.time()
+                self._ack(items)
+                self._account(items, prepared, result, committed)
+                if self.on_commit is not None:
+                    try:
+                        self.on_commit(prepared, result, committed)
+                    except Exception:
+                        log.exception("on_commit hook failed")
+        finally:
+            with self._hcv:
+                self._committer_gone = True
+                self._hcv.notify_all()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _idle_refresh(self) -> None:
         try:
-            conn = self._ensure_conn()
-            self.registry.maybe_refresh(conn)
-            conn.commit()
+            self.registry.maybe_refresh(self._registry_conn())
             self._db_ok = True
         except Exception as exc:
             self._db_ok = False
             self._last_error = f"database: {type(exc).__name__}"
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except Exception:
-                    pass
-            self._conn = None
+            self._close_registry_conn()
             self._stopping.wait(0.5)
 
-    def _write(self, items: list) -> tuple[WriteResult, Prepared]:
+    def _write(self, items: list, prepared: Prepared) -> WriteResult:
         conn = self._ensure_conn()
-        self.registry.maybe_refresh(conn)
-        prepared = prepare(items, self.registry, probe_times=self.probe_times)
-        if prepared.retry_unknown and self.registry.loaded_at < time.monotonic() - self.registry.miss_refresh_s:
-            # A source we do not know: maybe just registered. Look again once.
-            self.registry.refresh(conn)
-            prepared = prepare(items, self.registry, probe_times=self.probe_times)
-        conn.commit()   # end the registry read transaction
         try:
-            return write_prepared(conn, prepared), prepared
+            return write_prepared(conn, prepared)
         except Exception as exc:
             if is_connection_error(exc):
                 raise
             log.warning("database refused a batch of %d (%s: %s); storing one by one", len(items),
                         type(exc).__name__, str(exc).strip()[:200])
-            return write_one_by_one(conn, items, self.registry), prepared
+            return write_one_by_one(conn, items, self.registry)
 
     def _ack(self, items: list) -> None:
         client = self._client

@@ -54,6 +54,7 @@ def _publisher(idx: int, n_pub: int, n_devices: int, mqtt_url: str, seconds: flo
     fleet.connect()
     sizes = [len(fleet.reading(d)[1]) for d in list(fleet.devices.values())[:400]]
     go.wait()
+    cpu0 = time.process_time()
 
     def gate() -> int:
         if backlog <= 0:
@@ -68,6 +69,7 @@ def _publisher(idx: int, n_pub: int, n_devices: int, mqtt_url: str, seconds: flo
     res = fleet.run_load(rate / n_pub if rate > 0 else 0, seconds, batch=200,
                          gate=gate if rate <= 0 else None, on_sent=on_sent)
     res["mean_payload"] = sum(sizes) / len(sizes)
+    res["cpu_s"] = time.process_time() - cpu0
     out.put(("pub", idx, res))
     fleet.shared.disconnect()
     fleet.shared.loop_stop()
@@ -117,11 +119,14 @@ def _ingest(db_url: str, mqtt_url: str, consumed: mp.Value, stop: mp.Event, read
     from ingest.consumer import IngestService
 
     lat = array("d")
+    commits, counts = array("d"), array("q")
     first = {"commit": None, "last": None}
 
     def on_commit(prepared, result, committed):
         if prepared.source_times:
             lat.extend([committed - st for st in prepared.source_times])
+        commits.append(committed)
+        counts.append(result.telemetry)
         with consumed.get_lock():
             consumed.value += result.telemetry
         if first["commit"] is None:
@@ -141,7 +146,8 @@ def _ingest(db_url: str, mqtt_url: str, consumed: mp.Value, stop: mp.Event, read
         return lat_sorted[min(len(lat_sorted) - 1, int(p * len(lat_sorted)))] if lat_sorted else float("nan")
 
     out.put(("ingest", {"stats": svc.stats(), "p50": pct(0.50), "p99": pct(0.99), "max": lat_sorted[-1]
-                        if lat_sorted else float("nan"), "samples": len(lat_sorted), **first}))
+                        if lat_sorted else float("nan"), "samples": len(lat_sorted),
+                        "commits": list(commits), "counts": list(counts), **first}))
 
 
 # --------------------------------------------------------------------------- phases
@@ -167,7 +173,7 @@ def _register(db_url: str, n_devices: int) -> None:
         conn.commit()
 
 
-def _phase(name: str, consumer_target, consumer_args, args, mqtt_url: str) -> dict:
+def _phase(name: str, consumer_target, consumer_args, args, mqtt_url: str, servers: dict[str, int]) -> dict:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     sent = ctx.Array("q", args.publishers)
@@ -184,12 +190,18 @@ def _phase(name: str, consumer_target, consumer_args, args, mqtt_url: str) -> di
     for p in pubs:
         p.start()
     time.sleep(2.0)          # publishers connect (and publish their avail) first
+    pids = {"consumer": consumer.pid, **servers}
+    cpu0, machine0, consumed0 = {k: _cpu_s(p) for k, p in pids.items()}, _machine_busy_s(), consumed.value
     t0 = time.time()
     go.set()
     results = {"pubs": []}
     while len(results["pubs"]) < len(pubs):
         kind, *rest = out.get(timeout=seconds + 120)
         results["pubs"].append(rest[1])
+        if len(results["pubs"]) == 1:
+            # the first publisher done: the others are within one batch of it
+            cpu1, machine1, consumed1, t1 = ({k: _cpu_s(p) for k, p in pids.items()}, _machine_busy_s(),
+                                             consumed.value, time.time())
     t_pub_end = time.time()
     total = sum(sent[:])
     deadline = time.time() + 120
@@ -201,9 +213,80 @@ def _phase(name: str, consumer_target, consumer_args, args, mqtt_url: str) -> di
     consumer.join(30)
     for p in pubs:
         p.join(10)
+    n = max(1, consumed1 - consumed0)
+    cpu = {k: (cpu1[k] - cpu0[k]) / n * 1e6 for k in pids}
+    cpu["publishers"] = sum(p["cpu_s"] for p in results["pubs"]) / max(1, total) * 1e6
+    # The machine is shared (other jobs, other benchmarks): what the rest took during the
+    # phase is reported beside the rates, and CPU per message does not depend on it.
+    # (Kernel work for loopback traffic is partly charged to no process: it lands in "others".)
+    ours = sum(cpu1[k] - cpu0[k] for k in pids) + sum(p["cpu_s"] for p in results["pubs"]) * (t1 - t0) / seconds
     results.update(consumer=res, sent=total, consumed=consumed.value, t0=t0, t_pub_end=t_pub_end,
-                   t_drained=t_drained)
+                   t_drained=t_drained, cpu_us_per_msg=cpu,
+                   cpu_share={"bench": ours / (t1 - t0), "others": max(0.0, (machine1 - machine0 - ours) / (t1 - t0))})
     return results
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and everything below it (PostgreSQL's backends), including
+    the children it has already reaped (a backend that came and went)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo, first = 0, [pid], True
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if first else 0)
+        first = False
+        todo += children.get(p, [])
+    return total / tick
+
+
+def _sum_line(parts: dict[str, float]) -> str:
+    return " + ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f" = {sum(parts.values()):.1f}"
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+WINDOW_S = 10.0
+
+
+def _windows(commits: list[float], counts: list[int], t0: float, t_end: float, width: float) -> list[float]:
+    """Stored msg/s in each full ``width``-second window of the publishing time: a
+    throughput that sags late in the run shows here, not in the average."""
+    n = int((t_end - t0) // width)
+    totals = [0] * n
+    for at, c in zip(commits, counts):
+        i = int((at - t0) // width)
+        if 0 <= i < n:
+            totals[i] += c
+    return [t / width for t in totals]
+
+
+def _pg_counters(db_url: str) -> dict:
+    """Cumulative server counters; the ingest phase reports their difference."""
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        wal = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()[0]
+        cp, backend = conn.execute("SELECT checkpoints_timed + checkpoints_req, buffers_backend "
+                                   "FROM pg_stat_bgwriter").fetchone()
+    return {"wal_mb": round(int(wal) / 1e6), "checkpoints": cp, "backend_writes": backend}
 
 
 def main() -> None:
@@ -239,13 +322,17 @@ def main() -> None:
               f"{'backlog ≤ %d' % args.backlog if args.rate <= 0 else 'offered %.0f msg/s' % args.rate}, "
               f"{os.cpu_count()} CPUs", flush=True)
 
-        raw = _phase("raw", _raw_subscriber, (broker.url,), args, broker.url)
+        raw = _phase("raw", _raw_subscriber, (broker.url,), args, broker.url, {"broker": broker.proc.pid})
         rt = raw["consumer"]
         raw_rate = rt["n"] / (rt["last"] - rt["first"]) if rt["n"] > 1 else 0.0
         print(f"[bench] raw: {rt['n']} msgs in {rt['last'] - rt['first']:.1f}s = {raw_rate:,.0f} msg/s", flush=True)
 
-        ing = _phase("ingest", _ingest, (pg.url, broker.url), args, broker.url)
+        before = _pg_counters(pg.url)
+        ing = _phase("ingest", _ingest, (pg.url, broker.url), args, broker.url,
+                     {"broker": broker.proc.pid, "postgres": pg.proc.pid})
         ic = ing["consumer"]
+        after = _pg_counters(pg.url)
+        windows = _windows(ic["commits"], ic["counts"], ing["t0"], ing["t_pub_end"], WINDOW_S)
         with psycopg.connect(pg.url) as conn:
             rows = conn.execute("SELECT count(*), count(DISTINCT msg_id) FROM device_telemetry").fetchone()
             dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -264,6 +351,14 @@ def main() -> None:
             "latency_p50_ms": round(ic["p50"] * 1000, 1), "latency_p99_ms": round(ic["p99"] * 1000, 1),
             "latency_max_ms": round(ic["max"] * 1000, 1), "drain_s": round(ing["t_drained"] - ing["t_pub_end"], 2),
             "batches": ic["stats"]["batches"], "db_errors": ic["stats"]["db_errors"],
+            "window_s": WINDOW_S, "windows_msg_per_s": [round(w) for w in windows],
+            "slowest_window_msg_per_s": round(min(windows)) if windows else None,
+            **{k: after[k] - before[k] for k in after},
+            "cpu_us_per_msg": {k: round(v, 1) for k, v in ing["cpu_us_per_msg"].items()},
+            "raw_cpu_us_per_msg": {k: round(v, 1) for k, v in raw["cpu_us_per_msg"].items()},
+            "cpu_ratio_raw_ingest": round(sum(raw["cpu_us_per_msg"].values()) / sum(ing["cpu_us_per_msg"].values()), 3),
+            "cpu_share_pct": {k: round(v * 100) for k, v in ing["cpu_share"].items()},
+            "raw_cpu_share_pct": {k: round(v * 100) for k, v in raw["cpu_share"].items()},
         }
         print(f"[bench] ingest: published {sent:,}, stored {rows[1]:,} distinct ({rows[0]:,} rows, "
               f"+{positions:,} positions), lost {figures['lost']}, dead letters {dead}", flush=True)
@@ -271,6 +366,17 @@ def main() -> None:
               f"(raw broker {raw_rate:,.0f} msg/s; ratio {figures['ratio_stored_raw']}); "
               f"publish→commit p50 {figures['latency_p50_ms']} ms, p99 {figures['latency_p99_ms']} ms, "
               f"max {figures['latency_max_ms']} ms; mean payload {mean_payload:.0f} B", flush=True)
+        print(f"[bench] stored msg/s per {WINDOW_S:.0f} s: {', '.join(f'{w:,.0f}' for w in windows)}; "
+              f"database: {figures['wal_mb']:,} MB WAL, {figures['checkpoints']} checkpoints, "
+              f"{figures['backend_writes']:,} buffers written by backends", flush=True)
+        ci, cr = figures["cpu_us_per_msg"], figures["raw_cpu_us_per_msg"]
+        print(f"[bench] CPU per message (µs): ingest phase {_sum_line(ci)}; raw phase {_sum_line(cr)}; "
+              f"raw/ingest {figures['cpu_ratio_raw_ingest']} (what stored/raw would be if both phases had the "
+              f"same CPU)", flush=True)
+        si, sr = figures["cpu_share_pct"], figures["raw_cpu_share_pct"]
+        print(f"[bench] CPU taken (% of one core, {os.cpu_count()} cores): ingest phase this benchmark "
+              f"{si['bench']}%, everything else {si['others']}%; raw phase {sr['bench']}% and {sr['others']}%",
+              flush=True)
         if args.json:
             print(json.dumps(figures))
     finally:

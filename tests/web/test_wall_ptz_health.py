@@ -121,6 +121,12 @@ def test_tiles_show_each_cameras_health(wall_hub, ui_for, shots):
     assert "stale" in p.get_attribute(f"{off} img.tile-img", "class")
     assert "最后画面" in p.text_content(f'{off} [data-role="last-seen"]')
     p.screenshot(path=str(shots / "20-wall-health.png"))
+    # The statistics page counts from the same health reports: only the online camera is
+    # available; the offline, covered and in-maintenance ones and the unreported one are not.
+    p.click("#nav-stats")
+    p.wait_for_selector("#kpi-cameras")
+    p.wait_for_function("document.querySelector('#kpi-cameras').textContent.includes('/')", timeout=15000)
+    assert "1/5" in p.text_content("#kpi-cameras")
     assert not ui.errors, ui.errors
 
 

@@ -42,24 +42,22 @@ export async function render(main, { grid }) {
 
   async function load() {
     const since30 = new Date(Date.now() - 30 * 86400 * 1000).toISOString();
-    const since24 = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
-    const [cameras, devices, events, live, deviceState, cases, byArea, byDept] = await Promise.all([
+    const [cameras, devices, health, live, deviceState, cases, byArea, byDept] = await Promise.all([
       api.get('/api/cameras'), api.get('/api/devices'),
-      soft(api.get(`/api/events?limit=1000&since=${encodeURIComponent(since24)}`)),
+      soft(api.get('/api/camera-health')),
       soft(api.get('/api/live/status')),
       soft(api.get('/api/device-state')),
       soft(api.get(`/api/cases?limit=1000&since=${encodeURIComponent(since30)}`)),
       soft(api.get('/api/alerts/stats?by=area&level=village')),
       soft(api.get('/api/alerts/stats?by=department')),
     ]);
-    // camera availability: the newest online/offline event of each camera
+    // camera availability from the workers' health reports; a camera no worker reports on
+    // (never, or not for a minute) is unknown, not online
     const lastHealth = new Map();
-    for (const e of events.data || []) {
-      if (e.source_kind === 'camera' && (e.type === 'camera.offline' || e.type === 'camera.online') && !lastHealth.has(e.source_id)) {
-        lastHealth.set(e.source_id, e.type);
-      }
+    for (const c of health.data || []) {
+      if (c.state !== 'unknown' && !c.stale) lastHealth.set(c.camera_id, c.state);
     }
-    const camOffline = [...lastHealth.values()].filter((t) => t === 'camera.offline').length;
+    const camOnline = [...lastHealth.values()].filter((t) => t === 'online').length;
     const states = deviceState.data || [];
     const devOnline = states.filter((d) => d.status === 'online').length;
     const openCases = (cases.data || []).filter((c) => !['closed', 'evaluated', 'rejected', 'cancelled'].includes(c.state));
@@ -67,7 +65,7 @@ export async function render(main, { grid }) {
     // cameras the workers never reported on are unknown, not online
     const camKnown = cameras.filter((c) => lastHealth.has(c.id)).length;
     clear(kpis).append(
-      camKnown ? big('摄像机在线', `${cameras.length - camOffline}/${cameras.length}`, 'kpi-cameras', camOffline ? 'bad' : 'ok')
+      camKnown ? big('摄像机在线', `${camOnline}/${cameras.length}`, 'kpi-cameras', camOnline < cameras.length ? 'bad' : 'ok')
         : big(`摄像机 ${cameras.length} 台（暂无健康数据）`, '—', 'kpi-cameras'),
       big('设备在线', deviceState.data ? `${devOnline}/${devices.length}` : '—', 'kpi-devices', deviceState.data && devOnline < devices.length ? 'bad' : ''),
       big('正在直播', live.data ? live.data.feeds.filter((f) => f.state === 'live').length : '—', 'kpi-live'),
@@ -111,13 +109,14 @@ export async function render(main, { grid }) {
     for (const c of cameras) {
       const v = c.grid_path.find((code) => ['village', 'community'].includes(grid.byCode.get(code)?.level));
       const name = v ? grid.nameOf(v) : grid.nameOf(c.grid_code);
-      const cur = byVillage.get(name) || { total: 0, offline: 0 };
+      const cur = byVillage.get(name) || { total: 0, online: 0 };
       cur.total += 1;
-      if (lastHealth.get(c.id) === 'camera.offline') cur.offline += 1;
+      if (lastHealth.get(c.id) === 'online') cur.online += 1;
       byVillage.set(name, cur);
     }
     blocks.push(barChart(camKnown ? '摄像机在线（按村/社区）' : '摄像机数量（按村/社区，暂无健康数据）', [...byVillage].map(([label, v]) => ({
-      label, value: camKnown ? v.total - v.offline : v.total, text: camKnown ? `${v.total - v.offline}/${v.total}` : `${v.total}`, cls: v.offline ? 'bad' : '',
+      label, value: camKnown ? v.online : v.total, text: camKnown ? `${v.online}/${v.total}` : `${v.total}`,
+      cls: camKnown && v.online < v.total ? 'bad' : '',
     })), { id: 'chart-cameras' }));
     clear(charts).append(...blocks);
   }

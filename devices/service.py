@@ -26,6 +26,23 @@ decides (commands, receipts, availability, the events it raises itself).
 
 One worker thread owns the database connection and handles MQTT messages and timers in
 order, so there are no races between a device's answer and a timeout of the same command.
+
+Nothing is lost when the worker dies (SIGKILL, a crash) with messages in hand: a QoS 1
+message is acknowledged to the broker only after the transaction that handled it
+committed (paho's manual ack; devices/acks.py keeps acknowledgements on the connection
+they belong to), so the broker delivers the rest again from the persistent session. A
+message can therefore come twice (killed between commit and acknowledgement, or a device
+that sent it twice): the (device, message id) of everything handled is written in the
+same transaction (``device_messages_handled``) and a copy changes nothing — no second
+event, phase, receipt move, geofence crossing or door replay. A message the worker cannot
+handle (a bug, a row the database refuses) goes to ``dead_letters`` with the reason, like
+ingest's, and is acknowledged.
+
+Deadlines (command expiry, a broadcast receipt's 超时未回执) are judged only on what the
+worker could have heard: while it is connected, and after the broker has handed over
+what it kept for the worker while it was away (a barrier message it sends itself after
+connecting comes back behind that backlog). An answer that comes after the hub's
+judgement all the same is kept on the receipt (devices/broadcast/store.py, late answers).
 """
 from __future__ import annotations
 
@@ -33,7 +50,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
 import threading
@@ -53,12 +69,13 @@ from psycopg.types.json import Jsonb
 
 from config.urls import redact_url
 from devices import registry
+from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
 from devices.broadcast import store as broadcasts
 from devices.commands import signing
 from devices.commands import store as commands
 from devices.commands.model import FINAL, Requester
-from devices.contract import DEVICE_KINDS, ContractError, parse_topic, topic_for
+from devices.contract import DEVICE_KINDS, ContractError, Topic, parse_topic, topic_for
 from devices.credentials import DeviceSecrets
 from devices.geofence import FenceTracker, leaf_fences, locate
 from devices.settings import DevicesSettings
@@ -68,6 +85,14 @@ log = logging.getLogger(__name__)
 HEARTBEAT_NAME = "devices"
 CLIENT_ID = "xlhub-devices"      # the hub's devices worker (XLHUB_DEVICES_CLIENT_ID to run two hubs on one broker)
 SESSION_EXPIRY_S = 3600          # longer than any command's or broadcast's answer deadline
+# A message can come again only while the broker keeps the session it was delivered in
+# (plus a device's own resend): what was handled is remembered that long, and a margin.
+HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
+# A broker that refuses the barrier (an external broker's ACL: SUBACK/PUBACK say so) or
+# loses it must not hold deadlines for ever: judged without it then, logged. The wait is
+# long because a long backlog (an hour of a county's telemetry) is a reason to be slow.
+BARRIER_WAIT_S = 300.0
+BATCH_MAX = 5000
 SIGNED_COMMANDS = {("door", "unlock")}
 REPLAY_COMMAND = "replay_events"
 SYSTEM = Requester.system("devices")
@@ -80,6 +105,15 @@ class _Msg:
     correlation: bytes | None
     retained: bool
     received: float
+    mid: int = 0
+    qos: int = 0
+    gen: int = 0                        # the connection it came in on (devices/acks.py)
+    # set by _prepare: what the message is about, if it is for us at all
+    parsed: Topic | None = None
+    dev: registry.DeviceRecord | None = None
+    body: dict | None = None
+    key: str | None = None              # its message id: a second copy changes nothing
+    barrier: int | None = None          # our own barrier message: its connection generation
 
 
 class DevicesService:
@@ -109,15 +143,26 @@ class DevicesService:
         self.devices: dict[str, registry.DeviceRecord] = {}
         self._drones: dict[str, dict] = {}
         self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # paho's thread appends, the worker takes; a reconnect that resumes the session drops
+        # the QoS 1 messages the broker is about to send again.
+        self._inbox: deque[_Msg] = deque()
+        self._inbox_lock = threading.Lock()
+        self._gate = AckGate()
+        self._barrier_topic = f"xlhub/hub/devices/{self.client_id}/barrier"
+        self._barrier_back = 0              # the generation whose barrier has come back
+        self._barrier_refused = 0           # … or whose barrier the broker refused
+        self._barrier_mids = (0, 0)         # (SUBSCRIBE, PUBLISH) packet ids of the current one
+        self._connected_at = 0.0
+        self._barrier_warned = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected = threading.Event()
         self._seq = itertools.count(int(time.time() * 1000))
-        self._last = {"registry": 0.0, "sweep": 0.0, "heartbeat": 0.0, "send": 0.0}
-        self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "events_raised": 0,
-                      "replays": 0, "errors": 0}
+        self._last = {"registry": 0.0, "sweep": 0.0, "heartbeat": 0.0, "send": 0.0, "prune": 0.0}
+        self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
+                      "events_raised": 0, "replays": 0, "errors": 0, "duplicates": 0, "dropped_on_reconnect": 0,
+                      "stale_acks": 0, "dead_letters": 0}
         self.ready = threading.Event()
         self._client = self._make_client()
 
@@ -126,7 +171,10 @@ class DevicesService:
         parts = urlsplit(self.mqtt_url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(self.mqtt_url)}")
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        # manual_ack: paho would acknowledge each message as on_message returns, before it is
+        # stored, and a worker killed with messages in hand would lose them (tests/faults).
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                        manual_ack=True)
         if parts.username:
             c.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
         if parts.scheme == "mqtts":
@@ -137,6 +185,8 @@ class DevicesService:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         return c
 
@@ -144,18 +194,49 @@ class DevicesService:
         if reason_code.is_failure:
             log.warning("devices service: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
             return
+        gen = self._gate.connected(bool(flags.session_present))
+        if flags.session_present:
+            # What we hold unacknowledged from the resumed session comes again: forget our copies.
+            with self._inbox_lock:
+                kept = deque(m for m in self._inbox if not (m.qos == 1 and self._gate.comes_again(m.gen)))
+                self.stats["dropped_on_reconnect"] += len(self._inbox) - len(kept)
+                self._inbox = kept
+        self._connected_at = time.monotonic()
         # noLocal: our own commands do not come back to us.
         opts = SubscribeOptions(qos=1, noLocal=True)
-        client.subscribe([(f"xlhub/v1/{kind}/+/#", opts) for kind in DEVICE_KINDS])
+        _, sub = client.subscribe([(f"xlhub/v1/{kind}/+/#", opts) for kind in DEVICE_KINDS]
+                                  + [(self._barrier_topic, SubscribeOptions(qos=1))])
+        # The broker sends what it kept for us (a resumed session) first and queues this
+        # behind it: when it is back, the backlog is in and deadlines can be judged.
+        pub = client.publish(self._barrier_topic, json.dumps({"gen": gen}), qos=1)
+        self._barrier_mids = (sub, pub.mid)
         self._connected.set()
         self._wake.set()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid == self._barrier_mids[0] and reason_codes and reason_codes[-1].is_failure:
+            self._barrier_refused_now(f"subscription refused: {reason_codes[-1]}")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid == self._barrier_mids[1] and reason_code.is_failure:
+            self._barrier_refused_now(f"publish refused: {reason_code}")
+
+    def _barrier_refused_now(self, why: str) -> None:
+        self._barrier_refused = self._gate.generation
+        log.warning("devices service: the broker refused our barrier on %s (%s; its ACL must let the hub's "
+                    "account use it); deadlines are judged without waiting for the session's backlog",
+                    self._barrier_topic, why)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._gate.disconnected()
         self._connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        self._queue.put(_Msg(msg.topic, msg.payload, bytes(corr) if corr else None, bool(msg.retain), time.time()))
+        m = _Msg(msg.topic, msg.payload, bytes(corr) if corr else None, bool(msg.retain), time.time(), msg.mid,
+                 msg.qos, self._gate.generation)
+        with self._inbox_lock:
+            self._inbox.append(m)
         self._wake.set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -218,25 +299,23 @@ class DevicesService:
                     backoff = 0.5
                 self._wake.wait(self.tick_s)
                 self._wake.clear()
-                while len(pending) < 5000:
-                    try:
-                        pending.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                self._take(pending)
                 if pending:
                     batch = list(pending)
                     with conn.transaction():
-                        for m in batch:
-                            self._handle(conn, m)
+                        self._handle_batch(conn, batch)
                         self._complete_touched(conn)
                     pending.clear()
+                    self._committed(batch)
                 self._timers(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # The batch stays in `pending` and is handled again once the database is back.
+                # The batch stays in `pending`, unacknowledged, and is handled again once the
+                # database is back (or by the next process: the broker still has it).
                 log.warning("devices service: database unavailable (%s); retrying in %.1fs", type(exc).__name__,
                             backoff)
                 self.ready.clear()
                 self.stats["errors"] += 1
+                self._touched.clear()
                 try:
                     if conn is not None:
                         conn.close()
@@ -250,18 +329,107 @@ class DevicesService:
                 # time so one bad message cannot hold up the others, then go on.
                 log.exception("devices service: batch failed; retrying one by one")
                 self.stats["errors"] += 1
-                for m in list(pending):
-                    try:
-                        with conn.transaction():
-                            self._handle(conn, m)
-                            self._complete_touched(conn)
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        break
-                    except Exception:
-                        log.exception("devices service: dropped a message on %s", m.topic)
-                    pending.popleft()
+                self._touched.clear()
+                try:
+                    self._one_by_one(conn, pending)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    pass        # the rest stays pending: the next round finds the database gone
         if conn is not None:
             conn.close()
+
+    def _take(self, pending: deque[_Msg]) -> None:
+        with self._inbox_lock:
+            inbox = self._inbox
+            while inbox and len(pending) < BATCH_MAX:
+                pending.append(inbox.popleft())
+        if any(m.qos == 1 and self._gate.comes_again(m.gen) for m in pending):
+            # Held over a reconnect that resumed the session (the database was away, say):
+            # the broker is sending these again, handle those copies instead.
+            kept = [m for m in pending if not (m.qos == 1 and self._gate.comes_again(m.gen))]
+            self.stats["dropped_on_reconnect"] += len(pending) - len(kept)
+            pending.clear()
+            pending.extend(kept)
+
+    def _handle_batch(self, conn: psycopg.Connection, batch: list[_Msg]) -> None:
+        """Handle a batch in the caller's transaction, each message once: copies of one
+        handled before (this batch included) are skipped, the rest recorded as handled."""
+        for m in batch:
+            self._prepare(conn, m)
+        keyed = [m for m in batch if m.key is not None]
+        seen = self._handled_before(conn, keyed)
+        fresh = []
+        for m in batch:
+            if m.key is not None:
+                k = (m.dev.id, m.key)
+                if k in seen:
+                    self.stats["duplicates"] += 1
+                    continue
+                seen.add(k)
+                fresh.append(k)
+            self._handle(conn, m)
+        self._record_handled(conn, fresh)
+
+    def _one_by_one(self, conn: psycopg.Connection, pending: deque[_Msg]) -> None:
+        while pending:
+            m = pending[0]
+            try:
+                with conn.transaction():
+                    self._handle_batch(conn, [m])
+                    self._complete_touched(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception as exc:
+                self._touched.clear()
+                log.exception("devices service: dropped a message on %s (kept in dead_letters)", m.topic)
+                try:
+                    with conn.transaction():
+                        self._dead_letter(conn, m, exc)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise
+                except Exception:
+                    log.exception("devices service: could not keep it in dead_letters either")
+            pending.popleft()
+            self._committed([m])
+
+    def _dead_letter(self, conn: psycopg.Connection, m: _Msg, exc: Exception) -> None:
+        """A message the worker could not act on: kept with the reason, as ingest keeps what
+        it cannot store, and marked handled, so a copy does not fail (and file) again."""
+        reason = f"devices worker: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        conn.execute("INSERT INTO dead_letters (time, topic, payload, reason, qos, retained) "
+                     "VALUES (%s, %s, %s, %s, %s, %s)",
+                     (datetime.fromtimestamp(m.received, UTC), m.topic, m.payload, reason, m.qos, m.retained))
+        if m.key is not None and m.dev is not None:
+            self._record_handled(conn, [(m.dev.id, m.key)])
+        self.stats["dead_letters"] += 1
+
+    def _handled_before(self, conn: psycopg.Connection, msgs: list[_Msg]) -> set[tuple[str, str]]:
+        if not msgs:
+            return set()
+        rows = conn.execute(
+            """SELECT h.device_id, h.msg_id FROM device_messages_handled h
+               JOIN unnest(%s::text[], %s::text[]) AS k(device_id, msg_id)
+                 ON h.device_id = k.device_id AND h.msg_id = k.msg_id""",
+            ([m.dev.id for m in msgs], [m.key for m in msgs])).fetchall()
+        return {(r["device_id"], r["msg_id"]) for r in rows}
+
+    def _record_handled(self, conn: psycopg.Connection, keys: list[tuple[str, str]]) -> None:
+        if keys:
+            conn.execute("INSERT INTO device_messages_handled (device_id, msg_id) "
+                         "SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                         ([d for d, _ in keys], [k for _, k in keys]))
+
+    def _committed(self, batch: list[_Msg]) -> None:
+        """After the commit: acknowledge (on the connection each came in on), and take note
+        of our barrier coming back."""
+        stale = self._gate.ack([(m.mid, m.qos, m.gen) for m in batch], self._send_acks)
+        self.stats["stale_acks"] += stale
+        for m in batch:
+            if m.barrier is not None and m.barrier == self._gate.generation:
+                self._barrier_back = m.barrier
+
+    def _send_acks(self, mids: list[int]) -> None:
+        for mid in mids:
+            self._client.ack(mid, 1)
 
     def _load(self, conn: psycopg.Connection) -> None:
         self._refresh_registry(conn)
@@ -290,11 +458,16 @@ class DevicesService:
                     self._transition(conn, t)
                 self._drone_sweep(conn, now)
                 self._persist_liveness(conn)
-            with conn.transaction():
-                for cmd in commands.expire_overdue(conn, now):
-                    self._command_moved(conn, cmd, now)
-                self._complete_touched(conn)
+            if self._may_judge_deadlines(mono):
+                with conn.transaction():
+                    for cmd in commands.expire_overdue(conn, now):
+                        self._command_moved(conn, cmd, now)
+                    self._complete_touched(conn)
             self._clear_retained(conn)
+        if mono - self._last["prune"] >= 60.0:
+            self._last["prune"] = mono
+            conn.execute("DELETE FROM device_messages_handled WHERE handled_at < now() - make_interval(secs => %s)",
+                         (HANDLED_KEEP_S,))
         # Every round (cheap, partial indexes): a broadcast or command queued through the
         # API goes out as soon as the NOTIFY wakes us.
         with conn.transaction():
@@ -308,9 +481,34 @@ class DevicesService:
             if self._connected.is_set():
                 self.ready.set()
 
+    def _may_judge_deadlines(self, mono: float) -> bool:
+        """A device's answer missing at its deadline may still be waiting in the broker for
+        us: only while connected, and once the backlog the broker kept for us is read (our
+        barrier is back), is a missing answer really missing."""
+        if not self._gate.is_connected:
+            return False
+        gen = self._gate.generation
+        if gen in (self._barrier_back, self._barrier_refused):
+            return True
+        if mono - self._connected_at < BARRIER_WAIT_S:
+            return False
+        if not self._barrier_warned:
+            self._barrier_warned = True
+            log.warning("devices service: our barrier message on %s did not come back within %.0fs; judging "
+                        "deadlines without it", self._barrier_topic, BARRIER_WAIT_S)
+        return True
+
     # ------------------------------------------------------------------ incoming
-    def _handle(self, conn: psycopg.Connection, m: _Msg) -> None:
-        self.stats["messages"] += 1
+    def _prepare(self, conn: psycopg.Connection, m: _Msg) -> None:
+        """What the message is about (device, body, message id), or nothing for us."""
+        m.parsed = m.dev = m.body = m.key = m.barrier = None
+        if m.topic == self._barrier_topic:
+            try:
+                gen = json.loads(m.payload).get("gen")
+            except (ValueError, AttributeError):
+                gen = None
+            m.barrier = gen if isinstance(gen, int) else None
+            return
         if m.retained:
             return      # a cache for newcomers, possibly days old: never evidence of life
         try:
@@ -330,6 +528,14 @@ class DevicesService:
             body = None
         if not isinstance(body, dict):
             return      # ingest dead-letters it; nothing to decide here
+        m.parsed, m.dev, m.body = t, dev, body
+        m.key = message_key(t, body)
+
+    def _handle(self, conn: psycopg.Connection, m: _Msg) -> None:
+        self.stats["messages"] += 1
+        if m.parsed is None:
+            return
+        t, dev, body = m.parsed, m.dev, m.body
         at = datetime.fromtimestamp(m.received, UTC)
         seq = body.get("seq") if isinstance(body.get("seq"), int) and not isinstance(body.get("seq"), bool) else None
         if t.channel == "avail":
@@ -350,6 +556,8 @@ class DevicesService:
                 if b:
                     self.stats["receipts"] += 1
                     self._touched.add(b)
+                elif broadcasts.on_late_playback(conn, bid, dev.id, phase, at):
+                    self.stats["late_answers"] += 1
         elif t.channel == "tele":
             if t.kind in self.cfg.geofence_kinds:
                 self._geofence(conn, dev, body, at)
@@ -375,6 +583,8 @@ class DevicesService:
         self.stats["phases"] += 1
         if changed:
             self._command_moved(conn, cmd, at)
+        elif broadcasts.on_late_command_phase(conn, cmd, phase, at):
+            self.stats["late_answers"] += 1
 
     def _command_moved(self, conn, cmd: dict, at: datetime) -> None:
         """A command changed state (device answer or hub timeout)."""
@@ -583,6 +793,19 @@ class DevicesService:
                ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host, pid = EXCLUDED.pid,
                    started_at = EXCLUDED.started_at, seen_at = now(), detail = EXCLUDED.detail""",
             (self.heartbeat_name, socket.gethostname(), os.getpid(), self.started_at, Jsonb(detail)))
+
+
+def message_key(t: Topic, body: dict) -> str | None:
+    """The (per device) id of a message, to know a copy of it: the envelope's ``id``; a
+    Last Will has none, its status and device time name it (as ingest names its event)."""
+    mid = body.get("id")
+    if isinstance(mid, str) and 0 < len(mid) <= 128:
+        return mid
+    ts = body.get("ts")
+    if t.channel == "avail" and isinstance(body.get("status"), str) and isinstance(ts, (int, str)) \
+            and not isinstance(ts, bool):
+        return f"avail-{body['status'][:16]}-{str(ts)[:40]}"
+    return None
 
 
 def run_devices(settings, stop_event: threading.Event) -> None:

@@ -41,7 +41,8 @@ STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "�
                 "partial": "部分播放完成", "failed": "未能播放", "cancelled": "已取消", "no_speakers": "范围内无广播设备"}
 # A broadcast in one of these states changes no more (report stored, except ``cancelled``).
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "no_speakers")
-VILLAGE_LABELS = {"heard": "已收听", "partial": "部分收听", "not_heard": "未收听", "in_progress": "播放中"}
+VILLAGE_LABELS = {"heard": "已收听", "heard_late": "已收听（回执迟到）", "partial": "部分收听", "not_heard": "未收听",
+                  "in_progress": "播放中"}
 PLAY_COMMAND = "play"
 
 
@@ -257,10 +258,65 @@ def on_command_state(conn: psycopg.Connection, command: dict, at: datetime) -> s
 def on_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, phase: str, at: datetime,
                 detail: str | None = None) -> str | None:
     """A speaker's ``evt/playback`` receipt (started, finished, failed, preempted)."""
-    if phase not in ("started", "finished", "failed", "preempted"):
+    if phase not in LATE_PHASES:
         return None
     return _receipt(conn, "broadcast_id = %(b)s AND speaker_id = %(s)s", {"b": broadcast_id, "s": speaker_id},
                     phase, at, detail)
+
+
+# --------------------------------------------------------------------------- late answers
+# A receipt the hub closed for want of an answer (``expired``, or ``offline``: offline when
+# sent and silent since) can still get one: the speaker's network came back after the
+# deadline, say. Such an answer is evidence, so it is kept, but it does not reopen the
+# receipt: the report was stored (and handed to a case, audited) when the last receipt
+# was final, as what the hub knew at its deadline, and stays so. The receipt keeps what
+# the speaker said after all (``late_status``, ``late_at``); the report built from the
+# receipts (the API's) shows it, and counts a village whose every speaker played —
+# some answering late — as heard (已收听（回执迟到）). (An answer that was sent in time but
+# waited in the broker while the devices worker was away is not late: the worker judges
+# deadlines only once it has read what the broker kept for it — devices/service.py.)
+LATE_PHASES = ("started", "finished", "failed", "preempted")
+_LATE_CLOSED = ("expired", "offline")
+LATE_LABELS = {"started": "超时后回执：开始播放", "finished": "超时后回执：已播放完成", "failed": "超时后回执：播放失败",
+               "preempted": "超时后回执：被打断"}
+
+
+def on_late_answer(conn: psycopg.Connection, where: str, params: dict, phase: str, at: datetime) -> bool:
+    """Record a playback phase a speaker reported after its receipt was closed as expired
+    or offline. ``started`` gives way to any outcome, an outcome to none. Returns whether
+    the receipt took it; a late ``finished`` is audited (it amends a stored report)."""
+    if phase not in LATE_PHASES:
+        return False
+    row = conn.execute(
+        f"""UPDATE device_broadcast_receipts SET late_status = %(phase)s, late_at = %(at)s
+            WHERE {where} AND status = ANY(%(closed)s)
+              AND (late_status IS NULL OR (late_status = 'started' AND %(phase)s <> 'started'))
+            RETURNING broadcast_id, speaker_id, status, grid_code""",
+        {**params, "phase": phase, "at": at, "closed": list(_LATE_CLOSED)}).fetchone()
+    if row is None:
+        return False
+    if phase == "finished":
+        audit.record(conn, audit.AuditEntry(
+            actor="devices", actor_kind="system", action="broadcast.late_receipt", target=row["broadcast_id"],
+            outcome="ok", node_code=row["grid_code"],
+            detail={"speaker_id": row["speaker_id"], "status": row["status"], "late_status": phase,
+                    "late_at": at.isoformat()}))
+    return True
+
+
+def on_late_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, phase: str, at: datetime) -> bool:
+    """A speaker's ``evt/playback`` after its receipt was closed (see on_late_answer)."""
+    return on_late_answer(conn, "broadcast_id = %(b)s AND speaker_id = %(s)s", {"b": broadcast_id, "s": speaker_id},
+                          phase, at)
+
+
+def on_late_command_phase(conn: psycopg.Connection, command: dict, phase: str, at: datetime) -> bool:
+    """A play command's ``res`` phase that came after the command was final (the same
+    answer as ``evt/playback``, for speakers that only answer on ``res``)."""
+    # (``progress`` is no evidence of playing: a play queued behind another reports it too.)
+    if phase not in LATE_PHASES or not command.get("broadcast_id") or command["state"] != "expired":
+        return False
+    return on_late_answer(conn, "command_id = %(cid)s", {"cid": command["id"]}, phase, at)
 
 
 # --------------------------------------------------------------------------- report
@@ -292,7 +348,7 @@ def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -
     rows = conn.execute(
         """SELECT r.speaker_id, d.name AS speaker_name, r.grid_code, r.village_code,
                   coalesce(v.name, g.name) AS village_name, r.status, r.detail, r.online_at_send, r.sent_at,
-                  r.started_at, r.finished_at
+                  r.started_at, r.finished_at, r.late_status, r.late_at
            FROM device_broadcast_receipts r
            LEFT JOIN devices d ON d.id = r.speaker_id
            LEFT JOIN grid_nodes v ON v.code = r.village_code
@@ -300,45 +356,62 @@ def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -
            WHERE r.broadcast_id = %s AND (%s::text IS NULL OR r.grid_path @> ARRAY[%s::text])
            ORDER BY r.village_code NULLS LAST, r.speaker_id""", (b["id"], within, within)).fetchall()
     counts: dict[str, int] = {}
+    late: dict[str, int] = {}
     villages: dict[str, dict] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
+        if r["late_status"]:
+            late[r["late_status"]] = late.get(r["late_status"], 0) + 1
         key = r["village_code"] or r["grid_code"] or "-"
         v = villages.setdefault(key, {"code": key, "name": r["village_name"] or key, "speakers": []})
+        label = RECEIPT_LABELS.get(r["status"], r["status"])
+        if r["late_status"]:
+            label += f"（{LATE_LABELS[r['late_status']]}）"
         v["speakers"].append({
             "id": r["speaker_id"], "name": r["speaker_name"], "status": r["status"],
-            "status_label": RECEIPT_LABELS.get(r["status"], r["status"]), "detail": r["detail"],
+            "status_label": label, "detail": r["detail"],
             "online_at_send": r["online_at_send"],
             "started_at": r["started_at"].isoformat() if r["started_at"] else None,
-            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None})
+            "finished_at": r["finished_at"].isoformat() if r["finished_at"] else None,
+            "late_status": r["late_status"], "late_at": r["late_at"].isoformat() if r["late_at"] else None})
     heard, not_heard = [], []
     for v in villages.values():
         statuses = [s["status"] for s in v["speakers"]]
+        # A late ``finished`` (see on_late_answer): the village heard it, the hub learnt so late.
+        played = [s["status"] == "finished" or s["late_status"] == "finished" for s in v["speakers"]]
         if any(s in RECEIPT_OPEN for s in statuses):
             v["status"] = "in_progress"
         elif all(s == "finished" for s in statuses):
             v["status"] = "heard"
-        elif any(s in ("finished", "preempted") for s in statuses):
+        elif all(played):
+            v["status"] = "heard_late"
+        elif any(played) or "preempted" in statuses:
             v["status"] = "partial"     # heard on some speakers, or cut short by a higher tier
         else:
             v["status"] = "not_heard"
         v["status_label"] = VILLAGE_LABELS[v["status"]]
         if v["status"] == "heard":
             heard.append({"code": v["code"], "name": v["name"]})
+        elif v["status"] == "heard_late":
+            heard.append({"code": v["code"], "name": v["name"], "late": True})
         elif v["status"] in ("partial", "not_heard"):
             not_heard.append({"code": v["code"], "name": v["name"], "status": v["status"],
                               "reasons": sorted({s["status_label"] for s in v["speakers"] if s["status"] != "finished"})})
     total = len(rows)
     finished = counts.get("finished", 0)
+    # The outcome is the hub's judgement at the deadline (the broadcast's final state): a
+    # late answer is shown beside it, it does not change it.
     outcome = "done" if total and finished == total else ("partial" if finished else "failed")
     summary = (f"{len(villages)} 个村（社区）中 {len(heard)} 个已收听，{len(not_heard)} 个未完整收听；"
                f"{finished}/{total} 个喇叭播放完成")
+    if late.get("finished"):
+        summary += f"；另有 {late['finished']} 个喇叭超时后回执已播放完成"
     return {
         "broadcast_id": b["id"], "kind": b["kind"], "kind_label": KIND_LABELS[b["kind"]], "priority": b["priority"],
         "text": b["text"], "requested_by": b["requested_by"],
         "requested_at": b["requested_at"].isoformat(),
         "dispatched_at": b["dispatched_at"].isoformat() if b.get("dispatched_at") else None,
         "outcome": outcome, "summary": summary,
-        "speakers": {"total": total, **counts},
+        "speakers": {"total": total, **counts}, "late": late,
         "heard": heard, "not_heard": not_heard, "villages": list(villages.values()),
     }

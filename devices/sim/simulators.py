@@ -142,6 +142,9 @@ class SimDevice:
     seq: int = 0
     msg: int = 0
     state: dict = field(default_factory=dict)
+    # Message ids are unique per device for good (the contract; ingest and the devices
+    # worker recognise a copy by them): a restarted device must not reuse its old ones.
+    boot: str = field(default_factory=lambda: format(random.getrandbits(32), "08x"))
 
     @property
     def root(self) -> str:
@@ -150,7 +153,7 @@ class SimDevice:
     def envelope(self) -> dict:
         self.seq += 1
         self.msg += 1
-        return {"v": 1, "id": f"{self.id}-{self.msg}", "ts": _now_ms(), "seq": self.seq}
+        return {"v": 1, "id": f"{self.id[:40]}-{self.boot}-{self.msg}", "ts": _now_ms(), "seq": self.seq}
 
 
 class Behaviour:

@@ -97,3 +97,21 @@ def test_contract_accepts_the_command_phases():
         (row,) = normalise("xlhub/v1/speaker/S1/res", f'{{"v":1,"id":"m","ts":1,"seq":1,"phase":"{phase}",'
                                                       f'"progress_pct":50}}'.encode(), now)
         assert row.type == "speaker.command_result"
+
+
+def test_ack_gate_acknowledges_only_on_the_connection_a_message_came_in_on():
+    from devices.acks import AckGate
+
+    gate, sent = AckGate(), []
+    g1 = gate.connected(session_present=False)
+    held = [(11, 1, g1), (12, 1, g1), (0, 0, g1)]               # two QoS 1 and a QoS 0, committed
+    assert gate.ack(held[:1], sent.extend) == 0 and sent == [11]
+    gate.disconnected()
+    assert gate.ack(held[1:], sent.extend) == 1 and sent == [11]      # no connection: nothing sent
+    g2 = gate.connected(session_present=True)                  # resumed: mid 12 comes again, maybe as 12
+    assert gate.comes_again(g1) and not gate.comes_again(g2)
+    assert gate.ack([(12, 1, g1)], sent.extend) == 1 and sent == [11]  # g1's 12 is not g2's 12
+    assert gate.ack([(12, 1, g2), (13, 1, g2)], sent.extend) == 0 and sent == [11, 12, 13]
+    g3 = gate.connected(session_present=False)                 # the broker lost the session
+    assert not gate.comes_again(g2) and not gate.comes_again(g3)       # g2's messages come no more
+    assert gate.stale_skipped == 2

@@ -38,6 +38,7 @@ with another version it switches itself off.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -344,6 +345,11 @@ class IngestService:
         props.ReceiveMaximum = self.receive_maximum
         client.connect_async(host, port, keepalive=15, clean_start=False, properties=props)
         self._client = client
+        # What exists now (modules, schemas, compiled validators) lives as long as the
+        # process. Out of the collector's sight, the occasional full collection that the
+        # message churn still sets off scans only what came later: ~7 ms instead of ~35 ms
+        # of CPU with every ingest thread stopped. (Only cyclic collection is affected.)
+        gc.freeze()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._preparer = threading.Thread(target=self._prepare_loop, name="ingest-prepare", daemon=True)
         self._writer.start()

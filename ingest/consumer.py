@@ -307,7 +307,9 @@ class IngestService:
         self._gen = 0
         self._redelivered_below = 0     # QoS 1 items of older generations come again
         self._connected = False
-        self._db_ok = False
+        # The database as each writer thread last found it: ready needs both.
+        self._registry_ok = False   # the preparer's registry reads
+        self._writer_ok = False     # the committer's connection and writes
         self._subscribed = False
         self._last_error: str | None = None
         self._stopping = threading.Event()
@@ -387,6 +389,10 @@ class IngestService:
                 return True
             time.sleep(0.05)
         return False
+
+    @property
+    def _db_ok(self) -> bool:
+        return self._registry_ok and self._writer_ok
 
     @property
     def ready(self) -> bool:
@@ -552,8 +558,7 @@ class IngestService:
         backoff = 0.5
         while True:
             try:
-                conn = self._registry_conn()
-                self.registry.maybe_refresh(conn)
+                conn = self._read_registry()
                 prepared = prepare(items, self.registry, probe_times=self.probe_times)
                 if prepared.retry_unknown and \
                         self.registry.loaded_at < time.monotonic() - self.registry.miss_refresh_s:
@@ -562,14 +567,25 @@ class IngestService:
                     prepared = prepare(items, self.registry, probe_times=self.probe_times)
                 return prepared
             except Exception as exc:
+                self._registry_ok = False
                 self._db_failed(exc, len(items), backoff)
                 self._close_registry_conn()
                 if self._stopping.wait(backoff):
                     return None
                 backoff = min(backoff * 2, 10.0)
 
+    def _read_registry(self):
+        """Refresh the registry when due, or at once after a failed read (which also tells
+        whether the database is back); raises on a database error. Returns the connection."""
+        conn = self._registry_conn()
+        if self._registry_ok:
+            self.registry.maybe_refresh(conn)
+        else:
+            self.registry.refresh(conn)
+            self._registry_ok = True
+        return conn
+
     def _db_failed(self, exc: BaseException, n: int, backoff: float) -> None:
-        self._db_ok = False
         self._stats.db_errors += 1
         M_DB_ERRORS.inc()
         self._last_error = f"database: {type(exc).__name__}: {str(exc).strip()[:200]}"
@@ -592,21 +608,33 @@ class IngestService:
             self._conn = open_writer_connection(self.db_url)
         return self._conn
 
+    def _connect_idle(self) -> None:
+        """Between batches, (re)open a lost connection, so that readiness says whether
+        writing would work (and the next batch does not wait for it)."""
+        if self._conn is not None and not self._conn.closed:
+            return
+        try:
+            self._ensure_conn()
+            self._writer_ok = True
+        except Exception as exc:
+            self._writer_ok = False
+            self._last_error = f"database: {type(exc).__name__}"
+
     def _write_loop(self) -> None:
         backoff = 0.5
         try:
-            try:
-                self._ensure_conn()     # now rather than on the first batch (it creates a temp table)
-            except Exception:
-                pass                    # the first batch tries again and reports it
             while True:
+                self._connect_idle()
                 with self._hcv:
-                    while not self._handoff and not self._prepare_done:
-                        self._hcv.wait()
+                    if not self._handoff and not self._prepare_done:
+                        self._hcv.wait(1.0)
                     if not self._handoff:
-                        break
-                    items, prepared = self._handoff.popleft()
+                        if self._prepare_done:
+                            break
+                        continue
+                    work = self._handoff.popleft()
                     self._hcv.notify_all()
+                items, prepared = work
                 M_QUEUE.set(len(self._queue) + len(items))
                 while True:
                     # (again before each retry: the broker may have come back meanwhile)
@@ -616,11 +644,12 @@ class IngestService:
                         break
                     try:
                         result = self._write(items, prepared)
-                        self._db_ok = True
+                        self._writer_ok = True
                         self._last_error = None
                         backoff = 0.5
                         break
                     except Exception as exc:
+                        self._writer_ok = False
                         self._db_failed(exc, len(items), backoff)
                         if self._conn is not None:
                             try:
@@ -652,10 +681,9 @@ class IngestService:
 
     def _idle_refresh(self) -> None:
         try:
-            self.registry.maybe_refresh(self._registry_conn())
-            self._db_ok = True
+            self._read_registry()
         except Exception as exc:
-            self._db_ok = False
+            self._registry_ok = False
             self._last_error = f"database: {type(exc).__name__}"
             self._close_registry_conn()
             self._stopping.wait(0.5)

@@ -19,7 +19,6 @@ changed, and refuses it from then on."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hmac
 import os
 import secrets
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.secrets import SecretBox, is_encrypted, read_json, write_json
+from store.secrets import SecretBox, exclusive, is_encrypted, read_json, write_json
 
 PASSWORDS_FILE = "mqtt_devices.json"
 KEYS_FILE = "device_keys.json"
@@ -111,13 +110,8 @@ class DeviceSecrets:
     def _locked(self) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        fd = os.open(self.dir / ".devices.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive(self.dir / ".devices.lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def _write(self, path: Path, data: dict[str, str]) -> None:
         write_json(path, data, self.box)

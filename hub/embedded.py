@@ -8,8 +8,6 @@ so the data then lives under /var/lib/xlhub/<hash> and var/<name> is a symlink t
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from store.secrets import SecretBox, read_or_create_secret
+from store.secrets import SecretBox, exclusive, read_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +323,7 @@ class EmbeddedMosquitto:
         conf = base / "mosquitto.conf"
         # The supervisor, `xlhub devices credentials` and a restart may write at once: one
         # writer at a time, and every file replaced whole so the broker never reads half of one.
-        with _config_lock(base):
+        with exclusive(base / ".config.lock"):
             _write_passwords(passwd, [f"{HUB_MQTT_USER}:{self.hub_password}"], self._os_user)
             _write_file(acl, "\n".join(hub_acl), self._os_user)
             _write_passwords(dev_passwd, [f"{a.username}:{a.password}" for a in self.accounts.values()],
@@ -423,15 +421,6 @@ connection_messages false
         self.proc = None
 
 
-@contextlib.contextmanager
-def _config_lock(base: Path):
-    fd = os.open(base / ".config.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _write_file(path: Path, text: str, owner: pwd.struct_passwd | None, *, hashed: bool = False) -> None:

@@ -29,10 +29,13 @@ new one; ``rewrite(path, box)`` re-encrypts a file in place.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +143,19 @@ def _check_key(path: Path, key: bytes) -> None:
         Fernet(key)
     except ValueError:
         raise SecretError(f"{path}: not a master key (damaged file?)") from None
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path``: the supervisor and the CLI may both rewrite
+    the same secret files, and a half-merged file would lock a device out."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _secure_dir(path: Path) -> None:

@@ -21,7 +21,8 @@ class LiveSettings(BaseSettings):
     open_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
     stall_s: float = Field(3.0, gt=0, description="no packet for this long: the feed counts as stalled")
-    queue_packets: int = Field(90, ge=8, description="per viewer; a slower viewer skips to the next keyframe")
+    queue_packets: int = Field(90, ge=8, description="access units kept for a viewer until its connection is up "
+                                                     "(from a keyframe on); more, and it starts at a later keyframe")
     jpeg_quality: int = Field(80, ge=10, le=100)
 
     def host_addresses(self, http_host: str) -> list[str] | None:

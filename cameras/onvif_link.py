@@ -13,6 +13,8 @@ While the ONVIF service does not answer, the source retries with backoff (1, 5, 
 unreachable …"), so health sees the camera offline. When the stream fails ``refail_after``
 times in a row without a frame, the URI is asked for again (a camera that rebooted with
 another port or path, a DHCP move behind a name), keeping the old one meanwhile.
+``resolve_stream`` is that one round on its own: the API's live relay (api/live/onvif.py)
+asks the same way, on an ``OnvifLink`` of its own.
 
 **PTZ.** ``OnvifLink.ptz`` runs one PTZ operation (move, stop, presets, goto) on a session
 kept per camera (connect and PtzControl.open cost four round trips; an operator pressing
@@ -166,6 +168,43 @@ class OnvifLink:
                 raise
 
 
+@dataclass(frozen=True)
+class ResolvedStream:
+    """What one GetStreamUri round gave: URIs as the camera gave them, without credentials."""
+    uri: str
+    profile_token: str
+    stream: str                       # "sub" or "main": the profile given (main when there is no sub)
+    snapshot_uri: str | None = None
+
+
+async def resolve_stream(camera_id: str, endpoint: OnvifEndpoint, *, stream: str = "sub", timeout_s: float = 5.0,
+                         snapshot: bool = False) -> ResolvedStream:
+    """One round: connect, GetProfiles, GetStreamUri of the ``stream`` profile (and
+    GetSnapshotUri with ``snapshot``), close. Raises OnvifError (no credential in it).
+    Shared by the workers' OnvifStreamSource and the API's live relay, so both pick the
+    same profile of a camera the same way."""
+    from cameras.onvif import NO_RETRY, OnvifCamera, OnvifError
+
+    e = endpoint
+    cam = OnvifCamera(e.host, e.port, e.username, e.password, timeout=timeout_s, retry=NO_RETRY, camera_id=camera_id)
+    snapshot_uri = None
+    try:
+        await cam.connect()
+        streams = await cam.stream_uris()
+        chosen = streams.sub if (stream == "sub" and streams.sub is not None) else streams.main
+        if snapshot:
+            try:
+                snapshot_uri = await cam.snapshot_uri(streams.main.profile_token)
+            except OnvifError as err:
+                if err.transient:
+                    raise
+                # not every camera has one; the stream is what matters
+    finally:
+        await cam.close()
+    return ResolvedStream(uri=chosen.uri, profile_token=chosen.profile_token,
+                          stream="sub" if chosen is streams.sub else "main", snapshot_uri=snapshot_uri)
+
+
 class OnvifStreamSource:
     """The stream URI of a camera known only by its ONVIF address, for its reader."""
 
@@ -271,34 +310,19 @@ class OnvifStreamSource:
 
     async def resolve(self) -> str:
         """One round: connect, GetProfiles, GetStreamUri (and GetSnapshotUri), close."""
-        from cameras.onvif import NO_RETRY, OnvifCamera, OnvifError
-
-        e = self.endpoint
-        cam = OnvifCamera(e.host, e.port, e.username, e.password, timeout=self.timeout_s, retry=NO_RETRY,
-                          camera_id=self.camera_id)
-        try:
-            await cam.connect()
-            streams = await cam.stream_uris()
-            chosen = streams.sub if (self.stream == "sub" and streams.sub is not None) else streams.main
-            try:
-                snapshot = await cam.snapshot_uri(streams.main.profile_token)
-            except OnvifError as err:
-                if err.transient:
-                    raise
-                snapshot = None       # not every camera has one; the stream is what matters
-        finally:
-            await cam.close()
-        changed = chosen.uri != self.uri
-        self.uri, self.profile_token, self.snapshot_uri = chosen.uri, chosen.profile_token, snapshot
+        found = await resolve_stream(self.camera_id, self.endpoint, stream=self.stream, timeout_s=self.timeout_s,
+                                     snapshot=True)
+        changed = found.uri != self.uri
+        self.uri, self.profile_token, self.snapshot_uri = found.uri, found.profile_token, found.snapshot_uri
         self.resolved_at = time.time()
         self.resolutions += 1
         self.last_error = None
         self.failures = 0
         self._have_uri.set()
         if changed:
-            log.info("camera %s: stream URI from ONVIF %s (profile %s, %s): %s", self.camera_id, e.address,
-                     chosen.profile_token, "sub" if chosen is streams.sub else "main", redact_url(chosen.uri))
-        return chosen.uri
+            log.info("camera %s: stream URI from ONVIF %s (profile %s, %s): %s", self.camera_id,
+                     self.endpoint.address, found.profile_token, found.stream, redact_url(found.uri))
+        return found.uri
 
     # -- snapshot over HTTP (job threads) ----------------------------------------------
     def fetch_snapshot(self, timeout: float = 5.0) -> bytes:

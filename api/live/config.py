@@ -1,6 +1,8 @@
 """Settings of live video (``XLHUB_LIVE_*``), read by the API process."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,7 +20,12 @@ class LiveSettings(BaseSettings):
     max_sessions: int = Field(64, ge=1, description="WebRTC viewers the API process serves at once")
     max_sessions_per_user: int = Field(20, ge=1)
     connect_timeout_s: float = Field(20.0, gt=0, description="a viewer that has not connected by then is dropped")
-    open_timeout_s: float = Field(5.0, gt=0)
+    open_timeout_s: float = Field(5.0, gt=0, description="opening the camera's stream; also each ONVIF "
+                                                         "request asking an ONVIF-only camera for it")
+    onvif_stream: Literal["sub", "main"] = Field(
+        "sub", description="the profile asked of a camera known only by its ONVIF address (no rtsp_url): "
+                           "sub is a wall tile's size at a fraction of main's bitrate; main when the "
+                           "camera has a single profile")
     read_timeout_s: float = Field(5.0, gt=0)
     stall_s: float = Field(3.0, gt=0, description="no packet for this long: the feed counts as stalled")
     queue_packets: int = Field(90, ge=8, description="access units kept for a viewer until its connection is up "

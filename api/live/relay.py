@@ -18,6 +18,10 @@ A feed starts with its first viewer (or snapshot request) and stops ``linger_s``
 last one leaves. Camera credentials are put into the RTSP URL here, server-side, and never
 leave this module: states, errors and logs carry the redacted URL only.
 
+A camera known only by its ONVIF address is asked for its stream URI (api/live/onvif.py)
+before its first feed starts, and again only when a pull with that URI cannot connect; the
+URI is kept, so later viewers and feeds of the camera cost no ONVIF round trip.
+
 Runs in the API process (one asyncio loop; one demux thread per watched camera). That is
 cheap because of pass-through; decoding for analytics stays in the camera workers.
 """
@@ -65,6 +69,7 @@ from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
 
 from api.live.config import LiveSettings
+from api.live.onvif import StreamUris, explain
 from config.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -134,17 +139,28 @@ def _is_ip(text: str) -> bool:
 
 @dataclass(frozen=True)
 class CameraSource:
-    """Where a camera's stream is and how to log in; ``repr`` never shows the password."""
+    """Where a camera's stream is and how to log in; ``repr`` never shows the password.
+    ``url`` is empty for a camera known only by its ONVIF address (``onvif_host``)."""
     camera_id: str
     url: str
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    onvif_host: str | None = None
+    onvif_port: int = 80
+
+    @property
+    def onvif_only(self) -> bool:
+        return not self.url and self.onvif_host is not None
 
     @property
     def pull_url(self) -> str:
+        return self.credentialed(self.url)
+
+    def credentialed(self, url: str) -> str:
+        """``url`` with this camera's user-info put in: for the demuxer only."""
         if not self.username:
-            return self.url
-        parts = urlsplit(self.url)
+            return url
+        parts = urlsplit(url)
         userinfo = quote(self.username, safe="")
         if self.password:
             userinfo += ":" + quote(self.password, safe="")
@@ -156,6 +172,9 @@ class CameraSource:
 
     @property
     def shown_url(self) -> str:
+        if self.onvif_only:
+            host = f"[{self.onvif_host}]" if ":" in self.onvif_host else self.onvif_host
+            return f"onvif://{host}:{self.onvif_port}"
         return redact_url(self.url)
 
 
@@ -607,12 +626,17 @@ def _install_sender(sender: RTCRtpSender) -> None:
 class Feed:
     """One camera's RTSP pull, shared by all its viewers."""
 
-    def __init__(self, relay: "LiveRelay", source: CameraSource):
+    def __init__(self, relay: "LiveRelay", source: CameraSource, uri: str | None = None):
         self.relay = relay
         self.settings = relay.settings
         self.loop = relay.loop
         self.source = source
         self.camera_id = source.camera_id
+        # Where the pull connects, without credentials: the site's URL, or what ONVIF gave
+        # (replaced on the loop when the camera gives another; the thread reads it per connection).
+        self.stream_uri = uri or source.url
+        self.asking_onvif = False
+        self.onvif_error: str | None = None
         self.subscribers: set[Subscriber] = set()
         self.state = "starting"
         self.reason: str | None = None
@@ -647,7 +671,10 @@ class Feed:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        log.info("live %s: pull starts (%s)", self.camera_id, self.source.shown_url)
+        shown = redact_url(self.stream_uri)
+        if self.source.onvif_only:
+            shown += f" from {self.source.shown_url}"
+        log.info("live %s: pull starts (%s)", self.camera_id, shown)
         self._thread.start()
 
     def stop(self) -> None:
@@ -690,6 +717,10 @@ class Feed:
             opened = self._pull_once()
             if self._stop.is_set():
                 break
+            if not opened and self.source.onvif_only:
+                # The URI ONVIF gave may be stale (camera rebooted onto another port or path):
+                # ask again during the backoff; the next connection uses the answer.
+                self.loop.call_soon_threadsafe(self.relay.ask_onvif_again, self)
             attempt = 0 if opened else attempt + 1
             delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             self._set_state("retrying", self.reason)
@@ -697,7 +728,7 @@ class Feed:
                 break
 
     def _pull_once(self) -> bool:
-        url = self.source.pull_url
+        url = self.source.credentialed(self.stream_uri)
         try:
             container = av.open(url, options=_open_options(url, self.settings.read_timeout_s),
                                 timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s))
@@ -922,24 +953,76 @@ class LiveRelay:
         self.sessions: dict[str, ViewerSession] = {}
         self.started_feeds = 0
         self.stopped_feeds = 0
+        self.stream_uris = StreamUris(settings.onvif_stream, settings.open_timeout_s)
+        self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._sweeper = self.loop.create_task(self._sweep())
         use_host_addresses(settings.host_addresses(http_host))
 
     # -- feeds ---------------------------------------------------------------------------
-    def feed_for(self, source: CameraSource) -> Feed:
+    async def watch(self, source: CameraSource) -> Feed:
+        """The camera's feed (``feed_for``), having first asked an ONVIF-only camera for its
+        stream URI when neither a running feed nor an earlier answer gives it. Raises LiveError when the camera does not
+        give one (Chinese and English, no credentials)."""
+        uri = None
+        if source.onvif_only:
+            feed = self.feeds.get(source.camera_id)
+            if feed is not None and not feed.stopped and feed.source == source:
+                return self.feed_for(source)
+            uri = self.stream_uris.cached(source)
+            if uri is None:
+                try:
+                    uri = await self.stream_uris.resolve(source)
+                except Exception as exc:  # noqa: BLE001 - every failure is an answer to the viewer
+                    code, message = explain(exc)
+                    log.warning("live %s: no stream URI from %s: %s", source.camera_id, source.shown_url,
+                                redact_text(str(exc))[:300])
+                    raise LiveError(code, message) from None
+                if self._closing:
+                    raise LiveError(503, "shutting down")
+        return self.feed_for(source, uri)
+
+    def feed_for(self, source: CameraSource, uri: str | None = None) -> Feed:
         feed = self.feeds.get(source.camera_id)
         if feed is not None and (feed.stopped or feed.source != source):
             # stopped, or the camera's address or credentials changed: a new pull
             self._stop_feed(feed)
             feed = None
         if feed is None:
-            feed = Feed(self, source)
+            feed = Feed(self, source, uri)
             self.feeds[source.camera_id] = feed
             self.started_feeds += 1
             feed.start()
         feed.cancel_linger()
         return feed
+
+    def ask_onvif_again(self, feed: Feed) -> None:
+        """A pull of an ONVIF-only camera did not connect: ask the camera for its stream URI
+        again (one request at a time per feed; the old URI stays in use meanwhile)."""
+        if feed.stopped or feed.asking_onvif or self._closing:
+            return
+        feed.asking_onvif = True
+        task = self.loop.create_task(self._ask_onvif(feed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ask_onvif(self, feed: Feed) -> None:
+        try:
+            uri = await self.stream_uris.resolve(feed.source)
+        except Exception as exc:  # noqa: BLE001 - the feed keeps retrying with the URI it has
+            error = redact_text(str(exc))[:300]
+            if error != feed.onvif_error:
+                log.warning("live %s: asking %s for the stream URI again failed: %s", feed.camera_id,
+                            feed.source.shown_url, error)
+            feed.onvif_error = error
+        else:
+            feed.onvif_error = None
+            if uri != feed.stream_uri:
+                log.info("live %s: the camera now gives %s; the next connection uses it", feed.camera_id,
+                         redact_url(uri))
+                feed.stream_uri = uri
+        finally:
+            feed.asking_onvif = False
 
     def maybe_release(self, feed: Feed) -> None:
         """Schedule the stop of a feed nobody wants any more."""
@@ -1000,8 +1083,8 @@ class LiveRelay:
         if existing is not None and existing.codec not in (None, "h264"):
             raise LiveError(409, f"camera sends {existing.codec}: live view needs H.264; use snapshots")
 
+        feed = await self.watch(source)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        feed = self.feed_for(source)
         sub = feed.subscribe()
         session = ViewerSession(id=secrets.token_urlsafe(12), camera_id=source.camera_id, user=user,
                                 pc=pc, feed=feed, subscriber=sub)
@@ -1061,7 +1144,7 @@ class LiveRelay:
         """The newest picture of a camera as JPEG (and the hub time it arrived)."""
         if self._closing:
             raise LiveError(503, "shutting down")
-        feed = self.feed_for(source)
+        feed = await self.watch(source)
         feed.lease_until = time.monotonic() + self.settings.snapshot_lease_s
         if not feed.keyframe_ready.is_set():
             try:
@@ -1078,12 +1161,15 @@ class LiveRelay:
     async def close(self) -> None:
         self._closing = True
         self._sweeper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)
         feeds = list(self.feeds.values())
         for feed in feeds:
             self._stop_feed(feed)
-        await asyncio.gather(*(self.loop.run_in_executor(None, f.join, 6.0) for f in feeds))
+        await asyncio.gather(*(self.loop.run_in_executor(None, f.join, 6.0) for f in feeds),
+                             self.loop.run_in_executor(None, self.stream_uris.close))
 
     def status(self) -> dict:
         return {"feeds": {cid: f.info() for cid, f in self.feeds.items()},

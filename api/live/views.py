@@ -8,7 +8,10 @@ GET    /api/live/status                  feeds of the caller's cameras: state, v
 GET    /api/live/clock                   the hub's clock (the page aligns frame timestamps to it)
 
 Scoped like every other camera resource: another township's camera answers 404. The pull,
-and the camera credentials it needs, stay on the hub.
+and the camera credentials it needs, stay on the hub. A camera known only by its ONVIF
+address plays too: the relay asks it for its stream URI (api/live/onvif.py); when the camera
+does not give one, the offer and the frame answer 503 (unreachable) or 502 with the reason
+in Chinese and English.
 """
 from __future__ import annotations
 
@@ -89,7 +92,7 @@ class LiveStatus(BaseModel):
 # -------------------------------------------------------------------- camera lookup
 
 CAMERA_QUERY = """
-SELECT c.id, c.rtsp_url, c.credentials_ref, g.path AS grid_path
+SELECT c.id, c.rtsp_url, c.onvif, c.credentials_ref, g.path AS grid_path
 FROM cameras c
 JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
 JOIN grid_nodes g ON g.code = m.grid_code
@@ -126,12 +129,15 @@ def _credentials(request: Request, ref: str, camera_id: str) -> tuple[str, str]:
 def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveViewer) -> CameraSource:
     row = conn.execute(CAMERA_QUERY, {"id": camera_id, "node": principal.node_code}).fetchone()
     ensure_in_scope(principal, row["grid_path"] if row else None, f"camera {camera_id!r}")
-    if not row["rtsp_url"]:
-        raise HTTPException(status.HTTP_409_CONFLICT, "this camera has no stream address")
+    onvif = row["onvif"] or {}
+    if not row["rtsp_url"] and not onvif.get("host"):
+        raise HTTPException(status.HTTP_409_CONFLICT, "该摄像机没有视频流地址，也没有 ONVIF 地址 "
+                                                      "(this camera has neither a stream address nor an ONVIF address)")
     user = password = None
     if row["credentials_ref"]:
         user, password = _credentials(request, row["credentials_ref"], camera_id)
-    return CameraSource(camera_id=row["id"], url=row["rtsp_url"], username=user, password=password)
+    return CameraSource(camera_id=row["id"], url=row["rtsp_url"] or "", username=user, password=password,
+                        onvif_host=onvif.get("host"), onvif_port=int(onvif.get("port") or 80))
 
 
 Source = Annotated[CameraSource, Depends(camera_source)]

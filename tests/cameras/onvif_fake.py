@@ -136,6 +136,8 @@ class FakeOnvifCamera:
     - ``granted_seconds``: the termination time the camera grants (ignores the request).
     - ``max_pull_wait``: longest a PullMessages waits for messages.
     - ``ptz_range``: the continuous velocity range the PTZ node declares.
+    - ``rtsp_port``: the port GetStreamUri names (point it at a simulated RTSP server serving
+      ``/Streaming/Channels/101`` (main) and ``/102`` (sub)).
     """
 
     def __init__(self, username: str | None = None, password: str | None = None, *, port: int = 0) -> None:
@@ -155,6 +157,7 @@ class FakeOnvifCamera:
         self.delay = 0.0
         self.down = False
         self.ptz_range = (-1.0, 1.0)
+        self.rtsp_port = 554
         self.ptz_commands: list[tuple[str, dict[str, str]]] = []
         self.presets: dict[str, tuple[str, float, float, float]] = {"1": ("Home", 0.0, 0.0, 0.0)}
         self.position = (0.0, 0.0, 0.0)
@@ -343,7 +346,7 @@ class FakeOnvifCamera:
         channel = {"Profile_1": "101", "Profile_2": "102"}.get(token)
         if channel is None:
             return 400, fault(["ter:InvalidArgVal", "ter:NoProfile"], "The requested profile does not exist")
-        uri = self._uri("rtsp", 554, f"/Streaming/Channels/{channel}?transportmode=unicast")
+        uri = self._uri("rtsp", self.rtsp_port, f"/Streaming/Channels/{channel}?transportmode=unicast")
         return 200, envelope(f"<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>{escape(uri)}</tt:Uri>"
                              "<tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false"
                              "</tt:InvalidAfterReboot><tt:Timeout>PT60S</tt:Timeout></trt:MediaUri>"

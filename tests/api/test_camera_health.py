@@ -15,11 +15,12 @@ from tests.api.conftest import ApiServer
 
 GRID = "510199101201001"
 PATH = ["510199000000", "510199101000", "510199101201", GRID]
-NOW = datetime.now(UTC)
 
 
 def ago(seconds: float) -> datetime:
-    return NOW - timedelta(seconds=seconds)
+    # From the moment the rows are written, not the module's import: in the whole suite
+    # this module runs minutes after collection, and "5 s ago" must not read as stale.
+    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def add_camera(conn, cam: str, grid: str = GRID) -> None:

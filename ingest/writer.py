@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.types.json import set_json_dumps
 
+from pydantic import ValidationError
+
 from devices.contract import (
+    _ENVELOPE_FIELDS,
+    MAX_PAYLOAD_BYTES,
+    TELEMETRY,
     CameraHealthRow,
     ContractError,
     EventRow,
@@ -158,6 +166,41 @@ def _parse_topic_cached(topic: bytes) -> Topic:
     return t
 
 
+# Device telemetry is nearly all of the traffic. It takes a short path that calls the
+# contract's own schema and builds the rows' tuples straight from the validated model:
+# the same checks and the same rows as devices.contract.normalise (tests/ingest/
+# test_prepare.py compares the two on valid and broken input) for ~2 µs less CPU per
+# message. Anything that does not pass it cleanly (unknown source, invalid payload, ...)
+# goes through normalise, which says why.
+_SHORT_PATH_ON = True
+_SHORT_PATH = {kind: (TELEMETRY[kind].__pydantic_validator__.validate_json,
+                      TELEMETRY[kind].__pydantic_serializer__.to_json,
+                      {"drone": "full", "radio": "lat_lon"}.get(kind))
+               for kind in ("door", "speaker", "drone", "radio")}
+
+
+def _telemetry_short(t: Topic, payload, at: datetime, src: Source | None, tele: list, pos: list) -> float | None:
+    """Append the rows of a valid ``tele`` message of a registered, active device of its
+    kind and return its device time (epoch s); None, and nothing appended, for anything
+    else."""
+    if src is None or not src.active or src.kind != t.kind or type(payload) is not bytes \
+            or not 0 < len(payload) <= MAX_PAYLOAD_BYTES or b"\\u0000" in payload:
+        return None
+    validate, dump, position = _SHORT_PATH[t.kind]
+    try:
+        m = validate(payload)
+    except ValidationError:
+        return None
+    grid, ts = src.grid_code, m.ts
+    tele.append((at, t.source_id, t.kind, ts, m.seq, m.id, grid,
+                 dump(m, exclude=_ENVELOPE_FIELDS, exclude_none=True).decode()))
+    if position == "full":
+        pos.append((at, t.source_id, ts, m.lat, m.lon, m.alt_m, m.heading_deg, m.speed_mps, grid))
+    elif position == "lat_lon":
+        pos.append((at, t.source_id, ts, m.lat, m.lon, None, None, None, grid))
+    return ts.timestamp()
+
+
 def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = False) -> Prepared:
     """Normalise a batch (pure CPU, no database). Never raises for bad input."""
     out = Prepared()
@@ -175,6 +218,15 @@ def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = F
             if t.channel == "cmd":
                 out.ignored += 1
                 continue
+            if t.channel == "tele" and t.kind in _SHORT_PATH and _SHORT_PATH_ON:
+                st = _telemetry_short(t, payload, at, sources.get(t.source_id), tele, pos)
+                if st is not None:
+                    skew = received - st
+                    if skew > SKEW_LIMIT_S or skew < -SKEW_LIMIT_S:
+                        out.skewed += 1
+                    if probe_times:
+                        out.source_times.append(st)
+                    continue
             rows = normalise(t, payload, at, kind_of)
         except ContractError as exc:
             out.dead.append(_dead(item, exc.reason))
@@ -243,9 +295,26 @@ def _json_passthrough(obj) -> str:
     return obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
 
 
+class _JsonbTextDumper(Dumper):
+    """jsonb in binary COPY from JSON text as the rows carry it: the version byte and the
+    text, without psycopg's generic JSON dumper around it (a few Python calls per row)."""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj) -> bytes:
+        return b"\x01" + (obj if type(obj) is str else _json_passthrough(obj)).encode()
+
+
+class _JsonbText(str):
+    """Never instantiated: registering the dumper needs a Python type; the COPYs pick it
+    by the jsonb oid (set_types)."""
+
+
 def open_writer_connection(url: str) -> psycopg.Connection:
     conn = psycopg.connect(url, connect_timeout=5, application_name="xlhub-ingest")
     set_json_dumps(_json_passthrough, context=conn)
+    conn.adapters.register_dumper(_JsonbText, _JsonbTextDumper)
     conn.execute("SET synchronous_commit = on")
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS _ingest_events (LIKE events) ON COMMIT DELETE ROWS")
     conn.commit()

@@ -6,19 +6,23 @@ from __future__ import annotations
 import av
 import cv2
 import numpy as np
+from av.video.plane import VideoPlane
 
 # Hundreds of cameras per process: parallelism comes from the cameras' threads, and
 # OpenCV's own worker pool would only add hand-offs (and spinning) on pictures this small.
 cv2.setNumThreads(1)
 
 
+_PLANAR_YUV = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"})
+
+
 def luma(frame: av.VideoFrame) -> np.ndarray:
     """The frame's grey picture (H, W) uint8 — a view of the Y plane when the pixel
-    format is planar YUV (no copy, no conversion)."""
-    if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"):
-        plane = frame.planes[0]
-        buf = np.frombuffer(plane, np.uint8)
-        return buf.reshape(plane.height, plane.line_size)[:, :plane.width]
+    format is planar YUV (no copy, no conversion). Called for every analysed frame: the
+    Y plane alone (``frame.planes`` builds all three) and one array over it."""
+    if frame.format.name in _PLANAR_YUV:
+        plane = VideoPlane(frame, 0)
+        return np.ndarray((plane.height, plane.width), np.uint8, plane, strides=(plane.line_size, 1))
     return frame.to_ndarray(format="gray")
 
 

@@ -143,6 +143,32 @@ def test_motion_in_a_zone_is_raised_with_where_it_happened():
     assert MOTION_BAND[0] - 0.05 <= y0 < y1 <= MOTION_BAND[1] + 0.05
 
 
+@pytest.mark.parametrize("w,h,step", [(640, 360, 4), (1000, 562, 4), (1920, 1080, 8)])
+def test_motion_reads_decoder_pictures_of_any_size(w, h, step):
+    # As the decoder hands a picture over: a view of its Y plane, whose rows are padded to
+    # an aligned line size. 562 is not a multiple of the sampling step; 1920x1080 is
+    # sampled every 8th pixel. The analysed picture is every step-th pixel and a 3×3 mean:
+    # handing the detector that picture instead must give the very same detections.
+    gen = SceneGenerator(w, h, 10, seed=5, state="normal")
+    pics = []
+    for i in range(25):
+        if i == 5:
+            gen.set_state("motion")
+        pics.append(grey(gen.next_frame(1_800_000_000_000 + i * 100)))
+    line = -(-w // 64) * 64 + 64
+    planes = []
+    for pic in pics:
+        plane = np.zeros((h, line), np.uint8)
+        plane[:, :w] = pic
+        planes.append(plane[:, :w])
+    analysed = [cv2.blur(cv2.resize(pic, (w // step, h // step), interpolation=cv2.INTER_NEAREST), (3, 3))
+                for pic in pics]
+    zones = [{"name": "road", "polygon": BAND}, {"name": "sky", "polygon": SKY}]
+    hits = feed(motion(zones=zones, cooldown_s=60), planes)
+    assert [hit.zone for hit in hits] == ["road"]
+    assert hits == feed(motion(zones=zones, cooldown_s=60), analysed)
+
+
 def test_quiet_scene_many_frames_no_motion():
     det = motion(zones=[{"name": "road", "polygon": BAND}])
     assert feed(det, frames("normal", 300)) == []

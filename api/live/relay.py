@@ -38,7 +38,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, clock
@@ -70,6 +69,7 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
+from cameras.config import with_credentials
 from config.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -158,17 +158,7 @@ class CameraSource:
 
     def credentialed(self, url: str) -> str:
         """``url`` with this camera's user-info put in: for the demuxer only."""
-        if not self.username:
-            return url
-        parts = urlsplit(url)
-        userinfo = quote(self.username, safe="")
-        if self.password:
-            userinfo += ":" + quote(self.password, safe="")
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return with_credentials(url, self.username, self.password or None)
 
     @property
     def shown_url(self) -> str:

@@ -23,13 +23,11 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -40,7 +38,7 @@ from devices.broadcast.store import BroadcastRequest, create_broadcast
 from devices.commands import Requester
 from hub.embedded import device_account
 from store.db import connect
-from tests.faults.tools import PROJECT_ROOT, query, scalar, wait_until
+from tests.faults.tools import Proc, query, scalar, wait_until
 
 COUNTY = "510199000000"
 DISPATCHER = Requester("county-dispatcher", "user", "dispatcher", COUNTY)
@@ -51,33 +49,6 @@ KILLED = "speaker-tyc-2"         # its process is SIGKILLed mid-play and started
 PLAY_S = 4.0
 EXPIRES_S = 5
 MARGIN_S = 10.0                  # XLHUB_DEVICES_BROADCAST_ANSWER_MARGIN_S: answers within 19 s of the send count
-
-
-class Proc:
-    def __init__(self, argv: list[str], env: dict, log_path: Path) -> None:
-        self.argv, self.env, self.log_path = argv, {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Proc:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=str(PROJECT_ROOT), stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT)
-        return self
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
 
 class Observer:

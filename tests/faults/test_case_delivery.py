@@ -15,9 +15,6 @@ receiver got (= delivered), duplicates it saw (only messages it had answered for
 worker), dead letters (0), and per case the order of arrival."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -31,7 +28,7 @@ from alerts.cases.models import NewCase
 from alerts.config import load_config
 from store.db import connect
 from tests.alerts.conftest import SYSTEM, Receiver, write_site
-from tests.faults.tools import PROJECT_ROOT, query, scalar, wait_until
+from tests.faults.tools import Proc, query, scalar, wait_until
 
 CASES = 40                       # × 3 messages each (created, accepted, registered)
 OUTAGE_H = 8.0                   # simulated hours the case system is down
@@ -43,22 +40,15 @@ HOTLINE = Actor(name="hotline", kind="user", role="hotline", node_code="51019900
 VILLAGES = ["510199101201001", "510199101202001", "510199201201001", "510199201001001"]
 
 
-class AlertsProcess:
+class AlertsProcess(Proc):
     """The hub's alerts worker as its own process (real signals, real crash)."""
 
     def __init__(self, db_url: str, site: Path, var_dir: Path, log_path: Path) -> None:
-        self.env = {**os.environ, "XLHUB_DATABASE_URL": db_url, "XLHUB_SITE_FILE": str(site),
-                    "XLHUB_VAR_DIR": str(var_dir), "XLHUB_LOG_LEVEL": "INFO", "PYTHONPATH": str(PROJECT_ROOT)}
+        super().__init__([sys.executable, "-m", "hub.process", "alerts"],
+                         {"XLHUB_DATABASE_URL": db_url, "XLHUB_SITE_FILE": str(site), "XLHUB_VAR_DIR": str(var_dir),
+                          "XLHUB_LOG_LEVEL": "INFO"}, log_path)
         self.env.pop("XLHUB_MQTT_URL", None)          # no camera evidence requests in this test
         self.db_url = db_url
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> AlertsProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "hub.process", "alerts"], env=self.env,
-                                     cwd=str(PROJECT_ROOT), stdout=open(self.log_path, "ab"),
-                                     stderr=subprocess.STDOUT)
-        return self
 
     def wait_ready(self, timeout: float = 40.0) -> None:
         def ready():
@@ -66,22 +56,6 @@ class AlertsProcess:
             rows = query(self.db_url, "SELECT pid, detail FROM worker_heartbeats WHERE name = 'alerts'")
             return rows and rows[0][0] == self.proc.pid and rows[0][1].get("ready")
         wait_until(ready, timeout, "the alerts worker to be ready")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
 def advance(db: str, seconds: float) -> None:

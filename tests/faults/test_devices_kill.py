@@ -32,10 +32,9 @@ from tests.faults.test_broadcast_receipts import (
     COUNTY,
     DISPATCHER,
     Observer,
-    Proc,
     speakers_of_the_county,
 )
-from tests.faults.tools import query, scalar, wait_until
+from tests.faults.tools import Proc, query, scalar, wait_until
 
 PLAY_S = 4.0
 EXPIRES_S = 5

@@ -220,6 +220,35 @@ def settle(db_url: str, publisher: Publisher, tag: str, timeout: float = 120.0) 
 
 
 # --------------------------------------------------------------------------- processes
+class Proc:
+    """A hub worker (or simulated device) as its own process: real signals, real crash."""
+
+    def __init__(self, argv: list[str], env: dict, log_path: Path) -> None:
+        self.argv, self.env, self.log_path = argv, {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env}, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=str(PROJECT_ROOT), stdout=open(self.log_path, "ab"),
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
 class IngestProcess:
     """``python -m ingest.consumer`` as a child process (real signals, real crash)."""
 

@@ -5,6 +5,7 @@ Fixtures here are shared by every test package; tests that need a clean database
 `db` (a fresh database per test module, migrated) instead of the session one."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import uuid
@@ -86,3 +87,22 @@ def demo_passwords() -> dict[str, str]:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def logs():
+    """Every log line of the test (DEBUG and up), formatted: to assert what is never logged."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield records
+    root.removeHandler(handler)
+    root.setLevel(old)

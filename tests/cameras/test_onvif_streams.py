@@ -7,7 +7,6 @@ answers), and a camera that comes back on another RTSP port (the stream fails re
 the URI is asked for again)."""
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,24 +49,6 @@ def link():
     l = OnvifLink(timeout_s=3, name="test-onvif").start()
     yield l
     l.stop()
-
-
-@pytest.fixture
-def logs():
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(self.format(record))
-
-    handler = Keep(logging.DEBUG)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield records
-    root.removeHandler(handler)
-    root.setLevel(old)
 
 
 class Running:

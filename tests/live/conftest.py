@@ -2,6 +2,8 @@
 (real GStreamer, H.264, timestamp strip), behind a real API server."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 import secrets
 
@@ -49,19 +51,20 @@ def live_db(seeded_db, sim_cameras):  # noqa: F811
     return seeded_db
 
 
+@contextlib.contextmanager
+def live_api_server(db_url: str, mqtt_url: str):
+    """The API with the live settings of these tests (short linger and lease, loopback ICE)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in LIVE_ENV.items():
+            mp.setenv(k, v)
+        with ApiServer(db_url, mqtt_url) as server:
+            yield server
+
+
 @pytest.fixture(scope="module")
 def live_api(live_db, mqtt):
-    saved = {k: os.environ.get(k) for k in LIVE_ENV}
-    os.environ.update(LIVE_ENV)
-    try:
-        with ApiServer(live_db, mqtt.url) as server:
-            yield server
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with live_api_server(live_db, mqtt.url) as server:
+        yield server
 
 
 def relay_of(server: ApiServer):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import time
 
 import httpx
@@ -18,9 +16,8 @@ import pytest
 from cameras.sim.server import SimRtspServer, decode_timestamp_strip
 from hub.embedded import free_port
 from store.db import connect
-from tests.api.conftest import ApiServer
 from tests.cameras.onvif_fake import FakeOnvifCamera
-from tests.live.conftest import CAMERA_USER, LIVE_ENV, relay_of
+from tests.live.conftest import CAMERA_USER, live_api_server, relay_of
 from tests.live.test_live import login, wait_for
 from tests.live.viewer import Viewer
 
@@ -64,35 +61,8 @@ def onvif_db(seeded_db, onvif_camera):
 
 @pytest.fixture(scope="module")
 def onvif_api(onvif_db, mqtt):
-    saved = {k: os.environ.get(k) for k in LIVE_ENV}
-    os.environ.update(LIVE_ENV)
-    try:
-        with ApiServer(onvif_db, mqtt.url) as server:
-            yield server
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@pytest.fixture
-def logs():
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(self.format(record))
-
-    handler = Keep(logging.DEBUG)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield records
-    root.removeHandler(handler)
-    root.setLevel(old)
+    with live_api_server(onvif_db, mqtt.url) as server:
+        yield server
 
 
 def clients(sim: SimRtspServer, path: str) -> int:

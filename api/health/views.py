@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -10,28 +9,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+from api.health.workers import heartbeats, not_alive, process_gone
 from store.db import timescaledb_info
 
 router = APIRouter(tags=["health 运行状态"])
-
-# A worker is alive while its heartbeat is younger than this.
-HEARTBEAT_STALE_S = 15.0
-HOST = socket.gethostname()
-
-
-def _process_gone(beat: dict) -> bool:
-    """A worker on this machine whose process no longer exists is down now, not when its
-    last heartbeat turns stale (a SIGKILLed ingest would otherwise look ready for 15 s)."""
-    if beat.get("host") != HOST or not beat.get("pid"):
-        return False
-    try:
-        os.kill(beat["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:      # alive, another user's
-        return False
-    return False
-
 
 @router.get("/healthz")
 def healthz() -> dict:
@@ -48,10 +29,7 @@ def readyz(request: Request) -> JSONResponse:
     try:
         with state.pool.connection(timeout=3) as conn:
             info = timescaledb_info(conn)
-            beats = conn.execute(
-                "SELECT name, kind, host, pid, extract(epoch FROM now() - seen_at)::float8 AS age_s, detail "
-                "FROM worker_heartbeats"
-            ).fetchall()
+            beats = heartbeats(conn)
         checks["database"] = {"ready": info["version"] is not None, "timescaledb": info["version"],
                               "license": info["license"], "latency_ms": round((time.monotonic() - started) * 1000, 1)}
     except Exception as exc:  # any failure here means "not ready", with the reason
@@ -62,9 +40,8 @@ def readyz(request: Request) -> JSONResponse:
     workers = {}
     for name in state.expected_workers:
         beat = seen.get(name)
-        gone = beat is not None and _process_gone(beat)
-        alive = beat is not None and not gone and beat["age_s"] is not None and beat["age_s"] < HEARTBEAT_STALE_S
-        workers[name] = {"ready": bool(alive and (beat["detail"] or {}).get("ready", True)),
+        gone = beat is not None and process_gone(beat)
+        workers[name] = {"ready": beat is not None and not_alive(beat) is None,
                          "last_seen_s": None if beat is None else round(beat["age_s"], 1),
                          **({"error": f"process {beat['pid']} is gone"} if gone else {}),
                          **({"detail": beat["detail"]} if beat else {})}

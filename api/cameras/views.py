@@ -11,9 +11,11 @@ PTZ goes through the worker too, not from the API straight to the camera: the wo
 already holds the camera's credentials (the API process never reads them) and keeps one
 ONVIF session per camera, so an operator holding an arrow does not pay an ONVIF connect
 (four round trips) per press, and a move and the stop that ends it reach the camera in
-order. The API answers 409 for a camera without an ONVIF address or without PTZ, 503 when
-the camera does not answer, 502 when it refuses the hub's credentials or answers garbage,
-504 when no worker answers — each with a reason (中文 (English)), never a credential.
+order. The API answers 409 for a camera without an ONVIF address or without PTZ, 503 at once
+when no live worker owns the camera (its heartbeat, as /readyz reads it: api/health/workers.py)
+or when the camera does not answer, 502 when it refuses the hub's credentials or answers
+garbage, 504 when a live worker does not answer in time — each with a reason (中文 (English)),
+never a credential.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ulid import ULID
 from api.audit import audited_read
 from api.broker import BrokerRequests
 from api.deps import Conn, ensure_in_scope, require
+from api.health.workers import camera_worker_down
 from api.permissions import Permission
 from cameras.config import EvidenceSettings
 from cameras.evidence import is_evidence_id, resolve_evidence_path
@@ -257,6 +260,7 @@ PTZ_FAILURES = {
     "auth": (status.HTTP_502_BAD_GATEWAY, "摄像机拒绝了平台的凭据", "the camera refused the hub's credentials"),
     "bad reply": (status.HTTP_502_BAD_GATEWAY, "摄像机的应答无法识别", "the camera's reply is not valid ONVIF"),
 }
+NO_WORKER = (status.HTTP_503_SERVICE_UNAVAILABLE, "摄像机工作进程未运行", "camera worker not running")
 
 
 def _ptz(request: Request, conn, principal: Principal, camera_id: str, op: str, **args) -> dict:
@@ -265,6 +269,10 @@ def _ptz(request: Request, conn, principal: Principal, camera_id: str, op: str, 
     if not row["has_onvif"]:
         code, zh, en = PTZ_FAILURES["no onvif"]
         raise HTTPException(code, f"{zh} ({en})")
+    down = camera_worker_down(conn, camera_id)
+    if down is not None:        # nobody would answer: say so now rather than after PTZ_TIMEOUT_S
+        code, zh, en = NO_WORKER
+        raise HTTPException(code, f"{zh} ({en}: {redact_text(down)[:300]})")
     conn.commit()       # release the transaction's snapshot while the worker talks to the camera
     body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "op": op, "by": principal.name, **args}
     waited = _timeout(request, "ptz", PTZ_TIMEOUT_S)

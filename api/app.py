@@ -15,6 +15,7 @@ from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
 from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
+from api.cameras.ptz_holds import PtzHolds
 from api.cameras.views import router as cameras_router
 from api.devices.views import router as devices_router
 from api.health.views import router as health_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     app.state.mqtt_status = BrokerStatus(mqtt_url)
     app.state.broker_requests = BrokerRequests(mqtt_url) if mqtt_url else None
     app.state.expected_workers = list(expected_workers or [])
+    app.state.ptz_holds = PtzHolds()      # which camera moves are held: their renewals are not audited again
     app.add_middleware(AuditMiddleware)
 
     @app.exception_handler(RequestValidationError)

@@ -15,7 +15,7 @@ order. The API answers 409 for a camera without an ONVIF address or without PTZ,
 when no live worker owns the camera (its heartbeat, as /readyz reads it: api/health/workers.py)
 or when the camera does not answer, 502 when it refuses the hub's credentials or answers
 garbage, 504 when a live worker does not answer in time — each with a reason (中文 (English)),
-never a credential.
+never a credential. The renewals of a held arrow are not audited again (api/cameras/ptz_holds.py).
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
 
-from api.audit import audited_read
+from api.audit import add_audit_detail, audited_read, continues_audited_action
 from api.broker import BrokerRequests
+from api.cameras.ptz_holds import PtzHolds
 from api.deps import Conn, ensure_in_scope, require
 from api.health.workers import camera_worker_down
 from api.permissions import Permission
@@ -263,7 +264,8 @@ PTZ_FAILURES = {
 NO_WORKER = (status.HTTP_503_SERVICE_UNAVAILABLE, "摄像机工作进程未运行", "camera worker not running")
 
 
-def _ptz(request: Request, conn, principal: Principal, camera_id: str, op: str, **args) -> dict:
+def _ptz_target(conn, principal: Principal, camera_id: str) -> None:
+    """The camera is the caller's, has ONVIF, and a live worker owns it — or the answer why not."""
     row = _camera_row(conn, camera_id)
     ensure_in_scope(principal, list(row["path"]) if row else None, f"camera {camera_id!r}")
     if not row["has_onvif"]:
@@ -274,6 +276,9 @@ def _ptz(request: Request, conn, principal: Principal, camera_id: str, op: str, 
         code, zh, en = NO_WORKER
         raise HTTPException(code, f"{zh} ({en}: {redact_text(down)[:300]})")
     conn.commit()       # release the transaction's snapshot while the worker talks to the camera
+
+
+def _ptz_command(request: Request, principal: Principal, camera_id: str, op: str, **args) -> dict:
     body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "op": op, "by": principal.name, **args}
     waited = _timeout(request, "ptz", PTZ_TIMEOUT_S)
     answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "ptz"), body, waited)
@@ -294,9 +299,17 @@ def ptz_move(camera_id: str, move: PtzMoveIn, request: Request, conn: Conn,
              principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> PtzMoveOut:
     """Start a continuous move (云台转动/变倍) at the given velocities; it ends by itself
     after ``timeout`` seconds, on ``/ptz/stop``, or when a new move replaces it. The
-    velocities sent are clamped to what the camera accepts and returned."""
-    answer = _ptz(request, conn, principal, camera_id, "move", pan=move.pan, tilt=move.tilt, zoom=move.zoom,
-                  timeout=move.timeout)
+    velocities sent are clamped to what the camera accepts and returned. A renewal of the
+    move already running (same caller, same velocities, before it runs out) is not audited
+    again: the record of its start stands for the whole hold."""
+    add_audit_detail(request, ptz={"pan": move.pan, "tilt": move.tilt, "zoom": move.zoom, "timeout": move.timeout})
+    _ptz_target(conn, principal, camera_id)
+    holds: PtzHolds = request.app.state.ptz_holds
+    ticket = holds.begin(camera_id)
+    answer = _ptz_command(request, principal, camera_id, "move", pan=move.pan, tilt=move.tilt, zoom=move.zoom,
+                          timeout=move.timeout)
+    if holds.moved(ticket, (principal.kind, principal.name), (move.pan, move.tilt, move.zoom), move.timeout):
+        continues_audited_action(request, "ptz move (held)")
     sent = answer.get("sent") or {}
     return PtzMoveOut(camera_id=camera_id, pan=sent.get("pan", move.pan), tilt=sent.get("tilt", move.tilt),
                       zoom=sent.get("zoom", move.zoom), timeout=move.timeout)
@@ -306,7 +319,9 @@ def ptz_move(camera_id: str, move: PtzMoveIn, request: Request, conn: Conn,
 def ptz_stop(camera_id: str, request: Request, conn: Conn,
              principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> PtzDone:
     """Stop pan, tilt and zoom (云台停止)."""
-    _ptz(request, conn, principal, camera_id, "stop")
+    _ptz_target(conn, principal, camera_id)
+    request.app.state.ptz_holds.begin(camera_id)
+    _ptz_command(request, principal, camera_id, "stop")
     return PtzDone(camera_id=camera_id, op="stop")
 
 
@@ -314,7 +329,8 @@ def ptz_stop(camera_id: str, request: Request, conn: Conn,
 def ptz_presets(camera_id: str, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.CAMERAS_PTZ))]) -> list[PtzPresetOut]:
     """The camera's presets (预置位), as the camera stores them."""
-    answer = _ptz(request, conn, principal, camera_id, "presets")
+    _ptz_target(conn, principal, camera_id)
+    answer = _ptz_command(request, principal, camera_id, "presets")
     return [PtzPresetOut(token=str(p.get("token", "")), name=str(p.get("name", "")))
             for p in answer.get("presets", []) if isinstance(p, dict)]
 
@@ -325,7 +341,9 @@ def ptz_goto(camera_id: str, request: Request, conn: Conn,
              token: Annotated[str, Path(min_length=1, max_length=64, description="preset token from /ptz/presets")]
              ) -> PtzDone:
     """Turn the camera to a preset (转到预置位)."""
-    _ptz(request, conn, principal, camera_id, "goto", token=token)
+    _ptz_target(conn, principal, camera_id)
+    request.app.state.ptz_holds.begin(camera_id)
+    _ptz_command(request, principal, camera_id, "goto", token=token)
     return PtzDone(camera_id=camera_id, op="goto", token=token)
 
 

@@ -199,3 +199,77 @@ def test_onvif_only_camera_snapshot_comes_from_the_cameras_own_snapshot_uri(clie
     r = clients["ds-supervisor"].get("/api/cameras/cam-ptz-ipy/snapshot")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+
+
+def ptz_audit(db_url: str, camera: str, after: int) -> list[tuple]:
+    """(actor, command, pan, tilt, outcome) of the PTZ records after audit id ``after``."""
+    with connect(db_url) as conn:
+        rows = conn.execute("SELECT actor, action, outcome, detail FROM audit_log WHERE id > %s AND target LIKE %s "
+                            "ORDER BY id", (after, f"/api/cameras/{camera}/ptz/%")).fetchall()
+    out = []
+    for r in rows:
+        ptz = (r["detail"] or {}).get("ptz") or {}
+        out.append((r["actor"], r["action"].rsplit("/", 1)[-1], ptz.get("pan"), ptz.get("tilt"), r["outcome"]))
+    return out
+
+
+def last_audit_id(db_url: str) -> int:
+    with connect(db_url) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) AS n FROM audit_log").fetchone()["n"]
+
+
+def test_a_held_arrow_is_one_audit_record_and_every_change_is_another(clients, fakes, seeded_db):
+    """The wall renews a held move every 1.5 s: every renewal reaches the camera, only the
+    start of the hold (and the stop) is audited; a new direction, another operator, a stop
+    or a gap in between is a new action with its own record."""
+    ptz, _ = fakes
+    sup, disp = clients["ds-supervisor"], clients["ds-dispatcher"]
+    move = "/api/cameras/cam-ptz-fake/ptz/move"
+    after, sent = last_audit_id(seeded_db), len(ptz.ptz_commands)
+
+    def hold(client, pan=0.0, tilt=0.0, times=1, timeout=2):
+        for _ in range(times):
+            r = client.post(move, json={"pan": pan, "tilt": tilt, "timeout": timeout})
+            assert r.status_code == 200, r.text
+
+    hold(sup, pan=0.25, times=5)                    # one hold: start + 4 renewals
+    hold(sup, tilt=0.25, times=3)                   # turned to another arrow
+    hold(disp, tilt=0.25)                           # another operator takes over, same arrow
+    hold(sup, tilt=0.25, times=2)                   # and the first one takes it back
+    assert sup.post("/api/cameras/cam-ptz-fake/ptz/stop").status_code == 200
+    hold(sup, tilt=0.25, times=2)                   # pressed again after the stop
+    hold(sup, pan=-0.25, timeout=0.2)
+    time.sleep(1.5)                                 # the 0.2 s move ran out (and the grace after it)
+    hold(sup, pan=-0.25, timeout=0.2)
+    assert len(ptz.ptz_commands) - sent == 5 + 3 + 1 + 2 + 1 + 2 + 1 + 1     # every command reached the camera
+    assert ptz_audit(seeded_db, "cam-ptz-fake", after) == [
+        ("ds-supervisor", "move", 0.25, 0.0, "ok"),
+        ("ds-supervisor", "move", 0.0, 0.25, "ok"),
+        ("ds-dispatcher", "move", 0.0, 0.25, "ok"),
+        ("ds-supervisor", "move", 0.0, 0.25, "ok"),
+        ("ds-supervisor", "stop", None, None, "ok"),
+        ("ds-supervisor", "move", 0.0, 0.25, "ok"),
+        ("ds-supervisor", "move", -0.25, 0.0, "ok"),
+        ("ds-supervisor", "move", -0.25, 0.0, "ok")]
+
+
+def test_a_failed_renewal_is_audited_and_ends_the_hold(clients, fakes, seeded_db):
+    """A renewal the camera refuses is recorded (failures always are), and the next move is
+    a new action. The client has no say: there is no field to call a move a renewal."""
+    ptz, _ = fakes
+    sup = clients["ds-supervisor"]
+    move = "/api/cameras/cam-ptz-fake/ptz/move"
+    assert sup.post(move, json={"pan": 0.1, "renew": True}).status_code == 422
+    after = last_audit_id(seeded_db)
+    for _ in range(2):
+        assert sup.post(move, json={"pan": 0.3}).status_code == 200
+    ptz.garbage, ptz.garbage_operations = "html", {"ContinuousMove"}
+    try:
+        assert sup.post(move, json={"pan": 0.3}).status_code == 502
+    finally:
+        ptz.garbage, ptz.garbage_operations = None, None
+    for _ in range(2):
+        assert sup.post(move, json={"pan": 0.3}).status_code == 200
+    assert sup.post("/api/cameras/cam-ptz-fake/ptz/stop").status_code == 200
+    assert [(c, p, o) for _, c, p, _, o in ptz_audit(seeded_db, "cam-ptz-fake", after)] == [
+        ("move", 0.3, "ok"), ("move", 0.3, "error"), ("move", 0.3, "ok"), ("stop", None, "ok")]

@@ -10,9 +10,10 @@ the site's credentials put in; the URI the camera gave is credential-free (camer
 strips user-info and credential query keys), and only that form is ever logged or shown.
 While the ONVIF service does not answer, the source retries with backoff (1, 5, 10, then
 60 s forever) and the reader's opens fail at once with the reason ("stream URI not resolved:
-unreachable …"), so health sees the camera offline. When the stream fails ``refail_after``
-times in a row without a frame, the URI is asked for again (a camera that rebooted with
-another port or path, a DHCP move behind a name), keeping the old one meanwhile.
+unreachable …"), so health sees the camera offline. When ``refail_after`` connections in a
+row deliver no media (no packet: the URI did not open, or opened and sent nothing), the URI
+is asked for again (a camera that rebooted with another port or path, a DHCP move behind a
+name), keeping the old one meanwhile.
 ``resolve_stream`` is that one round on its own: the API's live relay (api/live/onvif.py)
 asks the same way, on an ``OnvifLink`` of its own.
 
@@ -226,7 +227,7 @@ class OnvifStreamSource:
         self.resolutions = 0                     # successful GetStreamUri rounds
         self.attempts = 0
         self.last_error: str | None = None
-        self.failures = 0                        # stream connections in a row without a frame
+        self.failures = 0                        # stream connections in a row without media
         self._have_uri = threading.Event()
         self._stale: asyncio.Event | None = None
         self._resolving = True
@@ -249,13 +250,12 @@ class OnvifStreamSource:
             return redact_url(self.uri)
         return f"onvif://{self.endpoint.address} (stream URI not resolved yet)"
 
-    def stream_opened(self) -> None:
-        self.failures = 0
-
-    def stream_closed(self, frames: int) -> None:
-        """After each connection of the reader: ``refail_after`` in a row without a frame
-        (and a URI that was used) → ask ONVIF again."""
-        if frames:
+    def stream_closed(self, delivered: bool) -> None:
+        """After each connection of the reader: ``refail_after`` in a row that delivered no
+        media (a URI that did not open, or opened and sent nothing) → ask ONVIF again.
+        Media means packets, not decoded frames: in keyframes-only mode a short connection
+        can deliver a second of packets before any keyframe."""
+        if delivered:
             self.failures = 0
             return
         if self.uri is None:

@@ -143,6 +143,7 @@ class CameraPipeline:
         self.pending_clips: list[PendingClip] = []
         self._clips_lock = threading.Lock()
         self._last_close_reason: str | None = None
+        self._packets_at_open: int | None = None     # None: no connection open
         self.analysed_frames = 0
         self.events_raised = 0
         self.reader = self._new_reader()
@@ -169,8 +170,7 @@ class CameraPipeline:
     # -- reader sink (reader thread) -------------------------------------------------
     def on_open(self, segment, open_s: float) -> None:
         self.health.opened(open_s)
-        if self.source is not None:
-            self.source.stream_opened()
+        self._packets_at_open = self.health.packets
         if self._last_close_reason is not None:
             log.info("camera %s: connected again (%s %dx%d, open %.2fs)", self.spec.id, segment.codec,
                      segment.width, segment.height, open_s)
@@ -217,7 +217,8 @@ class CameraPipeline:
     def on_close(self, reason: str | None, frames: int) -> None:
         self.health.closed(reason)
         if self.source is not None:
-            self.source.stream_closed(frames)
+            opened_at, self._packets_at_open = self._packets_at_open, None
+            self.source.stream_closed(opened_at is not None and self.health.packets > opened_at)
         if reason and reason != self._last_close_reason:
             log.warning("camera %s: %s (%s)", self.spec.id, reason, self.shown_url)
         self._last_close_reason = reason or self._last_close_reason

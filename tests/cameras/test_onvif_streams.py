@@ -186,3 +186,37 @@ def test_unresolved_source_refuses_the_reader_with_a_reason(link):
         source.url()
     assert "not resolved" in str(caught.value) and PASSWORD not in str(caught.value)
     assert source.shown_url.startswith("onvif://127.0.0.1:")
+
+
+def test_connections_that_open_but_deliver_no_media_ask_onvif_again(link):
+    """Counted per connection by what arrived: packets, not decoded frames (in keyframes-only
+    mode a short connection can bring a second of packets and no keyframe), and a
+    connection that opens but sends nothing counts as failed — as one that does not open."""
+    import av
+
+    source = OnvifStreamSource("cam-silent", OnvifEndpoint("127.0.0.1", free_port(), USER, PASSWORD), link,
+                               refail_after=3)
+    source.uri = "rtsp://127.0.0.1:9/video_sub"
+    asked: list[str] = []
+    source.invalidate = lambda: asked.append("again")
+    with ThreadPoolExecutor(1) as jobs:
+        p = CameraPipeline(CameraSpec(id="cam-silent", onvif_host="127.0.0.1", onvif_port=1,
+                                      analytics=CameraAnalytics.model_validate(HEALTH)),
+                           emit=lambda ev: None, store=None, jobs=jobs, source=source)
+        segment = type("Segment", (), {"codec": "h264", "width": 320, "height": 180})()
+
+        def connection(packets: int) -> None:
+            p.on_open(segment, 0.05)
+            for i in range(packets):
+                p.on_packet(av.Packet(b"\0" * 64), time.time(), False, segment, time.monotonic())
+            p.on_close("stream ended", 0)       # no frame decoded either way
+
+        connection(0)
+        connection(0)
+        connection(5)                           # media arrived: the count starts over
+        assert source.failures == 0 and not asked
+        connection(0)
+        p.on_close("connection refused", 0)     # an open that failed (no on_open) counts too
+        assert not asked
+        connection(0)
+        assert asked == ["again"] and source.failures == 0      # the third in a row; counting starts over

@@ -57,6 +57,7 @@ from ulid import ULID
 from cameras.analytics import luma
 from cameras.analytics.motion import MotionDetector
 from cameras.analytics.tamper import TamperDetector
+from cameras.batcher import AnalysisBatcher
 from cameras.config import CameraSpec, EvidenceSettings, camera_specs
 from cameras.evidence import JPEG, MP4, Evidence, EvidenceStore, PacketRing, Record, frame_at, jpeg, new_evidence_id, remux_mp4
 from cameras.health import HealthEvent, HealthMonitor
@@ -119,8 +120,10 @@ class CameraPipeline:
 
     def __init__(self, spec: CameraSpec, *, emit: Callable[[OutEvent], None], store: EvidenceStore | None,
                  jobs: ThreadPoolExecutor, baseline_dir: Path | None = None, wall=time.time,
-                 source: OnvifStreamSource | None = None, onvif: OnvifEndpoint | None = None) -> None:
+                 source: OnvifStreamSource | None = None, onvif: OnvifEndpoint | None = None,
+                 batcher: AnalysisBatcher | None = None) -> None:
         self.spec = spec
+        self.camera_id = spec.id
         self.source = source        # ONVIF-only camera: where the stream URI comes from
         self.onvif = onvif          # any camera with an ONVIF address (PTZ)
         self.cfg = spec.analytics
@@ -145,7 +148,12 @@ class CameraPipeline:
         self._last_close_reason: str | None = None
         self._packets_at_open: int | None = None     # None: no connection open
         self.analysed_frames = 0
+        self.analysis_dropped = 0
         self.events_raised = 0
+        # None: frames are analysed on the reader thread as they are decoded (tests, tools)
+        self.batcher = batcher
+        if batcher is not None:
+            batcher.register(self)
         self.reader = self._new_reader()
 
     def _new_reader(self) -> StreamReader:
@@ -181,6 +189,25 @@ class CameraPipeline:
         self.health.packet(packet.size, key, wall, mono)
 
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
+        if self.batcher is not None:
+            self.batcher.submit(self, frame, wall, key)
+        else:
+            self.analyse(frame, wall, key)
+
+    def on_close(self, reason: str | None, frames: int) -> None:
+        self.health.closed(reason)
+        if self.source is not None:
+            opened_at, self._packets_at_open = self._packets_at_open, None
+            self.source.stream_closed(opened_at is not None and self.health.packets > opened_at)
+        if reason and reason != self._last_close_reason:
+            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.shown_url)
+        self._last_close_reason = reason or self._last_close_reason
+
+    def on_retry(self, delay_s: float, attempt: int) -> None:
+        log.debug("camera %s: retry %d in %.0fs", self.spec.id, attempt, delay_s)
+
+    # -- analysis (the batcher's thread, or the reader's) --------------------------------
+    def analyse(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
         self.analysed_frames += 1
         grey = luma(frame)
         if self.motion is not None and self._motion_armed(wall):
@@ -213,18 +240,6 @@ class CameraPipeline:
                 self.motion.reset()
             self._armed = armed
         return self._armed
-
-    def on_close(self, reason: str | None, frames: int) -> None:
-        self.health.closed(reason)
-        if self.source is not None:
-            opened_at, self._packets_at_open = self._packets_at_open, None
-            self.source.stream_closed(opened_at is not None and self.health.packets > opened_at)
-        if reason and reason != self._last_close_reason:
-            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.shown_url)
-        self._last_close_reason = reason or self._last_close_reason
-
-    def on_retry(self, delay_s: float, attempt: int) -> None:
-        log.debug("camera %s: retry %d in %.0fs", self.spec.id, attempt, delay_s)
 
     # -- events ------------------------------------------------------------------------
     def raise_event(self, type_: str, at: float, detail: dict, *, score: float | None = None,
@@ -524,6 +539,7 @@ class CameraWorker:
         self.problems: dict[str, str] = {}
         self.link: MqttLink | None = None
         self.onvif: OnvifLink | None = None
+        self.batcher: AnalysisBatcher | None = None
         self.pool = None
         self.store: EvidenceStore | None = None
         self.ready = threading.Event()
@@ -557,6 +573,7 @@ class CameraWorker:
             log.warning("no MQTT broker configured: camera events are not published")
         if any(s.onvif_host for s in specs):
             self.onvif = OnvifLink(name=f"{self.name}-onvif").start()
+        self.batcher = AnalysisBatcher(f"{self.name}-analysis").start()
         for spec in specs:
             endpoint = source = None
             if spec.onvif_host:
@@ -566,7 +583,8 @@ class CameraWorker:
                 source = OnvifStreamSource(spec.id, endpoint, self.onvif, stream=spec.analytics.stream,
                                            first_wait_s=min(5.0, h.open_timeout_s)).start()
             self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
-                                                     baseline_dir=self.baseline_dir, source=source, onvif=endpoint)
+                                                     baseline_dir=self.baseline_dir, source=source, onvif=endpoint,
+                                                     batcher=self.batcher)
         for p in self.pipelines.values():
             p.start()
         log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
@@ -609,6 +627,9 @@ class CameraWorker:
             p.stop()
         for p in self.pipelines.values():
             p.reader.join(timeout=0.5)
+        if self.batcher is not None:
+            self.batcher.stop()         # analyses what the readers handed over, then ends
+        for p in self.pipelines.values():
             p.save_baseline()
         if self.onvif is not None:
             self.onvif.stop()
@@ -641,6 +662,9 @@ class CameraWorker:
         out = {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
                "shard": self.shard, "shards": self.shards, "problems": self.problems,
                "mqtt": bool(self.link and self.link.connected.is_set())}
+        if self.batcher is not None:
+            out["analysis"] = {"analysed": self.batcher.analysed, "pending": self.batcher.pending,
+                               "dropped": self.batcher.dropped, "failures": self.batcher.failures}
         sources = [p.source for p in self.pipelines.values() if p.source is not None]
         if sources:
             # ONVIF-only cameras still without a stream URI, with the reason (never a credential)

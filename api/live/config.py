@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Stream = Literal["sub", "main"]
+
 
 class LiveSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XLHUB_LIVE_", env_file=".env", extra="ignore")
@@ -22,15 +24,25 @@ class LiveSettings(BaseSettings):
     connect_timeout_s: float = Field(20.0, gt=0, description="a viewer that has not connected by then is dropped")
     open_timeout_s: float = Field(5.0, gt=0, description="opening the camera's stream; also each ONVIF "
                                                          "request asking an ONVIF-only camera for it")
-    onvif_stream: Literal["sub", "main"] = Field(
-        "sub", description="the profile asked of a camera known only by its ONVIF address (no rtsp_url): "
-                           "sub is a wall tile's size at a fraction of main's bitrate; main when the "
-                           "camera has a single profile")
+    stream: Stream = Field(
+        "sub", description="the stream live view plays unless the viewer asks for the other one "
+                           "(``?stream=main|sub``): sub, a wall tile's size at a fraction of main's "
+                           "bitrate (a wall of 16-64 tiles must not pull 64 main streams); a camera "
+                           "without a substream (no substream_url, a single ONVIF profile) plays main")
+    onvif_stream: Stream | None = Field(
+        None, description="the older XLHUB_LIVE_ONVIF_STREAM, still honoured: the default for cameras known "
+                          "only by their ONVIF address (no rtsp_url); unset, they follow XLHUB_LIVE_STREAM")
     read_timeout_s: float = Field(5.0, gt=0)
     stall_s: float = Field(3.0, gt=0, description="no packet for this long: the feed counts as stalled")
     queue_packets: int = Field(90, ge=8, description="access units kept for a viewer until its connection is up "
                                                      "(from a keyframe on); more, and it starts at a later keyframe")
     jpeg_quality: int = Field(80, ge=10, le=100)
+
+    def default_stream(self, onvif_only: bool = False) -> str:
+        """The stream a viewer gets without asking for one."""
+        if onvif_only and self.onvif_stream is not None:
+            return self.onvif_stream
+        return self.stream
 
     def host_addresses(self, http_host: str) -> list[str] | None:
         """Addresses for ICE host candidates, or None for aioice's default (every interface)."""

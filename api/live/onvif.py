@@ -1,8 +1,9 @@
 """Stream URIs of ONVIF-only cameras (``onvif:`` and no ``rtsp_url`` in the site file) for live view.
 
 The relay asks the camera itself, as the camera worker does (cameras.onvif_link.resolve_stream:
-GetProfiles, then GetStreamUri of the profile ``XLHUB_LIVE_ONVIF_STREAM`` names), and keeps the
-answer for the life of the process: a viewer of a camera whose URI is known costs no ONVIF
+GetProfiles, then GetStreamUri of the profile the viewer asked for, ``sub`` unless
+``XLHUB_LIVE_STREAM`` or the older ``XLHUB_LIVE_ONVIF_STREAM`` say otherwise), and keeps the
+answer per camera and stream for the life of the process: a viewer of a camera whose URI is known costs no ONVIF
 round trip. The camera is asked again only when a pull with the known URI cannot connect
 (the relay calls ``resolve`` again: a camera back from a reboot on another port or path).
 
@@ -60,28 +61,30 @@ def explain(exc: BaseException) -> tuple[int, str]:
 
 
 class StreamUris:
-    """Credential-free stream URIs of ONVIF-only cameras, asked of the cameras on demand.
+    """Credential-free stream URIs of ONVIF-only cameras, asked of the cameras on demand, per
+    camera and stream (``source.stream``: the profile asked for). Each answer is the URI and
+    the stream the camera gave: ``main`` for ``sub`` when the camera has a single profile.
     Use from the API's event loop."""
 
-    def __init__(self, stream: str = "sub", timeout_s: float = 5.0) -> None:
-        self.stream = stream
+    def __init__(self, timeout_s: float = 5.0) -> None:
         self.timeout_s = timeout_s
         self.asked = 0                                  # GetStreamUri rounds (status, tests)
-        self._uris: dict[str, tuple[tuple, str]] = {}   # camera id → (ONVIF address, URI)
+        # (camera id, stream asked) → (ONVIF address, URI, stream given)
+        self._uris: dict[tuple[str, str], tuple[tuple, str, str]] = {}
         self._pending: dict[tuple, asyncio.Future] = {}
         self._link: OnvifLink | None = None
         self._starting: asyncio.Lock | None = None
 
     @staticmethod
     def _key(source: CameraSource) -> tuple:
-        return source.camera_id, source.onvif_host, source.onvif_port
+        return source.camera_id, source.stream, source.onvif_host, source.onvif_port
 
-    def cached(self, source: CameraSource) -> str | None:
-        """The URI the camera gave last time, if it was asked at this ONVIF address."""
-        entry = self._uris.get(source.camera_id)
-        return entry[1] if entry is not None and entry[0] == self._key(source) else None
+    def cached(self, source: CameraSource) -> tuple[str, str] | None:
+        """(URI, stream) the camera gave last time for this stream, if asked at this ONVIF address."""
+        entry = self._uris.get((source.camera_id, source.stream))
+        return entry[1:] if entry is not None and entry[0] == self._key(source) else None
 
-    async def resolve(self, source: CameraSource) -> str:
+    async def resolve(self, source: CameraSource) -> tuple[str, str]:
         """Ask the camera now. Callers at the same time share one round; a caller that gives
         up (the viewer went away) does not cancel it for the others. Raises OnvifError."""
         key = self._key(source)
@@ -98,20 +101,20 @@ class StreamUris:
         if not future.cancelled():
             future.exception()        # retrieved: every caller may have given up
 
-    async def _ask(self, source: CameraSource, key: tuple) -> str:
+    async def _ask(self, source: CameraSource, key: tuple) -> tuple[str, str]:
         from cameras.onvif_link import OnvifEndpoint, resolve_stream
 
         link = await self._started()
         endpoint = OnvifEndpoint(source.onvif_host, source.onvif_port, source.username, source.password)
         self.asked += 1
         found = await asyncio.wrap_future(link.submit(
-            resolve_stream(source.camera_id, endpoint, stream=self.stream, timeout_s=self.timeout_s)))
-        previous = self._uris.get(source.camera_id)
-        self._uris[source.camera_id] = (key, found.uri)
+            resolve_stream(source.camera_id, endpoint, stream=source.stream, timeout_s=self.timeout_s)))
+        previous = self._uris.get((source.camera_id, source.stream))
+        self._uris[(source.camera_id, source.stream)] = (key, found.uri, found.stream)
         if previous is None or previous[1] != found.uri:
-            log.info("live %s: stream URI from ONVIF %s (profile %s, %s): %s", source.camera_id,
+            log.info("live %s: %s stream URI from ONVIF %s (profile %s, %s): %s", source.camera_id, source.stream,
                      endpoint.address, found.profile_token, found.stream, redact_url(found.uri))
-        return found.uri
+        return found.uri, found.stream
 
     async def _started(self) -> OnvifLink:
         if self._starting is None:

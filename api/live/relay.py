@@ -1,4 +1,4 @@
-"""Live video relay: one RTSP pull per camera, its H.264 passed through to every WebRTC viewer.
+"""Live video relay: one RTSP pull per camera and stream, its H.264 passed to every WebRTC viewer.
 
     camera ──RTSP/TCP──▶ Feed (one thread: PyAV demux, no decoding)
                            │  av.Packet, pts rebased to 90 kHz, SPS/PPS before every IDR
@@ -14,13 +14,17 @@ instead of aiortc waking a task per viewer per frame and building every packet t
 its generic path. The snapshot fallback decodes the current GOP (at most one GOP,
 incrementally) only while someone asks for frames.
 
+A feed is one stream of one camera, ``main`` or ``sub`` (``CameraSource.stream``, chosen by
+the API: the viewer's ``?stream=``, else ``XLHUB_LIVE_STREAM``; main for a camera without a
+substream): viewers of a camera's two streams get two feeds, never one shared between them.
 A feed starts with its first viewer (or snapshot request) and stops ``linger_s`` after the
 last one leaves. Camera credentials are put into the RTSP URL here, server-side, and never
 leave this module: states, errors and logs carry the redacted URL only.
 
 A camera known only by its ONVIF address is asked for its stream URI (api/live/onvif.py)
-before its first feed starts, and again only when a pull with that URI cannot connect; the
-URI is kept, so later viewers and feeds of the camera cost no ONVIF round trip.
+before its first feed of a stream starts, and again only when a pull with that URI cannot
+connect; the URI is kept, so later viewers and feeds of the camera cost no ONVIF round trip.
+A camera with a single profile gives it for ``sub`` too: that feed is its ``main`` one.
 
 Runs in the API process (one asyncio loop; one demux thread per watched camera). That is
 cheap because of pass-through; decoding for analytics stays in the camera workers.
@@ -36,7 +40,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import av
@@ -139,14 +143,21 @@ def _is_ip(text: str) -> bool:
 
 @dataclass(frozen=True)
 class CameraSource:
-    """Where a camera's stream is and how to log in; ``repr`` never shows the password.
-    ``url`` is empty for a camera known only by its ONVIF address (``onvif_host``)."""
+    """Where one stream of a camera is and how to log in; ``repr`` never shows the password.
+    ``stream`` is the stream ``url`` carries (main or sub); ``url`` is empty for a camera known
+    only by its ONVIF address (``onvif_host``), ``stream`` then the profile to ask it for."""
     camera_id: str
     url: str
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     onvif_host: str | None = None
     onvif_port: int = 80
+    stream: str = "main"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """A feed per (camera, stream)."""
+        return self.camera_id, self.stream
 
     @property
     def onvif_only(self) -> bool:
@@ -614,7 +625,7 @@ def _install_sender(sender: RTCRtpSender) -> None:
 
 
 class Feed:
-    """One camera's RTSP pull, shared by all its viewers."""
+    """One RTSP pull of one stream of a camera, shared by all the viewers of that stream."""
 
     def __init__(self, relay: "LiveRelay", source: CameraSource, uri: str | None = None):
         self.relay = relay
@@ -622,6 +633,9 @@ class Feed:
         self.loop = relay.loop
         self.source = source
         self.camera_id = source.camera_id
+        self.stream = source.stream
+        self.key = source.key
+        self.label = f"{source.camera_id} ({source.stream})"     # in log lines
         # Where the pull connects, without credentials: the site's URL, or what ONVIF gave
         # (replaced on the loop when the camera gives another; the thread reads it per connection).
         self.stream_uri = uri or source.url
@@ -648,7 +662,7 @@ class Feed:
         self.keyframe_ready = asyncio.Event()
         self._stop = threading.Event()
         self._container = None
-        self._thread = threading.Thread(target=self._run, name=f"live-{self.camera_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"live-{self.camera_id}-{self.stream}", daemon=True)
         self._linger: asyncio.TimerHandle | None = None
         self._decoder = None
         self._decoded_seq = -1
@@ -664,7 +678,7 @@ class Feed:
         shown = redact_url(self.stream_uri)
         if self.source.onvif_only:
             shown += f" from {self.source.shown_url}"
-        log.info("live %s: pull starts (%s)", self.camera_id, shown)
+        log.info("live %s: pull starts (%s)", self.label, shown)
         self._thread.start()
 
     def stop(self) -> None:
@@ -676,7 +690,7 @@ class Feed:
         for sub in list(self.subscribers):
             sub.end()
         self.subscribers.clear()
-        log.info("live %s: pull stops after %d packets", self.camera_id, self.packets)
+        log.info("live %s: pull stops after %d packets", self.label, self.packets)
 
     @property
     def stopped(self) -> bool:
@@ -694,8 +708,8 @@ class Feed:
         return self.state
 
     def info(self) -> dict:
-        return {"camera_id": self.camera_id, "state": self.current_state, "reason": self.reason,
-                "codec": self.codec, "width": self.width, "height": self.height,
+        return {"camera_id": self.camera_id, "stream": self.stream, "state": self.current_state,
+                "reason": self.reason, "codec": self.codec, "width": self.width, "height": self.height,
                 "viewers": len(self.subscribers), "snapshot_lease": self.lease_until > time.monotonic(),
                 "packets": self.packets, "keyframes": self.keyframes, "connections": self.connections,
                 "started_at": self.started_at, "last_packet_at": self.last_packet_wall}
@@ -792,7 +806,7 @@ class Feed:
                 return
             if state in ("error", "retrying") and reason:
                 if self.reason != reason:
-                    log.warning("live %s: %s", self.camera_id, reason)
+                    log.warning("live %s: %s", self.label, reason)
             self.state, self.reason = state, reason
         self.loop.call_soon_threadsafe(apply)
 
@@ -836,7 +850,7 @@ class Feed:
                 try:
                     sub.push(unit)
                 except Exception:  # noqa: BLE001 - one viewer's failure is not the others'
-                    log.exception("live %s: sending to a viewer failed; it is ended", self.camera_id)
+                    log.exception("live %s: sending to a viewer failed; it is ended", self.label)
                     sub.end()
 
     def subscribe(self) -> Subscriber:
@@ -927,8 +941,13 @@ class ViewerSession:
     connected: bool = False
     closed: bool = False
 
+    @property
+    def stream(self) -> str:
+        """The stream this viewer plays (main when a sub was asked of a camera without one)."""
+        return self.feed.stream
+
     def info(self) -> dict:
-        return {"session_id": self.id, "camera_id": self.camera_id, "user": self.user,
+        return {"session_id": self.id, "camera_id": self.camera_id, "stream": self.stream, "user": self.user,
                 "connection": self.pc.connectionState, "created": self.created,
                 "packets_sent": self.subscriber.sent, "packets_skipped": self.subscriber.skipped}
 
@@ -939,11 +958,11 @@ class LiveRelay:
     def __init__(self, settings: LiveSettings, http_host: str = "127.0.0.1"):
         self.settings = settings
         self.loop = asyncio.get_running_loop()
-        self.feeds: dict[str, Feed] = {}
+        self.feeds: dict[tuple[str, str], Feed] = {}        # (camera id, stream) → its pull
         self.sessions: dict[str, ViewerSession] = {}
         self.started_feeds = 0
         self.stopped_feeds = 0
-        self.stream_uris = StreamUris(settings.onvif_stream, settings.open_timeout_s)
+        self.stream_uris = StreamUris(settings.open_timeout_s)
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._sweeper = self.loop.create_task(self._sweep())
@@ -951,36 +970,38 @@ class LiveRelay:
 
     # -- feeds ---------------------------------------------------------------------------
     async def watch(self, source: CameraSource) -> Feed:
-        """The camera's feed (``feed_for``), having first asked an ONVIF-only camera for its
-        stream URI when neither a running feed nor an earlier answer gives it. Raises LiveError when the camera does not
-        give one (Chinese and English, no credentials)."""
+        """The feed of this stream of the camera (``feed_for``), having first asked an
+        ONVIF-only camera for the stream's URI when no earlier answer gives it. Raises
+        LiveError when the camera does not give one (Chinese and English, no credentials).
+        An ONVIF camera that gives its main profile for ``sub`` (it has no other) plays its
+        ``main`` feed: the two requests share it."""
         uri = None
         if source.onvif_only:
-            feed = self.feeds.get(source.camera_id)
-            if feed is not None and not feed.stopped and feed.source == source:
-                return self.feed_for(source)
-            uri = self.stream_uris.cached(source)
-            if uri is None:
+            resolved = self.stream_uris.cached(source)
+            if resolved is None:
                 try:
-                    uri = await self.stream_uris.resolve(source)
+                    resolved = await self.stream_uris.resolve(source)
                 except Exception as exc:  # noqa: BLE001 - every failure is an answer to the viewer
                     code, message = explain(exc)
-                    log.warning("live %s: no stream URI from %s: %s", source.camera_id, source.shown_url,
-                                redact_text(str(exc))[:300])
+                    log.warning("live %s: no %s stream URI from %s: %s", source.camera_id, source.stream,
+                                source.shown_url, redact_text(str(exc))[:300])
                     raise LiveError(code, message) from None
                 if self._closing:
                     raise LiveError(503, "shutting down")
+            uri, given = resolved
+            if given != source.stream:
+                source = replace(source, stream=given)
         return self.feed_for(source, uri)
 
     def feed_for(self, source: CameraSource, uri: str | None = None) -> Feed:
-        feed = self.feeds.get(source.camera_id)
+        feed = self.feeds.get(source.key)
         if feed is not None and (feed.stopped or feed.source != source):
             # stopped, or the camera's address or credentials changed: a new pull
             self._stop_feed(feed)
             feed = None
         if feed is None:
             feed = Feed(self, source, uri)
-            self.feeds[source.camera_id] = feed
+            self.feeds[source.key] = feed
             self.started_feeds += 1
             feed.start()
         feed.cancel_linger()
@@ -998,17 +1019,17 @@ class LiveRelay:
 
     async def _ask_onvif(self, feed: Feed) -> None:
         try:
-            uri = await self.stream_uris.resolve(feed.source)
+            uri, _ = await self.stream_uris.resolve(feed.source)
         except Exception as exc:  # noqa: BLE001 - the feed keeps retrying with the URI it has
             error = redact_text(str(exc))[:300]
             if error != feed.onvif_error:
-                log.warning("live %s: asking %s for the stream URI again failed: %s", feed.camera_id,
+                log.warning("live %s: asking %s for the stream URI again failed: %s", feed.label,
                             feed.source.shown_url, error)
             feed.onvif_error = error
         else:
             feed.onvif_error = None
             if uri != feed.stream_uri:
-                log.info("live %s: the camera now gives %s; the next connection uses it", feed.camera_id,
+                log.info("live %s: the camera now gives %s; the next connection uses it", feed.label,
                          redact_url(uri))
                 feed.stream_uri = uri
         finally:
@@ -1031,8 +1052,8 @@ class LiveRelay:
 
     def _stop_feed(self, feed: Feed) -> None:
         feed.cancel_linger()
-        if self.feeds.get(feed.camera_id) is feed:
-            del self.feeds[feed.camera_id]
+        if self.feeds.get(feed.key) is feed:
+            del self.feeds[feed.key]
         if not feed.stopped:
             feed.stop()
             self.stopped_feeds += 1
@@ -1069,7 +1090,7 @@ class LiveRelay:
             raise LiveError(503, "too many live viewers on this hub; try again later or use snapshots")
         if sum(1 for s in self.sessions.values() if s.user == user) >= self.settings.max_sessions_per_user:
             raise LiveError(429, "too many live views open for this user")
-        existing = self.feeds.get(source.camera_id)
+        existing = self.feeds.get(source.key)
         if existing is not None and existing.codec not in (None, "h264"):
             raise LiveError(409, f"camera sends {existing.codec}: live view needs H.264; use snapshots")
 
@@ -1111,7 +1132,7 @@ class LiveRelay:
         if "h264" not in (pc.localDescription.sdp or "").lower():
             await self.close_session(session.id)
             raise LiveError(422, "no H.264 in common with this browser")
-        log.info("live %s: viewer %s (%s) joins; %d viewer(s)", source.camera_id, session.id, user,
+        log.info("live %s: viewer %s (%s) joins; %d viewer(s)", feed.label, session.id, user,
                  len(feed.subscribers))
         return session
 
@@ -1121,7 +1142,7 @@ class LiveRelay:
             return False
         session.closed = True
         session.feed.unsubscribe(session.subscriber)
-        log.info("live %s: viewer %s leaves; %d viewer(s)", session.camera_id, session.id,
+        log.info("live %s: viewer %s leaves; %d viewer(s)", session.feed.label, session.id,
                  len(session.feed.subscribers))
         try:
             await session.pc.close()
@@ -1130,8 +1151,9 @@ class LiveRelay:
         return True
 
     # -- snapshots ------------------------------------------------------------------------
-    async def snapshot(self, source: CameraSource, wait_s: float = 8.0) -> tuple[bytes, float]:
-        """The newest picture of a camera as JPEG (and the hub time it arrived)."""
+    async def snapshot(self, source: CameraSource, wait_s: float = 8.0) -> tuple[bytes, float, str]:
+        """The newest picture of a camera's stream as JPEG, the hub time it arrived, and the
+        stream it is from (main when the camera has no sub)."""
         if self._closing:
             raise LiveError(503, "shutting down")
         feed = await self.watch(source)
@@ -1145,7 +1167,8 @@ class LiveRelay:
         gop = list(feed.gop)
         if not gop:
             raise LiveError(503, "no picture from the camera yet")
-        return await self.loop.run_in_executor(None, feed.render_jpeg, gop, self.settings.jpeg_quality)
+        jpeg, wall = await self.loop.run_in_executor(None, feed.render_jpeg, gop, self.settings.jpeg_quality)
+        return jpeg, wall, feed.stream
 
     # -- shutdown -------------------------------------------------------------------------
     async def close(self) -> None:
@@ -1162,7 +1185,7 @@ class LiveRelay:
                              self.loop.run_in_executor(None, self.stream_uris.close))
 
     def status(self) -> dict:
-        return {"feeds": {cid: f.info() for cid, f in self.feeds.items()},
+        return {"feeds": {f"{cid}/{stream}": f.info() for (cid, stream), f in self.feeds.items()},
                 "sessions": len(self.sessions), "started_feeds": self.started_feeds,
                 "stopped_feeds": self.stopped_feeds}
 

@@ -3,9 +3,15 @@
 POST   /api/live/{camera_id}/offer       SDP offer in, SDP answer out (audited: live.view)
 DELETE /api/live/sessions/{session_id}   the viewer closes its tile
 GET    /api/live/{camera_id}/frame.jpg   newest picture of the same pull (audited: live.snapshot,
-                                          once per viewer and camera a minute)
+                                          once per viewer, camera and stream a minute)
 GET    /api/live/status                  feeds of the caller's cameras: state, viewers
 GET    /api/live/clock                   the hub's clock (the page aligns frame timestamps to it)
+
+Both camera endpoints take ``?stream=main|sub`` (anything else: 422 naming ``stream``); without
+it the camera plays ``XLHUB_LIVE_STREAM`` (sub). A camera without a substream (no
+``substream_url``; an ONVIF camera with a single profile) plays main, and the answer says so:
+``stream`` in the offer's answer, ``X-Stream`` on the frame, and ``stream`` in the audit
+record's detail (with ``requested_stream``). Each (camera, stream) is a pull of its own.
 
 Scoped like every other camera resource: another township's camera answers 404. The pull,
 and the camera credentials it needs, stay on the hub. A camera known only by its ONVIF
@@ -22,12 +28,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from api.audit import audited_read
+from api.audit import add_audit_detail, audited_read
 from api.deps import Conn, CurrentPrincipal, ensure_in_scope, require
-from api.live.config import LiveSettings
+from api.live.config import LiveSettings, Stream
 from api.live.relay import CameraSource, LiveError, LiveRelay
 from api.permissions import Permission
 from store.identity import Principal
@@ -64,12 +70,15 @@ class Answer(BaseModel):
     type: str = "answer"
     session_id: str
     camera_id: str
+    stream: Stream = Field(description="the stream playing: main when sub was asked of a camera without one")
+    requested_stream: Stream = Field(description="the stream asked for (XLHUB_LIVE_STREAM when not given)")
     codec: str = "H264"
     passthrough: bool = True
 
 
 class FeedStatus(BaseModel):
     camera_id: str
+    stream: Stream
     state: str
     reason: str | None
     codec: str | None
@@ -92,7 +101,7 @@ class LiveStatus(BaseModel):
 # -------------------------------------------------------------------- camera lookup
 
 CAMERA_QUERY = """
-SELECT c.id, c.rtsp_url, c.onvif, c.credentials_ref, g.path AS grid_path
+SELECT c.id, c.rtsp_url, c.substream_url, c.onvif, c.credentials_ref, g.path AS grid_path
 FROM cameras c
 JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
 JOIN grid_nodes g ON g.code = m.grid_code
@@ -126,18 +135,35 @@ def _credentials(request: Request, ref: str, camera_id: str) -> tuple[str, str]:
                             "the camera's credentials are not available on the hub (see the hub log)") from None
 
 
-def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveViewer) -> CameraSource:
+StreamParam = Annotated[Stream | None, Query(
+    description="main (主码流, 高清) or sub (子码流, 流畅); default XLHUB_LIVE_STREAM (sub). "
+                "A camera without a substream plays main")]
+
+
+def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveViewer,
+                  stream: StreamParam = None) -> CameraSource:
+    """One stream of the camera: the one asked for, else the hub's default; main when the
+    camera has no substream (an ONVIF-only camera is asked for the profile: the relay learns
+    which one it gives)."""
     row = conn.execute(CAMERA_QUERY, {"id": camera_id, "node": principal.node_code}).fetchone()
+    onvif = (row["onvif"] or {}) if row else {}
+    settings = _relay(request).settings
+    requested = stream or settings.default_stream(onvif_only=bool(row) and not row["rtsp_url"])
+    add_audit_detail(request, requested_stream=requested)     # the record names the stream
     ensure_in_scope(principal, row["grid_path"] if row else None, f"camera {camera_id!r}")
-    onvif = row["onvif"] or {}
     if not row["rtsp_url"] and not onvif.get("host"):
         raise HTTPException(status.HTTP_409_CONFLICT, "该摄像机没有视频流地址，也没有 ONVIF 地址 "
                                                       "(this camera has neither a stream address nor an ONVIF address)")
     user = password = None
     if row["credentials_ref"]:
         user, password = _credentials(request, row["credentials_ref"], camera_id)
-    return CameraSource(camera_id=row["id"], url=row["rtsp_url"] or "", username=user, password=password,
-                        onvif_host=onvif.get("host"), onvif_port=int(onvif.get("port") or 80))
+    url, played = row["rtsp_url"] or "", "main"
+    if not url:
+        played = requested                        # the ONVIF profile to ask for
+    elif requested == "sub" and row["substream_url"]:
+        url, played = row["substream_url"], "sub"
+    return CameraSource(camera_id=row["id"], url=url, username=user, password=password,
+                        onvif_host=onvif.get("host"), onvif_port=int(onvif.get("port") or 80), stream=played)
 
 
 Source = Annotated[CameraSource, Depends(camera_source)]
@@ -169,7 +195,10 @@ async def offer(camera_id: str, body: Offer, request: Request, source: Source, p
         session = await _relay(request).open_session(source, body.sdp, body.type, principal.name)
     except LiveError as exc:
         raise _http(exc) from None
-    return Answer(sdp=session.pc.localDescription.sdp, session_id=session.id, camera_id=camera_id)
+    requested = request.state.audit_detail["requested_stream"]
+    add_audit_detail(request, stream=session.stream)
+    return Answer(sdp=session.pc.localDescription.sdp, session_id=session.id, camera_id=camera_id,
+                  stream=session.stream, requested_stream=requested)
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, summary="结束观看")
@@ -188,11 +217,12 @@ async def frame(camera_id: str, request: Request, source: Source, principal: Liv
     ``X-Frame-Time``: when the hub received it (ms since epoch)."""
     relay = _relay(request)
     try:
-        jpeg, wall = await relay.snapshot(source)
+        jpeg, wall, played = await relay.snapshot(source)
     except LiveError as exc:
         raise _http(exc) from None
+    add_audit_detail(request, stream=played)
     audits: dict = request.app.state.live_frame_audits
-    key, now = (principal.name, camera_id), time.monotonic()
+    key, now = (principal.name, camera_id, played), time.monotonic()
     if now - audits.get(key, -1e9) < FRAME_AUDIT_EVERY_S:
         request.state.audit_action = None
     else:
@@ -200,7 +230,7 @@ async def frame(camera_id: str, request: Request, source: Source, principal: Liv
         if len(audits) > 10_000:
             audits.clear()
     return Response(jpeg, media_type="image/jpeg",
-                    headers={"Cache-Control": "no-store", "X-Frame-Time": str(int(wall * 1000))})
+                    headers={"Cache-Control": "no-store", "X-Frame-Time": str(int(wall * 1000)), "X-Stream": played})
 
 
 def _cameras_in_scope(conn, principal: Principal, ids: list[str]) -> set[str]:
@@ -217,9 +247,9 @@ def _cameras_in_scope(conn, principal: Principal, ids: list[str]) -> set[str]:
 def live_status(request: Request, conn: Conn, principal: LiveViewer) -> LiveStatus:
     relay = _relay(request)
     feeds = dict(relay.feeds)
-    visible = _cameras_in_scope(conn, principal, list(feeds))
+    visible = _cameras_in_scope(conn, principal, list({cid for cid, _ in feeds}))
     mine = [s.info() for s in list(relay.sessions.values()) if s.user == principal.name]
-    return LiveStatus(feeds=[FeedStatus(**f.info()) for cid, f in sorted(feeds.items()) if cid in visible],
+    return LiveStatus(feeds=[FeedStatus(**f.info()) for (cid, _), f in sorted(feeds.items()) if cid in visible],
                       my_sessions=mine)
 
 

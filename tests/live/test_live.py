@@ -133,7 +133,8 @@ async def test_rtcp_between_the_viewer_and_the_passthrough_sender(live_api, monk
 async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, sim_cameras):
     cam = "cam-tyc-01"
     relay = relay_of(live_api)
-    await wait_for(lambda: cam not in relay.feeds and sim_clients(sim_cameras, cam) == 0, 15, "an idle camera")
+    await wait_for(lambda: (cam, "main") not in relay.feeds and sim_clients(sim_cameras, cam) == 0, 15,
+                   "an idle camera")
     token = login(live_api, "ds-dispatcher")
     viewers = [Viewer(live_api.base_url, token, cam) for _ in range(3)]
     try:
@@ -143,9 +144,9 @@ async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, 
             assert await v.receive(5, timeout=20) == 5
         # three viewers, one RTSP session at the camera
         assert sim_clients(sim_cameras, cam) == 1
-        assert relay.feeds[cam].connections == 1 and len(relay.feeds[cam].subscribers) == 3
+        assert relay.feeds[(cam, "main")].connections == 1 and len(relay.feeds[(cam, "main")].subscribers) == 3
         # each access unit is split into RTP payloads once, for all three
-        feed = relay.feeds[cam]
+        feed = relay.feeds[(cam, "main")]
         sent = [s.sent for s in feed.subscribers]
         assert max(sent) <= feed.packed < sum(sent)
         # the first two leave (one by DELETE, one by closing its connection): still streaming
@@ -155,11 +156,11 @@ async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, 
         await wait_for(lambda: sum(s.camera_id == cam for s in list(relay.sessions.values())) == 1, 40,
                        "two viewers gone")
         assert await viewers[2].receive(5, timeout=10) == 5
-        assert cam in relay.feeds
+        assert (cam, "main") in relay.feeds
     finally:
         await viewers[2].close()
     # the last one left: the pull stops after the linger (1 s here) and the camera sees no client
-    await wait_for(lambda: cam not in relay.feeds, 40, "the feed to stop")
+    await wait_for(lambda: (cam, "main") not in relay.feeds, 40, "the feed to stop")
     await wait_for(lambda: sim_clients(sim_cameras, cam) == 0, 15, "the RTSP session to end")
 
 
@@ -192,7 +193,7 @@ async def test_other_townships_camera_is_not_found_and_the_attempt_audited(live_
     with httpx.Client(base_url=live_api.base_url, headers={"Authorization": f"Bearer {token}"}) as c:
         assert c.get(f"/api/live/{OTHER_TOWNSHIP_CAM}/frame.jpg").status_code == 404
         assert OTHER_TOWNSHIP_CAM not in {f["camera_id"] for f in c.get("/api/live/status").json()["feeds"]}
-    assert OTHER_TOWNSHIP_CAM not in relay_of(live_api).feeds, "no pull for a refused viewer"
+    assert not [k for k in relay_of(live_api).feeds if k[0] == OTHER_TOWNSHIP_CAM], "no pull for a refused viewer"
     assert sim_clients(sim_cameras, OTHER_TOWNSHIP_CAM) == 0
     with connect(live_db) as conn:
         row = conn.execute("SELECT * FROM audit_log WHERE action = 'live.view' AND target LIKE %s "
@@ -235,6 +236,6 @@ def test_snapshot_fallback_from_the_same_pull(live_api, live_db, sim_cameras):
     assert len(rows) == 1 and rows[0]["outcome"] == "ok"
     # the lease (3 s here) runs out, then the linger: the pull stops
     deadline = time.monotonic() + 30
-    while cam in relay_of(live_api).feeds and time.monotonic() < deadline:
+    while (cam, "main") in relay_of(live_api).feeds and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert cam not in relay_of(live_api).feeds
+    assert (cam, "main") not in relay_of(live_api).feeds

@@ -81,7 +81,7 @@ async def test_onvif_only_camera_plays_live_its_sub_stream(onvif_api, onvif_came
         # the camera's own picture (its timestamp strip), recent, from the sub profile
         assert len(first.latencies_ms) >= 10
         assert sorted(first.latencies_ms)[len(first.latencies_ms) // 2] < 1000
-        feed = relay.feeds[CAM]
+        feed = relay.feeds[(CAM, "sub")]
         assert (feed.codec, feed.width, feed.height) == ("h264", 320, 180)
         assert feed.stream_uri == f"rtsp://127.0.0.1:{camera_rtsp.port}{SUB}?transportmode=unicast"
         assert clients(camera_rtsp, SUB) == 1 and clients(camera_rtsp, MAIN) == 0
@@ -106,7 +106,7 @@ async def test_onvif_only_camera_plays_live_its_sub_stream(onvif_api, onvif_came
 
     # Everyone left: the pull stops after the linger. The next viewer starts a new pull with
     # the URI the camera gave before: still one GetStreamUri.
-    await wait_for(lambda: CAM not in relay.feeds, 40, "the feed to stop")
+    await wait_for(lambda: (CAM, "sub") not in relay.feeds, 40, "the feed to stop")
     again = Viewer(onvif_api.base_url, token, CAM)
     try:
         assert (await again.start()).status_code == 200
@@ -142,6 +142,32 @@ def test_frame_fallback_of_an_onvif_only_camera(onvif_api, camera_rtsp):
     assert clients(camera_rtsp, SUB) == 1
 
 
+async def test_onvif_only_camera_plays_its_main_profile_when_asked(onvif_api, onvif_camera, camera_rtsp,
+                                                                 camera_password):
+    """``stream=main`` asks the camera for its main profile: a pull of its own, next to the
+    sub one (the sub URI is still the one asked in the first test)."""
+    relay = relay_of(onvif_api)
+    token = login(onvif_api, "ds-supervisor")
+    rounds = relay.stream_uris.asked
+    main, sub = Viewer(onvif_api.base_url, token, CAM, stream="main"), Viewer(onvif_api.base_url, token, CAM)
+    try:
+        assert (await main.start()).status_code == 200 and (await sub.start()).status_code == 200
+        assert (main.answer["stream"], sub.answer["stream"]) == ("main", "sub")
+        assert await main.receive(5, timeout=20) == 5 and await sub.receive(5, timeout=20) == 5
+        assert (main.size, sub.size) == ((640, 360), (320, 180))
+        main_uri = f"rtsp://127.0.0.1:{camera_rtsp.port}{MAIN}?transportmode=unicast"
+        assert relay.feeds[(CAM, "main")].stream_uri == main_uri
+        # one RTSP session per stream (an earlier test's sub session may take a moment to end)
+        await wait_for(lambda: clients(camera_rtsp, MAIN) == 1 and clients(camera_rtsp, SUB) == 1, 10,
+                       "one session per stream")
+        assert relay.stream_uris.asked == rounds + 1      # main asked once; sub known already
+        assert camera_password not in json.dumps(main.answer)
+    finally:
+        await main.close()
+        await sub.close()
+    await wait_for(lambda: (CAM, "main") not in relay.feeds, 40, "the main feed to stop")
+
+
 async def test_onvif_unreachable_is_a_503_that_says_why(onvif_api, camera_password, logs):
     token = login(onvif_api, "ds-supervisor")
     viewer = Viewer(onvif_api.base_url, token, UNREACHABLE_CAM)
@@ -156,7 +182,7 @@ async def test_onvif_unreachable_is_a_503_that_says_why(onvif_api, camera_passwo
     with httpx.Client(base_url=onvif_api.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as c:
         frame = c.get(f"/api/live/{UNREACHABLE_CAM}/frame.jpg")
     assert frame.status_code == 503 and "ONVIF" in frame.json()["detail"]
-    assert UNREACHABLE_CAM not in relay_of(onvif_api).feeds, "no pull without a stream address"
+    assert not [k for k in relay_of(onvif_api).feeds if k[0] == UNREACHABLE_CAM], "no pull without a stream address"
     for text in (detail, frame.text, "\n".join(logs)):
         assert camera_password not in text and f"{CAMERA_USER}:" not in text
 
@@ -176,12 +202,12 @@ async def test_a_stream_that_moved_is_asked_for_again(onvif_api, onvif_camera, c
         await asyncio.get_running_loop().run_in_executor(None, moved.start)
         onvif_camera.rtsp_port = moved.port
         assert await viewer.receive(10, timeout=45) == 10
-        assert relay.feeds[CAM].stream_uri == f"rtsp://127.0.0.1:{moved.port}{SUB}?transportmode=unicast"
+        assert relay.feeds[(CAM, "sub")].stream_uri == f"rtsp://127.0.0.1:{moved.port}{SUB}?transportmode=unicast"
         assert onvif_camera.count("GetStreamUri") > asked
         assert clients(moved, SUB) == 1
     finally:
         await viewer.close()
-        await wait_for(lambda: CAM not in relay.feeds, 40, "the feed to stop")
+        await wait_for(lambda: (CAM, "sub") not in relay.feeds, 40, "the feed to stop")
         moved.close()
         onvif_camera.rtsp_port = camera_rtsp.port
         await asyncio.get_running_loop().run_in_executor(None, camera_rtsp.restart)

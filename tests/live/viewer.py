@@ -11,8 +11,11 @@ from cameras.sim.server import decode_timestamp_strip
 
 
 class Viewer:
-    def __init__(self, base_url: str, token: str, camera_id: str):
+    def __init__(self, base_url: str, token: str, camera_id: str, stream: str | None = None):
         self.base_url, self.token, self.camera_id = base_url, token, camera_id
+        self.stream = stream                      # ?stream= of the offer (None: the hub's default)
+        self.answer: dict | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) of the last frame decoded here
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track_ready = asyncio.get_running_loop().create_future()
         self.session_id: str | None = None
@@ -31,9 +34,10 @@ class Viewer:
         async with httpx.AsyncClient(base_url=self.base_url, timeout=20,
                                      headers={"Authorization": f"Bearer {self.token}"}) as c:
             r = await c.post(f"/api/live/{self.camera_id}/offer",
+                             params={"stream": self.stream} if self.stream is not None else None,
                              json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
         if r.status_code == 200:
-            body = r.json()
+            body = self.answer = r.json()
             self.session_id, self.answer_sdp = body["session_id"], body["sdp"]
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
         return r
@@ -51,6 +55,7 @@ class Viewer:
             frame = await asyncio.wait_for(track.recv(), left)
             got += 1
             self.frames += 1
+            self.size = (frame.width, frame.height)
             if read_strip:
                 now = time.time() * 1000
                 ms = decode_timestamp_strip(frame.to_ndarray(format="gray"))

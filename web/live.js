@@ -1,12 +1,19 @@
 // One live tile: WebRTC (the camera's H.264 passed through by the hub), falling back to
 // refreshed snapshots (frame.jpg, decoded by the hub from the same pull) when WebRTC
-// cannot connect or no frame arrives.
+// cannot connect or no frame arrives. A tile asks for one of the camera's streams
+// (?stream=sub 流畅 / main 高清; none: the hub's default, sub) and learns which one plays
+// (a camera without a substream plays main).
 import { api, request, toHubTime } from './api.js';
 import { h } from './ui.js';
 
 const FIRST_FRAME_TIMEOUT_MS = 12000;
 const SNAPSHOT_EVERY_MS = 1000;
 const RETRY_WEBRTC_MS = 30000;
+
+export const STREAMS = {
+  sub: { label: '流畅', title: '子码流' },
+  main: { label: '高清', title: '主码流' },
+};
 
 export const TILE_STATES = {
   idle: '未播放',
@@ -28,10 +35,15 @@ function waitIceComplete(pc, ms) {
 }
 
 export class LiveTile {
-  constructor(camera, { onState, preferSnapshots = false } = {}) {
+  constructor(camera, { onState, onStream, preferSnapshots = false, stream = null } = {}) {
     this.camera = camera;
     this.onState = onState;
+    this.onStream = onStream;
     this.preferSnapshots = preferSnapshots;
+    this.stream = stream;         // asked for: 'sub', 'main' or null (the hub's default)
+    this.playing = null;          // what the hub says plays: 'sub' or 'main'
+    this.requested = null;        // what the hub says was asked (its default when stream is null)
+    this.opened = 0;              // bumped by switchStream
     this.state = 'idle';
     this.reason = '';
     this.frames = 0;              // frames presented (requestVideoFrameCallback)
@@ -57,6 +69,33 @@ export class LiveTile {
     const t = setTimeout(() => { this.timers.delete(t); fn(); }, ms);
     this.timers.add(t);
     return t;
+  }
+
+  streamQuery() {
+    return this.stream ? `?stream=${encodeURIComponent(this.stream)}` : '';
+  }
+
+  setPlaying(stream, requested = this.stream) {
+    if (!stream || (stream === this.playing && requested === this.requested)) return;
+    this.playing = stream;
+    this.requested = requested;
+    this.onStream?.(stream, this);
+  }
+
+  // Re-open the tile with the other stream of its camera (a new pull on the hub, shared
+  // with other viewers of that stream; the old one stops after its linger).
+  switchStream(stream) {
+    if (stream === this.stream) return;
+    this.stream = stream;
+    this.opened += 1;             // answers to the previous opening are dropped
+    this.timers.forEach((t) => clearTimeout(t));
+    this.timers.clear();
+    this.closePeer();
+    this.frames = 0;
+    this.lastFrame = null;
+    this.playing = null;
+    this.requested = null;
+    if (!this.stopped) this.start();
   }
 
   start() {
@@ -88,13 +127,14 @@ export class LiveTile {
       await pc.setLocalDescription(await pc.createOffer());
       await waitIceComplete(pc, 3000);
       if (this.pc !== pc || this.stopped) return;
-      const answer = await api.post(`/api/live/${encodeURIComponent(this.camera.id)}/offer`,
+      const answer = await api.post(`/api/live/${encodeURIComponent(this.camera.id)}/offer${this.streamQuery()}`,
         { sdp: pc.localDescription.sdp, type: 'offer' });
       if (this.pc !== pc || this.stopped) {
         this.endSession(answer.session_id);
         return;
       }
       this.sessionId = answer.session_id;
+      this.setPlaying(answer.stream, answer.requested_stream);
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     } catch (err) {
       if (this.pc !== pc || this.stopped) return;
@@ -151,10 +191,12 @@ export class LiveTile {
 
   async refreshSnapshot() {
     if (this.stopped || this.pc) return;
+    const opened = this.opened;
     try {
-      const res = await request(`/api/live/${encodeURIComponent(this.camera.id)}/frame.jpg`, { raw: true, headers: { Accept: 'image/jpeg' } });
+      const res = await request(`/api/live/${encodeURIComponent(this.camera.id)}/frame.jpg${this.streamQuery()}`, { raw: true, headers: { Accept: 'image/jpeg' } });
       const blob = await res.blob();
-      if (this.stopped || this.pc) return;
+      if (this.stopped || this.pc || opened !== this.opened) return;
+      this.setPlaying(res.headers.get('X-Stream'));
       const old = this.img.src;
       this.img.src = URL.createObjectURL(blob);
       if (old && old.startsWith('blob:')) URL.revokeObjectURL(old);
@@ -163,7 +205,7 @@ export class LiveTile {
       this.frames += 1;
       if (this.state !== 'snapshot') this.setState('snapshot', this.reason);
     } catch (err) {
-      if (this.stopped || this.pc) return;
+      if (this.stopped || this.pc || opened !== this.opened) return;
       if (err.status === 404) { this.setState('denied', '不在本辖区或摄像机不存在'); return; }
       if (err.status === 403) { this.setState('denied', '当前角色无权查看实时视频'); return; }
       this.img.classList.add('stale'); // keep the last picture, greyed

@@ -69,6 +69,41 @@ def test_live_tile_receives_frames_over_webrtc(ui_for, shots):
     assert not ui.errors
 
 
+def test_a_tile_switches_between_smooth_and_hd(ui_for, live_db, sim_cameras, shots):
+    """流畅 (sub) by default, 高清 (main) on the tile's button: the tile re-opens on the other
+    stream, a pull of its own on the hub. cam-tyc-01 gets a substream for this test (another
+    mount of the simulator); a camera without one shows 高清, greyed."""
+    from store.db import connect
+    cam = "cam-tyc-01"
+    with connect(live_db) as conn:
+        conn.execute("UPDATE cameras SET substream_url = %s WHERE id = %s", (sim_cameras.url("/cam-lls-01"), cam))
+    try:
+        ui = ui_for("ds-supervisor")
+        p = ui.page
+        p.click("#nav-wall")
+        p.click("#layout-4")
+        sel, button = tile(cam), f'{tile(cam)} [data-role="stream"]'
+        p.wait_for_selector(f'{sel}[data-state="live"][data-stream="sub"]', timeout=30000)
+        assert p.text_content(button) == "流畅" and "高清" in p.get_attribute(button, "title")
+        p.click(button)
+        p.wait_for_selector(f'{sel}[data-stream="main"]', timeout=10000)
+        assert p.text_content(button) == "高清"
+        p.wait_for_function(f"document.querySelector('{sel}').dataset.state === 'live' "
+                            f"&& Number(document.querySelector('{sel}').dataset.frames) > 0", timeout=30000)
+        feeds = p.evaluate("async () => (await (await fetch('/api/live/status')).json()).my_sessions")
+        assert [s["stream"] for s in feeds if s["camera_id"] == cam] == ["main"]
+        # no substream: 高清, and nothing to switch to
+        other = f'{tile("cam-dsc-01")} [data-role="stream"]'
+        p.wait_for_selector(f'{other}[data-stream="main"]', timeout=30000)
+        assert p.text_content(other) == "高清" and p.is_disabled(other)
+        assert "没有子码流" in p.get_attribute(other, "title")
+        p.screenshot(path=str(shots / "02b-wall-stream.png"))
+        assert not ui.errors
+    finally:
+        with connect(live_db) as conn:
+            conn.execute("UPDATE cameras SET substream_url = NULL WHERE id = %s", (cam,))
+
+
 def test_township_user_does_not_see_another_townships_cameras(ui_for, shots):
     ui = ui_for("xh-supervisor")
     p = ui.page

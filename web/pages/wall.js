@@ -1,6 +1,6 @@
 // 电视墙 — the video wall, laid out by the grid tree (township → villages), 1/4/9/16 tiles.
 import { api, request } from '../api.js';
-import { LiveTile, TILE_STATES } from '../live.js';
+import { LiveTile, STREAMS, TILE_STATES } from '../live.js';
 import { CATEGORIES, URGENCIES, clear, errorBox, fmtTime, h, modal, toast } from '../ui.js';
 
 const LAYOUTS = [1, 4, 9, 16];
@@ -34,6 +34,7 @@ export async function render(main, { me, grid }) {
   };
   let cameras = [];
   const tiles = new Map();   // camera id → { tile, el, live }
+  const streams = new Map(); // camera id → the stream its tile asked for (流畅/高清), while on this page
   let health = new Map();
   let feeds = new Map();
   let timers = [];
@@ -134,9 +135,35 @@ export async function render(main, { me, grid }) {
     const reason = h('span', { class: 'reason' });
     const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
     const ptzBtn = cam.has_onvif && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
+    // 流畅 (sub) / 高清 (main): re-opens this tile with the camera's other stream
+    const streamBtn = h('button', {
+      type: 'button', class: 'stream-btn', dataset: { role: 'stream' }, 'aria-label': '码流', title: '切换码流',
+      onclick: (e) => {
+        e.stopPropagation();
+        const next = (live.playing || live.stream) === 'main' ? 'sub' : 'main';
+        streams.set(cam.id, next);
+        live.switchStream(next);
+        paintStream(next);
+      },
+    }, '码流');
+    const paintStream = (shown) => {
+      const s = STREAMS[shown];
+      if (!s) return;
+      const other = STREAMS[shown === 'main' ? 'sub' : 'main'];
+      // asked for sub, plays main: the camera has no substream
+      const only = live.requested === 'sub' && live.playing === 'main';
+      streamBtn.textContent = s.label;
+      streamBtn.dataset.stream = shown;
+      streamBtn.disabled = only;
+      streamBtn.title = only ? '该摄像机没有子码流，只能播放高清（主码流）'
+        : `当前：${s.label}（${s.title}）· 点击切换到${other.label}（${other.title}）`;
+      if (el) el.dataset.stream = shown;
+    };
     const zoomBtn = h('button', { type: 'button', class: 'icon-btn', title: '放大/还原', 'aria-label': '放大', onclick: (e) => { e.stopPropagation(); toggleZoom(cam.id); } }, '⤢');
     let el;
     const live = new LiveTile(cam, {
+      stream: streams.get(cam.id) || null,
+      onStream: (playing) => paintStream(playing),
       onState: (state, why) => {
         stateBadge.textContent = TILE_STATES[state] || state;
         stateBadge.className = `badge state state-${state}`;
@@ -153,7 +180,7 @@ export async function render(main, { me, grid }) {
       ondblclick: () => toggleZoom(cam.id),
       onfocus: () => select(cam.id),
     },
-    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), ptzBtn, zoomBtn),
+    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, ptzBtn, zoomBtn),
     live.el,
     h('footer', {}, stateBadge, healthBadge, lastSeen, reason, counter, flagBtn));
     flagBtn.disabled = true;
@@ -297,10 +324,10 @@ export async function render(main, { me, grid }) {
   async function refreshFeeds() {
     try {
       const st = await api.get('/api/live/status');
-      feeds = new Map(st.feeds.map((f) => [f.camera_id, f]));
+      feeds = new Map(st.feeds.map((f) => [`${f.camera_id}/${f.stream}`, f]));
     } catch { /* ignore */ }
     for (const [id, t] of tiles) {
-      const f = feeds.get(id);
+      const f = feeds.get(`${id}/${t.live.playing}`);
       t.counter.textContent = `${t.live.frames} 帧${f ? ` · ${f.viewers} 人观看` : ''}`;
       t.el.dataset.frames = String(t.live.frames);
     }

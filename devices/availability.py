@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from devices.settings import DevicesSettings
+from devices.undo import UndoLog
 
 
 @dataclass
@@ -47,10 +48,13 @@ class Transition:
 
 
 class AvailabilityTracker:
-    def __init__(self, settings: DevicesSettings, started_at: datetime) -> None:
+    def __init__(self, settings: DevicesSettings, started_at: datetime, undo: UndoLog | None = None) -> None:
         self.settings = settings
         self.started_at = started_at
         self.devices: dict[str, DeviceLiveness] = {}
+        # Every change of a device's entry is told to the undo log first: it stands only
+        # if the transaction storing it commits (devices/undo.py).
+        self.undo = undo or UndoLog()
 
     # -- registry ----------------------------------------------------------------------
     def sync(self, devices: list[tuple[str, str, float | None]], stored: dict[str, dict]) -> None:
@@ -84,6 +88,7 @@ class AvailabilityTracker:
         d = self.devices.get(device_id)
         if d is None:
             return None
+        self.undo.keep(self.devices, device_id)
         before = d.last_seq
         self._touch(d, at, seq)
         if d.status == "online":
@@ -99,6 +104,7 @@ class AvailabilityTracker:
         d = self.devices.get(device_id)
         if d is None or status not in ("online", "offline"):
             return None
+        self.undo.keep(self.devices, device_id)
         before = d.last_seq
         if status == "online":
             self._touch(d, at, seq)
@@ -124,6 +130,7 @@ class AvailabilityTracker:
             silent = (now - reference).total_seconds()
             if silent < d.limit_s:
                 continue
+            self.undo.keep(self.devices, dev_id)
             previous = d.status
             reason = "heartbeat_timeout" if d.last_seen is not None else "never_seen"
             d.status, d.reason, d.changed_at, d.dirty = "offline", reason, now, True
@@ -140,6 +147,7 @@ class AvailabilityTracker:
         rows = []
         for dev_id, d in self.devices.items():
             if d.dirty and d.status is not None:
+                self.undo.keep(self.devices, dev_id)
                 rows.append((dev_id, d.status, d.reason or "message", d.changed_at or d.last_seen, d.last_seen,
                              d.last_seq))
                 d.dirty = False

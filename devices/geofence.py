@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from devices.undo import UndoLog
+
 
 def point_in_polygon(lon: float, lat: float, polygon: list[list[float]] | list[tuple[float, float]]) -> bool:
     """Even-odd ray casting; points on an edge count as inside the first polygon tested."""
@@ -62,16 +64,25 @@ class FenceTracker:
     confirm: int = 2
     current: dict[str, str | None] = field(default_factory=dict)      # device → grid code (None: outside all)
     _candidate: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    # told of every change first: it stands only if the transaction storing it commits
+    undo: UndoLog = field(default_factory=UndoLog, repr=False)
 
     def known(self, device_id: str) -> bool:
         return device_id in self.current
 
     def set(self, device_id: str, code: str | None) -> None:
+        """The confirmed grid (also: as stored, when the worker (re)connects to the
+        database); a candidate waiting for confirmation stays if the grid is unchanged."""
+        self.undo.keep(self.current, device_id)
+        self.undo.keep(self._candidate, device_id)
+        if device_id not in self.current or self.current[device_id] != code:
+            self._candidate.pop(device_id, None)
         self.current[device_id] = code
-        self._candidate.pop(device_id, None)
 
     def update(self, device_id: str, code: str | None) -> tuple[str | None, str | None] | None:
         """Feed one fix's grid; returns (left, entered) once a change is confirmed."""
+        self.undo.keep(self.current, device_id)
+        self.undo.keep(self._candidate, device_id)
         if device_id not in self.current:
             self.current[device_id] = code          # first fix: where it is, no transition
             return None

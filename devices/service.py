@@ -79,6 +79,7 @@ from devices.contract import DEVICE_KINDS, ContractError, Topic, parse_topic, to
 from devices.credentials import DeviceSecrets
 from devices.geofence import FenceTracker, leaf_fences, locate
 from devices.settings import DevicesSettings
+from devices.undo import UndoLog
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ BARRIER_WAIT_S = 300.0
 BATCH_MAX = 5000
 SIGNED_COMMANDS = {("door", "unlock")}
 REPLAY_COMMAND = "replay_events"
+# A drone's warnings raised once per episode, open until it ends (device_open_warnings):
+# battery ones until it lands or the battery is back above the threshold (plus
+# drone_battery_rearm_pct), link_lost until it is heard again.
+BATTERY_WARNINGS = frozenset({"battery_low", "battery_critical"})
+DRONE_EPISODE_WARNINGS = BATTERY_WARNINGS | {"link_lost"}
 SYSTEM = Requester.system("devices")
 
 
@@ -136,11 +142,16 @@ class DevicesService:
         self.session_expiry_s = session_expiry_s
         self.media_base_url = self.cfg.media_base_url or f"http://{settings.http_host}:{settings.http_port}"
         self.started_at = datetime.now(UTC)
-        self.tracker = AvailabilityTracker(self.cfg, self.started_at)
-        self.fences = FenceTracker(confirm=self.cfg.geofence_confirm)
+        # What the trackers and the drone states learn from a batch stands only if the
+        # batch's transaction commits (devices/undo.py): otherwise the messages come again
+        # and must meet the memory as it was.
+        self._undo = UndoLog()
+        self.tracker = AvailabilityTracker(self.cfg, self.started_at, self._undo)
+        self.fences = FenceTracker(confirm=self.cfg.geofence_confirm, undo=self._undo)
         self._fence_list: list = []
         self._fence_names: dict[str, str] = {}
         self.devices: dict[str, registry.DeviceRecord] = {}
+        # per drone: last (monotonic), flying, open (its open episode warnings, as stored)
         self._drones: dict[str, dict] = {}
         self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
         # paho's thread appends, the worker takes; a reconnect that resumes the session drops
@@ -302,7 +313,7 @@ class DevicesService:
                 self._take(pending)
                 if pending:
                     batch = list(pending)
-                    with conn.transaction():
+                    with self._undo.transaction(conn):
                         self._handle_batch(conn, batch)
                         self._complete_touched(conn)
                     pending.clear()
@@ -373,7 +384,7 @@ class DevicesService:
         while pending:
             m = pending[0]
             try:
-                with conn.transaction():
+                with self._undo.transaction(conn):
                     self._handle_batch(conn, [m])
                     self._complete_touched(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -432,9 +443,21 @@ class DevicesService:
             self._client.ack(mid, 1)
 
     def _load(self, conn: psycopg.Connection) -> None:
+        """What the worker decided before (its last run, or before the database went away)
+        from what is stored, not from memory: the grid each radio is in, the drones' open
+        warnings (a battery warning raised before a restart is not raised again)."""
         self._refresh_registry(conn)
         for row in conn.execute("SELECT device_id, grid_code FROM device_geofence").fetchall():
             self.fences.set(row["device_id"], row["grid_code"])
+        stored: dict[str, set[str]] = {}
+        for row in conn.execute("SELECT device_id, warning FROM device_open_warnings WHERE warning = ANY(%s)",
+                                (sorted(DRONE_EPISODE_WARNINGS),)).fetchall():
+            stored.setdefault(row["device_id"], set()).add(row["warning"])
+        for dev_id in set(self._drones) | set(stored):
+            st = self._drone_state(dev_id)
+            st["open"] = stored.get(dev_id, set())
+            if st["open"] and st["last"] is None:
+                st["flying"] = True         # it was when they were raised; its next message tells
 
     def _refresh_registry(self, conn: psycopg.Connection) -> None:
         devs = registry.active_devices(conn)
@@ -453,7 +476,7 @@ class DevicesService:
             self._refresh_registry(conn)
         if mono - self._last["sweep"] >= min(1.0, self.tick_s * 4):
             self._last["sweep"] = mono
-            with conn.transaction():
+            with self._undo.transaction(conn):
                 for t in self.tracker.sweep(now):
                     self._transition(conn, t)
                 self._drone_sweep(conn, now)
@@ -682,34 +705,60 @@ class DevicesService:
                      "ON CONFLICT (device_id) DO UPDATE SET grid_code = EXCLUDED.grid_code, since = EXCLUDED.since",
                      (dev.id, entered, at))
 
+    def _drone_state(self, dev_id: str) -> dict:
+        self._undo.keep(self._drones, dev_id)
+        return self._drones.setdefault(dev_id, {"open": set(), "last": None, "flying": False})
+
     def _drone_health(self, conn, dev, body: dict, at: datetime) -> None:
-        st = self._drones.setdefault(dev.id, {"warned": set(), "last": None, "flying": False, "lost": False})
+        st = self._drone_state(dev.id)
+        before = set(st["open"])
         mode, battery = body.get("mode"), body.get("battery_pct")
         st["last"] = time.monotonic()
         st["flying"] = mode not in (None, "idle")
-        if st["lost"]:
-            st["lost"] = False
+        if "link_lost" in st["open"]:
+            st["open"].discard("link_lost")
             self._drone_warning(conn, dev, "link_restored", "info", body, at)
         if not st["flying"]:
-            st["warned"].clear()
-            return
-        if isinstance(battery, (int, float)):
-            if battery < self.cfg.drone_battery_critical_pct and "battery_critical" not in st["warned"]:
-                st["warned"].update({"battery_critical", "battery_low"})
+            st["open"] -= BATTERY_WARNINGS          # landed: the episode is over
+        elif isinstance(battery, (int, float)):
+            # Back above a threshold (with a margin, so readings around it do not flap):
+            # that warning's episode is over, a new drop warns again.
+            rearm = self.cfg.drone_battery_rearm_pct
+            if battery >= self.cfg.drone_battery_critical_pct + rearm:
+                st["open"].discard("battery_critical")
+            if battery >= self.cfg.drone_battery_warn_pct + rearm:
+                st["open"].discard("battery_low")
+            if battery < self.cfg.drone_battery_critical_pct and "battery_critical" not in st["open"]:
+                st["open"].update({"battery_critical", "battery_low"})
                 self._drone_warning(conn, dev, "battery_critical", "major", body, at)
-            elif battery < self.cfg.drone_battery_warn_pct and "battery_low" not in st["warned"]:
-                st["warned"].add("battery_low")
+            elif battery < self.cfg.drone_battery_warn_pct and "battery_low" not in st["open"]:
+                st["open"].add("battery_low")
                 self._drone_warning(conn, dev, "battery_low", "minor", body, at)
+        self._store_open_warnings(conn, dev.id, before, st["open"], at)
 
     def _drone_sweep(self, conn, now: datetime) -> None:
         mono = time.monotonic()
-        for dev_id, st in self._drones.items():
-            if st["flying"] and not st["lost"] and st["last"] and mono - st["last"] > self.cfg.drone_link_lost_s:
-                st["lost"] = True
+        for dev_id, st in list(self._drones.items()):
+            if st["flying"] and "link_lost" not in st["open"] and st["last"] and \
+                    mono - st["last"] > self.cfg.drone_link_lost_s:
                 dev = self.devices.get(dev_id)
-                if dev is not None:
-                    self._drone_warning(conn, dev, "link_lost", "major",
-                                        {"lost_s": round(mono - st["last"], 1)}, now)
+                if dev is None:
+                    continue
+                st = self._drone_state(dev_id)
+                st["open"].add("link_lost")
+                self._drone_warning(conn, dev, "link_lost", "major", {"lost_s": round(mono - st["last"], 1)}, now)
+                self._store_open_warnings(conn, dev_id, st["open"] - {"link_lost"}, st["open"], now)
+
+    def _store_open_warnings(self, conn, dev_id: str, before: set[str], after: set[str], at: datetime) -> None:
+        """The open episode warnings as stored, in the transaction that raised or ended
+        them: a restarted worker starts from them (``_load``)."""
+        if after - before:
+            conn.execute("INSERT INTO device_open_warnings (device_id, warning, raised_at) "
+                         "SELECT %s, w, %s FROM unnest(%s::text[]) AS w ON CONFLICT DO NOTHING",
+                         (dev_id, at, sorted(after - before)))
+        if before - after:
+            conn.execute("DELETE FROM device_open_warnings WHERE device_id = %s AND warning = ANY(%s)",
+                         (dev_id, sorted(before - after)))
 
     def _drone_warning(self, conn, dev, warning: str, severity: str, body: dict, at: datetime) -> None:
         labels = {"battery_low": "无人机电量低", "battery_critical": "无人机电量严重不足",

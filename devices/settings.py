@@ -44,6 +44,8 @@ class DevicesSettings(BaseSettings):
     geofence_confirm: int = Field(2, ge=1, description="consecutive fixes in a new grid before enter/exit")
     drone_battery_warn_pct: float = Field(30.0, ge=0, le=100)
     drone_battery_critical_pct: float = Field(15.0, ge=0, le=100)
+    drone_battery_rearm_pct: float = Field(5.0, ge=0, le=100,
+                                           description="back this far above a threshold: a new drop warns again")
     drone_link_lost_s: float = Field(5.0, gt=0, description="no telemetry this long while flying: link lost")
     max_media_bytes: int = Field(512 * 1024 * 1024, ge=1024)
 

@@ -2,6 +2,7 @@
 availability decisions and priority tiers (no peers needed)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ from devices.contract import normalise
 from devices.geofence import Fence, FenceTracker, leaf_fences, locate, point_in_polygon
 from devices.registry import RegistryError
 from devices.settings import DevicesSettings
+from devices.undo import UndoLog
 
 
 def test_command_state_machine():
@@ -80,6 +82,46 @@ def test_availability_heartbeat_and_last_will():
     # d1 is already offline (its Last Will), quiet too; r1 fell silent again
     assert [x.device_id for x in a.sweep(start + timedelta(seconds=200))] == ["r1"]
     assert a.avail("d1", "online", start + timedelta(seconds=201)).reason == "avail"
+
+
+class _Conn:
+    """Stands in for a psycopg connection: its transaction fails at commit if told to."""
+
+    def __init__(self) -> None:
+        self.fail_commit = False
+
+    @contextlib.contextmanager
+    def transaction(self):
+        yield
+        if self.fail_commit:
+            raise RuntimeError("commit failed")
+
+
+def test_tracker_changes_stand_only_if_their_transaction_commits():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    undo, conn = UndoLog(), _Conn()
+    a = AvailabilityTracker(DevicesSettings(heartbeat_factor=3, interval_radio_s=5), start, undo)
+    a.sync([("r1", "radio", None)], {})
+    f = FenceTracker(confirm=2, undo=undo)
+    f.set("r1", "G1")                                           # outside a transaction: stands
+    with undo.transaction(conn):
+        assert a.seen("r1", start + timedelta(seconds=1), seq=1).status == "online"
+        assert f.update("r1", "G2") is None                     # a candidate, committed
+    for failure in ("body", "commit"):
+        conn.fail_commit = failure == "commit"
+        with pytest.raises(RuntimeError), undo.transaction(conn):
+            assert a.sweep(start + timedelta(seconds=60))[0].status == "offline"
+            assert f.update("r1", "G2") == ("G1", "G2")         # confirmed here …
+            f.update("r9", "G1")                                # … and a device first seen
+            if failure == "body":
+                raise RuntimeError("row refused")
+        # … and undone: the same messages decide the same again
+        assert a.devices["r1"].status == "online" and a.devices["r1"].last_seq == 1
+        assert f.current == {"r1": "G1"} and not f.known("r9")
+    conn.fail_commit = False
+    with undo.transaction(conn):
+        assert f.update("r1", "G2") == ("G1", "G2")
+    assert f.current["r1"] == "G2"
 
 
 def test_priority_tiers():

@@ -87,6 +87,27 @@ def hub_pipeline(path: str, analytics: CameraAnalytics, jobs: ThreadPoolExecutor
                           emit=lambda ev: None, store=None, jobs=jobs, batcher=batcher)
 
 
+def side_by_side(child: str, args: list, window_s: float, rounds: int, lead_s: float) -> list[dict]:
+    """``rounds`` windows in which the baseline and the hub run at the same time, each in a
+    process of its own (``run.py <child> <kind> <args> <start_at> <window_s>``), both
+    measuring from a common start ``lead_s`` ahead (time to get their readers running):
+    [{"baseline": {...}, "hub": {...}}, ...] as the children printed them."""
+    runs = []
+    for _ in range(rounds):
+        start_at = time.time() + lead_s
+        procs = {kind: subprocess.Popen([sys.executable, __file__, child, kind, *map(str, args), str(start_at),
+                                         str(window_s)], stdout=subprocess.PIPE, text=True)
+                 for kind in ("baseline", "hub")}
+        run = {}
+        for kind, proc in procs.items():
+            out, _ = proc.communicate(timeout=120 + lead_s + window_s)
+            if proc.returncode:
+                raise SystemExit(f"{child} {kind} failed (exit {proc.returncode})")
+            run[kind] = json.loads(out.strip().splitlines()[-1])
+        runs.append(run)
+    return runs
+
+
 def throughput(path: str, fps: float, decode_all: bool, threads: int, seconds: float, rounds: int) -> dict:
     """Reader threads decoding as fast as they can, baseline and hub side by side in two
     processes over the same windows (as the live run): CPU per second of video, compared.
@@ -95,20 +116,7 @@ def throughput(path: str, fps: float, decode_all: bool, threads: int, seconds: f
     frames a second, which are held for up to 0.1 s: the decoder then takes fresh buffers
     for most frames, and that memory traffic — 1.5–1.7× here — is not what a worker at
     its real frame rates pays, while a bounded batcher would drop frames and look cheap.)"""
-    runs = []
-    for _ in range(rounds):
-        start_at = time.time() + 3.0
-        procs = {kind: subprocess.Popen([sys.executable, __file__, "--saturated-child", kind, path, str(threads),
-                                         str(int(decode_all)), str(start_at), str(seconds / rounds)],
-                                        stdout=subprocess.PIPE, text=True)
-                 for kind in ("baseline", "hub")}
-        run = {}
-        for kind, proc in procs.items():
-            out, _ = proc.communicate(timeout=120 + seconds)
-            if proc.returncode:
-                raise SystemExit(f"saturated {kind} run failed (exit {proc.returncode})")
-            run[kind] = json.loads(out.strip().splitlines()[-1])
-        runs.append(run)
+    runs = side_by_side("--saturated-child", [path, threads, int(decode_all)], seconds / rounds, rounds, 3.0)
     # CPU seconds per second of video (packets at the stream's rate), per side and round
     per = {kind: [r[kind]["cpu"] / (r[kind]["packets"] / fps) for r in runs] for kind in ("baseline", "hub")}
     ratios = [h / b for h, b in zip(per["hub"], per["baseline"])]
@@ -184,20 +192,8 @@ def live(path: str, cameras: int, seconds: float, decode_all: bool, rounds: int)
     process's CPU is measured over the same window — so both see the same machine (it is
     shared: other jobs come and go within seconds, which made back-to-back windows differ
     by ±20 %). ``rounds`` such windows; the median of the per-round ratios."""
-    runs = []
-    for _ in range(rounds):
-        start_at = time.time() + 4.0 + cameras * 0.01       # both have all their cameras running by then
-        procs = {kind: subprocess.Popen([sys.executable, __file__, "--live-child", kind, path, str(cameras),
-                                         str(int(decode_all)), str(start_at), str(seconds / rounds)],
-                                        stdout=subprocess.PIPE, text=True)
-                 for kind in ("baseline", "hub")}
-        run = {}
-        for kind, proc in procs.items():
-            out, _ = proc.communicate(timeout=120 + seconds)
-            if proc.returncode:
-                raise SystemExit(f"live {kind} run failed (exit {proc.returncode})")
-            run[kind] = json.loads(out.strip().splitlines()[-1])
-        runs.append(run)
+    runs = side_by_side("--live-child", [path, cameras, int(decode_all)], seconds / rounds, rounds,
+                        4.0 + cameras * 0.01)
     out = {"cameras": cameras}
     for key in ("baseline", "hub"):
         out[key] = statistics.median(r[key]["cores"] for r in runs)

@@ -15,7 +15,8 @@ Threads, each with its own pooled connections:
   keeps one bad event from blocking the rest (it is kept in alert_event_failures);
 - sender: the outbox webhook sender (alerts.delivery.sender);
 - scanner: every ``scan_interval_s``: SLA clocks, quiet alarms, unacknowledged alarms that
-  become cases, finished broadcasts whose report goes on their case;
+  become cases, finished broadcasts whose report goes on their case, speakers' answers
+  after that report (late receipts) as notes on the case;
 - commands: publishes camera evidence requests after their batch commits (best effort);
 - heartbeat: worker_heartbeats row "alerts" every 5 s, read by /readyz.
 """
@@ -244,7 +245,7 @@ class AlertsEngine:
     def scan_once(self, now: datetime | None = None) -> dict[str, int]:
         cfg = self.config()
         now = now or datetime.now(UTC)
-        done = {"sla": 0, "cleared": 0, "cases": 0, "reports": 0}
+        done = {"sla": 0, "cleared": 0, "cases": 0, "reports": 0, "late_receipts": 0}
         with self.pool.connection(timeout=10) as conn:
             due = cases.sla_due(conn, now)
         for case_id in due:
@@ -266,11 +267,13 @@ class AlertsEngine:
                 done["cases"] += 1
         with self.pool.connection(timeout=10) as conn:
             done["reports"] = actions.attach_reports(conn, cfg, now)
+        with self.pool.connection(timeout=10) as conn:
+            done["late_receipts"] = actions.note_late_receipts(conn, cfg, now)
         if time.monotonic() - self._last_prune > 3600:
             with self.pool.connection(timeout=10) as conn:
                 feed.prune(conn)
             self._last_prune = time.monotonic()
-        if done["sla"] or done["cases"] or done["reports"]:
+        if done["sla"] or done["cases"] or done["reports"] or done["late_receipts"]:
             self.sender.wake.set()
         return done
 

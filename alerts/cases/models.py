@@ -76,7 +76,8 @@ ACTION_LABELS: dict[Action, str] = {
 # Records in the archive that are not actions of people.
 SYSTEM_RECORD_LABELS = {
     "create": "生成工单", "sla_warning": "即将超时", "overdue": "超时", "stage_overdue": "环节超时",
-    "evidence": "追加证据", "broadcast_report": "广播回执", "external_status": "外部系统状态",
+    "evidence": "追加证据", "broadcast_report": "广播回执",
+    "broadcast_late_receipt": "迟到回执", "external_status": "外部系统状态",
 }
 
 

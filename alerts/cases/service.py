@@ -531,7 +531,9 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
                   b.requested_at, b.completed_at, l.reported_at,
                   (SELECT count(*) FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id) AS speakers,
                   (SELECT count(*) FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id
-                       AND r.status = 'finished') AS finished
+                       AND r.status = 'finished') AS finished,
+                  (SELECT count(*) FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id
+                       AND r.late_status = 'finished') AS late_finished
            FROM case_broadcasts l JOIN device_broadcasts b ON b.id = l.broadcast_id
            WHERE l.case_id = %s ORDER BY b.requested_at""", (case["id"],)).fetchall()
     allowed = [{"action": a.value, "label": ACTION_LABELS[a], "needs_note": flows.TRANSITIONS[a].needs_note,

@@ -110,6 +110,15 @@ def mqtt_client(port: int, username: str, password: str) -> paho.Client:
     return c
 
 
+@pytest.fixture
+def hub_client(mqtt):
+    """The hub's own MQTT account (what ingest, alerts and the API publish as)."""
+    c = mqtt_client(mqtt.port, "xlhub-hub", mqtt.hub_password)
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
 def try_connect(port: int, username: str, password: str, timeout: float = 5.0) -> bool:
     """Whether the broker accepts this username/password (CONNACK success)."""
     result: list = []

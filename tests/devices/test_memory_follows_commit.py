@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from store.db import connect
-from tests.devices.conftest import mqtt_client, query, wait_for
+from tests.devices.conftest import query, wait_for
 from tests.devices.test_session import Worker, handled, payload, send
 
 GRID_1, GRID_2 = "510199101201001", "510199101201002"        # 东山村第一网格 (lon < 104.525), 第二网格
@@ -23,14 +23,6 @@ def worker(site_db, mqtt, devices_var):
     w = Worker(site_db, mqtt, devices_var)
     yield w
     w.stop()
-
-
-@pytest.fixture
-def hub_client(mqtt):
-    c = mqtt_client(mqtt.port, "xlhub-hub", mqtt.hub_password)
-    yield c
-    c.disconnect()
-    c.loop_stop()
 
 
 def fail_next_hub_event(db: str, name: str, errcode: str) -> None:

@@ -18,7 +18,7 @@ from devices import registry
 from devices.credentials import DeviceSecrets
 from ingest.consumer import IngestService
 from store.db import connect
-from tests.devices.conftest import (fast_settings, mqtt_client, provision, query, start_fleet, start_service,
+from tests.devices.conftest import (fast_settings, provision, query, start_fleet, start_service,
                                     try_connect, wait_for)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -40,14 +40,6 @@ def service(site_db, mqtt, devices_var):
     svc = start_service(site_db, mqtt, devices_var, fast_settings())
     yield svc
     svc.stop()
-
-
-@pytest.fixture
-def hub_client(mqtt):
-    c = mqtt_client(mqtt.port, "xlhub-hub", mqtt.hub_password)
-    yield c
-    c.disconnect()
-    c.loop_stop()
 
 
 def test_heartbeat_timeout_marks_a_silent_device_offline_once(service, site_db, hub_client):

@@ -21,7 +21,6 @@ from store.db import connect
 from tests.devices.conftest import (
     fast_settings,
     hub_settings,
-    mqtt_client,
     query,
     wait_for,
 )
@@ -39,14 +38,6 @@ def payload(msg_id: str | None = None, **fields) -> bytes:
     if msg_id is not None:
         env["id"] = msg_id
     return json.dumps({**env, **fields}).encode()
-
-
-@pytest.fixture
-def hub_client(mqtt):
-    c = mqtt_client(mqtt.port, "xlhub-hub", mqtt.hub_password)
-    yield c
-    c.disconnect()
-    c.loop_stop()
 
 
 class Worker:

@@ -11,9 +11,10 @@ PTZ goes through the worker too, not from the API straight to the camera: the wo
 already holds the camera's credentials (the API process never reads them) and keeps one
 ONVIF session per camera, so an operator holding an arrow does not pay an ONVIF connect
 (four round trips) per press, and a move and the stop that ends it reach the camera in
-order. The API answers 409 for a camera without an ONVIF address or without PTZ, 503 at once
-when no live worker owns the camera (its heartbeat, as /readyz reads it: api/health/workers.py)
-or when the camera does not answer, 502 when it refuses the hub's credentials or answers
+order. Every command — flag, snapshot, PTZ — is answered 503 at once when no live worker
+owns the camera (its heartbeat, as /readyz reads it: api/health/workers.py). For PTZ the API
+answers 409 for a camera without an ONVIF address or without PTZ, 503 when the camera does
+not answer, 502 when it refuses the hub's credentials or answers
 garbage, 504 when a live worker does not answer in time — each with a reason (中文 (English)),
 never a credential. The renewals of a held arrow are not audited again (api/cameras/ptz_holds.py).
 """
@@ -133,6 +134,7 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
     """A video supervisor's flag: the hub stores the frame at ``frame_time`` and a clip
     around it as evidence and emits a ``camera.flag`` event carrying them."""
     ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    _require_worker(conn, camera_id)
     conn.commit()       # release the snapshot of the transaction while the worker works
     frame_ms = int(flag.frame_time.timestamp() * 1000)
     body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "frame_ts": frame_ms,
@@ -158,6 +160,7 @@ def camera_snapshot(camera_id: str, request: Request, conn: Conn,
     """The camera's latest picture (JPEG), taken now by its worker; while the camera is
     down, its last good picture. ``X-Frame-Time`` says when it was taken."""
     ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    _require_worker(conn, camera_id)
     conn.commit()
     waited = _timeout(request, "snapshot", SNAPSHOT_TIMEOUT_S)
     answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "snapshot"),
@@ -264,6 +267,15 @@ PTZ_FAILURES = {
 NO_WORKER = (status.HTTP_503_SERVICE_UNAVAILABLE, "摄像机工作进程未运行", "camera worker not running")
 
 
+def _require_worker(conn, camera_id: str) -> None:
+    """Every camera command goes to the worker that owns the camera: with none alive, nobody
+    would answer — say so now rather than after the command's timeout (12 s for PTZ)."""
+    down = camera_worker_down(conn, camera_id)
+    if down is not None:
+        code, zh, en = NO_WORKER
+        raise HTTPException(code, f"{zh} ({en}: {redact_text(down)[:300]})")
+
+
 def _ptz_target(conn, principal: Principal, camera_id: str) -> None:
     """The camera is the caller's, has ONVIF, and a live worker owns it — or the answer why not."""
     row = _camera_row(conn, camera_id)
@@ -271,10 +283,7 @@ def _ptz_target(conn, principal: Principal, camera_id: str) -> None:
     if not row["has_onvif"]:
         code, zh, en = PTZ_FAILURES["no onvif"]
         raise HTTPException(code, f"{zh} ({en})")
-    down = camera_worker_down(conn, camera_id)
-    if down is not None:        # nobody would answer: say so now rather than after PTZ_TIMEOUT_S
-        code, zh, en = NO_WORKER
-        raise HTTPException(code, f"{zh} ({en}: {redact_text(down)[:300]})")
+    _require_worker(conn, camera_id)
     conn.commit()       # release the transaction's snapshot while the worker talks to the camera
 
 

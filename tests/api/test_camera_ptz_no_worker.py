@@ -1,6 +1,6 @@
-"""PTZ when no live camera worker owns the camera: the API answers 503 at once, with the
-reason (摄像机工作进程未运行 / camera worker not running), instead of waiting out its 12 s
-command timeout for a 504. Liveness is the workers' heartbeat as /readyz reads it
+"""PTZ (and the other camera commands: flag, snapshot) when no live camera worker owns the
+camera: the API answers 503 at once, with the reason (摄像机工作进程未运行 / camera worker not
+running), instead of waiting out its command timeout (12 s for PTZ) for a 504. Liveness is the workers' heartbeat as /readyz reads it
 (api/health/workers.py): a real worker that stops, none at all, a worker whose process is
 gone, one that owns another shard, one that could not start the camera. A worker that is
 alive but does not answer still gets the 504 after the timeout.
@@ -75,6 +75,11 @@ def press(client, op: str = "move") -> tuple[int, str, float]:
         r = client.post(f"/api/cameras/{CAM}/ptz/stop", timeout=30)
     elif op == "presets":
         r = client.get(f"/api/cameras/{CAM}/ptz/presets", timeout=30)
+    elif op == "flag":
+        r = client.post(f"/api/cameras/{CAM}/flags", timeout=30,
+                        json={"frame_time": "2026-11-23T20:00:00+08:00", "category": "治安防控", "note": "有人翻越围墙"})
+    elif op == "snapshot":
+        r = client.get(f"/api/cameras/{CAM}/snapshot", timeout=30)
     else:
         r = client.post(f"/api/cameras/{CAM}/ptz/presets/1/goto", timeout=30)
     return r.status_code, r.json().get("detail", ""), time.monotonic() - started
@@ -89,13 +94,14 @@ def refused_at_once(client, why: str, op: str = "move") -> None:
 
 def test_no_worker_at_all_is_503_at_once_and_audited(hub, seeded_db):
     _, client = hub
-    for op in ("move", "stop", "presets", "goto"):
+    for op in ("move", "stop", "presets", "goto", "flag", "snapshot"):
         refused_at_once(client, "no camera worker has reported", op)
     with connect(seeded_db) as conn:
         rows = conn.execute("SELECT action, outcome FROM audit_log WHERE target LIKE %s ORDER BY id",
-                            (f"/api/cameras/{CAM}/ptz/%",)).fetchall()
+                            (f"/api/cameras/{CAM}/%",)).fetchall()
     assert [(r["action"].split("/")[-1], r["outcome"]) for r in rows] == [
-        ("move", "error"), ("stop", "error"), ("goto", "error")]
+        ("move", "error"), ("stop", "error"), ("goto", "error"), ("flags", "error"),
+        ("camera.snapshot", "error")]
 
 
 def test_a_worker_that_stops_is_503_at_once(hub, seeded_db, mqtt, camera, tmp_path):

@@ -9,16 +9,23 @@ there and 20 µs back to back; the analysis was a quarter of the decode.
 So a reader only hands its frame over (a reference: PyAV frames are reference-counted,
 the decoder takes a fresh buffer for the next one), and one thread per worker wakes every
 ``period_s`` and analyses what came in, camera after camera, with warm caches. Frames of
-one camera are analysed in the order they were decoded; the analysis is at most
-``period_s`` late, which events do not see (they carry the frame's own time and picture).
+one camera are analysed in the order they were decoded; an event leaves at most
+``period_s`` later than it would have, and carries the frame's own time and picture.
 
-The backlog is bounded: when analysis falls behind (a CPU-starved machine), new frames are
-dropped, counted per camera (``analysis_dropped``), and a warning is logged once a minute,
-so memory stays bounded by ``max_pending`` frames.
+Why 0.5 s: the longer the batch, the warmer the analysis (the benchmark, hub / bare decode
+at 0.1 → 0.5 s: 20 keyframe-only cameras 1.26–1.37 → 1.09–1.16×, 200 of them 1.14 →
+1.12×, 60 motion cameras 1.19 → 1.16×), while half a second is nothing next to the
+second or so an RTSP stream is already behind the scene. The frames held meanwhile are
+a few per camera (a motion camera at 5 analysed frames a second: 2–3).
+
+The backlog is bounded (three periods of every camera's frames): when analysis falls behind
+(a CPU-starved machine), new frames are dropped, counted per camera (``analysis_dropped``),
+and a warning is logged once a minute, so memory stays bounded by ``max_pending`` frames.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -28,8 +35,8 @@ import av
 
 log = logging.getLogger(__name__)
 
-PERIOD_S = 0.1
-PENDING_PER_CAMERA = 8          # frames: at 5 analysed frames/s, 1.6 s of analysis backlog
+PERIOD_S = 0.5
+BACKLOG_PERIODS = 3             # a camera's share of the backlog bound: three periods of its frames
 WARN_EVERY_S = 60.0
 
 
@@ -54,14 +61,17 @@ class AnalysisBatcher:
         self.analysed = 0
         self.failures = 0
         self._targets: list[Analysed] = []
+        self._share = 0
         self._failure_logged: dict[str, float] = {}
         self._dropped_warned = 0
         self._warned_at = float("-inf")
 
-    def register(self, target: Analysed) -> None:
-        """A camera whose frames will come: the backlog bound grows with the cameras."""
+    def register(self, target: Analysed, frames_per_s: float) -> None:
+        """A camera whose frames will come, at about ``frames_per_s``: the backlog bound
+        grows by three periods of them (and at least two frames)."""
         self._targets.append(target)
-        self.max_pending = max(self.max_pending, PENDING_PER_CAMERA * len(self._targets))
+        self._share += max(2, math.ceil(BACKLOG_PERIODS * frames_per_s * self.period_s))
+        self.max_pending = max(self.max_pending, self._share)
 
     @property
     def dropped(self) -> int:

@@ -153,7 +153,8 @@ class CameraPipeline:
         # None: frames are analysed on the reader thread as they are decoded (tests, tools)
         self.batcher = batcher
         if batcher is not None:
-            batcher.register(self)
+            # keyframes only: one analysed frame per GOP, commonly 1-2 s; say one a second
+            batcher.register(self, self.cfg.motion.fps if self.cfg.decode_all else 1.0)
         self.reader = self._new_reader()
 
     def _new_reader(self) -> StreamReader:

@@ -113,7 +113,7 @@ def throughput(path: str, fps: float, decode_all: bool, threads: int, seconds: f
     processes over the same windows (as the live run): CPU per second of video, compared.
     The hub analyses inline, on the reader threads: this is the CPU work itself. (On a
     batcher, as in the worker and the live run, a saturated reader hands over thousands of
-    frames a second, which are held for up to 0.1 s: the decoder then takes fresh buffers
+    frames a second, which are held for up to a period: the decoder then takes fresh buffers
     for most frames, and that memory traffic — 1.5–1.7× here — is not what a worker at
     its real frame rates pays, while a bounded batcher would drop frames and look cheap.)"""
     runs = side_by_side("--saturated-child", [path, threads, int(decode_all)], seconds / rounds, rounds, 3.0)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import av
 import pytest
 
-from cameras.batcher import PENDING_PER_CAMERA, AnalysisBatcher
+from cameras.batcher import AnalysisBatcher
 from cameras.config import CameraAnalytics, CameraSpec
 from cameras.sim.server import MOTION_BAND, encode_scene_file
 from cameras.worker import CameraPipeline
@@ -45,7 +45,7 @@ def test_frames_are_analysed_on_the_batch_thread_in_decode_order_per_camera(fram
     batcher = AnalysisBatcher("t-analysis", period_s=0.05).start()
     cams = [Camera(f"cam-{i}") for i in range(3)]
     for c in cams:
-        batcher.register(c)
+        batcher.register(c, 5.0)
 
     def reader(cam: Camera) -> None:
         for i, f in enumerate(frames):
@@ -71,7 +71,7 @@ def test_a_failing_frame_is_logged_and_the_other_cameras_go_on(frames, caplog):
     batcher = AnalysisBatcher("t-analysis")
     bad, good = Camera("cam-bad", fail_on={frames[2].pts, frames[3].pts}), Camera("cam-good")
     for c in (bad, good):
-        batcher.register(c)
+        batcher.register(c, 5.0)
     for f in frames[:6]:
         batcher.submit(bad, f, 0.0, False)
         batcher.submit(good, f, 0.0, False)
@@ -86,11 +86,13 @@ def test_a_failing_frame_is_logged_and_the_other_cameras_go_on(frames, caplog):
 
 
 def test_the_backlog_is_bounded_and_drops_are_counted_per_camera(frames):
-    batcher = AnalysisBatcher("t-analysis", max_pending=4)
-    cams = [Camera(f"cam-{i}") for i in range(2)]
-    for c in cams:
-        batcher.register(c)
-    assert batcher.max_pending == 2 * PENDING_PER_CAMERA     # grows with the cameras
+    batcher = AnalysisBatcher("t-analysis", period_s=0.5, max_pending=4)
+    cams = [Camera(f"cam-{i}") for i in range(3)]
+    batcher.register(cams[0], 5.0)          # three periods of 2.5 frames: 8
+    assert batcher.max_pending == 8
+    batcher.register(cams[1], 30.0)         # a 30 fps motion camera: 45 more
+    batcher.register(cams[2], 0.5)          # keyframes every 2 s: at least 2
+    assert batcher.max_pending == 8 + 45 + 2
     n = batcher.max_pending + 5
     accepted = [batcher.submit(cams[0], frames[i % len(frames)], float(i), False) for i in range(n)]
     assert accepted.count(False) == 5 and not any(accepted[batcher.max_pending:])
@@ -103,7 +105,7 @@ def test_the_backlog_is_bounded_and_drops_are_counted_per_camera(frames):
 def test_stop_analyses_what_was_handed_over(frames):
     batcher = AnalysisBatcher("t-analysis", period_s=60).start()     # would not wake on its own
     cam = Camera("cam-0")
-    batcher.register(cam)
+    batcher.register(cam, 5.0)
     for f in frames[:5]:
         batcher.submit(cam, f, 0.0, False)
     batcher.stop()

@@ -244,7 +244,8 @@ export async function render(main, { me, grid }) {
       onkeyup: (e) => { if (e.key === 'Enter' || e.key === ' ') release(); },
     }, label);
     const stop = h('button', { type: 'button', id: 'ptz-stop', title: '停止', 'aria-label': '停止',
-      onclick: () => { release(); send('已停止', () => api.post(`${path}/stop`)); } }, '■');
+      // release() already stops a held move: one stop per press, not two
+      onclick: () => { if (held) release(); else send('已停止', () => api.post(`${path}/stop`)); } }, '■');
     const speeds = h('div', { class: 'seg-group', role: 'group', 'aria-label': '速度' },
       PTZ_SPEEDS.map(([label, v]) => h('button', {
         type: 'button', class: 'seg', 'aria-pressed': String(v === speed), dataset: { speed: v },

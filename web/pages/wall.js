@@ -242,8 +242,13 @@ export async function render(main, { me, grid }) {
       onpointerdown: press(pan, tilt, zoom), onpointerup: release, onpointerleave: release, onpointercancel: release,
       onkeydown: (e) => { if ((e.key === 'Enter' || e.key === ' ') && !e.repeat) press(pan, tilt, zoom)(e); },
       onkeyup: (e) => { if (e.key === 'Enter' || e.key === ' ') release(); },
+      // a key held on a button that loses focus is let go elsewhere: its keyup never comes here
+      onblur: release,
     }, label);
     const stop = h('button', { type: 'button', id: 'ptz-stop', title: '停止', 'aria-label': '停止',
+      // Keep the focus where it is: a key held on an arrow would otherwise be let go by the
+      // arrow's blur, then the click would find nothing held and stop a second time.
+      onpointerdown: (e) => e.preventDefault(),
       // release() already stops a held move: one stop per press, not two
       onclick: () => { if (held) release(); else send('已停止', () => api.post(`${path}/stop`)); } }, '■');
     const speeds = h('div', { class: 'seg-group', role: 'group', 'aria-label': '速度' },
@@ -272,7 +277,9 @@ export async function render(main, { me, grid }) {
       h('div', { class: 'row' }, h('span', { class: 'muted' }, '速度'), speeds),
       h('h3', {}, '预置位 ', h('small', {}, 'Presets')), presets,
       result), { onClose: release });
-    dialog.addEventListener('pointerup', release);
+    // A pointer let go anywhere in the panel ends a hold — except on ■, whose click ends it
+    // itself: releasing here first would leave the click nothing held, and it would stop again.
+    dialog.addEventListener('pointerup', (e) => { if (!stop.contains(e.target)) release(); });
     loadPresets();
   }
 

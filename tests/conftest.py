@@ -67,6 +67,17 @@ def demo_site():
     return load_site(DEMO_SITE_FILE)
 
 
+@pytest.fixture(scope="module")
+def site_db(db_url, demo_site) -> str:
+    """A module's database with the demo site's grid, cameras, devices and users in it."""
+    from store.db import connect
+    from store.registry import sync_site
+
+    with connect(db_url) as conn:
+        sync_site(conn, demo_site)
+    return db_url
+
+
 @pytest.fixture(scope="session")
 def demo_passwords() -> dict[str, str]:
     """Passwords for the demo site's users, given through their password_env variables."""

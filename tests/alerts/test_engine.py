@@ -13,15 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from store.db import connect
-from store.registry import sync_site
 from tests.alerts.conftest import EngineRunner, insert_event, insert_evidence, one, query, wait_for, write_site
-
-
-@pytest.fixture(scope="module")
-def site_db(db_url, demo_site):
-    with connect(db_url) as conn:
-        sync_site(conn, demo_site)
-    return db_url
 
 
 @pytest.fixture(scope="module")

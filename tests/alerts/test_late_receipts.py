@@ -20,18 +20,10 @@ from alerts.cases.models import NewCase
 from devices.broadcast import BroadcastRequest, create_broadcast
 from devices.commands.model import Requester
 from store.db import connect
-from store.registry import sync_site
 from tests.alerts.conftest import EngineRunner, one, query, wait_for, write_site
 
 SPEAKER = "speaker-tyc"                 # 桃园村广播, in 桃园村 (510199101202)
 VILLAGE = "510199101202"
-
-
-@pytest.fixture(scope="module")
-def site_db(db_url, demo_site):
-    with connect(db_url) as conn:
-        sync_site(conn, demo_site)
-    return db_url
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,6 @@ from devices.service import DevicesService
 from devices.settings import DevicesSettings
 from devices.sim.simulators import DeviceFleet
 from hub.embedded import device_account
-from store.db import connect
-from store.registry import sync_site
-
-
-@pytest.fixture(scope="module")
-def site_db(db_url, demo_site) -> str:
-    with connect(db_url) as conn:
-        sync_site(conn, demo_site)
-    return db_url
 
 
 @pytest.fixture(scope="module")

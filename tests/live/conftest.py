@@ -70,3 +70,8 @@ def live_api(live_db, mqtt):
 def relay_of(server: ApiServer):
     """The API's LiveRelay (the server runs in this process, in its own thread and loop)."""
     return server.server.config.app.state.live
+
+
+def rtsp_clients(sim, path: str) -> int:
+    """How many RTSP clients the simulated server has on ``path`` now (the relay's pulls)."""
+    return sim.status()[path]["clients"]

@@ -17,7 +17,7 @@ from cameras.sim.server import SimRtspServer, decode_timestamp_strip
 from hub.embedded import free_port
 from store.db import connect
 from tests.cameras.onvif_fake import FakeOnvifCamera
-from tests.live.conftest import CAMERA_USER, live_api_server, relay_of
+from tests.live.conftest import CAMERA_USER, live_api_server, relay_of, rtsp_clients
 from tests.live.test_live import login, wait_for
 from tests.live.viewer import Viewer
 
@@ -65,10 +65,6 @@ def onvif_api(onvif_db, mqtt):
         yield server
 
 
-def clients(sim: SimRtspServer, path: str) -> int:
-    return sim.status()[path]["clients"]
-
-
 async def test_onvif_only_camera_plays_live_its_sub_stream(onvif_api, onvif_camera, camera_rtsp, camera_password,
                                                            logs):
     relay = relay_of(onvif_api)
@@ -84,7 +80,7 @@ async def test_onvif_only_camera_plays_live_its_sub_stream(onvif_api, onvif_came
         feed = relay.feeds[(CAM, "sub")]
         assert (feed.codec, feed.width, feed.height) == ("h264", 320, 180)
         assert feed.stream_uri == f"rtsp://127.0.0.1:{camera_rtsp.port}{SUB}?transportmode=unicast"
-        assert clients(camera_rtsp, SUB) == 1 and clients(camera_rtsp, MAIN) == 0
+        assert rtsp_clients(camera_rtsp, SUB) == 1 and rtsp_clients(camera_rtsp, MAIN) == 0
         # one ONVIF round (GetProfiles, then GetStreamUri of each profile)
         asked = onvif_camera.count("GetStreamUri")
         assert onvif_camera.count("GetProfiles") == 1 and relay.stream_uris.asked == 1
@@ -92,7 +88,7 @@ async def test_onvif_only_camera_plays_live_its_sub_stream(onvif_api, onvif_came
         # A second viewer joins the running pull: no ONVIF request, no second RTSP session.
         assert (await second.start()).status_code == 200
         assert await second.receive(5, timeout=20) == 5
-        assert onvif_camera.count("GetStreamUri") == asked and clients(camera_rtsp, SUB) == 1
+        assert onvif_camera.count("GetStreamUri") == asked and rtsp_clients(camera_rtsp, SUB) == 1
 
         with httpx.Client(base_url=onvif_api.base_url, headers={"Authorization": f"Bearer {token}"}) as c:
             status = c.get("/api/live/status").json()
@@ -137,9 +133,9 @@ def test_frame_fallback_of_an_onvif_only_camera(onvif_api, camera_rtsp):
     assert stamps == sorted(stamps) and stamps[-1] > stamps[0], "the picture is refreshed"
     # one RTSP session (the previous test's may take a moment to end at the simulator)
     deadline = time.monotonic() + 10
-    while clients(camera_rtsp, SUB) != 1 and time.monotonic() < deadline:
+    while rtsp_clients(camera_rtsp, SUB) != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert clients(camera_rtsp, SUB) == 1
+    assert rtsp_clients(camera_rtsp, SUB) == 1
 
 
 async def test_onvif_only_camera_plays_its_main_profile_when_asked(onvif_api, onvif_camera, camera_rtsp,
@@ -158,7 +154,7 @@ async def test_onvif_only_camera_plays_its_main_profile_when_asked(onvif_api, on
         main_uri = f"rtsp://127.0.0.1:{camera_rtsp.port}{MAIN}?transportmode=unicast"
         assert relay.feeds[(CAM, "main")].stream_uri == main_uri
         # one RTSP session per stream (an earlier test's sub session may take a moment to end)
-        await wait_for(lambda: clients(camera_rtsp, MAIN) == 1 and clients(camera_rtsp, SUB) == 1, 10,
+        await wait_for(lambda: rtsp_clients(camera_rtsp, MAIN) == 1 and rtsp_clients(camera_rtsp, SUB) == 1, 10,
                        "one session per stream")
         assert relay.stream_uris.asked == rounds + 1      # main asked once; sub known already
         assert camera_password not in json.dumps(main.answer)
@@ -204,7 +200,7 @@ async def test_a_stream_that_moved_is_asked_for_again(onvif_api, onvif_camera, c
         assert await viewer.receive(10, timeout=45) == 10
         assert relay.feeds[(CAM, "sub")].stream_uri == f"rtsp://127.0.0.1:{moved.port}{SUB}?transportmode=unicast"
         assert onvif_camera.count("GetStreamUri") > asked
-        assert clients(moved, SUB) == 1
+        assert rtsp_clients(moved, SUB) == 1
     finally:
         await viewer.close()
         await wait_for(lambda: (CAM, "sub") not in relay.feeds, 40, "the feed to stop")

@@ -15,7 +15,7 @@ import pytest
 from api.live.config import LiveSettings
 from cameras.sim.server import SimRtspServer
 from store.db import connect
-from tests.live.conftest import CAMERA_USER, live_api_server, relay_of
+from tests.live.conftest import CAMERA_USER, live_api_server, relay_of, rtsp_clients
 from tests.live.test_live import login, wait_for
 from tests.live.viewer import Viewer
 
@@ -51,10 +51,6 @@ def streams_api(streams_db, mqtt):
         yield server
 
 
-def clients(sim: SimRtspServer, path: str) -> int:
-    return sim.status()[path]["clients"]
-
-
 def audit_of(db_url: str, actor: str, since: float) -> list[dict]:
     with connect(db_url) as conn:
         return conn.execute("SELECT * FROM audit_log WHERE action = 'live.view' AND actor = %s "
@@ -74,7 +70,7 @@ async def test_sub_by_default_main_on_request_each_a_pull_of_its_own(streams_api
         assert (r.json()["stream"], r.json()["requested_stream"]) == ("sub", "sub")
         assert await tile.receive(10, timeout=20) == 10
         assert tile.size == (320, 180), "the default is the substream"
-        assert clients(streams_rtsp, SUB) == 1 and clients(streams_rtsp, MAIN) == 0
+        assert rtsp_clients(streams_rtsp, SUB) == 1 and rtsp_clients(streams_rtsp, MAIN) == 0
 
         # 高清 on one tile: the main stream, a pull of its own; the sub viewer keeps its picture
         r = await hd.start()
@@ -85,7 +81,7 @@ async def test_sub_by_default_main_on_request_each_a_pull_of_its_own(streams_api
         # a second sub viewer joins the sub pull, not the main one
         assert (await tile2.start()).status_code == 200
         assert await tile2.receive(5, timeout=20) == 5 and tile2.size == (320, 180)
-        assert clients(streams_rtsp, SUB) == 1 and clients(streams_rtsp, MAIN) == 1
+        assert rtsp_clients(streams_rtsp, SUB) == 1 and rtsp_clients(streams_rtsp, MAIN) == 1
         sub_feed, main_feed = relay.feeds[(CAM, "sub")], relay.feeds[(CAM, "main")]
         assert len(sub_feed.subscribers) == 2 and len(main_feed.subscribers) == 1
         assert (sub_feed.width, sub_feed.height, main_feed.width, main_feed.height) == (320, 180, 640, 360)
@@ -129,7 +125,7 @@ async def test_a_camera_without_a_substream_plays_main_and_says_so(streams_api, 
             assert await v.receive(5, timeout=20) == 5 and v.size == (480, 270)
         # one pull of the main stream for both
         assert [k for k in relay.feeds if k[0] == SINGLE] == [(SINGLE, "main")]
-        assert clients(streams_rtsp, ONLY) == 1
+        assert rtsp_clients(streams_rtsp, ONLY) == 1
         with httpx.Client(base_url=streams_api.base_url, headers={"Authorization": f"Bearer {token}"},
                           timeout=20) as c:
             frame = c.get(f"/api/live/{SINGLE}/frame.jpg")
@@ -160,7 +156,7 @@ async def test_anything_but_main_or_sub_is_a_422_naming_the_field(streams_api, s
         assert frame.status_code == 422 and frame.json()["problems"][0]["loc"] == ["query", "stream"]
         assert camera_password not in r.text + frame.text
     assert not [k for k in relay.feeds if k[0] == CAM], "no pull for a refused request"
-    assert clients(streams_rtsp, MAIN) == 0 and clients(streams_rtsp, SUB) == 0
+    assert rtsp_clients(streams_rtsp, MAIN) == 0 and rtsp_clients(streams_rtsp, SUB) == 0
 
 
 def test_the_default_stream_setting_and_the_older_onvif_one(monkeypatch):

@@ -75,3 +75,27 @@ def relay_of(server: ApiServer):
 def rtsp_clients(sim, path: str) -> int:
     """How many RTSP clients the simulated server has on ``path`` now (the relay's pulls)."""
     return sim.status()[path]["clients"]
+
+
+def refreshed_frames(client, camera_id: str, shape: tuple[int, int] = (180, 320)) -> None:
+    """Three ``frame.jpg`` of a camera, 0.4 s apart: each a JPEG of ``shape`` whose burnt-in
+    time matches ``X-Frame-Time``, and the picture moves on (the simulated cameras' strip)."""
+    import time
+
+    import cv2
+    import numpy as np
+
+    from cameras.sim.server import decode_timestamp_strip
+
+    stamps = []
+    for _ in range(3):
+        r = client.get(f"/api/live/{camera_id}/frame.jpg")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/jpeg" and r.headers["cache-control"] == "no-store"
+        img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert img.shape == shape
+        ms = decode_timestamp_strip(img)
+        assert ms is not None and abs(ms - int(r.headers["x-frame-time"])) < 2000
+        stamps.append(ms)
+        time.sleep(0.4)
+    assert stamps == sorted(stamps) and stamps[-1] > stamps[0], "the picture is refreshed"

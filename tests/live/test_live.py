@@ -12,7 +12,7 @@ import pytest
 
 from store.db import connect
 from tests.api.conftest import PASSWORD
-from tests.live.conftest import relay_of
+from tests.live.conftest import refreshed_frames, relay_of, rtsp_clients
 from tests.live.viewer import Viewer
 
 CAM = "cam-dsc-01"           # 东山村 (东山镇)
@@ -25,10 +25,6 @@ def login(api, username: str) -> str:
     r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.text
     return r.json()["token"]
-
-
-def sim_clients(sim, camera_id: str) -> int:
-    return sim.status()[f"/{camera_id}"]["clients"]
 
 
 async def wait_for(predicate, timeout: float, what: str):
@@ -133,7 +129,7 @@ async def test_rtcp_between_the_viewer_and_the_passthrough_sender(live_api, monk
 async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, sim_cameras):
     cam = "cam-tyc-01"
     relay = relay_of(live_api)
-    await wait_for(lambda: (cam, "main") not in relay.feeds and sim_clients(sim_cameras, cam) == 0, 15,
+    await wait_for(lambda: (cam, "main") not in relay.feeds and rtsp_clients(sim_cameras, f"/{cam}") == 0, 15,
                    "an idle camera")
     token = login(live_api, "ds-dispatcher")
     viewers = [Viewer(live_api.base_url, token, cam) for _ in range(3)]
@@ -143,7 +139,7 @@ async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, 
         for v in viewers:
             assert await v.receive(5, timeout=20) == 5
         # three viewers, one RTSP session at the camera
-        assert sim_clients(sim_cameras, cam) == 1
+        assert rtsp_clients(sim_cameras, f"/{cam}") == 1
         assert relay.feeds[(cam, "main")].connections == 1 and len(relay.feeds[(cam, "main")].subscribers) == 3
         # each access unit is split into RTP payloads once, for all three
         feed = relay.feeds[(cam, "main")]
@@ -161,7 +157,7 @@ async def test_one_pull_starts_with_first_viewer_and_stops_after_last(live_api, 
         await viewers[2].close()
     # the last one left: the pull stops after the linger (1 s here) and the camera sees no client
     await wait_for(lambda: (cam, "main") not in relay.feeds, 40, "the feed to stop")
-    await wait_for(lambda: sim_clients(sim_cameras, cam) == 0, 15, "the RTSP session to end")
+    await wait_for(lambda: rtsp_clients(sim_cameras, f"/{cam}") == 0, 15, "the RTSP session to end")
 
 
 async def test_viewing_is_audited(live_api, live_db):
@@ -194,7 +190,7 @@ async def test_other_townships_camera_is_not_found_and_the_attempt_audited(live_
         assert c.get(f"/api/live/{OTHER_TOWNSHIP_CAM}/frame.jpg").status_code == 404
         assert OTHER_TOWNSHIP_CAM not in {f["camera_id"] for f in c.get("/api/live/status").json()["feeds"]}
     assert not [k for k in relay_of(live_api).feeds if k[0] == OTHER_TOWNSHIP_CAM], "no pull for a refused viewer"
-    assert sim_clients(sim_cameras, OTHER_TOWNSHIP_CAM) == 0
+    assert rtsp_clients(sim_cameras, f"/{OTHER_TOWNSHIP_CAM}") == 0
     with connect(live_db) as conn:
         row = conn.execute("SELECT * FROM audit_log WHERE action = 'live.view' AND target LIKE %s "
                            "ORDER BY id DESC LIMIT 1", (f"%{OTHER_TOWNSHIP_CAM}%",)).fetchone()
@@ -208,27 +204,12 @@ def test_department_handler_may_not_watch(live_api):
 
 
 def test_snapshot_fallback_from_the_same_pull(live_api, live_db, sim_cameras):
-    import cv2
-    import numpy as np
-
-    from cameras.sim.server import decode_timestamp_strip
     cam = "cam-lls-01"   # 柳林社区 (西河乡)
     token = login(live_api, "xh-supervisor")
     before = time.time()
     with httpx.Client(base_url=live_api.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20) as c:
-        stamps = []
-        for _ in range(3):
-            r = c.get(f"/api/live/{cam}/frame.jpg")
-            assert r.status_code == 200, r.text
-            assert r.headers["content-type"] == "image/jpeg" and r.headers["cache-control"] == "no-store"
-            img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_GRAYSCALE)
-            assert img.shape == (180, 320)
-            ms = decode_timestamp_strip(img)
-            assert ms is not None and abs(ms - int(r.headers["x-frame-time"])) < 2000
-            stamps.append(ms)
-            time.sleep(0.4)
-        assert stamps == sorted(stamps) and stamps[-1] > stamps[0], "the picture is refreshed"
-    assert sim_clients(sim_cameras, cam) == 1
+        refreshed_frames(c, cam)
+    assert rtsp_clients(sim_cameras, f"/{cam}") == 1
     # one audit record for the whole viewing, not one per picture
     with connect(live_db) as conn:
         rows = conn.execute("SELECT * FROM audit_log WHERE action = 'live.snapshot' AND actor = 'xh-supervisor' "

@@ -74,6 +74,7 @@ from pylibsrtp._binding import lib as srtp_lib
 from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
 from cameras.config import with_credentials
+from cameras.onvif_link import OnvifEndpoint
 from config.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,6 @@ class CameraSource:
     def onvif_only(self) -> bool:
         return not self.url and self.onvif_host is not None
 
-    @property
-    def pull_url(self) -> str:
-        return self.credentialed(self.url)
-
     def credentialed(self, url: str) -> str:
         """``url`` with this camera's user-info put in: for the demuxer only."""
         return with_credentials(url, self.username, self.password or None)
@@ -174,8 +171,7 @@ class CameraSource:
     @property
     def shown_url(self) -> str:
         if self.onvif_only:
-            host = f"[{self.onvif_host}]" if ":" in self.onvif_host else self.onvif_host
-            return f"onvif://{host}:{self.onvif_port}"
+            return f"onvif://{OnvifEndpoint(self.onvif_host, self.onvif_port, '', '').address}"
         return redact_url(self.url)
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
-from api.health.workers import heartbeats, not_alive, process_gone
+from api.health.workers import heartbeats, not_alive
 from store.db import timescaledb_info
 
 router = APIRouter(tags=["health 运行状态"])
@@ -40,10 +40,10 @@ def readyz(request: Request) -> JSONResponse:
     workers = {}
     for name in state.expected_workers:
         beat = seen.get(name)
-        gone = beat is not None and process_gone(beat)
-        workers[name] = {"ready": beat is not None and not_alive(beat) is None,
+        why = not_alive(beat) if beat is not None else None
+        workers[name] = {"ready": beat is not None and why is None,
                          "last_seen_s": None if beat is None else round(beat["age_s"], 1),
-                         **({"error": f"process {beat['pid']} is gone"} if gone else {}),
+                         **({"error": why} if why else {}),
                          **({"detail": beat["detail"]} if beat else {})}
     checks["workers"] = {"ready": all(w["ready"] for w in workers.values()), "workers": workers}
     ready = all(c["ready"] for c in checks.values())

@@ -3,9 +3,9 @@
 A view that writes its own record in the same transaction as its change (login, user
 creation, …) sets ``request.state.audited = True`` and the middleware stays silent; a
 sensitive read (live video, snapshot, export) declares itself with ``audited_read``. A view
-may add to the record's detail (``add_audit_detail``), and may declare a successful request
-the continuation of an action already on record (``continues_audited_action``: the renewals
-of a held PTZ arrow) — decided by the server from what it saw, never by a client's say-so."""
+may add to the record's detail (``add_audit_detail``). The renewals of a held PTZ arrow set
+``audited`` too, after they succeeded: their action's start is on record already (decided by
+the server from what it saw, never by a client's say-so: api/cameras/ptz_holds.py)."""
 from __future__ import annotations
 
 import logging
@@ -55,21 +55,10 @@ def add_audit_detail(request: Request, **detail) -> None:
     request.state.audit_detail = {**getattr(request.state, "audit_detail", {}), **detail}
 
 
-def continues_audited_action(request: Request, what: str) -> None:
-    """This request only continues an action whose start is already on record (``what`` says
-    which, for the log): no record of its own. Honoured for a success only — a failure is
-    always recorded."""
-    request.state.audit_continues = what
-
-
 class AuditMiddleware(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next):
         response = await call_next(request)
         if getattr(request.state, "audited", False):
-            return response
-        if getattr(request.state, "audit_continues", None) and response.status_code < 400:
-            log.debug("not audited again: %s %s continues %s", request.method, request.url.path,
-                      request.state.audit_continues)
             return response
         action = getattr(request.state, "audit_action", None)
         if action is None and request.method not in MUTATING:

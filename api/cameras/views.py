@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
 
-from api.audit import add_audit_detail, audited_read, continues_audited_action
+from api.audit import add_audit_detail, audited_read
 from api.broker import BrokerRequests
 from api.cameras.ptz_holds import PtzHolds
 from api.deps import Conn, ensure_in_scope, require
@@ -318,7 +318,7 @@ def ptz_move(camera_id: str, move: PtzMoveIn, request: Request, conn: Conn,
     answer = _ptz_command(request, principal, camera_id, "move", pan=move.pan, tilt=move.tilt, zoom=move.zoom,
                           timeout=move.timeout)
     if holds.moved(ticket, (principal.kind, principal.name), (move.pan, move.tilt, move.zoom), move.timeout):
-        continues_audited_action(request, "ptz move (held)")
+        request.state.audited = True    # a renewal of the held move: its start is on record (reached only on success)
     sent = answer.get("sent") or {}
     return PtzMoveOut(camera_id=camera_id, pan=sent.get("pan", move.pan), tilt=sent.get("tilt", move.tilt),
                       zoom=sent.get("zoom", move.zoom), timeout=move.timeout)

@@ -27,8 +27,8 @@ from alerts.actor import Actor
 from alerts.cases.models import EvidenceItem
 from alerts.config import AlertsConfig
 from alerts.evidence import canonical_sha256
-from devices.broadcast import (FINAL_STATES, RECEIPT_LABELS, AudioError, BroadcastRequest, Voice, build_report,
-                               create_broadcast, with_speech)
+from devices.broadcast import (FINAL_STATES, LATE_PHASES, RECEIPT_LABELS, AudioError, BroadcastRequest, Voice,
+                               build_report, create_broadcast, with_speech)
 from devices.commands.model import Requester
 from devices.registry import RegistryError, speakers_under
 
@@ -148,7 +148,7 @@ def attach_report(conn: psycopg.Connection, cfg: AlertsConfig, broadcast_id: str
 # ---------------------------------------------------------------------------- late receipts
 # A late answer that is an outcome: ``started`` gives way to one (devices.broadcast), so
 # it is noted only when the outcome comes — one note per receipt, never two.
-LATE_OUTCOMES = ("finished", "failed", "preempted")
+LATE_OUTCOMES = tuple(p for p in LATE_PHASES if p != "started")
 
 
 def note_late_receipts(conn: psycopg.Connection, cfg: AlertsConfig, now: datetime, limit: int = 100) -> int:

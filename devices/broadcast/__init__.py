@@ -2,9 +2,10 @@
 request / fan-out / receipts / report (store.py).  The devices service dispatches due
 broadcasts and follows the speakers' receipts; see README.md."""
 from devices.broadcast.audio import AudioError, AudioFile, Voice, save_upload, synthesize
-from devices.broadcast.store import (FINAL_STATES, KIND_LABELS, RECEIPT_LABELS, STATE_LABELS, BroadcastRequest,
-                                     build_report, cancel_broadcast, create_broadcast, tier, with_speech)
+from devices.broadcast.store import (FINAL_STATES, KIND_LABELS, LATE_PHASES, RECEIPT_LABELS, STATE_LABELS,
+                                     BroadcastRequest, build_report, cancel_broadcast, create_broadcast, tier,
+                                     with_speech)
 
-__all__ = ["FINAL_STATES", "KIND_LABELS", "RECEIPT_LABELS", "STATE_LABELS", "AudioError", "AudioFile",
+__all__ = ["FINAL_STATES", "KIND_LABELS", "LATE_PHASES", "RECEIPT_LABELS", "STATE_LABELS", "AudioError", "AudioFile",
            "BroadcastRequest", "Voice", "build_report", "cancel_broadcast", "create_broadcast", "save_upload",
            "synthesize", "tier", "with_speech"]

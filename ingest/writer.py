@@ -218,16 +218,10 @@ def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = F
             if t.channel == "cmd":
                 out.ignored += 1
                 continue
+            st = None           # the device's time of the message (epoch s), when it gives one
             if t.channel == "tele" and t.kind in _SHORT_PATH and _SHORT_PATH_ON:
                 st = _telemetry_short(t, payload, at, sources.get(t.source_id), tele, pos)
-                if st is not None:
-                    skew = received - st
-                    if skew > SKEW_LIMIT_S or skew < -SKEW_LIMIT_S:
-                        out.skewed += 1
-                    if probe_times:
-                        out.source_times.append(st)
-                    continue
-            rows = normalise(t, payload, at, kind_of)
+            rows = normalise(t, payload, at, kind_of) if st is None else ()
         except ContractError as exc:
             out.dead.append(_dead(item, exc.reason))
             if exc.reason.startswith("source: unknown"):
@@ -252,13 +246,14 @@ def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = F
             elif type(row) is EventRow:
                 evt.append((row.time, row.id, row.source_time, row.source_kind, row.source_id, row.type, grid,
                             src.grid_path, row.severity, row.lat, row.lon, row.msg_id, row.payload, row.evidence))
-        st = rows[0].source_time if rows else None
+        if rows and rows[0].source_time is not None:
+            st = rows[0].source_time.timestamp()
         if st is not None:
-            skew = received - st.timestamp()
+            skew = received - st
             if skew > SKEW_LIMIT_S or skew < -SKEW_LIMIT_S:
                 out.skewed += 1
             if probe_times:
-                out.source_times.append(st.timestamp())
+                out.source_times.append(st)
     return out
 
 

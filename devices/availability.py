@@ -15,6 +15,7 @@ After a hub restart every device gets a full silence limit before it can be decl
 offline (the hub was not listening meanwhile, the device may well have been talking)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ from devices.undo import UndoLog
 
 @dataclass
 class DeviceLiveness:
+    # Immutable values only: the undo log keeps a shallow copy of an entry a batch changes.
     kind: str
     limit_s: float
     status: str | None = None           # online | offline | None (not known yet)
@@ -88,7 +90,7 @@ class AvailabilityTracker:
         d = self.devices.get(device_id)
         if d is None:
             return None
-        self.undo.keep(self.devices, device_id)
+        self.undo.keep(self.devices, device_id, copy.copy)
         before = d.last_seq
         self._touch(d, at, seq)
         if d.status == "online":
@@ -104,7 +106,7 @@ class AvailabilityTracker:
         d = self.devices.get(device_id)
         if d is None or status not in ("online", "offline"):
             return None
-        self.undo.keep(self.devices, device_id)
+        self.undo.keep(self.devices, device_id, copy.copy)
         before = d.last_seq
         if status == "online":
             self._touch(d, at, seq)
@@ -130,7 +132,7 @@ class AvailabilityTracker:
             silent = (now - reference).total_seconds()
             if silent < d.limit_s:
                 continue
-            self.undo.keep(self.devices, dev_id)
+            self.undo.keep(self.devices, dev_id, copy.copy)
             previous = d.status
             reason = "heartbeat_timeout" if d.last_seen is not None else "never_seen"
             d.status, d.reason, d.changed_at, d.dirty = "offline", reason, now, True
@@ -147,7 +149,7 @@ class AvailabilityTracker:
         rows = []
         for dev_id, d in self.devices.items():
             if d.dirty and d.status is not None:
-                self.undo.keep(self.devices, dev_id)
+                self.undo.keep(self.devices, dev_id, copy.copy)
                 rows.append((dev_id, d.status, d.reason or "message", d.changed_at or d.last_seen, d.last_seen,
                              d.last_seq))
                 d.dirty = False

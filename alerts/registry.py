@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-LEVEL_RANK = {"county": 0, "township": 1, "village": 2, "community": 2, "grid": 3}
+from config.vocabulary import LEVEL_RANK
 
 
 @dataclass(frozen=True)

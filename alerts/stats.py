@@ -23,8 +23,9 @@ import psycopg
 
 from alerts.actor import Actor
 from alerts.cases.models import CaseState
+from config.vocabulary import Stage
 
-STAGES = ("accept", "dispatch", "handle", "verify", "close")
+STAGES = tuple(Stage)
 LEVELS = {"county": ("county",), "township": ("township",), "village": ("village", "community"),
           "grid": ("grid",)}
 FINISHED_OK = {CaseState.closed.value, CaseState.evaluated.value}

@@ -21,6 +21,7 @@ from api.devices.views import router as devices_router
 from api.health.views import router as health_router
 from api.open311.views import router as open311_router
 from api.registry.views import router as registry_router
+from api.vocabulary.views import router as vocabulary_router
 from api.web import router as web_router  # the web UI at / and live video (/api/live)
 from config.settings import Settings
 from store.db import open_pool
@@ -73,7 +74,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
 
     # One router per resource: alerts = alarms, cases, outbox, CAP, assessment; the feed is
     # SSE; inbound = case systems' status back; web = the UI at / and live video.
-    for router in (health_router, auth_router, registry_router, admin_router, cameras_router, devices_router,
-                   alerts_router, alerts_feed_router, alerts_inbound_router, open311_router, web_router):
+    for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
+                   devices_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
     return app

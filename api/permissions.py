@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from config.site import Role
+from config.vocabulary import Role
 
 
 class Permission(StrEnum):

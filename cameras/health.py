@@ -39,6 +39,10 @@ class State(StrEnum):
     recovering = "recovering"
 
 
+# The event types health raises (labels and default severities: config/vocabulary.py).
+EMITS = ("camera.offline", "camera.online", "camera.frozen", "camera.frozen.cleared")
+
+
 @dataclass(frozen=True, slots=True)
 class HealthEvent:
     type: str                 # camera.offline | camera.online | camera.frozen | camera.frozen.cleared

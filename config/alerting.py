@@ -25,6 +25,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from config.vocabulary import (
+    CATEGORY_LABELS,
+    SOURCE_KINDS,
+    URGENCY_LABELS,
+    ALARM_SEVERITY_LABELS,
+    AlarmSeverity,
+    EVENT_SEVERITIES,
+    Category,
+    GridLevel,
+    Role,
+    Stage,
+    Urgency,
+)
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
@@ -38,91 +51,13 @@ from config.fields import (
 )
 
 __all__ = [
-    "AlarmSpec", "Arming", "CATEGORY_LABELS", "CaseSpec", "CaseSystem", "Category", "Correlation",
-    "EVENT_KINDS", "RuleAction", "Rule", "SEVERITY_LABELS", "STAGE_LABELS", "Schedule", "Severity", "Sla",
-    "SlaLimit", "Stage", "URGENCY_LABELS", "Urgency", "Weekday", "alerting_findings", "parse_duration",
-    "pattern_matches",
+    "AlarmSpec", "Arming", "CaseSpec", "CaseSystem", "Correlation", "RuleAction", "Rule", "Schedule", "Sla",
+    "SlaLimit", "Weekday", "alerting_findings", "parse_duration", "pattern_matches",
 ]
 
 
 # ---------------------------------------------------------------------------- vocabulary
-
-class Severity(StrEnum):
-    """Alarm severity, most severe first."""
-    critical = "critical"
-    major = "major"
-    minor = "minor"
-    warning = "warning"
-
-    @property
-    def label(self) -> str:
-        return SEVERITY_LABELS[self]
-
-    @property
-    def rank(self) -> int:
-        return _SEVERITY_RANK[self]
-
-
-SEVERITY_LABELS: dict[Severity, str] = {
-    Severity.critical: "紧急", Severity.major: "重要", Severity.minor: "次要", Severity.warning: "提示",
-}
-_SEVERITY_RANK = {Severity.critical: 0, Severity.major: 1, Severity.minor: 2, Severity.warning: 3}
-
-
-class Category(StrEnum):
-    """Case categories named by the grid-governance sources."""
-    public_order = "public_order"
-    hazard = "hazard"
-    dispute = "dispute"
-    city = "city"
-    sentiment = "sentiment"
-
-    @property
-    def label(self) -> str:
-        return CATEGORY_LABELS[self]
-
-
-CATEGORY_LABELS: dict[Category, str] = {
-    Category.public_order: "治安防控",
-    Category.hazard: "安全隐患",
-    Category.dispute: "矛盾纠纷",
-    Category.city: "城市管理",
-    Category.sentiment: "社情民意",
-}
-
-
-class Urgency(StrEnum):
-    """紧急程度, coloured as the attention levels: green 一般, yellow 中等, red 严重."""
-    low = "low"
-    medium = "medium"
-    high = "high"
-
-    @property
-    def label(self) -> str:
-        return URGENCY_LABELS[self]
-
-
-URGENCY_LABELS: dict[Urgency, str] = {Urgency.low: "一般", Urgency.medium: "中等", Urgency.high: "严重"}
-URGENCY_COLOURS: dict[Urgency, str] = {Urgency.low: "green", Urgency.medium: "yellow", Urgency.high: "red"}
-
-
-class Stage(StrEnum):
-    """The stages a case waits in, each with its own clock."""
-    accept = "accept"        # 待受理: reported → accepted
-    dispatch = "dispatch"    # 待派遣: accepted/registered → dispatched
-    handle = "handle"        # 处置中: dispatched/handling → feedback
-    verify = "verify"        # 待核查: feedback → verified
-    close = "close"          # 待结案: verified → closed
-
-    @property
-    def label(self) -> str:
-        return STAGE_LABELS[self]
-
-
-STAGE_LABELS: dict[Stage, str] = {
-    Stage.accept: "受理", Stage.dispatch: "派遣", Stage.handle: "处置", Stage.verify: "核查", Stage.close: "结案",
-}
-
+# Codes and labels are config/vocabulary.py's; an alarm's severity is its AlarmSeverity.
 
 class Weekday(StrEnum):
     mon = "mon"
@@ -134,15 +69,7 @@ class Weekday(StrEnum):
     sun = "sun"
 
 
-# Levels as plain strings (config.site.GridLevel would be a circular import).
-LEVELS = ("county", "township", "village", "community", "grid")
-LEVEL_RANK = {"county": 0, "township": 1, "village": 2, "community": 2, "grid": 3}
-# First segment of every event type: the source kinds of the MQTT contract.
-EVENT_KINDS = ("door", "speaker", "drone", "radio", "camera")
-ROLES = ("admin", "video_supervisor", "dispatcher", "hotline", "grid_worker", "grid_head",
-         "department_handler", "centre_lead")
 CASE_EVENTS = ("case.created", "case.transition", "case.sla", "case.evidence")
-EVENT_SEVERITIES = ("info", "minor", "major", "critical")
 
 
 def _from_label(labels: dict) -> BeforeValidator:
@@ -201,9 +128,9 @@ def _pattern(value: str) -> str:
         raise ValueError("must be a dotted event type such as door.forced_open, optionally ending in .* "
                          "(camera.tamper.*)")
     kind = value.split(".", 1)[0]
-    if kind not in EVENT_KINDS:
-        raise ValueError(f"must start with a source kind ({', '.join(EVENT_KINDS)}), not '{kind}'"
-                         + suggest(kind, EVENT_KINDS))
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"must start with a source kind ({', '.join(SOURCE_KINDS)}), not '{kind}'"
+                         + suggest(kind, SOURCE_KINDS))
     if value.count(".") == 0:
         raise ValueError(f"names only the kind; write {value}.* for every {value} event")
     return value
@@ -258,10 +185,9 @@ EventPattern = Annotated[str, AfterValidator(_pattern)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 TimeOfDay = Annotated[str, BeforeValidator(_hhmm)]
-Level = Literal["county", "township", "village", "community", "grid"]
 CategoryField = Annotated[Category, _from_label(CATEGORY_LABELS)]
 UrgencyField = Annotated[Urgency, _from_label(URGENCY_LABELS)]
-SeverityField = Annotated[Severity, _from_label(SEVERITY_LABELS)]
+SeverityField = Annotated[AlarmSeverity, _from_label(ALARM_SEVERITY_LABELS)]
 _EmptyList = BeforeValidator(lambda v: [] if v is None else v)
 _EmptyDict = BeforeValidator(lambda v: {} if v is None else v)
 
@@ -282,7 +208,7 @@ class EventMatch(StrictModel):
     types: Annotated[list[EventPattern], Field(min_length=1, max_length=32)]
     sources: Annotated[list[Id], _EmptyList] = Field(default_factory=list, description="camera/device ids; empty: any")
     grids: Annotated[list[Code], _EmptyList] = Field(default_factory=list, description="grid subtrees; empty: any")
-    min_severity: Literal["info", "minor", "major", "critical"] | None = Field(
+    min_severity: Literal[EVENT_SEVERITIES] | None = Field(
         None, description="ignore events whose severity hint is below this")
 
 
@@ -311,7 +237,7 @@ class AlarmSpec(StrictModel):
 class CaseSpec(StrictModel):
     category: CategoryField
     urgency: UrgencyField
-    level: Level = Field("township", description="the level responsible for the case (责任层级)")
+    level: GridLevel = Field("township", description="the level responsible for the case (责任层级)")
     when: Literal["immediately", "repeats", "unacknowledged"] = "immediately"
     repeats: int | None = Field(None, ge=2, le=10_000, description="with when: repeats")
     unacknowledged_for: Duration | None = Field(None, description="with when: unacknowledged")
@@ -323,7 +249,7 @@ class CaseSpec(StrictModel):
 
 class BroadcastAction(StrictModel):
     """Play a message on the speakers (村村响) of the area around the event."""
-    area: Level = Field("village", description="the event's node at this level: its speakers play")
+    area: GridLevel = Field("village", description="the event's node at this level: its speakers play")
     message: LongText
     kind: Literal["notice", "emergency"] = "emergency"
     repeat: int = Field(2, ge=1, le=10)
@@ -331,9 +257,8 @@ class BroadcastAction(StrictModel):
 
 class NotifyAction(StrictModel):
     """Notify the people of a role at the event's node of a level (e.g. the on-duty dispatcher)."""
-    role: Literal["admin", "video_supervisor", "dispatcher", "hotline", "grid_worker", "grid_head",
-                  "department_handler", "centre_lead"]
-    level: Level = "township"
+    role: Role
+    level: GridLevel = "township"
     message: LongText | None = None
 
 

@@ -45,21 +45,22 @@ from pydantic import (
     model_validator,
 )
 
-from config.alerting import (
-    CATEGORY_LABELS,
-    SEVERITY_LABELS,
-    URGENCY_LABELS,
-    Arming,
-    CaseSystem,
-    Category,
-    Rule,
-    Schedule,
-    Severity,
-    Sla,
-    Urgency,
-    alerting_findings,
-)
+from config.alerting import Arming, CaseSystem, Rule, Schedule, Sla, alerting_findings
 from config.camera_analytics import CameraAnalytics
+from config.vocabulary import (
+    ALARM_SEVERITY_LABELS,
+    CATEGORY_LABELS,
+    DEVICE_KIND_LABELS,
+    LEVEL_LABELS,
+    ROLE_LABELS,
+    URGENCY_LABELS,
+    AlarmSeverity,
+    Category,
+    DeviceKind,
+    GridLevel,
+    Role,
+    Urgency,
+)
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
@@ -73,96 +74,17 @@ from config.fields import (
 )
 
 __all__ = [
-    "CredentialError", "Camera", "Credential", "DEVICE_KIND_LABELS", "Department", "Device", "DeviceKind",
-    "GeoPoint", "GridLevel", "GridNode", "LEVEL_LABELS", "LEVEL_RANK", "Onvif", "Problem", "ROLE_LABELS",
-    "Role", "Site", "SiteError", "User", "check_site_data", "check_site_file", "load_site", "resolve_password",
+    "CredentialError", "Camera", "Credential", "Department", "Device", "GeoPoint", "GridNode", "Onvif", "Problem",
+    "Site", "SiteError", "User", "check_site_data", "check_site_file", "load_site", "resolve_password",
 ]
 
 
 # ---------------------------------------------------------------------------- vocabulary
-
-class Role(StrEnum):
-    admin = "admin"
-    video_supervisor = "video_supervisor"
-    dispatcher = "dispatcher"
-    hotline = "hotline"
-    grid_worker = "grid_worker"
-    grid_head = "grid_head"
-    department_handler = "department_handler"
-    centre_lead = "centre_lead"
-
-    @property
-    def label(self) -> str:
-        return ROLE_LABELS[self]
-
-
-ROLE_LABELS: dict[Role, str] = {
-    Role.admin: "管理员",
-    Role.video_supervisor: "视频监督员",
-    Role.dispatcher: "调度员",
-    Role.hotline: "坐席",
-    Role.grid_worker: "网格员",
-    Role.grid_head: "网格长",
-    Role.department_handler: "职能部门",
-    Role.centre_lead: "中心主任",
-}
-
-
-class GridLevel(StrEnum):
-    county = "county"
-    township = "township"
-    village = "village"
-    community = "community"
-    grid = "grid"
-
-    @property
-    def label(self) -> str:
-        return LEVEL_LABELS[self]
-
-    @property
-    def rank(self) -> int:
-        """Depth of the level in the administrative tree: village and community share 2."""
-        return LEVEL_RANK[self]
-
-
-LEVEL_LABELS: dict[GridLevel, str] = {
-    GridLevel.county: "县(区)",
-    GridLevel.township: "乡镇(街道)",
-    GridLevel.village: "村",
-    GridLevel.community: "社区",
-    GridLevel.grid: "网格",
-}
-
-LEVEL_RANK: dict[GridLevel, int] = {
-    GridLevel.county: 0,
-    GridLevel.township: 1,
-    GridLevel.village: 2,
-    GridLevel.community: 2,
-    GridLevel.grid: 3,
-}
-
-
-class DeviceKind(StrEnum):
-    door = "door"
-    speaker = "speaker"
-    drone = "drone"
-    radio = "radio"
-
-    @property
-    def label(self) -> str:
-        return DEVICE_KIND_LABELS[self]
-
-
-DEVICE_KIND_LABELS: dict[DeviceKind, str] = {
-    DeviceKind.door: "门禁",
-    DeviceKind.speaker: "广播",
-    DeviceKind.drone: "无人机",
-    DeviceKind.radio: "公网对讲机",
-}
+# Codes and their labels are config/vocabulary.py's; the problems below name a label's code.
 
 _ENUM_LABELS: dict[type[StrEnum], dict] = {Role: ROLE_LABELS, GridLevel: LEVEL_LABELS, DeviceKind: DEVICE_KIND_LABELS,
                                             Category: CATEGORY_LABELS, Urgency: URGENCY_LABELS,
-                                            Severity: SEVERITY_LABELS}
+                                            AlarmSeverity: ALARM_SEVERITY_LABELS}
 
 # Context key: set by check_site_data, which runs the rules itself on the raw data.
 _RULES_DONE = "xlhub_rules_done"

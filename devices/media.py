@@ -15,7 +15,10 @@ from typing import BinaryIO
 import psycopg
 from ulid import ULID
 
+from config.vocabulary import DEVICE_KINDS
 from devices.registry import DeviceRecord, store_event
+
+EMITS = tuple(f"{kind}.media" for kind in DEVICE_KINDS)      # labels: config/vocabulary.py
 
 MEDIA_TYPES = {"image/jpeg": "jpg", "image/png": "png", "video/mp4": "mp4", "video/quicktime": "mov",
                "image/tiff": "tif"}

@@ -4,6 +4,7 @@ the demo county; tests pass their own (shorter) values."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,7 +41,8 @@ class DevicesSettings(BaseSettings):
     max_audio_bytes: int = Field(50 * 1024 * 1024, ge=1024)
 
     # drones and radios
-    geofence_kinds: tuple[str, ...] = ("radio",)
+    geofence_kinds: tuple[Literal["radio", "drone"], ...] = Field(
+        ("radio",), description="kinds whose positions are tracked against the grid boundaries (they report lat/lon)")
     geofence_confirm: int = Field(2, ge=1, description="consecutive fixes in a new grid before enter/exit")
     drone_battery_warn_pct: float = Field(30.0, ge=0, le=100)
     drone_battery_critical_pct: float = Field(15.0, ge=0, le=100)

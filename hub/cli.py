@@ -182,7 +182,7 @@ def cmd_cameras(args, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from config.site import Role
+    from config.vocabulary import Role
 
     p = argparse.ArgumentParser(prog="xlhub", description="Xueliang Hub (雪亮 hub)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -1,7 +1,7 @@
 // The control room shell: login, navigation, and the pages (routed by #/name).
 import { api, ApiError, onUnauthorized, syncClock } from './api.js';
 import { onFeed, startFeed, stopFeed } from './feed.js';
-import { beep, clear, fmtTime, gridIndex, h, toast } from './ui.js';
+import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.js';
 
 const PAGES = [
   { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
@@ -85,12 +85,10 @@ async function meAfterLogin() {
 async function showShell() {
   document.body.classList.add('signed-in');
   syncClock();
-  try {
-    state.grid = gridIndex(await api.get('/api/grid'));
-  } catch (err) {
-    state.grid = gridIndex([]);
-    toast(`网格数据加载失败：${err.message}`, 'error');
-  }
+  const [grid, vocabulary] = await Promise.allSettled([api.get('/api/grid'), loadVocabulary((url) => api.get(url))]);
+  state.grid = gridIndex(grid.status === 'fulfilled' ? grid.value : []);
+  if (grid.status === 'rejected') toast(`网格数据加载失败：${grid.reason.message}`, 'error');
+  if (vocabulary.status === 'rejected') toast(`术语表加载失败：${vocabulary.reason.message}`, 'error');
   const me = state.me;
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));

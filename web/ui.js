@@ -77,36 +77,36 @@ export function fmtAgo(value) {
   return fmtTime(value, { date: true, seconds: false });
 }
 
-export const LEVEL_LABELS = { county: '县(区)', township: '乡镇(街道)', village: '村', community: '社区', grid: '网格' };
-export const KIND_LABELS = { camera: '摄像机', door: '门禁', speaker: '广播', drone: '无人机', radio: '对讲机' };
-export const CATEGORIES = [
-  { code: 'public_order', label: '治安防控' },
-  { code: 'hazard', label: '安全隐患' },
-  { code: 'dispute', label: '矛盾纠纷' },
-  { code: 'city', label: '城市管理' },
-  { code: 'sentiment', label: '社情民意' },
-];
-// 紧急程度, coloured as the attention levels (green 一般 / yellow 中等 / red 严重).
-export const URGENCIES = [
-  { code: 'low', label: '一般', colour: 'green', severity: 'minor' },
-  { code: 'medium', label: '中等', colour: 'yellow', severity: 'major' },
-  { code: 'high', label: '严重', colour: 'red', severity: 'critical' },
-];
-export const SEVERITY_LABELS = { critical: '紧急', major: '重要', minor: '次要', warning: '提示', info: '提示' };
-export const EVENT_LABELS = {
-  'door.forced_open': '门禁被强行打开', 'door.duress': '门禁胁迫报警', 'door.tamper': '门禁设备被破坏',
-  'door.held_open': '门长时间未关', 'door.access_denied': '门禁拒绝通行', 'door.access_granted': '门禁通行',
-  'radio.sos': '对讲机紧急求助', 'drone.geofence': '无人机越界', 'drone.link_lost': '无人机失联',
-  'drone.low_battery': '无人机电量低', 'camera.offline': '摄像机离线', 'camera.online': '摄像机恢复在线',
-  'camera.flag': '视频监督员标记', 'camera.motion': '画面有移动', 'camera.intrusion': '区域入侵',
-  'camera.fire': '疑似火情', 'camera.smoke': '疑似烟雾', 'camera.frozen': '画面冻结',
-  'camera.tamper.covered': '摄像机被遮挡', 'camera.tamper.moved': '摄像机被移位',
-  'camera.tamper.defocus': '摄像机失焦', 'camera.tamper.defocused': '摄像机失焦',
-  'camera.tamper.dark': '画面过暗', 'camera.tamper.bright': '画面过亮',
-};
+// The hub's vocabulary (codes → Chinese labels) comes from the API (GET /api/vocabulary,
+// config/vocabulary.py): loadVocabulary() fills these once after login; pages import them as
+// live bindings, so there is no second copy of any label here.
+export let LEVEL_LABELS = {};
+export let KIND_LABELS = {};
+export let CATEGORIES = [];
+// 紧急程度, coloured as the attention levels (green 一般 / yellow 中等 / red 严重), with the
+// event severity a flag of that urgency carries.
+export let URGENCIES = [];
+export let SEVERITY_LABELS = {};
+let EVENT_TYPES = {};
+let EVENT_FAMILIES = {};
+
+export async function loadVocabulary(get) {
+  const v = await get('/api/vocabulary');
+  LEVEL_LABELS = v.levels;
+  KIND_LABELS = v.source_kinds;
+  CATEGORIES = Object.entries(v.categories).map(([code, label]) => ({ code, label }));
+  URGENCIES = Object.entries(v.urgencies).map(([code, u]) => ({ code, label: u.label, colour: u.colour, severity: u.event_severity }));
+  // Alarms use critical…warning, events info…critical: one table of labels serves both.
+  SEVERITY_LABELS = { ...v.event_severities, ...v.alarm_severities };
+  EVENT_TYPES = v.event_types;
+  EVENT_FAMILIES = v.event_families;
+  return v;
+}
+
 export function eventLabel(type) {
-  if (EVENT_LABELS[type]) return EVENT_LABELS[type];
-  if (type && type.startsWith('camera.tamper.')) return '摄像机遭破坏';
+  if (EVENT_TYPES[type]) return EVENT_TYPES[type].label;
+  const family = type && type.split('.').slice(0, 2).join('.');
+  if (EVENT_FAMILIES[family]) return EVENT_FAMILIES[family];
   return type;
 }
 

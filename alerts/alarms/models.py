@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from alerts.labels import ALARM_STATE_LABELS
+from config.vocabulary import ALARM_STATE_LABELS
 
 
 class AlarmState(StrEnum):

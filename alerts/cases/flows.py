@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from alerts.actor import Actor
 from alerts.cases.models import ACTION_LABELS, OPEN, Action, CaseError, CaseNotFound, CaseState
-from config.site import ROLE_LABELS, Role
+from config.vocabulary import ROLE_LABELS, Role
 
 S = CaseState
 CASE_ROLES = frozenset(r.value for r in Role) - {Role.admin.value}   # administrators manage, they do not handle

@@ -18,6 +18,7 @@ from alerts import feed, labels
 from alerts.actor import Actor
 from alerts.cases import flows, sla
 from alerts.cases.flows import AssignmentView, CaseView
+from config.vocabulary import CHANNEL_LABELS
 from alerts.cases.models import (
     ACTION_LABELS,
     FINISHED,
@@ -47,7 +48,7 @@ def summary(case: dict) -> dict[str, Any]:
         "category": case["category"], "category_label": labels.category_label(case["category"]),
         "urgency": case["urgency"], "urgency_label": labels.urgency_label(case["urgency"]),
         "urgency_colour": labels.urgency_colour(case["urgency"]),
-        "channel": case["channel"], "channel_label": labels.CHANNEL_LABELS.get(case["channel"], case["channel"]),
+        "channel": case["channel"], "channel_label": CHANNEL_LABELS.get(case["channel"], case["channel"]),
         "state": state.value, "state_label": state.label,
         "grid_code": case["grid_code"], "grid_path": list(case["grid_path"]),
         "owner_code": case["owner_code"], "owner_path": list(case["owner_path"]),

@@ -9,8 +9,11 @@ from zoneinfo import ZoneInfo
 from alerts.rules.schedule import is_active
 from config.alerting import Rule, pattern_matches
 from config.site import Site
+from config.vocabulary import EVENT_SEVERITIES
 
-_SEVERITY_ORDER = {"info": 0, "minor": 1, "major": 2, "critical": 3}
+
+def _severity_rank(severity: str | None) -> int:
+    return EVENT_SEVERITIES.index(severity) if severity in EVENT_SEVERITIES else 0
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class RuleSet:
             return False
         if w.grids and not set(w.grids).intersection(ev.grid_path):
             return False
-        if w.min_severity and _SEVERITY_ORDER.get(ev.severity or "info", 0) < _SEVERITY_ORDER[w.min_severity]:
+        if w.min_severity and _severity_rank(ev.severity) < _severity_rank(w.min_severity):
             return False
         return True
 

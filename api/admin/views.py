@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.audit import entry_for
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
-from config.site import Role
+from config.vocabulary import Role
 from store import audit, identity
 from store.identity import Principal
 from store.registry import node_path

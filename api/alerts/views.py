@@ -28,12 +28,12 @@ from alerts.cases.flows import TRANSITIONS
 from alerts.cases.models import ACTION_LABELS, STATE_LABELS, Action, ActionParams, CaseError, NewCase
 from alerts.config import AlertsConfig, load_config
 from alerts.delivery import outbox
-from alerts.labels import CHANNEL_LABELS
 from alerts.registry import RegistryView
 from api.audit import audited_read, entry_for
 from api.deps import Conn, client_ip, require
 from api.permissions import Permission
-from config.alerting import CATEGORY_LABELS, SEVERITY_LABELS, STAGE_LABELS, URGENCY_COLOURS, URGENCY_LABELS, Category, Urgency
+from config import vocabulary as vocab
+from config.vocabulary import Category, Urgency
 from config.site import SiteError
 from devices.broadcast import Voice
 from devices.settings import DevicesSettings
@@ -100,17 +100,19 @@ def audit_change(request: Request, conn, action: str, target: str, detail: dict 
 
 @router.get("/alerts/vocabulary")
 def vocabulary(principal: Annotated[Principal, Depends(require(Permission.CASES_READ))]) -> dict:
-    """Codes and their Chinese labels (states, actions, categories, urgencies, stages …)."""
+    """The case lifecycle's states and actions (who may take each, from which states),
+    with the shared codes of cases (GET /api/vocabulary has all of the hub's)."""
+    shared = vocab.as_json()
     return {
         "states": {k.value: v for k, v in STATE_LABELS.items()},
         "actions": {a.value: {"label": ACTION_LABELS[a], "needs_note": t.needs_note,
                               "from": sorted(s.value for s in t.sources), "roles": sorted(t.roles)}
                     for a, t in TRANSITIONS.items()},
-        "categories": {k.value: v for k, v in CATEGORY_LABELS.items()},
-        "urgencies": {k.value: {"label": v, "colour": URGENCY_COLOURS[k]} for k, v in URGENCY_LABELS.items()},
-        "severities": {k.value: v for k, v in SEVERITY_LABELS.items()},
-        "stages": {k.value: v for k, v in STAGE_LABELS.items()},
-        "channels": CHANNEL_LABELS,
+        "categories": shared["categories"],
+        "urgencies": shared["urgencies"],
+        "severities": shared["alarm_severities"],
+        "stages": shared["stages"],
+        "channels": shared["channels"],
     }
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.audit import entry_for
 from api.deps import SESSION_COOKIE, Conn, CurrentPrincipal, client_ip
 from api.permissions import Permission, allowed
-from config.site import ROLE_LABELS, Role
+from config.vocabulary import ROLE_LABELS, Role
 from store import identity
 from store.audit import record
 

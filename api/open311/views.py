@@ -28,7 +28,7 @@ from api.alerts.views import alerts_config, registry_view
 from api.audit import entry_for
 from api.deps import client_ip
 from api.permissions import Permission, allowed
-from config.alerting import CATEGORY_LABELS
+from config.vocabulary import CATEGORY_LABELS
 from store import audit
 from store.identity import Principal, principal_for_token
 

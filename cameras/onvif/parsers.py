@@ -25,14 +25,16 @@ from typing import Any
 
 from lxml import etree
 
+from config.vocabulary import EventSeverity, event_severity
+
 logger = logging.getLogger(__name__)
 
 NS_WSNT = "http://docs.oasis-open.org/wsn/b-2"
 NS_TT = "http://www.onvif.org/ver10/schema"
 NS_ONVIF_TOPICS = "http://www.onvif.org/ver10/topics"
 
-# Default severity hints, from the hub's scale (info < minor < major < critical).
-INFO, MINOR, MAJOR = "info", "minor", "major"
+# A stateful event's end (motion stopped, tamper gone) is only information.
+INFO = EventSeverity.info.value
 
 
 @dataclass(slots=True)
@@ -44,7 +46,7 @@ class HubEvent:
     reports right after a subscription is made (ONVIF ``PropertyOperation="Initialized"``):
     a state sync, not a change, which is why a reconnect does not raise a fresh alarm."""
 
-    type: str                       # camera.motion, camera.tamper.covered, camera.input, …
+    type: str                       # camera.motion, camera.tamper.covered, camera.input, … (config/vocabulary.py)
     active: bool
     source_time: datetime | None    # the camera's own time (UTC); its clock may be off
     camera_id: str
@@ -70,16 +72,20 @@ ParserFn = Callable[[str, Notification], "HubEvent | None"]
 
 PARSERS: dict[str, ParserFn] = {}
 _WILDCARD_PARSERS: list[tuple[str, re.Pattern[str], ParserFn]] = []
+EMITS: dict[str, str] = {}          # topic → the hub event type its parser raises
 UNKNOWN_TOPICS: Counter[str] = Counter()
 MALFORMED: Counter[str] = Counter()
 
 
-def parser(*topics: str) -> Callable[[ParserFn], ParserFn]:
+def parser(*topics: str, emits: str) -> Callable[[ParserFn], ParserFn]:
     """Register a parser for one or more topics; ``*`` stands for one topic segment
-    (``tns1:VideoSource/ImageTooBlurry/*`` covers …/AnalyticsService, …/ImagingService…)."""
+    (``tns1:VideoSource/ImageTooBlurry/*`` covers …/AnalyticsService, …/ImagingService…).
+    ``emits``: the hub event type it raises (its label and default severity are the
+    vocabulary's)."""
 
     def register(fn: ParserFn) -> ParserFn:
         for topic in topics:
+            EMITS[topic] = emits
             if "*" in topic:
                 pattern = re.compile("^" + re.escape(topic).replace(r"\*", "[^/]+") + "$")
                 _WILDCARD_PARSERS.append((topic, pattern, fn))
@@ -318,66 +324,66 @@ def state_of(note: Notification, *names: str) -> bool | None:
     return None
 
 
-def state_event(camera_id: str, note: Notification, event_type: str, severity: str,
-                *state_names: str) -> HubEvent | None:
+def state_event(camera_id: str, note: Notification, event_type: str, *state_names: str) -> HubEvent | None:
     active = state_of(note, *state_names)
     if active is None:
         return None
     return HubEvent(type=event_type, active=active, source_time=note.utc_time, camera_id=camera_id,
-                    payload=base_payload(note), severity=severity if active else INFO, topic=note.topic,
+                    payload=base_payload(note), severity=event_severity(event_type) if active else INFO,
+                    topic=note.topic,
                     initial=note.property_operation == "Initialized")
 
 
 # ---------------------------------------------------------------------- the parsers
-@parser("tns1:VideoSource/MotionAlarm")
+@parser("tns1:VideoSource/MotionAlarm", emits="camera.motion")
 def motion_alarm(camera_id: str, note: Notification) -> HubEvent | None:
     """Device-level motion (Dahua, Uniview, many OEMs): Data State."""
-    return state_event(camera_id, note, "camera.motion", INFO, "State", "IsMotion")
+    return state_event(camera_id, note, "camera.motion", "State", "IsMotion")
 
 
-@parser("tns1:RuleEngine/CellMotionDetector/Motion")
+@parser("tns1:RuleEngine/CellMotionDetector/Motion", emits="camera.motion")
 def cell_motion(camera_id: str, note: Notification) -> HubEvent | None:
     """Cell motion detection rule (Hikvision and most profile-S cameras): Data IsMotion."""
-    return state_event(camera_id, note, "camera.motion", INFO, "IsMotion", "State")
+    return state_event(camera_id, note, "camera.motion", "IsMotion", "State")
 
 
-@parser("tns1:RuleEngine/MotionRegionDetector/Motion")
+@parser("tns1:RuleEngine/MotionRegionDetector/Motion", emits="camera.motion")
 def region_motion(camera_id: str, note: Notification) -> HubEvent | None:
     """Motion region detector (profile T): Data State."""
-    return state_event(camera_id, note, "camera.motion", INFO, "State", "IsMotion")
+    return state_event(camera_id, note, "camera.motion", "State", "IsMotion")
 
 
-@parser("tns1:VideoSource/GlobalSceneChange/*")
+@parser("tns1:VideoSource/GlobalSceneChange/*", emits="camera.tamper.moved")
 def global_scene_change(camera_id: str, note: Notification) -> HubEvent | None:
     """The whole scene changed: the camera was turned away or moved."""
-    return state_event(camera_id, note, "camera.tamper.moved", MAJOR, "State")
+    return state_event(camera_id, note, "camera.tamper.moved", "State")
 
 
-@parser("tns1:RuleEngine/TamperDetector/Tamper")
+@parser("tns1:RuleEngine/TamperDetector/Tamper", emits="camera.tamper.covered")
 def tamper_detector(camera_id: str, note: Notification) -> HubEvent | None:
     """Tamper rule: cameras raise it when the view is blocked (lens covered or sprayed)."""
-    return state_event(camera_id, note, "camera.tamper.covered", MAJOR, "IsTamper", "State")
+    return state_event(camera_id, note, "camera.tamper.covered", "IsTamper", "State")
 
 
-@parser("tns1:VideoSource/ImageTooBlurry/*")
+@parser("tns1:VideoSource/ImageTooBlurry/*", emits="camera.tamper.defocused")
 def image_too_blurry(camera_id: str, note: Notification) -> HubEvent | None:
-    return state_event(camera_id, note, "camera.tamper.defocused", MAJOR, "State")
+    return state_event(camera_id, note, "camera.tamper.defocused", "State")
 
 
-@parser("tns1:VideoSource/ImageTooDark/*")
+@parser("tns1:VideoSource/ImageTooDark/*", emits="camera.tamper.dark")
 def image_too_dark(camera_id: str, note: Notification) -> HubEvent | None:
-    return state_event(camera_id, note, "camera.tamper.dark", MAJOR, "State")
+    return state_event(camera_id, note, "camera.tamper.dark", "State")
 
 
-@parser("tns1:VideoSource/ImageTooBright/*")
+@parser("tns1:VideoSource/ImageTooBright/*", emits="camera.tamper.bright")
 def image_too_bright(camera_id: str, note: Notification) -> HubEvent | None:
-    return state_event(camera_id, note, "camera.tamper.bright", MAJOR, "State")
+    return state_event(camera_id, note, "camera.tamper.bright", "State")
 
 
-@parser("tns1:Device/Trigger/DigitalInput")
+@parser("tns1:Device/Trigger/DigitalInput", emits="camera.input")
 def digital_input(camera_id: str, note: Notification) -> HubEvent | None:
     """An alarm input wired to the camera (door contact, PIR, panic button): Data LogicalState."""
-    event = state_event(camera_id, note, "camera.input", MINOR, "LogicalState", "State")
+    event = state_event(camera_id, note, "camera.input", "LogicalState", "State")
     if event is not None:
         token = note.source.get("InputToken") or note.source.get("Index")
         if token:
@@ -385,18 +391,18 @@ def digital_input(camera_id: str, note: Notification) -> HubEvent | None:
     return event
 
 
-@parser("tns1:RuleEngine/FieldDetector/ObjectsInside")
+@parser("tns1:RuleEngine/FieldDetector/ObjectsInside", emits="camera.intrusion.field")
 def field_detector(camera_id: str, note: Notification) -> HubEvent | None:
     """Intrusion into a configured field (polygon): Data IsInside."""
-    return state_event(camera_id, note, "camera.intrusion.field", MAJOR, "IsInside", "State")
+    return state_event(camera_id, note, "camera.intrusion.field", "IsInside", "State")
 
 
-@parser("tns1:RuleEngine/LineDetector/Crossed")
+@parser("tns1:RuleEngine/LineDetector/Crossed", emits="camera.intrusion.line")
 def line_detector(camera_id: str, note: Notification) -> HubEvent | None:
     """A tripwire was crossed. A pulse, not a state: always active; Data ObjectId when known."""
     payload = base_payload(note)
     if note.data.get("ObjectId"):
         payload["object_id"] = note.data["ObjectId"]
     return HubEvent(type="camera.intrusion.line", active=True, source_time=note.utc_time, camera_id=camera_id,
-                    payload=payload, severity=MAJOR, topic=note.topic,
+                    payload=payload, severity=event_severity("camera.intrusion.line"), topic=note.topic,
                     initial=note.property_operation == "Initialized")

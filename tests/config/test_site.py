@@ -14,15 +14,9 @@ from hypothesis import strategies as st
 
 from config.settings import DEMO_SITE_FILE
 from config.site import (
-    DEVICE_KIND_LABELS,
-    LEVEL_LABELS,
-    ROLE_LABELS,
     Credential,
     CredentialError,
-    DeviceKind,
-    GridLevel,
     Problem,
-    Role,
     Site,
     SiteError,
     check_site_data,
@@ -30,6 +24,7 @@ from config.site import (
     load_site,
     resolve_password,
 )
+from config.vocabulary import DEVICE_KIND_LABELS, LEVEL_LABELS, ROLE_LABELS, DeviceKind, GridLevel, Role
 
 SECRET = "S3cr3t-Hunter2-xyz"
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from ulid import ULID
 
-from config.site import Role
+from config.vocabulary import Role
 from store import identity
 from store.db import connect
 from tests.api.conftest import PASSWORD, ApiServer

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from config.site import Role
+from config.vocabulary import Role
 from store.db import connect
 from tests.faults.tools import PROJECT_ROOT
 from tests.security.conftest import login, role_user

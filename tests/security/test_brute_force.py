@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from config.site import Role
+from config.vocabulary import Role
 from store import identity
 from store.db import connect
 from tests.api.conftest import PASSWORD

@@ -23,7 +23,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 
 from api.permissions import GRANTS, Permission
-from config.site import Role
+from config.vocabulary import Role
 from tests.security.conftest import (
     OTHER_CAMERA,
     OTHER_DOOR,
@@ -106,6 +106,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                       ok=frozenset({401}), audit="write"),
     ("POST", "/api/auth/logout"): Rule("user", audit="write"),
     ("GET", "/api/auth/me"): Rule("user"),
+    ("GET", "/api/vocabulary"): Rule("user"),
     ("POST", "/api/auth/password"): Rule("user", body={"old_password": "not-my-password-1",
                                                        "new_password": "Another-pass-2026"}, audit="write"),
     # ---------------------------------------------------------------- registry

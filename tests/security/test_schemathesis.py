@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from config.site import Role
+from config.vocabulary import Role
 from tests.api.conftest import PASSWORD
 from tests.security.conftest import OWN_TOWNSHIP, login, role_user
 

@@ -3,7 +3,7 @@
 // replayed over a chosen window, SOS brought to the front.
 import { api } from '../api.js';
 import { onFeed } from '../feed.js';
-import { KIND_LABELS, LEVEL_LABELS, clear, errorBox, fmtTime, h, s } from '../ui.js';
+import { KIND_LABELS, LEVEL_LABELS, clear, errorBox, eventLabel, fmtTime, h, s } from '../ui.js';
 
 const W = 1000;
 const H = 720;
@@ -177,7 +177,7 @@ export async function render(main, { me, grid }) {
       for (const a of sos) {
         markers.get(a.source_id)?.g.classList.add('sos');
         markersLayer.append(markers.get(a.source_id)?.g || s('g'));   // to the front
-        sosBox.append(h('div', {}, h('strong', {}, `SOS · ${a.title || '对讲机紧急求助'}`), ` ${a.source_id} · ${fmtTime(a.last_at, { date: true })} `,
+        sosBox.append(h('div', {}, h('strong', {}, `SOS · ${a.title || eventLabel('radio.sos')}`), ` ${a.source_id} · ${fmtTime(a.last_at, { date: true })} `,
           a.case_id ? h('a', { href: `#/cases/${encodeURIComponent(a.case_id)}` }, '案件') : null));
       }
     } catch { sosBox.hidden = true; }

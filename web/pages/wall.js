@@ -4,15 +4,10 @@ import { LiveTile, STREAMS, TILE_STATES } from '../live.js';
 import { CATEGORIES, URGENCIES, clear, errorBox, fmtTime, h, modal, toast } from '../ui.js';
 
 const LAYOUTS = [1, 4, 9, 16];
-// Tile health from GET /api/camera-health (state → badge colour; the label comes with it).
+// Tile health from GET /api/camera-health: state → badge colour (its label comes with it).
 const HEALTH = {
-  online: { label: '在线', cls: 'ok' },
-  offline: { label: '离线', cls: 'bad' },
-  tampered: { label: '画面异常', cls: 'warn' },
-  frozen: { label: '画面冻结', cls: 'warn' },
-  maintenance: { label: '维护中', cls: 'maint' },
-  connecting: { label: '连接中', cls: 'muted' },
-  unknown: { label: '状态未知', cls: 'muted' },
+  online: { cls: 'ok' }, offline: { cls: 'bad' }, tampered: { cls: 'warn' }, frozen: { cls: 'warn' },
+  maintenance: { cls: 'maint' }, connecting: { cls: 'muted' }, unknown: { label: '状态未知', cls: 'muted' },
 };
 const PTZ_SPEEDS = [['慢', 0.25], ['中', 0.5], ['快', 1]];
 const PTZ_HOLD_S = 2;          // each move lasts this long on the camera unless renewed (a lost stop cannot spin it)
@@ -20,7 +15,7 @@ const PTZ_RENEW_MS = 1500;     // while a button is held, the move is renewed th
 
 function healthOf(row) {
   const base = HEALTH[row.state] || HEALTH.unknown;
-  return { ...base, ...row, label: row.label || base.label };
+  return { ...base, ...row, label: row.label || row.state };
 }
 
 export async function render(main, { me, grid }) {

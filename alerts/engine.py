@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
-from ulid import ULID
 
 from alerts import actions, feed
 from alerts.alarms import service as alarms
@@ -44,6 +43,7 @@ from alerts.delivery.sender import WebhookSender
 from alerts.mqtt import CommandPublisher
 from alerts.processing import Processor
 from alerts.registry import RegistryView
+from bus.commands import Command
 from config.settings import Settings
 from config.site import SiteError
 from devices.broadcast import Voice
@@ -96,7 +96,7 @@ class AlertsEngine:
         self.listening = False
         self._cfg: AlertsConfig | None = None
         self._bad_mtime: float | None = None
-        self._pending_commands: list[tuple[str, dict]] = []
+        self._pending_commands: list[tuple[str, Command]] = []
         self._commands_lock = threading.Lock()
         self._started_at = datetime.now(UTC)
         self._last_prune = 0.0
@@ -189,7 +189,7 @@ class AlertsEngine:
     def drain_once(self) -> int:
         """Process one batch of queued events; returns how many were taken."""
         cfg = self.config()
-        commands: list[tuple[str, dict]] = []
+        commands: list[tuple[str, Command]] = []
         wake_sender = False
         with self.pool.connection(timeout=10) as conn:
             self.registry.maybe_refresh(conn)
@@ -294,8 +294,8 @@ class AlertsEngine:
             return 0
         with self._commands_lock:
             commands, self._pending_commands = self._pending_commands, []
-        for topic, body in commands:
-            self.mqtt.command(topic, f"ev-{ULID()}", body)
+        for source_id, command in commands:
+            self.mqtt.command(source_id, command)
         return len(commands)
 
     # -- heartbeat ------------------------------------------------------------------------------

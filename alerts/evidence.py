@@ -11,13 +11,19 @@ from typing import Any
 import psycopg
 
 from alerts.alarms.models import Event
+from bus.commands import FlagCommand
 from alerts.cases.models import EvidenceItem
 
 # Evidence of an incident is asked of its cameras with the camera workers' flag command
-# (xlhub/v1/camera/<id>/cmd/flag: the frame at frame_ts and a clip around it); the worker
-# answers with a camera.flag event whose detail.by names the alarm.
-EVIDENCE_COMMAND = "flag"
-ALARM_REQUEST_PREFIX = "system:alarm:"
+# (bus FlagCommand: the frame at frame_ts and a clip around it); the worker answers with a
+# camera.flag event whose detail.correlation names the alarm.
+ALARM_CORRELATION = "alarm:"
+
+
+def evidence_request(alarm: dict, rule, at: datetime) -> FlagCommand:
+    """The command that asks a camera of an incident for the frame at ``at`` and a clip."""
+    return FlagCommand(frame_ts=at, note=f"联动取证：{alarm['title']}"[:500], category="alarm-evidence",
+                       by=f"system:rule:{rule.id}", correlation=f"{ALARM_CORRELATION}{alarm['id']}")
 
 
 def requested_for_alarm(ev: Event) -> str | None:
@@ -25,9 +31,9 @@ def requested_for_alarm(ev: Event) -> str | None:
     if ev.type != "camera.flag":
         return None
     detail = (ev.payload or {}).get("detail")
-    by = detail.get("by") if isinstance(detail, dict) else None
-    if isinstance(by, str) and by.startswith(ALARM_REQUEST_PREFIX):
-        return by[len(ALARM_REQUEST_PREFIX):] or None
+    corr = detail.get("correlation") if isinstance(detail, dict) else None
+    if isinstance(corr, str) and corr.startswith(ALARM_CORRELATION):
+        return corr[len(ALARM_CORRELATION):] or None
     return None
 
 

@@ -28,6 +28,7 @@ from alerts.cases.models import Action, ActionParams, EvidenceItem, NewCase
 from alerts.config import AlertsConfig
 from alerts.registry import RegistryView
 from alerts.rules.compile import EventFacts
+from bus.commands import Command
 from config.alerting import Rule, pattern_matches
 from devices.broadcast import Voice
 
@@ -43,8 +44,8 @@ class Outcome:
     cleared: int = 0
     disarmed: list[str] = field(default_factory=list)
     broadcast: bool = False
-    # MQTT commands to publish after the transaction commits: (topic, payload)
-    commands: list[tuple[str, dict]] = field(default_factory=list)
+    # MQTT commands to publish after the transaction commits: (source id, command)
+    commands: list[tuple[str, Command]] = field(default_factory=list)
 
 
 class Processor:
@@ -146,11 +147,8 @@ class Processor:
         if spec.request_evidence:
             # The camera workers' own command: the frame at the event's time and a clip
             # around it, answered by a camera.flag event that names this alarm.
-            at_ms = int(ev.time.timestamp() * 1000)
             for cam in cams:
-                out.commands.append((f"xlhub/v1/camera/{cam}/cmd/{evidence.EVIDENCE_COMMAND}", {
-                    "frame_ts": at_ms, "note": f"联动取证：{alarm['title']}", "category": "alarm-evidence",
-                    "by": f"{evidence.ALARM_REQUEST_PREFIX}{alarm['id']}"}))
+                out.commands.append((cam, evidence.evidence_request(alarm, rule, ev.time)))
         return alarm
 
     def _attach_correlated(self, conn: psycopg.Connection, cfg: AlertsConfig, alarm_id: str, ev: Event,

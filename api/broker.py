@@ -1,4 +1,5 @@
-"""The API process's own connection to the MQTT broker: readiness now, commands later."""
+"""The API process's own connections to the MQTT broker: its readiness (/readyz), and
+request/response commands to the camera workers (flag, snapshot, PTZ)."""
 from __future__ import annotations
 
 import json
@@ -7,35 +8,15 @@ import os
 import secrets
 import threading
 import time
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from bus.client import command_properties, mqtt_client, start, stop
+from bus.commands import Command
+from bus.topics import REPLIES_ROOT, topic_for
 from config.urls import redact_url
 
 log = logging.getLogger(__name__)
-
-
-def mqtt_client(url: str, client_id: str, **kwargs) -> mqtt.Client:
-    """A paho 2.x MQTT 5 client configured from an mqtt:// URL (credentials in the URL)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(url)}")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-    if parts.scheme == "mqtts":
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client._xlhub_host = parts.hostname or "127.0.0.1"  # noqa: SLF001 - kept for connect()
-    client._xlhub_port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    return client
-
-
-def connect_async(client: mqtt.Client) -> None:
-    client.connect_async(client._xlhub_host, client._xlhub_port, keepalive=15)
 
 
 class BrokerStatus:
@@ -56,8 +37,7 @@ class BrokerStatus:
         self._client = mqtt_client(self.url, f"xlhub-api-{os.getpid()}")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        connect_async(self._client)
-        self._client.loop_start()
+        start(self._client)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
@@ -76,8 +56,7 @@ class BrokerStatus:
 
     def stop(self) -> None:
         if self._client is not None:
-            self._client.loop_stop()
-            self._client.disconnect()
+            stop(self._client)
 
 
 class BrokerRequests:
@@ -88,7 +67,7 @@ class BrokerRequests:
     def __init__(self, url: str) -> None:
         self.url = url
         client_id = f"xlhub-api-req-{os.getpid()}-{secrets.token_hex(3)}"
-        self.response_topic = f"xlhub/_replies/{client_id}"
+        self.response_topic = f"{REPLIES_ROOT}/{client_id}"
         self.client = mqtt_client(url, client_id)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *args: self.ready.set()
@@ -98,12 +77,10 @@ class BrokerRequests:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        connect_async(self.client)
-        self.client.loop_start()
+        start(self.client)
 
     def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        stop(self.client)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -123,8 +100,10 @@ class BrokerRequests:
             slot[1] = {"phase": "failed", "detail": "unreadable answer"}
         slot[0].set()
 
-    def request(self, topic: str, body: dict, timeout: float) -> dict | None:
-        """Publish a command and wait for its answer; None when nothing answered in time."""
+    def request(self, source_id: str, command: Command, timeout: float) -> dict | None:
+        """Publish a command (its typed body, bus/commands.py) to a source and wait for its
+        answer; None when nothing answered in time."""
+        topic = topic_for(command.kind, source_id, "cmd", command.name)
         deadline = time.monotonic() + timeout
         if not self.ready.wait(min(timeout, 5.0)):
             return None
@@ -133,10 +112,8 @@ class BrokerRequests:
         with self._lock:
             self._waiting[corr] = slot
         try:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = self.response_topic
-            props.CorrelationData = corr
-            self.client.publish(topic, json.dumps(body), qos=1, properties=props)
+            props = command_properties(corr, response_topic=self.response_topic)
+            self.client.publish(topic, command.payload(), qos=1, properties=props)
             slot[0].wait(max(0.0, deadline - time.monotonic()))
             return slot[1]
         finally:

@@ -281,7 +281,7 @@ class Evidence:
     pending: bool = False
 
     def ref(self) -> dict:
-        """The contract's evidence reference (devices.contract.EvidenceRef)."""
+        """The contract's evidence reference (bus.events.EvidenceRef)."""
         out = {"kind": self.kind, "ref": self.id, "media_type": self.media_type}
         if self.sha256:
             out["sha256"] = self.sha256

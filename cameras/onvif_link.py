@@ -39,13 +39,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.commands import PTZ_OPS
 from cameras.config import with_credentials
 from config.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
 BACKOFF_S: tuple[float, ...] = (1.0, 5.0, 10.0, 60.0)
-PTZ_OPS = ("move", "stop", "presets", "goto")
 
 
 class StreamUnresolved(ConnectionError):

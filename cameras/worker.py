@@ -35,7 +35,6 @@ later. A supervisor's flag waits for the clip and carries both hashes.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import socket
@@ -46,27 +45,36 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import av
 import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 from ulid import ULID
+
+from bus.commands import (
+    Command,
+    FlagCommand,
+    MaintenanceCommand,
+    PtzCommand,
+    RebaselineCommand,
+    SnapshotCommand,
+)
 
 from cameras.analytics import luma
 from cameras.analytics.motion import MotionDetector
 from cameras.analytics.tamper import TamperDetector
 from cameras.batcher import AnalysisBatcher
-from cameras.config import CameraSpec, EvidenceSettings, camera_specs
+from cameras.config import TAMPER_CHECKS, CameraSpec, EvidenceSettings, camera_specs
 from cameras.evidence import JPEG, MP4, Evidence, EvidenceStore, PacketRing, Record, frame_at, jpeg, new_evidence_id, remux_mp4
 from cameras.health import HealthEvent, HealthMonitor
-from cameras.onvif_link import PTZ_OPS, OnvifEndpoint, OnvifLink, OnvifStreamSource
+from cameras.link import MqttLink
+from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
-from config.urls import redact_url
-from devices.contract import topic_for
 
 log = logging.getLogger(__name__)
+
+# The event types a camera's pipeline raises besides health's (cameras.health.EMITS): its
+# analytics, and a supervisor's flag (labels and default severities: config/vocabulary.py).
+EMITS = ("camera.motion", *(f"camera.tamper.{c}" for c in TAMPER_CHECKS), "camera.tamper.cleared", "camera.flag")
 
 TICK_S = 0.5
 HEARTBEAT_S = 5.0
@@ -88,8 +96,9 @@ class OutEvent:
     evidence: list[Evidence] = field(default_factory=list)
     severity: str | None = None
 
-    def body(self, seq: int) -> dict:
-        out = {"v": 1, "id": self.id, "ts": _ms(self.at), "seq": seq, "detail": self.detail,
+    def body(self) -> dict:
+        """The event's body on the bus (bus/events.py CameraEvent); the link adds ``seq``."""
+        out = {"v": 1, "id": self.id, "ts": _ms(self.at), "detail": self.detail,
                "evidence": [e.ref() for e in self.evidence]}
         if self.score is not None:
             out["score"] = max(0.0, min(1.0, float(self.score)))
@@ -366,10 +375,11 @@ class CameraPipeline:
                 log.warning("camera %s: baseline not saved: %s", self.spec.id, exc)
 
     # -- commands (job threads) ----------------------------------------------------------
-    def flag(self, frame_at_s: float, note: str | None, category: str | None, by: str | None,
-             severity: str | None = None) -> OutEvent:
-        """A supervisor's flag: the frame shown at ``frame_at_s`` and a clip around it,
-        as a ``camera.flag`` event (emitted once both are stored)."""
+    def flag(self, cmd: FlagCommand) -> OutEvent:
+        """A supervisor's flag (or an incident's evidence request): the frame shown at
+        ``cmd.frame_ts`` and a clip around it, as a ``camera.flag`` event (emitted once both
+        are stored) carrying the command's note, category, severity, by and correlation."""
+        frame_at_s = cmd.frame_ts.timestamp()
         if self.store is None:
             raise CommandError("this worker stores no evidence")
         now = self.wall()
@@ -389,10 +399,10 @@ class CameraPipeline:
         self.ring.wait_for(pending.t1, timeout=max(0.0, pending.give_up_at - self.wall()))
         self._finish_clip(pending)
         evidence = [snap] + ([pending.result] if pending.result is not None else [])
-        detail = {"note": note, "category": category, "by": by, "frame_at": _ms(frame_at_s),
-                  "snapshot_frame_at": _ms(snap.captured_at)}
+        detail = {"note": cmd.note, "category": cmd.category, "by": cmd.by, "correlation": cmd.correlation,
+                  "frame_at": _ms(frame_at_s), "snapshot_frame_at": _ms(snap.captured_at)}
         event = OutEvent(self.spec.id, "camera.flag", event_id, frame_at_s,
-                         {k: v for k, v in detail.items() if v is not None}, None, evidence, severity)
+                         {k: v for k, v in detail.items() if v is not None}, None, evidence, cmd.severity)
         self.events_raised += 1
         self.emit(event)
         return event
@@ -406,118 +416,6 @@ class CameraPipeline:
             raise CommandError("no decodable picture yet")
         frame, wall = found
         return jpeg(frame, self.cfg.clip.jpeg_quality), wall
-
-
-# --------------------------------------------------------------------------- MQTT
-def _mqtt_client(url: str, client_id: str) -> tuple[mqtt.Client, str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(url)}")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-    if parts.scheme == "mqtts":
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client.max_queued_messages_set(10_000)
-    return client, parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-
-class MqttLink:
-    """The worker's one MQTT connection: publishes as each of its cameras, receives
-    their commands. Sequence numbers are per camera, from 0 at every worker start."""
-
-    def __init__(self, url: str, client_id: str, camera_ids: list[str],
-                 on_command: Callable[[str, str, dict, mqtt.MQTTMessage], None]) -> None:
-        self.url = url
-        self.camera_ids = list(camera_ids)
-        self.on_command = on_command
-        self.client, self._host, self._port = _mqtt_client(url, client_id)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.connected = threading.Event()
-        self._seq: dict[str, int] = {}
-        self._seq_lock = threading.Lock()
-
-    def start(self) -> None:
-        self.client.connect_async(self._host, self._port, keepalive=15)
-        self.client.loop_start()
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("MQTT %s refused the connection: %s", redact_url(self.url), reason_code)
-            return
-        self.connected.set()
-        subs = [(topic_for("camera", cid, "cmd", "+"), 1) for cid in self.camera_ids]
-        for i in range(0, len(subs), 100):
-            client.subscribe(subs[i:i + 100])
-        log.info("MQTT connected to %s; commands of %d cameras subscribed", redact_url(self.url), len(subs))
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected.clear()
-        log.warning("MQTT connection lost (%s); reconnecting", reason_code)
-
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 6 or parts[4] != "cmd":
-            return
-        camera_id, name = parts[3], parts[5]
-        try:
-            body = json.loads(msg.payload) if msg.payload else {}
-            if not isinstance(body, dict):
-                raise ValueError("payload must be a JSON object")
-        except ValueError as exc:
-            self.reply(camera_id, name, msg, {}, "rejected", f"bad command payload: {exc}")
-            return
-        self.on_command(camera_id, name, body, msg)
-
-    def next_seq(self, camera_id: str) -> int:
-        with self._seq_lock:
-            n = self._seq.get(camera_id, 0)
-            self._seq[camera_id] = n + 1
-            return n
-
-    def publish(self, camera_id: str, channel: str, name: str | None, body: dict, qos: int = 1) -> None:
-        topic = topic_for("camera", camera_id, channel, name)
-        self.client.publish(topic, json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=qos)
-
-    def publish_event(self, ev: OutEvent) -> None:
-        self.publish(ev.camera_id, "evt", ev.type.removeprefix("camera."), ev.body(self.next_seq(ev.camera_id)))
-
-    def publish_telemetry(self, camera_id: str, figures: dict) -> None:
-        body = {"v": 1, "id": str(ULID()), "ts": _ms(time.time()), "seq": self.next_seq(camera_id),
-                **{k: v for k, v in figures.items() if v is not None}}
-        self.publish(camera_id, "tele", None, body, qos=0)
-
-    def reply(self, camera_id: str, name: str, request: mqtt.MQTTMessage, request_body: dict, phase: str,
-              detail: str | None = None, **extra) -> None:
-        body = {"v": 1, "id": str(ULID()), "ts": _ms(time.time()), "seq": self.next_seq(camera_id),
-                "cmd": name, "phase": phase}
-        if isinstance(request_body.get("id"), str):
-            body["cmd_id"] = request_body["id"][:64]
-        if detail:
-            body["detail"] = detail[:1024]
-        body.update(extra)
-        req_props = getattr(request, "properties", None)
-        response_topic = getattr(req_props, "ResponseTopic", None) if req_props else None
-        props = None
-        if response_topic:
-            topic = response_topic
-            props = Properties(PacketTypes.PUBLISH)
-            corr = getattr(req_props, "CorrelationData", None)
-            if corr:
-                props.CorrelationData = corr
-        else:
-            if "jpeg_b64" in body:
-                return  # a picture only goes to a requester that asked for an answer
-            topic = topic_for("camera", camera_id, "res", name)
-        self.client.publish(topic, json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
-                            properties=props)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -646,7 +544,7 @@ class CameraWorker:
     def _emit(self, ev: OutEvent) -> None:
         log.info("camera %s: %s %s", ev.camera_id, ev.type, ev.id)
         if self.link is not None:
-            self.link.publish_event(ev)
+            self.link.publish_event(ev.camera_id, ev.type, ev.body())
 
     def _sweep(self) -> None:
         try:
@@ -690,57 +588,51 @@ class CameraWorker:
             log.warning("%s: heartbeat not written: %s", self.name, type(exc).__name__)
 
     # -- commands --------------------------------------------------------------------------
-    def _on_command(self, camera_id: str, name: str, body: dict, msg: mqtt.MQTTMessage) -> None:
+    def _on_command(self, camera_id: str, cmd: Command, msg: mqtt.MQTTMessage) -> None:
         """On the MQTT thread: hand the work to a job thread at once."""
         pipeline = self.pipelines.get(camera_id)
         if pipeline is None:
             return      # another shard's camera (shared subscriptions) or a retired one
-        if name == "ptz":
+        if isinstance(cmd, PtzCommand):
             # Straight to the ONVIF loop, in arrival order (a job pool could let a stop overtake its move).
-            self._ptz(pipeline, body, msg)
+            self._ptz(pipeline, cmd, msg)
             return
-        self.jobs.submit(self._command, pipeline, name, body, msg)
+        self.jobs.submit(self._command, pipeline, cmd, msg)
 
-    def _ptz(self, p: CameraPipeline, body: dict, msg: mqtt.MQTTMessage) -> None:
-        link = self.link
-        try:
-            op, args = _ptz_args(body)
-        except CommandError as exc:
-            link.reply(p.spec.id, "ptz", msg, body, "rejected", str(exc), reason="invalid")
-            return
+    def _ptz(self, p: CameraPipeline, cmd: PtzCommand, msg: mqtt.MQTTMessage) -> None:
+        link, op = self.link, cmd.op
         if p.onvif is None or self.onvif is None:
-            link.reply(p.spec.id, "ptz", msg, body, "failed", "the camera has no ONVIF address in the site file",
+            link.reply(p.spec.id, cmd.name, msg, cmd, "failed", "the camera has no ONVIF address in the site file",
                        reason="no onvif")
             return
+        args = {"move": {"pan": cmd.pan, "tilt": cmd.tilt, "zoom": cmd.zoom, "timeout": cmd.timeout},
+                "goto": {"token": cmd.token}}.get(op, {})
 
         def done(future) -> None:
             from cameras.onvif import OnvifError
             try:
                 result = future.result()
             except OnvifError as exc:
-                link.reply(p.spec.id, "ptz", msg, body, "failed", str(exc), reason=exc.reason, op=op)
+                link.reply(p.spec.id, cmd.name, msg, cmd, "failed", str(exc), reason=exc.reason, op=op)
             except ValueError as exc:
-                link.reply(p.spec.id, "ptz", msg, body, "rejected", str(exc), reason="invalid", op=op)
+                link.reply(p.spec.id, cmd.name, msg, cmd, "rejected", str(exc), reason="invalid", op=op)
             except Exception as exc:
                 log.error("camera %s: ptz %s failed: %s", p.spec.id, op, type(exc).__name__)
-                link.reply(p.spec.id, "ptz", msg, body, "failed", f"internal error ({type(exc).__name__})", op=op)
+                link.reply(p.spec.id, cmd.name, msg, cmd, "failed", f"internal error ({type(exc).__name__})", op=op)
             else:
-                link.reply(p.spec.id, "ptz", msg, body, "finished", op=op, **result)
+                link.reply(p.spec.id, cmd.name, msg, cmd, "finished", op=op, **result)
 
-        log.info("camera %s: ptz %s%s", p.spec.id, op, f" by {body['by']}" if isinstance(body.get("by"), str) else "")
+        log.info("camera %s: ptz %s%s", p.spec.id, op, f" by {cmd.by}" if cmd.by else "")
         self.onvif.submit(self.onvif.ptz(p.spec.id, p.onvif, op, args)).add_done_callback(done)
 
-    def _command(self, p: CameraPipeline, name: str, body: dict, msg: mqtt.MQTTMessage) -> None:
-        link = self.link
+    def _command(self, p: CameraPipeline, cmd: Command, msg: mqtt.MQTTMessage) -> None:
+        link, name = self.link, cmd.name
         try:
-            if name == "flag":
-                at = _epoch_s(body.get("frame_ts", body.get("frame_at")))
-                note, category, by = (_text(body.get(k), 500) for k in ("note", "category", "by"))
-                severity = body.get("severity") if body.get("severity") in ("info", "minor", "major", "critical") else None
-                event = p.flag(at, note, category, by, severity)
-                link.reply(p.spec.id, name, msg, body, "finished", event_id=event.id,
-                           evidence=[e.ref() for e in event.evidence], frame_at=_ms(at))
-            elif name == "snapshot":
+            if isinstance(cmd, FlagCommand):
+                event = p.flag(cmd)
+                link.reply(p.spec.id, name, msg, cmd, "finished", event_id=event.id,
+                           evidence=[e.ref() for e in event.evidence], frame_at=_ms(cmd.frame_ts.timestamp()))
+            elif isinstance(cmd, SnapshotCommand):
                 try:
                     data, wall = p.latest_jpeg()
                 except CommandError:
@@ -751,69 +643,18 @@ class CameraWorker:
                         data, wall = p.source.fetch_snapshot(), time.time()
                     except OSError as exc:
                         raise CommandError(f"no picture from the stream, and {exc}") from None
-                link.reply(p.spec.id, name, msg, body, "finished", frame_at=_ms(wall),
+                link.reply(p.spec.id, name, msg, cmd, "finished", frame_at=_ms(wall),
                            state=p.health.shown_state, jpeg_b64=base64.b64encode(data).decode("ascii"))
-            elif name == "maintenance":
-                on = body.get("on")
-                if not isinstance(on, bool):
-                    raise CommandError("'on' must be true or false")
-                p.set_maintenance(on)
-                link.reply(p.spec.id, name, msg, body, "finished", maintenance=on)
-            elif name == "rebaseline":
+            elif isinstance(cmd, MaintenanceCommand):
+                p.set_maintenance(cmd.on)
+                link.reply(p.spec.id, name, msg, cmd, "finished", maintenance=cmd.on)
+            elif isinstance(cmd, RebaselineCommand):
                 p.rebaseline("requested")
-                link.reply(p.spec.id, name, msg, body, "finished")
+                link.reply(p.spec.id, name, msg, cmd, "finished")
             else:
-                link.reply(p.spec.id, name, msg, body, "rejected", f"unknown command {name!r}")
+                link.reply(p.spec.id, name, msg, cmd, "rejected", f"a camera does not carry out {name!r}")
         except CommandError as exc:
-            link.reply(p.spec.id, name, msg, body, "failed", str(exc))
+            link.reply(p.spec.id, name, msg, cmd, "failed", str(exc))
         except Exception as exc:
             log.exception("camera %s: command %s failed", p.spec.id, name)
-            link.reply(p.spec.id, name, msg, body, "failed", f"internal error ({type(exc).__name__})")
-
-
-def _epoch_s(value) -> float:
-    if isinstance(value, bool) or value is None:
-        raise CommandError("frame_ts is required (epoch milliseconds or ISO-8601 with offset)")
-    if isinstance(value, (int, float)):
-        return float(value) / 1000.0
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise CommandError("frame_ts: not an ISO-8601 time") from None
-        if dt.tzinfo is None:
-            raise CommandError("frame_ts: needs a UTC offset")
-        return dt.timestamp()
-    raise CommandError("frame_ts: epoch milliseconds or ISO-8601")
-
-
-def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not low <= value <= high:
-        raise CommandError(f"{key} must be a number from {low:g} to {high:g}")
-    return float(value)
-
-
-def _ptz_args(body: dict) -> tuple[str, dict]:
-    """The ``ptz`` command's body: ``op`` (move | stop | presets | goto) and its arguments
-    (velocities -1..1 and a timeout of 0.1..10 s for move, ``token`` for goto)."""
-    op = body.get("op")
-    if op not in PTZ_OPS:
-        raise CommandError(f"op must be one of {', '.join(PTZ_OPS)}")
-    if op == "move":
-        return op, {"pan": _number(body, "pan", -1, 1, 0.0), "tilt": _number(body, "tilt", -1, 1, 0.0),
-                    "zoom": _number(body, "zoom", -1, 1, 0.0), "timeout": _number(body, "timeout", 0.1, 10, 1.0)}
-    if op == "goto":
-        token = body.get("token")
-        if not isinstance(token, str) or not 0 < len(token) <= 64:
-            raise CommandError("token must be a preset token (1-64 characters)")
-        return op, {"token": token}
-    return op, {}
-
-
-def _text(value, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise CommandError("note, category and by must be strings")
-    return value[:limit]
+            link.reply(p.spec.id, name, msg, cmd, "failed", f"internal error ({type(exc).__name__})")

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from ulid import ULID
 
-from devices.contract import DEVICE_KINDS
+from config.vocabulary import DEVICE_KINDS
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 

@@ -57,17 +57,19 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from bus.client import command_properties, mqtt_client, start, stop
+from bus.commands import ReplayEventsCommand, UnlockCommand
+from bus.envelope import ContractError
+from bus.topics import Topic, parse_topic, topic_for
 from config.urls import redact_url
+from config.vocabulary import DEVICE_KINDS
 from devices import registry
 from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
@@ -75,7 +77,6 @@ from devices.broadcast import store as broadcasts
 from devices.commands import signing
 from devices.commands import store as commands
 from devices.commands.model import FINAL, Requester
-from devices.contract import DEVICE_KINDS, ContractError, Topic, parse_topic, topic_for
 from devices.credentials import DeviceSecrets
 from devices.geofence import FenceTracker, leaf_fences, locate
 from devices.settings import DevicesSettings
@@ -94,14 +95,17 @@ HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
 # long because a long backlog (an hour of a county's telemetry) is a reason to be slow.
 BARRIER_WAIT_S = 300.0
 BATCH_MAX = 5000
-SIGNED_COMMANDS = {("door", "unlock")}
-REPLAY_COMMAND = "replay_events"
+SIGNED_COMMANDS = {(UnlockCommand.kind, UnlockCommand.name)}
 # A drone's warnings raised once per episode, open until it ends (device_open_warnings):
 # battery ones until it lands or the battery is back above the threshold (plus
 # drone_battery_rearm_pct), link_lost until it is heard again.
 BATTERY_WARNINGS = frozenset({"battery_low", "battery_critical"})
 DRONE_EPISODE_WARNINGS = BATTERY_WARNINGS | {"link_lost"}
 SYSTEM = Requester.system("devices")
+# The event types this worker raises itself (labels and default severities: config/vocabulary.py):
+# availability decided by the hub, grid crossings of tracked devices, drone health warnings.
+EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")),
+         *(f"{k}.geofence" for k in ("radio", "drone")), "drone.health")
 
 
 @dataclass
@@ -179,26 +183,14 @@ class DevicesService:
 
     # ------------------------------------------------------------------ MQTT
     def _make_client(self) -> mqtt.Client:
-        parts = urlsplit(self.mqtt_url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(self.mqtt_url)}")
         # manual_ack: paho would acknowledge each message as on_message returns, before it is
         # stored, and a worker killed with messages in hand would lose them (tests/faults).
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                        manual_ack=True)
-        if parts.username:
-            c.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-        if parts.scheme == "mqtts":
-            c.tls_set()
-        c.reconnect_delay_set(1, 30)
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = mqtt_client(self.mqtt_url, self.client_id, manual_ack=True, max_inflight=1000, max_queued=0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
-        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         return c
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -252,13 +244,7 @@ class DevicesService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        if self.session_expiry_s:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s
-            self._client.connect_async(self._host, self._port, keepalive=15, clean_start=False, properties=props)
-        else:
-            self._client.connect_async(self._host, self._port, keepalive=15)
-        self._client.loop_start()
+        start(self._client, session_expiry_s=self.session_expiry_s)
         for target, name in ((self._work, "devices-worker"), (self._listen, "devices-listen")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -269,8 +255,7 @@ class DevicesService:
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
-        self._client.disconnect()
-        self._client.loop_stop()
+        stop(self._client)
 
     def run(self, stop_event: threading.Event) -> None:
         """Run until ``stop_event`` is set (the supervisor's child process entry point)."""
@@ -659,7 +644,8 @@ class DevicesService:
         """After an outage: everything the controller buffered since the last seq we saw.
         Ingest drops what it already has ((device, message id) dedupe), so asking for a
         little too much is harmless and asking too little is not."""
-        commands.create_command(conn, device_id=device_id, name=REPLAY_COMMAND, body={"since_seq": since_seq},
+        commands.create_command(conn, device_id=device_id, name=ReplayEventsCommand.name,
+                                body=ReplayEventsCommand(since_seq=since_seq).content(),
                                 requester=SYSTEM, timeout_s=max(30.0, self.cfg.command_timeout_s),
                                 expiry_s=self.cfg.command_expiry_s)
         self.stats["replays"] += 1
@@ -802,11 +788,9 @@ class DevicesService:
             key = self.secrets.ensure_signing_key(dev_id)
             body.update(device=dev_id, exp=int(cmd["expires_at"].timestamp() * 1000))
             body = signing.sign(key, body)
-        props = Properties(PacketTypes.PUBLISH)
-        props.CorrelationData = cmd["id"].encode()
-        props.ResponseTopic = topic_for(kind, dev_id, "res")
         # A command that reaches a device late is worse than one that never arrives.
-        props.MessageExpiryInterval = max(1, int((cmd["expires_at"] - now).total_seconds()))
+        props = command_properties(cmd["id"], response_topic=topic_for(kind, dev_id, "res"),
+                                   expiry_s=(cmd["expires_at"] - now).total_seconds())
         info = self._client.publish(topic_for(kind, dev_id, "cmd", cmd["name"]),
                                     json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
                                     properties=props)

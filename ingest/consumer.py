@@ -49,7 +49,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
@@ -60,6 +59,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge, Histogram
 
+from bus.client import mqtt_client, start
 from config.urls import redact_url
 from ingest.writer import (
     Heartbeat,
@@ -243,16 +243,6 @@ class FastClient(mqtt.Client):
         self._packet_queue(0x40, data, 0, 0)
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None, bool]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://: {redact_url(url)}")
-    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    return parts.hostname or "127.0.0.1", port, user, password, parts.scheme == "mqtts"
-
-
 @dataclass
 class IngestStats:
     received: int = 0
@@ -328,24 +318,17 @@ class IngestService:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        host, port, user, password, tls = parse_mqtt_url(self.mqtt_url)
-        client = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                            protocol=mqtt.MQTTv5, manual_ack=True)
-        if user:
-            client.username_pw_set(user, password)
-        if tls:
-            client.tls_set()
+        client = mqtt_client(self.mqtt_url, self.client_id, cls=FastClient, manual_ack=True,
+                             reconnect=(1, RECONNECT_MAX_S))
         client.sink = self._sink
         client.sink_many = self._sink_many
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
-        client.connect_async(host, port, keepalive=15, clean_start=False, properties=props)
+        start(client, session_expiry_s=self.session_expiry_s, clean_start=False, properties=props, loop=False)
         self._client = client
         # What exists now (modules, schemas, compiled validators) lives as long as the
         # process. Out of the collector's sight, the occasional full collection that the

@@ -34,19 +34,11 @@ from psycopg.types.json import set_json_dumps
 
 from pydantic import ValidationError
 
-from devices.contract import (
-    _ENVELOPE_FIELDS,
-    MAX_PAYLOAD_BYTES,
-    TELEMETRY,
-    CameraHealthRow,
-    ContractError,
-    EventRow,
-    PositionRow,
-    TelemetryRow,
-    Topic,
-    normalise,
-    parse_topic,
-)
+from bus.envelope import ContractError, ENVELOPE_FIELDS, MAX_PAYLOAD_BYTES
+from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, normalise
+from bus.telemetry import TELEMETRY
+from bus.topics import Topic, parse_topic
+from config.vocabulary import DEVICE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +160,7 @@ def _parse_topic_cached(topic: bytes) -> Topic:
 
 # Device telemetry is nearly all of the traffic. It takes a short path that calls the
 # contract's own schema and builds the rows' tuples straight from the validated model:
-# the same checks and the same rows as devices.contract.normalise (tests/ingest/
+# the same checks and the same rows as bus.normalise.normalise (tests/ingest/
 # test_prepare.py compares the two on valid and broken input) for ~2 µs less CPU per
 # message. Anything that does not pass it cleanly (unknown source, invalid payload, ...)
 # goes through normalise, which says why.
@@ -176,7 +168,7 @@ _SHORT_PATH_ON = True
 _SHORT_PATH = {kind: (TELEMETRY[kind].__pydantic_validator__.validate_json,
                       TELEMETRY[kind].__pydantic_serializer__.to_json,
                       {"drone": "full", "radio": "lat_lon"}.get(kind))
-               for kind in ("door", "speaker", "drone", "radio")}
+               for kind in DEVICE_KINDS}
 
 
 def _telemetry_short(t: Topic, payload, at: datetime, src: Source | None, tele: list, pos: list) -> float | None:
@@ -193,7 +185,7 @@ def _telemetry_short(t: Topic, payload, at: datetime, src: Source | None, tele: 
         return None
     grid, ts = src.grid_code, m.ts
     tele.append((at, t.source_id, t.kind, ts, m.seq, m.id, grid,
-                 dump(m, exclude=_ENVELOPE_FIELDS, exclude_none=True).decode()))
+                 dump(m, exclude=ENVELOPE_FIELDS, exclude_none=True).decode()))
     if position == "full":
         pos.append((at, t.source_id, ts, m.lat, m.lon, m.alt_m, m.heading_deg, m.speed_mps, grid))
     elif position == "lat_lon":

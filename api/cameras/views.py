@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
-from ulid import ULID
 
 from api.audit import add_audit_detail, audited_read
 from api.broker import BrokerRequests
@@ -37,10 +35,11 @@ from api.cameras.ptz_holds import PtzHolds
 from api.deps import Conn, ensure_in_scope, require
 from api.health.workers import camera_worker_down
 from api.permissions import Permission
+from bus.commands import FlagCommand, PtzCommand, SnapshotCommand
+from bus.envelope import Severity
 from cameras.config import EvidenceSettings
 from cameras.evidence import is_evidence_id, resolve_evidence_path
 from config.urls import redact_text
-from devices.contract import topic_for
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,7 @@ class FlagIn(BaseModel):
                                              "(ISO-8601 with offset, as the player shows it)")
     note: str = Field("", max_length=500)
     category: str = Field(..., min_length=1, max_length=64, description="e.g. 治安防控, 安全隐患, 城市管理")
-    severity: Literal["info", "minor", "major", "critical"] | None = None
+    severity: Severity | None = None
 
 
 class FlagOut(BaseModel):
@@ -137,12 +136,10 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
     _require_worker(conn, camera_id)
     conn.commit()       # release the snapshot of the transaction while the worker works
     frame_ms = int(flag.frame_time.timestamp() * 1000)
-    body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "frame_ts": frame_ms,
-            "note": flag.note or None, "category": flag.category, "by": principal.name}
-    if flag.severity:
-        body["severity"] = flag.severity
+    command = FlagCommand(frame_ts=flag.frame_time, note=flag.note or None, category=flag.category,
+                          severity=flag.severity, by=principal.name)
     waited = _timeout(request, "flag", FLAG_TIMEOUT_S)
-    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "flag"), body, waited)
+    answer = camera_commands(request).request(camera_id, command, waited)
     if answer is None:
         raise _no_answer(camera_id, waited)
     if answer.get("phase") != "finished":
@@ -163,8 +160,7 @@ def camera_snapshot(camera_id: str, request: Request, conn: Conn,
     _require_worker(conn, camera_id)
     conn.commit()
     waited = _timeout(request, "snapshot", SNAPSHOT_TIMEOUT_S)
-    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "snapshot"),
-                                              {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000)}, waited)
+    answer = camera_commands(request).request(camera_id, SnapshotCommand(by=principal.name), waited)
     if answer is None:
         raise _no_answer(camera_id, waited)
     if answer.get("phase") != "finished" or not answer.get("jpeg_b64"):
@@ -288,9 +284,8 @@ def _ptz_target(conn, principal: Principal, camera_id: str) -> None:
 
 
 def _ptz_command(request: Request, principal: Principal, camera_id: str, op: str, **args) -> dict:
-    body = {"v": 1, "id": str(ULID()), "ts": int(time.time() * 1000), "op": op, "by": principal.name, **args}
     waited = _timeout(request, "ptz", PTZ_TIMEOUT_S)
-    answer = camera_commands(request).request(topic_for("camera", camera_id, "cmd", "ptz"), body, waited)
+    answer = camera_commands(request).request(camera_id, PtzCommand(op=op, by=principal.name, **args), waited)
     if answer is None:
         raise _no_answer(camera_id, waited)
     if answer.get("phase") != "finished":

@@ -37,6 +37,8 @@ from api.audit import entry_for
 from api.deps import SESSION_COOKIE, Conn, ensure_in_scope, require
 from api.permissions import Permission, allowed
 from api.registry.views import Event, query_events
+from bus.commands import UnlockCommand, check_body
+from bus.envelope import ContractError
 from devices import registry
 from devices.broadcast import audio as broadcast_audio
 from devices.broadcast import store as broadcasts
@@ -455,6 +457,10 @@ def send_command(device_id: str, body: CommandIn, request: Request, conn: Conn,
         raise HTTPException(422, f"命令 {body.name} 不能在此发送：{RESERVED_COMMANDS[body.name]}")
     if len(str(body.body)) > 16384:
         raise HTTPException(413, "命令内容过大 (command body larger than 16 KiB)")
+    try:
+        check_body(dev.kind, body.name, body.body)      # the contract's typed body, when it names the command
+    except ContractError as exc:
+        raise HTTPException(422, f"命令参数无效 (invalid command body): {exc.reason}") from None
     cfg = _cfg(request)
     try:
         row = commands.create_command(conn, device_id=dev.id, name=body.name, body=body.body,
@@ -507,7 +513,7 @@ def unlock_door(device_id: str, body: UnlockIn, request: Request, conn: Conn,
         raise HTTPException(422, f"开门时长最多 {cfg.unlock_max_s} 秒 (at most {cfg.unlock_max_s} s)")
     row = commands.create_command(
         conn, device_id=dev.id, name="unlock", signed=True, requester=_requester(principal),
-        body={"duration_s": body.duration_s, "operator": principal.name, "reason": body.reason},
+        body=UnlockCommand(duration_s=body.duration_s, operator=principal.name, reason=body.reason).content(),
         timeout_s=body.duration_s + 15, expiry_s=10)
     _audit(request, conn, "door.unlock", device_id,
            {"command_id": row["id"], "duration_s": body.duration_s, "reason": body.reason})

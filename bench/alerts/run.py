@@ -177,16 +177,15 @@ def _pct(values: list[float], p: float) -> float:
 # --------------------------------------------------------------------------- phases
 def _probe_phase(name: str, first: int, count: int, interval: float, mqtt_url: str, receiver: Receiver,
                  db_url: str) -> dict:
-    import paho.mqtt.client as mqtt
     import psycopg
-    from urllib.parse import unquote, urlsplit
 
-    parts = urlsplit(mqtt_url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-alerts-probe-{name}",
-                         protocol=mqtt.MQTTv5)
-    client.username_pw_set(unquote(parts.username), unquote(parts.password))
-    client.connect(parts.hostname, parts.port)
-    client.loop_start()
+    from bus.client import mqtt_client, start, stop
+
+    client = mqtt_client(mqtt_url, f"bench-alerts-probe-{name}")
+    start(client)
+    deadline = time.time() + 10
+    while not client.is_connected() and time.time() < deadline:
+        time.sleep(0.02)
     published: dict[str, float] = {}
     for i in range(first, first + count):
         door = f"probe-door-{i:04d}"
@@ -198,8 +197,7 @@ def _probe_phase(name: str, first: int, count: int, interval: float, mqtt_url: s
     deadline = time.time() + 30
     while time.time() < deadline and any(d not in receiver.got for d in published):
         time.sleep(0.05)
-    client.loop_stop()
-    client.disconnect()
+    stop(client)
     lat = [(receiver.got[d] - t) * 1000 for d, t in published.items() if d in receiver.got]
     # The case's first outbox row (written by the engine in the transaction that made the case)
     # and the event id, to split the time once ingest reports its commit times.

@@ -81,12 +81,11 @@ def _publisher(idx: int, n_pub: int, n_devices: int, mqtt_url: str, seconds: flo
 
 
 def _raw_subscriber(mqtt_url: str, consumed: mp.Value, stop: mp.Event, ready: mp.Event, out: mp.Queue) -> None:
-    import paho.mqtt.client as mqtt
     from paho.mqtt.subscribeoptions import SubscribeOptions
 
-    from ingest.consumer import FastClient, parse_mqtt_url
+    from bus.client import mqtt_client, start
+    from ingest.consumer import FastClient
 
-    host, port, user, password, _ = parse_mqtt_url(mqtt_url)
     lock = threading.Lock()
     pending: list[int] = []
     times = {"first": None, "last": None, "n": 0}
@@ -100,13 +99,11 @@ def _raw_subscriber(mqtt_url: str, consumed: mp.Value, stop: mp.Event, ready: mp
                 times["first"] = received
             times["last"] = received
 
-    c = FastClient(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5, manual_ack=True)
-    c.username_pw_set(user, password)
+    c = mqtt_client(mqtt_url, "bench-raw", cls=FastClient, manual_ack=True)
     c.sink = sink
     c.on_subscribe = lambda *a: ready.set()
     c.on_connect = lambda client, *a: client.subscribe("xlhub/v1/#", options=SubscribeOptions(qos=1))
-    c.connect(host, port)
-    c.loop_start()
+    start(c)
     while not stop.is_set():
         time.sleep(0.05)
         with lock:

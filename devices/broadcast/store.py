@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from ulid import ULID
 
+from bus.commands import PlayCommand
 from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
 from devices.commands.store import new_command_id
@@ -43,7 +44,6 @@ STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "�
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "no_speakers")
 VILLAGE_LABELS = {"heard": "已收听", "heard_late": "已收听（回执迟到）", "partial": "部分收听", "not_heard": "未收听",
                   "in_progress": "播放中"}
-PLAY_COMMAND = "play"
 
 
 def tier(kind: str, priority: int | str | None) -> int:
@@ -169,17 +169,12 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
             complete_if_done(conn, b["id"], now)
             continue
         duration = float(b["duration_s"] or opts.default_duration_s)
-        body = {"broadcast_id": b["id"], "kind": b["kind"], "priority": b["priority"], "repeat": b["repeat"],
-                "duration_s": duration}
-        if b["text"]:
-            body["text"] = b["text"]
+        audio = {"audio_url": b["audio_url"]}
         if b["audio_id"]:
-            body.update(audio_url=opts.media_base_url.rstrip("/") + audio_path(b["id"]),
-                        audio_sha256=b["audio_sha256"], media_type=b["audio_media_type"])
-        elif b["audio_url"]:
-            body["audio_url"] = b["audio_url"]
-        if b["volume"] is not None:
-            body["volume"] = b["volume"]
+            audio = {"audio_url": opts.media_base_url.rstrip("/") + audio_path(b["id"]),
+                     "audio_sha256": b["audio_sha256"], "media_type": b["audio_media_type"]}
+        body = PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
+                           duration_s=duration, text=b["text"] or None, volume=b["volume"], **audio).content()
         expires = now + timedelta(seconds=b["expires_in_s"])
         # No answer by the end of the (repeated) audio plus a margin — and plus the time it
         # may wait for delivery — and the speaker is reported as not having played it.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 OPEN = ("pending", "sent", "accepted", "progress")
 FINAL = ("finished", "failed", "rejected", "preempted", "expired")
 STATES = OPEN + FINAL
-# What the device may say (contract.CommandResult.phase), and the state each one leads to.
+# What the device may say (bus.commands.CommandResult.phase), and the state each one leads to.
 DEVICE_PHASES = {"accepted": "accepted", "started": "progress", "progress": "progress", "finished": "finished",
                  "failed": "failed", "rejected": "rejected", "preempted": "preempted", "expired": "expired"}
 _RANK = {"pending": 0, "sent": 1, "accepted": 2, "progress": 3}

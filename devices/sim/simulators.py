@@ -1,4 +1,4 @@
-"""Simulated field devices speaking the MQTT contract (devices/contract.py).
+"""Simulated field devices speaking the MQTT contract (bus/).
 
 Four kinds, each a small state machine that produces realistic telemetry and events:
 
@@ -52,7 +52,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
@@ -60,8 +59,11 @@ from paho.mqtt.client import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bus.client import mqtt_client, start
+from bus.commands import command_model, parse_command
+from bus.envelope import ContractError
+from bus.topics import TOPIC_ROOT
 from devices.commands.signing import verify as verify_signature
-from devices.contract import TOPIC_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -568,23 +570,6 @@ class BatchPublisher(mqtt.Client):
         return True
 
 
-def _client_for(url: str, client_id: str, username: str | None = None, password: str | None = None,
-                cls=mqtt.Client, **kwargs) -> tuple[mqtt.Client, str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError("MQTT URL must start with mqtt:// or mqtts://")
-    client = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs)
-    user = username if username is not None else (unquote(parts.username) if parts.username else None)
-    pw = password if username is not None else (unquote(parts.password) if parts.password else None)
-    if user:
-        client.username_pw_set(user, pw)
-    if parts.scheme == "mqtts":
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    client.max_inflight_messages_set(100)
-    return client, parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-
 def _avail(status: str) -> bytes:
     return json.dumps({"v": 1, "status": status, "ts": _now_ms()}).encode()
 
@@ -666,22 +651,20 @@ class DeviceFleet:
         """Connect every client (per-device ones publish avail online + state)."""
         shared_ids = [d.id for d in self.devices.values() if not d.password]
         if shared_ids:
-            client, host, port = _client_for(self.mqtt_url, f"{self.client_prefix}-shared-{id(self):x}",
-                                             cls=BatchPublisher)
+            client = mqtt_client(self.mqtt_url, f"{self.client_prefix}-shared-{id(self):x}", cls=BatchPublisher,
+                                 max_inflight=100)
             client.on_connect = self._on_shared_connect
             client.on_message = self._on_command
-            client.connect_async(host, port, keepalive=30)
-            client.loop_start()
+            start(client, keepalive=30)
             self.shared = client
         for d in self.devices.values():
             if d.password:
-                client, host, port = _client_for(self.mqtt_url, d.id, username=d.id, password=d.password)
+                client = mqtt_client(self.mqtt_url, d.id, login=(d.id, d.password), max_inflight=100)
                 client.will_set(f"{d.root}/avail", _avail("offline"), qos=1, retain=True)
                 client.user_data_set(d)
                 client.on_connect = self._on_device_connect
                 client.on_message = self._on_command
-                client.connect_async(host, port, keepalive=30)
-                client.loop_start()
+                start(client, keepalive=30)
                 self.clients[d.id] = client
         deadline = time.monotonic() + timeout
         for c in [*self.clients.values(), *([self.shared] if self.shared else [])]:
@@ -815,6 +798,13 @@ class DeviceFleet:
             response = getattr(props, "ResponseTopic", None) if props else None
             expiry = getattr(props, "MessageExpiryInterval", None) if props else None
             cmd = Command(self, dev, name, body, corr, response, expiry)
+            if command_model(dev.kind, name) is not None:
+                # The contract's own typed body, as a real device's firmware would check it.
+                try:
+                    parse_command(dev.kind, name, body)
+                except ContractError as exc:
+                    cmd.reply("rejected", exc.reason)
+                    return
             BEHAVIOURS[dev.kind].command(self, dev, cmd)
         except Exception:
             log.exception("simulated device failed to handle a command on %s", msg.topic)

@@ -83,6 +83,39 @@ def test_forced_door_is_one_incident_with_the_nearest_cameras_evidence(site_db, 
     assert one(site_db, "SELECT count(*) AS n FROM cases WHERE alarm_id = %s", (alarm["id"],))["n"] == 1
 
 
+def test_an_incident_asks_its_cameras_for_evidence_and_their_answer_joins_it(site_db, engine, mqtt):
+    """The evidence request is the contract's typed flag command with the alarm in a field
+    of its own (correlation), not in the human ``by``; the worker's camera.flag carrying it
+    back is attached to that incident instead of raising an alarm of its own."""
+    from bus.commands import parse_command
+
+    received: list[tuple[str, dict]] = []
+    got = threading.Event()
+    sub = mqtt_subscriber(mqtt.url, "xlhub/v1/camera/+/cmd/flag", received, got)
+    try:
+        insert_event(site_db, "door-tyc", "door.forced_open")
+        alarm = wait_for(lambda: alarm_of(site_db, "door-tyc", "door.forced_open"), what="the door alarm")
+        wait_for(got.is_set, 10, what="the evidence request on MQTT")
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    topic, body = received[0]
+    camera = topic.split("/")[3]
+    assert camera == alarm["correlated"][0]
+    cmd = parse_command("camera", "flag", json.dumps(body))
+    assert cmd.correlation == f"alarm:{alarm['id']}" and cmd.by == "system:rule:door-forced"
+    assert cmd.category == "alarm-evidence" and abs(cmd.frame_ts - alarm["first_at"]).total_seconds() < 1
+    # The camera worker's answer: a camera.flag event whose detail carries the correlation back
+    # (dated past the incident's correlation window: the correlation alone must find it).
+    answer = insert_event(site_db, camera, "camera.flag", severity="minor", at=alarm["first_at"] + timedelta(minutes=5),
+                          payload={"detail": {"by": cmd.by, "correlation": cmd.correlation, "category": cmd.category}})
+    wait_for(lambda: one(site_db, "SELECT 1 FROM alarm_events WHERE event_id = %s", (answer,)),
+             what="the answer attached to the incident")
+    assert one(site_db, "SELECT alarm_id, role FROM alarm_events WHERE event_id = %s", (answer,)) == \
+        {"alarm_id": alarm["id"], "role": "correlated"}
+    assert alarm_of(site_db, camera, "camera.flag") is None
+
+
 def test_sos_is_a_case_at_once_with_a_broadcast_and_the_dispatcher_told(site_db, engine, devices, mqtt):
     received: list[tuple[str, dict]] = []
     got = threading.Event()

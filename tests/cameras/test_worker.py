@@ -28,7 +28,8 @@ from cameras.config import CameraAnalytics, CameraSpec
 from cameras.sim.server import MOTION_BAND, SimRtspServer, decode_timestamp_strip
 from cameras.worker import CameraWorker
 from config.settings import Settings
-from devices.contract import EventRow, normalise, parse_topic
+from bus.normalise import EventRow, normalise
+from bus.topics import parse_topic
 from store import identity
 from store.db import connect
 from store.registry import sync_site

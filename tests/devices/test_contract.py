@@ -9,19 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.contract import (
-    EVENTS,
-    MAX_PAYLOAD_BYTES,
-    CameraHealthRow,
-    ContractError,
-    EventRow,
-    PositionRow,
-    TelemetryRow,
-    default_severity,
-    normalise,
-    parse_topic,
-    topic_for,
-)
+from bus.envelope import ContractError, MAX_PAYLOAD_BYTES
+from bus.events import EVENTS, default_severity
+from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, normalise
+from bus.topics import parse_topic, topic_for
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 TS = 1_795_420_800_000   # 2026-11-23T08:00:00Z in epoch ms
@@ -320,7 +311,7 @@ def test_camera_events_keep_the_workers_ulid_as_their_id():
 
     from ulid import ULID
 
-    from devices.contract import normalise
+    from bus.normalise import normalise
 
     worker_id = str(ULID())
     now = datetime.now(timezone.utc)

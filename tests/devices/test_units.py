@@ -12,7 +12,7 @@ from devices.availability import AvailabilityTracker
 from devices.broadcast.store import tier
 from devices.commands.model import next_state
 from devices.commands.signing import sign, verify
-from devices.contract import normalise
+from bus.normalise import normalise
 from devices.geofence import Fence, FenceTracker, leaf_fences, locate, point_in_polygon
 from devices.registry import RegistryError
 from devices.settings import DevicesSettings

@@ -24,7 +24,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from cameras.sim.server import SimRtspServer
-from devices.contract import normalise, parse_topic
+from bus.normalise import normalise
+from bus.topics import parse_topic
 from tests.faults.tools import PROJECT_ROOT, fd_count, rss_kb, thread_count, wait_until
 
 FLAP_S = float(os.environ.get("XLHUB_FLAP_SECONDS", "30"))

@@ -1,6 +1,6 @@
 """ingest.writer.prepare takes a short path for device telemetry; whatever it is given, the
 rows, dead letters and counts must be exactly those of the general path through
-devices.contract.normalise."""
+bus.normalise.normalise."""
 from __future__ import annotations
 
 import json

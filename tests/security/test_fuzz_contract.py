@@ -16,18 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.contract import (
-    EVENTS,
-    KINDS,
-    TELEMETRY,
-    CameraHealthRow,
-    ContractError,
-    EventRow,
-    PositionRow,
-    TelemetryRow,
-    normalise,
-    parse_topic,
-)
+from bus.envelope import ContractError
+from bus.events import EVENTS
+from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, normalise
+from bus.telemetry import TELEMETRY
+from bus.topics import KINDS, parse_topic
 from hub.embedded import EmbeddedMosquitto, free_port
 from ingest.consumer import IngestService
 from store.db import connect

@@ -100,6 +100,28 @@ def probe_duration(path: Path) -> float | None:
         return None
 
 
+# A file that decodes with more errors than this is not audio a speaker can play (ffprobe
+# alone takes any bytes that happen to hold MP3 frame headers for an MP3: random data
+# often does).
+MAX_DECODE_ERRORS = 3
+
+
+def decode_problem(path: Path) -> str | None:
+    """None when the file's first audio stream decodes cleanly (FFmpeg, to nowhere); else
+    what FFmpeg said first. None as well when FFmpeg is missing (nothing to judge with)."""
+    if not shutil.which("ffmpeg"):
+        return None
+    try:
+        res = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+                              "-f", "null", "-"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "decoding took longer than 120 s"
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    if res.returncode != 0 or len(errors) > MAX_DECODE_ERRORS:
+        return (errors[0] if errors else f"ffmpeg exit status {res.returncode}")[:200]
+    return None
+
+
 def _record(conn: psycopg.Connection, f: AudioFile, text: str | None, created_by: str) -> None:
     conn.execute(
         """INSERT INTO broadcast_audio (id, sha256, path, media_type, bytes, duration_s, origin, text, created_by)
@@ -178,6 +200,9 @@ def save_upload(conn: psycopg.Connection, stream: BinaryIO, media_type: str | No
         duration = probe_duration(tmp)
         if duration is None and shutil.which("ffprobe"):
             raise AudioError("无法识别的音频文件 (not an audio file ffprobe can read)")
+        problem = decode_problem(tmp)
+        if problem is not None:
+            raise AudioError(f"音频文件已损坏或不是音频，无法解码 (the file does not decode as audio: {problem})")
         sha = h.hexdigest()
         name = f"upload-{sha}.{ext}"
         tmp.replace(media_root / name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import time
 
@@ -64,6 +65,12 @@ def test_oversized_bodies_are_refused_without_harm(api, admin):
     # Upload routes take files far past the 1 MiB default; the handler then judges the content.
     r = admin.post("/api/broadcasts/audio", files={"file": ("notice.mp3", os.urandom(3 * 1024 * 1024), "audio/mpeg")})
     assert r.status_code == 422, r.text[:200]
+    # Garbage between MP3 frame headers: ffprobe calls it a 197 s MP3 (random bytes sometimes
+    # did too, and were accepted); it does not decode, so no speaker could play it.
+    rng = random.Random(7)
+    fake = b"".join(b"\xff\xfb\x90\x64" + rng.randbytes(413) for _ in range(3 * 1024 * 1024 // 417))
+    r = admin.post("/api/broadcasts/audio", files={"file": ("notice.mp3", fake, "audio/mpeg")})
+    assert r.status_code == 422 and "无法解码" in r.json()["detail"], r.text[:200]
     assert admin.get("/api/auth/me").status_code == 200
     print(f"\n32 MiB login body answered {r.status_code} in {took:.1f}s")
 

@@ -25,13 +25,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-import socket
 import threading
 import time
 from datetime import UTC, datetime
 
-import psycopg
-from psycopg.types.json import Jsonb
 
 from alerts import actions, feed
 from alerts.alarms import service as alarms
@@ -49,6 +46,8 @@ from config.site import SiteError
 from devices.broadcast import Voice
 from devices.settings import DevicesSettings
 from store.db import open_pool, wait_for_database
+from store.listen import Listener
+from store.workers import beat
 
 log = logging.getLogger(__name__)
 
@@ -152,25 +151,19 @@ class AlertsEngine:
 
     # -- listener ---------------------------------------------------------------------------
     def _listen(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
-                                     application_name="xlhub-alerts-listen") as conn:
-                    for channel in (EVENTS_CHANNEL, OUTBOX_CHANNEL):
-                        conn.execute(f"LISTEN {channel}")
-                    self.listening = True
-                    self.events_wake.set()              # catch up on what arrived while away
-                    self.sender.wake.set()
-                    while not stop.is_set():
-                        for n in conn.notifies(timeout=0.5):
-                            if n.channel == OUTBOX_CHANNEL:
-                                self.sender.wake.set()
-                            elif n.channel == EVENTS_CHANNEL:
-                                self.events_wake.set()
-            except psycopg.Error as exc:
-                self.listening = False
-                log.warning("alerts listener lost the database (%s); reconnecting", type(exc).__name__)
-                stop.wait(1.0)
+        def connected() -> None:
+            self.listening = True
+            self.events_wake.set()              # catch up on what arrived while away
+            self.sender.wake.set()
+
+        def lost(exc: BaseException) -> None:
+            self.listening = False
+
+        def notified(channel: str, payload: str) -> None:
+            (self.sender.wake if channel == OUTBOX_CHANNEL else self.events_wake).set()
+
+        Listener(self.db_url, (EVENTS_CHANNEL, OUTBOX_CHANNEL), notified, name="xlhub-alerts-listen",
+                 on_connect=connected, on_lost=lost, poll_s=0.5).run(stop)
         self.listening = False
 
     # -- events -----------------------------------------------------------------------------
@@ -300,7 +293,6 @@ class AlertsEngine:
 
     # -- heartbeat ------------------------------------------------------------------------------
     def _heartbeat_loop(self, stop: threading.Event) -> None:
-        host, pid = socket.gethostname(), os.getpid()
         while not stop.is_set():
             try:
                 with self.pool.connection(timeout=5) as conn:
@@ -311,13 +303,7 @@ class AlertsEngine:
                                                 "max": round(waits[-1], 1) if waits else None},
                               "outbox": outbox.counts(conn), "mqtt": bool(self.mqtt and self.mqtt.connected.is_set()),
                               "delivery": dict(self.sender.stats) if self.sender else {}, **self.counters}
-                    conn.execute(
-                        """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
-                           VALUES (%s, 'alerts', %s, %s, %s, now(), %s)
-                           ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host,
-                               pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, seen_at = now(),
-                               detail = EXCLUDED.detail""",
-                        (self.name, host, pid, self._started_at, Jsonb(detail)))
+                    beat(conn, self.name, "alerts", self._started_at, detail)
             except Exception as exc:
                 log.debug("alerts heartbeat failed: %s", type(exc).__name__)
             stop.wait(self.heartbeat_s)

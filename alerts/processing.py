@@ -57,8 +57,8 @@ class Processor:
         if ev.grid_path:
             return list(ev.grid_path)
         src = self.registry.source(ev.source_id)
-        if src and src.path:
-            return list(src.path)
+        if src and src.grid_path:
+            return list(src.grid_path)
         return [self.registry.root_code] if self.registry.root_code else []
 
     def position_of(self, ev: Event) -> tuple[float, float] | None:

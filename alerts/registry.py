@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import psycopg
 
 from config.vocabulary import LEVEL_RANK
+from store.sources import Source, SourceCache
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,6 @@ class Node:
     path: tuple[str, ...]
     center: tuple[float, float] | None          # (lat, lon)
     boundary: tuple[tuple[float, float], ...] | None   # (lon, lat) points
-
-
-@dataclass(frozen=True)
-class Source:
-    id: str
-    kind: str                  # camera | door | speaker | drone | radio
-    name: str
-    lat: float | None
-    lon: float | None
-    grid_code: str | None
-    path: tuple[str, ...]
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -61,10 +51,15 @@ class RegistryView:
     def __init__(self, refresh_s: float = 30.0) -> None:
         self.refresh_s = refresh_s
         self.nodes: dict[str, Node] = {}
-        self.sources: dict[str, Source] = {}
+        self.cache = SourceCache(refresh_s=refresh_s)
         self.root_code: str | None = None
         self.loaded_at = 0.0
         self._lock = threading.Lock()
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Every camera and device with its current grid (store.sources), active or not."""
+        return self.cache.sources
 
     def refresh(self, conn: psycopg.Connection) -> None:
         nodes = {}
@@ -76,20 +71,10 @@ class RegistryView:
                 boundary = tuple((float(p[0]), float(p[1])) for p in r["boundary"])
             center = (r["center_lat"], r["center_lon"]) if r["center_lat"] is not None else None
             nodes[r["code"]] = Node(r["code"], r["name"], r["level"], tuple(r["path"]), center, boundary)
-        sources = {}
-        for r in conn.execute(
-            """SELECT s.id, s.kind, s.name, s.lat, s.lon, m.grid_code, n.path
-               FROM (SELECT id, kind, name, lat, lon FROM devices WHERE active
-                     UNION ALL SELECT id, 'camera', name, lat, lon FROM cameras WHERE active) s
-               LEFT JOIN grid_membership m ON m.source_id = s.id AND m.valid_to IS NULL
-                    AND m.source_kind = CASE WHEN s.kind = 'camera' THEN 'camera' ELSE 'device' END
-               LEFT JOIN grid_nodes n ON n.code = m.grid_code""").fetchall():
-            r = _row(r, ("id", "kind", "name", "lat", "lon", "grid_code", "path"))
-            sources[r["id"]] = Source(r["id"], r["kind"], r["name"], r["lat"], r["lon"], r["grid_code"],
-                                      tuple(r["path"] or ()))
         root = next((n.code for n in nodes.values() if len(n.path) == 1), None)
         with self._lock:
-            self.nodes, self.sources, self.root_code = nodes, sources, root
+            self.nodes, self.root_code = nodes, root
+            self.cache.refresh(conn)
             self.loaded_at = time.monotonic()
 
     def maybe_refresh(self, conn: psycopg.Connection, *, missing: str | None = None) -> None:
@@ -133,18 +118,21 @@ class RegistryView:
 
     # -- sources -----------------------------------------------------------------------
     def source(self, source_id: str) -> Source | None:
-        return self.sources.get(source_id)
+        """An active camera or device (a deactivated one is no source of new alarms)."""
+        src = self.sources.get(source_id)
+        return src if src is not None and src.active else None
 
     def speakers_under(self, codes: list[str] | tuple[str, ...]) -> list[Source]:
         wanted = set(codes)
-        return sorted((s for s in self.sources.values() if s.kind == "speaker" and wanted.intersection(s.path)),
+        return sorted((s for s in self.sources.values()
+                       if s.kind == "speaker" and s.active and wanted.intersection(s.grid_path or ())),
                       key=lambda s: s.id)
 
     def nearest_cameras(self, lat: float, lon: float, n: int, max_m: float,
                         exclude: str | None = None) -> list[tuple[Source, float]]:
         found = []
         for s in self.sources.values():
-            if s.kind != "camera" or s.lat is None or s.lon is None or s.id == exclude:
+            if s.kind != "camera" or not s.active or s.lat is None or s.lon is None or s.id == exclude:
                 continue
             d = distance_m(lat, lon, s.lat, s.lon)
             if d <= max_m:

@@ -40,9 +40,21 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
 Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
-def current_principal(request: Request, conn: Conn,
-                            bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-    token = bearer.credentials if bearer else request.cookies.get(SESSION_COOKIE)
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, if any."""
+    scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+def request_token(request: Request) -> str | None:
+    """The caller's session or API token: ``Authorization: Bearer …``, else the session cookie."""
+    return bearer_token(request) or request.cookies.get(SESSION_COOKIE) or None
+
+
+def authenticate(request: Request, conn: psycopg.Connection) -> Principal:
+    """The one way a request becomes a principal (every route, the SSE feed, the audio a
+    person fetches): its token looked up now, 401 when there is none or it is not valid."""
+    token = request_token(request)
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated: log in or send a bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -52,6 +64,12 @@ def current_principal(request: Request, conn: Conn,
                             headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     return principal
+
+
+def current_principal(request: Request, conn: Conn,
+                      bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    # ``bearer`` declares the scheme for the OpenAPI document; authenticate() reads the request.
+    return authenticate(request, conn)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -42,10 +42,11 @@ from typing import Any
 from bus.commands import PTZ_OPS
 from cameras.config import with_credentials
 from config.urls import redact_text, redact_url
+from store.backoff import CAMERA, Schedule
 
 log = logging.getLogger(__name__)
 
-BACKOFF_S: tuple[float, ...] = (1.0, 5.0, 10.0, 60.0)
+BACKOFF_S: tuple[float, ...] = CAMERA.steps
 
 
 class StreamUnresolved(ConnectionError):
@@ -293,7 +294,7 @@ class OnvifStreamSource:
             except Exception as exc:  # noqa: BLE001 - every failure is retried
                 failures += 1
                 self.last_error = _describe(exc)
-                delay = self.backoff[min(failures, len(self.backoff)) - 1]
+                delay = Schedule(self.backoff).delay(failures)
                 if self.last_error != shown_error:
                     log.warning("camera %s: no stream URI from ONVIF %s: %s; retrying in %.0f s (and on)",
                                 self.camera_id, self.endpoint.address, self.last_error, delay)

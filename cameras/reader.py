@@ -44,10 +44,11 @@ import av
 
 from cameras.evidence import Segment
 from config.urls import redact_text
+from store.backoff import CAMERA, Schedule
 
 log = logging.getLogger(__name__)
 
-BACKOFF_S: tuple[float, ...] = (1.0, 5.0, 10.0, 60.0)
+BACKOFF_S: tuple[float, ...] = CAMERA.steps
 # Two drops of a streaming connection this close together make a flapping camera. Long
 # enough to span a few cycles of a camera that reboots or loses power; a single outage
 # (one drop) keeps the whole schedule.
@@ -56,7 +57,7 @@ FLAP_WINDOW_S = 300.0
 
 def backoff_delay(failures: int, backoff: tuple[float, ...] = BACKOFF_S) -> float:
     """Seconds to wait after the ``failures``-th failed (or ended) connection in a row."""
-    return backoff[min(max(failures, 1), len(backoff)) - 1]
+    return Schedule(backoff).delay(failures)
 
 
 class Backoff:

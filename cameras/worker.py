@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -69,6 +68,7 @@ from cameras.health import HealthEvent, HealthMonitor
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
+from store.workers import beat
 
 log = logging.getLogger(__name__)
 
@@ -576,14 +576,8 @@ class CameraWorker:
         detail = self.status()
         detail["ready"] = ready
         try:
-            from psycopg.types.json import Jsonb
             with self.pool.connection(timeout=3) as conn:
-                conn.execute(
-                    """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
-                       VALUES (%s, 'cameras', %s, %s, %s, now(), %s)
-                       ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
-                           started_at = EXCLUDED.started_at, seen_at = now(), detail = EXCLUDED.detail""",
-                    (self.name, socket.gethostname(), os.getpid(), self.started_at, Jsonb(detail)))
+                beat(conn, self.name, "cameras", self.started_at, detail)
         except Exception as exc:
             log.warning("%s: heartbeat not written: %s", self.name, type(exc).__name__)
 

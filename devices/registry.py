@@ -45,10 +45,9 @@ class DeviceRecord:
 
 DEVICE_SQL = """
 SELECT d.id, d.kind, d.name, d.active, d.origin, d.lat, d.lon, d.heartbeat_s,
-       m.grid_code, coalesce(g.path, '{}') AS grid_path
+       g.grid_code, coalesce(g.grid_path, '{}') AS grid_path
 FROM devices d
-LEFT JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = d.id AND m.valid_to IS NULL
-LEFT JOIN grid_nodes g ON g.code = m.grid_code
+LEFT JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
 """
 
 
@@ -164,14 +163,13 @@ def speakers_under(conn: psycopg.Connection, codes: list[str]) -> list[SpeakerTa
     """Active speakers whose current grid lies under any of ``codes`` (one speaker, a
     village, a township or any node), with the village each one serves."""
     rows = conn.execute(
-        """SELECT d.id, d.name, m.grid_code, g.path AS grid_path,
-                  (SELECT v.code FROM grid_nodes v WHERE v.code = ANY(g.path) AND v.level IN ('village','community')
+        """SELECT d.id, d.name, g.grid_code, g.grid_path,
+                  (SELECT v.code FROM grid_nodes v WHERE v.code = ANY(g.grid_path) AND v.level IN ('village','community')
                    ORDER BY cardinality(v.path) DESC LIMIT 1) AS village_code
            FROM devices d
-           JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = d.id AND m.valid_to IS NULL
-           JOIN grid_nodes g ON g.code = m.grid_code
-           WHERE d.kind = 'speaker' AND d.active AND (g.path && %(codes)s OR d.id = ANY(%(codes)s))
-           ORDER BY g.path, d.id""", {"codes": list(codes)}).fetchall()
+           JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
+           WHERE d.kind = 'speaker' AND d.active AND (g.grid_path && %(codes)s OR d.id = ANY(%(codes)s))
+           ORDER BY g.grid_path, d.id""", {"codes": list(codes)}).fetchall()
     return [SpeakerTarget(r["id"], r["name"], r["grid_code"], tuple(r["grid_path"]), r["village_code"]) for r in rows]
 
 
@@ -206,11 +204,10 @@ def store_event(conn: psycopg.Connection, *, device_id: str, kind: str, type: st
     conn.execute(
         """INSERT INTO events (time, id, source_time, source_kind, source_id, type, grid_code, grid_path, severity,
                                lat, lon, msg_id, payload, evidence)
-           SELECT %(at)s, %(id)s, %(at)s, %(kind)s, %(dev)s, %(type)s, m.grid_code, g.path, %(sev)s, %(lat)s, %(lon)s,
-                  %(msg)s, %(payload)s, %(evidence)s
+           SELECT %(at)s, %(id)s, %(at)s, %(kind)s, %(dev)s, %(type)s, g.grid_code, g.grid_path, %(sev)s, %(lat)s,
+                  %(lon)s, %(msg)s, %(payload)s, %(evidence)s
            FROM (SELECT 1) one
-           LEFT JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = %(dev)s AND m.valid_to IS NULL
-           LEFT JOIN grid_nodes g ON g.code = m.grid_code""",
+           LEFT JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = %(dev)s""",
         {"at": at, "id": event_id, "kind": kind, "dev": device_id, "type": type, "sev": severity, "lat": lat,
          "lon": lon, "msg": f"hub-{event_id}", "payload": Jsonb({**payload, "raised_by": "hub"}),
          "evidence": Jsonb(evidence or [])})

@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections import deque
@@ -62,7 +61,6 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from bus.client import command_properties, mqtt_client, start, stop
 from bus.commands import ReplayEventsCommand, UnlockCommand
@@ -81,10 +79,14 @@ from devices.credentials import DeviceSecrets
 from devices.geofence import FenceTracker, leaf_fences, locate
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
+from store.backoff import DATABASE, Backoff
+from store.listen import Listener
+from store.workers import beat
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_NAME = "devices"
+WAKE_CHANNEL = "xlhub_devices"     # NOTIFY'd when a command or broadcast is queued (devices/commands)
 CLIENT_ID = "xlhub-devices"      # the hub's devices worker (XLHUB_DEVICES_CLIENT_ID to run two hubs on one broker)
 SESSION_EXPIRY_S = 3600          # longer than any command's or broadcast's answer deadline
 # A message can come again only while the broker keeps the session it was delivered in
@@ -269,22 +271,13 @@ class DevicesService:
     # ------------------------------------------------------------------ database wake-ups
     def _listen(self) -> None:
         """LISTEN xlhub_devices: a command or broadcast was queued, send it now."""
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
-                                     application_name="xlhub-devices-listen") as conn:
-                    conn.execute("LISTEN xlhub_devices")
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self._wake.set()
-            except Exception as exc:
-                log.debug("devices listen connection lost: %s", type(exc).__name__)
-                self._stop.wait(2.0)
+        Listener(self.db_url, [WAKE_CHANNEL], lambda channel, payload: self._wake.set(), name="xlhub-devices-listen",
+                 on_connect=self._wake.set).run(self._stop)
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
         conn: psycopg.Connection | None = None
-        backoff = 0.5
+        backoff = Backoff(DATABASE)
         pending: deque[_Msg] = deque()
         while not self._stop.is_set():
             try:
@@ -292,7 +285,7 @@ class DevicesService:
                     conn = psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row, connect_timeout=5,
                                            application_name="xlhub-devices")
                     self._load(conn)
-                    backoff = 0.5
+                    backoff.reset()
                 self._wake.wait(self.tick_s)
                 self._wake.clear()
                 self._take(pending)
@@ -307,8 +300,9 @@ class DevicesService:
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 # The batch stays in `pending`, unacknowledged, and is handled again once the
                 # database is back (or by the next process: the broker still has it).
+                delay = backoff.next()
                 log.warning("devices service: database unavailable (%s); retrying in %.1fs", type(exc).__name__,
-                            backoff)
+                            delay)
                 self.ready.clear()
                 self.stats["errors"] += 1
                 self._touched.clear()
@@ -318,8 +312,7 @@ class DevicesService:
                 except Exception:
                     pass
                 conn = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self._stop.wait(delay)
             except Exception:
                 # A bug or a row the database refuses: handle the batch one message at a
                 # time so one bad message cannot hold up the others, then go on.
@@ -820,12 +813,7 @@ class DevicesService:
         online = sum(1 for v in self.tracker.online().values() if v)
         detail = {"ready": self._connected.is_set(), "broker": self._connected.is_set(), "devices": len(self.devices),
                   "online": online, "open_commands": open_cmds, **self.stats}
-        conn.execute(
-            """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
-               VALUES (%s, 'devices', %s, %s, %s, now(), %s)
-               ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host, pid = EXCLUDED.pid,
-                   started_at = EXCLUDED.started_at, seen_at = now(), detail = EXCLUDED.detail""",
-            (self.heartbeat_name, socket.gethostname(), os.getpid(), self.started_at, Jsonb(detail)))
+        beat(conn, self.heartbeat_name, "devices", self.started_at, detail)
 
 
 def message_key(t: Topic, body: dict) -> str | None:

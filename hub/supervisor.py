@@ -25,11 +25,11 @@ from config.settings import Settings
 from config.site import Site, load_site
 from config.urls import redact_url
 from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account
+from store.backoff import CHILD_RESTART
 from store.secrets import SecretBox, read_or_create_secret
 
 log = logging.getLogger("xlhub.supervisor")
 
-RESTART_BACKOFF = (1, 2, 5, 10, 30)
 # How often the broker's device accounts are compared with the registry and var/secrets:
 # the longest a decommissioned device can still log in.
 BROKER_ACCOUNTS_CHECK_S = 1.0
@@ -75,7 +75,7 @@ class Supervisor:
     # -- start-up -------------------------------------------------------------------
     def prepare(self) -> None:
         """Everything before the hub's own processes: servers, schema, registry."""
-        from store import migrate
+        from store import migrate, workers
         from store.db import connect, wait_for_database
         from store.registry import sync_site
 
@@ -94,7 +94,7 @@ class Supervisor:
         migrate.upgrade(self.db_url)
         with connect(self.db_url) as conn:
             report = sync_site(conn, self.site)
-            conn.execute("DELETE FROM worker_heartbeats")
+            workers.forget_all(conn)
             kinds = self._active_kinds(conn)
         log.info("site %s: %d grid nodes, %d cameras, %d devices", self.site.name, report.nodes, report.cameras,
                  report.devices)
@@ -289,7 +289,7 @@ class Supervisor:
                 if now - child.started_at > 60:
                     child.restarts = 0  # it stayed up: forget old crashes
                 continue
-            delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+            delay = CHILD_RESTART.delay(child.restarts + 1)
             log.error("%s exited with code %s; restarting in %ds", child.name, code, delay)
             child.proc = None
             child.restarts += 1

@@ -60,11 +60,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge, Histogram
 
 from bus.client import mqtt_client, start
+from store.backoff import DATABASE, Backoff
+from store.sources import SourceCache
+from store.workers import Heartbeat
 from config.urls import redact_url
 from ingest.writer import (
-    Heartbeat,
     Prepared,
-    RegistryCache,
     WriteResult,
     is_connection_error,
     open_writer_connection,
@@ -288,7 +289,7 @@ class IngestService:
         self.receive_maximum, self.queue_max = receive_maximum, queue_max
         self.shed_at = int(queue_max * shed_fraction)
         self.session_expiry_s = session_expiry_s
-        self.registry = RegistryCache(refresh_s=registry_refresh_s)
+        self.registry = SourceCache(refresh_s=registry_refresh_s)
         self.on_commit = on_commit
         self.probe_times = probe_times
         self._stats = IngestStats()
@@ -544,7 +545,7 @@ class IngestService:
         """Normalise a batch against a fresh enough registry. The registry must be readable
         (else every source would look unknown and be dead-lettered): on a database error
         this waits and tries again, and gives up (None) only when stopping."""
-        backoff = 0.5
+        backoff = Backoff(DATABASE)
         while True:
             try:
                 conn = self._read_registry()
@@ -557,11 +558,11 @@ class IngestService:
                 return prepared
             except Exception as exc:
                 self._registry_ok = False
-                self._db_failed(exc, len(items), backoff)
+                delay = backoff.next()
+                self._db_failed(exc, len(items), delay)
                 self._close_registry_conn()
-                if self._stopping.wait(backoff):
+                if self._stopping.wait(delay):
                     return None
-                backoff = min(backoff * 2, 10.0)
 
     def _read_registry(self):
         """Refresh the registry when due, or at once after a failed read (which also tells
@@ -574,11 +575,11 @@ class IngestService:
             self._registry_ok = True
         return conn
 
-    def _db_failed(self, exc: BaseException, n: int, backoff: float) -> None:
+    def _db_failed(self, exc: BaseException, n: int, delay: float) -> None:
         self._stats.db_errors += 1
         M_DB_ERRORS.inc()
         self._last_error = f"database: {type(exc).__name__}: {str(exc).strip()[:200]}"
-        log.warning("batch of %d not stored (%s); retrying in %.1fs", n, self._last_error, backoff)
+        log.warning("batch of %d not stored (%s); retrying in %.1fs", n, self._last_error, delay)
 
     def _drop_redelivered(self, items: list, prepared: Prepared) -> tuple[list, Prepared]:
         """QoS 1 messages read before a reconnect that resumed our session are coming again
@@ -610,7 +611,7 @@ class IngestService:
             self._last_error = f"database: {type(exc).__name__}"
 
     def _write_loop(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(DATABASE)
         try:
             while True:
                 self._connect_idle()
@@ -635,21 +636,21 @@ class IngestService:
                         result = self._write(items, prepared)
                         self._writer_ok = True
                         self._last_error = None
-                        backoff = 0.5
+                        backoff.reset()
                         break
                     except Exception as exc:
                         self._writer_ok = False
-                        self._db_failed(exc, len(items), backoff)
+                        delay = backoff.next()
+                        self._db_failed(exc, len(items), delay)
                         if self._conn is not None:
                             try:
                                 self._conn.close()
                             except Exception:
                                 pass
                             self._conn = None
-                        if self._stopping.wait(backoff):
+                        if self._stopping.wait(delay):
                             log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
                             return
-                        backoff = min(backoff * 2, 10.0)
                 if result is None:
                     continue
                 committed = time.time()

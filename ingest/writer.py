@@ -39,6 +39,7 @@ from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, 
 from bus.telemetry import TELEMETRY
 from bus.topics import Topic, parse_topic
 from config.vocabulary import DEVICE_KINDS
+from store.sources import SourceCache
 
 log = logging.getLogger(__name__)
 
@@ -51,64 +52,6 @@ SKEW_LIMIT_S = 300.0
 
 # One received MQTT message: (topic bytes, payload bytes, qos, mid, retain, received epoch s, generation)
 Item = tuple
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    kind: str                  # door | speaker | drone | radio | camera
-    grid_code: str | None
-    grid_path: list[str] | None
-    active: bool
-
-
-class RegistryCache:
-    """Source id → kind and current grid, read from the registry (devices, cameras and
-    the open grid_membership rows), refreshed every ``refresh_s`` and on an unknown id
-    (at most once a second)."""
-
-    QUERY = """
-        SELECT s.id, s.kind, m.grid_code, n.path, s.active
-        FROM (SELECT id, kind, active FROM devices
-              UNION ALL SELECT id, 'camera', active FROM cameras) s
-        LEFT JOIN grid_membership m ON m.source_id = s.id AND m.valid_to IS NULL
-             AND m.source_kind = CASE WHEN s.kind = 'camera' THEN 'camera' ELSE 'device' END
-        LEFT JOIN grid_nodes n ON n.code = m.grid_code
-    """
-
-    def __init__(self, refresh_s: float = 5.0, miss_refresh_s: float = 1.0) -> None:
-        self.refresh_s = refresh_s
-        self.miss_refresh_s = miss_refresh_s
-        self.sources: dict[str, Source] = {}
-        self.loaded_at = 0.0
-        self._missed = False
-
-    def refresh(self, conn: psycopg.Connection) -> None:
-        # Rows one at a time, and the entries that did not change kept as they were: a
-        # refresh then leaves almost nothing new behind. Building 10,000 fresh objects
-        # every 5 s (and fetching the rows all at once) promoted them to the collector's
-        # oldest generation and set off a full collection after each refresh, a pause of
-        # 50-300 ms for every thread of the ingest process.
-        old = self.sources
-        sources: dict[str, Source] = {}
-        for sid, kind, grid, path, active in conn.execute(self.QUERY):
-            src = Source(kind, grid, path, active)
-            prev = old.get(sid)
-            sources[sid] = prev if prev == src else src
-        self.sources = sources
-        self.loaded_at = time.monotonic()
-        self._missed = False
-
-    def maybe_refresh(self, conn: psycopg.Connection) -> None:
-        age = time.monotonic() - self.loaded_at
-        if age >= self.refresh_s or (self._missed and age >= self.miss_refresh_s):
-            self.refresh(conn)
-
-    def kind_of(self, source_id: str) -> str | None:
-        src = self.sources.get(source_id)
-        if src is None:
-            self._missed = True
-            return None
-        return src.kind if src.active else "inactive"
 
 
 @dataclass
@@ -193,7 +136,7 @@ def _telemetry_short(t: Topic, payload, at: datetime, src: Source | None, tele: 
     return ts.timestamp()
 
 
-def prepare(items: list[Item], registry: RegistryCache, *, probe_times: bool = False) -> Prepared:
+def prepare(items: list[Item], registry: SourceCache, *, probe_times: bool = False) -> Prepared:
     """Normalise a batch (pure CPU, no database). Never raises for bad input."""
     out = Prepared()
     tele, pos, cam, evt = out.telemetry, out.positions, out.camera_health, out.events
@@ -369,7 +312,7 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def write_one_by_one(conn: psycopg.Connection, items: list[Item], registry: RegistryCache) -> WriteResult:
+def write_one_by_one(conn: psycopg.Connection, items: list[Item], registry: SourceCache) -> WriteResult:
     """Fallback when the database refused a whole batch: store each message on its own,
     dead-lettering the ones it still refuses (with the database's reason)."""
     total = WriteResult()
@@ -386,56 +329,3 @@ def write_one_by_one(conn: psycopg.Connection, items: list[Item], registry: Regi
             setattr(total, name, getattr(total, name) + getattr(r, name))
         total.event_ids += r.event_ids
     return total
-
-
-class Heartbeat:
-    """Upserts this worker's row in worker_heartbeats every ``interval`` seconds from its
-    own thread and connection (so a slow batch does not make the worker look dead)."""
-
-    def __init__(self, db_url: str, name: str, kind: str, detail, interval: float = 3.0) -> None:
-        import os
-        import socket
-        self.db_url, self.name, self.kind, self.detail, self.interval = db_url, name, kind, detail, interval
-        self.host, self.pid = socket.gethostname(), os.getpid()
-        self.started_at = datetime.now(UTC)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_ok: float | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-heartbeat", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        from psycopg.types.json import Jsonb
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.db_url, connect_timeout=5, autocommit=True,
-                                           application_name=f"xlhub-{self.name}-heartbeat")
-                conn.execute(
-                    """INSERT INTO worker_heartbeats (name, kind, host, pid, started_at, seen_at, detail)
-                       VALUES (%s, %s, %s, %s, %s, now(), %s)
-                       ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, host = EXCLUDED.host,
-                           pid = EXCLUDED.pid, started_at = EXCLUDED.started_at, seen_at = now(),
-                           detail = EXCLUDED.detail""",
-                    (self.name, self.kind, self.host, self.pid, self.started_at, Jsonb(self.detail())),
-                )
-                self.last_ok = time.monotonic()
-            except Exception as exc:
-                log.debug("heartbeat failed: %s", type(exc).__name__)
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
-                conn = None
-            self._stop.wait(self.interval)
-        if conn is not None:
-            conn.close()

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
 
 from config.urls import redact_text, redact_url
 
@@ -22,25 +22,24 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def wait_for_database(url: str, timeout: float = 60.0) -> None:
-    """Block until the database accepts a connection, retrying with backoff.
+    """Block until the database accepts a connection, retrying with backoff (0.2 s doubling
+    to 5 s, tenacity). Raises TimeoutError naming the (redacted) URL and the last error."""
 
-    Raises TimeoutError naming the (redacted) URL and the last error."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while True:
-        try:
-            with psycopg.connect(url, connect_timeout=5) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.OperationalError as exc:
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(
-                    f"database {redact_url(url)} not reachable after {timeout:.0f}s: "
-                    f"{redact_text(str(exc)).strip()}"
-                ) from None
-            log.info("waiting for database %s (%s)", redact_url(url), type(exc).__name__)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    def attempt() -> None:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(psycopg.OperationalError), wait=wait_exponential(multiplier=0.2, max=5.0),
+        stop=stop_before_delay(timeout),
+        before_sleep=lambda state: log.info("waiting for database %s (%s)", redact_url(url),
+                                            type(state.outcome.exception()).__name__))
+    try:
+        retrying(attempt)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        raise TimeoutError(f"database {redact_url(url)} not reachable after {timeout:.0f}s: "
+                           f"{redact_text(str(last)).strip()}") from None
 
 
 def connect(url: str, **kwargs) -> psycopg.Connection:

@@ -208,10 +208,9 @@ def evidence_from_store(conn: psycopg.Connection, ids: list[str], actor: Actor) 
     """Evidence files by id (e.g. the snapshot a video supervisor took), only those of
     sources inside the actor's subtree."""
     rows = conn.execute(
-        """SELECT e.*, n.path FROM evidence e
-           LEFT JOIN grid_membership m ON m.source_id = e.source_id AND m.valid_from <= e.captured_at
+        """SELECT e.*, m.grid_path AS path FROM evidence e
+           LEFT JOIN membership_paths m ON m.source_id = e.source_id AND m.valid_from <= e.captured_at
                 AND (m.valid_to IS NULL OR m.valid_to > e.captured_at)
-           LEFT JOIN grid_nodes n ON n.code = m.grid_code
            WHERE e.id = ANY(%s)""", (list(ids),)).fetchall()
     found = {r["id"]: r for r in rows if actor.kind == "system" or actor.sees(r["path"])}
     missing = [i for i in ids if i not in found]

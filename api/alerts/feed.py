@@ -17,15 +17,15 @@ import logging
 import threading
 from typing import Any
 
-import psycopg
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from alerts.feed import CHANNEL
-from api.deps import SESSION_COOKIE
+from api.deps import authenticate
 from api.permissions import Permission, allowed
-from store.identity import Principal, principal_for_token
+from store.identity import Principal
+from store.listen import Listener
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/alerts", tags=["alerts 告警与工单"])
@@ -84,28 +84,20 @@ class FeedHub:
             self.listening.clear()
             return True
 
+    def _fan_out(self, channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        with self.lock:
+            subs = list(self.subscribers)
+        for sub in subs:
+            sub.loop.call_soon_threadsafe(sub.put, message)
+
     def _run(self) -> None:
-        while not self._idle():
-            try:
-                with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5,
-                                     application_name="xlhub-api-feed") as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening.set()
-                    while not self._idle():
-                        for n in conn.notifies(timeout=5.0):
-                            try:
-                                message = json.loads(n.payload)
-                            except ValueError:
-                                continue
-                            with self.lock:
-                                subs = list(self.subscribers)
-                            for sub in subs:
-                                sub.loop.call_soon_threadsafe(sub.put, message)
-                    return
-            except psycopg.Error as exc:
-                self.listening.clear()
-                log.warning("alerts feed lost the database (%s); reconnecting", type(exc).__name__)
-                threading.Event().wait(1.0)
+        Listener(self.db_url, [CHANNEL], self._fan_out, name="xlhub-api-feed", on_connect=self.listening.set,
+                 on_lost=lambda exc: self.listening.clear(), keep_going=lambda: not self._idle(),
+                 poll_s=5.0).run(threading.Event())
 
 
 def _hub(request: Request) -> FeedHub:
@@ -123,18 +115,9 @@ _hub_lock = threading.Lock()
 
 
 def _authenticate(request: Request) -> Principal:
-    header = request.headers.get("authorization") or ""
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
-    if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated: log in or send a bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    # A streaming response holds no pooled connection for its life: one, just for this.
     with request.app.state.pool.connection(timeout=5) as conn:
-        principal = principal_for_token(conn, token)
-    if principal is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "session expired or token invalid",
-                            headers={"WWW-Authenticate": "Bearer"})
-    request.state.principal = principal
-    return principal
+        return authenticate(request, conn)
 
 
 def visible(principal: Principal, message: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
 from api.audit import entry_for
-from api.deps import SESSION_COOKIE, Conn, CurrentPrincipal, client_ip
+from api.deps import SESSION_COOKIE, Conn, CurrentPrincipal, client_ip, request_token
 from api.permissions import Permission, allowed
 from config.vocabulary import ROLE_LABELS, Role
 from store import identity
@@ -112,13 +112,6 @@ def role_label(role: str) -> str:
         return role
 
 
-def _bearer_or_cookie(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.cookies.get(SESSION_COOKIE)
-
-
 @router.post("/login", response_model=LoginResponse)
 def login(body: LoginRequest, request: Request, response: Response, conn: Conn) -> LoginResponse:
     request.state.audited = True
@@ -157,7 +150,7 @@ def login(body: LoginRequest, request: Request, response: Response, conn: Conn) 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 def logout(request: Request, response: Response, principal: CurrentPrincipal, conn: Conn) -> None:
-    token = _bearer_or_cookie(request)
+    token = request_token(request)
     if principal.kind == "user" and token:
         identity.end_session(conn, token)
     response.delete_cookie(SESSION_COOKIE)

@@ -78,9 +78,8 @@ def _failed(answer: dict) -> HTTPException:
 # --------------------------------------------------------------------------- scope
 def _camera_row(conn, camera_id: str) -> dict | None:
     return conn.execute(
-        """SELECT g.path, c.onvif IS NOT NULL AS has_onvif FROM cameras c
-           JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
-           JOIN grid_nodes g ON g.code = m.grid_code
+        """SELECT g.grid_path AS path, c.onvif IS NOT NULL AS has_onvif FROM cameras c
+           JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
            WHERE c.id = %s AND c.active""", (camera_id,)).fetchone()
 
 
@@ -173,13 +172,11 @@ def camera_snapshot(camera_id: str, request: Request, conn: Conn,
 
 EVIDENCE_QUERY = """
 SELECT e.id, e.sha256, e.path, e.media_type, e.bytes, e.source_kind, e.source_id, e.event_id, e.captured_at,
-       coalesce(gt.path, gc.path) AS grid_path
+       coalesce(mt.grid_path, mc.grid_path) AS grid_path
 FROM evidence e
-LEFT JOIN grid_membership mt ON mt.source_id = e.source_id AND mt.valid_from <= e.captured_at
+LEFT JOIN membership_paths mt ON mt.source_id = e.source_id AND mt.valid_from <= e.captured_at
      AND (mt.valid_to IS NULL OR mt.valid_to > e.captured_at)
-LEFT JOIN grid_nodes gt ON gt.code = mt.grid_code
-LEFT JOIN grid_membership mc ON mc.source_id = e.source_id AND mc.valid_to IS NULL
-LEFT JOIN grid_nodes gc ON gc.code = mc.grid_code
+LEFT JOIN source_grid mc ON mc.source_id = e.source_id
 WHERE {where}
 """
 
@@ -386,12 +383,11 @@ class CameraHealthOut(BaseModel):
 
 
 HEALTH_QUERY = """
-SELECT c.id AS camera_id, m.grid_code, c.onvif IS NOT NULL AS has_onvif,
+SELECT c.id AS camera_id, g.grid_code, c.onvif IS NOT NULL AS has_onvif,
        h.state AS reported_state, h.time AS reported_at, now() - h.time > make_interval(secs => %(stale)s) AS stale,
        t.conditions, s.id AS snapshot_id, s.captured_at AS snapshot_at, o.type AS last_change, o.time AS changed_at
 FROM cameras c
-JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
-JOIN grid_nodes g ON g.code = m.grid_code
+JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
 LEFT JOIN LATERAL (
     SELECT time, state FROM camera_health
     WHERE camera_id = c.id AND time > now() - interval '1 day' ORDER BY time DESC LIMIT 1) h ON true
@@ -414,8 +410,8 @@ LEFT JOIN LATERAL (
     SELECT id, captured_at FROM evidence
     WHERE source_kind = 'camera' AND source_id = c.id AND media_type = 'image/jpeg'
     ORDER BY captured_at DESC LIMIT 1) s ON true
-WHERE c.active AND g.path @> ARRAY[%(node)s] {extra}
-ORDER BY g.path, c.id
+WHERE c.active AND g.grid_path @> ARRAY[%(node)s] {extra}
+ORDER BY g.grid_path, c.id
 """
 
 
@@ -467,5 +463,5 @@ def camera_health(request: Request, conn: Conn,
     stale = float(getattr(request.app.state, "camera_health_stale_s", HEALTH_STALE_S))
     extra, params = "", {"node": principal.node_code, "stale": stale}
     if grid:
-        extra, params["grid"] = "AND g.path @> ARRAY[%(grid)s]", grid
+        extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
     return [camera_health_of(r) for r in conn.execute(HEALTH_QUERY.format(extra=extra), params).fetchall()]

@@ -34,7 +34,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from api.audit import entry_for
-from api.deps import SESSION_COOKIE, Conn, ensure_in_scope, require
+from api.deps import Conn, authenticate, ensure_in_scope, require
 from api.permissions import Permission, allowed
 from api.registry.views import Event, query_events
 from bus.commands import UnlockCommand, check_body
@@ -48,7 +48,7 @@ from devices.credentials import DeviceSecrets
 from devices.media import MediaError, save_media
 from devices.settings import DevicesSettings
 from store import audit
-from store.identity import Principal, principal_for_token
+from store.identity import Principal
 
 router = APIRouter(prefix="/api", tags=["devices 物联设备"])
 
@@ -122,19 +122,18 @@ def _bucket(value: str, since: datetime, until: datetime) -> str:
 
 # ============================================================================ state
 STATE_SQL = """
-SELECT d.id, d.kind, d.name, m.grid_code, g.path AS grid_path, d.lat AS home_lat, d.lon AS home_lon,
+SELECT d.id, d.kind, d.name, g.grid_code, g.grid_path, d.lat AS home_lat, d.lon AS home_lon,
        a.status, a.reason AS status_reason, a.changed_at AS status_since, a.last_seen_at,
        t.time AS telemetry_at, t.data AS telemetry,
        p.time AS position_at, p.lat, p.lon, p.alt_m, p.heading_deg, p.speed_mps
 FROM devices d
-JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = d.id AND m.valid_to IS NULL
-JOIN grid_nodes g ON g.code = m.grid_code
+JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
 LEFT JOIN device_availability a ON a.device_id = d.id
 LEFT JOIN LATERAL (SELECT time, data FROM device_telemetry WHERE device_id = d.id ORDER BY time DESC LIMIT 1) t ON true
 LEFT JOIN LATERAL (SELECT time, lat, lon, alt_m, heading_deg, speed_mps FROM device_positions
                    WHERE device_id = d.id ORDER BY time DESC LIMIT 1) p ON true
-WHERE d.active AND g.path @> ARRAY[%(node)s] {extra}
-ORDER BY g.path, d.kind, d.id
+WHERE d.active AND g.grid_path @> ARRAY[%(node)s] {extra}
+ORDER BY g.grid_path, d.kind, d.id
 """
 STATUS_LABELS = {"online": "在线", "offline": "离线", None: "未知"}
 
@@ -177,7 +176,7 @@ def list_device_state(conn: Conn, principal: Annotated[Principal, Depends(requir
         params["kind"] = kind
     if grid:
         _node_in_scope(conn, principal, grid)
-        extra.append("AND g.path @> ARRAY[%(grid)s]")
+        extra.append("AND g.grid_path @> ARRAY[%(grid)s]")
         params["grid"] = grid
     return [_state(r) for r in conn.execute(STATE_SQL.format(extra=" ".join(extra)), params).fetchall()]
 
@@ -721,11 +720,7 @@ def broadcast_audio_file(broadcast_id: str, request: Request, conn: Conn) -> Fil
             raise HTTPException(404, f"broadcast {broadcast_id!r} not found")
         row = conn.execute("SELECT * FROM device_broadcasts WHERE id = %s", (broadcast_id,)).fetchone()
     else:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
-        principal = principal_for_token(conn, token) if token else None
-        if principal is None:
-            raise HTTPException(401, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
+        principal = authenticate(request, conn)
         if not allowed(principal.role, Permission.BROADCAST_READ):
             raise HTTPException(403, f"role {principal.role!r} lacks permission {Permission.BROADCAST_READ.value!r}")
         row = _broadcast_in_scope(conn, principal, broadcast_id)

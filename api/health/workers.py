@@ -8,22 +8,14 @@ machine — its process still exists (a SIGKILLed worker is dead now, not 15 s l
 from __future__ import annotations
 
 import os
-import socket
 
 from cameras.config import shard_of
+from store.workers import HOST, heartbeats
+
+__all__ = ["HEARTBEAT_STALE_S", "camera_worker_down", "heartbeats", "not_alive", "process_gone"]
 
 # A worker is alive while its heartbeat is younger than this.
 HEARTBEAT_STALE_S = 15.0
-HOST = socket.gethostname()
-
-BEATS = ("SELECT name, kind, host, pid, extract(epoch FROM now() - seen_at)::float8 AS age_s, detail "
-         "FROM worker_heartbeats")
-
-
-def heartbeats(conn, kind: str | None = None) -> list[dict]:
-    if kind is None:
-        return conn.execute(BEATS).fetchall()
-    return conn.execute(BEATS + " WHERE kind = %s ORDER BY name", (kind,)).fetchall()
 
 
 def process_gone(beat: dict) -> bool:

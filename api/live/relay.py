@@ -76,12 +76,12 @@ from api.live.onvif import StreamUris, explain
 from cameras.config import with_credentials
 from cameras.onvif_link import OnvifEndpoint
 from config.urls import redact_text, redact_url
+from store.backoff import LIVE_VIEW
 
 log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 TIME_BASE_90K = Fraction(1, VIDEO_CLOCK)
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 GOP_LIMIT = 600                     # packets kept for the snapshot; a longer GOP restarts the cache
 
 
@@ -722,7 +722,7 @@ class Feed:
                 # ask again during the backoff; the next connection uses the answer.
                 self.loop.call_soon_threadsafe(self.relay.ask_onvif_again, self)
             attempt = 0 if opened else attempt + 1
-            delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            delay = LIVE_VIEW.delay(attempt + 1)
             self._set_state("retrying", self.reason)
             if self._stop.wait(delay):
                 break

@@ -101,11 +101,10 @@ class LiveStatus(BaseModel):
 # -------------------------------------------------------------------- camera lookup
 
 CAMERA_QUERY = """
-SELECT c.id, c.rtsp_url, c.substream_url, c.onvif, c.credentials_ref, g.path AS grid_path
+SELECT c.id, c.rtsp_url, c.substream_url, c.onvif, c.credentials_ref, g.grid_path
 FROM cameras c
-JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
-JOIN grid_nodes g ON g.code = m.grid_code
-WHERE c.active AND c.id = %(id)s AND g.path @> ARRAY[%(node)s]
+JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
+WHERE c.active AND c.id = %(id)s AND g.grid_path @> ARRAY[%(node)s]
 """
 
 _site_cache: dict[str, tuple[float, object]] = {}
@@ -237,9 +236,9 @@ def _cameras_in_scope(conn, principal: Principal, ids: list[str]) -> set[str]:
     if not ids:
         return set()
     rows = conn.execute(
-        """SELECT m.source_id FROM grid_membership m JOIN grid_nodes g ON g.code = m.grid_code
-           WHERE m.source_kind = 'camera' AND m.valid_to IS NULL AND m.source_id = ANY(%s)
-             AND g.path @> ARRAY[%s]""", (ids, principal.node_code)).fetchall()
+        """SELECT source_id FROM source_grid
+           WHERE source_kind = 'camera' AND source_id = ANY(%s) AND grid_path @> ARRAY[%s]""",
+        (ids, principal.node_code)).fetchall()
     return {r["source_id"] for r in rows}
 
 

@@ -26,7 +26,7 @@ from alerts.cases.models import FINISHED, CaseError, CaseState, NewCase
 from alerts.labels import category_label
 from api.alerts.views import alerts_config, registry_view
 from api.audit import entry_for
-from api.deps import client_ip
+from api.deps import bearer_token, client_ip
 from api.permissions import Permission, allowed
 from config.vocabulary import CATEGORY_LABELS
 from store import audit
@@ -54,8 +54,7 @@ def _error(exc: Open311Error) -> JSONResponse:
 
 
 def _principal(request: Request, conn, params: dict) -> Principal:
-    header = request.headers.get("authorization") or ""
-    token = header[7:].strip() if header.lower().startswith("bearer ") else params.get("api_key")
+    token = bearer_token(request) or params.get("api_key")
     if not token:
         raise Open311Error(401, "api_key or a bearer token is required")
     principal = principal_for_token(conn, str(token))

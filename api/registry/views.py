@@ -67,13 +67,12 @@ def grid_tree(conn: Conn, principal: Annotated[Principal, Depends(require(Permis
 
 
 CAMERA_QUERY = """
-SELECT c.id, c.name, m.grid_code, g.path AS grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif,
+SELECT c.id, c.name, g.grid_code, g.grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif,
        c.lat, c.lon, c.tags
 FROM cameras c
-JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id AND m.valid_to IS NULL
-JOIN grid_nodes g ON g.code = m.grid_code
-WHERE c.active AND g.path @> ARRAY[%(node)s] {extra}
-ORDER BY g.path, c.id
+JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
+WHERE c.active AND g.grid_path @> ARRAY[%(node)s] {extra}
+ORDER BY g.grid_path, c.id
 """
 
 
@@ -87,7 +86,7 @@ def list_cameras(conn: Conn, principal: Annotated[Principal, Depends(require(Per
                  grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None) -> list[Camera]:
     extra, params = "", {"node": principal.node_code}
     if grid:
-        extra, params["grid"] = "AND g.path @> ARRAY[%(grid)s]", grid
+        extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
     return [_camera(r) for r in conn.execute(CAMERA_QUERY.format(extra=extra), params).fetchall()]
 
 
@@ -101,12 +100,11 @@ def get_camera(camera_id: str, conn: Conn,
 
 
 DEVICE_QUERY = """
-SELECT d.id, d.kind, d.name, m.grid_code, g.path AS grid_path, d.lat, d.lon
+SELECT d.id, d.kind, d.name, g.grid_code, g.grid_path, d.lat, d.lon
 FROM devices d
-JOIN grid_membership m ON m.source_kind = 'device' AND m.source_id = d.id AND m.valid_to IS NULL
-JOIN grid_nodes g ON g.code = m.grid_code
-WHERE d.active AND g.path @> ARRAY[%(node)s] {extra}
-ORDER BY g.path, d.kind, d.id
+JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
+WHERE d.active AND g.grid_path @> ARRAY[%(node)s] {extra}
+ORDER BY g.grid_path, d.kind, d.id
 """
 
 
@@ -119,7 +117,7 @@ def list_devices(conn: Conn, principal: Annotated[Principal, Depends(require(Per
         extra.append("AND d.kind = %(kind)s")
         params["kind"] = kind
     if grid:
-        extra.append("AND g.path @> ARRAY[%(grid)s]")
+        extra.append("AND g.grid_path @> ARRAY[%(grid)s]")
         params["grid"] = grid
     return [Device(**r) for r in conn.execute(DEVICE_QUERY.format(extra=" ".join(extra)), params).fetchall()]
 
@@ -138,8 +136,8 @@ def grid_history(source_id: str, conn: Conn,
                  principal: Annotated[Principal, Depends(require(Permission.GRID_READ))]) -> list[Membership]:
     """Every grid a camera or device has belonged to (grids are re-drawn; history stays)."""
     rows = conn.execute(
-        """SELECT m.grid_code, m.valid_from, m.valid_to, g.path FROM grid_membership m
-           JOIN grid_nodes g ON g.code = m.grid_code WHERE m.source_id = %s ORDER BY m.valid_from""",
+        """SELECT grid_code, valid_from, valid_to, grid_path AS path FROM membership_paths
+           WHERE source_id = %s ORDER BY valid_from""",
         (source_id,),
     ).fetchall()
     current = [r for r in rows if r["valid_to"] is None]

@@ -39,10 +39,11 @@ from onvif.util import normalize_url
 from cameras.onvif import parsers
 from cameras.onvif.client import NO_RETRY, OnvifCamera, OnvifError
 from cameras.onvif.parsers import HubEvent
+from store.backoff import CAMERA, Schedule
 
 logger = logging.getLogger(__name__)
 
-BACKOFF = (1.0, 5.0, 10.0, 60.0)
+BACKOFF = CAMERA.steps
 PULLPOINT = "PullPointSubscription"
 _PULLPOINT_XADDR = "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription"
 # How much longer than the long poll we wait for the HTTP answer before calling the camera mute.
@@ -142,7 +143,7 @@ class PullPointSubscriber:
                         if not resubscribed_at_once:
                             resubscribed_at_once = True
                             continue
-                    wait = self.backoff[min(failures, len(self.backoff) - 1)]
+                    wait = Schedule(self.backoff).delay(failures + 1)
                     failures += 1
                     self.stats.backoff_waits.append(wait)
                     logger.warning("onvif %s: %s; next try in %.1f s", self.camera_id, err, wait)

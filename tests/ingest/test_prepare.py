@@ -10,7 +10,8 @@ import time
 import pytest
 
 from ingest import writer
-from ingest.writer import RegistryCache, Source, prepare
+from ingest.writer import prepare
+from store.sources import Source, SourceCache
 
 NOW_MS = int(time.time() * 1000)
 SOURCES = {
@@ -63,7 +64,7 @@ def _messages(n: int, seed: int) -> list[tuple[str, bytes]]:
 def test_short_path_gives_the_same_rows_as_normalise(seed, monkeypatch):
     received = time.time()
     items = [(t.encode(), p, 1, i + 1, 0, received, 1) for i, (t, p) in enumerate(_messages(400, seed))]
-    registry = RegistryCache()
+    registry = SourceCache()
     registry.sources = dict(SOURCES)
     registry.loaded_at = time.monotonic()
     short = prepare(items, registry, probe_times=True)

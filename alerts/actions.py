@@ -50,7 +50,7 @@ class AlertBroadcast:
 
 def request_broadcast(conn: psycopg.Connection, req: AlertBroadcast, voice: Voice | None = None) -> dict | None:
     """A device broadcast to the speakers under the area, linked to the case and alarm;
-    returns its row plus ``speakers`` (the ids under the area now — the devices service
+    returns its row plus ``speakers`` (the ids under the area now — the devices worker
     resolves them again when it sends), or None when there was nothing to broadcast to.
     A broadcast that cannot be made never costs the alarm or the case: it is logged."""
     codes = list(dict.fromkeys(c for c in req.area_codes if c))
@@ -124,7 +124,7 @@ def attach_report(conn: psycopg.Connection, cfg: AlertsConfig, broadcast_id: str
     if link is None or b is None or b["state"] not in FINAL_STATES:
         return None
     conn.execute("UPDATE case_broadcasts SET reported_at = %s WHERE broadcast_id = %s", (now, broadcast_id))
-    # The report the devices service stored when the last receipt was final (a cancelled
+    # The report the devices worker stored when the last receipt was final (a cancelled
     # broadcast, or one carried over from before revision 0005, has none: built now).
     report = b["report"] or build_report(conn, b)
     total, finished = report["speakers"].get("total", 0), report["speakers"].get("finished", 0)

@@ -8,7 +8,7 @@ every queued event, inside the transaction that also removes it from the queue).
 3. otherwise the first enabled, armed rule that matches decides: the alarm of (source,
    type) is raised or counts a repeat; a new alarm opens its correlation window (and
    looks back over it), becomes a case when the rule says so, and runs the actions
-   (a broadcast is a devices-layer broadcast: the devices service sends it and follows
+   (a broadcast is a devices-layer broadcast: the devices worker sends it and follows
    the speakers' receipts, see actions.py).
 """
 from __future__ import annotations

@@ -124,7 +124,7 @@ def update_device(conn: psycopg.Connection, device_id: str, *, name: str | None 
 
 def decommission_device(conn: psycopg.Connection, device_id: str, by: str) -> DeviceRecord:
     """Take a device out of service: ingest refuses it from now on, open commands expire,
-    and the devices service clears its retained avail/state topics (retained_cleared_at)."""
+    and the devices worker clears its retained avail/state topics (retained_cleared_at)."""
     dev = get_device(conn, device_id)
     if dev is None or not dev.active:
         raise RegistryError(f"设备 {device_id} 不存在或已停用 (device not found or already decommissioned)", 404)

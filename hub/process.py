@@ -32,24 +32,24 @@ def run_api(settings: Settings) -> None:
 
 
 def run_ingest(settings: Settings) -> None:
-    from ingest.consumer import IngestService
+    from ingest.worker import IngestWorker
 
     stop = _stop_event()
-    service = IngestService(settings.database_url, settings.mqtt_url)
+    service = IngestWorker(settings.database_url, settings.mqtt_url)
     service.start()
     stop.wait()
     service.stop()
 
 
 def run_alerts(settings: Settings) -> None:
-    from alerts.engine import AlertsEngine
+    from alerts.worker import AlertsWorker
 
     stop = _stop_event()
-    AlertsEngine(settings).run(stop)
+    AlertsWorker(settings).run(stop)
 
 
 def run_devices(settings: Settings) -> None:
-    from devices.service import run_devices
+    from devices.worker import run_devices
 
     run_devices(settings, _stop_event())
 

@@ -1,5 +1,5 @@
 """Every camera and device with its current grid, cached in a process: the one
-"source → current grid" lookup of ingest (stamping rows with their grid), the alerts engine
+"source → current grid" lookup of ingest (stamping rows with their grid), the alerts worker
 (rules, nearest cameras, speakers of an area) and whoever else needs it, read from the
 ``sources`` view (migration 0010: the registry with its open grid_membership rows).
 

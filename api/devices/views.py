@@ -4,8 +4,8 @@ status; door remote unlock; broadcasts (create, list, report, audio); drone medi
 
 Everything is scoped to the caller's subtree of the grid tree (一级一权限): another
 township's devices, commands and broadcasts answer 404.  Commands and broadcasts are rows
-written in the request's transaction together with their audit record; the devices service
-sends them after commit (devices/service.py), so nothing is sent for a request that failed.
+written in the request's transaction together with their audit record; the devices worker
+sends them after commit (devices/worker.py), so nothing is sent for a request that failed.
 
 Two endpoints are for devices, not people (一机一帐号): a speaker fetching the audio it was
 told to play and a drone uploading media authenticate with their own broker credentials
@@ -41,9 +41,9 @@ from bus.commands import UnlockCommand, check_body
 from bus.envelope import ContractError
 from devices import registry
 from devices.broadcast import audio as broadcast_audio
-from devices.broadcast import store as broadcasts
+from devices.broadcast import service as broadcasts
 from devices.commands import STATE_LABELS, Requester
-from devices.commands import store as commands
+from devices.commands import service as commands
 from devices.credentials import DeviceSecrets
 from devices.media import MediaError, save_media
 from devices.settings import DevicesSettings
@@ -389,7 +389,7 @@ def decommission_device(device_id: str, request: Request, conn: Conn,
                         principal: Annotated[Principal, Depends(require(Permission.DEVICES_MANAGE))]) -> DeviceOut:
     """Decommission: ingest refuses the device from now on, its open commands expire, its
     secrets are forgotten (its broker login ends at the next broker reload), and the
-    devices service clears its retained avail/state topics."""
+    devices worker clears its retained avail/state topics."""
     _device_in_scope(conn, principal, device_id)
     try:
         dev = registry.decommission_device(conn, device_id, principal.name)
@@ -502,7 +502,7 @@ class UnlockIn(BaseModel):
 def unlock_door(device_id: str, body: UnlockIn, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.DOOR_UNLOCK))],
                 wait: Annotated[float, _WAIT] = 0) -> CommandOut:
-    """Remote unlock (远程开门): signed with the door's own key by the devices service,
+    """Remote unlock (远程开门): signed with the door's own key by the devices worker,
     audited with who, why and for how long."""
     dev = _device_in_scope(conn, principal, device_id)
     if dev.kind != "door":

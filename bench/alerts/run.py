@@ -1,4 +1,4 @@
-"""Alerts benchmark: a door event published over MQTT → ingest → alerts engine → case
+"""Alerts benchmark: a door event published over MQTT → ingest → alerts worker → case
 committed → webhook received by the case system; p50/p99 latency with no other load (the
 baseline, measured in the same run) and with background telemetry load from the devices'
 simulated fleet.
@@ -9,7 +9,7 @@ simulated fleet.
 Starts its own embedded PostgreSQL+TimescaleDB and Mosquitto (hub.embedded) in a temp dir,
 syncs the demo site plus ``--probes`` probe doors (so every probe opens a fresh alarm and
 case: the door-forced rule, with its nearest-camera correlation, as configured) and
-``--devices`` load devices, then runs ingest and the alerts engine each in its own process
+``--devices`` load devices, then runs ingest and the alerts worker each in its own process
 exactly as ``xlhub run`` does. The case system is a signature-checking HTTP receiver in
 this process (one clock for publish and receive).
 
@@ -46,7 +46,7 @@ GRIDS = ("510199101201001", "510199101201002", "510199101202001", "5101991012020
 
 # --------------------------------------------------------------------------- children
 def _ingest(db_url: str, mqtt_url: str, ready, stop, out) -> None:
-    from ingest.consumer import IngestService
+    from ingest.worker import IngestWorker
 
     committed_at: dict[str, float] = {}
 
@@ -54,7 +54,7 @@ def _ingest(db_url: str, mqtt_url: str, ready, stop, out) -> None:
         for event_id in result.event_ids:
             committed_at[event_id] = committed
 
-    svc = IngestService(db_url, mqtt_url, client_id="bench-alerts-ingest", heartbeat_name="ingest",
+    svc = IngestWorker(db_url, mqtt_url, client_id="bench-alerts-ingest", heartbeat_name="ingest",
                         on_commit=on_commit)
     svc.start()
     svc.wait_ready(60)
@@ -68,14 +68,14 @@ def _engine(db_url: str, mqtt_url: str, site_file: str, secret: str, stop) -> No
     import logging
     import threading as th
 
-    from alerts.engine import AlertsEngine
+    from alerts.worker import AlertsWorker
     from config.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
     os.environ[SECRET_ENV] = secret
     halt = th.Event()
     th.Thread(target=lambda: (stop.wait(), halt.set()), daemon=True).start()
-    AlertsEngine(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=Path(site_file))).run(halt)
+    AlertsWorker(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=Path(site_file))).run(halt)
 
 
 def _load(idx: int, n_pub: int, n_devices: int, mqtt_url: str, rate: float, seconds: float, go, out) -> None:
@@ -290,7 +290,7 @@ def main() -> None:
                 break
             time.sleep(0.2)
         else:
-            raise SystemExit("the alerts engine did not become ready")
+            raise SystemExit("the alerts worker did not become ready")
         print(f"[bench] {2 * args.probes + WARMUP} probe doors, {args.devices} load devices, {os.cpu_count()} CPUs; "
               f"probes every {args.interval}s", flush=True)
 

@@ -63,7 +63,7 @@ def _register(conn, n: int, villages: int) -> tuple[list[str], str]:
 
 
 def _one(db_url: str, targets: list[str], play_s: float) -> dict:
-    from devices.broadcast.store import BroadcastRequest, create_broadcast
+    from devices.broadcast.service import BroadcastRequest, create_broadcast
     from devices.commands import Requester
     from store.db import connect
 
@@ -102,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from config.settings import Settings
-    from devices.service import DevicesService
+    from devices.worker import DevicesWorker
     from devices.settings import DevicesSettings
     from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
     from store import migrate
@@ -125,7 +125,7 @@ def main() -> None:
         proc = ctx.Process(target=_speakers_process, args=(broker.url, [*ids, lone], ready, stop),
                                                daemon=True)
         proc.start()
-        svc = DevicesService(Settings(database_url=pg.url, mqtt_url=broker.url, var_dir=tmp),
+        svc = DevicesWorker(Settings(database_url=pg.url, mqtt_url=broker.url, var_dir=tmp),
                              DevicesSettings(registry_refresh_s=2, broadcast_answer_margin_s=30), tick_s=0.05)
         svc.start()
         if not svc.wait_ready(30) or not ready.wait(60):

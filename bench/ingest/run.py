@@ -84,7 +84,7 @@ def _raw_subscriber(mqtt_url: str, consumed: mp.Value, stop: mp.Event, ready: mp
     from paho.mqtt.subscribeoptions import SubscribeOptions
 
     from bus.client import mqtt_client, start
-    from ingest.consumer import FastClient
+    from ingest.fastclient import FastClient
 
     lock = threading.Lock()
     pending: list[int] = []
@@ -118,7 +118,7 @@ def _raw_subscriber(mqtt_url: str, consumed: mp.Value, stop: mp.Event, ready: mp
 
 
 def _ingest(db_url: str, mqtt_url: str, consumed: mp.Value, stop: mp.Event, ready: mp.Event, out: mp.Queue) -> None:
-    from ingest.consumer import IngestService
+    from ingest.worker import IngestWorker
 
     lat = array("d")
     commits, counts = array("d"), array("q")
@@ -135,7 +135,7 @@ def _ingest(db_url: str, mqtt_url: str, consumed: mp.Value, stop: mp.Event, read
             first["commit"] = committed
         first["last"] = committed
 
-    svc = IngestService(db_url, mqtt_url, client_id="bench-ingest", on_commit=on_commit, probe_times=True,
+    svc = IngestWorker(db_url, mqtt_url, client_id="bench-ingest", on_commit=on_commit, probe_times=True,
                         heartbeat_name="ingest-bench")
     svc.start()
     svc.wait_ready(60)

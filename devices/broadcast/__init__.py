@@ -1,8 +1,8 @@
 """Broadcasts to village speakers (村村响): audio (TTS or upload or URL, audio.py), the
-request / fan-out / receipts / report (store.py).  The devices service dispatches due
+request / fan-out / receipts / report (store.py).  The devices worker dispatches due
 broadcasts and follows the speakers' receipts; see README.md."""
 from devices.broadcast.audio import AudioError, AudioFile, Voice, save_upload, synthesize
-from devices.broadcast.store import (FINAL_STATES, KIND_LABELS, LATE_PHASES, RECEIPT_LABELS, STATE_LABELS,
+from devices.broadcast.service import (FINAL_STATES, KIND_LABELS, LATE_PHASES, RECEIPT_LABELS, STATE_LABELS,
                                      BroadcastRequest, build_report, cancel_broadcast, create_broadcast, tier,
                                      with_speech)
 

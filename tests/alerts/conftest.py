@@ -1,5 +1,5 @@
 """Real peers for the alerts tests: a site file derived from the demo (with a case system
-and test time limits), the alerts engine running in a thread, a webhook receiver process,
+and test time limits), the alerts worker running in a thread, a webhook receiver process,
 and events inserted as ingest inserts them (or published over MQTT through the real
 ingest service)."""
 from __future__ import annotations
@@ -64,31 +64,31 @@ def write_site(path: Path, *, receiver_url: str | None = None, sla: dict | None 
 
 
 class EngineRunner:
-    """AlertsEngine.run(stop) in a thread, as hub.process runs it in its child."""
+    """AlertsWorker.run(stop) in a thread, as hub.process runs it in its child."""
 
     def __init__(self, db_url: str, mqtt_url: str | None, site_file: Path, *, var_dir: Path | None = None,
                  **kwargs) -> None:
-        from alerts.engine import AlertsEngine
+        from alerts.worker import AlertsWorker
 
         kwargs.setdefault("scan_interval_s", 0.2)
         # Broadcast speech is synthesised under var_dir: a throwaway one unless given.
         self._tmp = tempfile.TemporaryDirectory(prefix="xlhub-alerts-var-") if var_dir is None else None
         var_dir = var_dir or Path(self._tmp.name)
-        self.engine = AlertsEngine(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file,
+        self.engine = AlertsWorker(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file,
                                             var_dir=var_dir), **kwargs)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.engine.run, args=(self.stop,), name="alerts-engine", daemon=True)
 
     def __enter__(self) -> EngineRunner:
         self.thread.start()
-        wait_for(self.engine.ready.is_set, 30, what="the alerts engine to start")
-        wait_for(lambda: self.engine.listening, 10, what="the alerts engine to listen")
+        wait_for(self.engine.ready.is_set, 30, what="the alerts worker to start")
+        wait_for(lambda: self.engine.listening, 10, what="the alerts worker to listen")
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(20)
-        assert not self.thread.is_alive(), "the alerts engine did not stop"
+        assert not self.thread.is_alive(), "the alerts worker did not stop"
         if self._tmp is not None:
             self._tmp.cleanup()
 

@@ -25,7 +25,7 @@ def engine(site_db, mqtt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def devices(site_db, mqtt, tmp_path_factory):
-    """The devices service, as the supervisor runs it beside the engine: it sends every
+    """The devices worker, as the supervisor runs it beside the engine: it sends every
     broadcast and follows the speakers' receipts."""
     from tests.devices.conftest import start_service
     svc = start_service(site_db, mqtt, tmp_path_factory.mktemp("devices-var"))

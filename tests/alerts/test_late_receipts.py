@@ -1,5 +1,5 @@
 """A speaker that answers after its broadcast's deadline, when the broadcast's report is on
-a case already (database, broker, devices service and alerts engine real): the case's
+a case already (database, broker, devices worker and alerts worker real): the case's
 archive said the speaker did not answer (超时未回执), so the engine's scan notes the late
 answer on the case — once, also after a rescan and a restart of the engine — and the case
 view's counts (computed on read) show it; the report attached at the deadline stays."""

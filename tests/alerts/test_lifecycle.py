@@ -1,4 +1,4 @@
-"""End to end with real parts: MQTT broker, the ingest service, the alerts engine, the API
+"""End to end with real parts: MQTT broker, the ingest service, the alerts worker, the API
 server, simulated devices and a webhook receiver process standing in for the county's
 case system.
 
@@ -28,7 +28,7 @@ import pytest
 from cameras.evidence import EvidenceStore
 from devices.settings import DevicesSettings
 from devices.sim.simulators import DeviceFleet
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from store import identity
 from store.db import connect, open_pool
 from store.registry import sync_site
@@ -64,7 +64,7 @@ def hub(db_url, demo_site, mqtt, tmp_path_factory):
     os.environ["XLHUB_EVIDENCE_DIR"] = str(tmp / "evidence")
     api = ApiServer(db_url, mqtt.url)
     receiver.hub_url = api.base_url
-    ingest = IngestService(db_url, mqtt.url, client_id=f"alerts-test-ingest-{uuid.uuid4().hex[:6]}", batch_ms=20,
+    ingest = IngestWorker(db_url, mqtt.url, client_id=f"alerts-test-ingest-{uuid.uuid4().hex[:6]}", batch_ms=20,
                            heartbeat_name=None, session_expiry_s=0)
     # The speakers play 20× faster: a spoken warning of 15 s, twice, takes 1.5 s.
     speakers = {d.id for d in demo_site.devices if str(getattr(d.kind, "value", d.kind)) == "speaker"}

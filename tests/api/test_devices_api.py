@@ -1,4 +1,4 @@
-"""The devices API against a real server, database, broker, devices service and simulated
+"""The devices API against a real server, database, broker, devices worker and simulated
 devices: door unlock (refused for a video supervisor, signed and audited for a
 dispatcher, refused by the door when the signature is wrong), commands with phases and a
 timeout, township scope (another township's devices are 404), a broadcast by API with TTS

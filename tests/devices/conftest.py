@@ -1,5 +1,5 @@
 """Real peers for the devices layer: a database seeded with the demo county, the session's
-Mosquitto with one account per simulated device, a DevicesService with short timeouts,
+Mosquitto with one account per simulated device, a DevicesWorker with short timeouts,
 and simulated devices speaking the contract."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from config.settings import Settings
 from devices.credentials import DeviceSecrets
-from devices.service import DevicesService
+from devices.worker import DevicesWorker
 from devices.settings import DevicesSettings
 from devices.sim.simulators import DeviceFleet
 from hub.embedded import device_account
@@ -40,11 +40,11 @@ def hub_settings(db: str, mqtt_url: str, var_dir: Path, http_port: int = 8080) -
 
 
 def start_service(db: str, mqtt, var_dir: Path, cfg: DevicesSettings | None = None,
-                  http_port: int = 8080) -> DevicesService:
-    svc = DevicesService(hub_settings(db, mqtt.url, var_dir, http_port), cfg or fast_settings(),
+                  http_port: int = 8080) -> DevicesWorker:
+    svc = DevicesWorker(hub_settings(db, mqtt.url, var_dir, http_port), cfg or fast_settings(),
                          heartbeat_name=f"devices-test-{uuid.uuid4().hex[:6]}", tick_s=0.1)
     svc.start()
-    assert svc.wait_ready(20), "devices service did not become ready"
+    assert svc.wait_ready(20), "devices worker did not become ready"
     return svc
 
 

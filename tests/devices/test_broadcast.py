@@ -11,7 +11,7 @@ import pytest
 
 from devices import registry
 from devices.broadcast import audio
-from devices.broadcast.store import BroadcastRequest, create_broadcast
+from devices.broadcast.service import BroadcastRequest, create_broadcast
 from devices.commands import Requester
 from store.db import connect
 from tests.devices.conftest import provision, query, start_fleet, start_service, wait_for

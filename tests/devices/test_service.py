@@ -1,4 +1,4 @@
-"""The devices service with real peers: heartbeat-timeout offline (a device without a Last
+"""The devices worker with real peers: heartbeat-timeout offline (a device without a Last
 Will), door events buffered during an outage replayed with no gap, geofence enter/exit
 against the grid boundaries, drone health warnings, and credential rotation through the
 real CLI: the old password is refused by the broker, the new one accepted."""
@@ -16,7 +16,7 @@ import pytest
 
 from devices import registry
 from devices.credentials import DeviceSecrets
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from store.db import connect
 from tests.devices.conftest import (fast_settings, provision, query, start_fleet, start_service,
                                     try_connect, wait_for)
@@ -100,7 +100,7 @@ def test_drone_health_warnings(service, site_db, hub_client):
 
 def test_door_events_buffered_in_an_outage_are_replayed_without_gaps(service, site_db, mqtt, devices_var, demo_site):
     provision(mqtt, devices_var, {"door-tyc": "door"})
-    ingest = IngestService(site_db, mqtt.url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", batch_ms=30,
+    ingest = IngestWorker(site_db, mqtt.url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", batch_ms=30,
                            session_expiry_s=60, heartbeat_name=f"ingest-dev-{uuid.uuid4().hex[:4]}", heartbeat_s=0.5)
     ingest.start()
     assert ingest.wait_ready(20)

@@ -14,9 +14,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices.broadcast.store import BroadcastRequest, build_report, create_broadcast
+from devices.broadcast.service import BroadcastRequest, build_report, create_broadcast
 from devices.commands import Requester, create_command
-from devices.service import DevicesService
+from devices.worker import DevicesWorker
 from store.db import connect
 from tests.devices.conftest import (
     fast_settings,
@@ -41,19 +41,19 @@ def payload(msg_id: str | None = None, **fields) -> bytes:
 
 
 class Worker:
-    """DevicesService with a persistent session of its own, as the hub's child has, that
+    """DevicesWorker with a persistent session of its own, as the hub's child has, that
     can be stopped and started again on the same session."""
 
     def __init__(self, db: str, mqtt, var_dir) -> None:
         self.args = (hub_settings(db, mqtt.url, var_dir), fast_settings())
         self.client_id = f"test-devices-{uuid.uuid4().hex[:6]}"
-        self.svc: DevicesService | None = None
+        self.svc: DevicesWorker | None = None
 
-    def start(self) -> DevicesService:
-        self.svc = DevicesService(*self.args, client_id=self.client_id, session_expiry_s=120,
+    def start(self) -> DevicesWorker:
+        self.svc = DevicesWorker(*self.args, client_id=self.client_id, session_expiry_s=120,
                                   heartbeat_name=f"devices-{self.client_id}", tick_s=0.1)
         self.svc.start()
-        assert self.svc.wait_ready(20), "devices service did not become ready"
+        assert self.svc.wait_ready(20), "devices worker did not become ready"
         return self.svc
 
     def stop(self) -> None:

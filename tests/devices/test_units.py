@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devices.availability import AvailabilityTracker
-from devices.broadcast.store import tier
+from devices.broadcast.service import tier
 from devices.commands.model import next_state
 from devices.commands.signing import sign, verify
 from bus.normalise import normalise

@@ -1,4 +1,4 @@
-"""Run the ingest worker (``python -m ingest.consumer``) with a wall clock that can jump:
+"""Run the ingest worker (``python -m ingest.worker``) with a wall clock that can jump:
 ``time.time()`` returns the real time plus the offset (seconds) written in the file named
 by XLHUB_TEST_CLOCK_FILE, so a test can step the hub's clock back or forward as NTP or an
 operator would. The monotonic clock is left alone, as the kernel does."""
@@ -27,6 +27,6 @@ def _shifted() -> float:
 time.time = _shifted
 
 if __name__ == "__main__":
-    from ingest.consumer import main
+    from ingest.worker import main
 
     main()

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devices import registry
-from devices.broadcast.store import BroadcastRequest, create_broadcast
+from devices.broadcast.service import BroadcastRequest, create_broadcast
 from devices.commands import Requester
 from hub.embedded import device_account
 from store.db import connect

@@ -79,7 +79,7 @@ def test_broker_crash_and_30s_outage(fault_db, own_broker, tmp_path, figures):
         broker.start()
         t1 = time.monotonic()
         back = _ingest_back(ingest, t1)
-        # reconnect backoff is capped at 5 s (ingest.consumer.RECONNECT_MAX_S); heartbeats every 3 s
+        # reconnect backoff is capped at 5 s (ingest.worker.RECONNECT_MAX_S); heartbeats every 3 s
         assert back < 12, f"ingest took {back}s to come back after the broker"
         return {"outage_s": round(t1 - t0, 1), "ingest_reconnected_after_broker_back_s": back}
     _run(fault_db, own_broker, tmp_path, figures, "broker_crash_30s", fault)

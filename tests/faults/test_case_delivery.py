@@ -33,7 +33,7 @@ from tests.faults.tools import Proc, query, scalar, wait_until
 CASES = 40                       # × 3 messages each (created, accepted, registered)
 OUTAGE_H = 8.0                   # simulated hours the case system is down
 FIRST_S, MAX_S, GIVE_UP_S = 1.0, 3600.0, 24 * 3600.0     # config/alerting.py Retry defaults
-WEBHOOK_WORKERS = 4              # alerts.engine.AlertsEngine(webhook_workers=4)
+WEBHOOK_WORKERS = 4              # alerts.worker.AlertsWorker(webhook_workers=4)
 RECEIVER_DELAY_S = 0.1           # a slow case system: deliveries are in flight when the worker dies
 HOTLINE = Actor(name="hotline", kind="user", role="hotline", node_code="510199000000",
                 node_path=("510199000000",))

@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from prometheus_client import REGISTRY
 
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from store import identity
 from store.db import connect
 from tests.api.conftest import ApiServer
@@ -44,7 +44,7 @@ def skew_count() -> float:
 
 def test_devices_with_wrong_clocks_are_stored_at_receive_time(fault_db, mqtt, hub_pub, demo_site, figures):
     tag = f"clk{uuid.uuid4().hex[:6]}"
-    svc = IngestService(fault_db, mqtt.url, client_id=f"fault-clock-{tag}", batch_ms=30, heartbeat_name=None)
+    svc = IngestWorker(fault_db, mqtt.url, client_id=f"fault-clock-{tag}", batch_ms=30, heartbeat_name=None)
     svc.start()
     try:
         assert svc.wait_ready(20)

@@ -25,7 +25,7 @@ from collections import Counter
 
 import psycopg
 
-from devices.broadcast.store import BroadcastRequest, create_broadcast
+from devices.broadcast.service import BroadcastRequest, create_broadcast
 from hub.embedded import device_account
 from store.db import connect
 from tests.faults.test_broadcast_receipts import (

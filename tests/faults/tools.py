@@ -250,7 +250,7 @@ class Proc:
 
 
 class IngestProcess:
-    """``python -m ingest.consumer`` as a child process (real signals, real crash)."""
+    """``python -m ingest.worker`` as a child process (real signals, real crash)."""
 
     def __init__(self, db_url: str, mqtt_url: str, log_path: Path, *, client_id: str, heartbeat: str,
                  extra_env: dict[str, str] | None = None, argv: list[str] | None = None) -> None:
@@ -258,7 +258,7 @@ class IngestProcess:
                     "XLHUB_INGEST_CLIENT_ID": client_id, "XLHUB_INGEST_HEARTBEAT": heartbeat,
                     "PYTHONPATH": str(PROJECT_ROOT), "XLHUB_LOG_LEVEL": "INFO", **(extra_env or {})}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.argv = argv or [sys.executable, "-m", "ingest.consumer"]
+        self.argv = argv or [sys.executable, "-m", "ingest.worker"]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.heartbeat = heartbeat

@@ -1,4 +1,4 @@
-"""FastClient's own PUBLISH reader (ingest/consumer.py) against a real Mosquitto: every
+"""FastClient's own PUBLISH reader (ingest/worker.py) against a real Mosquitto: every
 message arrives once, in order, byte for byte, whatever mix of QoS, sizes (bigger than
 its 32 KiB read), retain flags and MQTT 5 properties it is sent; and packets cut at any
 byte are left for paho to finish, not misread."""
@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ingest.consumer import FastClient, _BufferedSocket
+from ingest.fastclient import FastClient, _BufferedSocket
 
 
 def _publish_packet(topic: bytes, payload: bytes, qos: int, mid: int = 0, retain: bool = False,
@@ -88,7 +88,7 @@ def test_every_message_arrives_once_in_order(mqtt):
                      manual_ack=True)
     sub.username_pw_set("xlhub-hub", mqtt.hub_password)
     sub.sink = sink
-    # packets with properties take paho's own path, as in IngestService
+    # packets with properties take paho's own path, as in IngestWorker
     sub.on_message = lambda c, u, m: sink(m._topic, m.payload, m.qos, m.mid, m.retain, time.time())
     sub.on_subscribe = lambda *a: done.set()
     sub.on_connect = lambda c, *a: c.subscribe(f"fast/{tag}/#", options=SubscribeOptions(qos=1))

@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from devices.sim.simulators import DeviceFleet, SimDevice
 from hub.embedded import device_account
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN = uuid.uuid4().hex[:6]          # ids unique to this run: the broker is shared by the session
@@ -62,7 +62,7 @@ def registry(db_url):
 
 @pytest.fixture
 def ingest(registry, mqtt):
-    svc = IngestService(registry, mqtt.url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", batch_ms=30,
+    svc = IngestWorker(registry, mqtt.url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", batch_ms=30,
                         session_expiry_s=60, heartbeat_name=f"ingest-test-{RUN}", heartbeat_s=0.5)
     svc.start()
     assert svc.wait_ready(20), svc.stats()
@@ -265,7 +265,7 @@ def test_database_unreachable_keeps_messages_unacked(registry, mqtt, hub_client)
     gets everything."""
     client_id = f"test-outage-{uuid.uuid4().hex[:6]}"
     dead_db = registry.rsplit("@", 1)[0] + "@127.0.0.1:1/nowhere"
-    svc = IngestService(dead_db, mqtt.url, client_id=client_id, batch_ms=30, heartbeat_name=None,
+    svc = IngestWorker(dead_db, mqtt.url, client_id=client_id, batch_ms=30, heartbeat_name=None,
                         session_expiry_s=120)
     svc.start()
     deadline = time.monotonic() + 10
@@ -279,7 +279,7 @@ def test_database_unreachable_keeps_messages_unacked(registry, mqtt, hub_client)
     stats = svc.stats()
     assert not stats["ready"] and not stats["db_ok"] and stats["db_errors"] >= 1
     svc.stop()
-    svc2 = IngestService(registry, mqtt.url, client_id=client_id, batch_ms=30, heartbeat_name=None,
+    svc2 = IngestWorker(registry, mqtt.url, client_id=client_id, batch_ms=30, heartbeat_name=None,
                          session_expiry_s=120)
     svc2.start()
     try:
@@ -301,7 +301,7 @@ def test_killed_consumer_loses_no_acknowledged_message(registry, mqtt, tmp_path)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "ingest.consumer"], env=env, cwd=str(PROJECT_ROOT),
+        return subprocess.Popen([sys.executable, "-m", "ingest.worker"], env=env, cwd=str(PROJECT_ROOT),
                                 stdout=open(tmp_path / "ingest.log", "ab"), stderr=subprocess.STDOUT)
 
     proc = spawn()

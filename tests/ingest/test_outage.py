@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from hub.embedded import EmbeddedPostgres, free_port
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from tests.conftest import create_database
 
 DOOR = f"door-out-{uuid.uuid4().hex[:6]}"
@@ -38,7 +38,7 @@ def test_not_ready_while_the_database_is_away(own_pg, mqtt):
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO devices (id, kind, name, lat, lon) VALUES (%s, 'door', 'door', 30.6, 104.4)",
                      (DOOR,))
-    svc = IngestService(url, mqtt.url, client_id=f"test-outage-ready-{uuid.uuid4().hex[:6]}", batch_ms=30,
+    svc = IngestWorker(url, mqtt.url, client_id=f"test-outage-ready-{uuid.uuid4().hex[:6]}", batch_ms=30,
                         heartbeat_name=None, session_expiry_s=120)
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"outage-pub-{uuid.uuid4().hex[:6]}",
                       protocol=paho.MQTTv5)

@@ -1,6 +1,6 @@
 """Bad input by machine: every MQTT payload schema of the contract fuzzed with hypothesis
 through devices.contract.normalise, and a deterministic sample of the same garbage
-through the real ingest path (broker → IngestService → TimescaleDB). Whatever comes in,
+through the real ingest path (broker → IngestWorker → TimescaleDB). Whatever comes in,
 normalise returns rows or raises ContractError with a reason — nothing else — and ingest
 stores each message or dead-letters it with that reason, and keeps going."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, 
 from bus.telemetry import TELEMETRY
 from bus.topics import KINDS, parse_topic
 from hub.embedded import EmbeddedMosquitto, free_port
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from store.db import connect
 from store.registry import sync_site
 
@@ -218,7 +218,7 @@ def test_garbage_through_the_real_ingest_path(registry_db, private_broker):
             expected_rows += bool(normalise(topic, payload, NOW, KNOWN))
         except ContractError:
             pass
-    svc = IngestService(registry_db, mqtt.url, client_id=f"fuzz-{uuid.uuid4().hex[:6]}", batch_ms=30,
+    svc = IngestWorker(registry_db, mqtt.url, client_id=f"fuzz-{uuid.uuid4().hex[:6]}", batch_ms=30,
                         heartbeat_name=None)
     svc.start()
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"fuzz-pub-{uuid.uuid4().hex[:6]}",

@@ -1,6 +1,6 @@
 """A video supervisor flags an incident on a live tile and finds the case on the board with
 its snapshot — every part real: the simulated camera, the camera worker (evidence), ingest,
-the alerts engine (rule camera-flag → alarm → case), the API and the browser."""
+the alerts worker (rule camera-flag → alarm → case), the API and the browser."""
 from __future__ import annotations
 
 import base64
@@ -18,7 +18,7 @@ from cameras.config import CameraAnalytics, CameraSpec
 from cameras.sim.server import decode_timestamp_strip
 from cameras.worker import CameraWorker
 from config.settings import DEMO_SITE_FILE, Settings
-from ingest.consumer import IngestService
+from ingest.worker import IngestWorker
 from tests.alerts.conftest import EngineRunner
 from tests.live.conftest import CAMERA_USER
 
@@ -40,14 +40,14 @@ def evidence_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(live_db, live_api, mqtt, sim_cameras, camera_password, evidence_dir, tmp_path_factory):
-    """The camera worker for 东山村村口, ingest and the alerts engine, in threads."""
+    """The camera worker for 东山村村口, ingest and the alerts worker, in threads."""
     spec = CameraSpec(id=CAM, url=sim_cameras.url(f"/{CAM}"), username=CAMERA_USER, password=camera_password,
                       analytics=CameraAnalytics())
     worker = CameraWorker(Settings(var_dir=tmp_path_factory.mktemp("var")), shard=0, shards=1, cameras=[spec],
                           db_url=live_db, mqtt_url=mqtt.url, evidence_root=evidence_dir, heartbeat_s=1)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="test-camera-worker", daemon=True)
-    ingest = IngestService(live_db, mqtt.url, client_id=f"web-test-ingest-{uuid.uuid4().hex[:6]}", batch_ms=20,
+    ingest = IngestWorker(live_db, mqtt.url, client_id=f"web-test-ingest-{uuid.uuid4().hex[:6]}", batch_ms=20,
                            heartbeat_name=None, session_expiry_s=0)
     thread.start()
     assert worker.ready.wait(15)

@@ -313,7 +313,7 @@ def test_case_moves_through_its_lifecycle_by_the_right_roles(ui_for, live_api, s
 
 @pytest.fixture
 def speakers_on_air(live_db, mqtt, tmp_path, demo_site, live_api):
-    """The devices service and 东山村's speaker (simulated), so a broadcast gets real receipts."""
+    """The devices worker and 东山村's speaker (simulated), so a broadcast gets real receipts."""
     from tests.devices.conftest import provision, start_fleet, start_service, wait_for
     provision(mqtt, tmp_path, {"speaker-dsc": "speaker"})
     svc = start_service(live_db, mqtt, tmp_path, http_port=live_api.port)

@@ -20,7 +20,7 @@ from ulid import ULID
 from bus.commands import PlayCommand
 from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
-from devices.commands.store import new_command_id
+from devices.commands.service import new_command_id
 from devices.registry import RegistryError, common_path, speakers_under
 from store import audit
 
@@ -100,7 +100,7 @@ def check_audio_url(url: str) -> str:
 
 
 def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester: Requester) -> dict:
-    """Record a broadcast (in the caller's transaction); the devices service sends it when due."""
+    """Record a broadcast (in the caller's transaction); the devices worker sends it when due."""
     if req.kind not in KINDS:
         raise RegistryError("广播类型无效：notice（通告）或 emergency（应急预警） (kind must be notice or emergency)")
     if not req.targets:
@@ -269,7 +269,7 @@ def on_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, ph
 # receipts (the API's) shows it, and counts a village whose every speaker played —
 # some answering late — as heard (已收听（回执迟到）). (An answer that was sent in time but
 # waited in the broker while the devices worker was away is not late: the worker judges
-# deadlines only once it has read what the broker kept for it — devices/service.py.)
+# deadlines only once it has read what the broker kept for it — devices/worker.py.)
 LATE_PHASES = ("started", "finished", "failed", "preempted")
 _LATE_CLOSED = ("expired", "offline")
 LATE_LABELS = {"started": "超时后回执：开始播放", "finished": "超时后回执：已播放完成", "failed": "超时后回执：播放失败",

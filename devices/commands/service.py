@@ -1,8 +1,8 @@
-"""The device_commands table: the outbox the devices service publishes from and the
+"""The device_commands table: the outbox the devices worker publishes from and the
 record of every command (who, when, target, each phase, outcome).
 
 Creating a command is a row in the caller's transaction (with its audit record): it is
-sent after commit by the devices service, so a command is never sent for a request that
+sent after commit by the devices worker, so a command is never sent for a request that
 rolled back, and never lost when a process restarts between request and publish."""
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""The alerts engine: the process (``python -m hub.process alerts``) that turns events into
+"""The alerts worker: the process (``python -m hub.process alerts``) that turns events into
 alarms and cases, keeps the SLA clocks and delivers the outbox.  Broadcasts that rules ask
-for are devices-layer broadcasts (the devices service sends them); the engine puts their
+for are devices-layer broadcasts (the devices worker sends them); the engine puts their
 reports on the cases.
 
-    engine = AlertsEngine(settings)        # settings.database_url, mqtt_url, site_file
+    engine = AlertsWorker(settings)        # settings.database_url, mqtt_url, site_file
     engine.run(stop_event)                 # blocks until stop_event is set
 
 Threads, each with its own pooled connections:
@@ -67,11 +67,11 @@ ORDER BY e.time, e.id
 """
 
 
-class AlertsEngine:
+class AlertsWorker:
     def __init__(self, settings: Settings, *, name: str = "alerts", scan_interval_s: float = 1.0,
                  batch: int = 200, webhook_workers: int = 4, heartbeat_s: float = 5.0) -> None:
         if not settings.database_url:
-            raise ValueError("the alerts engine needs settings.database_url")
+            raise ValueError("the alerts worker needs settings.database_url")
         self.settings = settings
         self.name = name
         self.db_url = settings.database_url
@@ -133,7 +133,7 @@ class AlertsEngine:
         for t in threads:
             t.start()
         self.ready.set()
-        log.info("alerts engine running: %d rules, %d case systems", len(self._cfg.rules.rules),
+        log.info("alerts worker running: %d rules, %d case systems", len(self._cfg.rules.rules),
                  len(self._cfg.case_systems))
         try:
             self._events_loop(stop)
@@ -147,7 +147,7 @@ class AlertsEngine:
             if self.mqtt is not None:
                 self.mqtt.stop()
             self.pool.close()
-            log.info("alerts engine stopped")
+            log.info("alerts worker stopped")
 
     # -- listener ---------------------------------------------------------------------------
     def _listen(self, stop: threading.Event) -> None:

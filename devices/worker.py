@@ -1,5 +1,5 @@
-"""The devices service: the hub's side of every field device, as one long-running process
-(``DevicesService(settings).run(stop_event)``, heartbeat row ``devices``).
+"""The devices worker: the hub's side of every field device, as one long-running process
+(``DevicesWorker(settings).run(stop_event)``, heartbeat row ``devices``).
 
 It keeps one MQTT connection (the hub's account) and one database connection, and does:
 (as the hub's child process, ``run_devices``, the connection is a persistent session —
@@ -42,7 +42,7 @@ Deadlines (command expiry, a broadcast receipt's 超时未回执) are judged onl
 worker could have heard: while it is connected, and after the broker has handed over
 what it kept for the worker while it was away (a barrier message it sends itself after
 connecting comes back behind that backlog). An answer that comes after the hub's
-judgement all the same is kept on the receipt (devices/broadcast/store.py, late answers).
+judgement all the same is kept on the receipt (devices/broadcast/service.py, late answers).
 """
 from __future__ import annotations
 
@@ -71,9 +71,9 @@ from config.vocabulary import DEVICE_KINDS
 from devices import registry
 from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
-from devices.broadcast import store as broadcasts
+from devices.broadcast import service as broadcasts
 from devices.commands import signing
-from devices.commands import store as commands
+from devices.commands import service as commands
 from devices.commands.model import FINAL, Requester
 from devices.credentials import DeviceSecrets
 from devices.geofence import FenceTracker, leaf_fences, locate
@@ -128,14 +128,14 @@ class _Msg:
     barrier: int | None = None          # our own barrier message: its connection generation
 
 
-class DevicesService:
+class DevicesWorker:
     """``settings``: config.settings.Settings (database_url, mqtt_url, var_dir, http_*);
     ``devices_settings``: DevicesSettings (defaults from ``XLHUB_DEVICES_*``)."""
 
     def __init__(self, settings, devices_settings: DevicesSettings | None = None, *, client_id: str | None = None,
                  heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = 0.25, session_expiry_s: int = 0) -> None:
         if not settings.database_url or not settings.mqtt_url:
-            raise ValueError("DevicesService needs database_url and mqtt_url")
+            raise ValueError("DevicesWorker needs database_url and mqtt_url")
         self.settings = settings
         self.cfg = devices_settings or DevicesSettings()
         self.db_url = settings.database_url
@@ -197,7 +197,7 @@ class DevicesService:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("devices service: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
+            log.warning("devices worker: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
             return
         gen = self._gate.connected(bool(flags.session_present))
         if flags.session_present:
@@ -228,7 +228,7 @@ class DevicesService:
 
     def _barrier_refused_now(self, why: str) -> None:
         self._barrier_refused = self._gate.generation
-        log.warning("devices service: the broker refused our barrier on %s (%s; its ACL must let the hub's "
+        log.warning("devices worker: the broker refused our barrier on %s (%s; its ACL must let the hub's "
                     "account use it); deadlines are judged without waiting for the session's backlog",
                     self._barrier_topic, why)
 
@@ -301,7 +301,7 @@ class DevicesService:
                 # The batch stays in `pending`, unacknowledged, and is handled again once the
                 # database is back (or by the next process: the broker still has it).
                 delay = backoff.next()
-                log.warning("devices service: database unavailable (%s); retrying in %.1fs", type(exc).__name__,
+                log.warning("devices worker: database unavailable (%s); retrying in %.1fs", type(exc).__name__,
                             delay)
                 self.ready.clear()
                 self.stats["errors"] += 1
@@ -316,7 +316,7 @@ class DevicesService:
             except Exception:
                 # A bug or a row the database refuses: handle the batch one message at a
                 # time so one bad message cannot hold up the others, then go on.
-                log.exception("devices service: batch failed; retrying one by one")
+                log.exception("devices worker: batch failed; retrying one by one")
                 self.stats["errors"] += 1
                 self._touched.clear()
                 try:
@@ -369,14 +369,14 @@ class DevicesService:
                 raise
             except Exception as exc:
                 self._touched.clear()
-                log.exception("devices service: dropped a message on %s (kept in dead_letters)", m.topic)
+                log.exception("devices worker: dropped a message on %s (kept in dead_letters)", m.topic)
                 try:
                     with conn.transaction():
                         self._dead_letter(conn, m, exc)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     raise
                 except Exception:
-                    log.exception("devices service: could not keep it in dead_letters either")
+                    log.exception("devices worker: could not keep it in dead_letters either")
             pending.popleft()
             self._committed([m])
 
@@ -495,7 +495,7 @@ class DevicesService:
             return False
         if not self._barrier_warned:
             self._barrier_warned = True
-            log.warning("devices service: our barrier message on %s did not come back within %.0fs; judging "
+            log.warning("devices worker: our barrier message on %s did not come back within %.0fs; judging "
                         "deadlines without it", self._barrier_topic, BARRIER_WAIT_S)
         return True
 
@@ -831,5 +831,5 @@ def message_key(t: Topic, body: dict) -> str | None:
 
 def run_devices(settings, stop_event: threading.Event) -> None:
     """Entry point for the supervisor's ``devices`` child process: the persistent session."""
-    DevicesService(settings, client_id=os.environ.get("XLHUB_DEVICES_CLIENT_ID", CLIENT_ID),
+    DevicesWorker(settings, client_id=os.environ.get("XLHUB_DEVICES_CLIENT_ID", CLIENT_ID),
                    session_expiry_s=SESSION_EXPIRY_S).run(stop_event)

@@ -1,14 +1,32 @@
-"""The data flows one way: sources (cameras/, devices/) → ingest/ → alerts/ → api/, with
-config/ and store/ as shared ground under all of them, and hub/ (the CLI and supervisor)
-on top. A module never imports from a layer downstream of it; this test reads every import
-(also the ones inside functions) so a new one cannot slip in."""
+"""Data flows one way: sources (cameras/, devices/) → ingest/ → alerts/ → api/, on shared
+ground (config/, bus/, store/), with hub/ (the CLI and supervisor) on top of everything.
+The allowed arrows are declared below — the picture in docs/architecture.md — and any
+other import between the hub's packages fails, also one between packages of the same rank
+(config → store, devices → cameras) and the imports inside functions. A new top-level
+package must be declared before it can be imported."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RANK = {"config": 0, "store": 0, "cameras": 1, "devices": 1, "ingest": 2, "alerts": 3, "api": 4, "hub": 5}
+
+# package → the packages it may import.
+ALLOWED: dict[str, frozenset[str]] = {
+    "config": frozenset(),
+    "bus": frozenset({"config"}),
+    "store": frozenset({"config"}),
+    "cameras": frozenset({"config", "bus", "store"}),
+    "devices": frozenset({"config", "bus", "store"}),
+    "ingest": frozenset({"config", "bus", "store"}),
+    # broadcasts are the devices layer's: alerts asks for them, the devices worker sends them
+    "alerts": frozenset({"config", "bus", "store", "devices"}),
+    # evidence files and camera settings are the camera workers'; device and case services
+    "api": frozenset({"config", "bus", "store", "cameras", "devices", "alerts"}),
+    "hub": frozenset({"config", "bus", "store", "cameras", "devices", "ingest", "alerts", "api"}),
+}
+# Folders at the top that are not packages of the hub (nothing may import them).
+NOT_PACKAGES = {"tests", "bench", "web", "docs", "scripts", "var", "artifacts"}
 
 
 def imported_packages(path: Path) -> set[tuple[str, int]]:
@@ -21,12 +39,45 @@ def imported_packages(path: Path) -> set[tuple[str, int]]:
     return found
 
 
-def test_no_module_imports_from_a_layer_downstream_of_it():
+def violations(root: Path, allowed: dict[str, frozenset[str]]) -> list[str]:
     wrong = []
-    for package, rank in RANK.items():
-        for path in sorted((ROOT / package).rglob("*.py")):
+    for package, may in allowed.items():
+        for path in sorted((root / package).rglob("*.py")):
             for target, line in imported_packages(path):
-                if target in RANK and RANK[target] > rank:
-                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target} (downstream of {package})")
+                if target in allowed and target != package and target not in may:
+                    wrong.append(f"{path.relative_to(root)}:{line} imports {target} "
+                                 f"({package} may import only {', '.join(sorted(may)) or 'nothing of the hub'})")
+    return wrong
+
+
+def test_every_import_between_packages_is_a_declared_arrow():
+    wrong = violations(ROOT, ALLOWED)
     assert not wrong, "\n".join(wrong)
 
+
+def test_every_top_level_package_is_declared():
+    packages = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    undeclared = packages - set(ALLOWED) - NOT_PACKAGES
+    assert not undeclared, f"declare the arrows of {sorted(undeclared)} in ALLOWED"
+
+
+def test_the_arrows_have_no_cycle():
+
+    def visit(package: str, trail: tuple[str, ...]) -> None:
+        assert package not in trail, f"cycle: {' → '.join(trail + (package,))}"
+        for target in ALLOWED[package]:
+            visit(target, trail + (package,))
+
+    for package in ALLOWED:
+        visit(package, ())
+
+
+def test_a_sideways_import_is_caught(tmp_path):
+    """The checker itself: an arrow between two packages of the same rank, even inside a
+    function, is reported with file and line."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "config" / "x.py").write_text("def f():\n    from store import db\n")
+    (tmp_path / "store" / "y.py").write_text("import config.site\n")
+    found = violations(tmp_path, {"config": frozenset(), "store": frozenset({"config"})})
+    assert found == ["config/x.py:2 imports store (config may import only nothing of the hub)"]

@@ -19,7 +19,7 @@ class Permission(StrEnum):
     CAMERAS_FLAG = "cameras.flag"    # 标记事件: a supervisor's flag raises a video-sourced event
     LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
     CAMERAS_PTZ = "cameras.ptz"      # 云台控制: turn, zoom, presets of ONVIF PTZ cameras
-    # alerts (issue 5): alarms, cases, their evidence, deliveries, CAP warnings, assessment
+    # alerts: alarms, cases, their evidence, deliveries, CAP warnings, assessment
     ALARMS_READ = "alarms.read"
     ALARMS_HANDLE = "alarms.handle"          # acknowledge (确认) and clear (清除)
     CASES_READ = "cases.read"
@@ -30,7 +30,7 @@ class Permission(StrEnum):
     OUTBOX_REPLAY = "outbox.replay"
     CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
     STATS_READ = "stats.read"                # 考核评价
-    # field devices (issue 4)
+    # field devices
     DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices
     DEVICE_COMMAND = "device.command"        # drone mission / return home, speaker volume, door replay …
     DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)

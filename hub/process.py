@@ -106,7 +106,7 @@ def run_demo_devices(settings: Settings) -> None:
     its own broker account and (doors) its command-signing key."""
     from config.site import load_site
     from devices.credentials import DeviceSecrets
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
     stop = _stop_event()
     site = load_site(settings.site_file)

@@ -79,7 +79,7 @@ def _engine(db_url: str, mqtt_url: str, site_file: str, secret: str, stop) -> No
 
 
 def _load(idx: int, n_pub: int, n_devices: int, mqtt_url: str, rate: float, seconds: float, go, out) -> None:
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
     fleet = DeviceFleet.synthetic(n_devices, mqtt_url, kinds=("door", "speaker", "drone", "radio"), prefix="load",
                                   seed=7, client_prefix=f"bench-alerts-load{idx}", announce=False, diag=True)
@@ -156,7 +156,7 @@ def _site(tmp: Path, receiver_url: str, probes: int) -> Path:
 def _register_load(db_url: str, n: int) -> None:
     import psycopg
 
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
     fleet = DeviceFleet.synthetic(n, "mqtt://x@127.0.0.1:1", kinds=("door", "speaker", "drone", "radio"),
                                   prefix="load", seed=7)

@@ -34,7 +34,8 @@ LONE_VILLAGE = "519900101999"
 
 
 def _speakers_process(mqtt_url: str, ids: list[str], ready: mp.Event, stop: mp.Event) -> None:
-    from devices.sim.simulators import DeviceFleet, SimDevice
+    from devices.sim.device import SimDevice
+    from devices.sim.fleet import DeviceFleet
 
     fleet = DeviceFleet([SimDevice(i, "speaker", 30.6, 104.4) for i in ids], mqtt_url, events=False,
                         client_prefix="bench-speakers")

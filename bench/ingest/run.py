@@ -50,7 +50,7 @@ KINDS = ("door", "speaker", "drone", "radio")
 # --------------------------------------------------------------------------- children
 def _publisher(idx: int, n_pub: int, n_devices: int, mqtt_url: str, seconds: float, rate: float,
                backlog: int, sent: mp.Array, consumed: mp.Value, go: mp.Event, out: mp.Queue) -> None:
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
     fleet = DeviceFleet.synthetic(n_devices, mqtt_url, kinds=KINDS, prefix="bench", seed=7,
                                   client_prefix=f"bench-pub{idx}", announce=False, diag=True)
@@ -156,7 +156,7 @@ def _ingest(db_url: str, mqtt_url: str, consumed: mp.Value, stop: mp.Event, read
 def _register(db_url: str, n_devices: int) -> None:
     import psycopg
 
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
     fleet = DeviceFleet.synthetic(n_devices, "mqtt://x@127.0.0.1:1", kinds=KINDS, prefix="bench", seed=7)
     with psycopg.connect(db_url, autocommit=False) as conn:

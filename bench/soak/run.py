@@ -187,7 +187,7 @@ class Soak:
         pg_password = read_secret(self.var / "secrets" / "pg_password", box, migrate=False)
         self.db_url = f"postgresql://xlhub:{quote(pg_password, safe='')}@127.0.0.1:{self.ports['pg']}/xlhub"
         from config.site import load_site
-        from devices.sim.simulators import DeviceFleet
+        from devices.sim.fleet import DeviceFleet
 
         mqtt_url = f"mqtt://xlhub-hub:{quote(password, safe='')}@127.0.0.1:{self.ports['mqtt']}"
         self.fleet = DeviceFleet.from_site(load_site(site), mqtt_url, speed=self.args.speed, seed=11,

@@ -12,7 +12,7 @@ Four kinds, each a small state machine that produces realistic telemetry and eve
 
 Every interval is divided, and every event rate multiplied, by the fleet's ``speed``
 (tests and benchmarks use speed 10..1000). :data:`BEHAVIOURS` maps each kind to its
-behaviour; a :class:`~devices.sim.simulators.DeviceFleet` schedules them and publishes what
+behaviour; a :class:`~devices.sim.fleet.DeviceFleet` schedules them and publishes what
 they produce.
 
 Commands follow the hub's semantics (devices/commands): a received command is a
@@ -41,7 +41,7 @@ from devices.commands.signing import verify as verify_signature
 from devices.sim.device import EARTH_M_PER_DEG, SimDevice, offset
 
 if TYPE_CHECKING:
-    from devices.sim.simulators import DeviceFleet
+    from devices.sim.fleet import DeviceFleet
 
 
 # --------------------------------------------------------------------------- commands

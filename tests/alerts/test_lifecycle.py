@@ -27,7 +27,7 @@ import pytest
 
 from cameras.evidence import EvidenceStore
 from devices.settings import DevicesSettings
-from devices.sim.simulators import DeviceFleet
+from devices.sim.fleet import DeviceFleet
 from ingest.worker import IngestWorker
 from store import identity
 from store.db import connect, open_pool

@@ -17,7 +17,7 @@ from config.settings import Settings
 from devices.credentials import DeviceSecrets
 from devices.worker import DevicesWorker
 from devices.settings import DevicesSettings
-from devices.sim.simulators import DeviceFleet
+from devices.sim.fleet import DeviceFleet
 from hub.embedded import device_account
 
 

@@ -14,7 +14,8 @@ import signal
 import threading
 import time
 
-from devices.sim.simulators import DeviceFleet, SimDevice
+from devices.sim.device import SimDevice
+from devices.sim.fleet import DeviceFleet
 
 
 def main() -> None:

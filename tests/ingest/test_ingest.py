@@ -20,7 +20,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices.sim.simulators import DeviceFleet, SimDevice
+from devices.sim.device import SimDevice
+from devices.sim.fleet import DeviceFleet
 from hub.embedded import device_account
 from ingest.worker import IngestWorker
 

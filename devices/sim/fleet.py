@@ -1,20 +1,10 @@
-"""Simulated field devices speaking the MQTT contract (bus/).
+"""Many simulated devices in one process (:class:`DeviceFleet`): their connections, one
+scheduler thread, publishing, commands received, outages and load generation.
 
-Four kinds, each a small state machine that produces realistic telemetry and events:
-
-- door (门禁): telemetry every 30 s; access granted a few times an hour (then opened,
-  closed), denied about once an hour, exit button, rarely held open, very rarely forced open.
-- speaker (村村响): telemetry every 60 s; playback receipts when told to ``play``.
-- drone (无人机): idle on its pad (telemetry every 30 s), then missions: 1 Hz telemetry
-  while flying a loop around its base, battery draining, return home, landing.
-- radio (对讲机): telemetry every 5 s while its holder walks around; push-to-talk a few
-  times an hour; SOS very rarely.
-
-Every interval is divided, and every event rate multiplied, by ``speed`` (tests and
-benchmarks use speed 10..1000).
-
-A :class:`DeviceFleet` runs many simulated devices in one process with one scheduler
-thread. Connections:
+The scheduler thread drives every device: telemetry at the interval its behaviour
+(devices.sim.behaviours) gives and the behaviour's events as Poisson processes, both
+scaled by ``speed``, plus the delayed steps of commands (:meth:`DeviceFleet.later`,
+:meth:`DeviceFleet.cancel`). Connections:
 
 - per device (一机一帐号): a paho MQTT 5 client per device, username = device id, its
   own password, LWT = retained ``avail`` offline, retained ``avail`` online and ``state``
@@ -23,20 +13,16 @@ thread. Connections:
   password (thousands of devices, one TCP connection). No per-device LWT then: the fleet
   publishes ``avail`` offline for its devices when it stops.
 
-Commands follow the hub's semantics (devices/commands): ``res`` on the response topic
-the hub gave, echoing the MQTT 5 correlation data, ``accepted`` (or ``rejected``) at once,
-``progress`` while working, then ``finished`` | ``failed`` | ``preempted`` (``expired`` for
-a queued play that outlived its message expiry); a redelivered command id is carried out
-once. Speakers play for the command's ``duration_s`` × ``repeat`` (scaled by speed), and a
-strictly higher priority tier interrupts the current play (receipt ``preempted``); door
-controllers check the HMAC signature of ``unlock`` with their key, keep a log of their last
-``event_log`` events and republish them on ``replay_events`` (``since_seq``); drones fly
-``mission`` and ``return_home`` and finish when landed. ``cut(id)`` / ``restore(id)``
-simulate a network outage (own-account devices drop their connection: the broker
-publishes their Last Will).
+Every message carries its device's envelope (devices.sim.device); a door's events also go
+to the controller's own event log, network or not, for ``replay_events``. A received
+command whose id was seen before (a redelivery) is carried out once; a body the contract
+types (bus.commands) is checked as a device's firmware would, then the kind's behaviour
+carries it out. ``cut(id)`` / ``restore(id)`` simulate a network outage (own-account
+devices drop their connection: the broker publishes their Last Will).
 
 For benchmarks :meth:`DeviceFleet.run_load` publishes telemetry of the shared devices
-at a given aggregate rate (or flat out) through a lean batch-publish path.
+at a given aggregate rate (or flat out) through a lean batch-publish path
+(devices.sim.publisher).
 """
 from __future__ import annotations
 
@@ -47,7 +33,6 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -468,55 +453,3 @@ class DeviceFleet:
             self.published["tele"] += sent
         return {"sent": sent, "seconds": elapsed, "rate": sent / elapsed if elapsed else 0.0,
                 "all_acked": acked, "failed": client.raw_failed}
-
-
-def _secrets_map(path: str) -> dict:
-    """A {device id: secret} file: plain JSON, or one of the hub's encrypted var/secrets
-    files (read with the hub's master key: XLHUB_SECRET_KEY, else var/secrets/master.key)."""
-    from config.settings import Settings
-    from store.secrets import SecretBox, is_encrypted, read_json
-
-    p = Path(path)
-    if not is_encrypted(p):
-        return json.loads(p.read_text())
-    return read_json(p, SecretBox.from_settings(Settings(var_dir=p.resolve().parent.parent)), migrate=False)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m devices.sim``: run the site file's devices against a broker."""
-    import argparse
-    import os
-    import signal
-
-    parser = argparse.ArgumentParser(prog="python -m devices.sim", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--site", default=None, help="site file (default: XLHUB_SITE_FILE or the demo site)")
-    parser.add_argument("--mqtt-url", default=os.environ.get("XLHUB_MQTT_URL"), help="mqtt://user:pass@host:port")
-    parser.add_argument("--passwords", default=None,
-                        help="JSON file {device id: password}, or the hub's var/secrets/mqtt_devices.json")
-    parser.add_argument("--keys", default=None,
-                        help="JSON file {device id: hex key} of command-signing keys, or var/secrets/device_keys.json")
-    parser.add_argument("--speed", type=float, default=1.0, help="time acceleration (default 1)")
-    parser.add_argument("--synthetic", type=int, default=0, help="N synthetic devices instead of the site's")
-    parser.add_argument("--seed", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if not args.mqtt_url:
-        parser.error("--mqtt-url or XLHUB_MQTT_URL is required")
-    if args.synthetic:
-        fleet = DeviceFleet.synthetic(args.synthetic, args.mqtt_url, speed=args.speed, seed=args.seed or 1)
-    else:
-        from config.settings import Settings
-        from config.site import load_site
-        site = load_site(args.site or Settings().site_file)
-        passwords = _secrets_map(args.passwords) if args.passwords else {}
-        keys = _secrets_map(args.keys) if args.keys else {}
-        fleet = DeviceFleet.from_site(site, args.mqtt_url, passwords=passwords, speed=args.speed, seed=args.seed,
-                                      keys=keys)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    fleet.start()
-    log.info("%d simulated devices running (speed %g); Ctrl-C stops them", len(fleet.devices), args.speed)
-    while not stop.wait(10):
-        log.info("published so far: %s", fleet.published)
-    fleet.stop()

@@ -9,8 +9,8 @@ arming schedules, SLA time limits and the external case systems cases are delive
 
 The models live here and :mod:`config.site` adds them to :class:`config.site.Site`; the
 cross-reference checks (:func:`alerting_findings`) run on the raw data from
-``config.site._site_rules`` so that ``xlhub check-config`` reports them with file, line
-and path like every other problem.  This module must not import :mod:`config.site`
+``config.site.rules.site_rules`` so that ``xlhub check-config`` reports them with file,
+line and path like every other problem.  This module must not import :mod:`config.site`
 (site imports it).
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Field types and checks shared by every section of the site file (the grid tree and
-its sources in config/site.py, the rules and delivery targets in config/alerting.py).
+its sources in config/site/, the rules and delivery targets in config/alerting.py).
 
 Each check raises ValueError with a reason an administrator can act on, and never
 echoes a secret."""

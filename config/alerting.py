@@ -41,12 +41,16 @@ from config.vocabulary import (
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
+    EmptyDict,
+    EmptyList,
     EnvName,
     Id,
+    SecretFile,
     StrictModel,
     Text,
+    TimeZone,
     check_text,
-    check_timezone,
+    from_problem,
     suggest,
 )
 
@@ -172,26 +176,14 @@ def http_url_problem(url: str) -> str | None:
     return None
 
 
-def _http_url(value: str) -> str:
-    reason = http_url_problem(value)
-    if reason:
-        raise ValueError(reason)
-    return value
-
-
-
 LongText = Annotated[str, Field(max_length=1000), AfterValidator(check_text)]
 EventPattern = Annotated[str, AfterValidator(_pattern)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
+HttpUrl = Annotated[str, from_problem(http_url_problem)]
 TimeOfDay = Annotated[str, BeforeValidator(_hhmm)]
 CategoryField = Annotated[Category, _from_label(CATEGORY_LABELS)]
 UrgencyField = Annotated[Urgency, _from_label(URGENCY_LABELS)]
 SeverityField = Annotated[AlarmSeverity, _from_label(ALARM_SEVERITY_LABELS)]
-_EmptyList = BeforeValidator(lambda v: [] if v is None else v)
-_EmptyDict = BeforeValidator(lambda v: {} if v is None else v)
-
-
 
 
 def pattern_matches(pattern: str, event_type: str) -> bool:
@@ -206,8 +198,8 @@ def pattern_matches(pattern: str, event_type: str) -> bool:
 class EventMatch(StrictModel):
     """Which events a rule looks at."""
     types: Annotated[list[EventPattern], Field(min_length=1, max_length=32)]
-    sources: Annotated[list[Id], _EmptyList] = Field(default_factory=list, description="camera/device ids; empty: any")
-    grids: Annotated[list[Code], _EmptyList] = Field(default_factory=list, description="grid subtrees; empty: any")
+    sources: Annotated[list[Id], EmptyList] = Field(default_factory=list, description="camera/device ids; empty: any")
+    grids: Annotated[list[Code], EmptyList] = Field(default_factory=list, description="grid subtrees; empty: any")
     min_severity: Literal[EVENT_SEVERITIES] | None = Field(
         None, description="ignore events whose severity hint is below this")
 
@@ -218,7 +210,7 @@ class Correlation(StrictModel):
     window: Duration = timedelta(seconds=60)
     nearest_cameras: int = Field(2, ge=1, le=8)
     max_distance_m: float = Field(3000, gt=0, le=100_000, allow_inf_nan=False)
-    types: Annotated[list[EventPattern], Field(min_length=1), _EmptyList] = Field(
+    types: Annotated[list[EventPattern], Field(min_length=1), EmptyList] = Field(
         default_factory=lambda: ["camera.*"])
     request_evidence: bool = Field(True, description="ask the cameras for a snapshot and clip around the event")
 
@@ -228,7 +220,7 @@ class AlarmSpec(StrictModel):
     title: Text | None = Field(None, description="default: the rule's name")
     correlate: Correlation | None = None
     clear_after: Duration | None = Field(None, description="clear automatically when quiet this long")
-    cleared_by: Annotated[list[EventPattern], _EmptyList] = Field(
+    cleared_by: Annotated[list[EventPattern], EmptyList] = Field(
         default_factory=list, description="event types of the same source that clear the alarm")
     flap_window: Duration = timedelta(minutes=5)
     flap_limit: int = Field(3, ge=1, le=100, description="re-raises within flap_window before it is 'flapping'")
@@ -242,7 +234,7 @@ class CaseSpec(StrictModel):
     repeats: int | None = Field(None, ge=2, le=10_000, description="with when: repeats")
     unacknowledged_for: Duration | None = Field(None, description="with when: unacknowledged")
     auto_register: bool = Field(False, description="the system accepts and registers (受理, 立案) at once")
-    dispatch_to: Annotated[list[Id], _EmptyList] = Field(
+    dispatch_to: Annotated[list[Id], EmptyList] = Field(
         default_factory=list, description="departments to dispatch to at once (needs auto_register)")
     title: Text | None = None
 
@@ -275,15 +267,15 @@ class Rule(StrictModel):
     when: EventMatch
     alarm: AlarmSpec
     case: CaseSpec | None = None
-    actions: Annotated[list[RuleAction], _EmptyList, Field(max_length=16)] = Field(default_factory=list)
+    actions: Annotated[list[RuleAction], EmptyList, Field(max_length=16)] = Field(default_factory=list)
     armed: Id | None = Field(None, description="schedule during which the rule is armed; absent: always")
 
 
 # ---------------------------------------------------------------------------- schedules
 
 class TimeWindow(StrictModel):
-    days: Annotated[list[Weekday], _EmptyList] = Field(default_factory=lambda: list(Weekday),
-                                                       description="days the window starts on; default every day")
+    days: Annotated[list[Weekday], EmptyList] = Field(default_factory=lambda: list(Weekday),
+                                                      description="days the window starts on; default every day")
     start: TimeOfDay
     end: TimeOfDay = Field(description="end before start: the window crosses midnight")
 
@@ -291,16 +283,16 @@ class TimeWindow(StrictModel):
 
 class Schedule(StrictModel):
     name: Text | None = None
-    timezone: Annotated[str, AfterValidator(check_timezone)] | None = Field(None, description="default: the site's")
+    timezone: TimeZone | None = Field(None, description="default: the site's")
     windows: Annotated[list[TimeWindow], Field(min_length=1, max_length=64)]
 
 
 class Arming(StrictModel):
     """Events of these grids/sources raise alarms (of these rules) only while the schedule is on."""
     schedule: Id
-    grids: Annotated[list[Code], _EmptyList] = Field(default_factory=list)
-    sources: Annotated[list[Id], _EmptyList] = Field(default_factory=list)
-    rules: Annotated[list[Id], _EmptyList] = Field(default_factory=list, description="empty: every rule")
+    grids: Annotated[list[Code], EmptyList] = Field(default_factory=list)
+    sources: Annotated[list[Id], EmptyList] = Field(default_factory=list)
+    rules: Annotated[list[Id], EmptyList] = Field(default_factory=list, description="empty: every rule")
 
 
 # ---------------------------------------------------------------------------- SLA
@@ -317,7 +309,7 @@ StageKey = Annotated[str, AfterValidator(_stage)]
 
 class SlaDefault(StrictModel):
     total: Duration
-    stages: Annotated[dict[StageKey, Duration], _EmptyDict] = Field(
+    stages: Annotated[dict[StageKey, Duration], EmptyDict] = Field(
         default_factory=dict, description="accept, dispatch, handle, verify, close")
     auto_escalate: bool = False
 
@@ -330,7 +322,7 @@ class SlaLimit(SlaDefault):
 class Sla(StrictModel):
     warn_at: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False, description="share of a limit that warns")
     default: SlaDefault = Field(default_factory=lambda: SlaDefault(total=timedelta(days=3)))
-    limits: Annotated[list[SlaLimit], _EmptyList] = Field(default_factory=list)
+    limits: Annotated[list[SlaLimit], EmptyList] = Field(default_factory=list)
 
     def limit_for(self, category: str, urgency: str) -> SlaDefault:
         """The most specific limit: category+urgency, then category, then urgency, then default."""
@@ -360,11 +352,11 @@ class CaseSystem(StrictModel):
     name: Id
     url: HttpUrl
     secret_env: EnvName | None = None
-    secret_file: Annotated[str, AfterValidator(check_text)] | None = None
-    events: Annotated[list[Literal["case.created", "case.transition", "case.sla", "case.evidence"]], _EmptyList] = \
+    secret_file: SecretFile | None = None
+    events: Annotated[list[Literal["case.created", "case.transition", "case.sla", "case.evidence"]], EmptyList] = \
         Field(default_factory=lambda: list(CASE_EVENTS))
-    categories: Annotated[list[CategoryField], _EmptyList] = Field(default_factory=list, description="empty: all")
-    grids: Annotated[list[Code], _EmptyList] = Field(default_factory=list, description="empty: the whole site")
+    categories: Annotated[list[CategoryField], EmptyList] = Field(default_factory=list, description="empty: all")
+    grids: Annotated[list[Code], EmptyList] = Field(default_factory=list, description="empty: the whole site")
     inbound_token: Annotated[str, Field(pattern=r"^[a-z0-9_.-]{2,64}$")] | None = Field(
         None, description="name of the API token the system posts status changes back with")
     timeout: Duration = timedelta(seconds=10)

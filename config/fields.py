@@ -8,9 +8,10 @@ from __future__ import annotations
 import difflib
 import re
 import zoneinfo
+from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CODE_RE = re.compile(r"[0-9A-Za-z]{1,32}")
@@ -59,6 +60,17 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def from_problem(problem: Callable[[str], str | None]) -> AfterValidator:
+    """A validator from a function that says why a value is not acceptable (None: it is),
+    e.g. a URL check that must never echo the user-info it refuses."""
+    def check(value: str) -> str:
+        reason = problem(value)
+        if reason:
+            raise ValueError(reason)
+        return value
+    return AfterValidator(check)
+
+
 def suggest(value: str, choices, cutoff: float = 0.7) -> str:
     """" (did you mean 'x'?)" for the closest choice, or nothing."""
     match = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=cutoff)
@@ -70,3 +82,8 @@ Code = Annotated[str, AfterValidator(check_code)]
 Text = Annotated[str, Field(max_length=200), AfterValidator(check_text)]
 EnvName = Annotated[str, AfterValidator(check_env_name)]
 TimeZone = Annotated[str, AfterValidator(check_timezone)]
+# A path of a file that holds a secret (a camera's password_file, a case system's secret_file).
+SecretFile = Annotated[str, AfterValidator(check_text)]
+# An empty section (``cameras:`` with every entry commented out) reads as null: take it as empty.
+EmptyList = BeforeValidator(lambda v: [] if v is None else v)
+EmptyDict = BeforeValidator(lambda v: {} if v is None else v)

@@ -19,7 +19,6 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     Field,
     PrivateAttr,
     SecretStr,
@@ -32,12 +31,16 @@ from config.camera_analytics import CameraAnalytics
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
+    EmptyDict,
+    EmptyList,
     EnvName,
     Id,
+    SecretFile,
     StrictModel,
     Text,
+    TimeZone,
     check_text,
-    check_timezone,
+    from_problem,
 )
 from config.site.credentials import resolve_password
 from config.site.rules import camera_rules, credential_rules, node_rules, site_rules, user_rules
@@ -111,17 +114,7 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("rtsp", "rtsps")) -> str |
     return None
 
 
-def _rtsp_url(value: str) -> str:
-    reason = url_problem(value)
-    if reason:
-        raise ValueError(reason)
-    return value
-
-
-RtspUrl = Annotated[str, AfterValidator(_rtsp_url)]
-# An empty section (``cameras:`` with every entry commented out) reads as null: take it as empty.
-_EmptyList = BeforeValidator(lambda v: [] if v is None else v)
-_EmptyDict = BeforeValidator(lambda v: {} if v is None else v)
+RtspUrl = Annotated[str, from_problem(url_problem)]
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 
@@ -158,7 +151,7 @@ class GridNode(StrictModel):
     center: GeoPoint | None = None
     boundary: Annotated[list[tuple[Lon, Lat]], Field(min_length=3)] | None = Field(
         None, description="polygon of [lon, lat] pairs (closing point optional)")
-    children: Annotated[list[GridNode], _EmptyList] = Field(default_factory=list)
+    children: Annotated[list[GridNode], EmptyList] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> GridNode:
@@ -171,7 +164,7 @@ class Credential(StrictModel):
 
     username: Text
     password_env: EnvName | None = None
-    password_file: Annotated[str, AfterValidator(check_text)] | None = None
+    password_file: SecretFile | None = None
     password: SecretStr | None = Field(None, description="plain password in the file: allowed, discouraged")
 
     @model_validator(mode="after")
@@ -198,7 +191,7 @@ class Camera(StrictModel):
     onvif: Onvif | None = None
     credentials: Id | None = Field(None, description="name of an entry of the site's credentials")
     position: GeoPoint | None = None
-    tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(check_text)]], _EmptyList] = Field(
+    tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(check_text)]], EmptyList] = Field(
         default_factory=list)
     analytics: CameraAnalytics | None = Field(None, description="health, tamper, motion and clip settings "
                                                                 "(config/camera_analytics.py)")
@@ -241,19 +234,19 @@ class User(StrictModel):
 class Site(StrictModel):
     version: Literal[1]
     name: Text
-    timezone: Annotated[str, AfterValidator(check_timezone)] = "Asia/Shanghai"
+    timezone: TimeZone = "Asia/Shanghai"
     grid: GridNode
-    credentials: Annotated[dict[Id, Credential], _EmptyDict] = Field(default_factory=dict)
-    cameras: Annotated[list[Camera], _EmptyList] = Field(default_factory=list)
-    devices: Annotated[list[Device], _EmptyList] = Field(default_factory=list)
-    departments: Annotated[list[Department], _EmptyList] = Field(default_factory=list)
-    users: Annotated[list[User], _EmptyList] = Field(default_factory=list)
+    credentials: Annotated[dict[Id, Credential], EmptyDict] = Field(default_factory=dict)
+    cameras: Annotated[list[Camera], EmptyList] = Field(default_factory=list)
+    devices: Annotated[list[Device], EmptyList] = Field(default_factory=list)
+    departments: Annotated[list[Department], EmptyList] = Field(default_factory=list)
+    users: Annotated[list[User], EmptyList] = Field(default_factory=list)
     # Alerting (config/alerting.py; reference in alerts/README.md): event → alarm → case.
-    rules: Annotated[list[Rule], _EmptyList] = Field(default_factory=list)
-    schedules: Annotated[dict[Id, Schedule], _EmptyDict] = Field(default_factory=dict)
-    arming: Annotated[list[Arming], _EmptyList] = Field(default_factory=list)
+    rules: Annotated[list[Rule], EmptyList] = Field(default_factory=list)
+    schedules: Annotated[dict[Id, Schedule], EmptyDict] = Field(default_factory=dict)
+    arming: Annotated[list[Arming], EmptyList] = Field(default_factory=list)
     sla: Sla = Field(default_factory=Sla)
-    case_systems: Annotated[list[CaseSystem], _EmptyList] = Field(default_factory=list)
+    case_systems: Annotated[list[CaseSystem], EmptyList] = Field(default_factory=list)
 
     _index: dict[str, tuple[GridNode, str | None, int]] | None = PrivateAttr(None)
     _source: Path | None = PrivateAttr(None)

@@ -52,6 +52,7 @@ from config.fields import (
     check_text,
     from_problem,
     suggest,
+    unknown_ref,
 )
 
 __all__ = [
@@ -385,19 +386,18 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
 
     def node_ref(loc: tuple, value: Any) -> None:
         if codes and isinstance(value, str) and value not in codes:
-            out.append((loc, f"unknown grid node '{value}'" + suggest(value, codes)))
+            out.append((loc, unknown_ref("grid node", value, codes)))
 
     def source_ref(loc: tuple, value: Any) -> None:
         if isinstance(value, str) and value not in sources:
-            out.append((loc, f"unknown camera or device '{value}'" + suggest(value, sources)))
+            out.append((loc, unknown_ref("camera or device", value, sources)))
 
     schedules = data.get("schedules")
     schedule_ids = {k for k in schedules if isinstance(k, str)} if isinstance(schedules, dict) else set()
 
     def schedule_ref(loc: tuple, value: Any) -> None:
         if isinstance(value, str) and value not in schedule_ids:
-            where = suggest(value, schedule_ids) if schedule_ids else " (there is no 'schedules:' section)"
-            out.append((loc, f"unknown schedule '{value}'" + where))
+            out.append((loc, unknown_ref("schedule", value, schedule_ids, section="schedules")))
 
     # -- rules
     rule_ids: dict[str, tuple] = {}
@@ -442,8 +442,8 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
                             "dispatching at once needs 'auto_register: true' (a case is registered 立案 before 派遣)"))
             for j, dept in dispatch:
                 if departments is not None and dept not in departments:
-                    where = suggest(dept, departments) if departments else " (there is no 'departments:' section)"
-                    out.append((loc + ("case", "dispatch_to", j), f"unknown department '{dept}'" + where))
+                    out.append((loc + ("case", "dispatch_to", j),
+                                unknown_ref("department", dept, departments, section="departments")))
         actions = rule.get("actions")
         for j, action in enumerate(actions if isinstance(actions, list) else []):
             if not isinstance(action, dict):
@@ -474,7 +474,7 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
             source_ref(loc + ("sources", j), src)
         for j, rid in _strs(entry.get("rules")):
             if isinstance(rules, list) and rid not in rule_ids:
-                out.append((loc + ("rules", j), f"unknown rule '{rid}'" + suggest(rid, rule_ids)))
+                out.append((loc + ("rules", j), unknown_ref("rule", rid, rule_ids)))
 
     # -- schedules: a window must not be empty
     for sid, sched in (schedules.items() if isinstance(schedules, dict) else []):

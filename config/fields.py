@@ -77,6 +77,14 @@ def suggest(value: str, choices, cutoff: float = 0.7) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def unknown_ref(what: str, value: str, known, section: str | None = None) -> str:
+    """The reason for a reference to nothing: "unknown <what> '<value>'" and the closest known
+    name — or, with ``section`` and nothing known, that the file has no such section."""
+    if section is not None and not known:
+        return f"unknown {what} '{value}' (there is no '{section}:' section)"
+    return f"unknown {what} '{value}'" + suggest(value, known)
+
+
 Id = Annotated[str, AfterValidator(check_id)]
 Code = Annotated[str, AfterValidator(check_code)]
 Text = Annotated[str, Field(max_length=200), AfterValidator(check_text)]

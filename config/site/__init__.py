@@ -39,7 +39,8 @@ from __future__ import annotations
 
 from config.site.credentials import CredentialError, resolve_password
 from config.site.loader import check_site_file, load_site
-from config.site.models import Camera, Credential, Department, Device, GeoPoint, GridNode, Onvif, Site, User, url_problem
+from config.site.models import (Camera, Credential, Department, Device, GeoPoint, GridNode, Onvif, Site, User,
+                                url_problem)
 from config.site.problems import Problem, SiteError, check_site_data
 
 __all__ = [

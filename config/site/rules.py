@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from config.alerting import alerting_findings
-from config.fields import suggest
+from config.fields import unknown_ref
 from config.vocabulary import GridLevel, Role
 
 _PASSWORD_SOURCES = ("password_env", "password_file", "password")
@@ -171,7 +171,7 @@ def site_rules(data: Any) -> list[Finding]:
 
     def node_ref(loc: tuple, value: Any) -> None:
         if check_nodes and isinstance(value, str) and value not in codes:
-            out.append(Finding(loc, f"unknown grid node '{value}'" + suggest(value, codes)))
+            out.append(Finding(loc, unknown_ref("grid node", value, codes)))
 
     # -- credentials
     creds = data.get("credentials")
@@ -207,8 +207,8 @@ def site_rules(data: Any) -> list[Finding]:
                     out.append(Finding(loc + sub, reason))
                 ref = item.get("credentials")
                 if isinstance(ref, str) and cred_names is not None and ref not in cred_names:
-                    where = suggest(ref, cred_names) if cred_names else " (there is no 'credentials:' section)"
-                    out.append(Finding(loc + ("credentials",), f"unknown credentials '{ref}'" + where))
+                    out.append(Finding(loc + ("credentials",), unknown_ref("credentials", ref, cred_names,
+                                                                          section="credentials")))
 
     # -- departments
     dept_codes: dict[str, tuple] | None = {} if data.get("departments") is None else None
@@ -248,8 +248,8 @@ def site_rules(data: Any) -> list[Finding]:
             dept = item.get("department")
             if isinstance(dept, str) and dept_codes is not None and dept not in dept_codes \
                     and _enum(Role, item.get("role")) in (Role.department_handler, None):
-                where = suggest(dept, dept_codes) if dept_codes else " (there is no 'departments:' section)"
-                out.append(Finding(loc + ("department",), f"unknown department '{dept}'" + where))
+                out.append(Finding(loc + ("department",), unknown_ref("department", dept, dept_codes,
+                                                                      section="departments")))
 
     # -- alerting: rules, schedules, arming, sla, case systems (config/alerting.py)
     source_kinds: dict[str, str] = {}

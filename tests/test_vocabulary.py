@@ -17,7 +17,7 @@ def emitted_event_types() -> dict[str, str]:
     from bus.events import EVENTS
     from cameras import health, worker
     from cameras.onvif import parsers
-    from devices import media, service
+    from devices import media, worker as devices_worker
 
     found: dict[str, str] = {}
     for t in EVENTS:
@@ -25,7 +25,7 @@ def emitted_event_types() -> dict[str, str]:
     for kind in SOURCE_KINDS:                   # avail (last will) and res, of every kind
         for t in (f"{kind}.online", f"{kind}.offline", f"{kind}.command_result"):
             found[t] = "bus.normalise (avail, res)"
-    for module in (health, worker, media, service):
+    for module in (health, worker, media, devices_worker):
         for t in module.EMITS:
             found[t] = f"{module.__name__}.EMITS"
     for topic, t in parsers.EMITS.items():

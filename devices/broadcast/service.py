@@ -21,7 +21,7 @@ from bus.commands import PlayCommand
 from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
 from devices.commands.service import new_command_id
-from devices.registry import RegistryError, common_path, speakers_under
+from devices.registry import RegistryError, common_path, get_device, speakers_under
 from store import audit
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,57 @@ def cancel_broadcast(conn: psycopg.Connection, broadcast_id: str, by: str) -> di
         raise RegistryError("只能取消尚未播放的定时广播 (only a scheduled broadcast not yet sent can be cancelled)",
                             409)
     return row
+
+
+# --------------------------------------------------------------------------- reading
+# Seen from a grid node: the broadcasts whose scope is at or under it, and those covering it
+# (a county's warning is shown to every township it reached).
+_VISIBLE = "(b.scope_path @> ARRAY[%(node)s]::text[] OR b.scope_path <@ %(path)s::text[])"
+
+
+def target_path(conn: psycopg.Connection, code: str) -> list[str] | None:
+    """The grid path of a broadcast target: a grid node in use, or an active speaker's
+    grid; None when it is neither."""
+    row = conn.execute("SELECT path FROM grid_nodes WHERE code = %s AND retired_at IS NULL", (code,)).fetchone()
+    if row is not None:
+        return row["path"]
+    dev = get_device(conn, code)
+    return list(dev.grid_path) if dev and dev.active and dev.kind == "speaker" else None
+
+
+def visible_broadcast(conn: psycopg.Connection, broadcast_id: str, *, node: str, path: list[str]) -> dict | None:
+    """The broadcast if it is seen from grid node ``node`` (whose path is ``path``)."""
+    return conn.execute(f"SELECT b.* FROM device_broadcasts b WHERE b.id = %(id)s AND {_VISIBLE}",
+                        {"id": broadcast_id, "node": node, "path": list(path)}).fetchone()
+
+
+def visible_broadcasts(conn: psycopg.Connection, *, node: str, path: list[str], limit: int = 50,
+                       state: str | None = None) -> list[dict]:
+    """Broadcasts seen from grid node ``node``, newest first, each with ``counts``: its
+    receipts per status (``{}`` before it is sent)."""
+    rows = conn.execute(
+        f"""SELECT b.*, (SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n
+                          FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id GROUP BY status) c) AS counts
+            FROM device_broadcasts b WHERE {_VISIBLE} {"AND b.state = %(state)s" if state else ""}
+            ORDER BY b.requested_at DESC LIMIT %(limit)s""",
+        {"node": node, "path": list(path), "limit": limit, "state": state}).fetchall()
+    return [{**r, "counts": r["counts"] or {}} for r in rows]
+
+
+def receipt_counts(conn: psycopg.Connection, broadcast_id: str) -> dict[str, int]:
+    """A broadcast's receipts per status (``{}`` before it is sent)."""
+    return conn.execute("SELECT jsonb_object_agg(status, n) AS c FROM (SELECT status, count(*) AS n FROM "
+                        "device_broadcast_receipts WHERE broadcast_id = %s GROUP BY status) x",
+                        (broadcast_id,)).fetchone()["c"] or {}
+
+
+def for_speaker(conn: psycopg.Connection, broadcast_id: str, speaker_id: str) -> dict | None:
+    """The broadcast if this speaker was told to play it (it has a receipt for it)."""
+    ok = conn.execute("SELECT 1 FROM device_broadcast_receipts WHERE broadcast_id = %s AND speaker_id = %s",
+                      (broadcast_id, speaker_id)).fetchone()
+    if ok is None:
+        return None
+    return conn.execute("SELECT * FROM device_broadcasts WHERE id = %s", (broadcast_id,)).fetchone()
 
 
 # --------------------------------------------------------------------------- dispatch

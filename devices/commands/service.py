@@ -52,6 +52,12 @@ def get_command(conn: psycopg.Connection, command_id: str) -> dict | None:
     return conn.execute(f"SELECT {COLUMNS} FROM device_commands WHERE id = %s", (command_id,)).fetchone()
 
 
+def list_for_device(conn: psycopg.Connection, device_id: str, limit: int = 50) -> list[dict]:
+    """A device's commands, newest first."""
+    return conn.execute(f"SELECT {COLUMNS} FROM device_commands WHERE device_id = %s "
+                        "ORDER BY requested_at DESC LIMIT %s", (device_id, limit)).fetchall()
+
+
 def due_for_sending(conn: psycopg.Connection, now: datetime, limit: int = 2000) -> list[dict]:
     """Pending commands still deliverable, oldest first (expire_overdue takes the others)."""
     return conn.execute(

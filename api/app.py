@@ -17,7 +17,11 @@ from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
 from api.cameras.ptz_holds import PtzHolds
 from api.cameras.views import router as cameras_router
-from api.devices.views import router as devices_router
+from api.devices.broadcasts import router as device_broadcasts_router
+from api.devices.commands import router as device_commands_router
+from api.devices.registry import router as device_registry_router
+from api.devices.state import router as device_state_router
+from api.devices.uploads import router as device_uploads_router
 from api.health.views import router as health_router
 from api.open311.views import router as open311_router
 from api.registry.views import router as registry_router
@@ -72,9 +76,13 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         return JSONResponse({"detail": f"invalid value in the request ({type(exc).__name__}): text may not "
                                        "contain NUL bytes, numbers and times must be in range"}, status_code=400)
 
-    # One router per resource: alerts = alarms, cases, outbox, CAP, assessment; the feed is
-    # SSE; inbound = case systems' status back; web = the UI at / and live video.
+    # One router per resource: devices = state (and telemetry, tracks, events), registry,
+    # commands, broadcasts, uploads (the devices' own endpoints); alerts = alarms, cases,
+    # outbox, CAP, assessment; the feed is SSE; inbound = case systems' status back; web =
+    # the UI at / and live video.
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
-                   devices_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router, web_router):
+                   device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
+                   device_uploads_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
+                   web_router):
         app.include_router(router)
     return app

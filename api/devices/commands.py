@@ -18,6 +18,7 @@ from api.devices.common import TAG, device_in_scope, devices_settings, record_au
 from api.permissions import Permission
 from bus.commands import UnlockCommand, check_body
 from bus.envelope import ContractError
+from config.vocabulary import DeviceKind
 from devices import registry
 from devices.commands import FINAL, STATE_LABELS
 from devices.commands import service as commands
@@ -132,7 +133,7 @@ def unlock_door(device_id: str, body: UnlockIn, request: Request, conn: Conn,
     """Remote unlock (远程开门): signed with the door's own key by the devices worker,
     audited with who, why and for how long."""
     dev = device_in_scope(conn, principal, device_id)
-    if dev.kind != "door":
+    if dev.kind != DeviceKind.door:
         raise HTTPException(422, f"设备 {device_id} 不是门禁 (not a door)")
     cfg = devices_settings(request)
     if body.duration_s > cfg.unlock_max_s:

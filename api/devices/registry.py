@@ -2,7 +2,7 @@
 the site file's devices are the site sync's), in the caller's part of the grid tree."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from api.deps import Conn, require
 from api.devices.common import TAG, device_in_scope, node_in_scope, record_audit, registry_error, var_dir
 from api.permissions import Permission
+from config.vocabulary import DeviceKind
 from devices import registry
 from devices.credentials import DeviceSecrets
 from store.identity import Principal
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/api", tags=[TAG])
 
 class DeviceIn(BaseModel):
     id: str = Field(min_length=1, max_length=64)
-    kind: Literal["door", "speaker", "drone", "radio"]
+    kind: DeviceKind
     name: str = Field(min_length=1, max_length=100)
     grid: str = Field(description="the grid node it belongs to")
     lat: float | None = Field(None, ge=-90, le=90)
@@ -60,11 +61,11 @@ def add_device(body: DeviceIn, request: Request, conn: Conn,
     ``xlhub devices credentials issue ID``, printed once on the hub's console)."""
     node_in_scope(conn, principal, body.grid)
     try:
-        dev = registry.add_device(conn, device_id=body.id, kind=body.kind, name=body.name, grid_code=body.grid,
+        dev = registry.add_device(conn, device_id=body.id, kind=body.kind.value, name=body.name, grid_code=body.grid,
                                   lat=body.lat, lon=body.lon, heartbeat_s=body.heartbeat_s)
     except registry.RegistryError as exc:
         raise registry_error(exc) from None
-    record_audit(request, conn, "device.add", body.id, {"kind": body.kind, "grid": body.grid, "name": body.name})
+    record_audit(request, conn, "device.add", body.id, {"kind": body.kind.value, "grid": body.grid, "name": body.name})
     return _device_out(dev, f"设备已登记；请在中心执行 xlhub devices credentials issue {body.id} 签发设备账号")
 
 

@@ -14,6 +14,7 @@ from api.deps import Conn, ensure_in_scope, require
 from api.devices.common import TAG, device_in_scope, node_in_scope
 from api.permissions import Permission
 from api.registry.views import Event, query_events
+from config.vocabulary import DeviceKind
 from devices import readings
 from store.identity import Principal
 
@@ -74,8 +75,7 @@ def _state(row: dict) -> DeviceState:
 
 @router.get("/device-state", response_model=list[DeviceState])
 def list_device_state(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
-                      kind: Annotated[str | None, Query(pattern="^(door|speaker|drone|radio)$")] = None,
-                      grid: str | None = None) -> list[DeviceState]:
+                      kind: DeviceKind | None = None, grid: str | None = None) -> list[DeviceState]:
     """Latest state of every device in the caller's subtree: online/offline as the hub
     decided it, last telemetry, last position."""
     if grid:
@@ -119,7 +119,7 @@ def device_telemetry(device_id: str, conn: Conn,
 
 @router.get("/grid/{code}/telemetry", response_model=list[Bucket])
 def grid_telemetry(code: str, conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
-                   kind: Annotated[str | None, Query(pattern="^(door|speaker|drone|radio)$")] = None,
+                   kind: DeviceKind | None = None,
                    field: Annotated[str | None, _FIELD] = None, bucket: str = "5m",
                    since: datetime | None = None, until: datetime | None = None,
                    per_device: bool = False) -> list[Bucket]:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from config.urls import redact_url
+from config.vocabulary import DeviceKind
 from store.identity import Principal
 
 router = APIRouter(prefix="/api", tags=["registry 网格与设备"])
@@ -110,7 +111,7 @@ ORDER BY g.grid_path, d.kind, d.id
 
 @router.get("/devices", response_model=list[Device])
 def list_devices(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
-                 kind: Annotated[str | None, Query(pattern="^(door|speaker|drone|radio)$")] = None,
+                 kind: DeviceKind | None = None,
                  grid: str | None = None) -> list[Device]:
     extra, params = [], {"node": principal.node_code}
     if kind:

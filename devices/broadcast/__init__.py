@@ -1,5 +1,5 @@
 """Broadcasts to village speakers (村村响): audio (TTS or upload or URL, audio.py), the
-request / fan-out / receipts / report (store.py).  The devices worker dispatches due
+request / fan-out / receipts / report (service.py).  The devices worker dispatches due
 broadcasts and follows the speakers' receipts; see README.md."""
 from devices.broadcast.audio import AudioError, AudioFile, Voice, save_upload, synthesize
 from devices.broadcast.service import (FINAL_STATES, KIND_LABELS, LATE_PHASES, RECEIPT_LABELS, STATE_LABELS,

@@ -1,5 +1,5 @@
 """Commands that report back: the state machine (model.py), the device_commands table as
-outbox and record (store.py), signed commands (signing.py).  The devices worker
+outbox and record (service.py), signed commands (signing.py).  The devices worker
 (devices/worker.py) publishes them — QoS 1, MQTT 5 message expiry, response topic and
 correlation data — and follows the phases the devices answer with.  See README.md."""
 from devices.commands.model import FINAL, OPEN, STATE_LABELS, Requester

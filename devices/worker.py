@@ -18,7 +18,7 @@ a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported
 - doors: after an outage asks the controller to replay its buffered events
   (``cmd/replay_events`` since the last seq the hub saw), so none are missing;
 - radios: geofence enter/exit against the grid boundaries; drones: health warnings
-  (battery, link lost while flying);
+  (battery, link lost while flying: devices/drones.py);
 - decommissioned devices: clears their retained ``avail``/``state`` topics.
 
 Ingest stays the only writer of what devices send; this service writes what the hub
@@ -68,7 +68,7 @@ from bus.envelope import ContractError
 from bus.topics import Topic, parse_topic, topic_for
 from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
-from devices import registry
+from devices import drones, registry
 from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
 from devices.broadcast import service as broadcasts
@@ -76,6 +76,7 @@ from devices.commands import signing
 from devices.commands import service as commands
 from devices.commands.model import FINAL, Requester
 from devices.credentials import DeviceSecrets
+from devices.drones import DroneHealth
 from devices.geofence import FenceTracker, leaf_fences, locate
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
@@ -98,16 +99,11 @@ HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
 BARRIER_WAIT_S = 300.0
 BATCH_MAX = 5000
 SIGNED_COMMANDS = {(UnlockCommand.kind, UnlockCommand.name)}
-# A drone's warnings raised once per episode, open until it ends (device_open_warnings):
-# battery ones until it lands or the battery is back above the threshold (plus
-# drone_battery_rearm_pct), link_lost until it is heard again.
-BATTERY_WARNINGS = frozenset({"battery_low", "battery_critical"})
-DRONE_EPISODE_WARNINGS = BATTERY_WARNINGS | {"link_lost"}
 SYSTEM = Requester.system("devices")
 # The event types this worker raises itself (labels and default severities: config/vocabulary.py):
 # availability decided by the hub, grid crossings of tracked devices, drone health warnings.
 EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")),
-         *(f"{k}.geofence" for k in ("radio", "drone")), "drone.health")
+         *(f"{k}.geofence" for k in ("radio", "drone")), *drones.EMITS)
 
 
 @dataclass
@@ -157,8 +153,6 @@ class DevicesWorker:
         self._fence_list: list = []
         self._fence_names: dict[str, str] = {}
         self.devices: dict[str, registry.DeviceRecord] = {}
-        # per drone: last (monotonic), flying, open (its open episode warnings, as stored)
-        self._drones: dict[str, dict] = {}
         self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
         # paho's thread appends, the worker takes; a reconnect that resumes the session drops
         # the QoS 1 messages the broker is about to send again.
@@ -180,6 +174,7 @@ class DevicesWorker:
         self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
                       "events_raised": 0, "replays": 0, "errors": 0, "duplicates": 0, "dropped_on_reconnect": 0,
                       "stale_acks": 0, "dead_letters": 0}
+        self.drone_health = DroneHealth(self.cfg, self._undo, self.stats)
         self.ready = threading.Event()
         self._client = self._make_client()
 
@@ -427,15 +422,7 @@ class DevicesWorker:
         self._refresh_registry(conn)
         for row in conn.execute("SELECT device_id, grid_code FROM device_geofence").fetchall():
             self.fences.set(row["device_id"], row["grid_code"])
-        stored: dict[str, set[str]] = {}
-        for row in conn.execute("SELECT device_id, warning FROM device_open_warnings WHERE warning = ANY(%s)",
-                                (sorted(DRONE_EPISODE_WARNINGS),)).fetchall():
-            stored.setdefault(row["device_id"], set()).add(row["warning"])
-        for dev_id in set(self._drones) | set(stored):
-            st = self._drone_state(dev_id)
-            st["open"] = stored.get(dev_id, set())
-            if st["open"] and st["last"] is None:
-                st["flying"] = True         # it was when they were raised; its next message tells
+        self.drone_health.load(conn)
 
     def _refresh_registry(self, conn: psycopg.Connection) -> None:
         devs = registry.active_devices(conn)
@@ -457,7 +444,7 @@ class DevicesWorker:
             with self._undo.transaction(conn):
                 for t in self.tracker.sweep(now):
                     self._transition(conn, t)
-                self._drone_sweep(conn, now)
+                self.drone_health.sweep(conn, now, self.devices)
                 self._persist_liveness(conn)
             if self._may_judge_deadlines(mono):
                 with conn.transaction():
@@ -563,7 +550,7 @@ class DevicesWorker:
             if t.kind in self.cfg.geofence_kinds:
                 self._geofence(conn, dev, body, at)
             if t.kind == "drone":
-                self._drone_health(conn, dev, body, at)
+                self.drone_health.on_telemetry(conn, dev, body, at)
 
     def _on_result(self, conn, dev, m: _Msg, body: dict, at: datetime) -> None:
         cmd_id = None
@@ -683,74 +670,6 @@ class DevicesWorker:
         conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
                      "ON CONFLICT (device_id) DO UPDATE SET grid_code = EXCLUDED.grid_code, since = EXCLUDED.since",
                      (dev.id, entered, at))
-
-    def _drone_state(self, dev_id: str) -> dict:
-        self._undo.keep(self._drones, dev_id)
-        return self._drones.setdefault(dev_id, {"open": set(), "last": None, "flying": False})
-
-    def _drone_health(self, conn, dev, body: dict, at: datetime) -> None:
-        st = self._drone_state(dev.id)
-        before = set(st["open"])
-        mode, battery = body.get("mode"), body.get("battery_pct")
-        st["last"] = time.monotonic()
-        st["flying"] = mode not in (None, "idle")
-        if "link_lost" in st["open"]:
-            st["open"].discard("link_lost")
-            self._drone_warning(conn, dev, "link_restored", "info", body, at)
-        if not st["flying"]:
-            st["open"] -= BATTERY_WARNINGS          # landed: the episode is over
-        elif isinstance(battery, (int, float)):
-            # Back above a threshold (with a margin, so readings around it do not flap):
-            # that warning's episode is over, a new drop warns again.
-            rearm = self.cfg.drone_battery_rearm_pct
-            if battery >= self.cfg.drone_battery_critical_pct + rearm:
-                st["open"].discard("battery_critical")
-            if battery >= self.cfg.drone_battery_warn_pct + rearm:
-                st["open"].discard("battery_low")
-            if battery < self.cfg.drone_battery_critical_pct and "battery_critical" not in st["open"]:
-                st["open"].update({"battery_critical", "battery_low"})
-                self._drone_warning(conn, dev, "battery_critical", "major", body, at)
-            elif battery < self.cfg.drone_battery_warn_pct and "battery_low" not in st["open"]:
-                st["open"].add("battery_low")
-                self._drone_warning(conn, dev, "battery_low", "minor", body, at)
-        self._store_open_warnings(conn, dev.id, before, st["open"], at)
-
-    def _drone_sweep(self, conn, now: datetime) -> None:
-        mono = time.monotonic()
-        for dev_id, st in list(self._drones.items()):
-            if st["flying"] and "link_lost" not in st["open"] and st["last"] and \
-                    mono - st["last"] > self.cfg.drone_link_lost_s:
-                dev = self.devices.get(dev_id)
-                if dev is None:
-                    continue
-                st = self._drone_state(dev_id)
-                st["open"].add("link_lost")
-                self._drone_warning(conn, dev, "link_lost", "major", {"lost_s": round(mono - st["last"], 1)}, now)
-                self._store_open_warnings(conn, dev_id, st["open"] - {"link_lost"}, st["open"], now)
-
-    def _store_open_warnings(self, conn, dev_id: str, before: set[str], after: set[str], at: datetime) -> None:
-        """The open episode warnings as stored, in the transaction that raised or ended
-        them: a restarted worker starts from them (``_load``)."""
-        if after - before:
-            conn.execute("INSERT INTO device_open_warnings (device_id, warning, raised_at) "
-                         "SELECT %s, w, %s FROM unnest(%s::text[]) AS w ON CONFLICT DO NOTHING",
-                         (dev_id, at, sorted(after - before)))
-        if before - after:
-            conn.execute("DELETE FROM device_open_warnings WHERE device_id = %s AND warning = ANY(%s)",
-                         (dev_id, sorted(before - after)))
-
-    def _drone_warning(self, conn, dev, warning: str, severity: str, body: dict, at: datetime) -> None:
-        labels = {"battery_low": "无人机电量低", "battery_critical": "无人机电量严重不足",
-                  "link_lost": "无人机飞行中失去联系", "link_restored": "无人机恢复联系"}
-        payload = {"warning": warning, "label": labels[warning]}
-        for k in ("battery_pct", "mode", "alt_m", "lost_s"):
-            if k in body:
-                payload[k] = body[k]
-        lat, lon = body.get("lat"), body.get("lon")
-        registry.store_event(conn, device_id=dev.id, kind="drone", type="drone.health", severity=severity,
-                             payload=payload, lat=lat if isinstance(lat, (int, float)) else None,
-                             lon=lon if isinstance(lon, (int, float)) else None, at=at)
-        self.stats["events_raised"] += 1
 
     # ------------------------------------------------------------------ outgoing
     def _send_pending(self, conn: psycopg.Connection) -> None:

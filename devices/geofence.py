@@ -1,11 +1,18 @@
 """Geofences from the grid tree: which grid (网格) a radio or drone is in, from the
 boundary polygons of the grid nodes (``[lon, lat]`` pairs), and enter/exit transitions
-confirmed by a few consecutive fixes so a walk along a boundary does not flap."""
+confirmed by a few consecutive fixes so a walk along a boundary does not flap.
+
+``GeofenceRule`` is the devices worker's use of them: the crossings it stores as
+``{kind}.geofence`` events, and the grid each device is in (``device_geofence``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from devices import registry
 from devices.undo import UndoLog
+
+EMITS = tuple(f"{k}.geofence" for k in ("radio", "drone"))      # labels: config/vocabulary.py
 
 
 def point_in_polygon(lon: float, lat: float, polygon: list[list[float]] | list[tuple[float, float]]) -> bool:
@@ -97,3 +104,58 @@ class FenceTracker:
         left = self.current[device_id]
         self.set(device_id, code)
         return left, code
+
+
+class GeofenceRule:
+    """Grid crossings of tracked devices (the kinds in ``geofence_kinds``; radios by
+    default) as the devices worker stores them: one ``{kind}.geofence`` event per fence
+    crossed (``action`` entered/exited, ``fence_id``, ``fence_name``) and the grid each
+    device is in (``device_geofence``), against the finest grid boundaries
+    (``grid_nodes.boundary``, ``[lon, lat]``), confirmed by ``geofence_confirm`` fixes.
+    What a batch teaches ``tracker`` stands only if its transaction commits (``undo``).
+    ``stats``: the worker's counters (``events_raised``)."""
+
+    def __init__(self, confirm: int, undo: UndoLog, stats: dict) -> None:
+        self.tracker = FenceTracker(confirm=confirm, undo=undo)
+        self.stats = stats
+        self._fence_list: list[Fence] = []
+        self._fence_names: dict[str, str] = {}
+
+    def set_grid(self, nodes: list[dict]) -> None:
+        """The grid nodes in service (code, name, path, boundary), at each registry refresh."""
+        self._fence_list = leaf_fences(nodes)
+        self._fence_names = {n["code"]: n["name"] for n in nodes}
+
+    def load(self, conn) -> None:
+        """The grid each device is in, as stored (the worker's last run, or before the
+        database went away)."""
+        for row in conn.execute("SELECT device_id, grid_code FROM device_geofence").fetchall():
+            self.tracker.set(row["device_id"], row["grid_code"])
+
+    def on_fix(self, conn, dev, body: dict, at: datetime) -> None:
+        lat, lon = body.get("lat"), body.get("lon")
+        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+            return
+        fence = locate(self._fence_list, float(lon), float(lat))
+        code = fence.code if fence else None
+        first = not self.tracker.known(dev.id)
+        change = self.tracker.update(dev.id, code)
+        if first:
+            conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (device_id) DO NOTHING", (dev.id, code, at))
+        if change is None:
+            return
+        left, entered = change
+        # One event per fence crossed: leaving the old grid, entering the new one (None:
+        # outside every boundary, e.g. out of the county).
+        for action, grid, other in (("exited", left, entered), ("entered", entered, left)):
+            if grid is None:
+                continue
+            payload = {"action": action, "fence_id": grid, "fence_name": self._fence_names.get(grid),
+                       ("to" if action == "exited" else "from"): other}
+            registry.store_event(conn, device_id=dev.id, kind=dev.kind, type=f"{dev.kind}.geofence", severity="info",
+                                 payload=payload, lat=float(lat), lon=float(lon), at=at)
+            self.stats["events_raised"] += 1
+        conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
+                     "ON CONFLICT (device_id) DO UPDATE SET grid_code = EXCLUDED.grid_code, since = EXCLUDED.since",
+                     (dev.id, entered, at))

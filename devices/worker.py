@@ -17,7 +17,8 @@ a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported
   follows the per-speaker receipts to the report (devices/broadcast/);
 - doors: after an outage asks the controller to replay its buffered events
   (``cmd/replay_events`` since the last seq the hub saw), so none are missing;
-- radios: geofence enter/exit against the grid boundaries; drones: health warnings
+- radios: geofence enter/exit against the grid boundaries (devices/geofence.py,
+  ``GeofenceRule``); drones: health warnings
   (battery, link lost while flying: devices/drones.py);
 - decommissioned devices: clears their retained ``avail``/``state`` topics.
 
@@ -68,7 +69,7 @@ from bus.envelope import ContractError
 from bus.topics import Topic, parse_topic, topic_for
 from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
-from devices import drones, registry
+from devices import drones, geofence, registry
 from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
 from devices.broadcast import service as broadcasts
@@ -77,7 +78,7 @@ from devices.commands import service as commands
 from devices.commands.model import FINAL, Requester
 from devices.credentials import DeviceSecrets
 from devices.drones import DroneHealth
-from devices.geofence import FenceTracker, leaf_fences, locate
+from devices.geofence import GeofenceRule
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
 from store.backoff import DATABASE, Backoff
@@ -103,7 +104,7 @@ SYSTEM = Requester.system("devices")
 # The event types this worker raises itself (labels and default severities: config/vocabulary.py):
 # availability decided by the hub, grid crossings of tracked devices, drone health warnings.
 EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")),
-         *(f"{k}.geofence" for k in ("radio", "drone")), *drones.EMITS)
+         *geofence.EMITS, *drones.EMITS)
 
 
 @dataclass
@@ -149,9 +150,6 @@ class DevicesWorker:
         # and must meet the memory as it was.
         self._undo = UndoLog()
         self.tracker = AvailabilityTracker(self.cfg, self.started_at, self._undo)
-        self.fences = FenceTracker(confirm=self.cfg.geofence_confirm, undo=self._undo)
-        self._fence_list: list = []
-        self._fence_names: dict[str, str] = {}
         self.devices: dict[str, registry.DeviceRecord] = {}
         self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
         # paho's thread appends, the worker takes; a reconnect that resumes the session drops
@@ -174,6 +172,7 @@ class DevicesWorker:
         self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
                       "events_raised": 0, "replays": 0, "errors": 0, "duplicates": 0, "dropped_on_reconnect": 0,
                       "stale_acks": 0, "dead_letters": 0}
+        self.geofences = GeofenceRule(self.cfg.geofence_confirm, self._undo, self.stats)
         self.drone_health = DroneHealth(self.cfg, self._undo, self.stats)
         self.ready = threading.Event()
         self._client = self._make_client()
@@ -420,8 +419,7 @@ class DevicesWorker:
         from what is stored, not from memory: the grid each radio is in, the drones' open
         warnings (a battery warning raised before a restart is not raised again)."""
         self._refresh_registry(conn)
-        for row in conn.execute("SELECT device_id, grid_code FROM device_geofence").fetchall():
-            self.fences.set(row["device_id"], row["grid_code"])
+        self.geofences.load(conn)
         self.drone_health.load(conn)
 
     def _refresh_registry(self, conn: psycopg.Connection) -> None:
@@ -430,8 +428,7 @@ class DevicesWorker:
         stored = {r["device_id"]: r for r in conn.execute("SELECT * FROM device_availability").fetchall()}
         self.tracker.sync([(d.id, d.kind, d.heartbeat_s) for d in devs], stored)
         nodes = conn.execute("SELECT code, name, path, boundary FROM grid_nodes WHERE retired_at IS NULL").fetchall()
-        self._fence_list = leaf_fences(nodes)
-        self._fence_names = {n["code"]: n["name"] for n in nodes}
+        self.geofences.set_grid(nodes)
         self._last["registry"] = time.monotonic()
 
     def _timers(self, conn: psycopg.Connection) -> None:
@@ -548,7 +545,7 @@ class DevicesWorker:
                     self.stats["late_answers"] += 1
         elif t.channel == "tele":
             if t.kind in self.cfg.geofence_kinds:
-                self._geofence(conn, dev, body, at)
+                self.geofences.on_fix(conn, dev, body, at)
             if t.kind == "drone":
                 self.drone_health.on_telemetry(conn, dev, body, at)
 
@@ -641,35 +638,6 @@ class DevicesWorker:
                        ON CONFLICT (device_id) DO UPDATE SET
                            last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
                            last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""", rows)
-
-    # ------------------------------------------------------------------ radios and drones
-    def _geofence(self, conn, dev, body: dict, at: datetime) -> None:
-        lat, lon = body.get("lat"), body.get("lon")
-        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
-            return
-        fence = locate(self._fence_list, float(lon), float(lat))
-        code = fence.code if fence else None
-        first = not self.fences.known(dev.id)
-        change = self.fences.update(dev.id, code)
-        if first:
-            conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
-                         "ON CONFLICT (device_id) DO NOTHING", (dev.id, code, at))
-        if change is None:
-            return
-        left, entered = change
-        # One event per fence crossed: leaving the old grid, entering the new one (None:
-        # outside every boundary, e.g. out of the county).
-        for action, grid, other in (("exited", left, entered), ("entered", entered, left)):
-            if grid is None:
-                continue
-            payload = {"action": action, "fence_id": grid, "fence_name": self._fence_names.get(grid),
-                       ("to" if action == "exited" else "from"): other}
-            registry.store_event(conn, device_id=dev.id, kind=dev.kind, type=f"{dev.kind}.geofence", severity="info",
-                                 payload=payload, lat=float(lat), lon=float(lon), at=at)
-            self.stats["events_raised"] += 1
-        conn.execute("INSERT INTO device_geofence (device_id, grid_code, since) VALUES (%s, %s, %s) "
-                     "ON CONFLICT (device_id) DO UPDATE SET grid_code = EXCLUDED.grid_code, since = EXCLUDED.since",
-                     (dev.id, entered, at))
 
     # ------------------------------------------------------------------ outgoing
     def _send_pending(self, conn: psycopg.Connection) -> None:

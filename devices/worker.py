@@ -16,7 +16,8 @@ a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported
 - broadcasts: fans out due broadcasts (schedules) to the speakers under their targets and
   follows the per-speaker receipts to the report (devices/broadcast/);
 - doors: after an outage asks the controller to replay its buffered events
-  (``cmd/replay_events`` since the last seq the hub saw), so none are missing;
+  (``cmd/replay_events`` since the last seq the hub saw), so none are missing
+  (devices/doors.py);
 - radios: geofence enter/exit against the grid boundaries (devices/geofence.py,
   ``GeofenceRule``); drones: health warnings
   (battery, link lost while flying: devices/drones.py);
@@ -64,18 +65,18 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg.rows import dict_row
 
 from bus.client import command_properties, mqtt_client, start, stop
-from bus.commands import ReplayEventsCommand, UnlockCommand
+from bus.commands import UnlockCommand
 from bus.envelope import ContractError
 from bus.topics import Topic, parse_topic, topic_for
 from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
-from devices import drones, geofence, registry
+from devices import doors, drones, geofence, registry
 from devices.acks import AckGate
 from devices.availability import AvailabilityTracker, Transition
 from devices.broadcast import service as broadcasts
 from devices.commands import signing
 from devices.commands import service as commands
-from devices.commands.model import FINAL, Requester
+from devices.commands.model import FINAL
 from devices.credentials import DeviceSecrets
 from devices.drones import DroneHealth
 from devices.geofence import GeofenceRule
@@ -100,7 +101,6 @@ HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
 BARRIER_WAIT_S = 300.0
 BATCH_MAX = 5000
 SIGNED_COMMANDS = {(UnlockCommand.kind, UnlockCommand.name)}
-SYSTEM = Requester.system("devices")
 # The event types this worker raises itself (labels and default severities: config/vocabulary.py):
 # availability decided by the hub, grid crossings of tracked devices, drone health warnings.
 EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")),
@@ -613,20 +613,9 @@ class DevicesWorker:
                    last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""",
             (t.device_id, t.status, t.reason, t.at, self.tracker.devices[t.device_id].last_seen,
              self.tracker.devices[t.device_id].last_seq))
-        if (t.kind == "door" and t.status == "online" and self.cfg.replay_on_reconnect
-                and t.seq_before is not None and (t.reason == "avail" or t.previous == "offline")):
-            self._request_replay(conn, t.device_id, t.seq_before)
-
-    def _request_replay(self, conn, device_id: str, since_seq: int) -> None:
-        """After an outage: everything the controller buffered since the last seq we saw.
-        Ingest drops what it already has ((device, message id) dedupe), so asking for a
-        little too much is harmless and asking too little is not."""
-        commands.create_command(conn, device_id=device_id, name=ReplayEventsCommand.name,
-                                body=ReplayEventsCommand(since_seq=since_seq).content(),
-                                requester=SYSTEM, timeout_s=max(30.0, self.cfg.command_timeout_s),
-                                expiry_s=self.cfg.command_expiry_s)
-        self.stats["replays"] += 1
-        self._wake.set()
+        if doors.replay_after(conn, t, self.cfg):
+            self.stats["replays"] += 1
+            self._wake.set()
 
     def _persist_liveness(self, conn) -> None:
         rows = self.tracker.dirty_rows()

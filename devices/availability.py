@@ -12,13 +12,18 @@ Two sources, because some brokers (and some device firmwares) have no Last Will:
 
 Retained messages never count: they are a cache for newcomers, possibly days old.
 After a hub restart every device gets a full silence limit before it can be declared
-offline (the hub was not listening meanwhile, the device may well have been talking)."""
+offline (the hub was not listening meanwhile, the device may well have been talking).
+
+The transitions are this module's to store too (``store_transition``, ``store_liveness``,
+in ``device_availability``): the devices worker calls them in its transactions, and
+after a stored transition asks devices/doors.py whether a door's outage ended."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from devices import registry
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
 
@@ -158,3 +163,44 @@ class AvailabilityTracker:
     def limit(self, device_id: str) -> timedelta | None:
         d = self.devices.get(device_id)
         return timedelta(seconds=d.limit_s) if d else None
+
+
+# -- storing -----------------------------------------------------------------------------
+# The devices worker stores what the tracker decided in the transaction of the batch (or
+# sweep) that decided it, the one its UndoLog wraps: a change stands in memory only if it
+# is stored.
+
+def store_transition(conn, tracker: AvailabilityTracker, t: Transition, stats: dict) -> None:
+    """A change the tracker decided: ``device_availability``, and once as a
+    ``{kind}.online``/``{kind}.offline`` event when the hub decided it (``stats``: the
+    worker's counters, ``events_raised``)."""
+    if t.raise_event:
+        payload = {"status": t.status, "reason": t.reason}
+        if t.silent_s is not None:
+            payload["silent_s"] = t.silent_s
+        registry.store_event(conn, device_id=t.device_id, kind=t.kind, type=f"{t.kind}.{t.status}",
+                             severity="info" if t.status == "online" else "minor", payload=payload, at=t.at)
+        stats["events_raised"] += 1
+    conn.execute(
+        """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (device_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+               changed_at = CASE WHEN device_availability.status = EXCLUDED.status
+                                 THEN device_availability.changed_at ELSE EXCLUDED.changed_at END,
+               last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
+               last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""",
+        (t.device_id, t.status, t.reason, t.at, tracker.devices[t.device_id].last_seen,
+         tracker.devices[t.device_id].last_seq))
+
+
+def store_liveness(conn, tracker: AvailabilityTracker) -> None:
+    """``last_seen_at``/``last_seq`` of the devices heard since the last time."""
+    rows = tracker.dirty_rows()
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
+                   VALUES (%s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (device_id) DO UPDATE SET
+                       last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
+                       last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""", rows)

@@ -8,7 +8,8 @@ while the service is away from the broker, a broker restart or its own, waits fo
 a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported unanswered)
 
 - availability: online/offline from ``avail`` (Last Will) and from the heartbeat timeout
-  (devices/availability.py); a hub-decided change is stored once as an event;
+  (devices/availability.py, which decides and, called from here, stores); a hub-decided
+  change is stored once as an event;
 - commands: publishes what the API (or the service itself) queued in ``device_commands`` —
   QoS 1, MQTT 5 message expiry, response topic = the device's ``res``, correlation data =
   the command id — signs the ones that must be signed (door unlock), and follows the phases
@@ -72,7 +73,7 @@ from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
 from devices import doors, drones, geofence, registry
 from devices.acks import AckGate
-from devices.availability import AvailabilityTracker, Transition
+from devices.availability import AvailabilityTracker, Transition, store_liveness, store_transition
 from devices.broadcast import service as broadcasts
 from devices.commands import signing
 from devices.commands import service as commands
@@ -442,7 +443,7 @@ class DevicesWorker:
                 for t in self.tracker.sweep(now):
                     self._transition(conn, t)
                 self.drone_health.sweep(conn, now, self.devices)
-                self._persist_liveness(conn)
+                store_liveness(conn, self.tracker)
             if self._may_judge_deadlines(mono):
                 with conn.transaction():
                     for cmd in commands.expire_overdue(conn, now):
@@ -596,37 +597,12 @@ class DevicesWorker:
 
     # ------------------------------------------------------------------ availability
     def _transition(self, conn, t: Transition) -> None:
-        if t.raise_event:
-            payload = {"status": t.status, "reason": t.reason}
-            if t.silent_s is not None:
-                payload["silent_s"] = t.silent_s
-            registry.store_event(conn, device_id=t.device_id, kind=t.kind, type=f"{t.kind}.{t.status}",
-                                 severity="info" if t.status == "online" else "minor", payload=payload, at=t.at)
-            self.stats["events_raised"] += 1
-        conn.execute(
-            """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
-               VALUES (%s, %s, %s, %s, %s, %s)
-               ON CONFLICT (device_id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
-                   changed_at = CASE WHEN device_availability.status = EXCLUDED.status
-                                     THEN device_availability.changed_at ELSE EXCLUDED.changed_at END,
-                   last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
-                   last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""",
-            (t.device_id, t.status, t.reason, t.at, self.tracker.devices[t.device_id].last_seen,
-             self.tracker.devices[t.device_id].last_seq))
+        """A change of availability: stored (devices/availability.py); a door back from an
+        outage asks for the events it buffered meanwhile (devices/doors.py)."""
+        store_transition(conn, self.tracker, t, self.stats)
         if doors.replay_after(conn, t, self.cfg):
             self.stats["replays"] += 1
             self._wake.set()
-
-    def _persist_liveness(self, conn) -> None:
-        rows = self.tracker.dirty_rows()
-        if rows:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO device_availability (device_id, status, reason, changed_at, last_seen_at, last_seq)
-                       VALUES (%s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (device_id) DO UPDATE SET
-                           last_seen_at = greatest(device_availability.last_seen_at, EXCLUDED.last_seen_at),
-                           last_seq = greatest(device_availability.last_seq, EXCLUDED.last_seq)""", rows)
 
     # ------------------------------------------------------------------ outgoing
     def _send_pending(self, conn: psycopg.Connection) -> None:

@@ -13,9 +13,10 @@ a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported
 - commands: publishes what the API (or the service itself) queued in ``device_commands`` —
   QoS 1, MQTT 5 message expiry, response topic = the device's ``res``, correlation data =
   the command id — signs the ones that must be signed (door unlock), and follows the phases
-  the devices answer with until finished | failed | rejected | preempted, or expires them;
+  the devices answer with until finished | failed | rejected | preempted, or expires them
+  (devices/answers.py);
 - broadcasts: fans out due broadcasts (schedules) to the speakers under their targets and
-  follows the per-speaker receipts to the report (devices/broadcast/);
+  follows the per-speaker receipts to the report (devices/broadcast/, devices/answers.py);
 - doors: after an outage asks the controller to replay its buffered events
   (``cmd/replay_events`` since the last seq the hub saw), so none are missing
   (devices/doors.py);
@@ -73,11 +74,11 @@ from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
 from devices import doors, drones, geofence, registry
 from devices.acks import AckGate
+from devices.answers import Answers
 from devices.availability import AvailabilityTracker, Transition, store_liveness, store_transition
 from devices.broadcast import service as broadcasts
 from devices.commands import signing
 from devices.commands import service as commands
-from devices.commands.model import FINAL
 from devices.credentials import DeviceSecrets
 from devices.drones import DroneHealth
 from devices.geofence import GeofenceRule
@@ -152,7 +153,6 @@ class DevicesWorker:
         self._undo = UndoLog()
         self.tracker = AvailabilityTracker(self.cfg, self.started_at, self._undo)
         self.devices: dict[str, registry.DeviceRecord] = {}
-        self._touched: set[str] = set()        # broadcasts whose receipts moved in the current transaction
         # paho's thread appends, the worker takes; a reconnect that resumes the session drops
         # the QoS 1 messages the broker is about to send again.
         self._inbox: deque[_Msg] = deque()
@@ -173,6 +173,7 @@ class DevicesWorker:
         self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
                       "events_raised": 0, "replays": 0, "errors": 0, "duplicates": 0, "dropped_on_reconnect": 0,
                       "stale_acks": 0, "dead_letters": 0}
+        self.answers = Answers(self.stats)      # commands' phases, broadcasts' receipts
         self.geofences = GeofenceRule(self.cfg.geofence_confirm, self._undo, self.stats)
         self.drone_health = DroneHealth(self.cfg, self._undo, self.stats)
         self.ready = threading.Event()
@@ -288,7 +289,7 @@ class DevicesWorker:
                     batch = list(pending)
                     with self._undo.transaction(conn):
                         self._handle_batch(conn, batch)
-                        self._complete_touched(conn)
+                        self.answers.complete_touched(conn)
                     pending.clear()
                     self._committed(batch)
                 self._timers(conn)
@@ -300,7 +301,7 @@ class DevicesWorker:
                             delay)
                 self.ready.clear()
                 self.stats["errors"] += 1
-                self._touched.clear()
+                self.answers.touched.clear()
                 try:
                     if conn is not None:
                         conn.close()
@@ -313,7 +314,7 @@ class DevicesWorker:
                 # time so one bad message cannot hold up the others, then go on.
                 log.exception("devices worker: batch failed; retrying one by one")
                 self.stats["errors"] += 1
-                self._touched.clear()
+                self.answers.touched.clear()
                 try:
                     self._one_by_one(conn, pending)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -359,11 +360,11 @@ class DevicesWorker:
             try:
                 with self._undo.transaction(conn):
                     self._handle_batch(conn, [m])
-                    self._complete_touched(conn)
+                    self.answers.complete_touched(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except Exception as exc:
-                self._touched.clear()
+                self.answers.touched.clear()
                 log.exception("devices worker: dropped a message on %s (kept in dead_letters)", m.topic)
                 try:
                     with conn.transaction():
@@ -447,8 +448,8 @@ class DevicesWorker:
             if self._may_judge_deadlines(mono):
                 with conn.transaction():
                     for cmd in commands.expire_overdue(conn, now):
-                        self._command_moved(conn, cmd, now)
-                    self._complete_touched(conn)
+                        self.answers.command_moved(conn, cmd, now)
+                    self.answers.complete_touched(conn)
             self._clear_retained(conn)
         if mono - self._last["prune"] >= 60.0:
             self._last["prune"] = mono
@@ -459,7 +460,7 @@ class DevicesWorker:
         with conn.transaction():
             broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
                 self.media_base_url, self.cfg.broadcast_answer_margin_s))
-            self._complete_touched(conn)
+            self.answers.complete_touched(conn)
         self._send_pending(conn)
         if mono - self._last["heartbeat"] >= 3.0:
             self._last["heartbeat"] = mono
@@ -533,67 +534,14 @@ class DevicesWorker:
         if trans is not None:
             self._transition(conn, trans)
         if t.channel == "res":
-            self._on_result(conn, dev, m, body, at)
+            self.answers.on_result(conn, dev, m.correlation, body, at)
         elif t.channel == "evt" and t.kind == "speaker" and t.name == "playback":
-            bid, phase = body.get("broadcast_id"), body.get("phase")
-            if isinstance(bid, str) and isinstance(phase, str):
-                detail = body.get("detail") if isinstance(body.get("detail"), str) else None
-                b = broadcasts.on_playback(conn, bid, dev.id, phase, at, detail)
-                if b:
-                    self.stats["receipts"] += 1
-                    self._touched.add(b)
-                elif broadcasts.on_late_playback(conn, bid, dev.id, phase, at):
-                    self.stats["late_answers"] += 1
+            self.answers.on_playback(conn, dev, body, at)
         elif t.channel == "tele":
             if t.kind in self.cfg.geofence_kinds:
                 self.geofences.on_fix(conn, dev, body, at)
             if t.kind == "drone":
                 self.drone_health.on_telemetry(conn, dev, body, at)
-
-    def _on_result(self, conn, dev, m: _Msg, body: dict, at: datetime) -> None:
-        cmd_id = None
-        if m.correlation:
-            try:
-                cmd_id = m.correlation.decode()
-            except UnicodeDecodeError:
-                cmd_id = None
-        cmd_id = cmd_id or (body.get("cmd_id") if isinstance(body.get("cmd_id"), str) else None)
-        phase = body.get("phase")
-        if not cmd_id or not isinstance(phase, str):
-            return
-        detail = body.get("detail") if isinstance(body.get("detail"), str) else None
-        pct = body.get("progress_pct") if isinstance(body.get("progress_pct"), (int, float)) else None
-        cmd, changed = commands.apply_phase(conn, cmd_id, dev.id, phase, at, detail, pct)
-        if cmd is None:
-            return
-        self.stats["phases"] += 1
-        if changed:
-            self._command_moved(conn, cmd, at)
-        elif broadcasts.on_late_command_phase(conn, cmd, phase, at):
-            self.stats["late_answers"] += 1
-
-    def _command_moved(self, conn, cmd: dict, at: datetime) -> None:
-        """A command changed state (device answer or hub timeout)."""
-        if cmd["broadcast_id"]:
-            b = broadcasts.on_command_state(conn, cmd, at)
-            if b:
-                self._touched.add(b)
-            return
-        if cmd["state"] in FINAL:
-            from store import audit
-            audit.record(conn, audit.AuditEntry(
-                actor="devices", actor_kind="system", action="device.command.outcome", target=cmd["device_id"],
-                node_code=cmd["grid_code"], outcome="ok" if cmd["state"] == "finished" else "failed",
-                detail={"command_id": cmd["id"], "name": cmd["name"], "state": cmd["state"],
-                        "detail": cmd["detail"], "requested_by": cmd["requested_by"]}))
-
-    def _complete_touched(self, conn) -> None:
-        """Broadcasts whose receipts moved in this transaction: reported once all are final
-        (checked once per batch, not per receipt: a fan-out to 1,000 speakers answers 4,000 times)."""
-        now = datetime.now(UTC)
-        for b in sorted(self._touched):
-            broadcasts.complete_if_done(conn, b, now)
-        self._touched.clear()
 
     # ------------------------------------------------------------------ availability
     def _transition(self, conn, t: Transition) -> None:

@@ -1,28 +1,25 @@
 """The devices worker: the hub's side of every field device, as one long-running process
 (``DevicesWorker(settings).run(stop_event)``, heartbeat row ``devices``).
 
-It keeps one MQTT connection (the hub's account) and one database connection, and does:
-(as the hub's child process, ``run_devices``, the connection is a persistent session —
-client id ``xlhub-devices``, kept ``SESSION_EXPIRY_S`` by the broker — so what devices say
-while the service is away from the broker, a broker restart or its own, waits for it there:
-a speaker's ``finished`` sent meanwhile is not lost and the receipt not reported unanswered)
+It keeps one MQTT connection (the hub's account; the session, its acknowledgements, the
+barrier and what is published: devices/session.py) and one database connection (this
+module: the worker thread, its batches and timers), and does:
 
 - availability: online/offline from ``avail`` (Last Will) and from the heartbeat timeout
   (devices/availability.py, which decides and, called from here, stores); a hub-decided
   change is stored once as an event;
-- commands: publishes what the API (or the service itself) queued in ``device_commands`` —
-  QoS 1, MQTT 5 message expiry, response topic = the device's ``res``, correlation data =
-  the command id — signs the ones that must be signed (door unlock), and follows the phases
-  the devices answer with until finished | failed | rejected | preempted, or expires them
-  (devices/answers.py);
+- commands: publishes what the API (or the service itself) queued in ``device_commands``
+  (devices/session.py signs the ones that must be signed: door unlock), and follows the
+  phases the devices answer with until finished | failed | rejected | preempted, or
+  expires them (devices/answers.py);
 - broadcasts: fans out due broadcasts (schedules) to the speakers under their targets and
   follows the per-speaker receipts to the report (devices/broadcast/, devices/answers.py);
 - doors: after an outage asks the controller to replay its buffered events
   (``cmd/replay_events`` since the last seq the hub saw), so none are missing
   (devices/doors.py);
 - radios: geofence enter/exit against the grid boundaries (devices/geofence.py,
-  ``GeofenceRule``); drones: health warnings
-  (battery, link lost while flying: devices/drones.py);
+  ``GeofenceRule``); drones: health warnings (battery, link lost while flying:
+  devices/drones.py);
 - decommissioned devices: clears their retained ``avail``/``state`` topics.
 
 Ingest stays the only writer of what devices send; this service writes what the hub
@@ -33,24 +30,24 @@ order, so there are no races between a device's answer and a timeout of the same
 
 Nothing is lost when the worker dies (SIGKILL, a crash) with messages in hand: a QoS 1
 message is acknowledged to the broker only after the transaction that handled it
-committed (paho's manual ack; devices/acks.py keeps acknowledgements on the connection
-they belong to), so the broker delivers the rest again from the persistent session. A
-message can therefore come twice (killed between commit and acknowledgement, or a device
-that sent it twice): the (device, message id) of everything handled is written in the
-same transaction (``device_messages_handled``) and a copy changes nothing — no second
-event, phase, receipt move, geofence crossing or door replay. A message the worker cannot
-handle (a bug, a row the database refuses) goes to ``dead_letters`` with the reason, like
-ingest's, and is acknowledged.
+committed (``DevicesSession.committed``), so the broker delivers the rest again from the
+persistent session. A message can therefore come twice (killed between commit and
+acknowledgement, or a device that sent it twice): the (device, message id) of everything
+handled is written in the same transaction (``device_messages_handled``) and a copy
+changes nothing — no second event, phase, receipt move, geofence crossing or door replay.
+A message the worker cannot handle (a bug, a row the database refuses) goes to
+``dead_letters`` with the reason, like ingest's, and is acknowledged.
+
+What the rules learn in memory from a batch (the availability and geofence trackers, the
+drones' states) stands only if the batch's transaction commits: they all tell the one
+``UndoLog`` (devices/undo.py) that opens the transactions of batches and sweeps.
 
 Deadlines (command expiry, a broadcast receipt's 超时未回执) are judged only on what the
-worker could have heard: while it is connected, and after the broker has handed over
-what it kept for the worker while it was away (a barrier message it sends itself after
-connecting comes back behind that backlog). An answer that comes after the hub's
-judgement all the same is kept on the receipt (devices/broadcast/service.py, late answers).
+worker could have heard: while it is connected, and once the backlog the broker kept for
+it is read (``DevicesSession.may_judge_deadlines``, the barrier).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -58,30 +55,23 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from psycopg.rows import dict_row
 
-from bus.client import command_properties, mqtt_client, start, stop
-from bus.commands import UnlockCommand
 from bus.envelope import ContractError
-from bus.topics import Topic, parse_topic, topic_for
-from config.urls import redact_url
+from bus.topics import Topic, parse_topic
 from config.vocabulary import DEVICE_KINDS
 from devices import doors, drones, geofence, registry
-from devices.acks import AckGate
 from devices.answers import Answers
 from devices.availability import AvailabilityTracker, Transition, store_liveness, store_transition
 from devices.broadcast import service as broadcasts
-from devices.commands import signing
 from devices.commands import service as commands
 from devices.credentials import DeviceSecrets
 from devices.drones import DroneHealth
 from devices.geofence import GeofenceRule
+from devices.session import CLIENT_ID, SESSION_EXPIRY_S, DevicesSession, Msg
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
 from store.backoff import DATABASE, Backoff
@@ -92,39 +82,13 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_NAME = "devices"
 WAKE_CHANNEL = "xlhub_devices"     # NOTIFY'd when a command or broadcast is queued (devices/commands)
-CLIENT_ID = "xlhub-devices"      # the hub's devices worker (XLHUB_DEVICES_CLIENT_ID to run two hubs on one broker)
-SESSION_EXPIRY_S = 3600          # longer than any command's or broadcast's answer deadline
 # A message can come again only while the broker keeps the session it was delivered in
 # (plus a device's own resend): what was handled is remembered that long, and a margin.
 HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
-# A broker that refuses the barrier (an external broker's ACL: SUBACK/PUBACK say so) or
-# loses it must not hold deadlines for ever: judged without it then, logged. The wait is
-# long because a long backlog (an hour of a county's telemetry) is a reason to be slow.
-BARRIER_WAIT_S = 300.0
 BATCH_MAX = 5000
-SIGNED_COMMANDS = {(UnlockCommand.kind, UnlockCommand.name)}
 # The event types this worker raises itself (labels and default severities: config/vocabulary.py):
 # availability decided by the hub, grid crossings of tracked devices, drone health warnings.
-EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")),
-         *geofence.EMITS, *drones.EMITS)
-
-
-@dataclass
-class _Msg:
-    topic: str
-    payload: bytes
-    correlation: bytes | None
-    retained: bool
-    received: float
-    mid: int = 0
-    qos: int = 0
-    gen: int = 0                        # the connection it came in on (devices/acks.py)
-    # set by _prepare: what the message is about, if it is for us at all
-    parsed: Topic | None = None
-    dev: registry.DeviceRecord | None = None
-    body: dict | None = None
-    key: str | None = None              # its message id: a second copy changes nothing
-    barrier: int | None = None          # our own barrier message: its connection generation
+EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")), *geofence.EMITS, *drones.EMITS)
 
 
 class DevicesWorker:
@@ -143,8 +107,6 @@ class DevicesWorker:
         self.heartbeat_name = heartbeat_name
         self.tick_s = tick_s
         self.client_id = client_id or f"xlhub-devices-{os.getpid()}-{secrets.token_hex(3)}"
-        # 0: a session that ends with the connection (tests run several services at once).
-        self.session_expiry_s = session_expiry_s
         self.media_base_url = self.cfg.media_base_url or f"http://{settings.http_host}:{settings.http_port}"
         self.started_at = datetime.now(UTC)
         # What the trackers and the drone states learn from a batch stands only if the
@@ -153,22 +115,9 @@ class DevicesWorker:
         self._undo = UndoLog()
         self.tracker = AvailabilityTracker(self.cfg, self.started_at, self._undo)
         self.devices: dict[str, registry.DeviceRecord] = {}
-        # paho's thread appends, the worker takes; a reconnect that resumes the session drops
-        # the QoS 1 messages the broker is about to send again.
-        self._inbox: deque[_Msg] = deque()
-        self._inbox_lock = threading.Lock()
-        self._gate = AckGate()
-        self._barrier_topic = f"xlhub/hub/devices/{self.client_id}/barrier"
-        self._barrier_back = 0              # the generation whose barrier has come back
-        self._barrier_refused = 0           # … or whose barrier the broker refused
-        self._barrier_mids = (0, 0)         # (SUBSCRIBE, PUBLISH) packet ids of the current one
-        self._connected_at = 0.0
-        self._barrier_warned = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._connected = threading.Event()
-        self._seq = itertools.count(int(time.time() * 1000))
         self._last = {"registry": 0.0, "sweep": 0.0, "heartbeat": 0.0, "send": 0.0, "prune": 0.0}
         self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
                       "events_raised": 0, "replays": 0, "errors": 0, "duplicates": 0, "dropped_on_reconnect": 0,
@@ -177,72 +126,13 @@ class DevicesWorker:
         self.geofences = GeofenceRule(self.cfg.geofence_confirm, self._undo, self.stats)
         self.drone_health = DroneHealth(self.cfg, self._undo, self.stats)
         self.ready = threading.Event()
-        self._client = self._make_client()
-
-    # ------------------------------------------------------------------ MQTT
-    def _make_client(self) -> mqtt.Client:
-        # manual_ack: paho would acknowledge each message as on_message returns, before it is
-        # stored, and a worker killed with messages in hand would lose them (tests/faults).
-        c = mqtt_client(self.mqtt_url, self.client_id, manual_ack=True, max_inflight=1000, max_queued=0)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        c.on_publish = self._on_publish
-        return c
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("devices worker: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
-            return
-        gen = self._gate.connected(bool(flags.session_present))
-        if flags.session_present:
-            # What we hold unacknowledged from the resumed session comes again: forget our copies.
-            with self._inbox_lock:
-                kept = deque(m for m in self._inbox if not (m.qos == 1 and self._gate.comes_again(m.gen)))
-                self.stats["dropped_on_reconnect"] += len(self._inbox) - len(kept)
-                self._inbox = kept
-        self._connected_at = time.monotonic()
-        # noLocal: our own commands do not come back to us.
-        opts = SubscribeOptions(qos=1, noLocal=True)
-        _, sub = client.subscribe([(f"xlhub/v1/{kind}/+/#", opts) for kind in DEVICE_KINDS]
-                                  + [(self._barrier_topic, SubscribeOptions(qos=1))])
-        # The broker sends what it kept for us (a resumed session) first and queues this
-        # behind it: when it is back, the backlog is in and deadlines can be judged.
-        pub = client.publish(self._barrier_topic, json.dumps({"gen": gen}), qos=1)
-        self._barrier_mids = (sub, pub.mid)
-        self._connected.set()
-        self._wake.set()
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if mid == self._barrier_mids[0] and reason_codes and reason_codes[-1].is_failure:
-            self._barrier_refused_now(f"subscription refused: {reason_codes[-1]}")
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid == self._barrier_mids[1] and reason_code.is_failure:
-            self._barrier_refused_now(f"publish refused: {reason_code}")
-
-    def _barrier_refused_now(self, why: str) -> None:
-        self._barrier_refused = self._gate.generation
-        log.warning("devices worker: the broker refused our barrier on %s (%s; its ACL must let the hub's "
-                    "account use it); deadlines are judged without waiting for the session's backlog",
-                    self._barrier_topic, why)
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._gate.disconnected()
-        self._connected.clear()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
-        m = _Msg(msg.topic, msg.payload, bytes(corr) if corr else None, bool(msg.retain), time.time(), msg.mid,
-                 msg.qos, self._gate.generation)
-        with self._inbox_lock:
-            self._inbox.append(m)
-        self._wake.set()
+        # 0: a session that ends with the connection (tests run several services at once).
+        self.session = DevicesSession(self.mqtt_url, self.client_id, session_expiry_s=session_expiry_s,
+                                      secrets=self.secrets, wake=self._wake, stats=self.stats)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        start(self._client, session_expiry_s=self.session_expiry_s)
+        self.session.start()
         for target, name in ((self._work, "devices-worker"), (self._listen, "devices-listen")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -253,7 +143,7 @@ class DevicesWorker:
         self._wake.set()
         for t in self._threads:
             t.join(timeout)
-        stop(self._client)
+        self.session.stop()
 
     def run(self, stop_event: threading.Event) -> None:
         """Run until ``stop_event`` is set (the supervisor's child process entry point)."""
@@ -274,7 +164,7 @@ class DevicesWorker:
     def _work(self) -> None:
         conn: psycopg.Connection | None = None
         backoff = Backoff(DATABASE)
-        pending: deque[_Msg] = deque()
+        pending: deque[Msg] = deque()
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
@@ -284,14 +174,14 @@ class DevicesWorker:
                     backoff.reset()
                 self._wake.wait(self.tick_s)
                 self._wake.clear()
-                self._take(pending)
+                self.session.take(pending, BATCH_MAX)
                 if pending:
                     batch = list(pending)
                     with self._undo.transaction(conn):
                         self._handle_batch(conn, batch)
                         self.answers.complete_touched(conn)
                     pending.clear()
-                    self._committed(batch)
+                    self.session.committed(batch)
                 self._timers(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 # The batch stays in `pending`, unacknowledged, and is handled again once the
@@ -322,20 +212,7 @@ class DevicesWorker:
         if conn is not None:
             conn.close()
 
-    def _take(self, pending: deque[_Msg]) -> None:
-        with self._inbox_lock:
-            inbox = self._inbox
-            while inbox and len(pending) < BATCH_MAX:
-                pending.append(inbox.popleft())
-        if any(m.qos == 1 and self._gate.comes_again(m.gen) for m in pending):
-            # Held over a reconnect that resumed the session (the database was away, say):
-            # the broker is sending these again, handle those copies instead.
-            kept = [m for m in pending if not (m.qos == 1 and self._gate.comes_again(m.gen))]
-            self.stats["dropped_on_reconnect"] += len(pending) - len(kept)
-            pending.clear()
-            pending.extend(kept)
-
-    def _handle_batch(self, conn: psycopg.Connection, batch: list[_Msg]) -> None:
+    def _handle_batch(self, conn: psycopg.Connection, batch: list[Msg]) -> None:
         """Handle a batch in the caller's transaction, each message once: copies of one
         handled before (this batch included) are skipped, the rest recorded as handled."""
         for m in batch:
@@ -354,7 +231,7 @@ class DevicesWorker:
             self._handle(conn, m)
         self._record_handled(conn, fresh)
 
-    def _one_by_one(self, conn: psycopg.Connection, pending: deque[_Msg]) -> None:
+    def _one_by_one(self, conn: psycopg.Connection, pending: deque[Msg]) -> None:
         while pending:
             m = pending[0]
             try:
@@ -374,9 +251,9 @@ class DevicesWorker:
                 except Exception:
                     log.exception("devices worker: could not keep it in dead_letters either")
             pending.popleft()
-            self._committed([m])
+            self.session.committed([m])
 
-    def _dead_letter(self, conn: psycopg.Connection, m: _Msg, exc: Exception) -> None:
+    def _dead_letter(self, conn: psycopg.Connection, m: Msg, exc: Exception) -> None:
         """A message the worker could not act on: kept with the reason, as ingest keeps what
         it cannot store, and marked handled, so a copy does not fail (and file) again."""
         reason = f"devices worker: {type(exc).__name__}: {str(exc).strip()[:300]}"
@@ -387,7 +264,7 @@ class DevicesWorker:
             self._record_handled(conn, [(m.dev.id, m.key)])
         self.stats["dead_letters"] += 1
 
-    def _handled_before(self, conn: psycopg.Connection, msgs: list[_Msg]) -> set[tuple[str, str]]:
+    def _handled_before(self, conn: psycopg.Connection, msgs: list[Msg]) -> set[tuple[str, str]]:
         if not msgs:
             return set()
         rows = conn.execute(
@@ -402,19 +279,6 @@ class DevicesWorker:
             conn.execute("INSERT INTO device_messages_handled (device_id, msg_id) "
                          "SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
                          ([d for d, _ in keys], [k for _, k in keys]))
-
-    def _committed(self, batch: list[_Msg]) -> None:
-        """After the commit: acknowledge (on the connection each came in on), and take note
-        of our barrier coming back."""
-        stale = self._gate.ack([(m.mid, m.qos, m.gen) for m in batch], self._send_acks)
-        self.stats["stale_acks"] += stale
-        for m in batch:
-            if m.barrier is not None and m.barrier == self._gate.generation:
-                self._barrier_back = m.barrier
-
-    def _send_acks(self, mids: list[int]) -> None:
-        for mid in mids:
-            self._client.ack(mid, 1)
 
     def _load(self, conn: psycopg.Connection) -> None:
         """What the worker decided before (its last run, or before the database went away)
@@ -445,7 +309,7 @@ class DevicesWorker:
                     self._transition(conn, t)
                 self.drone_health.sweep(conn, now, self.devices)
                 store_liveness(conn, self.tracker)
-            if self._may_judge_deadlines(mono):
+            if self.session.may_judge_deadlines(mono):
                 with conn.transaction():
                     for cmd in commands.expire_overdue(conn, now):
                         self.answers.command_moved(conn, cmd, now)
@@ -465,36 +329,14 @@ class DevicesWorker:
         if mono - self._last["heartbeat"] >= 3.0:
             self._last["heartbeat"] = mono
             self._heartbeat(conn)
-            if self._connected.is_set():
+            if self.session.connected.is_set():
                 self.ready.set()
 
-    def _may_judge_deadlines(self, mono: float) -> bool:
-        """A device's answer missing at its deadline may still be waiting in the broker for
-        us: only while connected, and once the backlog the broker kept for us is read (our
-        barrier is back), is a missing answer really missing."""
-        if not self._gate.is_connected:
-            return False
-        gen = self._gate.generation
-        if gen in (self._barrier_back, self._barrier_refused):
-            return True
-        if mono - self._connected_at < BARRIER_WAIT_S:
-            return False
-        if not self._barrier_warned:
-            self._barrier_warned = True
-            log.warning("devices worker: our barrier message on %s did not come back within %.0fs; judging "
-                        "deadlines without it", self._barrier_topic, BARRIER_WAIT_S)
-        return True
-
     # ------------------------------------------------------------------ incoming
-    def _prepare(self, conn: psycopg.Connection, m: _Msg) -> None:
+    def _prepare(self, conn: psycopg.Connection, m: Msg) -> None:
         """What the message is about (device, body, message id), or nothing for us."""
         m.parsed = m.dev = m.body = m.key = m.barrier = None
-        if m.topic == self._barrier_topic:
-            try:
-                gen = json.loads(m.payload).get("gen")
-            except (ValueError, AttributeError):
-                gen = None
-            m.barrier = gen if isinstance(gen, int) else None
+        if self.session.read_barrier(m):
             return
         if m.retained:
             return      # a cache for newcomers, possibly days old: never evidence of life
@@ -518,7 +360,7 @@ class DevicesWorker:
         m.parsed, m.dev, m.body = t, dev, body
         m.key = message_key(t, body)
 
-    def _handle(self, conn: psycopg.Connection, m: _Msg) -> None:
+    def _handle(self, conn: psycopg.Connection, m: Msg) -> None:
         self.stats["messages"] += 1
         if m.parsed is None:
             return
@@ -554,7 +396,7 @@ class DevicesWorker:
 
     # ------------------------------------------------------------------ outgoing
     def _send_pending(self, conn: psycopg.Connection) -> None:
-        if not self._connected.is_set():
+        if not self.session.connected.is_set():
             return
         while True:
             now = datetime.now(UTC)
@@ -564,7 +406,7 @@ class DevicesWorker:
                     return
                 sent = []
                 for cmd in due:
-                    if self._publish_command(cmd, now):
+                    if self.session.publish_command(cmd, now):
                         sent.append(cmd["id"])
                 commands.mark_sent(conn, sent, now)
                 broadcasts.on_commands_sent(conn, [c["id"] for c in due if c["broadcast_id"] and c["id"] in sent],
@@ -573,37 +415,11 @@ class DevicesWorker:
             if len(due) < 2000 or not sent:
                 return
 
-    def _publish_command(self, cmd: dict, now: datetime) -> bool:
-        kind, dev_id = cmd["device_kind"], cmd["device_id"]
-        body = {"v": 1, "id": cmd["id"], "ts": int(now.timestamp() * 1000), "seq": next(self._seq),
-                **(cmd["body"] or {})}
-        if cmd["signed"] or (kind, cmd["name"]) in SIGNED_COMMANDS:
-            key = self.secrets.ensure_signing_key(dev_id)
-            body.update(device=dev_id, exp=int(cmd["expires_at"].timestamp() * 1000))
-            body = signing.sign(key, body)
-        # A command that reaches a device late is worse than one that never arrives.
-        props = command_properties(cmd["id"], response_topic=topic_for(kind, dev_id, "res"),
-                                   expiry_s=(cmd["expires_at"] - now).total_seconds())
-        info = self._client.publish(topic_for(kind, dev_id, "cmd", cmd["name"]),
-                                    json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
-                                    properties=props)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
-
     def _clear_retained(self, conn) -> None:
         todo = registry.retained_to_clear(conn)
-        if not todo or not self._connected.is_set():
+        if not todo or not self.session.connected.is_set():
             return
-        infos = []
-        for kind, dev_id in todo:
-            for channel in ("avail", "state"):
-                # An empty retained message deletes the retained one (MQTT).
-                infos.append(self._client.publish(topic_for(kind, dev_id, channel), b"", qos=1, retain=True))
-        for info in infos:
-            try:
-                info.wait_for_publish(5)
-            except (RuntimeError, ValueError):
-                return
-        if all(i.is_published() for i in infos):
+        if self.session.clear_retained(todo):
             registry.mark_retained_cleared(conn, [d for _, d in todo])
 
     # ------------------------------------------------------------------ heartbeat
@@ -611,7 +427,8 @@ class DevicesWorker:
         open_cmds = conn.execute("SELECT count(*) AS n FROM device_commands WHERE state = ANY(%s)",
                                  (["pending", "sent", "accepted", "progress"],)).fetchone()["n"]
         online = sum(1 for v in self.tracker.online().values() if v)
-        detail = {"ready": self._connected.is_set(), "broker": self._connected.is_set(), "devices": len(self.devices),
+        connected = self.session.connected.is_set()
+        detail = {"ready": connected, "broker": connected, "devices": len(self.devices),
                   "online": online, "open_commands": open_cmds, **self.stats}
         beat(conn, self.heartbeat_name, "devices", self.started_at, detail)
 

@@ -24,10 +24,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from api.live.source import CameraSource
 from config.urls import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from api.live.relay import CameraSource
     from cameras.onvif_link import OnvifLink
 
 log = logging.getLogger(__name__)

@@ -73,8 +73,7 @@ from pylibsrtp._binding import lib as srtp_lib
 
 from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
-from cameras.config import with_credentials
-from cameras.onvif_link import OnvifEndpoint
+from api.live.source import CameraSource, LiveError
 from config.urls import redact_text, redact_url
 from store.backoff import LIVE_VIEW
 
@@ -83,15 +82,6 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 TIME_BASE_90K = Fraction(1, VIDEO_CLOCK)
 GOP_LIMIT = 600                     # packets kept for the snapshot; a longer GOP restarts the cache
-
-
-class LiveError(Exception):
-    """A viewer cannot be served (reason is safe to show: no credentials)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # -------------------------------------------------------------------- ICE host addresses
@@ -140,39 +130,6 @@ def _is_ip(text: str) -> bool:
 
 
 # -------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class CameraSource:
-    """Where one stream of a camera is and how to log in; ``repr`` never shows the password.
-    ``stream`` is the stream ``url`` carries (main or sub); ``url`` is empty for a camera known
-    only by its ONVIF address (``onvif_host``), ``stream`` then the profile to ask it for."""
-    camera_id: str
-    url: str
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-    onvif_host: str | None = None
-    onvif_port: int = 80
-    stream: str = "main"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """A feed per (camera, stream)."""
-        return self.camera_id, self.stream
-
-    @property
-    def onvif_only(self) -> bool:
-        return not self.url and self.onvif_host is not None
-
-    def credentialed(self, url: str) -> str:
-        """``url`` with this camera's user-info put in: for the demuxer only."""
-        return with_credentials(url, self.username, self.password or None)
-
-    @property
-    def shown_url(self) -> str:
-        if self.onvif_only:
-            return f"onvif://{OnvifEndpoint(self.onvif_host, self.onvif_port, '', '').address}"
-        return redact_url(self.url)
 
 
 def _open_options(url: str, read_timeout_s: float) -> dict[str, str]:
@@ -1186,5 +1143,5 @@ class LiveRelay:
                 "stopped_feeds": self.stopped_feeds}
 
 
-__all__ = ["CameraSource", "Feed", "LiveError", "LiveRelay", "Packer", "PassthroughSender", "PassthroughTrack", "Subscriber",
+__all__ = ["Feed", "LiveRelay", "Packer", "PassthroughSender", "PassthroughTrack", "Subscriber",
            "ViewerSession", "use_host_addresses"]

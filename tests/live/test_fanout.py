@@ -2,7 +2,7 @@
 for its connection, what a backed-up viewer skips (the end-to-end behaviour is in test_live)."""
 from __future__ import annotations
 
-from api.live.relay import Subscriber, Unit
+from api.live.sender import Subscriber, Unit
 
 
 class FakeSender:

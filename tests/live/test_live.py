@@ -97,7 +97,7 @@ async def test_rtcp_between_the_viewer_and_the_passthrough_sender(live_api, monk
     """The feed writes RTP itself, so RTCP is checked end to end: the hub's sender reports and
     the viewer's receiver reports give a round-trip time, and a packet the viewer reports lost
     (NACK) is sent again from the sender's history."""
-    from api.live.relay import HISTORY_MASK, PassthroughSender
+    from api.live.sender import HISTORY_MASK, PassthroughSender
     found = []
     original = PassthroughSender._retransmit
 

@@ -1,11 +1,11 @@
 """Stream URIs of ONVIF-only cameras (``onvif:`` and no ``rtsp_url`` in the site file) for live view.
 
-The relay asks the camera itself, as the camera worker does (cameras.onvif_link.resolve_stream:
-GetProfiles, then GetStreamUri of the profile the viewer asked for, ``sub`` unless
+The feed registry (api/live/feed.py) asks the camera itself, as the camera worker does
+(cameras.onvif_link.resolve_stream: GetProfiles, then GetStreamUri of the profile the viewer asked for, ``sub`` unless
 ``XLHUB_LIVE_STREAM`` or the older ``XLHUB_LIVE_ONVIF_STREAM`` say otherwise), and keeps the
 answer per camera and stream for the life of the process: a viewer of a camera whose URI is known costs no ONVIF
 round trip. The camera is asked again only when a pull with the known URI cannot connect
-(the relay calls ``resolve`` again: a camera back from a reboot on another port or path).
+(the registry calls ``resolve`` again: a camera back from a reboot on another port or path).
 
 Why the API asks and not the worker publishing what it found: the worker pulls the profile
 its analytics want (often another one), a camera without a running worker would have no

@@ -12,9 +12,9 @@ instead of aiortc waking a task per viewer per frame and building every packet t
 its generic path. A viewer's ``Subscriber`` keeps access units (from a keyframe on) until
 its connection is up, and makes a viewer that falls behind skip to the next keyframe.
 
-Talks to: the feed (``Feed`` in api/live/relay.py), which packs each access unit with its
+Talks to: the feed (``Feed``, api/live/feed.py), which packs each access unit with its
 ``Packer`` and pushes it to its subscribers, on the event loop; the viewer sessions
-(``LiveRelay.open_session``, api/live/relay.py), which create a viewer's
+(``LiveRelay.open_session``, api/live/sessions.py), which create a viewer's
 ``PassthroughTrack`` and call ``install_sender`` and ``without_bandwidth_feedback`` on its
 transceiver; and, under their public API, aiortc's RTCRtpSender, DTLS transport and RTP
 router, aioice's nominated candidate pair and its protocol, pylibsrtp's session and

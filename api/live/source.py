@@ -1,13 +1,13 @@
 """What live view is asked for, and how it says no: the two types every api/live module shares.
 
 ``CameraSource`` is one stream of one camera with its login, built per request by
-api/live/views.py from the cameras table and the site file; the relay (api/live/relay.py)
-pulls it and the ONVIF lookup (api/live/onvif.py) asks the camera for its URI. ``LiveError`` is a
-refusal safe to show to the viewer, raised anywhere in live view and turned into an HTTP
-answer by views.py.
+api/live/views.py from the cameras table and the site file; the feed (api/live/feed.py)
+pulls it and the ONVIF lookup (api/live/onvif.py) asks the camera for its URI.
+``LiveError`` is a refusal safe to show to the viewer, raised anywhere in live view and
+turned into an HTTP answer by views.py.
 
-They live apart from the modules that use them so that those import in one direction only:
-onvif.py needs CameraSource and relay.py needs onvif.py.
+They live apart from the modules that use them so that those import one another in one
+direction only: views → sessions → feed → onvif, sender; and each of them → here.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from api.audit import add_audit_detail, audited_read
 from api.deps import Conn, CurrentPrincipal, ensure_in_scope, require
 from api.live.config import LiveSettings, Stream
-from api.live.relay import LiveRelay
+from api.live.sessions import LiveRelay
 from api.live.source import CameraSource, LiveError
 from api.permissions import Permission
 from store.identity import Principal

@@ -1,17 +1,14 @@
-"""Live video relay: one RTSP pull per camera and stream, its H.264 passed to every WebRTC viewer.
+"""Live video's camera side: one RTSP pull per camera and stream, shared by all its viewers.
 
     camera ──RTSP/TCP──▶ Feed (one thread: PyAV demux, no decoding)
                            │  av.Packet, pts rebased to 90 kHz, SPS/PPS before every IDR
-                           ├──▶ split into RTP payloads once (aiortc's H.264 packetiser)
-                           │      └─▶ for each viewer: its RTP header + SRTP + sendto ──▶ viewer 1 … n
+                           ├──▶ split into RTP payloads once (Packer, api/live/sender.py)
+                           │      └─▶ for each viewer: Subscriber.push ──▶ its PassthroughSender
                            └──▶ last GOP kept ──▶ frame.jpg (decoded on request only)
 
-A viewer costs an RTP header, SRTP and a ``sendto`` per packet, not an x264 encoder:
-nothing in this module decodes or encodes video for WebRTC. Each viewer is an aiortc
-RTCPeerConnection (ICE, DTLS, RTCP are aiortc's) whose sender is a ``PassthroughSender``
-(api/live/sender.py), to which the feed hands each access unit as it arrives. The snapshot
-fallback decodes the current GOP (at most one GOP, incrementally) only while someone asks
-for frames.
+The camera's H.264 is passed through: each access unit goes to the viewers in the event-loop
+callback that delivers it, and nothing is decoded for them. The snapshot fallback decodes
+the current GOP (at most one GOP, incrementally) only while someone asks for frames.
 
 A feed is one stream of one camera, ``main`` or ``sub`` (``CameraSource.stream``, chosen by
 the API: the viewer's ``?stream=``, else ``XLHUB_LIVE_STREAM``; main for a camera without a
@@ -25,6 +22,10 @@ before its first feed of a stream starts, and again only when a pull with that U
 connect; the URI is kept, so later viewers and feeds of the camera cost no ONVIF round trip.
 A camera with a single profile gives it for ``sub`` too: that feed is its ``main`` one.
 
+``FeedRegistry`` keeps the feeds by (camera, stream) and serves snapshots; the viewer
+sessions (``LiveRelay``, api/live/sessions.py) are built on it. A feed knows its viewers
+only as ``Subscriber`` objects it pushes to, so nothing here imports the sessions.
+
 Runs in the API process (one asyncio loop; one demux thread per watched camera). That is
 cheap because of pass-through; decoding for analytics stays in the camera workers.
 """
@@ -32,19 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import socket
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from fractions import Fraction
 
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
-from api.live.sender import Packer, PassthroughTrack, Subscriber, install_sender, without_bandwidth_feedback
+from api.live.sender import Packer, Subscriber
 from api.live.source import CameraSource, LiveError
 from config.urls import redact_text, redact_url
 from store.backoff import LIVE_VIEW
@@ -56,52 +54,7 @@ TIME_BASE_90K = Fraction(1, VIDEO_CLOCK)
 GOP_LIMIT = 600                     # packets kept for the snapshot; a longer GOP restarts the cache
 
 
-# -------------------------------------------------------------------- ICE host addresses
-
-_host_addresses: list[str] | None = None
-_patched = False
-
-
-def use_host_addresses(addresses: list[str] | None) -> None:
-    """Offer only these local addresses as ICE host candidates (None: every interface).
-
-    aioice gathers on every interface except 127.0.0.1; a hub bound to loopback must offer
-    127.0.0.1 and nothing else. aioice has no option for that, so its address lookup is
-    replaced (process-wide: this process only serves live video from one address set)."""
-    global _host_addresses, _patched
-    resolved = None
-    if addresses is not None:
-        resolved = []
-        for a in addresses:
-            try:
-                resolved.append(socket.gethostbyname(a) if not _is_ip(a) else a)
-            except OSError:
-                log.warning("ICE host address %r does not resolve; skipped", a)
-    _host_addresses = resolved
-    if not _patched:
-        import aioice.ice as ice
-        original = ice.get_host_addresses
-
-        def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-            if _host_addresses is None:
-                return original(use_ipv4, use_ipv6)
-            return [a for a in _host_addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-        ice.get_host_addresses = host_addresses
-        _patched = True
-
-
-def _is_ip(text: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-            return True
-        except OSError:
-            pass
-    return False
-
-
-# -------------------------------------------------------------------- sources
+# -------------------------------------------------------------------- the camera's stream
 
 
 def _open_options(url: str, read_timeout_s: float) -> dict[str, str]:
@@ -152,10 +105,10 @@ def _annexb_extradata(extradata: bytes | None) -> bytes:
 class Feed:
     """One RTSP pull of one stream of a camera, shared by all the viewers of that stream."""
 
-    def __init__(self, relay: "LiveRelay", source: CameraSource, uri: str | None = None):
-        self.relay = relay
-        self.settings = relay.settings
-        self.loop = relay.loop
+    def __init__(self, registry: FeedRegistry, source: CameraSource, uri: str | None = None):
+        self.registry = registry
+        self.settings = registry.settings
+        self.loop = registry.loop
         self.source = source
         self.camera_id = source.camera_id
         self.stream = source.stream
@@ -249,7 +202,7 @@ class Feed:
             if not opened and self.source.onvif_only:
                 # The URI ONVIF gave may be stale (camera rebooted onto another port or path):
                 # ask again during the backoff; the next connection uses the answer.
-                self.loop.call_soon_threadsafe(self.relay.ask_onvif_again, self)
+                self.loop.call_soon_threadsafe(self.registry.ask_onvif_again, self)
             attempt = 0 if opened else attempt + 1
             delay = LIVE_VIEW.delay(attempt + 1)
             self._set_state("retrying", self.reason)
@@ -387,7 +340,7 @@ class Feed:
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.end()
         self.subscribers.discard(sub)
-        self.relay.maybe_release(self)
+        self.registry.maybe_release(self)
 
     def cancel_linger(self) -> None:
         if self._linger is not None:
@@ -451,47 +404,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-# -------------------------------------------------------------------- sessions and the relay
+# -------------------------------------------------------------------- every feed of the process
 
 
-@dataclass
-class ViewerSession:
-    id: str
-    camera_id: str
-    user: str
-    pc: RTCPeerConnection
-    feed: Feed
-    subscriber: Subscriber
-    created: float = field(default_factory=time.time)
-    connected: bool = False
-    closed: bool = False
+class FeedRegistry:
+    """Every feed of this process, one per (camera, stream). Use from the event loop only."""
 
-    @property
-    def stream(self) -> str:
-        """The stream this viewer plays (main when a sub was asked of a camera without one)."""
-        return self.feed.stream
-
-    def info(self) -> dict:
-        return {"session_id": self.id, "camera_id": self.camera_id, "stream": self.stream, "user": self.user,
-                "connection": self.pc.connectionState, "created": self.created,
-                "packets_sent": self.subscriber.sent, "packets_skipped": self.subscriber.skipped}
-
-
-class LiveRelay:
-    """Every feed and viewer session of this process. Use from the event loop only."""
-
-    def __init__(self, settings: LiveSettings, http_host: str = "127.0.0.1"):
+    def __init__(self, settings: LiveSettings):
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.feeds: dict[tuple[str, str], Feed] = {}        # (camera id, stream) → its pull
-        self.sessions: dict[str, ViewerSession] = {}
         self.started_feeds = 0
         self.stopped_feeds = 0
         self.stream_uris = StreamUris(settings.open_timeout_s)
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._sweeper = self.loop.create_task(self._sweep())
-        use_host_addresses(settings.host_addresses(http_host))
 
     # -- feeds ---------------------------------------------------------------------------
     async def watch(self, source: CameraSource) -> Feed:
@@ -585,95 +513,19 @@ class LiveRelay:
         feed.drop_decoder()
 
     async def _sweep(self) -> None:
-        """Expire snapshot leases and viewers that never connected."""
+        """Expire snapshot leases (and viewers that never connected: ``_sweep_once``)."""
         while True:
             await asyncio.sleep(1.0)
             try:
-                now = time.time()
-                for feed in list(self.feeds.values()):
-                    if not feed.wanted and feed._linger is None:
-                        self.maybe_release(feed)
-                for s in list(self.sessions.values()):
-                    if not s.connected and now - s.created > self.settings.connect_timeout_s:
-                        log.info("live %s: viewer %s never connected; dropped", s.camera_id, s.id)
-                        await self.close_session(s.id)
+                await self._sweep_once()
             except Exception:  # noqa: BLE001 - the sweeper must survive
                 log.exception("live sweeper")
 
-    # -- WebRTC viewers -----------------------------------------------------------------
-    async def open_session(self, source: CameraSource, offer_sdp: str, offer_type: str, user: str) -> ViewerSession:
-        if self._closing:
-            raise LiveError(503, "shutting down")
-        if offer_type != "offer":
-            raise LiveError(422, "expected an SDP offer")
-        if "m=video" not in offer_sdp:
-            raise LiveError(422, "the offer has no video section")
-        if "h264" not in offer_sdp.lower():
-            raise LiveError(422, "this browser offers no H.264: live view passes the camera's H.264 through; "
-                                 "use the snapshot view")
-        if len(self.sessions) >= self.settings.max_sessions:
-            raise LiveError(503, "too many live viewers on this hub; try again later or use snapshots")
-        if sum(1 for s in self.sessions.values() if s.user == user) >= self.settings.max_sessions_per_user:
-            raise LiveError(429, "too many live views open for this user")
-        existing = self.feeds.get(source.key)
-        if existing is not None and existing.codec not in (None, "h264"):
-            raise LiveError(409, f"camera sends {existing.codec}: live view needs H.264; use snapshots")
-
-        feed = await self.watch(source)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        sub = feed.subscribe()
-        session = ViewerSession(id=secrets.token_urlsafe(12), camera_id=source.camera_id, user=user,
-                                pc=pc, feed=feed, subscriber=sub)
-        self.sessions[session.id] = session
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            state = pc.connectionState
-            if state == "connected":
-                session.connected = True
-            elif state in ("failed", "closed"):
-                await self.close_session(session.id)
-
-        try:
-            # The transceiver exists before the offer is applied so that only H.264 is
-            # negotiated (aiortc would otherwise pick VP8 and re-encode every frame).
-            transceiver = pc.addTransceiver(PassthroughTrack(sub), direction="sendonly")
-            install_sender(transceiver.sender)
-            caps = RTCRtpSender.getCapabilities("video").codecs
-            h264 = [c for c in caps if c.mimeType.lower() == "video/h264"]
-            rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
-            transceiver.setCodecPreferences(h264 + rtx)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            without_bandwidth_feedback(transceiver)
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
-        except LiveError:
-            await self.close_session(session.id)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bad offer is the client's problem
-            await self.close_session(session.id)
-            log.info("live %s: offer refused: %s", source.camera_id, exc)
-            raise LiveError(422, f"cannot answer this offer: {type(exc).__name__}: {exc}"[:300]) from None
-        if "h264" not in (pc.localDescription.sdp or "").lower():
-            await self.close_session(session.id)
-            raise LiveError(422, "no H.264 in common with this browser")
-        log.info("live %s: viewer %s (%s) joins; %d viewer(s)", feed.label, session.id, user,
-                 len(feed.subscribers))
-        return session
-
-    async def close_session(self, session_id: str) -> bool:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
-            return False
-        session.closed = True
-        session.feed.unsubscribe(session.subscriber)
-        log.info("live %s: viewer %s leaves; %d viewer(s)", session.feed.label, session.id,
-                 len(session.feed.subscribers))
-        try:
-            await session.pc.close()
-        except Exception:  # noqa: BLE001
-            log.debug("closing peer connection", exc_info=True)
-        return True
+    async def _sweep_once(self) -> None:
+        """Release the feeds nobody wants any more; LiveRelay also drops viewers here."""
+        for feed in list(self.feeds.values()):
+            if not feed.wanted and feed._linger is None:
+                self.maybe_release(feed)
 
     # -- snapshots ------------------------------------------------------------------------
     async def snapshot(self, source: CameraSource, wait_s: float = 8.0) -> tuple[bytes, float, str]:
@@ -701,18 +553,15 @@ class LiveRelay:
         self._sweeper.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for sid in list(self.sessions):
-            await self.close_session(sid)
+        await self._end_viewers()
         feeds = list(self.feeds.values())
         for feed in feeds:
             self._stop_feed(feed)
         await asyncio.gather(*(self.loop.run_in_executor(None, f.join, 6.0) for f in feeds),
                              self.loop.run_in_executor(None, self.stream_uris.close))
 
-    def status(self) -> dict:
-        return {"feeds": {f"{cid}/{stream}": f.info() for (cid, stream), f in self.feeds.items()},
-                "sessions": len(self.sessions), "started_feeds": self.started_feeds,
-                "stopped_feeds": self.stopped_feeds}
+    async def _end_viewers(self) -> None:
+        """At shutdown, before the feeds stop: LiveRelay closes its viewer sessions here."""
 
 
-__all__ = ["Feed", "LiveRelay", "ViewerSession", "use_host_addresses"]
+__all__ = ["Feed", "FeedRegistry"]

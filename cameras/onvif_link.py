@@ -14,7 +14,7 @@ unreachable …"), so health sees the camera offline. When ``refail_after`` conn
 row deliver no media (no packet: the URI did not open, or opened and sent nothing), the URI
 is asked for again (a camera that rebooted with another port or path, a DHCP move behind a
 name), keeping the old one meanwhile.
-``resolve_stream`` is that one round on its own: the API's live relay (api/live/onvif.py)
+``resolve_stream`` is that one round on its own: the API's live view (api/live/onvif.py)
 asks the same way, on an ``OnvifLink`` of its own.
 
 **PTZ.** ``OnvifLink.ptz`` runs one PTZ operation (move, stop, presets, goto) on a session
@@ -183,7 +183,7 @@ async def resolve_stream(camera_id: str, endpoint: OnvifEndpoint, *, stream: str
                          snapshot: bool = False) -> ResolvedStream:
     """One round: connect, GetProfiles, GetStreamUri of the ``stream`` profile (and
     GetSnapshotUri with ``snapshot``), close. Raises OnvifError (no credential in it).
-    Shared by the workers' OnvifStreamSource and the API's live relay, so both pick the
+    Shared by the workers' OnvifStreamSource and the API's live view, so both pick the
     same profile of a camera the same way."""
     from cameras.onvif import NO_RETRY, OnvifCamera, OnvifError
 

@@ -7,7 +7,7 @@ In one run:
     site) runs in its own process so that its CPU time can be read from /proc;
   - aiortc clients log in, open live view of the same camera through POST /api/live/…/offer,
     decode what they receive and read the strip back: now − strip = glass-to-glass latency
-    (camera encode + RTSP + relay + WebRTC + jitter buffer + decode), on loopback;
+    (camera encode + RTSP + the hub's pass-through + WebRTC + jitter buffer + decode), on loopback;
   - the API process's CPU is measured with no viewer, with one viewer (the baseline) and
     with ten viewers of the same camera.
 
@@ -236,7 +236,7 @@ async def bench(base_url: str, pid: int, seconds: float, n_viewers: int, rtsp_ur
             print(f"  glass-to-glass latency, {label}: no readable timestamp strip")
     if hub_lat:
         print(f"    of which camera → hub (strip vs the hub's arrival time, frame.jpg): p50 {pct(hub_lat, 0.5):5.0f} ms "
-              f"({len(hub_lat)} samples); the rest is the relay, WebRTC and the client "
+              f"({len(hub_lat)} samples); the rest is the hub's pass-through, WebRTC and the client "
               "(aiortc's jitter buffer releases a frame when the next one starts: +1 frame, 100 ms at 10 fps)")
     if encode_cpu is not None:
         print(f"  for comparison, aiortc's default per viewer (decode + x264 encode of this stream): "

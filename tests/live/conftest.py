@@ -73,7 +73,7 @@ def relay_of(server: ApiServer):
 
 
 def rtsp_clients(sim, path: str) -> int:
-    """How many RTSP clients the simulated server has on ``path`` now (the relay's pulls)."""
+    """How many RTSP clients the simulated server has on ``path`` now (the hub's feeds)."""
     return sim.status()[path]["clients"]
 
 

@@ -81,3 +81,29 @@ def test_a_sideways_import_is_caught(tmp_path):
     (tmp_path / "store" / "y.py").write_text("import config.site\n")
     found = violations(tmp_path, {"config": frozenset(), "store": frozenset({"config"})})
     assert found == ["config/x.py:2 imports store (config may import only nothing of the hub)"]
+
+
+def test_the_modules_of_live_view_import_one_another_one_way():
+    """api/live/ once had a circle: the module that pulled the cameras imported onvif.py,
+    which imported it back (under TYPE_CHECKING). Now views → sessions → feed → onvif and
+    sender, each of them → source and config; no module of api/live reaches itself again."""
+    package = ROOT / "api" / "live"
+    names = {path.stem for path in package.glob("*.py") if path.stem != "__init__"}
+    graph = {}
+    for name in names:
+        found = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[name] = {m.removeprefix("api.live.") for m in found if m.startswith("api.live.")} & names
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            if nxt == target or reaches(nxt, target, seen | {nxt}):
+                return True
+        return False
+
+    circles = sorted(name for name in names if reaches(name, name, set()))
+    assert not circles, f"api/live modules that import themselves through others: {circles} ({graph})"

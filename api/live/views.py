@@ -15,7 +15,7 @@ record's detail (with ``requested_stream``). Each (camera, stream) is a pull of 
 
 Scoped like every other camera resource: another township's camera answers 404. The pull,
 and the camera credentials it needs, stay on the hub. A camera known only by its ONVIF
-address plays too: the relay asks it for its stream URI (api/live/onvif.py); when the camera
+address plays too: its feed asks it for its stream URI (api/live/onvif.py); when the camera
 does not give one, the offer and the frame answer 503 (unreachable) or 502 with the reason
 in Chinese and English.
 """
@@ -143,7 +143,7 @@ StreamParam = Annotated[Stream | None, Query(
 def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveViewer,
                   stream: StreamParam = None) -> CameraSource:
     """One stream of the camera: the one asked for, else the hub's default; main when the
-    camera has no substream (an ONVIF-only camera is asked for the profile: the relay learns
+    camera has no substream (an ONVIF-only camera is asked for the profile: its feed learns
     which one it gives)."""
     row = conn.execute(CAMERA_QUERY, {"id": camera_id, "node": principal.node_code}).fetchone()
     onvif = (row["onvif"] or {}) if row else {}

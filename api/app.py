@@ -36,7 +36,6 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.pool = open_pool(db_url, min_size=2, max_size=16, name="xlhub-api")
-        app.state.mqtt_status.start()
         if app.state.broker_requests is not None:
             app.state.broker_requests.start()
         try:
@@ -44,7 +43,6 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         finally:
             if app.state.broker_requests is not None:
                 app.state.broker_requests.stop()
-            app.state.mqtt_status.stop()
             app.state.pool.close()
 
     app = FastAPI(
@@ -57,8 +55,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     )
     app.state.settings = settings
     app.state.db_url = db_url
-    app.state.mqtt_status = BrokerStatus(mqtt_url)
+    # One connection to the broker per API process: camera commands, and readiness from it.
     app.state.broker_requests = BrokerRequests(mqtt_url) if mqtt_url else None
+    app.state.mqtt_status = BrokerStatus(app.state.broker_requests)
     app.state.expected_workers = list(expected_workers or [])
     app.state.ptz_holds = PtzHolds()      # which camera moves are held: their renewals are not audited again
     app.add_middleware(AuditMiddleware)

@@ -9,9 +9,7 @@ import secrets
 import threading
 import time
 
-import paho.mqtt.client as mqtt
-
-from bus.client import command_properties, mqtt_client, start, stop
+from bus.client import Connection, command_properties
 from bus.commands import Command
 from bus.topics import REPLIES_ROOT, topic_for
 from config.urls import redact_url
@@ -20,72 +18,40 @@ log = logging.getLogger(__name__)
 
 
 class BrokerStatus:
-    """Keeps a connection open and remembers whether it is up (for /readyz)."""
+    """Whether the API process reaches the broker (for /readyz), through the connection it
+    sends camera commands on (None: no broker configured)."""
 
-    def __init__(self, url: str | None) -> None:
-        self.url = url
-        self.connected = False
-        self.since: float | None = None
-        self.last_error: str | None = None
-        self._client: mqtt.Client | None = None
-        self._lock = threading.Lock()
+    def __init__(self, requests: BrokerRequests | None) -> None:
+        self.requests = requests
 
-    def start(self) -> None:
-        if not self.url:
-            self.last_error = "no broker configured"
-            return
-        self._client = mqtt_client(self.url, f"xlhub-api-{os.getpid()}")
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        start(self._client)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._lock:
-            self.connected = not reason_code.is_failure
-            self.since = time.time()
-            self.last_error = None if self.connected else str(reason_code)
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        with self._lock:
-            self.connected = False
-            self.since = time.time()
-            self.last_error = str(reason_code)
+    @property
+    def ready(self) -> bool:
+        return self.requests is not None and self.requests.connected.is_set()
 
     def describe(self) -> dict:
-        return {"url": redact_url(self.url) if self.url else None, "error": self.last_error}
-
-    def stop(self) -> None:
-        if self._client is not None:
-            stop(self._client)
+        if self.requests is None:
+            return {"url": None, "error": "no broker configured"}
+        return {"url": redact_url(self.requests.url), "error": self.requests.last_error}
 
 
-class BrokerRequests:
-    """Request/response over MQTT 5 (camera workers' flag and snapshot commands): one
-    private response topic per API process, one correlation id per request. Started and
-    stopped with the application."""
+class BrokerRequests(Connection):
+    """The API process's connection to the broker: request/response over MQTT 5 (the camera
+    workers' flag, snapshot and PTZ commands), one private response topic per API process,
+    one correlation id per request. Started and stopped with the application."""
+
+    name = "api"
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        client_id = f"xlhub-api-req-{os.getpid()}-{secrets.token_hex(3)}"
+        client_id = f"xlhub-api-{os.getpid()}-{secrets.token_hex(3)}"
+        super().__init__(url, client_id)
         self.response_topic = f"{REPLIES_ROOT}/{client_id}"
-        self.client = mqtt_client(url, client_id)
-        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *args: self.ready.set()
         self.client.on_message = self._on_message
         self.ready = threading.Event()
         self._waiting: dict[bytes, list] = {}
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        start(self.client)
-
-    def stop(self) -> None:
-        stop(self.client)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("broker %s refused the request client: %s", redact_url(self.url), reason_code)
-            return
+    def on_connected(self, client, flags) -> None:
         client.subscribe(self.response_topic, qos=1)
 
     def _on_message(self, client, userdata, msg) -> None:

@@ -17,6 +17,8 @@ data, response topic, message expiry."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -131,3 +133,50 @@ def command_properties(command_id: str | bytes | None = None, *, response_topic:
 def describe(url: str | None) -> str | None:
     """The URL as it may be shown and logged."""
     return redact_url(url) if url else None
+
+
+class Connection:
+    """One MQTT connection of a hub process: its client (:func:`mqtt_client`), started and
+    stopped, ``connected`` following what the broker says, a refusal logged with the
+    (redacted) URL. Subclasses react in :meth:`on_connected` (subscribe …) and
+    :meth:`on_lost`; ``name`` says whose connection it is in the log."""
+
+    name = "MQTT"
+
+    def __init__(self, url: str, client_id: str, **client_kwargs) -> None:
+        self.url = url
+        self.client = mqtt_client(url, client_id, **client_kwargs)
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self.changed_at: float | None = None
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def start(self, **kwargs) -> None:
+        start(self.client, **kwargs)
+
+    def stop(self) -> None:
+        stop(self.client)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.changed_at = time.time()
+        if reason_code.is_failure:
+            self.connected.clear()
+            self.last_error = str(reason_code)
+            log.warning("%s: broker %s refused the connection: %s", self.name, describe(self.url), reason_code)
+            return
+        self.last_error = None
+        self.on_connected(client, flags)     # subscriptions are on their way before anyone sends
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        self.changed_at = time.time()
+        self.last_error = str(reason_code)
+        self.on_lost(reason_code)
+
+    def on_connected(self, client: mqtt.Client, flags) -> None:
+        """Connected (again): subscribe here (a new session has none)."""
+
+    def on_lost(self, reason_code) -> None:
+        """The connection is gone; paho reconnects by itself."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from ulid import ULID
 
-from bus.client import command_properties, describe, mqtt_client, start, stop
+from bus.client import Connection, command_properties, describe
 from bus.commands import Command, parse_command, result_body
 from bus.envelope import ContractError
 from bus.topics import event_topic, topic_for
@@ -34,41 +34,28 @@ def _json(body: dict) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-class MqttLink:
+class MqttLink(Connection):
     """``on_command(camera_id, command, msg)`` runs on paho's thread for every valid
     command of one of ``camera_ids``; invalid ones are answered ``rejected`` here."""
 
+    name = "cameras"
+
     def __init__(self, url: str, client_id: str, camera_ids: list[str],
                  on_command: Callable[[str, Command, mqtt.MQTTMessage], None]) -> None:
-        self.url = url
+        super().__init__(url, client_id, max_queued=MAX_QUEUED)
         self.camera_ids = list(camera_ids)
         self.on_command = on_command
-        self.client = mqtt_client(url, client_id, max_queued=MAX_QUEUED)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.connected = threading.Event()
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
 
-    def start(self) -> None:
-        start(self.client)
-
-    def stop(self) -> None:
-        stop(self.client)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("MQTT %s refused the connection: %s", describe(self.url), reason_code)
-            return
-        self.connected.set()
+    def on_connected(self, client, flags) -> None:
         subs = [(topic_for("camera", cid, "cmd", "+"), 1) for cid in self.camera_ids]
         for i in range(0, len(subs), 100):
             client.subscribe(subs[i:i + 100])
         log.info("MQTT connected to %s; commands of %d cameras subscribed", describe(self.url), len(subs))
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected.clear()
+    def on_lost(self, reason_code) -> None:
         log.warning("MQTT connection lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:

@@ -41,10 +41,9 @@ from typing import TYPE_CHECKING
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bus.client import command_properties, mqtt_client, start, stop
+from bus.client import Connection, command_properties
 from bus.commands import UnlockCommand
 from bus.topics import Topic, topic_for
-from config.urls import redact_url
 from config.vocabulary import DEVICE_KINDS
 from devices.acks import AckGate
 from devices.commands import signing
@@ -82,14 +81,19 @@ class Msg:
     barrier: int | None = None          # our own barrier message: its connection generation
 
 
-class DevicesSession:
+class DevicesSession(Connection):
     """The paho client and what hangs on it. Its callbacks run on paho's network thread;
     ``take``, ``committed``, ``publish_command`` and ``clear_retained`` on the worker's.
     ``wake`` is set when there is something for the worker (a message, a connection);
     ``stats`` is the worker's counters (``dropped_on_reconnect``, ``stale_acks``)."""
 
+    name = "devices worker"
+
     def __init__(self, mqtt_url: str, client_id: str, *, session_expiry_s: int, secrets: DeviceSecrets,
                  wake: threading.Event, stats: dict) -> None:
+        # manual_ack: paho would acknowledge each message as on_message returns, before it is
+        # stored, and a worker killed with messages in hand would lose them (tests/faults).
+        super().__init__(mqtt_url, client_id, manual_ack=True, max_inflight=1000, max_queued=0)
         self.mqtt_url = mqtt_url
         self.client_id = client_id
         # 0: a session that ends with the connection (tests run several services at once).
@@ -108,32 +112,16 @@ class DevicesSession:
         self._barrier_mids = (0, 0)         # (SUBSCRIBE, PUBLISH) packet ids of the current one
         self._connected_at = 0.0
         self._barrier_warned = False
-        self.connected = threading.Event()
         self._seq = itertools.count(int(time.time() * 1000))
-        self._client = self._make_client()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
 
     # ------------------------------------------------------------------ connection
-    def _make_client(self) -> mqtt.Client:
-        # manual_ack: paho would acknowledge each message as on_message returns, before it is
-        # stored, and a worker killed with messages in hand would lose them (tests/faults).
-        c = mqtt_client(self.mqtt_url, self.client_id, manual_ack=True, max_inflight=1000, max_queued=0)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        c.on_publish = self._on_publish
-        return c
-
     def start(self) -> None:
-        start(self._client, session_expiry_s=self.session_expiry_s)
+        super().start(session_expiry_s=self.session_expiry_s)
 
-    def stop(self) -> None:
-        stop(self._client)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("devices worker: broker %s refused: %s", redact_url(self.mqtt_url), reason_code)
-            return
+    def on_connected(self, client, flags) -> None:
         gen = self._gate.connected(bool(flags.session_present))
         if flags.session_present:
             # What we hold unacknowledged from the resumed session comes again: forget our copies.
@@ -150,7 +138,6 @@ class DevicesSession:
         # behind it: when it is back, the backlog is in and deadlines can be judged.
         pub = client.publish(self.barrier_topic, json.dumps({"gen": gen}), qos=1)
         self._barrier_mids = (sub, pub.mid)
-        self.connected.set()
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -167,9 +154,8 @@ class DevicesSession:
                     "account use it); deadlines are judged without waiting for the session's backlog",
                     self.barrier_topic, why)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def on_lost(self, reason_code) -> None:
         self._gate.disconnected()
-        self.connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
@@ -216,7 +202,7 @@ class DevicesSession:
 
     def _send_acks(self, mids: list[int]) -> None:
         for mid in mids:
-            self._client.ack(mid, 1)
+            self.client.ack(mid, 1)
 
     def may_judge_deadlines(self, mono: float) -> bool:
         """A device's answer missing at its deadline may still be waiting in the broker for
@@ -248,7 +234,7 @@ class DevicesSession:
         # A command that reaches a device late is worse than one that never arrives.
         props = command_properties(cmd["id"], response_topic=topic_for(kind, dev_id, "res"),
                                    expiry_s=(cmd["expires_at"] - now).total_seconds())
-        info = self._client.publish(topic_for(kind, dev_id, "cmd", cmd["name"]),
+        info = self.client.publish(topic_for(kind, dev_id, "cmd", cmd["name"]),
                                     json.dumps(body, ensure_ascii=False, separators=(",", ":")), qos=1,
                                     properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -260,7 +246,7 @@ class DevicesSession:
         for kind, dev_id in devices:
             for channel in ("avail", "state"):
                 # An empty retained message deletes the retained one (MQTT).
-                infos.append(self._client.publish(topic_for(kind, dev_id, channel), b"", qos=1, retain=True))
+                infos.append(self.client.publish(topic_for(kind, dev_id, channel), b"", qos=1, retain=True))
         for info in infos:
             try:
                 info.wait_for_publish(5)

@@ -35,7 +35,7 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # any failure here means "not ready", with the reason
         checks["database"] = {"ready": False, "error": type(exc).__name__}
         beats = []
-    checks["broker"] = {"ready": bool(state.mqtt_status.connected), **state.mqtt_status.describe()}
+    checks["broker"] = {"ready": state.mqtt_status.ready, **state.mqtt_status.describe()}
     seen = {b["name"]: b for b in beats}
     workers = {}
     for name in state.expected_workers:

@@ -24,6 +24,7 @@ import psycopg
 from alerts.actor import Actor
 from alerts.cases.models import CaseState
 from config.vocabulary import Stage
+from store.where import Where
 
 STAGES = tuple(Stage)
 LEVELS = {"county": ("county",), "township": ("township",), "village": ("village", "community"),
@@ -103,17 +104,11 @@ def assessment(conn: psycopg.Connection, actor: Actor, *, by: str = "area", leve
         raise ValueError("by must be area, department, post or person")
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}")
-    where, params = ["true"], {}
+    w = Where(levels=list(LEVELS[level]))
     if actor.kind != "system":
-        where.append("c.grid_path @> ARRAY[%(node)s]::text[]")
-        params["node"] = actor.node_code
-    if since:
-        where.append("c.created_at >= %(since)s")
-        params["since"] = since
-    if until:
-        where.append("c.created_at < %(until)s")
-        params["until"] = until
-    params["levels"] = list(LEVELS[level])
+        w.add("c.grid_path @> ARRAY[%(node)s]::text[]", node=actor.node_code)
+    w.add("c.created_at >= %(since)s", since=since)
+    w.add("c.created_at < %(until)s", until=until)
     cases = conn.execute(
         f"""SELECT c.id, c.state, c.created_at, c.closed_at, c.due_at, c.paused_s, c.overdue, c.stage_overdue, c.sla,
                    c.reopen_count, c.satisfaction, c.supervisions,
@@ -121,7 +116,7 @@ def assessment(conn: psycopg.Connection, actor: Actor, *, by: str = "area", leve
                        AS reached_feedback,
                    (SELECT n.code FROM grid_nodes n WHERE n.code = ANY(c.grid_path) AND n.level = ANY(%(levels)s)
                     ORDER BY cardinality(n.path) DESC LIMIT 1) AS area
-            FROM cases c WHERE {' AND '.join(where)}""", params).fetchall()
+            FROM cases c WHERE {w}""", w.params).fetchall()
     by_id = {c["id"]: c for c in cases}
     ids = list(by_id)
     names = {r["code"]: r["name"] for r in conn.execute("SELECT code, name FROM grid_nodes")}

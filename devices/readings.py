@@ -11,6 +11,8 @@ from datetime import datetime
 
 import psycopg
 
+from store.where import Where
+
 STATE_SQL = """
 SELECT d.id, d.kind, d.name, g.grid_code, g.grid_path, d.lat AS home_lat, d.lon AS home_lon,
        a.status, a.reason AS status_reason, a.changed_at AS status_since, a.last_seen_at,
@@ -30,19 +32,43 @@ _UNDER = "grid_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(code)s
 _TRACK = "SELECT time, device_id, lat, lon, alt_m, heading_deg, speed_mps, grid_code FROM device_positions"
 
 
+DEVICES_SQL = """
+SELECT d.id, d.kind, d.name, g.grid_code, g.grid_path, d.lat, d.lon
+FROM devices d
+JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
+WHERE d.active AND g.grid_path @> ARRAY[%(node)s] {extra}
+ORDER BY g.grid_path, d.kind, d.id
+"""
+
+
+def _filtered(sql: str, node: str, kind: str | None, grid: str | None) -> tuple[str, dict]:
+    """``sql`` (with an ``{extra}`` slot after the node's subtree) narrowed to one kind
+    and/or the subtree of ``grid``."""
+    w = Where(node=node)
+    w.add("d.kind = %(kind)s", kind=kind)
+    w.add("g.grid_path @> ARRAY[%(grid)s]", grid=grid)
+    return sql.format(extra=f"AND {w}"), w.params
+
+
+# ---------------------------------------------------------------------------- registry
+def devices_under(conn: psycopg.Connection, node: str, *, kind: str | None = None,
+                  grid: str | None = None) -> list[dict]:
+    """Every active device under ``node`` with its current grid (optionally of one kind,
+    or only under ``grid`` too), ordered by grid, kind and id."""
+    return conn.execute(*_filtered(DEVICES_SQL, node, kind, grid)).fetchall()
+
+
+def device_under(conn: psycopg.Connection, node: str, device_id: str) -> dict | None:
+    """One active device under ``node`` with its current grid; None when there is none."""
+    return conn.execute(DEVICES_SQL.format(extra="AND d.id = %(id)s"), {"node": node, "id": device_id}).fetchone()
+
+
 # ---------------------------------------------------------------------------- state
 def device_states(conn: psycopg.Connection, node: str, *, kind: str | None = None,
                   grid: str | None = None) -> list[dict]:
     """The latest state of every active device under ``node`` (optionally of one kind, or
     only under ``grid`` too), ordered by grid, kind and id."""
-    extra, params = [], {"node": node}
-    if kind:
-        extra.append("AND d.kind = %(kind)s")
-        params["kind"] = kind
-    if grid:
-        extra.append("AND g.grid_path @> ARRAY[%(grid)s]")
-        params["grid"] = grid
-    return conn.execute(STATE_SQL.format(extra=" ".join(extra)), params).fetchall()
+    return conn.execute(*_filtered(STATE_SQL, node, kind, grid)).fetchall()
 
 
 def device_state(conn: psycopg.Connection, node: str, device_id: str) -> dict | None:

@@ -54,6 +54,18 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) 
     raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
+def _stop(proc: subprocess.Popen | None, sig: signal.Signals, timeout: float) -> None:
+    """Ask a server to stop with ``sig``; SIGKILL it when it has not within ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _service_user(name: str) -> pwd.struct_passwd | None:
     """The account a server runs as: its Debian service user when we are root, else us."""
     if os.geteuid() != 0:
@@ -227,15 +239,7 @@ log_line_prefix = '%m [%p] '
     def stop(self, timeout: float = 30.0, immediate: bool = False) -> None:
         """Fast shutdown (SIGINT): active transactions roll back, everything committed stays.
         Immediate (SIGQUIT) skips the shutdown checkpoint: for throwaway test clusters."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT if immediate else signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, signal.SIGQUIT if immediate else signal.SIGINT, timeout)
         self.proc = None
 
     def kill(self) -> None:
@@ -403,15 +407,7 @@ connection_messages false
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc, signal.SIGTERM, timeout)
         self.proc = None
 
     def kill(self) -> None:

@@ -17,6 +17,7 @@ from alerts.alarms.models import AlarmAction, AlarmError, AlarmState, Event
 from alerts.cases.models import EvidenceItem
 from alerts.evidence import summary as evidence_summary
 from config.alerting import Rule
+from store.where import Where
 
 
 @dataclass
@@ -216,33 +217,20 @@ def list_alarms(conn: psycopg.Connection, actor: Actor, *, states: list[str] | N
                 severities: list[str] | None = None, type_prefix: str | None = None, grid: str | None = None,
                 source_id: str | None = None, since: datetime | None = None, until: datetime | None = None,
                 limit: int = 100, offset: int = 0) -> list[dict]:
-    where, params = ["a.grid_path @> ARRAY[%(node)s]::text[]"], {"node": actor.node_code}
-    if actor.kind == "system":
-        where, params = ["true"], {}
-    if states:
-        where.append("a.state = ANY(%(states)s)")
-        params["states"] = states
-    if severities:
-        where.append("a.severity = ANY(%(severities)s)")
-        params["severities"] = severities
-    if type_prefix:
-        where.append("a.type LIKE %(type)s")
-        params["type"] = type_prefix.replace("%", r"\%").replace("_", r"\_").rstrip("*") + "%"
-    if grid:
-        where.append("a.grid_path @> ARRAY[%(grid)s]::text[]")
-        params["grid"] = grid
-    if source_id:
-        where.append("a.source_id = %(source)s")
-        params["source"] = source_id
-    if since:
-        where.append("a.last_at >= %(since)s")
-        params["since"] = since
-    if until:
-        where.append("a.first_at < %(until)s")
-        params["until"] = until
-    params.update(limit=limit, offset=offset)
-    rows = conn.execute(f"SELECT a.* FROM alarms a WHERE {' AND '.join(where)} "
-                        "ORDER BY a.last_at DESC, a.id DESC LIMIT %(limit)s OFFSET %(offset)s", params).fetchall()
+    w = Where()
+    if actor.kind != "system":
+        w.add("a.grid_path @> ARRAY[%(node)s]::text[]", node=actor.node_code)
+    w.add("a.state = ANY(%(states)s)", states=states)
+    w.add("a.severity = ANY(%(severities)s)", severities=severities)
+    w.add("a.type LIKE %(type)s",
+          type=type_prefix.replace("%", r"\%").replace("_", r"\_").rstrip("*") + "%" if type_prefix else None)
+    w.add("a.grid_path @> ARRAY[%(grid)s]::text[]", grid=grid)
+    w.add("a.source_id = %(source)s", source=source_id)
+    w.add("a.last_at >= %(since)s", since=since)
+    w.add("a.first_at < %(until)s", until=until)
+    rows = conn.execute(f"SELECT a.* FROM alarms a WHERE {w} "
+                        "ORDER BY a.last_at DESC, a.id DESC LIMIT %(limit)s OFFSET %(offset)s",
+                        {**w.params, "limit": limit, "offset": offset}).fetchall()
     return [alarm_summary(r) for r in rows]
 
 

@@ -19,6 +19,7 @@ from alerts.actor import Actor
 from alerts.cases import flows, sla
 from alerts.cases.flows import AssignmentView, CaseView
 from config.vocabulary import CHANNEL_LABELS
+from store.where import Where
 from alerts.cases.models import (
     ACTION_LABELS,
     FINISHED,
@@ -557,40 +558,23 @@ def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | No
                channel: str | None = None, department: str | None = None, q: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict]:
     clause, params = _visibility(actor)
-    where = [clause]
-    if states:
-        where.append("c.state = ANY(%(states)s)")
-        params["states"] = list(states)
-    if category:
-        where.append("c.category = %(category)s")
-        params["category"] = category
-    if urgency:
-        where.append("c.urgency = %(urgency)s")
-        params["urgency"] = urgency
+    w = Where(clause, **params)
+    w.add("c.state = ANY(%(states)s)", states=states)
+    w.add("c.category = %(category)s", category=category)
+    w.add("c.urgency = %(urgency)s", urgency=urgency)
     if overdue is not None:
-        where.append(("" if overdue else "NOT ") + "(c.overdue OR c.stage_overdue)")
-    if grid:
-        where.append("c.grid_path @> ARRAY[%(grid)s]::text[]")
-        params["grid"] = grid
-    if since:
-        where.append("c.created_at >= %(since)s")
-        params["since"] = since
-    if until:
-        where.append("c.created_at < %(until)s")
-        params["until"] = until
-    if channel:
-        where.append("c.channel = %(channel)s")
-        params["channel"] = channel
-    if department:
-        where.append("EXISTS (SELECT 1 FROM case_assignments fa WHERE fa.case_id = c.id "
-                     "AND fa.department_code = %(department)s)")
-        params["department"] = department
-    if q:
-        where.append("(c.title ILIKE %(q)s OR c.number ILIKE %(q)s OR c.description ILIKE %(q)s)")
-        params["q"] = "%" + q.replace("%", r"\%").replace("_", r"\_") + "%"
-    params.update(limit=limit, offset=offset)
-    rows = conn.execute(f"SELECT c.* FROM cases c WHERE {' AND '.join(where)} "
-                        "ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s OFFSET %(offset)s", params).fetchall()
+        w.add(("" if overdue else "NOT ") + "(c.overdue OR c.stage_overdue)")
+    w.add("c.grid_path @> ARRAY[%(grid)s]::text[]", grid=grid)
+    w.add("c.created_at >= %(since)s", since=since)
+    w.add("c.created_at < %(until)s", until=until)
+    w.add("c.channel = %(channel)s", channel=channel)
+    w.add("EXISTS (SELECT 1 FROM case_assignments fa WHERE fa.case_id = c.id AND fa.department_code = %(department)s)",
+          department=department)
+    w.add("(c.title ILIKE %(q)s OR c.number ILIKE %(q)s OR c.description ILIKE %(q)s)",
+          q="%" + q.replace("%", r"\%").replace("_", r"\_") + "%" if q else None)
+    rows = conn.execute(f"SELECT c.* FROM cases c WHERE {w} "
+                        "ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s OFFSET %(offset)s",
+                        {**w.params, "limit": limit, "offset": offset}).fetchall()
     return [summary(r) for r in rows]
 
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from alerts.config import AlertsConfig
+from store.where import Where
 
 
 def enqueue(conn: psycopg.Connection, cfg: AlertsConfig, case: dict, event: str, body: dict[str, Any],
@@ -62,22 +63,16 @@ def list_messages(conn: psycopg.Connection, *, status: str | None = "dead", targ
                   scope_code: str | None = None, limit: int = 100) -> list[dict]:
     """Messages, newest first: the dead-letter list by default.  ``scope_code`` keeps those
     of cases inside that node's subtree."""
-    where, params = ["true"], {"limit": limit}
-    if status:
-        where.append("o.status = %(status)s")
-        params["status"] = status
-    if target:
-        where.append("o.target = %(target)s")
-        params["target"] = target
-    if scope_code:
-        where.append("c.grid_path @> ARRAY[%(scope)s]")
-        params["scope"] = scope_code
+    w = Where(limit=limit)
+    w.add("o.status = %(status)s", status=status)
+    w.add("o.target = %(target)s", target=target)
+    w.add("c.grid_path @> ARRAY[%(scope)s]", scope=scope_code)
     return conn.execute(
         f"""SELECT {LIST_COLUMNS},
                    (SELECT count(*) FROM outbox b WHERE b.target = o.target AND b.case_id = o.case_id
                       AND b.id > o.id AND b.status = 'pending') AS waiting_behind
             FROM outbox o JOIN cases c ON c.id = o.case_id
-            WHERE {' AND '.join(where)} ORDER BY o.id DESC LIMIT %(limit)s""", params).fetchall()
+            WHERE {w} ORDER BY o.id DESC LIMIT %(limit)s""", w.params).fetchall()
 
 
 def replay(conn: psycopg.Connection, cfg: AlertsConfig | None, *, ids: list[int] | None = None,
@@ -86,18 +81,13 @@ def replay(conn: psycopg.Connection, cfg: AlertsConfig | None, *, ids: list[int]
     one before still sees it once).  Returns the ids replayed."""
     if not ids and not all_dead:
         return []
-    where, params = ["o.status = 'dead'"], {}
-    if ids:
-        where.append("o.id = ANY(%(ids)s)")
-        params["ids"] = list(ids)
-    if target:
-        where.append("o.target = %(target)s")
-        params["target"] = target
-    if scope_code:
-        where.append("EXISTS (SELECT 1 FROM cases c WHERE c.id = o.case_id AND c.grid_path @> ARRAY[%(scope)s])")
-        params["scope"] = scope_code
-    rows = conn.execute(
-        f"SELECT o.id, o.target FROM outbox o WHERE {' AND '.join(where)} ORDER BY o.id FOR UPDATE", params).fetchall()
+    w = Where("o.status = 'dead'")
+    w.add("o.id = ANY(%(ids)s)", ids=ids)
+    w.add("o.target = %(target)s", target=target)
+    w.add("EXISTS (SELECT 1 FROM cases c WHERE c.id = o.case_id AND c.grid_path @> ARRAY[%(scope)s])",
+          scope=scope_code)
+    rows = conn.execute(f"SELECT o.id, o.target FROM outbox o WHERE {w} ORDER BY o.id FOR UPDATE",
+                        w.params).fetchall()
     replayed = []
     systems = cfg.case_systems if cfg is not None else {}
     for r in rows:

@@ -15,6 +15,7 @@ from config.vocabulary import Role
 from store import audit, identity
 from store.identity import Principal
 from store.registry import node_path
+from store.where import Where
 
 router = APIRouter(prefix="/api", tags=["admin 管理"])
 
@@ -122,20 +123,13 @@ def list_audit(conn: Conn, principal: Annotated[Principal, Depends(require(Permi
                actor: str | None = None, action_prefix: str | None = None, since: datetime | None = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[AuditRecord]:
     """Audit records of actors inside the caller's subtree, newest first."""
-    where = ["node_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])"]
-    params: dict = {"node": principal.node_code, "limit": limit}
-    if actor:
-        where.append("actor = %(actor)s")
-        params["actor"] = actor
-    if action_prefix:
-        where.append("starts_with(action, %(action)s)")
-        params["action"] = action_prefix
-    if since:
-        where.append("at >= %(since)s")
-        params["since"] = since
+    w = Where("node_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])", node=principal.node_code)
+    w.add("actor = %(actor)s", actor=actor)
+    w.add("starts_with(action, %(action)s)", action=action_prefix)
+    w.add("at >= %(since)s", since=since)
     rows = conn.execute(f"""SELECT id, at, actor, actor_kind, role, node_code, action, target, source_ip, outcome, detail
-                            FROM audit_log WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %(limit)s""",
-                        params).fetchall()
+                            FROM audit_log WHERE {w} ORDER BY id DESC LIMIT %(limit)s""",
+                        {**w.params, "limit": limit}).fetchall()
     return [AuditRecord(**r) for r in rows]
 
 

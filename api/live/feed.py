@@ -44,6 +44,7 @@ from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
 from api.live.sender import Packer, Subscriber
 from api.live.source import CameraSource, LiveError
+from cameras.reader import describe_error
 from config.urls import redact_text, redact_url
 from store.backoff import LIVE_VIEW
 
@@ -215,7 +216,7 @@ class Feed:
             container = av.open(url, options=_open_options(url, self.settings.read_timeout_s),
                                 timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s))
         except Exception as exc:  # noqa: BLE001 - every failure is a state with a reason
-            self._set_state("error", f"open failed: {_describe(exc)}")
+            self._set_state("error", f"open failed: {describe_error(exc)}")
             return False
         self._container = container
         got_packet = False
@@ -252,7 +253,7 @@ class Feed:
                 self._set_state("error", "the camera ended the stream")
         except Exception as exc:  # noqa: BLE001
             if not self._stop.is_set():
-                self._set_state("error", f"read failed: {_describe(exc)}")
+                self._set_state("error", f"read failed: {describe_error(exc)}")
         finally:
             self._container = None
             try:
@@ -393,15 +394,6 @@ class Feed:
         with self._decode_lock:
             self._decoder = None
             self._decoded_seq = -1
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, av.error.ExitError):
-        return "timed out (no data)"
-    text = redact_text(str(exc)).strip()
-    if ": '" in text:
-        text = text.split(": '", 1)[0]
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 # -------------------------------------------------------------------- every feed of the process

@@ -12,6 +12,8 @@ from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from config.urls import redact_url
 from config.vocabulary import DeviceKind
+from devices import readings
+from store.where import Where
 from store.identity import Principal
 
 router = APIRouter(prefix="/api", tags=["registry 网格与设备"])
@@ -100,34 +102,17 @@ def get_camera(camera_id: str, conn: Conn,
     return _camera(row)
 
 
-DEVICE_QUERY = """
-SELECT d.id, d.kind, d.name, g.grid_code, g.grid_path, d.lat, d.lon
-FROM devices d
-JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
-WHERE d.active AND g.grid_path @> ARRAY[%(node)s] {extra}
-ORDER BY g.grid_path, d.kind, d.id
-"""
-
-
 @router.get("/devices", response_model=list[Device])
 def list_devices(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
                  kind: DeviceKind | None = None,
                  grid: str | None = None) -> list[Device]:
-    extra, params = [], {"node": principal.node_code}
-    if kind:
-        extra.append("AND d.kind = %(kind)s")
-        params["kind"] = kind
-    if grid:
-        extra.append("AND g.grid_path @> ARRAY[%(grid)s]")
-        params["grid"] = grid
-    return [Device(**r) for r in conn.execute(DEVICE_QUERY.format(extra=" ".join(extra)), params).fetchall()]
+    return [Device(**r) for r in readings.devices_under(conn, principal.node_code, kind=kind, grid=grid)]
 
 
 @router.get("/devices/{device_id}", response_model=Device)
 def get_device(device_id: str, conn: Conn,
                principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))]) -> Device:
-    row = conn.execute(DEVICE_QUERY.format(extra="AND d.id = %(id)s"),
-                       {"node": principal.node_code, "id": device_id}).fetchone()
+    row = readings.device_under(conn, principal.node_code, device_id)
     ensure_in_scope(principal, row["grid_path"] if row else None, f"device {device_id!r}")
     return Device(**row)
 
@@ -166,26 +151,15 @@ def query_events(conn, principal: Principal, *, source_id: str | None = None, gr
                  limit: int = 100) -> list[Event]:
     """Events inside the caller's subtree (by the grid each event was stamped with when it
     happened), newest first, narrowed by source, grid node, type prefix and time."""
-    where = ["grid_path @> ARRAY[%(node)s]"]
-    params: dict = {"node": principal.node_code, "limit": limit}
-    if source_id:
-        where.append("source_id = %(source_id)s")
-        params["source_id"] = source_id
-    if type_prefix:
-        where.append("starts_with(type, %(type)s)")
-        params["type"] = type_prefix
-    if grid:
-        where.append("grid_path @> ARRAY[%(grid)s]")
-        params["grid"] = grid
-    if since:
-        where.append("time >= %(since)s")
-        params["since"] = since
-    if until:
-        where.append("time < %(until)s")
-        params["until"] = until
+    w = Where("grid_path @> ARRAY[%(node)s]", node=principal.node_code)
+    w.add("source_id = %(source_id)s", source_id=source_id)
+    w.add("starts_with(type, %(type)s)", type=type_prefix)
+    w.add("grid_path @> ARRAY[%(grid)s]", grid=grid)
+    w.add("time >= %(since)s", since=since)
+    w.add("time < %(until)s", until=until)
     rows = conn.execute(
         f"""SELECT id, time, source_time, source_kind, source_id, type, grid_code, severity, lat, lon, payload, evidence
-            FROM events WHERE {' AND '.join(where)} ORDER BY time DESC LIMIT %(limit)s""", params).fetchall()
+            FROM events WHERE {w} ORDER BY time DESC LIMIT %(limit)s""", {**w.params, "limit": limit}).fetchall()
     return [Event(**r) for r in rows]
 
 

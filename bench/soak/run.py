@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _procs import cmd, descendants, free_port, process_name  # noqa: E402
 
 CAMERA_PASSWORD = "Soak-cam-2026"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- site
@@ -71,36 +67,6 @@ def scaled_site(dest: Path, scale: int, rtsp_port: int, cameras: int) -> Path:
 
 
 # --------------------------------------------------------------------------- processes
-def proc_children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                out += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = proc_children(p)
-        out += kids
-        todo += kids
-    return out
-
-
-def cmd(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return []
-
-
 def rss_fds(pid: int) -> tuple[int, int]:
     rss = 0
     try:
@@ -111,22 +77,6 @@ def rss_fds(pid: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return rss, fds
-
-
-def process_name(pid: int, argv: list[str]) -> str | None:
-    if "hub.process" in argv:
-        i = argv.index("hub.process")
-        name = argv[i + 1] if len(argv) > i + 1 else "?"
-        if name == "cameras" and "--shard" in argv:
-            name = f"cameras-{argv[argv.index('--shard') + 1]}"
-        return name
-    if "hub.cli" in argv:
-        return "supervisor"
-    if argv and argv[0].endswith("/mosquitto"):
-        return "mosquitto"
-    if argv and ("postgres" in argv[0]):
-        return "postgresql"
-    return None
 
 
 def hub_processes(root_pid: int) -> dict[str, tuple[int, int, int]]:

@@ -14,9 +14,10 @@ Threads, each with its own pooled connections:
   batch removes the queued events and writes everything they cause, a savepoint per event
   keeps one bad event from blocking the rest (it is kept in alert_event_failures);
 - sender: the outbox webhook sender (alerts.delivery.sender);
-- scanner: every ``scan_interval_s``: SLA clocks, quiet alarms, unacknowledged alarms that
-  become cases, finished broadcasts whose report goes on their case, speakers' answers
-  after that report (late receipts) as notes on the case;
+- scanner: when something is due (the nearest deadline in the tables; a finished broadcast
+  or a late answer notifies it), at least every ``scan_interval_s``: SLA clocks, quiet
+  alarms, unacknowledged alarms that become cases, finished broadcasts whose report goes on
+  their case, speakers' answers after that report (late receipts) as notes on the case;
 - commands: publishes camera evidence requests after their batch commits (best effort);
 - heartbeat: worker_heartbeats row "alerts" every 5 s, read by /readyz.
 """
@@ -44,6 +45,7 @@ from bus.commands import Command
 from config.settings import Settings
 from config.site import SiteError
 from devices.broadcast import Voice
+from devices.broadcast.service import DONE_CHANNEL
 from devices.settings import DevicesSettings
 from store.db import open_pool, wait_for_database
 from store.listen import Listener
@@ -54,6 +56,18 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "xlhub_alert_events"
 OUTBOX_CHANNEL = "xlhub_outbox"
 MAX_PENDING_COMMANDS = 1000
+# How long a loop sleeps with nothing to do: long while the listener hears notifications (they
+# wake it for work), short while it does not (then the loops poll).
+IDLE_LISTENING_S = 30.0
+IDLE_POLLING_S = 1.0
+# The longest the clock scan sleeps when nothing is due (it wakes earlier for what is).
+SCAN_MAX_S = 10.0
+NEXT_DUE = """
+SELECT extract(epoch FROM least(
+    (SELECT min(sla_check_at) FROM cases),
+    (SELECT min(clear_due_at) FROM alarms WHERE state <> 'cleared'),
+    (SELECT min(case_due_at) FROM alarms WHERE case_id IS NULL AND state = 'active')) - now())::float8 AS s
+"""
 
 TAKE_BATCH = """
 DELETE FROM alert_event_queue q
@@ -68,7 +82,7 @@ ORDER BY e.time, e.id
 
 
 class AlertsWorker:
-    def __init__(self, settings: Settings, *, name: str = "alerts", scan_interval_s: float = 1.0,
+    def __init__(self, settings: Settings, *, name: str = "alerts", scan_interval_s: float = SCAN_MAX_S,
                  batch: int = 200, webhook_workers: int = 4, heartbeat_s: float = 5.0) -> None:
         if not settings.database_url:
             raise ValueError("the alerts worker needs settings.database_url")
@@ -86,6 +100,7 @@ class AlertsWorker:
         self.voice = Voice.from_settings(DevicesSettings(), settings.var_dir)
         self.processor = Processor(self.registry, self.voice)
         self.events_wake = threading.Event()
+        self.scan_wake = threading.Event()
         self.commands_wake = threading.Event()
         self.ready = threading.Event()
         self.counters = {"events": 0, "alarms": 0, "cases": 0, "correlated": 0, "failed": 0, "disarmed": 0}
@@ -129,7 +144,8 @@ class AlertsWorker:
         self.sender = WebhookSender(self.pool, self.config, workers=self.webhook_workers)
         threads = [threading.Thread(target=fn, args=(stop,), name=f"alerts-{label}", daemon=True)
                    for label, fn in (("listen", self._listen), ("sender", self.sender.run), ("scan", self._scan_loop),
-                                     ("commands", self._commands_loop), ("heartbeat", self._heartbeat_loop))]
+                                     ("commands", self._commands_loop), ("heartbeat", self._heartbeat_loop),
+                                     ("stop", self._wake_all_on))]
         for t in threads:
             t.start()
         self.ready.set()
@@ -149,22 +165,31 @@ class AlertsWorker:
             self.pool.close()
             log.info("alerts worker stopped")
 
+    def _wake_all_on(self, stop: threading.Event) -> None:
+        """The loops sleep long on their own events: a stop wakes every one of them."""
+        stop.wait()
+        for wake in (self.events_wake, self.scan_wake, self.commands_wake, self.sender.wake):
+            wake.set()
+
     # -- listener ---------------------------------------------------------------------------
     def _listen(self, stop: threading.Event) -> None:
+        wakes = {EVENTS_CHANNEL: self.events_wake, OUTBOX_CHANNEL: self.sender.wake, DONE_CHANNEL: self.scan_wake}
+
         def connected() -> None:
+            # While notifications come, the loops sleep long: they are woken for work.
             self.listening = True
-            self.events_wake.set()              # catch up on what arrived while away
-            self.sender.wake.set()
+            self.sender.max_idle_s = IDLE_LISTENING_S
+            for wake in wakes.values():         # catch up on what arrived while away
+                wake.set()
 
         def lost(exc: BaseException) -> None:
             self.listening = False
+            self.sender.max_idle_s = IDLE_POLLING_S
 
-        def notified(channel: str, payload: str) -> None:
-            (self.sender.wake if channel == OUTBOX_CHANNEL else self.events_wake).set()
-
-        Listener(self.db_url, (EVENTS_CHANNEL, OUTBOX_CHANNEL), notified, name="xlhub-alerts-listen",
+        Listener(self.db_url, tuple(wakes), lambda channel, payload: wakes[channel].set(), name="xlhub-alerts-listen",
                  on_connect=connected, on_lost=lost, poll_s=0.5).run(stop)
         self.listening = False
+        self.sender.max_idle_s = IDLE_POLLING_S
 
     # -- events -----------------------------------------------------------------------------
     def _events_loop(self, stop: threading.Event) -> None:
@@ -176,7 +201,7 @@ class AlertsWorker:
                 n = 0
                 stop.wait(1.0)
             if n == 0:
-                self.events_wake.wait(1.0)
+                self.events_wake.wait(IDLE_LISTENING_S if self.listening else IDLE_POLLING_S)
                 self.events_wake.clear()
 
     def drain_once(self) -> int:
@@ -217,6 +242,7 @@ class AlertsWorker:
                     self.counters["disarmed"] += int(bool(out.disarmed) and out.alarm_id is None)
                     commands += out.commands
                     wake_sender = wake_sender or out.case_id is not None or bool(out.correlated_to)
+        self.scan_wake.set()     # the events may have set new deadlines (clear_after, unacknowledged_for)
         # committed: now the outside world may hear of it
         if wake_sender or cfg.case_systems:
             self.sender.wake.set()
@@ -229,11 +255,27 @@ class AlertsWorker:
 
     # -- clocks -----------------------------------------------------------------------------
     def _scan_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.scan_interval_s):
+        while not stop.is_set():
+            self.scan_wake.wait(self.next_scan_in())
+            self.scan_wake.clear()
+            if stop.is_set():
+                break
             try:
                 self.scan_once()
             except Exception:
                 log.exception("alerts scan failed")
+
+    def next_scan_in(self) -> float:
+        """Seconds until the scan has something to do: the nearest SLA check, quiet alarm to
+        clear or unacknowledged alarm to turn into a case, at most ``scan_interval_s`` (a
+        finished broadcast or a late answer wakes it at once, through DONE_CHANNEL)."""
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                row = conn.execute(NEXT_DUE).fetchone()
+        except Exception:
+            return min(self.scan_interval_s, IDLE_POLLING_S)
+        due = row["s"] if row else None
+        return self.scan_interval_s if due is None else max(0.01, min(self.scan_interval_s, float(due)))
 
     def scan_once(self, now: datetime | None = None) -> dict[str, int]:
         cfg = self.config()
@@ -277,7 +319,10 @@ class AlertsWorker:
                 self.publish_commands()
             except Exception:
                 log.exception("publishing commands failed")
-            self.commands_wake.wait(2.0)
+            with self._commands_lock:
+                waiting = bool(self._pending_commands)
+            # Woken when a batch queues commands; while some wait for the broker, retried.
+            self.commands_wake.wait(2.0 if waiting else 60.0)
             self.commands_wake.clear()
 
     def publish_commands(self) -> int:

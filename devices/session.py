@@ -121,6 +121,11 @@ class DevicesSession(Connection):
     def start(self) -> None:
         super().start(session_expiry_s=self.session_expiry_s)
 
+    @property
+    def generation(self) -> int:
+        """Counts the connections so far: a new one means what waited for the broker can go."""
+        return self._gate.generation
+
     def on_connected(self, client, flags) -> None:
         gen = self._gate.connected(bool(flags.session_present))
         if flags.session_present:

@@ -86,6 +86,12 @@ WAKE_CHANNEL = "xlhub_devices"     # NOTIFY'd when a command or broadcast is que
 # (plus a device's own resend): what was handled is remembered that long, and a margin.
 HANDLED_KEEP_S = SESSION_EXPIRY_S + 600
 BATCH_MAX = 5000
+# How often the worker's loop turns with nothing arriving (messages and notifications wake it
+# at once): the availability sweep's and the command deadlines' resolution.
+TICK_S = 1.0
+# The longest queued commands and broadcasts wait unlooked-at (a NOTIFY lost while the listen
+# connection was away, a publish the broker refused).
+OUTBOUND_POLL_S = 10.0
 # The event types this worker raises itself (labels and default severities: config/vocabulary.py):
 # availability decided by the hub, grid crossings of tracked devices, drone health warnings.
 EMITS = (*(f"{k}.{s}" for k in DEVICE_KINDS for s in ("online", "offline")), *geofence.EMITS, *drones.EMITS)
@@ -96,7 +102,7 @@ class DevicesWorker:
     ``devices_settings``: DevicesSettings (defaults from ``XLHUB_DEVICES_*``)."""
 
     def __init__(self, settings, devices_settings: DevicesSettings | None = None, *, client_id: str | None = None,
-                 heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = 0.25, session_expiry_s: int = 0) -> None:
+                 heartbeat_name: str = HEARTBEAT_NAME, tick_s: float = TICK_S, session_expiry_s: int = 0) -> None:
         if not settings.database_url or not settings.mqtt_url:
             raise ValueError("DevicesWorker needs database_url and mqtt_url")
         self.settings = settings
@@ -117,6 +123,13 @@ class DevicesWorker:
         self.devices: dict[str, registry.DeviceRecord] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # Queued commands and broadcasts are looked at when the API notifies, when a new
+        # connection can send what waited, when the next scheduled broadcast is due, and at
+        # least every OUTBOUND_POLL_S: never on every tick.
+        self._outbound = threading.Event()
+        self._outbound_at = 0.0
+        self._outbound_generation = -1
+        self._open_commands = 1          # as the last heartbeat counted them (1: assume some until counted)
         self._threads: list[threading.Thread] = []
         self._last = {"registry": 0.0, "sweep": 0.0, "heartbeat": 0.0, "send": 0.0, "prune": 0.0}
         self.stats = {"messages": 0, "commands_sent": 0, "phases": 0, "receipts": 0, "late_answers": 0,
@@ -157,8 +170,13 @@ class DevicesWorker:
     # ------------------------------------------------------------------ database wake-ups
     def _listen(self) -> None:
         """LISTEN xlhub_devices: a command or broadcast was queued, send it now."""
-        Listener(self.db_url, [WAKE_CHANNEL], lambda channel, payload: self._wake.set(), name="xlhub-devices-listen",
-                 on_connect=self._wake.set).run(self._stop)
+        def look() -> None:
+            self._outbound.set()
+            self._open_commands = max(self._open_commands, 1)
+            self._wake.set()
+
+        Listener(self.db_url, [WAKE_CHANNEL], lambda channel, payload: look(), name="xlhub-devices-listen",
+                 on_connect=look).run(self._stop)
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
@@ -302,6 +320,7 @@ class DevicesWorker:
         now = datetime.now(UTC)
         if mono - self._last["registry"] >= self.cfg.registry_refresh_s:
             self._refresh_registry(conn)
+            self._clear_retained(conn)        # devices decommissioned since
         if mono - self._last["sweep"] >= min(1.0, self.tick_s * 4):
             self._last["sweep"] = mono
             with self._undo.transaction(conn):
@@ -309,23 +328,27 @@ class DevicesWorker:
                     self._transition(conn, t)
                 self.drone_health.sweep(conn, now, self.devices)
                 store_liveness(conn, self.tracker)
-            if self.session.may_judge_deadlines(mono):
+            if self._open_commands and self.session.may_judge_deadlines(mono):
                 with conn.transaction():
                     for cmd in commands.expire_overdue(conn, now):
                         self.answers.command_moved(conn, cmd, now)
                     self.answers.complete_touched(conn)
-            self._clear_retained(conn)
         if mono - self._last["prune"] >= 60.0:
             self._last["prune"] = mono
             conn.execute("DELETE FROM device_messages_handled WHERE handled_at < now() - make_interval(secs => %s)",
                          (HANDLED_KEEP_S,))
-        # Every round (cheap, partial indexes): a broadcast or command queued through the
-        # API goes out as soon as the NOTIFY wakes us.
-        with conn.transaction():
-            broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
-                self.media_base_url, self.cfg.broadcast_answer_margin_s))
-            self.answers.complete_touched(conn)
-        self._send_pending(conn)
+        # A broadcast or command queued through the API goes out as soon as the NOTIFY wakes us.
+        generation = self.session.generation
+        if self._outbound.is_set() or mono >= self._outbound_at or generation != self._outbound_generation:
+            self._outbound.clear()
+            self._outbound_generation = generation
+            with conn.transaction():
+                broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
+                    self.media_base_url, self.cfg.broadcast_answer_margin_s))
+                self.answers.complete_touched(conn)
+            if self._send_pending(conn):
+                self._open_commands = max(self._open_commands, 1)
+            self._outbound_at = mono + self._next_outbound_in(conn)
         if mono - self._last["heartbeat"] >= 3.0:
             self._last["heartbeat"] = mono
             self._heartbeat(conn)
@@ -395,15 +418,23 @@ class DevicesWorker:
             self._wake.set()
 
     # ------------------------------------------------------------------ outgoing
-    def _send_pending(self, conn: psycopg.Connection) -> None:
+    def _next_outbound_in(self, conn: psycopg.Connection) -> float:
+        """Seconds until the next scheduled broadcast is due, at most OUTBOUND_POLL_S."""
+        due = conn.execute("SELECT extract(epoch FROM min(coalesce(scheduled_at, requested_at)) - now())::float8 AS s "
+                           "FROM device_broadcasts WHERE state = 'scheduled'").fetchone()["s"]
+        return OUTBOUND_POLL_S if due is None else max(0.0, min(OUTBOUND_POLL_S, due))
+
+    def _send_pending(self, conn: psycopg.Connection) -> int:
+        """Publish the commands due for sending; how many went."""
+        total = 0
         if not self.session.connected.is_set():
-            return
+            return total
         while True:
             now = datetime.now(UTC)
             with conn.transaction():
                 due = commands.due_for_sending(conn, now)
                 if not due:
-                    return
+                    return total
                 sent = []
                 for cmd in due:
                     if self.session.publish_command(cmd, now):
@@ -412,8 +443,9 @@ class DevicesWorker:
                 broadcasts.on_commands_sent(conn, [c["id"] for c in due if c["broadcast_id"] and c["id"] in sent],
                                             now)
                 self.stats["commands_sent"] += len(sent)
+                total += len(sent)
             if len(due) < 2000 or not sent:
-                return
+                return total
 
     def _clear_retained(self, conn) -> None:
         todo = registry.retained_to_clear(conn)
@@ -430,6 +462,7 @@ class DevicesWorker:
         connected = self.session.connected.is_set()
         detail = {"ready": connected, "broker": connected, "devices": len(self.devices),
                   "online": online, "open_commands": open_cmds, **self.stats}
+        self._open_commands = open_cmds
         beat(conn, self.heartbeat_name, "devices", self.started_at, detail)
 
 

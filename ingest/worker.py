@@ -87,6 +87,8 @@ M_QUEUE = Gauge("xlhub_ingest_queue_depth", "messages received and not yet commi
 
 # How long an event may wait for others to share its commit (the telemetry window is longer).
 EVENT_FLUSH_S = 0.005
+# How long the preparing thread sleeps when nothing arrives (a message wakes it at once).
+IDLE_S = 1.0
 
 
 @dataclass
@@ -313,7 +315,7 @@ class IngestWorker:
                     urgent = True
                     self._urgent_at = received
                     self._cv.notify()
-            if before < self.batch_size <= len(q):
+            if before < self.batch_size <= len(q) or (before == 0 and q):
                 self._cv.notify()
 
     # -- writer threads ----------------------------------------------------------------
@@ -321,7 +323,9 @@ class IngestWorker:
         with self._cv:
             if len(self._queue) < self.batch_size and not self._stopping.is_set():
                 if not self._queue:
-                    self._cv.wait(self.batch_s)
+                    # Nothing in: sleep until the first message arrives (its arrival wakes
+                    # us), at most IDLE_S — the registry's refresh and readiness need a turn.
+                    self._cv.wait(IDLE_S)
                 # Wait until the oldest message is batch_s old or the batch is full. Receive
                 # times are wall-clock; the wait is also capped on the monotonic clock, so a
                 # wall clock stepped back (NTP, an operator) cannot hold a batch for the hour.

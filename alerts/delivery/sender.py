@@ -77,6 +77,9 @@ class WebhookSender:
         self.lease_s = lease_s                   # None: the longest timeout + LEASE_MARGIN_S
         self.user_agent = user_agent
         self.wake = threading.Event()
+        # The longest sleep with nothing due; the alerts worker makes it long while its
+        # listener hears the outbox's notifications, which wake the sender for new messages.
+        self.max_idle_s = 1.0
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self.clients: dict[tuple[str, float], httpx.Client] = {}
         self.stats = {"delivered": 0, "failed": 0, "dead": 0}
@@ -107,7 +110,7 @@ class WebhookSender:
         except Exception:
             return 1.0
         s = row["s"]
-        return 1.0 if s is None else max(0.01, min(1.0, float(s)))
+        return self.max_idle_s if s is None else max(0.01, min(self.max_idle_s, float(s)))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

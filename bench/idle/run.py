@@ -52,7 +52,7 @@ def window(root: int, seconds: float, db_url: str) -> dict:
 
     def xacts() -> int:
         with psycopg.connect(db_url, connect_timeout=10) as conn:
-            return conn.execute("SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database").fetchone()[0]
+            return int(conn.execute("SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database").fetchone()[0])
 
     procs = named_tree(root)
     before = {pid: cpu_ticks(pid) for pid in procs}

@@ -40,6 +40,9 @@ RECEIPT_LABELS = {
 }
 STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "播放中", "done": "全部播放完成",
                 "partial": "部分播放完成", "failed": "未能播放", "cancelled": "已取消", "no_speakers": "范围内无广播设备"}
+# NOTIFY'd at commit when a broadcast is complete or a late answer amends one: the alerts
+# worker LISTENs and puts the report (or a note) on the broadcast's case at once.
+DONE_CHANNEL = "xlhub_broadcast_done"
 # A broadcast in one of these states changes no more (report stored, except ``cancelled``).
 FINAL_STATES = ("done", "partial", "failed", "cancelled", "no_speakers")
 VILLAGE_LABELS = {"heard": "已收听", "heard_late": "已收听（回执迟到）", "partial": "部分收听", "not_heard": "未收听",
@@ -341,6 +344,7 @@ def on_late_answer(conn: psycopg.Connection, where: str, params: dict, phase: st
         {**params, "phase": phase, "at": at, "closed": list(_LATE_CLOSED)}).fetchone()
     if row is None:
         return False
+    conn.execute("SELECT pg_notify(%s, %s)", (DONE_CHANNEL, row["broadcast_id"]))   # a note for its case
     if phase == "finished":
         audit.record(conn, audit.AuditEntry(
             actor="devices", actor_kind="system", action="broadcast.late_receipt", target=row["broadcast_id"],
@@ -380,6 +384,8 @@ def complete_if_done(conn: psycopg.Connection, broadcast_id: str, now: datetime)
     state = "no_speakers" if b["state"] == "no_speakers" else report["outcome"]
     conn.execute("UPDATE device_broadcasts SET state = %s, completed_at = %s, report = %s WHERE id = %s",
                  (state, now, Jsonb(report), broadcast_id))
+    # The alerts worker puts the report on the broadcast's case: look now, at commit.
+    conn.execute("SELECT pg_notify(%s, %s)", (DONE_CHANNEL, broadcast_id))
     audit.record(conn, audit.AuditEntry(
         actor="devices", actor_kind="system", action="broadcast.completed", target=broadcast_id, outcome="ok",
         node_code=b["scope_path"][-1] if b["scope_path"] else None,

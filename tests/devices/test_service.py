@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from devices import registry
@@ -171,3 +172,31 @@ def test_credentials_rotate_refuses_the_old_password(mqtt, site_db, var_dir):
     again = subprocess.run([*xlhub, "devices", "credentials", "issue", "speaker-lls"], env=env, cwd=PROJECT_ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "use 'rotate'" in again.stderr and new not in again.stdout + again.stderr
+
+
+def test_an_idle_devices_worker_sleeps(db_url, mqtt, tmp_path):
+    """Nothing queued, no device talking: the worker turns once a second (the availability
+    sweep) and looks at the queued commands and broadcasts only when notified, when one is
+    due or every OUTBOUND_POLL_S — it made about 30 transactions a second polling them."""
+    import uuid as _uuid
+
+    from devices.worker import DevicesWorker
+    from tests.devices.conftest import fast_settings, hub_settings
+
+    svc = DevicesWorker(hub_settings(db_url, mqtt.url, tmp_path), fast_settings(registry_refresh_s=30.0),
+                        heartbeat_name=f"devices-idle-{_uuid.uuid4().hex[:6]}")
+    svc.start()
+    try:
+        assert svc.wait_ready(20)
+        time.sleep(1.5)
+
+        def transactions() -> int:
+            with psycopg.connect(db_url) as conn:
+                return conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                    "WHERE datname = current_database()").fetchone()[0]
+        before = transactions()
+        time.sleep(5.0)
+        made = transactions() - before
+    finally:
+        svc.stop()
+    assert made < 25, f"{made} transactions in 5 s of an idle devices worker"

@@ -1,6 +1,8 @@
 """The FastAPI application factory."""
 from __future__ import annotations
 
+import asyncio
+import threading
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -23,12 +25,15 @@ from api.devices.registry import router as device_registry_router
 from api.devices.state import router as device_state_router
 from api.devices.uploads import router as device_uploads_router
 from api.health.views import router as health_router
+from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.views import router as open311_router
 from api.registry.views import router as registry_router
 from api.vocabulary.views import router as vocabulary_router
 from api.web import router as web_router  # the web UI at / and live video (/api/live)
 from config.settings import Settings
-from store.db import open_pool
+from store.db import open_async_pool, open_pool
+from store.identity import IDENTITY_CHANNEL, PrincipalCache
+from store.listen import Listener
 
 
 def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
@@ -36,13 +41,46 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.pool = open_pool(db_url, min_size=2, max_size=16, name="xlhub-api")
+        # The reads screens poll: async, autocommit (api/deps.read_rows).
+        app.state.read_pool = await open_async_pool(db_url, min_size=1, max_size=8, name="xlhub-api-read",
+                                                    autocommit=True)
         if app.state.broker_requests is not None:
             app.state.broker_requests.start()
+        # Principals and registry reads are cached while this process hears their changes,
+        # and only then (store/identity.py, api/readcache.py).
+        principals, registry_reads, stop = app.state.principals, app.state.registry_reads, threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_loop(fn) -> None:
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:         # the loop has closed: the app is gone
+                pass
+
+        def changed(channel: str, payload: str) -> None:
+            if channel == IDENTITY_CHANNEL:
+                principals.clear()
+            else:
+                on_loop(registry_reads.clear)
+
+        def heard() -> None:
+            principals.enable()
+            on_loop(registry_reads.enable)
+
+        def deaf(exc: BaseException) -> None:
+            principals.disable()
+            on_loop(registry_reads.disable)
+
+        Listener(db_url, [IDENTITY_CHANNEL, REGISTRY_CHANNEL], changed, name="xlhub-api-changes", on_connect=heard,
+                 on_lost=deaf).start(stop)
         try:
             yield
         finally:
+            stop.set()
+            principals.disable()
             if app.state.broker_requests is not None:
                 app.state.broker_requests.stop()
+            await app.state.read_pool.close()
             app.state.pool.close()
 
     app = FastAPI(
@@ -59,6 +97,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     app.state.broker_requests = BrokerRequests(mqtt_url) if mqtt_url else None
     app.state.mqtt_status = BrokerStatus(app.state.broker_requests)
     app.state.expected_workers = list(expected_workers or [])
+    app.state.principals = PrincipalCache()   # token → principal (store/identity.py), off until it hears changes
+    app.state.registry_reads = ReadCache(REGISTRY_S, needs_notifications=True)
+    app.state.live_reads = ReadCache(LIVE_S, needs_notifications=False)
     app.state.ptz_holds = PtzHolds()      # which camera moves are held: their renewals are not audited again
     app.add_middleware(AuditMiddleware)
 

@@ -12,7 +12,6 @@ import logging
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.base import BaseHTTPMiddleware
 
 from api.deps import client_ip
 from store.audit import AuditEntry, record
@@ -55,24 +54,46 @@ def add_audit_detail(request: Request, **detail) -> None:
     request.state.audit_detail = {**getattr(request.state, "audit_detail", {}), **detail}
 
 
-class AuditMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next):
-        response = await call_next(request)
+class AuditMiddleware:
+    """Plain ASGI (no task or memory stream per request, as Starlette's BaseHTTPMiddleware
+    costs every request, /healthz included). The record is written before the last part
+    of the response leaves, so a client that has its answer finds the record."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status_code = 500
+
+        async def send_audited(message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                await self._record(Request(scope), status_code)
+            await send(message)
+
+        await self.app(scope, receive, send_audited)
+
+    async def _record(self, request: Request, status_code: int) -> None:
         if getattr(request.state, "audited", False):
-            return response
+            return
         action = getattr(request.state, "audit_action", None)
         if action is None and request.method not in MUTATING:
-            return response
+            return
+        request.state.audited = True          # once, whatever else sends a last part
         route = request.scope.get("route")
         action = action or f"{request.method} {getattr(route, 'path', request.url.path)}"
-        entry = entry_for(request, action, outcome_of(response.status_code), target=request.url.path,
-                          detail={"status": response.status_code, "method": request.method,
+        entry = entry_for(request, action, outcome_of(status_code), target=request.url.path,
+                          detail={"status": status_code, "method": request.method,
                                   **getattr(request.state, "audit_detail", {})})
         try:
             await run_in_threadpool(_write, request.app.state.pool, entry)
         except Exception:  # the response is already decided; losing the DB must not hide it
             log.exception("audit record could not be written for %s %s", request.method, request.url.path)
-        return response
 
 
 def _write(pool, entry: AuditEntry) -> None:

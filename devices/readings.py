@@ -68,7 +68,12 @@ def device_states(conn: psycopg.Connection, node: str, *, kind: str | None = Non
                   grid: str | None = None) -> list[dict]:
     """The latest state of every active device under ``node`` (optionally of one kind, or
     only under ``grid`` too), ordered by grid, kind and id."""
-    return conn.execute(*_filtered(STATE_SQL, node, kind, grid)).fetchall()
+    return conn.execute(*device_states_query(node, kind=kind, grid=grid)).fetchall()
+
+
+def device_states_query(node: str, *, kind: str | None = None, grid: str | None = None) -> tuple[str, dict]:
+    """device_states' query and parameters, for a caller with a connection of its own."""
+    return _filtered(STATE_SQL, node, kind, grid)
 
 
 def device_state(conn: psycopg.Connection, node: str, device_id: str) -> dict | None:

@@ -55,20 +55,22 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
 RECONNECT_TIMEOUT_S = 5.0
 
 
-def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "xlhub") -> ConnectionPool:
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = "xlhub",
+              autocommit: bool = False) -> ConnectionPool:
     pool = ConnectionPool(
         url, min_size=min_size, max_size=max_size, name=name, open=False,
-        kwargs={"row_factory": dict_row, "connect_timeout": 10},
+        kwargs={"row_factory": dict_row, "connect_timeout": 10, "autocommit": autocommit},
         reconnect_timeout=RECONNECT_TIMEOUT_S,
     )
     pool.open(wait=False)
     return pool
 
 
-async def open_async_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "xlhub-api") -> AsyncConnectionPool:
+async def open_async_pool(url: str, *, min_size: int = 1, max_size: int = 8, name: str = "xlhub-api",
+                          autocommit: bool = False) -> AsyncConnectionPool:
     pool = AsyncConnectionPool(
         url, min_size=min_size, max_size=max_size, name=name, open=False,
-        kwargs={"row_factory": dict_row, "connect_timeout": 10},
+        kwargs={"row_factory": dict_row, "connect_timeout": 10, "autocommit": autocommit},
         reconnect_timeout=RECONNECT_TIMEOUT_S,      # see open_pool
     )
     await pool.open(wait=False)

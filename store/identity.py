@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -171,7 +173,7 @@ def end_all_sessions(conn: psycopg.Connection, user_id: int) -> None:
 
 SESSION_LOOKUP = """
 SELECT u.id AS user_id, u.username AS name, u.role, u.node_code, u.department_code, u.display_name,
-       u.must_change_password, g.path
+       u.must_change_password, g.path, extract(epoch FROM s.expires_at - now())::float8 AS valid_s
 FROM sessions s JOIN users u ON u.id = s.user_id JOIN grid_nodes g ON g.code = u.node_code
 WHERE s.token_hash = %s AND s.expires_at > now() AND u.active
 """
@@ -181,20 +183,105 @@ UPDATE api_tokens t SET last_used_at = now()
 FROM grid_nodes g
 WHERE t.token_hash = %s AND g.code = t.node_code AND t.revoked_at IS NULL
   AND (t.expires_at IS NULL OR t.expires_at > now())
-RETURNING t.name, t.role, t.node_code, g.path
+RETURNING t.name, t.role, t.node_code, g.path, extract(epoch FROM t.expires_at - now())::float8 AS valid_s
 """
 
 
 def principal_for_token(conn: psycopg.Connection, token: str) -> Principal | None:
     """Resolve a bearer secret: a login session first, else an API token."""
-    digest = token_digest(token)
+    found = _lookup(conn, token_digest(token))
+    return found[0] if found else None
+
+
+def _lookup(conn: psycopg.Connection, digest: str) -> tuple[Principal, float | None] | None:
+    """(principal, seconds it stays valid: None for a token without expiry) or None."""
     row = conn.execute(SESSION_LOOKUP, (digest,)).fetchone()
     if row is not None:
-        return _principal(row, "user")
+        return _principal(row, "user"), row["valid_s"]
     row = conn.execute(TOKEN_LOOKUP, (digest,)).fetchone()
     if row is not None:
-        return _principal(row, "token")
+        return _principal(row, "token"), row["valid_s"]
     return None
+
+
+# ---------------------------------------------------------------------------- the principal cache
+
+# Changes to sessions, users, API tokens or grid paths NOTIFY this channel in their own
+# transaction (migration 0012): a process caching principals drops them all.
+IDENTITY_CHANNEL = "xlhub_identity"
+# The longest a looked-up principal is reused without looking again (an API token's
+# last_used_at is then at most this stale).
+CACHE_S = 300.0
+
+
+class PrincipalCache:
+    """Token (by its digest) → principal, for a process that authenticates every request.
+
+    An entry lives until its session or token expires, at most CACHE_S, and not one moment
+    longer than the notifications say nothing changed: ``clear()`` (called for every
+    IDENTITY_CHANNEL notification) drops everything, so a logout, a disabled user, a
+    password change or a revoked token takes effect at once in every process. The cache
+    is off (every call looks up) until ``enable()`` — while the notifications are not heard
+    it must be. A lookup started before a ``clear()`` does not store its (maybe stale)
+    answer."""
+
+    def __init__(self, ttl_s: float = CACHE_S) -> None:
+        self.ttl_s = ttl_s
+        self.enabled = False
+        self.generation = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def enable(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self.enabled = True
+
+    def disable(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self.enabled = False
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of ``token`` when the cache holds it (no database)."""
+        digest = token_digest(token)
+        with self._lock:
+            entry = self._entries.get(digest) if self.enabled else None
+            if entry is not None and entry[1] > time.monotonic():
+                self.hits += 1
+                return entry[0]
+            if entry is not None:
+                del self._entries[digest]
+        return None
+
+    def resolve(self, conn: psycopg.Connection, token: str) -> Principal | None:
+        """The principal of ``token``: cached, else looked up (and kept)."""
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
+        digest = token_digest(token)
+        with self._lock:
+            generation, enabled = self.generation, self.enabled
+            self.misses += 1
+        found = _lookup(conn, digest)
+        if found is None:
+            return None
+        principal, valid_s = found
+        if enabled:
+            lifetime = self.ttl_s if valid_s is None else min(self.ttl_s, valid_s)
+            with self._lock:
+                if self.generation == generation and len(self._entries) < 100_000:
+                    self._entries[digest] = (principal, time.monotonic() + lifetime)
+        return principal
 
 
 def create_api_token(conn: psycopg.Connection, *, name: str, role: str, node_code: str, created_by: str,

@@ -157,7 +157,7 @@ def logout(request: Request, response: Response, principal: CurrentPrincipal, co
 
 
 @router.get("/me", response_model=Me)
-def me(principal: CurrentPrincipal) -> Me:
+async def me(principal: CurrentPrincipal) -> Me:
     return Me(kind=principal.kind, username=principal.name, display_name=principal.display_name,
               role=principal.role, role_label=role_label(principal.role), node_code=principal.node_code,
               node_path=list(principal.node_path), department_code=principal.department_code,

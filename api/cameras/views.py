@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.audit import add_audit_detail, audited_read
 from api.broker import BrokerRequests
 from api.cameras.ptz_holds import PtzHolds
-from api.deps import Conn, ensure_in_scope, require
+from api.deps import Conn, ensure_in_scope, read_rows, require
 from api.health.workers import camera_worker_down
 from api.permissions import Permission
 from bus.commands import FlagCommand, PtzCommand, SnapshotCommand
@@ -451,10 +451,10 @@ def camera_health_of(row: dict) -> CameraHealthOut:
 
 
 @router.get("/camera-health", response_model=list[CameraHealthOut])
-def camera_health(request: Request, conn: Conn,
-                  principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
-                  grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None
-                  ) -> list[CameraHealthOut]:
+async def camera_health(request: Request,
+                        principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
+                        grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None
+                        ) -> list[CameraHealthOut]:
     """Each camera's health for the video wall (电视墙): 在线 online, 离线 offline (with its
     last stored picture), 遮挡/虚焦/移位/过暗/过亮 tampered, 画面冻结 frozen, 维护中
     maintenance, 连接中 connecting, 状态未知 unknown (no worker reporting). Only cameras in
@@ -464,4 +464,7 @@ def camera_health(request: Request, conn: Conn,
     extra, params = "", {"node": principal.node_code, "stale": stale}
     if grid:
         extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
-    return [camera_health_of(r) for r in conn.execute(HEALTH_QUERY.format(extra=extra), params).fetchall()]
+
+    async def health() -> list[CameraHealthOut]:
+        return [camera_health_of(r) for r in await read_rows(request, HEALTH_QUERY.format(extra=extra), params)]
+    return await request.app.state.live_reads.get(("camera-health", principal.node_code, grid, stale), health)

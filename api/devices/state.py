@@ -7,10 +7,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from api.deps import Conn, ensure_in_scope, require
+from api.deps import Conn, ensure_in_scope, read_rows, require
 from api.devices.common import TAG, device_in_scope, node_in_scope
 from api.permissions import Permission
 from api.registry.views import Event, query_events
@@ -74,13 +74,16 @@ def _state(row: dict) -> DeviceState:
 
 
 @router.get("/device-state", response_model=list[DeviceState])
-def list_device_state(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
-                      kind: DeviceKind | None = None, grid: str | None = None) -> list[DeviceState]:
+async def list_device_state(request: Request,
+                            principal: Annotated[Principal, Depends(require(Permission.DEVICES_READ))],
+                            kind: DeviceKind | None = None, grid: str | None = None) -> list[DeviceState]:
     """Latest state of every device in the caller's subtree: online/offline as the hub
     decided it, last telemetry, last position."""
     if grid:
-        node_in_scope(conn, principal, grid)
-    return [_state(r) for r in readings.device_states(conn, principal.node_code, kind=kind, grid=grid)]
+        found = await read_rows(request, "SELECT path FROM grid_nodes WHERE code = %s", (grid,))
+        ensure_in_scope(principal, found[0]["path"] if found else None, f"grid node {grid!r}")
+    return [_state(r) for r in await read_rows(request, *readings.device_states_query(principal.node_code, kind=kind,
+                                                                                       grid=grid))]
 
 
 @router.get("/devices/{device_id}/state", response_model=DeviceState)

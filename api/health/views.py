@@ -15,7 +15,7 @@ from store.db import timescaledb_info
 router = APIRouter(tags=["health 运行状态"])
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     """The API process is up (says nothing about its dependencies)."""
     return {"status": "ok"}
 

@@ -30,7 +30,7 @@ from api.deps import bearer_token, client_ip
 from api.permissions import Permission, allowed
 from config.vocabulary import CATEGORY_LABELS
 from store import audit
-from store.identity import Principal, principal_for_token
+from store.identity import Principal
 
 router = APIRouter(prefix="/open311/v2", tags=["open311 GeoReport v2"])
 
@@ -57,7 +57,7 @@ def _principal(request: Request, conn, params: dict) -> Principal:
     token = bearer_token(request) or params.get("api_key")
     if not token:
         raise Open311Error(401, "api_key or a bearer token is required")
-    principal = principal_for_token(conn, str(token))
+    principal = request.app.state.principals.resolve(conn, str(token))
     if principal is None:
         raise Open311Error(401, "invalid api_key")
     request.state.principal = principal

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from api.deps import Conn, ensure_in_scope, require
+from api.deps import Conn, ensure_in_scope, read_rows, require
 from api.permissions import Permission
 from config.urls import redact_url
 from config.vocabulary import DeviceKind
@@ -59,14 +59,15 @@ class Membership(BaseModel):
 
 
 @router.get("/grid", response_model=list[GridNode])
-def grid_tree(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.GRID_READ))]) -> list[GridNode]:
+async def grid_tree(request: Request,
+                    principal: Annotated[Principal, Depends(require(Permission.GRID_READ))]) -> list[GridNode]:
     """The caller's node and everything below it, parents before children."""
-    rows = conn.execute(
-        """SELECT code, name, level, parent_code, path, center_lat, center_lon, boundary FROM grid_nodes
-           WHERE path @> ARRAY[%s] AND retired_at IS NULL ORDER BY cardinality(path), code""",
-        (principal.node_code,),
-    ).fetchall()
-    return [GridNode(**r) for r in rows]
+    async def tree() -> list[dict]:
+        return await read_rows(
+            request, """SELECT code, name, level, parent_code, path, center_lat, center_lon, boundary FROM grid_nodes
+                        WHERE path @> ARRAY[%s] AND retired_at IS NULL ORDER BY cardinality(path), code""",
+            (principal.node_code,))
+    return await request.app.state.registry_reads.get(("grid", principal.node_code), tree)
 
 
 CAMERA_QUERY = """
@@ -79,18 +80,26 @@ ORDER BY g.grid_path, c.id
 """
 
 
-def _camera(row: dict) -> Camera:
+def _camera_row(row: dict) -> dict:
     # URLs never carry credentials to the browser.
-    return Camera(**{**row, "rtsp_url": redact_url(row["rtsp_url"]) if row["rtsp_url"] else None})
+    return {**row, "rtsp_url": redact_url(row["rtsp_url"]) if row["rtsp_url"] else None}
+
+
+def _camera(row: dict) -> Camera:
+    return Camera(**_camera_row(row))
 
 
 @router.get("/cameras", response_model=list[Camera])
-def list_cameras(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
-                 grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None) -> list[Camera]:
+async def list_cameras(request: Request, principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))],
+                       grid: Annotated[str | None, Query(description="only cameras under this grid node")] = None
+                       ) -> list[Camera]:
     extra, params = "", {"node": principal.node_code}
     if grid:
         extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
-    return [_camera(r) for r in conn.execute(CAMERA_QUERY.format(extra=extra), params).fetchall()]
+
+    async def cameras() -> list[dict]:
+        return [_camera_row(r) for r in await read_rows(request, CAMERA_QUERY.format(extra=extra), params)]
+    return await request.app.state.registry_reads.get(("cameras", principal.node_code, grid), cameras)
 
 
 @router.get("/cameras/{camera_id}", response_model=Camera)

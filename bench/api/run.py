@@ -1,27 +1,43 @@
-"""Benchmark: the cost of authentication, scoping and auditing on the API's hot paths.
+"""Benchmark: what a request costs the API, measured with a real HTTP load generator (wrk)
+against the API as the hub runs it (``python -m hub.process api``: its own process, its own
+uvicorn), beside a bare FastAPI/uvicorn app on the same machine in the same run.
 
-In one run, against a private PostgreSQL+TimescaleDB and a real uvicorn server:
-  - GET /healthz (no auth, no database)                      → baseline for HTTP overhead
-  - GET /api/cameras as a township user (session lookup + subtree query)
-  - POST /api/auth/logout-free mutating call (audited by middleware)
-  - audit_log append (hash chain under lock) vs a plain INSERT into an equivalent table
-Figures print as ratios against the baseline measured in the same run (machines are noisy).
+    .venv/bin/python bench/api/run.py [--seconds 10] [--connections 32] [--threads 2]
 
-    .venv/bin/python bench/api/run.py [--seconds 5] [--clients 8]
+Routes, in one run, one after the other:
+  - a bare FastAPI app's GET /ping (uvicorn, nothing else)            → the machine's ceiling
+  - GET /healthz (the hub's app: its middleware, no auth, no database) → the hub's baseline
+  - GET /api/auth/me (authentication: the session looked up)
+  - GET /api/cameras (authentication + a scoped query; its answer kept until the registry
+    changes, as every caller of the same node shares it)
+  - GET /api/camera-health (authentication + the wall's health query, its answer kept 1 s)
+  - GET /api/device-state (authentication + a query on every request: nothing kept)
+  - GET /api/alarms (authentication + a transaction on a pooled connection in the thread
+    pool: the way most views still read)
+Each prints requests/s, p50 and p99 latency (wrk --latency), and requests/s as a ratio of
+/healthz and of the bare app. Goals (issue 19): authenticated reads ≥ 0.5× /healthz, /healthz
+≥ 0.5× the bare app, p99 < 100 ms at 32 connections. Last, the audit log's append (hash chain
+under a lock) against a plain INSERT into the same table shape.
+
+wrk comes from Debian (scripts/setup installs it). Everything listens on 127.0.0.1 only.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
-import threading
+import textwrap
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from config.settings import DEMO_SITE_FILE  # noqa: E402
 from config.site import load_site  # noqa: E402
@@ -30,35 +46,51 @@ from store import identity, migrate  # noqa: E402
 from store.audit import AuditEntry, record  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.registry import sync_site  # noqa: E402
-from tests.api.conftest import ApiServer  # noqa: E402
 
 PASSWORD = "Bench-pass-2026"
+BARE_APP = textwrap.dedent("""
+    from fastapi import FastAPI
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict:
+        return {"ok": True}
+""")
 
 
-def hammer(url: str, seconds: float, clients: int, headers=None, method="GET", json=None) -> dict:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: the server exited ({proc.returncode})")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
-    def worker():
-        local = []
-        with httpx.Client(headers=headers or {}, timeout=10) as c:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                r = c.request(method, url, json=json)
-                local.append(time.perf_counter() - t)
-                assert r.status_code < 500, r.text
-        with lock:
-            latencies.extend(local)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    latencies.sort()
-    return {"rps": len(latencies) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, seconds: float, connections: int, threads: int, headers: dict | None = None) -> dict:
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "--timeout", "5s"]
+    for k, v in (headers or {}).items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
 def audit_rates(url: str, n: int) -> tuple[float, float]:
@@ -79,43 +111,76 @@ def audit_rates(url: str, n: int) -> tuple[float, float]:
     return plain, chained
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5)
-    ap.add_argument("--clients", type=int, default=8)
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--audit-rows", type=int, default=2000)
     args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (scripts/setup installs it)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "var", free_port())
+    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-api-"))
+    pg = EmbeddedPostgres(tmp / "var", free_port())
+    procs: list[subprocess.Popen] = []
+    try:
         pg.start()
-        try:
-            migrate.upgrade(pg.url)
-            site = load_site(DEMO_SITE_FILE)
-            with connect(pg.url) as conn:
-                sync_site(conn, site)
-                for u in site.users:
-                    identity.set_password(conn, u.username, PASSWORD)
-            dispatcher = next(u.username for u in site.users if str(u.role) == "dispatcher")
-            with ApiServer(pg.url, None) as api:
-                token = httpx.post(f"{api.base_url}/api/auth/login",
-                                   json={"username": dispatcher, "password": PASSWORD}).json()["token"]
-                auth = {"Authorization": f"Bearer {token}"}
-                base = hammer(f"{api.base_url}/healthz", args.seconds, args.clients)
-                cams = hammer(f"{api.base_url}/api/cameras", args.seconds, args.clients, headers=auth)
-                denied = hammer(f"{api.base_url}/api/users", args.seconds, args.clients, headers=auth, method="POST",
-                                json={"username": "x1", "display_name": "x", "role": "admin", "node_code": "0"})
-            plain, chained = audit_rates(pg.url, args.audit_rows)
-        finally:
-            pg.stop()
+        migrate.upgrade(pg.url)
+        site = load_site(DEMO_SITE_FILE)
+        with connect(pg.url) as conn:
+            sync_site(conn, site)
+            for u in site.users:
+                identity.set_password(conn, u.username, PASSWORD)
+        dispatcher = next(u.username for u in site.users if str(u.role) == "dispatcher")
 
-    print(f"{'path':<44}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cost vs baseline':>18}")
-    for name, r in (("GET /healthz (baseline)", base), ("GET /api/cameras (auth + scope)", cams),
-                    ("POST /api/users denied (auth + audit)", denied)):
-        print(f"{name:<44}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{base['rps'] / r['rps']:>17.2f}x")
+        api_port, bare_port = free_port(), free_port()
+        env = {**os.environ, "XLHUB_DATABASE_URL": pg.url, "XLHUB_HTTP_PORT": str(api_port),
+               "XLHUB_VAR_DIR": str(tmp / "var"), "XLHUB_LOG_LEVEL": "WARNING",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+        (tmp / "metrics").mkdir()
+        env.pop("XLHUB_MQTT_URL", None)
+        procs.append(subprocess.Popen([sys.executable, "-m", "hub.process", "api"], cwd=ROOT, env=env))
+        (tmp / "bare.py").write_text(BARE_APP)
+        procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bare:app", "--host", "127.0.0.1",
+                                       "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+                                      cwd=tmp))
+        api, bare = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
+        wait_http(f"{api}/healthz", procs[0])
+        wait_http(f"{bare}/ping", procs[1])
+        token = httpx.post(f"{api}/api/auth/login", json={"username": dispatcher, "password": PASSWORD}).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        runs = [("bare FastAPI app GET /ping", f"{bare}/ping", None), ("GET /healthz", f"{api}/healthz", None),
+                ("GET /api/auth/me", f"{api}/api/auth/me", auth), ("GET /api/cameras", f"{api}/api/cameras", auth),
+                ("GET /api/camera-health", f"{api}/api/camera-health", auth),
+                ("GET /api/device-state", f"{api}/api/device-state", auth),
+                ("GET /api/alarms", f"{api}/api/alarms", auth)]
+        results = {}
+        for name, url, headers in runs:
+            wrk(url, 2, args.connections, args.threads, headers)          # warm up
+            results[name] = wrk(url, args.seconds, args.connections, args.threads, headers)
+        plain, chained = audit_rates(pg.url, args.audit_rows)
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pg.stop(immediate=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    health, ceiling = results["GET /healthz"]["rps"], results["bare FastAPI app GET /ping"]["rps"]
+    print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, loopback")
+    print(f"{'route':<30}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'x /healthz':>12}{'x bare':>9}  errors")
+    for name, r in results.items():
+        bad = (f"{r['non_2xx']} non-2xx " if r["non_2xx"] else "") + r["socket_errors"]
+        print(f"{name:<30}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['rps'] / health:>12.2f}"
+              f"{r['rps'] / ceiling:>9.2f}  {bad}")
     print(f"audit append (hash chain): {chained:.0f} rows/s vs plain insert {plain:.0f} rows/s "
           f"→ {plain / chained:.2f}x the cost")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,6 +17,8 @@ from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
 from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
+from api.csrf import CsrfGuard
+from api.deps import SESSION_COOKIE
 from api.cameras.ptz_holds import PtzHolds
 from api.cameras.views import router as cameras_router
 from api.devices.broadcasts import router as device_broadcasts_router
@@ -101,6 +103,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     app.state.registry_reads = ReadCache(REGISTRY_S, needs_notifications=True)
     app.state.live_reads = ReadCache(LIVE_S, needs_notifications=False)
     app.state.ptz_holds = PtzHolds()      # which camera moves are held: their renewals are not audited again
+    # The last added runs first: the audit wraps the CSRF guard, so a forged request is refused
+    # before any view and its 403 is on record.
+    app.add_middleware(CsrfGuard, session_cookie=SESSION_COOKIE, allowed_origins=tuple(settings.allowed_origins))
     app.add_middleware(AuditMiddleware)
 
     @app.exception_handler(RequestValidationError)

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024,
                                 description="largest HTTP request body; upload routes have their own limits")
     session_hours: int = Field(12, ge=1, description="how long a login session lasts (one shift)")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+                                          "(XLHUB_TRUSTED_PROXIES='[\"10.0.0.5\"]'); none by default: the client "
+                                          "address is the connection's")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="origins besides the hub's own whose pages may change state with the "
+                                          "session cookie (api/csrf.py), e.g. https://hub.county.example")
     secret_key: SecretStr | None = Field(None, description="key for secrets at rest; generated under var/ if unset")
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 

@@ -76,10 +76,13 @@ def address_throttle(request: Request) -> AddressThrottle:
 class LoginRequest(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=256)
+    token: bool = Field(False, description="also return the session token in the body, for a client that keeps "
+                                           "no cookies (scripts; machine clients should use API tokens). The web "
+                                           "UI never asks: its session lives in an HttpOnly cookie only.")
 
 
 class LoginResponse(BaseModel):
-    token: str
+    token: str | None = Field(None, description="only when the login asked for it (token: true)")
     username: str
     role: str
     role_label: str
@@ -144,7 +147,7 @@ def login(body: LoginRequest, request: Request, response: Response, conn: Conn) 
     record(conn, entry_for(request, "auth.login", "ok", target=p.name))
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
                         max_age=settings.session_hours * 3600, secure=request.url.scheme == "https")
-    return LoginResponse(token=token, username=p.name, role=p.role, role_label=role_label(p.role),
+    return LoginResponse(token=token if body.token else None, username=p.name, role=p.role, role_label=role_label(p.role),
                          node_code=p.node_code, must_change_password=p.must_change_password)
 
 

@@ -148,7 +148,7 @@ def main() -> int:
         api, bare = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
         wait_http(f"{api}/healthz", procs[0])
         wait_http(f"{bare}/ping", procs[1])
-        token = httpx.post(f"{api}/api/auth/login", json={"username": dispatcher, "password": PASSWORD}).json()["token"]
+        token = httpx.post(f"{api}/api/auth/login", json={"username": dispatcher, "password": PASSWORD, "token": True}).json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         runs = [("bare FastAPI app GET /ping", f"{bare}/ping", None), ("GET /healthz", f"{api}/healthz", None),
                 ("GET /api/auth/me", f"{api}/api/auth/me", auth), ("GET /api/cameras", f"{api}/api/cameras", auth),

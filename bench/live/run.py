@@ -190,7 +190,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def bench(base_url: str, pid: int, seconds: float, n_viewers: int, rtsp_url: str) -> None:
     import httpx
-    r = httpx.post(f"{base_url}/api/auth/login", json={"username": USER, "password": PASSWORD})
+    r = httpx.post(f"{base_url}/api/auth/login", json={"username": USER, "password": PASSWORD, "token": True})
     r.raise_for_status()
     token = r.json()["token"]
 

@@ -53,7 +53,7 @@ class ApiServer:
     def client(self, username: str | None = None, password: str = PASSWORD) -> httpx.Client:
         headers = {}
         if username:
-            r = httpx.post(f"{self.base_url}/api/auth/login", json={"username": username, "password": password})
+            r = httpx.post(f"{self.base_url}/api/auth/login", json={"username": username, "password": password, "token": True})
             assert r.status_code == 200, r.text
             headers["Authorization"] = f"Bearer {r.json()['token']}"
         return httpx.Client(base_url=self.base_url, timeout=10, headers=headers)

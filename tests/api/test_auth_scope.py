@@ -45,9 +45,9 @@ def test_every_api_call_needs_authentication(api):
 
 def test_wrong_password_is_refused_and_audited(api, seeded_db, two_townships):
     with api.client() as c:
-        r = c.post("/api/auth/login", json={"username": two_townships["u1"], "password": "wrong-password-1"})
+        r = c.post("/api/auth/login", json={"username": two_townships["u1"], "password": "wrong-password-1", "token": True})
         assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
-        r = c.post("/api/auth/login", json={"username": "nobody-here", "password": "whatever-123"})
+        r = c.post("/api/auth/login", json={"username": "nobody-here", "password": "whatever-123", "token": True})
         assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
     denied = [r for r in audit_rows(seeded_db, "auth.login") if r["outcome"] == "denied"]
     assert {r["target"] for r in denied} >= {two_townships["u1"], "nobody-here"}
@@ -61,7 +61,7 @@ def test_brute_force_is_slowed_down(api, seeded_db, demo_site):
                  for i in range(8)]
         assert codes[:5] == [401] * 5
         assert 429 in codes[5:]
-        locked = c.post("/api/auth/login", json={"username": victim, "password": PASSWORD})
+        locked = c.post("/api/auth/login", json={"username": victim, "password": PASSWORD, "token": True})
         assert locked.status_code == 429 and "Retry-After" in locked.headers
     with connect(seeded_db) as conn:  # let the rest of the module use the account again
         conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE username = %s", (victim,))

@@ -101,7 +101,7 @@ def test_devices_with_wrong_clocks_are_stored_at_receive_time(fault_db, mqtt, hu
                                      node_code=demo_site.grid.code, password=PASSWORD)
         with ApiServer(fault_db, mqtt.url) as api:
             token = httpx.post(f"{api.base_url}/api/auth/login",
-                               json={"username": "clock.admin", "password": PASSWORD}).json()["token"]
+                               json={"username": "clock.admin", "password": PASSWORD, "token": True}).json()["token"]
             r = httpx.get(f"{api.base_url}/api/events", params={"source_id": "door-dsc", "limit": 50},
                           headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200, r.text

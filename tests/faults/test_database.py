@@ -66,7 +66,7 @@ def test_database_outage_buffers_reports_not_ready_and_catches_up(own_pg, demo_s
     try:
         ingest.wait_ready()
         with ApiServer(db_url, mqtt.url, expected_workers=[heartbeat]) as api:
-            r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": "fault.admin", "password": PASSWORD})
+            r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": "fault.admin", "password": PASSWORD, "token": True})
             assert r.status_code == 200, r.text
             wait_until(lambda: httpx.get(f"{api.base_url}/readyz").status_code == 200, 20, "/readyz 200 before")
             pub = Publisher(mqtt.port, "xlhub-hub", mqtt.hub_password)

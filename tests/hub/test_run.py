@@ -107,7 +107,7 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
         site = load_site(DEMO_SITE_FILE)
         admin = next(u for u in site.users if str(u.role) == "admin")
         r = httpx.post(f"{hub.base}/api/auth/login", json={"username": admin.username,
-                                                           "password": passwords[admin.password_env]})
+                                                           "password": passwords[admin.password_env], "token": True})
         assert r.status_code == 200, r.text
         auth = {"Authorization": f"Bearer {r.json()['token']}"}
         assert len(httpx.get(f"{hub.base}/api/cameras", headers=auth).json()) == len(site.cameras)

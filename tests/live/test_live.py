@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def login(api, username: str) -> str:
-    r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": PASSWORD})
+    r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": PASSWORD, "token": True})
     assert r.status_code == 200, r.text
     return r.json()["token"]
 

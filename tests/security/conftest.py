@@ -96,7 +96,7 @@ def api(security_db, mqtt):
 
 def login(api: ApiServer, username: str, password: str = PASSWORD, attempts: int = 3) -> str:
     for _ in range(attempts):
-        r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": password}, timeout=20)
+        r = httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": password, "token": True}, timeout=20)
         if r.status_code == 200:
             return r.json()["token"]
         time.sleep(0.5)

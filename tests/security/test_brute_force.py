@@ -25,7 +25,7 @@ def audit(db_url: str, target: str) -> list[dict]:
 
 
 def post_login(api, username: str, password: str) -> httpx.Response:
-    return httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": password}, timeout=30)
+    return httpx.post(f"{api.base_url}/api/auth/login", json={"username": username, "password": password, "token": True}, timeout=30)
 
 
 def fresh_user(db_url: str) -> str:

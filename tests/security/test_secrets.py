@@ -114,7 +114,7 @@ def _admin_get_everything(hub: Hub, token: str) -> list[str]:
         for path in ("/metrics", "/readyz", "/openapi.json", "/docs"):
             r = c.get(path)
             out.append(r.text)
-        out.append(httpx.post(f"{hub.base}/api/auth/login", json={"username": "admin", "password": "wrong-1-pass"}).text)
+        out.append(httpx.post(f"{hub.base}/api/auth/login", json={"username": "admin", "password": "wrong-1-pass", "token": True}).text)
         out.append(c.post("/api/auth/password", json={"old_password": "bad-old-1", "new_password": "short"}).text)
         out.append(c.post("/api/users", json={"username": "sec.user", "display_name": "x", "role": "grid_worker",
                                               "node_code": "510199101201"}).text)
@@ -140,7 +140,7 @@ def running_hub(tmp_path_factory):
         time.sleep(3)                  # let the demo run: cameras connect, devices publish, workers log
         admin = next(u for u in site.users if str(u.role) == "admin")
         token = httpx.post(f"{hub.base}/api/auth/login",
-                           json={"username": admin.username, "password": passwords[admin.password_env]}).json()["token"]
+                           json={"username": admin.username, "password": passwords[admin.password_env], "token": True}).json()["token"]
         answers = _admin_get_everything(hub, token)
         cmdlines = [" ".join(cmdline(p)) for p in [hub.proc.pid, *children(hub.proc.pid)]]
         for p in children(hub.proc.pid):

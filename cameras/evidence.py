@@ -37,6 +37,8 @@ import cv2
 import numpy as np
 from ulid import ULID
 
+from store.files import make_private, open_private, private_dir
+
 log = logging.getLogger(__name__)
 
 JPEG = "image/jpeg"
@@ -243,7 +245,8 @@ def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: f
     chosen = window[first:]
     seg = chosen[0].segment
     base = chosen[0].packet.dts if chosen[0].packet.dts is not None else chosen[0].packet.pts
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    open_private(path).close()          # created 0600 first: the muxer reopens it, keeping the mode
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_mux_stream(seg.codec, width=seg.width, height=seg.height)
         stream.time_base = seg.time_base
@@ -340,7 +343,7 @@ class EvidenceStore:
 
     def temp_path(self, camera_id: str, evidence_id: str, ext: str) -> Path:
         path = self.root / camera_id / ".partial" / f"{evidence_id}.{ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent, root=self.root)
         return path
 
     def save_bytes(self, camera_id: str, kind: str, data: bytes, media_type: str, captured_at: float,
@@ -348,7 +351,7 @@ class EvidenceStore:
         evidence_id = evidence_id or new_evidence_id()
         ext = "jpg" if media_type == JPEG else "mp4"
         tmp = self.temp_path(camera_id, evidence_id, ext)
-        with open(tmp, "wb") as f:
+        with open_private(tmp) as f:
             f.write(data)
         return self.save_file(camera_id, kind, tmp, media_type, captured_at, event_id, evidence_id)
 
@@ -358,8 +361,8 @@ class EvidenceStore:
         ext = "jpg" if media_type == JPEG else "mp4"
         relative = self._relative(camera_id, evidence_id, captured_at, ext)
         final = self.root / relative
-        final.parent.mkdir(parents=True, exist_ok=True)
-        digest, size = _sha256_file(tmp)
+        private_dir(final.parent, root=self.root)
+        digest, size = _sha256_file(make_private(tmp))
         os.replace(tmp, final)
         ev = Evidence(id=evidence_id, kind=kind, media_type=media_type, captured_at=captured_at,
                       path=relative, sha256=digest, bytes=size)

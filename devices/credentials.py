@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from store.files import private_dir
 from store.secrets import SecretBox, exclusive, is_encrypted, read_json, write_json
 
 PASSWORDS_FILE = "mqtt_devices.json"
@@ -108,8 +109,7 @@ class DeviceSecrets:
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        private_dir(self.dir)
         with exclusive(self.dir / ".devices.lock"):
             yield
 

@@ -17,6 +17,7 @@ from ulid import ULID
 
 from config.vocabulary import DEVICE_KINDS
 from devices.registry import DeviceRecord, store_event
+from store.files import open_private, private_dir
 
 EMITS = tuple(f"{kind}.media" for kind in DEVICE_KINDS)      # labels: config/vocabulary.py
 
@@ -54,11 +55,11 @@ def save_media(conn: psycopg.Connection, root: Path, device: DeviceRecord, strea
     captured_at = captured_at or datetime.now(UTC)
     relative = f"{device.id}/{captured_at.astimezone(UTC):%Y%m%d}/{evidence_id}.{ext}"
     final = Path(root) / relative
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(final.parent, root=root)
     partial = final.with_name(f".{evidence_id}.partial")
     h, size = hashlib.sha256(), 0
     try:
-        with open(partial, "wb") as out:
+        with open_private(partial) as out:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
                 if size > max_bytes:

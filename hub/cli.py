@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +58,12 @@ def cmd_run(args, settings: Settings) -> int:
     from config.site import SiteError
     from hub.embedded import EmbeddedError
     from hub.supervisor import Supervisor, describe_targets
+    from store.files import UMASK
 
+    # Everything the hub and its servers write under var/ (evidence, secrets, the database,
+    # the broker's store, logs) is the hub's account's alone; the service users' own
+    # directories are handed to them (hub/embedded.service_dir).
+    os.umask(UMASK)
     if args.site:
         settings.site_file = Path(args.site)
     if args.no_demo:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from store.files import private_dir
 from store.secrets import SecretBox, exclusive, read_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ def service_dir(var_dir: Path, name: str, user: pwd.struct_passwd | None) -> Pat
     var_dir.mkdir(parents=True, exist_ok=True)
     link = var_dir / name
     if user is None:
-        link.mkdir(exist_ok=True)
-        return link
+        return private_dir(link)
     if link.is_symlink() or (not link.exists() and not _reachable_by(user, var_dir)):
         target = RELOCATED_ROOT / hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:16] / name
         target.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def service_dir(var_dir: Path, name: str, user: pwd.struct_passwd | None) -> Pat
         path = link
     for p in [path, *path.rglob("*")]:
         os.lchown(p, user.pw_uid, user.pw_gid)
-    return path
+    return private_dir(path)              # the service user's alone (its parent stays traversable)
 
 
 @dataclass

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
+    from store.files import UMASK
+    os.umask(UMASK)          # what any library writes under var/ (logs, clips, baselines) is the hub's alone
     settings = Settings()
     from hub.logs import setup_logging
     setup_logging(settings, process=args.name)

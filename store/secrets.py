@@ -43,6 +43,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from store.files import private_dir
+
 PREFIX = "xlhub-secret:v1:"
 KEY_FILE = "master.key"
 _HKDF_INFO = b"xlhub secrets at rest v1"
@@ -104,7 +106,7 @@ class SecretBox:
 
 def load_or_create_key_file(path: Path) -> bytes:
     """The generated master key (created 0600 in a 0700 directory on first use)."""
-    _secure_dir(path.parent)
+    private_dir(path.parent)
     try:
         key = path.read_bytes().strip()
     except FileNotFoundError:
@@ -158,15 +160,10 @@ def exclusive(lock_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _secure_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
 def _write_atomic(path: Path, text: str, *, create: bool = False) -> bool:
     """Write ``text`` to ``path`` through a 0600 temporary file. With ``create``, only if
     ``path`` does not exist yet (returns False when another process made it first)."""
-    _secure_dir(path.parent)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -38,6 +38,7 @@ import numpy as np
 
 from cameras.analytics import downscale, keep_mask
 from cameras.config import TamperConfig
+from store.files import open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +308,10 @@ class TamperDetector:
         b = self.baseline
         if b is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, edges=b.edges, figures=np.array([b.mean, b.mean_slow, b.std, b.sharpness, b.samples],
+        with open_private(tmp) as f:
+            np.savez(f, edges=b.edges, figures=np.array([b.mean, b.mean_slow, b.std, b.sharpness, b.samples],
                                                        np.float64))
         tmp.replace(path)
 

@@ -21,6 +21,8 @@ from typing import BinaryIO
 import psycopg
 from ulid import ULID
 
+from store.files import make_private, open_private, private_dir
+
 MAX_TEXT = 1000
 # What speakers are known to play; anything else is refused at upload.
 AUDIO_TYPES = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/wav": "wav", "audio/x-wav": "wav",
@@ -143,7 +145,7 @@ def synthesize(conn: psycopg.Connection, text: str, media_root: Path, *, created
     espeak = shutil.which("espeak-ng")
     if not espeak:
         raise AudioError("语音合成不可用：未安装 espeak-ng (espeak-ng is not installed: run scripts/setup)")
-    media_root.mkdir(parents=True, exist_ok=True)
+    private_dir(media_root)
     key = hashlib.sha256(f"{voice}|{words_per_minute}|{text}".encode()).hexdigest()[:32]
     mp3 = shutil.which("ffmpeg") is not None
     name = f"tts-{key}.{'mp3' if mp3 else 'wav'}"
@@ -165,7 +167,7 @@ def synthesize(conn: psycopg.Connection, text: str, media_root: Path, *, created
                                       "-b:a", "48k", str(out)], capture_output=True, text=True, timeout=120)
                 if res.returncode != 0:
                     raise AudioError(f"音频编码失败 (ffmpeg failed: {res.stderr.strip()[:200]})")
-            out.replace(final)
+            make_private(out).replace(final)
     if duration is None:
         duration = probe_duration(final)
     sha, size = _sha256(final)
@@ -184,11 +186,11 @@ def save_upload(conn: psycopg.Connection, stream: BinaryIO, media_type: str | No
         ext = ext if ext in EXT_TYPES else None
     if ext is None:
         raise AudioError("不支持的音频格式，请上传 MP3、WAV、OGG、AAC 或 M4A (unsupported audio type)")
-    media_root.mkdir(parents=True, exist_ok=True)
+    private_dir(media_root)
     h, size = hashlib.sha256(), 0
     tmp = media_root / f".upload-{ULID()}.{ext}"
     try:
-        with open(tmp, "wb") as out:
+        with open_private(tmp) as out:
             while chunk := stream.read(1 << 20):
                 size += len(chunk)
                 if size > max_bytes:

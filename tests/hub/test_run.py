@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +23,24 @@ from hub.embedded import free_port
 from store.secrets import SecretBox, read_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def assert_private(var_dir: Path) -> None:
+    """Everything the hub keeps under var/ (evidence, secrets, the database, the broker's
+    store, logs) is its account's alone (issue 18: snapshots hold faces and plates): no file
+    or directory is readable, writable or enterable by group or others. The database and
+    broker directories may live elsewhere (hub/embedded.service_dir): followed."""
+    checked, loose = 0, []
+    tops = [var_dir] + [p.resolve() for p in var_dir.iterdir() if p.is_symlink()]
+    for top in tops:
+        for p in [top, *top.rglob("*")]:
+            if p.is_symlink() or p.is_socket():
+                continue
+            checked += 1
+            if p.stat().st_mode & 0o077:
+                loose.append(f"{p} {oct(p.stat().st_mode & 0o777)}")
+    assert checked > 50 and any(var_dir.glob("evidence/*/*/*.jpg")), checked
+    assert not loose, "readable beyond the hub's account:\n" + "\n".join(loose[:30])
 
 
 def port_open(port: int) -> bool:
@@ -125,9 +144,17 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
                 break
             time.sleep(1)
         assert all(counts.values()), counts
+
+        # a supervisor's flag stores a snapshot: evidence on disk, with faces and plates in it
+        camera = site.cameras[0].id
+        r = httpx.post(f"{hub.base}/api/cameras/{camera}/flags", headers=auth, timeout=60,
+                       json={"frame_time": datetime.now(UTC).isoformat(), "category": "治安防控"})
+        assert r.status_code == 201, r.text
+        assert r.json()["evidence"], r.json()
     finally:
         code = hub.stop(signal.SIGTERM)
     assert code == 0, hub.output()
+    assert_private(hub.var_dir)
     assert not [name for name, p in hub.ports.items() if port_open(p)], "a server outlived the hub"
     assert "hub stopped" in hub.output()
 

@@ -269,6 +269,11 @@ EVENT_TYPES: dict[str, EventType] = {
     **_every_kind("offline", "离线", "minor"),
     **_every_kind("command_result", "指令回执", "info"),
     **{f"{k}.media": EventType(f"{SOURCE_KIND_LABELS[k]}上传图像", "info") for k in DEVICE_KINDS},
+    # The hub's own security events (store/security.py): bursts of refused credentials.
+    **_family("security", {
+        "login.burst": ("登录失败次数激增", "major"), "address.blocked": ("来源地址多次登录失败已被限制", "major"),
+        "mqtt.refused": ("设备接入认证多次失败", "major"), "device.refused": ("设备上传认证多次失败", "major"),
+    }),
 }
 # The camera workers' own availability events are stronger than a device's last will.
 EVENT_TYPES["camera.online"] = EventType("摄像机恢复在线", "info")

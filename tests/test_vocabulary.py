@@ -18,6 +18,7 @@ def emitted_event_types() -> dict[str, str]:
     from cameras import health, worker
     from cameras.onvif import parsers
     from devices import media, worker as devices_worker
+    from store import security
 
     found: dict[str, str] = {}
     for t in EVENTS:
@@ -25,7 +26,7 @@ def emitted_event_types() -> dict[str, str]:
     for kind in SOURCE_KINDS:                   # avail (last will) and res, of every kind
         for t in (f"{kind}.online", f"{kind}.offline", f"{kind}.command_result"):
             found[t] = "bus.normalise (avail, res)"
-    for module in (health, worker, media, devices_worker):
+    for module in (health, worker, media, devices_worker, security):
         for t in module.EMITS:
             found[t] = f"{module.__name__}.EMITS"
     for topic, t in parsers.EMITS.items():

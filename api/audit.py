@@ -1,4 +1,5 @@
-"""Audit of HTTP requests: one record per mutating request and per sensitive read.
+"""Audit of HTTP requests: one record per mutating request, per sensitive read and per
+refused read (403).
 
 A view that writes its own record in the same transaction as its change (login, user
 creation, …) sets ``request.state.audited = True`` and the middleware stays silent; a
@@ -32,14 +33,17 @@ def outcome_of(status_code: int) -> str:
 
 
 def entry_for(request: Request, action: str, outcome: str, target: str | None = None,
-              detail: dict | None = None, actor: str | None = None) -> AuditEntry:
+              detail: dict | None = None, actor: str | None = None, node_code: str | None = None) -> AuditEntry:
+    """The record of this request. Without a principal (a failed login, a refused device)
+    ``node_code`` is the node the attempt concerns — whose administrators read it; left
+    None, it is the county's (the root administrators read node-less records)."""
     principal = getattr(request.state, "principal", None)
     if principal is not None:
         return AuditEntry(actor=principal.name, actor_kind=principal.kind, role=principal.role,
                           node_code=principal.node_code, action=action, target=target,
                           source_ip=client_ip(request), outcome=outcome, detail=detail)
-    return AuditEntry(actor=actor or "anonymous", actor_kind="anonymous", action=action, target=target,
-                      source_ip=client_ip(request), outcome=outcome, detail=detail)
+    return AuditEntry(actor=actor or "anonymous", actor_kind="anonymous", node_code=node_code, action=action,
+                      target=target, source_ip=client_ip(request), outcome=outcome, detail=detail)
 
 
 def audited_read(action: str):
@@ -82,8 +86,8 @@ class AuditMiddleware:
         if getattr(request.state, "audited", False):
             return
         action = getattr(request.state, "audit_action", None)
-        if action is None and request.method not in MUTATING:
-            return
+        if action is None and request.method not in MUTATING and status_code != 403:
+            return              # reads are recorded when sensitive, or when refused (a permission denial)
         request.state.audited = True          # once, whatever else sends a last part
         route = request.scope.get("route")
         action = action or f"{request.method} {getattr(route, 'path', request.url.path)}"

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from config.vocabulary import (
     CATEGORY_LABELS,
-    SOURCE_KINDS,
+    EVENT_FAMILIES,
     URGENCY_LABELS,
     ALARM_SEVERITY_LABELS,
     AlarmSeverity,
@@ -133,9 +133,9 @@ def _pattern(value: str) -> str:
         raise ValueError("must be a dotted event type such as door.forced_open, optionally ending in .* "
                          "(camera.tamper.*)")
     kind = value.split(".", 1)[0]
-    if kind not in SOURCE_KINDS:
-        raise ValueError(f"must start with a source kind ({', '.join(SOURCE_KINDS)}), not '{kind}'"
-                         + suggest(kind, SOURCE_KINDS))
+    if kind not in EVENT_FAMILIES:
+        raise ValueError(f"must start with a source kind or security ({', '.join(EVENT_FAMILIES)}), not '{kind}'"
+                         + suggest(kind, EVENT_FAMILIES))
     if value.count(".") == 0:
         raise ValueError(f"names only the kind; write {value}.* for every {value} event")
     return value

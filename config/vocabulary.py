@@ -100,6 +100,8 @@ DEVICE_KINDS: tuple[str, ...] = tuple(k.value for k in DeviceKind)
 # Every source that speaks on the bus: the field devices and the cameras (whose workers
 # are the hub's own processes). The first segment of every event type and topic kind.
 SOURCE_KINDS: tuple[str, ...] = (*DEVICE_KINDS, "camera")
+# Event families: a source kind, or the hub's own security events (store/security.py).
+EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security")
 SOURCE_KIND_LABELS: dict[str, str] = {**{k.value: v for k, v in DEVICE_KIND_LABELS.items()}, "camera": "摄像机"}
 
 

@@ -11,7 +11,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
 import psycopg
 from argon2 import PasswordHasher
@@ -23,9 +22,6 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 MIN_PASSWORD_LENGTH = 10
-# Failed logins before an account is slowed down, and the longest lock-out.
-FREE_ATTEMPTS = 5
-MAX_LOCK = timedelta(minutes=15)
 
 
 class IdentityError(ValueError):
@@ -98,7 +94,7 @@ def create_user(conn: psycopg.Connection, *, username: str, display_name: str, r
 def set_password(conn: psycopg.Connection, username: str, password: str, *, must_change: bool = False) -> None:
     cur = conn.execute(
         """UPDATE users SET password_hash = %s, must_change_password = %s, password_changed_at = now(),
-                  failed_logins = 0, locked_until = NULL, updated_at = now()
+                  updated_at = now()
            WHERE username = %s""",
         (hash_password(password), must_change, username),
     )
@@ -110,39 +106,29 @@ def set_password(conn: psycopg.Connection, username: str, password: str, *, must
 class LoginResult:
     principal: Principal | None
     reason: str | None = None          # why it failed (for the audit log, not the caller)
-    retry_after: float | None = None   # seconds, when the account is locked
+    node_code: str | None = None       # the account's node, when the name exists (whose administrators hear of it)
 
 
 def authenticate(conn: psycopg.Connection, username: str, password: str) -> LoginResult:
-    """Check a password, with lock-out growing after repeated failures (brute force)."""
+    """Check a password: exactly one argon2 verification whatever the name, so the time of
+    the answer does not tell which names exist. Throttling is store/logins.py's."""
     row = conn.execute(
         """SELECT u.id AS user_id, u.username AS name, u.role, u.node_code, u.department_code, u.display_name,
-                  u.password_hash, u.active, u.failed_logins, u.locked_until, u.must_change_password, g.path
-           FROM users u JOIN grid_nodes g ON g.code = u.node_code WHERE u.username = %s FOR UPDATE OF u""",
+                  u.password_hash, u.active, u.must_change_password, g.path
+           FROM users u JOIN grid_nodes g ON g.code = u.node_code WHERE u.username = %s""",
         (username,),
     ).fetchone()
     if row is None:
         _verify(_DUMMY_HASH, password)
         return LoginResult(None, "unknown user")
-    now = datetime.now(timezone.utc)
-    if row["locked_until"] is not None and row["locked_until"] > now:
-        return LoginResult(None, "locked", (row["locked_until"] - now).total_seconds())
     if not row["active"]:
         _verify(_DUMMY_HASH, password)
-        return LoginResult(None, "inactive")
+        return LoginResult(None, "account disabled", row["node_code"])
     if not _verify(row["password_hash"], password):
-        failures = row["failed_logins"] + 1
-        lock = None
-        if failures >= FREE_ATTEMPTS:
-            lock = now + min(timedelta(seconds=2 ** (failures - FREE_ATTEMPTS)), MAX_LOCK)
-        conn.execute("UPDATE users SET failed_logins = %s, locked_until = %s WHERE id = %s",
-                     (failures, lock, row["user_id"]))
-        return LoginResult(None, f"wrong password ({failures} in a row)")
-    if row["failed_logins"] or row["locked_until"]:
-        conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = %s", (row["user_id"],))
+        return LoginResult(None, "wrong password", row["node_code"])
     if _hasher.check_needs_rehash(row["password_hash"]):
         conn.execute("UPDATE users SET password_hash = %s WHERE id = %s", (_hasher.hash(password), row["user_id"]))
-    return LoginResult(_principal(row, "user"))
+    return LoginResult(_principal(row, "user"), node_code=row["node_code"])
 
 
 def _verify(hashed: str, password: str) -> bool:

@@ -45,10 +45,11 @@ function showLogin(message) {
       button.disabled = true;
       error.textContent = '';
       try {
-        await api.post('/api/auth/login', { username: user.value.trim(), password: pass.value });
+        const answer = await api.post('/api/auth/login', { username: user.value.trim(), password: pass.value });
         pass.value = '';
         state.me = await meAfterLogin();
         await showShell();
+        if (answer && answer.failed_attempts) showFailedAttempts(answer.failed_attempts);
       } catch (err) {
         if (err.status === 401) error.textContent = '用户名或密码错误。Wrong username or password.';
         else if (err.status === 429) error.textContent = `连续登录失败次数过多，请 ${err.retryAfter || '稍后'} 秒后再试。Too many failed logins.`;
@@ -67,6 +68,18 @@ function showLogin(message) {
   h('p', { class: 'hint' }, '一人一密码：请勿与他人共用账户。操作均记录在案。'));
   clear(root).append(h('main', { class: 'login-page' }, form));
   user.focus();
+}
+
+// Failed logins on this account since its last login: the owner is the one who can tell
+// whether they were theirs. Stays until dismissed.
+function showFailedAttempts({ count, last_at: lastAt, last_address: lastAddress }) {
+  const when = lastAt ? new Date(lastAt).toLocaleString('zh-CN', { hour12: false }) : '';
+  const close = h('button', { type: 'button', class: 'secondary', onclick: () => box.remove() }, '知道了');
+  const box = h('div', { class: 'warn failed-logins', role: 'alert', id: 'failed-logins' },
+    h('strong', {}, `自上次登录以来，您的帐号有 ${count} 次登录失败。`),
+    h('span', {}, ` 最近一次：${when}${lastAddress ? `，来自 ${lastAddress}` : ''}。如非本人操作，请立即修改密码并告知管理员。`),
+    h('small', {}, ` ${count} failed login(s) since your last login.`), close);
+  document.body.prepend(box);
 }
 
 // The hub commits a request's transaction just after answering it, so the new session may

@@ -122,8 +122,12 @@ class AuditRecord(BaseModel):
 def list_audit(conn: Conn, principal: Annotated[Principal, Depends(require(Permission.AUDIT_READ))],
                actor: str | None = None, action_prefix: str | None = None, since: datetime | None = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[AuditRecord]:
-    """Audit records of actors inside the caller's subtree, newest first."""
-    w = Where("node_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])", node=principal.node_code)
+    """Audit records of the caller's subtree, newest first: what its people did, and what was
+    tried against its accounts and devices (failed logins, refused credentials). Records of
+    no node — a login with a name nobody has, a refused broker connection — are the
+    county's: the root's administrators read them."""
+    w = Where("(node_code IN (SELECT code FROM grid_nodes WHERE path @> ARRAY[%(node)s])"
+              + (" OR node_code IS NULL)" if len(principal.node_path) == 1 else ")"), node=principal.node_code)
     w.add("actor = %(actor)s", actor=actor)
     w.add("starts_with(action, %(action)s)", action=action_prefix)
     w.add("at >= %(since)s", since=since)

@@ -207,3 +207,31 @@ def mqtt_subscriber(url: str, topic: str, received: list, got: threading.Event) 
     client.loop_start()
     assert ready.wait(10), "subscription not confirmed"
     return client
+
+
+def test_a_security_burst_is_an_alarm_for_the_administrators_of_its_node(site_db, engine):
+    """The hub's own security events (store/security.py) go through the engine like any
+    other: the demo rule on security.* raises an alarm in the node the burst concerns and
+    notifies that node's administrators; bursts in two townships are two alarms."""
+    from store import security
+
+    with connect(site_db) as conn:
+        east = security.raise_event(conn, security.LOGIN_BURST, subject="ds-dispatcher", node_code="510199101000",
+                                    payload={"username": "ds-dispatcher", "failures": 10})
+        west = security.raise_event(conn, security.LOGIN_BURST, subject="xh-dispatcher", node_code="510199201000",
+                                    payload={"username": "xh-dispatcher", "failures": 10})
+        county = security.raise_event(conn, security.MQTT_REFUSED, subject="10.0.0.9", node_code=None,
+                                      payload={"address": "10.0.0.9", "refusals": 10})
+    alarms = {}
+    for event_id in (east, west, county):
+        alarms[event_id] = wait_for(lambda e=event_id: one(
+            site_db, "SELECT a.* FROM alarms a JOIN alarm_events x ON x.alarm_id = a.id WHERE x.event_id = %s",
+            (e,)), what=f"the alarm of security event {event_id}")
+    assert len({a["id"] for a in alarms.values()}) == 3
+    assert alarms[east]["rule_id"] == "security-burst" and alarms[east]["severity"] == "major"
+    assert alarms[east]["grid_path"][-1] == "510199101000" and alarms[west]["grid_path"][-1] == "510199201000"
+    assert alarms[county]["grid_path"] == ["510199000000"]
+    notes = {n["alarm_id"]: n for n in query(site_db, "SELECT * FROM notifications WHERE alarm_id = ANY(%s)",
+                                            ([a["id"] for a in alarms.values()],))}
+    assert {n["role"] for n in notes.values()} == {"admin"} and len(notes) == 3
+    assert "审计日志" in notes[alarms[east]["id"]]["body"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from api.auth.views import WRONG
 from store.db import connect
 from tests.api.conftest import PASSWORD
 
@@ -46,9 +47,9 @@ def test_every_api_call_needs_authentication(api):
 def test_wrong_password_is_refused_and_audited(api, seeded_db, two_townships):
     with api.client() as c:
         r = c.post("/api/auth/login", json={"username": two_townships["u1"], "password": "wrong-password-1", "token": True})
-        assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+        assert r.status_code == 401 and r.json()["detail"] == WRONG
         r = c.post("/api/auth/login", json={"username": "nobody-here", "password": "whatever-123", "token": True})
-        assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+        assert r.status_code == 401 and r.json()["detail"] == WRONG
     denied = [r for r in audit_rows(seeded_db, "auth.login") if r["outcome"] == "denied"]
     assert {r["target"] for r in denied} >= {two_townships["u1"], "nobody-here"}
     assert all("wrong-password-1" not in str(r["detail"]) for r in denied)
@@ -64,7 +65,7 @@ def test_brute_force_is_slowed_down(api, seeded_db, demo_site):
         locked = c.post("/api/auth/login", json={"username": victim, "password": PASSWORD, "token": True})
         assert locked.status_code == 429 and "Retry-After" in locked.headers
     with connect(seeded_db) as conn:  # let the rest of the module use the account again
-        conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE username = %s", (victim,))
+        conn.execute("DELETE FROM login_failures WHERE username = %s", (victim,))
 
 
 def test_township_sees_only_its_own_subtree(api, two_townships, demo_site):

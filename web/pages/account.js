@@ -18,7 +18,7 @@ export async function render(main, { me, grid, logout }) {
         // The hub ends every session of this person: log in again with the new password.
         logout('密码已修改，所有会话已结束，请用新密码重新登录。Password changed: please log in again.');
       } catch (err) {
-        result.append(h('p', { class: 'error' }, err.detail === 'old password is wrong' ? '原密码不正确。' : `修改失败：${err.detail || err.message}`));
+        result.append(h('p', { class: 'error' }, String(err.detail || '').startsWith('原密码错误') ? '原密码不正确。' : `修改失败：${err.detail || err.message}`));
       }
     },
   },

@@ -291,3 +291,77 @@ def revoke_api_token(conn: psycopg.Connection, name: str) -> None:
     if conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
                     (name,)).rowcount == 0:
         raise IdentityError(f"no active API token named {name!r}")
+
+
+# ---------------------------------------------------------------------------- administering accounts
+
+# What an administrator may change of an account (not its name, not its password: see
+# reset_password), and the changes after which its open sessions must not go on: what
+# the person may see or do is decided by them, so a session opened before (a live view,
+# a feed) would outlive the decision.
+USER_FIELDS = ("display_name", "role", "node_code", "department_code", "active")
+SCOPE_FIELDS = frozenset({"role", "node_code", "department_code"})
+
+
+def user_for_update(conn: psycopg.Connection, username: str) -> dict | None:
+    """An account with its node's path (to judge scope), locked until the transaction
+    ends, so that two administrators' changes do not interleave."""
+    return conn.execute(
+        """SELECT u.id, u.username, u.display_name, u.role, u.node_code, u.department_code, u.active, u.origin,
+                  u.must_change_password, u.created_at, g.path
+           FROM users u JOIN grid_nodes g ON g.code = u.node_code WHERE u.username = %s FOR UPDATE OF u""",
+        (username,),
+    ).fetchone()
+
+
+def update_user(conn: psycopg.Connection, username: str, **changes) -> tuple[dict, dict]:
+    """Change an account: (before, after) of the fields that really changed (both empty
+    when nothing did). Disabling it, or changing its role, node or department, ends all
+    its sessions in the same transaction; enabling it brings none back."""
+    from config.vocabulary import Role
+
+    unknown = set(changes) - set(USER_FIELDS)
+    if unknown:
+        raise IdentityError(f"cannot change {', '.join(sorted(unknown))} of an account")
+    row = user_for_update(conn, username)
+    if row is None:
+        raise IdentityError(f"unknown user {username!r}")
+    after = {k: v for k, v in changes.items() if row[k] != v}
+    if not after:
+        return {}, {}
+    if "role" in after:
+        try:
+            Role(after["role"])
+        except ValueError:
+            raise IdentityError(f"unknown role {after['role']!r}") from None
+    for field in ("display_name", "role", "node_code", "active"):
+        if field in after and after[field] is None:
+            raise IdentityError(f"{field} cannot be empty")
+    if "node_code" in after and conn.execute("SELECT 1 FROM grid_nodes WHERE code = %s AND retired_at IS NULL",
+                                             (after["node_code"],)).fetchone() is None:
+        raise IdentityError(f"unknown grid node {after['node_code']!r}")
+    if after.get("department_code") is not None and conn.execute(
+            "SELECT 1 FROM departments WHERE code = %s", (after["department_code"],)).fetchone() is None:
+        raise IdentityError(f"unknown department {after['department_code']!r}")
+    assignments = ", ".join(f"{field} = %({field})s" for field in after)      # names from USER_FIELDS only
+    conn.execute(f"UPDATE users SET {assignments}, updated_at = now() WHERE id = %(id)s", {**after, "id": row["id"]})
+    if after.get("active") is False or SCOPE_FIELDS & after.keys():
+        end_all_sessions(conn, row["id"])
+    return {k: row[k] for k in after}, after
+
+
+def set_active(conn: psycopg.Connection, username: str, active: bool) -> bool:
+    """Enable or disable (停用) an account; whether that changed anything. Disabling ends
+    its sessions at once (and SESSION_LOOKUP refuses an inactive account's anyway)."""
+    return bool(update_user(conn, username, active=active)[1])
+
+
+def reset_password(conn: psycopg.Connection, username: str, password: str | None = None) -> str | None:
+    """An administrator's reset: the given password, else a generated one (returned, to be
+    shown once). The person must change it at the next login, and every session they have
+    ends: whoever was using the account is out."""
+    generated = None if password else generate_password()
+    set_password(conn, username, password or generated, must_change=True)
+    row = conn.execute("SELECT id FROM users WHERE username = %s", (username,)).fetchone()
+    end_all_sessions(conn, row["id"])
+    return generated

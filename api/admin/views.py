@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.audit import entry_for
-from api.deps import Conn, ensure_in_scope, require
+from api.deps import Conn, ensure_in_scope, in_scope, require
 from api.permissions import Permission
 from config.vocabulary import Role
 from store import audit, identity
@@ -74,6 +74,140 @@ def create_user(body: NewUser, request: Request, conn: Conn,
     audit.record(conn, entry_for(request, "user.create", "ok", target=body.username,
                                  detail={"role": body.role.value, "node": body.node_code}))
     return CreatedUser(username=body.username, initial_password=generated)
+
+
+class UserChange(BaseModel):
+    """What an administrator changes of an account; a field left out stays as it is."""
+    model_config = ConfigDict(extra="forbid")
+
+    active: bool | None = Field(None, description="false: 停用 — every session of the account ends at once and "
+                                                  "its logins fail; true: 启用 (ended sessions stay ended)")
+    display_name: str | None = Field(None, min_length=1, max_length=64)
+    role: Role | None = Field(None, description="ends the account's sessions (what it may do changed)")
+    node_code: str | None = Field(None, min_length=1, max_length=64,
+                                  description="a node inside the caller's subtree; ends the account's sessions")
+    department_code: str | None = Field(None, min_length=1, max_length=64,
+                                        description="null: no department; ends the account's sessions")
+
+    @model_validator(mode="after")
+    def _says_what_to_change(self) -> "UserChange":
+        if not self.model_fields_set:
+            raise ValueError("没有要修改的内容 (nothing to change)")
+        nulls = sorted(f for f in self.model_fields_set - {"department_code"} if getattr(self, f) is None)
+        if nulls:
+            raise ValueError(f"不能为空 (cannot be null): {', '.join(nulls)}")
+        return self
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str | None = Field(None, min_length=1, max_length=256,
+                                 description="the new password; generated and returned once when omitted")
+
+
+class ResetDone(BaseModel):
+    username: str
+    password: str | None = Field(None, description="the generated password, shown this once (null when the "
+                                                   "request gave one)")
+    must_change_password: bool
+
+
+def _user_in_scope(conn, principal: Principal, username: str) -> dict:
+    """The account, locked for the change; 404 alike for one that does not exist and one
+    outside the caller's subtree (another township's accounts are not even confirmed)."""
+    row = identity.user_for_update(conn, username)
+    if row is None or not in_scope(principal, row["path"]):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "用户不存在 (user not found)")
+    return row
+
+
+def _is_self(principal: Principal, row: dict) -> bool:
+    return principal.kind == "user" and principal.user_id == row["id"]
+
+
+def _identity_changed(request: Request, conn) -> None:
+    """Commit an identity change (with its audit record) now, then forget this process's
+    cached principals: from the moment the answer leaves, no request here is served an
+    ended session (a lookup that overlapped is not kept: PrincipalCache). Other API
+    processes drop theirs when the change's NOTIFY reaches them."""
+    conn.commit()
+    request.app.state.principals.clear()
+
+
+def _identity_error(exc: identity.IdentityError) -> HTTPException:
+    return HTTPException(status.HTTP_400_BAD_REQUEST, f"无法修改帐号 (cannot change the account): {exc}")
+
+
+# Fields of an account that the site file declares: it writes them back at every start,
+# so a change made here would silently revert.
+SITE_FIELDS = frozenset({"display_name", "role", "node_code", "department_code"})
+
+
+@router.patch("/users/{username}", response_model=User)
+def update_user(username: str, body: UserChange, request: Request, conn: Conn,
+                principal: Annotated[Principal, Depends(require(Permission.USERS_MANAGE))]) -> User:
+    """Change an account of the caller's subtree: disable (停用) or enable (启用) it, or change
+    its name, role, node or department. Disabling, and a change of role, node or department,
+    ends all its sessions at once."""
+    row = _user_in_scope(conn, principal, username)
+    changes = body.model_dump(include=body.model_fields_set)
+    if "role" in changes:
+        changes["role"] = changes["role"].value
+    wanted = {k: v for k, v in changes.items() if row[k] != v}
+    if "node_code" in wanted and not in_scope(principal, node_path(conn, wanted["node_code"])):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "网格节点不存在 (grid node not found)")
+    if _is_self(principal, row):
+        if wanted.get("active") is False:
+            raise HTTPException(status.HTTP_409_CONFLICT, "不能停用自己的帐号 (you cannot disable your own account)")
+        if "role" in wanted:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                "不能更改自己的角色，请由另一位管理员操作 (you cannot change your own role)")
+        if "node_code" in wanted:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                "不能更改自己的所属节点，请由另一位管理员操作 (you cannot move your own account)")
+    if row["origin"] == "site" and SITE_FIELDS & wanted.keys():
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            "该帐号由站点配置文件声明，请在站点文件中修改 (this account is declared in the site file: "
+                            f"change {', '.join(sorted(SITE_FIELDS & wanted.keys()))} there)")
+    try:
+        before, after = identity.update_user(conn, username, **wanted)
+    except identity.IdentityError as exc:
+        raise _identity_error(exc) from None
+    if after:
+        action = "user.update"
+        if "active" in after:
+            action = "user.enable" if after["active"] else "user.disable"
+        request.state.audited = True
+        audit.record(conn, entry_for(request, action, "ok", target=username,
+                                     detail={"before": before, "after": after}))
+        _identity_changed(request, conn)
+    user = {**row, **after}
+    return User(**{k: user[k] for k in User.model_fields})
+
+
+@router.post("/users/{username}/password", response_model=ResetDone)
+def reset_password(username: str, request: Request, conn: Conn,
+                   principal: Annotated[Principal, Depends(require(Permission.USERS_MANAGE))],
+                   body: PasswordReset | None = None) -> ResetDone:
+    """An administrator's password reset (重置密码): the given password or a generated one
+    (returned once); the person must change it at the next login, and every session of the
+    account ends at once."""
+    row = _user_in_scope(conn, principal, username)
+    if _is_self(principal, row):
+        # A reset needs no old password: a stolen session must not be able to keep the account.
+        raise HTTPException(status.HTTP_409_CONFLICT, "不能重置自己的密码，请在“我的帐号”中修改 "
+                                                      "(change your own password with POST /api/auth/password)")
+    given = body.password if body else None
+    try:
+        generated = identity.reset_password(conn, username, given)
+    except identity.IdentityError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"密码不符合要求 (password refused): {exc}") from None
+    request.state.audited = True
+    audit.record(conn, entry_for(request, "user.password_reset", "ok", target=username,
+                                 detail={"generated": generated is not None, "must_change_password": True}))
+    _identity_changed(request, conn)
+    return ResetDone(username=username, password=generated, must_change_password=True)
 
 
 class NewToken(BaseModel):

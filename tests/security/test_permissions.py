@@ -123,6 +123,11 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/users"): Rule(P.USERS_MANAGE, "path", audit="write", body=lambda side, ctx: {
         "username": f"mx{next(_n)}", "display_name": "矩阵新用户", "role": "grid_worker",
         "node_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
+    # a throwaway account per call on either side: a reset ends the sessions of the one it concerns
+    ("PATCH", "/api/users/{username}"): Rule(P.USERS_MANAGE, "path", audit="write", body={"display_name": "改名的用户"},
+                                             args={"username": lambda side, ctx: ctx.throwaway_user(side)}),
+    ("POST", "/api/users/{username}/password"): Rule(P.USERS_MANAGE, "path", audit="write",
+                                                     args={"username": lambda side, ctx: ctx.throwaway_user(side)}),
     ("POST", "/api/tokens"): Rule(P.TOKENS_MANAGE, "path", audit="write", body=lambda side, ctx: {
         "name": f"mx-token-{next(_n)}", "role": "dispatcher",
         "node_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
@@ -299,6 +304,17 @@ class Ctx:
         self.api, self.tokens, self.resources = api, tokens, resources
         self.db_url = security_db[0]
         self._devices = itertools.count()
+        self._users = itertools.count()
+
+    def throwaway_user(self, side: str) -> str:
+        """An account made for one change (the matrix' own people keep their sessions)."""
+        from store import identity
+        from store.db import connect
+        username = f"mx-user-{side}-{next(self._users)}"
+        with connect(self.db_url) as conn:
+            identity.create_user(conn, username=username, display_name="待改用户", role="grid_worker",
+                                 node_code=OWN_VILLAGE if side == "own" else OTHER_VILLAGE, password="Throwaway-2026")
+        return username
 
     def throwaway_device(self, side: str) -> str:
         """A device made for one DELETE (decommissioning the demo's devices would change the rest)."""

@@ -4,6 +4,7 @@
     xlhub check-config FILE        report every problem in a site file
     xlhub migrate                  apply the schema
     xlhub user add|list|passwd     manage accounts (一人一密码)
+    xlhub user disable|enable|reset-password NAME   停用/启用 an account, an administrator's reset
     xlhub token add|revoke         API tokens for machine clients
     xlhub audit verify             verify the audit log's hash chain
     xlhub cameras discover         find ONVIF cameras on the local network (WS-Discovery)
@@ -121,6 +122,10 @@ def cmd_user(args, settings: Settings) -> int:
             for r in conn.execute("SELECT username, display_name, role, node_code, active FROM users ORDER BY node_code, username"):
                 print(f"{r['username']:<20} {r['role']:<20} {r['node_code']:<14} {'' if r['active'] else '(inactive) '}{r['display_name']}")
             return 0
+        if args.action in ("disable", "enable"):
+            return _user_active(conn, args.username, args.action == "enable")
+        if args.action == "reset-password":
+            return _user_reset(conn, args)
         password = _read_password(args)
         generated = None
         if password is None:
@@ -132,14 +137,56 @@ def cmd_user(args, settings: Settings) -> int:
                                      password=password, origin="cli", must_change_password=generated is not None)
             else:
                 identity.set_password(conn, args.username, password, must_change=generated is not None)
+                # Set by someone else than the person: whoever had the old password is out.
+                identity.end_all_sessions(conn, identity.user_for_update(conn, args.username)["id"])
         except identity.IdentityError as exc:
             print(f"xlhub: {exc}", file=sys.stderr)
             return 1
         audit.record(conn, audit.AuditEntry(actor=getpass.getuser(), actor_kind="system", action=f"cli.user.{args.action}",
                                             target=args.username, outcome="ok"))
-    print(f"user {args.username}: {'created' if args.action == 'add' else 'password set'}")
+    print(f"user {args.username}: {'created' if args.action == 'add' else 'password set, its sessions ended'}")
     if generated:
         print(f"initial password (shown once): {generated}")
+    return 0
+
+
+def _cli_audit(conn, action: str, target: str, detail: dict | None = None) -> None:
+    from store import audit
+
+    audit.record(conn, audit.AuditEntry(actor=getpass.getuser(), actor_kind="system", action=action, target=target,
+                                        outcome="ok", detail=detail))
+
+
+def _user_active(conn, username: str, active: bool) -> int:
+    """停用/启用: disabling ends every session of the account at once (as the API does)."""
+    from store import identity
+
+    try:
+        changed = identity.set_active(conn, username, active)
+    except identity.IdentityError as exc:
+        print(f"xlhub: {exc}", file=sys.stderr)
+        return 1
+    if changed:
+        _cli_audit(conn, "cli.user.enable" if active else "cli.user.disable", username,
+                   {"before": {"active": not active}, "after": {"active": active}})
+    state = "enabled" if active else "disabled, its sessions ended"
+    print(f"user {username}: {state}" if changed else f"user {username}: already {'enabled' if active else 'disabled'}")
+    return 0
+
+
+def _user_reset(conn, args) -> int:
+    """An administrator's reset: must be changed at the next login, every session ends."""
+    from store import identity
+
+    try:
+        generated = identity.reset_password(conn, args.username, _read_password(args))
+    except identity.IdentityError as exc:
+        print(f"xlhub: {exc}", file=sys.stderr)
+        return 1
+    _cli_audit(conn, "cli.user.password_reset", args.username, {"generated": generated is not None})
+    print(f"user {args.username}: password reset, its sessions ended; it must be changed at the next login")
+    if generated:
+        print(f"new password (shown once): {generated}")
     return 0
 
 
@@ -214,10 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", help="display name")
     add.add_argument("--department", help="department code (department handlers)")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    passwd = usub.add_parser("passwd", help="set a password")
+    passwd = usub.add_parser("passwd", help="set a password (ends the account's sessions)")
     passwd.add_argument("username")
     passwd.add_argument("--password-stdin", action="store_true")
     usub.add_parser("list", help="list accounts")
+    for action, text in (("disable", "停用: refuse its logins and end its sessions"), ("enable", "启用 again")):
+        usub.add_parser(action, help=text).add_argument("username")
+    reset = usub.add_parser("reset-password", help="an administrator's reset: must be changed at the next login, "
+                                                   "ends its sessions")
+    reset.add_argument("username")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from standard input "
+                                                                     "(default: generate one)")
     user.set_defaults(func=cmd_user)
 
     token = sub.add_parser("token", help="API tokens for machine clients")

@@ -9,6 +9,9 @@ each change leaves one audit record in its own transaction, never with a passwor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -18,6 +21,7 @@ import pytest
 from config.vocabulary import Role
 from store.db import connect
 from tests.api.conftest import PASSWORD
+from tests.faults.tools import PROJECT_ROOT
 from tests.security.conftest import OTHER_TOWNSHIP, OTHER_USER, OTHER_VILLAGE, OWN_TOWNSHIP, OWN_VILLAGE, login, role_user
 
 
@@ -316,3 +320,53 @@ def test_a_change_says_exactly_what_it_changes(admin, sdb, body):
     assert r.status_code == 422, r.text
     assert r.json()["detail"]
     assert user_row(sdb, username) == before
+
+
+def xlhub(*args: str, db_url: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLHUB_DATABASE_URL": db_url, "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, input=stdin or "")
+
+
+def _refused_within(client: httpx.Client, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while client.get("/api/auth/me").status_code != 401:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_cli_disables_enables_and_resets_too(api, admin, cache, sdb):
+    """`xlhub user disable|enable|reset-password`: the same rules from another process;
+    the API hears of it by NOTIFY, within a second."""
+    username = new_user(admin)
+    with session(api, username) as person:
+        served_from_memory(cache, person)
+        done = xlhub("user", "disable", username, db_url=sdb)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _refused_within(person, 1.0)
+    assert try_login(api, username, PASSWORD).status_code == 401
+    done = xlhub("user", "enable", username, db_url=sdb)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with session(api, username) as person:
+        served_from_memory(cache, person)
+        done = xlhub("user", "reset-password", username, db_url=sdb)
+        assert done.returncode == 0, done.stdout + done.stderr
+        new_password = done.stdout.split("(shown once):")[1].strip()
+        assert _refused_within(person, 1.0)
+    assert try_login(api, username, PASSWORD).status_code == 401
+    r = try_login(api, username, new_password)
+    assert r.status_code == 200 and r.json()["must_change_password"] is True
+    assert xlhub("user", "disable", "no-such-user", db_url=sdb).returncode == 1
+    # `xlhub user passwd` is someone else setting the person's password too: it ends their sessions.
+    with session(api, username, new_password) as person:
+        served_from_memory(cache, person)
+        done = xlhub("user", "passwd", username, "--password-stdin", db_url=sdb, stdin="Set-by-operator-2026\n")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _refused_within(person, 1.0)
+    assert try_login(api, username, "Set-by-operator-2026").status_code == 200
+    actions = [r["action"] for r in audit_of(sdb, username)]
+    assert actions.count("cli.user.disable") == actions.count("cli.user.enable") == 1
+    assert actions.count("cli.user.password_reset") == 1
+    assert new_password not in json.dumps([r["whole"] for r in audit_of(sdb, username)], ensure_ascii=False)

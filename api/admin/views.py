@@ -12,7 +12,7 @@ from api.audit import entry_for
 from api.deps import Conn, ensure_in_scope, in_scope, require
 from api.permissions import Permission
 from config.vocabulary import Role
-from store import audit, identity
+from store import audit, identity, logins
 from store.identity import Principal
 from store.registry import node_path
 from store.where import Where
@@ -203,6 +203,9 @@ def reset_password(username: str, request: Request, conn: Conn,
         generated = identity.reset_password(conn, username, given)
     except identity.IdentityError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"密码不符合要求 (password refused): {exc}") from None
+    # The person starts again from every browser (a guesser's throttle would keep them out
+    # of a new one); the guesser, with the old password useless, starts again too.
+    logins.forget_failures(conn, username)
     request.state.audited = True
     audit.record(conn, entry_for(request, "user.password_reset", "ok", target=username,
                                  detail={"generated": generated is not None, "must_change_password": True}))

@@ -203,3 +203,19 @@ def test_refused_reads_are_audited_as_permission_denials(api, security_db, token
         rec = conn.execute("SELECT * FROM audit_log WHERE actor = %s AND action = 'GET /api/audit' ORDER BY id DESC "
                            "LIMIT 1", (role_user(Role.grid_worker),)).fetchone()
     assert rec is not None and rec["outcome"] == "denied" and rec["node_code"] == OWN_TOWNSHIP
+
+
+def test_an_administrators_reset_lets_the_owner_in_from_a_new_browser(api, security_db, tokens):
+    """The escape hatch when a guesser keeps the name throttled for clients it does not know
+    and the owner is at a new browser: the administrator resets the password."""
+    victim = fresh_user(security_db[0])
+    with browser(api) as guesser:
+        for i in range(6):
+            attempt(guesser, victim, f"guess-{i}-pass")
+        assert attempt(guesser, victim, PASSWORD).status_code == 429
+    r = httpx.post(f"{api.base_url}/api/users/{victim}/password", json={"password": "Reset-by-admin-1"},
+                   headers={"Authorization": f"Bearer {tokens[Role.admin]}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    with browser(api) as new_browser:
+        ok = attempt(new_browser, victim, "Reset-by-admin-1")
+        assert ok.status_code == 200 and ok.json()["must_change_password"]

@@ -41,3 +41,11 @@ def current_revision(url: str) -> str | None:
 
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config("postgresql://x@localhost/x")).get_current_head()
+
+
+def run_script(sql: str) -> None:
+    """Inside a migration: a plain SQL script (several statements, dollar-quoted function
+    bodies) straight to psycopg, in the migration's transaction."""
+    from alembic import op
+
+    op.get_bind().connection.driver_connection.execute(sql)

@@ -5,7 +5,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-23
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0001"
 down_revision = None
@@ -300,15 +300,9 @@ DROP SEQUENCE IF EXISTS audit_log_id_seq;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Straight to psycopg without parameters: no placeholder parsing of '%' or ':', and
-    # psycopg then sends the multi-statement script as one simple query (same transaction).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

@@ -6,7 +6,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-23
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0004"
 down_revision = "0003"
@@ -164,14 +164,9 @@ ALTER TABLE devices DROP COLUMN IF EXISTS origin, DROP COLUMN IF EXISTS heartbea
 """
 
 
-def _run_script(sql: str) -> None:
-    # As in 0001: straight to psycopg, one simple-query script in the migration's transaction.
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

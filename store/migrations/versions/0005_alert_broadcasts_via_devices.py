@@ -11,7 +11,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0005"
 down_revision = "0004"
@@ -148,14 +148,9 @@ DELETE FROM device_broadcasts WHERE id IN (SELECT broadcast_id FROM moved_back);
 """
 
 
-def _run_script(sql: str) -> None:
-    # As in 0001: straight to psycopg, one simple-query script in the migration's transaction.
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

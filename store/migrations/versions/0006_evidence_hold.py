@@ -6,7 +6,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-23
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0006"
 down_revision = "0005"
@@ -24,14 +24,9 @@ ALTER TABLE evidence DROP COLUMN hold;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

@@ -12,7 +12,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-26
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0007"
 down_revision = "0006"
@@ -39,14 +39,9 @@ DROP TABLE IF EXISTS device_messages_handled;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

@@ -8,7 +8,7 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-27
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0008"
 down_revision = "0007"
@@ -29,14 +29,9 @@ DROP TABLE IF EXISTS device_open_warnings;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

@@ -9,7 +9,7 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-11-28
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0009"
 down_revision = "0008"
@@ -36,14 +36,9 @@ DROP TABLE IF EXISTS case_broadcast_late_notes;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

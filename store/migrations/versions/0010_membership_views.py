@@ -14,7 +14,7 @@ Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-07
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0010"
 down_revision = "0009"
@@ -45,14 +45,9 @@ DROP VIEW IF EXISTS membership_paths;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

@@ -14,7 +14,7 @@ Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-07
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0011"
 down_revision = "0010"
@@ -51,14 +51,9 @@ CREATE TRIGGER outbox_notify AFTER INSERT OR UPDATE OF status ON outbox
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

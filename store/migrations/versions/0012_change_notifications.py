@@ -11,7 +11,7 @@ Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-07
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0012"
 down_revision = "0011"
@@ -65,14 +65,9 @@ DROP FUNCTION IF EXISTS registry_changed();
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

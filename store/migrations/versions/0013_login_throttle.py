@@ -13,7 +13,7 @@ Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-07
 """
-from alembic import op
+from store.migrate import run_script
 
 revision = "0013"
 down_revision = "0012"
@@ -53,14 +53,9 @@ DROP TABLE IF EXISTS known_devices, login_failures;
 """
 
 
-def _run_script(sql: str) -> None:
-    # Plain SQL scripts through psycopg directly (several statements per call).
-    op.get_bind().connection.driver_connection.execute(sql)
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_script(DOWNGRADE)

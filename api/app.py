@@ -131,3 +131,15 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
                    web_router):
         app.include_router(router)
     return app
+
+
+def server_config(app, settings: Settings, **overrides):
+    """How uvicorn serves the API — the hub's process and the tests alike. X-Forwarded-For
+    and -Proto are believed only from the proxies the operator named (``trusted_proxies``):
+    uvicorn would otherwise believe 127.0.0.1, and a client behind a local proxy could pick
+    its own address and escape the per-address login throttle."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                          access_log=False, proxy_headers=bool(settings.trusted_proxies),
+                          forwarded_allow_ips=",".join(settings.trusted_proxies) or None, **overrides)

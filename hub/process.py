@@ -24,15 +24,11 @@ def _stop_event() -> threading.Event:
 def run_api(settings: Settings) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, server_config
 
     expected = [w for w in os.environ.get("XLHUB_EXPECTED_WORKERS", "").split(",") if w]
     app = create_app(settings, db_url=settings.database_url, mqtt_url=settings.mqtt_url, expected_workers=expected)
-    # X-Forwarded-For/-Proto are believed only from the proxies the operator named; uvicorn
-    # would otherwise trust 127.0.0.1, and a client behind a local proxy could pick its address.
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False,
-                proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 def run_ingest(settings: Settings) -> None:

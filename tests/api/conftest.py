@@ -9,7 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, server_config
 from config.settings import Settings
 from hub.embedded import free_port
 from store import identity
@@ -29,12 +29,12 @@ def seeded_db(db_url, demo_site) -> str:
 
 
 class ApiServer:
-    def __init__(self, db_url: str, mqtt_url: str | None, expected_workers=None):
+    def __init__(self, db_url: str, mqtt_url: str | None, expected_workers=None, **settings):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        app = create_app(Settings(http_port=self.port), db_url=db_url, mqtt_url=mqtt_url,
-                         expected_workers=expected_workers)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.settings = Settings(http_port=self.port, **settings)
+        app = create_app(self.settings, db_url=db_url, mqtt_url=mqtt_url, expected_workers=expected_workers)
+        self.server = uvicorn.Server(server_config(app, self.settings))      # as the hub serves it
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

@@ -219,3 +219,29 @@ def test_an_administrators_reset_lets_the_owner_in_from_a_new_browser(api, secur
     with browser(api) as new_browser:
         ok = attempt(new_browser, victim, "Reset-by-admin-1")
         assert ok.status_code == 200 and ok.json()["must_change_password"]
+
+
+def test_forwarded_addresses_are_believed_only_from_configured_proxies(api, security_db, mqtt):
+    """The probe rotated X-Forwarded-For from 127.0.0.1 and escaped the per-address block."""
+    db_url = security_db[0]
+
+    def spray(base_url: str, tag: str) -> list[int]:
+        with httpx.Client(base_url=base_url, timeout=30) as c:
+            return [c.post("/api/auth/login", json={"username": f"{tag}-{i}", "password": "Spring2026!"},
+                           headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(24)]
+
+    def addresses(tag: str) -> set[str]:
+        with connect(db_url) as conn:
+            return {r["source_ip"] for r in conn.execute(
+                "SELECT source_ip FROM audit_log WHERE action = 'auth.login' AND starts_with(target, %s)", (tag,))}
+
+    tag = f"xff-{uuid.uuid4().hex[:6]}"
+    codes = spray(api.base_url, tag)                       # no trusted proxy: the peer is the address
+    assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+    assert addresses(tag) == {"127.0.0.1"}
+
+    from tests.api.conftest import ApiServer
+    with ApiServer(db_url, mqtt.url, trusted_proxies=["127.0.0.1"]) as behind_proxy:
+        tag = f"xff-{uuid.uuid4().hex[:6]}"
+        assert set(spray(behind_proxy.base_url, tag)) == {401}        # each client its own address
+        assert addresses(tag) == {f"203.0.113.{i}" for i in range(24)}

@@ -312,6 +312,11 @@ class EmbeddedMosquitto:
     def set_accounts(self, accounts: list[MqttAccount]) -> None:
         self.accounts = {a.username: a for a in accounts}
 
+    @property
+    def log_path(self) -> Path:
+        """Where the broker logs (its stderr, appended across restarts)."""
+        return service_dir(self.var_dir, "mosquitto", self._os_user) / "mosquitto.log"
+
     def write_config(self) -> Path:
         base = service_dir(self.var_dir, "mosquitto", self._os_user)
         (base / "data").mkdir(exist_ok=True)
@@ -353,11 +358,14 @@ autosave_interval 10
 max_queued_messages 1000000
 max_inflight_messages 0
 max_packet_size 1048576
-log_dest stdout
+# stderr, not stdout: stdout into a file is block-buffered, so lines would reach the log
+# only kilobytes or an exit later; stderr is written line by line as it happens
+log_dest stderr
 log_type error
 log_type warning
 log_type notice
-connection_messages false
+# every connection and refusal: hub/mqtt_refusals.py records the refused ones
+connection_messages true
 {"user " + self._os_user.pw_name if self._os_user else ""}
 """, self._os_user)
         if self._os_user:

@@ -1,0 +1,328 @@
+"""Refused broker credentials (issue 18): every connection the embedded Mosquitto refuses is
+an audit record of the county's root, and a burst of them from one address is a security
+event (``security.mqtt.refused``) that the alerts engine raises an alarm for.
+
+Mosquitto tells nobody but its log: with ``connection_messages true`` it writes
+
+    1796617609: New connection from 127.0.0.1:35052 on port 18831.
+    1796617609: Client <unknown> disconnected, not authorised.
+
+and the refusal names neither the address nor the username (the client id only when the
+client came without a username). The broker is single-threaded and a client sends its
+CONNECT right after the TCP handshake, so a refusal belongs to a connection it accepted
+just before that has not ended otherwise: ``Pairing`` keeps those few, oldest first, and
+gives a refusal the oldest (the one whose CONNECT was waiting longest). A line that names
+an address ("New client connected from …") or ends a connection that never logged in
+takes its connection out; one older than ``PENDING_MAX_AGE_S`` never sent a CONNECT (a
+port probe, garbage the broker dropped without a word) and is forgotten. When connections
+of other addresses were waiting too, the record says the pairing is ``ambiguous``.
+
+``RefusalFollower`` polls the log once a second from where it stopped (an idle hub costs a
+``stat`` a second and no database connection), follows the file when it is truncated or
+replaced, writes one transaction per poll and keeps what it could not write — the database
+away — for the next poll, up to ``MAX_BACKLOG`` refusals.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from store.audit import AuditEntry, record
+from store.db import connect
+from store.security import MQTT_REFUSED, BurstCounter, raise_event
+
+log = logging.getLogger("xlhub.mqtt_refusals")
+
+ACTION = "mqtt.refused"
+REASON = "认证失败：用户名或密码错误"
+POLL_S = 1.0
+PENDING_MAX = 256                 # connections accepted and not yet logged in, refused or gone
+PENDING_MAX_AGE_S = 10            # by the broker's clock: older ones never sent a CONNECT
+MAX_BACKLOG = 10_000              # refusals kept while the database is away
+READ_MAX = 4 << 20                # bytes of log read per poll (the rest next poll)
+PARTIAL_MAX = 64 << 10            # an unfinished last line longer than this is dropped
+
+_TS = r"^(?:(?P<ts>\d+): )?"
+NEW = re.compile(_TS + r"New connection from (?P<addr>\S+):(?P<peer>\d+) on port (?P<port>\d+)\.$")
+CONNECTED = re.compile(_TS + r"New client connected from (?P<addr>\S+):(?P<peer>\d+) as ")
+REFUSED = re.compile(_TS + r"Client (?P<id>.*) disconnected, not authori[sz]ed\.$")
+# any other end of a connection that never logged in (closed, timed out, protocol error)
+GONE_UNNAMED = re.compile(_TS + r"Client <unknown> ")
+STARTING = re.compile(_TS + r"mosquitto version \S+ starting")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    at: int | None                # the broker's clock (epoch seconds), when the line has it
+    client_id: str | None         # None: <unknown> (it came with a username)
+    address: str | None           # None: no accepted connection to pair it with
+    peer_port: int | None
+    port: int | None              # the listener's port
+    ambiguous: bool = False       # connections of other addresses were waiting too
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    at: int | None
+    address: str
+    peer_port: int
+    port: int
+
+
+class Pairing:
+    """Mosquitto's log lines in, refusals with their address out (see the module doc)."""
+
+    def __init__(self, max_pending: int = PENDING_MAX, max_age_s: int = PENDING_MAX_AGE_S) -> None:
+        self.max_age_s = max_age_s
+        self._pending: deque[_Accepted] = deque(maxlen=max_pending)
+
+    def reset(self) -> None:
+        self._pending.clear()
+
+    def feed(self, line: str) -> Refusal | None:
+        line = line.rstrip("\r\n")
+        if m := REFUSED.match(line):
+            ts = _ts(m)
+            accepted, ambiguous = self._take(ts)
+            client_id = m["id"]
+            return Refusal(at=ts, client_id=None if client_id == "<unknown>" else client_id,
+                           address=accepted.address if accepted else None,
+                           peer_port=accepted.peer_port if accepted else None,
+                           port=accepted.port if accepted else None, ambiguous=ambiguous)
+        if m := NEW.match(line):
+            self._pending.append(_Accepted(_ts(m), m["addr"], int(m["peer"]), int(m["port"])))
+        elif m := CONNECTED.match(line):
+            address, peer = m["addr"], int(m["peer"])
+            for accepted in self._pending:
+                if accepted.address == address and accepted.peer_port == peer:
+                    self._pending.remove(accepted)
+                    break
+        elif m := GONE_UNNAMED.match(line):
+            self._take(_ts(m))
+        elif STARTING.match(line):
+            self.reset()                      # a new broker: nothing of the last one is waiting
+        return None
+
+    def _take(self, ts: int | None) -> tuple[_Accepted | None, bool]:
+        if ts is not None:
+            while self._pending and self._pending[0].at is not None and self._pending[0].at < ts - self.max_age_s:
+                self._pending.popleft()
+        if not self._pending:
+            return None, False
+        accepted = self._pending.popleft()
+        return accepted, any(p.address != accepted.address for p in self._pending)
+
+
+def _ts(m: re.Match) -> int | None:
+    return int(m["ts"]) if m["ts"] else None
+
+
+class LogTail:
+    """New complete lines of a growing file, read from where the last call stopped. Holds the
+    file open, so the tail of a file renamed away (rotated) is still read before the name is
+    followed to the new file; a file cut shorter (truncated) is read again from its start."""
+
+    def __init__(self, path: Path, *, from_end: bool = True) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+        self._offset = 0
+        self._partial = b""
+        self.restarted = False        # the last read started a file over (truncated, or a new one)
+        self._open(at_end=from_end)
+
+    def _open(self, at_end: bool) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        st = os.fstat(fd)
+        self._fd, self._id = fd, (st.st_dev, st.st_ino)
+        self._offset = st.st_size if at_end else 0
+        self._partial = b""
+        return True
+
+    def read_lines(self) -> list[str]:
+        self.restarted = False
+        if self._fd is None:
+            if not self._open(at_end=False):
+                return []
+            self.restarted = True                # a new file (replaced, or there at last)
+        size = os.fstat(self._fd).st_size
+        if size < self._offset:                  # truncated: what is there now is new
+            self._offset, self._partial, self.restarted = 0, b"", True
+        data = b""
+        if size > self._offset:
+            data = os.pread(self._fd, min(size - self._offset, READ_MAX), self._offset)
+            self._offset += len(data)
+        if self._offset >= size and self._replaced():
+            os.close(self._fd)                   # read to its end: follow the name from now on
+            self._fd = None
+        return self._split(data)
+
+    def _replaced(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False                         # gone, not (yet) replaced: the writer may still append
+        return (st.st_dev, st.st_ino) != self._id
+
+    def _split(self, data: bytes) -> list[str]:
+        if not data:
+            return []
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        if len(self._partial) > PARTIAL_MAX:
+            self._partial = b""
+        if self._fd is None:
+            self._partial = b""                  # the old file ended there
+        return [c.decode("utf-8", errors="replace") for c in complete]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class RefusalFollower:
+    """Follows the embedded broker's log and records its refusals (see the module doc).
+    Made before the broker starts (it begins at the log's end then, so a restarted hub
+    does not record the old log again); ``start`` once the database is there."""
+
+    def __init__(self, log_path: Path, listeners: dict[int, str], *, db_url: str | None = None,
+                 counter: BurstCounter | None = None, poll_s: float = POLL_S, from_end: bool = True,
+                 max_backlog: int = MAX_BACKLOG) -> None:
+        self.tail = LogTail(log_path, from_end=from_end)
+        self.listeners = dict(listeners)
+        self.db_url = db_url
+        self.counter = counter or BurstCounter()
+        self.poll_s = poll_s
+        self.max_backlog = max_backlog
+        self.pairing = Pairing()
+        self.dropped = 0                   # refusals lost because the backlog was full
+        self._backlog: deque[tuple[Refusal, int | None]] = deque()
+        self._conn: psycopg.Connection | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()      # one poll at a time (the thread, the final one at stop)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def poll(self) -> int:
+        """Read what the broker logged since the last poll and record its refusals with what
+        is still waiting; returns how many were recorded (0 when the database is away)."""
+        with self._lock:
+            lines = self.tail.read_lines()
+            if self.tail.restarted:
+                self.pairing.reset()
+            for line in lines:
+                refusal = self.pairing.feed(line)
+                if refusal is not None:
+                    self._queue(refusal)
+            return self._flush() if self._backlog and self.db_url else 0
+
+    def _queue(self, refusal: Refusal) -> None:
+        # Counted once, when read: a poll that could not write does not count it again.
+        burst = self.counter.hit(refusal.address or "<unknown>",
+                                 now=float(refusal.at) if refusal.at is not None else time.time())
+        if len(self._backlog) >= self.max_backlog:
+            self._backlog.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("database away too long: %d refused broker connections not recorded", self.dropped)
+        self._backlog.append((refusal, burst))
+
+    def _flush(self) -> int:
+        batch = list(self._backlog)
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.db_url, autocommit=True)
+            with self._conn.transaction():
+                for refusal, burst in batch:
+                    record(self._conn, self.entry(refusal))
+                    if burst:
+                        raise_event(self._conn, MQTT_REFUSED, subject=refusal.address or "<unknown>", node_code=None,
+                                    payload={"address": refusal.address, "refusals": burst,
+                                             "window_s": self.counter.window_s,
+                                             "listener": self.listener(refusal.port)},
+                                    at=_when(refusal))
+        except (psycopg.Error, OSError) as exc:
+            log.warning("refused broker connections not recorded yet (%d waiting, will retry): %s", len(batch), exc)
+            self._close_conn()
+            return 0
+        for _ in batch:
+            self._backlog.popleft()
+        bursts = [r.address for r, b in batch if b]
+        for address in bursts:
+            log.warning("burst of refused broker credentials from %s", address)
+        return len(batch)
+
+    def listener(self, port: int | None) -> str | None:
+        return self.listeners.get(port) if port is not None else None
+
+    def entry(self, refusal: Refusal) -> AuditEntry:
+        detail = {"port": refusal.port, "listener": self.listener(refusal.port), "reason": REASON}
+        if refusal.at is not None:
+            detail["broker_time"] = _when(refusal).isoformat()
+        if refusal.address is None:
+            detail["paired"] = False          # no accepted connection to take the address from
+        elif refusal.ambiguous:
+            detail["ambiguous"] = True        # other addresses were connecting at the same moment
+        actor = (refusal.client_id or "<unknown>").replace("\x00", "\ufffd")[:200]
+        return AuditEntry(actor=actor, actor_kind="device", action=ACTION, outcome="denied", node_code=None,
+                          source_ip=refusal.address, detail=detail)
+
+    # -- the thread -------------------------------------------------------------------
+    def start(self, db_url: str | None = None) -> None:
+        if db_url:
+            self.db_url = db_url
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt-refusals", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.poll_s):
+            try:
+                self.poll()
+            except Exception:  # keep following: the next poll starts from where this one stopped
+                log.exception("following the broker's log failed")
+
+    def stop(self, final_poll: bool = True) -> None:
+        """Stop the thread; with ``final_poll`` record what the broker logged until now first
+        (call it after the broker stopped and before the database does)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        if final_poll and self.db_url:
+            try:
+                self.poll()
+            except Exception:
+                log.exception("last read of the broker's log failed")
+        if self._backlog:
+            log.error("%d refused broker connections not recorded (database away at shutdown)", len(self._backlog))
+        self._close_conn()
+        self.tail.close()
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+
+def _when(refusal: Refusal) -> datetime:
+    return datetime.fromtimestamp(refusal.at, UTC) if refusal.at is not None else datetime.now(UTC)

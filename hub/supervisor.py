@@ -5,7 +5,9 @@ restarting any that dies, and stopping everything cleanly on SIGINT/SIGTERM.
 
 While it runs it also keeps the broker's device accounts in step with the registry and
 var/secrets: a device decommissioned (through the API, or dropped from the site file) or
-whose password was rotated loses its old login within about a second."""
+whose password was rotated loses its old login within about a second. And it follows the
+embedded broker's log: every login the broker refuses is an audit record, a burst of them
+from one address a security event (hub/mqtt_refusals.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +27,7 @@ from config.settings import Settings
 from config.site import Site, load_site
 from config.urls import redact_url
 from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account
+from hub.mqtt_refusals import RefusalFollower
 from store.backoff import CHILD_RESTART
 from store.secrets import SecretBox, read_or_create_secret
 
@@ -55,6 +58,8 @@ class Supervisor:
     db_url: str = ""
     mqtt_url: str = ""
     children: list[Child] = field(default_factory=list)
+    # records the embedded broker's refused logins (audit, and a security event on a burst)
+    refusals: RefusalFollower | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     # (active device kinds, passwords file stamp) the broker's accounts were last made from
     _accounts_basis: tuple | None = field(default=None, init=False, repr=False)
@@ -115,6 +120,9 @@ class Supervisor:
                                             box=self.box)
             accounts = self._device_accounts(kinds)
             self.broker.set_accounts(accounts)
+            # from the log's end as it is before this start: what the broker logs from now on
+            self.refusals = RefusalFollower(self.broker.log_path, {s.embedded_mqtt_port: "hub",
+                                                                   self.broker.device_port: "devices"})
             self.broker.start()
             self.mqtt_url = self.broker.url
             log.info("embedded Mosquitto on 127.0.0.1:%d (devices on :%d)", s.embedded_mqtt_port,
@@ -260,6 +268,8 @@ class Supervisor:
         retention = threading.Thread(target=self._retention_loop, name="retention", daemon=True)
         retention.start()
         threading.Thread(target=self._broker_accounts_loop, name="broker-accounts", daemon=True).start()
+        if self.refusals is not None:
+            self.refusals.start(self.db_url)
         s = self.settings
         print(f"[xlhub] hub running: web UI and API http://{s.http_host}:{s.http_port}/ "
               f"(API docs /docs, readiness /readyz); Ctrl-C stops it", flush=True)
@@ -331,6 +341,8 @@ class Supervisor:
             child.proc = None
         if self.broker is not None:
             self.broker.stop()
+        if self.refusals is not None:
+            self.refusals.stop()          # its last refusals, while the database is still up
         if self.pg is not None:
             self.pg.stop()
         log.info("hub stopped")

@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import paho.mqtt.client as paho
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from config.settings import DEMO_SITE_FILE, Settings
 from config.site import load_site
@@ -104,6 +107,31 @@ class Hub:
         return f"postgresql://xlhub:{quote(self.secret('pg_password'), safe='')}@127.0.0.1:{self.ports['pg']}/xlhub"
 
 
+REFUSED_FROM = "127.0.0.77"
+
+
+def mqtt_login(port: int, username: str, password: str, source: str) -> bool:
+    """One login with paho from ``source``; True when the broker accepted it."""
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"run-test-{time.time_ns()}", protocol=paho.MQTTv5)
+    c.username_pw_set(username, password)
+    answered, codes = threading.Event(), []
+    c.on_connect = lambda client, userdata, flags, rc, props: (codes.append(rc), answered.set())
+    c.connect("127.0.0.1", port, bind_address=source)
+    c.loop_start()
+    try:
+        assert answered.wait(10), "the broker did not answer"
+        return not codes[0].is_failure
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def refused_logins(hub: Hub) -> list[dict]:
+    with psycopg.connect(hub.db_url(), row_factory=dict_row) as conn:
+        return conn.execute("SELECT action, outcome, detail FROM audit_log WHERE source_ip = %s",
+                            (REFUSED_FROM,)).fetchall()
+
+
 @pytest.fixture(scope="module")
 def passwords():
     site = load_site(DEMO_SITE_FILE)
@@ -151,6 +179,14 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
                        json={"frame_time": datetime.now(UTC).isoformat(), "category": "治安防控"})
         assert r.status_code == 201, r.text
         assert r.json()["evidence"], r.json()
+
+        # a refused broker login is on record (the supervisor follows the broker's log)
+        assert not mqtt_login(hub.ports["mqtt_devices"], "door-dsc", "not-its-password", source=REFUSED_FROM)
+        deadline = time.monotonic() + 15
+        while not refused_logins(hub) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [(r["action"], r["outcome"], r["detail"]["listener"]) for r in refused_logins(hub)] == \
+            [("mqtt.refused", "denied", "devices")]
     finally:
         code = hub.stop(signal.SIGTERM)
     assert code == 0, hub.output()
@@ -166,6 +202,8 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
         print(f"second start ready in {time.monotonic() - again:.1f}s")
         assert "created embedded PostgreSQL" not in hub.output().split("hub stopped")[-1]
         assert "initial password" not in hub.output().split("hub stopped")[-1]
+        time.sleep(2)                                   # two polls of the broker's log at least
+        assert len(refused_logins(hub)) == 1            # the old log is not recorded again
     finally:
         assert hub.stop(signal.SIGINT) == 0
     assert not any(port_open(p) for p in hub.ports.values())

@@ -36,6 +36,7 @@ from config.settings import Settings
 from store.db import open_async_pool, open_pool
 from store.identity import IDENTITY_CHANNEL, PrincipalCache
 from store.listen import Listener
+from store.security import BurstCounter
 
 
 def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
@@ -103,6 +104,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     app.state.registry_reads = ReadCache(REGISTRY_S, needs_notifications=True)
     app.state.live_reads = ReadCache(LIVE_S, needs_notifications=False)
     app.state.ptz_holds = PtzHolds()      # which camera moves are held: their renewals are not audited again
+    app.state.device_refusals = BurstCounter()   # refused device credentials per device and address
     # The last added runs first: the audit wraps the CSRF guard, so a forged request is refused
     # before any view and its 403 is on record.
     app.add_middleware(CsrfGuard, session_cookie=SESSION_COOKIE, allowed_origins=tuple(settings.allowed_origins))

@@ -13,6 +13,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from api.deps import Conn, authenticate
+from api.devices import refusals
 from api.devices.common import (
     MULTIPART_OVERHEAD,
     TAG,
@@ -32,28 +33,42 @@ from store import audit
 router = APIRouter(prefix="/api", tags=[TAG])
 
 
-def _basic_device(request: Request) -> tuple[str, str] | None:
+# One answer whether the claimed device exists, is decommissioned or the password is wrong:
+# nobody learns which device ids there are. The audit record says which it was.
+REFUSED = "设备认证失败：设备编号或密码错误 (invalid device credentials)"
+MALFORMED = "设备凭据格式错误 (invalid Basic credentials)"
+MISSING = "需要设备凭据：HTTP Basic，用户名为设备编号、密码为其接入密码 (device credentials required)"
+_CHALLENGE = {"WWW-Authenticate": "Basic"}
+
+
+def _basic_device(request: Request) -> tuple[str | None, str | None] | None:
+    """The Basic credentials of the request: None without any, (None, None) when unreadable."""
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("basic "):
         return None
     try:
         user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        raise HTTPException(401, "invalid Basic credentials", headers={"WWW-Authenticate": "Basic"}) from None
+        return None, None
     return user, password
 
 
 def _authenticated_device(request: Request, conn) -> registry.DeviceRecord:
     creds = _basic_device(request)
     if creds is None:
-        raise HTTPException(401, "device credentials required (HTTP Basic: device id and its broker password)",
-                            headers={"WWW-Authenticate": "Basic"})
+        refusals.refuse(request, conn, None, "未提供设备凭据", counted=False)
+        raise HTTPException(401, MISSING, headers=_CHALLENGE)
     device_id, password = creds
+    if device_id is None:
+        refusals.refuse(request, conn, None, "凭据格式错误")
+        raise HTTPException(401, MALFORMED, headers=_CHALLENGE)
     if not DeviceSecrets.for_var_dir(var_dir(request)).check_password(device_id, password):
-        raise HTTPException(401, "invalid device credentials", headers={"WWW-Authenticate": "Basic"})
+        refusals.refuse(request, conn, device_id, None)     # wrong password, or no such device
+        raise HTTPException(401, REFUSED, headers=_CHALLENGE)
     dev = registry.get_device(conn, device_id)
     if dev is None or not dev.active:
-        raise HTTPException(401, "device not registered or decommissioned", headers={"WWW-Authenticate": "Basic"})
+        refusals.refuse(request, conn, device_id, "设备未登记或已停用")
+        raise HTTPException(401, REFUSED, headers=_CHALLENGE)
     request.state.device = dev
     return dev
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import deque
@@ -50,6 +51,7 @@ PENDING_MAX_AGE_S = 10            # by the broker's clock: older ones never sent
 MAX_BACKLOG = 10_000              # refusals kept while the database is away
 READ_MAX = 4 << 20                # bytes of log read per poll (the rest next poll)
 PARTIAL_MAX = 64 << 10            # an unfinished last line longer than this is dropped
+ROTATE_AT = 16 << 20              # the broker's log is kept to this (and one older copy, .1)
 
 _TS = r"^(?:(?P<ts>\d+): )?"
 NEW = re.compile(_TS + r"New connection from (?P<addr>\S+):(?P<peer>\d+) on port (?P<port>\d+)\.$")
@@ -129,10 +131,16 @@ def _ts(m: re.Match) -> int | None:
 class LogTail:
     """New complete lines of a growing file, read from where the last call stopped. Holds the
     file open, so the tail of a file renamed away (rotated) is still read before the name is
-    followed to the new file; a file cut shorter (truncated) is read again from its start."""
+    followed to the new file; a file cut shorter (truncated) is read again from its start.
 
-    def __init__(self, path: Path, *, from_end: bool = True) -> None:
+    With ``rotate_at``, a file read to its end and grown past it is copied to ``<name>.1``
+    and truncated (the writer, the broker, keeps its append-mode descriptor, so it writes on
+    at the new start): the broker's log now gets a line per connection and must not grow
+    without end. What the writer appended while the copy was made is read from the copy."""
+
+    def __init__(self, path: Path, *, from_end: bool = True, rotate_at: int | None = None) -> None:
         self.path = Path(path)
+        self.rotate_at = rotate_at
         self._fd: int | None = None
         self._id: tuple[int, int] | None = None
         self._offset = 0
@@ -167,7 +175,20 @@ class LogTail:
         if self._offset >= size and self._replaced():
             os.close(self._fd)                   # read to its end: follow the name from now on
             self._fd = None
+        elif self.rotate_at and self._offset >= size >= self.rotate_at:
+            data += self._rotate()
         return self._split(data)
+
+    def _rotate(self) -> bytes:
+        """Copy to .1 and truncate; the bytes appended since our read, from the copy."""
+        copy = self.path.with_name(self.path.name + ".1")
+        shutil.copyfile(self.path, copy)
+        os.truncate(self.path, 0)
+        with open(copy, "rb") as f:
+            f.seek(self._offset)
+            late = f.read()
+        self._offset = 0
+        return late
 
     def _replaced(self) -> bool:
         try:
@@ -201,7 +222,7 @@ class RefusalFollower:
     def __init__(self, log_path: Path, listeners: dict[int, str], *, db_url: str | None = None,
                  counter: BurstCounter | None = None, poll_s: float = POLL_S, from_end: bool = True,
                  max_backlog: int = MAX_BACKLOG) -> None:
-        self.tail = LogTail(log_path, from_end=from_end)
+        self.tail = LogTail(log_path, from_end=from_end, rotate_at=ROTATE_AT)
         self.listeners = dict(listeners)
         self.db_url = db_url
         self.counter = counter or BurstCounter()

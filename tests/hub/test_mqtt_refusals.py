@@ -224,3 +224,27 @@ def test_a_truncated_or_replaced_log_is_followed(site_db, tmp_path):
         assert [len(refusals(site_db, f"10.2.2.{i}")) for i in (1, 2, 3, 4)] == [1, 2, 1, 1]
     finally:
         follower.stop(final_poll=False)
+
+
+def test_the_brokers_log_is_kept_to_its_size(tmp_path):
+    """A line per connection would grow the log without end: past ``rotate_at`` it is copied
+    to .1 and cut, the writer (append mode, as the broker's stderr) writes on at the start,
+    and no line is lost to the follower."""
+    from hub.mqtt_refusals import LogTail
+
+    log_path = tmp_path / "mosquitto.log"
+    writer = open(log_path, "ab", buffering=0)
+    tail = LogTail(log_path, from_end=False, rotate_at=1000)
+    try:
+        seen = []
+        for i in range(60):
+            writer.write(f"line {i:03d} {'x' * 40}\n".encode())
+            if i % 7 == 0:
+                seen += tail.read_lines()
+        seen += tail.read_lines()
+        assert seen == [f"line {i:03d} {'x' * 40}" for i in range(60)]
+        assert log_path.stat().st_size < 1000 + 7 * 50
+        assert (tmp_path / "mosquitto.log.1").read_bytes().startswith(b"line ")
+    finally:
+        writer.close()
+        tail.close()

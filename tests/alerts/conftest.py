@@ -68,14 +68,18 @@ class EngineRunner:
 
     def __init__(self, db_url: str, mqtt_url: str | None, site_file: Path, *, var_dir: Path | None = None,
                  **kwargs) -> None:
-        from alerts.worker import AlertsWorker
-
         kwargs.setdefault("scan_interval_s", 0.2)
         # Broadcast speech is synthesised under var_dir: a throwaway one unless given.
         self._tmp = tempfile.TemporaryDirectory(prefix="xlhub-alerts-var-") if var_dir is None else None
         var_dir = var_dir or Path(self._tmp.name)
-        self.engine = AlertsWorker(Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file,
-                                            var_dir=var_dir), **kwargs)
+        self._settings = Settings(database_url=db_url, mqtt_url=mqtt_url, site_file=site_file, var_dir=var_dir)
+        self._kwargs = kwargs
+        self._new_worker()
+
+    def _new_worker(self) -> None:
+        from alerts.worker import AlertsWorker
+
+        self.engine = AlertsWorker(self._settings, **self._kwargs)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.engine.run, args=(self.stop,), name="alerts-engine", daemon=True)
 
@@ -85,10 +89,20 @@ class EngineRunner:
         wait_for(lambda: self.engine.listening, 10, what="the alerts worker to listen")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def halt(self) -> None:
+        """Stop the worker as a killed child stops: what arrives now waits in the queue."""
         self.stop.set()
         self.thread.join(20)
         assert not self.thread.is_alive(), "the alerts worker did not stop"
+
+    def restart(self) -> EngineRunner:
+        """A fresh worker on the same database and site, as the supervisor restarts one."""
+        self.halt()
+        self._new_worker()
+        return self.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.halt()
         if self._tmp is not None:
             self._tmp.cleanup()
 

@@ -174,15 +174,21 @@ def test_credentials_rotate_refuses_the_old_password(mqtt, site_db, var_dir):
     assert again.returncode == 1 and "use 'rotate'" in again.stderr and new not in again.stdout + again.stderr
 
 
-def test_an_idle_devices_worker_sleeps(db_url, mqtt, tmp_path):
+def test_an_idle_devices_worker_sleeps(pg, demo_site, mqtt, tmp_path):
     """Nothing queued, no device talking: the worker turns once a second (the availability
     sweep) and looks at the queued commands and broadcasts only when notified, when one is
-    due or every OUTBOUND_POLL_S — it made about 30 transactions a second polling them."""
+    due or every OUTBOUND_POLL_S — it made about 30 transactions a second polling them.
+    A database of its own: the module's database has the `service` worker running on it."""
     import uuid as _uuid
 
     from devices.worker import DevicesWorker
+    from store.registry import sync_site
+    from tests.conftest import create_database
     from tests.devices.conftest import fast_settings, hub_settings
 
+    db_url = create_database(pg)
+    with connect(db_url) as conn:
+        sync_site(conn, demo_site)
     svc = DevicesWorker(hub_settings(db_url, mqtt.url, tmp_path), fast_settings(registry_refresh_s=30.0),
                         heartbeat_name=f"devices-idle-{_uuid.uuid4().hex[:6]}")
     svc.start()

@@ -41,3 +41,8 @@ def setup_logging(settings: Settings, process: str = "main") -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("alembic.runtime.migration", "httpx", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aioice logs every candidate pair's every state change at INFO (a quarter of a busy
+    # API's log was ICE chatter): shown only when debugging.
+    chatter = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(chatter)

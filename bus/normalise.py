@@ -60,6 +60,8 @@ class CameraHealthRow:
     ttff_ms: float | None
     last_frame_age_ms: float | None
     source_time: datetime
+    problem: str | None = None
+    problem_detail: str | None = None
     table = "camera_health"
 
 
@@ -90,7 +92,8 @@ def _tele(t: Topic, payload: bytes, received_at: datetime) -> list[Row]:
     m = validate(TELEMETRY[t.kind], payload, f"{t.kind} {t.channel}")
     if t.kind == "camera":
         return [CameraHealthRow(received_at, t.source_id, m.state, m.fps, m.bitrate_kbps, m.keyframe_interval,
-                                m.reconnects, m.ttff_ms, m.last_frame_age_ms, m.ts)]
+                                m.reconnects, m.ttff_ms, m.last_frame_age_ms, m.ts,
+                                m.problem.value if m.problem else None, m.problem_detail)]
     data = m.model_dump_json(exclude=ENVELOPE_FIELDS, exclude_none=True)
     rows: list[Row] = [TelemetryRow(received_at, t.source_id, t.kind, m.ts, m.seq, m.id, data)]
     if t.channel == "tele" and t.kind == "drone":

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from bus.envelope import Envelope, Lat, Lon, Pct
+from config.vocabulary import StreamProblem
 
 
 class DoorTelemetry(Envelope):
@@ -55,6 +56,10 @@ class CameraHealth(Envelope):
     reconnects: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     ttff_ms: Annotated[float, Field(ge=0)] | None = None
     last_frame_age_ms: Annotated[float, Field(ge=0)] | None = None
+    # Why there is no picture (absent while it plays): config/vocabulary.StreamProblem, and
+    # a short English detail (redacted, no URL).
+    problem: StreamProblem | None = None
+    problem_detail: Annotated[str, Field(max_length=200)] | None = None
 
 
 TELEMETRY: dict[str, type[Envelope]] = {

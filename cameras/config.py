@@ -81,6 +81,7 @@ class CameraSpec:
     timezone: str = "Asia/Shanghai"
     onvif_host: str | None = None
     onvif_port: int = 80
+    transport: str = "auto"          # RTSP lower transport: auto | tcp | udp (cameras/rtsp.py)
 
     def stream_url(self) -> str:
         return with_credentials(self.url, self.username, self.password)
@@ -153,7 +154,8 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
             username = cred.username
         specs.append(CameraSpec(id=cam.id, url=str(url or ""), name=cam.name, grid=cam.grid, username=username,
                                 password=password, analytics=analytics, timezone=site.timezone,
-                                onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80))
+                                onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80,
+                                transport=getattr(cam, "transport", "auto")))
     return specs, problems
 
 

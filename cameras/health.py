@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 
 from cameras.config import HealthConfig
+from cameras.rtsp import Failure
+from config.vocabulary import StreamProblem
 
 
 class State(StrEnum):
@@ -77,7 +79,8 @@ class HealthMonitor:
         self.open_started_mono: float | None = None
         self.ttff_ms: float | None = None
         self._awaiting_first = False
-        self.last_error: str | None = None
+        # why the last connection failed or ended; cleared by its successor's first packet
+        self.failure: Failure | None = None
         # pictures (frozen detection)
         self._last_sig: np.ndarray | None = None
         self.picture_changed_mono: float | None = None
@@ -112,6 +115,7 @@ class HealthMonitor:
         self.last_packet_wall = wall
         if self._awaiting_first:
             self._awaiting_first = False
+            self.failure = None
             if self.open_started_mono is not None:
                 self.ttff_ms = (now - self.open_started_mono) * 1000.0
         self.last_packet_mono = now
@@ -124,11 +128,11 @@ class HealthMonitor:
             self.last_key_mono = now
             self.keyframes += 1
 
-    def closed(self, reason: str | None) -> None:
+    def closed(self, failure: Failure | None) -> None:
         self.connected = False
         self.last_key_mono = None
-        if reason:
-            self.last_error = reason
+        if failure:
+            self.failure = failure
 
     def picture(self, signature: np.ndarray, uniform: bool) -> None:
         """A small grey picture (masked areas zeroed) of an analysed frame."""
@@ -214,7 +218,7 @@ class HealthMonitor:
         self._down_since_wall = last_wall or wall
         self._offline_alerted = not self.maintenance
         events.append(HealthEvent("camera.offline", self._down_since_wall, {
-            "reason": self.last_error or ("no frames" if never else "stream stalled"),
+            **self._problem_detail(now),
             "never_connected": never,
             "last_frame_at": int(last_wall * 1000) if last_wall else None,
             "reconnects": max(0, self.connects - 1),
@@ -247,10 +251,31 @@ class HealthMonitor:
             if was and not on and self.state in (State.offline, State.recovering) and not self._offline_alerted:
                 self._offline_alerted = True
                 return [HealthEvent("camera.offline", self._down_since_wall or self._wall(), {
-                    "reason": self.last_error or "stream stalled", "after_maintenance": True,
+                    **self._problem_detail(self._mono()), "after_maintenance": True,
                     "last_frame_at": int(self.last_packet_wall * 1000) if self.last_packet_wall else None,
                     "reconnects": max(0, self.connects - 1)})]
             return []
+
+    # -- why there is no picture ------------------------------------------------------
+    def problem(self, now: float | None = None) -> Failure | None:
+        """Why the camera shows no picture now, kept current: the last connection's failure
+        (each new one replaces it), else a stall; None while pictures flow (or while the
+        first connection is still being made)."""
+        state = self.state
+        if state == State.online or state == State.recovering:
+            return None
+        failure = self.failure
+        if failure is not None or state == State.starting:
+            return failure
+        now = self._mono() if now is None else now
+        age = self._frame_age(now, self._wall())
+        if age is None:
+            return Failure(StreamProblem.stalled, "connected, no picture yet" if self.connected else "no picture yet")
+        return Failure(StreamProblem.stalled, f"no picture for {age:.0f} s")
+
+    def _problem_detail(self, now: float) -> dict:
+        failure = self.problem(now) or Failure(StreamProblem.stalled, "no picture")
+        return {"reason": failure.detail, "problem": failure.problem.value, "problem_label": failure.label}
 
     # -- telemetry -----------------------------------------------------------------
     @property
@@ -282,4 +307,6 @@ class HealthMonitor:
             "reconnects": max(0, self.connects - 1),
             "ttff_ms": round(self.ttff_ms, 1) if self.ttff_ms is not None else None,
             "last_frame_age_ms": round(age * 1000, 1) if age is not None else None,
+            **({"problem": problem.problem.value, "problem_detail": problem.detail}
+               if (problem := self.problem(now)) is not None else {}),
         }

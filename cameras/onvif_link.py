@@ -42,6 +42,7 @@ from typing import Any
 from bus.commands import PTZ_OPS
 from cameras.config import with_credentials
 from config.urls import redact_text, redact_url
+from config.vocabulary import StreamProblem
 from store.backoff import CAMERA, Schedule
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ BACKOFF_S: tuple[float, ...] = CAMERA.steps
 class StreamUnresolved(ConnectionError):
     """The reader asked for the URL of a camera whose stream URI ONVIF has not given (yet).
     An OSError, so the reader treats it as a failed open: reason logged, backoff, retry."""
+
+    stream_problem = StreamProblem.no_address
 
 
 @dataclass(frozen=True)

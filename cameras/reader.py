@@ -14,9 +14,13 @@ may be a whole GOP away, and a camera that streams is there — restarts the seq
 first step. A camera that dropped a streaming connection twice within ``FLAP_WINDOW_S`` is
 flapping (a loose cable, a PoE budget, a rebooting switch): it stops at the 10 s step, since
 its retries can land in its down moments by chance, and the 60 s step would then keep it
-away — and offline — up to a minute after it has settled. At most one connect attempt a
-second either way, so a flapping camera cannot spin the CPU; alerts are the health state
-machine's (debounced by time), not the reader's.
+away — and offline — up to a minute after it has settled. A long step after a camera could
+not be reached (refused, or no answer) is cut short: its port is knocked at every
+``PROBE_S`` (a TCP connect, nothing sent) and the reader connects as soon as the port opens
+— a camera back from a 30 s reboot plays within seconds, not after the rest of a 60 s step;
+a port that stays open (a hung camera, a refused password) waits the step out. At most one
+connect attempt a second either way, so a flapping camera cannot spin the CPU; alerts are
+the health state machine's (debounced by time), not the reader's.
 
 Two cost modes:
 - keyframes only (``decode_all=False``): every packet is demuxed and kept in the evidence
@@ -25,12 +29,17 @@ Two cost modes:
 - full decoding (``decode_all=True``): every frame is decoded (H.264 needs them all) and
   handed to analysis at the configured rate: motion.
 
+The stream is opened by cameras/rtsp.py (the camera's transport: auto, tcp or udp) and a
+connection that fails or ends is reported to the sink as a ``Failure``: the problem a
+person can act on (认证失败, 无法连接 …) and a short English detail.
+
 Credentials are put into the URL only for the demuxer; every message this module logs or
 raises goes through config.urls.redact_text.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -39,11 +48,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import av
 
 from cameras.evidence import Segment
+from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, is_rtsp, open_stream
 from config.urls import redact_text
+from config.vocabulary import StreamProblem
 from store.backoff import CAMERA, Schedule
 
 log = logging.getLogger(__name__)
@@ -89,34 +101,34 @@ class Backoff:
         return backoff_delay(failures, self.steps)
 
 
-def describe_error(exc: BaseException) -> str:
-    """A short, redacted reason for a failed open or read (FFmpeg puts the URL, and so
-    the password, into its messages)."""
-    if isinstance(exc, av.error.ExitError):
-        return "timed out (no data)"
-    text = redact_text(str(exc)).strip()
-    # "[Errno 111] Connection refused: 'rtsp://***@host/x'" → keep the reason, drop the URL.
-    if ": '" in text:
-        text = text.split(": '", 1)[0]
-    return f"{type(exc).__name__}: {text}"[:300]
+# A long backoff step after a camera could not be reached is cut short when its port opens:
+# checked this often, with a TCP connect of at most PROBE_TIMEOUT_S (nothing is sent).
+PROBE_S = 5.0
+PROBE_TIMEOUT_S = 1.0
+PROBED = frozenset({StreamProblem.unreachable, StreamProblem.no_response})
+
+
+def probe_target(url: str | None) -> tuple[str, int] | None:
+    if not url or not is_rtsp(url):
+        return None
+    parts = urlsplit(url)
+    try:
+        return (parts.hostname, parts.port or (322 if parts.scheme.lower() == "rtsps" else 554)) \
+            if parts.hostname else None
+    except ValueError:
+        return None
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 def is_live(url: str) -> bool:
     return url.lower().startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://"))
-
-
-def input_options(url: str, read_timeout_s: float) -> dict[str, str]:
-    if not url.lower().startswith(("rtsp://", "rtsps://")):
-        return {}
-    return {
-        "rtsp_transport": "tcp",                          # UDP loses packets through NAT and firewalls
-        "timeout": str(int(read_timeout_s * 1_000_000)),  # socket I/O timeout, µs
-        # Probe little: the SDP already names the codec, and a long probe is time to first
-        # frame (and packets buffered with stale arrival times).
-        "analyzeduration": "500000",
-        "probesize": "131072",
-        "fflags": "nobuffer",
-    }
 
 
 class WallClock:
@@ -191,7 +203,7 @@ class ReaderSink(Protocol):
     def on_open(self, segment: Segment, open_s: float) -> None: ...
     def on_packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment, mono: float) -> None: ...
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None: ...
-    def on_close(self, reason: str | None, frames: int) -> None: ...
+    def on_close(self, failure: Failure | None, frames: int) -> None: ...
     def on_retry(self, delay_s: float, failures: int) -> None: ...
 
 
@@ -212,7 +224,7 @@ class StreamReader:
                  decode_all: bool = False, analysis_fps: float | None = None,
                  open_timeout_s: float = 5.0, read_timeout_s: float = 3.0,
                  backoff: tuple[float, ...] = BACKOFF_S, clock: WallClock | None = None,
-                 pace: bool = False) -> None:
+                 pace: bool = False, transport: Transport | str = "auto") -> None:
         self.camera_id = camera_id
         self._url = url if callable(url) else (lambda u=url: u)
         self.sink = sink
@@ -223,6 +235,8 @@ class StreamReader:
         self.backoff = backoff
         self.clock = clock or WallClock()
         self.pace = pace
+        self.transport = transport if isinstance(transport, Transport) else Transport(transport)
+        self.last_failure: Failure | None = None
         self.stats = ReaderStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -270,8 +284,37 @@ class StreamReader:
             delay = policy.after(delivered=self.stats.packets > packets)
             self.phase = "backoff"
             self.sink.on_retry(delay, policy.failures)
-            self._stop.wait(delay)
+            self._wait(delay)
         self.phase = "stopped"
+
+    def _wait(self, delay: float) -> None:
+        """Wait ``delay`` before the next connection; on a long wait after a camera could not
+        be reached, knock at its port every PROBE_S and come back as soon as it opens (a
+        camera back from a 30 s reboot is not left offline for the rest of a 60 s step).
+        A port that was already open (a hung camera, a refused password) waits it out."""
+        failure = self.last_failure
+        target = probe_target(self._url_or_none()) if delay > PROBE_S and failure is not None \
+            and failure.problem in PROBED else None
+        if target is None:
+            self._stop.wait(delay)
+            return
+        end = time.monotonic() + delay
+        was_open = failure.problem is not StreamProblem.unreachable and port_open(*target)
+        while not self._stop.wait(min(PROBE_S, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end:
+                return
+            if port_open(*target):
+                if not was_open:
+                    log.info("camera %s: its port answers again, connecting now", self.camera_id)
+                    return
+            else:
+                was_open = False
+
+    def _url_or_none(self) -> str | None:
+        try:
+            return self._url()
+        except Exception:       # an ONVIF source without a URI yet
+            return None
 
     # -- one connection ------------------------------------------------------------
     def read_once(self) -> int:
@@ -281,23 +324,28 @@ class StreamReader:
         started = time.monotonic()
         container = None
         frames = 0
-        reason: str | None = None
+        failure: Failure | None = None
         try:
             url = self._url()
             self.clock.stream_time = not is_live(url)
-            container = av.open(url, options=input_options(url, self.read_timeout_s),
-                                timeout=(self.open_timeout_s, self.read_timeout_s))
+            container = open_stream(url, self.transport, self.open_timeout_s, self.read_timeout_s)
             del url
             if self.abandoned:
                 return 0
             frames = self._read(container, started)
-        except (av.FFmpegError, OSError, IndexError) as exc:     # IndexError: no video stream
-            reason = describe_error(exc)
+        except StreamError as exc:
+            failure = exc.failure
+            self.stats.failures += 1
+        except IndexError:          # no video stream
+            failure = NO_VIDEO
+            self.stats.failures += 1
+        except (av.FFmpegError, OSError) as exc:
+            failure = classify(exc, time.monotonic() - started, self.read_timeout_s)
             self.stats.failures += 1
         except Exception as exc:     # a bug in analysis must not end the camera's reading
-            reason = describe_error(exc)
+            failure = classify(exc)
             self.stats.failures += 1
-            log.error("camera %s: reader failed: %s\n%s", self.camera_id, reason,
+            log.error("camera %s: reader failed: %s\n%s", self.camera_id, failure,
                       redact_text("".join(traceback.format_exception(exc))))
         finally:
             if container is not None:
@@ -307,9 +355,10 @@ class StreamReader:
                     pass
             self.phase = "closed"
         if not self.abandoned:
-            if reason is None and not self._stop.is_set():
-                reason = "stream ended"
-            self.sink.on_close(reason, frames)
+            if failure is None and not self._stop.is_set():
+                failure = STREAM_ENDED
+            self.last_failure = failure
+            self.sink.on_close(failure, frames)
         return frames
 
     def _read(self, container, started: float) -> int:

@@ -68,6 +68,7 @@ from cameras.health import HealthEvent, HealthMonitor
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
+from cameras.rtsp import Failure, Transport
 from store.workers import beat
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ class CameraPipeline:
         self._tamper_period = self.cfg.tamper.interval_s if self.cfg.decode_all else 0.0
         self.pending_clips: list[PendingClip] = []
         self._clips_lock = threading.Lock()
-        self._last_close_reason: str | None = None
+        self._last_close_reason: Failure | None = None
+        self.transport = Transport(spec.transport)     # outlives readers: what worked is tried first
         self._packets_at_open: int | None = None     # None: no connection open
         self.analysed_frames = 0
         self.analysis_dropped = 0
@@ -171,7 +173,8 @@ class CameraPipeline:
         url = self.source.url if self.source is not None else self.spec.stream_url
         return StreamReader(self.spec.id, url, self, decode_all=self.cfg.decode_all,
                             analysis_fps=self.cfg.motion.fps if self.cfg.decode_all else None,
-                            open_timeout_s=h.open_timeout_s, read_timeout_s=h.read_timeout_s)
+                            open_timeout_s=h.open_timeout_s, read_timeout_s=h.read_timeout_s,
+                            transport=self.transport)
 
     @property
     def shown_url(self) -> str:
@@ -204,14 +207,14 @@ class CameraPipeline:
         else:
             self.analyse(frame, wall, key)
 
-    def on_close(self, reason: str | None, frames: int) -> None:
-        self.health.closed(reason)
+    def on_close(self, failure: Failure | None, frames: int) -> None:
+        self.health.closed(failure)
         if self.source is not None:
             opened_at, self._packets_at_open = self._packets_at_open, None
             self.source.stream_closed(opened_at is not None and self.health.packets > opened_at)
-        if reason and reason != self._last_close_reason:
-            log.warning("camera %s: %s (%s)", self.spec.id, reason, self.shown_url)
-        self._last_close_reason = reason or self._last_close_reason
+        if failure and failure != self._last_close_reason:
+            log.warning("camera %s: %s (%s)", self.spec.id, failure, self.shown_url)
+        self._last_close_reason = failure or self._last_close_reason
 
     def on_retry(self, delay_s: float, attempt: int) -> None:
         log.debug("camera %s: retry %d in %.0fs", self.spec.id, attempt, delay_s)

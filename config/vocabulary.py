@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 class Role(StrEnum):
@@ -218,6 +219,42 @@ CHANNEL_LABELS: dict[str, str] = {
 }
 
 
+class StreamProblem(StrEnum):
+    """Why a camera's stream is not playing, as a person can act on it (cameras/failures.py
+    classifies FFmpeg's errors into these; the tile, /api/cameras and camera.offline say it)."""
+    auth_failed = "auth_failed"                        # 401/403: user name or password
+    not_found = "not_found"                            # 404: no stream at that path
+    unreachable = "unreachable"                        # refused, no route, name not found
+    no_response = "no_response"                        # connected, then silence
+    transport_unsupported = "transport_unsupported"    # 461: the server refuses TCP (or UDP)
+    codec_unsupported = "codec_unsupported"            # no video track the hub can read
+    not_rtsp = "not_rtsp"                              # something answers, not a camera
+    stream_ended = "stream_ended"                      # the camera closed a playing stream
+    stalled = "stalled"                                # open, but no frame for too long
+    no_address = "no_address"                          # ONVIF has not given a stream URI yet
+    other = "other"
+
+    @property
+    def label(self) -> str:
+        return STREAM_PROBLEM_LABELS[self]
+
+
+STREAM_PROBLEM_LABELS: dict[StreamProblem, str] = {
+    StreamProblem.auth_failed: "认证失败", StreamProblem.not_found: "地址错误",
+    StreamProblem.unreachable: "无法连接", StreamProblem.no_response: "无响应",
+    StreamProblem.transport_unsupported: "传输方式不支持", StreamProblem.codec_unsupported: "编码不支持",
+    StreamProblem.not_rtsp: "非视频流服务", StreamProblem.stream_ended: "视频流中断",
+    StreamProblem.stalled: "画面停滞", StreamProblem.no_address: "未获取到视频流地址",
+    StreamProblem.other: "其他故障",
+}
+
+# How the hub pulls RTSP: over the RTSP connection (TCP, interleaved), over UDP, or TCP
+# first and UDP when the server answers 461 Unsupported Transport.
+RtspTransport = Literal["auto", "tcp", "udp"]
+RTSP_TRANSPORTS: tuple[str, ...] = get_args(RtspTransport)
+RTSP_TRANSPORT_LABELS: dict[str, str] = {"auto": "自动 (先TCP后UDP)", "tcp": "TCP", "udp": "UDP"}
+
+
 # ---------------------------------------------------------------------------- event types
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +384,8 @@ def as_json() -> dict:
         "stages": {k.value: v for k, v in STAGE_LABELS.items()},
         "alarm_states": dict(ALARM_STATE_LABELS),
         "channels": dict(CHANNEL_LABELS),
+        "stream_problems": {k.value: v for k, v in STREAM_PROBLEM_LABELS.items()},
+        "rtsp_transports": dict(RTSP_TRANSPORT_LABELS),
         "event_types": {k: {"label": v.label, "severity": v.severity} for k, v in sorted(EVENT_TYPES.items())},
         "event_families": {f"camera.{k}": v.label for k, v in _CAMERA_FAMILIES.items()},
     }

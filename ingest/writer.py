@@ -177,7 +177,8 @@ def prepare(items: list[Item], registry: SourceCache, *, probe_times: bool = Fal
                             row.heading_deg, row.speed_mps, grid))
             elif type(row) is CameraHealthRow:
                 cam.append((row.time, row.camera_id, row.state, row.fps, row.bitrate_kbps, row.keyframe_interval,
-                            row.reconnects, row.ttff_ms, row.last_frame_age_ms, grid))
+                            row.reconnects, row.ttff_ms, row.last_frame_age_ms, grid, row.problem,
+                            row.problem_detail))
             elif type(row) is EventRow:
                 evt.append((row.time, row.id, row.source_time, row.source_kind, row.source_id, row.type, grid,
                             src.grid_path, row.severity, row.lat, row.lon, row.msg_id, row.payload, row.evidence))
@@ -199,8 +200,9 @@ COPY_POSITIONS = ("COPY device_positions (time, device_id, source_time, lat, lon
                   "grid_code) FROM STDIN (FORMAT BINARY)")
 TYPES_POSITIONS = ["timestamptz", "text", "timestamptz", "float8", "float8", "float4", "float4", "float4", "text"]
 COPY_CAMERA = ("COPY camera_health (time, camera_id, state, fps, bitrate_kbps, keyframe_interval, reconnects, "
-               "ttff_ms, last_frame_age_ms, grid_code) FROM STDIN (FORMAT BINARY)")
-TYPES_CAMERA = ["timestamptz", "text", "text", "float4", "float4", "float4", "int4", "float4", "float4", "text"]
+               "ttff_ms, last_frame_age_ms, grid_code, problem, problem_detail) FROM STDIN (FORMAT BINARY)")
+TYPES_CAMERA = ["timestamptz", "text", "text", "float4", "float4", "float4", "int4", "float4", "float4", "text", "text",
+                "text"]
 EVENT_COLUMNS = ("time, id, source_time, source_kind, source_id, type, grid_code, grid_path, severity, lat, lon, "
                  "msg_id, payload, evidence")
 COPY_EVENTS = f"COPY _ingest_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"

@@ -59,14 +59,17 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
 
     for cam in site.cameras:
         conn.execute(
-            """INSERT INTO cameras (id, name, rtsp_url, substream_url, onvif, credentials_ref, lat, lon, tags, active)
-               VALUES (%(id)s, %(name)s, %(rtsp)s, %(sub)s, %(onvif)s, %(cred)s, %(lat)s, %(lon)s, %(tags)s, true)
+            """INSERT INTO cameras (id, name, rtsp_url, substream_url, onvif, transport, credentials_ref, lat, lon, tags,
+                                   active)
+               VALUES (%(id)s, %(name)s, %(rtsp)s, %(sub)s, %(onvif)s, %(transport)s, %(cred)s, %(lat)s, %(lon)s,
+                       %(tags)s, true)
                ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, rtsp_url = EXCLUDED.rtsp_url,
-                   substream_url = EXCLUDED.substream_url, onvif = EXCLUDED.onvif,
+                   substream_url = EXCLUDED.substream_url, onvif = EXCLUDED.onvif, transport = EXCLUDED.transport,
                    credentials_ref = EXCLUDED.credentials_ref, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
                    tags = EXCLUDED.tags, active = true, updated_at = now()""",
             {"id": cam.id, "name": cam.name, "rtsp": _str(cam.rtsp_url), "sub": _str(cam.substream_url),
              "onvif": Jsonb(cam.onvif.model_dump()) if cam.onvif else None, "cred": cam.credentials,
+             "transport": cam.transport,
              "lat": cam.position.lat if cam.position else None, "lon": cam.position.lon if cam.position else None,
              "tags": list(cam.tags or [])},
         )

@@ -40,6 +40,7 @@ from bus.envelope import Severity
 from cameras.config import EvidenceSettings
 from cameras.evidence import is_evidence_id, resolve_evidence_path
 from config.urls import redact_text
+from config.vocabulary import StreamProblem
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -380,16 +381,22 @@ class CameraHealthOut(BaseModel):
     last_snapshot: SnapshotRef | None = Field(None, description="the camera's newest stored picture "
                                                                 "(an offline camera's last good frame)")
     has_onvif: bool
+    problem: StreamProblem | None = Field(None, description="why there is no picture (offline, connecting): "
+                                                             "认证失败 auth_failed, 地址错误 not_found, 无法连接 "
+                                                             "unreachable, 无响应 no_response, 传输方式不支持 "
+                                                             "transport_unsupported, 编码不支持 codec_unsupported …")
+    problem_label: str | None = Field(None, description="中文 label of the problem, for the tile")
+    problem_detail: str | None = Field(None, description="the worker's English detail (never a credential)")
 
 
 HEALTH_QUERY = """
 SELECT c.id AS camera_id, g.grid_code, c.onvif IS NOT NULL AS has_onvif,
-       h.state AS reported_state, h.time AS reported_at, now() - h.time > make_interval(secs => %(stale)s) AS stale,
+       h.state AS reported_state, h.time AS reported_at, h.problem, h.problem_detail, now() - h.time > make_interval(secs => %(stale)s) AS stale,
        t.conditions, s.id AS snapshot_id, s.captured_at AS snapshot_at, o.type AS last_change, o.time AS changed_at
 FROM cameras c
 JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
 LEFT JOIN LATERAL (
-    SELECT time, state FROM camera_health
+    SELECT time, state, problem, problem_detail FROM camera_health
     WHERE camera_id = c.id AND time > now() - interval '1 day' ORDER BY time DESC LIMIT 1) h ON true
 LEFT JOIN LATERAL (
     -- per tamper condition, its newest event; active when that is not a camera.tamper.cleared
@@ -445,9 +452,19 @@ def camera_health_of(row: dict) -> CameraHealthOut:
     if row["snapshot_id"]:
         snap = SnapshotRef(id=row["snapshot_id"], url=f"/api/evidence/{row['snapshot_id']}",
                            captured_at=row["snapshot_at"])
+    problem = _problem(row["problem"]) if state in ("offline", "connecting") else None
     return CameraHealthOut(camera_id=row["camera_id"], grid_code=row["grid_code"], state=state, label=label,
                            since=since, reported_state=reported, reported_at=row["reported_at"], stale=stale,
-                           tamper=tamper, last_snapshot=snap, has_onvif=row["has_onvif"])
+                           tamper=tamper, last_snapshot=snap, has_onvif=row["has_onvif"], problem=problem,
+                           problem_label=problem.label if problem else None,
+                           problem_detail=row["problem_detail"] if problem else None)
+
+
+def _problem(code: str | None) -> StreamProblem | None:
+    try:
+        return StreamProblem(code) if code else None
+    except ValueError:          # a newer worker's code: the generic one
+        return StreamProblem.other
 
 
 @router.get("/camera-health", response_model=list[CameraHealthOut])
@@ -460,11 +477,16 @@ async def camera_health(request: Request,
     maintenance, 连接中 connecting, 状态未知 unknown (no worker reporting). Only cameras in
     the caller's subtree. (Not ``/cameras/health``: that path is a camera id to
     ``GET /api/cameras/{camera_id}``.)"""
+    return await healths(request, principal.node_code, grid)
+
+
+async def healths(request: Request, node: str, grid: str | None = None) -> list[CameraHealthOut]:
+    """The cameras' health under ``node`` (and ``grid``), a few seconds old at most (live_reads)."""
     stale = float(getattr(request.app.state, "camera_health_stale_s", HEALTH_STALE_S))
-    extra, params = "", {"node": principal.node_code, "stale": stale}
+    extra, params = "", {"node": node, "stale": stale}
     if grid:
         extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
 
     async def health() -> list[CameraHealthOut]:
         return [camera_health_of(r) for r in await read_rows(request, HEALTH_QUERY.format(extra=extra), params)]
-    return await request.app.state.live_reads.get(("camera-health", principal.node_code, grid, stale), health)
+    return await request.app.state.live_reads.get(("camera-health", node, grid, stale), health)

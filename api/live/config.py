@@ -37,6 +37,11 @@ class LiveSettings(BaseSettings):
     queue_packets: int = Field(90, ge=8, description="access units kept for a viewer until its connection is up "
                                                      "(from a keyframe on); more, and it starts at a later keyframe")
     jpeg_quality: int = Field(80, ge=10, le=100)
+    transcode: bool = Field(True, description="play cameras whose codec browsers cannot (H.265) as H.264, "
+                                              "encoded once per watched camera (api/live/transcode.py); off: "
+                                              "such cameras show snapshots only")
+    transcode_max_width: int = Field(640, ge=160, le=1920, description="the transcoded picture's width at most")
+    transcode_kbps: int = Field(600, ge=100, le=8000)
 
     def default_stream(self, onvif_only: bool = False) -> str:
         """The stream a viewer gets without asking for one."""

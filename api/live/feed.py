@@ -44,7 +44,9 @@ from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
 from api.live.sender import Packer, Subscriber
 from api.live.source import CameraSource, LiveError
-from cameras.reader import describe_error
+from api.live.transcode import Transcoder, scaled
+from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, open_stream
+from config.vocabulary import StreamProblem
 from config.urls import redact_text, redact_url
 from store.backoff import LIVE_VIEW
 
@@ -56,13 +58,6 @@ GOP_LIMIT = 600                     # packets kept for the snapshot; a longer GO
 
 
 # -------------------------------------------------------------------- the camera's stream
-
-
-def _open_options(url: str, read_timeout_s: float) -> dict[str, str]:
-    if not url.lower().startswith(("rtsp://", "rtsps://")):
-        return {}
-    return {"rtsp_transport": "tcp", "timeout": str(int(read_timeout_s * 1_000_000)),
-            "analyzeduration": "500000", "probesize": "131072", "fflags": "nobuffer"}
 
 
 def _nal_types(data: bytes, limit: int = 8) -> list[int]:
@@ -100,6 +95,13 @@ def _annexb_extradata(extradata: bytes | None) -> bytes:
     return bytes(out)
 
 
+def no_picture(feed: Feed) -> str:
+    """Why a snapshot cannot be given, Chinese first: the problem when the pull has one."""
+    if feed.problem is not None:
+        return f"{feed.problem.label}：摄像机无画面 (no picture: {feed.problem.detail})"
+    return f"摄像机尚无画面 (no picture from the camera yet: {feed.current_state})"
+
+
 # -------------------------------------------------------------------- one camera
 
 
@@ -123,7 +125,11 @@ class Feed:
         self.subscribers: set[Subscriber] = set()
         self.state = "starting"
         self.reason: str | None = None
+        self.problem: Failure | None = None                  # why it is not playing, for people
+        self._last_failure: tuple[str | None, Failure | None] = (None, None)   # the demux thread's
+        self.transport = Transport(source.transport)          # outlives connections: what worked first
         self.codec: str | None = None
+        self.transcoded_from: str | None = None              # the camera's codec, when transcoded
         self.width = self.height = None
         self.started_at = time.time()
         self.connected_at: float | None = None
@@ -188,7 +194,9 @@ class Feed:
 
     def info(self) -> dict:
         return {"camera_id": self.camera_id, "stream": self.stream, "state": self.current_state,
-                "reason": self.reason, "codec": self.codec, "width": self.width, "height": self.height,
+                "reason": self.reason, "problem": self.problem.problem.value if self.problem else None,
+                "problem_label": self.problem.label if self.problem else None, "codec": self.codec,
+                "transcoded_from": self.transcoded_from, "width": self.width, "height": self.height,
                 "viewers": len(self.subscribers), "snapshot_lease": self.lease_until > time.monotonic(),
                 "packets": self.packets, "keyframes": self.keyframes, "connections": self.connections,
                 "started_at": self.started_at, "last_packet_at": self.last_packet_wall}
@@ -206,23 +214,25 @@ class Feed:
                 self.loop.call_soon_threadsafe(self.registry.ask_onvif_again, self)
             attempt = 0 if opened else attempt + 1
             delay = LIVE_VIEW.delay(attempt + 1)
-            self._set_state("retrying", self.reason)
+            self._set_state("retrying", *self._last_failure)
             if self._stop.wait(delay):
                 break
 
     def _pull_once(self) -> bool:
         url = self.source.credentialed(self.stream_uri)
+        started = time.monotonic()
         try:
-            container = av.open(url, options=_open_options(url, self.settings.read_timeout_s),
-                                timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s))
+            container = open_stream(url, self.transport, self.settings.open_timeout_s, self.settings.read_timeout_s)
         except Exception as exc:  # noqa: BLE001 - every failure is a state with a reason
-            self._set_state("error", f"open failed: {describe_error(exc)}")
+            failure = exc.failure if isinstance(exc, StreamError) else \
+                classify(exc, time.monotonic() - started, self.settings.read_timeout_s, opened=False)
+            self._set_state("error", f"open failed: {failure}", failure)
             return False
         self._container = container
         got_packet = False
         try:
             if not container.streams.video:
-                self._set_state("error", "the stream has no video")
+                self._set_state("error", "the stream has no video", NO_VIDEO)
                 return True
             stream = container.streams.video[0]
             ctx = stream.codec_context
@@ -230,16 +240,33 @@ class Feed:
             extradata = _annexb_extradata(bytes(ctx.extradata) if ctx.extradata else None)
             rate = stream.average_rate or stream.guessed_rate
             step = int(VIDEO_CLOCK / float(rate)) if rate else 3000
-            self.loop.call_soon_threadsafe(self._on_open, codec, ctx.width, ctx.height, extradata, step)
-            if codec != "h264":
-                self._set_state("error", f"camera sends {codec}: live view needs H.264 (snapshots only)")
+            transcoder = None
+            if codec != "h264" and self.settings.transcode:
+                transcoder = Transcoder(ctx, fps=float(rate) if rate else None,
+                                        max_width=self.settings.transcode_max_width,
+                                        bitrate_kbps=self.settings.transcode_kbps)
+                extradata = b""                        # SPS/PPS come before every IDR
+            width, height = (scaled(ctx.width, ctx.height, self.settings.transcode_max_width)
+                             if transcoder and ctx.width else (ctx.width, ctx.height))
+            self.loop.call_soon_threadsafe(self._on_open, "h264" if transcoder else codec, width, height,
+                                           extradata, step, codec if transcoder else None)
+            if codec != "h264" and transcoder is None:
+                self._set_state("error", f"camera sends {codec}: live view needs H.264 (snapshots only)",
+                                Failure(StreamProblem.codec_unsupported, f"{codec}: live view plays H.264"))
             self._pts_offset = None
-            for packet in container.demux(stream):
+            for camera_packet in container.demux(stream):
                 if self._stop.is_set():
                     break
-                if packet.size == 0:
+                if camera_packet.size == 0:
                     continue
                 arrival = time.time()
+                if transcoder is not None:
+                    for packet in transcoder.push(camera_packet):
+                        self._rebase(packet, arrival, step)
+                        got_packet = True
+                        self.loop.call_soon_threadsafe(self._on_packet, packet, bool(packet.is_keyframe), arrival)
+                    continue
+                packet = camera_packet
                 key = bool(packet.is_keyframe)
                 if key and extradata and 7 not in _nal_types(bytes(packet)[:256]):
                     fixed = av.Packet(extradata + bytes(packet))
@@ -250,10 +277,11 @@ class Feed:
                 got_packet = True
                 self.loop.call_soon_threadsafe(self._on_packet, packet, key, arrival)
             if not self._stop.is_set():
-                self._set_state("error", "the camera ended the stream")
+                self._set_state("error", "the camera ended the stream", STREAM_ENDED)
         except Exception as exc:  # noqa: BLE001
             if not self._stop.is_set():
-                self._set_state("error", f"read failed: {describe_error(exc)}")
+                failure = classify(exc, read_timeout_s=self.settings.read_timeout_s)
+                self._set_state("error", f"read failed: {failure}", failure)
         finally:
             self._container = None
             try:
@@ -279,25 +307,31 @@ class Feed:
         packet.dts = out
         packet.time_base = TIME_BASE_90K
 
-    def _set_state(self, state: str, reason: str | None) -> None:
+    def _set_state(self, state: str, reason: str | None, problem: Failure | None = None) -> None:
+        # What the demux thread said last, for its own "retrying" (self.reason and self.problem
+        # belong to the loop, which may not have applied it yet).
+        self._last_failure = (reason, problem)
+
         def apply():
             if self._stop.is_set():
                 return
             if state in ("error", "retrying") and reason:
                 if self.reason != reason:
                     log.warning("live %s: %s", self.label, reason)
-            self.state, self.reason = state, reason
+            self.state, self.reason, self.problem = state, reason, problem
         self.loop.call_soon_threadsafe(apply)
 
     # -- on the event loop --------------------------------------------------------------
-    def _on_open(self, codec: str, width: int, height: int, extradata: bytes, step: int) -> None:
+    def _on_open(self, codec: str, width: int, height: int, extradata: bytes, step: int,
+                 transcoded_from: str | None = None) -> None:
         self.codec, self.width, self.height = codec, width, height
+        self.transcoded_from = transcoded_from
         self.extradata = extradata
         self._frame_step = step
         self.connections += 1
         self.connected_at = time.time()
         if codec == "h264":
-            self.state, self.reason = "connecting", None
+            self.state, self.reason, self.problem = "connecting", None, None
         # After a reconnect every viewer restarts at a keyframe.
         for sub in self.subscribers:
             sub.need_key = True
@@ -310,7 +344,7 @@ class Feed:
         self.last_packet_mono = time.monotonic()
         self.last_packet_wall = arrival
         if self.codec == "h264" and self.state != "live":
-            self.state, self.reason = "live", None
+            self.state, self.reason, self.problem = "live", None, None
         if key:
             self.keyframes += 1
             self.gop = []
@@ -531,11 +565,10 @@ class FeedRegistry:
             try:
                 await asyncio.wait_for(feed.keyframe_ready.wait(), wait_s)
             except asyncio.TimeoutError:
-                raise LiveError(503, f"no picture from the camera yet ({feed.current_state}"
-                                     + (f": {feed.reason}" if feed.reason else "") + ")") from None
+                raise LiveError(503, no_picture(feed)) from None
         gop = list(feed.gop)
         if not gop:
-            raise LiveError(503, "no picture from the camera yet")
+            raise LiveError(503, no_picture(feed))
         jpeg, wall = await self.loop.run_in_executor(None, feed.render_jpeg, gop, self.settings.jpeg_quality)
         return jpeg, wall, feed.stream
 

@@ -139,7 +139,9 @@ class LiveRelay(FeedRegistry):
             raise LiveError(429, "too many live views open for this user")
         existing = self.feeds.get(source.key)
         if existing is not None and existing.codec not in (None, "h264"):
-            raise LiveError(409, f"camera sends {existing.codec}: live view needs H.264; use snapshots")
+            raise LiveError(409, f"编码不支持：摄像机发送 {existing.codec}，实时视频需要 H.264，请使用快照 "
+                                 f"(camera sends {existing.codec}: live view needs H.264 and transcoding is off; "
+                                 f"use snapshots)")
 
         feed = await self.watch(source)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -39,6 +39,7 @@ class CameraSource:
     onvif_host: str | None = None
     onvif_port: int = 80
     stream: str = "main"
+    transport: str = "auto"          # RTSP lower transport (cameras/rtsp.py)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -37,6 +37,7 @@ from api.live.config import LiveSettings, Stream
 from api.live.sessions import LiveRelay
 from api.live.source import CameraSource, LiveError
 from api.permissions import Permission
+from config.vocabulary import StreamProblem
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class Answer(BaseModel):
     stream: Stream = Field(description="the stream playing: main when sub was asked of a camera without one")
     requested_stream: Stream = Field(description="the stream asked for (XLHUB_LIVE_STREAM when not given)")
     codec: str = "H264"
-    passthrough: bool = True
+    passthrough: bool = Field(True, description="false when the hub transcodes the camera's codec (H.265) to "
+                                                "H.264 for the browser; known once the camera's stream is open")
 
 
 class FeedStatus(BaseModel):
@@ -82,7 +84,11 @@ class FeedStatus(BaseModel):
     stream: Stream
     state: str
     reason: str | None
-    codec: str | None
+    problem: StreamProblem | None = Field(None, description="why it is not playing (config/vocabulary.py)")
+    problem_label: str | None = Field(None, description="中文: 认证失败 / 无法连接 / 传输方式不支持 …")
+    codec: str | None = Field(description="what the viewers get (h264)")
+    transcoded_from: str | None = Field(None, description="the camera's own codec (hevc) when the hub transcodes "
+                                                          "it for the browsers (XLHUB_LIVE_TRANSCODE)")
     width: int | None
     height: int | None
     viewers: int
@@ -102,7 +108,7 @@ class LiveStatus(BaseModel):
 # -------------------------------------------------------------------- camera lookup
 
 CAMERA_QUERY = """
-SELECT c.id, c.rtsp_url, c.substream_url, c.onvif, c.credentials_ref, g.grid_path
+SELECT c.id, c.rtsp_url, c.substream_url, c.onvif, c.transport, c.credentials_ref, g.grid_path
 FROM cameras c
 JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
 WHERE c.active AND c.id = %(id)s AND g.grid_path @> ARRAY[%(node)s]
@@ -163,7 +169,8 @@ def camera_source(camera_id: str, request: Request, conn: Conn, principal: LiveV
     elif requested == "sub" and row["substream_url"]:
         url, played = row["substream_url"], "sub"
     return CameraSource(camera_id=row["id"], url=url, username=user, password=password,
-                        onvif_host=onvif.get("host"), onvif_port=int(onvif.get("port") or 80), stream=played)
+                        onvif_host=onvif.get("host"), onvif_port=int(onvif.get("port") or 80), stream=played,
+                        transport=row["transport"])
 
 
 Source = Annotated[CameraSource, Depends(camera_source)]
@@ -198,7 +205,8 @@ async def offer(camera_id: str, body: Offer, request: Request, source: Source, p
     requested = request.state.audit_detail["requested_stream"]
     add_audit_detail(request, stream=session.stream)
     return Answer(sdp=session.pc.localDescription.sdp, session_id=session.id, camera_id=camera_id,
-                  stream=session.stream, requested_stream=requested)
+                  stream=session.stream, requested_stream=requested,
+                  passthrough=session.feed.transcoded_from is None)
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, summary="结束观看")

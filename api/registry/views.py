@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from api.cameras.views import CameraHealthOut, healths
 from api.deps import Conn, ensure_in_scope, read_rows, require
 from api.permissions import Permission
 from config.urls import redact_url
-from config.vocabulary import DeviceKind
+from config.vocabulary import DeviceKind, RtspTransport, StreamProblem
 from devices import readings
 from store.where import Where
 from store.identity import Principal
@@ -37,9 +38,14 @@ class Camera(BaseModel):
     grid_path: list[str]
     rtsp_url: str | None
     has_onvif: bool
+    transport: RtspTransport = Field(description="RTSP transport: auto (TCP, then UDP), tcp or udp")
     lat: float | None
     lon: float | None
     tags: list[str]
+    state: str | None = Field(None, description="as /api/camera-health says: online, offline, connecting …")
+    state_label: str | None = Field(None, description="中文: 在线 / 离线 / 连接中 …")
+    problem: StreamProblem | None = Field(None, description="why there is no picture (see /api/camera-health)")
+    problem_label: str | None = Field(None, description="中文: 认证失败 / 地址错误 / 无法连接 / 无响应 …")
 
 
 class Device(BaseModel):
@@ -71,7 +77,7 @@ async def grid_tree(request: Request,
 
 
 CAMERA_QUERY = """
-SELECT c.id, c.name, g.grid_code, g.grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif,
+SELECT c.id, c.name, g.grid_code, g.grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif, c.transport,
        c.lat, c.lon, c.tags
 FROM cameras c
 JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
@@ -85,8 +91,16 @@ def _camera_row(row: dict) -> dict:
     return {**row, "rtsp_url": redact_url(row["rtsp_url"]) if row["rtsp_url"] else None}
 
 
-def _camera(row: dict) -> Camera:
-    return Camera(**_camera_row(row))
+def _with_health(rows: list[dict], health: list[CameraHealthOut]) -> list[Camera]:
+    """The registry's cameras (cached until the registry changes) with each one's health
+    (cached a few seconds): what the camera is and whether, and why not, it plays."""
+    by_id = {h.camera_id: h for h in health}
+    out = []
+    for row in rows:
+        h = by_id.get(row["id"])
+        out.append(Camera(**row, **({"state": h.state, "state_label": h.label, "problem": h.problem,
+                                     "problem_label": h.problem_label} if h else {})))
+    return out
 
 
 @router.get("/cameras", response_model=list[Camera])
@@ -99,16 +113,18 @@ async def list_cameras(request: Request, principal: Annotated[Principal, Depends
 
     async def cameras() -> list[dict]:
         return [_camera_row(r) for r in await read_rows(request, CAMERA_QUERY.format(extra=extra), params)]
-    return await request.app.state.registry_reads.get(("cameras", principal.node_code, grid), cameras)
+    rows = await request.app.state.registry_reads.get(("cameras", principal.node_code, grid), cameras)
+    return _with_health(rows, await healths(request, principal.node_code, grid))
 
 
 @router.get("/cameras/{camera_id}", response_model=Camera)
-def get_camera(camera_id: str, conn: Conn,
-               principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))]) -> Camera:
-    row = conn.execute(CAMERA_QUERY.format(extra="AND c.id = %(id)s"),
-                       {"node": principal.node_code, "id": camera_id}).fetchone()
-    ensure_in_scope(principal, row["grid_path"] if row else None, f"camera {camera_id!r}")
-    return _camera(row)
+async def get_camera(camera_id: str, request: Request,
+                     principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))]) -> Camera:
+    rows = await read_rows(request, CAMERA_QUERY.format(extra="AND c.id = %(id)s"),
+                           {"node": principal.node_code, "id": camera_id})
+    ensure_in_scope(principal, rows[0]["grid_path"] if rows else None, f"camera {camera_id!r}")
+    health = [h for h in await healths(request, principal.node_code) if h.camera_id == camera_id]
+    return _with_health([_camera_row(rows[0])], health)[0]
 
 
 @router.get("/devices", response_model=list[Device])

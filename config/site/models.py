@@ -44,7 +44,7 @@ from config.fields import (
 )
 from config.site.credentials import resolve_password
 from config.site.rules import camera_rules, credential_rules, node_rules, site_rules, user_rules
-from config.vocabulary import DeviceKind, GridLevel, Role
+from config.vocabulary import DeviceKind, GridLevel, Role, RtspTransport
 
 # Context key: set by check_site_data, which runs the rules itself on the raw data.
 RULES_DONE = "xlhub_rules_done"
@@ -189,6 +189,8 @@ class Camera(StrictModel):
     rtsp_url: RtspUrl | None = None
     substream_url: RtspUrl | None = None
     onvif: Onvif | None = None
+    transport: RtspTransport = Field("auto", description="RTSP transport: auto (TCP, then UDP when the camera "
+                                                         "refuses TCP), tcp or udp")
     credentials: Id | None = Field(None, description="name of an entry of the site's credentials")
     position: GeoPoint | None = None
     tags: Annotated[list[Annotated[str, Field(max_length=64), AfterValidator(check_text)]], EmptyList] = Field(

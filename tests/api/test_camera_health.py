@@ -30,9 +30,9 @@ def add_camera(conn, cam: str, grid: str = GRID) -> None:
                  "(SELECT 1 FROM grid_membership WHERE source_id = %s AND valid_to IS NULL)", (cam, grid, cam))
 
 
-def tele(conn, cam: str, state: str, at: datetime) -> None:
-    conn.execute("INSERT INTO camera_health (time, camera_id, state, grid_code) VALUES (%s, %s, %s, %s)",
-                 (at, cam, state, GRID))
+def tele(conn, cam: str, state: str, at: datetime, problem: str | None = None, detail: str | None = None) -> None:
+    conn.execute("INSERT INTO camera_health (time, camera_id, state, grid_code, problem, problem_detail) "
+                 "VALUES (%s, %s, %s, %s, %s, %s)", (at, cam, state, GRID, problem, detail))
 
 
 def event(conn, cam: str, type_: str, at: datetime, detail: dict | None = None) -> str:
@@ -78,7 +78,8 @@ def wall(seeded_db, mqtt, evidence_dir):
         off = event(conn, "h-offline", "camera.offline", ago(120), {"reason": "timed out (no data)"})
         snaps["h-offline-old"] = snapshot(conn, evidence_dir, "h-offline", ago(3700))
         snaps["h-offline"] = snapshot(conn, evidence_dir, "h-offline", ago(125), off)
-        tele(conn, "h-offline", "offline", ago(4))
+        tele(conn, "h-offline", "offline", ago(9), "unreachable", "Connection refused")
+        tele(conn, "h-offline", "offline", ago(4), "auth_failed", "Server returned 401 Unauthorized")
         event(conn, "h-covered", "camera.tamper.covered", ago(300))
         event(conn, "h-covered", "camera.tamper.dark", ago(200))
         event(conn, "h-covered", "camera.tamper.cleared", ago(100), {"condition": "dark"})
@@ -90,7 +91,7 @@ def wall(seeded_db, mqtt, evidence_dir):
         tele(conn, "h-maint", "maintenance", ago(7))           # maintenance before everything
         tele(conn, "h-frozen", "frozen", ago(8))
         tele(conn, "h-stale", "online", ago(600))              # the worker stopped reporting
-        tele(conn, "h-recover", "recovering", ago(2))
+        tele(conn, "h-recover", "recovering", ago(2), "no_response", "no data for 3 s")
         # maintenance ended → rebaseline: the worker cleared the condition it had raised
         event(conn, "h-rebased", "camera.tamper.bright", ago(900))
         event(conn, "h-rebased", "camera.tamper.cleared", ago(30), {"condition": "bright", "rebaseline": "maintenance ended"})
@@ -121,11 +122,27 @@ def test_each_state_and_its_label(wall):
     assert off["last_snapshot"]["url"] == f"/api/evidence/{snaps['h-offline']}"
     assert off["since"] and abs(datetime.fromisoformat(off["since"]) - ago(120)) < timedelta(seconds=1)
     assert off["reported_state"] == "offline" and not off["stale"]
+    # why, from the newest report (it was unreachable before; now the password is refused)
+    assert (off["problem"], off["problem_label"]) == ("auth_failed", "认证失败")
+    assert "401" in off["problem_detail"]
+    assert got["h-recover"]["problem_label"] == "无响应"
+    assert got["h-online"]["problem"] is None and got["h-online"]["problem_label"] is None
     covered = got["h-covered"]
     assert [t["condition"] for t in covered["tamper"]] == ["covered"]
     assert got["h-stale"]["stale"] and got["h-stale"]["reported_state"] == "online"
     assert got["h-never"]["reported_at"] is None and got["h-never"]["last_snapshot"] is None
     assert got["h-maint"]["tamper"] and got["h-maint"]["state"] == "maintenance"
+
+
+def test_the_camera_list_says_whether_and_why_not_each_camera_plays(wall):
+    api, _ = wall
+    with api.client("ds-supervisor") as c:
+        listed = {cam["id"]: cam for cam in c.get("/api/cameras").json()}
+        one = c.get("/api/cameras/h-offline").json()
+    assert (listed["h-offline"]["state_label"], listed["h-offline"]["problem_label"]) == ("离线", "认证失败")
+    assert listed["h-online"]["state"] == "online" and listed["h-online"]["problem"] is None
+    assert listed["h-offline"]["transport"] == "auto"
+    assert (one["state"], one["problem"], one["problem_label"]) == ("offline", "auth_failed", "认证失败")
 
 
 def test_last_snapshot_url_serves_the_picture(wall):

@@ -7,11 +7,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import av
 import numpy as np
 import pytest
 
 from cameras.config import CameraAnalytics, CameraSpec, HealthConfig
 from cameras.health import HealthMonitor, State
+from cameras.rtsp import Failure, classify
+from config.vocabulary import StreamProblem
 from cameras.sim.server import SimRtspServer
 from cameras.worker import CameraPipeline
 
@@ -82,7 +85,7 @@ def test_outage_goes_offline_once_and_recovers_after_debounce():
     assert types(events) == ["camera.offline"] and h.state == State.offline
     assert events[0].at == last_frame and events[0].snapshot == "latest"
     assert silence(h, clock, 60) == [], "one alert per outage"
-    h.closed("timed out (no data)")
+    h.closed(Failure(StreamProblem.no_response, "no data for 3 s"))
     h.opened(1.2)
     events = stream(h, clock, 2)                 # flapping: back briefly …
     assert events == [] and h.state == State.recovering
@@ -95,10 +98,18 @@ def test_outage_goes_offline_once_and_recovers_after_debounce():
 def test_camera_unreachable_from_start_goes_offline():
     h, clock = monitor()
     assert silence(h, clock, 9.5) == []
-    h.closed("ConnectionRefusedError: [Errno 111] Connection refused")
+    assert h.problem() is None, "still connecting: no problem to tell yet"
+    h.closed(classify(av.error.ConnectionRefusedError(111, "Connection refused", "rtsp://u:p@10.0.0.5/x")))
+    assert h.problem().problem is StreamProblem.unreachable
     events = silence(h, clock, 1)
     assert types(events) == ["camera.offline"]
-    assert events[0].detail["never_connected"] and "refused" in events[0].detail["reason"]
+    detail = events[0].detail
+    assert detail["never_connected"] and "refused" in detail["reason"] and "u:p" not in detail["reason"]
+    assert (detail["problem"], detail["problem_label"]) == ("unreachable", "无法连接")
+    assert h.telemetry()["problem"] == "unreachable"
+    # the camera's problem changes (now something answers, and refuses the password): so does the reason
+    h.closed(classify(av.error.HTTPUnauthorizedError(0, "Server returned 401 Unauthorized", "rtsp://x/y")))
+    assert h.telemetry()["problem"] == "auth_failed" and silence(h, clock, 5) == []
     assert events[0].snapshot == "none"
 
 
@@ -218,7 +229,7 @@ def test_killed_and_frozen_server_go_offline_in_time_and_recover_alone(sim_camer
                                           "tamper": {"enabled": False}})
     p, events, wait_for, close = run_pipeline(CameraSpec(id="cam-h1", url=sim.url("/h1"), analytics=cfg))
     try:
-        assert wait_state(p, State.online, 10), p.health.last_error
+        assert wait_state(p, State.online, 10), p.health.failure
 
         # SIGKILL: connection reset; offline after offline_s without frames.
         killed = time.monotonic()
@@ -227,7 +238,7 @@ def test_killed_and_frozen_server_go_offline_in_time_and_recover_alone(sim_camer
         assert offline is not None and offline - killed <= 5 + 1.5, offline and offline - killed
         sim.restart()
         online = wait_for("camera.online", 25)     # retries at +1, +6, +16 s after the outage
-        assert online is not None, p.health.last_error
+        assert online is not None, p.health.failure
         assert p.health.state == State.online
 
         # SIGSTOP: the socket stays open and silent; the read times out in seconds.
@@ -238,7 +249,7 @@ def test_killed_and_frozen_server_go_offline_in_time_and_recover_alone(sim_camer
         offline = wait_for("camera.offline", 10)
         assert offline is not None and offline - stopped <= 5 + 1.5
         assert p.reader.stats.failures > reads_failed, "the hung read was abandoned, not waited for 30 s"
-        assert "timed out" in (p.health.last_error or "")
+        assert p.health.failure.problem is StreamProblem.no_response, p.health.failure
         sim.resume()
         online = wait_for("camera.online", 25)
         assert online is not None and p.health.state == State.online

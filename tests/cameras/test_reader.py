@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from cameras.config import CameraAnalytics, CameraSpec
-from cameras.reader import BACKOFF_S, FLAP_WINDOW_S, Backoff, StreamReader, WallClock, backoff_delay, describe_error
+from cameras.reader import BACKOFF_S, FLAP_WINDOW_S, Backoff, StreamReader, WallClock, backoff_delay
+from cameras.rtsp import classify
 from cameras.sim.server import SimRtspServer, decode_timestamp_strip, free_port
 from cameras.worker import CameraPipeline
+from config.vocabulary import StreamProblem
 
 PASSWORD = "Cam-pass-7Q!x/@:"      # characters that need quoting in a URL
 
@@ -153,7 +155,7 @@ def test_unreachable_at_start_keeps_retrying_and_connects_when_the_camera_appear
     try:
         time.sleep(2.0)                          # refused at 0 s and 1 s
         assert sink.retries[:2] == [1.0, 5.0] and not sink.opened.is_set()
-        assert all("refused" in (r or "") for r in sink.closes)
+        assert all(r.problem is StreamProblem.unreachable and "refused" in r.detail for r in sink.closes)
         late.start()                             # next try at 6 s
         assert sink.opened.wait(8), sink.closes
         deadline = time.monotonic() + 5
@@ -182,11 +184,12 @@ def test_credentials_never_appear_in_logs_or_errors(sim, caplog):
             p.reader.join(5)
             jobs.shutdown()
             if password == PASSWORD:
-                assert p.health.packets > 0, p.health.last_error
+                assert p.health.packets > 0, p.health.failure
             else:
-                error = p.health.last_error or ""
+                failure = p.health.failure
                 assert p.health.packets == 0
-                assert "Unauthorized" in error and "wrong-" not in error, error
+                assert failure.problem is StreamProblem.auth_failed, failure
+                assert "Unauthorized" in failure.detail and "wrong-" not in str(failure), failure
     finally:
         av.logging.set_level(None)
     text = caplog.text
@@ -198,5 +201,6 @@ def test_credentials_never_appear_in_logs_or_errors(sim, caplog):
 def test_error_descriptions_are_redacted():
     exc = av.error.HTTPUnauthorizedError(0, "Server returned 401 Unauthorized",
                                           "rtsp://admin:s3cret@10.0.0.5/stream")
-    text = describe_error(exc)
-    assert "s3cret" not in text and "401" in text
+    failure = classify(exc)
+    assert failure.problem is StreamProblem.auth_failed and failure.label == "认证失败"
+    assert "s3cret" not in str(failure) and "401" in failure.detail

@@ -125,9 +125,10 @@ def test_each_kind_lands_in_its_tables_with_grid(ingest, hub_client, registry):
                                                               mode="mission"))
     publish(hub_client, f"xlhub/v1/radio/{RADIO}/tele", body(f"rt-{tag}", lat=30.651, lon=104.489, battery_pct=80,
                                                               signal_dbm=-75))
-    publish(hub_client, f"xlhub/v1/camera/{CAM}/tele", body(f"ct-{tag}", state="online", fps=25, bitrate_kbps=2000,
+    publish(hub_client, f"xlhub/v1/camera/{CAM}/tele", body(f"ct-{tag}", state="suspect", fps=25, bitrate_kbps=2000,
                                                              keyframe_interval=2, reconnects=0, ttff_ms=700,
-                                                             last_frame_age_ms=30))
+                                                             last_frame_age_ms=30, problem="no_response",
+                                                             problem_detail="no data for 3 s"))
     publish(hub_client, f"xlhub/v1/door/{DOOR}/evt/access_granted", body(f"de-{tag}", card_id="C1001",
                                                                           direction="in"))
     publish(hub_client, f"xlhub/v1/radio/{RADIO}/evt/sos", body(f"re-{tag}", lat=30.651, lon=104.489))
@@ -146,8 +147,9 @@ def test_each_kind_lands_in_its_tables_with_grid(ingest, hub_client, registry):
     pos = dict(query(registry, "SELECT device_id, grid_code FROM device_positions WHERE device_id IN (%s, %s)",
                      (DRONE, RADIO)))
     assert pos == {DRONE: GRID_B, RADIO: GRID_A}
-    (cam,) = query(registry, "SELECT state, fps, grid_code FROM camera_health WHERE camera_id = %s", (CAM,))
-    assert cam == ("online", 25.0, GRID_B)
+    (cam,) = query(registry, "SELECT state, fps, grid_code, problem, problem_detail FROM camera_health "
+                             "WHERE camera_id = %s", (CAM,))
+    assert cam == ("suspect", 25.0, GRID_B, "no_response", "no data for 3 s")
     events = {r[0]: r[1:] for r in query(
         registry, "SELECT type, grid_code, grid_path, severity, source_kind, payload, evidence, lat "
                   "FROM events WHERE msg_id LIKE %s", (f"%-{tag}",))}

@@ -40,10 +40,11 @@ def wall_hub(live_db, live_api, ptz_worker, evidence_dir):
             conn.execute("INSERT INTO cameras (id, name) VALUES (%s, %s)", (cam, name))
             conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
                          "VALUES ('camera', %s, %s, now() - interval '1 day')", (cam, GRID))
-        for cam, state in ((PTZ_CAM, "online"), ("cam-h-offline", "offline"), ("cam-h-covered", "online"),
-                           ("cam-h-maint", "maintenance")):
-            conn.execute("INSERT INTO camera_health (time, camera_id, state, grid_code) VALUES (%s, %s, %s, %s)",
-                         (now, cam, state, GRID))
+        for cam, state, problem in ((PTZ_CAM, "online", None), ("cam-h-offline", "offline", "auth_failed"),
+                                    ("cam-h-covered", "online", None), ("cam-h-maint", "maintenance", None)):
+            conn.execute("INSERT INTO camera_health (time, camera_id, state, grid_code, problem, problem_detail) "
+                         "VALUES (%s, %s, %s, %s, %s, %s)",
+                         (now, cam, state, GRID, problem, "Server returned 401 Unauthorized" if problem else None))
         for cam, type_, ago in (("cam-h-offline", "camera.offline", 300), ("cam-h-covered", "camera.tamper.covered", 60)):
             eid = str(ULID())
             conn.execute("""INSERT INTO events (time, id, source_time, source_kind, source_id, type, grid_code, grid_path,
@@ -66,13 +67,16 @@ def wall_hub(live_db, live_api, ptz_worker, evidence_dir):
 def test_tiles_show_each_cameras_health(wall_hub, ui_for, shots):
     ui, p = open_wall(ui_for, "ds-supervisor")
     p.wait_for_selector(f'{tile("cam-h-offline")}[data-health="offline"]', timeout=15000)
-    expected = {PTZ_CAM: ("online", "在线"), "cam-h-offline": ("offline", "离线"),
+    # an offline camera says why, in Chinese: 认证失败 (the worker's report), not a cut-off English reason
+    expected = {PTZ_CAM: ("online", "在线"), "cam-h-offline": ("offline", "离线：认证失败"),
                 "cam-h-covered": ("tampered", "遮挡"), "cam-h-maint": ("maintenance", "维护中")}
     for cam, (state, label) in expected.items():
         assert p.get_attribute(tile(cam), "data-health") == state
         assert p.text_content(f'{tile(cam)} [data-role="health"]') == label
-    # The offline camera shows its last stored picture, greyed, with its time.
     off = tile("cam-h-offline")
+    assert "401" in p.get_attribute(f'{off} [data-role="health"]', "title")
+    assert p.get_attribute(off, "data-problem") == "auth_failed"
+    # The offline camera shows its last stored picture, greyed, with its time.
     p.wait_for_function(f"document.querySelector('{off} img.tile-img').naturalWidth === 320", timeout=15000)
     assert wall_hub["snapshot"] in p.get_attribute(f"{off} img.tile-img", "src")
     assert "stale" in p.get_attribute(f"{off} img.tile-img", "class")

@@ -290,11 +290,14 @@ export async function render(main, { me, grid }) {
 
   function paintHealth(t, id) {
     const hs = health.get(id) || HEALTH.unknown;
-    t.healthBadge.textContent = hs.label;
+    // why there is no picture (认证失败, 无法连接 …), in place of the state when there is one
+    t.healthBadge.textContent = hs.problem_label ? `${hs.label}：${hs.problem_label}` : hs.label;
     t.healthBadge.className = `badge ${hs.cls}`;
     const since = hs.since ? ` · 自 ${fmtTime(hs.since, { date: true })}` : '';
-    t.healthBadge.title = hs.state ? `${hs.label}${since}${hs.stale ? '（摄像机进程无上报）' : ''}` : '尚无该摄像机的健康数据';
+    const detail = hs.problem_detail ? `\n${hs.problem_detail}` : '';
+    t.healthBadge.title = hs.state ? `${hs.label}${since}${hs.stale ? '（摄像机进程无上报）' : ''}${detail}` : '尚无该摄像机的健康数据';
     t.el.dataset.health = hs.state || 'unknown';
+    t.el.dataset.problem = hs.problem || '';
     clear(t.lastSeen);
     if (hs.state === 'offline' && hs.last_snapshot) {
       showStored(t, hs.last_snapshot);
@@ -331,8 +334,11 @@ export async function render(main, { me, grid }) {
     } catch { /* ignore */ }
     for (const [id, t] of tiles) {
       const f = feeds.get(`${id}/${t.live.playing}`);
-      t.counter.textContent = `${t.live.frames} 帧${f ? ` · ${f.viewers} 人观看` : ''}`;
+      // an H.265 camera plays through the hub's H.264 transcode: the tile says so
+      const transcoded = f && f.transcoded_from ? ` · 转码 ${f.transcoded_from.toUpperCase()}→H.264` : '';
+      t.counter.textContent = `${t.live.frames} 帧${f ? ` · ${f.viewers} 人观看` : ''}${transcoded}`;
       t.el.dataset.frames = String(t.live.frames);
+      t.el.dataset.transcoded = f && f.transcoded_from ? f.transcoded_from : '';
     }
   }
 

@@ -9,7 +9,9 @@ frame. From it, for any moment still in the ring:
   encodes it;
 - ``remux_mp4(records, t0, t1, path)`` writes the packets from the keyframe at or before
   ``t0`` up to ``t1`` into an MP4 without re-encoding (codec copy), so the clip is the
-  camera's own bitstream.
+  camera's own bitstream; repeated or backwards timestamps are re-stamped (``restamp``),
+  a clip that cannot be made raises ``ClipError`` with its reason. The camera's audio is
+  not kept (the reader demuxes the video only): ``ClipInfo.audio_dropped`` says so.
 
 ``EvidenceStore`` writes each file under the evidence directory
 (``<root>/<camera>/<yyyymmdd>/<evidence id>.<ext>``), computes its SHA-256 and records it
@@ -58,6 +60,7 @@ class Segment:
     height: int
     time_base: Fraction
     extradata: bytes | None = None
+    audio: str | None = None      # the codec of the stream's audio track (not kept: the hub demuxes video only)
 
 
 @dataclass(slots=True, eq=False)
@@ -228,6 +231,17 @@ class ClipInfo:
     packets: int
     repaired: int = 0        # packets whose time was re-stamped (repeated or backwards)
     dropped: int = 0         # packets dropped as exact repeats (same time, same bytes)
+    audio_dropped: str | None = None    # the camera sent audio (this codec), the clip has video only
+
+
+class ClipError(Exception):
+    """A clip that cannot be made from packets that are there: ``reason`` is ``codec``
+    (MP4 cannot hold the camera's video codec) or ``remux`` (the muxer refused them)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -312,21 +326,33 @@ def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: f
         log.info("clip %s: %d packet times re-stamped, %d repeated packets dropped", path.name, repaired, dropped)
     private_dir(path.parent)
     open_private(path).close()          # created 0600 first: the muxer reopens it, keeping the mode
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_mux_stream(seg.codec, width=seg.width, height=seg.height)
-        stream.time_base = seg.time_base
-        for n, s in enumerate(stamped):
-            src = s.record.packet
-            data = bytes(src)
-            if n == 0:
-                data = _with_parameter_sets(data, seg)
-            pkt = av.Packet(data)
-            pkt.pts, pkt.dts, pkt.duration = s.pts, s.dts, s.duration
-            pkt.time_base = seg.time_base
-            pkt.is_keyframe = s.record.key
-            pkt.stream = stream
-            out.mux(pkt)
-    return ClipInfo(chosen[0].wall, chosen[-1].wall, len(stamped), repaired, dropped)
+    try:
+        with av.open(str(path), "w", format="mp4") as out:
+            try:
+                stream = out.add_mux_stream(seg.codec, width=seg.width, height=seg.height)
+            except ValueError:          # e.g. H.263: the format does not support the codec
+                raise ClipError("codec", seg.codec) from None
+            stream.time_base = seg.time_base
+            if seg.audio:
+                out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+            for n, s in enumerate(stamped):
+                src = s.record.packet
+                data = bytes(src)
+                if n == 0:
+                    data = _with_parameter_sets(data, seg)
+                pkt = av.Packet(data)
+                pkt.pts, pkt.dts, pkt.duration = s.pts, s.dts, s.duration
+                pkt.time_base = seg.time_base
+                pkt.is_keyframe = s.record.key
+                pkt.stream = stream
+                out.mux(pkt)
+    except ClipError:
+        path.unlink(missing_ok=True)
+        raise
+    except av.FFmpegError as exc:
+        path.unlink(missing_ok=True)
+        raise ClipError("remux", f"{type(exc).__name__}: {exc.strerror or exc}"[:200]) from None
+    return ClipInfo(chosen[0].wall, chosen[-1].wall, len(stamped), repaired, dropped, seg.audio)
 
 
 # --------------------------------------------------------------------------- store

@@ -9,7 +9,9 @@ frame. From it, for any moment still in the ring:
   encodes it;
 - ``remux_mp4(records, t0, t1, path)`` writes the packets from the keyframe at or before
   ``t0`` up to ``t1`` into an MP4 without re-encoding (codec copy), so the clip is the
-  camera's own bitstream.
+  camera's own bitstream; repeated or backwards timestamps are re-stamped (``restamp``),
+  a clip that cannot be made raises ``ClipError`` with its reason. The camera's audio is
+  not kept (the reader demuxes the video only): ``ClipInfo.audio_dropped`` says so.
 
 ``EvidenceStore`` writes each file under the evidence directory
 (``<root>/<camera>/<yyyymmdd>/<evidence id>.<ext>``), computes its SHA-256 and records it
@@ -58,6 +60,7 @@ class Segment:
     height: int
     time_base: Fraction
     extradata: bytes | None = None
+    audio: str | None = None      # the codec of the stream's audio track (not kept: the hub demuxes video only)
 
 
 @dataclass(slots=True, eq=False)
@@ -226,13 +229,87 @@ class ClipInfo:
     start_wall: float
     end_wall: float
     packets: int
+    repaired: int = 0        # packets whose time was re-stamped (repeated or backwards)
+    dropped: int = 0         # packets dropped as exact repeats (same time, same bytes)
+    audio_dropped: str | None = None    # the camera sent audio (this codec), the clip has video only
+
+
+class ClipError(Exception):
+    """A clip that cannot be made from packets that are there: ``reason`` is ``codec``
+    (MP4 cannot hold the camera's video codec) or ``remux`` (the muxer refused them)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Stamped:
+    record: Record
+    pts: int
+    dts: int
+    duration: int
+
+
+def restamp(chosen: list[Record]) -> tuple[list[Stamped], int, int]:
+    """The packets' times for the MP4, counted from the first packet's decode time, with
+    strictly increasing decode times: the MP4 muxer refuses a repeated or backwards DTS,
+    and cameras send both. Each lasts until the next one (the last: a frame duration), so
+    the MP4's edit list does not cut the last picture. Returns (packets, re-stamped, dropped).
+
+    A packet whose time is not after the previous one is re-stamped, its picture kept:
+    - alone (the next packet is later again: a repeated stamp), it goes between its
+      neighbours, at most a frame duration after the previous one — the rest of the clip
+      keeps its times;
+    - followed by more of the same (the camera's clock stepped back), the rest of the clip
+      is shifted to carry on a frame duration after the previous packet.
+    A packet with the same time and the same bytes as the one before is a repeat of it,
+    dropped. The frame duration is the median step of the clip's own decode times."""
+    if not chosen:
+        return [], 0, 0
+    raw: list[tuple[int, int]] = []
+    for r in chosen:
+        p = r.packet
+        pts = p.pts if p.pts is not None else p.dts
+        dts = p.dts if p.dts is not None else pts
+        raw.append((pts, dts))
+    steps = sorted(b[1] - a[1] for a, b in zip(raw, raw[1:]) if b[1] > a[1])
+    tb = chosen[0].segment.time_base
+    step = steps[len(steps) // 2] if steps else max(1, round(1 / (25 * tb)))   # else 25 fps
+    offset = -raw[0][1]
+    out: list[Stamped] = []
+    repaired = dropped = 0
+    prev: tuple[Record, int] | None = None        # the last packet kept, and its own decode time
+    for i, (r, (pts, dts)) in enumerate(zip(chosen, raw)):
+        if prev is not None and dts == prev[1] and bytes(r.packet) == bytes(prev[0].packet):
+            dropped += 1
+            continue
+        prev = (r, dts)
+        d, p = dts + offset, pts + offset
+        if out and d <= out[-1].dts:
+            last = out[-1].dts
+            following = raw[i + 1][1] + offset if i + 1 < len(raw) else None
+            if following is not None and following > last + 1:
+                new = last + max(1, min(step, (following - last) // 2))       # a repeated stamp
+            else:
+                new = last + step                                              # the clock stepped back
+                offset += new - d
+            p += new - d
+            d = new
+            repaired += 1
+        out.append(Stamped(r, max(p, d), d, step))
+    for a, b in zip(out, out[1:]):     # until the next picture (the last one: a frame duration)
+        a.duration = b.dts - a.dts
+    return out, repaired, dropped
 
 
 def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: float | None = None) -> ClipInfo | None:
     """Write the packets from the keyframe at or before ``t0`` to the last one at or
     before ``t1`` into an MP4, without re-encoding. ``around`` (default the middle)
     picks the connection segment when the window spans a reconnect. None if nothing to
-    write (no keyframe in the window)."""
+    write (no keyframe in the window). Repeated and backwards timestamps are re-stamped
+    (``restamp``): the pictures are the camera's, their times made playable."""
     seg_records = _segment_records(records, t1 if around is None else around)
     window = [r for r in seg_records if r.wall <= t1]
     starts = [i for i, r in enumerate(window) if r.key and r.wall <= t0]
@@ -244,28 +321,38 @@ def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: f
             return None
     chosen = window[first:]
     seg = chosen[0].segment
-    base = chosen[0].packet.dts if chosen[0].packet.dts is not None else chosen[0].packet.pts
+    stamped, repaired, dropped = restamp(chosen)
+    if repaired or dropped:
+        log.info("clip %s: %d packet times re-stamped, %d repeated packets dropped", path.name, repaired, dropped)
     private_dir(path.parent)
     open_private(path).close()          # created 0600 first: the muxer reopens it, keeping the mode
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_mux_stream(seg.codec, width=seg.width, height=seg.height)
-        stream.time_base = seg.time_base
-        for n, r in enumerate(chosen):
-            src = r.packet
-            data = bytes(src)
-            if n == 0:
-                data = _with_parameter_sets(data, seg)
-            pkt = av.Packet(data)
-            pts = src.pts if src.pts is not None else src.dts
-            dts = src.dts if src.dts is not None else pts
-            pkt.pts, pkt.dts = pts - base, dts - base
-            pkt.time_base = seg.time_base
-            if src.duration:
-                pkt.duration = src.duration
-            pkt.is_keyframe = r.key
-            pkt.stream = stream
-            out.mux(pkt)
-    return ClipInfo(chosen[0].wall, chosen[-1].wall, len(chosen))
+    try:
+        with av.open(str(path), "w", format="mp4") as out:
+            try:
+                stream = out.add_mux_stream(seg.codec, width=seg.width, height=seg.height)
+            except ValueError:          # e.g. H.263: the format does not support the codec
+                raise ClipError("codec", seg.codec) from None
+            stream.time_base = seg.time_base
+            if seg.audio:
+                out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+            for n, s in enumerate(stamped):
+                src = s.record.packet
+                data = bytes(src)
+                if n == 0:
+                    data = _with_parameter_sets(data, seg)
+                pkt = av.Packet(data)
+                pkt.pts, pkt.dts, pkt.duration = s.pts, s.dts, s.duration
+                pkt.time_base = seg.time_base
+                pkt.is_keyframe = s.record.key
+                pkt.stream = stream
+                out.mux(pkt)
+    except ClipError:
+        path.unlink(missing_ok=True)
+        raise
+    except av.FFmpegError as exc:
+        path.unlink(missing_ok=True)
+        raise ClipError("remux", f"{type(exc).__name__}: {exc.strerror or exc}"[:200]) from None
+    return ClipInfo(chosen[0].wall, chosen[-1].wall, len(stamped), repaired, dropped, seg.audio)
 
 
 # --------------------------------------------------------------------------- store

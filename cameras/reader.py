@@ -197,6 +197,17 @@ class WallClock:
         return pts_s + arrival_offset
 
 
+def _audio_codec(container) -> str | None:
+    """The codec of the stream's audio track, if it has one: only the video is demuxed, so
+    evidence clips say the audio was not kept."""
+    for stream in container.streams.audio:
+        try:
+            return stream.codec_context.name or "audio"
+        except Exception:       # a codec FFmpeg does not know: there is audio all the same
+            return "audio"
+    return None
+
+
 class ReaderSink(Protocol):
     """What a reader feeds, all on the reader thread (keep it quick)."""
 
@@ -371,7 +382,8 @@ class StreamReader:
             StreamReader._segments += 1
             seg_id = StreamReader._segments
         tb = stream.time_base or Fraction(1, 90000)
-        segment = Segment(seg_id, ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None)
+        segment = Segment(seg_id, ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None,
+                          audio=_audio_codec(container))
         tb_f = float(tb)
         self.stats.opens += 1
         self.clock.reset()

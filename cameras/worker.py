@@ -63,7 +63,8 @@ from cameras.analytics.motion import MotionDetector
 from cameras.analytics.tamper import TamperDetector
 from cameras.batcher import AnalysisBatcher
 from cameras.config import TAMPER_CHECKS, CameraSpec, EvidenceSettings, camera_specs
-from cameras.evidence import JPEG, MP4, Evidence, EvidenceStore, PacketRing, Record, frame_at, jpeg, new_evidence_id, remux_mp4
+from cameras.evidence import (JPEG, MP4, ClipError, ClipInfo, Evidence, EvidenceStore, PacketRing, Record, frame_at,
+                              jpeg, new_evidence_id, remux_mp4)
 from cameras.health import HealthEvent, HealthMonitor
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
@@ -84,6 +85,20 @@ BASELINE_SAVE_S = 300.0
 
 def _ms(t: float) -> int:
     return int(round(t * 1000))
+
+
+# Why a clip could not be made, as the flag's answer, its event and so the case say it.
+CLIP_MISSING_TEXT = {
+    "no_keyframe": "片段无法生成：所存视频中该时段没有关键帧 (clip could not be made: no keyframe in the video kept for that time)",
+    "codec": "片段无法生成：MP4 不支持该摄像机的视频编码 {detail} (clip could not be made: MP4 cannot hold the camera's {detail} video)",
+    "remux": "片段无法生成：摄像机的视频数据无法写成 MP4 (clip could not be made: the camera's video could not be written as MP4: {detail})",
+    "not_stored": "片段无法保存 (clip could not be stored: {detail})",
+}
+AUDIO_NOT_KEPT = "未保留音频：片段仅含视频 (audio not kept: the clip has the camera's video only)"
+
+
+def clip_missing(reason: str, detail: str = "") -> dict:
+    return {"reason": reason, "text": CLIP_MISSING_TEXT[reason].format(detail=detail or "?")}
 
 
 @dataclass
@@ -118,6 +133,8 @@ class PendingClip:
     give_up_at: float          # wall time: finish with what there is (camera went down)
     done: threading.Event = field(default_factory=threading.Event)
     result: Evidence | None = None
+    info: ClipInfo | None = None
+    missing: dict | None = None     # clip_missing(): why there is no clip
 
 
 class CommandError(Exception):
@@ -307,16 +324,25 @@ class CameraPipeline:
         return Evidence(id=pending.evidence_id, kind="clip", media_type=MP4, captured_at=pending.t0, pending=True)
 
     def _finish_clip(self, clip: PendingClip) -> None:
+        tmp = None
         try:
             tmp = self.store.temp_path(self.spec.id, clip.evidence_id, "mp4")
             info = remux_mp4(self.ring.records(), clip.t0, clip.t1, tmp, around=clip.around)
             if info is None:
-                log.warning("camera %s: no packets for the clip of event %s", self.spec.id, clip.event_id)
+                clip.missing = clip_missing("no_keyframe")
+                log.warning("camera %s: no clip for event %s: no keyframe", self.spec.id, clip.event_id)
                 return
+            clip.info = info
             clip.result = self.store.save_file(self.spec.id, "clip", tmp, MP4, info.start_wall, clip.event_id,
                                                clip.evidence_id)
-        except Exception:
+        except ClipError as exc:
+            clip.missing = clip_missing(exc.reason, exc.detail)
+            log.warning("camera %s: no clip for event %s: %s", self.spec.id, clip.event_id, exc)
+        except Exception as exc:
+            clip.missing = clip_missing("not_stored", type(exc).__name__)
             log.exception("camera %s: clip %s failed", self.spec.id, clip.evidence_id)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         finally:
             clip.done.set()
 
@@ -389,13 +415,16 @@ class CameraPipeline:
         if frame_at_s > now + 2:
             raise CommandError("frame time is in the future")
         oldest = self.ring.records()[:1]
-        if not oldest or frame_at_s < oldest[0].wall:
-            raise CommandError(f"no video at that time: the hub keeps the last {self.cfg.clip.ring_s:.0f} s")
+        if not oldest:
+            raise CommandError("该摄像机尚无画面 (the camera has sent no picture yet)")
+        if frame_at_s < oldest[0].wall:
+            n = self.cfg.clip.ring_s
+            raise CommandError(f"该时刻已无视频：系统只保留最近 {n:.0f} 秒 (no video at that time: the hub keeps the last {n:.0f} s)")
         self.ring.wait_for(frame_at_s, timeout=2.0)
         event_id = str(ULID())
         snap = self.snapshot(frame_at_s, event_id)
         if snap is None:
-            raise CommandError("no decodable frame at that time")
+            raise CommandError("该时刻没有可解码的画面 (no decodable frame at that time)")
         c = self.cfg.clip
         pending = PendingClip(new_evidence_id(), event_id, frame_at_s, frame_at_s - c.before_s,
                               frame_at_s + c.flag_after_s, give_up_at=frame_at_s + c.flag_after_s + 3)
@@ -404,6 +433,10 @@ class CameraPipeline:
         evidence = [snap] + ([pending.result] if pending.result is not None else [])
         detail = {"note": cmd.note, "category": cmd.category, "by": cmd.by, "correlation": cmd.correlation,
                   "frame_at": _ms(frame_at_s), "snapshot_frame_at": _ms(snap.captured_at)}
+        if pending.result is None:
+            detail["clip_missing"] = pending.missing or clip_missing("no_keyframe")
+        elif pending.info is not None and pending.info.audio_dropped:
+            detail["clip_audio"] = {"kept": False, "codec": pending.info.audio_dropped, "text": AUDIO_NOT_KEPT}
         event = OutEvent(self.spec.id, "camera.flag", event_id, frame_at_s,
                          {k: v for k, v in detail.items() if v is not None}, None, evidence, cmd.severity)
         self.events_raised += 1
@@ -419,6 +452,16 @@ class CameraPipeline:
             raise CommandError("no decodable picture yet")
         frame, wall = found
         return jpeg(frame, self.cfg.clip.jpeg_quality), wall
+
+
+def flag_answer(event: OutEvent) -> dict:
+    """The ``finished`` answer to a flag: the event, its evidence, the frame time, and why
+    there is no clip (``clip_missing``) or no sound in it (``clip_audio``) when so."""
+    out = {"event_id": event.id, "evidence": [e.ref() for e in event.evidence], "frame_at": _ms(event.at)}
+    for key in ("clip_missing", "clip_audio"):
+        if key in event.detail:
+            out[key] = event.detail[key]
+    return out
 
 
 # --------------------------------------------------------------------------- the worker
@@ -627,8 +670,7 @@ class CameraWorker:
         try:
             if isinstance(cmd, FlagCommand):
                 event = p.flag(cmd)
-                link.reply(p.spec.id, name, msg, cmd, "finished", event_id=event.id,
-                           evidence=[e.ref() for e in event.evidence], frame_at=_ms(cmd.frame_ts.timestamp()))
+                link.reply(p.spec.id, name, msg, cmd, "finished", **flag_answer(event))
             elif isinstance(cmd, SnapshotCommand):
                 try:
                     data, wall = p.latest_jpeg()

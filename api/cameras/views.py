@@ -111,11 +111,24 @@ class FlagIn(BaseModel):
     severity: Severity | None = None
 
 
+class ClipMissingOut(BaseModel):
+    reason: str = Field(description="no_keyframe | codec | remux | not_stored")
+    text: str = Field(description="中文 (English), for the operator")
+
+
+class ClipAudioOut(BaseModel):
+    kept: bool
+    codec: str | None = None
+    text: str
+
+
 class FlagOut(BaseModel):
     event_id: str
     camera_id: str
     frame_time: datetime
     evidence: list[EvidenceOut]
+    clip_missing: ClipMissingOut | None = Field(None, description="why the flag has a snapshot but no clip")
+    clip_audio: ClipAudioOut | None = Field(None, description="the camera sends sound the clip does not keep")
 
 
 def _evidence_out(ref: dict) -> EvidenceOut:
@@ -131,7 +144,9 @@ def _evidence_out(ref: dict) -> EvidenceOut:
 def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.CAMERAS_FLAG))]) -> FlagOut:
     """A video supervisor's flag: the hub stores the frame at ``frame_time`` and a clip
-    around it as evidence and emits a ``camera.flag`` event carrying them."""
+    around it as evidence and emits a ``camera.flag`` event carrying them. When the clip
+    could not be made, ``clip_missing`` says why (the snapshot is there all the same);
+    ``clip_audio`` says the camera's sound was not kept."""
     ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
     _require_worker(conn, camera_id)
     conn.commit()       # release the snapshot of the transaction while the worker works
@@ -144,9 +159,12 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
         raise _no_answer(camera_id, waited)
     if answer.get("phase") != "finished":
         raise _failed(answer)
+    missing, audio = answer.get("clip_missing"), answer.get("clip_audio")
     return FlagOut(event_id=answer["event_id"], camera_id=camera_id,
                    frame_time=datetime.fromtimestamp(frame_ms / 1000, UTC),
-                   evidence=[_evidence_out(e) for e in answer.get("evidence", [])])
+                   evidence=[_evidence_out(e) for e in answer.get("evidence", [])],
+                   clip_missing=ClipMissingOut.model_validate(missing) if isinstance(missing, dict) else None,
+                   clip_audio=ClipAudioOut.model_validate(audio) if isinstance(audio, dict) else None)
 
 
 @router.get("/cameras/{camera_id}/snapshot", response_class=Response,

@@ -174,8 +174,10 @@ async function route() {
 
 export async function logout(message) {
   teardownPage();
-  try { await api.post('/api/auth/logout'); } catch { /* already out */ }
+  // Signed out on purpose: the logout call's own 401 (a password change already ended the
+  // session) must not show 会话已过期 over this message.
   state.me = null;
+  try { await api.post('/api/auth/logout'); } catch { /* already out */ }
   stopFeed();
   if (state.clockTimer) clearInterval(state.clockTimer);
   history.replaceState(null, '', '/');

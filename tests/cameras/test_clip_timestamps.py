@@ -16,6 +16,7 @@ import pytest
 
 from cameras.evidence import PacketRing, Record, remux_mp4
 from cameras.reader import StreamReader
+from config.vocabulary import StreamProblem
 
 FPS = 10
 SECONDS = 8
@@ -24,7 +25,7 @@ SECONDS = 8
 class RingSink:
     def __init__(self, ring: PacketRing) -> None:
         self.ring = ring
-        self.closed: str | None = None
+        self.closed = None
 
     def on_open(self, segment, open_s): pass
     def on_packet(self, packet, wall, key, segment, mono): self.ring.append(Record(packet, wall, key, segment))
@@ -90,7 +91,7 @@ def read_into_ring(path: Path) -> list[Record]:
     ring = PacketRing(seconds=60)
     sink = RingSink(ring)
     StreamReader("cam-ts", str(path), sink).read_once()
-    assert sink.closed == "stream ended", sink.closed
+    assert sink.closed.problem is StreamProblem.stream_ended, sink.closed
     return ring.records()
 
 

@@ -19,6 +19,7 @@ from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.sim.server import SimRtspServer
 from cameras.worker import CameraPipeline
 from config.site import Camera, Onvif
+from config.vocabulary import StreamProblem
 from tests.cameras.onvif_fake import IpycamProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,7 +148,9 @@ def test_unreachable_onvif_backs_off_then_streams_and_follows_a_moved_stream(tmp
     with Running(spec, source) as run:
         # Nobody answers ONVIF: the reader fails at once with the reason; the camera goes offline.
         run.wait(lambda: run.p.health.state == State.offline, 15, "offline while ONVIF is unreachable")
-        assert "stream URI not resolved" in (run.p.health.last_error or "")
+        failure = run.p.health.failure
+        assert failure.problem is StreamProblem.no_address and failure.label == "未获取到视频流地址"
+        assert "stream URI not resolved" in failure.detail
         assert "unreachable" in (source.last_error or "")
         tries_before = source.attempts
         time.sleep(1.5)

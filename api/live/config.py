@@ -37,6 +37,9 @@ class LiveSettings(BaseSettings):
     queue_packets: int = Field(90, ge=8, description="access units kept for a viewer until its connection is up "
                                                      "(from a keyframe on); more, and it starts at a later keyframe")
     jpeg_quality: int = Field(80, ge=10, le=100)
+    gop_cache: bool = Field(True, description="a viewer joining a running feed starts from the feed's last "
+                                              "keyframe and what followed it (shown at once), not the camera's "
+                                              "next keyframe (up to a GOP later: 2-10 s on many cameras)")
     transcode: bool = Field(True, description="play cameras whose codec browsers cannot (H.265) as H.264, "
                                               "encoded once per watched camera (api/live/transcode.py); off: "
                                               "such cameras show snapshots only")

@@ -42,7 +42,7 @@ import av
 
 from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
-from api.live.sender import Packer, Subscriber
+from api.live.sender import Packer, Subscriber, Unit
 from api.live.source import CameraSource, LiveError
 from api.live.transcode import Transcoder, scaled
 from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, open_stream
@@ -368,9 +368,24 @@ class Feed:
 
     def subscribe(self) -> Subscriber:
         sub = Subscriber(self, self.settings.queue_packets)
+        if self.settings.gop_cache and self.gop:
+            sub.start_with(self.cached_units())
         self.subscribers.add(sub)
         self.cancel_linger()
         return sub
+
+    def cached_units(self) -> list[Unit]:
+        """The current GOP (the last keyframe and what followed it) as access units for a
+        viewer that joins now. Their timestamps are squeezed to one 90 kHz tick apart just
+        before the newest one, which keeps its own: a browser decodes them at once and shows
+        the picture as it is now, instead of replaying the GOP in real time a GOP late."""
+        units = [self.packer.unit(packet, i == 0) for i, (_, packet, _) in enumerate(self.gop)]
+        if units:
+            newest = units[-1].timestamp
+            last = len(units) - 1
+            for i, unit in enumerate(units[:-1]):
+                unit.timestamp = newest - (last - i)
+        return units
 
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.end()

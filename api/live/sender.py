@@ -111,6 +111,15 @@ class Subscriber:
         self.sent = 0
         self.skipped = 0
         self.closed = False
+        self._cached = 0          # access units of the feed's GOP cache at the head of pending
+
+    def start_with(self, units: list[Unit]) -> None:
+        """Begin with the feed's current GOP (its keyframe first): the viewer's first picture
+        is the one the camera last sent a keyframe for, not its next keyframe."""
+        if units and units[0].key and not self.closed:
+            self.pending = list(units)
+            self._cached = len(units)
+            self.need_key = False
 
     def push(self, unit: Unit) -> None:  # loop thread
         sender = self.sender
@@ -121,10 +130,11 @@ class Subscriber:
         if sender is None:
             if self.closed:
                 return
-            if len(self.pending) >= self.maxsize:
+            if len(self.pending) - self._cached >= self.maxsize:
                 # never connected in time, or much later than the camera: start again at a keyframe
                 self.skipped += len(self.pending)
                 self.pending.clear()
+                self._cached = 0
                 self.need_key = True
                 return
             self.pending.append(unit)
@@ -143,7 +153,7 @@ class Subscriber:
         if self.closed:
             return
         self.sender = sender
-        pending, self.pending = self.pending, []
+        pending, self.pending, self._cached = self.pending, [], 0
         for i, unit in enumerate(pending):
             if not sender.send_unit(unit):
                 self.skipped += len(pending) - i

@@ -244,7 +244,7 @@ async def bench(base_url: str, pid: int, seconds: float, n_viewers: int, rtsp_ur
               f"({encode_cpu / max(extra, 1e-9):.0f}x a pass-through viewer)")
     if joins:
         print(f"  time to first frame, joining a running feed: median {statistics.median(joins):.2f} s, "
-              f"max {max(joins):.2f} s (waits for the next keyframe; GOP 2 s)")
+              f"max {max(joins):.2f} s (from the feed's GOP cache; without it, the next keyframe: GOP 2 s)")
 
 
 def main() -> None:

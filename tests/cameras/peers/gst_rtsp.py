@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--protocols", choices=sorted(PROTOCOLS), default="all")
     ap.add_argument("--codec", choices=sorted(ENCODERS), default="h264")
     ap.add_argument("--fps", type=int, default=10)
+    ap.add_argument("--gop-s", type=float, default=2.0, help="seconds between keyframes")
     ap.add_argument("--user")
     ap.add_argument("--password")
     args = ap.parse_args()
@@ -55,7 +56,7 @@ def main() -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate={args.fps}/1 "
-        f"! videoconvert ! {ENCODERS[args.codec].format(gop=args.fps * 2)} )")
+        f"! videoconvert ! {ENCODERS[args.codec].format(gop=max(1, round(args.fps * args.gop_s)))} )")
     factory.set_shared(False)          # a pipeline per client: no shared media still tearing down
     factory.set_protocols(PROTOCOLS[args.protocols])
     if args.user:      # Basic auth: anonymous may see the mount (else 404), only the user may play it

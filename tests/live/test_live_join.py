@@ -52,3 +52,4 @@ async def test_a_viewer_joining_a_running_feed_gets_a_picture_at_once(long_gop_c
     # with a 4 s GOP, waiting for the next keyframe takes 2 s on average; offer, ICE and DTLS
     # on loopback take a few hundred milliseconds
     assert max(waits) < 1.2, waits
+    print(f"joins with the GOP cache: {[round(w, 2) for w in waits]} s")

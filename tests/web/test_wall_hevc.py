@@ -39,5 +39,12 @@ def test_an_h265_camera_plays_on_the_wall(hevc_camera, live_api, ui_for, shots):
     p.wait_for_function(f"document.querySelector('{sel}').dataset.transcoded === 'hevc'", timeout=10000)
     assert "转码 HEVC→H.264" in p.text_content(f'{sel} [data-role="frames"]')
     assert p.is_enabled(f"{sel} .flag-btn"), "a playing H.265 camera can be flagged"
+    # no worker reports on this camera (状态未知): a playing tile does not also say so
+    assert p.is_hidden(f'{sel} [data-role="health"]')
+    # the footer stays one line on a 16-tile wall, the video keeps its height
+    footer, video = p.evaluate(f"""() => {{ const t = document.querySelector('{sel}');
+        return [t.querySelector('footer').getBoundingClientRect().height,
+                t.querySelector('video').getBoundingClientRect().height]; }}""")
+    assert footer < 32 and video > 3 * footer, (footer, video)
     p.screenshot(path=str(shots / "21-wall-hevc.png"))
     assert not ui.errors, ui.errors

@@ -1,7 +1,7 @@
 """A wall tile joining a camera someone is already watching shows its picture at once, in
 Debian's chromium (issue 12, item 7): the feed's GOP cache is sent first with its timestamps
 squeezed, so the browser decodes it in a burst rather than waiting for the camera's next
-keyframe (here 4 s apart; GStreamer's RTSP server) or replaying the GOP a GOP late."""
+keyframe (here 8 s apart; GStreamer's RTSP server) or replaying the GOP a GOP late."""
 from __future__ import annotations
 
 import pytest
@@ -36,7 +36,7 @@ new MutationObserver((records) => {
 
 @pytest.fixture(scope="module")
 def long_gop_camera(live_db):
-    with GstPeer(fps=10, gop_s=4.0) as peer:
+    with GstPeer(fps=10, gop_s=8.0) as peer:
         with connect(live_db) as conn:
             conn.execute("INSERT INTO cameras (id, name, rtsp_url) VALUES (%s, '东山村长GOP', %s)", (CAM, peer.url()))
             conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
@@ -66,6 +66,7 @@ def test_a_tile_joining_a_watched_camera_plays_at_once(long_gop_camera, ui_for):
         p.wait_for_function(f"Number(document.querySelector('{sel}').dataset.frames) >= {first_frames + 10}",
                             timeout=15000)          # and plays on
         assert not ui.errors, ui.errors
-    # the next keyframe would be 2 s away on average (4 s GOP); offer, ICE, DTLS take ~0.3 s
-    assert max(joins) < 1.2, joins
+    # the next keyframe would be 4 s away on average (8 s GOP); the tile's offer, ICE and DTLS
+    # and chromium's decoder start take 0.8-1.3 s here
+    assert max(joins) < 2.0, joins
     assert not first.errors

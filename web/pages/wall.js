@@ -164,6 +164,8 @@ export async function render(main, { me, grid }) {
         stateBadge.className = `badge state state-${state}`;
         reason.textContent = why || '';
         if (el) el.dataset.state = state;
+        const tileNow = tiles.get(cam.id);
+        if (tileNow) paintHealth(tileNow, cam.id);
         flagBtn.disabled = !['live', 'snapshot'].includes(state);
         if (state === 'offline' && !live.img.src) lastPicture(cam, live);
       },
@@ -298,6 +300,9 @@ export async function render(main, { me, grid }) {
     t.healthBadge.title = hs.state ? `${hs.label}${since}${hs.stale ? '（摄像机进程无上报）' : ''}${detail}` : '尚无该摄像机的健康数据';
     t.el.dataset.health = hs.state || 'unknown';
     t.el.dataset.problem = hs.problem || '';
+    // Pictures arriving say more than a report that is older than them: a playing tile does
+    // not also claim 离线 / 连接中 / 状态未知 (the report catches up within 10 s).
+    t.healthBadge.hidden = t.live.state === 'live' && ['offline', 'connecting', 'unknown'].includes(hs.state || 'unknown');
     clear(t.lastSeen);
     if (hs.state === 'offline' && hs.last_snapshot) {
       showStored(t, hs.last_snapshot);

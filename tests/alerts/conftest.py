@@ -145,7 +145,11 @@ class Receiver:
     def deliveries(self) -> list[dict]:
         if not self.log.exists():
             return []
-        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # The receiver appends a line per delivery as it answers: read whole lines only (a
+        # line cut mid-write can end inside a Chinese character).
+        data = self.log.read_bytes()
+        complete = data[:data.rfind(b"\n") + 1]
+        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
 
     def post_status(self, **body) -> dict:
         r = httpx.post(f"{self.url}/status", json={"system": SYSTEM, **body}, timeout=15)

@@ -248,6 +248,7 @@ class StreamReader:
         self.pace = pace
         self.transport = transport if isinstance(transport, Transport) else Transport(transport)
         self.last_failure: Failure | None = None
+        self._probe: tuple[str, int] | None = None
         self.stats = ReaderStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -304,8 +305,7 @@ class StreamReader:
         camera back from a 30 s reboot is not left offline for the rest of a 60 s step).
         A port that was already open (a hung camera, a refused password) waits it out."""
         failure = self.last_failure
-        target = probe_target(self._url_or_none()) if delay > PROBE_S and failure is not None \
-            and failure.problem in PROBED else None
+        target = self._probe if delay > PROBE_S and failure is not None and failure.problem in PROBED else None
         if target is None:
             self._stop.wait(delay)
             return
@@ -321,12 +321,6 @@ class StreamReader:
             else:
                 was_open = False
 
-    def _url_or_none(self) -> str | None:
-        try:
-            return self._url()
-        except Exception:       # an ONVIF source without a URI yet
-            return None
-
     # -- one connection ------------------------------------------------------------
     def read_once(self) -> int:
         """Open, read until the stream ends, fails or ``stop``; returns frames decoded."""
@@ -339,6 +333,7 @@ class StreamReader:
         try:
             url = self._url()
             self.clock.stream_time = not is_live(url)
+            self._probe = probe_target(url)     # where to knock during a long backoff (no credentials)
             container = open_stream(url, self.transport, self.open_timeout_s, self.read_timeout_s)
             del url
             if self.abandoned:

@@ -49,9 +49,6 @@ class Failure:
     def __str__(self) -> str:
         return f"{self.problem.value}: {self.detail}"
 
-    def as_json(self) -> dict:
-        return {"problem": self.problem.value, "label": self.label, "detail": self.detail}
-
 
 STREAM_ENDED = Failure(StreamProblem.stream_ended, "the camera ended the stream")
 NO_VIDEO = Failure(StreamProblem.codec_unsupported, "the stream has no video track")

@@ -75,6 +75,7 @@ from devices.session import CLIENT_ID, SESSION_EXPIRY_S, DevicesSession, Msg
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
 from store.backoff import DATABASE, Backoff
+from store.db import close_quietly
 from store.listen import Listener
 from store.workers import beat
 
@@ -210,11 +211,7 @@ class DevicesWorker:
                 self.ready.clear()
                 self.stats["errors"] += 1
                 self.answers.touched.clear()
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:
-                    pass
+                close_quietly(conn)
                 conn = None
                 self._stop.wait(delay)
             except Exception:

@@ -38,7 +38,7 @@ from pathlib import Path
 import psycopg
 
 from store.audit import AuditEntry, record
-from store.db import connect
+from store.db import close_quietly, connect
 from store.security import MQTT_REFUSED, BurstCounter, raise_event
 
 log = logging.getLogger("xlhub.mqtt_refusals")
@@ -337,12 +337,8 @@ class RefusalFollower:
         self.tail.close()
 
     def _close_conn(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
 
 def _when(refusal: Refusal) -> datetime:

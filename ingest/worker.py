@@ -60,6 +60,7 @@ from ingest.writer import (
     write_prepared,
 )
 from store.backoff import DATABASE, Backoff
+from store.db import close_quietly
 from store.sources import SourceCache
 from store.workers import Heartbeat
 
@@ -383,12 +384,8 @@ class IngestWorker:
         return self._reg_conn
 
     def _close_registry_conn(self) -> None:
-        if self._reg_conn is not None:
-            try:
-                self._reg_conn.close()
-            except Exception:
-                pass
-            self._reg_conn = None
+        close_quietly(self._reg_conn)
+        self._reg_conn = None
 
     def _prepare(self, items: list) -> Prepared | None:
         """Normalise a batch against a fresh enough registry. The registry must be readable
@@ -491,12 +488,8 @@ class IngestWorker:
                         self._writer_ok = False
                         delay = backoff.next()
                         self._db_failed(exc, len(items), delay)
-                        if self._conn is not None:
-                            try:
-                                self._conn.close()
-                            except Exception:
-                                pass
-                            self._conn = None
+                        close_quietly(self._conn)
+                        self._conn = None
                         if self._stopping.wait(delay):
                             log.warning("stopping with %d messages unstored; the broker keeps them", len(items))
                             return

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,7 +37,7 @@ from bus.normalise import CameraHealthRow, EventRow, PositionRow, TelemetryRow, 
 from bus.telemetry import TELEMETRY
 from bus.topics import Topic, parse_topic
 from config.vocabulary import DEVICE_KINDS
-from store.sources import SourceCache
+from store.sources import Source, SourceCache
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +246,7 @@ def open_writer_connection(url: str) -> psycopg.Connection:
     set_json_dumps(_json_passthrough, context=conn)
     conn.adapters.register_dumper(_JsonbText, _JsonbTextDumper)
     conn.execute("SET synchronous_commit = on")
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS _ingest_events (LIKE events) ON COMMIT DELETE ROWS")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _ingest_events (LIKE events) ON COMMIT DELETE ROWS")
     conn.commit()
     return conn
 

@@ -46,6 +46,16 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, row_factory=dict_row, connect_timeout=10, **kwargs)
 
 
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may already be broken (the database went away): the
+    worker that holds it is about to reconnect, and the close can only fail."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 # How long one series of reconnection attempts lasts. psycopg_pool doubles the delay
 # between attempts without a cap until this runs out: with an hour, a database away for 30 s
 # left the API answering 503 for another 25 s after it came back (its next attempt was that

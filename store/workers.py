@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from store.db import close_quietly
+
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
@@ -76,11 +78,7 @@ class Heartbeat:
                 beat(conn, self.name, self.kind, self.started_at, self.detail())
             except Exception as exc:
                 log.debug("%s heartbeat failed: %s", self.name, type(exc).__name__)
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
+                close_quietly(conn)
                 conn = None
             self._stop.wait(self.interval)
         if conn is not None:

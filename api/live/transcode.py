@@ -97,6 +97,3 @@ class Transcoder:
                 out.append(encoded)
         self.packets_out += len(out)
         return out
-
-    def close(self) -> None:
-        self.encoder = None

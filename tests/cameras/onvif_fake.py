@@ -32,6 +32,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from tests.processes import stop
+
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
     "wsse": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd",
@@ -705,13 +707,7 @@ class IpycamProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
 
 
 def _run_ipycam(port: int, rtsp_port: int, username: str, password: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import psycopg
 
+from tests.processes import stop as stop_process
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Demo-site devices used as sources (their registry rows come from the demo site file).
@@ -237,13 +239,7 @@ class Proc:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -13,13 +13,11 @@ the route declares fails too. The same table says which routes must leave an aud
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-import pytest
 from fastapi.routing import iter_route_contexts
 
 from api.permissions import GRANTS, Permission

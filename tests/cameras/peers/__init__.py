@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from cameras.sim.server import free_port
+from tests.processes import stop
 
 HERE = Path(__file__).resolve().parent
 SYSTEM_PYTHON = "/usr/bin/python3"       # python3-gi lives there, not in the venv
@@ -44,13 +45,7 @@ class GstPeer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
         self.proc = None
 
     def __enter__(self) -> GstPeer:

@@ -61,6 +61,7 @@ class Segment:
     time_base: Fraction
     extradata: bytes | None = None
     audio: str | None = None      # the codec of the stream's audio track (not kept: the hub demuxes video only)
+    fps: float | None = None      # the stream's frame rate as it says it (None: unknown)
 
 
 @dataclass(slots=True, eq=False)

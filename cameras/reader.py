@@ -208,6 +208,11 @@ def _audio_codec(container) -> str | None:
     return None
 
 
+def _rate(stream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
 class ReaderSink(Protocol):
     """What a reader feeds, all on the reader thread (keep it quick)."""
 
@@ -378,7 +383,7 @@ class StreamReader:
             seg_id = StreamReader._segments
         tb = stream.time_base or Fraction(1, 90000)
         segment = Segment(seg_id, ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None,
-                          audio=_audio_codec(container))
+                          audio=_audio_codec(container), fps=_rate(stream))
         tb_f = float(tb)
         self.stats.opens += 1
         self.clock.reset()

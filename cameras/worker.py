@@ -70,6 +70,7 @@ from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
 from cameras.rtsp import Failure, Transport
+from cameras.tap import Fanout, TapServer, TapSettings, tap_key
 from store.workers import beat
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class CameraPipeline:
         self.jobs = jobs
         self.wall = wall
         self.ring = PacketRing(self.cfg.clip.ring_s)
+        # the ring, and the hub's other consumers of the same packets (live view: cameras/tap.py)
+        self.fanout = Fanout(spec.id, self.ring, url=spec.url,
+                             stream=self.cfg.stream if spec.onvif_only else None)
         self.health = HealthMonitor(spec.id, self.cfg.health, maintenance=self.cfg.maintenance)
         self.tamper = TamperDetector(self.cfg.tamper, masks=self.cfg.masks)
         self.motion = MotionDetector(self.cfg.motion, masks=self.cfg.masks, timezone=spec.tz) \
@@ -208,6 +212,7 @@ class CameraPipeline:
     # -- reader sink (reader thread) -------------------------------------------------
     def on_open(self, segment, open_s: float) -> None:
         self.health.opened(open_s)
+        self.fanout.opened(segment)
         self._packets_at_open = self.health.packets
         if self._last_close_reason is not None:
             log.info("camera %s: connected again (%s %dx%d, open %.2fs)", self.spec.id, segment.codec,
@@ -215,7 +220,7 @@ class CameraPipeline:
         self._last_close_reason = None
 
     def on_packet(self, packet: av.Packet, wall: float, key: bool, segment, mono: float) -> None:
-        self.ring.append(Record(packet, wall, key, segment))
+        self.fanout.append(Record(packet, wall, key, segment))
         self.health.packet(packet.size, key, wall, mono)
 
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
@@ -226,6 +231,7 @@ class CameraPipeline:
 
     def on_close(self, failure: Failure | None, frames: int) -> None:
         self.health.closed(failure)
+        self.fanout.closed(failure)
         if self.source is not None:
             opened_at, self._packets_at_open = self._packets_at_open, None
             self.source.stream_closed(opened_at is not None and self.health.packets > opened_at)
@@ -487,6 +493,7 @@ class CameraWorker:
         self.batcher: AnalysisBatcher | None = None
         self.pool = None
         self.store: EvidenceStore | None = None
+        self.tap: TapServer | None = None
         self.ready = threading.Event()
         self.started_at = datetime.now(UTC)
 
@@ -530,6 +537,7 @@ class CameraWorker:
             self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
                                                      baseline_dir=self.baseline_dir, source=source, onvif=endpoint,
                                                      batcher=self.batcher)
+        self._start_tap()
         for p in self.pipelines.values():
             p.start()
         log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
@@ -567,7 +575,23 @@ class CameraWorker:
         finally:
             self._shutdown(jobs)
 
+    def _start_tap(self) -> None:
+        """Serve the cameras' packets to live view (one RTSP session per camera stream)."""
+        try:
+            settings = TapSettings()
+            if not settings.enabled:
+                return
+            self.tap = TapServer(settings, tap_key(self.settings), self._fanout_of, name=self.name).start()
+        except Exception as exc:     # live view then pulls the cameras itself: said, not fatal
+            log.error("%s: camera packets not served to live view (it pulls the cameras again): %s", self.name, exc)
+
+    def _fanout_of(self, camera_id: str) -> Fanout | None:
+        pipeline = self.pipelines.get(camera_id)
+        return pipeline.fanout if pipeline is not None else None
+
     def _shutdown(self, jobs: ThreadPoolExecutor) -> None:
+        if self.tap is not None:
+            self.tap.stop()             # live view falls back to its own pull at once
         for p in self.pipelines.values():
             p.stop()
         for p in self.pipelines.values():
@@ -607,6 +631,9 @@ class CameraWorker:
         out = {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
                "shard": self.shard, "shards": self.shards, "problems": self.problems,
                "mqtt": bool(self.link and self.link.connected.is_set())}
+        if self.tap is not None:
+            out["tap"] = self.tap.address
+            out["tap_consumers"] = self.tap.consumers
         if self.batcher is not None:
             out["analysis"] = {"analysed": self.batcher.analysed, "pending": self.batcher.pending,
                                "dropped": self.batcher.dropped, "failures": self.batcher.failures}

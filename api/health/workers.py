@@ -12,7 +12,7 @@ import os
 from cameras.config import shard_of
 from store.workers import HOST, heartbeats
 
-__all__ = ["HEARTBEAT_STALE_S", "camera_worker_down", "heartbeats", "not_alive", "process_gone"]
+__all__ = ["HEARTBEAT_STALE_S", "camera_tap", "camera_worker_down", "heartbeats", "not_alive", "process_gone"]
 
 # A worker is alive while its heartbeat is younger than this.
 HEARTBEAT_STALE_S = 15.0
@@ -66,3 +66,17 @@ def camera_worker_down(conn, camera_id: str) -> str | None:
             why = f"camera not started: {problem}"
         reasons.append(f"{beat['name']}: {why}")
     return "; ".join(reasons) or "no camera worker has reported for this camera's shard"
+
+
+def camera_tap(conn, camera_id: str) -> str | None:
+    """Where the live camera worker that reads ``camera_id`` serves its packets (cameras/tap.py),
+    or None: no live worker owns the camera, it did not start it, or it serves no tap."""
+    for beat in heartbeats(conn, "cameras"):
+        if not _owns(beat, camera_id) or not_alive(beat) is not None:
+            continue
+        detail = beat["detail"] or {}
+        if camera_id in (detail.get("problems") or {}):
+            continue
+        if detail.get("tap"):
+            return detail["tap"]
+    return None

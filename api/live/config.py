@@ -40,6 +40,9 @@ class LiveSettings(BaseSettings):
     gop_cache: bool = Field(True, description="a viewer joining a running feed starts from the feed's last "
                                               "keyframe and what followed it (shown at once), not the camera's "
                                               "next keyframe (up to a GOP later: 2-10 s on many cameras)")
+    worker_tap: bool = Field(True, description="take the packets of a camera stream its camera worker already "
+                                               "reads (cameras/tap.py), so the camera keeps one RTSP session; a "
+                                               "stream no worker reads, or a worker that is down: pulled here")
     transcode: bool = Field(True, description="play cameras whose codec browsers cannot (H.265) as H.264, "
                                               "encoded once per watched camera (api/live/transcode.py); off: "
                                               "such cameras show snapshots only")

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from fractions import Fraction
 
@@ -44,8 +45,10 @@ from api.live.config import LiveSettings
 from api.live.onvif import StreamUris, explain
 from api.live.sender import Packer, Subscriber, Unit
 from api.live.source import CameraSource, LiveError
+from api.live.taps import TapDirectory
 from api.live.transcode import Transcoder, scaled
 from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, open_stream
+from cameras.tap import KEEPALIVE_S, TapHeader, TapPacket, TapRefused, TapStream
 from config.vocabulary import StreamProblem
 from config.urls import redact_text, redact_url
 from store.backoff import LIVE_VIEW
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 TIME_BASE_90K = Fraction(1, VIDEO_CLOCK)
 GOP_LIMIT = 600                     # packets kept for the snapshot; a longer GOP restarts the cache
+TAP_RECHECK_S = 10.0                # an own pull asks this often whether a camera worker reads the stream again
+SWITCH = object()                   # _pull_once: an own pull gave way to the camera worker's packets
 
 
 # -------------------------------------------------------------------- the camera's stream
@@ -147,6 +152,9 @@ class Feed:
         self.keyframe_ready = asyncio.Event()
         self._stop = threading.Event()
         self._container = None
+        self.pull: str | None = None                          # whose pull the packets are: "worker" or "rtsp"
+        self._tap_refused: str | None = None                  # a worker's tap that does not serve this stream
+        self._closer: Callable[[], None] | None = None        # ends a blocked read of the worker's tap
         self._thread = threading.Thread(target=self._run, name=f"live-{self.camera_id}-{self.stream}", daemon=True)
         self._linger: asyncio.TimerHandle | None = None
         self._decoder = None
@@ -172,6 +180,9 @@ class Feed:
             return
         self._stop.set()
         self.state = "stopped"
+        closer = self._closer
+        if closer is not None:
+            closer()
         for sub in list(self.subscribers):
             sub.end()
         self.subscribers.clear()
@@ -197,7 +208,7 @@ class Feed:
                 "reason": self.reason, "problem": self.problem.problem.value if self.problem else None,
                 "problem_label": self.problem.label if self.problem else None, "codec": self.codec,
                 "transcoded_from": self.transcoded_from, "width": self.width, "height": self.height,
-                "viewers": len(self.subscribers), "snapshot_lease": self.lease_until > time.monotonic(),
+                "pull": self.pull, "viewers": len(self.subscribers), "snapshot_lease": self.lease_until > time.monotonic(),
                 "packets": self.packets, "keyframes": self.keyframes, "connections": self.connections,
                 "started_at": self.started_at, "last_packet_at": self.last_packet_wall}
 
@@ -208,7 +219,10 @@ class Feed:
             opened = self._pull_once()
             if self._stop.is_set():
                 break
-            if not opened and self.source.onvif_only:
+            if opened is SWITCH:
+                attempt = 0
+                continue            # the camera worker reads this stream again: take its packets now
+            if not opened and self.source.onvif_only and self.pull == "rtsp":
                 # The URI ONVIF gave may be stale (camera rebooted onto another port or path):
                 # ask again during the backoff; the next connection uses the answer.
                 self.loop.call_soon_threadsafe(self.registry.ask_onvif_again, self)
@@ -218,9 +232,70 @@ class Feed:
             if self._stop.wait(delay):
                 break
 
-    def _pull_once(self) -> bool:
+    def _pull_once(self) -> bool | object:
+        """One connection: to the camera worker that reads this stream when there is one
+        (cameras/tap.py: the camera keeps one RTSP session), else to the camera itself.
+        True when packets came, or SWITCH when an own pull gives way to the worker's."""
+        address = self.registry.taps.address(self.camera_id) if self.registry.taps else None
+        if address is not None and address != self._tap_refused:
+            got = self._pull_tap(address)
+            if got is not None:
+                return got
+        return self._pull_rtsp(watch_for_tap=self.registry.taps is not None and self._tap_refused is None)
+
+    def _pull_tap(self, address: str) -> bool | None:
+        """The packets of the camera worker's own pull; None when it does not serve them
+        (it reads another stream of the camera, it is gone): then the feed pulls itself."""
+        tap = TapStream(address, self.registry.taps.key, self.camera_id, self.stream,
+                        "" if self.source.onvif_only else self.source.url,
+                        timeout_s=max(self.settings.read_timeout_s, 2 * KEEPALIVE_S + 1))
+        self._closer = tap.close
+        got_packet = False
+        try:
+            tap.open()
+            play = None
+            for event in tap.events():
+                if self._stop.is_set():
+                    break
+                if isinstance(event, TapPacket):
+                    if play is not None:
+                        play(event.packet, event.wall)
+                        got_packet = True
+                elif isinstance(event, TapHeader):
+                    if self.pull != "worker":
+                        log.info("live %s: taking the packets of the camera worker's pull (%s)", self.label,
+                                 address)
+                    self.pull = "worker"
+                    play = self._player(event.decoder(), event.codec, event.extradata, event.fps,
+                                        event.width, event.height)
+                else:
+                    self.pull = "worker"
+                    play = None
+                    failure = event.failure or Failure(StreamProblem.other, "the camera worker is connecting")
+                    self._set_state("error", f"the camera worker cannot read the camera: {failure}", failure)
+            return got_packet
+        except TapRefused as exc:
+            log.info("live %s: the camera worker does not serve this stream (%s): pulling the camera", self.label, exc)
+            self._tap_refused = address
+            return None
+        except (OSError, ValueError) as exc:
+            if self._stop.is_set():
+                return got_packet
+            if self.pull != "worker" and not got_packet:
+                log.warning("live %s: the camera worker's packets are not reachable at %s (%s): pulling the camera",
+                            self.label, address, exc.__class__.__name__)
+                return None
+            self._set_state("error", f"the camera worker's packets stopped: {exc.__class__.__name__}",
+                            Failure(StreamProblem.stream_ended, "the camera worker's packets stopped"))
+            return got_packet
+        finally:
+            self._closer = None
+            tap.close()
+
+    def _pull_rtsp(self, watch_for_tap: bool = False) -> bool | object:
         url = self.source.credentialed(self.stream_uri)
         started = time.monotonic()
+        self.pull = "rtsp"
         try:
             container = open_stream(url, self.transport, self.settings.open_timeout_s, self.settings.read_timeout_s)
         except Exception as exc:  # noqa: BLE001 - every failure is a state with a reason
@@ -236,46 +311,23 @@ class Feed:
                 return True
             stream = container.streams.video[0]
             ctx = stream.codec_context
-            codec = ctx.name
-            extradata = _annexb_extradata(bytes(ctx.extradata) if ctx.extradata else None)
             rate = stream.average_rate or stream.guessed_rate
-            step = int(VIDEO_CLOCK / float(rate)) if rate else 3000
-            transcoder = None
-            if codec != "h264" and self.settings.transcode:
-                transcoder = Transcoder(ctx, fps=float(rate) if rate else None,
-                                        max_width=self.settings.transcode_max_width,
-                                        bitrate_kbps=self.settings.transcode_kbps)
-                extradata = b""                        # SPS/PPS come before every IDR
-            width, height = (scaled(ctx.width, ctx.height, self.settings.transcode_max_width)
-                             if transcoder and ctx.width else (ctx.width, ctx.height))
-            self.loop.call_soon_threadsafe(self._on_open, "h264" if transcoder else codec, width, height,
-                                           extradata, step, codec if transcoder else None)
-            if codec != "h264" and transcoder is None:
-                self._set_state("error", f"camera sends {codec}: live view needs H.264 (snapshots only)",
-                                Failure(StreamProblem.codec_unsupported, f"{codec}: live view plays H.264"))
-            self._pts_offset = None
+            play = self._player(ctx, ctx.name, bytes(ctx.extradata) if ctx.extradata else None,
+                                float(rate) if rate else None, ctx.width, ctx.height)
+            next_check = time.monotonic() + TAP_RECHECK_S
             for camera_packet in container.demux(stream):
                 if self._stop.is_set():
                     break
                 if camera_packet.size == 0:
                     continue
-                arrival = time.time()
-                if transcoder is not None:
-                    for packet in transcoder.push(camera_packet):
-                        self._rebase(packet, arrival, step)
-                        got_packet = True
-                        self.loop.call_soon_threadsafe(self._on_packet, packet, bool(packet.is_keyframe), arrival)
-                    continue
-                packet = camera_packet
-                key = bool(packet.is_keyframe)
-                if key and extradata and 7 not in _nal_types(bytes(packet)[:256]):
-                    fixed = av.Packet(extradata + bytes(packet))
-                    fixed.pts, fixed.dts, fixed.time_base = packet.pts, packet.dts, packet.time_base
-                    fixed.is_keyframe = True
-                    packet = fixed
-                self._rebase(packet, arrival, step)
+                play(camera_packet, time.time())
                 got_packet = True
-                self.loop.call_soon_threadsafe(self._on_packet, packet, key, arrival)
+                if watch_for_tap and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + TAP_RECHECK_S
+                    if self.registry.taps.address(self.camera_id):
+                        log.info("live %s: a camera worker reads this stream: its packets replace this pull",
+                                 self.label)
+                        return SWITCH
             if not self._stop.is_set():
                 self._set_state("error", "the camera ended the stream", STREAM_ENDED)
         except Exception as exc:  # noqa: BLE001
@@ -289,6 +341,43 @@ class Feed:
             except Exception:  # noqa: BLE001
                 pass
         return got_packet
+
+    def _player(self, decoder: av.CodecContext, codec: str, extradata: bytes | None, fps: float | None,
+                width: int, height: int) -> Callable[[av.Packet, float], None]:
+        """For a stream just opened (the camera's, or the worker's at its connection): say so
+        on the loop, and return what plays each packet of it (the demux thread's)."""
+        extradata = _annexb_extradata(extradata)
+        step = int(VIDEO_CLOCK / fps) if fps else 3000
+        transcoder = None
+        if codec != "h264" and self.settings.transcode:
+            transcoder = Transcoder(decoder, fps=fps, max_width=self.settings.transcode_max_width,
+                                    bitrate_kbps=self.settings.transcode_kbps)
+            extradata = b""                        # SPS/PPS come before every IDR
+        if transcoder and width:
+            width, height = scaled(width, height, self.settings.transcode_max_width)
+        self.loop.call_soon_threadsafe(self._on_open, "h264" if transcoder else codec, width, height,
+                                       extradata, step, codec if transcoder else None)
+        if codec != "h264" and transcoder is None:
+            self._set_state("error", f"camera sends {codec}: live view needs H.264 (snapshots only)",
+                            Failure(StreamProblem.codec_unsupported, f"{codec}: live view plays H.264"))
+        self._pts_offset = None
+
+        def play(camera_packet: av.Packet, arrival: float) -> None:
+            if transcoder is not None:
+                for packet in transcoder.push(camera_packet):
+                    self._rebase(packet, arrival, step)
+                    self.loop.call_soon_threadsafe(self._on_packet, packet, bool(packet.is_keyframe), arrival)
+                return
+            packet = camera_packet
+            key = bool(packet.is_keyframe)
+            if key and extradata and 7 not in _nal_types(bytes(packet)[:256]):
+                fixed = av.Packet(extradata + bytes(packet))
+                fixed.pts, fixed.dts, fixed.time_base = packet.pts, packet.dts, packet.time_base
+                fixed.is_keyframe = True
+                packet = fixed
+            self._rebase(packet, arrival, step)
+            self.loop.call_soon_threadsafe(self._on_packet, packet, key, arrival)
+        return play
 
     def _rebase(self, packet: av.Packet, arrival: float, step: int) -> None:
         """Continuous 90 kHz timestamps across reconnects (RTP wants them monotonic)."""
@@ -451,8 +540,9 @@ class Feed:
 class FeedRegistry:
     """Every feed of this process, one per (camera, stream). Use from the event loop only."""
 
-    def __init__(self, settings: LiveSettings):
+    def __init__(self, settings: LiveSettings, taps: TapDirectory | None = None):
         self.settings = settings
+        self.taps = taps if settings.worker_tap else None     # the camera workers' packets (api/live/taps.py)
         self.loop = asyncio.get_running_loop()
         self.feeds: dict[tuple[str, str], Feed] = {}        # (camera id, stream) → its pull
         self.started_feeds = 0

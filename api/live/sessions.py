@@ -28,6 +28,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 
 from api.live.config import LiveSettings
 from api.live.feed import Feed, FeedRegistry
+from api.live.taps import TapDirectory
 from api.live.sender import PassthroughTrack, Subscriber, install_sender, without_bandwidth_feedback
 from api.live.source import CameraSource, LiveError
 
@@ -108,9 +109,9 @@ class ViewerSession:
 class LiveRelay(FeedRegistry):
     """Every feed and viewer session of this process. Use from the event loop only."""
 
-    def __init__(self, settings: LiveSettings, http_host: str = "127.0.0.1"):
+    def __init__(self, settings: LiveSettings, http_host: str = "127.0.0.1", taps: TapDirectory | None = None):
         self.sessions: dict[str, ViewerSession] = {}
-        super().__init__(settings)
+        super().__init__(settings, taps)
         use_host_addresses(settings.host_addresses(http_host))
 
     async def _sweep_once(self) -> None:

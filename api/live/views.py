@@ -26,7 +26,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -35,6 +35,7 @@ from api.audit import add_audit_detail, audited_read
 from api.deps import Conn, CurrentPrincipal, ensure_in_scope, require
 from api.live.config import LiveSettings, Stream
 from api.live.sessions import LiveRelay
+from api.live import taps
 from api.live.source import CameraSource, LiveError
 from api.permissions import Permission
 from config.vocabulary import StreamProblem
@@ -48,7 +49,7 @@ FRAME_AUDIT_EVERY_S = 60.0
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = getattr(app.state, "settings", None)
-    relay = LiveRelay(LiveSettings(), http_host=getattr(settings, "http_host", "127.0.0.1"))
+    relay = LiveRelay(LiveSettings(), http_host=getattr(settings, "http_host", "127.0.0.1"), taps=taps.from_app(app))
     app.state.live = relay
     app.state.live_frame_audits = {}
     try:
@@ -89,6 +90,9 @@ class FeedStatus(BaseModel):
     codec: str | None = Field(description="what the viewers get (h264)")
     transcoded_from: str | None = Field(None, description="the camera's own codec (hevc) when the hub transcodes "
                                                           "it for the browsers (XLHUB_LIVE_TRANSCODE)")
+    pull: Literal["worker", "rtsp"] | None = Field(
+        None, description="worker: the packets of the camera worker's own pull (the camera keeps one RTSP "
+                          "session); rtsp: live view pulls this stream itself (no worker reads it, or it is down)")
     width: int | None
     height: int | None
     viewers: int

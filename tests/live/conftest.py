@@ -52,12 +52,12 @@ def live_db(seeded_db, sim_cameras):  # noqa: F811
 
 
 @contextlib.contextmanager
-def live_api_server(db_url: str, mqtt_url: str):
+def live_api_server(db_url: str, mqtt_url: str, **settings):
     """The API with the live settings of these tests (short linger and lease, loopback ICE)."""
     with pytest.MonkeyPatch.context() as mp:
         for k, v in LIVE_ENV.items():
             mp.setenv(k, v)
-        with ApiServer(db_url, mqtt_url) as server:
+        with ApiServer(db_url, mqtt_url, **settings) as server:
             yield server
 
 

@@ -28,6 +28,8 @@ class GstPeer:
         if user:
             self.argv += ["--user", user, "--password", password or ""]
         self.proc: subprocess.Popen | None = None
+        self.clients = 0            # RTSP connections open at the server now
+        self.most_clients = 0       # the most at once (since reset_most)
 
     def url(self, user: str | None = None, password: str | None = None, path: str | None = None) -> str:
         auth = f"{user}:{password}@" if user else ""
@@ -42,7 +44,18 @@ class GstPeer:
         if not ready or not ready[0].startswith("READY"):
             self.stop()
             raise RuntimeError(f"GStreamer peer did not start: {self.proc.stderr.read()[-2000:]}")
+        threading.Thread(target=self._count_clients, args=(self.proc,), daemon=True).start()
         return self
+
+    def _count_clients(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            if line.startswith("CLIENTS "):
+                self.clients = int(line.split()[1])
+                self.most_clients = max(self.most_clients, self.clients)
+
+    def reset_most(self) -> None:
+        """Count the most RTSP connections at once from now on."""
+        self.most_clients = self.clients
 
     def stop(self) -> None:
         stop(self.proc)

@@ -74,6 +74,17 @@ def main() -> int:
         factory.set_permissions(perms)
         server.set_auth(auth)
     server.get_mount_points().add_factory(args.path, factory)
+    clients = set()
+
+    def closed(client):
+        clients.discard(client)
+        print(f"CLIENTS {len(clients)}", flush=True)
+
+    def connected(_server, client):
+        clients.add(client)
+        client.connect("closed", closed)
+        print(f"CLIENTS {len(clients)}", flush=True)
+    server.connect("client-connected", connected)     # RTSP connections, counted where the camera is
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
         return 1

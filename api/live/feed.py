@@ -140,6 +140,7 @@ class Feed:
         self.connected_at: float | None = None
         self.connections = 0
         self.packets = 0
+        self.bytes_in = 0                                     # the camera's bitstream, whoever pulled it
         self.keyframes = 0
         self.last_packet_mono: float | None = None
         self.last_packet_wall: float | None = None
@@ -363,6 +364,7 @@ class Feed:
         self._pts_offset = None
 
         def play(camera_packet: av.Packet, arrival: float) -> None:
+            self.bytes_in += camera_packet.size
             if transcoder is not None:
                 for packet in transcoder.push(camera_packet):
                     self._rebase(packet, arrival, step)

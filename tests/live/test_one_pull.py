@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(180)
 
 CAM = "cam-one-pull"
 TWO = "cam-two-streams"
+HEVC = "cam-one-pull-hevc"
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +42,13 @@ def hub_var(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cameras(live_db):
     with GstPeer(fps=10, gop_s=1.0) as one, GstPeer(fps=10, gop_s=1.0, path="/main") as main, \
-            GstPeer(fps=10, gop_s=1.0, path="/sub") as sub:
+            GstPeer(fps=10, gop_s=1.0, path="/sub") as sub, GstPeer(codec="h265", fps=10, gop_s=1.0) as hevc:
         add_camera(live_db, CAM, one.url())
+        add_camera(live_db, HEVC, hevc.url())
         add_camera(live_db, TWO, main.url())
         with connect(live_db) as conn:
             conn.execute("UPDATE cameras SET substream_url = %s WHERE id = %s", (sub.url(), TWO))
-        yield {"one": one, "main": main, "sub": sub}
+        yield {"one": one, "main": main, "sub": sub, "hevc": hevc}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,8 @@ class Worker:
 @pytest.fixture(scope="module")
 def worker(live_db, hub_var, cameras, tmp_path_factory):
     specs = [CameraSpec(id=CAM, url=cameras["one"].url(), grid=GRID, analytics=CameraAnalytics()),
-             CameraSpec(id=TWO, url=cameras["sub"].url(), grid=GRID, analytics=CameraAnalytics(stream="sub"))]
+             CameraSpec(id=TWO, url=cameras["sub"].url(), grid=GRID, analytics=CameraAnalytics(stream="sub")),
+             CameraSpec(id=HEVC, url=cameras["hevc"].url(), grid=GRID, analytics=CameraAnalytics())]
     w = Worker(live_db, hub_var, specs, tmp_path_factory.mktemp("one-pull-evidence"))
     w.start()
     yield w
@@ -170,3 +173,17 @@ async def test_a_stream_the_worker_does_not_read_is_pulled_by_live_view(cameras,
     finally:
         for v in (main, sub):
             await v.close()
+
+
+async def test_an_h265_camera_is_transcoded_from_the_workers_packets(cameras, api, worker):
+    await until_reading(worker, HEVC)
+    viewer = Viewer(api.base_url, login(api, "ds-supervisor"), HEVC)
+    try:
+        assert (await viewer.start()).status_code == 200
+        assert await viewer.receive(10, timeout=30) == 10
+        assert viewer.size == (320, 240)
+        feed = feed_of(api, HEVC)
+        assert (feed.pull, feed.codec, feed.transcoded_from) == ("worker", "h264", "hevc")
+        assert cameras["hevc"].clients == 1
+    finally:
+        await viewer.close()

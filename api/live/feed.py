@@ -1,6 +1,7 @@
-"""Live video's camera side: one RTSP pull per camera and stream, shared by all its viewers.
+"""Live video's camera side: one feed per camera and stream, shared by all its viewers.
 
-    camera ──RTSP/TCP──▶ Feed (one thread: PyAV demux, no decoding)
+    camera worker's tap ─┐ (cameras/tap.py: the packets of the worker's own RTSP session)
+    camera ──RTSP────────┴─▶ Feed (one thread: the tap's packets, or a PyAV demux; no decoding)
                            │  av.Packet, pts rebased to 90 kHz, SPS/PPS before every IDR
                            ├──▶ split into RTP payloads once (Packer, api/live/sender.py)
                            │      └─▶ for each viewer: Subscriber.push ──▶ its PassthroughSender
@@ -9,6 +10,14 @@
 The camera's H.264 is passed through: each access unit goes to the viewers in the event-loop
 callback that delivers it, and nothing is decoded for them. The snapshot fallback decodes
 the current GOP (at most one GOP, incrementally) only while someone asks for frames.
+
+Where the packets come from: the camera worker that reads the same stream serves them on
+its tap (found in its heartbeat through ``TapDirectory``, api/live/taps.py), so the camera
+keeps one RTSP session however many watch it; a feed starts from the worker's current GOP.
+A stream no worker reads (another stream than the analysed one), or whose worker is down or
+unreachable, is pulled here; such a pull asks every ``TAP_RECHECK_S`` whether a worker reads
+the stream again and gives way to it (``SWITCH``) without ending the viewers. While the
+worker cannot read the camera, the feed shows the worker's reason and does not knock itself.
 
 A feed is one stream of one camera, ``main`` or ``sub`` (``CameraSource.stream``, chosen by
 the API: the viewer's ``?stream=``, else ``XLHUB_LIVE_STREAM``; main for a camera without a

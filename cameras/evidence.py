@@ -423,6 +423,7 @@ class EvidenceStore:
         self.root = Path(root).resolve()
         self.pool = pool
         self._unrecorded: list[tuple] = []
+        self._missing: list[tuple] = []        # evidence_missing rows not written yet
         self._lock = threading.Lock()
 
     def _relative(self, camera_id: str, evidence_id: str, captured_at: float, ext: str) -> str:
@@ -464,26 +465,46 @@ class EvidenceStore:
             self._unrecorded.append(row)
         self.flush()
 
+    def record_missing(self, camera_id: str, evidence_id: str, event_id: str | None, missing: dict,
+                       captured_at: float) -> None:
+        """A clip that was promised (``evidence_id``) and could not be made: why, for the
+        event's evidence and the case (``evidence_missing``)."""
+        row = (evidence_id, event_id, "camera", camera_id, missing["reason"], missing["text"],
+               datetime.fromtimestamp(captured_at, UTC))
+        with self._lock:
+            self._missing.append(row)
+        self.flush()
+
     def flush(self) -> bool:
         if self.pool is None:
             return True
         with self._lock:
             rows, self._unrecorded = self._unrecorded, []
-        if not rows:
+            missing, self._missing = self._missing, []
+        if not rows and not missing:
             return True
         try:
             with self.pool.connection(timeout=5) as conn:
                 with conn.cursor() as cur:
-                    cur.executemany(
-                        """INSERT INTO evidence (id, sha256, path, media_type, bytes, source_kind, source_id,
-                                                 event_id, captured_at)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING""", rows)
+                    if rows:
+                        cur.executemany(
+                            """INSERT INTO evidence (id, sha256, path, media_type, bytes, source_kind, source_id,
+                                                     event_id, captured_at)
+                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING""", rows)
+                    if missing:
+                        cur.executemany(
+                            """INSERT INTO evidence_missing (id, event_id, source_kind, source_id, reason, text,
+                                                             captured_at)
+                               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING""", missing)
             return True
         except Exception as exc:
-            log.warning("evidence rows not recorded yet (%d kept for retry): %s", len(rows), type(exc).__name__)
+            log.warning("evidence rows not recorded yet (%d kept for retry): %s", len(rows) + len(missing),
+                        type(exc).__name__)
             with self._lock:
                 self._unrecorded = rows + self._unrecorded
                 del self._unrecorded[10_000:]
+                self._missing = missing + self._missing
+                del self._missing[10_000:]
             return False
 
     def sweep(self, camera_ids: list[str], retention_days: int) -> int:
@@ -496,6 +517,8 @@ class EvidenceStore:
                 """DELETE FROM evidence WHERE source_kind = 'camera' AND source_id = ANY(%s)
                    AND captured_at < now() - make_interval(days => %s) AND hold IS NULL RETURNING path""",
                 (camera_ids, retention_days)).fetchall()
+            conn.execute("DELETE FROM evidence_missing WHERE source_kind = 'camera' AND source_id = ANY(%s) "
+                         "AND captured_at < now() - make_interval(days => %s)", (camera_ids, retention_days))
         removed = 0
         for row in rows:
             path = resolve_evidence_path(self.root, row["path"] if isinstance(row, dict) else row[0])

@@ -350,6 +350,9 @@ class CameraPipeline:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         finally:
+            if clip.missing is not None and self.store is not None:
+                # the event (or the flag's answer) promised this clip: say why there is none
+                self.store.record_missing(self.spec.id, clip.evidence_id, clip.event_id, clip.missing, clip.t0)
             clip.done.set()
 
     # -- scheduler thread ----------------------------------------------------------------

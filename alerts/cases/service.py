@@ -72,6 +72,28 @@ def evidence_summary(row: dict) -> dict[str, Any]:
             "added_by": row["added_by"]}
 
 
+def missing_clips(conn: psycopg.Connection, case_id: str, evidence: list[dict]) -> list[dict]:
+    """Clips of the case's events that the camera could not make (``evidence_missing``): the
+    archive says why in place of the clip (a reference the case holds gets ``missing``; a
+    flag's clip, never referenced, is listed after the evidence)."""
+    rows = conn.execute(
+        """SELECT m.id, m.event_id, m.source_id, m.reason, m.text, m.captured_at FROM evidence_missing m
+           WHERE m.event_id IN (SELECT event_id FROM case_evidence WHERE case_id = %s AND event_id IS NOT NULL)
+              OR m.id IN (SELECT coalesce(evidence_id, ref) FROM case_evidence WHERE case_id = %s)
+           ORDER BY m.captured_at""", (case_id, case_id)).fetchall()
+    by_ref = {e["evidence_id"] or e["ref"]: e for e in evidence}
+    extra = []
+    for m in rows:
+        note = {"reason": m["reason"], "text": m["text"]}
+        if m["id"] in by_ref:
+            by_ref[m["id"]]["missing"] = note
+        else:
+            extra.append({"id": None, "kind": "clip", "ref": m["id"], "sha256": None, "media_type": None,
+                          "evidence_id": None, "source_id": m["source_id"], "event_id": m["event_id"],
+                          "captured_at": m["captured_at"], "added_at": None, "added_by": None, "missing": note})
+    return extra
+
+
 def load_view(conn: psycopg.Connection, case: dict) -> CaseView:
     rows = conn.execute(
         "SELECT id, round, department_code, assignee, state, handled_by FROM case_assignments WHERE case_id = %s",
@@ -521,6 +543,7 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
                   ce.added_by
            FROM case_evidence ce LEFT JOIN evidence e ON e.id = coalesce(ce.evidence_id, ce.ref)
            WHERE ce.case_id = %s ORDER BY ce.id""", (case["id"],))]
+    evidence += missing_clips(conn, case["id"], evidence)
     alarm = None
     if case["alarm_id"]:
         alarm = conn.execute(

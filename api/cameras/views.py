@@ -90,6 +90,11 @@ def _camera_path(conn, camera_id: str) -> list[str] | None:
 
 
 # --------------------------------------------------------------------------- models
+class ClipMissingOut(BaseModel):
+    reason: str = Field(description="no_keyframe | codec | remux | not_stored")
+    text: str = Field(description="中文 (English), for the operator")
+
+
 class EvidenceOut(BaseModel):
     id: str
     kind: str
@@ -98,7 +103,9 @@ class EvidenceOut(BaseModel):
     bytes: int | None = None
     captured_at: datetime | None = None
     pending: bool = False
-    url: str
+    url: str | None = Field(None, description="the file; none when the clip could not be made (``missing``)")
+    missing: ClipMissingOut | None = Field(None, description="a clip the event promised that could not be made, "
+                                                            "and why")
 
 
 class FlagIn(BaseModel):
@@ -109,11 +116,6 @@ class FlagIn(BaseModel):
     note: str = Field("", max_length=500)
     category: str = Field(..., min_length=1, max_length=64, description="e.g. 治安防控, 安全隐患, 城市管理")
     severity: Severity | None = None
-
-
-class ClipMissingOut(BaseModel):
-    reason: str = Field(description="no_keyframe | codec | remux | not_stored")
-    text: str = Field(description="中文 (English), for the operator")
 
 
 class ClipAudioOut(BaseModel):
@@ -198,6 +200,14 @@ LEFT JOIN membership_paths mt ON mt.source_id = e.source_id AND mt.valid_from <=
 LEFT JOIN source_grid mc ON mc.source_id = e.source_id
 WHERE {where}
 """
+MISSING_QUERY = """
+SELECT m.id, m.reason, m.text, m.captured_at, coalesce(mt.grid_path, mc.grid_path) AS grid_path
+FROM evidence_missing m
+LEFT JOIN membership_paths mt ON mt.source_id = m.source_id AND mt.valid_from <= m.captured_at
+     AND (mt.valid_to IS NULL OR mt.valid_to > m.captured_at)
+LEFT JOIN source_grid mc ON mc.source_id = m.source_id
+WHERE m.event_id = %s ORDER BY m.captured_at
+"""
 
 
 @router.get("/evidence/{evidence_id}", response_class=FileResponse,
@@ -227,13 +237,17 @@ def download_evidence(evidence_id: str, request: Request, conn: Conn,
 def event_evidence(event_id: str, conn: Conn,
                    principal: Annotated[Principal, Depends(require(Permission.EVENTS_READ))]) -> list[EvidenceOut]:
     """The evidence stored for an event (a clip appears here once its after-part is
-    recorded, seconds after the event)."""
+    recorded, seconds after the event), and the clips that could not be made, with why."""
     rows = conn.execute(EVIDENCE_QUERY.format(where="e.event_id = %s") + " ORDER BY e.captured_at",
                         (event_id,)).fetchall()
-    rows = [r for r in rows if r["grid_path"] and principal.node_code in r["grid_path"]]
-    return [EvidenceOut(id=r["id"], kind="snapshot" if r["media_type"] == "image/jpeg" else "clip",
-                        media_type=r["media_type"], sha256=r["sha256"], bytes=r["bytes"],
-                        captured_at=r["captured_at"], url=f"/api/evidence/{r['id']}") for r in rows]
+    missing = conn.execute(MISSING_QUERY, (event_id,)).fetchall()
+    mine = [r for r in rows + missing if r["grid_path"] and principal.node_code in r["grid_path"]]
+    return [EvidenceOut(id=r["id"], kind="snapshot" if r.get("media_type") == "image/jpeg" else "clip",
+                        media_type=r.get("media_type") or "video/mp4", sha256=r.get("sha256"), bytes=r.get("bytes"),
+                        captured_at=r["captured_at"],
+                        url=None if "reason" in r else f"/api/evidence/{r['id']}",
+                        missing=ClipMissingOut(reason=r["reason"], text=r["text"]) if "reason" in r else None)
+            for r in mine]
 
 
 # --------------------------------------------------------------------------- PTZ 云台

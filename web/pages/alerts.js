@@ -20,6 +20,10 @@ export function evidenceUrl(item) {
 export function evidenceFigure(item) {
   const url = evidenceUrl(item);
   const when = fmtTime(item.captured_at, { date: true });
+  if (item.missing) {
+    return h('figure', { class: 'missing', dataset: { reason: item.missing.reason } },
+      h('p', { class: 'muted' }, `未生成视频片段：${item.missing.text}`), h('figcaption', {}, when));
+  }
   if (item.detail && !url) return h('figure', {}, h('pre', {}, JSON.stringify(item.detail, null, 1)), h('figcaption', {}, when));
   if (item.pending) return h('figure', {}, h('p', { class: 'muted' }, '视频片段录制中，稍后可查看。'), h('figcaption', {}, when));
   if ((item.media_type || '').startsWith('image/') || item.kind === 'snapshot') {

@@ -41,9 +41,10 @@ keyframe and what followed it), so a picture is there at once. A consumer that f
 socket does not drain within ``send_timeout_s`` is dropped. Neither slows the reader.
 
 The key is a hub secret (``var/secrets/camera_tap_key``, encrypted at rest like the others):
-every process of a hub reads the same one. The video itself is not encrypted: the listener
-stays on loopback unless ``XLHUB_CAMERA_TAP_ALLOW_REMOTE`` says otherwise (a private network
-between hub machines).
+every process of a hub reads the same one. Between machines the video is TLS: a listener
+beyond loopback needs ``XLHUB_CAMERA_TAP_TLS_CERT``/``_TLS_KEY`` (it then advertises
+``tls:host:port``, and consumers verify it against ``XLHUB_CAMERA_TAP_TLS_CA``), or an
+explicit ``XLHUB_CAMERA_TAP_ALLOW_REMOTE`` for plain TCP on a private network.
 """
 from __future__ import annotations
 
@@ -55,12 +56,14 @@ import json
 import logging
 import secrets
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 from pydantic import Field, model_validator
@@ -91,22 +94,47 @@ class TapSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="the listener's address")
     port: int = Field(0, ge=0, le=65535, description="0: any free port (the heartbeat says which)")
     advertise: str | None = Field(None, description="the address other processes connect to (default: host)")
-    allow_remote: bool = Field(False, description="a listener beyond loopback carries the cameras' video in "
-                                                  "clear: only on a private network between hub machines")
+    allow_remote: bool = Field(False, description="a listener beyond loopback without TLS carries the cameras' "
+                                                  "video in clear: only on a private network between hub machines")
+    tls_cert: Path | None = Field(None, description="the listener's certificate (PEM): TLS, advertised as tls:host:port")
+    tls_key: Path | None = Field(None, description="its private key (PEM)")
+    tls_ca: Path | None = Field(None, description="consumers: the CA that signed the workers' tap certificates "
+                                                  "(default: the system's)")
     queue_packets: int = Field(300, ge=16, description="packets a consumer may fall behind before it is resumed "
                                                        "at the next keyframe")
     send_timeout_s: float = Field(5.0, gt=0, description="a consumer whose socket does not drain by then is dropped")
 
     @model_validator(mode="after")
-    def _loopback_unless_allowed(self) -> TapSettings:
-        if not self.allow_remote and not _loopback(self.host):
-            raise ValueError(f"XLHUB_CAMERA_TAP_HOST={self.host!r} is not a loopback address: the tap carries "
-                             "video in clear; set XLHUB_CAMERA_TAP_ALLOW_REMOTE=1 on a private network")
+    def _loopback_unless_secured(self) -> TapSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("XLHUB_CAMERA_TAP_TLS_CERT and XLHUB_CAMERA_TAP_TLS_KEY go together")
+        if not self.tls and not self.allow_remote and not _loopback(self.host):
+            raise ValueError(f"XLHUB_CAMERA_TAP_HOST={self.host!r} is not a loopback address: the tap would carry "
+                             "video in clear; set XLHUB_CAMERA_TAP_TLS_CERT/_TLS_KEY, or "
+                             "XLHUB_CAMERA_TAP_ALLOW_REMOTE=1 on a private network")
         return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     def address(self, port: int) -> str:
         host = self.advertise or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"tls:{address}" if self.tls else address
+
+    def server_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
 
 def _loopback(host: str) -> bool:
@@ -350,6 +378,7 @@ class TapServer:
         sock.listen(64)
         sock.settimeout(0.5)
         self.sock = sock
+        self._tls = self.settings.server_context()
         self.address = self.settings.address(sock.getsockname()[1])
         threading.Thread(target=self._accept, name=f"{self.name}-tap", daemon=True).start()
         log.info("%s: camera packets served at %s", self.name, self.address)
@@ -381,6 +410,8 @@ class TapServer:
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5.0)
         try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
             nonce = secrets.token_hex(16)
             conn.sendall(GREETING + nonce.encode() + b"\n")
             request = _read_line(conn)
@@ -394,7 +425,7 @@ class TapServer:
             if why:
                 self._refuse(conn, why, camera)
                 return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:       # ssl.SSLError is an OSError
             log.info("%s tap: a request could not be read (%s)", self.name, exc.__class__.__name__)
             conn.close()
             return
@@ -488,8 +519,9 @@ class TapStream:
     """One camera stream's packets from the worker that reads it."""
 
     def __init__(self, address: str, key: bytes, camera_id: str, stream: str, url: str,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
         self.address = address
+        self.tls = tls
         self.key = key
         self.camera_id, self.stream, self.url = camera_id, stream, url
         self.timeout_s = timeout_s
@@ -497,8 +529,16 @@ class TapStream:
         self._file = None
 
     def open(self) -> TapStream:
-        host, _, port = self.address.rpartition(":")
-        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout_s)
+        address = self.address
+        secure = address.startswith("tls:")
+        if secure:
+            address = address[4:]
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        sock = socket.create_connection((host, int(port)), timeout=self.timeout_s)
+        if secure:
+            ctx = self.tls or ssl.create_default_context()
+            sock = ctx.wrap_socket(sock, server_hostname=host)
         self.sock = sock
         self._file = sock.makefile("rb")
         greeting = self._file.readline(200)

@@ -258,7 +258,7 @@ class Feed:
         (it reads another stream of the camera, it is gone): then the feed pulls itself."""
         tap = TapStream(address, self.registry.taps.key, self.camera_id, self.stream,
                         "" if self.source.onvif_only else self.source.url,
-                        timeout_s=max(self.settings.read_timeout_s, 2 * KEEPALIVE_S + 1))
+                        timeout_s=max(self.settings.read_timeout_s, 2 * KEEPALIVE_S + 1), tls=self.registry.taps.tls)
         self._closer = tap.close
         got_packet = False
         try:

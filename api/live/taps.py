@@ -5,6 +5,7 @@ made from the feeds' own threads, never on the event loop."""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +16,10 @@ log = logging.getLogger(__name__)
 class TapDirectory:
     """The tap key of this hub, and per camera the address of the worker that serves it."""
 
-    def __init__(self, key: bytes, lookup: Callable[[str], str | None], ttl_s: float = 3.0) -> None:
+    def __init__(self, key: bytes, lookup: Callable[[str], str | None], ttl_s: float = 3.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.key = key
+        self.tls = tls              # verifies a worker's tap that serves TLS (tls:host:port)
         self.lookup = lookup
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, str | None]] = {}
@@ -43,7 +46,7 @@ def from_app(app) -> TapDirectory | None:
     """The API's directory: the hub's key, heartbeats read through the API's pool. None when
     the key cannot be read (live view then pulls every camera itself, and says so)."""
     from api.health.workers import camera_tap
-    from cameras.tap import tap_key
+    from cameras.tap import TapSettings, tap_key
 
     settings = getattr(app.state, "settings", None)
     if settings is None:
@@ -61,4 +64,10 @@ def from_app(app) -> TapDirectory | None:
         with pool.connection(timeout=3) as conn:
             return camera_tap(conn, camera_id)
 
-    return TapDirectory(key, lookup)
+    try:
+        tls = TapSettings().client_context()
+    except Exception as exc:  # noqa: BLE001 - the worker's settings, not ours: verify against the system's CAs
+        log.warning("live view: XLHUB_CAMERA_TAP_* settings unusable here (%s); TLS taps are verified against "
+                    "the system's CAs", exc)
+        tls = None
+    return TapDirectory(key, lookup, tls=tls)

@@ -110,3 +110,57 @@ def test_the_tap_stays_on_loopback_unless_told_otherwise():
     with pytest.raises(pydantic.ValidationError, match="XLHUB_CAMERA_TAP_ALLOW_REMOTE"):
         TapSettings(host="0.0.0.0")
     assert TapSettings(host="0.0.0.0", allow_remote=True, advertise="10.0.0.5").address(9000) == "10.0.0.5:9000"
+
+
+def self_signed(tmp_path) -> tuple:
+    """A certificate for 127.0.0.1 (the CA consumers trust, here the certificate itself)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xlhub camera tap")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "tap.pem", tmp_path / "tap.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_a_tap_with_a_certificate_serves_tls_and_consumers_verify_it(tmp_path):
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    settings = TapSettings(tls_cert=cert, tls_key=key, tls_ca=cert)
+    fanout = Fanout("cam-1", PacketRing(20), url=URL)
+    server = TapServer(settings, KEY, {"cam-1": fanout}.get).start()
+    try:
+        assert server.address.startswith("tls:127.0.0.1:")
+        fanout.opened(SEGMENT)
+        fanout.append(record(1, True))
+        stream = TapStream(server.address, KEY, "cam-1", "main", URL, timeout_s=5, tls=settings.client_context()).open()
+        events = stream.events()
+        assert isinstance(next(events), TapHeader)
+        assert bytes(next(events).packet) == bytes([1]) * 101
+        assert stream.sock.version() in ("TLSv1.2", "TLSv1.3")
+        stream.close()
+        stranger = TapStream(server.address, KEY, "cam-1", "main", URL, timeout_s=5)     # the system's CAs only
+        with pytest.raises(ssl.SSLCertVerificationError):
+            stranger.open()
+    finally:
+        server.stop()
+    # A listener beyond loopback without TLS needs to be allowed in so many words.
+    assert TapSettings(host="0.0.0.0", tls_cert=cert, tls_key=key).tls
+    with pytest.raises(pydantic.ValidationError, match="go together"):
+        TapSettings(tls_cert=cert)

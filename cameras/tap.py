@@ -375,8 +375,7 @@ class TapServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
-        sock.listen(64)
-        sock.settimeout(0.5)
+        sock.listen(64)             # blocking accept: an idle tap costs no wake-ups (stop shuts it down)
         self.sock = sock
         self._tls = self.settings.server_context()
         self.address = self.settings.address(sock.getsockname()[1])
@@ -391,6 +390,10 @@ class TapServer:
     def stop(self) -> None:
         self._stop.set()
         if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)        # wakes the blocked accept
+            except OSError:
+                pass
             self.sock.close()
         with self._lock:
             consumers = list(self._consumers)
@@ -401,8 +404,6 @@ class TapServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), name=f"{self.name}-tap-client", daemon=True).start()

@@ -43,6 +43,7 @@ from config.camera_analytics import (  # noqa: F401 - re-exported for the worker
     TamperConfig,
     Zone,
 )
+from config.camera_recording import CameraRecording
 from config.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class CameraSpec:
     onvif_host: str | None = None
     onvif_port: int = 80
     transport: str = "auto"          # RTSP lower transport: auto | tcp | udp (cameras/rtsp.py)
+    recording: CameraRecording = field(default_factory=CameraRecording)   # 录像计划 (config/camera_recording.py)
+    stream: str = "main"             # the stream read (and recorded): sub when it is the substream
 
     def stream_url(self) -> str:
         return with_credentials(self.url, self.username, self.password)
@@ -155,7 +158,10 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
         specs.append(CameraSpec(id=cam.id, url=str(url or ""), name=cam.name, grid=cam.grid, username=username,
                                 password=password, analytics=analytics, timezone=site.timezone,
                                 onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80,
-                                transport=getattr(cam, "transport", "auto")))
+                                transport=getattr(cam, "transport", "auto"),
+                                recording=getattr(cam, "recording", None) or CameraRecording(),
+                                stream=analytics.stream if not url or (analytics.stream == "sub" and cam.substream_url)
+                                else "main"))
     return specs, problems
 
 

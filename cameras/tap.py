@@ -282,6 +282,7 @@ class Fanout:
         self.url = url              # the stream the worker reads (no credentials); "" for ONVIF-only
         self.stream = stream        # ONVIF-only: the profile it asked the camera for
         self.consumers: tuple[Consumer, ...] = ()
+        self.listeners: tuple = ()              # in-process: the recorder (opened, packet, closed; quick)
         self.segment: Segment | None = None     # the open connection's stream, None between connections
         self.failure: Failure | None = None
         self.served = 0
@@ -298,6 +299,8 @@ class Fanout:
         with self._lock:
             self.segment, self.failure = segment, None
             consumers = self.consumers
+        for listener in self.listeners:
+            listener.opened(segment)
         if consumers:
             frame = header_frame(segment)
             for c in consumers:
@@ -307,6 +310,8 @@ class Fanout:
         with self._lock:            # a consumer joins between two packets: none lost or sent twice
             self.ring.append(record)
             consumers = self.consumers
+        for listener in self.listeners:
+            listener.packet(record)
         if consumers:
             frame = packet_frame(record)
             for c in consumers:
@@ -316,6 +321,8 @@ class Fanout:
         with self._lock:
             self.segment, self.failure = None, failure
             consumers = self.consumers
+        for listener in self.listeners:
+            listener.closed(failure)
         if consumers:
             frame = state_frame(failure)
             for c in consumers:

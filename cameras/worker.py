@@ -70,6 +70,9 @@ from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.reader import StreamReader
 from cameras.rtsp import Failure, Transport
+from cameras.recording.retention import prune
+from cameras.recording.settings import RecordingSettings
+from cameras.recording.writer import CameraRecorder, Recorder
 from cameras.tap import Fanout, TapServer, TapSettings, tap_key
 from store.workers import beat
 
@@ -179,6 +182,7 @@ class CameraPipeline:
         self._last_close_reason: Failure | None = None
         self.transport = Transport(spec.transport)     # outlives readers: what worked is tried first
         self._packets_at_open: int | None = None     # None: no connection open
+        self.recording: CameraRecorder | None = None   # set by the worker when the camera is recorded
         self.analysed_frames = 0
         self.analysis_dropped = 0
         self.events_raised = 0
@@ -289,6 +293,8 @@ class CameraPipeline:
             return None
         event_id = str(ULID())
         self.events_raised += 1
+        if self.recording is not None:
+            self.recording.mark(at)
         self.jobs.submit(self._build_event, type_, event_id, at, detail, score, frame, clip, snapshot,
                          snapshot_at if snapshot_at is not None else at)
         return event_id
@@ -430,6 +436,8 @@ class CameraPipeline:
             n = self.cfg.clip.ring_s
             raise CommandError(f"该时刻已无视频：系统只保留最近 {n:.0f} 秒 (no video at that time: the hub keeps the last {n:.0f} s)")
         self.ring.wait_for(frame_at_s, timeout=2.0)
+        if self.recording is not None:
+            self.recording.mark(frame_at_s)
         event_id = str(ULID())
         snap = self.snapshot(frame_at_s, event_id)
         if snap is None:
@@ -497,6 +505,7 @@ class CameraWorker:
         self.pool = None
         self.store: EvidenceStore | None = None
         self.tap: TapServer | None = None
+        self.recorder: Recorder | None = None
         self.ready = threading.Event()
         self.started_at = datetime.now(UTC)
 
@@ -541,6 +550,7 @@ class CameraWorker:
                                                      baseline_dir=self.baseline_dir, source=source, onvif=endpoint,
                                                      batcher=self.batcher)
         self._start_tap()
+        self._start_recorder()
         for p in self.pipelines.values():
             p.start()
         log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
@@ -588,6 +598,20 @@ class CameraWorker:
         except Exception as exc:     # live view then pulls the cameras itself: said, not fatal
             log.error("%s: camera packets not served to live view (it pulls the cameras again): %s", self.name, exc)
 
+    def _start_recorder(self) -> None:
+        """Record the cameras whose policy says so (cameras/recording/)."""
+        settings = RecordingSettings()
+        recorded = [p for p in self.pipelines.values() if p.spec.recording.mode != "off"]
+        if not settings.enabled or not recorded:
+            return
+        self.recording_root = settings.root(self.settings.var_dir)
+        self.recorder = Recorder(settings, self.recording_root, self.pool, name=self.name)
+        for p in recorded:
+            p.recording = self.recorder.camera(p.spec.id, p.spec.stream, p.spec.recording, p.ring, p.spec.tz)
+            p.fanout.listeners += (p.recording,)
+        self.recorder.start()
+        log.info("%s: recording %d cameras into %s", self.name, len(recorded), self.recording_root)
+
     def _fanout_of(self, camera_id: str) -> Fanout | None:
         pipeline = self.pipelines.get(camera_id)
         return pipeline.fanout if pipeline is not None else None
@@ -599,6 +623,8 @@ class CameraWorker:
             p.stop()
         for p in self.pipelines.values():
             p.reader.join(timeout=0.5)
+        if self.recorder is not None:
+            self.recorder.stop()        # cuts and indexes every open segment
         if self.batcher is not None:
             self.batcher.stop()         # analyses what the readers handed over, then ends
         for p in self.pipelines.values():
@@ -626,6 +652,12 @@ class CameraWorker:
                 log.info("evidence retention: %d files removed", n)
         except Exception as exc:
             log.warning("evidence retention sweep failed: %s", type(exc).__name__)
+        if self.recorder is not None and self.pool is not None:
+            try:
+                prune(self.pool, self.recorder.root, {cid: p.spec.recording for cid, p in self.pipelines.items()},
+                      self.recorder.settings.retention_days)
+            except Exception as exc:
+                log.warning("recording retention sweep failed: %s", type(exc).__name__)
 
     def status(self) -> dict:
         states: dict[str, int] = {}
@@ -634,6 +666,8 @@ class CameraWorker:
         out = {"ready": self.ready.is_set(), "cameras": len(self.pipelines), "states": states,
                "shard": self.shard, "shards": self.shards, "problems": self.problems,
                "mqtt": bool(self.link and self.link.connected.is_set())}
+        if self.recorder is not None:
+            out["recording"] = self.recorder.status()
         if self.tap is not None:
             out["tap"] = self.tap.address
             out["tap_consumers"] = self.tap.consumers

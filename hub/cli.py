@@ -8,6 +8,7 @@
     xlhub token add|revoke         API tokens for machine clients
     xlhub audit verify             verify the audit log's hash chain
     xlhub cameras discover         find ONVIF cameras on the local network (WS-Discovery)
+    xlhub recordings verify        verify the recordings' hash chain and files (录像防篡改)
     xlhub outbox list|replay       deliveries to case systems: dead letters and replay
     xlhub cap import FILE          import a CAP 1.2 emergency warning
     xlhub devices credentials issue|rotate ID   a device's broker password (一机一帐号), shown once
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     disc = csub.add_parser("discover", help="WS-Discovery probe for ONVIF cameras, with progress")
     disc.add_argument("--timeout", type=float, default=5.0, help="seconds to listen for answers")
     cams.set_defaults(func=cmd_cameras)
+
+    from cameras.recording.cli import register as register_recordings   # recordings verify
+    register_recordings(sub, database)
 
     from alerts.cli import register as register_alerts   # outbox list|replay, cap import
     register_alerts(sub, database)

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from cameras.analytics import downscale, keep_mask, polygon_mask
-from cameras.analytics.schedule import Schedule
+from config.schedule import Schedule
 from cameras.config import MotionConfig
 
 _KERNEL = np.ones((3, 3), np.uint8)

@@ -28,6 +28,7 @@ from pydantic import (
 
 from config.alerting import Arming, CaseSystem, Rule, Schedule, Sla
 from config.camera_analytics import CameraAnalytics
+from config.camera_recording import CameraRecording
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
@@ -197,6 +198,9 @@ class Camera(StrictModel):
         default_factory=list)
     analytics: CameraAnalytics | None = Field(None, description="health, tamper, motion and clip settings "
                                                                 "(config/camera_analytics.py)")
+    recording: CameraRecording = Field(default_factory=CameraRecording,
+                                       description="录像计划: always (default), events, schedule or off "
+                                                   "(config/camera_recording.py)")
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> Camera:

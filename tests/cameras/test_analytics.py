@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cameras.analytics.motion import MotionDetector
-from cameras.analytics.schedule import Schedule, parse_window
+from config.schedule import Schedule, parse_window
 from cameras.analytics.tamper import TamperDetector
 from cameras.config import CameraAnalytics, MotionConfig, TamperConfig
 from cameras.sim.scene import MOTION_BAND, SceneGenerator

@@ -1,4 +1,5 @@
-"""Arming schedules: when an analysis may raise alerts, in the site's local time.
+"""Time windows in the site's local time (motion arming, recording schedules): one parser,
+validated with the site file (config/) and used by the camera workers.
 
 A schedule is a list of windows; each window is ``HH:MM-HH:MM`` with optional days
 before it (``Mon-Fri 08:00-18:00``, ``Sat,Sun 00:00-24:00``). A window that ends at or

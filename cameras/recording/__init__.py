@@ -1,0 +1,21 @@
+"""Recording (录像): every camera's stream kept on disk by remux, indexed, chained.
+
+    reader ─▶ Fanout ─▶ CameraRecorder (policy: always | events | schedule | off)
+                             │ (one Recorder thread per camera worker: file I/O off the readers)
+                             ▼
+                    <root>/<camera>/<yyyymmdd>/<start ms>.mp4   fragmented MP4, the camera's own codec
+                             │
+                             ▼
+                    recording_segments (index + hash chain, store/migrations 0016)
+
+- ``settings.py``: ``RecordingSettings`` (``XLHUB_RECORDING_*``): where, segment length,
+  default retention; the per-camera policy is the site file's (config/camera_recording.py).
+- ``writer.py``: the recorder thread and one ``CameraRecorder`` per camera.
+- ``chain.py``: the link of each segment, and ``verify``.
+
+Why fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``): every segment is a file a
+browser plays as it is (progressive or Media Source) and a person can hand over; a fragment
+starts at each keyframe, so a worker killed mid-segment leaves a file readable up to its last
+fragment (it stays in ``.partial/`` and is not indexed: at most the open segment is lost).
+MPEG-TS would survive a crash as well but no browser plays it without a JavaScript demuxer.
+"""

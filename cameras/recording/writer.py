@@ -1,0 +1,434 @@
+"""The recorder: one thread per camera worker writes every recorded camera's segments.
+
+The readers hand each packet on through their camera's ``Fanout`` (cameras/tap.py) to its
+``CameraRecorder``, which only queues it (the reader never waits on a disk). The recorder
+thread takes the queues in turn and, per camera:
+
+- starts a segment at a keyframe when the policy wants footage (always; inside a schedule
+  window; up to ``post_s`` after an event, with ``pre_s`` before it taken from the packet
+  ring);
+- cuts it at the first keyframe after ``segment_s``, when the camera's connection changes
+  (new parameters, new timestamps), when the camera goes away, and when the policy stops
+  wanting footage;
+- writes ``.partial/<ulid>.mp4`` (fragmented MP4 by remux, the camera's codec), then on the
+  cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
+  (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
+
+A camera whose queue overflows is *behind*: its queue is dropped, the open segment is cut,
+and recording resumes at the next keyframe — the index shows the gap. Index rows that cannot
+be written (the database away) are kept, in order, and written later.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import av
+from ulid import ULID
+
+from cameras.evidence import Record, Segment, _with_parameter_sets
+from cameras.recording.chain import file_sha256, link_of
+from cameras.recording.settings import RecordingSettings
+from cameras.rtsp import Failure
+from config.camera_recording import CameraRecording
+from config.schedule import Schedule
+from store.files import open_private, private_dir
+
+log = logging.getLogger(__name__)
+
+FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+INDEX_RETRY_S = 5.0
+
+
+@dataclass
+class Row:
+    """A finished segment waiting for its index row (seq and link are given at insert time)."""
+    camera_id: str
+    stream: str
+    start_at: datetime
+    end_at: datetime
+    path: str
+    bytes: int
+    codec: str
+    width: int
+    height: int
+    keyframes: list[float]
+    packets: int
+    sha256: str
+
+
+class OpenSegment:
+    """One segment being written."""
+
+    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record) -> None:
+        self.segment = seg
+        self.start_wall = first.wall
+        self.last_wall = first.wall
+        self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
+        private_dir(self.partial.parent, root=root)
+        open_private(self.partial).close()          # 0600 before the muxer reopens it
+        self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
+        kwargs = {"width": seg.width, "height": seg.height}
+        if seg.extradata:
+            kwargs["extradata"] = seg.extradata
+        self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
+        self.stream.time_base = seg.time_base
+        if seg.audio:
+            self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+        self.base: int | None = None
+        self.last_dts = -1
+        self.packets = 0
+        self.keyframes: list[float] = []
+        self.step = max(1, round(1 / (seg.fps or 25) / float(seg.time_base))) if seg.time_base else 1
+
+    def write(self, rec: Record) -> None:
+        src = rec.packet
+        dts_in = src.dts if src.dts is not None else src.pts
+        if self.base is None:
+            self.base = dts_in or 0
+        dts = (dts_in if dts_in is not None else self.base + self.last_dts + self.step) - self.base
+        if dts <= self.last_dts:            # repeated or backwards: keep the picture, make its time playable
+            dts = self.last_dts + 1
+        pts = (src.pts - self.base) if src.pts is not None else dts
+        data = bytes(src)
+        if self.packets == 0 or rec.key:
+            data = _with_parameter_sets(data, self.segment)
+        pkt = av.Packet(data)
+        pkt.pts, pkt.dts = max(pts, dts), dts
+        pkt.time_base = self.segment.time_base
+        pkt.is_keyframe = rec.key
+        pkt.stream = self.stream
+        self.out.mux(pkt)
+        self.last_dts = dts
+        self.packets += 1
+        if rec.key:
+            self.keyframes.append(round(rec.wall - self.start_wall, 3))
+        self.last_wall = rec.wall
+
+    def close(self) -> None:
+        self.out.close()
+
+
+@dataclass
+class _Item:
+    kind: str              # packet | open | close | mark
+    record: Record | None = None
+    segment: Segment | None = None
+    at: float = 0.0
+
+
+@dataclass
+class CameraStats:
+    segments: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    behind: int = 0                 # times the queue overflowed
+    errors: int = 0
+    last_error: str | None = None
+    recording: bool = False
+
+
+def _dts(rec: Record) -> int | None:
+    p = rec.packet
+    return p.dts if p.dts is not None else p.pts
+
+
+class CameraRecorder:
+    """One camera: a Fanout listener (reader thread: queue only) and its segment state
+    (recorder thread)."""
+
+    def __init__(self, recorder: Recorder, camera_id: str, stream: str, policy: CameraRecording,
+                 ring=None, timezone: str = "Asia/Shanghai") -> None:
+        self.recorder = recorder
+        self.camera_id = camera_id
+        self.stream = stream
+        self.policy = policy
+        self.ring = ring
+        self.schedule = Schedule(policy.schedule, timezone) if policy.mode == "schedule" else None
+        self.queue: deque[_Item] = deque()
+        self.limit = recorder.settings.queue_packets
+        self.stats = CameraStats()
+        self.events_until = float("-inf")
+        self.current: OpenSegment | None = None
+        self.preroll_until: tuple[Segment, int | None] | None = None   # (segment, last dts) taken from the ring
+
+    # -- Fanout listener (reader thread) ---------------------------------------------------
+    def opened(self, segment: Segment) -> None:
+        self._put(_Item("open", segment=segment))
+
+    def packet(self, record: Record) -> None:
+        if len(self.queue) >= self.limit:
+            self.queue.clear()
+            self.stats.behind += 1
+            self._put(_Item("close"))         # the gap shows in the index; resume at a keyframe
+            log.warning("recording %s: behind (%d packets waiting); resuming at the next keyframe",
+                        self.camera_id, self.limit)
+            return
+        self._put(_Item("packet", record=record))
+
+    def closed(self, failure: Failure | None) -> None:
+        self._put(_Item("close"))
+
+    def mark(self, at: float) -> None:
+        """An event or a flag at ``at`` (events mode records around it)."""
+        if self.policy.mode == "events":
+            self._put(_Item("mark", at=at))
+
+    def _put(self, item: _Item) -> None:
+        self.queue.append(item)
+        self.recorder.wake()
+
+    # -- the recorder thread ----------------------------------------------------------------
+    def wants(self, wall: float) -> bool:
+        mode = self.policy.mode
+        if mode == "always":
+            return True
+        if mode == "schedule":
+            return self.schedule.armed(wall)
+        if mode == "events":
+            return wall <= self.events_until
+        return False
+
+    def drain(self) -> int:
+        n = 0
+        while self.queue:
+            item = self.queue.popleft()
+            n += 1
+            try:
+                self._handle(item)
+            except Exception as exc:  # noqa: BLE001 - one camera's failure is not the others'
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("recording %s: %s; the segment is cut", self.camera_id, self.stats.last_error)
+                self._abandon()
+        return n
+
+    def _handle(self, item: _Item) -> None:
+        if item.kind == "packet":
+            self._packet(item.record)
+        elif item.kind == "close":
+            self.cut()
+        elif item.kind == "open":
+            self.cut()
+        elif item.kind == "mark":
+            self._mark(item.at)
+
+    def _mark(self, at: float) -> None:
+        self.events_until = max(self.events_until, at + self.policy.post_s)
+        if self.current is not None or self.ring is None:
+            return
+        # Footage from before the event: the ring's packets from the keyframe before at - pre_s.
+        records = self.ring.records()
+        start = at - self.policy.pre_s
+        keys = [i for i, r in enumerate(records) if r.key and r.wall <= start]
+        first = keys[-1] if keys else next((i for i, r in enumerate(records) if r.key), None)
+        if first is None:
+            return
+        seg = records[-1].segment
+        for rec in records[first:]:
+            if rec.segment is seg:
+                self._packet(rec, pre_roll=True)
+        if self.current is not None:
+            self.preroll_until = (seg, _dts(records[-1]))
+
+    def _packet(self, rec: Record, pre_roll: bool = False) -> None:
+        cur = self.current
+        if cur is not None and rec.segment is not cur.segment:
+            self.cut()
+            cur = None
+        if self.preroll_until is not None:
+            # live packets queued while the pre-roll was taken from the ring: written already
+            seg, dts = self.preroll_until
+            if rec.segment is seg and _dts(rec) is not None and _dts(rec) <= dts:
+                return
+            self.preroll_until = None
+        if not pre_roll and not self.wants(rec.wall):
+            if cur is not None:
+                self.cut()
+            return
+        if cur is not None and rec.key and rec.wall - cur.start_wall >= self.recorder.settings.segment_s:
+            self.cut()
+            cur = None
+        if cur is None:
+            if not rec.key:
+                self.stats.dropped += 1
+                return
+            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec)
+            self.stats.recording = True
+        cur.write(rec)
+
+    def cut(self) -> None:
+        """Finish the open segment: close, hash, move into place, queue its index row."""
+        cur, self.current = self.current, None
+        self.stats.recording = False
+        if cur is None:
+            return
+        try:
+            cur.close()
+        except Exception as exc:  # noqa: BLE001
+            self.stats.errors += 1
+            self.stats.last_error = f"closing: {type(exc).__name__}: {exc}"[:300]
+            log.warning("recording %s: segment not closed (%s); kept in .partial", self.camera_id, exc)
+            return
+        if cur.packets == 0:
+            cur.partial.unlink(missing_ok=True)
+            return
+        if self.recorder.settings.sync:
+            fd = os.open(cur.partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        digest, size = file_sha256(cur.partial)
+        start = datetime.fromtimestamp(cur.start_wall, UTC)
+        end = datetime.fromtimestamp(cur.last_wall + (1 / (cur.segment.fps or 25)), UTC)
+        relative = Path(self.camera_id) / start.strftime("%Y%m%d") / f"{round(cur.start_wall * 1000)}.mp4"
+        final = self.recorder.root / relative
+        private_dir(final.parent, root=self.recorder.root)
+        os.replace(cur.partial, final)
+        self.stats.segments += 1
+        self.stats.bytes += size
+        self.recorder.index(Row(self.camera_id, self.stream, start, end, str(relative), size, cur.segment.codec,
+                                cur.segment.width, cur.segment.height, cur.keyframes, cur.packets, digest))
+
+    def _abandon(self) -> None:
+        cur, self.current = self.current, None
+        self.stats.recording = False
+        if cur is not None:
+            try:
+                cur.close()
+            except Exception:  # noqa: BLE001
+                pass
+            cur.partial.unlink(missing_ok=True)
+
+
+class Recorder:
+    """The worker's recorder thread and the index rows it owes the database."""
+
+    def __init__(self, settings: RecordingSettings, root: Path, pool=None, name: str = "cameras") -> None:
+        self.settings = settings
+        self.root = Path(root)
+        self.pool = pool
+        self.name = name
+        self.cameras: dict[str, CameraRecorder] = {}
+        self._rows: deque[Row] = deque()
+        self._chain: dict[str, tuple[int, str]] = {}        # camera → (last seq, last link)
+        self._cond = threading.Condition()
+        self._pending = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_index_try = 0.0
+        self.indexed = 0
+
+    def camera(self, camera_id: str, stream: str, policy: CameraRecording, ring=None,
+               timezone: str = "Asia/Shanghai") -> CameraRecorder:
+        cam = self.cameras[camera_id] = CameraRecorder(self, camera_id, stream, policy, ring, timezone)
+        return cam
+
+    def start(self) -> Recorder:
+        private_dir(self.root)
+        self._clean_partials()
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-recorder", daemon=True)
+        self._thread.start()
+        return self
+
+    def _clean_partials(self) -> None:
+        """A worker that died mid-segment left its open segment in .partial: not indexed,
+        never served (at most the open segment is lost)."""
+        for p in self.root.glob("*/.partial/*.mp4"):
+            log.info("recording: dropping %s, the open segment of a worker that stopped", p.relative_to(self.root))
+            p.unlink(missing_ok=True)
+
+    def wake(self) -> None:
+        if not self._pending:
+            with self._cond:
+                self._pending = True
+                self._cond.notify()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, cut every open segment, index them (what the database does
+        not take now is lost with the process: its files stay, unindexed)."""
+        self._stop.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._stop.is_set():
+                    self._cond.wait(INDEX_RETRY_S if self._rows else None)
+                self._pending = False
+            for cam in list(self.cameras.values()):
+                cam.drain()
+            if self._stop.is_set():
+                for cam in self.cameras.values():
+                    cam.drain()
+                    cam.cut()
+                self.flush(force=True)
+                return
+            if self._rows and time.monotonic() >= self._next_index_try:
+                self.flush()
+
+    # -- the index -------------------------------------------------------------------------
+    def index(self, row: Row) -> None:
+        self._rows.append(row)
+
+    def flush(self, force: bool = False) -> bool:
+        """Insert the finished segments' rows in order, each with the next link of its
+        camera's chain. On failure the rows stay and are tried again INDEX_RETRY_S later."""
+        if self.pool is None:
+            self._rows.clear()
+            return True
+        if not self._rows:
+            return True
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                while self._rows:
+                    row = self._rows[0]
+                    with conn.transaction():
+                        seq, prev = self._chain_of(conn, row.camera_id)
+                        seq += 1
+                        link = link_of(prev, row.camera_id, seq, row.start_at, row.end_at, row.sha256, row.bytes)
+                        conn.execute(
+                            """INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes,
+                                   codec, width, height, keyframes, packets, sha256, prev_link, link)
+                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                            (row.camera_id, row.start_at, row.end_at, seq, row.stream, row.path, row.bytes, row.codec,
+                             row.width, row.height, row.keyframes, row.packets, row.sha256, prev, link))
+                    self._chain[row.camera_id] = (seq, link)
+                    self._rows.popleft()
+                    self.indexed += 1
+            return True
+        except Exception as exc:  # noqa: BLE001 - kept, in order, for the next try
+            self._chain.clear()                 # re-read: a row may have gone in before the failure
+            self._next_index_try = time.monotonic() + INDEX_RETRY_S
+            log.warning("recording: %d segment rows not indexed yet (%s); trying again in %.0f s", len(self._rows),
+                        type(exc).__name__, INDEX_RETRY_S)
+            return False
+
+    def _chain_of(self, conn, camera_id: str) -> tuple[int, str]:
+        known = self._chain.get(camera_id)
+        if known is None:
+            row = conn.execute("SELECT seq, link FROM recording_segments WHERE camera_id = %s ORDER BY seq DESC LIMIT 1",
+                               (camera_id,)).fetchone()
+            known = (row["seq"], row["link"]) if row else (0, "")
+            self._chain[camera_id] = known
+        return known
+
+    def status(self) -> dict:
+        cams = self.cameras.values()
+        return {"cameras": len(self.cameras), "recording": sum(c.stats.recording for c in cams),
+                "segments": sum(c.stats.segments for c in cams), "bytes": sum(c.stats.bytes for c in cams),
+                "unindexed": len(self._rows),
+                "behind": sorted(c.camera_id for c in cams if c.stats.behind),
+                "errors": {c.camera_id: c.stats.last_error for c in cams if c.stats.last_error}}
+
+
+__all__ = ["CameraRecorder", "Recorder", "Row"]

@@ -19,6 +19,8 @@ class Permission(StrEnum):
     CAMERAS_FLAG = "cameras.flag"    # 标记事件: a supervisor's flag raises a video-sourced event
     LIVE_VIEW = "live.view"          # 实时视频: WebRTC live view and its snapshot fallback
     CAMERAS_PTZ = "cameras.ptz"      # 云台控制: turn, zoom, presets of ONVIF PTZ cameras
+    RECORDINGS_PLAY = "recordings.play"      # 调阅录像: the timeline and playback (audited: faces, plates)
+    RECORDINGS_EXPORT = "recordings.export"  # 导出录像: a range to one MP4 with its SHA-256 (a reason required)
     # alerts: alarms, cases, their evidence, deliveries, CAP warnings, assessment
     ALARMS_READ = "alarms.read"
     ALARMS_HANDLE = "alarms.handle"          # acknowledge (确认) and clear (清除)
@@ -55,6 +57,11 @@ GRANTS: dict[Permission, set[Role]] = {
     # Steering a camera changes what every viewer of it sees (and what it records): the
     # people who work the wall — the video supervisor at it, the control room's dispatcher.
     Permission.CAMERAS_PTZ: {Role.video_supervisor, Role.dispatcher},
+    # Recorded footage shows faces and plates (personal information): the people who watch
+    # cameras for a living may play it; exporting it out of the hub — for the police, a
+    # court — is the control room's and its lead's, each time with a reason.
+    Permission.RECORDINGS_PLAY: {Role.video_supervisor, Role.dispatcher, Role.centre_lead},
+    Permission.RECORDINGS_EXPORT: {Role.dispatcher, Role.centre_lead},
     Permission.ALARMS_READ: _ALL_STAFF - {Role.department_handler},
     Permission.ALARMS_HANDLE: {Role.video_supervisor, Role.dispatcher, Role.centre_lead, Role.grid_head},
     # Administrators manage accounts and devices; they do not handle cases (and see none).

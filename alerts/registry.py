@@ -7,8 +7,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import psycopg
+import shapely
+from shapely.geometry import Point, Polygon
 
 from config.vocabulary import LEVEL_RANK
 from store.sources import Source, SourceCache
@@ -23,6 +26,16 @@ class Node:
     center: tuple[float, float] | None          # (lat, lon)
     boundary: tuple[tuple[float, float], ...] | None   # (lon, lat) points
 
+    @cached_property
+    def polygon(self) -> Polygon | None:
+        """The boundary as a shapely polygon in (lon, lat) degrees, prepared for repeated
+        tests (None: the node has no boundary)."""
+        if self.boundary is None:
+            return None
+        polygon = Polygon(self.boundary)
+        shapely.prepare(polygon)
+        return polygon
+
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance (haversine), metres."""
@@ -31,20 +44,6 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * r * math.asin(min(1.0, math.sqrt(a)))
-
-
-def point_in_polygon(lat: float, lon: float, polygon: tuple[tuple[float, float], ...]) -> bool:
-    """Ray casting over (lon, lat) points."""
-    inside = False
-    n = len(polygon)
-    for i in range(n):
-        x1, y1 = polygon[i]
-        x2, y2 = polygon[(i + 1) % n]
-        if (y1 > lat) != (y2 > lat):
-            x = x1 + (lat - y1) * (x2 - x1) / (y2 - y1)
-            if lon < x:
-                inside = not inside
-    return inside
 
 
 class RegistryView:
@@ -111,7 +110,7 @@ class RegistryView:
         """The deepest node whose boundary contains the point (None: outside the site)."""
         best = None
         for node in self.nodes.values():
-            if node.boundary and point_in_polygon(lat, lon, node.boundary):
+            if node.polygon is not None and node.polygon.covers(Point(lon, lat)):
                 if best is None or len(node.path) > len(best.path):
                     best = node
         return best.code if best else None

@@ -6,6 +6,7 @@ arming schedules, SLA time limits and the external case systems cases are delive
     arming:         which grids / sources / rules are armed only during a schedule
     sla:            time limits per category × urgency, per stage and overall (规定时间内办结)
     case_systems:   webhook targets (secrets by reference: secret_env or secret_file)
+    cap:            how CAP emergency warnings (应急预警) are matched to the grid tree
 
 The models live here and :mod:`config.site` adds them to :class:`config.site.Site`; the
 cross-reference checks (:func:`alerting_findings`) run on the raw data from
@@ -56,7 +57,7 @@ from config.fields import (
 )
 
 __all__ = [
-    "AlarmSpec", "Arming", "CaseSpec", "CaseSystem", "Correlation", "RuleAction", "Rule", "Schedule", "Sla",
+    "AlarmSpec", "Arming", "CapSettings", "CaseSpec", "CaseSystem", "Correlation", "RuleAction", "Rule", "Schedule", "Sla",
     "SlaLimit", "Weekday", "alerting_findings", "parse_duration", "pattern_matches",
 ]
 
@@ -362,6 +363,21 @@ class CaseSystem(StrictModel):
         None, description="name of the API token the system posts status changes back with")
     timeout: Duration = timedelta(seconds=10)
     retry: Retry = Field(default_factory=Retry)
+
+
+# ---------------------------------------------------------------------------- CAP warnings
+
+class CapSettings(StrictModel):
+    """How a CAP warning's polygons and circles are matched to grid nodes' boundaries
+    (alerts/cap/areas.py)."""
+    min_overlap: float = Field(
+        0.8, gt=0, le=1, allow_inf_nan=False,
+        description="share of a grid node's area the warning must cover for the node to be warned whole "
+                    "(a township instead of its villages); below it the node's children are matched")
+    border_tolerance_m: float = Field(
+        25, ge=0, le=1000, allow_inf_nan=False,
+        description="an overlap thinner than this along a node's border is the slack of a hand-drawn line, "
+                    "not coverage (a polygon traced around one village does not reach its neighbours)")
 
 
 # ---------------------------------------------------------------------------- cross-checks (raw data)

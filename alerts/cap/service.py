@@ -22,17 +22,15 @@ from ulid import ULID
 
 from alerts import actions
 from alerts.actor import Actor
-from alerts.cap.parse import CapAlert, CapArea, CapError, CapInfo, parse_cap
+from alerts.cap.areas import areas_for
+from alerts.cap.parse import CapAlert, CapError, CapInfo, parse_cap
 from alerts.cases import service as cases
 from alerts.cases.models import Action, ActionParams, CaseState, NewCase
 from alerts.config import AlertsConfig
-from alerts.registry import RegistryView, distance_m, point_in_polygon
+from alerts.registry import RegistryView
 from devices.broadcast import Voice
 
 SECURITY_CATEGORIES = {"Security"}
-# Geocode value names taken as grid codes: the administrative division code (GB/T 2260,
-# 行政区划代码) padded to the site's 12 digits, or the grid code itself.
-DIVISION_CODE_NAMES = {"GB/T 2260", "GB2260", "行政区划代码", "ADCODE", "adcode", "xlhub:grid", "grid"}
 
 
 @dataclass
@@ -57,28 +55,6 @@ def urgency_of(info: CapInfo) -> str:
 
 def category_of(info: CapInfo) -> str:
     return "public_order" if SECURITY_CATEGORIES.intersection(info.categories) else "hazard"
-
-
-def match_areas(registry: RegistryView, areas: list[CapArea]) -> list[str]:
-    """Grid nodes the areas cover (geocodes, polygons, circles), reduced to the top-most:
-    a township covered whole stands for its villages."""
-    hits: set[str] = set()
-    for area in areas:
-        for name, value in area.geocodes:
-            if name in DIVISION_CODE_NAMES or name.lower().startswith("gb"):
-                for code in (value, value.ljust(12, "0")):
-                    if registry.node(code):
-                        hits.add(code)
-        for node in registry.nodes.values():
-            if node.center is None:
-                continue
-            lat, lon = node.center
-            if any(point_in_polygon(lat, lon, tuple((p[1], p[0]) for p in poly)) for poly in area.polygons):
-                hits.add(node.code)
-            if any(distance_m(lat, lon, c[0], c[1]) <= c[2] * 1000 for c in area.circles):
-                hits.add(node.code)
-    top = {c for c in hits if not any(a in hits for a in registry.path(c)[:-1])}
-    return sorted(top, key=lambda c: registry.path(c))
 
 
 def _common_node(registry: RegistryView, codes: list[str]) -> str:
@@ -162,9 +138,7 @@ def _act(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryView, al
                                "instruction": info.instruction}, now)
             return CapImport("updated", case_id=case["id"], case_number=case["number"])
         # An update of an alert this hub never saw is a new warning for it.
-    areas = match_areas(registry, info.areas)
-    if not areas:
-        raise CapError("the alert's area covers no node of this site's grid tree")
+    areas = areas_for(registry, cfg.site.cap, info.areas, actor)
     grid = _common_node(registry, areas)
     description = "\n".join(p for p in (info.description, f"防御指引：{info.instruction}" if info.instruction else None,
                                          f"预警区域：{'；'.join(a.description for a in info.areas)}",
@@ -184,4 +158,4 @@ def _act(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryView, al
                      speakers=len(broadcast["speakers"]) if broadcast else 0)
 
 
-__all__ = ["CapError", "CapImport", "import_cap", "match_areas", "parse_cap"]
+__all__ = ["CapError", "CapImport", "import_cap", "parse_cap"]

@@ -21,6 +21,7 @@ from alerts import stats
 from alerts.actor import Actor
 from alerts.alarms import service as alarms
 from alerts.alarms.models import AlarmError
+from alerts.cap.areas import CapOutOfScope
 from alerts.cap.parse import CapError
 from alerts.cap.service import import_cap
 from alerts.cases import service as cases
@@ -29,7 +30,7 @@ from alerts.cases.models import ACTION_LABELS, STATE_LABELS, Action, ActionParam
 from alerts.config import AlertsConfig, load_config
 from alerts.delivery import outbox
 from alerts.registry import RegistryView
-from api.audit import audited_read, entry_for
+from api.audit import add_audit_detail, audited_read, entry_for
 from api.deps import Conn, client_ip, require
 from api.permissions import Permission
 from config import vocabulary as vocab
@@ -361,12 +362,18 @@ def cap_import(request: Request, conn: Conn, principal: Annotated[Principal, Dep
                xml: Annotated[bytes, Depends(raw_body)],
                allow_non_actual: bool = False) -> dict:
     """Import a CAP 1.2 emergency warning: a case for its area and a broadcast to the
-    speakers of the villages in it."""
+    speakers of the villages in it. 403 when the area reaches outside the caller's area of
+    responsibility (the message names the nodes outside it)."""
     cfg = alerts_config(request)
     actor = actor_of(request, principal)
     try:
         result = import_cap(conn, cfg, registry_view(request, conn), xml, actor, allow_non_actual=allow_non_actual,
                             voice=broadcast_voice(request))
+    except CapOutOfScope as exc:
+        # 403, not 404: the caller named the area; the refusal (outcome denied) is audited
+        # with the nodes outside their subtree.
+        add_audit_detail(request, reason=str(exc), outside=exc.outside)
+        raise HTTPException(exc.status, str(exc)) from None
     except (CapError, CaseError) as exc:
         raise http_error(exc) from None
     audit_change(request, conn, "cap.import", result.case_number or "-",

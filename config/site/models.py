@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from config.alerting import Arming, CaseSystem, Rule, Schedule, Sla
+from config.alerting import Arming, CapSettings, CaseSystem, Rule, Schedule, Sla
 from config.camera_analytics import CameraAnalytics
 from config.camera_recording import CameraRecording
 from config.fields import (
@@ -253,6 +253,7 @@ class Site(StrictModel):
     arming: Annotated[list[Arming], EmptyList] = Field(default_factory=list)
     sla: Sla = Field(default_factory=Sla)
     case_systems: Annotated[list[CaseSystem], EmptyList] = Field(default_factory=list)
+    cap: CapSettings = Field(default_factory=CapSettings)
 
     _index: dict[str, tuple[GridNode, str | None, int]] | None = PrivateAttr(None)
     _source: Path | None = PrivateAttr(None)

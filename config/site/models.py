@@ -181,6 +181,8 @@ class Credential(StrictModel):
 class Onvif(StrictModel):
     host: Annotated[str, AfterValidator(_host)]
     port: int = Field(80, ge=1, le=65535)
+    events: bool = Field(True, description="subscribe to the camera's own events (ONVIF PullPoint: motion, "
+                                           "tamper, line crossing, field detection, inputs)")
 
 
 class Camera(StrictModel):

@@ -97,7 +97,7 @@ def import_cap(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryVi
                imported_at, imported_by)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (cap_id, alert.sender, alert.identifier, alert.sent, alert.msg_type, alert.status,
-         hashlib.sha256(raw).hexdigest(), raw.decode("utf-8", errors="replace"), result.case_id, result.broadcast_id,
+         hashlib.sha256(raw).hexdigest(), alert.text, result.case_id, result.broadcast_id,
          now, actor.name))
     result.cap_id = cap_id
     return result

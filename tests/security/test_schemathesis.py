@@ -48,7 +48,10 @@ schema = schemathesis.openapi.from_dict(_openapi())
 
 
 def reason_of(response) -> str | None:
-    if response.headers.get("content-type", "").startswith("text/xml"):     # Open311's XML errors
+    content_type = response.headers.get("content-type") or ""
+    if isinstance(content_type, list):         # schemathesis' responses keep every value of a header
+        content_type = content_type[0] if content_type else ""
+    if content_type.startswith("text/xml"):     # Open311's XML errors
         try:
             error = xmltodict.parse(response.content)["errors"]["error"]
         except Exception:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import psycopg
 from fastapi import FastAPI
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -28,6 +29,7 @@ from api.devices.state import router as device_state_router
 from api.devices.uploads import router as device_uploads_router
 from api.health.views import router as health_router
 from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
+from api.open311.formats import Open311Error, error as open311_error
 from api.open311.views import router as open311_router
 from api.registry.views import router as registry_router
 from api.vocabulary.views import router as vocabulary_router
@@ -37,6 +39,7 @@ from store.db import open_async_pool, open_pool
 from store.identity import IDENTITY_CHANNEL, PrincipalCache
 from store.listen import Listener
 from store.security import BurstCounter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
@@ -115,6 +118,16 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
         # Name every bad field; never echo the submitted values (they may be passwords).
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        # Open311 clients read the spec's error document, also for a URL the facade has not.
+        if request.url.path.startswith("/open311/"):
+            reason = {404: "没有这个地址 (no such GeoReport resource; see /open311/discovery.json)",
+                      405: "不支持此方法 (method not allowed here)"}.get(exc.status_code, str(exc.detail))
+            return open311_error(Open311Error(exc.status_code, reason),
+                                 "xml" if request.url.path.endswith(".xml") else "json")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(psycopg.DataError)
     async def data_error(request, exc: psycopg.DataError):

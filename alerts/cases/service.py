@@ -149,7 +149,10 @@ def _announce(conn: psycopg.Connection, cfg: AlertsConfig, case: dict, event: st
 # ---------------------------------------------------------------------------- create
 
 def _number(conn: psycopg.Connection, cfg: AlertsConfig, now: datetime) -> str:
-    seq = conn.execute("SELECT nextval('case_number_seq') AS n").fetchone()["n"]
+    """The next case number, gap-free: the counter row is updated in the case's own
+    transaction, so a case that is rolled back gives its number back (a sequence would
+    not). Concurrent creations wait for each other's commit on that row (migration 0015)."""
+    seq = conn.execute("UPDATE case_number_counter SET last = last + 1 RETURNING last").fetchone()["last"]
     return f"XL{now.astimezone(cfg.timezone):%Y%m%d}-{seq:06d}"
 
 
@@ -576,7 +579,7 @@ def _action_params(action: Action) -> list[str]:
 
 
 def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | None = None,
-               category: str | None = None, urgency: str | None = None, overdue: bool | None = None,
+               category: str | None = None, categories: list[str] | None = None, urgency: str | None = None, overdue: bool | None = None,
                grid: str | None = None, since: datetime | None = None, until: datetime | None = None,
                channel: str | None = None, department: str | None = None, q: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict]:
@@ -584,6 +587,7 @@ def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | No
     w = Where(clause, **params)
     w.add("c.state = ANY(%(states)s)", states=states)
     w.add("c.category = %(category)s", category=category)
+    w.add("c.category = ANY(%(categories)s)", categories=categories)
     w.add("c.urgency = %(urgency)s", urgency=urgency)
     if overdue is not None:
         w.add(("" if overdue else "NOT ") + "(c.overdue OR c.stage_overdue)")

@@ -229,14 +229,19 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/alerts/inbound/{system}"): Rule(frozenset(), "none", {"system": "case-system"},
                                                    body={"message_id": "m1", "case_id": "x", "status": "handling"},
                                                    audit="write", inline=True),
-    ("GET", "/open311/v2/services.json"): Rule(P.CASES_READ, inline=True),
-    ("GET", "/open311/v2/services/{service_code}.json"): Rule(P.CASES_READ, args={"service_code": "public_order"},
-                                                             inline=True),
-    ("GET", "/open311/v2/requests.json"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,), inline=True),
-    ("GET", "/open311/v2/requests/{service_request_id}.json"): Rule(P.CASES_READ, "role", inline=True,
-                                                                    args={"service_request_id": "NO-SUCH-CASE"}),
-    ("POST", "/open311/v2/requests.json"): Rule(P.CASES_CREATE, "role", inline=True, audit="write",
-                                                ok=frozenset({400, 422})),
+    # Open311 (api/open311): discovery and services hold no case data and answer anyone; a
+    # request read without a key is refused (401) unless XLHUB_OPEN311_PUBLIC_NODE is set.
+    ("GET", "/open311/discovery.{fmt}"): Rule("public", args={"fmt": "json"}),
+    ("GET", "/open311/v2/discovery.{fmt}"): Rule("public", args={"fmt": "xml"}),
+    ("GET", "/open311/v2/services.{fmt}"): Rule("public", args={"fmt": "json"}),
+    ("GET", "/open311/v2/services/{service_code}.{fmt}"): Rule("public", args={"service_code": "public_order",
+                                                                                "fmt": "xml"}),
+    ("GET", "/open311/v2/requests.{fmt}"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,), inline=True,
+                                                args={"fmt": "json"}),
+    ("GET", "/open311/v2/requests/{service_request_id}.{fmt}"): Rule(
+        P.CASES_READ, "role", inline=True, args={"service_request_id": "NO-SUCH-CASE", "fmt": "json"}),
+    ("POST", "/open311/v2/requests.{fmt}"): Rule(P.CASES_CREATE, "role", inline=True, audit="write",
+                                                 ok=frozenset({400, 422}), args={"fmt": "json"}),
 }
 INTERNAL = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -458,6 +463,8 @@ WIDENING = [
     ("/api/cases", {"grid": OTHER_TOWNSHIP}, OTHER_GRID),
     ("/api/audit", {"actor": OTHER_USER}, OTHER_USER),
     ("/open311/v2/requests.json", {}, OTHER_GRID),
+    ("/open311/v2/requests.json", {"service_code": "public_order,hazard,dispute,city,sentiment"}, OTHER_GRID),
+    ("/open311/v2/requests.xml", {"jurisdiction_id": "510199000000"}, OTHER_GRID),
 ]
 
 

@@ -5,14 +5,14 @@ like a deleted case. The counter is one row updated in the case's own transactio
 rolled-back case gives its number back. Case creation serialises on that row until commit,
 which a county's case rate (hundreds a day) does not notice.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-07
 """
 from store.migrate import run_script
 
-revision = "0015"
-down_revision = "0014"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

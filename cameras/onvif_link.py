@@ -109,6 +109,10 @@ class OnvifLink:
         async def shutdown() -> None:
             for subscriber in list(self.subscribers.values()):
                 await subscriber.stop()             # unsubscribes (best effort)
+                try:
+                    await subscriber.camera.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

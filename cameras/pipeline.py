@@ -299,7 +299,10 @@ class CameraPipeline:
         a condition (motion stopped) raises nothing."""
         if ev.initial or not ev.active:
             return
-        detail = {"source": "camera", "topic": ev.topic, **{k: v for k, v in ev.payload.items() if k != "topic"}}
+        detail = {k: v for k, v in ev.payload.items() if k not in ("topic", "source")}
+        detail.update(source="camera", topic=ev.topic)
+        if ev.payload.get("source"):
+            detail["onvif_source"] = ev.payload["source"]      # the camera's own Source items
         if ev.source_time is not None:
             detail["camera_time"] = ev.source_time.isoformat()
         self.camera_events += 1

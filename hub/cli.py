@@ -60,6 +60,7 @@ def cmd_run(args, settings: Settings) -> int:
     from config.site import SiteError
     from hub.embedded import EmbeddedError
     from hub.supervisor import Supervisor, describe_targets
+    from store.certs import CertError
     from store.files import UMASK
 
     # Everything the hub and its servers write under var/ (evidence, secrets, the database,
@@ -76,7 +77,7 @@ def cmd_run(args, settings: Settings) -> int:
     except SiteError as exc:
         print(f"xlhub: refusing to start, the site file has problems:\n{exc}", file=sys.stderr)
         return 2
-    except (EmbeddedError, TimeoutError) as exc:
+    except (EmbeddedError, CertError, TimeoutError) as exc:
         print(f"xlhub: {exc}", file=sys.stderr)
         return 1
 

@@ -9,6 +9,7 @@ interrupted one is reported ``preempted``) and queues anything else behind it.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from psycopg.types.json import Jsonb
 from ulid import ULID
 
 from bus.commands import PlayCommand
+from config.urls import internal_address_reason
 from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
 from devices.commands.service import new_command_id
@@ -99,6 +101,10 @@ def check_audio_url(url: str) -> str:
         raise RegistryError("音频地址须为 http(s) 链接 (audio_url must be an http(s) URL)")
     if parts.username or parts.password:
         raise RegistryError("音频地址不得包含用户名或密码 (audio_url must not carry credentials)")
+    # Speakers sit inside the county's network: a user must not point them (or anything
+    # that follows the link) at the hub itself, the LAN or a metadata service.
+    if (why := internal_address_reason(url)) is not None:
+        raise RegistryError(f"音频地址不可用：{why} (audio_url refused: internal address)")
     return url
 
 
@@ -197,6 +203,8 @@ def for_speaker(conn: psycopg.Connection, broadcast_id: str, speaker_id: str) ->
 @dataclass
 class DispatchOptions:
     media_base_url: str
+    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s) → path?exp=…&sig=…
+    sign: Callable[[str, float], str] | None = None
     answer_margin_s: float = 30.0
     default_duration_s: float = 30.0
 
@@ -225,7 +233,11 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         duration = float(b["duration_s"] or opts.default_duration_s)
         audio = {"audio_url": b["audio_url"]}
         if b["audio_id"]:
-            audio = {"audio_url": opts.media_base_url.rstrip("/") + audio_path(b["id"]),
+            path = audio_path(b["id"])
+            if opts.sign is not None:
+                # good until the command expires and the audio has played: then useless
+                path = opts.sign(path, b["expires_in_s"] + duration * b["repeat"] + opts.answer_margin_s)
+            audio = {"audio_url": opts.media_base_url.rstrip("/") + path,
                      "audio_sha256": b["audio_sha256"], "media_type": b["audio_media_type"]}
         body = PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
                            duration_s=duration, text=b["text"] or None, volume=b["volume"], **audio).content()

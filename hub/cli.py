@@ -310,8 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def broker_factory(s: Settings) -> EmbeddedMosquitto:
         # The same listeners as the running hub's broker: the config is rewritten whole.
-        return EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
-                                 box=SecretBox.from_settings(s))
+        return EmbeddedMosquitto.from_settings(s, SecretBox.from_settings(s))
 
     register_devices(sub, database, broker_factory=broker_factory, account_factory=device_account)
     return p

@@ -422,6 +422,22 @@ connection_messages true
                 os.lchown(p, self._os_user.pw_uid, self._os_user.pw_gid)
         return conf
 
+    @classmethod
+    def from_settings(cls, settings, box: SecretBox, pki=None) -> EmbeddedMosquitto:
+        """The hub's broker as its settings describe it: the supervisor starts it, the CLI
+        rewrites its config (whole: the same listeners, or a reload would lose some)."""
+        s = settings
+        tls = None
+        if s.embedded_mqtt_device_tls_port or s.embedded_mqtt_device_mtls_port:
+            if pki is None:
+                from store.certs import HubPki
+
+                pki = HubPki.from_settings(s, box)
+            tls = BrokerTls(pki, s.embedded_mqtt_device_host, s.embedded_mqtt_device_tls_port,
+                            s.embedded_mqtt_device_mtls_port)
+        return cls(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port, box=box,
+                   device_host=s.embedded_mqtt_device_plain_host, allow_plain_network=s.allow_plain_devices, tls=tls)
+
     def _tls_conf(self, base: Path, dev_passwd: Path, dev_acl: Path) -> str:
         """The TLS device listeners (see BrokerTls), their certificate files and the CRL."""
         if self.tls is None:

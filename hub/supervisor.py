@@ -26,7 +26,7 @@ from pathlib import Path
 from config.settings import Settings
 from config.site import Site, load_site
 from config.urls import redact_url
-from hub.embedded import BrokerTls, EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account
+from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, MqttAccount, device_account
 from hub.mqtt_refusals import RefusalFollower
 from store.backoff import CHILD_RESTART
 from store.secrets import SecretBox, read_or_create_secret
@@ -127,18 +127,13 @@ class Supervisor:
         else:
             # Devices log in on a listener of their own, where the client id is bound to the
             # account: on a shared one a device could take over the ingest's session.
-            tls = None
-            if s.embedded_mqtt_device_tls_port or s.embedded_mqtt_device_mtls_port:
-                tls = BrokerTls(self.pki, s.embedded_mqtt_device_host, s.embedded_mqtt_device_tls_port,
-                                s.embedded_mqtt_device_mtls_port)
-            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
-                                            box=self.box, device_host=s.embedded_mqtt_device_plain_host,
-                                            allow_plain_network=s.allow_plain_devices, tls=tls)
+            self.broker = EmbeddedMosquitto.from_settings(s, self.box, self.pki)
             accounts = self._device_accounts(kinds)
             self.broker.set_accounts(accounts)
             # from the log's end as it is before this start: what the broker logs from now on
-            self.refusals = RefusalFollower(self.broker.log_path, {s.embedded_mqtt_port: "hub",
-                                                                   self.broker.device_port: "devices"})
+            self.refusals = RefusalFollower(self.broker.log_path, {
+                s.embedded_mqtt_port: "hub", self.broker.device_port: "devices",
+                s.embedded_mqtt_device_tls_port: "devices-tls", s.embedded_mqtt_device_mtls_port: "devices-cert"})
             self.broker.start()
             self.mqtt_url = self.broker.url
             self._revoked = set(self.pki.revoked_serials())

@@ -197,11 +197,10 @@ class HubPki:
         else the generated one, re-issued when its names changed or it is about to expire."""
         if self.cert_file:
             return self._supplied()
-        with self._lock():
-            current = self._current_server()
-            if current is not None:
-                return current
-        self.ensure_ca()
+        ca = self.ensure_ca()
+        current = self._current_server(ca)
+        if current is not None:
+            return current
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG),
                              x509.NameAttribute(NameOID.COMMON_NAME, self.server_names[0])])
@@ -213,7 +212,7 @@ class HubPki:
             _write_atomic(self.server_cert_path, pem)
         return pem, _key_pem(key)
 
-    def _current_server(self) -> tuple[str, str] | None:
+    def _current_server(self, ca: x509.Certificate) -> tuple[str, str] | None:
         if not self.server_cert_path.exists() or not self._server_key_secret.exists():
             return None
         pem = self.server_cert_path.read_text()
@@ -224,7 +223,7 @@ class HubPki:
             return None
         if names != _san(self.server_names) or cert.not_valid_after_utc - _now() < RENEW_BEFORE:
             return None
-        if cert.issuer != self.ensure_ca().subject:
+        if cert.issuer != ca.subject:
             return None
         return pem, read_secret(self._server_key_secret, self.box)
 
@@ -311,6 +310,14 @@ class HubPki:
             if newly:
                 self._save_clients(data)
         return newly
+
+    def revoke_client_serials(self, serials: list[int]) -> None:
+        with self._lock():
+            data = self._clients()
+            for s in serials:
+                if str(s) in data and not data[str(s)]["revoked"]:
+                    data[str(s)]["revoked"] = _now().isoformat()
+            self._save_clients(data)
 
     def revoked_devices(self, serials: set[int]) -> list[str]:
         data = self._clients()

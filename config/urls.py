@@ -34,10 +34,10 @@ def redact_text(text: str) -> str:
 # -- addresses a URL given by a user may not point at (no server-side request forgery) ----------
 _INTERNAL_WHY = (
     ("is_loopback", "本机回环地址", "loopback"),
-    ("is_link_local", "链路本地地址", "link-local"),
-    ("is_private", "内网地址", "private-network"),
     ("is_unspecified", "未指定地址", "unspecified"),
+    ("is_link_local", "链路本地地址", "link-local"),
     ("is_multicast", "组播地址", "multicast"),
+    ("is_private", "内网地址", "private-network"),
     ("is_reserved", "保留地址", "reserved"),
 )
 

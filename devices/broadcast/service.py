@@ -203,10 +203,10 @@ def for_speaker(conn: psycopg.Connection, broadcast_id: str, speaker_id: str) ->
 @dataclass
 class DispatchOptions:
     media_base_url: str
-    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s) → path?exp=…&sig=…
-    sign: Callable[[str, float], str] | None = None
     answer_margin_s: float = 30.0
     default_duration_s: float = 30.0
+    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s) → path?exp=…&sig=…
+    sign: Callable[[str, float], str] | None = None
 
 
 def audio_path(broadcast_id: str) -> str:

@@ -263,6 +263,8 @@ class HubPki:
         pem, key_pem = self.ensure_server()
         out_dir = private_dir(Path(out_dir))
         files = ServerFiles(out_dir / "server.crt", out_dir / "server.key", out_dir / "ca.crt")
+        if not self.cert_file:
+            pem = pem + self.ca_pem()       # the whole chain: a client can pin the CA's key
         # the broker verifies device certificates against the hub's own CA, whoever signed the server's
         for path, text in ((files.cert, pem), (files.key, key_pem), (files.ca, self.ca_pem())):
             _write_atomic(path, text)

@@ -227,3 +227,39 @@ def test_readyz_metrics_and_the_wall_show_recording(worker, site_db, tmp_path):
     wait_for(lambda: worker.status()["recording"]["per_camera"]["cam-q-b"]["state"] == "recording", 20, 0.2,
              "cam-q-b to record again once its directory can be made")
     assert os.path.isdir(broken)
+
+
+def test_retention_goes_on_past_a_file_it_cannot_delete(site_db, tmp_path):
+    """The regression: one undeletable file stopped the retention sweep, and the rows of the
+    files it had already deleted were rolled back (rows naming files that are gone)."""
+    from cameras.recording.retention import prune
+    from config.camera_recording import CameraRecording
+    from store.db import open_pool
+
+    root, cam = tmp_path / "recordings", "cam-q-retention"
+    old = datetime.now(UTC) - timedelta(days=40)
+    with connect(site_db) as conn:
+        for i in range(3):
+            start = old + timedelta(seconds=30 * i)
+            rel = f"{cam}/{start:%Y%m%d}/{i}.mp4"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"segment %d" % i)
+            conn.execute("""INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes,
+                                codec, width, height, keyframes, packets, sha256, prev_link, link)
+                            VALUES (%s, %s, %s, %s, 'main', %s, 9, 'h264', 320, 180, '{0}', 1, 'x', '', 'y')""",
+                         (cam, start, start + timedelta(seconds=30), i + 1, rel))
+    stuck = next((root / cam).glob("*/1.mp4"))
+    stuck.unlink()
+    stuck.mkdir()
+    (stuck / "inside").write_bytes(b"x")
+    pool = open_pool(site_db, min_size=1, max_size=1)
+    try:
+        assert prune(pool, root, {cam: CameraRecording()}, 30) == 2
+    finally:
+        pool.close()
+    with connect(site_db) as conn:
+        found = conn.execute("SELECT seq, path, pruned_why FROM recording_segments WHERE camera_id = %s ORDER BY seq",
+                             (cam,)).fetchall()
+    assert [(r["seq"], r["path"] is None) for r in found] == [(1, True), (2, False), (3, True)]
+    assert found[0]["pruned_why"] == "retention 30 d"
+    assert not list((root / cam).glob("*/[02].mp4")), "the other two files are gone"

@@ -14,6 +14,9 @@ thread takes the queues in turn and, per camera:
   cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
 
+While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
+more than writing it); idle, it sleeps until a packet wakes it.
+
 A camera whose queue overflows is *behind*: its queue is dropped, the open segment is cut,
 and recording resumes at the next keyframe — the index shows the gap. Index rows that cannot
 be written (the database away) are kept, in order, and written later.
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 INDEX_RETRY_S = 5.0
+DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
 
 
 @dataclass
@@ -203,7 +207,11 @@ class CameraRecorder:
 
     def _put(self, item: _Item) -> None:
         self.queue.append(item)
-        self.recorder.wake()
+        rec = self.recorder
+        # Packets wait for the recorder's next round (DRAIN_S) unless it sleeps: a wake-up per
+        # packet cost more than writing it (bench/recording).
+        if item.kind != "packet" or rec.idle or len(self.queue) >= self.limit // 2:
+            rec.wake()
 
     # -- the recorder thread ----------------------------------------------------------------
     def wants(self, wall: float) -> bool:
@@ -341,6 +349,7 @@ class Recorder:
         self._chain: dict[str, tuple[int, str]] = {}        # camera → (last seq, last link)
         self._cond = threading.Condition()
         self._pending = False
+        self.idle = True                 # the thread sleeps until woken (no packets came last round)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_index_try = 0.0
@@ -383,10 +392,14 @@ class Recorder:
         while True:
             with self._cond:
                 if not self._pending and not self._stop.is_set():
-                    self._cond.wait(INDEX_RETRY_S if self._rows else None)
+                    # idle: until a packet wakes it (at the latest INDEX_RETRY_S: a packet queued
+                    # just as the thread went idle waits no longer); else the next round
+                    self._cond.wait(INDEX_RETRY_S if self.idle else DRAIN_S)
                 self._pending = False
+            taken = 0
             for cam in list(self.cameras.values()):
-                cam.drain()
+                taken += cam.drain()
+            self.idle = taken == 0
             if self._stop.is_set():
                 for cam in self.cameras.values():
                     cam.drain()

@@ -50,6 +50,9 @@ SLACK = 0.02                 # delete down to 2 % below the line (of the quota, 
 ALARM_REPEAT_S = 600.0       # while the disk stays low, the event again this often
 ALARM_CLEAR = 1.25           # disk_ok once free space is this far above the alarm line
 BATCH = 200
+# Candidates are looked for from an hour before the oldest found last time: a segment's row
+# comes when it is cut (and later when the database was away), so an older row may still arrive.
+FLOOR_MARGIN = timedelta(hours=1)
 
 _CANDIDATES = """
 SELECT s.camera_id, s.start_at, s.path, s.bytes FROM recording_segments s
@@ -115,8 +118,9 @@ class DiskKeeper:
         self._alarm_sent_at = float("-inf")
         self._failure_sent_at = float("-inf")
         self._oldest_floor: dict[str, datetime] = {}
-        # Deletion candidates are looked for from here on (a hold released on footage older than
-        # it leaves that footage to retention's days until the worker restarts).
+        # Deletion candidates are looked for from here on (footage older than it — a hold
+        # released, a row indexed more than FLOOR_MARGIN late — is left to retention's days
+        # until the worker restarts).
         self._floor = datetime.fromtimestamp(0, UTC)
 
     def due(self, now: float | None = None) -> bool:
@@ -228,7 +232,7 @@ class DiskKeeper:
                 if freed >= need:
                     break
         if first is not None:
-            self._floor = first - timedelta(microseconds=1)
+            self._floor = first - FLOOR_MARGIN
         if freed:
             log.info("recording disk: %s of the oldest footage deleted (%s)", _gb(freed), why)
         return freed, failed

@@ -169,7 +169,7 @@ class FeedPoller:
         if not feeds:
             return CONFIG_CHECK_S
         now = now or datetime.now(UTC)
-        states = self._states(feeds)
+        states = self._states(feeds, now)
         for feed in feeds:
             if states[feed.name]["next_poll_at"] <= now:
                 self.poll_feed(feed, now)
@@ -184,15 +184,15 @@ class FeedPoller:
                 {"n": [f.name for f in feeds]}).fetchone()
         return CONFIG_CHECK_S if row["s"] is None else max(0.0, row["s"])
 
-    def _states(self, feeds: list[CapFeed]) -> dict[str, dict]:
+    def _states(self, feeds: list[CapFeed], now: datetime) -> dict[str, dict]:
         with self.pool.connection(timeout=10) as conn:
             for feed in feeds:
                 # A feed whose URL changed starts afresh (its validators belong to the old one).
                 conn.execute(
-                    """INSERT INTO cap_feeds (name, url) VALUES (%s, %s)
+                    """INSERT INTO cap_feeds (name, url, next_poll_at) VALUES (%s, %s, %s)
                        ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, etag = NULL, last_modified = NULL,
-                           next_poll_at = now(), failures = 0
-                       WHERE cap_feeds.url IS DISTINCT FROM EXCLUDED.url""", (feed.name, feed.url))
+                           next_poll_at = EXCLUDED.next_poll_at, failures = 0
+                       WHERE cap_feeds.url IS DISTINCT FROM EXCLUDED.url""", (feed.name, feed.url, now))
             rows = conn.execute("SELECT * FROM cap_feeds WHERE name = ANY(%s)", ([f.name for f in feeds],)).fetchall()
         return {r["name"]: r for r in rows}
 

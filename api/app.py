@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.admin.views import router as admin_router
+from api.alerts.cap import router as alerts_cap_router
 from api.alerts.feed import router as alerts_feed_router
 from api.alerts.inbound import router as alerts_inbound_router
 from api.alerts.views import router as alerts_router
@@ -138,11 +139,12 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
 
     # One router per resource: devices = state (and telemetry, tracks, events), registry,
     # commands, broadcasts, uploads (the devices' own endpoints); alerts = alarms, cases,
-    # outbox, CAP, assessment; the feed is SSE; inbound = case systems' status back; web =
+    # outbox, CAP, assessment; alerts_cap = the warning page (CAP preview, history, feeds); the feed is SSE;
+    # inbound = case systems' status back; web =
     # the UI at / and live video.
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
-                   device_uploads_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
+                   device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
                    web_router):
         app.include_router(router)
     return app

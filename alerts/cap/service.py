@@ -22,6 +22,7 @@ from ulid import ULID
 
 from alerts import actions
 from alerts.actor import Actor
+from alerts.cap import signature
 from alerts.cap.areas import areas_for
 from alerts.cap.parse import CapAlert, CapError, CapInfo, parse_cap
 from alerts.cases import service as cases
@@ -81,6 +82,7 @@ def import_cap(conn: psycopg.Connection, cfg: AlertsConfig, registry: RegistryVi
     now = now or datetime.now(UTC)
     raw = data.encode() if isinstance(data, str) else bytes(data)
     alert = parse_cap(raw)
+    signature.check(cfg.site, raw, alert.sender)     # senders with a certificate must sign
     existing = conn.execute("SELECT * FROM cap_alerts WHERE sender = %s AND identifier = %s",
                             (alert.sender, alert.identifier)).fetchone()
     if existing is not None:

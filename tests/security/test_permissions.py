@@ -223,6 +223,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/outbox/replay"): Rule(P.OUTBOX_REPLAY, "none", body={"ids": [999999]}, audit="write"),
     ("POST", "/api/alerts/cap"): Rule(P.CAP_IMPORT, "none", body=b"<alert>not really CAP</alert>", audit="write",
                                       ok=frozenset({400, 422})),
+    ("POST", "/api/alerts/cap/preview"): Rule(P.CAP_IMPORT, "none", body=b"<alert>not really CAP</alert>",
+                                              audit="write", ok=frozenset({400, 422})),
+    ("GET", "/api/alerts/cap"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,)),
+    ("GET", "/api/alerts/cap/feeds"): Rule(P.CAP_IMPORT, "none"),
     ("GET", "/api/alerts/stats"): Rule(P.STATS_READ, "none"),
     ("GET", "/api/alerts/feed"): Rule(FEED_ROLES, "none", stream=True, inline=True),
     # case systems post status back with their own API token and signature: no person may

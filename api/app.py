@@ -32,6 +32,7 @@ from api.health.views import router as health_router
 from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.formats import Open311Error, error as open311_error
 from api.open311.views import router as open311_router
+from api.recordings.export import router as recordings_export_router
 from api.registry.views import router as registry_router
 from api.vocabulary.views import router as vocabulary_router
 from api.web import router as web_router  # the web UI at / and live video (/api/live)
@@ -147,6 +148,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
                    device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
                    web_router):
         app.include_router(router)
+    app.include_router(recordings_export_router)     # exports and holds of recorded footage
     return app
 
 

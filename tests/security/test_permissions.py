@@ -155,6 +155,25 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/events/{event_id}/evidence"): Rule(
         P.EVENTS_READ, "list", args={"event_id": lambda side, ctx: ctx.resources.events[side]},
         hidden=(lambda ctx: ctx.resources.evidence["other"],)),
+    # ---------------------------------------------------------------- recordings: export, holds (issue 13)
+    # no footage of the matrix' cameras: an allowed caller is told so (422) after scope and role
+    ("POST", "/api/recordings/exports"): Rule(P.RECORDINGS_EXPORT, "path", audit="write", ok=frozenset({422}),
+                                              body=lambda side, ctx: {
+                                                  "camera_id": OWN_CAMERA if side == "own" else OTHER_CAMERA,
+                                                  "start": "2026-01-01T08:00:00+08:00",
+                                                  "end": "2026-01-01T08:05:00+08:00", "reason": "权限矩阵测试"}),
+    ("GET", "/api/recordings/exports/{export_id}"): Rule(P.RECORDINGS_EXPORT, "role", {"export_id": NOT_THERE}),
+    ("GET", "/api/recordings/exports/{export_id}/file"): Rule(P.RECORDINGS_EXPORT, "role", {"export_id": NOT_THERE},
+                                                              audit="read"),
+    ("POST", "/api/cases/{case_id}/recordings"): Rule(P.RECORDINGS_PLAY, CASE_SCOPE, audit="write",
+                                                      args={"case_id": CASE}, ok=frozenset({409, 422}),
+                                                      body={"camera_id": OWN_CAMERA,
+                                                            "start": "2026-01-01T08:00:00+08:00",
+                                                            "end": "2026-01-01T08:05:00+08:00",
+                                                            "reason": "权限矩阵测试"}),
+    ("GET", "/api/recordings/holds"): Rule(P.RECORDINGS_PLAY, "list", hidden=(OTHER_CAMERA,)),
+    ("POST", "/api/recordings/holds/{hold_id}/release"): Rule(P.RECORDINGS_EXPORT, "role", {"hold_id": 999999},
+                                                              body={"reason": "权限矩阵测试"}, audit="write"),
     # ---------------------------------------------------------------- live video
     ("POST", "/api/live/{camera_id}/offer"): Rule(P.LIVE_VIEW, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
                                                   body={"sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n", "type": "offer"},

@@ -25,7 +25,6 @@ from alerts.cap.service import import_cap
 from alerts.config import load_config
 from alerts.registry import RegistryView
 from config.settings import DEMO_SITE_FILE
-from devices.broadcast.service import stop_broadcast
 from store.db import connect
 from tests.devices.conftest import provision, query, start_fleet, start_service, wait_for
 
@@ -111,6 +110,8 @@ def receipts(db: str, broadcast_id: str) -> dict[str, tuple]:
 
 def silence(db: str, broadcast_id: str) -> None:
     """Stop what a test left playing, so the next test's warning is not queued behind it."""
+    from devices.broadcast.service import stop_broadcast
+
     with connect(db) as conn:
         if conn.execute("SELECT 1 FROM device_broadcasts WHERE id = %s AND state IN ('scheduled','playing') "
                         "AND stop_requested_at IS NULL", (broadcast_id,)).fetchone():
@@ -134,9 +135,9 @@ def test_an_expired_warning_is_refused_with_its_time(speakers, site_db):
 def test_a_warning_not_yet_effective_is_played_then(speakers, site_db):
     effective = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
     result = cap(site_db, warning(new_ident(), effective=effective))
-    assert result.action == "created" and result.scheduled_at == effective
     assert query(site_db, "SELECT state, scheduled_at FROM device_broadcasts WHERE id = %s",
                  (result.broadcast_id,)) == [("scheduled", effective)]
+    assert result.action == "created" and result.scheduled_at == effective
     assert query(site_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s",
                  (result.broadcast_id,)) == [(0,)]
     playing_on_every_speaker(site_db, result.broadcast_id)
@@ -151,10 +152,10 @@ def test_a_warning_not_yet_effective_is_played_then(speakers, site_db):
 def test_a_playing_warning_stops_at_its_expiry(speakers, site_db):
     expires = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
     result = cap(site_db, warning(new_ident(), expires=expires))
-    assert result.ends_at == expires
     playing_on_every_speaker(site_db, result.broadcast_id)
     wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (result.broadcast_id,),
              lambda s: s == "stopped", timeout=15)
+    assert result.ends_at == expires
     got = receipts(site_db, result.broadcast_id)
     assert {k: v[0] for k, v in got.items()} == dict.fromkeys(SPEAKERS, "stopped")
     local = f"{expires.astimezone(CST):%Y-%m-%d %H:%M} +08:00"
@@ -170,10 +171,10 @@ def test_a_cancel_stops_the_warning_on_every_speaker_at_once(speakers, site_db):
     cancel_ident = new_ident()
     told = time.monotonic()
     result = cap(site_db, warning(cancel_ident, msg_type="Cancel", references=[ident]))
-    assert (result.action, result.case_id, result.stopped) == ("cancelled", alert.case_id, [alert.broadcast_id])
     wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (alert.broadcast_id,),
              lambda s: s == "stopped", timeout=10)
     assert time.monotonic() - told < 5          # at once: it played on for about a minute
+    assert (result.action, result.case_id, result.stopped) == ("cancelled", alert.case_id, [alert.broadcast_id])
     got = receipts(site_db, alert.broadcast_id)
     assert {k: v[0] for k, v in got.items()} == dict.fromkeys(SPEAKERS, "stopped")
     assert all("预警已解除" in v[1] for v in got.values())
@@ -190,10 +191,10 @@ def test_an_update_supersedes_the_playing_warning(speakers, site_db):
     alert = cap(site_db, warning(ident))
     playing_on_every_speaker(site_db, alert.broadcast_id)
     update = cap(site_db, warning(new_ident(), msg_type="Update", references=[ident]))
-    assert (update.action, update.case_id, update.stopped) == ("updated", alert.case_id, [alert.broadcast_id])
-    assert update.broadcast_id not in (None, alert.broadcast_id) and update.speakers == len(SPEAKERS)
     wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (alert.broadcast_id,),
              lambda s: s == "stopped", timeout=10)
+    assert (update.action, update.case_id, update.stopped) == ("updated", alert.case_id, [alert.broadcast_id])
+    assert update.broadcast_id not in (None, alert.broadcast_id) and update.speakers == len(SPEAKERS)
     assert {v[0] for v in receipts(site_db, alert.broadcast_id).values()} == {"stopped"}
     # the updated warning plays in its place, on the same case
     playing_on_every_speaker(site_db, update.broadcast_id)

@@ -7,14 +7,14 @@
 - state ``stopped`` (已停止), receipt status ``stopped`` (已停止播放) and the command state
   ``stopped``: a speaker told to stop answers its play command with it.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-08
 """
 from store.migrate import run_script
 
-revision = "0015"
-down_revision = "0014"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -7,14 +7,14 @@
 - state ``stopped`` (已停止), receipt status ``stopped`` (已停止播放) and the command state
   ``stopped``: a speaker told to stop answers its play command with it.
 
-Revision ID: 0018
-Revises: 0017
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-08
 """
 from store.migrate import run_script
 
-revision = "0018"
-down_revision = "0017"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 

@@ -76,7 +76,7 @@ class DoorDuress(EventBody):
 
 class SpeakerPlayback(EventBody):
     broadcast_id: ShortText
-    phase: Literal["started", "finished", "failed", "preempted"]
+    phase: Literal["started", "finished", "failed", "preempted", "stopped"]
     detail: Annotated[str, Field(max_length=1024)] | None = None
 
 

@@ -5,7 +5,18 @@ import { onFeed } from '../feed.js';
 import { clear, errorBox, fmtTime, h, modal, notAvailable } from '../ui.js';
 
 const OPEN_STATES = ['scheduled', 'sending', 'playing'];
-const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', cancelled: 'muted' };
+const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', stopped: 'warn', cancelled: 'muted' };
+
+// 停止播放: a scheduled broadcast is cancelled, a playing one stops on every speaker at once.
+async function stopBroadcast(b, after) {
+  if (!window.confirm(`停止播放“${b.text || '（音频）'}”？所有喇叭将立即停止。`)) return;
+  try {
+    await api.del(`/api/broadcasts/${encodeURIComponent(b.id)}`);
+  } catch (err) {
+    window.alert(`停止失败：${err.detail || err.message}`);
+  }
+  after();
+}
 
 export async function render(main, { grid }) {
   let speakers = [];
@@ -116,6 +127,9 @@ export async function render(main, { grid }) {
           h('div', { class: 'muted small' }, `${b.targets.map((t) => grid.nameOf(t)).join('、')} · ${b.requested_by} · ${fmtTime(b.created_at, { date: true })}`)),
         h('span', { class: `badge ${b.state === 'done' ? 'ok' : ['failed', 'no_speakers'].includes(b.state) ? 'bad' : b.state === 'partial' ? 'warn' : 'muted'}` }, b.state_label || b.state),
         h('span', { class: 'small receipts' }, total ? `${sp.finished || 0}/${total} 播完` : ''),
+        OPEN_STATES.includes(b.state) && !b.stop
+          ? h('button', { type: 'button', class: 'link danger', dataset: { action: 'stop' }, onclick: () => stopBroadcast(b, loadHistory) }, '停止')
+          : null,
         h('button', { type: 'button', class: 'link', onclick: () => showReport(b.id) }, '回执'));
     })) : h('p', { class: 'empty' }, '暂无广播记录。'));
     // receipts update live: while something is playing, look again every few seconds

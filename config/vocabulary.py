@@ -303,6 +303,8 @@ EVENT_TYPES: dict[str, EventType] = {
     **_family("drone", {
         "low_battery": ("无人机电量低", "minor"), "geofence": ("无人机越界", "major"),
         "link_lost": ("无人机失联", "major"), "health": ("无人机状态告警", "minor"),
+        # DJI Cloud API docks (devices/dialects/dji.py): HMS alarms, wayline task progress
+        "hms": ("无人机健康告警", "minor"), "flight_task": ("无人机航线任务", "info"),
     }),
     **_family("radio", {
         "sos": ("对讲机紧急求助", "critical"), "ptt_start": ("对讲开始", "info"), "ptt_stop": ("对讲结束", "info"),

@@ -101,6 +101,7 @@ class SpanOut(BaseModel):
     width: int | None = None
     height: int | None = None
     segments: int
+    fps: float | None = Field(None, description="frames per second recorded (for frame step)")
     plays_in_browser: bool
 
 
@@ -190,7 +191,7 @@ def timeline(camera_id: str, conn: Conn, principal: Player,
     return TimelineOut(
         camera_id=camera_id, start=t0, end=t1,
         spans=[SpanOut(start=max(s.start, t0), end=min(s.end, t1), codec=s.codec, width=s.width, height=s.height,
-                       segments=s.segments, plays_in_browser=BROWSER_CODECS.get(s.codec, False)) for s in spans],
+                       segments=s.segments, fps=s.fps, plays_in_browser=BROWSER_CODECS.get(s.codec, False)) for s in spans],
         gaps=holes, marks=marks,
         playable=[PlayableOut(codec=c, browser=BROWSER_CODECS.get(c, False),
                               text=PLAYABLE_TEXT[BROWSER_CODECS.get(c, False)].format(codec=_codec_name(c)))
@@ -199,7 +200,7 @@ def timeline(camera_id: str, conn: Conn, principal: Player,
 
 # --------------------------------------------------------------------------- play
 @router.get("/{camera_id}/play", response_class=StreamingResponse,
-            responses={200: {"content": {"video/mp4": {}}}})
+            responses={200: {"content": {"video/mp4": {}}}}, dependencies=[Depends(audited_read("recordings.play"))])
 def play(camera_id: str, request: Request, conn: Conn, principal: Player,
          t: Annotated[datetime, Query(description="play from this moment (ISO-8601 with offset)")],
          end: Annotated[datetime | None, Query(description="stop here (default: the end of the span, "
@@ -209,6 +210,7 @@ def play(camera_id: str, request: Request, conn: Conn, principal: Player,
     ``X-Start-Time``: the exact time of its first frame (seek to ``t − X-Start-Time``);
     ``X-Span-End``: where the footage of this stream ends (a gap or a new stream follows)."""
     at = _aware(t, "t")
+    add_audit_detail(request, camera_id=camera_id, requested=_fmt(at))
     stop = _aware(end, "end") if end is not None else at + MAX_PLAY
     if stop <= at:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -230,12 +232,7 @@ def play(camera_id: str, request: Request, conn: Conn, principal: Player,
     request.state.audited = True
     headers = {"X-Start-Time": _fmt(player.start), "X-Requested-Time": _fmt(at), "X-Span-End": _fmt(span_end),
                "X-Codec": player.codec, "Cache-Control": "private, no-store"}
-    return StreamingResponse(player.chunks(), media_type=f"video/mp4; codecs=\"{_mime_codec(player)}\"",
-                             headers=headers)
-
-
-def _mime_codec(player: Play) -> str:
-    return "avc1" if player.codec == "h264" else "hvc1" if player.codec == "hevc" else player.codec
+    return StreamingResponse(player.chunks(), media_type=f'video/mp4; codecs="{player.codec_string}"', headers=headers)
 
 
 # --------------------------------------------------------------------------- frame

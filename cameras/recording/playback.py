@@ -42,7 +42,7 @@ MAX_SEGMENT_S = 300         # RecordingSettings.segment_s's bound: how far back 
 BROWSER_CODECS = {"h264": True, "hevc": False}
 
 SEGMENTS = """
-SELECT camera_id, start_at, end_at, seq, path, bytes, codec, width, height, keyframes, sha256
+SELECT camera_id, start_at, end_at, seq, path, bytes, codec, width, height, keyframes, packets, sha256
 FROM recording_segments
 WHERE camera_id = %(camera)s AND start_at >= %(t0)s - make_interval(secs => %(back)s) AND start_at < %(t1)s
   AND end_at > %(t0)s {kept}
@@ -65,6 +65,12 @@ class Span:
     width: int | None
     height: int | None
     segments: int
+    packets: int = 0
+    seconds: float = 0.0
+
+    @property
+    def fps(self) -> float | None:
+        return round(self.packets / self.seconds, 2) if self.seconds > 0 and self.packets else None
 
 
 def _same_stream(a: dict, b: dict) -> bool:
@@ -84,7 +90,10 @@ def coverage(rows: list[dict], gap_s: float = GAP_S) -> list[Span]:
             s.end = max(s.end, r["end_at"])
             s.segments += 1
         else:
-            spans.append(Span(r["start_at"], r["end_at"], r["codec"], r["width"], r["height"], 1))
+            s = Span(r["start_at"], r["end_at"], r["codec"], r["width"], r["height"], 1)
+            spans.append(s)
+        s.packets += r.get("packets") or 0
+        s.seconds += (r["end_at"] - r["start_at"]).total_seconds()
         prev = r
     return spans
 
@@ -135,13 +144,15 @@ class Play:
     """One playback stream: the keyframe it starts at (``start``, known before streaming) and
     its fragmented MP4 (``chunks``)."""
 
-    def __init__(self, root: Path, run: list[dict], first_offset: float, start: datetime, end: datetime | None):
+    def __init__(self, root: Path, run: list[dict], first_offset: float, start: datetime, end: datetime | None,
+                 codec_string: str = ""):
         self.root = root
         self.run = run                  # the segments it plays, in order, all meeting
         self.first_offset = first_offset  # media seconds of the start keyframe in run[0]
         self.start = start
         self.end = end
         self.codec = run[0]["codec"]
+        self.codec_string = codec_string    # RFC 6381 (avc1.64001f …): what Media Source is told
         self.last: datetime | None = None  # time of the last frame sent (after chunks() ran)
         self.packets = 0
 
@@ -155,8 +166,8 @@ class Play:
                 break
             run.append(r)
         first = rows[i]
-        offset = _keyframe_before(_file(root, first), _seconds(t, first["start_at"]))
-        return cls(root, run, offset, first["start_at"] + timedelta(seconds=offset), end)
+        offset, codec_string = _keyframe_before(_file(root, first), _seconds(t, first["start_at"]))
+        return cls(root, run, offset, first["start_at"] + timedelta(seconds=offset), end, codec_string)
 
     def chunks(self) -> Iterator[bytes]:
         sink = _Sink()
@@ -236,19 +247,29 @@ class _Sink:
         return data
 
 
-def _keyframe_before(path: Path, offset: float) -> float:
-    """Media seconds of the keyframe at or before ``offset`` in a segment file."""
+def codec_string(codec: str, extradata: bytes | None) -> str:
+    """The RFC 6381 codec of a stream: avc1.PPCCLL from the avcC record (H.264); hvc1 else."""
+    if codec == "h264":
+        if extradata and len(extradata) >= 4 and extradata[0] == 1:
+            return "avc1." + extradata[1:4].hex().upper()
+        return "avc1.42E01E"
+    return "hvc1" if codec == "hevc" else codec
+
+
+def _keyframe_before(path: Path, offset: float) -> tuple[float, str]:
+    """Media seconds of the keyframe at or before ``offset`` in a segment file, and its codec string."""
     with av.open(str(path)) as src:
         vin = src.streams.video[0]
         tb = vin.time_base
+        name = codec_string(vin.codec_context.name, vin.codec_context.extradata)
         src.seek(max(0, round(offset / tb)), stream=vin, backward=True, any_frame=False)
         for pkt in src.demux(vin):
             if pkt.is_keyframe and (pkt.pts is not None or pkt.dts is not None):
                 ts = pkt.pts if pkt.pts is not None else pkt.dts
                 if float(ts * tb) <= offset + 1e-6:
-                    return float(ts * tb)
+                    return float(ts * tb), name
                 break
-    return 0.0          # a segment starts at a keyframe
+    return 0.0, name          # a segment starts at a keyframe
 
 
 def frame_at(root: Path, rows: list[dict], t: datetime) -> tuple[av.VideoFrame, datetime]:

@@ -26,10 +26,13 @@ export function evidenceFigure(item) {
   }
   if (item.detail && !url) return h('figure', {}, h('pre', {}, JSON.stringify(item.detail, null, 1)), h('figcaption', {}, when));
   if (item.pending) return h('figure', {}, h('p', { class: 'muted' }, '视频片段录制中，稍后可查看。'), h('figcaption', {}, when));
+  // evidence taken from a recording links back to that moment of the footage (录像回放)
+  const rec = item.recording || (item.detail && item.detail.recording);
+  const back = rec ? h('a', { class: 'recording-link', href: `#/playback/${encodeURIComponent(rec.camera_id)}/${rec.at}` }, ' 回放此刻录像') : null;
   if ((item.media_type || '').startsWith('image/') || item.kind === 'snapshot') {
-    return h('figure', {}, h('img', { src: url, alt: '证据截图', loading: 'lazy' }), h('figcaption', {}, `截图 ${when}`, item.sha256 ? h('small', {}, ` SHA-256 ${item.sha256.slice(0, 16)}…`) : null));
+    return h('figure', {}, h('img', { src: url, alt: '证据截图', loading: 'lazy' }), h('figcaption', {}, `截图 ${when}`, item.sha256 ? h('small', {}, ` SHA-256 ${item.sha256.slice(0, 16)}…`) : null, back));
   }
-  return h('figure', {}, h('video', { src: url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${when}`));
+  return h('figure', {}, h('video', { src: url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${when}`, back));
 }
 
 export function showEvidence(title, loader) {

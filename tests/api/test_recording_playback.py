@@ -233,3 +233,27 @@ def test_the_camera_away_is_a_gap_in_the_timeline_and_the_end_of_a_stream(record
         assert abs((parse(r.headers["X-Span-End"]) - g0).total_seconds()) < 0.01
         strips = [s for _, s, _ in decode_stream(r.content)]
         assert strips[-1] <= ms(g0) + 50, "the stream ends at the gap"
+
+
+def test_the_timeline_says_what_the_browser_cannot_play_and_what_retention_removed(live_api, live_db):
+    """An H.265 camera's footage (index rows; the files are not needed to draw the timeline):
+    its spans say the browser cannot play them, and the text says what still works; footage
+    pruned by retention is a gap marked ``pruned``."""
+    cam, base = "cam-tyc-01", datetime(2026, 11, 1, 2, 0, tzinfo=UTC)     # 桃园村 (东山镇)
+    with connect(live_db) as conn:
+        for seq, (a, b, path) in enumerate([(0, 10, "x/1.mp4"), (10, 20, None), (20, 30, "x/3.mp4")], start=1):
+            conn.execute("""INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes, codec,
+                                width, height, keyframes, packets, sha256, prev_link, link, pruned_at)
+                            VALUES (%s, %s, %s, %s, 'main', %s, 1000, 'hevc', 1920, 1080, '{0}', 250, %s, '', %s,
+                                    CASE WHEN %s::text IS NULL THEN now() END)""",
+                         (cam, base + timedelta(seconds=a), base + timedelta(seconds=b), 9000 + seq, path, "0" * 64,
+                          f"l{seq}", path))
+    with live_api.client("ds-supervisor") as c:
+        tl = c.get(f"/api/recordings/{cam}/timeline", params={"start": iso(base), "end": iso(base + timedelta(
+            seconds=30))}).json()
+    assert [s["plays_in_browser"] for s in tl["spans"]] == [False, False]
+    assert tl["spans"][0]["fps"] == 25
+    assert tl["gaps"] == [{"start": tl["spans"][0]["end"], "end": tl["spans"][1]["start"], "pruned": True}]
+    (playable,) = tl["playable"]
+    assert playable["codec"] == "hevc" and not playable["browser"]
+    assert "H.265" in playable["text"] and "浏览器无法直接播放" in playable["text"] and "导出" in playable["text"]

@@ -209,8 +209,9 @@ def play(camera_id: str, request: Request, conn: Conn, principal: Player,
     before ``t`` across the recording's segments until a gap, a change of stream or ``end``.
     ``X-Start-Time``: the exact time of its first frame (seek to ``t − X-Start-Time``);
     ``X-Span-End``: where the footage of this stream ends (a gap or a new stream follows)."""
+    add_audit_detail(request, camera_id=camera_id)
     at = _aware(t, "t")
-    add_audit_detail(request, camera_id=camera_id, requested=_fmt(at))
+    add_audit_detail(request, requested=_fmt(at))
     stop = _aware(end, "end") if end is not None else at + MAX_PLAY
     if stop <= at:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -242,8 +243,9 @@ def frame(camera_id: str, request: Request, conn: Conn, principal: Player,
           t: Annotated[datetime, Query(description="the moment (ISO-8601 with offset)")]) -> Response:
     """The frame on screen at ``t`` (the last frame at or before it), decoded from the
     recording; ``X-Frame-Time`` is its exact time."""
+    add_audit_detail(request, camera_id=camera_id)
     at = _aware(t, "t")
-    add_audit_detail(request, camera_id=camera_id, at=_fmt(at))
+    add_audit_detail(request, at=_fmt(at))
     _scoped(conn, principal, camera_id)
     rows = segments(conn, camera_id, at, at + timedelta(seconds=1))
     conn.commit()
@@ -302,8 +304,9 @@ def flag_from_playback(camera_id: str, flag: PlaybackFlagIn, request: Request, c
     wall. Needs ``cameras.flag`` too."""
     if not allowed(principal.role, Permission.CAMERAS_FLAG):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {principal.role!r} lacks permission 'cameras.flag'")
+    add_audit_detail(request, camera_id=camera_id, source="recording")
     at = _aware(flag.at, "at")
-    add_audit_detail(request, camera_id=camera_id, at=_fmt(at), source="recording")
+    add_audit_detail(request, at=_fmt(at))
     _scoped(conn, principal, camera_id)
     clip_cfg = ClipConfig()
     t0, t1 = at - timedelta(seconds=clip_cfg.before_s), at + timedelta(seconds=clip_cfg.flag_after_s)

@@ -25,6 +25,7 @@ import argparse
 import io
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def main() -> int:
             server.should_exit = True
         time.sleep(1)
         pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -5,6 +5,7 @@ import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.
 
 const PAGES = [
   { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
+  { id: 'playback', label: '录像回放', en: 'Playback', load: () => import('./pages/playback.js') },
   { id: 'alerts', label: '告警', en: 'Alerts', load: () => import('./pages/alerts.js') },
   { id: 'cases', label: '案件', en: 'Cases', load: () => import('./pages/cases.js') },
   { id: 'broadcast', label: '广播', en: 'Broadcast', load: () => import('./pages/broadcast.js') },

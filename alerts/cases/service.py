@@ -66,13 +66,14 @@ def summary(case: dict) -> dict[str, Any]:
 
 
 def evidence_summary(row: dict) -> dict[str, Any]:
-    out = {"id": row["id"], "kind": row["kind"], "ref": row["ref"], "sha256": row["sha256"],
-           "media_type": row["media_type"], "evidence_id": row["evidence_id"], "source_id": row["source_id"],
-           "event_id": row["event_id"], "captured_at": row["captured_at"], "added_at": row["added_at"],
-           "added_by": row["added_by"]}
-    if row["kind"] == "recording" and row.get("detail"):
-        out["recording"] = row["detail"]    # a held range of footage: camera, range, segments, play/export
-    return out
+    detail = row.get("detail") or {}
+    # Footage: a held range of a recording (kind recording: camera, range, segments, play and
+    # export), or a snapshot/clip taken from one (the position it came from: camera, time, segment).
+    recording = detail if row["kind"] == "recording" and detail else detail.get("recording")
+    return {"id": row["id"], "kind": row["kind"], "ref": row["ref"], "sha256": row["sha256"],
+            "media_type": row["media_type"], "evidence_id": row["evidence_id"], "source_id": row["source_id"],
+            "event_id": row["event_id"], "captured_at": row["captured_at"], "added_at": row["added_at"],
+            "added_by": row["added_by"], "recording": recording}
 
 
 def missing_clips(conn: psycopg.Connection, case_id: str, evidence: list[dict]) -> list[dict]:

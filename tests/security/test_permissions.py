@@ -138,6 +138,21 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/cameras/{camera_id}/snapshot"): Rule(P.CAMERAS_READ, "path",
                                                        {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
                                                        audit="read", ok=GATEWAY),
+    # ---------------------------------------------------------------- recordings (issue 13)
+    # The matrix' cameras have no footage: an allowed caller of play/frame/flag gets 404 "该时刻没有录像"
+    # (scope is told apart on the timeline, which answers 200 with no spans; tests/api/test_recording_playback.py)
+    ("GET", "/api/recordings/{camera_id}/timeline"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+        query={"start": "2026-12-07T08:00:00+08:00", "end": "2026-12-07T09:00:00+08:00"}),
+    ("GET", "/api/recordings/{camera_id}/play"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
+        query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404}), stream=True),
+    ("GET", "/api/recordings/{camera_id}/frame"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
+        query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404})),
+    ("POST", "/api/recordings/{camera_id}/flags"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="write", ok=frozenset({404}),
+        body={"at": "2026-12-07T08:00:00+08:00", "category": "治安防控"}),
     # PTZ: the demo's cameras have no ONVIF address, so an allowed caller gets 409 with the reason
     ("POST", "/api/cameras/{camera_id}/ptz/move"): Rule(
         P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, body={"pan": 0.5, "timeout": 0.5},

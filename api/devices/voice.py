@@ -84,6 +84,12 @@ def _http(exc: VoiceError) -> HTTPException:
     return HTTPException(exc.status, exc.message)
 
 
+def _check_targets(request: Request, body: LiveIn, principal: Principal) -> None:
+    with request.app.state.pool.connection(timeout=5) as conn:
+        for code in dict.fromkeys(body.targets):
+            ensure_in_scope(principal, broadcasts.target_path(conn, code), f"broadcast target {code!r}")
+
+
 def _create(request: Request, body: LiveIn, principal: Principal, broadcast_id_hint: str) -> dict:
     """The live broadcast row and its audit record, in one transaction."""
     cfg = devices_settings(request)
@@ -107,6 +113,7 @@ async def start_live(body: LiveIn, request: Request, principal: Sender) -> LiveO
     """The microphone's offer (Opus; gather ICE candidates before sending it, no trickle) and
     where it goes. The speakers are told to play the live stream as soon as this returns."""
     relay, cfg = _relay(request), devices_settings(request)
+    await run_in_threadpool(_check_targets, request, body, principal)      # another township's: 404, first
     provisional = f"pending-{ULID()}"
     try:
         session = await relay.open(provisional, principal.name, body.sdp, max_s=cfg.live_max_s,

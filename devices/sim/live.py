@@ -16,9 +16,9 @@ import numpy as np
 
 
 class LiveListener:
-    def __init__(self, url: str, auth: tuple[str, str], on_end: Callable[[str | None], None],
-                 read_timeout_s: float = 30.0):
-        self.url, self.auth, self.on_end = url, auth, on_end
+    def __init__(self, url: str, auth: tuple[str, str] | None, on_end: Callable[[str | None], None],
+                 read_timeout_s: float = 30.0, headers: dict | None = None):
+        self.url, self.auth, self.on_end, self.headers = url, auth, on_end, headers
         self.read_timeout_s = read_timeout_s
         self.sample_rate: int | None = None
         self.blocks: list[np.ndarray] = []
@@ -63,7 +63,7 @@ class LiveListener:
         import httpx
         problem: str | None = None
         try:
-            with httpx.stream("GET", self.url, auth=self.auth,
+            with httpx.stream("GET", self.url, auth=self.auth, headers=self.headers,
                               timeout=httpx.Timeout(10.0, read=self.read_timeout_s)) as r:
                 self.status = r.status_code
                 if r.status_code != 200:

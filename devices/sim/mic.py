@@ -50,7 +50,8 @@ class ToneTrack(MediaStreamTrack):
         if self.burst_s is not None:
             phase = (n / RATE) % self.period_s
             wave = np.where(phase < self.burst_s, wave, 0.0)
-            if (self._sample / RATE) % self.period_s < FRAME / RATE:
+            period = int(round(self.period_s * RATE))
+            if self._sample % period < FRAME:
                 self.onsets.append(time.time())
         frame = AudioFrame.from_ndarray((wave * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE

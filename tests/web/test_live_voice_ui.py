@@ -80,5 +80,6 @@ def test_the_console_talks_to_the_village_speaker_live(hub, seeded_db, mic_brows
     assert float(np.sqrt(np.mean(pcm ** 2))) > 0.02
     actions = [a for (a,) in query(seeded_db, "SELECT action FROM audit_log WHERE target = %s ORDER BY id", (bid,))]
     assert actions[:2] == ["broadcast.live.start", "broadcast.live.stop"]
-    assert query(seeded_db, "SELECT actor FROM audit_log WHERE action = 'broadcast.live.stop' AND target = %s",
-                 (bid,)) == [("ds-dispatcher",)]
+    ((actor, detail),) = query(seeded_db, "SELECT actor, detail FROM audit_log WHERE action = 'broadcast.live.stop' "
+                                          "AND target = %s", (bid,))
+    assert actor == "ds-dispatcher" and detail["frames_in"] > 100 and detail["listeners"] == 1

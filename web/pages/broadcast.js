@@ -230,14 +230,16 @@ function livePanel(chosen, onChange) {
   const end = async () => {
     const id = broadcastId;
     broadcastId = null;
-    hangUp();
-    if (!id) return;
+    stop.disabled = true;
+    if (!id) { hangUp(); return; }
+    // the hub ends the broadcast first (recorded as the operator's), then the microphone hangs up
     try {
       await api.del(`/api/broadcasts/live/${encodeURIComponent(id)}`);
       say('ok', '喊话已结束。', 'ended');
     } catch (err) {
       say('error', `结束喊话失败：${err.detail || err.message}`, 'error');
     }
+    hangUp();
     onChange();
   };
   stop.addEventListener('click', end);

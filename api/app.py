@@ -28,6 +28,7 @@ from api.devices.commands import router as device_commands_router
 from api.devices.registry import router as device_registry_router
 from api.devices.state import router as device_state_router
 from api.devices.uploads import router as device_uploads_router
+from api.devices.voice import router as device_voice_router
 from api.health.views import router as health_router
 from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.formats import Open311Error, error as open311_error
@@ -147,8 +148,8 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
                    recordings_export_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
-                   device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
-                   web_router):
+                   device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router,
+                   alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
     return app
 

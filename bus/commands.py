@@ -180,7 +180,9 @@ class ReplayEventsCommand(Command):
 # --------------------------------------------------------------------------- speakers
 class PlayCommand(Command):
     """Play a broadcast (its receipts are ``evt/playback``): text and/or audio fetched from
-    ``audio_url`` with the speaker's own credentials, checked against ``audio_sha256``."""
+    ``audio_url`` with the speaker's own credentials, checked against ``audio_sha256``.
+    ``live``: ``audio_url`` is an operator's voice streaming now (实时喊话, an endless HTTP
+    MP3 stream): play it as it arrives until it ends; ``duration_s`` is then its longest."""
 
     kind = "speaker"
     name = "play"
@@ -194,6 +196,7 @@ class PlayCommand(Command):
     duration_s: Annotated[float, Field(ge=0)] | None = None
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    live: bool | None = None
 
 
 class StopCommand(Command):

@@ -83,6 +83,7 @@ class BroadcastRequest:
     ends_at: datetime | None = None          # stop playing then (a warning's <expires>)
     end_reason: str | None = None            # what the receipts say then (中文 first)
     detail: dict = field(default_factory=dict)
+    live: bool = False       # 实时喊话: the speakers play the operator's voice streamed now (live_path)
 
 
 def with_speech(conn: psycopg.Connection, req: BroadcastRequest, voice: Voice | None,
@@ -112,7 +113,7 @@ def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester:
         raise RegistryError("广播类型无效：notice（通告）或 emergency（应急预警） (kind must be notice or emergency)")
     if not req.targets:
         raise RegistryError("请选择广播范围 (at least one target)")
-    if not (req.text or req.audio_id or req.audio_url):
+    if not (req.text or req.audio_id or req.audio_url or req.live):
         raise RegistryError("请提供广播内容：文字、音频文件或音频地址 (text, audio_id or audio_url required)")
     if not 1 <= req.repeat <= 10:
         raise RegistryError("重复次数为 1–10 (repeat 1..10)")
@@ -135,12 +136,12 @@ def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester:
     return conn.execute(
         """INSERT INTO device_broadcasts (id, kind, priority, text, audio_id, audio_url, duration_s, repeat, volume,
                targets, scope_path, requested_by, requester_kind, requester_role, requester_node, scheduled_at,
-               expires_in_s, ends_at, end_reason)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+               expires_in_s, ends_at, end_reason, live)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
         (str(ULID()), req.kind, tier(req.kind, req.priority), req.text, req.audio_id, req.audio_url, duration,
          req.repeat, req.volume, list(dict.fromkeys(req.targets)), scope, requester.name, requester.kind,
          requester.role, requester.node_code, req.scheduled_at, req.expires_in_s, req.ends_at,
-         req.end_reason)).fetchone()
+         req.end_reason, req.live)).fetchone()
 
 
 # --------------------------------------------------------------------------- stopping
@@ -311,6 +312,14 @@ def audio_path(broadcast_id: str) -> str:
     return f"/api/broadcasts/{broadcast_id}/audio"
 
 
+LIVE_MEDIA_TYPE = "audio/mpeg"
+
+
+def live_path(broadcast_id: str) -> str:
+    """Where speakers fetch a live broadcast's stream (实时喊话, api/devices/voice.py)."""
+    return f"/api/broadcasts/{broadcast_id}/live.mp3"
+
+
 def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool], opts: DispatchOptions) -> list[str]:
     """Fan out every broadcast whose time has come: a play command and a receipt per
     speaker under its targets. ``online`` is the hub's current belief per device."""
@@ -341,6 +350,9 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         if b["audio_id"]:
             audio = {"audio_url": opts.media_base_url.rstrip("/") + audio_path(b["id"]),
                      "audio_sha256": b["audio_sha256"], "media_type": b["audio_media_type"]}
+        elif b["live"]:
+            audio = {"audio_url": opts.media_base_url.rstrip("/") + live_path(b["id"]),
+                     "media_type": LIVE_MEDIA_TYPE, "live": True}
         body = PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
                            duration_s=duration, text=b["text"] or None, volume=b["volume"], **audio).content()
         expires = now + timedelta(seconds=b["expires_in_s"])

@@ -247,9 +247,10 @@ class Speaker(Behaviour):
         repeat = body.get("repeat") if isinstance(body.get("repeat"), int) and 1 <= body["repeat"] <= 10 else 1
         item = {"cmd": cmd, "bid": bid, "priority": priority,
                 "seconds": duration * repeat / fleet.speed, "timer": None,
-                "expires": time.monotonic() + cmd.expiry_s / fleet.speed if cmd.expiry_s else None}
+                "expires": time.monotonic() + cmd.expiry_s / fleet.speed if cmd.expiry_s else None,
+                "live": body.get("live") is True and bool(body.get("audio_url"))}
         cmd.reply("accepted")
-        if fleet.fetch_audio and body.get("audio_url") and dev.password:
+        if fleet.fetch_audio and body.get("audio_url") and dev.password and not item["live"]:
             threading.Thread(target=self._fetch_then_queue, args=(fleet, dev, item), daemon=True).start()
         else:
             self._queue(fleet, dev, item)
@@ -276,6 +277,8 @@ class Speaker(Behaviour):
                 return
             if current is not None:
                 fleet.cancel(current["timer"])
+                if current.get("listener") is not None:
+                    current["listener"].stop()          # a live stream: hang up
                 fleet.emit_events(dev, [("playback", {"broadcast_id": current["bid"], "phase": "preempted",
                                                       "detail": f"interrupted by priority {item['priority']}"})])
                 current["cmd"].reply("preempted", f"interrupted by broadcast {item['bid']} (priority {item['priority']})")
@@ -286,7 +289,25 @@ class Speaker(Behaviour):
         dev.state["playing"] = True
         fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "started"})])
         item["cmd"].reply("progress", "playing")
+        if item["live"]:
+            # 实时喊话: play the stream as it comes until the hub ends it (devices/sim/live.py)
+            from devices.sim.live import LiveListener
+            item["listener"] = LiveListener(item["cmd"].body["audio_url"], (dev.id, dev.password or ""),
+                                            lambda problem: self._live_ended(fleet, dev, item, problem))
+            dev.state.setdefault("live", {})[item["bid"]] = item["listener"].start()
+            return
         item["timer"] = fleet.later(item["seconds"], lambda: self._finish(fleet, dev, item))
+
+    def _live_ended(self, fleet, dev, item, problem):
+        if problem is None:
+            self._finish(fleet, dev, item)
+            return
+        with fleet.device_lock(dev):
+            if dev.state.get("current") is not item:
+                return
+            fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "failed", "detail": problem})])
+            item["cmd"].reply("failed", problem)
+            self._next(fleet, dev)
 
     def _finish(self, fleet, dev, item):
         with fleet.device_lock(dev):
@@ -330,6 +351,8 @@ class Speaker(Behaviour):
             current = dev.state.get("current")
             if current is not None and current["bid"] == bid:
                 fleet.cancel(current["timer"])
+                if current.get("listener") is not None:
+                    current["listener"].stop()          # a live stream: hang up
                 fleet.emit_events(dev, [("playback", {"broadcast_id": bid, "phase": "stopped", "detail": reason})])
                 current["cmd"].reply("stopped", reason)
                 stopped += 1

@@ -233,6 +233,15 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                                        audit="write"),
     ("GET", "/api/broadcasts/{broadcast_id}/audio"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE},
                                                           inline=True),
+    # live voice (实时喊话): the matrix's offer has an audio section aiortc cannot answer → 422 in scope
+    ("POST", "/api/broadcasts/live"): Rule(P.BROADCAST_SEND, "path", audit="write", ok=frozenset({422}),
+                                           body=lambda side, ctx: {
+        "sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+        "targets": [OWN_VILLAGE if side == "own" else OTHER_VILLAGE]}),
+    ("DELETE", "/api/broadcasts/live/{broadcast_id}"): Rule(P.BROADCAST_SEND, "role", {"broadcast_id": NOT_THERE},
+                                                            audit="write"),
+    ("GET", "/api/broadcasts/{broadcast_id}/live.mp3"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE},
+                                                             inline=True),
     ("POST", "/api/devices/{device_id}/media"): Rule("device", args={"device_id": OWN_DOOR}, audit="write",
                                                      files={"file": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")}),
     # ---------------------------------------------------------------- alarms and cases (issue 5)

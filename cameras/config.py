@@ -85,6 +85,7 @@ class CameraSpec:
     transport: str = "auto"          # RTSP lower transport: auto | tcp | udp (cameras/rtsp.py)
     recording: CameraRecording = field(default_factory=CameraRecording)   # 录像计划 (config/camera_recording.py)
     stream: str = "main"             # the stream read (and recorded): sub when it is the substream
+    onvif_events: bool = False       # subscribe to the camera's own ONVIF events (PullPoint)
 
     def stream_url(self) -> str:
         return with_credentials(self.url, self.username, self.password)
@@ -158,6 +159,7 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
         specs.append(CameraSpec(id=cam.id, url=str(url or ""), name=cam.name, grid=cam.grid, username=username,
                                 password=password, analytics=analytics, timezone=site.timezone,
                                 onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80,
+                                onvif_events=bool(onvif and getattr(onvif, "events", True)),
                                 transport=getattr(cam, "transport", "auto"),
                                 recording=getattr(cam, "recording", None) or CameraRecording(),
                                 stream=analytics.stream if not url or (analytics.stream == "sub" and cam.substream_url)

@@ -81,6 +81,7 @@ class OnvifLink:
         self._sessions: dict[str, Any] = {}          # camera id → PtzControl (its camera connected)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.subscribers: dict[str, Any] = {}        # camera id → PullPointSubscriber (events)
 
     # -- loop ------------------------------------------------------------------------
     def start(self) -> OnvifLink:
@@ -106,6 +107,12 @@ class OnvifLink:
             return
 
         async def shutdown() -> None:
+            for subscriber in list(self.subscribers.values()):
+                await subscriber.stop()             # unsubscribes (best effort)
+                try:
+                    await subscriber.camera.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -118,6 +125,27 @@ class OnvifLink:
             log.warning("%s: shutdown incomplete (%s)", self.name, type(exc).__name__)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+
+    # -- events ----------------------------------------------------------------------
+    def subscribe_events(self, camera_id: str, endpoint: OnvifEndpoint, on_event) -> None:
+        """The camera's own events by PullPoint subscription (cameras/onvif/events.py: renewed
+        before expiry, re-made after a camera reboot, backoff while it is away), each
+        notification a parser knows handed to ``on_event`` (on this loop: keep it quick)."""
+        from cameras.onvif import OnvifCamera, RetryPolicy
+        from cameras.onvif.events import PullPointSubscriber
+
+        def start() -> None:
+            cam = OnvifCamera(endpoint.host, endpoint.port, endpoint.username, endpoint.password,
+                              timeout=self.timeout_s, retry=RetryPolicy(attempts=2, waits=(0.5,)), camera_id=camera_id)
+            subscriber = self.subscribers[camera_id] = PullPointSubscriber(cam, on_event, camera_id=camera_id)
+            task = self.loop.create_task(subscriber.run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.loop.call_soon_threadsafe(start)
+
+    def events_status(self) -> dict:
+        return {cid: {"subscribed": s.stats.subscribed, "events": s.stats.events, "lost": s.stats.lost,
+                      "last_error": s.stats.last_error} for cid, s in self.subscribers.items()}
 
     # -- PTZ -------------------------------------------------------------------------
     async def _control(self, camera_id: str, endpoint: OnvifEndpoint):

@@ -66,10 +66,14 @@ def summary(case: dict) -> dict[str, Any]:
 
 
 def evidence_summary(row: dict) -> dict[str, Any]:
+    detail = row.get("detail") or {}
+    # Footage: a held range of a recording (kind recording: camera, range, segments, play and
+    # export), or a snapshot/clip taken from one (the position it came from: camera, time, segment).
+    recording = detail if row["kind"] == "recording" and detail else detail.get("recording")
     return {"id": row["id"], "kind": row["kind"], "ref": row["ref"], "sha256": row["sha256"],
             "media_type": row["media_type"], "evidence_id": row["evidence_id"], "source_id": row["source_id"],
             "event_id": row["event_id"], "captured_at": row["captured_at"], "added_at": row["added_at"],
-            "added_by": row["added_by"]}
+            "added_by": row["added_by"], "recording": recording}
 
 
 def missing_clips(conn: psycopg.Connection, case_id: str, evidence: list[dict]) -> list[dict]:
@@ -149,7 +153,10 @@ def _announce(conn: psycopg.Connection, cfg: AlertsConfig, case: dict, event: st
 # ---------------------------------------------------------------------------- create
 
 def _number(conn: psycopg.Connection, cfg: AlertsConfig, now: datetime) -> str:
-    seq = conn.execute("SELECT nextval('case_number_seq') AS n").fetchone()["n"]
+    """The next case number, gap-free: the counter row is updated in the case's own
+    transaction, so a case that is rolled back gives its number back (a sequence would
+    not). Concurrent creations wait for each other's commit on that row (migration 0015)."""
+    seq = conn.execute("UPDATE case_number_counter SET last = last + 1 RETURNING last").fetchone()["last"]
     return f"XL{now.astimezone(cfg.timezone):%Y%m%d}-{seq:06d}"
 
 
@@ -540,7 +547,7 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
         """SELECT ce.id, ce.kind, ce.ref, coalesce(ce.sha256, e.sha256) AS sha256,
                   coalesce(ce.media_type, e.media_type) AS media_type, coalesce(ce.evidence_id, e.id) AS evidence_id,
                   ce.source_id, ce.event_id, coalesce(ce.captured_at, e.captured_at) AS captured_at, ce.added_at,
-                  ce.added_by
+                  ce.added_by, ce.detail
            FROM case_evidence ce LEFT JOIN evidence e ON e.id = coalesce(ce.evidence_id, ce.ref)
            WHERE ce.case_id = %s ORDER BY ce.id""", (case["id"],))]
     evidence += missing_clips(conn, case["id"], evidence)
@@ -576,7 +583,7 @@ def _action_params(action: Action) -> list[str]:
 
 
 def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | None = None,
-               category: str | None = None, urgency: str | None = None, overdue: bool | None = None,
+               category: str | None = None, categories: list[str] | None = None, urgency: str | None = None, overdue: bool | None = None,
                grid: str | None = None, since: datetime | None = None, until: datetime | None = None,
                channel: str | None = None, department: str | None = None, q: str | None = None,
                limit: int = 100, offset: int = 0) -> list[dict]:
@@ -584,6 +591,7 @@ def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | No
     w = Where(clause, **params)
     w.add("c.state = ANY(%(states)s)", states=states)
     w.add("c.category = %(category)s", category=category)
+    w.add("c.category = ANY(%(categories)s)", categories=categories)
     w.add("c.urgency = %(urgency)s", urgency=urgency)
     if overdue is not None:
         w.add(("" if overdue else "NOT ") + "(c.overdue OR c.stage_overdue)")

@@ -1,14 +1,25 @@
 """An Open311 GeoReport v2 facade over the cases, so standard civic-issue clients can read
-cases and submit reports (网上受理).  JSON only (``.json``; the spec's XML is not served).
+cases and submit reports (网上受理). Every resource in both of the spec's formats (``.json``
+and ``.xml``), errors in the spec's error format (api/open311/formats.py). docs/open311.md
+is the client's guide.
 
-    GET  /open311/v2/services.json                 the case categories as services
-    GET  /open311/v2/services/{code}.json          a service definition (no extra attributes)
-    GET  /open311/v2/requests.json                 cases in the caller's subtree
-    GET  /open311/v2/requests/{id}.json            one case, by its number
-    POST /open311/v2/requests.json                 a new case (channel open311)
+    GET  /open311/discovery.{fmt}  (also /open311/v2/discovery.{fmt})   the discovery document
+    GET  /open311/v2/services.{fmt}                 the case categories as services
+    GET  /open311/v2/services/{code}.{fmt}          a service definition (no extra attributes)
+    GET  /open311/v2/requests.{fmt}                 cases: keyed → the caller's subtree; keyless → public ones
+    GET  /open311/v2/requests/{id}.{fmt}            one case, by its number
+    POST /open311/v2/requests.{fmt}                 a new case (channel open311): api/open311/intake.py
 
-Authentication: ``Authorization: Bearer <token>`` or GeoReport's ``api_key`` parameter
-holding an API token; a token's role and node apply as everywhere (一级一权限).
+Who reads what (一级一权限):
+- discovery, services and service definitions hold no case data: anyone, key or not;
+- requests with ``api_key`` (or ``Authorization: Bearer``) holding an API token or a session:
+  the cases of the token's grid subtree, as for every other route; the role must read cases;
+- requests without a key: only when ``XLHUB_OPEN311_PUBLIC_NODE`` names a node, and then only
+  that subtree's cases of the public services (``XLHUB_OPEN311_PUBLIC_SERVICES``), without
+  description, address, media and with the position rounded to about 100 m. Otherwise 401.
+- personal data (the reporter's name, phone, e-mail) is in no Open311 answer at all: the
+  case page shows it to the responsible level (alerts/cases/service.detail).
+
 GeoReport knows only open and closed: a case is closed once finished (结案, 评价, 不予受理,
 撤销); ``status_notes`` carries the lifecycle state in Chinese."""
 from __future__ import annotations
@@ -17,23 +28,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from alerts.actor import Actor
 from alerts.cases import service as cases
-from alerts.cases.models import FINISHED, CaseError, CaseState, NewCase
+from alerts.cases.models import FINISHED, CaseError, CaseState
 from alerts.labels import category_label
-from api.alerts.views import alerts_config, registry_view
-from api.audit import entry_for
-from api.deps import bearer_token, client_ip
-from api.permissions import Permission, allowed
-from config.vocabulary import CATEGORY_LABELS
-from store import audit
+from api.alerts.views import alerts_config
+from api.deps import client_ip
+from api.open311.access import SERVICE_CODES, check_jurisdiction, principal_of, require, settings_of
+from api.open311.formats import Open311Error, error, format_of, render
+from api.open311.intake import create, read_body
+from api.permissions import Permission
 from store.identity import Principal
 
-router = APIRouter(prefix="/open311/v2", tags=["open311 GeoReport v2"])
+router = APIRouter(prefix="/open311", tags=["open311 GeoReport v2"])
 
+SPECIFICATION = "http://wiki.open311.org/GeoReport_v2"
+CHANGESET = "2026-12-07 00:00"        # when this facade last changed what it serves
 DESCRIPTIONS = {
     "public_order": "治安防控：可疑人员车辆、聚集、盗窃、破坏公共设施等",
     "hazard": "安全隐患：消防、交通、生产、环境、食品药品安全等",
@@ -42,31 +55,39 @@ DESCRIPTIONS = {
     "sentiment": "社情民意：意见建议、群众诉求",
 }
 MAX_RESULTS = 1000
+MAX_SPAN = timedelta(days=90)         # the spec's longest start_date..end_date range
 
 
-class Open311Error(Exception):
-    def __init__(self, code: int, description: str) -> None:
-        self.code, self.description = code, description
+def serve(request: Request, fmt: str, root: str, answer, *, key_required: bool) -> Response:
+    """Run ``answer(conn, principal, params)`` in a pooled connection; Open311 errors in the
+    asked format."""
+    try:
+        fmt = format_of(fmt)
+    except Open311Error as exc:
+        return error(exc)
+    params = dict(request.query_params)
+    try:
+        with request.app.state.pool.connection(timeout=5) as conn:
+            principal = principal_of(request, conn, params, required=key_required)
+            check_jurisdiction(request, conn, params)
+            return render(answer(conn, principal, params), fmt, root)
+    except Open311Error as exc:
+        return error(exc, fmt)
 
 
-def _error(exc: Open311Error) -> JSONResponse:
-    return JSONResponse([{"code": exc.code, "description": exc.description}], status_code=exc.code)
+# ---------------------------------------------------------------------------- discovery, services
 
-
-def _principal(request: Request, conn, params: dict) -> Principal:
-    token = bearer_token(request) or params.get("api_key")
-    if not token:
-        raise Open311Error(401, "api_key or a bearer token is required")
-    principal = request.app.state.principals.resolve(conn, str(token))
-    if principal is None:
-        raise Open311Error(401, "invalid api_key")
-    request.state.principal = principal
-    return principal
-
-
-def _require(principal: Principal, permission: Permission) -> None:
-    if not allowed(principal.role, permission):
-        raise Open311Error(403, f"role {principal.role} lacks permission {permission.value}")
+@router.get("/discovery.{fmt}")
+@router.get("/v2/discovery.{fmt}")
+async def discovery(fmt: str, request: Request):
+    """The discovery document: where the GeoReport v2 endpoint is, its formats, whom to ask for a key."""
+    def document(conn, principal, params):
+        cfg = settings_of(request)
+        base = str(request.base_url).rstrip("/")
+        return {"changeset": CHANGESET, "contact": cfg.contact, "key_service": cfg.key_service,
+                "endpoints": [{"specification": SPECIFICATION, "url": f"{base}/open311/v2", "changeset": CHANGESET,
+                               "type": "production", "formats": ["text/xml", "application/json"]}]}
+    return await run_in_threadpool(serve, request, fmt, "discovery", document, key_required=False)
 
 
 def _service(code: str) -> dict:
@@ -74,55 +95,84 @@ def _service(code: str) -> dict:
             "metadata": False, "type": "realtime", "keywords": "", "group": "网格化服务管理"}
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
+@router.get("/v2/services.{fmt}")
+async def services(fmt: str, request: Request):
+    """The case categories as services (public: no case data)."""
+    return await run_in_threadpool(serve, request, fmt, "services",
+                                   lambda conn, principal, params: [_service(c) for c in SERVICE_CODES],
+                                   key_required=False)
 
 
-def _request(case: dict, owner_name: str | None) -> dict[str, Any]:
+@router.get("/v2/services/{service_code}.{fmt}")
+async def service_definition(service_code: str, fmt: str, request: Request):
+    def definition(conn, principal, params):
+        if service_code not in SERVICE_CODES:
+            raise Open311Error(404, "没有这项服务 (no such service_code; GET services.json lists them)")
+        return {"service_code": service_code, "attributes": []}
+    return await run_in_threadpool(serve, request, fmt, "service_definition", definition, key_required=False)
+
+
+# ---------------------------------------------------------------------------- requests
+
+def _iso(t: datetime | None, tz) -> str | None:
+    return t.astimezone(tz).isoformat(timespec="seconds") if t else None
+
+
+def _timezone(request: Request):
+    try:
+        return alerts_config(request).timezone
+    except Exception:
+        return UTC
+
+
+def as_request(case: dict, owner_name: str | None, media_url: str | None, tz, *, public: bool) -> dict[str, Any]:
+    """One case as a GeoReport service request. ``public``: no description, address or media,
+    the position rounded to three decimals (about 100 m)."""
     state = CaseState(case["state"])
+    lat, lon = case["lat"], case["lon"]
+    if public:
+        lat, lon = (round(lat, 3) if lat is not None else None), (round(lon, 3) if lon is not None else None)
     return {
         "service_request_id": case["number"], "status": "closed" if state in FINISHED else "open",
         "status_notes": state.label, "service_name": category_label(case["category"]),
-        "service_code": case["category"], "description": case["description"] or case["title"],
-        "agency_responsible": owner_name, "service_notice": "", "requested_datetime": _iso(case["created_at"]),
-        "updated_datetime": _iso(case["updated_at"]), "expected_datetime": _iso(case["due_at"]),
-        "address": case["address"], "address_id": None, "zipcode": None, "lat": case["lat"], "long": case["lon"],
-        "media_url": None,
+        "service_code": case["category"],
+        "description": None if public else (case["description"] or case["title"]),
+        "agency_responsible": owner_name, "service_notice": "", "requested_datetime": _iso(case["created_at"], tz),
+        "updated_datetime": _iso(case["updated_at"], tz), "expected_datetime": _iso(case["due_at"], tz),
+        "address": None if public else case["address"], "address_id": None, "zipcode": None, "lat": lat, "long": lon,
+        "media_url": None if public else media_url,
     }
 
 
-def _with_owner_names(conn, rows: list[dict]) -> list[dict]:
+def _as_requests(request: Request, conn, rows: list[dict], *, public: bool) -> list[dict]:
     codes = list({r["owner_code"] for r in rows})
-    names = {r["code"]: r["name"] for r in conn.execute("SELECT code, name FROM grid_nodes WHERE code = ANY(%s)",
-                                                        (codes,))} if codes else {}
-    return [_request(r, names.get(r["owner_code"])) for r in rows]
+    names = {r["code"]: r["name"] for r in conn.execute(
+        "SELECT code, name FROM grid_nodes WHERE code = ANY(%s)", (codes,))} if codes else {}
+    media: dict[str, str] = {}
+    if rows and not public:
+        for r in conn.execute("SELECT case_id, ref FROM case_evidence WHERE case_id = ANY(%s) AND kind = 'media' "
+                              "AND detail ? 'url' ORDER BY id DESC", ([r["id"] for r in rows],)):
+            media[r["case_id"]] = r["ref"]           # the first link given wins (rows newest first)
+    tz = _timezone(request)
+    return [as_request(r, names.get(r["owner_code"]), media.get(r["id"]), tz, public=public) for r in rows]
 
 
-def _read(request: Request, fn, params: dict):
-    try:
-        with request.app.state.pool.connection(timeout=5) as conn:
-            principal = _principal(request, conn, params)
-            return JSONResponse(fn(conn, principal, params))
-    except Open311Error as exc:
-        return _error(exc)
+def _reader(request: Request, principal: Principal | None) -> tuple[Actor, frozenset[str] | None]:
+    """Whose eyes a read uses, and the services it may show (None: all). Keyless: the public
+    node's, public services only."""
+    if principal is not None:
+        require(principal, Permission.CASES_READ)
+        return Actor.from_principal(principal, client_ip(request)), None
+    cfg = settings_of(request)
+    if not cfg.public_node:
+        raise Open311Error(401, "读取工单需要 api_key (reading requests needs an api_key or a bearer token: "
+                                "this hub publishes no requests without one)")
+    return Actor(name="open311:public", kind="public", node_code=cfg.public_node), cfg.public_codes()
 
 
-@router.get("/services.json")
-async def services(request: Request):
-    def list_services(conn, principal, params):
-        _require(principal, Permission.CASES_READ)
-        return [_service(c.value) for c in CATEGORY_LABELS]
-    return await run_in_threadpool(_read, request, list_services, dict(request.query_params))
-
-
-@router.get("/services/{service_code}.json")
-async def service_definition(service_code: str, request: Request):
-    def definition(conn, principal, params):
-        _require(principal, Permission.CASES_READ)
-        if service_code not in {c.value for c in CATEGORY_LABELS}:
-            raise Open311Error(404, f"no service {service_code!r}")
-        return {"service_code": service_code, "attributes": []}
-    return await run_in_threadpool(_read, request, definition, dict(request.query_params))
+def _list(params: dict, name: str) -> list[str]:
+    """A GeoReport list parameter: comma-separated, or repeated."""
+    return [x.strip() for x in str(params.get(name) or "").split(",") if x.strip()]
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
@@ -131,118 +181,75 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Open311Error(400, f"{name} must be a W3C date-time") from None
+        raise Open311Error(400, f"{name} 须为 W3C 日期时间 ({name} must be a W3C date-time, "
+                                "e.g. 2026-12-01T00:00:00+08:00)") from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-@router.get("/requests.json")
-async def list_requests(request: Request):
+@router.get("/v2/requests.{fmt}")
+async def list_requests(fmt: str, request: Request):
     def find(conn, principal, params):
-        _require(principal, Permission.CASES_READ)
-        actor = Actor.from_principal(principal, client_ip(request))
-        ids = [x for x in (params.get("service_request_id") or "").split(",") if x]
-        if ids:
+        actor, public = _reader(request, principal)
+        numbers = _list(params, "service_request_id")
+        if numbers:      # overrides every other parameter (the spec)
             rows = []
-            for number in ids[:MAX_RESULTS]:
+            for number in numbers[:MAX_RESULTS]:
                 try:
-                    rows.append(cases.get_case(conn, number, actor))
+                    case = cases.get_case(conn, number, actor)
                 except CaseError:
                     continue
-            return _with_owner_names(conn, rows)
-        end = _parse_time(params.get("end_date"), "end_date") or datetime.now(UTC)
-        start = _parse_time(params.get("start_date"), "start_date") or end - timedelta(days=90)
-        states = None
-        wanted = {s for s in (params.get("status") or "").split(",") if s}
+                if public is None or case["category"] in public:
+                    rows.append(case)
+            return _as_requests(request, conn, rows, public=public is not None)
+        end = _parse_time(params.get("end_date"), "end_date")
+        start = _parse_time(params.get("start_date"), "start_date")
+        if start and end and end - start > MAX_SPAN:
+            raise Open311Error(400, "start_date 与 end_date 相距不得超过 90 天 (the range may not span more than "
+                                    "90 days)")
+        end = end or (start + MAX_SPAN if start else datetime.now(UTC))
+        start = start or end - MAX_SPAN
+        wanted = set(_list(params, "status"))
         if wanted - {"open", "closed"}:
-            raise Open311Error(400, "status must be open, closed or both")
+            raise Open311Error(400, "status 只能是 open、closed 或二者 (status must be open, closed or both)")
+        states = None
         if wanted == {"open"}:
             states = [s.value for s in CaseState if s not in FINISHED]
         elif wanted == {"closed"}:
             states = [s.value for s in FINISHED]
-        code = params.get("service_code")
-        if code and code not in {c.value for c in CATEGORY_LABELS}:
-            raise Open311Error(400, f"unknown service_code {code!r}")
-        found = cases.list_cases(conn, actor, states=states, category=code, since=start, until=end, limit=MAX_RESULTS)
-        rows = conn.execute("SELECT * FROM cases WHERE id = ANY(%s) ORDER BY created_at DESC",
-                            ([c["id"] for c in found],)).fetchall()
-        return _with_owner_names(conn, rows)
-    return await run_in_threadpool(_read, request, find, dict(request.query_params))
+        codes = _list(params, "service_code")
+        if set(codes) - set(SERVICE_CODES):
+            raise Open311Error(400, "service_code 含未知服务 (unknown service_code; one or more of: "
+                                    f"{', '.join(SERVICE_CODES)})")
+        if public is not None:
+            codes = [c for c in (codes or SERVICE_CODES) if c in public]
+            if not codes:
+                return []
+        found = cases.list_cases(conn, actor, states=states, categories=codes or None, since=start, until=end,
+                                 limit=MAX_RESULTS)
+        return _as_requests(request, conn, found, public=public is not None)
+    return await run_in_threadpool(serve, request, fmt, "service_requests", find, key_required=False)
 
 
-@router.get("/requests/{service_request_id}.json")
-async def get_request(service_request_id: str, request: Request):
+@router.get("/v2/requests/{service_request_id}.{fmt}")
+async def get_request(service_request_id: str, fmt: str, request: Request):
     def one(conn, principal, params):
-        _require(principal, Permission.CASES_READ)
+        actor, public = _reader(request, principal)
         try:
-            case = cases.get_case(conn, service_request_id, Actor.from_principal(principal, client_ip(request)))
+            case = cases.get_case(conn, service_request_id, actor)
         except CaseError:
-            raise Open311Error(404, f"no service request {service_request_id!r}") from None
-        return _with_owner_names(conn, [case])
-    return await run_in_threadpool(_read, request, one, dict(request.query_params))
+            case = None
+        if case is None or (public is not None and case["category"] not in public):
+            raise Open311Error(404, "没有这条服务请求，或不在您的辖区 (no such service request in your area)")
+        return _as_requests(request, conn, [case], public=public is not None)
+    return await run_in_threadpool(serve, request, fmt, "service_requests", one, key_required=False)
 
 
-@router.post("/requests.json")
-async def create_request(request: Request):
-    params = dict(request.query_params)
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(Open311Error(400, "the body is not valid JSON"))
-        if isinstance(body, dict):
-            params.update({k: v for k, v in body.items() if v is not None})
-    elif content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        params.update({k: v for k, v in (await request.form()).items() if isinstance(v, str)})
-    return await run_in_threadpool(_create, request, params)
-
-
-def _float(params: dict, name: str) -> float | None:
-    value = params.get(name)
-    if value in (None, ""):
-        return None
+@router.post("/v2/requests.{fmt}")
+async def create_request(fmt: str, request: Request):
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise Open311Error(400, f"{name} must be a number") from None
-
-
-def _create(request: Request, params: dict) -> JSONResponse:
-    try:
-        with request.app.state.pool.connection(timeout=5) as conn:
-            principal = _principal(request, conn, params)
-            _require(principal, Permission.CASES_CREATE)
-            code = params.get("service_code")
-            if code not in {c.value for c in CATEGORY_LABELS}:
-                raise Open311Error(400, "service_code is required: one of " +
-                                   ", ".join(c.value for c in CATEGORY_LABELS))
-            lat, lon = _float(params, "lat"), _float(params, "long")
-            if lat is None or lon is None:
-                raise Open311Error(400, "lat and long are required (the hub places a request in its grid by position)")
-            grid = registry_view(request, conn).locate(lat, lon)
-            actor = Actor.from_principal(principal, client_ip(request))
-            if grid is None:
-                raise Open311Error(400, "the position is outside this site's grid")
-            description = str(params.get("description") or "").strip()
-            if not description:
-                raise Open311Error(400, "description is required")
-            if params.get("media_url"):
-                description += f"\n附件：{params['media_url']}"
-            reporter = {k: str(params[k])[:100] for k in ("first_name", "last_name", "phone", "email")
-                        if params.get(k)}
-            try:
-                case = cases.create_case(conn, alerts_config(request), NewCase(
-                    title=description.splitlines()[0][:60], description=description[:5000], category=code,
-                    urgency="low", channel="open311", grid_code=grid, lat=lat, lon=lon,
-                    address=(str(params.get("address_string"))[:300] if params.get("address_string") else None),
-                    reporter=reporter or None), actor)
-            except CaseError as exc:
-                raise Open311Error(404 if exc.status == 404 else 400,
-                                   "the position is outside your area" if exc.status == 404 else exc.message) from None
-            request.state.audited = True
-            audit.record(conn, entry_for(request, "case.create", "ok", target=case["number"],
-                                         detail={"channel": "open311", "category": code, "grid": grid}))
-            return JSONResponse([{"service_request_id": case["number"],
-                                  "service_notice": f"已受理登记，编号 {case['number']}", "account_id": None}])
+        fmt = format_of(fmt)
+        params = await read_body(request)
     except Open311Error as exc:
-        return _error(exc)
+        return error(exc, fmt)
+    return await run_in_threadpool(create, request, fmt, params)
+

@@ -30,11 +30,18 @@ from onvif import ONVIFCamera
 from onvif import SERVICES
 from onvif import ONVIFError as LibraryError
 from onvif.exceptions import ONVIFAuthError, ONVIFTimeoutError
+from onvif.settings import DEFAULT_SETTINGS as _ZEEP_SETTINGS
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+import xmlsafe
 from config.urls import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
+
+# onvif-zeep-async hands every zeep client, WSDL load and event reply this one Settings
+# object, which allows DTDs and external fetches and turns libxml2's limits off: the hub's XML
+# policy (xmlsafe) is set on it once, here, where every camera connection is made.
+xmlsafe.harden_zeep(_ZEEP_SETTINGS)
 
 T = TypeVar("T")
 
@@ -231,6 +238,9 @@ def classify(exc: BaseException) -> tuple[str, str]:
             if err.status_code == 200:
                 return BAD_REPLY, "reply is not XML"
             return _transport_reason(err.status_code), f"HTTP {err.status_code}"
+        if isinstance(err, (zeep.exceptions.DTDForbidden, zeep.exceptions.EntitiesForbidden,
+                            zeep.exceptions.ExternalReferenceForbidden)):
+            return BAD_REPLY, f"reply refused: {type(err).__name__} (DTDs, entities and external references)"
         if isinstance(err, (zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError,
                             etree.XMLSyntaxError, zeep.exceptions.ValidationError,
                             zeep.exceptions.UnexpectedElementError, UnicodeError)):

@@ -30,6 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
+import xmlsafe
+
 logger = logging.getLogger(__name__)
 
 MULTICAST_GROUP = ("239.255.255.250", 3702)
@@ -43,7 +45,6 @@ NS_TDS = "http://www.onvif.org/ver10/device/wsdl"
 # One probe per type: WS-Discovery matches a probe only when a device has *all* its types,
 # and cameras (NetworkVideoTransmitter) and recorders (Device) do not all announce both.
 PROBE_TYPES = (("dn", NS_DN, "NetworkVideoTransmitter"), ("tds", NS_TDS, "Device"))
-_SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
 _MAX_DATAGRAM = 65535
 
 
@@ -101,10 +102,8 @@ def parse_probe_matches(data: bytes, responder: str, message_ids: set[str] | Non
     """The devices in one ProbeMatches datagram; [] for anything else (a camera's Hello, another
     tool's probe, garbage). ``message_ids``: ignore answers relating to other probes."""
     try:
-        root = etree.fromstring(data, parser=_SAFE_XML)
-    except (etree.XMLSyntaxError, ValueError):
-        return []
-    if root is None:
+        root = xmlsafe.parse(data, max_bytes=_MAX_DATAGRAM)
+    except xmlsafe.XmlRefused:          # not XML, or with a DTD: anyone on the LAN can send a datagram
         return []
     if message_ids is not None:
         relates = root.find(f".//{{{NS_WSA}}}RelatesTo")

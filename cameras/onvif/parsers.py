@@ -25,6 +25,7 @@ from typing import Any
 
 from lxml import etree
 
+import xmlsafe
 from config.vocabulary import EventSeverity, event_severity
 
 logger = logging.getLogger(__name__)
@@ -158,14 +159,11 @@ def parse(camera_id: str, message: Any) -> HubEvent | None:
 # ---------------------------------------------------------------------- building Notifications
 def to_notification(message: Any) -> Notification:
     if isinstance(message, (bytes, str)):
-        message = etree.fromstring(message.encode() if isinstance(message, str) else message,
-                                   parser=_SAFE_XML)
+        message = xmlsafe.parse(message)        # refuses DTDs and entities (XmlRefused, counted as malformed)
     if isinstance(message, etree._Element):
         return notification_from_xml(message)
     return notification_from_zeep(message)
 
-
-_SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True)
 
 
 def notification_from_zeep(msg: Any) -> Notification:

@@ -66,6 +66,18 @@ class RecordingSettings(BaseSettings):
     @classmethod
     def _size(cls, value, info):
         return _check_size(value, info.field_name)
+    # Export (导出录像) and holds (留存): cameras/recording/export.py, holds.py
+    export_max_bytes: int = Field(4 << 30, ge=1024, description="an export whose footage is larger than this "
+                                                                   "is refused (split the range)")
+    export_dir: Path | None = Field(None, description="where exported MP4s and their provenance JSON are written; "
+                                                      "default <var_dir>/exports")
+    export_keep_hours: float = Field(72, gt=0, description="exported files are deleted after this long (the "
+                                                           "audit log keeps who exported what, and its SHA-256)")
+    case_hold_days: int = Field(90, ge=0, le=3650, description="days a finished case (结案、撤销、不予受理) keeps "
+                                                               "holding its footage before retention applies again")
 
     def root(self, var_dir: Path) -> Path:
         return (self.dir or (Path(var_dir) / "recordings")).resolve()
+
+    def exports(self, var_dir: Path) -> Path:
+        return (self.export_dir or (Path(var_dir) / "exports")).resolve()

@@ -200,7 +200,7 @@ def test_open311_facade(api):
     c = api.client()
     services = c.get("/open311/v2/services.json", params={"api_key": county_key}).json()
     assert {s["service_code"] for s in services} == {"public_order", "hazard", "dispute", "city", "sentiment"}
-    assert c.get("/open311/v2/services.json").status_code == 401
+    assert c.get("/open311/v2/requests.json").status_code == 401      # services are public, requests are not
     r = c.post("/open311/v2/requests.json", data={"api_key": county_key, "service_code": "city", "lat": "30.65",
                                                   "long": "104.49", "description": "村口路灯不亮\n已经三天了",
                                                   "first_name": "李", "phone": "13900000000",

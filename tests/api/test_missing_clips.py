@@ -17,7 +17,7 @@ from bus.commands import FlagCommand
 from cameras.config import CameraAnalytics, CameraSpec
 from cameras.evidence import EvidenceStore
 from cameras.reader import StreamReader
-from cameras.worker import CameraPipeline, OutEvent
+from cameras.pipeline import CameraPipeline, OutEvent
 from store.db import connect, open_pool
 from tests.cameras.test_flag_clip_notes import ANALYTICS, streams  # noqa: F401  (fixture)
 

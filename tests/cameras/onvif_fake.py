@@ -127,7 +127,9 @@ class FakeOnvifCamera:
 
     - ``username``/``password``: WS-Security UsernameToken digest required when set.
     - ``auth_style``: "soap" (HTTP 400 + ter:NotAuthorized, most firmwares) or "http" (bare 401).
-    - ``garbage``: None | "html" (200 text/html) | "xml" (well-formed, not SOAP) | "truncated".
+    - ``garbage``: None | "html" (200 text/html) | "xml" (well-formed, not SOAP) | "truncated" | "dtd"
+      (the right answer behind a ``<!DOCTYPE>`` naming an external DTD on this camera; the GETs
+      it receives are in ``gets``).
     - ``garbage_operations``: limit garbage to these operations (None: every request).
     - ``drop_next``: close the next N connections without answering.
     - ``delay``: seconds to sit on every request before answering (a camera that hangs).
@@ -164,6 +166,7 @@ class FakeOnvifCamera:
         self.presets: dict[str, tuple[str, float, float, float]] = {"1": ("Home", 0.0, 0.0, 0.0)}
         self.position = (0.0, 0.0, 0.0)
         self.calls: list[tuple[float, str]] = []
+        self.gets: list[str] = []
         self.subscriptions: dict[int, Subscription] = {}
         self.states: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
         self._ids = itertools.count(1)
@@ -549,6 +552,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "<html><body><h1>Welcome to nginx!</h1>", content_type="text/html")
             elif cam.garbage == "xml":
                 self._send(200, "<?xml version='1.0'?><config><item>1</item></config>")
+            elif cam.garbage == "dtd":
+                status, xml = cam.answer(self.path, operation, doc)
+                head, rest = xml.split("?>", 1)
+                self._send(status, f'{head}?><!DOCTYPE s:Envelope SYSTEM "http://127.0.0.1:{cam.port}/evil.dtd">{rest}')
             else:
                 self._send(200, envelope("<tds:GetDeviceInformationResponse>")[:-60])
             return
@@ -560,6 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, xml)
 
     def do_GET(self) -> None:  # noqa: N802
+        self.camera.gets.append(self.path)
         if self.path.startswith("/onvif-http/snapshot"):
             self._send(200, "JFIF", content_type="image/jpeg")
         else:

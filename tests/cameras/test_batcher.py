@@ -13,7 +13,7 @@ import pytest
 from cameras.batcher import AnalysisBatcher
 from cameras.config import CameraAnalytics, CameraSpec
 from cameras.sim.server import MOTION_BAND, encode_scene_file
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from bus.commands import FlagCommand
 from cameras.config import CameraAnalytics, CameraSpec
 from cameras.evidence import EvidenceStore
 from cameras.reader import StreamReader
-from cameras.worker import CameraPipeline, CommandError, OutEvent, flag_answer
+from cameras.pipeline import CameraPipeline, CommandError, OutEvent, flag_answer
 
 FPS = 10
 ANALYTICS = {"clip": {"before_s": 2, "after_s": 2, "flag_after_s": 1, "ring_s": 30}}

@@ -16,7 +16,7 @@ from cameras.health import HealthMonitor, State
 from cameras.rtsp import Failure, classify
 from config.vocabulary import StreamProblem
 from cameras.sim.server import SimRtspServer
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 
 
 class Clock:

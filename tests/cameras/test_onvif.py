@@ -196,6 +196,20 @@ async def test_fake_garbage_replies(fake, garbage):
     assert "Traceback" not in str(caught.value) and "zeep" not in str(caught.value).lower()
 
 
+async def test_a_reply_with_a_dtd_is_refused_and_its_dtd_never_fetched(fake):
+    """zeep parses the cameras' SOAP replies: the hub sets onvif-zeep-async's shared settings to
+    refuse a <!DOCTYPE> (its default allowed them, with libxml2's limits off)."""
+    fake.garbage = "dtd"
+    fake.garbage_operations = {"GetDeviceInformation"}
+    with pytest.raises(OnvifError) as caught:
+        await onvif_to(fake, retry=NO_RETRY).connect()
+    assert caught.value.reason == BAD_REPLY and "DTDForbidden" in str(caught.value)
+    assert fake.gets == []
+    fake.garbage = None
+    async with onvif_to(fake) as cam:                       # the same answer without the DTD is read
+        assert (await cam.device_information()).manufacturer
+
+
 async def test_unreachable_backs_off_then_fails():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -410,6 +424,9 @@ def test_probe_matches_parsing_ignores_junk():
     bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
             b"<l>&b;</l>")
     assert parse_probe_matches(bomb, "10.0.0.5") == []
+    # anyone on the LAN can answer a probe: a DTD, even one declaring nothing used, is refused
+    with_dtd = good.replace(b"?>", b'?><!DOCTYPE SOAP-ENV:Envelope [<!ENTITY x "y">]>', 1)
+    assert with_dtd != good and parse_probe_matches(with_dtd, "10.0.0.5", {"urn:uuid:ours"}) == []
 
 
 async def test_discover_unicast_responder():
@@ -536,6 +553,20 @@ def test_unknown_and_malformed_notifications_give_none(zeep_pull_operation):
     assert parsers.MALFORMED["tns1:VideoSource/MotionAlarm"] == malformed_before + 1
     for junk in (b"<not xml", b"<a/>", object(), None, "<wsnt:Topic/>"):
         assert parsers.parse("cam-1", junk) is None
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_notification_with_a_dtd_is_refused_by_the_camera_side_parser(encoding):
+    """The camera side reads raw notification XML with the hub's one hardened reader: a DTD is
+    refused (counted as malformed) whatever the encoding, and nothing in it is expanded."""
+    xml = fake_mod.notification_xml("tns1:VideoSource/MotionAlarm", {"Source": "0"}, {"State": "true"})
+    xml = xml.replace("<wsnt:NotificationMessage", f"<wsnt:NotificationMessage {fake_mod._ENVELOPE_NS}", 1)
+    plain = f'<?xml version="1.0" encoding="{encoding.upper()}"?>{xml}'
+    assert parsers.parse("cam-1", plain.encode(encoding)).type == "camera.motion"        # the control
+    hostile = plain.replace("?>", '?><!DOCTYPE wsnt:NotificationMessage [<!ENTITY src "0">]>', 1)
+    before = parsers.MALFORMED["?"]
+    assert parsers.parse("cam-1", hostile.encode(encoding)) is None
+    assert parsers.MALFORMED["?"] == before + 1
 
 
 def test_vendor_topic_spellings(zeep_pull_operation):

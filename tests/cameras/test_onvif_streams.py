@@ -17,7 +17,7 @@ from cameras.config import CameraAnalytics, CameraSpec, camera_specs
 from cameras.health import State
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.sim.server import SimRtspServer
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 from config.site import Camera, Onvif
 from config.vocabulary import StreamProblem
 from tests.cameras.onvif_fake import IpycamProcess, free_port

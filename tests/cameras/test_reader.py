@@ -16,7 +16,7 @@ from cameras.config import CameraAnalytics, CameraSpec
 from cameras.reader import BACKOFF_S, FLAP_WINDOW_S, Backoff, StreamReader, WallClock, backoff_delay
 from cameras.rtsp import classify
 from cameras.sim.server import SimRtspServer, decode_timestamp_strip, free_port
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 from config.vocabulary import StreamProblem
 
 PASSWORD = "Cam-pass-7Q!x/@:"      # characters that need quoting in a URL

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from cameras.config import CameraSpec
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 
 
 def pipeline(events: list) -> tuple[CameraPipeline, ThreadPoolExecutor]:

@@ -23,7 +23,7 @@ from cameras.health import State
 from cameras.reader import StreamReader
 from cameras.rtsp import Transport
 from cameras.sim.server import free_port
-from cameras.worker import CameraPipeline
+from cameras.pipeline import CameraPipeline
 from config.vocabulary import StreamProblem
 from tests.cameras.peers import GstPeer, SilentServer
 

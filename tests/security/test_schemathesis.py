@@ -13,6 +13,7 @@ import uuid
 import httpx
 import pytest
 import schemathesis
+import xmltodict
 from hypothesis import HealthCheck, settings
 
 from config.vocabulary import Role
@@ -47,6 +48,15 @@ schema = schemathesis.openapi.from_dict(_openapi())
 
 
 def reason_of(response) -> str | None:
+    content_type = response.headers.get("content-type") or ""
+    if isinstance(content_type, list):         # schemathesis' responses keep every value of a header
+        content_type = content_type[0] if content_type else ""
+    if content_type.startswith("text/xml"):     # Open311's XML errors
+        try:
+            error = xmltodict.parse(response.content)["errors"]["error"]
+        except Exception:
+            return None
+        return error.get("description") if isinstance(error, dict) else None
     try:
         body = response.json()
     except ValueError:

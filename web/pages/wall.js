@@ -35,6 +35,7 @@ export async function render(main, { me, grid }) {
   let timers = [];
   // Only for those who may steer (api/permissions.py cameras.ptz); an older hub without the list: show it.
   const canPtz = !Array.isArray(me.permissions) || me.permissions.includes('cameras.ptz');
+  const canPlay = !Array.isArray(me.permissions) || me.permissions.includes('recordings.play');
 
   const wall = h('section', { class: 'wall', id: 'wall', 'aria-label': '电视墙' });
   const tree = h('nav', { class: 'tree', 'aria-label': '网格树' });
@@ -131,6 +132,9 @@ export async function render(main, { me, grid }) {
     const lastSeen = h('span', { class: 'last-seen', dataset: { role: 'last-seen' } }, '');
     const reason = h('span', { class: 'reason' });
     const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
+    // 回放: this camera's recording from five minutes ago (录像回放 page)
+    const playbackBtn = canPlay ? h('a', { class: 'icon-btn playback-btn', href: `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`,
+      title: '录像回放（最近 5 分钟）', 'aria-label': '回放', onclick: (e) => { e.stopPropagation(); e.currentTarget.href = `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`; } }, '回放') : null;
     const ptzBtn = cam.has_onvif && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
     // 流畅 (sub) / 高清 (main): re-opens this tile with the camera's other stream
     const streamBtn = h('button', {
@@ -179,7 +183,7 @@ export async function render(main, { me, grid }) {
       ondblclick: () => toggleZoom(cam.id),
       onfocus: () => select(cam.id),
     },
-    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, ptzBtn, zoomBtn),
+    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, playbackBtn, ptzBtn, zoomBtn),
     live.el,
     h('footer', {}, stateBadge, healthBadge, recBadge, lastSeen, reason, counter, flagBtn));
     flagBtn.disabled = true;

@@ -101,8 +101,9 @@ DEVICE_KINDS: tuple[str, ...] = tuple(k.value for k in DeviceKind)
 # Every source that speaks on the bus: the field devices and the cameras (whose workers
 # are the hub's own processes). The first segment of every event type and topic kind.
 SOURCE_KINDS: tuple[str, ...] = (*DEVICE_KINDS, "camera")
-# Event families: a source kind, or the hub's own security events (store/security.py).
-EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security")
+# Event families: a source kind, the hub's own security events (store/security.py), or the
+# recordings' storage (cameras/recording/quota.py).
+EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security", "recording")
 SOURCE_KIND_LABELS: dict[str, str] = {**{k.value: v for k, v in DEVICE_KIND_LABELS.items()}, "camera": "摄像机"}
 
 
@@ -248,6 +249,11 @@ STREAM_PROBLEM_LABELS: dict[StreamProblem, str] = {
     StreamProblem.other: "其他故障",
 }
 
+# A camera's recording, as the wall's tile and /readyz say it (cameras/recording/writer.py).
+RECORDING_STATE_LABELS: dict[str, str] = {
+    "recording": "录像中", "behind": "录像滞后", "failed": "录像异常", "idle": "未录像", "unknown": "录像状态未知",
+}
+
 # How the hub pulls RTSP: over the RTSP connection (TCP, interleaved), over UDP, or TCP
 # first and UDP when the server answers 461 Unsupported Transport.
 # Broadcasts (村村响, devices/broadcast): a broadcast's state — also its report's outcome,
@@ -332,6 +338,12 @@ EVENT_TYPES: dict[str, EventType] = {
         "login.burst": ("登录失败次数激增", "major"), "address.blocked": ("来源地址多次登录失败已被限制", "major"),
         "mqtt.refused": ("设备接入认证多次失败", "major"), "device.refused": ("设备上传认证多次失败", "major"),
     }),
+    # The recordings' storage (cameras/recording/quota.py): the disk nearly full although old
+    # footage is deleted, its end, and footage that could not be deleted.
+    **_family("recording", {
+        "disk_low": ("录像存储空间不足", "major"), "disk_ok": ("录像存储空间恢复", "info"),
+        "delete_failed": ("录像文件无法删除", "major"),
+    }),
 }
 # The camera workers' own availability events are stronger than a device's last will.
 EVENT_TYPES["camera.online"] = EventType("摄像机恢复在线", "info")
@@ -405,6 +417,7 @@ def as_json() -> dict:
         "channels": dict(CHANNEL_LABELS),
         "stream_problems": {k.value: v for k, v in STREAM_PROBLEM_LABELS.items()},
         "rtsp_transports": dict(RTSP_TRANSPORT_LABELS),
+        "recording_states": dict(RECORDING_STATE_LABELS),
         "broadcast_states": dict(BROADCAST_STATE_LABELS),
         "broadcast_receipts": dict(BROADCAST_RECEIPT_LABELS),
         "broadcast_villages": dict(BROADCAST_VILLAGE_LABELS),

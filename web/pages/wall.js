@@ -126,6 +126,8 @@ export async function render(main, { me, grid }) {
   function makeTile(cam) {
     const stateBadge = h('span', { class: 'badge state', dataset: { role: 'state' } }, TILE_STATES.idle);
     const healthBadge = h('span', { class: 'badge muted', dataset: { role: 'health' } }, HEALTH.unknown.label);
+    // 录像异常 / 录像滞后: shown only when the camera's recording is in trouble (GET /api/camera-health)
+    const recBadge = h('span', { class: 'badge bad', dataset: { role: 'recording' }, hidden: true }, '');
     const counter = h('span', { class: 'frames', dataset: { role: 'frames' } }, '');
     const lastSeen = h('span', { class: 'last-seen', dataset: { role: 'last-seen' } }, '');
     const reason = h('span', { class: 'reason' });
@@ -183,9 +185,9 @@ export async function render(main, { me, grid }) {
     },
     h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, playbackBtn, ptzBtn, zoomBtn),
     live.el,
-    h('footer', {}, stateBadge, healthBadge, lastSeen, reason, counter, flagBtn));
+    h('footer', {}, stateBadge, healthBadge, recBadge, lastSeen, reason, counter, flagBtn));
     flagBtn.disabled = true;
-    const t = { el, live, stateBadge, healthBadge, counter, lastSeen, shownSnapshot: null };
+    const t = { el, live, stateBadge, healthBadge, recBadge, counter, lastSeen, shownSnapshot: null };
     paintHealth(t, cam.id);
     return t;
   }
@@ -307,6 +309,13 @@ export async function render(main, { me, grid }) {
     // Pictures arriving say more than a report that is older than them: a playing tile does
     // not also claim 离线 / 连接中 / 状态未知 (the report catches up within 10 s).
     t.healthBadge.hidden = t.live.state === 'live' && ['offline', 'connecting', 'unknown'].includes(hs.state || 'unknown');
+    const rec = hs.recording;
+    const recTrouble = rec && ['failed', 'behind'].includes(rec.state);
+    t.recBadge.hidden = !recTrouble;
+    t.recBadge.textContent = recTrouble ? rec.label : '';
+    t.recBadge.className = `badge ${rec && rec.state === 'failed' ? 'bad' : 'warn'}`;
+    t.recBadge.title = recTrouble ? `${rec.label}${rec.error ? `\n${rec.error}` : ''}` : '';
+    t.el.dataset.recording = rec ? rec.state : '';
     clear(t.lastSeen);
     if (hs.state === 'offline' && hs.last_snapshot) {
       showStored(t, hs.last_snapshot);

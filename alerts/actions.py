@@ -46,6 +46,9 @@ class AlertBroadcast:
     case_id: str | None = None
     alarm_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    scheduled_at: datetime | None = None     # play then (a warning's <effective>); None: now
+    ends_at: datetime | None = None          # stop then (a warning's <expires>)
+    end_reason: str | None = None            # what the receipts say when it stops then
 
 
 def request_broadcast(conn: psycopg.Connection, req: AlertBroadcast, voice: Voice | None = None) -> dict | None:
@@ -58,7 +61,8 @@ def request_broadcast(conn: psycopg.Connection, req: AlertBroadcast, voice: Voic
         log.warning("broadcast for case %s / alarm %s: no area to broadcast to", req.case_id, req.alarm_id)
         return None
     request = BroadcastRequest(targets=codes, kind=req.kind, text=req.message[:1000], repeat=req.repeat,
-                               detail=dict(req.detail))
+                               detail=dict(req.detail), scheduled_at=req.scheduled_at, ends_at=req.ends_at,
+                               end_reason=req.end_reason)
     try:
         with conn.transaction():
             request = with_speech(conn, request, voice, req.requested_by)

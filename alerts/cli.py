@@ -112,6 +112,9 @@ def cmd_cap(args, settings, *, database: DatabaseFactory) -> int:
             return 1
     print(f"{result.action}: case {result.case_number or '-'}; broadcast {result.broadcast_id or '-'} "
           f"to {result.speakers} speaker(s) under {', '.join(result.areas) or '-'}"
+          + (f"; plays at {result.scheduled_at.isoformat()}" if result.scheduled_at else "")
+          + (f"; stops at {result.ends_at.isoformat()}" if result.ends_at else "")
+          + (f"; stopped {', '.join(result.stopped)}" if result.stopped else "")
           + (f" ({result.reason})" if result.reason else ""))
     return 0
 

@@ -68,7 +68,9 @@ def from_event(conn: psycopg.Connection, ev: Event) -> list[EvidenceItem]:
         out.append(EvidenceItem(
             kind=_kind(r.get("kind"), media_type), ref=r["ref"], sha256=r.get("sha256") or (row["sha256"] if row else None),
             media_type=media_type, evidence_id=row["id"] if row else None, source_kind=ev.source_kind,
-            source_id=ev.source_id, event_id=ev.id, captured_at=row["captured_at"] if row else ev.time))
+            source_id=ev.source_id, event_id=ev.id, captured_at=row["captured_at"] if row else ev.time,
+            # a flag raised from playback names the recording position it came from (camera, time, segment)
+            detail={"recording": r["recording"]} if isinstance(r.get("recording"), dict) else {}))
     return out
 
 

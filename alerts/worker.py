@@ -19,6 +19,8 @@ Threads, each with its own pooled connections:
   alarms, unacknowledged alarms that become cases, finished broadcasts whose report goes on
   their case, speakers' answers after that report (late receipts) as notes on the case;
 - commands: publishes camera evidence requests after their batch commits (best effort);
+- cap-feeds: polls the site file's CAP feeds and imports their new alerts
+  (alerts.cap.feeds; asleep until a feed or a failed entry is due);
 - heartbeat: worker_heartbeats row "alerts" every 5 s, read by /readyz.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ from datetime import UTC, datetime
 from alerts import actions, feed
 from alerts.alarms import service as alarms
 from alerts.alarms.models import Event
+from alerts.cap.feeds import FeedPoller
 from alerts.cases import service as cases
 from alerts.config import AlertsConfig, load_config
 from alerts.delivery import outbox
@@ -106,6 +109,7 @@ class AlertsWorker:
         self.counters = {"events": 0, "alarms": 0, "cases": 0, "correlated": 0, "failed": 0, "disarmed": 0}
         self.pool = None
         self.sender: WebhookSender | None = None
+        self.feeds: FeedPoller | None = None
         self.mqtt: CommandPublisher | None = None
         self.listening = False
         self._cfg: AlertsConfig | None = None
@@ -142,9 +146,11 @@ class AlertsWorker:
             self.mqtt = CommandPublisher(self.mqtt_url)
             self.mqtt.start()
         self.sender = WebhookSender(self.pool, self.config, workers=self.webhook_workers)
+        self.feeds = FeedPoller(self.pool, self.config, self.registry, self.voice)
         threads = [threading.Thread(target=fn, args=(stop,), name=f"alerts-{label}", daemon=True)
                    for label, fn in (("listen", self._listen), ("sender", self.sender.run), ("scan", self._scan_loop),
-                                     ("commands", self._commands_loop), ("heartbeat", self._heartbeat_loop),
+                                     ("commands", self._commands_loop), ("cap-feeds", self.feeds.run),
+                                     ("heartbeat", self._heartbeat_loop),
                                      ("stop", self._wake_all_on))]
         for t in threads:
             t.start()
@@ -168,7 +174,7 @@ class AlertsWorker:
     def _wake_all_on(self, stop: threading.Event) -> None:
         """The loops sleep long on their own events: a stop wakes every one of them."""
         stop.wait()
-        for wake in (self.events_wake, self.scan_wake, self.commands_wake, self.sender.wake):
+        for wake in (self.events_wake, self.scan_wake, self.commands_wake, self.sender.wake, self.feeds.wake):
             wake.set()
 
     # -- listener ---------------------------------------------------------------------------
@@ -347,7 +353,8 @@ class AlertsWorker:
                               "queue_wait_ms": {"p50": round(waits[len(waits) // 2], 1) if waits else None,
                                                 "max": round(waits[-1], 1) if waits else None},
                               "outbox": outbox.counts(conn), "mqtt": bool(self.mqtt and self.mqtt.connected.is_set()),
-                              "delivery": dict(self.sender.stats) if self.sender else {}, **self.counters}
+                              "delivery": dict(self.sender.stats) if self.sender else {},
+                              "cap_feeds": dict(self.feeds.stats) if self.feeds else {}, **self.counters}
                     beat(conn, self.name, "alerts", self._started_at, detail)
             except Exception as exc:
                 log.debug("alerts heartbeat failed: %s", type(exc).__name__)

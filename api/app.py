@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.admin.views import router as admin_router
+from api.alerts.cap import router as alerts_cap_router
 from api.alerts.feed import router as alerts_feed_router
 from api.alerts.inbound import router as alerts_inbound_router
 from api.alerts.views import router as alerts_router
@@ -27,10 +28,13 @@ from api.devices.commands import router as device_commands_router
 from api.devices.registry import router as device_registry_router
 from api.devices.state import router as device_state_router
 from api.devices.uploads import router as device_uploads_router
+from api.devices.voice import router as device_voice_router
 from api.health.views import router as health_router
 from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.formats import Open311Error, error as open311_error
 from api.open311.views import router as open311_router
+from api.recordings.export import router as recordings_export_router
+from api.recordings.views import router as recordings_router
 from api.registry.views import router as registry_router
 from api.vocabulary.views import router as vocabulary_router
 from api.web import router as web_router  # the web UI at / and live video (/api/live)
@@ -140,12 +144,14 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
 
     # One router per resource: devices = state (and telemetry, tracks, events), registry,
     # commands, broadcasts, uploads (the devices' own endpoints); alerts = alarms, cases,
-    # outbox, CAP, assessment; the feed is SSE; inbound = case systems' status back; web =
+    # outbox, CAP, assessment; alerts_cap = the warning page (CAP preview, history, feeds); the feed is SSE;
+    # inbound = case systems' status back; web =
     # the UI at / and live video.
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
+                   recordings_export_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
-                   device_uploads_router, alerts_router, alerts_feed_router, alerts_inbound_router, open311_router,
-                   web_router):
+                   device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router,
+                   alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
     return app
 

@@ -180,7 +180,9 @@ class ReplayEventsCommand(Command):
 # --------------------------------------------------------------------------- speakers
 class PlayCommand(Command):
     """Play a broadcast (its receipts are ``evt/playback``): text and/or audio fetched from
-    ``audio_url`` with the speaker's own credentials, checked against ``audio_sha256``."""
+    ``audio_url`` with the speaker's own credentials, checked against ``audio_sha256``.
+    ``live``: ``audio_url`` is an operator's voice streaming now (实时喊话, an endless HTTP
+    MP3 stream): play it as it arrives until it ends; ``duration_s`` is then its longest."""
 
     kind = "speaker"
     name = "play"
@@ -194,6 +196,19 @@ class PlayCommand(Command):
     duration_s: Annotated[float, Field(ge=0)] | None = None
     repeat: Annotated[int, Field(ge=1, le=10)] = 1
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    live: bool | None = None
+
+
+class StopCommand(Command):
+    """Stop playing a broadcast now (an operator's stop, a cancelled or superseded warning,
+    its end time): the play of ``broadcast_id`` — playing or queued — ends ``stopped``, with
+    an ``evt/playback`` stopped receipt; this command finishes (``not playing`` when there
+    was nothing to stop). A play of that broadcast arriving later is answered ``stopped``."""
+
+    kind = "speaker"
+    name = "stop"
+    broadcast_id: ShortText
+    reason: Annotated[str, Field(max_length=500)] | None = None
 
 
 class VolumeCommand(Command):
@@ -219,8 +234,8 @@ class ReturnHomeCommand(Command):
 
 COMMANDS: dict[tuple[str, str], type[Command]] = {
     (c.kind, c.name): c for c in (FlagCommand, SnapshotCommand, PtzCommand, MaintenanceCommand, RebaselineCommand,
-                                  UnlockCommand, ReplayEventsCommand, PlayCommand, VolumeCommand, MissionCommand,
-                                  ReturnHomeCommand)
+                                  UnlockCommand, ReplayEventsCommand, PlayCommand, StopCommand, VolumeCommand,
+                                  MissionCommand, ReturnHomeCommand)
 }
 
 
@@ -257,7 +272,7 @@ def check_body(kind: str, name: str, body: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- answers
-PHASES = ("accepted", "rejected", "started", "progress", "finished", "failed", "preempted", "expired")
+PHASES = ("accepted", "rejected", "started", "progress", "finished", "failed", "preempted", "expired", "stopped")
 
 
 class CommandResult(Envelope):
@@ -267,7 +282,8 @@ class CommandResult(Envelope):
     cmd_id: MsgId | None = None
     cmd: ShortText | None = None
     # accepted → progress (any number; ``started`` is an older name for it) → finished |
-    # failed | preempted; rejected at once; expired: the device got it too late.
+    # failed | preempted | stopped (a play told to stop); rejected at once; expired: the
+    # device got it too late.
     phase: Literal[PHASES]
     progress_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     detail: Annotated[str, Field(max_length=1024)] | None = None

@@ -76,7 +76,7 @@ class DoorDuress(EventBody):
 
 class SpeakerPlayback(EventBody):
     broadcast_id: ShortText
-    phase: Literal["started", "finished", "failed", "preempted"]
+    phase: Literal["started", "finished", "failed", "preempted", "stopped"]
     detail: Annotated[str, Field(max_length=1024)] | None = None
 
 
@@ -93,6 +93,25 @@ class DroneGeofence(EventBody):
 
 class DroneLinkLost(EventBody):
     lost_s: Annotated[float, Field(ge=0)] | None = None
+
+
+class DroneHms(EventBody):
+    """A DJI HMS (health management) alarm, one per entry of the dock's list
+    (devices/dialects/dji.py): ``code`` looks up DJI's hms.json text."""
+    code: ShortText
+    level: Annotated[int, Field(ge=0, le=9)]
+    module: Annotated[int, Field(ge=0, le=99)] | None = None
+    in_the_sky: Annotated[int, Field(ge=0, le=1)] | None = None
+    imminent: Annotated[int, Field(ge=0, le=1)] | None = None
+    device_type: ShortText | None = None
+
+
+class DroneFlightTask(EventBody):
+    """A flight task (DJI wayline task) changed status."""
+    flight_id: ShortText
+    status: ShortText
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    current_step: int | None = None
 
 
 class RadioSos(EventBody):
@@ -134,6 +153,7 @@ EVENTS: dict[str, EventSpec] = {t: _spec(t, schema, *extra) for t, schema, *extr
     ("door.duress", DoorDuress), ("door.tamper", DoorPlain), ("door.exit_button", DoorPlain),
     ("speaker.playback", SpeakerPlayback, _playback_severity),
     ("drone.low_battery", DroneLowBattery), ("drone.geofence", DroneGeofence), ("drone.link_lost", DroneLinkLost),
+    ("drone.hms", DroneHms), ("drone.flight_task", DroneFlightTask),
     ("radio.sos", RadioSos), ("radio.ptt_start", RadioPtt), ("radio.ptt_stop", RadioPtt),
 )}
 # camera.<anything>: one generic schema (the camera workers are the hub's own processes).

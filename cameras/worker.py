@@ -60,6 +60,8 @@ from cameras.evidence import EvidenceStore
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.pipeline import CameraPipeline, CommandError, OutEvent, _ms, flag_answer
+from cameras.recording import metrics as recording_metrics
+from cameras.recording.quota import DiskKeeper
 from cameras.recording.retention import prune
 from cameras.recording.settings import RecordingSettings
 from cameras.recording.writer import Recorder
@@ -97,6 +99,7 @@ class CameraWorker:
         self.store: EvidenceStore | None = None
         self.tap: TapServer | None = None
         self.recorder: Recorder | None = None
+        self.disk: DiskKeeper | None = None
         self.ready = threading.Event()
         self.started_at = datetime.now(UTC)
 
@@ -171,6 +174,9 @@ class CameraWorker:
                     next_heartbeat = now + self.heartbeat_s
                     self._heartbeat(ready=True)
                     self.store.flush()
+                if self.disk is not None and self.disk.due(now):
+                    self.disk.next_at = float("inf")          # until the check says when next
+                    jobs.submit(self.disk.check)
                 if now >= next_sweep:
                     next_sweep = now + self.evidence_settings.sweep_interval_s
                     jobs.submit(self._sweep)
@@ -204,6 +210,9 @@ class CameraWorker:
             p.recording = self.recorder.camera(p.spec.id, p.spec.stream, p.spec.recording, p.ring, p.spec.tz)
             p.fanout.listeners += (p.recording,)
         self.recorder.start()
+        if self.pool is not None:
+            self.disk = DiskKeeper(settings, self.recording_root, self.pool, [p.spec.id for p in recorded],
+                                   name=self.name)
         log.info("%s: recording %d cameras into %s", self.name, len(recorded), self.recording_root)
 
     def _fanout_of(self, camera_id: str) -> Fanout | None:
@@ -249,7 +258,7 @@ class CameraWorker:
         if self.recorder is not None and self.pool is not None:
             try:
                 prune(self.pool, self.recorder.root, {cid: p.spec.recording for cid, p in self.pipelines.items()},
-                      self.recorder.settings.retention_days)
+                      self.recorder.settings.retention_days, self.recorder.settings.case_hold_days)
             except Exception as exc:
                 log.warning("recording retention sweep failed: %s", type(exc).__name__)
 
@@ -261,7 +270,16 @@ class CameraWorker:
                "shard": self.shard, "shards": self.shards, "problems": self.problems,
                "mqtt": bool(self.link and self.link.connected.is_set())}
         if self.recorder is not None:
-            out["recording"] = self.recorder.status()
+            out["recording"] = rec = self.recorder.status()
+            if self.disk is not None:
+                disk = self.disk.state
+                rec["disk"] = disk.as_dict()
+                now_free = self.disk.free_now()           # one statvfs: fresher than the last check
+                if now_free is not None:
+                    rec["disk"]["free"], rec["disk"]["total"] = now_free
+                for cam, oldest in disk.oldest.items():
+                    if cam in rec["per_camera"]:
+                        rec["per_camera"][cam]["oldest"] = oldest
         if self.onvif is not None and self.onvif.subscribers:
             out["onvif_events"] = self.onvif.events_status()
         if self.tap is not None:
@@ -281,6 +299,8 @@ class CameraWorker:
             return
         detail = self.status()
         detail["ready"] = ready
+        if "recording" in detail:
+            recording_metrics.publish(detail["recording"])
         try:
             with self.pool.connection(timeout=3) as conn:
                 beat(conn, self.name, "cameras", self.started_at, detail)

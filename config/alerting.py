@@ -6,7 +6,8 @@ arming schedules, SLA time limits and the external case systems cases are delive
     arming:         which grids / sources / rules are armed only during a schedule
     sla:            time limits per category × urgency, per stage and overall (规定时间内办结)
     case_systems:   webhook targets (secrets by reference: secret_env or secret_file)
-    cap:            how CAP emergency warnings (应急预警) are matched to the grid tree
+    cap:            CAP emergency warnings (应急预警): how areas are matched to the grid tree, the
+                    feeds the alerts worker polls, the senders that must sign (their certificates)
 
 The models live here and :mod:`config.site` adds them to :class:`config.site.Site`; the
 cross-reference checks (:func:`alerting_findings`) run on the raw data from
@@ -367,6 +368,29 @@ class CaseSystem(StrictModel):
 
 # ---------------------------------------------------------------------------- CAP warnings
 
+class FeedRetry(StrictModel):
+    first: Duration = timedelta(seconds=10)
+    max_interval: Duration = timedelta(hours=1)
+
+
+class CapFeed(StrictModel):
+    """A CAP 1.2 Atom or RSS feed (e.g. the province's 突发事件预警信息发布 feed): polled by the
+    alerts worker with conditional GET; each new entry's alert is imported once."""
+    name: Id
+    url: HttpUrl
+    interval: Duration = Field(timedelta(seconds=60), description="between polls of an unchanged feed")
+    timeout: Duration = timedelta(seconds=10)
+    allow_non_actual: bool = Field(False, description="act on Exercise/Test alerts too (never in production)")
+    retry: FeedRetry = Field(default_factory=FeedRetry)
+
+
+class CapSender(StrictModel):
+    """A CAP sender whose alerts are accepted only with a valid enveloped XML signature
+    (XML-DSig) made with this certificate."""
+    sender: Annotated[str, Field(min_length=1, max_length=200)]
+    certificate_file: SecretFile = Field(description="PEM, relative to the site file")
+
+
 class CapSettings(StrictModel):
     """How a CAP warning's polygons and circles are matched to grid nodes' boundaries
     (alerts/cap/areas.py)."""
@@ -378,6 +402,10 @@ class CapSettings(StrictModel):
         25, ge=0, le=1000, allow_inf_nan=False,
         description="an overlap thinner than this along a node's border is the slack of a hand-drawn line, "
                     "not coverage (a polygon traced around one village does not reach its neighbours)")
+    feeds: Annotated[list[CapFeed], EmptyList] = Field(default_factory=list,
+                                                        description="CAP Atom/RSS feeds (alerts/cap/feeds.py)")
+    senders: Annotated[list[CapSender], EmptyList] = Field(
+        default_factory=list, description="senders whose alerts must be signed (alerts/cap/signature.py)")
 
 
 # ---------------------------------------------------------------------------- cross-checks (raw data)
@@ -546,6 +574,20 @@ def alerting_findings(data: dict, *, codes: dict[str, tuple] | None, sources: di
             out.append((loc + (given[1],), "secret_env and secret_file are both given; keep exactly one"))
         for j, code in _strs(system.get("grids")):
             node_ref(loc + ("grids", j), code)
+
+    # -- CAP feeds and senders
+    cap = data.get("cap") if isinstance(data.get("cap"), dict) else {}
+    for section, key in (("feeds", "name"), ("senders", "sender")):
+        firsts: dict[str, int] = {}
+        items = cap.get(section)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            value = item.get(key) if isinstance(item, dict) else None
+            if isinstance(value, str):
+                if value in firsts:
+                    out.append((("cap", section, i, key),
+                                f"duplicate {key} '{value}' (first at cap.{section}[{firsts[value]}])"))
+                else:
+                    firsts[value] = i
     return out
 
 

@@ -101,8 +101,9 @@ DEVICE_KINDS: tuple[str, ...] = tuple(k.value for k in DeviceKind)
 # Every source that speaks on the bus: the field devices and the cameras (whose workers
 # are the hub's own processes). The first segment of every event type and topic kind.
 SOURCE_KINDS: tuple[str, ...] = (*DEVICE_KINDS, "camera")
-# Event families: a source kind, or the hub's own security events (store/security.py).
-EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security")
+# Event families: a source kind, the hub's own security events (store/security.py), or the
+# recordings' storage (cameras/recording/quota.py).
+EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security", "recording")
 SOURCE_KIND_LABELS: dict[str, str] = {**{k.value: v for k, v in DEVICE_KIND_LABELS.items()}, "camera": "摄像机"}
 
 
@@ -248,8 +249,30 @@ STREAM_PROBLEM_LABELS: dict[StreamProblem, str] = {
     StreamProblem.other: "其他故障",
 }
 
+# A camera's recording, as the wall's tile and /readyz say it (cameras/recording/writer.py).
+RECORDING_STATE_LABELS: dict[str, str] = {
+    "recording": "录像中", "behind": "录像滞后", "failed": "录像异常", "idle": "未录像", "unknown": "录像状态未知",
+}
+
 # How the hub pulls RTSP: over the RTSP connection (TCP, interleaved), over UDP, or TCP
 # first and UDP when the server answers 461 Unsupported Transport.
+# Broadcasts (村村响, devices/broadcast): a broadcast's state — also its report's outcome,
+# which is ``playing`` while any speaker has not answered finally — each speaker's receipt,
+# and what a village heard.
+BROADCAST_STATE_LABELS: dict[str, str] = {
+    "scheduled": "待播放", "sending": "发送中", "playing": "播放中", "done": "全部播放完成", "partial": "部分播放完成",
+    "failed": "未能播放", "stopped": "已停止", "cancelled": "已取消", "no_speakers": "范围内无广播设备",
+}
+BROADCAST_RECEIPT_LABELS: dict[str, str] = {
+    "pending": "待发送", "sent": "已发送", "accepted": "已接收", "started": "正在播放", "finished": "已播放完成",
+    "failed": "播放失败", "preempted": "被更高优先级广播打断", "rejected": "设备拒绝播放",
+    "expired": "超时未回执", "offline": "离线未收听", "cancelled": "已取消", "stopped": "已停止播放",
+}
+BROADCAST_VILLAGE_LABELS: dict[str, str] = {
+    "heard": "已收听", "heard_late": "已收听（回执迟到）", "partial": "部分收听", "not_heard": "未收听",
+    "in_progress": "播放中",
+}
+
 RtspTransport = Literal["auto", "tcp", "udp"]
 RTSP_TRANSPORTS: tuple[str, ...] = get_args(RtspTransport)
 RTSP_TRANSPORT_LABELS: dict[str, str] = {"auto": "自动 (先TCP后UDP)", "tcp": "TCP", "udp": "UDP"}
@@ -286,6 +309,8 @@ EVENT_TYPES: dict[str, EventType] = {
     **_family("drone", {
         "low_battery": ("无人机电量低", "minor"), "geofence": ("无人机越界", "major"),
         "link_lost": ("无人机失联", "major"), "health": ("无人机状态告警", "minor"),
+        # DJI Cloud API docks (devices/dialects/dji.py): HMS alarms, wayline task progress
+        "hms": ("无人机健康告警", "minor"), "flight_task": ("无人机航线任务", "info"),
     }),
     **_family("radio", {
         "sos": ("对讲机紧急求助", "critical"), "ptt_start": ("对讲开始", "info"), "ptt_stop": ("对讲结束", "info"),
@@ -312,6 +337,12 @@ EVENT_TYPES: dict[str, EventType] = {
     **_family("security", {
         "login.burst": ("登录失败次数激增", "major"), "address.blocked": ("来源地址多次登录失败已被限制", "major"),
         "mqtt.refused": ("设备接入认证多次失败", "major"), "device.refused": ("设备上传认证多次失败", "major"),
+    }),
+    # The recordings' storage (cameras/recording/quota.py): the disk nearly full although old
+    # footage is deleted, its end, and footage that could not be deleted.
+    **_family("recording", {
+        "disk_low": ("录像存储空间不足", "major"), "disk_ok": ("录像存储空间恢复", "info"),
+        "delete_failed": ("录像文件无法删除", "major"),
     }),
 }
 # The camera workers' own availability events are stronger than a device's last will.
@@ -386,6 +417,10 @@ def as_json() -> dict:
         "channels": dict(CHANNEL_LABELS),
         "stream_problems": {k.value: v for k, v in STREAM_PROBLEM_LABELS.items()},
         "rtsp_transports": dict(RTSP_TRANSPORT_LABELS),
+        "recording_states": dict(RECORDING_STATE_LABELS),
+        "broadcast_states": dict(BROADCAST_STATE_LABELS),
+        "broadcast_receipts": dict(BROADCAST_RECEIPT_LABELS),
+        "broadcast_villages": dict(BROADCAST_VILLAGE_LABELS),
         "event_types": {k: {"label": v.label, "severity": v.severity} for k, v in sorted(EVENT_TYPES.items())},
         "event_families": {f"camera.{k}": v.label for k, v in _CAMERA_FAMILIES.items()},
     }

@@ -161,14 +161,20 @@ class SpeakerTarget:
 
 def speakers_under(conn: psycopg.Connection, codes: list[str]) -> list[SpeakerTarget]:
     """Active speakers whose current grid lies under any of ``codes`` (one speaker, a
-    village, a township or any node), with the village each one serves."""
+    village, a township or any node), with the village each one serves — and the speakers
+    of the village (or community) above a targeted grid: a 村村响 speaker hung on the
+    village node is what sounds in each of its grids, so a warning for one grid of the
+    village must not miss it."""
     rows = conn.execute(
         """SELECT d.id, d.name, g.grid_code, g.grid_path,
                   (SELECT v.code FROM grid_nodes v WHERE v.code = ANY(g.grid_path) AND v.level IN ('village','community')
                    ORDER BY cardinality(v.path) DESC LIMIT 1) AS village_code
            FROM devices d
            JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
-           WHERE d.kind = 'speaker' AND d.active AND (g.grid_path && %(codes)s OR d.id = ANY(%(codes)s))
+           WHERE d.kind = 'speaker' AND d.active AND (
+                 g.grid_path && %(codes)s OR d.id = ANY(%(codes)s)
+                 OR g.grid_code IN (SELECT v.code FROM grid_nodes t JOIN grid_nodes v ON v.code = ANY(t.path)
+                                    WHERE t.code = ANY(%(codes)s) AND v.level IN ('village','community')))
            ORDER BY g.grid_path, d.id""", {"codes": list(codes)}).fetchall()
     return [SpeakerTarget(r["id"], r["name"], r["grid_code"], tuple(r["grid_path"]), r["village_code"]) for r in rows]
 

@@ -39,6 +39,10 @@ class DevicesSettings(BaseSettings):
     broadcast_expiry_s: int = Field(300, ge=5, description="a play command not delivered by then is dropped")
     broadcast_answer_margin_s: float = Field(30.0, ge=1, description="after the audio's length: no answer → expired")
     max_audio_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    live_max_s: int = Field(600, ge=10, le=3600, description="longest live voice session (实时喊话); it ends then")
+    live_expiry_s: int = Field(15, ge=5, le=300, description="a live voice play command not delivered (or still "
+                                                              "queued on the speaker) by then is dropped")
+    live_bitrate_kbps: int = Field(64, ge=32, le=192, description="the MP3 stream speakers fetch (48 kHz mono)")
 
     # drones and radios
     geofence_kinds: tuple[Literal["radio", "drone"], ...] = Field(

@@ -12,8 +12,9 @@ module: the worker thread, its batches and timers), and does:
   (devices/session.py signs the ones that must be signed: door unlock), and follows the
   phases the devices answer with until finished | failed | rejected | preempted, or
   expires them (devices/answers.py);
-- broadcasts: fans out due broadcasts (schedules) to the speakers under their targets and
-  follows the per-speaker receipts to the report (devices/broadcast/, devices/answers.py);
+- broadcasts: fans out due broadcasts (schedules) to the speakers under their targets,
+  tells them to stop at a broadcast's end time (a warning's ``<expires>``), and follows the
+  per-speaker receipts to the report (devices/broadcast/, devices/answers.py);
 - doors: after an outage asks the controller to replay its buffered events
   (``cmd/replay_events`` since the last seq the hub saw), so none are missing
   (devices/doors.py);
@@ -347,6 +348,7 @@ class DevicesWorker:
             with conn.transaction():
                 broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
                     self.media_base_url, self.cfg.broadcast_answer_margin_s, sign=self.links.sign))
+                broadcasts.stop_ended(conn, now)        # a warning's <expires>: the speakers are told to stop
                 self.answers.complete_touched(conn)
             if self._send_pending(conn):
                 self._open_commands = max(self._open_commands, 1)
@@ -421,9 +423,14 @@ class DevicesWorker:
 
     # ------------------------------------------------------------------ outgoing
     def _next_outbound_in(self, conn: psycopg.Connection) -> float:
-        """Seconds until the next scheduled broadcast is due, at most OUTBOUND_POLL_S."""
-        due = conn.execute("SELECT extract(epoch FROM min(coalesce(scheduled_at, requested_at)) - now())::float8 AS s "
-                           "FROM device_broadcasts WHERE state = 'scheduled'").fetchone()["s"]
+        """Seconds until the next scheduled broadcast is due, or a playing one's end time
+        comes, at most OUTBOUND_POLL_S."""
+        due = conn.execute(
+            """SELECT extract(epoch FROM min(t) - now())::float8 AS s FROM (
+                   SELECT min(coalesce(scheduled_at, requested_at)) AS t FROM device_broadcasts WHERE state = 'scheduled'
+                   UNION ALL
+                   SELECT min(ends_at) FROM device_broadcasts
+                   WHERE state = 'playing' AND stop_requested_at IS NULL AND ends_at IS NOT NULL) x""").fetchone()["s"]
         return OUTBOUND_POLL_S if due is None else max(0.0, min(OUTBOUND_POLL_S, due))
 
     def _send_pending(self, conn: psycopg.Connection) -> int:

@@ -86,6 +86,12 @@ def cmd_check_config(args, settings: Settings) -> int:
     from config.site import check_site_file
 
     site, problems = check_site_file(Path(args.file))
+    if site is not None:
+        # the vendor dialects' samples, run through the translator the bridge uses
+        from devices.dialects.mapped import check_samples
+
+        problems = [*problems, *(f"{args.file}: {p}" for name, model in site.dialects.items()
+                                 for p in check_samples(name, model))]
     for p in problems:
         print(p)
     if problems:

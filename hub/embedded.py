@@ -265,12 +265,16 @@ class MqttAccount:
     read: list[str]
 
 
-def device_account(kind: str, device_id: str, password: str) -> MqttAccount:
+def device_account(kind: str, device_id: str, password: str, vendor: tuple[list[str], list[str]] = ([], [])
+                   ) -> MqttAccount:
+    """A device's account: its own hub topics, and (``vendor``: write, read) the exact topics
+    of its vendor dialect (devices/dialects/bridge.py ``vendor_topics``)."""
     root = f"xlhub/v1/{kind}/{device_id}"
     return MqttAccount(
         username=device_id, password=password,
-        write=[f"{root}/avail", f"{root}/state", f"{root}/tele", f"{root}/evt/#", f"{root}/res", f"{root}/res/#"],
-        read=[f"{root}/cmd/#"],
+        write=[f"{root}/avail", f"{root}/state", f"{root}/tele", f"{root}/evt/#", f"{root}/res", f"{root}/res/#",
+               *vendor[0]],
+        read=[f"{root}/cmd/#", *vendor[1]],
     )
 
 

@@ -61,6 +61,12 @@ def run_devices(settings: Settings) -> None:
     run_devices(settings, _stop_event())
 
 
+def run_dialects(settings: Settings) -> None:
+    from devices.dialects.bridge import run_dialects
+
+    run_dialects(settings, _stop_event())
+
+
 def run_cameras(settings: Settings, shard: int, of: int) -> None:
     from cameras.worker import CameraWorker
 
@@ -128,7 +134,7 @@ def run_demo_devices(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hub.process")
-    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "cameras", "demo-cameras", "demo-devices"])
+    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "dialects", "cameras", "demo-cameras", "demo-devices"])
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
@@ -145,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         run_alerts(settings)
     elif args.name == "devices":
         run_devices(settings)
+    elif args.name == "dialects":
+        run_dialects(settings)
     elif args.name == "cameras":
         run_cameras(settings, args.shard, args.of)
     elif args.name == "demo-cameras":

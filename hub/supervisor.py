@@ -166,8 +166,14 @@ class Supervisor:
         for dev in self.site.devices if issue else ():
             if dev.id not in known:
                 secrets_store.issue(dev.id, signing_key=str(dev.kind) == "door")
-        return [device_account(kind, device_id, password)
+        return [device_account(kind, device_id, password, self._vendor_topics(device_id))
                 for kind, device_id, password in broker_accounts(secrets_store, kinds)]
+
+    def _vendor_topics(self, device_id: str) -> tuple[list[str], list[str]]:
+        """The vendor topics a dialect device's account may use (devices/dialects)."""
+        from devices.dialects.bridge import vendor_topics
+
+        return vendor_topics(self.site, device_id)
 
     def sync_broker_accounts(self, conn) -> bool:
         """Bring the broker's device accounts in line with the registry and var/secrets when
@@ -183,7 +189,7 @@ class Supervisor:
         if basis == self._accounts_basis:
             return False
         wanted = {dev: pw for _, dev, pw in broker_accounts(self.device_secrets, kinds)}
-        accounts = [device_account(kinds[dev], dev, pw) for dev, pw in wanted.items()]
+        accounts = [device_account(kinds[dev], dev, pw, self._vendor_topics(dev)) for dev, pw in wanted.items()]
         removed = sorted(self._account_ids - set(wanted))
         if self.broker is not None:
             with self._broker_lock:
@@ -254,6 +260,7 @@ class Supervisor:
             Child("ingest", [*py, "ingest"], True),
             Child("alerts", [*py, "alerts"], True),
             Child("devices", [*py, "devices"], True),
+            Child("dialects", [*py, "dialects"], True),
             *[Child(f"cameras-{i}", [*py, "cameras", "--shard", str(i), "--of", str(s.camera_workers)], True)
               for i in range(s.camera_workers)],
             Child("api", [*py, "api"], False),

@@ -269,7 +269,9 @@ class IngestWorker:
             self._connected = True
         log.info("connected to broker (session %s, generation %d)",
                  "resumed" if flags.session_present else "new", gen)
-        client.subscribe(self.subscription, options=SubscribeOptions(qos=1, retainHandling=1))
+        # retainAsPublished: a device that publishes telemetry or an event retained is seen as
+        # doing so (ingest/writer.py NOT_RETAINED refuses it and clears the broker's copy).
+        client.subscribe(self.subscription, options=SubscribeOptions(qos=1, retainHandling=1, retainAsPublished=True))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
@@ -497,6 +499,7 @@ class IngestWorker:
                     continue
                 committed = time.time()
                 self._ack(items)
+                self._clear_retained(prepared.retained)
                 self._account(items, prepared, result, committed)
                 if self.on_commit is not None:
                     try:
@@ -541,6 +544,16 @@ class IngestWorker:
             self._stats.stale_acks_skipped += stale
         if client is not None and connected and mids:
             client.ack_many(mids)
+
+    def _clear_retained(self, topics: list[bytes]) -> None:
+        """Clear the broker's retained copy of refused retained telemetry/events (an empty
+        retained message), once the dead letters saying why are stored."""
+        client = self._client
+        if client is None or not topics:
+            return
+        for topic in dict.fromkeys(topics):
+            client.publish(topic.decode("utf-8", errors="replace"), b"", qos=1, retain=True)
+            log.warning("retained message on %s refused and cleared", topic[:200].decode("utf-8", errors="replace"))
 
     def _account(self, items: list, p: Prepared, r: WriteResult, committed: float) -> None:
         s = self._stats

@@ -64,6 +64,7 @@ class Prepared:
     skewed: int = 0
     source_times: list[float] = field(default_factory=list)   # device ts of stored rows (latency probes)
     retry_unknown: bool = False
+    retained: list[bytes] = field(default_factory=list)       # topics whose retained copy is to be cleared
 
     @property
     def rows(self) -> int:
@@ -87,6 +88,16 @@ def _dead(item: Item, reason: str) -> tuple:
 # parsing (split + checks) is a third of the per-message cost. Bounded: cleared when full.
 _TOPICS: dict[bytes, Topic] = {}
 _TOPICS_MAX = 200_000
+
+
+# Telemetry, events and command results are news: a retained copy would be handed to every
+# consumer that subscribes later as if it were new (an old alarm raised again). Such a
+# message is refused (dead letter) and the broker's copy is cleared; availability and state
+# are retained by design (the last will, the device's current state).
+NOT_RETAINED = frozenset({"tele", "evt", "res"})
+RETAINED_REASON = ("保留消息：遥测、事件与命令结果不得保留，未作为新消息入库，代理上的保留副本已清除 "
+                   "(retained message: telemetry, events and command results must not be retained; "
+                   "not stored as new, and the broker's retained copy was cleared)")
 
 
 def _parse_topic_cached(topic: bytes) -> Topic:
@@ -142,7 +153,7 @@ def prepare(items: list[Item], registry: SourceCache, *, probe_times: bool = Fal
     sources = registry.sources
     cache: dict[float, datetime] = {}
     for item in items:
-        topic, payload, _qos, _mid, _retain, received, _gen = item
+        topic, payload, _qos, _mid, retain, received, _gen = item
         at = cache.get(received)
         if at is None:
             at = cache[received] = _dt(received)
@@ -150,6 +161,13 @@ def prepare(items: list[Item], registry: SourceCache, *, probe_times: bool = Fal
             t = _parse_topic_cached(topic)
             if t.channel == "cmd":
                 out.ignored += 1
+                continue
+            if retain and t.channel in NOT_RETAINED:
+                if not payload:             # the clearing of a retained copy (ours): nothing to say
+                    out.ignored += 1
+                    continue
+                out.dead.append(_dead(item, RETAINED_REASON))
+                out.retained.append(topic)
                 continue
             st = None           # the device's time of the message (epoch s), when it gives one
             if t.channel == "tele" and t.kind in _SHORT_PATH and _SHORT_PATH_ON:

@@ -62,22 +62,25 @@ class BurstCounter:
 
 
 def raise_event(conn: psycopg.Connection, type_: str, *, subject: str, node_code: str | None, payload: dict,
-                severity: str = "major", at: datetime | None = None) -> str:
+                severity: str = "major", at: datetime | None = None, source_id: str | None = None) -> str:
     """A security event about ``subject`` (an account name, an address) in the grid node it
     concerns (None: the root — the county's administrators). Returns the event id; the
     caller commits. The source id names the node, so bursts in two townships are two
-    alarms, each seen by its own administrators."""
+    alarms, each seen by its own administrators. The hub's other conditions of its own
+    (the recordings' disk, cameras/recording/quota.py) pass their ``source_id``: one open
+    alarm per source and type."""
     at = at or datetime.now(UTC)
     event_id = str(ULID())
     conn.execute(
         """INSERT INTO events (time, id, source_time, source_kind, source_id, type, grid_code, grid_path, severity,
                                msg_id, payload)
-           SELECT %(at)s, %(id)s, %(at)s, %(kind)s, 'security@' || g.code, %(type)s, g.code, g.path, %(sev)s,
+           SELECT %(at)s, %(id)s, %(at)s, %(kind)s, coalesce(%(source)s, 'security@' || g.code), %(type)s, g.code, g.path, %(sev)s,
                   %(msg)s, %(payload)s
            FROM grid_nodes g
            WHERE g.code = coalesce(%(node)s, (SELECT code FROM grid_nodes WHERE parent_code IS NULL
                                                AND retired_at IS NULL ORDER BY code LIMIT 1))""",
         {"at": at, "id": event_id, "kind": SOURCE_KIND, "type": type_, "sev": severity, "node": node_code,
+         "source": source_id,
          "msg": f"hub-{event_id}", "payload": Jsonb({**payload, "subject": subject, "raised_by": "hub"})})
     conn.execute("SELECT pg_notify('xlhub_events', %s)", (json.dumps({"count": 1, "ids": [event_id]}),))
     return event_id

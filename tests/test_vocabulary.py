@@ -17,6 +17,7 @@ def emitted_event_types() -> dict[str, str]:
     from bus.events import EVENTS
     from cameras import health, pipeline
     from cameras.onvif import parsers
+    from cameras.recording import quota
     from devices import media, worker as devices_worker
     from store import security
 
@@ -26,7 +27,7 @@ def emitted_event_types() -> dict[str, str]:
     for kind in SOURCE_KINDS:                   # avail (last will) and res, of every kind
         for t in (f"{kind}.online", f"{kind}.offline", f"{kind}.command_result"):
             found[t] = "bus.normalise (avail, res)"
-    for module in (health, pipeline, media, devices_worker, security):
+    for module in (health, pipeline, media, devices_worker, security, quota):
         for t in module.EMITS:
             found[t] = f"{module.__name__}.EMITS"
     for topic, t in parsers.EMITS.items():

@@ -5,9 +5,11 @@ import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.
 
 const PAGES = [
   { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
+  { id: 'playback', label: '录像回放', en: 'Playback', load: () => import('./pages/playback.js') },
   { id: 'alerts', label: '告警', en: 'Alerts', load: () => import('./pages/alerts.js') },
   { id: 'cases', label: '案件', en: 'Cases', load: () => import('./pages/cases.js') },
   { id: 'broadcast', label: '广播', en: 'Broadcast', load: () => import('./pages/broadcast.js') },
+  { id: 'warnings', label: '预警', en: 'Warnings', load: () => import('./pages/warnings.js') },
   { id: 'map', label: '地图', en: 'Map', load: () => import('./pages/map.js') },
   { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },

@@ -42,6 +42,7 @@ class CapInfo:
     instruction: str | None = None
     sender_name: str | None = None
     effective: datetime | None = None
+    onset: datetime | None = None
     expires: datetime | None = None
     areas: list[CapArea] = field(default_factory=list)
 
@@ -135,7 +136,8 @@ def parse_cap(data: bytes | str) -> CapAlert:
             severity=_text(el, "severity", True, where), certainty=_text(el, "certainty", True, where),
             headline=_text(el, "headline"), description=_text(el, "description"),
             instruction=_text(el, "instruction"), sender_name=_text(el, "senderName"),
-            effective=_time(_text(el, "effective"), "effective"), expires=_time(_text(el, "expires"), "expires"))
+            effective=_time(_text(el, "effective"), "effective"), onset=_time(_text(el, "onset"), "onset"),
+            expires=_time(_text(el, "expires"), "expires"))
         if not info.categories:
             raise CapError(f"{where}: at least one <category> is required")
         for m, a in enumerate(el.findall(_q("area"))):

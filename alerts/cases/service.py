@@ -66,10 +66,14 @@ def summary(case: dict) -> dict[str, Any]:
 
 
 def evidence_summary(row: dict) -> dict[str, Any]:
+    detail = row.get("detail") or {}
+    # Footage: a held range of a recording (kind recording: camera, range, segments, play and
+    # export), or a snapshot/clip taken from one (the position it came from: camera, time, segment).
+    recording = detail if row["kind"] == "recording" and detail else detail.get("recording")
     return {"id": row["id"], "kind": row["kind"], "ref": row["ref"], "sha256": row["sha256"],
             "media_type": row["media_type"], "evidence_id": row["evidence_id"], "source_id": row["source_id"],
             "event_id": row["event_id"], "captured_at": row["captured_at"], "added_at": row["added_at"],
-            "added_by": row["added_by"]}
+            "added_by": row["added_by"], "recording": recording}
 
 
 def missing_clips(conn: psycopg.Connection, case_id: str, evidence: list[dict]) -> list[dict]:
@@ -543,7 +547,7 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
         """SELECT ce.id, ce.kind, ce.ref, coalesce(ce.sha256, e.sha256) AS sha256,
                   coalesce(ce.media_type, e.media_type) AS media_type, coalesce(ce.evidence_id, e.id) AS evidence_id,
                   ce.source_id, ce.event_id, coalesce(ce.captured_at, e.captured_at) AS captured_at, ce.added_at,
-                  ce.added_by
+                  ce.added_by, ce.detail
            FROM case_evidence ce LEFT JOIN evidence e ON e.id = coalesce(ce.evidence_id, ce.ref)
            WHERE ce.case_id = %s ORDER BY ce.id""", (case["id"],))]
     evidence += missing_clips(conn, case["id"], evidence)

@@ -279,7 +279,7 @@ def case_evidence(case_id: str, evidence_row: int, request: Request, conn: Conn,
                        (evidence_row, case["id"])).fetchone()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "evidence not found")
-    if row["detail"]:
+    if row["detail"] and row["evidence_id"] is None:     # a stored file's detail (its recording position) is not it
         return JSONResponse(row["detail"], headers={"X-Content-SHA256": row["sha256"] or ""})
     stored = conn.execute("SELECT path, media_type, sha256 FROM evidence WHERE id = %s",
                           (row["evidence_id"] or row["ref"],)).fetchone()

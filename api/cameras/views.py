@@ -33,6 +33,8 @@ from api.audit import add_audit_detail, audited_read
 from api.broker import BrokerRequests
 from api.cameras.ptz_holds import PtzHolds
 from api.deps import Conn, ensure_in_scope, read_rows, require
+from api.health.recording import BEATS_QUERY as RECORDING_BEATS
+from api.health.recording import per_camera as recording_per_camera
 from api.health.workers import camera_worker_down
 from api.permissions import Permission
 from bus.commands import FlagCommand, PtzCommand, SnapshotCommand
@@ -399,6 +401,15 @@ class TamperCondition(BaseModel):
     since: datetime
 
 
+class RecordingOut(BaseModel):
+    state: Literal["recording", "behind", "failed", "idle"] = Field(
+        description="录像中 recording, 录像滞后 behind (packets were dropped: the disk is too slow), 录像异常 failed "
+                    "(the last segment could not be written), 未录像 idle (the policy wants nothing now)")
+    label: str
+    error: str | None = Field(None, description="why it failed (English, from the worker)")
+    oldest: datetime | None = Field(None, description="start of the oldest footage kept")
+
+
 class CameraHealthOut(BaseModel):
     camera_id: str
     grid_code: str
@@ -419,6 +430,8 @@ class CameraHealthOut(BaseModel):
                                                              "transport_unsupported, 编码不支持 codec_unsupported …")
     problem_label: str | None = Field(None, description="中文 label of the problem, for the tile")
     problem_detail: str | None = Field(None, description="the worker's English detail (never a credential)")
+    recording: RecordingOut | None = Field(None, description="the camera's recording as its worker reports it "
+                                                             "(absent: the camera is not recorded)")
 
 
 HEALTH_QUERY = """
@@ -520,5 +533,12 @@ async def healths(request: Request, node: str, grid: str | None = None) -> list[
         extra, params["grid"] = "AND g.grid_path @> ARRAY[%(grid)s]", grid
 
     async def health() -> list[CameraHealthOut]:
-        return [camera_health_of(r) for r in await read_rows(request, HEALTH_QUERY.format(extra=extra), params)]
+        out = [camera_health_of(r) for r in await read_rows(request, HEALTH_QUERY.format(extra=extra), params)]
+        recorded = recording_per_camera(await read_rows(request, RECORDING_BEATS))
+        for row in out:
+            rec = recorded.get(row.camera_id)
+            if rec is not None and rec.get("state") in ("recording", "behind", "failed", "idle"):
+                row.recording = RecordingOut(state=rec["state"], label=rec["label"], error=rec.get("error"),
+                                             oldest=rec.get("oldest"))
+        return out
     return await request.app.state.live_reads.get(("camera-health", node, grid, stale), health)

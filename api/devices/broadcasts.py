@@ -1,12 +1,13 @@
-"""Broadcasts to village speakers (村村响): create, audio upload, list, get, report, cancel.
+"""Broadcasts to village speakers (村村响): create, audio upload, list, get, report, stop.
 
 A broadcast is a row written in the request's transaction together with its audit record;
 the devices worker sends it when due, after commit (devices/worker.py), so nothing is sent
 for a request that failed.  Requests, receipts, reports and the queries behind the lists
-are devices/broadcast/service.py's; a broadcast outside the caller's area answers 404."""
+are devices/broadcast/service.py's; a broadcast outside the caller's area answers 404, and the
+counts and reports of one covering more than it show the caller's speakers only."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
@@ -63,6 +64,8 @@ class BroadcastOut(BaseModel):
     scheduled_at: datetime | None
     dispatched_at: datetime | None
     completed_at: datetime | None
+    ends_at: datetime | None = None
+    stop: dict | None = None
     speakers: dict | None = None
 
 
@@ -72,7 +75,9 @@ def _broadcast_out(row: dict, counts: dict | None = None) -> BroadcastOut:
         text=row["text"], audio_id=row["audio_id"], audio_url=row["audio_url"], duration_s=row["duration_s"],
         targets=list(row["targets"]), state=row["state"], state_label=broadcasts.STATE_LABELS.get(row["state"], ""),
         requested_by=row["requested_by"], created_at=row["requested_at"], scheduled_at=row["scheduled_at"],
-        dispatched_at=row["dispatched_at"], completed_at=row["completed_at"], speakers=counts)
+        dispatched_at=row["dispatched_at"], completed_at=row["completed_at"], ends_at=row.get("ends_at"),
+        stop={"at": row["stop_requested_at"], "by": row["stopped_by"], "reason": row["stop_reason"]}
+        if row.get("stop_requested_at") else None, speakers=counts)
 
 
 @router.post("/broadcasts/audio", status_code=201,
@@ -134,7 +139,7 @@ def list_broadcasts(conn: Conn, principal: Annotated[Principal, Depends(require(
 def get_broadcast(broadcast_id: str, conn: Conn,
                   principal: Annotated[Principal, Depends(require(Permission.BROADCAST_READ))]) -> BroadcastOut:
     row = broadcast_in_scope(conn, principal, broadcast_id)
-    return _broadcast_out(row, broadcasts.receipt_counts(conn, broadcast_id))
+    return _broadcast_out(row, broadcasts.receipt_counts(conn, broadcast_id, within=principal.node_code))
 
 
 @router.get("/broadcasts/{broadcast_id}/report")
@@ -152,13 +157,26 @@ def broadcast_report(broadcast_id: str, conn: Conn,
 
 
 @router.delete("/broadcasts/{broadcast_id}", response_model=BroadcastOut)
-def cancel_broadcast(broadcast_id: str, request: Request, conn: Conn,
-                     principal: Annotated[Principal, Depends(require(Permission.BROADCAST_SEND))]) -> BroadcastOut:
-    """Cancel a scheduled broadcast that has not been sent yet."""
-    broadcast_in_scope(conn, principal, broadcast_id)
+def stop_broadcast(broadcast_id: str, request: Request, conn: Conn,
+                   principal: Annotated[Principal, Depends(require(Permission.BROADCAST_SEND))],
+                   reason: Annotated[str | None, Query(max_length=200, description="shown on the receipts")] = None,
+                   ) -> BroadcastOut:
+    """Stop a broadcast: a scheduled one is cancelled; a playing one stops on every speaker
+    at once (a stop command to each speaker still playing or waiting to; the receipts end
+    已停止播放). Only for a broadcast within the caller's area: one covering more (a
+    county's warning seen from a township) is stopped by its own level."""
+    row = broadcast_in_scope(conn, principal, broadcast_id)
+    if principal.node_code not in row["scope_path"]:
+        raise HTTPException(403, f"该广播范围超出您的辖区，须由上级停止 (broadcast {broadcast_id} covers more than your "
+                                 f"area {principal.node_code}: it is stopped at {row['scope_path'][-1]})")
+    why = f"调度员停止播放：{reason}" if reason else "调度员停止播放"
     try:
-        row = broadcasts.cancel_broadcast(conn, broadcast_id, principal.name)
+        row = broadcasts.stop_broadcast(conn, broadcast_id, by=principal.name, now=datetime.now(UTC),
+                                        reason=f"{why} (stopped by {principal.name})",
+                                        actor_kind=requester(principal).kind, audited=False)
     except registry.RegistryError as exc:
         raise registry_error(exc) from None
-    record_audit(request, conn, "broadcast.cancel", broadcast_id, {})
+    record_audit(request, conn, "broadcast.stop", broadcast_id,
+                 {"state": row["state"], "reason": reason, "speakers_told": row["speakers_told"],
+                  "plays_withdrawn": row["plays_withdrawn"]})
     return _broadcast_out(row)

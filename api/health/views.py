@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+from api.health import recording
 from api.health.workers import heartbeats, not_alive
 from store.db import timescaledb_info
 
@@ -22,7 +23,9 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Ready when the database (with TimescaleDB), the broker and every expected worker are."""
+    """Ready when the database (with TimescaleDB), the broker and every expected worker are.
+    ``checks.recording`` shows each recorded camera's state, bytes written, oldest footage
+    and the recordings' disk (never a reason to be unready: api/health/recording.py)."""
     state = request.app.state
     checks: dict[str, dict] = {}
     started = time.monotonic()
@@ -46,6 +49,8 @@ def readyz(request: Request) -> JSONResponse:
                          **({"error": why} if why else {}),
                          **({"detail": beat["detail"]} if beat else {})}
     checks["workers"] = {"ready": all(w["ready"] for w in workers.values()), "workers": workers}
+    if any((b["detail"] or {}).get("recording") for b in beats):
+        checks["recording"] = recording.readiness([b for b in beats if b["kind"] == "cameras"])
     ready = all(c["ready"] for c in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

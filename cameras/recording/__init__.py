@@ -12,6 +12,13 @@
   default retention; the per-camera policy is the site file's (config/camera_recording.py).
 - ``writer.py``: the recorder thread and one ``CameraRecorder`` per camera.
 - ``chain.py``: the link of each segment, and ``verify``.
+- ``export.py``: a range of one camera to one MP4 by remux, with its provenance (segments'
+  seq and links, gaps) and ``check`` of an export against the index; the API runs it
+  (api/recordings/export.py).
+- ``holds.py``: ranges a case keeps past retention and the quota, released when the case
+  has finished for ``XLHUB_RECORDING_CASE_HOLD_DAYS`` (retention.py calls ``release_finished``).
+- ``playback.py``: coverage and gaps, a playback stream from any moment (remux), the exact
+  frame at a moment, a clip — what api/recordings/ serves.
 
 Why fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``): every segment is a file a
 browser plays as it is (progressive or Media Source) and a person can hand over; a fragment

@@ -14,6 +14,9 @@ thread takes the queues in turn and, per camera:
   cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
 
+While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
+more than writing it); idle, it sleeps until a packet wakes it.
+
 A camera whose queue overflows is *behind*: its queue is dropped, the open segment is cut,
 and recording resumes at the next keyframe — the index shows the gap. Index rows that cannot
 be written (the database away) are kept, in order, and written later.
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 INDEX_RETRY_S = 5.0
+DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
 
 
 @dataclass
@@ -123,6 +127,9 @@ class _Item:
     at: float = 0.0
 
 
+BEHIND_SHOWN_S = 60.0       # a camera that fell behind is shown so this long
+
+
 @dataclass
 class CameraStats:
     segments: int = 0
@@ -132,6 +139,23 @@ class CameraStats:
     errors: int = 0
     last_error: str | None = None
     recording: bool = False
+    error_at: float | None = None   # wall time of the last error, of the last segment saved, of falling behind
+    saved_at: float | None = None
+    behind_at: float | None = None
+
+    def failed(self, error: str) -> None:
+        self.errors += 1
+        self.last_error = error[:300]
+        self.error_at = time.time()
+
+    def state(self, now: float) -> str:
+        """failed (录像异常: the last attempt failed, no segment saved since) | behind (录像滞后)
+        | recording (录像中) | idle (未录像: the policy wants nothing now, or no packets come)."""
+        if self.error_at is not None and (self.saved_at is None or self.saved_at < self.error_at):
+            return "failed"
+        if self.behind_at is not None and now - self.behind_at < BEHIND_SHOWN_S:
+            return "behind"
+        return "recording" if self.recording else "idle"
 
 
 def _dts(rec: Record) -> int | None:
@@ -166,6 +190,7 @@ class CameraRecorder:
         if len(self.queue) >= self.limit:
             self.queue.clear()
             self.stats.behind += 1
+            self.stats.behind_at = time.time()
             self._put(_Item("close"))         # the gap shows in the index; resume at a keyframe
             log.warning("recording %s: behind (%d packets waiting); resuming at the next keyframe",
                         self.camera_id, self.limit)
@@ -182,7 +207,11 @@ class CameraRecorder:
 
     def _put(self, item: _Item) -> None:
         self.queue.append(item)
-        self.recorder.wake()
+        rec = self.recorder
+        # Packets wait for the recorder's next round (DRAIN_S) unless it sleeps: a wake-up per
+        # packet cost more than writing it (bench/recording).
+        if item.kind != "packet" or rec.idle or len(self.queue) >= self.limit // 2:
+            rec.wake()
 
     # -- the recorder thread ----------------------------------------------------------------
     def wants(self, wall: float) -> bool:
@@ -203,8 +232,7 @@ class CameraRecorder:
             try:
                 self._handle(item)
             except Exception as exc:  # noqa: BLE001 - one camera's failure is not the others'
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.stats.failed(f"{type(exc).__name__}: {exc}")
                 log.warning("recording %s: %s; the segment is cut", self.camera_id, self.stats.last_error)
                 self._abandon()
         return n
@@ -272,8 +300,7 @@ class CameraRecorder:
         try:
             cur.close()
         except Exception as exc:  # noqa: BLE001
-            self.stats.errors += 1
-            self.stats.last_error = f"closing: {type(exc).__name__}: {exc}"[:300]
+            self.stats.failed(f"closing: {type(exc).__name__}: {exc}")
             log.warning("recording %s: segment not closed (%s); kept in .partial", self.camera_id, exc)
             return
         if cur.packets == 0:
@@ -294,6 +321,7 @@ class CameraRecorder:
         os.replace(cur.partial, final)
         self.stats.segments += 1
         self.stats.bytes += size
+        self.stats.saved_at = time.time()
         self.recorder.index(Row(self.camera_id, self.stream, start, end, str(relative), size, cur.segment.codec,
                                 cur.segment.width, cur.segment.height, cur.keyframes, cur.packets, digest))
 
@@ -321,6 +349,7 @@ class Recorder:
         self._chain: dict[str, tuple[int, str]] = {}        # camera → (last seq, last link)
         self._cond = threading.Condition()
         self._pending = False
+        self.idle = True                 # the thread sleeps until woken (no packets came last round)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_index_try = 0.0
@@ -363,10 +392,14 @@ class Recorder:
         while True:
             with self._cond:
                 if not self._pending and not self._stop.is_set():
-                    self._cond.wait(INDEX_RETRY_S if self._rows else None)
+                    # idle: until a packet wakes it (at the latest INDEX_RETRY_S: a packet queued
+                    # just as the thread went idle waits no longer); else the next round
+                    self._cond.wait(INDEX_RETRY_S if self.idle else DRAIN_S)
                 self._pending = False
+            taken = 0
             for cam in list(self.cameras.values()):
-                cam.drain()
+                taken += cam.drain()
+            self.idle = taken == 0
             if self._stop.is_set():
                 for cam in self.cameras.values():
                     cam.drain()
@@ -424,11 +457,19 @@ class Recorder:
 
     def status(self) -> dict:
         cams = self.cameras.values()
+        now = time.time()
         return {"cameras": len(self.cameras), "recording": sum(c.stats.recording for c in cams),
                 "segments": sum(c.stats.segments for c in cams), "bytes": sum(c.stats.bytes for c in cams),
                 "unindexed": len(self._rows),
                 "behind": sorted(c.camera_id for c in cams if c.stats.behind),
-                "errors": {c.camera_id: c.stats.last_error for c in cams if c.stats.last_error}}
+                "errors": {c.camera_id: c.stats.last_error for c in cams if c.stats.last_error},
+                # per camera, for /readyz, the metrics and the wall's tile (api/health/recording.py)
+                "per_camera": {c.camera_id: {"state": c.stats.state(now), "bytes": c.stats.bytes,
+                                             "segments": c.stats.segments, "behind": c.stats.behind,
+                                             "errors": c.stats.errors,
+                                             **({"error": c.stats.last_error} if c.stats.state(now) == "failed"
+                                                else {})}
+                               for c in cams}}
 
 
 __all__ = ["CameraRecorder", "Recorder", "Row"]

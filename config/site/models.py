@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from config.alerting import Arming, CapSettings, CaseSystem, Rule, Schedule, Sla
+from config.dialects import DeviceDialect, Dialects
 from config.camera_analytics import CameraAnalytics
 from config.camera_recording import CameraRecording
 from config.fields import (
@@ -216,6 +217,8 @@ class Device(StrictModel):
     name: Text
     grid: Code
     position: GeoPoint | None = None
+    dialect: DeviceDialect | None = Field(None, description="a vendor dialect instead of the hub's own contract "
+                                                              "(config/dialects.py, devices/dialects/)")
 
 
 class Department(StrictModel):
@@ -256,6 +259,8 @@ class Site(StrictModel):
     sla: Sla = Field(default_factory=Sla)
     case_systems: Annotated[list[CaseSystem], EmptyList] = Field(default_factory=list)
     cap: CapSettings = Field(default_factory=CapSettings)
+    # Vendor device models mapped onto the hub's contract (config/dialects.py).
+    dialects: Dialects = Field(default_factory=dict)
 
     _index: dict[str, tuple[GridNode, str | None, int]] | None = PrivateAttr(None)
     _source: Path | None = PrivateAttr(None)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from config.alerting import alerting_findings
+from config.dialects import DJI
 from config.fields import unknown_ref
 from config.vocabulary import GridLevel, Role
 
@@ -263,5 +264,39 @@ def site_rules(data: Any) -> list[Finding]:
     for loc, reason in alerting_findings(data, codes=codes if check_nodes else None, sources=ids,
                                          source_kinds=source_kinds, departments=dept_codes):
         out.append(Finding(loc, reason))
+    out.extend(_dialect_findings(data))
+    return out
+
+
+def _dialect_findings(data: dict) -> list[Finding]:
+    """A device's dialect names dji or a model of the dialects: section of its own kind;
+    DJI needs the aircraft's serial number; two devices never share a vendor id of one model
+    (their topics would be one)."""
+    out: list[Finding] = []
+    models = data.get("dialects") if isinstance(data.get("dialects"), dict) else {}
+    seen: dict[tuple[str, str], tuple] = {}
+    devices = data.get("devices")
+    for i, item in enumerate(devices if isinstance(devices, list) else []):
+        dialect = item.get("dialect") if isinstance(item, dict) else None
+        if not isinstance(dialect, dict) or not isinstance(dialect.get("model"), str):
+            continue
+        loc, model, kind = ("devices", i, "dialect"), dialect["model"], item.get("kind")
+        if model == DJI:
+            if kind != "drone":
+                out.append(Finding(loc + ("model",), f"the dji dialect is for drones (docks), not a {kind}"))
+            if not dialect.get("aircraft_sn"):
+                out.append(Finding(loc + ("aircraft_sn",), "the dji dialect needs the aircraft's serial number "
+                                                           "(its osd topic is thing/product/<aircraft_sn>/osd)"))
+        elif model not in models:
+            out.append(Finding(loc + ("model",), unknown_ref("dialect model", model, [DJI, *models])))
+        elif isinstance(models[model], dict) and models[model].get("kind") != kind:
+            out.append(Finding(loc + ("model",), f"dialect model '{model}' is for {models[model].get('kind')} "
+                                                 f"devices, this device is a {kind}"))
+        key = (model, str(dialect.get("id")))
+        if key in seen:
+            out.append(Finding(loc + ("id",), f"another device already has {model} id '{key[1]}'",
+                               also=seen[key] + ("id",)))
+        else:
+            seen[key] = loc
     return out
 

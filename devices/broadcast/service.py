@@ -5,7 +5,12 @@ villages heard it and which did not.
 
 Priority tiers: an emergency warning (应急预警) is tier 9; a notice (通告) is 5, 6 (high)
 or 7 (urgent).  A speaker playing something interrupts it for a strictly higher tier (the
-interrupted one is reported ``preempted``) and queues anything else behind it."""
+interrupted one is reported ``preempted``) and queues anything else behind it.
+
+Stopping (``stop_broadcast``): an operator, a cancelled or superseded CAP warning, or the
+broadcast's end time (``ends_at``, a warning's ``<expires>``) stops it on every speaker at
+once — a ``stop`` command to each speaker still playing or waiting to, the plays not yet
+sent withdrawn — and each receipt ends ``stopped`` when its speaker says so."""
 from __future__ import annotations
 
 import logging
@@ -18,8 +23,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 from ulid import ULID
 
-from bus.commands import PlayCommand
+from bus.commands import PlayCommand, StopCommand
 from config.urls import internal_address_reason
+from config.vocabulary import BROADCAST_RECEIPT_LABELS as RECEIPT_LABELS
+from config.vocabulary import BROADCAST_STATE_LABELS as STATE_LABELS
+from config.vocabulary import BROADCAST_VILLAGE_LABELS as VILLAGE_LABELS
 from devices.broadcast.audio import Voice, synthesize
 from devices.commands.model import Requester
 from devices.commands.service import new_command_id
@@ -34,21 +42,15 @@ EMERGENCY_TIER = 9
 NOTICE_TIERS = {"normal": 5, "high": 6, "urgent": 7}
 
 RECEIPT_OPEN = ("pending", "sent", "accepted", "started")
-RECEIPT_FINAL = ("finished", "failed", "preempted", "rejected", "expired", "offline", "cancelled")
-RECEIPT_LABELS = {
-    "pending": "待发送", "sent": "已发送", "accepted": "已接收", "started": "正在播放", "finished": "已播放完成",
-    "failed": "播放失败", "preempted": "被更高优先级广播打断", "rejected": "设备拒绝播放",
-    "expired": "超时未回执", "offline": "离线未收听", "cancelled": "已取消",
-}
-STATE_LABELS = {"scheduled": "待播放", "sending": "发送中", "playing": "播放中", "done": "全部播放完成",
-                "partial": "部分播放完成", "failed": "未能播放", "cancelled": "已取消", "no_speakers": "范围内无广播设备"}
+RECEIPT_FINAL = ("finished", "failed", "preempted", "rejected", "expired", "offline", "cancelled", "stopped")
+# (The labels of states, receipts and villages are the vocabulary's: config/vocabulary.py.)
 # NOTIFY'd at commit when a broadcast is complete or a late answer amends one: the alerts
 # worker LISTENs and puts the report (or a note) on the broadcast's case at once.
 DONE_CHANNEL = "xlhub_broadcast_done"
 # A broadcast in one of these states changes no more (report stored, except ``cancelled``).
-FINAL_STATES = ("done", "partial", "failed", "cancelled", "no_speakers")
-VILLAGE_LABELS = {"heard": "已收听", "heard_late": "已收听（回执迟到）", "partial": "部分收听", "not_heard": "未收听",
-                  "in_progress": "播放中"}
+FINAL_STATES = ("done", "partial", "failed", "stopped", "cancelled", "no_speakers")
+# The end of a broadcast with ``ends_at`` when the requester gave no words for it.
+END_REASON = "已到播放截止时间 (the broadcast's end time has passed)"
 
 
 def tier(kind: str, priority: int | str | None) -> int:
@@ -80,7 +82,10 @@ class BroadcastRequest:
     repeat: int = 1
     volume: int | None = None
     expires_in_s: int = 300
+    ends_at: datetime | None = None          # stop playing then (a warning's <expires>)
+    end_reason: str | None = None            # what the receipts say then (中文 first)
     detail: dict = field(default_factory=dict)
+    live: bool = False       # 实时喊话: the speakers play the operator's voice streamed now (live_path)
 
 
 def with_speech(conn: psycopg.Connection, req: BroadcastRequest, voice: Voice | None,
@@ -114,7 +119,7 @@ def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester:
         raise RegistryError("广播类型无效：notice（通告）或 emergency（应急预警） (kind must be notice or emergency)")
     if not req.targets:
         raise RegistryError("请选择广播范围 (at least one target)")
-    if not (req.text or req.audio_id or req.audio_url):
+    if not (req.text or req.audio_id or req.audio_url or req.live):
         raise RegistryError("请提供广播内容：文字、音频文件或音频地址 (text, audio_id or audio_url required)")
     if not 1 <= req.repeat <= 10:
         raise RegistryError("重复次数为 1–10 (repeat 1..10)")
@@ -126,26 +131,124 @@ def create_broadcast(conn: psycopg.Connection, req: BroadcastRequest, requester:
         duration = duration or audio["duration_s"]
     if req.audio_url:
         check_audio_url(req.audio_url)
+    if req.ends_at is not None:
+        starts = req.scheduled_at or datetime.now(req.ends_at.tzinfo)
+        if req.ends_at <= starts:
+            raise RegistryError(f"播放截止时间须晚于开始时间 (ends_at {req.ends_at.isoformat()} is not after the start "
+                                f"{starts.isoformat()})")
     scope = common_path(conn, list(dict.fromkeys(req.targets)))
     if not scope:
         raise RegistryError("广播范围无共同上级 (targets share no ancestor)")
     return conn.execute(
         """INSERT INTO device_broadcasts (id, kind, priority, text, audio_id, audio_url, duration_s, repeat, volume,
                targets, scope_path, requested_by, requester_kind, requester_role, requester_node, scheduled_at,
-               expires_in_s)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+               expires_in_s, ends_at, end_reason, live)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
         (str(ULID()), req.kind, tier(req.kind, req.priority), req.text, req.audio_id, req.audio_url, duration,
          req.repeat, req.volume, list(dict.fromkeys(req.targets)), scope, requester.name, requester.kind,
-         requester.role, requester.node_code, req.scheduled_at, req.expires_in_s)).fetchone()
+         requester.role, requester.node_code, req.scheduled_at, req.expires_in_s, req.ends_at,
+         req.end_reason, req.live)).fetchone()
 
 
-def cancel_broadcast(conn: psycopg.Connection, broadcast_id: str, by: str) -> dict:
-    row = conn.execute("UPDATE device_broadcasts SET state = 'cancelled', cancelled_by = %s, completed_at = now() "
-                       "WHERE id = %s AND state = 'scheduled' RETURNING *", (by, broadcast_id)).fetchone()
-    if row is None:
-        raise RegistryError("只能取消尚未播放的定时广播 (only a scheduled broadcast not yet sent can be cancelled)",
-                            409)
-    return row
+# --------------------------------------------------------------------------- stopping
+def stop_broadcast(conn: psycopg.Connection, broadcast_id: str, *, by: str, reason: str, now: datetime,
+                   actor_kind: str = "system", audited: bool = True) -> dict:
+    """Stop a broadcast on every speaker at once (in the caller's transaction): a scheduled
+    one is cancelled; a playing one gets a ``stop`` command to each speaker whose receipt
+    is still open (their answers end the receipts ``stopped``), and its plays not yet sent
+    are withdrawn (receipt ``cancelled``). Audited (``broadcast.stop``). Stopping a
+    broadcast that is stopping already changes nothing; one that has ended is a 409.
+    Returns the broadcast's row with ``speakers_told`` and ``plays_withdrawn``; ``audited``
+    False when the caller audits the stop itself (the API, with the request's origin)."""
+    b = conn.execute("SELECT * FROM device_broadcasts WHERE id = %s FOR UPDATE", (broadcast_id,)).fetchone()
+    if b is None:
+        raise RegistryError("广播不存在 (broadcast not found)", 404)
+    if b["state"] in FINAL_STATES:
+        raise RegistryError(f"广播已结束（{STATE_LABELS.get(b['state'], b['state'])}），无需停止 "
+                            f"(the broadcast has ended: {b['state']})", 409)
+    if b["stop_requested_at"] is not None:
+        return {**b, "speakers_told": 0, "plays_withdrawn": 0}
+    if b["state"] == "scheduled":
+        row = conn.execute(
+            """UPDATE device_broadcasts SET state = 'cancelled', cancelled_by = %s, completed_at = %s,
+                   stop_requested_at = %s, stopped_by = %s, stop_reason = %s WHERE id = %s RETURNING *""",
+            (by, now, now, by, reason, broadcast_id)).fetchone()
+        if audited:
+            _audit_stop(conn, row, by, actor_kind, reason, told=0, withdrawn=0)
+        return {**row, "speakers_told": 0, "plays_withdrawn": 0}
+    row = conn.execute("UPDATE device_broadcasts SET stop_requested_at = %s, stopped_by = %s, stop_reason = %s "
+                       "WHERE id = %s RETURNING *", (now, by, reason, broadcast_id)).fetchone()
+    # Plays not published yet are withdrawn (the worker publishes pending ones under a row
+    # lock: this waits for it, then finds them sent and stops them like the rest).
+    detail = f"已停止：{reason}"[:1024]
+    withdrawn = conn.execute(
+        """UPDATE device_commands SET state = 'stopped', finished_at = %(now)s, detail = %(detail)s,
+               phases = phases || jsonb_build_array(jsonb_build_object('phase', 'stopped', 'at', %(iso)s::text,
+                                                                       'by', 'hub'))
+           WHERE broadcast_id = %(b)s AND name = 'play' AND state = 'pending' RETURNING id""",
+        {"now": now, "detail": "未发送即停止 (withdrawn before it was sent): " + reason[:900], "iso": now.isoformat(),
+         "b": broadcast_id}).fetchall()
+    if withdrawn:
+        conn.execute(
+            """UPDATE device_broadcast_receipts SET status = 'cancelled', detail = %s, finished_at = %s, updated_at = %s
+               WHERE broadcast_id = %s AND command_id = ANY(%s) AND status = 'pending'""",
+            (detail, now, now, broadcast_id, [w["id"] for w in withdrawn]))
+    open_receipts = conn.execute(
+        """SELECT r.speaker_id, r.grid_code, r.grid_path, c.expires_at, c.deadline_at, c.requester_kind,
+                  c.requester_role, c.requester_node
+           FROM device_broadcast_receipts r JOIN device_commands c ON c.id = r.command_id
+           WHERE r.broadcast_id = %s AND r.status = ANY(%s)""", (broadcast_id, list(RECEIPT_OPEN))).fetchall()
+    body = StopCommand(broadcast_id=broadcast_id, reason=reason[:500]).content()
+    commands, ids = [], []
+    for r in open_receipts:
+        cid = new_command_id()
+        # Deliverable as long as the play it stops (a speaker back from an outage gets both,
+        # in order), and answered within the answer margin after that.
+        expires = max(r["expires_at"], now + timedelta(seconds=STOP_EXPIRY_S))
+        deadline = max(r["deadline_at"], expires)
+        commands.append((cid, r["speaker_id"], Jsonb(body), by, actor_kind, r["requester_role"], r["requester_node"],
+                         now, expires, deadline, r["grid_code"], list(r["grid_path"]), broadcast_id))
+        ids.append(r["speaker_id"])
+    if commands:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO device_commands (id, device_id, device_kind, name, body, requested_by, requester_kind,
+                       requester_role, requester_node, requested_at, expires_at, deadline_at, grid_code, grid_path,
+                       broadcast_id)
+                   VALUES (%s, %s, 'speaker', 'stop', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", commands)
+        conn.execute("UPDATE device_broadcast_receipts SET detail = %s, updated_at = %s "
+                     "WHERE broadcast_id = %s AND speaker_id = ANY(%s)",
+                     (f"已发送停止指令：{reason}"[:1024], now, broadcast_id, ids))
+    if audited:
+        _audit_stop(conn, row, by, actor_kind, reason, told=len(ids), withdrawn=len(withdrawn))
+    complete_if_done(conn, broadcast_id, now)       # when nothing had been sent: every receipt is final now
+    return {**row, "speakers_told": len(ids), "plays_withdrawn": len(withdrawn)}
+
+
+# How long a stop command stays deliverable at least (the broker drops it after).
+STOP_EXPIRY_S = 60
+
+
+def _audit_stop(conn: psycopg.Connection, b: dict, by: str, actor_kind: str, reason: str, *, told: int,
+                withdrawn: int) -> None:
+    audit.record(conn, audit.AuditEntry(
+        actor=by, actor_kind=actor_kind if actor_kind in ("user", "token", "system") else "system",
+        action="broadcast.stop", target=b["id"], outcome="ok",
+        node_code=b["scope_path"][-1] if b["scope_path"] else None,
+        detail={"state": b["state"], "reason": reason, "speakers_told": told, "plays_withdrawn": withdrawn,
+                "requested_by": b["requested_by"]}))
+
+
+def stop_ended(conn: psycopg.Connection, now: datetime) -> list[str]:
+    """Broadcasts whose end time (``ends_at``) has come while they play: stopped, with
+    their end reason (the devices worker calls this when due)."""
+    due = conn.execute(
+        """SELECT id, end_reason FROM device_broadcasts
+           WHERE state = 'playing' AND stop_requested_at IS NULL AND ends_at <= %s
+           ORDER BY ends_at FOR UPDATE SKIP LOCKED""", (now,)).fetchall()
+    for b in due:
+        stop_broadcast(conn, b["id"], by="devices", reason=b["end_reason"] or END_REASON, now=now)
+    return [b["id"] for b in due]
 
 
 # --------------------------------------------------------------------------- reading
@@ -173,21 +276,25 @@ def visible_broadcast(conn: psycopg.Connection, broadcast_id: str, *, node: str,
 def visible_broadcasts(conn: psycopg.Connection, *, node: str, path: list[str], limit: int = 50,
                        state: str | None = None) -> list[dict]:
     """Broadcasts seen from grid node ``node``, newest first, each with ``counts``: its
-    receipts per status (``{}`` before it is sent)."""
+    receipts per status under ``node`` (a county's warning seen from a township counts
+    the township's speakers only; ``{}`` before it is sent)."""
     rows = conn.execute(
         f"""SELECT b.*, (SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n
-                          FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id GROUP BY status) c) AS counts
+                          FROM device_broadcast_receipts r WHERE r.broadcast_id = b.id
+                            AND r.grid_path @> ARRAY[%(node)s]::text[] GROUP BY status) c) AS counts
             FROM device_broadcasts b WHERE {_VISIBLE} {"AND b.state = %(state)s" if state else ""}
             ORDER BY b.requested_at DESC LIMIT %(limit)s""",
         {"node": node, "path": list(path), "limit": limit, "state": state}).fetchall()
     return [{**r, "counts": r["counts"] or {}} for r in rows]
 
 
-def receipt_counts(conn: psycopg.Connection, broadcast_id: str) -> dict[str, int]:
-    """A broadcast's receipts per status (``{}`` before it is sent)."""
+def receipt_counts(conn: psycopg.Connection, broadcast_id: str, within: str | None = None) -> dict[str, int]:
+    """A broadcast's receipts per status (``{}`` before it is sent); ``within``: only the
+    speakers under this grid node (the caller's scope)."""
     return conn.execute("SELECT jsonb_object_agg(status, n) AS c FROM (SELECT status, count(*) AS n FROM "
-                        "device_broadcast_receipts WHERE broadcast_id = %s GROUP BY status) x",
-                        (broadcast_id,)).fetchone()["c"] or {}
+                        "device_broadcast_receipts WHERE broadcast_id = %s "
+                        "AND (%s::text IS NULL OR grid_path @> ARRAY[%s::text]) GROUP BY status) x",
+                        (broadcast_id, within, within)).fetchone()["c"] or {}
 
 
 def for_speaker(conn: psycopg.Connection, broadcast_id: str, speaker_id: str) -> dict | None:
@@ -213,6 +320,14 @@ def audio_path(broadcast_id: str) -> str:
     return f"/api/broadcasts/{broadcast_id}/audio"
 
 
+LIVE_MEDIA_TYPE = "audio/mpeg"
+
+
+def live_path(broadcast_id: str) -> str:
+    """Where speakers fetch a live broadcast's stream (实时喊话, api/devices/voice.py)."""
+    return f"/api/broadcasts/{broadcast_id}/live.mp3"
+
+
 def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool], opts: DispatchOptions) -> list[str]:
     """Fan out every broadcast whose time has come: a play command and a receipt per
     speaker under its targets. ``online`` is the hub's current belief per device."""
@@ -224,6 +339,14 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         (now,)).fetchall()
     sent = []
     for b in due:
+        if b["ends_at"] is not None and b["ends_at"] <= now:
+            # Its end came before its time to play (a warning that expired while it waited).
+            reason = b["end_reason"] or END_REASON
+            conn.execute("UPDATE device_broadcasts SET state = 'cancelled', cancelled_by = 'devices', completed_at = %s, "
+                         "stop_requested_at = %s, stopped_by = 'devices', stop_reason = %s WHERE id = %s",
+                         (now, now, reason, b["id"]))
+            _audit_stop(conn, b, "devices", "system", reason, told=0, withdrawn=0)
+            continue
         speakers = speakers_under(conn, list(b["targets"]))
         if not speakers:
             conn.execute("UPDATE device_broadcasts SET state = 'no_speakers', dispatched_at = %s, completed_at = %s "
@@ -239,9 +362,14 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
                 path = opts.sign(path, b["expires_in_s"] + duration * b["repeat"] + opts.answer_margin_s)
             audio = {"audio_url": opts.media_base_url.rstrip("/") + path,
                      "audio_sha256": b["audio_sha256"], "media_type": b["audio_media_type"]}
+        elif b["live"]:
+            audio = {"audio_url": opts.media_base_url.rstrip("/") + live_path(b["id"]),
+                     "media_type": LIVE_MEDIA_TYPE, "live": True}
         body = PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
                            duration_s=duration, text=b["text"] or None, volume=b["volume"], **audio).content()
         expires = now + timedelta(seconds=b["expires_in_s"])
+        if b["ends_at"] is not None:
+            expires = min(expires, b["ends_at"])     # never delivered to play after its end
         # No answer by the end of the (repeated) audio plus a margin — and plus the time it
         # may wait for delivery — and the speaker is reported as not having played it.
         deadline = expires + timedelta(seconds=duration * b["repeat"] + opts.answer_margin_s)
@@ -299,11 +427,14 @@ def on_commands_sent(conn: psycopg.Connection, command_ids: list[str], at: datet
 # ``started``: a play queued behind another reports progress too; only the speaker's
 # playback event says it started.
 _COMMAND_TO_RECEIPT = {"accepted": "accepted", "finished": "finished", "failed": "failed",
-                       "rejected": "rejected", "preempted": "preempted", "expired": "expired"}
+                       "rejected": "rejected", "preempted": "preempted", "expired": "expired", "stopped": "stopped"}
 
 
 def on_command_state(conn: psycopg.Connection, command: dict, at: datetime) -> str | None:
-    """A play command moved (device answer or hub timeout): its receipt follows."""
+    """A play command moved (device answer or hub timeout): its receipt follows. (A stop
+    command has no receipt of its own: the play it stops moves the receipt.)"""
+    if command.get("name") not in (None, "play"):
+        return None
     status = _COMMAND_TO_RECEIPT.get(command["state"])
     if status is None:
         return None
@@ -318,8 +449,8 @@ def on_command_state(conn: psycopg.Connection, command: dict, at: datetime) -> s
 
 def on_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, phase: str, at: datetime,
                 detail: str | None = None) -> str | None:
-    """A speaker's ``evt/playback`` receipt (started, finished, failed, preempted)."""
-    if phase not in LATE_PHASES:
+    """A speaker's ``evt/playback`` receipt (started, finished, failed, preempted, stopped)."""
+    if phase not in PLAYBACK_PHASES:
         return None
     return _receipt(conn, "broadcast_id = %(b)s AND speaker_id = %(s)s", {"b": broadcast_id, "s": speaker_id},
                     phase, at, detail)
@@ -337,6 +468,8 @@ def on_playback(conn: psycopg.Connection, broadcast_id: str, speaker_id: str, ph
 # waited in the broker while the devices worker was away is not late: the worker judges
 # deadlines only once it has read what the broker kept for it — devices/worker.py.)
 LATE_PHASES = ("started", "finished", "failed", "preempted")
+# (``stopped`` is a receipt's phase too, but never late: the hub stops only open receipts.)
+PLAYBACK_PHASES = (*LATE_PHASES, "stopped")
 _LATE_CLOSED = ("expired", "offline")
 LATE_LABELS = {"started": "超时后回执：开始播放", "finished": "超时后回执：已播放完成", "failed": "超时后回执：播放失败",
                "preempted": "超时后回执：被打断"}
@@ -449,8 +582,9 @@ def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -
             v["status"] = "heard"
         elif all(played):
             v["status"] = "heard_late"
-        elif any(played) or "preempted" in statuses:
-            v["status"] = "partial"     # heard on some speakers, or cut short by a higher tier
+        elif any(played) or "preempted" in statuses or any(
+                s["status"] == "stopped" and s["started_at"] for s in v["speakers"]):
+            v["status"] = "partial"     # heard on some speakers, or cut short (a higher tier, a stop)
         else:
             v["status"] = "not_heard"
         v["status_label"] = VILLAGE_LABELS[v["status"]]
@@ -463,11 +597,25 @@ def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -
                               "reasons": sorted({s["status_label"] for s in v["speakers"] if s["status"] != "finished"})})
     total = len(rows)
     finished = counts.get("finished", 0)
+    still_open = sum(counts.get(s, 0) for s in RECEIPT_OPEN)
+    stopped = counts.get("stopped", 0) + counts.get("cancelled", 0)
     # The outcome is the hub's judgement at the deadline (the broadcast's final state): a
-    # late answer is shown beside it, it does not change it.
-    outcome = "done" if total and finished == total else ("partial" if finished else "failed")
-    summary = (f"{len(villages)} 个村（社区）中 {len(heard)} 个已收听，{len(not_heard)} 个未完整收听；"
-               f"{finished}/{total} 个喇叭播放完成")
+    # late answer is shown beside it, it does not change it. Before then it is ``playing``:
+    # a speaker that has not answered finally has not failed (yet).
+    if still_open:
+        outcome = "playing"
+    elif stopped and b.get("stop_requested_at"):
+        outcome = "stopped"
+    else:
+        outcome = "done" if total and finished == total else ("partial" if finished else "failed")
+    if still_open:
+        summary = (f"播放中：{len(villages)} 个村（社区），{finished}/{total} 个喇叭已播放完成，"
+                   f"{still_open} 个正在播放或等待回执")
+    else:
+        summary = (f"{len(villages)} 个村（社区）中 {len(heard)} 个已收听，{len(not_heard)} 个未完整收听；"
+                   f"{finished}/{total} 个喇叭播放完成")
+    if b.get("stop_requested_at"):
+        summary = f"已停止（{b['stop_reason']}）；" + summary
     if late.get("finished"):
         summary += f"；另有 {late['finished']} 个喇叭超时后回执已播放完成"
     return {
@@ -475,7 +623,10 @@ def build_report(conn: psycopg.Connection, b: dict, within: str | None = None) -
         "text": b["text"], "requested_by": b["requested_by"],
         "requested_at": b["requested_at"].isoformat(),
         "dispatched_at": b["dispatched_at"].isoformat() if b.get("dispatched_at") else None,
-        "outcome": outcome, "summary": summary,
+        "outcome": outcome, "outcome_label": STATE_LABELS[outcome], "summary": summary,
+        "ends_at": b["ends_at"].isoformat() if b.get("ends_at") else None,
+        "stop": {"at": b["stop_requested_at"].isoformat(), "by": b["stopped_by"], "reason": b["stop_reason"]}
+        if b.get("stop_requested_at") else None,
         "speakers": {"total": total, **counts}, "late": late,
         "heard": heard, "not_heard": not_heard, "villages": list(villages.values()),
     }

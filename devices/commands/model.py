@@ -1,6 +1,6 @@
 """Command phases and who asked: the state machine every command follows.
 
-    pending ──publish──► sent ──► accepted ──► progress* ──► finished | failed | preempted
+    pending ──publish──► sent ──► accepted ──► progress* ──► finished | failed | preempted | stopped
                            └────► rejected            (device answers, in ``res``)
     any open state ──deadline passed (or not delivered before its expiry)──► expired   (hub)
 
@@ -12,17 +12,19 @@ import re
 from dataclasses import dataclass
 
 OPEN = ("pending", "sent", "accepted", "progress")
-FINAL = ("finished", "failed", "rejected", "preempted", "expired")
+FINAL = ("finished", "failed", "rejected", "preempted", "expired", "stopped")
 STATES = OPEN + FINAL
 # What the device may say (bus.commands.CommandResult.phase), and the state each one leads to.
 DEVICE_PHASES = {"accepted": "accepted", "started": "progress", "progress": "progress", "finished": "finished",
-                 "failed": "failed", "rejected": "rejected", "preempted": "preempted", "expired": "expired"}
+                 "failed": "failed", "rejected": "rejected", "preempted": "preempted", "expired": "expired",
+                 "stopped": "stopped"}
 _RANK = {"pending": 0, "sent": 1, "accepted": 2, "progress": 3}
 
 # 中文 first: what an operator sees.
 STATE_LABELS = {
     "pending": "待发送", "sent": "已发送", "accepted": "设备已接受", "progress": "执行中", "finished": "已完成",
     "failed": "执行失败", "rejected": "设备拒绝", "preempted": "被更高优先级打断", "expired": "超时未完成",
+    "stopped": "已停止",
 }
 
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -21,7 +21,8 @@ MQTT 5 correlation data: ``accepted`` (or ``rejected``) at once, ``progress`` wh
 working, then ``finished`` | ``failed`` | ``preempted`` (``expired`` for a queued play that
 outlived its message expiry). Speakers play for the command's ``duration_s`` × ``repeat``
 (scaled by speed), and a strictly higher priority tier interrupts the current play
-(receipt ``preempted``); with the fleet's ``fetch_audio`` they first download the audio
+(receipt ``preempted``); ``stop`` ends a broadcast's play, playing or queued (``stopped``,
+and a play of it arriving later is answered ``stopped`` too); with the fleet's ``fetch_audio`` they first download the audio
 with their own credentials and check its SHA-256 (:func:`fetch_audio`). Door controllers
 check the HMAC signature of ``unlock`` with their key, keep a log of their last
 ``event_log`` events and republish them on ``replay_events`` (``since_seq``); drones fly
@@ -225,8 +226,15 @@ class Speaker(Behaviour):
             else:
                 cmd.reply("rejected", "volume must be an integer 0..100")
             return
+        if cmd.name == "stop":
+            self._stop(fleet, dev, cmd)
+            return
         if cmd.name not in ("play", "broadcast"):
             super().command(fleet, dev, cmd)
+            return
+        bid = str(body.get("broadcast_id") or cmd.id or "unknown")[:128]
+        if bid in dev.state.setdefault("stopped", set()):
+            cmd.reply("stopped", f"broadcast {bid} was stopped before it played")
             return
         priority = body.get("priority", 5)
         if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9:
@@ -237,11 +245,12 @@ class Speaker(Behaviour):
         duration = body.get("duration_s")
         duration = duration if isinstance(duration, (int, float)) and duration > 0 else self.NOMINAL_PLAY_S
         repeat = body.get("repeat") if isinstance(body.get("repeat"), int) and 1 <= body["repeat"] <= 10 else 1
-        item = {"cmd": cmd, "bid": str(body.get("broadcast_id") or cmd.id or "unknown")[:128], "priority": priority,
+        item = {"cmd": cmd, "bid": bid, "priority": priority,
                 "seconds": duration * repeat / fleet.speed, "timer": None,
-                "expires": time.monotonic() + cmd.expiry_s / fleet.speed if cmd.expiry_s else None}
+                "expires": time.monotonic() + cmd.expiry_s / fleet.speed if cmd.expiry_s else None,
+                "live": body.get("live") is True and bool(body.get("audio_url"))}
         cmd.reply("accepted")
-        if fleet.fetch_audio and body.get("audio_url") and dev.password:
+        if fleet.fetch_audio and body.get("audio_url") and dev.password and not item["live"]:
             threading.Thread(target=self._fetch_then_queue, args=(fleet, dev, item), daemon=True).start()
         else:
             self._queue(fleet, dev, item)
@@ -256,6 +265,9 @@ class Speaker(Behaviour):
 
     def _queue(self, fleet, dev, item):
         with fleet.device_lock(dev):
+            if item["bid"] in dev.state.setdefault("stopped", set()):      # stopped while its audio downloaded
+                item["cmd"].reply("stopped", f"broadcast {item['bid']} was stopped before it played")
+                return
             current = dev.state.get("current")
             if current is not None and item["priority"] <= current["priority"]:
                 # Equal or lower tier waits its turn (a notice never cuts a notice).
@@ -265,6 +277,8 @@ class Speaker(Behaviour):
                 return
             if current is not None:
                 fleet.cancel(current["timer"])
+                if current.get("listener") is not None:
+                    current["listener"].stop()          # a live stream: hang up
                 fleet.emit_events(dev, [("playback", {"broadcast_id": current["bid"], "phase": "preempted",
                                                       "detail": f"interrupted by priority {item['priority']}"})])
                 current["cmd"].reply("preempted", f"interrupted by broadcast {item['bid']} (priority {item['priority']})")
@@ -275,7 +289,25 @@ class Speaker(Behaviour):
         dev.state["playing"] = True
         fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "started"})])
         item["cmd"].reply("progress", "playing")
+        if item["live"]:
+            # 实时喊话: play the stream as it comes until the hub ends it (devices/sim/live.py)
+            from devices.sim.live import LiveListener
+            item["listener"] = LiveListener(item["cmd"].body["audio_url"], (dev.id, dev.password or ""),
+                                            lambda problem: self._live_ended(fleet, dev, item, problem))
+            dev.state.setdefault("live", {})[item["bid"]] = item["listener"].start()
+            return
         item["timer"] = fleet.later(item["seconds"], lambda: self._finish(fleet, dev, item))
+
+    def _live_ended(self, fleet, dev, item, problem):
+        if problem is None:
+            self._finish(fleet, dev, item)
+            return
+        with fleet.device_lock(dev):
+            if dev.state.get("current") is not item:
+                return
+            fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "failed", "detail": problem})])
+            item["cmd"].reply("failed", problem)
+            self._next(fleet, dev)
 
     def _finish(self, fleet, dev, item):
         with fleet.device_lock(dev):
@@ -283,16 +315,49 @@ class Speaker(Behaviour):
                 return          # preempted meanwhile
             fleet.emit_events(dev, [("playback", {"broadcast_id": item["bid"], "phase": "finished"})])
             item["cmd"].reply("finished")
-            dev.state["current"] = None
-            dev.state["playing"] = False
+            self._next(fleet, dev)
+
+    def _next(self, fleet, dev):
+        """Nothing playing now: the next queued play that has not expired starts (under the device lock)."""
+        dev.state["current"] = None
+        dev.state["playing"] = False
+        queue = dev.state.get("queue") or []
+        while queue:
+            nxt = queue.pop(0)
+            if nxt["expires"] is not None and time.monotonic() > nxt["expires"]:
+                nxt["cmd"].reply("expired", "waited in the queue past its expiry")
+                continue
+            self._start(fleet, dev, nxt)
+            break
+
+    def _stop(self, fleet, dev, cmd):
+        """``stop``: the broadcast's play ends now, whether playing or queued."""
+        bid = cmd.body.get("broadcast_id")
+        if not isinstance(bid, str) or not bid:
+            cmd.reply("rejected", "broadcast_id is required")
+            return
+        bid = bid[:128]
+        reason = str(cmd.body.get("reason") or "stopped by the hub")[:500]
+        cmd.reply("accepted")
+        with fleet.device_lock(dev):
+            dev.state.setdefault("stopped", set()).add(bid)
+            stopped = 0
             queue = dev.state.get("queue") or []
-            while queue:
-                nxt = queue.pop(0)
-                if nxt["expires"] is not None and time.monotonic() > nxt["expires"]:
-                    nxt["cmd"].reply("expired", "waited in the queue past its expiry")
-                    continue
-                self._start(fleet, dev, nxt)
-                break
+            for item in [q for q in queue if q["bid"] == bid]:
+                queue.remove(item)
+                item["cmd"].reply("stopped", reason)
+                fleet.emit_events(dev, [("playback", {"broadcast_id": bid, "phase": "stopped", "detail": reason})])
+                stopped += 1
+            current = dev.state.get("current")
+            if current is not None and current["bid"] == bid:
+                fleet.cancel(current["timer"])
+                if current.get("listener") is not None:
+                    current["listener"].stop()          # a live stream: hang up
+                fleet.emit_events(dev, [("playback", {"broadcast_id": bid, "phase": "stopped", "detail": reason})])
+                current["cmd"].reply("stopped", reason)
+                stopped += 1
+                self._next(fleet, dev)
+        cmd.reply("finished", f"stopped broadcast {bid}" if stopped else f"not playing broadcast {bid}")
 
 
 class Drone(Behaviour):

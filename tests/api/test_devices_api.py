@@ -214,6 +214,50 @@ def test_broadcast_needs_the_permission_and_a_scheduled_one_can_be_cancelled(cli
     assert ds.delete(f"/api/broadcasts/{b['id']}").status_code == 409
 
 
+def test_a_playing_broadcast_is_stopped_by_its_dispatcher(clients, seeded_db, hub):
+    """DELETE answered 409 for a broadcast that had started: it played on to its end."""
+    fleet = hub[2]
+    ds = clients["ds-dispatcher"]
+    b = ds.post("/api/broadcasts", json={"targets": ["510199101201"], "text": "村民们请注意，今晚八点停电检修。",
+                                         "repeat": 10}).json()
+    wait_for(seeded_db, "SELECT status FROM device_broadcast_receipts WHERE broadcast_id = %s", (b["id"],),
+             lambda s: s == "started", timeout=20)
+    report = ds.get(f"/api/broadcasts/{b['id']}/report").json()
+    assert (report["outcome"], report["state"]) == ("playing", "playing")      # was "failed" while playing
+    # a township cannot stop a broadcast of another, nor one covering more than its area
+    assert clients["xh-dispatcher"].delete(f"/api/broadcasts/{b['id']}").status_code == 404
+    r = ds.delete(f"/api/broadcasts/{b['id']}", params={"reason": "内容有误"})
+    assert r.status_code == 200, r.text
+    assert r.json()["stop"]["by"] == "ds-dispatcher"
+    wait_for(seeded_db, "SELECT status FROM device_broadcast_receipts WHERE broadcast_id = %s", (b["id"],),
+             lambda s: s == "stopped", timeout=10)
+    assert not fleet.devices["speaker-dsc"].state["playing"]
+    report = ds.get(f"/api/broadcasts/{b['id']}/report").json()
+    assert report["outcome"] == "stopped" and report["state_label"] == "已停止"
+    assert report["villages"][0]["speakers"][0]["status_label"] == "已停止播放"
+    assert query(seeded_db, "SELECT actor, detail->>'reason', detail->>'speakers_told' FROM audit_log "
+                            "WHERE action = 'broadcast.stop' AND target = %s", (b["id"],)) == [
+        ("ds-dispatcher", "内容有误", "1")]
+    assert ds.delete(f"/api/broadcasts/{b['id']}").status_code == 409         # it has ended
+
+
+def test_a_townships_history_counts_its_own_speakers(clients, seeded_db):
+    """A county broadcast seen from a township: 4/4 in its history where its report said 2/2."""
+    admin, ds = clients["admin"], clients["ds-dispatcher"]
+    b = admin.post("/api/broadcasts", json={"targets": ["510199000000"], "audio_url": "https://example.org/a.mp3",
+                                            "text": "全县通告"}).json()
+    wait_for(seeded_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s", (b["id"],),
+             lambda n: n == 4)
+    whole = sum(admin.get(f"/api/broadcasts/{b['id']}").json()["speakers"].values())
+    mine = sum(next(x for x in ds.get("/api/broadcasts?limit=50").json() if x["id"] == b["id"])["speakers"].values())
+    one = sum(ds.get(f"/api/broadcasts/{b['id']}").json()["speakers"].values())
+    report = ds.get(f"/api/broadcasts/{b['id']}/report").json()
+    assert (whole, mine, one, report["speakers"]["total"]) == (4, 2, 2, 2)
+    # it covers more than the township: stopped by the county, not by a township
+    r = ds.delete(f"/api/broadcasts/{b['id']}")
+    assert r.status_code == 403 and "超出您的辖区" in r.json()["detail"]
+
+
 # --------------------------------------------------------------------------- drone media
 def test_drone_uploads_media_as_evidence(hub, seeded_db, var):
     server = hub[0]

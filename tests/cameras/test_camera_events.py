@@ -96,3 +96,51 @@ def test_a_state_the_camera_reports_on_subscribing_is_not_an_event(setup):
         time.sleep(0.05)
     time.sleep(1)
     assert [e.type for e in raised[before:]] == [], "a state sync, not a change"
+
+
+def test_a_line_crossing_the_camera_reports_becomes_an_alarm(site_db, mqtt, demo_site, tmp_path):
+    """The whole path on real parts: camera (SOAP events) → camera worker → MQTT (Mosquitto)
+    → ingest → TimescaleDB → the alerts engine with the demo site's rules → an alarm."""
+    import uuid
+    from pathlib import Path
+
+    from ingest.worker import IngestWorker
+    from store.db import connect
+    from tests.alerts.conftest import EngineRunner, wait_for as wait
+
+    cam = demo_site.cameras[0].id
+    with SimRtspServer([{"path": "/cam", "width": 320, "height": 180, "fps": 10, "gop": 10, "seed": 4}]) as sim, \
+            FakeOnvifCamera(USER, PASSWORD) as fake:
+        ingest = IngestWorker(site_db, mqtt.url, client_id=f"test-ingest-{uuid.uuid4().hex[:8]}", batch_ms=30,
+                              session_expiry_s=60, heartbeat_name=f"ingest-events-{uuid.uuid4().hex[:6]}")
+        ingest.start()
+        assert ingest.wait_ready(20)
+        spec = CameraSpec(id=cam, url=sim.url("/cam"), username=USER, password=PASSWORD, onvif_host="127.0.0.1",
+                          onvif_port=fake.port, onvif_events=True, analytics=CameraAnalytics())
+        worker = CameraWorker(Settings(var_dir=tmp_path / "var"), cameras=[spec], db_url=site_db, mqtt_url=mqtt.url,
+                              evidence_root=tmp_path / "evidence")
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        try:
+            with EngineRunner(site_db, mqtt.url, Path("config/demo/site.yaml").resolve()):
+                thread.start()
+                assert worker.ready.wait(15)
+                wait(lambda: cam in worker.onvif.subscribers and worker.onvif.subscribers[cam].stats.subscribed,
+                     20, what="the subscription")
+                fake.push("tns1:RuleEngine/LineDetector/Crossed", LINE_SOURCE, {"ObjectId": "7"})
+
+                def alarm():
+                    with connect(site_db) as conn:
+                        return conn.execute("SELECT * FROM alarms WHERE rule_id = 'camera-intrusion' AND source_id = %s",
+                                            (cam,)).fetchone()
+                found = wait(alarm, 30, what="the alarm")
+                assert found["type"] == "camera.intrusion.line" and found["severity"] == "major"
+                with connect(site_db) as conn:
+                    ev = conn.execute("SELECT payload FROM events WHERE source_id = %s AND type = 'camera.intrusion.line'",
+                                      (cam,)).fetchone()
+                assert ev["payload"]["detail"]["source"] == "camera" and ev["payload"]["detail"]["object_id"] == "7"
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join(20)
+            ingest.stop()

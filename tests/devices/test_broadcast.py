@@ -1,17 +1,20 @@
 """Broadcasts against the real broker and database: a township broadcast reaches the
 speakers of all its villages and the report names the village whose speaker was offline;
-an emergency interrupts a routine notice; a scheduled broadcast waits for its time; TTS
-makes a real Mandarin audio file."""
+an emergency interrupts a routine notice; a scheduled broadcast waits for its time; a
+playing broadcast stops on every speaker at once when told to, and by itself at its end
+time (issue 16), its report saying ``playing`` until then; TTS makes a real Mandarin audio
+file."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from devices import registry
 from devices.broadcast import audio
-from devices.broadcast.service import BroadcastRequest, create_broadcast
+from devices.broadcast.service import BroadcastRequest, build_report, create_broadcast, stop_broadcast
 from devices.commands import Requester
 from store.db import connect
 from tests.devices.conftest import provision, query, start_fleet, start_service, wait_for
@@ -103,6 +106,82 @@ def test_scheduled_broadcast_waits_for_its_time(township, site_db):
     wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (b["id"],), lambda s: s == "done")
     (dispatched,) = query(site_db, "SELECT dispatched_at FROM device_broadcasts WHERE id = %s", (b["id"],))[0]
     assert dispatched >= at
+
+
+VILLAGE = "510199101201"           # 东山村: speaker-dsc and EXTRA, both online
+
+
+def receipts_of(db: str, broadcast_id: str) -> dict[str, tuple]:
+    return {r[0]: r[1:] for r in query(db, "SELECT speaker_id, status, detail, started_at, finished_at "
+                                           "FROM device_broadcast_receipts WHERE broadcast_id = %s", (broadcast_id,))}
+
+
+def test_a_playing_broadcast_stops_on_every_speaker_at_once(township, site_db):
+    _, fleet = township
+    b = broadcast(site_db, targets=[VILLAGE], kind="notice", text="关于秋季防火的长篇通告。", duration_s=30)
+    wait_for(site_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s AND status = 'started'",
+             (b["id"],), lambda n: n == 2)
+    # While it plays, the report says so (it said "failed": nothing had finished yet).
+    with connect(site_db) as conn:
+        report = build_report(conn, conn.execute("SELECT * FROM device_broadcasts WHERE id = %s",
+                                                 (b["id"],)).fetchone())
+    assert (report["outcome"], report["outcome_label"]) == ("playing", "播放中")
+    assert report["summary"].startswith("播放中") and [v["status"] for v in report["villages"]] == ["in_progress"]
+
+    told = time.monotonic()
+    with connect(site_db) as conn:
+        out = stop_broadcast(conn, b["id"], by="ds-dispatcher", reason="通告内容有误", now=datetime.now(UTC),
+                             actor_kind="user")
+    assert out["speakers_told"] == 2 and out["plays_withdrawn"] == 0
+    wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (b["id"],), lambda s: s == "stopped",
+             timeout=10)
+    assert time.monotonic() - told < 5          # at once, not when the 30 s play ends
+    receipts = receipts_of(site_db, b["id"])
+    assert {k: v[0] for k, v in receipts.items()} == {"speaker-dsc": "stopped", EXTRA: "stopped"}
+    assert all("通告内容有误" in v[1] and v[3] - v[2] < timedelta(seconds=10) for v in receipts.values())
+    # the speakers themselves are silent
+    assert not any(fleet.devices[d].state["playing"] for d in ("speaker-dsc", EXTRA))
+    (report,) = query(site_db, "SELECT report FROM device_broadcasts WHERE id = %s", (b["id"],))[0]
+    assert report["outcome"] == "stopped" and report["stop"]["by"] == "ds-dispatcher"
+    assert [(v["status"], v["reasons"]) for v in report["not_heard"]] == [("partial", ["已停止播放"])]
+    wait_for(site_db, "SELECT array_agg(device_id) FROM device_commands WHERE broadcast_id = %s AND name = 'stop' "
+                      "AND state = 'finished'", (b["id"],), lambda ids: sorted(ids or []) == sorted(["speaker-dsc", EXTRA]))
+    assert query(site_db, "SELECT actor, detail->>'speakers_told' FROM audit_log WHERE action = 'broadcast.stop' "
+                          "AND target = %s", (b["id"],)) == [("ds-dispatcher", "2")]
+    # stopping it again: it has ended
+    with pytest.raises(registry.RegistryError) as err, connect(site_db) as conn:
+        stop_broadcast(conn, b["id"], by="ds-dispatcher", reason="again", now=datetime.now(UTC))
+    assert err.value.status == 409 and "已结束" in str(err.value)
+
+
+def test_a_broadcast_stops_at_its_end_time(township, site_db):
+    ends = datetime.now(UTC) + timedelta(seconds=2)
+    reason = "预警已过期 (the warning expired at 2026-12-06 10:00 +08:00)"
+    b = broadcast(site_db, targets=[VILLAGE], kind="emergency", text="大风蓝色预警。", duration_s=30, ends_at=ends,
+                  end_reason=reason)
+    wait_for(site_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s AND status = 'started'",
+             (b["id"],), lambda n: n == 2)
+    wait_for(site_db, "SELECT state FROM device_broadcasts WHERE id = %s", (b["id"],), lambda s: s == "stopped",
+             timeout=12)
+    receipts = receipts_of(site_db, b["id"])
+    assert {v[0] for v in receipts.values()} == {"stopped"}
+    assert all(reason in v[1] and ends <= v[3] < ends + timedelta(seconds=5) for v in receipts.values())
+    assert query(site_db, "SELECT stopped_by, stop_reason FROM device_broadcasts WHERE id = %s",
+                 (b["id"],)) == [("devices", reason)]
+    # a play command is never delivered to play after the end
+    assert query(site_db, "SELECT bool_and(expires_at <= %s) FROM device_commands WHERE broadcast_id = %s "
+                          "AND name = 'play'", (ends, b["id"])) == [(True,)]
+
+
+def test_a_scheduled_broadcast_stopped_before_its_time_is_cancelled(township, site_db):
+    b = broadcast(site_db, targets=[VILLAGE], kind="notice", text="明日通告。", duration_s=0.2,
+                  scheduled_at=datetime.now(UTC) + timedelta(hours=1))
+    with connect(site_db) as conn:
+        out = stop_broadcast(conn, b["id"], by="ds-dispatcher", reason="取消", now=datetime.now(UTC))
+    assert out["state"] == "cancelled" and out["speakers_told"] == 0
+    assert query(site_db, "SELECT count(*) FROM device_commands WHERE broadcast_id = %s", (b["id"],)) == [(0,)]
+    with pytest.raises(registry.RegistryError):
+        broadcast(site_db, targets=[VILLAGE], text="x", ends_at=datetime.now(UTC) - timedelta(seconds=1))
 
 
 def test_tts_makes_a_mandarin_audio_file(site_db, tmp_path):

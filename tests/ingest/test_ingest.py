@@ -212,6 +212,36 @@ def test_payload_zoo_lands_in_dead_letters_and_ingest_keeps_going(ingest, hub_cl
     assert ingest.stats()["dead_letters"] >= len(zoo)
 
 
+def test_retained_telemetry_and_events_are_refused_and_cleared(ingest, hub_client, registry, mqtt):
+    """A stale retained event must not come back as new to whoever subscribes later
+    (issue 15, item 6): ingest refuses it with the reason and clears the broker's copy;
+    a retained availability (the last will's topic) stays, by design."""
+    tag = uuid.uuid4().hex[:6]
+    evt, tele = f"xlhub/v1/radio/{RADIO}/evt/ptt_start", f"xlhub/v1/radio/{RADIO}/tele"
+    publish(hub_client, evt, body(f"kept-{tag}", talk_group="tg-1"), retain=True)
+    publish(hub_client, tele, body(f"kept-t-{tag}", lat=30.65, lon=104.48, battery_pct=80), retain=True)
+    publish(hub_client, f"xlhub/v1/radio/{RADIO}/avail", json.dumps({"v": 1, "status": "online", "ts": ms()}).encode(),
+            retain=True)
+    reason = wait_for(registry, "SELECT reason FROM dead_letters WHERE topic = %s AND convert_from(payload, 'UTF8') LIKE %s",
+                      (evt, f"%kept-{tag}%"))
+    assert reason.startswith("保留消息") and "retained" in reason
+    assert query(registry, "SELECT retained FROM dead_letters WHERE topic = %s AND convert_from(payload, 'UTF8') LIKE %s",
+                 (tele, f"%kept-t-{tag}%")) == [(True,)]
+    assert query(registry, "SELECT count(*) FROM events WHERE msg_id = %s", (f"kept-{tag}",)) == [(0,)]
+    # A consumer subscribing now gets the availability, and neither the event nor the telemetry.
+    time.sleep(0.5)
+    late = mqtt_client(mqtt.port, "xlhub-hub", mqtt.hub_password)
+    got: list[str] = []
+    late.on_message = lambda c, u, m: got.append(m.topic) if m.payload else None
+    late.subscribe(f"xlhub/v1/radio/{RADIO}/#", qos=1)
+    time.sleep(1.5)
+    late.disconnect()
+    late.loop_stop()
+    assert f"xlhub/v1/radio/{RADIO}/avail" in got
+    assert evt not in got and tele not in got, got
+    assert ingest.stats()["dead_letters"] >= 2
+
+
 # --------------------------------------------------------------------------- broker ACL
 def test_device_cannot_publish_under_another_devices_topic(ingest, mqtt, registry):
     password = secrets.token_urlsafe(12)

@@ -122,6 +122,7 @@ async def test_the_wall_frame_jpg_and_analysis_share_the_workers_one_session(cam
         (feed,) = [f for f in status["feeds"] if f["camera_id"] == CAM]
         assert feed["pull"] == "worker" and feed["state"] == "live" and feed["viewers"] == 2
         assert worker.worker.tap.consumers == 1, "one tap connection for both viewers and the snapshot"
+        assert worker.worker.recorder.cameras[CAM].stats.recording, "and the worker records the same packets"
         pipeline = worker.worker.pipelines[CAM]
         await wait_for(lambda: pipeline.health.packets > analysed + 30 and pipeline.analysed_frames > frames + 1,
                        20, "the worker's reading and analysis to go on")

@@ -138,6 +138,21 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/cameras/{camera_id}/snapshot"): Rule(P.CAMERAS_READ, "path",
                                                        {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
                                                        audit="read", ok=GATEWAY),
+    # ---------------------------------------------------------------- recordings (issue 13)
+    # The matrix' cameras have no footage: an allowed caller of play/frame/flag gets 404 "该时刻没有录像"
+    # (scope is told apart on the timeline, which answers 200 with no spans; tests/api/test_recording_playback.py)
+    ("GET", "/api/recordings/{camera_id}/timeline"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
+        query={"start": "2026-12-07T08:00:00+08:00", "end": "2026-12-07T09:00:00+08:00"}),
+    ("GET", "/api/recordings/{camera_id}/play"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
+        query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404}), stream=True),
+    ("GET", "/api/recordings/{camera_id}/frame"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
+        query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404})),
+    ("POST", "/api/recordings/{camera_id}/flags"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="write", ok=frozenset({404}),
+        body={"at": "2026-12-07T08:00:00+08:00", "category": "治安防控"}),
     # PTZ: the demo's cameras have no ONVIF address, so an allowed caller gets 409 with the reason
     ("POST", "/api/cameras/{camera_id}/ptz/move"): Rule(
         P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, body={"pan": 0.5, "timeout": 0.5},
@@ -155,6 +170,25 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/events/{event_id}/evidence"): Rule(
         P.EVENTS_READ, "list", args={"event_id": lambda side, ctx: ctx.resources.events[side]},
         hidden=(lambda ctx: ctx.resources.evidence["other"],)),
+    # ---------------------------------------------------------------- recordings: export, holds (issue 13)
+    # no footage of the matrix' cameras: an allowed caller is told so (422) after scope and role
+    ("POST", "/api/recordings/exports"): Rule(P.RECORDINGS_EXPORT, "path", audit="write", ok=frozenset({422}),
+                                              body=lambda side, ctx: {
+                                                  "camera_id": OWN_CAMERA if side == "own" else OTHER_CAMERA,
+                                                  "start": "2026-01-01T08:00:00+08:00",
+                                                  "end": "2026-01-01T08:05:00+08:00", "reason": "权限矩阵测试"}),
+    ("GET", "/api/recordings/exports/{export_id}"): Rule(P.RECORDINGS_EXPORT, "role", {"export_id": NOT_THERE}),
+    ("GET", "/api/recordings/exports/{export_id}/file"): Rule(P.RECORDINGS_EXPORT, "role", {"export_id": NOT_THERE},
+                                                              audit="read"),
+    ("POST", "/api/cases/{case_id}/recordings"): Rule(P.RECORDINGS_PLAY, CASE_SCOPE, audit="write",
+                                                      args={"case_id": CASE}, ok=frozenset({409, 422}),
+                                                      body={"camera_id": OWN_CAMERA,
+                                                            "start": "2026-01-01T08:00:00+08:00",
+                                                            "end": "2026-01-01T08:05:00+08:00",
+                                                            "reason": "权限矩阵测试"}),
+    ("GET", "/api/recordings/holds"): Rule(P.RECORDINGS_PLAY, "list", hidden=(OTHER_CAMERA,)),
+    ("POST", "/api/recordings/holds/{hold_id}/release"): Rule(P.RECORDINGS_EXPORT, "role", {"hold_id": 999999},
+                                                              body={"reason": "权限矩阵测试"}, audit="write"),
     # ---------------------------------------------------------------- live video
     ("POST", "/api/live/{camera_id}/offer"): Rule(P.LIVE_VIEW, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)},
                                                   body={"sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n", "type": "offer"},
@@ -199,6 +233,15 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                                        audit="write"),
     ("GET", "/api/broadcasts/{broadcast_id}/audio"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE},
                                                           inline=True),
+    # live voice (实时喊话): the matrix's offer has an audio section aiortc cannot answer → 422 in scope
+    ("POST", "/api/broadcasts/live"): Rule(P.BROADCAST_SEND, "path", audit="write", ok=frozenset({422}),
+                                           body=lambda side, ctx: {
+        "sdp": "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+        "targets": [OWN_VILLAGE if side == "own" else OTHER_VILLAGE]}),
+    ("DELETE", "/api/broadcasts/live/{broadcast_id}"): Rule(P.BROADCAST_SEND, "role", {"broadcast_id": NOT_THERE},
+                                                            audit="write"),
+    ("GET", "/api/broadcasts/{broadcast_id}/live.mp3"): Rule(P.BROADCAST_READ, "role", {"broadcast_id": NOT_THERE},
+                                                             inline=True),
     ("POST", "/api/devices/{device_id}/media"): Rule("device", args={"device_id": OWN_DOOR}, audit="write",
                                                      files={"file": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")}),
     # ---------------------------------------------------------------- alarms and cases (issue 5)
@@ -223,6 +266,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/outbox/replay"): Rule(P.OUTBOX_REPLAY, "none", body={"ids": [999999]}, audit="write"),
     ("POST", "/api/alerts/cap"): Rule(P.CAP_IMPORT, "none", body=b"<alert>not really CAP</alert>", audit="write",
                                       ok=frozenset({400, 422})),
+    ("POST", "/api/alerts/cap/preview"): Rule(P.CAP_IMPORT, "none", body=b"<alert>not really CAP</alert>",
+                                              audit="write", ok=frozenset({400, 422})),
+    ("GET", "/api/alerts/cap"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,)),
+    ("GET", "/api/alerts/cap/feeds"): Rule(P.CAP_IMPORT, "none"),
     ("GET", "/api/alerts/stats"): Rule(P.STATS_READ, "none"),
     ("GET", "/api/alerts/feed"): Rule(FEED_ROLES, "none", stream=True, inline=True),
     # case systems post status back with their own API token and signature: no person may

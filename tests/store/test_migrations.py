@@ -25,10 +25,12 @@ def test_upgrade_creates_hypertables_with_their_indexes(db_url):
         tables = {r["hypertable_name"] for r in conn.execute(
             "SELECT hypertable_name FROM timescaledb_information.hypertables")}
         indexes = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
-    assert tables == {"events", "device_telemetry", "device_positions", "camera_health", "dead_letters"}
+    assert tables == {"events", "device_telemetry", "device_positions", "camera_health", "dead_letters",
+                      "recording_segments"}
     assert set(RETAINED_TABLES) <= tables
     # "one device, recent window" and "one grid, time range"
-    assert {"device_telemetry_device", "device_telemetry_grid", "events_source", "events_grid"} <= indexes
+    assert {"device_telemetry_device", "device_telemetry_grid", "events_source", "events_grid",
+            "recording_segments_seq"} <= indexes
 
 
 def test_upgrade_is_idempotent_and_downgrade_round_trips(pg):

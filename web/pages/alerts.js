@@ -26,10 +26,20 @@ export function evidenceFigure(item) {
   }
   if (item.detail && !url) return h('figure', {}, h('pre', {}, JSON.stringify(item.detail, null, 1)), h('figcaption', {}, when));
   if (item.pending) return h('figure', {}, h('p', { class: 'muted' }, '视频片段录制中，稍后可查看。'), h('figcaption', {}, when));
-  if ((item.media_type || '').startsWith('image/') || item.kind === 'snapshot') {
-    return h('figure', {}, h('img', { src: url, alt: '证据截图', loading: 'lazy' }), h('figcaption', {}, `截图 ${when}`, item.sha256 ? h('small', {}, ` SHA-256 ${item.sha256.slice(0, 16)}…`) : null));
+  // evidence taken from a recording links back to that moment of the footage (录像回放)
+  const rec = item.recording || (item.detail && item.detail.recording);
+  const back = rec ? h('a', { class: 'recording-link', href: `#/playback/${encodeURIComponent(rec.camera_id)}/${rec.at || rec.start}` }, ' 回放此刻录像') : null;
+  if (item.kind === 'recording' && rec) {
+    // a range of footage the case holds (保全): play it, or export it from the playback page
+    const gaps = (rec.gaps || []).length;
+    return h('figure', { class: 'held-recording' },
+      h('p', {}, `录像 ${fmtTime(rec.start, { date: true })} 至 ${fmtTime(rec.end)}（已保全，${(rec.segments || []).length} 段${gaps ? `，其中 ${gaps} 处无录像` : ''}）`),
+      h('figcaption', {}, item.sha256 ? h('small', {}, `SHA-256 ${item.sha256.slice(0, 16)}…`) : null, back));
   }
-  return h('figure', {}, h('video', { src: url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${when}`));
+  if ((item.media_type || '').startsWith('image/') || item.kind === 'snapshot') {
+    return h('figure', {}, h('img', { src: url, alt: '证据截图', loading: 'lazy' }), h('figcaption', {}, `截图 ${when}`, item.sha256 ? h('small', {}, ` SHA-256 ${item.sha256.slice(0, 16)}…`) : null, back));
+  }
+  return h('figure', {}, h('video', { src: url, controls: true, preload: 'metadata' }), h('figcaption', {}, `视频片段 ${when}`, back));
 }
 
 export function showEvidence(title, loader) {

@@ -1,11 +1,23 @@
 // 广播 — the broadcast console: targets on the grid tree, text (TTS) or an uploaded audio file,
 // kind, priority and time; per-speaker receipts update live; history with reports (回执).
+// 实时喊话: the operator's microphone over WebRTC to the chosen villages' speakers (api/devices/voice.py).
 import { api, request } from '../api.js';
 import { onFeed } from '../feed.js';
 import { clear, errorBox, fmtTime, h, modal, notAvailable } from '../ui.js';
 
 const OPEN_STATES = ['scheduled', 'sending', 'playing'];
-const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', cancelled: 'muted' };
+const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', stopped: 'warn', cancelled: 'muted' };
+
+// 停止播放: a scheduled broadcast is cancelled, a playing one stops on every speaker at once.
+async function stopBroadcast(b, after) {
+  if (!window.confirm(`停止播放“${b.text || '（音频）'}”？所有喇叭将立即停止。`)) return;
+  try {
+    await api.del(`/api/broadcasts/${encodeURIComponent(b.id)}`);
+  } catch (err) {
+    window.alert(`停止失败：${err.detail || err.message}`);
+  }
+  after();
+}
 
 export async function render(main, { grid }) {
   let speakers = [];
@@ -92,7 +104,8 @@ export async function render(main, { grid }) {
     h('label', {}, '定时（留空立即）', when)),
   result, h('div', { class: 'actions' }, send));
   const history = h('section', { class: 'panel', id: 'broadcast-history' });
-  main.append(h('div', { class: 'two-col' }, form, history));
+  const live = livePanel(chosen, () => { loadHistory(); });
+  main.append(h('div', { class: 'two-col' }, h('div', {}, form, live.panel), history));
 
   let pollTimer = null;
   let stopped = false;
@@ -116,6 +129,9 @@ export async function render(main, { grid }) {
           h('div', { class: 'muted small' }, `${b.targets.map((t) => grid.nameOf(t)).join('、')} · ${b.requested_by} · ${fmtTime(b.created_at, { date: true })}`)),
         h('span', { class: `badge ${b.state === 'done' ? 'ok' : ['failed', 'no_speakers'].includes(b.state) ? 'bad' : b.state === 'partial' ? 'warn' : 'muted'}` }, b.state_label || b.state),
         h('span', { class: 'small receipts' }, total ? `${sp.finished || 0}/${total} 播完` : ''),
+        OPEN_STATES.includes(b.state) && !b.stop
+          ? h('button', { type: 'button', class: 'link danger', dataset: { action: 'stop' }, onclick: () => stopBroadcast(b, loadHistory) }, '停止')
+          : null,
         h('button', { type: 'button', class: 'link', onclick: () => showReport(b.id) }, '回执'));
     })) : h('p', { class: 'empty' }, '暂无广播记录。'));
     // receipts update live: while something is playing, look again every few seconds
@@ -148,5 +164,89 @@ export async function render(main, { grid }) {
 
   const off = onFeed('broadcast', () => { if (!stopped) loadHistory(); });
   await loadHistory();
-  return () => { stopped = true; clearTimeout(pollTimer); off(); };
+  return () => { stopped = true; clearTimeout(pollTimer); off(); live.stop(); };
+}
+
+function waitIceComplete(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener('icegatheringstatechange', () => { if (pc.iceGatheringState === 'complete') resolve(); });
+    setTimeout(resolve, ms);
+  });
+}
+
+// 实时喊话: the same targets as above; a live notice is 紧急 (interrupts routine notices) by default,
+// an emergency warning interrupts it; 结束喊话 ends it and the speakers report it played.
+function livePanel(chosen, onChange) {
+  const kind = h('select', { id: 'live-kind' }, h('option', { value: 'notice' }, '通告'), h('option', { value: 'emergency' }, '应急预警'));
+  const priority = h('select', { id: 'live-priority' }, h('option', { value: 'urgent' }, '紧急（打断当前播放）'), h('option', { value: 'high' }, '优先'), h('option', { value: 'normal' }, '普通'));
+  const status = h('div', { id: 'live-status', role: 'status' });
+  const start = h('button', { type: 'button', class: 'primary', id: 'live-start' }, '开始喊话');
+  const stop = h('button', { type: 'button', id: 'live-stop', disabled: true }, '结束喊话');
+  let pc = null;
+  let mic = null;
+  let broadcastId = null;
+  const say = (cls, text, state) => { clear(status).append(h('p', { class: cls }, text)); status.dataset.state = state; };
+  const hangUp = () => {
+    if (pc) pc.close();
+    if (mic) mic.getTracks().forEach((t) => t.stop());
+    pc = null; mic = null;
+    start.disabled = false; stop.disabled = true;
+  };
+  start.addEventListener('click', async () => {
+    if (!chosen.size) { say('error', '请选择喊话范围（至少一个村或社区）。', 'error'); return; }
+    start.disabled = true;
+    try {
+      // no noise suppression: it treats a steady voice or a siren as noise; the level is kept even (AGC)
+      mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: true } });
+    } catch (err) {
+      say('error', `无法使用麦克风：${err.message}（请允许浏览器使用麦克风）`, 'error');
+      hangUp();
+      return;
+    }
+    pc = new RTCPeerConnection({ iceServers: [] });
+    mic.getAudioTracks().forEach((t) => pc.addTransceiver(t, { direction: 'sendonly', streams: [mic] }));
+    pc.onconnectionstatechange = () => {
+      if (pc && ['failed', 'closed'].includes(pc.connectionState)) { say('error', '喊话连接中断，已结束。', 'ended'); hangUp(); onChange(); }
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitIceComplete(pc, 3000);
+      const out = await api.post('/api/broadcasts/live', {
+        sdp: pc.localDescription.sdp, type: 'offer', targets: [...chosen], kind: kind.value,
+        priority: kind.value === 'emergency' ? null : priority.value,
+      });
+      broadcastId = out.broadcast_id;
+      status.dataset.broadcast = broadcastId;
+      await pc.setRemoteDescription({ type: 'answer', sdp: out.sdp });
+      say('ok', `正在喊话（${out.kind_label}，优先级 ${out.priority}，最长 ${Math.round(out.max_s / 60)} 分钟）……`, 'live');
+      stop.disabled = false;
+      onChange();
+    } catch (err) {
+      say('error', err.status === 403 ? '当前角色无权喊话。' : err.status === 404 ? '所选范围不在本辖区。' : `喊话失败：${err.detail || err.message}`, 'error');
+      hangUp();
+    }
+  });
+  const end = async () => {
+    const id = broadcastId;
+    broadcastId = null;
+    stop.disabled = true;
+    if (!id) { hangUp(); return; }
+    // the hub ends the broadcast first (recorded as the operator's), then the microphone hangs up
+    try {
+      await api.del(`/api/broadcasts/live/${encodeURIComponent(id)}`);
+      say('ok', '喊话已结束。', 'ended');
+    } catch (err) {
+      say('error', `结束喊话失败：${err.detail || err.message}`, 'error');
+    }
+    hangUp();
+    onChange();
+  };
+  stop.addEventListener('click', end);
+  const panel = h('section', { class: 'panel form', id: 'live-voice' },
+    h('h2', {}, '实时喊话 ', h('small', {}, 'Live voice')),
+    h('p', { class: 'muted small' }, '对上方所选的村（社区）喇叭实时讲话。'),
+    h('div', { class: 'row' }, h('label', {}, '类型 ', kind), h('label', {}, '优先级 ', priority)),
+    status, h('div', { class: 'actions' }, start, stop));
+  return { panel, stop: () => { if (broadcastId) end(); else hangUp(); } };
 }

@@ -35,6 +35,7 @@ export async function render(main, { me, grid }) {
   let timers = [];
   // Only for those who may steer (api/permissions.py cameras.ptz); an older hub without the list: show it.
   const canPtz = !Array.isArray(me.permissions) || me.permissions.includes('cameras.ptz');
+  const canPlay = !Array.isArray(me.permissions) || me.permissions.includes('recordings.play');
 
   const wall = h('section', { class: 'wall', id: 'wall', 'aria-label': '电视墙' });
   const tree = h('nav', { class: 'tree', 'aria-label': '网格树' });
@@ -125,10 +126,15 @@ export async function render(main, { me, grid }) {
   function makeTile(cam) {
     const stateBadge = h('span', { class: 'badge state', dataset: { role: 'state' } }, TILE_STATES.idle);
     const healthBadge = h('span', { class: 'badge muted', dataset: { role: 'health' } }, HEALTH.unknown.label);
+    // 录像异常 / 录像滞后: shown only when the camera's recording is in trouble (GET /api/camera-health)
+    const recBadge = h('span', { class: 'badge bad', dataset: { role: 'recording' }, hidden: true }, '');
     const counter = h('span', { class: 'frames', dataset: { role: 'frames' } }, '');
     const lastSeen = h('span', { class: 'last-seen', dataset: { role: 'last-seen' } }, '');
     const reason = h('span', { class: 'reason' });
     const flagBtn = h('button', { type: 'button', class: 'flag-btn', title: '标记事件 (F)', onclick: (e) => { e.stopPropagation(); openFlag(cam); } }, '标记事件');
+    // 回放: this camera's recording from five minutes ago (录像回放 page)
+    const playbackBtn = canPlay ? h('a', { class: 'icon-btn playback-btn', href: `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`,
+      title: '录像回放（最近 5 分钟）', 'aria-label': '回放', onclick: (e) => { e.stopPropagation(); e.currentTarget.href = `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`; } }, '回放') : null;
     const ptzBtn = cam.has_onvif && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
     // 流畅 (sub) / 高清 (main): re-opens this tile with the camera's other stream
     const streamBtn = h('button', {
@@ -177,11 +183,11 @@ export async function render(main, { me, grid }) {
       ondblclick: () => toggleZoom(cam.id),
       onfocus: () => select(cam.id),
     },
-    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, ptzBtn, zoomBtn),
+    h('header', {}, h('span', { class: 'cam-name' }, cam.name), h('span', { class: 'cam-place' }, grid.trail(cam.grid_path, 1)), streamBtn, playbackBtn, ptzBtn, zoomBtn),
     live.el,
-    h('footer', {}, stateBadge, healthBadge, lastSeen, reason, counter, flagBtn));
+    h('footer', {}, stateBadge, healthBadge, recBadge, lastSeen, reason, counter, flagBtn));
     flagBtn.disabled = true;
-    const t = { el, live, stateBadge, healthBadge, counter, lastSeen, shownSnapshot: null };
+    const t = { el, live, stateBadge, healthBadge, recBadge, counter, lastSeen, shownSnapshot: null };
     paintHealth(t, cam.id);
     return t;
   }
@@ -303,6 +309,13 @@ export async function render(main, { me, grid }) {
     // Pictures arriving say more than a report that is older than them: a playing tile does
     // not also claim 离线 / 连接中 / 状态未知 (the report catches up within 10 s).
     t.healthBadge.hidden = t.live.state === 'live' && ['offline', 'connecting', 'unknown'].includes(hs.state || 'unknown');
+    const rec = hs.recording;
+    const recTrouble = rec && ['failed', 'behind'].includes(rec.state);
+    t.recBadge.hidden = !recTrouble;
+    t.recBadge.textContent = recTrouble ? rec.label : '';
+    t.recBadge.className = `badge ${rec && rec.state === 'failed' ? 'bad' : 'warn'}`;
+    t.recBadge.title = recTrouble ? `${rec.label}${rec.error ? `\n${rec.error}` : ''}` : '';
+    t.el.dataset.recording = rec ? rec.state : '';
     clear(t.lastSeen);
     if (hs.state === 'offline' && hs.last_snapshot) {
       showStored(t, hs.last_snapshot);

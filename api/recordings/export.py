@@ -1,0 +1,309 @@
+"""Exporting recorded footage (导出录像) and holding it for a case (录像留存), issue 13.
+
+- ``POST /api/recordings/exports`` (``recordings.export``, a reason required): a range of one
+  camera to one MP4 by remux (cameras/recording/export.py). Refused at once, with the reason,
+  when the range has no footage (422), is too large (413, ``XLHUB_RECORDING_EXPORT_MAX_BYTES``)
+  or changes codec or resolution (422); a range partly covered is exported and its gaps are
+  named. The answer (202) is the export's record: its provenance (segments' seq, SHA-256 and
+  links, gaps) at once, progress while it is written, then its SHA-256 and size.
+- ``GET /api/recordings/exports/{id}``: that record (poll it for ``progress``); it is also the
+  sidecar JSON written beside the MP4 — the file to hand over with it.
+- ``GET /api/recordings/exports/{id}/file``: the MP4 (``X-Content-SHA256``), audited.
+- ``POST /api/cases/{case_id}/recordings``: attach a recorded range to a case as evidence:
+  a hold (``recording_holds``) keeps its segments past retention and the quota while the case
+  needs them (cameras/recording/holds.py), and the case's evidence lists the range, its
+  segments' hashes and how to play and export it.
+- ``GET /api/recordings/holds``, ``POST /api/recordings/holds/{id}/release`` (a reason).
+
+Every export is audited twice: the request (who, camera, range, reason) by the middleware,
+and its end (the same person, the SHA-256 and size, or why it failed). Exports are written by
+a thread of the API process into ``XLHUB_RECORDING_EXPORT_DIR``: the record file is the state,
+so any API process sharing that directory answers for it. Files go after
+``XLHUB_RECORDING_EXPORT_KEEP_HOURS``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
+
+from alerts.cases import service as cases
+from alerts.cases.models import CaseError, CaseState, EvidenceItem
+from alerts.evidence import canonical_sha256
+from api.alerts.views import actor_of, alerts_config, http_error
+from api.audit import add_audit_detail, audited_read
+from api.cameras.views import _camera_path
+from api.deps import Conn, ensure_in_scope, require
+from api.permissions import Permission
+from cameras.recording import export as rec_export
+from cameras.recording import holds as rec_holds
+from cameras.recording.settings import RecordingSettings
+from store.audit import AuditEntry, record
+from store.files import open_private, private_dir
+from store.identity import Principal
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api", tags=["recordings 录像"])
+
+_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_running = threading.BoundedSemaphore(2)       # exports written at once by this process
+
+
+class RangeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    camera_id: str = Field(min_length=1, max_length=64)
+    start: datetime = Field(description="ISO-8601 with its offset, e.g. 2026-12-07T21:30:00+08:00")
+    end: datetime = Field(description="after start, same form")
+    reason: str = Field(min_length=2, max_length=500, description="why (事由): a case number, a police request …")
+
+
+# --------------------------------------------------------------------------- exports
+def _settings() -> RecordingSettings:
+    return RecordingSettings()
+
+
+def _dirs(request: Request) -> tuple[Path, Path]:
+    s = _settings()
+    var = request.app.state.settings.var_dir
+    return s.root(var), s.exports(var)
+
+
+def _write_record(path: Path, rec: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open_private(tmp, "w") as f:
+        json.dump(rec, f, ensure_ascii=False, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _read_record(exports: Path, export_id: str) -> dict | None:
+    if not _ID.match(export_id):
+        return None
+    try:
+        return json.loads((exports / f"{export_id}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _sweep(exports: Path, keep_hours: float) -> None:
+    cutoff = time.time() - keep_hours * 3600
+    for p in exports.glob("*.json"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                (exports / f"{p.stem}.mp4").unlink(missing_ok=True)
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _refused(exc: rec_export.ExportRefused) -> HTTPException:
+    return HTTPException(exc.status, exc.text)
+
+
+def _run(pool, principal: Principal, source_ip: str | None, plan: rec_export.Plan, root: Path, exports: Path,
+         rec: dict) -> None:
+    """The export's thread: write the MP4, then its SHA-256 into the record and the audit log."""
+    record_path = exports / f"{rec['id']}.json"
+    out = exports / f"{rec['id']}.mp4"
+    partial = exports / f"{rec['id']}.mp4.partial"
+    last = [0.0]
+
+    def progress(fraction: float) -> None:
+        if time.monotonic() - last[0] >= 0.5 or fraction >= 1:
+            last[0] = time.monotonic()
+            rec["progress"] = round(fraction, 3)
+            _write_record(record_path, rec)
+
+    with _running:
+        rec["state"] = "running"
+        _write_record(record_path, rec)
+        try:
+            open_private(partial).close()
+            done = rec_export.write(plan, root, partial, comment=rec_export.comment_of(plan, rec["id"]),
+                                    progress=progress)
+            os.replace(partial, out)
+            rec.update(state="done", progress=1.0, sha256=done.sha256, bytes=done.bytes, packets=done.packets,
+                       first_frame_at=done.first_at.isoformat(), last_frame_at=done.last_at.isoformat(),
+                       finished_at=datetime.now(UTC).isoformat())
+            outcome = "ok"
+        except Exception as exc:  # noqa: BLE001 - the record says why; the operator sees it
+            partial.unlink(missing_ok=True)
+            text = exc.text if isinstance(exc, rec_export.ExportRefused) else \
+                f"导出失败：录像文件无法读取或写入 (export failed: {type(exc).__name__}: {str(exc)[:200]})"
+            rec.update(state="failed", error=text, finished_at=datetime.now(UTC).isoformat())
+            outcome = "failed"
+            log.warning("recording export %s failed: %s", rec["id"], text)
+        _write_record(record_path, rec)
+    try:
+        with pool.connection(timeout=10) as conn:
+            record(conn, AuditEntry(
+                actor=principal.name, actor_kind=principal.kind, role=principal.role, node_code=principal.node_code,
+                action="recordings.export.finished", target=f"export {rec['id']}", source_ip=source_ip,
+                outcome=outcome, detail={"camera_id": rec["camera_id"], "start": rec["requested"]["start"],
+                                         "end": rec["requested"]["end"], "reason": rec["reason"],
+                                         "sha256": rec.get("sha256"), "bytes": rec.get("bytes"),
+                                         "error": rec.get("error"), "chain": rec["chain"]}))
+    except Exception:  # noqa: BLE001
+        log.exception("recording export %s: its audit record could not be written", rec["id"])
+
+
+@router.post("/recordings/exports", status_code=status.HTTP_202_ACCEPTED)
+def start_export(body: RangeIn, request: Request, conn: Conn,
+                 principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
+    """Export a range of one camera to one MP4 (no re-encode). Answers 202 with the export's
+    record; poll ``GET /api/recordings/exports/{id}`` until ``state`` is ``done``."""
+    add_audit_detail(request, camera_id=body.camera_id, start=body.start.isoformat(), end=body.end.isoformat(),
+                     reason=body.reason)
+    ensure_in_scope(principal, _camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
+    settings = _settings()
+    try:
+        plan = rec_export.plan(conn, body.camera_id, body.start, body.end, settings.export_max_bytes)
+    except rec_export.ExportRefused as exc:
+        add_audit_detail(request, refused=exc.code)
+        raise _refused(exc) from None
+    root, exports = _dirs(request)
+    private_dir(exports)
+    _sweep(exports, settings.export_keep_hours)
+    export_id = str(ULID())
+    rec = {"id": export_id, "state": "queued", "progress": 0.0, "reason": body.reason,
+           "requested_by": principal.name, "requested_at": datetime.now(UTC).isoformat(),
+           **rec_export.provenance(plan), "estimate_bytes": plan.bytes, "sha256": None, "bytes": None,
+           "status_url": f"/api/recordings/exports/{export_id}",
+           "file_url": f"/api/recordings/exports/{export_id}/file"}
+    _write_record(exports / f"{export_id}.json", rec)
+    add_audit_detail(request, export_id=export_id, segments=[plan.segments[0]["seq"], plan.segments[-1]["seq"]],
+                     gaps=len(plan.gaps))
+    threading.Thread(target=_run, args=(request.app.state.pool, principal, request.client.host if request.client
+                                        else None, plan, root, exports, dict(rec)),
+                     name=f"export-{export_id}", daemon=True).start()
+    return rec
+
+
+def _export_in_scope(request: Request, conn, principal: Principal, export_id: str) -> tuple[dict, Path]:
+    _, exports = _dirs(request)
+    rec = _read_record(exports, export_id)
+    ensure_in_scope(principal, _camera_path(conn, rec["camera_id"]) if rec else None, f"export {export_id!r}")
+    return rec, exports
+
+
+@router.get("/recordings/exports/{export_id}")
+def get_export(export_id: str, request: Request, conn: Conn,
+               principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
+    """The export's record: state (queued, running, done, failed), progress, provenance, SHA-256."""
+    return _export_in_scope(request, conn, principal, export_id)[0]
+
+
+@router.get("/recordings/exports/{export_id}/file", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}}},
+            dependencies=[Depends(audited_read("recordings.export.download"))])
+def export_file(export_id: str, request: Request, conn: Conn,
+                principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> FileResponse:
+    rec, exports = _export_in_scope(request, conn, principal, export_id)
+    add_audit_detail(request, camera_id=rec["camera_id"], sha256=rec.get("sha256"))
+    if rec["state"] == "failed":
+        raise HTTPException(status.HTTP_409_CONFLICT, rec.get("error") or "导出失败 (export failed)")
+    if rec["state"] != "done":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"导出尚未完成（{rec['progress'] * 100:.0f}%）"
+                                                      "(the export is not finished yet)")
+    path = exports / f"{export_id}.mp4"
+    if not path.is_file():
+        raise HTTPException(status.HTTP_410_GONE, "导出文件已过期删除，请重新导出 (the exported file was deleted: "
+                                                  "export again)")
+    return FileResponse(path, media_type="video/mp4", filename=f"{rec['camera_id']}-{export_id}.mp4",
+                        headers={"X-Content-SHA256": rec["sha256"], "Cache-Control": "private, no-store"})
+
+
+# --------------------------------------------------------------------------- holds
+def hold_out(row: dict) -> dict:
+    return {"id": row["id"], "camera_id": row["camera_id"], "start": row["start_at"], "end": row["end_at"],
+            "reason": row["reason"], "case_id": row["case_id"], "created_by": row["created_by"],
+            "created_at": row["created_at"], "released_at": row["released_at"], "active": row["released_at"] is None}
+
+
+@router.post("/cases/{case_id}/recordings", status_code=status.HTTP_201_CREATED)
+def hold_for_case(case_id: str, body: RangeIn, request: Request, conn: Conn,
+                  principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_PLAY))]) -> dict:
+    """Attach a recorded range of a camera to a case as evidence (留存录像作为证据): held past
+    retention while the case needs it, listed in the case's evidence with its segments' hashes."""
+    add_audit_detail(request, camera_id=body.camera_id, start=body.start.isoformat(), end=body.end.isoformat(),
+                     reason=body.reason)
+    actor = actor_of(request, principal)
+    try:
+        case = cases.get_case(conn, case_id, actor)
+    except CaseError as exc:
+        raise http_error(exc) from None
+    ensure_in_scope(principal, _camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
+    if cases.is_finished(case):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"工单{CaseState(case['state']).label}，不能再追加录像 "
+                                                      f"(case {case['number']} is finished: {case['state']})")
+    try:
+        plan = rec_export.plan(conn, body.camera_id, body.start, body.end, max_bytes=1 << 62)
+    except rec_export.ExportRefused as exc:
+        raise _refused(exc) from None
+    hold = rec_holds.create(conn, body.camera_id, body.start, body.end, body.reason, principal.name, case["id"])
+    segs = [{"seq": s["seq"], "sha256": s["sha256"], "link": s["link"]} for s in plan.segments]
+    detail = {"camera_id": body.camera_id, "start": body.start.isoformat(), "end": body.end.isoformat(),
+              "reason": body.reason, "hold_id": hold["id"], "segments": segs,
+              "gaps": [g.as_dict() for g in plan.gaps],
+              "play": {"camera_id": body.camera_id, "start": body.start.isoformat(), "end": body.end.isoformat()},
+              "export": {"method": "POST", "url": "/api/recordings/exports",
+                         "body": {"camera_id": body.camera_id, "start": body.start.isoformat(),
+                                  "end": body.end.isoformat()}}}
+    item = EvidenceItem(kind="recording", ref=f"recording:{hold['id']}", sha256=canonical_sha256(segs),
+                        media_type="video/mp4", source_kind="camera", source_id=body.camera_id,
+                        captured_at=body.start, detail=detail)
+    try:
+        cases.attach_evidence(conn, alerts_config(request), case, [item], actor)
+    except CaseError as exc:
+        raise http_error(exc) from None
+    add_audit_detail(request, case=case["number"], hold_id=hold["id"])
+    return {"hold": hold_out(hold), "case_id": case["id"], "case_number": case["number"], "evidence": detail,
+            "sha256": item.sha256, "complete": not plan.gaps}
+
+
+@router.get("/recordings/holds")
+def list_holds(request: Request, conn: Conn,
+               principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_PLAY))],
+               camera_id: Annotated[str | None, Query(max_length=64)] = None,
+               case_id: Annotated[str | None, Query(max_length=64)] = None,
+               active: bool = True) -> list[dict]:
+    """Holds on cameras in the caller's area, newest first."""
+    rows = conn.execute(
+        """SELECT h.* FROM recording_holds h JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = h.camera_id
+           WHERE g.grid_path @> ARRAY[%s]::text[] AND (%s::text IS NULL OR h.camera_id = %s)
+             AND (%s::text IS NULL OR h.case_id = %s) AND (NOT %s OR h.released_at IS NULL)
+           ORDER BY h.created_at DESC LIMIT 500""",
+        (principal.node_code, camera_id, camera_id, case_id, case_id, active)).fetchall()
+    return [hold_out(r) for r in rows]
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=2, max_length=500)
+
+
+@router.post("/recordings/holds/{hold_id}/release")
+def release_hold(hold_id: int, body: ReleaseIn, request: Request, conn: Conn,
+                 principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
+    """Release a hold before its case lets it go (the footage then follows retention)."""
+    add_audit_detail(request, hold_id=hold_id, reason=body.reason)
+    row = rec_holds.get(conn, hold_id) if -2**63 <= hold_id < 2**63 else None
+    ensure_in_scope(principal, _camera_path(conn, row["camera_id"]) if row else None, f"hold {hold_id}")
+    released = rec_holds.release(conn, hold_id)
+    if released is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"留存已于 {row['released_at'].isoformat()} 解除 (hold {hold_id} "
+                                                      "was released already)")
+    add_audit_detail(request, camera_id=row["camera_id"], case_id=row["case_id"])
+    return hold_out(released)
+

@@ -1,0 +1,258 @@
+"""Benchmark: what recording costs, and how fast its index answers (issue 13; ratios in one run).
+
+1. Recording cost. A camera worker (this process) reads N simulated cameras (GStreamer in its
+   own process: H.264, default 640x360 10 fps ~2 Mbit/s, keyframes-only analysis, the default)
+   with a real PostgreSQL for the index. Windows alternate: recording off (the recorder
+   detached from the cameras' packets) and on (attached: queue, remux to fragmented MP4,
+   fsync, SHA-256, index row). Medians of the windows: the worker's CPU without recording, the
+   recording's own CPU, their ratio (goal ≤ 10 %), the bytes on disk against the stream's
+   bytes over the same packets (goal within 2 %), and how many such cameras one core records
+   (1 / recording CPU per camera; the camera's reading itself is not counted).
+2. The index. ``recording_segments`` filled with C cameras × D days of 30 s segments (the
+   older half pruned, as retention leaves them), then p50/p95 of: a plain primary-key lookup;
+   a day of one camera; a grid's cameras (G of them) over an hour; and the disk keeper's two
+   queries (cameras/recording/quota.py): the sum over what is kept, and the first batch of
+   deletion candidates.
+
+    .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
+                                            [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.live.run import cpu_seconds  # noqa: E402
+
+
+class Counter:
+    """A Fanout listener counting the stream's bytes as the recorder sees them: from a
+    keyframe on, like a segment (what the file's bytes are compared with)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.started = False
+
+    def opened(self, segment) -> None:
+        self.started = False
+
+    def packet(self, record) -> None:
+        if not self.started and not record.key:
+            return
+        self.started = True
+        self.bytes += record.packet.size
+
+    def closed(self, failure) -> None:
+        self.started = False
+
+
+def recording_cost(args, db_url: str, tmp: Path) -> None:
+    from cameras.config import CameraAnalytics, CameraSpec
+    from cameras.sim.server import SimRtspServer
+    from cameras.worker import CameraWorker
+    from config.settings import Settings
+
+    os.environ["XLHUB_RECORDING_SEGMENT_S"] = str(args.segment_s)
+    os.environ["XLHUB_RECORDING_QUOTA"] = ""
+    paths = [f"/rec{i}" for i in range(args.cameras)]
+    mounts = [{"path": p, "width": 640, "height": 360, "fps": 10, "gop": 20, "seed": i + 1,
+               "bitrate": int(args.mbps * 1000)} for i, p in enumerate(paths)]
+    with SimRtspServer(mounts) as sim:
+        specs = [CameraSpec(id=f"rec{i}", url=sim.url(p), analytics=CameraAnalytics(stream="main"))
+                 for i, p in enumerate(paths)]
+        worker = CameraWorker(Settings(var_dir=tmp / "var"), cameras=specs, db_url=db_url,
+                              evidence_root=tmp / "evidence")
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        assert worker.ready.wait(30), "the worker did not start"
+        pipes = list(worker.pipelines.values())
+        counters = {p.camera_id: Counter() for p in pipes}
+
+        def attach(on: bool) -> None:
+            for p in pipes:
+                others = tuple(x for x in p.fanout.listeners if x is not p.recording and x is not counters[p.camera_id])
+                p.fanout.listeners = others + ((p.recording, counters[p.camera_id]) if on else ())
+                if not on:
+                    p.recording.closed(None)           # the open segment is cut, as when a camera goes
+                    counters[p.camera_id].closed(None)
+
+        def settle() -> None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (any(p.recording.queue for p in pipes) or worker.recorder._rows):
+                time.sleep(0.1)
+
+        attach(False)
+        time.sleep(4.0)
+        windows: dict[str, list[dict]] = {"off": [], "on": []}
+        for r in range(args.rounds):
+            for mode in ("off", "on"):
+                attach(mode == "on")
+                time.sleep(2.0 if mode == "on" else 0.5)      # the first keyframe after attaching
+                files0 = sum(p.recording.stats.bytes for p in pipes)
+                stream0 = sum(c.bytes for c in counters.values())
+                c0, t0 = cpu_seconds(os.getpid()), time.monotonic()
+                time.sleep(args.seconds)
+                c1, t1 = cpu_seconds(os.getpid()), time.monotonic()
+                stream1 = sum(c.bytes for c in counters.values())
+                attach(False)
+                settle()
+                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
+                                      / args.cameras})
+            print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f}",
+                  flush=True)
+        stop.set()
+        thread.join(30)
+        files = sum(p.recording.stats.bytes for p in pipes)
+        stream = sum(c.bytes for c in counters.values())
+        indexed = worker.recorder.indexed
+        dropped = sum(p.recording.stats.dropped for p in pipes)
+        errors = {p.camera_id: p.recording.stats.last_error for p in pipes if p.recording.stats.errors}
+        behind = sum(p.recording.stats.behind for p in pipes)
+
+    def med(mode: str, key: str = "cpu") -> float:
+        return statistics.median(w[key] for w in windows[mode])
+
+    off, on = med("off"), med("on")
+    rec = on - off
+    n = args.cameras
+    print(f"\n1. Recording cost: {n} cameras, H.264 640x360 10 fps, {med('on', 'mbps'):.2f} Mbit/s each (measured), "
+          f"{args.segment_s:.0f} s segments, fsync on; {args.rounds} rounds of {args.seconds:.0f} s; CPU in cores")
+    print(f"   worker without recording  {off:.3f}  ({off / n * 1000:.1f} ms/s per camera)")
+    print(f"   worker with recording     {on:.3f}")
+    print(f"   recording's own CPU       {rec:.3f}  ({rec / n * 1000:.2f} ms/s per camera) → "
+          f"+{100 * rec / off:.1f} % of the worker's cost (goal ≤ 10 %)")
+    if rec > 0:
+        print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
+              "(recording alone; reading them is the worker's cost above)")
+    print(f"   bytes on disk / stream bytes: {files / stream:.4f} ({100 * (files / stream - 1):+.2f} %, goal within 2 %); "
+          f"{indexed} segments indexed, {dropped} packets dropped waiting for a keyframe, behind {behind}×, "
+          f"errors {errors or 'none'}")
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def index_queries(args, db_url: str) -> None:
+    from store.db import connect
+
+    cams = [f"idx{i:03d}" for i in range(args.index_cameras)]
+    end = datetime.now(UTC).replace(microsecond=0)
+    start = end - timedelta(days=args.days)
+    per_cam = int(args.days * 86400 / 30)
+    t0 = time.monotonic()
+    with connect(db_url) as conn:
+        conn.execute("""
+            INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes, codec, width, height,
+                                            keyframes, packets, sha256, prev_link, link, pruned_at, pruned_why)
+            SELECT c, %(start)s + n * interval '30 seconds', %(start)s + n * interval '30 seconds' + interval '30 s',
+                   n + 1, 'sub',
+                   CASE WHEN n < %(half)s THEN NULL ELSE c || '/' || n || '.mp4' END,
+                   7500000, 'h264', 1280, 720, ARRAY[0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28]::real[],
+                   750, md5(c || n), md5(c || (n - 1)), md5(c || n),
+                   CASE WHEN n < %(half)s THEN now() END, CASE WHEN n < %(half)s THEN 'retention' END
+            FROM unnest(%(cams)s::text[]) c, generate_series(0, %(per)s - 1) n""",
+                     {"start": start, "half": per_cam // 2, "cams": cams, "per": per_cam})
+        conn.commit()
+        conn.execute("ANALYZE recording_segments")
+        conn.commit()
+        rows = conn.execute("SELECT count(*) AS n FROM recording_segments").fetchone()["n"]
+    print(f"\n2. The index: {rows} rows ({args.index_cameras} cameras × {args.days} days of 30 s segments, the older "
+          f"half pruned) inserted in {time.monotonic() - t0:.0f} s; {args.queries} queries each, ms")
+    rnd = random.Random(7)
+
+    def at(lo: datetime = start) -> datetime:
+        return lo + timedelta(seconds=30 * rnd.randrange(int((end - lo).total_seconds() / 30) - 240))
+
+    queries = {
+        "primary-key lookup": ("SELECT * FROM recording_segments WHERE camera_id = %s AND start_at = %s",
+                               lambda: (rnd.choice(cams), at())),
+        "a day of one camera": (
+            "SELECT start_at, end_at, path, bytes, keyframes FROM recording_segments WHERE camera_id = %s "
+            "AND start_at >= %s::timestamptz - interval '5 minutes' AND start_at < %s::timestamptz + interval '1 day' "
+            "AND end_at > %s ORDER BY start_at",
+            lambda: (lambda c, t: (c, t, t, t))(rnd.choice(cams), at() - timedelta(hours=12))),
+        f"a grid's {args.grid} cameras, an hour": (
+            "SELECT camera_id, start_at, end_at, path, bytes FROM recording_segments WHERE camera_id = ANY(%s) "
+            "AND start_at >= %s::timestamptz - interval '5 minutes' AND start_at < %s::timestamptz + interval '1 hour' "
+            "AND end_at > %s ORDER BY camera_id, start_at",
+            lambda: (lambda g, t: (g, t, t, t))(rnd.sample(cams, args.grid), at())),
+    }
+    results = {}
+    with connect(db_url) as conn:
+        for name, (sql, params) in queries.items():
+            times, n_rows = [], 0
+            for _ in range(10):
+                conn.execute(sql, params()).fetchall()
+            for _ in range(args.queries):
+                p = params()
+                t = time.perf_counter()
+                n_rows = len(conn.execute(sql, p).fetchall())
+                times.append((time.perf_counter() - t) * 1000)
+            results[name] = (_pct(times, 50), _pct(times, 95), n_rows)
+        from cameras.recording.quota import _CANDIDATES
+        for name, sql, params in (
+                ("quota: sum of what is kept", "SELECT coalesce(sum(bytes), 0) FROM recording_segments "
+                 "WHERE path IS NOT NULL", ()),
+                ("quota: first 200 candidates", _CANDIDATES,
+                 {"after_t": datetime.fromtimestamp(0, UTC), "after_c": "", "n": 200})):
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                n_rows = len(conn.execute(sql, params).fetchall())
+                times.append((time.perf_counter() - t) * 1000)
+            results[name] = (_pct(times, 50), _pct(times, 95), n_rows)
+    base = results["primary-key lookup"][1]
+    print(f"   {'query':36}{'p50':>8}{'p95':>8}{'rows':>7}{'p95 / PK':>10}")
+    for name, (p50, p95, n) in results.items():
+        print(f"   {name:36}{p50:8.2f}{p95:8.2f}{n:7d}{p95 / base:9.1f}×")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--mbps", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--segment-s", type=float, default=10.0)
+    ap.add_argument("--index-cameras", type=int, default=100)
+    ap.add_argument("--days", type=float, default=7)
+    ap.add_argument("--grid", type=int, default=10)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--skip-cost", action="store_true")
+    args = ap.parse_args()
+
+    import logging
+
+    from hub.embedded import EmbeddedPostgres, free_port
+    from store import migrate
+
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-recording-"))
+    os.chmod(tmp, 0o755)
+    pg = EmbeddedPostgres(tmp, free_port())
+    try:
+        pg.start()
+        migrate.upgrade(pg.url)
+        if not args.skip_cost:
+            recording_cost(args, pg.url, tmp)
+        index_queries(args, pg.url)
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -244,7 +244,7 @@ def test_a_playing_broadcast_is_stopped_by_its_dispatcher(clients, seeded_db, hu
 def test_a_townships_history_counts_its_own_speakers(clients, seeded_db):
     """A county broadcast seen from a township: 4/4 in its history where its report said 2/2."""
     admin, ds = clients["admin"], clients["ds-dispatcher"]
-    b = admin.post("/api/broadcasts", json={"targets": ["510199000000"], "audio_url": "https://example.org/a.mp3",
+    b = admin.post("/api/broadcasts", json={"targets": ["510199000000"], "audio_url": "https://1.2.3.4/a.mp3",
                                             "text": "全县通告"}).json()
     wait_for(seeded_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s", (b["id"],),
              lambda n: n == 4)

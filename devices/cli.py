@@ -31,6 +31,7 @@ def register(sub, database: Callable, broker_factory: Callable, account_factory:
     cred.add_argument("--bundle", metavar="DIR",
                       help="write the installer's bundle into DIR (device.json, ca.crt, client.crt/.key), 0600")
     cred.add_argument("--host", help="the address devices dial (default: the first TLS server name)")
+    cred.add_argument("--json", action="store_true", help="print the whole bundle as JSON (secrets included)")
 
     def run(args, settings) -> int:
         return credentials_command(args, settings, database, broker_factory, account_factory)
@@ -70,21 +71,33 @@ def credentials_command(args, settings, database, broker_factory, account_factor
             detail={"signing_key_changed": issued.signing_key is not None, "broker": where,
                     "client_cert_serial": str(client.serial) if client else None}))
     bundle = installer_bundle(settings, pki, args.device_id, kinds[args.device_id], issued, client, args.host)
+    # with --json, stdout is the bundle alone
     print(f"device {args.device_id}: broker credentials {'issued' if args.action == 'issue' else 'rotated'} "
-          f"({where})", file=sys.stderr)
+          f"({where})", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(bundle, ensure_ascii=False, indent=2))
+        return 0
+    mqtt = bundle["mqtt"]
+    print(f"host: {bundle['host']}  MQTT over TLS: {mqtt['tls_port'] or 'off'}  "
+          f"with client certificate: {mqtt['client_cert_port'] or 'off'}")
+    print(f"client id and username: {args.device_id}")
+    print(f"password (shown once): {issued.password}")
+    if issued.signing_key:
+        print(f"command-signing key (shown once): {issued.signing_key}")
+    print(f"topics: publish {', '.join(bundle['topics']['publish'])}; subscribe {bundle['topics']['subscribe'][0]}")
     if args.bundle:
         paths = write_bundle(Path(args.bundle), bundle)
         print(f"bundle written (secrets inside, 0600): {', '.join(str(p) for p in paths)}")
     else:
-        print(json.dumps(bundle, ensure_ascii=False, indent=2))
+        print(f"CA certificate: {pki.ca_path}" + ("; client certificate and key: use --bundle DIR or --json"
+                                                  if client else ""))
     return 0
 
 
 def installer_bundle(settings, pki, device_id: str, kind: str, issued, client, host: str | None) -> dict:
     """Everything an installer types into a device (docs/devices-install.md)."""
 
-    host = host or (settings.tls_server_names[0] if settings.tls_server_names else None) or \
-        settings.embedded_mqtt_device_host
+    host = host or pki.server_names[0]
     root = f"xlhub/v1/{kind}/{device_id}"
     bundle = {
         "device_id": device_id, "kind": kind, "host": host,

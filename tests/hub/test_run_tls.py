@@ -56,7 +56,7 @@ def test_https_and_device_tls_on_the_embedded_default(tmp_path, passwords):  # n
         assert (hub.var_dir / "secrets" / "tls_ca_key").read_text().startswith("xlhub-secret:v1:")
         assert not [p for p in (hub.var_dir / "tls").rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
 
-        out = xlhub(hub, "devices", "credentials", "rotate", DEVICE, "--client-cert", "--host", "127.0.0.1")
+        out = xlhub(hub, "devices", "credentials", "rotate", DEVICE, "--client-cert", "--host", "127.0.0.1", "--json")
         assert out.returncode == 0, out.stderr
         bundle = json.loads(out.stdout)
         assert bundle["host"] == "127.0.0.1" and bundle["mqtt"]["tls_port"] == hub.ports["mqtt_tls"]

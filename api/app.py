@@ -116,6 +116,8 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     # before any view and its 403 is on record.
     app.add_middleware(CsrfGuard, session_cookie=SESSION_COOKIE, allowed_origins=tuple(settings.allowed_origins))
     app.add_middleware(AuditMiddleware)
+    if settings.hsts_max_age_s:
+        app.add_middleware(Hsts, max_age_s=settings.hsts_max_age_s)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc: RequestValidationError):
@@ -152,6 +154,27 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
                    alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
     return app
+
+
+class Hsts:
+    """Strict-Transport-Security on every answer given over HTTPS (directly, or through a
+    trusted proxy that says X-Forwarded-Proto: https): a browser that once reached the hub
+    securely never falls back to plain HTTP for it. Never on plain HTTP (RFC 6797 §7.2)."""
+
+    def __init__(self, app, max_age_s: int) -> None:
+        self.app = app
+        self.header = (b"strict-transport-security", f"max-age={max_age_s}".encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            return await self.app(scope, receive, send)
+
+        async def send_with_hsts(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)
 
 
 def server_config(app, settings: Settings, **overrides):

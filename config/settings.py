@@ -43,7 +43,35 @@ class Settings(BaseSettings):
     embedded_pg_port: int = Field(55432, ge=1, le=65535)
     embedded_mqtt_port: int = Field(18830, ge=1, le=65535)
     embedded_mqtt_device_port: int = Field(18831, ge=1, le=65535,
-                                           description="the embedded broker's listener for device accounts")
+                                           description="the embedded broker's plain-text listener for device "
+                                                       "accounts (loopback: the simulators, local tools)")
+    embedded_mqtt_device_plain_host: str = Field(
+        "127.0.0.1", description="bind address of the plain-text device listener; anything but loopback needs "
+                                 "XLHUB_ALLOW_PLAIN_DEVICES=true")
+    allow_plain_devices: bool = Field(False, description="let devices log in without TLS from the network "
+                                                         "(passwords in clear on the LAN)")
+    embedded_mqtt_device_host: str = Field(
+        "0.0.0.0", description="bind address of the TLS device listeners (MQTT over TLS), e.g. the LAN address")
+    embedded_mqtt_device_tls_port: int = Field(8883, ge=0, le=65535,
+                                               description="MQTT over TLS with device passwords; 0: off")
+    embedded_mqtt_device_mtls_port: int = Field(
+        8884, ge=0, le=65535, description="MQTT over TLS with a client certificate per device (一机一证), "
+                                          "the certificate's CN is the account; 0: off")
+    tls_server_names: list[str] = Field(
+        default_factory=list, description="DNS names and IP addresses in the generated server certificate "
+                                          "(XLHUB_TLS_SERVER_NAMES='[\"hub.county.example\",\"10.1.2.3\"]'); "
+                                          "default: this host's name, localhost, 127.0.0.1")
+    tls_cert_file: Path | None = Field(None, description="an operator-supplied server certificate (PEM, chain "
+                                                         "included) that replaces the generated one")
+    tls_key_file: Path | None = Field(None, description="its private key (PEM, unencrypted)")
+    https: bool = Field(True, description="the API and web UI serve HTTPS with the hub's certificate")
+    allow_plain_http: bool = Field(False, description="serve plain HTTP on a non-loopback address (behind a "
+                                                      "TLS-terminating reverse proxy: see docs/security.md)")
+    hsts_max_age_s: int = Field(31536000, ge=0, description="Strict-Transport-Security max-age on HTTPS answers")
+    public_base_url: str | None = Field(
+        None, description="how devices reach the hub's HTTP(S) side (media links), e.g. https://10.1.2.3:8080; "
+                          "default from the first TLS server name and the HTTP port")
+    media_link_ttl_s: int = Field(900, ge=30, description="signed media links expire after this long at most")
     camera_workers: int = Field(1, ge=0, description="camera worker processes (each owns a shard)")
     demo: bool | None = Field(None, description="run the demo simulators (default: when the site file is the demo)")
     log_level: str = "INFO"
@@ -68,6 +96,19 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url is None or self.mqtt_url is None
+
+    @property
+    def base_url(self) -> str:
+        """Where devices and people reach the API: ``public_base_url`` when set."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        scheme = "https" if self.https else "http"
+        host = self.tls_server_names[0] if self.tls_server_names and self.https else self.http_host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.http_port}"
 
     @property
     def demo_enabled(self) -> bool:

@@ -76,8 +76,10 @@ from devices.session import CLIENT_ID, SESSION_EXPIRY_S, DevicesSession, Msg
 from devices.settings import DevicesSettings
 from devices.undo import UndoLog
 from store.backoff import DATABASE, Backoff
+from store.links import LinkSigner
 from store.db import close_quietly
 from store.listen import Listener
+from store.secrets import SecretBox
 from store.workers import beat
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,10 @@ class DevicesWorker:
         self.heartbeat_name = heartbeat_name
         self.tick_s = tick_s
         self.client_id = client_id or f"xlhub-devices-{os.getpid()}-{secrets.token_hex(3)}"
-        self.media_base_url = self.cfg.media_base_url or f"http://{settings.http_host}:{settings.http_port}"
+        # Where speakers fetch hub media: the configured public base URL (settings.base_url),
+        # with links signed for a short while (store/links.py).
+        self.media_base_url = self.cfg.media_base_url or settings.base_url
+        self.links = LinkSigner.for_var_dir(settings.var_dir, SecretBox.from_settings(settings))
         self.started_at = datetime.now(UTC)
         # What the trackers and the drone states learn from a batch stands only if the
         # batch's transaction commits (devices/undo.py): otherwise the messages come again
@@ -342,7 +347,7 @@ class DevicesWorker:
             self._outbound_generation = generation
             with conn.transaction():
                 broadcasts.dispatch_due(conn, now, self.tracker.online(), broadcasts.DispatchOptions(
-                    self.media_base_url, self.cfg.broadcast_answer_margin_s))
+                    self.media_base_url, self.cfg.broadcast_answer_margin_s, sign=self.links.sign))
                 broadcasts.stop_ended(conn, now)        # a warning's <expires>: the speakers are told to stop
                 self.answers.complete_touched(conn)
             if self._send_pending(conn):

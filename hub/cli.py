@@ -60,6 +60,7 @@ def cmd_run(args, settings: Settings) -> int:
     from config.site import SiteError
     from hub.embedded import EmbeddedError
     from hub.supervisor import Supervisor, describe_targets
+    from store.certs import CertError
     from store.files import UMASK
 
     # Everything the hub and its servers write under var/ (evidence, secrets, the database,
@@ -76,7 +77,7 @@ def cmd_run(args, settings: Settings) -> int:
     except SiteError as exc:
         print(f"xlhub: refusing to start, the site file has problems:\n{exc}", file=sys.stderr)
         return 2
-    except (EmbeddedError, TimeoutError) as exc:
+    except (EmbeddedError, CertError, TimeoutError) as exc:
         print(f"xlhub: {exc}", file=sys.stderr)
         return 1
 
@@ -315,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def broker_factory(s: Settings) -> EmbeddedMosquitto:
         # The same listeners as the running hub's broker: the config is rewritten whole.
-        return EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
-                                 box=SecretBox.from_settings(s))
+        return EmbeddedMosquitto.from_settings(s, SecretBox.from_settings(s))
 
     register_devices(sub, database, broker_factory=broker_factory, account_factory=device_account)
     return p

@@ -42,17 +42,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def connect_host(bind: str) -> str:
+    """Where a local client reaches a listener bound to ``bind`` (any address: loopback)."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None, host: str = "127.0.0.1") -> None:
+    host = connect_host(host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise EmbeddedError(f"process exited with code {proc.returncode} before listening on {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
+    raise EmbeddedError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
 def _stop(proc: subprocess.Popen | None, sig: signal.Signals, timeout: float) -> None:
@@ -273,6 +279,29 @@ def device_account(kind: str, device_id: str, password: str, vendor: tuple[list[
 
 
 @dataclass
+class BrokerTls:
+    """The device listeners that cross the network: MQTT over TLS with the hub's server
+    certificate (store/certs.py), on ``host`` (the LAN address; any by default).
+
+    - ``port`` (8883): TLS, then the device's broker password, as on the plain listener;
+    - ``mtls_port`` (8884): TLS with a client certificate the hub issued (一机一证):
+      ``require_certificate`` and ``use_identity_as_username``, so the certificate's CN is
+      the account and the ACL is the device's, no password. Revoked certificates are in the
+      CRL (``crlfile``), which Mosquitto re-reads on SIGHUP: a revoked device's next
+      handshake fails. Its live connection does not (Mosquitto 2.0 re-checks passwords on
+      reload, not certificates), so :meth:`EmbeddedMosquitto.drop` ends it.
+
+    Why a CRL and not a password beside the certificate: the certificate then is the
+    credential, bound to the account by its CN; a password beside it would let a device
+    present any hub-issued certificate with another device's password."""
+
+    pki: object                  # store.certs.HubPki
+    host: str = "0.0.0.0"
+    port: int = 8883
+    mtls_port: int = 8884
+
+
+@dataclass
 class EmbeddedMosquitto:
     """A private Mosquitto 2 broker on 127.0.0.1 with two listeners, each with its own
     password file and ACL (``per_listener_settings``): ``port`` for the hub's own processes
@@ -289,14 +318,31 @@ class EmbeddedMosquitto:
     port: int
     device_port: int | None = None
     box: SecretBox | None = field(default=None, repr=False)
+    # the plain-text device listener's address: loopback unless allow_plain_network
+    device_host: str = "127.0.0.1"
+    allow_plain_network: bool = False
+    tls: BrokerTls | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from config.urls import is_loopback_host
+
         self.var_dir = Path(self.var_dir).resolve()
         if self.device_port is None:
             self.device_port = free_port()
         if self.device_port == self.port:
             raise EmbeddedError("the device listener needs a port of its own")
+        if not is_loopback_host(self.device_host) and not self.allow_plain_network:
+            raise EmbeddedError(
+                f"refusing to start: the plain-text device listener would listen on {self.device_host}:"
+                f"{self.device_port}, where device passwords cross the network in clear. Devices on the network "
+                f"connect over TLS (XLHUB_EMBEDDED_MQTT_DEVICE_TLS_PORT, 8883); keep "
+                f"XLHUB_EMBEDDED_MQTT_DEVICE_PLAIN_HOST on 127.0.0.1, or set XLHUB_ALLOW_PLAIN_DEVICES=true "
+                f"to accept plain text on purpose")
+        if self.tls is not None:
+            ports = [p for p in (self.tls.port, self.tls.mtls_port) if p]
+            if len(set(ports)) != len(ports) or set(ports) & {self.port, self.device_port}:
+                raise EmbeddedError(f"the TLS device listeners need ports of their own (got {ports})")
         self._os_user = _service_user("mosquitto")
         self.box = self.box or SecretBox.for_var_dir(self.var_dir)
         self.hub_password = read_or_create_secret(self.var_dir / "secrets" / "mqtt_hub_password", self.box)
@@ -309,9 +355,10 @@ class EmbeddedMosquitto:
     def device_url(self, username: str | None = None, password: str | None = None) -> str:
         """Where devices connect (the device listener); without a username, the bare
         address for clients that bring each device's own account (the simulators)."""
+        host = connect_host(self.device_host)
         if username is None:
-            return f"mqtt://127.0.0.1:{self.device_port}"
-        return f"mqtt://{quote(username, safe='')}:{quote(password or '', safe='')}@127.0.0.1:{self.device_port}"
+            return f"mqtt://{host}:{self.device_port}"
+        return f"mqtt://{quote(username, safe='')}:{quote(password or '', safe='')}@{host}:{self.device_port}"
 
     def set_accounts(self, accounts: list[MqttAccount]) -> None:
         self.accounts = {a.username: a for a in accounts}
@@ -342,6 +389,7 @@ class EmbeddedMosquitto:
             _write_passwords(dev_passwd, [f"{a.username}:{a.password}" for a in self.accounts.values()],
                              self._os_user)
             _write_file(dev_acl, "\n".join(device_acl) or "# no devices\n", self._os_user)
+            tls_conf = self._tls_conf(base, dev_passwd, dev_acl)
             _write_file(conf, f"""# Written by xlhub on every start.
 per_listener_settings true
 # the hub's own processes
@@ -350,11 +398,12 @@ allow_anonymous false
 password_file {passwd}
 acl_file {acl}
 # devices: one account each, and the client id is the account (no session takeover)
-listener {self.device_port} 127.0.0.1
+listener {self.device_port} {self.device_host}
 allow_anonymous false
 password_file {dev_passwd}
 acl_file {dev_acl}
 use_username_as_clientid true
+{tls_conf}
 persistence true
 persistence_location {base / 'data'}/
 autosave_interval 10
@@ -377,6 +426,93 @@ connection_messages true
                 os.lchown(p, self._os_user.pw_uid, self._os_user.pw_gid)
         return conf
 
+    @classmethod
+    def from_settings(cls, settings, box: SecretBox, pki=None) -> EmbeddedMosquitto:
+        """The hub's broker as its settings describe it: the supervisor starts it, the CLI
+        rewrites its config (whole: the same listeners, or a reload would lose some)."""
+        s = settings
+        tls = None
+        if s.embedded_mqtt_device_tls_port or s.embedded_mqtt_device_mtls_port:
+            if pki is None:
+                from store.certs import HubPki
+
+                pki = HubPki.from_settings(s, box)
+            tls = BrokerTls(pki, s.embedded_mqtt_device_host, s.embedded_mqtt_device_tls_port,
+                            s.embedded_mqtt_device_mtls_port)
+        return cls(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port, box=box,
+                   device_host=s.embedded_mqtt_device_plain_host, allow_plain_network=s.allow_plain_devices, tls=tls)
+
+    def _tls_conf(self, base: Path, dev_passwd: Path, dev_acl: Path) -> str:
+        """The TLS device listeners (see BrokerTls), their certificate files and the CRL."""
+        if self.tls is None:
+            return ""
+        owner = (self._os_user.pw_uid, self._os_user.pw_gid) if self._os_user else None
+        files = self.tls.pki.server_files(base / "tls", owner=owner)
+        crl = self.tls.pki.write_crl(base / "tls" / "crl.pem", owner=owner)
+        common = f"""cafile {files.ca}
+certfile {files.cert}
+keyfile {files.key}
+tls_version tlsv1.2
+allow_anonymous false
+acl_file {dev_acl}
+use_username_as_clientid true"""
+        out = []
+        if self.tls.port:
+            out.append(f"""# devices over TLS, with their password
+listener {self.tls.port} {self.tls.host}
+{common}
+password_file {dev_passwd}""")
+        if self.tls.mtls_port:
+            out.append(f"""# devices over TLS with a client certificate the hub issued (一机一证): the CN is the account
+listener {self.tls.mtls_port} {self.tls.host}
+{common}
+require_certificate true
+use_identity_as_username true
+crlfile {crl}""")
+        return "\n".join(out)
+
+    def tls_ports(self) -> list[int]:
+        return [p for p in ((self.tls.port, self.tls.mtls_port) if self.tls else ()) if p]
+
+    def drop(self, device_id: str, timeout: float = 5.0) -> bool:
+        """End the live certificate-authenticated connection of ``device_id`` (after its
+        certificates were revoked and the broker reloaded): connect once as that device with
+        a certificate issued for this alone, which makes the broker close the device's
+        connection (same client id: session takeover), then revoke that certificate too.
+        True when the broker accepted the takeover."""
+        if self.tls is None or not self.tls.mtls_port or not self.running():
+            return False
+        import tempfile
+        import threading
+
+        from bus.client import mqtt_client
+
+        pki = self.tls.pki
+        bundle = pki.issue_client(device_id, days=1)
+        connected = threading.Event()
+        try:
+            with tempfile.TemporaryDirectory(prefix="xlhub-drop-") as tmp:
+                cert, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
+                cert.write_text(bundle.cert_pem)
+                key.write_text(bundle.key_pem)
+                client = mqtt_client(f"mqtt://{connect_host(self.tls.host)}:{self.tls.mtls_port}", device_id)
+                client.tls_set(ca_certs=str(pki.ca_path), certfile=str(cert), keyfile=str(key))
+                client.tls_insecure_set(True)     # we dial an address, not the certificate's name
+                client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
+                try:
+                    client.connect(connect_host(self.tls.host), self.tls.mtls_port, keepalive=10)
+                    client.loop_start()
+                    connected.wait(timeout)
+                    client.disconnect()
+                finally:
+                    client.loop_stop()
+        except OSError as exc:
+            log.warning("could not drop %s's connection: %s", device_id, exc)
+        finally:
+            pki.revoke_client(device_id)
+            self.reload()
+        return connected.is_set()
+
     def start(self, timeout: float = 20.0) -> None:
         if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
             raise EmbeddedError("mosquitto is not installed (run scripts/setup)")
@@ -388,7 +524,9 @@ connection_messages true
         logf.close()
         try:
             _wait_port(self.port, timeout, self.proc)
-            _wait_port(self.device_port, timeout, self.proc)
+            _wait_port(self.device_port, timeout, self.proc, self.device_host)
+            for port in self.tls_ports():
+                _wait_port(port, timeout, self.proc, self.tls.host)
         except EmbeddedError as exc:
             tail = log_path.read_text(errors="replace")[-1500:]
             self.stop()

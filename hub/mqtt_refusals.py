@@ -60,6 +60,28 @@ REFUSED = re.compile(_TS + r"Client (?P<id>.*) disconnected, not authori[sz]ed\.
 # any other end of a connection that never logged in (closed, timed out, protocol error)
 GONE_UNNAMED = re.compile(_TS + r"Client <unknown> ")
 STARTING = re.compile(_TS + r"mosquitto version \S+ starting")
+# a TLS handshake the broker refused: OpenSSL's reason, then the connection's end
+OPENSSL = re.compile(_TS + r"OpenSSL Error\[\d+\]: (?P<err>.*)$")
+# OpenSSL's words → what the operator reads (Chinese first, the library's words kept)
+TLS_REASONS = (
+    ("certificate verify failed",
+     "TLS 握手被拒：客户端证书无效（已吊销、已过期或不是本 hub 的 CA 签发）(client certificate verify failed)"),
+    ("peer did not return a certificate", "TLS 握手被拒：未提供客户端证书 (no client certificate)"),
+    ("wrong version number", "TLS 握手失败：对方没有使用 TLS，明文连接到了 TLS 端口 (plain text on a TLS port)"),
+    ("http request", "TLS 握手失败：对方没有使用 TLS，明文连接到了 TLS 端口 (plain text on a TLS port)"),
+    ("packet length too long", "TLS 握手失败：对方没有使用 TLS，明文连接到了 TLS 端口 (plain text on a TLS port)"),
+    ("unsupported protocol", "TLS 握手被拒：TLS 版本过旧，需要 TLS 1.2 或更新 (TLS version too old)"),
+    ("tlsv1 alert unknown ca", "TLS 握手失败：设备不信任本 hub 的证书，请装入 hub 的 CA 证书 (device rejected the hub's CA)"),
+    ("bad certificate", "TLS 握手失败：设备拒绝了本 hub 的证书 (device rejected the hub's certificate)"),
+)
+
+
+def tls_reason(err: str) -> str:
+    low = err.lower()
+    for needle, reason in TLS_REASONS:
+        if needle in low:
+            return reason
+    return f"TLS 握手失败 (TLS handshake failed: {err.strip()[:200]})"
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,7 @@ class Refusal:
     peer_port: int | None
     port: int | None              # the listener's port
     ambiguous: bool = False       # connections of other addresses were waiting too
+    reason: str = REASON          # wrong credentials, or why the TLS handshake failed
 
 
 @dataclass(frozen=True)
@@ -86,9 +109,11 @@ class Pairing:
     def __init__(self, max_pending: int = PENDING_MAX, max_age_s: int = PENDING_MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
         self._pending: deque[_Accepted] = deque(maxlen=max_pending)
+        self._tls_error: str | None = None      # OpenSSL's reason, until its connection's end
 
     def reset(self) -> None:
         self._pending.clear()
+        self._tls_error = None
 
     def feed(self, line: str) -> Refusal | None:
         line = line.rstrip("\r\n")
@@ -108,8 +133,17 @@ class Pairing:
                 if accepted.address == address and accepted.peer_port == peer:
                     self._pending.remove(accepted)
                     break
+        elif m := OPENSSL.match(line):
+            self._tls_error = self._tls_error or m["err"]      # the first says why
         elif m := GONE_UNNAMED.match(line):
-            self._take(_ts(m))
+            ts = _ts(m)
+            accepted, ambiguous = self._take(ts)
+            if self._tls_error is not None:
+                err, self._tls_error = self._tls_error, None
+                return Refusal(at=ts, client_id=None, address=accepted.address if accepted else None,
+                               peer_port=accepted.peer_port if accepted else None,
+                               port=accepted.port if accepted else None, ambiguous=ambiguous,
+                               reason=tls_reason(err))
         elif STARTING.match(line):
             self.reset()                      # a new broker: nothing of the last one is waiting
         return None
@@ -254,6 +288,9 @@ class RefusalFollower:
             return self._flush() if self._backlog and self.db_url else 0
 
     def _queue(self, refusal: Refusal) -> None:
+        if refusal.reason != REASON:
+            log.warning("broker refused a TLS connection from %s on port %s (%s): %s", refusal.address or "?",
+                        refusal.port or "?", self.listener(refusal.port) or "?", refusal.reason)
         # Counted once, when read: a poll that could not write does not count it again.
         burst = self.counter.hit(refusal.address or "<unknown>",
                                  now=float(refusal.at) if refusal.at is not None else time.time())
@@ -293,7 +330,7 @@ class RefusalFollower:
         return self.listeners.get(port) if port is not None else None
 
     def entry(self, refusal: Refusal) -> AuditEntry:
-        detail = {"port": refusal.port, "listener": self.listener(refusal.port), "reason": REASON}
+        detail = {"port": refusal.port, "listener": self.listener(refusal.port), "reason": refusal.reason}
         if refusal.at is not None:
             detail["broker_time"] = _when(refusal).isoformat()
         if refusal.address is None:

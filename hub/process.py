@@ -28,7 +28,14 @@ def run_api(settings: Settings) -> None:
 
     expected = [w for w in os.environ.get("XLHUB_EXPECTED_WORKERS", "").split(",") if w]
     app = create_app(settings, db_url=settings.database_url, mqtt_url=settings.mqtt_url, expected_workers=expected)
-    uvicorn.Server(server_config(app, settings)).run()
+    tls = {}
+    if settings.https:
+        from store.certs import HubPki
+
+        # the key in clear only in the API's own run directory (0700, 0600), rewritten each start
+        files = HubPki.from_settings(settings).server_files(settings.run_dir / "tls")
+        tls = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
+    uvicorn.Server(server_config(app, settings, **tls)).run()
 
 
 def run_ingest(settings: Settings) -> None:

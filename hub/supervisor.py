@@ -64,12 +64,21 @@ class Supervisor:
     # (active device kinds, passwords file stamp) the broker's accounts were last made from
     _accounts_basis: tuple | None = field(default=None, init=False, repr=False)
     _account_ids: set[str] = field(default_factory=set, init=False, repr=False)
+    # revoked client-certificate serials the broker's CRL was last written with
+    _revoked: set[int] = field(default_factory=set, init=False, repr=False)
     _broker_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @cached_property
     def box(self) -> SecretBox:
         """Encrypts var/secrets (XLHUB_SECRET_KEY, else var/secrets/master.key)."""
         return SecretBox.from_settings(self.settings)
+
+    @cached_property
+    def pki(self):
+        """The hub's CA and certificates (store/certs.py)."""
+        from store.certs import HubPki
+
+        return HubPki.from_settings(self.settings, self.box)
 
     @cached_property
     def device_secrets(self):
@@ -85,6 +94,7 @@ class Supervisor:
         from store.registry import sync_site
 
         s = self.settings
+        check_plain_http(s)
         self.site = load_site(s.site_file)  # raises SiteError listing every problem
         s.var_dir.mkdir(parents=True, exist_ok=True)
         if s.database_url:
@@ -106,6 +116,7 @@ class Supervisor:
         for device_id in report.deactivated:
             # Dropped from the site file: decommissioned, so its credentials go too.
             self.device_secrets.revoke(device_id)
+            self.pki.revoke_client(device_id)
             log.info("device %s is no longer in the site file: decommissioned, broker credentials revoked", device_id)
         # The broker starts after the registry: its password file and ACL come from it.
         if s.mqtt_url:
@@ -116,17 +127,20 @@ class Supervisor:
         else:
             # Devices log in on a listener of their own, where the client id is bound to the
             # account: on a shared one a device could take over the ingest's session.
-            self.broker = EmbeddedMosquitto(s.var_dir, s.embedded_mqtt_port, device_port=s.embedded_mqtt_device_port,
-                                            box=self.box)
+            self.broker = EmbeddedMosquitto.from_settings(s, self.box, self.pki)
             accounts = self._device_accounts(kinds)
             self.broker.set_accounts(accounts)
             # from the log's end as it is before this start: what the broker logs from now on
-            self.refusals = RefusalFollower(self.broker.log_path, {s.embedded_mqtt_port: "hub",
-                                                                   self.broker.device_port: "devices"})
+            self.refusals = RefusalFollower(self.broker.log_path, {
+                s.embedded_mqtt_port: "hub", self.broker.device_port: "devices",
+                s.embedded_mqtt_device_tls_port: "devices-tls", s.embedded_mqtt_device_mtls_port: "devices-cert"})
             self.broker.start()
             self.mqtt_url = self.broker.url
-            log.info("embedded Mosquitto on 127.0.0.1:%d (devices on :%d)", s.embedded_mqtt_port,
-                     self.broker.device_port)
+            self._revoked = set(self.pki.revoked_serials())
+            log.info("embedded Mosquitto on 127.0.0.1:%d (devices: plain %s:%d, TLS %s:%s, client certificates :%s)",
+                     s.embedded_mqtt_port, s.embedded_mqtt_device_plain_host, self.broker.device_port,
+                     s.embedded_mqtt_device_host, s.embedded_mqtt_device_tls_port or "off",
+                     s.embedded_mqtt_device_mtls_port or "off")
         self._account_ids = {a.username for a in accounts}
         self._accounts_basis = (kinds, _stamp(self.device_secrets.passwords_path))
         for source, old, new in report.moved:
@@ -170,6 +184,7 @@ class Supervisor:
         from devices.credentials import broker_accounts
 
         kinds = self._active_kinds(conn)
+        self.sync_revocations()
         basis = (kinds, _stamp(self.device_secrets.passwords_path))
         if basis == self._accounts_basis:
             return False
@@ -189,9 +204,31 @@ class Supervisor:
             changed = bool(removed)
             if removed:
                 self._warn_external(removed, "decommissioned or its credentials revoked")
+        for device_id in removed:
+            self.pki.revoke_client(device_id)       # its certificates too: dropped at the next look
         self._account_ids = set(wanted)
         self._accounts_basis = basis
         return changed
+
+    def sync_revocations(self) -> list[str]:
+        """Certificates revoked since the last look (`xlhub devices credentials revoke`, a
+        decommissioned device): the broker re-reads its CRL, so they fail their next
+        handshake, and each such device's live connection is dropped. Returns the devices."""
+        if self.broker is None or self.broker.tls is None:
+            return []
+        revoked = set(self.pki.revoked_serials())
+        new = revoked - self._revoked
+        if not new:
+            return []
+        clients = self.pki.revoked_devices(new)
+        with self._broker_lock:
+            self.broker.reload()
+            for device_id in clients:
+                dropped = self.broker.drop(device_id)
+                log.info("device %s: client certificate revoked, broker CRL reloaded%s", device_id,
+                         ", its connection dropped" if dropped else "")
+        self._revoked = set(self.pki.revoked_serials())     # with the serials drop() used and revoked
+        return clients
 
     def _warn_external(self, device_ids: list[str], why: str) -> None:
         for device_id in device_ids:
@@ -278,7 +315,7 @@ class Supervisor:
         if self.refusals is not None:
             self.refusals.start(self.db_url)
         s = self.settings
-        print(f"[xlhub] hub running: web UI and API http://{s.http_host}:{s.http_port}/ "
+        print(f"[xlhub] hub running: web UI and API {'https' if s.https else 'http'}://{s.http_host}:{s.http_port}/ "
               f"(API docs /docs, readiness /readyz); Ctrl-C stops it", flush=True)
         while not self.stopping.wait(0.5):
             self._watch(env)
@@ -353,6 +390,20 @@ class Supervisor:
         if self.pg is not None:
             self.pg.stop()
         log.info("hub stopped")
+
+
+def check_plain_http(settings: Settings) -> None:
+    """Plain HTTP only on loopback, or when the operator says so (a TLS-terminating reverse
+    proxy in front): otherwise passwords and session cookies would cross the LAN in clear."""
+    from config.urls import is_loopback_host
+    from hub.embedded import EmbeddedError
+
+    if not settings.https and not settings.allow_plain_http and not is_loopback_host(settings.http_host):
+        raise EmbeddedError(
+            f"refusing to start: the API would serve plain HTTP on {settings.http_host}:{settings.http_port}, where "
+            f"passwords and session cookies cross the network in clear. Leave XLHUB_HTTPS on (the default), "
+            f"bind XLHUB_HTTP_HOST to 127.0.0.1 behind a reverse proxy, or set XLHUB_ALLOW_PLAIN_HTTP=true when "
+            f"a TLS-terminating proxy on another machine forwards to it (docs/security.md)")
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

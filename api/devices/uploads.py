@@ -29,6 +29,7 @@ from devices.broadcast import service as broadcasts
 from devices.credentials import DeviceSecrets
 from devices.media import MediaError, save_media
 from store import audit
+from store.links import LinkError, LinkSigner
 
 router = APIRouter(prefix="/api", tags=[TAG])
 
@@ -39,6 +40,14 @@ REFUSED = "设备认证失败：设备编号或密码错误 (invalid device cred
 MALFORMED = "设备凭据格式错误 (invalid Basic credentials)"
 MISSING = "需要设备凭据：HTTP Basic，用户名为设备编号、密码为其接入密码 (device credentials required)"
 _CHALLENGE = {"WWW-Authenticate": "Basic"}
+
+
+def links(request: Request) -> LinkSigner:
+    """The signer of media links (store/links.py), one per API process."""
+    signer = getattr(request.app.state, "links", None)
+    if signer is None:
+        signer = request.app.state.links = LinkSigner.for_var_dir(var_dir(request))
+    return signer
 
 
 def _basic_device(request: Request) -> tuple[str | None, str | None] | None:
@@ -75,9 +84,19 @@ def _authenticated_device(request: Request, conn) -> registry.DeviceRecord:
 
 @router.get("/broadcasts/{broadcast_id}/audio", response_class=FileResponse)
 def broadcast_audio_file(broadcast_id: str, request: Request, conn: Conn) -> FileResponse:
-    """The audio of a broadcast: for a speaker that was told to play it (its own
-    credentials), or a person allowed to see the broadcast (session or token)."""
-    if _basic_device(request) is not None:
+    """The audio of a broadcast: for a speaker that was told to play it (a signed link from
+    its play command, or its own credentials), or a person allowed to see the broadcast
+    (session or token)."""
+    if "sig" in request.query_params or "exp" in request.query_params:
+        try:
+            links(request).verify(request.url.path, request.query_params)
+        except LinkError as exc:
+            refusals.refuse(request, conn, None, f"媒体链接无效：{exc}")
+            raise HTTPException(403, f"媒体链接无效：{exc}") from None
+        row = conn.execute("SELECT * FROM device_broadcasts WHERE id = %s", (broadcast_id,)).fetchone()
+        if row is None:
+            raise HTTPException(404, f"broadcast {broadcast_id!r} not found")
+    elif _basic_device(request) is not None:
         dev = _authenticated_device(request, conn)
         row = broadcasts.for_speaker(conn, broadcast_id, dev.id)
         if row is None:

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ports = {k: free_port() for k in ("http", "pg", "mqtt", "mqtt_devices")}
     env = {**os.environ, "XLHUB_VAR_DIR": str(tmp / "var"), "XLHUB_HTTP_PORT": str(ports["http"]),
            "XLHUB_EMBEDDED_PG_PORT": str(ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(ports["mqtt"]),
-           "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(ports["mqtt_devices"]),
+           "XLHUB_HTTPS": "false", "XLHUB_EMBEDDED_MQTT_DEVICE_TLS_PORT": "0",
+           "XLHUB_EMBEDDED_MQTT_DEVICE_MTLS_PORT": "0", "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(ports["mqtt_devices"]),
            "XLHUB_LOG_LEVEL": "WARNING"}
     for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(key, None)

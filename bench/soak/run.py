@@ -120,7 +120,8 @@ class Soak:
         self.sim.start()
         env = {**os.environ, "XLHUB_VAR_DIR": str(self.var), "XLHUB_HTTP_PORT": str(self.ports["http"]),
                "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"]),
-               "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(self.ports["mqtt_devices"]),
+               "XLHUB_HTTPS": "false", "XLHUB_EMBEDDED_MQTT_DEVICE_TLS_PORT": "0",
+               "XLHUB_EMBEDDED_MQTT_DEVICE_MTLS_PORT": "0", "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(self.ports["mqtt_devices"]),
                "XLHUB_DEMO_CAMERA_PASSWORD": CAMERA_PASSWORD, "XLHUB_DEMO": "false", "XLHUB_LOG_LEVEL": "WARNING"}
         for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
             env.pop(key, None)

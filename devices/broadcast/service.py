@@ -14,6 +14,7 @@ sent withdrawn — and each receipt ends ``stopped`` when its speaker says so.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from psycopg.types.json import Jsonb
 from ulid import ULID
 
 from bus.commands import PlayCommand, StopCommand
+from config.urls import internal_address_reason
 from config.vocabulary import BROADCAST_RECEIPT_LABELS as RECEIPT_LABELS
 from config.vocabulary import BROADCAST_STATE_LABELS as STATE_LABELS
 from config.vocabulary import BROADCAST_VILLAGE_LABELS as VILLAGE_LABELS
@@ -104,6 +106,10 @@ def check_audio_url(url: str) -> str:
         raise RegistryError("音频地址须为 http(s) 链接 (audio_url must be an http(s) URL)")
     if parts.username or parts.password:
         raise RegistryError("音频地址不得包含用户名或密码 (audio_url must not carry credentials)")
+    # Speakers sit inside the county's network: a user must not point them (or anything
+    # that follows the link) at the hub itself, the LAN or a metadata service.
+    if (why := internal_address_reason(url)) is not None:
+        raise RegistryError(f"音频地址不可用：{why} (audio_url refused: internal address)")
     return url
 
 
@@ -306,6 +312,8 @@ class DispatchOptions:
     media_base_url: str
     answer_margin_s: float = 30.0
     default_duration_s: float = 30.0
+    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s) → path?exp=…&sig=…
+    sign: Callable[[str, float], str] | None = None
 
 
 def audio_path(broadcast_id: str) -> str:
@@ -348,7 +356,11 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         duration = float(b["duration_s"] or opts.default_duration_s)
         audio = {"audio_url": b["audio_url"]}
         if b["audio_id"]:
-            audio = {"audio_url": opts.media_base_url.rstrip("/") + audio_path(b["id"]),
+            path = audio_path(b["id"])
+            if opts.sign is not None:
+                # good until the command expires and the audio has played: then useless
+                path = opts.sign(path, b["expires_in_s"] + duration * b["repeat"] + opts.answer_margin_s)
+            audio = {"audio_url": opts.media_base_url.rstrip("/") + path,
                      "audio_sha256": b["audio_sha256"], "media_type": b["audio_media_type"]}
         elif b["live"]:
             audio = {"audio_url": opts.media_base_url.rstrip("/") + live_path(b["id"]),

@@ -207,7 +207,7 @@ def test_broadcast_needs_the_permission_and_a_scheduled_one_can_be_cancelled(cli
                                       ).status_code == 403
     at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     ds = clients["ds-dispatcher"]
-    b = ds.post("/api/broadcasts", json={"targets": ["510199101000"], "audio_url": "https://example.org/a.mp3",
+    b = ds.post("/api/broadcasts", json={"targets": ["510199101000"], "audio_url": "https://1.2.3.4/a.mp3",
                                          "text": "明天通告", "at": at}).json()
     assert b["state"] == "scheduled" and b["audio_id"] is None
     assert ds.delete(f"/api/broadcasts/{b['id']}").json()["state"] == "cancelled"
@@ -244,7 +244,7 @@ def test_a_playing_broadcast_is_stopped_by_its_dispatcher(clients, seeded_db, hu
 def test_a_townships_history_counts_its_own_speakers(clients, seeded_db):
     """A county broadcast seen from a township: 4/4 in its history where its report said 2/2."""
     admin, ds = clients["admin"], clients["ds-dispatcher"]
-    b = admin.post("/api/broadcasts", json={"targets": ["510199000000"], "audio_url": "https://example.org/a.mp3",
+    b = admin.post("/api/broadcasts", json={"targets": ["510199000000"], "audio_url": "https://1.2.3.4/a.mp3",
                                             "text": "全县通告"}).json()
     wait_for(seeded_db, "SELECT count(*) FROM device_broadcast_receipts WHERE broadcast_id = %s", (b["id"],),
              lambda n: n == 4)
@@ -354,3 +354,50 @@ def test_device_added_then_decommissioned_clears_its_retained_topics(clients, se
     assert admin.delete(f"/api/devices/{dev_id}").status_code == 404
     assert query(seeded_db, "SELECT count(*) FROM audit_log WHERE action LIKE 'device.%%' AND target = %s",
                  (dev_id,)) == [(3,)]
+
+
+# --------------------------------------------------------------------------- media links, SSRF
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:8080/api/broadcasts", "本机回环地址 127.0.0.1"),
+    ("http://localhost/a.mp3", "本机回环地址 localhost → 127.0.0.1"),
+    ("http://169.254.169.254/latest/meta-data/", "链路本地地址 169.254.169.254"),
+    ("http://10.1.2.3/a.mp3", "内网地址 10.1.2.3"),
+    ("http://[::1]:8080/a.mp3", "本机回环地址 ::1"),
+    ("http://[::ffff:127.0.0.1]/a.mp3", "本机回环地址"),
+    ("http://0.0.0.0/a.mp3", "未指定地址"),
+    ("https://no-such-host.invalid/a.mp3", "无法解析主机名"),
+])
+def test_an_audio_url_pointing_at_an_internal_address_is_refused(clients, seeded_db, url, says):
+    before = query(seeded_db, "SELECT count(*) FROM device_broadcasts")
+    r = clients["ds-dispatcher"].post("/api/broadcasts", json={"targets": ["510199101201"], "audio_url": url})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("音频地址不可用：") and says in r.json()["detail"], r.json()
+    assert query(seeded_db, "SELECT count(*) FROM device_broadcasts") == before
+
+
+def test_signed_media_links_open_one_broadcasts_audio_and_expire(clients, seeded_db, var):
+    from store.links import LinkSigner
+
+    ds = clients["ds-dispatcher"]
+    r = ds.post("/api/broadcasts", json={"targets": ["510199101201"], "text": "签名链接测试。", "kind": "notice"})
+    assert r.status_code == 201, r.text
+    b = r.json()
+    wait_for(seeded_db, "SELECT state FROM device_broadcasts WHERE id = %s", (b["id"],), lambda s: s == "done",
+             timeout=30)
+    # the speaker was sent a signed link, and fetched its audio with it
+    body, = query(seeded_db, "SELECT body FROM device_commands WHERE broadcast_id = %s", (b["id"],))[0]
+    path, _, signed = body["audio_url"].partition("?")
+    assert path.endswith(f"/api/broadcasts/{b['id']}/audio") and "exp=" in signed and "sig=" in signed
+    signer = LinkSigner.for_var_dir(var)
+    audio_path = f"/api/broadcasts/{b['id']}/audio"
+    with httpx.Client(base_url=str(ds.base_url), timeout=10) as anon:       # no credentials at all
+        ok = anon.get(signer.sign(audio_path, ttl_s=60))
+        assert ok.status_code == 200 and ok.headers["x-content-sha256"] == hashlib.sha256(ok.content).hexdigest()
+        expired = anon.get(signer.sign(audio_path, ttl_s=-1))
+        assert expired.status_code == 403 and "链接已过期" in expired.json()["detail"]
+        forged = anon.get(signer.sign(audio_path, ttl_s=60)[:-3] + "AAA")
+        assert forged.status_code == 403 and "签名无效" in forged.json()["detail"]
+        other = anon.get(signer.sign("/api/broadcasts/someone-else/audio", ttl_s=60).replace(
+            "/api/broadcasts/someone-else/audio", audio_path))
+        assert other.status_code == 403             # a signature opens only the path it was made for
+        assert anon.get(audio_path).status_code == 401

@@ -36,7 +36,8 @@ def fast_settings(**overrides) -> DevicesSettings:
 
 
 def hub_settings(db: str, mqtt_url: str, var_dir: Path, http_port: int = 8080) -> Settings:
-    return Settings(database_url=db, mqtt_url=mqtt_url, var_dir=var_dir, http_port=http_port)
+    # the in-process test API serves plain HTTP on loopback
+    return Settings(database_url=db, mqtt_url=mqtt_url, var_dir=var_dir, http_port=http_port, https=False)
 
 
 def start_service(db: str, mqtt, var_dir: Path, cfg: DevicesSettings | None = None,

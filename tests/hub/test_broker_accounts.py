@@ -42,7 +42,8 @@ class Device:
 
 def _settings(db: str, var, site=DEMO_SITE_FILE) -> Settings:
     return Settings(database_url=db, var_dir=var, site_file=site, embedded_mqtt_port=free_port(),
-                    embedded_mqtt_device_port=free_port())
+                    embedded_mqtt_device_port=free_port(), embedded_mqtt_device_host="127.0.0.1",
+                    embedded_mqtt_device_tls_port=free_port(), embedded_mqtt_device_mtls_port=free_port())
 
 
 @pytest.fixture

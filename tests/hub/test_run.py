@@ -53,17 +53,32 @@ def port_open(port: int) -> bool:
 
 
 class Hub:
-    def __init__(self, var_dir: Path, passwords: dict[str, str]):
+    def __init__(self, var_dir: Path, passwords: dict[str, str], *, https: bool = False):
+        """``https``: as the embedded default serves (the hub's certificate); the other tests
+        talk plain HTTP on loopback, which the hub allows there."""
         self.var_dir = var_dir
-        self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port(), "mqtt_devices": free_port()}
+        self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port(), "mqtt_devices": free_port(),
+                      "mqtt_tls": free_port(), "mqtt_mtls": free_port()}
         self.env = {**os.environ, **passwords,
                     "XLHUB_VAR_DIR": str(var_dir), "XLHUB_HTTP_PORT": str(self.ports["http"]),
                     "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"]),
-                    "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(self.ports["mqtt_devices"])}
+                    "XLHUB_EMBEDDED_MQTT_DEVICE_PORT": str(self.ports["mqtt_devices"]),
+                    # the TLS device listeners on loopback and free ports: tests may run side by side
+                    "XLHUB_EMBEDDED_MQTT_DEVICE_HOST": "127.0.0.1",
+                    "XLHUB_EMBEDDED_MQTT_DEVICE_TLS_PORT": str(self.ports["mqtt_tls"]),
+                    "XLHUB_EMBEDDED_MQTT_DEVICE_MTLS_PORT": str(self.ports["mqtt_mtls"]),
+                    "XLHUB_HTTPS": "true" if https else "false",
+                    "XLHUB_TLS_SERVER_NAMES": '["127.0.0.1"]'}
         for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
             self.env.pop(key, None)
         self.proc: subprocess.Popen | None = None
-        self.base = f"http://127.0.0.1:{self.ports['http']}"
+        self.base = f"{'https' if https else 'http'}://127.0.0.1:{self.ports['http']}"
+        self.https = https
+
+    @property
+    def verify(self) -> str | bool:
+        """The hub's CA (var/tls/ca.crt) for HTTPS; True (the default) otherwise."""
+        return str(self.var_dir / "tls" / "ca.crt") if self.https else True
 
     def start(self) -> None:
         self.log = open(self.var_dir.parent / f"hub-{time.time():.0f}.log", "w")
@@ -75,8 +90,11 @@ class Hub:
         last = None
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"hub exited with {self.proc.returncode}:\n{self.output()}"
+            if self.https and not (self.var_dir / "tls" / "ca.crt").exists():
+                time.sleep(0.5)                   # the CA comes before the API
+                continue
             try:
-                r = httpx.get(f"{self.base}/readyz", timeout=3)
+                r = httpx.get(f"{self.base}/readyz", timeout=3, verify=self.verify)
                 assert r.status_code in (200, 503), r.text
                 last = r.json()
                 if r.status_code == 200:

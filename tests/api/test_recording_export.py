@@ -251,3 +251,27 @@ def test_a_case_holds_its_footage_past_retention_until_it_lets_go(env):
                              "AND target = %s", (f"hold {hold['id']}",)).fetchall()
         assert verify(conn, root, camera_id=CAM).ok, "pruned rows keep the chain"
     assert h["released_at"] is not None and audit and audit[0]["actor"] == "system:recordings"
+
+
+def test_the_integrity_report_names_a_tampered_segment(env):
+    """Issue 13, item 3: the chain check as an API report, for those who verify records."""
+    api, db, var = env["api"], env["db"], env["var"]
+    found = wait_rows(db, 2)
+    with api.client("lead") as c:
+        r = c.get(f"/api/recordings/{CAM}/integrity", params={"files": "true"})
+        assert r.status_code == 200, r.text
+        assert r.json()["ok"] and r.json()["segments"] >= 2, r.json()
+        kept = [row for row in found if row["path"]][-1]
+        path = var / "recordings" / kept["path"]
+        data = bytearray(path.read_bytes())
+        data[len(data) // 3] ^= 0x01
+        path.write_bytes(bytes(data))
+        report = c.get(f"/api/recordings/{CAM}/integrity", params={"files": "true"}).json()
+        chain_only = c.get(f"/api/recordings/{CAM}/integrity").json()
+    with api.client("ds-supervisor") as c:
+        refused = c.get(f"/api/recordings/{CAM}/integrity")
+    assert not report["ok"]
+    assert [(p["kind"], p["seq"]) for p in report["problems"]] == [("file_changed", kept["seq"])]
+    assert report["problems"][0]["text"].startswith("录像文件被改动")
+    assert chain_only["ok"] and chain_only["files_checked"] == 0, "the index alone is intact"
+    assert refused.status_code == 403

@@ -122,6 +122,16 @@ def analytics_of(camera) -> CameraAnalytics:
     return CameraAnalytics.model_validate(raw)
 
 
+def recording_policy(site, cam) -> CameraRecording:
+    """The camera's own ``recording:``, else its first tag's in the site's
+    ``recording_by_tag``, else the default (always)."""
+    own = getattr(cam, "recording", None)
+    if own is not None:
+        return own
+    by_tag = getattr(site, "recording_by_tag", None) or {}
+    return next((by_tag[t] for t in getattr(cam, "tags", ()) if t in by_tag), None) or CameraRecording()
+
+
 def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec], dict[str, str]]:
     """The cameras of ``site`` in this shard, and the ones that cannot run with the reason
     (neither a stream URL nor an ONVIF address, credentials missing) — reported, never
@@ -161,7 +171,7 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
                                 onvif_host=onvif.host if onvif else None, onvif_port=onvif.port if onvif else 80,
                                 onvif_events=bool(onvif and getattr(onvif, "events", True)),
                                 transport=getattr(cam, "transport", "auto"),
-                                recording=getattr(cam, "recording", None) or CameraRecording(),
+                                recording=recording_policy(site, cam),
                                 stream=analytics.stream if not url or (analytics.stream == "sub" and cam.substream_url)
                                 else "main"))
     return specs, problems

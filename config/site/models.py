@@ -201,9 +201,9 @@ class Camera(StrictModel):
         default_factory=list)
     analytics: CameraAnalytics | None = Field(None, description="health, tamper, motion and clip settings "
                                                                 "(config/camera_analytics.py)")
-    recording: CameraRecording = Field(default_factory=CameraRecording,
-                                       description="录像计划: always (default), events, schedule or off "
-                                                   "(config/camera_recording.py)")
+    recording: CameraRecording | None = Field(None, description="录像计划: always, events, schedule or off "
+                                                           "(config/camera_recording.py); unset: the policy of "
+                                                           "the camera's first tag in recording_by_tag, else always")
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> Camera:
@@ -259,6 +259,10 @@ class Site(StrictModel):
     sla: Sla = Field(default_factory=Sla)
     case_systems: Annotated[list[CaseSystem], EmptyList] = Field(default_factory=list)
     cap: CapSettings = Field(default_factory=CapSettings)
+    # Recording policies by camera tag (meeting-room: always, 180 days …): a camera without
+    # a recording: of its own takes its first tag's (config/camera_recording.py).
+    recording_by_tag: Annotated[dict[Annotated[str, Field(max_length=64)], CameraRecording], EmptyDict] = Field(
+        default_factory=dict)
     # Vendor device models mapped onto the hub's contract (config/dialects.py).
     dialects: Dialects = Field(default_factory=dict)
 

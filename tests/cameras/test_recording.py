@@ -151,3 +151,33 @@ def test_verify_names_an_edited_file_an_edited_row_and_a_removed_row(recorded, d
     assert ("unindexed_file", None) in problems, "the removed row's file is named as not indexed"
     texts = " ".join(p.text for p in report.problems)
     assert "录像文件被改动" in texts and "录像索引被修改" in texts and "录像索引缺失" in texts
+
+
+def test_recording_policy_comes_from_the_camera_then_its_tag_then_the_default(tmp_path, monkeypatch):
+    """Issue 13, item 2: retention per camera or per tag, validated with the site file."""
+    import yaml
+
+    from cameras.config import camera_specs
+    from config.site import load_site
+    from config.site.problems import SiteError
+
+    data = yaml.safe_load(open("config/demo/site.yaml", encoding="utf-8"))
+    for cred in data.get("credentials", {}).values():
+        if cred.get("password_env"):
+            monkeypatch.setenv(cred["password_env"], "Cam-test-1")
+    data["cameras"][0]["recording"] = {"mode": "schedule", "schedule": ["22:00-06:00"], "retention_days": 7}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    specs = {s.id: s for s in camera_specs(load_site(path))[0]}
+    by_tag = {c["id"]: c.get("tags", []) for c in data["cameras"]}
+    own = data["cameras"][0]["id"]
+    assert (specs[own].recording.mode, specs[own].recording.retention_days) == ("schedule", 7)
+    for cam_id, spec in specs.items():
+        if cam_id == own:
+            continue
+        expected = 180 if "meeting-room" in by_tag[cam_id] else None
+        assert (spec.recording.mode, spec.recording.retention_days) == ("always", expected), cam_id
+    data["recording_by_tag"]["meeting-room"]["mode"] = "weekly"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(SiteError, match="recording_by_tag.meeting-room.mode"):
+        load_site(path)

@@ -45,7 +45,10 @@ EVENT_BODY = {
     "door.duress": {"card_id": "C9"}, "door.tamper": {}, "door.exit_button": {},
     "speaker.playback": {"broadcast_id": "b-1", "phase": "started"},
     "drone.low_battery": {"battery_pct": 12.0}, "drone.geofence": {"lat": 30.6, "lon": 104.5},
-    "drone.link_lost": {"lost_s": 3.0}, "radio.sos": {}, "radio.ptt_start": {"talk_group": "tg"},
+    "drone.link_lost": {"lost_s": 3.0},
+    "drone.hms": {"code": "0x16100083", "level": 2, "module": 3, "in_the_sky": 0, "imminent": 1},
+    "drone.flight_task": {"flight_id": "f-1", "status": "in_progress", "percent": 42.0, "current_step": 3},
+    "radio.sos": {}, "radio.ptt_start": {"talk_group": "tg"},
     "radio.ptt_stop": {"talk_group": "tg", "duration_s": 4.0},
     "camera.tamper.covered": {"score": 0.9}, "camera.motion": {"detail": {"zone": "road"}},
 }

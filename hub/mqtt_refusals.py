@@ -62,6 +62,9 @@ GONE_UNNAMED = re.compile(_TS + r"Client <unknown> ")
 STARTING = re.compile(_TS + r"mosquitto version \S+ starting")
 # a TLS handshake the broker refused: OpenSSL's reason, then the connection's end
 OPENSSL = re.compile(_TS + r"OpenSSL Error\[\d+\]: (?P<err>.*)$")
+# ... or, from Mosquitto 2.0's accept path, one line with the address and OpenSSL's reason
+# ("Client connection from 10.1.2.3 failed: error:0A00010B:SSL routines::wrong version number.")
+TLS_FAILED = re.compile(_TS + r"Client connection from (?P<addr>\S+) failed: (?P<err>.*?)\.?$")
 # OpenSSL's words → what the operator reads (Chinese first, the library's words kept)
 TLS_REASONS = (
     ("certificate verify failed",
@@ -110,10 +113,12 @@ class Pairing:
         self.max_age_s = max_age_s
         self._pending: deque[_Accepted] = deque(maxlen=max_pending)
         self._tls_error: str | None = None      # OpenSSL's reason, until its connection's end
+        self._gone: _Accepted | None = None       # the last connection that ended without a word
 
     def reset(self) -> None:
         self._pending.clear()
         self._tls_error = None
+        self._gone = None
 
     def feed(self, line: str) -> Refusal | None:
         line = line.rstrip("\r\n")
@@ -133,11 +138,26 @@ class Pairing:
                 if accepted.address == address and accepted.peer_port == peer:
                     self._pending.remove(accepted)
                     break
+        elif m := TLS_FAILED.match(line):
+            address = m["addr"]
+            accepted = next((a for a in self._pending if a.address == address), None)
+            if accepted is not None:
+                self._pending.remove(accepted)
+            elif self._gone is not None and self._gone.address == address:
+                accepted = self._gone            # the broker said "closed" before it said why
+            # (Mosquitto 2.0 logs no "New connection" for a plain-text client on a TLS port:
+            # then the address is the line's, and the listener is not known.)
+            self._gone = None
+            self._tls_error = None
+            return Refusal(at=_ts(m), client_id=None, address=address,
+                           peer_port=accepted.peer_port if accepted else None,
+                           port=accepted.port if accepted else None, reason=tls_reason(m["err"]))
         elif m := OPENSSL.match(line):
             self._tls_error = self._tls_error or m["err"]      # the first says why
         elif m := GONE_UNNAMED.match(line):
             ts = _ts(m)
             accepted, ambiguous = self._take(ts)
+            self._gone = accepted if self._tls_error is None else None
             if self._tls_error is not None:
                 err, self._tls_error = self._tls_error, None
                 return Refusal(at=ts, client_id=None, address=accepted.address if accepted else None,

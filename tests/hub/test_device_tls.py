@@ -211,7 +211,9 @@ def test_plain_text_on_the_tls_port_is_refused_with_a_clear_log_line(netns, hub,
     ev = events(device(netns, hub, tmp_path, port=broker.tls.port, user="door-tls",
                        password="door-tls-password-1", client_id="door-tls", plain=True))
     assert ev[0]["event"] == "refused", ev
-    refusal_line(hub, caplog, netns[2], "明文连接到了 TLS 端口", "devices-tls")
+    # Mosquitto 2.0 logs no "New connection" line for a client that never spoke TLS: the line
+    # names the address and the reason; the listener is named when the broker says it.
+    refusal_line(hub, caplog, netns[2], "明文连接到了 TLS 端口")
 
 
 def test_a_revoked_certificate_is_dropped_at_once_and_cannot_reconnect(netns, hub, tmp_path, caplog):

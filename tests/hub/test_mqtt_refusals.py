@@ -248,3 +248,18 @@ def test_the_brokers_log_is_kept_to_its_size(tmp_path):
     finally:
         writer.close()
         tail.close()
+
+
+def test_a_tls_failure_mosquitto_logs_in_one_line_is_a_refusal_with_its_reason():
+    """Mosquitto 2.0.11 (Debian's) logs some TLS failures as one line with the address and
+    OpenSSL's words, and no "New connection" line before it (plain text on the TLS port)."""
+    p = Pairing(max_age_s=10)
+    out = [r for r in (p.feed(line) for line in [
+        "100: mosquitto version 2.0.11 starting",
+        "101: New connection from 10.0.0.9:9009 on port 8883.",
+        "101: OpenSSL Error[0]: error:0A000418:SSL routines::tlsv1 alert unknown ca",
+        "101: Client <unknown> disconnected: Protocol error.",
+        "102: Client connection from 10.0.0.9 failed: error:0A00010B:SSL routines::wrong version number.",
+    ]) if r is not None]
+    assert [(r.address, r.port) for r in out] == [("10.0.0.9", 8883), ("10.0.0.9", None)]
+    assert "设备不信任本 hub 的证书" in out[0].reason and "明文连接到了 TLS 端口" in out[1].reason

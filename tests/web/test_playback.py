@@ -113,7 +113,9 @@ def test_seek_to_a_mark_plays_from_there_and_a_flag_from_playback_becomes_a_case
     later = p.evaluate(FRAME_OF_VIDEO)
     assert later["current"] > first["current"] + 0.8, "currentTime advances"
     p.click("#pb-play")                  # pause: the picture stays put
-    p.wait_for_function("document.querySelector('#pb-video').paused")
+    # paused, and the page has said so (its pause handler sets the position shown beside the picture)
+    p.wait_for_function("document.querySelector('#pb-video').paused && "
+                        "document.querySelector('#page').dataset.playing === 'false'")
     shown = p.evaluate(FRAME_OF_VIDEO)
     strip = strip_of_data_url(shown["url"])
     # the picture on screen is the frame the camera sent at the position shown (10 fps: at most 100 ms before

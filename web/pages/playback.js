@@ -217,9 +217,13 @@ export async function render(main, { me, arg }) {
     }
   }
 
-  video.addEventListener('timeupdate', () => { const ms = now(); if (ms && !view.dragging) moveCursor(ms); main.dataset.position = ms ? String(Math.round(ms)) : ''; });
+  // The position shown: timeupdate comes only every ~250 ms, so a pause and a seek (frame step)
+  // set it too — a paused picture and the time beside it must agree.
+  const showPosition = () => { const ms = now(); if (ms && !view.dragging) moveCursor(ms); main.dataset.position = ms ? String(Math.round(ms)) : ''; };
+  video.addEventListener('timeupdate', showPosition);
+  video.addEventListener('seeked', showPosition);
   video.addEventListener('play', () => { playBtn.textContent = '暂停'; main.dataset.playing = 'true'; });
-  video.addEventListener('pause', () => { playBtn.textContent = '播放'; main.dataset.playing = 'false'; });
+  video.addEventListener('pause', () => { playBtn.textContent = '播放'; main.dataset.playing = 'false'; showPosition(); });
   video.addEventListener('ratechange', () => { view.rate = video.playbackRate; });
   video.addEventListener('ended', () => {
     // the footage of this stream ended (a gap or a change of stream follows): on to the next span

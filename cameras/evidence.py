@@ -403,7 +403,8 @@ def resolve_evidence_path(root: Path, relative: str) -> Path | None:
     return candidate
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
+def sha256_file(path: Path) -> tuple[str, int]:
+    """A file's SHA-256 (hex) and size: the one hash of evidence, segments and exports."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -451,7 +452,7 @@ class EvidenceStore:
         relative = self._relative(camera_id, evidence_id, captured_at, ext)
         final = self.root / relative
         private_dir(final.parent, root=self.root)
-        digest, size = _sha256_file(make_private(tmp))
+        digest, size = sha256_file(make_private(tmp))
         os.replace(tmp, final)
         ev = Evidence(id=evidence_id, kind=kind, media_type=media_type, captured_at=captured_at,
                       path=relative, sha256=digest, bytes=size)

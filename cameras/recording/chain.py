@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 
+from cameras.evidence import sha256_file
+
 
 def link_of(prev_link: str, camera_id: str, seq: int, start_at: datetime, end_at: datetime, sha256: str,
             size: int) -> str:
@@ -26,16 +28,6 @@ def link_of(prev_link: str, camera_id: str, seq: int, start_at: datetime, end_at
 
 def _ms(t: datetime) -> int:
     return round(t.timestamp() * 1000)
-
-
-def file_sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 @dataclass
@@ -110,7 +102,7 @@ def verify(conn: psycopg.Connection, root: Path, camera_id: str | None = None, s
                                                f"录像文件缺失：第 {seq} 段 {row['path']} (segment file missing)"))
                 continue
             report.files_checked += 1
-            digest, size = file_sha256(path)
+            digest, size = sha256_file(path)
             if digest != row["sha256"] or size != row["bytes"]:
                 report.problems.append(Problem(cam, seq, start, "file_changed",
                                                f"录像文件被改动：第 {seq} 段 {row['path']} 的 SHA-256 不符 "

@@ -20,7 +20,6 @@ so a copy handed to the police can be checked against the chain (``xlhub recordi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from zoneinfo import ZoneInfo
 
 import av
 import psycopg
+
+from cameras.evidence import sha256_file
 
 GAP_TOLERANCE = timedelta(seconds=0.5)      # segments of one stream meet within a frame or two
 OUT_TIME_BASE = Fraction(1, 90000)
@@ -212,15 +213,10 @@ def write(p: Plan, root: Path, out: Path, comment: str = "",
     if packets == 0:
         raise ExportRefused("no_footage", f"该时段的录像中没有可导出的画面 (no frame of camera {p.camera_id} "
                                           f"between {p.start.isoformat()} and {p.end.isoformat()})")
-    h = hashlib.sha256()
-    size = 0
-    with open(out, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
+    digest, size = sha256_file(out)
     if progress:
         progress(1.0)
-    return Written(h.hexdigest(), size, packets, first_at or origin, last_at or origin)
+    return Written(digest, size, packets, first_at or origin, last_at or origin)
 
 
 def _mux(container, ost, src: av.Packet, pts: timedelta, dts: timedelta, last_dts: int | None) -> int:

@@ -35,8 +35,8 @@ from pathlib import Path
 import av
 from ulid import ULID
 
-from cameras.evidence import Record, Segment, _with_parameter_sets
-from cameras.recording.chain import file_sha256, link_of
+from cameras.evidence import Record, Segment, _with_parameter_sets, sha256_file
+from cameras.recording.chain import link_of
 from cameras.recording.settings import RecordingSettings
 from cameras.rtsp import Failure
 from config.camera_recording import CameraRecording
@@ -312,7 +312,7 @@ class CameraRecorder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        digest, size = file_sha256(cur.partial)
+        digest, size = sha256_file(cur.partial)
         start = datetime.fromtimestamp(cur.start_wall, UTC)
         end = datetime.fromtimestamp(cur.last_wall + (1 / (cur.segment.fps or 25)), UTC)
         relative = Path(self.camera_id) / start.strftime("%Y%m%d") / f"{round(cur.start_wall * 1000)}.mp4"

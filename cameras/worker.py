@@ -111,6 +111,7 @@ class CameraWorker:
         self.ready = threading.Event()
         self._site = None
         self._next_tele: dict[str, float] = {}
+        self._told: dict[str, str] = {}          # camera → the health state its telemetry last said
         self.jobs: ThreadPoolExecutor | None = None
         self.started_at = datetime.now(UTC)
 
@@ -213,6 +214,7 @@ class CameraWorker:
     def _drop_pipeline(self, camera_id: str) -> None:
         p = self.pipelines.pop(camera_id)
         self._next_tele.pop(camera_id, None)
+        self._told.pop(camera_id, None)
         p.stop()
         p.retired = True          # ONVIF events still in flight are not raised any more
         if self.link is not None:
@@ -282,7 +284,11 @@ class CameraWorker:
                         p.tick()
                     except Exception:
                         log.exception("camera %s: tick failed", cid)
-                    if now >= self._next_tele.get(cid, now):
+                    # on schedule, and at once when the state changes (a camera just added or
+                    # put in maintenance shows so on the wall without waiting a period)
+                    shown = p.health.shown_state
+                    if now >= self._next_tele.get(cid, now) or shown != self._told.get(cid):
+                        self._told[cid] = shown
                         self._next_tele[cid] = now + p.cfg.health.telemetry_s
                         if self.link is not None:
                             self.link.publish_telemetry(cid, p.health.telemetry())

@@ -18,6 +18,7 @@ camera edited here is the site file's again at the next start (its values win)."
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ from store import audit
 from store.identity import Principal
 from store.registry import CAMERA_SQL, camera_site_entry, check_entry, notify_registry
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["cameras 摄像机管理"])
 Manager = Annotated[Principal, Depends(require(Permission.CAMERAS_MANAGE))]
 
@@ -47,7 +49,8 @@ def _site(request: Request):
     from api.live.views import _site as site_of        # the API's one cached read of the site file
     try:
         return site_of(Path(request.app.state.settings.site_file))
-    except Exception:       # noqa: BLE001 - a broken site file: checks then run without its credentials
+    except Exception as exc:       # noqa: BLE001 - a broken site file: checks then run without its credentials
+        log.warning("site file not readable for camera administration: %s", exc)
         return None
 
 

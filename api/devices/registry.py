@@ -86,7 +86,7 @@ def add_device(body: DeviceIn, request: Request, conn: Conn,
         raise registry_error(exc) from None
     record_audit(request, conn, "device.add", body.id, {"before": None, "after": _shown(dev)})
     notify_registry(conn, "device", body.id)
-    return _device_out(dev, "设备已登记；请签发设备账号（密码或客户端证书，仅显示一次）")
+    return _device_out(dev, f"设备已登记；请签发设备账号（设备管理页面，或在中心执行 xlhub devices credentials issue {body.id}），仅显示一次")
 
 
 @router.patch("/devices/{device_id}", response_model=DeviceOut)

@@ -113,3 +113,43 @@ def test_admin_adds_a_camera_that_goes_online_on_the_wall(live_hub, ui_for, sim_
                                (NEW,)).fetchone()["detail"]
     assert actions == ["camera.add", "camera.maintenance", "camera.retire"], actions
     assert retired["before"]["active"] and not retired["after"]["active"]
+
+
+def test_admin_adds_a_device_and_issues_its_credentials_once(live_hub, live_api, ui_for, live_db, tmp_path):
+    """设备管理: add a door, 签发账号 with a client certificate (shown once, in the page only),
+    停用 — its secrets are forgotten at once (the broker side: tests/hub/test_device_admin_live.py)."""
+    from devices.credentials import DeviceSecrets
+
+    app = live_api.server.config.app
+    app.state.settings = Settings(http_port=live_api.port, var_dir=tmp_path)     # secrets of this test only
+    ui = ui_for("admin")
+    p = ui.page
+    p.on("dialog", lambda d: d.accept())
+    p.click("#nav-devices")
+    p.wait_for_selector("#dev-add")
+    p.click("#dev-add")
+    p.fill("#dev-id", "door-ui-new")
+    p.fill("#dev-name", "桃园村新装门禁")
+    p.select_option("#dev-kind", "door")
+    p.select_option("#dev-grid", GRID)
+    p.click("#dev-save")
+    row = '#dev-admin-table tr[data-device="door-ui-new"]'
+    p.wait_for_selector(row, timeout=15000)
+    p.click(f'{row} button[data-action="credentials"]')
+    p.check("#dev-cred-cert")
+    p.click("#dev-cred-issue")
+    p.wait_for_selector("#dev-cred-password", timeout=15000)
+    password = p.text_content("#dev-cred-password")
+    assert password and DeviceSecrets.for_var_dir(tmp_path).passwords()["door-ui-new"] == password
+    assert p.text_content("#dev-cred-cert-pem").startswith("-----BEGIN CERTIFICATE")
+    assert p.is_disabled("#dev-cred-issue"), "shown once: the button does not issue again"
+    p.keyboard.press("Escape")
+    p.click(f'{row} button[data-action="decommission"]')
+    p.wait_for_selector(row, state="detached", timeout=15000)
+    assert "door-ui-new" not in DeviceSecrets.for_var_dir(tmp_path).passwords()
+    with connect(live_db) as conn:
+        assert not conn.execute("SELECT active FROM devices WHERE id = 'door-ui-new'").fetchone()["active"]
+        issued = conn.execute("SELECT detail FROM audit_log WHERE action = 'device.credentials.issue' "
+                              "AND target = 'door-ui-new'").fetchone()["detail"]
+    assert password not in str(issued)
+    assert not ui.errors, ui.errors

@@ -51,7 +51,7 @@ export async function render(main, { grid }) {
         const b = await api.post(`/api/devices/${encodeURIComponent(dev.id)}/credentials`, { client_certificate: cert.checked, rotate: rotate.checked });
         go.disabled = true;
         const pre = (id, text) => h('pre', { id, class: 'secret' }, text);
-        out.append(h('p', { class: 'warn' }, '以下信息仅显示这一次，关闭后无法再次查看。'),
+        out.append(h('div', {}, h('p', { class: 'warn' }, '以下信息仅显示这一次，关闭后无法再次查看。'),
           h('dl', {}, h('dt', {}, '服务器'), h('dd', {}, `${b.host}  TLS 端口 ${b.mqtt.tls_port || '未开启'}${b.mqtt.client_cert_port ? `，证书端口 ${b.mqtt.client_cert_port}` : ''}`),
             h('dt', {}, '用户名 / 客户端标识'), h('dd', {}, b.mqtt.username),
             h('dt', {}, '密码'), h('dd', {}, pre('dev-cred-password', b.mqtt.password)),
@@ -63,7 +63,7 @@ export async function render(main, { grid }) {
             const a = h('a', { href: URL.createObjectURL(blob), download: `${dev.id}.json` });
             a.click();
             URL.revokeObjectURL(a.href);
-          } }, '下载安装包 (JSON)'));
+          } }, '下载安装包 (JSON)')));
       } catch (err) {
         out.append(h('p', { class: 'error', id: 'dev-cred-error' }, `签发失败：${err.detail || err.message}`));
       }

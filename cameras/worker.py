@@ -221,6 +221,8 @@ class CameraWorker:
             self.link.remove_cameras([camera_id])
         if self.batcher is not None:
             self.batcher.unregister(p)
+        if self.onvif is not None and p.onvif is not None:
+            self.onvif.forget(camera_id)
         if p.recording is not None and self.recorder is not None:
             self.recorder.remove(camera_id)      # cuts and indexes its open segment
         self.jobs.submit(self._finish_stopped, p)

@@ -181,3 +181,21 @@ def test_add_maintain_retire_live(hub, sim, seeded_db):  # noqa: F811
     assert rows["camera.maintenance"]["after"]["maintenance"] is True
     assert rows["camera.edit"]["before"]["transport"] == "auto" and rows["camera.edit"]["after"]["transport"] == "tcp"
     assert rows["camera.retire"]["before"]["active"] is True and rows["camera.retire"]["after"]["active"] is False
+
+
+def test_retired_onvif_camera_is_unsubscribed(hub, sim, camera_password):  # noqa: F811
+    """A retired camera with an ONVIF address: its event subscription (PullPoint) at the
+    camera ends too — nothing of it is raised any more."""
+    from tests.cameras.onvif_fake import FakeOnvifCamera
+
+    api, worker = hub
+    with FakeOnvifCamera(CAMERA_USER, camera_password) as cam, api.client("admin") as c:
+        cam.events = True
+        r = c.post("/api/cameras", json={"id": "cam-admin-onvif", "name": "东山村云台", "grid": DONGSHAN_GRID,
+                                         "rtsp_url": sim.url(f"/{NEW}"), "credentials": "demo-cams",
+                                         "onvif": {"host": "127.0.0.1", "port": cam.port, "events": True}})
+        assert r.status_code == 201, r.text
+        assert wait(lambda: len(cam.live_subscriptions()) == 1), "the added camera's events were not subscribed"
+        assert c.delete("/api/cameras/cam-admin-onvif").status_code == 200
+        assert wait(lambda: "cam-admin-onvif" not in worker.pipelines)
+        assert wait(lambda: not cam.live_subscriptions()), "the retired camera is still subscribed"

@@ -130,10 +130,15 @@ def test_add_maintain_retire_live(hub, sim, seeded_db):  # noqa: F811
         assert bad.status_code == 409
         assert not worker.pipelines.get(NEW)
 
+        started = time.monotonic()
         r = c.post("/api/cameras", json=entry)
         assert r.status_code == 201, r.text
         assert r.json()["origin"] == "api" and r.json()["credentials"] == "demo-cams"
+        assert wait(lambda: NEW in worker.pipelines, step=0.02)
+        picked_up = time.monotonic() - started
         assert wait(lambda: state(worker, NEW) == "online"), f"added camera not online: {state(worker, NEW)}"
+        print(f"\ncamera added by API: pipeline started {picked_up * 1000:.0f} ms after the request, "
+              f"online after {time.monotonic() - started:.1f} s")
         assert sim.status()[f"/{NEW}"]["clients"] == 1
         assert worker.pipelines[KEPT] is kept, "adding a camera restarted another one"
         listed = {cam["id"]: cam for cam in c.get("/api/cameras").json()}

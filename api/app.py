@@ -21,6 +21,7 @@ from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
 from api.csrf import CsrfGuard
 from api.deps import SESSION_COOKIE
+from api.cameras.admin import router as cameras_admin_router
 from api.cameras.ptz_holds import PtzHolds
 from api.cameras.views import router as cameras_router
 from api.devices.broadcasts import router as device_broadcasts_router
@@ -148,7 +149,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     # outbox, CAP, assessment; alerts_cap = the warning page (CAP preview, history, feeds); the feed is SSE;
     # inbound = case systems' status back; web =
     # the UI at / and live video.
-    for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router,
+    for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router, cameras_admin_router,
                    recordings_export_router, recordings_integrity_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
                    device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router,

@@ -33,7 +33,8 @@ class Permission(StrEnum):
     CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
     STATS_READ = "stats.read"                # 考核评价
     # field devices
-    DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices
+    DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices, issue their credentials
+    CAMERAS_MANAGE = "cameras.manage"        # 摄像机管理: add, edit, retire, maintenance, test connection
     DEVICE_COMMAND = "device.command"        # drone mission / return home, speaker volume, door replay …
     DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)
     BROADCAST_SEND = "broadcast.send"        # 广播：通告 and 应急预警
@@ -75,6 +76,7 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.CAP_IMPORT: {Role.dispatcher, Role.centre_lead},
     Permission.STATS_READ: {Role.centre_lead, Role.dispatcher},
     Permission.DEVICES_MANAGE: {Role.admin},
+    Permission.CAMERAS_MANAGE: {Role.admin},
     Permission.DEVICE_COMMAND: {Role.dispatcher, Role.centre_lead, Role.admin},
     # Opening a guarded door from afar: the control room's dispatcher, and the administrator.
     Permission.DOOR_UNLOCK: {Role.dispatcher, Role.admin},

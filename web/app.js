@@ -12,6 +12,8 @@ const PAGES = [
   { id: 'warnings', label: '预警', en: 'Warnings', load: () => import('./pages/warnings.js') },
   { id: 'map', label: '地图', en: 'Map', load: () => import('./pages/map.js') },
   { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
+  { id: 'cameras', label: '摄像机管理', en: 'Cameras', perm: 'cameras.manage', load: () => import('./pages/cameras.js') },
+  { id: 'devices', label: '设备管理', en: 'Devices', perm: 'devices.manage', load: () => import('./pages/devices.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
 
@@ -108,7 +110,7 @@ async function showShell() {
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
   const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
-    PAGES.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+    PAGES.filter((p) => !p.perm || (me.permissions || []).includes(p.perm)).map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
       h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from tests.alerts.conftest import insert_event, one, query, wait_for
 from tests.alerts.test_case_api import GRID_DSC1, TOWNSHIP_DS, act, api, new_case  # noqa: F401  (fixture)
 
 JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def evidence_dir(tmp_path_factory):
+    """Attachments go to a throwaway evidence store (the API reads the setting per request)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("evidence")
+        mp.setenv("XLHUB_EVIDENCE_DIR", str(path))
+        yield path
 
 
 def test_hotline_report_lands_at_the_township_with_the_caller_masked(api):  # noqa: F811
@@ -55,7 +66,7 @@ def test_refusals_name_what_is_wrong_in_chinese(api):  # noqa: F811
     assert r.status_code == 400 and "不负责该案件的事发地" in r.json()["detail"]
 
 
-def test_pickers_list_who_serves_the_place_and_feedback_needs_its_result_and_takes_photos(api):  # noqa: F811
+def test_pickers_list_who_serves_the_place_and_feedback_needs_its_result_and_takes_photos(api, evidence_dir):  # noqa: F811
     case = new_case(api, "hotline", category="city", title="路灯不亮")
     cid = case["id"]
     picks = api.users["ds-dispatcher"].get(f"/api/cases/{cid}/assignees").json()
@@ -88,6 +99,7 @@ def test_pickers_list_who_serves_the_place_and_feedback_needs_its_result_and_tak
     assert any(e["evidence_id"] == att["evidence_id"] and e["media_type"] == "image/jpeg" for e in done["evidence"])
     assert any(t["action"] == "evidence" and t["actor"] == "ds-police" for t in done["timeline"])
     assert one(api.db, "SELECT hold FROM evidence WHERE id = %s", (att["evidence_id"],))["hold"] == f"case {cid}"
+    assert (evidence_dir / "cases" / cid / f"{att['evidence_id']}.jpg").read_bytes() == JPEG
     assert one(api.db, "SELECT 1 AS x FROM audit_log WHERE action = 'case.attachment' AND actor = 'ds-police' "
                        "AND target = %s", (case["number"],)) is not None
 

@@ -211,9 +211,9 @@ export async function render(main, { me, grid, arg }) {
     if (needsParam('departments')) {
       api.get(`/api/cases/${encodeURIComponent(c.id)}/assignees`).then((picks) => {
         clear(departments).append(h('span', { class: 'small' }, '处置部门：'),
-          picks.departments.length ? picks.departments.map((d) => h('label', { class: 'inline' },
+          ...(picks.departments.length ? picks.departments.map((d) => h('label', { class: 'inline' },
             h('input', { type: 'checkbox', name: 'department', value: d.code }), ` ${d.name}`, h('small', { class: 'muted' }, `（${d.node_name}）`)))
-            : h('span', { class: 'muted small' }, '无可派部门'));
+            : [h('span', { class: 'muted small' }, '无可派部门')]));
         picks.people.forEach((p) => assignee.append(h('option', { value: p.username }, `${p.display_name || p.username}（${p.role_label} · ${p.node_name}）`)));
       }).catch((err) => clear(departments).append(h('span', { class: 'error' }, `派遣对象加载失败：${err.detail || err.message}`)));
     }

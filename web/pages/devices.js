@@ -102,7 +102,7 @@ export async function render(main, { me, grid }) {
   }
 
   function unlockForm(d) {
-    const reason = h('textarea', { id: 'unlock-reason', rows: 2, maxlength: 200, required: true, placeholder: '开门事由（必填，记入审计日志）' });
+    const reason = h('textarea', { id: 'unlock-reason', rows: 2, maxlength: 200, 'aria-required': 'true', placeholder: '开门事由（必填，记入审计日志）' });
     const duration = h('input', { id: 'unlock-duration', type: 'number', min: 1, max: 300, value: 5 });
     const result = h('div', { role: 'status', id: 'unlock-result' });
     const go = h('button', { type: 'submit', class: 'primary danger', id: 'unlock-submit' }, '确认开门');

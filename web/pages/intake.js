@@ -50,11 +50,11 @@ function mapPicker(grid, onPick) {
 
 export function openIntake(me, grid, onCreated) {
   const hotline = me.role === 'hotline';
-  const title = h('input', { id: 'intake-title', maxlength: 200, required: true, placeholder: '简要概括，如“东山村路灯不亮”' });
+  const title = h('input', { id: 'intake-title', maxlength: 200, 'aria-required': 'true', placeholder: '简要概括，如“东山村路灯不亮”' });
   const callerName = h('input', { id: 'intake-caller-name', maxlength: 50, autocomplete: 'off', placeholder: '来电人姓名' });
   const callerPhone = h('input', { id: 'intake-caller-phone', maxlength: 20, autocomplete: 'off', inputmode: 'tel', placeholder: '联系电话' });
   const places = [...grid.byCode.values()].filter((n) => n.level !== 'county');
-  const place = h('select', { id: 'intake-grid', required: true }, h('option', { value: '' }, '选择网格或村（社区）…'),
+  const place = h('select', { id: 'intake-grid', 'aria-required': 'true' }, h('option', { value: '' }, '选择网格或村（社区）…'),
     places.map((n) => h('option', { value: n.code }, grid.trail(n.path, 1) || n.name)));
   const picked = h('span', { class: 'muted small', id: 'intake-picked' }, '也可在下方地图上点击事发地点。');
   let lat = null;

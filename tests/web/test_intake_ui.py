@@ -66,6 +66,8 @@ def test_hotline_intake_to_township_dispatch_to_handler_feedback_with_photos(ui_
     hotline, p = login(ui_for, "hotline")
     p.wait_for_selector("#case-new")
     assert p.evaluate("location.hash") == "#/cases"
+    p.wait_for_selector("#case-board .columns")
+    assert "null" not in p.text_content("#page")
     p.goto(p.url.split("#")[0] + "#/broadcast")        # a broadcast console they cannot use is not offered
     p.wait_for_selector("#broadcast-history")
     assert p.locator("#broadcast-send").count() == 0

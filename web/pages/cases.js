@@ -81,7 +81,7 @@ export async function render(main, { me, grid, arg }) {
   // 我的任务: a department's parts waiting to be signed for or handled, nearest deadline first.
   const tasks = me.department_code ? h('section', { class: 'panel', id: 'my-tasks' }) : null;
   main.append(h('div', { class: 'toolbar' }, h('h2', {}, '案件 ', h('small', {}, 'Cases')), newBtn, category, urgency, area,
-    h('label', { class: 'inline' }, overdue, ' 仅看超时'), q, count), tasks, board);
+    h('label', { class: 'inline' }, overdue, ' 仅看超时'), q, count), ...(tasks ? [tasks] : []), board);
 
   async function loadTasks() {
     if (!tasks) return;

@@ -103,7 +103,7 @@ export function openIntake(me, grid, onCreated) {
         }
         result.dataset.outcome = 'ok';
         result.dataset.caseId = c.id;
-        toast(`已受理，工单号 ${c.number}（责任单位：${grid.nameOf(c.owner_code)}）`, 'ok', 6000);
+        toast(`工单已提交，编号 ${c.number}（责任单位：${grid.nameOf(c.owner_code)}）`, 'ok', 6000);
         if (failed.length) toast(`部分附件上传失败：${failed.join('；')}`, 'error', 10000);
         dlg.close();
         onCreated(c);

@@ -193,3 +193,39 @@ def test_door_unlock_needs_a_reason_and_is_offered_only_to_who_may(ui_for, live_
     audit = query(DB["url"], "SELECT detail FROM audit_log WHERE action = 'door.unlock' AND actor = 'ds-dispatcher' "
                              "ORDER BY id DESC LIMIT 1")
     assert audit and audit[0]["detail"]["reason"] == "维修人员进入机房"
+
+
+def test_a_dispatcher_opens_a_case_from_an_alarm_and_clears_it(pipeline, ui_for, live_api, shots):  # noqa: F811
+    from tests.alerts.conftest import insert_event
+    insert_event(DB["url"], "cam-tyc-01", "camera.tamper.covered", severity="major")
+    _, sup = login(ui_for, "ds-supervisor")
+    sup.click("#nav-alerts")
+    row = '#alarm-list li:has-text("摄像机被遮挡或移位")'
+    sup.wait_for_selector(row, timeout=20000)
+    assert sup.locator(f"{row} .clear-btn").count() == 1 and sup.locator(f"{row} .case-btn").count() == 1
+
+    _, p = login(ui_for, "ds-dispatcher")
+    p.click("#nav-alerts")
+    p.wait_for_selector(f"{row} .case-btn", timeout=20000)
+    alarm_id = p.get_attribute(row, "data-id")
+    p.click(f"{row} .case-btn")
+    p.select_option("#alarm-case-category", "hazard")
+    p.select_option("#alarm-case-urgency", "high")
+    p.fill("#alarm-case-description", "桃园村村口摄像机被遮挡，需到场查看")
+    p.click("#alarm-case-submit")
+    p.wait_for_selector("#case-state", timeout=15000)
+    case = query(DB["url"], "SELECT * FROM cases WHERE alarm_id = %s", (alarm_id,))[0]
+    assert (case["category"], case["urgency"], case["owner_code"]) == ("hazard", "high", "510199101000")
+    p.screenshot(path=str(shots / "36-case-from-alarm.png"))
+    p.keyboard.press("Escape")
+    p.click("#nav-alerts")
+    p.wait_for_selector(f'#alarm-list li[data-id="{alarm_id}"] .clear-btn', timeout=15000)
+    assert p.locator(f'#alarm-list li[data-id="{alarm_id}"] .case-btn').count() == 0     # it has its case now
+    p.click(f'#alarm-list li[data-id="{alarm_id}"] .clear-btn')
+    p.fill("#clear-note", "已到场清理遮挡物")
+    p.click("#clear-submit")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and query(DB["url"], "SELECT state FROM alarms WHERE id = %s",
+                                                (alarm_id,))[0]["state"] != "cleared":
+        time.sleep(0.3)
+    assert query(DB["url"], "SELECT state FROM alarms WHERE id = %s", (alarm_id,))[0]["state"] == "cleared"

@@ -28,6 +28,7 @@ class Permission(StrEnum):
     CASES_CREATE = "cases.create"            # intake: hotline, grid workers, video supervisors
     CASES_ACT = "cases.act"                  # lifecycle actions; flows.py decides which, per state and role
     CASE_EVIDENCE = "cases.evidence"         # download evidence files (audited)
+    CASES_REPORTER = "cases.reporter"        # reveal a reporter's name and phone, whole (audited)
     OUTBOX_READ = "outbox.read"
     OUTBOX_REPLAY = "outbox.replay"
     CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
@@ -71,6 +72,8 @@ GRANTS: dict[Permission, set[Role]] = {
                               Role.centre_lead},
     Permission.CASES_ACT: _ALL_STAFF - {Role.admin},
     Permission.CASE_EVIDENCE: _ALL_STAFF - {Role.admin},
+    # Personal information (§7.2): only those who call a reporter back (结果反馈) see it whole.
+    Permission.CASES_REPORTER: {Role.hotline, Role.dispatcher, Role.centre_lead},
     Permission.OUTBOX_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
     Permission.OUTBOX_REPLAY: {Role.admin, Role.centre_lead},
     Permission.CAP_IMPORT: {Role.dispatcher, Role.centre_lead},

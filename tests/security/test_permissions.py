@@ -281,6 +281,13 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                                             body={"note": "权限矩阵补充说明"}, ok=frozenset({409, 422})),
     ("GET", "/api/cases/{case_id}/evidence/{evidence_row}"): Rule(P.CASE_EVIDENCE, "role", audit="read",
                                                                   args={"case_id": CASE, "evidence_row": 999999}),
+    # issue 17: attachments, the audited reveal of a reporter, the dispatch pickers, alarm → case
+    ("POST", "/api/cases/{case_id}/attachments"): Rule(P.CASES_ACT, CASE_SCOPE, {"case_id": CASE}, audit="write",
+                                                       files={"file": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")}),
+    ("GET", "/api/cases/{case_id}/reporter"): Rule(P.CASES_REPORTER, CASE_SCOPE, {"case_id": CASE}, audit="read"),
+    ("GET", "/api/cases/{case_id}/assignees"): Rule(P.CASES_ACT, CASE_SCOPE, {"case_id": CASE}),
+    ("POST", "/api/alarms/{alarm_id}/case"): Rule(P.CASES_CREATE, "role", {"alarm_id": NOT_THERE}, audit="write",
+                                                  body={"category": "city", "urgency": "high"}),
     ("GET", "/api/notifications"): Rule(P.CASES_READ, "none"),
     ("POST", "/api/notifications/{notification_id}/acknowledge"): Rule(P.CASES_READ, "role",
                                                                        {"notification_id": 999999}, audit="write"),

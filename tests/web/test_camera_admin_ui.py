@@ -58,7 +58,7 @@ def test_admin_adds_a_camera_that_goes_online_on_the_wall(live_hub, ui_for, sim_
     p.on("dialog", lambda d: d.accept())
     p.click("#nav-cameras")
     p.wait_for_selector("#cam-add")
-    assert p.locator("#nav-devices").count() == 1
+    assert p.locator("#nav-device-admin").count() == 1
     p.click("#cam-add")
     p.fill("#cam-id", NEW)
     p.fill("#cam-name", "桃园村新装摄像机")
@@ -125,7 +125,7 @@ def test_admin_adds_a_device_and_issues_its_credentials_once(live_hub, live_api,
     ui = ui_for("admin")
     p = ui.page
     p.on("dialog", lambda d: d.accept())
-    p.click("#nav-devices")
+    p.click("#nav-device-admin")
     p.wait_for_selector("#dev-add")
     p.click("#dev-add")
     p.fill("#dev-id", "door-ui-new")

@@ -1,111 +1,147 @@
-// 设备管理 — add, edit, decommission field devices and issue their broker credentials
-// (一机一帐号: a password, or a client certificate, shown ONCE here and never again).
-import { api, request } from '../api.js';
-import { KIND_LABELS, clear, errorBox, h, modal, toast } from '../ui.js';
+// 设备 — the field devices of this area with their state, and the actions an operator takes
+// on them: door remote unlock (远程开门, a reason required, audited), drone mission and return
+// home (执行任务 / 返航), speaker volume and stop (音量 / 停止播放). Each action is offered only
+// to roles with its permission (door.unlock, device.command: /api/auth/me lists them).
+import { api } from '../api.js';
+import { KIND_LABELS, clear, errorBox, fmtAgo, h, modal, toast } from '../ui.js';
 
-const KINDS = ['door', 'speaker', 'drone', 'radio'];
+const KIND_ORDER = ['door', 'speaker', 'drone', 'radio'];
+const OPEN_BROADCAST = ['queued', 'scheduled', 'sending', 'playing', 'pending'];
 
-export async function render(main, { grid }) {
-  const list = h('div', { id: 'dev-admin-list' }, h('p', { class: 'loading' }, '加载中…'));
-  main.append(h('section', { class: 'panel' },
-    h('header', { class: 'panel-head' }, h('h2', {}, '设备管理 ', h('small', {}, 'Devices')),
-      h('button', { type: 'button', class: 'primary', id: 'dev-add', onclick: () => openForm(null) }, '添加设备')),
-    h('p', { class: 'muted' }, '新设备登记后请签发设备账号；账号与证书仅显示一次，请立即交给安装人员。停用的设备立即断开并无法再登录。'),
-    list));
+export async function render(main, { me, grid }) {
+  const perms = Array.isArray(me.permissions) ? me.permissions : null;
+  const may = (p) => !perms || perms.includes(p);
+  const list = h('section', { class: 'panel', id: 'device-list' }, h('p', { class: 'loading' }, '加载中…'));
+  const kindFilter = h('select', { id: 'device-kind', 'aria-label': '设备类型' }, h('option', { value: '' }, '全部设备'),
+    KIND_ORDER.map((k) => h('option', { value: k }, KIND_LABELS[k] || k)));
+  kindFilter.addEventListener('change', load);
+  main.append(h('div', { class: 'toolbar' }, h('h2', {}, '设备 ', h('small', {}, 'Field devices')), kindFilter), list);
 
   async function load() {
+    let devices;
+    let states = new Map();
     try {
-      const devices = await api.get('/api/devices');
-      clear(list).append(devices.length ? h('table', { class: 'table', id: 'dev-admin-table' },
-        h('thead', {}, h('tr', {}, ['名称', '编号', '类型', '位置', '操作'].map((t) => h('th', {}, t)))),
-        h('tbody', {}, devices.map((d) => h('tr', { dataset: { device: d.id } },
-          h('td', {}, d.name), h('td', {}, d.id), h('td', {}, KIND_LABELS[d.kind] || d.kind),
-          h('td', {}, grid.trail(d.grid_path, 1) || d.grid_code),
-          h('td', { class: 'actions' },
-            h('button', { type: 'button', dataset: { action: 'edit' }, onclick: () => openForm(d) }, '编辑'),
-            h('button', { type: 'button', dataset: { action: 'credentials' }, onclick: () => issue(d) }, '签发账号'),
-            h('button', { type: 'button', class: 'danger', dataset: { action: 'decommission' }, onclick: () => decommission(d) }, '停用'))))))
-        : h('p', { class: 'muted' }, '辖区内还没有设备。'));
+      devices = await api.get(`/api/devices${kindFilter.value ? `?kind=${kindFilter.value}` : ''}`);
+      try { states = new Map((await api.get('/api/device-state')).map((d) => [d.id, d])); } catch { /* state optional */ }
     } catch (err) {
-      clear(list).append(errorBox(err, '设备列表加载失败'));
+      clear(list).append(errorBox(err, '设备加载失败'));
+      return;
+    }
+    devices.sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind) || String(a.name).localeCompare(String(b.name), 'zh'));
+    clear(list).append(devices.length ? h('table', { class: 'table', id: 'devices-table' },
+      h('thead', {}, h('tr', {}, ['设备', '类型', '地点', '状态', '操作'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, devices.map((d) => row(d, states.get(d.id))))) : h('p', { class: 'empty' }, '本辖区没有设备。'));
+  }
+
+  function row(d, st) {
+    const status = st ? st.status_label : '未知';
+    const tele = (st && st.telemetry) || {};
+    const extra = d.kind === 'speaker' && tele.volume !== undefined ? ` · 音量 ${tele.volume}${tele.playing ? ' · 播放中' : ''}`
+      : d.kind === 'drone' && tele.mode ? ` · ${tele.mode}${tele.battery_pct !== undefined ? ` · 电量 ${tele.battery_pct}%` : ''}` : '';
+    return h('tr', { dataset: { device: d.id, kind: d.kind } },
+      h('td', {}, h('strong', {}, d.name), h('div', { class: 'muted small' }, d.id)),
+      h('td', {}, KIND_LABELS[d.kind] || d.kind),
+      h('td', {}, grid.trail(d.grid_path, 1) || grid.nameOf(d.grid_code)),
+      h('td', {}, h('span', { class: `badge ${st && st.status === 'online' ? 'ok' : st && st.status === 'offline' ? 'bad' : 'muted'}` }, status),
+        h('span', { class: 'muted small' }, `${extra}${st && st.last_seen_at ? ` · ${fmtAgo(st.last_seen_at)}` : ''}`)),
+      h('td', { class: 'row' }, actions(d)));
+  }
+
+  function actions(d) {
+    const out = [];
+    if (d.kind === 'door' && may('door.unlock')) {
+      out.push(h('button', { type: 'button', class: 'danger', dataset: { action: 'unlock' }, onclick: () => unlockForm(d) }, '远程开门'));
+    }
+    if (!may('device.command')) return out.length ? out : [h('span', { class: 'muted small' }, '—')];
+    if (d.kind === 'drone') {
+      out.push(h('button', { type: 'button', dataset: { action: 'mission' }, onclick: () => confirmSend(d, 'mission', {}, `让 ${d.name} 起飞执行预设任务？`, '执行任务') }, '执行任务'));
+      out.push(h('button', { type: 'button', dataset: { action: 'return_home' }, onclick: () => confirmSend(d, 'return_home', {}, `让 ${d.name} 立即返航？`, '返航') }, '返航'));
+    }
+    if (d.kind === 'speaker') {
+      const volume = h('input', { type: 'range', min: 0, max: 100, step: 5, value: 60, 'aria-label': '音量', dataset: { field: 'volume' } });
+      const shown = h('span', { class: 'small' }, '60');
+      volume.addEventListener('input', () => { shown.textContent = volume.value; });
+      out.push(h('label', { class: 'inline' }, '音量 ', volume, shown),
+        h('button', { type: 'button', dataset: { action: 'volume' }, onclick: () => send(d, 'volume', { volume: Number(volume.value) }, `音量已设为 ${volume.value}`) }, '设置音量'),
+        h('button', { type: 'button', dataset: { action: 'stop' }, onclick: () => stopSpeaker(d) }, '停止播放'));
+    }
+    return out.length ? out : [h('span', { class: 'muted small' }, '—')];
+  }
+
+  async function send(d, name, body, okText) {
+    try {
+      const out = await api.post(`/api/devices/${encodeURIComponent(d.id)}/commands?wait=5`, { name, body });
+      const done = out.state === 'finished' || out.state === 'succeeded';
+      toast(`${d.name}：${okText}（${out.state_label || out.state}）`, done ? 'ok' : 'info');
+      return out;
+    } catch (err) {
+      toast(`${d.name}：操作失败：${err.detail || err.message}`, 'error', 8000);
+      return null;
     }
   }
 
-  async function decommission(dev) {
-    if (!window.confirm(`停用设备「${dev.name}」？其账号与证书立即作废，连接将被断开。`)) return;
-    try {
-      const answer = await api.del(`/api/devices/${encodeURIComponent(dev.id)}`);
-      list.querySelector(`tr[data-device="${CSS.escape(dev.id)}"]`)?.remove();
-      toast(answer.note || '已停用', 'info', 6000);
-      setTimeout(load, 1500);
-    } catch (err) { toast(`停用失败：${err.detail || err.message}`, 'error', 8000); }
+  function confirmSend(d, name, body, question, label) {
+    const result = h('div', { role: 'status', id: 'device-result' });
+    const go = h('button', { type: 'button', class: 'primary', id: 'device-confirm' }, label);
+    const dlg = modal(`${label} · ${d.name}`, h('div', {}, h('p', {}, question), result, h('div', { class: 'actions' }, go)));
+    go.addEventListener('click', async () => {
+      go.disabled = true;
+      const out = await send(d, name, body, `${label}指令已发送`);
+      if (out) dlg.close();
+      else go.disabled = false;
+    });
   }
 
-  function issue(dev) {
-    const cert = h('input', { type: 'checkbox', id: 'dev-cred-cert' });
-    const rotate = h('input', { type: 'checkbox', id: 'dev-cred-rotate' });
-    const out = h('div', { id: 'dev-cred-result', role: 'status' });
-    const go = h('button', { type: 'button', class: 'primary', id: 'dev-cred-issue', onclick: async () => {
-      clear(out);
-      try {
-        const b = await api.post(`/api/devices/${encodeURIComponent(dev.id)}/credentials`, { client_certificate: cert.checked, rotate: rotate.checked });
-        go.disabled = true;
-        const pre = (id, text) => h('pre', { id, class: 'secret' }, text);
-        out.append(h('div', {}, h('p', { class: 'warn' }, '以下信息仅显示这一次，关闭后无法再次查看。'),
-          h('dl', {}, h('dt', {}, '服务器'), h('dd', {}, `${b.host}  TLS 端口 ${b.mqtt.tls_port || '未开启'}${b.mqtt.client_cert_port ? `，证书端口 ${b.mqtt.client_cert_port}` : ''}`),
-            h('dt', {}, '用户名 / 客户端标识'), h('dd', {}, b.mqtt.username),
-            h('dt', {}, '密码'), h('dd', {}, pre('dev-cred-password', b.mqtt.password)),
-            b.command_signing_key ? [h('dt', {}, '指令签名密钥'), h('dd', {}, pre('dev-cred-key', b.command_signing_key))] : null),
-          b.client_cert ? [h('h3', {}, '客户端证书'), pre('dev-cred-cert-pem', b.client_cert.cert_pem), h('h3', {}, '私钥'), pre('dev-cred-key-pem', b.client_cert.key_pem)] : null,
-          h('h3', {}, 'CA 证书'), pre('dev-cred-ca', b.ca_pem),
-          h('button', { type: 'button', onclick: () => {
-            const blob = new Blob([JSON.stringify(b, null, 2)], { type: 'application/json' });
-            const a = h('a', { href: URL.createObjectURL(blob), download: `${dev.id}.json` });
-            a.click();
-            URL.revokeObjectURL(a.href);
-          } }, '下载安装包 (JSON)')));
-      } catch (err) {
-        out.append(h('p', { class: 'error', id: 'dev-cred-error' }, `签发失败：${err.detail || err.message}`));
-      }
-    } }, '签发');
-    modal(`签发设备账号 ${dev.name}`, h('div', { class: 'form' },
-      h('label', {}, cert, ' 同时签发客户端证书（一机一证）'), h('label', {}, rotate, ' 重新签发（原密码/证书立即作废）'),
-      h('div', { class: 'actions' }, go), out), { wide: true });
+  async function stopSpeaker(d) {
+    // The speaker's current broadcast: the newest open one that reaches its village.
+    let rows = [];
+    try { rows = await api.get('/api/broadcasts?limit=30'); } catch (err) { toast(`广播记录加载失败：${err.detail || err.message}`, 'error'); return; }
+    const b = rows.find((x) => OPEN_BROADCAST.includes(x.state) && (x.targets || []).some((t) => d.grid_path.includes(t)));
+    if (!b) { toast(`${d.name} 当前没有正在播放的广播。`, 'info'); return; }
+    await send(d, 'stop', { broadcast_id: b.id, reason: `${me.display_name || me.username} 在设备页停止` }, '已停止播放');
   }
 
-  function openForm(existing) {
-    const v = existing || {};
-    const id = h('input', { id: 'dev-id', required: true, maxlength: 64, value: v.id || '', disabled: Boolean(existing) });
-    const name = h('input', { id: 'dev-name', required: true, maxlength: 100, value: v.name || '' });
-    const kind = h('select', { id: 'dev-kind', disabled: Boolean(existing) }, KINDS.map((k) => h('option', { value: k, selected: k === v.kind }, KIND_LABELS[k] || k)));
-    const nodes = [...grid.byCode.values()].sort((a, b) => a.path.length - b.path.length || a.code.localeCompare(b.code));
-    const node = h('select', { id: 'dev-grid' }, nodes.map((n) => h('option', { value: n.code, selected: n.code === v.grid_code }, grid.trail(n.path) || n.name)));
-    const lat = h('input', { id: 'dev-lat', type: 'number', step: 'any', value: v.lat ?? '' });
-    const lon = h('input', { id: 'dev-lon', type: 'number', step: 'any', value: v.lon ?? '' });
-    const error = h('p', { class: 'form-error', role: 'alert', id: 'dev-form-error' });
+  function unlockForm(d) {
+    const reason = h('textarea', { id: 'unlock-reason', rows: 2, maxlength: 200, 'aria-required': 'true', placeholder: '开门事由（必填，记入审计日志）' });
+    const duration = h('input', { id: 'unlock-duration', type: 'number', min: 1, max: 300, value: 5 });
+    const result = h('div', { role: 'status', id: 'unlock-result' });
+    const go = h('button', { type: 'submit', class: 'primary danger', id: 'unlock-submit' }, '确认开门');
     const form = h('form', {
-      class: 'form', id: 'dev-form',
+      class: 'form', id: 'unlock-form',
       onsubmit: async (e) => {
         e.preventDefault();
-        error.textContent = '';
-        const body = { name: name.value.trim(), grid: node.value, lat: lat.value === '' ? null : Number(lat.value), lon: lon.value === '' ? null : Number(lon.value) };
+        clear(result);
+        delete result.dataset.outcome;
+        if (!reason.value.trim()) {
+          result.dataset.outcome = 'error';
+          result.append(h('p', { class: 'error' }, '请填写开门事由。'));
+          reason.focus();
+          return;
+        }
+        go.disabled = true;
         try {
-          if (existing) await request(`/api/devices/${encodeURIComponent(existing.id)}`, { method: 'PATCH', body });
-          else await api.post('/api/devices', { id: id.value.trim(), kind: kind.value, ...body });
-          dialog.close();
-          toast(existing ? '已保存' : '已登记，请签发设备账号', 'info', 6000);
-          load();
-          setTimeout(load, 1500);
-        } catch (err) { error.textContent = `保存失败：${err.detail || err.message}`; }
+          const out = await api.post(`/api/doors/${encodeURIComponent(d.id)}/unlock?wait=5`, { duration_s: Number(duration.value) || 5, reason: reason.value.trim() });
+          result.dataset.outcome = 'ok';
+          result.dataset.commandId = out.id;
+          result.append(h('p', { class: 'ok' }, `开门指令已发送：${out.state_label || out.state}`));
+          toast(`${d.name}：已远程开门`, 'ok');
+        } catch (err) {
+          result.dataset.outcome = 'error';
+          result.append(h('p', { class: 'error' }, `开门失败：${err.detail || err.message}`));
+        } finally {
+          go.disabled = false;
+        }
       },
     },
-    h('label', { for: 'dev-id' }, '编号'), id, h('label', { for: 'dev-name' }, '名称'), name,
-    h('label', { for: 'dev-kind' }, '类型'), kind, h('label', { for: 'dev-grid' }, '所属网格'), node,
-    h('label', { for: 'dev-lat' }, '纬度'), lat, h('label', { for: 'dev-lon' }, '经度'), lon,
-    error, h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', id: 'dev-save' }, '保存')));
-    const dialog = modal(existing ? `编辑设备 ${existing.name}` : '添加设备', form, { wide: true });
+    h('p', { class: 'warn' }, `远程开门将打开 ${d.name}，操作记入审计日志。`),
+    h('label', { for: 'unlock-reason' }, '开门事由'), reason,
+    h('label', { for: 'unlock-duration' }, '开门时长（秒）'), duration,
+    result, h('div', { class: 'actions' }, go));
+    modal(`远程开门 · ${d.name}`, form);
+    reason.focus();
   }
 
   await load();
-  return null;
+  const timer = setInterval(load, 15000);
+  return () => clearInterval(timer);
 }

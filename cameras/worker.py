@@ -57,6 +57,7 @@ from bus.commands import (
 from cameras.batcher import AnalysisBatcher
 from cameras.config import CameraSpec, EvidenceSettings, camera_specs
 from cameras.evidence import EvidenceStore
+from cameras.gb28181.media.source import HubLocator, is_gb28181
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.pipeline import CameraPipeline, CommandError, OutEvent, _ms, flag_answer
@@ -132,6 +133,7 @@ class CameraWorker:
         if any(s.onvif_host for s in specs):
             self.onvif = OnvifLink(name=f"{self.name}-onvif").start()
         self.batcher = AnalysisBatcher(f"{self.name}-analysis").start()
+        gb_locate = self._gb_locator() if any(is_gb28181(s.url) for s in specs) else None
         for spec in specs:
             endpoint = source = None
             if spec.onvif_host:
@@ -142,7 +144,7 @@ class CameraWorker:
                                            first_wait_s=min(5.0, h.open_timeout_s)).start()
             self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
                                                      baseline_dir=self.baseline_dir, source=source, onvif=endpoint,
-                                                     batcher=self.batcher)
+                                                     batcher=self.batcher, gb_locate=gb_locate)
         self._start_tap()
         self._start_recorder()
         for p in self.pipelines.values():
@@ -187,6 +189,12 @@ class CameraWorker:
                 stop.wait(TICK_S)
         finally:
             self._shutdown(jobs)
+
+    def _gb_locator(self):
+        """gb28181:// cameras read the gb28181 process's media tap (found by its heartbeat)."""
+        key = tap_key(self.settings)
+        locator = HubLocator(self.pool, key) if self.pool is not None else None
+        return lambda: (locator.address() if locator else None, key)
 
     def _start_tap(self) -> None:
         """Serve the cameras' packets to live view (one RTSP session per camera stream)."""

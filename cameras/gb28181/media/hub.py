@@ -121,31 +121,32 @@ class Channel:
         return len(self.fanout.consumers) + self.local
 
     # -- the session's demux thread ----------------------------------------------------------
-    def _opened(self, demuxer) -> None:
-        ctx = demuxer.video.codec_context
-        rate = demuxer.video.average_rate or demuxer.video.guessed_rate
-        audio = None
-        if demuxer.audio is not None:
-            audio = demuxer.audio.codec_context.name or "audio"
-        self.segment = Segment(next(_segments), ctx.name, ctx.width, ctx.height,
-                               demuxer.video.time_base or Fraction(1, 90000),
-                               bytes(ctx.extradata) if ctx.extradata else None, audio=audio,
-                               fps=float(rate) if rate else None)
+    def _opened(self, video, demuxer) -> None:
+        self.segment = Segment(next(_segments), video.codec, video.width, video.height,
+                               demuxer.video.time_base or Fraction(1, 90000), video.extradata, audio=video.audio,
+                               fps=video.fps)
         self.clock.reset()
         self._last_pts = None
+        self._frame_ticks = round(90000 / video.fps) if video.fps else 3600
         self.failure = None
-        log.info("%s: %s %dx%d%s over %s", self.label, ctx.name, ctx.width, ctx.height,
-                 f" (+{audio} audio, not kept)" if audio else "", self.session.receiver.transport
-                 if self.session else "?")
+        log.info("%s: %s %dx%d%s over %s", self.label, video.codec, video.width, video.height,
+                 f" (+{video.audio} audio, not kept)" if video.audio else "",
+                 self.session.receiver.transport if self.session else "?")
         self.fanout.opened(self.segment)
 
     def _packet(self, packet: av.Packet, arrival: float) -> None:
         segment = self.segment
         if segment is None or packet.stream.type != "video":
             return              # audio: the hub keeps video only (as for RTSP cameras)
-        pts = packet.pts if packet.pts is not None else packet.dts
+        # Only the PES's own PTS: FFmpeg guesses a dts for an access unit that began inside
+        # another frame's PES, and that guess is the next frame's time when read live.
+        pts = packet.pts
+        if pts is not None and self._last_pts is not None and pts <= self._last_pts:
+            pts = None
         if pts is None:         # an access unit that began inside a PES: the PS gave it no time
-            pts = (self._last_pts or 0) + self._frame_ticks
+            if self._last_pts is None:
+                return          # nothing to place it after (the stream is read from its next timed frame)
+            pts = self._last_pts + self._frame_ticks
             packet.pts = packet.dts = pts
         elif self._last_pts is not None and 0 < pts - self._last_pts < self._frame_ticks:
             self._frame_ticks = pts - self._last_pts

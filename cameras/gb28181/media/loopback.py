@@ -1,7 +1,7 @@
 """``LoopbackInviter``: an ``Inviter`` that answers an INVITE by starting a ``PsRtpSender``
 itself, with no SIP in between — the seam the media side is tested and benchmarked through
 (the SIP server's Inviter, which sends real INVITEs to real devices, takes its place in the
-gb28181 process). Each channel is an FFmpeg source (``sender.test_pattern``, ``sender.copy_of``).
+gb28181 process). Each channel is an FFmpeg source (``sender.testsrc``, ``sender.copy_of``).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class LoopbackInviter:
-    def __init__(self, sources: dict[str, list[str]], *, bind: str = "127.0.0.1") -> None:
+    def __init__(self, sources: dict[str, list[str]], *, bind: str = "127.0.0.1", mux: str = "hub") -> None:
         self.sources = sources              # "<device>/<channel>" → FFmpeg input arguments
         self.bind = bind
+        self.mux = mux                      # whose PS muxer: ours ("hub") or FFmpeg's ("ffmpeg")
         self.senders: dict[str, PsRtpSender] = {}
         self.plays: list[tuple[str, str, MediaOffer]] = []
         self.byes: list[MediaAnswer] = []
@@ -33,7 +34,7 @@ class LoopbackInviter:
         args = self.sources.get(key)
         if args is None:
             raise InviteFailed(f"通道 {channel_id} 不存在", status=404)
-        sender = PsRtpSender(offer, ffmpeg_args=args, bind=self.bind, name=f"sender {key}")
+        sender = PsRtpSender(offer, ffmpeg_args=args, bind=self.bind, mux=self.mux, name=f"sender {key}")
         answer = sender.start()
         with self._lock:
             self.senders[answer.call_id] = sender

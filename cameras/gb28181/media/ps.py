@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Iterator
 
 import av
@@ -22,7 +23,13 @@ log = logging.getLogger(__name__)
 
 PACK = 0xBA
 END = 0xB9
-_PS_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
+# FFmpeg's stream analysis would hold the first frames for up to probesize bytes or 5 s (an
+# analyzeduration of 0 means the default): a live channel starts at once instead, the codec
+# from the PSM, the picture size from the first keyframe (PsDemuxer.open). 4 KB is what a PS
+# without a PSM (FFmpeg's own) needs for its video to be probed as such (with less, FFmpeg
+# takes H.265 for MP3).
+_PS_OPTIONS = {"probesize": "4096", "analyzeduration": "1", "fpsprobesize": "0"}
+KEYFRAME_WITHIN = 600           # video packets: a stream without a keyframe by then is not one we can read
 
 
 class PsError(ValueError):
@@ -175,29 +182,91 @@ class PsPipe:
             return b"".join(out)
 
 
+@dataclass(frozen=True)
+class PsVideo:
+    """What the first keyframe of a PS stream says about its video."""
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    extradata: bytes | None
+    audio: str | None
+
+
 class PsDemuxer:
     """av.Packets (video, and audio when present) from a PS byte stream written to ``pipe``.
-    ``open`` blocks until FFmpeg has seen the video stream (its SPS/PPS/VPS and a frame)."""
+    ``open`` blocks until the first video keyframe and the packet after it are there, and says
+    what the video is (codec, size from decoding that keyframe, rate from the two timestamps);
+    ``packets`` then yields from that keyframe on."""
 
     def __init__(self, pipe: PsPipe) -> None:
         self.pipe = pipe
         self.container = None
         self.video = None
         self.audio = None
+        self._held: list[av.Packet] = []
+        self._demux = None
 
-    def open(self) -> PsDemuxer:
+    def open(self) -> PsVideo:
         self.container = av.open(self.pipe, mode="r", format="mpeg", options=dict(_PS_OPTIONS))
-        if not self.container.streams.video:
-            raise PsError("the program stream holds no video")
-        self.video = self.container.streams.video[0]
-        self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
-        return self
+        # Without a PSM the demuxer meets the streams as their first PES comes: all are read.
+        self._demux = self.container.demux()
+        held = self._held
+        skipped = 0
+        for packet in self._demux:
+            if packet.size == 0 or packet.stream.type != "video":
+                continue
+            if self.video is None:
+                self.video = packet.stream
+            elif packet.stream is not self.video:
+                continue
+            if not held and not packet.is_keyframe:
+                skipped += 1
+                if skipped > KEYFRAME_WITHIN:
+                    raise PsError(f"no {packet.stream.codec_context.name} keyframe in the first {KEYFRAME_WITHIN} "
+                                  "video packets")
+                continue                # start at a keyframe
+            held.append(packet)
+            if len(held) >= 2:
+                break
+        if self.video is None:
+            raise PsError("the program stream holds no video (or what the device sent was not PS)")
+        if self.container.streams.audio:
+            self.audio = self.container.streams.audio[0]
+        if not held:
+            raise PsError("the PS stream ended before its first keyframe")
+        ctx = self.video.codec_context
+        decoder = av.CodecContext.create(ctx.name, "r")
+        decoder.thread_count = 1
+        width = height = 0
+        for packet in held[:1] + [None]:
+            try:
+                for frame in decoder.decode(packet):
+                    width, height = frame.width, frame.height
+            except av.FFmpegError:
+                pass
+            if width:
+                break
+        if not width:
+            raise PsError(f"the first {ctx.name} keyframe could not be decoded")
+        fps = None
+        if len(held) == 2 and held[0].pts is not None and held[1].pts is not None and held[1].pts > held[0].pts:
+            rate = 1 / float((held[1].pts - held[0].pts) * self.video.time_base)
+            fps = round(rate, 3) if 1 <= rate <= 120 else None
+        audio = (self.audio.codec_context.name or "audio") if self.audio is not None else None
+        return PsVideo(ctx.name, width, height, fps, bytes(ctx.extradata) if ctx.extradata else None, audio)
 
     def packets(self) -> Iterator[av.Packet]:
-        streams = [self.video] + ([self.audio] if self.audio is not None else [])
-        for packet in self.container.demux(streams):
-            if packet.size == 0 or packet.pts is None and packet.dts is None:
+        held, self._held = self._held, []
+        yield from held
+        video = self.video
+        for packet in self._demux:
+            if packet.size == 0:        # a flush; a packet without time is the consumer's to stamp
                 continue
+            if packet.stream is not video and packet.stream.type == "video":
+                continue                # a second video stream: one is the channel's
+            if self.audio is None and packet.stream.type == "audio":
+                self.audio = packet.stream
             yield packet
 
     def close(self) -> None:
@@ -207,3 +276,97 @@ class PsDemuxer:
                 self.container.close()
             except Exception:       # noqa: BLE001 - closing a broken stream
                 pass
+
+
+# ---------------------------------------------------------------------------- muxing
+
+STREAM_TYPES = {"h264": 0x1B, "hevc": 0x24, "h265": 0x24, "aac": 0x0F, "pcm_alaw": 0x90, "pcm_mulaw": 0x91}
+VIDEO_ID, AUDIO_ID = 0xE0, 0xC0
+PES_MAX = 65000
+MUX_RATE = 6106            # 50-byte units: ~2.4 Mbit/s, informative only
+
+
+def _crc32_mpeg2_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i << 24
+        for _ in range(8):
+            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else (c << 1)
+        table.append(c & 0xFFFFFFFF)
+    return table
+
+
+_CRC = _crc32_mpeg2_table()
+
+
+def crc32_mpeg2(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC[(crc >> 24) ^ byte]
+    return crc
+
+
+def _ts(prefix: int, ts: int) -> bytes:
+    ts &= (1 << 33) - 1
+    return bytes(((prefix << 4) | (((ts >> 30) & 7) << 1) | 1, (ts >> 22) & 0xFF, (((ts >> 15) & 0x7F) << 1) | 1,
+                  (ts >> 7) & 0xFF, ((ts & 0x7F) << 1) | 1))
+
+
+def pack_header(scr: int) -> bytes:
+    scr &= (1 << 33) - 1
+    return bytes((0, 0, 1, PACK,
+                  0x44 | ((scr >> 27) & 0x38) | ((scr >> 28) & 0x03), (scr >> 20) & 0xFF,
+                  0x04 | ((scr >> 12) & 0xF8) | ((scr >> 13) & 0x03), (scr >> 5) & 0xFF,
+                  0x04 | ((scr << 3) & 0xF8), 0x01,
+                  (MUX_RATE >> 14) & 0xFF, (MUX_RATE >> 6) & 0xFF, ((MUX_RATE << 2) & 0xFC) | 0x03, 0xF8))
+
+
+class PsMuxer:
+    """An MPEG-2 program stream the way GB/T 28181 devices write it: every frame its own pack
+    (pack header; on keyframes the system header and a PSM naming the codecs by stream type —
+    0x1B H.264, 0x24 H.265, 0x90 G.711A, 0x0F AAC); the frame in PES packets of at most
+    ``PES_MAX`` bytes, the first with its PTS (and DTS). What upper platforms (WVP/ZLMediaKit,
+    vendors' NVRs) expect, and what FFmpeg's PS muxer does not write (no PSM, several frames
+    per PES)."""
+
+    def __init__(self, video: str, audio: str | None = None) -> None:
+        if video not in STREAM_TYPES or video in ("aac", "pcm_alaw", "pcm_mulaw"):
+            raise ValueError(f"GB/T 28181 PS carries H.264 or H.265 video, not {video!r}")
+        if audio is not None and audio not in STREAM_TYPES:
+            raise ValueError(f"no PS stream type for audio codec {audio!r}")
+        self.video, self.audio = video, audio
+
+    def _system_header(self) -> bytes:
+        streams = bytes((VIDEO_ID, 0xE0 | 0x02, 0x00))
+        if self.audio:
+            streams += bytes((AUDIO_ID, 0xC0, 0x20))
+        rate = MUX_RATE
+        body = bytes((0x80 | ((rate >> 15) & 0x7F), (rate >> 7) & 0xFF, ((rate << 1) & 0xFE) | 0x01,
+                      (1 if self.audio else 0) << 2, 0xE1, 0xFF)) + streams
+        return bytes((0, 0, 1, 0xBB)) + len(body).to_bytes(2, "big") + body
+
+    def _psm(self) -> bytes:
+        entries = bytes((STREAM_TYPES[self.video], VIDEO_ID, 0, 0))
+        if self.audio:
+            entries += bytes((STREAM_TYPES[self.audio], AUDIO_ID, 0, 0))
+        body = bytes((0xE0, 0xFF, 0, 0)) + len(entries).to_bytes(2, "big") + entries
+        head = bytes((0, 0, 1, 0xBC)) + (len(body) + 4).to_bytes(2, "big") + body
+        return head + crc32_mpeg2(head).to_bytes(4, "big")
+
+    def frame(self, data: bytes, pts: int, dts: int | None = None, *, key: bool = False,
+              audio: bool = False) -> bytes:
+        """One frame (90 kHz times) as a pack."""
+        dts = pts if dts is None else dts
+        out = [pack_header(dts)]
+        if key and not audio:
+            out += [self._system_header(), self._psm()]
+        stream_id = AUDIO_ID if audio else VIDEO_ID
+        for n, i in enumerate(range(0, max(len(data), 1), PES_MAX)):
+            chunk = data[i:i + PES_MAX]
+            if n == 0:
+                stamps = _ts(3, pts) + _ts(1, dts) if dts != pts else _ts(2, pts)
+                head = bytes((0x80, 0xC0 if dts != pts else 0x80, len(stamps))) + stamps
+            else:
+                head = bytes((0x80, 0x00, 0x00))
+            out.append(bytes((0, 0, 1, stream_id)) + (len(head) + len(chunk)).to_bytes(2, "big") + head + chunk)
+        return b"".join(out)

@@ -176,7 +176,7 @@ class RtpReceiver:
 
 class MediaSession:
     """One INVITE's media: a receiver and the thread that demuxes what it receives. The
-    callbacks run on the demux thread: ``on_open(demuxer)``, ``on_packet(packet, arrival)``,
+    callbacks run on the demux thread: ``on_open(video, demuxer)``, ``on_packet(packet, arrival)``,
     ``on_end(error or None)``."""
 
     def __init__(self, receiver: RtpReceiver, pipe: PsPipe, *, on_open, on_packet, on_end, label: str) -> None:
@@ -218,8 +218,8 @@ class MediaSession:
     def _demux(self) -> None:
         error: str | None = None
         try:
-            self.demuxer = PsDemuxer(self.pipe).open()
-            self.on_open(self.demuxer)
+            self.demuxer = PsDemuxer(self.pipe)
+            self.on_open(self.demuxer.open(), self.demuxer)
             for packet in self.demuxer.packets():
                 now = time.time()
                 if self.first_frame is None:

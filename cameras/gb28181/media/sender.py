@@ -6,7 +6,7 @@ listens (the receiver's ``tcp-active``), RFC 4571 framed.
 Two sources of PS:
 
 - an FFmpeg process (``ffmpeg … -f vob pipe:1``: FFmpeg's MPEG-2 program stream muxer) from
-  any FFmpeg input: a test pattern with a burnt-in clock (``test_pattern``), or a camera's
+  any FFmpeg input: a test pattern with a burnt-in clock (``testsrc``), or a camera's
   RTSP stream copied without re-encoding (``copy_of``). The device simulator calls this on
   INVITE;
 - av.Packets the hub already holds (a camera's tap: ``send_packet``), muxed into PS by PyAV's
@@ -28,12 +28,11 @@ import subprocess
 import threading
 import time
 import uuid
-from fractions import Fraction
 
 import av
 
 from cameras.evidence import Segment, _with_parameter_sets
-from cameras.gb28181.media.ps import PsFramer
+from cameras.gb28181.media.ps import PsFramer, PsMuxer
 from cameras.gb28181.media.rtp import MAX_PAYLOAD, frame_tcp, packetize, ssrc_int
 from cameras.gb28181.session import MediaAnswer, MediaOffer
 
@@ -47,7 +46,7 @@ _NOISE = ("buffer underflow", "Immediate exit requested", "Last message repeated
 _FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 
-def test_pattern(codec: str = "h264", size: str = "320x240", fps: int = 25, gop: int | None = None,
+def testsrc(codec: str = "h264", size: str = "320x240", fps: int = 25, gop: int | None = None,
                  clock: bool = True) -> list[str]:
     """FFmpeg arguments for a live test pattern (``-re``), the wall clock and frame number burnt in."""
     gop = gop or fps
@@ -72,9 +71,12 @@ class PsRtpSender:
     (for ``tcp-active``, the port this sender listens on)."""
 
     def __init__(self, offer: MediaOffer, *, ffmpeg_args: list[str] | None = None, bind: str = "127.0.0.1",
-                 max_payload: int = MAX_PAYLOAD, name: str = "gb-sender") -> None:
+                 max_payload: int = MAX_PAYLOAD, mux: str = "hub", name: str = "gb-sender") -> None:
+        if mux not in ("hub", "ffmpeg"):
+            raise ValueError(f"mux is 'hub' or 'ffmpeg', not {mux!r}")
         self.offer = offer
         self.ffmpeg_args = ffmpeg_args
+        self.mux = mux
         self.bind = bind
         self.max_payload = max_payload
         self.name = name
@@ -90,7 +92,11 @@ class PsRtpSender:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        self._muxer: _PacketMuxer | None = None
+        self._ps: PsMuxer | None = None
+        self._ps_codec: str | None = None
+        self._origin: int | None = None
+        self._last_dts: int | None = None
+        self._segment: Segment | None = None
 
     # -- life ------------------------------------------------------------------------
     def start(self) -> MediaAnswer:
@@ -162,19 +168,32 @@ class PsRtpSender:
     def _run_ffmpeg(self) -> None:
         if not self._connected.wait(30.0) or self._stop.is_set():
             return
-        cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", *self.ffmpeg_args,
-               "-f", "vob", "-muxdelay", "0", "-muxpreload", "0", "-flush_packets", "1", "pipe:1"]
+        out = (["-f", "vob", "-muxdelay", "0", "-muxpreload", "0"] if self.mux == "ffmpeg" else ["-f", "nut"])
+        cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", *self.ffmpeg_args, *out,
+               "-flush_packets", "1", "pipe:1"]
         self._proc = proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         threading.Thread(target=self._drain_stderr, args=(proc,), daemon=True).start()
         try:
-            while not self._stop.is_set():
-                data = proc.stdout.read(65536)
-                if not data:
-                    break
-                self._send_ps(data)
-            if not self._stop.is_set():
-                self._send_frames(self._framer.flush())
-        except OSError as exc:
+            if self.mux == "ffmpeg":
+                while not self._stop.is_set():
+                    data = proc.stdout.read(65536)
+                    if not data:
+                        break
+                    self._send_frames(self._framer.feed(data))
+                if not self._stop.is_set():
+                    self._send_frames(self._framer.flush())
+            else:
+                with av.open(proc.stdout, mode="r", format="nut") as container:
+                    stream = container.streams.video[0]
+                    ctx = stream.codec_context
+                    segment = Segment(1, ctx.name, ctx.width, ctx.height, stream.time_base,
+                                      bytes(ctx.extradata) if ctx.extradata else None)
+                    for packet in container.demux(stream):
+                        if self._stop.is_set():
+                            break
+                        if packet.size:
+                            self.send_packet(packet, segment)
+        except (OSError, av.FFmpegError) as exc:
             if not self._stop.is_set():
                 self.error = f"sending stopped: {exc.__class__.__name__}: {exc}"
                 log.info("%s: %s", self.name, self.error)
@@ -190,18 +209,30 @@ class PsRtpSender:
 
     # -- av.Packets as the source --------------------------------------------------------
     def send_packet(self, packet: av.Packet, segment: Segment) -> None:
-        """One packet of a stream we already have (a camera's tap, the evidence ring), muxed
-        into PS without re-encoding. A new ``segment`` (the camera reconnected) starts a new
-        PS stream."""
-        if self._stop.is_set():
-            return
-        if not self._connected.is_set():
+        """One packet of a stream we already have (a camera's tap, the evidence ring, FFmpeg's
+        output) as one PS frame, without re-encoding. A new ``segment`` (the camera
+        reconnected) restarts the timeline; keyframes carry their parameter sets in-band."""
+        if self._stop.is_set() or not self._connected.is_set():
             return                  # tcp-active: nobody to send to yet
-        if self._muxer is None or self._muxer.segment is not segment:
-            if self._muxer is not None:
-                self._muxer.close()
-            self._muxer = _PacketMuxer(segment, self._send_ps)
-        self._muxer.mux(packet)
+        if packet.pts is None:
+            return
+        if self._segment is not segment:
+            self._segment, self._origin, self._last_dts = segment, None, None
+            self._ps = PsMuxer(segment.codec)
+        tb = packet.time_base or segment.time_base
+        dts_in = packet.dts if packet.dts is not None else packet.pts
+        if self._origin is None:
+            self._origin = dts_in
+        pts = int((packet.pts - self._origin) * tb * 90000)
+        dts = int((dts_in - self._origin) * tb * 90000)
+        if self._last_dts is not None and dts <= self._last_dts:
+            return                  # a repeat or a step back
+        self._last_dts = dts
+        data = bytes(packet)
+        if packet.is_keyframe:
+            data = _with_parameter_sets(data, segment)
+        frame = self._ps.frame(data, pts, dts, key=packet.is_keyframe)
+        self._send_frames([(pts, frame)])
 
     # -- the wire --------------------------------------------------------------------------
     def _send_ps(self, data: bytes) -> None:
@@ -228,55 +259,4 @@ class PsRtpSender:
             self.bytes += len(frame)
 
 
-class _PacketMuxer:
-    """PyAV's mpeg (MPEG-2 PS, "vob") muxer writing into the sender's framer."""
-
-    def __init__(self, segment: Segment, write) -> None:
-        self.segment = segment
-        self._write = write
-        self.container = av.open(_Sink(write), mode="w", format="vob",
-                                 options={"preload": "0"}, container_options={"max_delay": "0"})
-        stream = self.container.add_stream(segment.codec, rate=round(segment.fps or 25))
-        stream.width, stream.height = segment.width, segment.height
-        stream.time_base = Fraction(1, 90000)
-        self.stream = stream
-        self.time_base = segment.time_base
-        self._origin: int | None = None
-        self._last_dts: int | None = None
-
-    def mux(self, packet: av.Packet) -> None:
-        if packet.pts is None:
-            return
-        data = bytes(packet)
-        if packet.is_keyframe:
-            data = _with_parameter_sets(data, self.segment)
-        if self._origin is None:
-            self._origin = packet.dts if packet.dts is not None else packet.pts
-        out = av.Packet(data)
-        out.time_base = packet.time_base or self.time_base
-        out.pts = packet.pts - self._origin
-        out.dts = (packet.dts if packet.dts is not None else packet.pts) - self._origin
-        if self._last_dts is not None and out.dts <= self._last_dts:
-            return                  # a repeat or a step back: the muxer would refuse it
-        self._last_dts = out.dts
-        out.is_keyframe = packet.is_keyframe
-        out.stream = self.stream
-        self.container.mux(out)
-
-    def close(self) -> None:
-        try:
-            self.container.close()
-        except Exception:       # noqa: BLE001 - a stream that never started
-            pass
-
-
-class _Sink:
-    def __init__(self, write) -> None:
-        self.write_ = write
-
-    def write(self, data) -> int:
-        self.write_(bytes(data))
-        return len(data)
-
-
-__all__ = ["PsRtpSender", "copy_of", "test_pattern"]
+__all__ = ["PsRtpSender", "copy_of", "testsrc"]

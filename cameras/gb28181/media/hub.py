@@ -59,6 +59,8 @@ class MediaSettings(BaseSettings):
     transport: Transport = Field("udp", description="default media transport: udp, tcp-passive, tcp-active")
     linger_s: float = Field(10.0, ge=0, description="a session nobody consumes any more ends (BYE) after this")
     media_timeout_s: float = Field(5.0, gt=0, description="no RTP for this long: media lost, re-INVITE")
+    first_media_s: float = Field(10.0, gt=0, description="after the 200 OK, the first RTP may take this long "
+                                                         "(a device that waits for its next keyframe)")
     invite_timeout_s: float = Field(5.0, gt=0, description="wait this long for the device's 200 OK")
     ring_s: float = Field(10.0, gt=0, description="packets kept per channel for a joining consumer's first GOP")
 
@@ -287,7 +289,7 @@ class MediaHub:
         if ch.session is not None and not ch.inviting:
             r = ch.session.receiver
             silent = now - (r.last_packet or ch.session.started)
-            if silent > s.media_timeout_s:
+            if silent > (s.media_timeout_s if r.last_packet else max(s.media_timeout_s, s.first_media_s)):
                 self._lose(ch, Failure(StreamProblem.no_response,
                                        f"no RTP from the device for {silent:.0f} s ({r.transport})"))
                 return

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import av
 
 from cameras.gb28181.media.ps import PsDemuxer, PsError, PsPipe
-from cameras.gb28181.media.rtp import SequenceTracker, StreamFramer, parse
+from cameras.gb28181.media.rtp import SequenceTracker, StreamFramer, parse_header
 from cameras.gb28181.session import MediaAnswer, MediaOffer, Transport
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,13 @@ class RtpReceiver:
             log.warning("%s: RTP dropped (%s): %s [%d so far]", self.label, reason, detail, n)
 
     def _take(self, data: bytes, source: tuple[str, int]) -> None:
-        try:
-            p = parse(data)
-        except ValueError as exc:
-            self._drop("not_rtp", f"{len(data)} bytes from {source[0]}:{source[1]} are not RTP ({exc})")
+        header = parse_header(data)
+        if header is None:
+            self._drop("not_rtp", f"{len(data)} bytes from {source[0]}:{source[1]} are not RTP")
             return
-        if p.ssrc not in self.ssrcs:
-            self._drop("foreign_ssrc", f"SSRC {p.ssrc} from {source[0]}:{source[1]}, expected "
+        ssrc, seq, ts, marker, start, end = header
+        if ssrc not in self.ssrcs:
+            self._drop("foreign_ssrc", f"SSRC {ssrc} from {source[0]}:{source[1]}, expected "
                                        f"{' or '.join(map(str, sorted(self.ssrcs)))}")
             return
         if self.peer is None:
@@ -123,14 +123,14 @@ class RtpReceiver:
             self._drop("foreign_address", f"from {source[0]}:{source[1]}, the session's sender is "
                                           f"{self.peer[0]}:{self.peer[1]}")
             return
-        if not self.seq.accept(p.sequence_number):
+        if not self.seq.accept(seq):
             return
         now = time.monotonic()
         if self.first_packet is None:
             self.first_packet = now
         self.last_packet = now
-        self.bytes += len(p.payload)
-        self.on_payload(p.payload, p.timestamp, bool(p.marker))
+        self.bytes += end - start
+        self.on_payload(data[start:end], ts, marker)
 
     def _run_udp(self) -> None:
         sock = self.sock
@@ -196,8 +196,15 @@ class MediaSession:
     def open(cls, transport: Transport, ssrc: str, *, host: str, advertise: str | None, on_open, on_packet,
              on_end, label: str) -> MediaSession:
         pipe = PsPipe()
-        receiver = RtpReceiver(transport, int(ssrc), lambda payload, ts, marker: pipe.write(payload),
-                               host=host, advertise=advertise, label=label)
+        frame: list[bytes] = []
+
+        def payload(data: bytes, ts: int, marker: bool) -> None:
+            frame.append(data)          # one write per frame (the marker), not per packet
+            if marker or len(frame) >= 64:
+                pipe.write(b"".join(frame))
+                frame.clear()
+
+        receiver = RtpReceiver(transport, int(ssrc), payload, host=host, advertise=advertise, label=label)
         return cls(receiver, pipe, on_open=on_open, on_packet=on_packet, on_end=on_end, label=label)
 
     def start(self, answer: MediaAnswer) -> None:

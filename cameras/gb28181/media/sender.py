@@ -183,7 +183,10 @@ class PsRtpSender:
                 if not self._stop.is_set():
                     self._send_frames(self._framer.flush())
             else:
-                with av.open(proc.stdout, mode="r", format="nut") as container:
+                # NUT's header says the codec and size: no stream analysis (it would hold the
+                # first frames back for seconds)
+                with av.open(proc.stdout, mode="r", format="nut",
+                             options={"probesize": "32", "analyzeduration": "1", "fpsprobesize": "0"}) as container:
                     stream = container.streams.video[0]
                     ctx = stream.codec_context
                     segment = Segment(1, ctx.name, ctx.width, ctx.height, stream.time_base,
@@ -260,3 +263,39 @@ class PsRtpSender:
 
 
 __all__ = ["PsRtpSender", "copy_of", "testsrc"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cameras.gb28181.media.sender --host H --port P --transport T --ssrc S -- <ffmpeg input args>``:
+    a sender in a process of its own (a device simulator, a benchmark's devices). Prints the
+    answer (JSON) on its first line, sends until stdin closes or it is terminated."""
+    import argparse
+    import json
+    import signal
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--transport", default="udp", choices=["udp", "tcp-passive", "tcp-active"])
+    ap.add_argument("--ssrc", required=True)
+    ap.add_argument("--mux", default="hub", choices=["hub", "ffmpeg"])
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("ffmpeg_args", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    ffmpeg_args = args.ffmpeg_args[1:] if args.ffmpeg_args[:1] == ["--"] else args.ffmpeg_args
+    sender = PsRtpSender(MediaOffer(args.host, args.port, args.transport, args.ssrc), ffmpeg_args=ffmpeg_args,
+                         bind=args.bind, mux=args.mux)
+    answer = sender.start()
+    print(json.dumps({"call_id": answer.call_id, "host": answer.host, "port": answer.port, "ssrc": answer.ssrc}),
+          flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait()
+    sender.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -334,3 +334,29 @@ def test_gb_urls_are_checked():
     for bad in ("rtsp://x/y", "gb28181://onlydevice", "gb28181://a/b/c", "gb28181://a b/c"):
         with pytest.raises(ValueError, match="gb28181"):
             parse_gb_url(bad)
+
+
+def test_the_receivers_header_reader_agrees_with_aiortc():
+    """The hot path reads the fixed header itself; aiortc's parser is the reference."""
+    from cameras.gb28181.media.rtp import parse_header
+    cases = [RtpPacket(payload_type=96, marker=m, sequence_number=s, timestamp=t, ssrc=x, payload=bytes(i % 256 for i in range(n)))
+             for m, s, t, x, n in [(0, 0, 0, 1, 0), (1, 65535, 2 ** 32 - 1, 2 ** 32 - 1, 1400), (1, 7, 90000, 123, 3)]]
+    with_csrc = RtpPacket(payload_type=96, sequence_number=9, ssrc=5, payload=b"abc")
+    with_csrc.csrc = [1, 2]
+    with_ext = RtpPacket(payload_type=96, sequence_number=10, ssrc=5, payload=b"xyz")
+    with_ext.extensions.abs_send_time = 123
+    from aiortc.rtp import HeaderExtensionsMap
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(
+        id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
+    wires = [p.serialize() for p in cases + [with_csrc]] + [with_ext.serialize(ext_map)]
+    padded = bytearray(RtpPacket(payload_type=96, ssrc=6, sequence_number=3, payload=b"data").serialize() + b"\x00\x00\x03")
+    padded[0] |= 0x20
+    wires.append(bytes(padded))
+    for wire in wires:
+        ref = RtpPacket.parse(wire, ext_map)
+        ssrc, seq, ts, marker, start, end = parse_header(wire)
+        assert (ssrc, seq, ts, marker, wire[start:end]) == (ref.ssrc, ref.sequence_number, ref.timestamp,
+                                                           bool(ref.marker), ref.payload)
+    assert parse_header(b"\x00" * 12) is None and parse_header(b"\x80\x60") is None

@@ -360,3 +360,42 @@ def test_the_receivers_header_reader_agrees_with_aiortc():
         assert (ssrc, seq, ts, marker, wire[start:end]) == (ref.ssrc, ref.sequence_number, ref.timestamp,
                                                            bool(ref.marker), ref.payload)
     assert parse_header(b"\x00" * 12) is None and parse_header(b"\x80\x60") is None
+
+
+@pytest.mark.parametrize("audio, name", [("pcm_alaw", "pcm_alaw")])
+def test_our_ps_with_g711_audio_is_demuxed_with_its_audio_named(tmp_path, audio, name):
+    """Video and G.711 A-law audio in our PS (PSM stream types 0x1B, 0x90): FFmpeg's demuxer
+    reads both; the video packets come through whole and the audio is named. (µ-law, 0x91, FFmpeg
+    5.1 takes for MPEG audio: see the README.)"""
+    import numpy as np
+
+    from cameras.gb28181.media.ps import PsDemuxer, PsMuxer, PsPipe
+    src = tmp_path / "v.nut"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "2",
+                    "-c:v", "libx264", "-g", "10", "-bf", "0", "-f", "nut", str(src)], check=True, timeout=60)
+    enc = av.CodecContext.create(audio, "w")
+    enc.sample_rate, enc.layout, enc.format = 8000, "mono", "s16"
+    mux, ps = PsMuxer("h264", audio), bytearray()
+    with av.open(str(src)) as c:
+        params = bytes(c.streams.video[0].codec_context.extradata)       # NUT: SPS/PPS out of band
+        video = [p for p in c.demux(c.streams.video[0]) if p.size]
+    tb = float(video[0].time_base)
+    frames = [(params if p.is_keyframe else b"") + bytes(p) for p in video]
+    for p, data in zip(video, frames):
+        pts90 = round(p.pts * tb * 90000)
+        ps += mux.frame(data, pts90, key=p.is_keyframe)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 320), np.int16), format="s16", layout="mono")
+        samples.sample_rate = 8000
+        for a in enc.encode(samples):
+            ps += mux.frame(bytes(a), pts90, audio=True)
+    pipe = PsPipe()
+    pipe.write(bytes(ps))
+    pipe.close()
+    demuxer = PsDemuxer(pipe)
+    info = demuxer.open()
+    got = list(demuxer.packets())
+    assert info.codec == "h264" and (info.width, info.height) == (320, 240) and info.fps == 25
+    vids = [p for p in got if p.stream.type == "video"]
+    assert [bytes(p) for p in vids] == frames, "every video frame, byte for byte"
+    assert demuxer.audio is not None and demuxer.audio.codec_context.name == name
+    assert sum(1 for p in got if p.stream.type == "audio") >= 40

@@ -23,9 +23,9 @@ from cameras.analytics.motion import MotionDetector
 from cameras.analytics.tamper import TamperDetector
 from cameras.batcher import AnalysisBatcher
 from cameras.config import TAMPER_CHECKS, CameraSpec
-from cameras.gb28181.media.source import GbTapReader, is_gb28181
 from cameras.evidence import (JPEG, MP4, ClipError, ClipInfo, Evidence, EvidenceStore, PacketRing, Record, frame_at,
                               jpeg, new_evidence_id, remux_mp4)
+from cameras.gb28181.media.source import GbTapReader, is_gb28181
 from cameras.health import HealthEvent, HealthMonitor
 from cameras.onvif_link import OnvifEndpoint, OnvifStreamSource
 from cameras.reader import StreamReader

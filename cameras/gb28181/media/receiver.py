@@ -133,15 +133,27 @@ class RtpReceiver:
         self.on_payload(data[start:end], ts, marker)
 
     def _run_udp(self) -> None:
-        sock = self.sock
-        while not self._stop.is_set():
+        sock, take, stop = self.sock, self._take, self._stop
+        dontwait = socket.MSG_DONTWAIT
+        while not stop.is_set():
             try:
                 data, source = sock.recvfrom(65536)
             except OSError:
                 return
-            if source is None or self._stop.is_set():       # shut down
+            if source is None or stop.is_set():       # shut down
                 return
-            self._take(data, source[:2])
+            take(data, source[:2])
+            # a frame's packets come back to back: take those already there without sleeping again
+            while True:
+                try:
+                    data, source = sock.recvfrom(65536, dontwait)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return
+                if source is None:
+                    return
+                take(data, source[:2])
 
     def _run_tcp_passive(self) -> None:
         while not self._stop.is_set():

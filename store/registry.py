@@ -89,7 +89,9 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
 
     # Sources dropped from the site file stop being accepted (ingest dead-letters inactive
     # ids) but keep their rows: their history still points at them.
-    conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s))",
+    # Cameras of GB/T 28181 catalogs (origin 'gb28181') are the catalog's to retire, not the site file's.
+    conn.execute("""UPDATE cameras SET active = false, updated_at = now()
+                    WHERE active AND origin = 'site' AND NOT (id = ANY(%s))""",
                  ([c.id for c in site.cameras],))
     # Devices added through the API are not the site file's to remove. The devices
     # service clears a decommissioned device's retained topics.

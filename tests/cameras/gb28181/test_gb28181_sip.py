@@ -308,3 +308,20 @@ def test_invite_sdp_ack_bye(gb, fleet):
         gb.play(dev, "51019910111310000000", MediaOffer("127.0.0.1", 1, "udp", ssrc))
     with pytest.raises(InviteFailed, match="未注册或已离线"):
         gb.play("51019910111320000777", ch, MediaOffer("127.0.0.1", 1, "udp", ssrc))
+
+
+def test_device_over_tcp(gb, fleet):
+    """A device behind NAT on TCP: it connects out, and the hub's queries and INVITE come back
+    over the same connection (RFC 3261 §18 framing by Content-Length)."""
+    dev = "51019910111320000012"
+    password = admit(gb, dev)
+    d = sim(gb, fleet, dev, password, channels=6, per_packet=2, transport="tcp",
+            on_invite=lambda offer: ("127.0.0.1", 30002))
+    assert fleet.run(d.register()).status == 200
+    assert wait_for(lambda: dev in gb.catalog_results, 15)
+    assert len(gb.catalog_results[dev].added) == 6
+    assert device_row(gb, dev)["transport"] == "tcp"
+    answer = gb.play(dev, d.channels[1].channel_id, MediaOffer("127.0.0.1", 40010, "tcp-active", gb.next_ssrc()))
+    assert answer.port == 30002 and d.invites[-1]["setup"] == "active"
+    gb.bye(answer)
+    assert answer.call_id in d.byes

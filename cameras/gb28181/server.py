@@ -26,7 +26,10 @@ from cameras.gb28181.sip.digest import DigestServer
 from cameras.gb28181.sip.transport import Peer, SipEndpoint
 from config.gb28181 import GbSite
 from store import audit
-from store.db import open_pool
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from store.db import RECONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class GbServer:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.catalog_results: dict[str, registry.CatalogChange | str] = {}
+        self.admitted: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -100,7 +104,12 @@ class GbServer:
         return self.endpoint.port if self.endpoint else self.settings.port
 
     def start(self) -> None:
-        self.pool = open_pool(self.db_url, min_size=1, max_size=4, name="xlhub-gb28181", autocommit=True)
+        # Registration state is soft (every device re-registers and keeps alive): its commits need
+        # not wait for the disk (synchronous_commit off); audit records are written with it on.
+        self.pool = ConnectionPool(self.db_url, min_size=2, max_size=6, name="xlhub-gb28181", open=False,
+                                   kwargs={"row_factory": dict_row, "connect_timeout": 10, "autocommit": True},
+                                   configure=_relaxed_commit, reconnect_timeout=RECONNECT_TIMEOUT_S)
+        self.pool.open(wait=False)
         self._thread = threading.Thread(target=self._run, name="gb28181-sip", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -150,6 +159,18 @@ class GbServer:
     def _load(self, conn) -> None:
         # After a restart nobody is registered until they REGISTER again (their address may have changed).
         conn.execute("UPDATE gb_devices SET state = 'offline' WHERE state = 'registered'")
+        self.admitted = {r["id"] for r in conn.execute("SELECT id FROM gb_devices WHERE admitted").fetchall()}
+
+    def _behind(self, fn, *args, **kwargs) -> None:
+        """A write the SIP answer does not wait for (errors logged)."""
+        async def run():
+            try:
+                await self._run_db(fn, *args, **kwargs)
+            except Exception as exc:
+                log.warning("GB/T 28181: %s not written: %s", fn.__name__, type(exc).__name__)
+        task = asyncio.ensure_future(run())
+        self.endpoint.tasks.add(task)
+        task.add_done_callback(self.endpoint.tasks.discard)
 
     def next_sn(self) -> int:
         self._sn += 1
@@ -202,10 +223,13 @@ class GbServer:
         password = self.passwords.get(device_id)
         verdict = self.digest.verify(auth, method="REGISTER", password=password, username=device_id)
         if verdict.ok:
-            row = await self._run_db(registry.seen, device_id, host=peer.host, port=peer.port,
-                                     transport=peer.transport, refusal=None)
-            if not row["admitted"]:
-                verdict = type(verdict)(False, "not-admitted")
+            if device_id not in self.admitted:      # admitted since we last looked (the API)?
+                row = await self._run_db(registry.seen, device_id, host=peer.host, port=peer.port,
+                                         transport=peer.transport, refusal=None)
+                if row["admitted"]:
+                    self.admitted.add(device_id)
+                else:
+                    verdict = type(verdict)(False, "not-admitted")
         else:
             row = None
         if not verdict.ok:
@@ -239,8 +263,9 @@ class GbServer:
         state.peer, state.expires_at, state.last_keepalive = peer, now + expires, now
         if not state.online:
             state.online = True
-        await self._run_db(registry.registered, device_id, host=peer.host, port=peer.port, transport=peer.transport,
-                           expires_at=datetime.fromtimestamp(now + expires, UTC), skew_s=skew)
+        # answered first, written behind: the device's wait is not the database's
+        self._behind(registry.registered, device_id, host=peer.host, port=peer.port, transport=peer.transport,
+                     expires_at=datetime.fromtimestamp(now + expires, UTC), skew_s=skew)
         resp = sipm.response(req, 200, to_tag=sipm.new_tag())
         resp.add("Date", datetime.now().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3])     # time check (校时)
         resp.add("Expires", str(expires))
@@ -255,6 +280,11 @@ class GbServer:
             task.add_done_callback(self.endpoint.tasks.discard)
 
     def _refused_db(self, conn, device_id: str, peer: Peer, reason: str) -> None:
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = on")        # an audit record is not soft
+            self._refused_tx(conn, device_id, peer, reason)
+
+    def _refused_tx(self, conn, device_id: str, peer: Peer, reason: str) -> None:
         registry.seen(conn, device_id, host=peer.host, port=peer.port, transport=peer.transport, refusal=reason)
         audit.record(conn, audit.AuditEntry(
             actor=device_id, actor_kind="device", action="gb28181.register", outcome="denied",
@@ -295,7 +325,7 @@ class GbServer:
             if not state.online:
                 state.online = True
             self.endpoint.reply(peer, req, sipm.response(req, 200))
-            await self._run_db(registry.keepalive, device_id, body.charset)
+            self._behind(registry.keepalive, device_id, body.charset)
             return
         if body.kind == "Response" and body.cmd == "Catalog":
             self.endpoint.reply(peer, req, sipm.response(req, 200))
@@ -367,6 +397,11 @@ class GbServer:
 
     def _catalog_refused(self, conn, device_id: str, reason: str) -> None:
         metrics.REFUSALS.labels("catalog").inc()
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = on")
+            self._catalog_refused_tx(conn, device_id, reason)
+
+    def _catalog_refused_tx(self, conn, device_id: str, reason: str) -> None:
         audit.record(conn, audit.AuditEntry(actor=device_id, actor_kind="device", action="gb28181.catalog",
                                             outcome="denied", target=f"gb28181:{device_id}",
                                             detail={"reason": reason}))
@@ -550,6 +585,10 @@ class GbServer:
     def run(self, coro, timeout: float = 30.0):
         """Run one of the server's coroutines from another thread (tests, the API bridge)."""
         return self._call(coro, timeout)
+
+
+def _relaxed_commit(conn) -> None:
+    conn.execute("SET synchronous_commit = off")
 
 
 def device_id_of(state: DeviceState) -> str:

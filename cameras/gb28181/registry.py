@@ -111,35 +111,44 @@ def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channe
     video = [c for c in channels if is_video_channel(c.channel_id)]
     known = {r["channel_id"]: r for r in conn.execute(
         "SELECT channel_id, retired_at FROM gb_channels WHERE device_id = %s", (device_id,)).fetchall()}
-    for c in video:
-        cam = camera_id(c.channel_id)
-        conn.execute(
+    cams = [camera_id(c.channel_id) for c in video]
+    with conn.cursor() as cur:          # a catalog is hundreds of rows: batched, not one round trip each
+        cur.executemany(
             """INSERT INTO cameras (id, name, rtsp_url, lat, lon, tags, active, origin)
                VALUES (%s, %s, %s, %s, %s, %s, true, 'gb28181')
                ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, rtsp_url = EXCLUDED.rtsp_url,
                    lat = EXCLUDED.lat, lon = EXCLUDED.lon, active = true, updated_at = now()
                WHERE cameras.origin = 'gb28181'""",
-            (cam, c.name, camera_url(device_id, c.channel_id), c.lat, c.lon,
-             ["gb28181"] + (["ptz"] if c.ptz_type in (1, 2, 4) else [])))
-        conn.execute(
+            [(cam, c.name, camera_url(device_id, c.channel_id), c.lat, c.lon,
+              ["gb28181"] + (["ptz"] if c.ptz_type in (1, 2, 4) else [])) for cam, c in zip(cams, video)])
+        cur.executemany(
             """INSERT INTO gb_channels (device_id, channel_id, camera_id, name, ptz_type, status, civil_code, lon, lat)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (device_id, channel_id) DO UPDATE SET name = EXCLUDED.name, ptz_type = EXCLUDED.ptz_type,
                    status = EXCLUDED.status, civil_code = EXCLUDED.civil_code, lon = EXCLUDED.lon,
                    lat = EXCLUDED.lat, retired_at = NULL, updated_at = now()""",
-            (device_id, c.channel_id, cam, c.name, c.ptz_type, c.status, c.civil_code, c.lon, c.lat))
+            [(device_id, c.channel_id, cam, c.name, c.ptz_type, c.status, c.civil_code, c.lon, c.lat)
+             for cam, c in zip(cams, video)])
+    current = {r["source_id"]: r for r in conn.execute(
+        """SELECT id, source_id, grid_code FROM grid_membership WHERE source_kind = 'camera'
+           AND source_id = ANY(%s) AND valid_to IS NULL""", (cams,)).fetchall()}
+    close, open_ = [], []
+    for cam, c in zip(cams, video):
         grid = gb.place(device_id, c.channel_id, root_code)
-        current = conn.execute(
-            """SELECT id, grid_code FROM grid_membership WHERE source_kind = 'camera' AND source_id = %s
-               AND valid_to IS NULL""", (cam,)).fetchone()
-        if current is None or current["grid_code"] != grid:
-            if current is not None:
-                conn.execute("UPDATE grid_membership SET valid_to = clock_timestamp() WHERE id = %s", (current["id"],))
-            conn.execute("""INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from)
-                            VALUES ('camera', %s, %s, clock_timestamp())""", (cam, grid))
-            change.moved.append((cam, current["grid_code"] if current else None, grid))
+        cur_row = current.get(cam)
+        if cur_row is None or cur_row["grid_code"] != grid:
+            if cur_row is not None:
+                close.append((cur_row["id"],))
+            open_.append((cam, grid))
+            change.moved.append((cam, cur_row["grid_code"] if cur_row else None, grid))
         (change.updated if c.channel_id in known and known[c.channel_id]["retired_at"] is None
          else change.added).append(cam)
+    with conn.cursor() as cur:
+        if close:
+            cur.executemany("UPDATE grid_membership SET valid_to = clock_timestamp() WHERE id = %s", close)
+        if open_:
+            cur.executemany("""INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from)
+                               VALUES ('camera', %s, %s, clock_timestamp())""", open_)
     listed = [c.channel_id for c in video]
     for r in conn.execute(
             """UPDATE gb_channels SET retired_at = now(), updated_at = now()
@@ -149,8 +158,11 @@ def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channe
                      (r["camera_id"],))
         change.retired.append(r["camera_id"])
     conn.execute("UPDATE gb_devices SET channel_count = %s, updated_at = now() WHERE id = %s", (len(video), device_id))
-    for cam in change.added + change.updated + change.retired:
-        notify_camera(conn, cam)
+    changed = change.added + change.updated + change.retired
+    if changed:
+        with conn.cursor() as cur:
+            cur.executemany("SELECT pg_notify('xlhub_registry', %s)",
+                            [(json.dumps({"kind": "camera", "id": cam}),) for cam in changed])
     return change
 
 

@@ -33,6 +33,8 @@ from store.db import RECONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
+TIMER_F = 32.0      # RFC 3261 non-INVITE transaction timeout (64 × T1)
+
 # Chinese reasons of a refused INVITE, by SIP status (shown to operators through InviteFailed).
 INVITE_REASONS = {400: "设备认为点播请求格式错误", 403: "设备拒绝点播", 404: "设备上没有该通道",
                   480: "通道暂时不可用", 486: "设备忙（并发路数已满）", 488: "设备不接受所给的媒体参数",
@@ -300,10 +302,18 @@ class GbServer:
         """A device that has just come online: what it is, then its catalog."""
         with contextlib.suppress(Exception):
             await self.query_device_info(device_id)
-        try:
-            await self.query_catalog(device_id)
-        except Exception as exc:
-            log.info("GB/T 28181: catalog of %s not read: %s", device_id, exc)
+        for attempt, pause in enumerate((5.0, 15.0, None)):
+            try:
+                await self.query_catalog(device_id)
+                return
+            except ValueError as exc:                 # refused (too many channels, bad items): no retry
+                log.info("GB/T 28181: catalog of %s refused: %s", device_id, exc)
+                return
+            except Exception as exc:                  # lost or slow: asked again, with a pause
+                log.info("GB/T 28181: catalog of %s not read (attempt %d): %s", device_id, attempt + 1, exc)
+                if pause is None or device_id not in self.devices or not self.devices[device_id].online:
+                    return
+                await asyncio.sleep(pause)
 
     async def _message(self, req: sipm.Request, peer: Peer) -> None:
         device_id = req.from_uri.user or ""
@@ -443,7 +453,7 @@ class GbServer:
             from_uri=f"sip:{self.gb.sip_id}@{self.gb.domain}", to_uri=f"sip:{target}@{self.gb.domain}",
             call_id=sipm.new_call_id(self.advertised), cseq=state.cseq, from_tag=sipm.new_tag(), body=body,
             content_type=manscdp.CONTENT_TYPE)
-        resp = await self.endpoint.request(req, state.peer, timeout=5.0)
+        resp = await self.endpoint.request(req, state.peer, timeout=TIMER_F)
         if resp.status >= 300:
             raise RuntimeError(f"device answered {resp.status} {resp.phrase}")
         return resp

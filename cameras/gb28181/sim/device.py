@@ -131,7 +131,7 @@ class SimDevice:
                       + el("Status", "OK"), self.charset)
         return await self.message(body)
 
-    async def message(self, body: bytes, timeout: float = 5.0) -> sipm.Response:
+    async def message(self, body: bytes, timeout: float = 32.0) -> sipm.Response:     # RFC 3261 Timer F
         return await self.endpoint.request(self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE), self.peer,
                                            timeout=timeout)
 

@@ -127,7 +127,7 @@ def main() -> None:
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO gb_devices (id, admitted) VALUES (%s, true)", [(d,) for d in ids])
         server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False,
-                          keepalive_interval_s=60, catalog_timeout_s=120), pg.url, pw, root_code=site.grid.code)
+                          keepalive_interval_s=60, keepalive_misses=10, catalog_timeout_s=120), pg.url, pw, root_code=site.grid.code)
         server.start()
         q, go = mp.Queue(), mp.Event()
         child = mp.get_context("fork").Process(target=fleet_main, args=(server.port, args.devices, args.channels,

@@ -325,3 +325,56 @@ def test_device_over_tcp(gb, fleet):
     assert answer.port == 30002 and d.invites[-1]["setup"] == "active"
     gb.bye(answer)
     assert answer.call_id in d.byes
+
+
+def test_ptz_and_alarm_over_the_bus(gb, fleet, mqtt):
+    """The same bus command the ONVIF PTZ uses (bus/commands.py PtzCommand) reaches the device
+    as DeviceControl PTZCmd (move, then the stop when its timeout runs out) and is answered;
+    an alarm is published as the camera's event — over a real Mosquitto."""
+    import json
+    import uuid
+
+    import paho.mqtt.client as pmqtt
+
+    from bus.commands import PtzCommand
+    from bus.topics import topic_for
+    from cameras.gb28181.process import GbLink, PtzBridge
+
+    dev = "51019910111320000013"
+    password = admit(gb, dev)
+    d = sim(gb, fleet, dev, password, channels=2)
+    assert fleet.run(d.register()).status == 200
+    assert wait_for(lambda: dev in gb.catalog_results, 15)
+    cam = f"gb-{d.channels[0].channel_id}"
+    bridge = PtzBridge(gb, gb.db_url)
+    bridge.link = GbLink(mqtt.url, f"test-gb-{uuid.uuid4().hex[:6]}", [], bridge.on_command)
+    bridge.link.start()
+    got: list[tuple[str, dict]] = []
+    sub = pmqtt.Client(pmqtt.CallbackAPIVersion.VERSION2, protocol=pmqtt.MQTTv5)
+    from urllib.parse import urlsplit
+    u = urlsplit(mqtt.url)
+    if u.username:
+        sub.username_pw_set(u.username, u.password)
+    sub.on_message = lambda c, ud, m: got.append((m.topic, json.loads(m.payload)))
+    sub.connect(u.hostname, u.port)
+    sub.subscribe(f"xlhub/v1/camera/{cam}/#", qos=1)
+    sub.loop_start()
+    old_event = gb.on_event
+    gb.on_event = lambda c, t, body: bridge.link.publish_event(c, t, body)
+    try:
+        assert wait_for(lambda: bridge.link.connected.is_set(), 10)
+        time.sleep(0.5)
+        cmd = PtzCommand(op="move", pan=0.5, tilt=0, zoom=0, timeout=0.3, by="tester")
+        sub.publish(topic_for("camera", cam, "cmd", "ptz"), cmd.payload(), qos=1)
+        assert wait_for(lambda: len(d.ptz) >= 2, 10), d.ptz
+        assert d.ptz[0]["pan"] == pytest.approx(0.502, abs=0.01) and d.ptz[1]["stop"] is True
+        assert wait_for(lambda: any(t.endswith("/res/ptz") and b.get("phase") == "finished" for t, b in got), 10), got
+        assert fleet.run(d.alarm(method="5", alarm_type="2")).status == 200
+        assert wait_for(lambda: any(t == f"xlhub/v1/camera/{cam}/evt/motion" for t, _ in got), 10), got
+        body = next(b for t, b in got if t.endswith("/evt/motion"))
+        from bus.events import CameraEvent
+        CameraEvent.model_validate(body)          # the bus contract's own check
+    finally:
+        gb.on_event = old_event
+        sub.loop_stop()
+        bridge.link.stop()

@@ -49,12 +49,12 @@ def fleet_main(port: int, n: int, channels: int, passwords: dict, q, go, keepali
                 return r.status
 
         q.put("ready")
-        go.wait()
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)   # never block the devices' loop
         t0 = time.perf_counter()
         codes = await asyncio.gather(*(options(d) for d in devs))
         go.clear()                     # before the answer: the parent sets it again once it has read it
         q.put(("options", time.perf_counter() - t0, sum(1 for c in codes if c == 200)))
-        go.wait()
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)   # never block the devices' loop
 
         async def reg(d):
             async with sem:
@@ -68,7 +68,7 @@ def fleet_main(port: int, n: int, channels: int, passwords: dict, q, go, keepali
         codes = await asyncio.gather(*(reg(d) for d in devs))
         go.clear()
         q.put(("registered", sum(1 for c in codes if c == 200)))
-        go.wait()
+        await asyncio.get_running_loop().run_in_executor(None, go.wait)   # never block the devices' loop
         # steady keepalive: each device once per keepalive_s, spread evenly
         gap = keepalive_s / n
         end = time.monotonic() + keepalive_s
@@ -129,8 +129,9 @@ def main() -> None:
         server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False,
                           keepalive_interval_s=60, keepalive_misses=10, catalog_timeout_s=120), pg.url, pw, root_code=site.grid.code)
         server.start()
-        q, go = mp.Queue(), mp.Event()
-        child = mp.get_context("fork").Process(target=fleet_main, args=(server.port, args.devices, args.channels,
+        ctx = mp.get_context("spawn")     # a fresh interpreter: a forked child held copies of the server's sockets
+        q, go = ctx.Queue(), ctx.Event()
+        child = ctx.Process(target=fleet_main, args=(server.port, args.devices, args.channels,
                                                                          passwords, q, go, args.keepalive_s))
         child.start()
         assert q.get(timeout=120) == "ready"

@@ -55,7 +55,8 @@ class SimDevice:
         self.registered = asyncio.Event()
         self.last_register: sipm.Response | None = None
         self.catalog_answer: Callable[[int], list[bytes]] | None = None   # tests: answer with these bodies
-        self.endpoint = SipEndpoint(host, 0, self._on_request, udp=True, tcp=False, name=f"sim-{device_id}")
+        self.endpoint = SipEndpoint(host, 0, self._on_request, udp=True, tcp=False, name=f"sim-{device_id}",
+                                    rcvbuf=256 << 10)
         self._cseq = 0
         self._call_id = sipm.new_call_id(host)
         self._tag = sipm.new_tag()

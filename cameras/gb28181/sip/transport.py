@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,10 +48,10 @@ class Peer:
 
 class SipEndpoint:
     def __init__(self, host: str, port: int, on_request: Callable[[Request, Peer], Awaitable[None] | None], *,
-                 udp: bool = True, tcp: bool = True, name: str = "sip") -> None:
+                 udp: bool = True, tcp: bool = True, name: str = "sip", rcvbuf: int = 4 << 20) -> None:
         self.host, self.port = host, port
         self.on_request = on_request
-        self.want_udp, self.want_tcp, self.name = udp, tcp, name
+        self.want_udp, self.want_tcp, self.name, self.rcvbuf = udp, tcp, name, rcvbuf
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp_server: asyncio.base_events.Server | None = None
         self.connections: dict[tuple[str, int], asyncio.StreamWriter] = {}
@@ -69,6 +70,9 @@ class SipEndpoint:
             self.port = wanted
             if self.want_udp:
                 self.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, self.port))
+                sock = self.udp.get_extra_info("socket")
+                with contextlib.suppress(OSError):     # a registration storm arrives in bursts
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
                 if self.port == 0:
                     self.port = self.udp.get_extra_info("sockname")[1]
             if not self.want_tcp:

@@ -378,3 +378,19 @@ def test_ptz_and_alarm_over_the_bus(gb, fleet, mqtt):
         gb.on_event = old_event
         sub.loop_stop()
         bridge.link.stop()
+
+
+def test_site_sync_leaves_gb_cameras_alone(gb, fleet, demo_site):
+    """The site file's sync deactivates cameras it no longer lists — its own, not a catalog's."""
+    from store.registry import sync_site
+
+    dev = "51019910111320000014"
+    password = admit(gb, dev)
+    d = sim(gb, fleet, dev, password, channels=2)
+    assert fleet.run(d.register()).status == 200
+    assert wait_for(lambda: dev in gb.catalog_results, 15)
+    with connect(gb.db_url) as conn:
+        sync_site(conn, demo_site)
+        n = conn.execute("SELECT count(*) AS n FROM cameras WHERE active AND rtsp_url LIKE %s",
+                         (f"gb28181://{dev}/%",)).fetchone()["n"]
+    assert n == 2

@@ -40,6 +40,9 @@ class Permission(StrEnum):
     DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)
     BROADCAST_SEND = "broadcast.send"        # 广播：通告 and 应急预警
     BROADCAST_READ = "broadcast.read"        # broadcast history and reports (回执)
+    # GB/T 28181 access (国标接入)
+    GB28181_READ = "gb28181.read"            # devices: registration, address, keepalive, unknown devices
+    GB28181_MANAGE = "gb28181.manage"        # admit a device (its SIP password, 一机一帐号)
 
 
 _ALL_STAFF = set(Role)
@@ -85,6 +88,9 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.DOOR_UNLOCK: {Role.dispatcher, Role.admin},
     Permission.BROADCAST_SEND: {Role.dispatcher, Role.centre_lead, Role.admin},
     Permission.BROADCAST_READ: _ALL_STAFF - {Role.department_handler},
+    # Device addresses and registration are operations data: the administrator and the control room.
+    Permission.GB28181_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
+    Permission.GB28181_MANAGE: {Role.admin},
 }
 
 

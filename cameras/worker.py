@@ -461,6 +461,8 @@ class CameraWorker:
         if pipeline is None:
             return      # another shard's camera (shared subscriptions) or a retired one
         if isinstance(cmd, PtzCommand):
+            if str(pipeline.spec.url or "").startswith("gb28181://"):
+                return      # GB/T 28181 channels are steered by the gb28181 process (DeviceControl)
             # Straight to the ONVIF loop, in arrival order (a job pool could let a stop overtake its move).
             self._ptz(pipeline, cmd, msg)
             return

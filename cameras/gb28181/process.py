@@ -15,11 +15,13 @@ import paho.mqtt.client as mqtt
 
 from bus.commands import Command, PtzCommand
 from cameras.gb28181 import manscdp, registry
+from cameras.gb28181.media.hub import MediaHub
 from cameras.gb28181.passwords import GbPasswords
 from cameras.gb28181.server import GbServer
-from cameras.gb28181.session import InviteFailed
+from cameras.gb28181.session import InviteFailed, Transport
 from cameras.gb28181.settings import GbSettings
 from cameras.link import MqttLink
+from cameras.tap import tap_key
 from bus.topics import TOPIC_ROOT
 from store.db import connect
 from store.workers import Heartbeat
@@ -106,13 +108,19 @@ def run_gb28181(settings, stop: threading.Event) -> None:
         bridge.link = GbLink(settings.mqtt_url, f"xlhub-gb28181-{int(time.time())}", [], bridge.on_command)
         bridge.link.start()
 
-    # ---- the media side meets the signalling here (the lead wires it at merge):
-    # media = MediaHub(inviter=server, ...)      # cameras/gb28181/media: one session per channel
-    # ----
+    # The media side meets the signalling here: one on-demand RTP/PS session per channel,
+    # served to the camera workers (and the cascade) on the camera tap protocol.
+    def transport_of(device_id: str, channel_id: str) -> Transport | None:
+        # A device that registered over TCP usually sits behind NAT: it connects out to us
+        # for the media too (tcp-passive on our side); otherwise the media settings decide.
+        state = server.devices.get(device_id)
+        return "tcp-passive" if state is not None and state.peer.transport == "tcp" else None
+
+    media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
 
     def detail() -> dict:
         online = sum(1 for d in server.devices.values() if d.online)
-        return {"ready": True, "registrations": online, "devices": len(server.devices),
+        return {**media.status(), "ready": True, "registrations": online, "devices": len(server.devices),
                 "media_sessions": len(server.dialogs), "port": server.port,
                 "refused": dict(server.endpoint.refused) if server.endpoint else {}}
 
@@ -120,6 +128,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     beat.start()
     stop.wait()
     beat.stop()
+    media.stop()
     if bridge.link is not None:
         bridge.link.stop()
     server.stop()

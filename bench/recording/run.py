@@ -16,6 +16,7 @@
 
     .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
                                             [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
+                                            [--skip-cost] [--skip-index]
 """
 from __future__ import annotations
 
@@ -102,16 +103,16 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
                 time.sleep(2.0 if mode == "on" else 0.5)      # the first keyframe after attaching
                 files0 = sum(p.recording.stats.bytes for p in pipes)
                 stream0 = sum(c.bytes for c in counters.values())
-                c0, t0 = cpu_seconds(os.getpid()), time.monotonic()
+                c0, t0, r0 = cpu_seconds(os.getpid()), time.monotonic(), worker.recorder.cpu_s
                 time.sleep(args.seconds)
-                c1, t1 = cpu_seconds(os.getpid()), time.monotonic()
+                c1, t1, r1 = cpu_seconds(os.getpid()), time.monotonic(), worker.recorder.cpu_s
                 stream1 = sum(c.bytes for c in counters.values())
                 attach(False)
                 settle()
-                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
+                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "thread": (r1 - r0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
                                       / args.cameras})
-            print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f}",
-                  flush=True)
+            print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f} "
+                  f"(recorder thread {windows['on'][-1]['thread']:.4f})", flush=True)
         stop.set()
         thread.join(30)
         files = sum(p.recording.stats.bytes for p in pipes)
@@ -126,6 +127,10 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
 
     off, on = med("off"), med("on")
     rec = on - off
+    thread = med("on", "thread")
+    # paired: each round's on window against the off window just before it (the machine's
+    # load drifts between rounds; a pair shares it)
+    paired = statistics.median(b["cpu"] - a["cpu"] for a, b in zip(windows["off"], windows["on"]))
     n = args.cameras
     print(f"\n1. Recording cost: {n} cameras, H.264 640x360 10 fps, {med('on', 'mbps'):.2f} Mbit/s each (measured), "
           f"{args.segment_s:.0f} s segments, fsync on; {args.rounds} rounds of {args.seconds:.0f} s; CPU in cores")
@@ -133,6 +138,10 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
     print(f"   worker with recording     {on:.3f}")
     print(f"   recording's own CPU       {rec:.3f}  ({rec / n * 1000:.2f} ms/s per camera) → "
           f"+{100 * rec / off:.1f} % of the worker's cost (goal ≤ 10 %)")
+    print(f"   paired (on − the off before it), median  {paired:.4f}  ({paired / n * 1000:.2f} ms/s per camera) → "
+          f"+{100 * paired / off:.1f} %")
+    print(f"   the recorder thread's own CPU (thread_time: remux, hash, write, fsync, index)  {thread:.4f}  "
+          f"({thread / n * 1000:.2f} ms/s per camera) → +{100 * thread / off:.1f} % (the readers' queueing is not in it)")
     if rec > 0:
         print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
               "(recording alone; reading them is the worker's cost above)")
@@ -233,6 +242,7 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=10)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-index", action="store_true")
     args = ap.parse_args()
 
     import logging
@@ -249,7 +259,8 @@ def main() -> None:
         migrate.upgrade(pg.url)
         if not args.skip_cost:
             recording_cost(args, pg.url, tmp)
-        index_queries(args, pg.url)
+        if not args.skip_index:
+            index_queries(args, pg.url)
     finally:
         pg.stop()
 

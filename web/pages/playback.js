@@ -23,6 +23,8 @@ export async function render(main, { me, arg }) {
       '当前角色无权调阅录像（调阅录像涉及人脸、车牌等个人信息，仅视频监督员、调度员和中心主任可用）。'));
     return () => {};
   }
+  const synced = arg && arg.startsWith('sync/');          // #/playback/sync/camera[/ISO time]: 2×2
+  if (synced) arg = arg.slice(5);
   let argCam = arg || null;
   let argTime = null;
   if (arg && arg.includes('/')) {       // camera/ISO time (from the wall's 回放 or a case's evidence)
@@ -32,6 +34,7 @@ export async function render(main, { me, arg }) {
   }
   let cameras = [];
   try { cameras = await api.get('/api/cameras'); } catch (err) { main.append(errorBox(err, '摄像机列表加载失败')); return () => {}; }
+  if (synced) return (await import('./playback_sync.js')).renderSync(main, { cameras, camId: argCam, at: argTime });
   const view = {
     cam: cameras.find((c) => c.id === argCam) || cameras[0] || null,
     rangeMs: 3600e3, end: hubNow(), tl: null, fps: 25,
@@ -70,7 +73,11 @@ export async function render(main, { me, arg }) {
     h('div', { class: 'seg-group', role: 'group', 'aria-label': '倍速' }, speedButtons),
     position, flagBtn);
   main.append(h('div', { class: 'playback-page' },
-    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons)),
+    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons),
+      h('button', { type: 'button', id: 'pb-sync', title: '与附近三路摄像机同步回放', onclick: () => {
+        const at = now() ?? (Number(position.dataset.ms) || hubNow() - 5 * 60e3);
+        location.hash = `#/playback/sync/${encodeURIComponent(view.cam.id)}/${iso(at)}`;
+      } }, '2×2 同步回放')),
     h('div', { class: 'pb-screen' }, video, still, overlay),
     controls,
     h('div', { class: 'pb-track' }, bar, axis),

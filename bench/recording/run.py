@@ -16,7 +16,7 @@
 
     .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
                                             [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
-                                            [--skip-cost] [--skip-index]
+                                            [--skip-cost] [--skip-index] [--ab]
 """
 from __future__ import annotations
 
@@ -94,12 +94,26 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
             while time.monotonic() < deadline and (any(p.recording.queue for p in pipes) or worker.recorder._rows):
                 time.sleep(0.1)
 
+        from cameras.evidence import sha256_file
+        from cameras.recording import writer
+        hashing = (writer.HashingFile.write, writer.HashingFile.digest)
+
+        def read_back(on: bool) -> None:
+            """The way before HashingFile (for --ab): write only, hash the finished file from disk."""
+            if on:
+                writer.HashingFile.write = lambda self, data: self.file.write(data)
+                writer.HashingFile.digest = lambda self, path: sha256_file(path)
+            else:
+                writer.HashingFile.write, writer.HashingFile.digest = hashing
+
         attach(False)
         time.sleep(4.0)
-        windows: dict[str, list[dict]] = {"off": [], "on": []}
+        modes = ("off", "on", "readback") if args.ab else ("off", "on")
+        windows: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(args.rounds):
-            for mode in ("off", "on"):
-                attach(mode == "on")
+            for mode in modes:
+                read_back(mode == "readback")
+                attach(mode != "off")
                 time.sleep(2.0 if mode == "on" else 0.5)      # the first keyframe after attaching
                 files0 = sum(p.recording.stats.bytes for p in pipes)
                 stream0 = sum(c.bytes for c in counters.values())
@@ -112,7 +126,10 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
                 windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "thread": (r1 - r0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
                                       / args.cameras})
             print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f} "
-                  f"(recorder thread {windows['on'][-1]['thread']:.4f})", flush=True)
+                  f"(recorder thread {windows['on'][-1]['thread']:.4f})"
+                  + (f", read back {windows['readback'][-1]['cpu']:.3f} (recorder thread "
+                     f"{windows['readback'][-1]['thread']:.4f})" if args.ab else ""), flush=True)
+        read_back(False)
         stop.set()
         thread.join(30)
         files = sum(p.recording.stats.bytes for p in pipes)
@@ -142,6 +159,10 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
           f"+{100 * paired / off:.1f} %")
     print(f"   the recorder thread's own CPU (thread_time: remux, hash, write, fsync, index)  {thread:.4f}  "
           f"({thread / n * 1000:.2f} ms/s per camera) → +{100 * thread / off:.1f} % (the readers' queueing is not in it)")
+    if args.ab:
+        rb = med("readback", "thread")
+        print(f"   A/B: the recorder thread hashing from disk after each segment (the way before): {rb:.4f} "
+              f"({rb / n * 1000:.2f} ms/s per camera); hashing while writing saves {100 * (1 - thread / rb):.0f} % of it")
     if rec > 0:
         print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
               "(recording alone; reading them is the worker's cost above)")
@@ -243,6 +264,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
+    ap.add_argument("--ab", action="store_true", help="also windows hashing each finished segment from disk")
     args = ap.parse_args()
 
     import logging

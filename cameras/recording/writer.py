@@ -10,11 +10,16 @@ thread takes the queues in turn and, per camera:
 - cuts it at the first keyframe after ``segment_s``, when the camera's connection changes
   (new parameters, new timestamps), when the camera goes away, and when the policy stops
   wanting footage;
-- writes ``.partial/<ulid>.mp4`` (fragmented MP4 by remux, the camera's codec) through a
-  ``HashingFile``: the SHA-256 is taken from the bytes as they are written (the fragmented
-  muxer only appends; a seek back is detected and the file is then hashed from disk), then on
-  the cut: fsync, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
+- writes ``.partial/<ulid>.mp4`` (fragmented MP4 by remux, the camera's codec), then on the
+  cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
+
+How a segment reaches the disk is ``SINK``: ``"file"`` (the default) lets FFmpeg write the file
+itself and hashes the finished file from the page cache; ``"hashing"`` writes through a
+``HashingFile`` that hashes the bytes as the muxer hands them over (no read-back). Measured in
+the worker (bench/recording --ab, docs/recording-bench.md) the read-back is the cheaper of the
+two: the Python write callbacks and their GIL hand-overs cost more than reading 7.5 MB back
+from the page cache once per segment.
 
 While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
 more than writing it); idle, it sleeps until a packet wakes it.
@@ -51,7 +56,8 @@ log = logging.getLogger(__name__)
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 INDEX_RETRY_S = 5.0
 DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
-MUX_BUFFER = 256 * 1024     # the muxer's output buffer: one write (and one hash update) per this many bytes
+MUX_BUFFER = 256 * 1024     # SINK "hashing": the muxer's output buffer, one write and hash update per this many bytes
+SINK = "file"               # "file" | "hashing" (above; bench/recording --ab measures both)
 
 
 class HashingFile:
@@ -125,12 +131,17 @@ class OpenSegment:
         self.last_wall = first.wall
         self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
         private_dir(self.partial.parent, root=root)
-        self.file = HashingFile(self.partial)         # 0600
-        try:
-            self.out = av.open(self.file, "w", format="mp4", options=dict(FMP4), buffer_size=MUX_BUFFER)
-        except BaseException:
-            self.file.close()
-            raise
+        if SINK == "hashing":
+            self.file: HashingFile | None = HashingFile(self.partial)         # 0600
+            try:
+                self.out = av.open(self.file, "w", format="mp4", options=dict(FMP4), buffer_size=MUX_BUFFER)
+            except BaseException:
+                self.file.close()
+                raise
+        else:
+            self.file = None
+            open_private(self.partial).close()          # 0600 before the muxer reopens it
+            self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
         kwargs = {"width": seg.width, "height": seg.height}
         if seg.extradata:
             kwargs["extradata"] = seg.extradata
@@ -168,12 +179,25 @@ class OpenSegment:
 
     def close(self, sync: bool = False) -> None:
         """Finish the file (the muxer's trailer), fsync it when asked, close it."""
+        if self.file is None:
+            self.out.close()
+            if sync:
+                fd = os.open(self.partial, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            return
         try:
             self.out.close()
             if sync:
                 self.file.sync()
         finally:
             self.file.close()
+
+    def digest(self) -> tuple[str, int]:
+        """The finished file's SHA-256 (hex) and size."""
+        return self.file.digest(self.partial) if self.file is not None else sha256_file(self.partial)
 
 
 @dataclass
@@ -363,7 +387,7 @@ class CameraRecorder:
         if cur.packets == 0:
             cur.partial.unlink(missing_ok=True)
             return
-        digest, size = cur.file.digest(cur.partial)
+        digest, size = cur.digest()
         start = datetime.fromtimestamp(cur.start_wall, UTC)
         end = datetime.fromtimestamp(cur.last_wall + (1 / (cur.segment.fps or 25)), UTC)
         relative = Path(self.camera_id) / start.strftime("%Y%m%d") / f"{round(cur.start_wall * 1000)}.mp4"

@@ -1,7 +1,8 @@
-"""A segment's SHA-256 is taken while it is written (bench/recording: reading each finished
-segment back to hash it was a tenth of recording's cost): the hash in the index is the file's,
-the file is never read back, and a muxer that writes anywhere but the end is caught (then the
-file is hashed from disk). The packets are FFmpeg's (libx264, Annex B, as a camera sends them);
+"""A segment's SHA-256, either way the recorder writes it (cameras/recording/writer.py SINK):
+FFmpeg writing the file and the finished file hashed from the page cache (the default), or a
+HashingFile hashing the bytes as the muxer hands them over (never read back; a muxer that
+writes anywhere but the end is caught and the file is then hashed from disk). The hash in the
+index is the file's; the packets are FFmpeg's (libx264, Annex B, as a camera sends them);
 ffprobe reads the segments."""
 from __future__ import annotations
 
@@ -64,10 +65,15 @@ def packets(tmp_path_factory):
     return recs
 
 
-def test_segments_are_hashed_as_written(packets, tmp_path, monkeypatch):
-    def no_read_back(path):
-        raise AssertionError(f"{path} read back to be hashed")
-    monkeypatch.setattr(writer, "sha256_file", no_read_back)
+@pytest.mark.parametrize("sink", ["file", "hashing"])
+def test_segments_hashed_either_way_are_the_files(sink, packets, tmp_path, monkeypatch):
+    """SINK "file" (the default): FFmpeg writes, the finished file is hashed; "hashing": hashed
+    as written, never read back."""
+    monkeypatch.setattr(writer, "SINK", sink)
+    if sink == "hashing":
+        def no_read_back(path):
+            raise AssertionError(f"{path} read back to be hashed")
+        monkeypatch.setattr(writer, "sha256_file", no_read_back)
     settings = RecordingSettings(segment_s=4)
     rec = Recorder(settings, tmp_path, pool=None)
     rows = []

@@ -24,8 +24,8 @@
 Why fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``): every segment is a file a
 browser plays as it is (progressive or Media Source) and a person can hand over; a fragment
 starts at each keyframe, so a worker killed mid-segment leaves a file readable up to its last
-fragment written out (the muxer's output buffer, ``MUX_BUFFER``, holds up to 256 KB more; the file
-stays in ``.partial/``, is not indexed and is dropped at the next start: at most the open segment
-is lost). The SHA-256 is taken as the bytes are written (``writer.HashingFile``).
+fragment (it stays in ``.partial/``, is not indexed and is dropped at the next start: at most
+the open segment is lost). The SHA-256 is taken from the finished file (``writer.SINK``; hashing
+while writing measured dearer in the worker: docs/recording-bench.md).
 MPEG-TS would survive a crash as well but no browser plays it without a JavaScript demuxer.
 """

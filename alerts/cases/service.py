@@ -392,8 +392,9 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
 def _footage_holds(conn: psycopg.Connection, case_id: str, finished: bool, now: datetime) -> None:
     """The case's recorded footage (``recording_holds``, the recorder's table; attached by
     POST /api/cases/{id}/recordings) is kept ``after_case_days`` past the moment the case
-    finishes (time for its evaluation and complaints); reopened, it is kept until it finishes
-    again. The recorder's retention releases what has expired and knows nothing of cases."""
+    finishes (time for its evaluation and complaints); should the case leave the finished states
+    (no transition does today), it is kept until it finishes again. The recorder's retention
+    releases what has expired and knows nothing of cases."""
     if finished:
         conn.execute("UPDATE recording_holds SET expires_at = %s + make_interval(days => after_case_days) "
                      "WHERE case_id = %s AND released_at IS NULL AND after_case_days IS NOT NULL", (now, case_id))

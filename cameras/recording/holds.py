@@ -8,7 +8,7 @@ by retention); a person may release it earlier, with a reason (audited by the AP
 
 A case's hold has no end while the case is open: the alerts layer, which owns cases, gives it
 one when the case finishes (now + ``after_case_days``, from ``XLHUB_RECORDING_CASE_HOLD_DAYS``
-when the hold was made) and takes it away when the case is reopened
+when the hold was made) and takes it away should the case leave the finished states
 (alerts/cases/service.py ``_footage_holds``). This module knows nothing of cases.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ and, for a case's hold, ``after_case_days`` — how long it stays once its case 
 
 Retention (cameras/recording/retention.py) releases holds past ``expires_at`` and knows nothing
 of cases; the alerts layer sets ``expires_at`` when a case finishes (now + ``after_case_days``)
-and clears it when the case is reopened. A legal hold without a case (POST
+and clears it should the case leave the finished states. A legal hold without a case (POST
 /api/recordings/holds) is made with its ``expires_at``. ``released_by`` and ``release_reason``
 say who let a hold go early, and why (system:recordings when it expired).
 

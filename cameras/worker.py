@@ -405,7 +405,7 @@ class CameraWorker:
         if self.recorder is not None and self.pool is not None:
             try:
                 prune(self.pool, self.recorder.root, {cid: p.spec.recording for cid, p in self.pipelines.items()},
-                      self.recorder.settings.retention_days, self.recorder.settings.case_hold_days)
+                      self.recorder.settings.retention_days)
             except Exception as exc:
                 log.warning("recording retention sweep failed: %s", type(exc).__name__)
 

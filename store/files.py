@@ -36,12 +36,12 @@ def make_private(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, mode: str = "wb"):
+def open_private(path: Path, mode: str = "wb", buffering: int = -1):
     """Open ``path`` for writing, created 0600 (truncating what is there)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)        # an existing file keeps its mode through O_CREAT
-        return os.fdopen(fd, mode)
+        return os.fdopen(fd, mode, buffering)
     except BaseException:
         os.close(fd)
         raise

@@ -400,12 +400,28 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
             # the assessment (考核评价) is computed from these records.
             detail["stage_done"] = sla.stage_done(case, now)
     updates["state"] = new_state.value
+    if (new_state in FINISHED) != (CaseState(case["state"]) in FINISHED):
+        _footage_holds(conn, case["id"], new_state in FINISHED, now)
     case = _update(conn, case["id"], updates, now)
     record = _record(conn, case["id"], now, action.value, view.state.value, new_state.value, actor,
                      case["owner_code"], note, detail)
     _announce(conn, cfg, case, "case.transition", action.value, {"transition": transition_summary(record)}, now,
               actor)
     return case
+
+
+def _footage_holds(conn: psycopg.Connection, case_id: str, finished: bool, now: datetime) -> None:
+    """The case's recorded footage (``recording_holds``, the recorder's table; attached by
+    POST /api/cases/{id}/recordings) is kept ``after_case_days`` past the moment the case
+    finishes (time for its evaluation and complaints); should the case leave the finished states
+    (no transition does today), it is kept until it finishes again. The recorder's retention
+    releases what has expired and knows nothing of cases."""
+    if finished:
+        conn.execute("UPDATE recording_holds SET expires_at = %s + make_interval(days => after_case_days) "
+                     "WHERE case_id = %s AND released_at IS NULL AND after_case_days IS NOT NULL", (now, case_id))
+    else:
+        conn.execute("UPDATE recording_holds SET expires_at = NULL "
+                     "WHERE case_id = %s AND released_at IS NULL AND after_case_days IS NOT NULL", (case_id,))
 
 
 def _dispatch(conn: psycopg.Connection, case: dict, actor: Actor, params: ActionParams, now: datetime,

@@ -86,9 +86,14 @@ def _camera_row(conn, camera_id: str) -> dict | None:
            WHERE c.id = %s AND c.active""", (camera_id,)).fetchone()
 
 
-def _camera_path(conn, camera_id: str) -> list[str] | None:
+def camera_path(conn, camera_id: str) -> list[str] | None:
+    """The grid path of an active camera (None: no such camera) — what ``ensure_in_scope`` takes;
+    the recordings routes scope by it too."""
     row = _camera_row(conn, camera_id)
     return list(row["path"]) if row else None
+
+
+_camera_path = camera_path      # the old private name, for branches still importing it
 
 
 # --------------------------------------------------------------------------- models
@@ -161,7 +166,7 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
     around it as evidence and emits a ``camera.flag`` event carrying them. When the clip
     could not be made, ``clip_missing`` says why (the snapshot is there all the same);
     ``clip_audio`` says the camera's sound was not kept."""
-    ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, camera_id), f"camera {camera_id!r}")
     _require_worker(conn, camera_id)
     conn.commit()       # release the snapshot of the transaction while the worker works
     frame_ms = int(flag.frame_time.timestamp() * 1000)
@@ -189,7 +194,7 @@ def camera_snapshot(camera_id: str, request: Request, conn: Conn,
                     principal: Annotated[Principal, Depends(require(Permission.CAMERAS_READ))]) -> Response:
     """The camera's latest picture (JPEG), taken now by its worker; while the camera is
     down, its last good picture. ``X-Frame-Time`` says when it was taken."""
-    ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, camera_id), f"camera {camera_id!r}")
     _require_worker(conn, camera_id)
     conn.commit()
     waited = _timeout(request, "snapshot", SNAPSHOT_TIMEOUT_S)

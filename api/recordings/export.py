@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +43,7 @@ from alerts.cases.models import CaseError, CaseState, EvidenceItem
 from alerts.evidence import canonical_sha256
 from api.alerts.views import actor_of, alerts_config, http_error
 from api.audit import add_audit_detail, audited_read
-from api.cameras.views import _camera_path
+from api.cameras.views import camera_path
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from cameras.recording import export as rec_export
@@ -165,7 +165,7 @@ def start_export(body: RangeIn, request: Request, conn: Conn,
     record; poll ``GET /api/recordings/exports/{id}`` until ``state`` is ``done``."""
     add_audit_detail(request, camera_id=body.camera_id, start=body.start.isoformat(), end=body.end.isoformat(),
                      reason=body.reason)
-    ensure_in_scope(principal, _camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
     settings = _settings()
     try:
         plan = rec_export.plan(conn, body.camera_id, body.start, body.end, settings.export_max_bytes)
@@ -193,7 +193,7 @@ def start_export(body: RangeIn, request: Request, conn: Conn,
 def _export_in_scope(request: Request, conn, principal: Principal, export_id: str) -> tuple[dict, Path]:
     _, exports = _dirs(request)
     rec = _read_record(exports, export_id)
-    ensure_in_scope(principal, _camera_path(conn, rec["camera_id"]) if rec else None, f"export {export_id!r}")
+    ensure_in_scope(principal, camera_path(conn, rec["camera_id"]) if rec else None, f"export {export_id!r}")
     return rec, exports
 
 
@@ -228,7 +228,46 @@ def export_file(export_id: str, request: Request, conn: Conn,
 def hold_out(row: dict) -> dict:
     return {"id": row["id"], "camera_id": row["camera_id"], "start": row["start_at"], "end": row["end_at"],
             "reason": row["reason"], "case_id": row["case_id"], "created_by": row["created_by"],
-            "created_at": row["created_at"], "released_at": row["released_at"], "active": row["released_at"] is None}
+            "created_at": row["created_at"], "released_at": row["released_at"], "active": row["released_at"] is None,
+            "expires_at": row.get("expires_at"), "after_case_days": row.get("after_case_days"),
+            "released_by": row.get("released_by"), "release_reason": row.get("release_reason")}
+
+
+class LegalHoldIn(RangeIn):
+    expires_at: datetime = Field(description="when the hold ends by itself (ISO-8601 with offset; at most "
+                                             "10 years ahead); it may be released earlier with a reason")
+
+
+MAX_HOLD = timedelta(days=3650)
+
+
+@router.post("/recordings/holds", status_code=status.HTTP_201_CREATED)
+def legal_hold(body: LegalHoldIn, request: Request, conn: Conn,
+               principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
+    """A legal hold without a case (法定留存: a police or court request, a complaint period): the
+    range is kept past retention and the quota until ``expires_at``, listed with the holds,
+    released earlier only with a reason. Audited with its reason."""
+    add_audit_detail(request, camera_id=body.camera_id, start=body.start.isoformat(), end=body.end.isoformat(),
+                     reason=body.reason, expires_at=body.expires_at.isoformat())
+    ensure_in_scope(principal, camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
+    now = datetime.now(UTC)
+    if body.expires_at.tzinfo is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "留存期限须带时区 (expires_at needs its offset, e.g. +08:00)")
+    if not now < body.expires_at <= now + MAX_HOLD:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"留存期限须在将来且不超过 10 年 (expires_at must be in the future and at most 10 years "
+                            f"ahead: {body.expires_at.isoformat()})")
+    try:
+        plan = rec_export.plan(conn, body.camera_id, body.start, body.end, max_bytes=1 << 62)
+    except rec_export.ExportRefused as exc:
+        raise _refused(exc) from None
+    hold = rec_holds.create(conn, body.camera_id, body.start, body.end, body.reason, principal.name,
+                            expires_at=body.expires_at)
+    add_audit_detail(request, hold_id=hold["id"], segments=[plan.segments[0]["seq"], plan.segments[-1]["seq"]])
+    return {"hold": hold_out(hold), "segments": [{"seq": s["seq"], "sha256": s["sha256"], "link": s["link"]}
+                                                 for s in plan.segments],
+            "gaps": [g.as_dict() for g in plan.gaps], "complete": not plan.gaps}
 
 
 @router.post("/cases/{case_id}/recordings", status_code=status.HTTP_201_CREATED)
@@ -243,7 +282,7 @@ def hold_for_case(case_id: str, body: RangeIn, request: Request, conn: Conn,
         case = cases.get_case(conn, case_id, actor)
     except CaseError as exc:
         raise http_error(exc) from None
-    ensure_in_scope(principal, _camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
     if cases.is_finished(case):
         raise HTTPException(status.HTTP_409_CONFLICT, f"工单{CaseState(case['state']).label}，不能再追加录像 "
                                                       f"(case {case['number']} is finished: {case['state']})")
@@ -251,7 +290,8 @@ def hold_for_case(case_id: str, body: RangeIn, request: Request, conn: Conn,
         plan = rec_export.plan(conn, body.camera_id, body.start, body.end, max_bytes=1 << 62)
     except rec_export.ExportRefused as exc:
         raise _refused(exc) from None
-    hold = rec_holds.create(conn, body.camera_id, body.start, body.end, body.reason, principal.name, case["id"])
+    hold = rec_holds.create(conn, body.camera_id, body.start, body.end, body.reason, principal.name, case["id"],
+                            after_case_days=_settings().case_hold_days)
     segs = [{"seq": s["seq"], "sha256": s["sha256"], "link": s["link"]} for s in plan.segments]
     detail = {"camera_id": body.camera_id, "start": body.start.isoformat(), "end": body.end.isoformat(),
               "reason": body.reason, "hold_id": hold["id"], "segments": segs,
@@ -299,8 +339,8 @@ def release_hold(hold_id: int, body: ReleaseIn, request: Request, conn: Conn,
     """Release a hold before its case lets it go (the footage then follows retention)."""
     add_audit_detail(request, hold_id=hold_id, reason=body.reason)
     row = rec_holds.get(conn, hold_id) if -2**63 <= hold_id < 2**63 else None
-    ensure_in_scope(principal, _camera_path(conn, row["camera_id"]) if row else None, f"hold {hold_id}")
-    released = rec_holds.release(conn, hold_id)
+    ensure_in_scope(principal, camera_path(conn, row["camera_id"]) if row else None, f"hold {hold_id}")
+    released = rec_holds.release(conn, hold_id, principal.name, body.reason)
     if released is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"留存已于 {row['released_at'].isoformat()} 解除 (hold {hold_id} "
                                                       "was released already)")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from api.audit import add_audit_detail, audited_read
-from api.cameras.views import _camera_path
+from api.cameras.views import camera_path
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from cameras.recording.chain import verify
@@ -47,7 +47,7 @@ class IntegrityOut(BaseModel):
 def integrity(camera_id: str, request: Request, conn: Conn, principal: Verifier,
               since: Annotated[datetime | None, Query(description="from this time on (with its time zone)")] = None,
               files: Annotated[bool, Query(description="also hash every kept file (slower)")] = False) -> IntegrityOut:
-    ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, camera_id), f"camera {camera_id!r}")
     if since is not None and since.tzinfo is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "since 需带时区 (give since with its time zone)")
     root = RecordingSettings().root(Path(request.app.state.settings.var_dir))

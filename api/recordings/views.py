@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
 
 from api.audit import add_audit_detail, audited_read, entry_for
-from api.cameras.views import ClipMissingOut, EvidenceOut, FlagOut, _camera_path, _evidence_out
+from api.cameras.views import ClipMissingOut, EvidenceOut, FlagOut, _evidence_out, camera_path
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission, allowed
 from bus.envelope import Severity
@@ -80,7 +80,7 @@ def _local(t: datetime) -> str:
 
 
 def _scoped(conn, principal: Principal, camera_id: str) -> None:
-    ensure_in_scope(principal, _camera_path(conn, camera_id), f"camera {camera_id!r}")
+    ensure_in_scope(principal, camera_path(conn, camera_id), f"camera {camera_id!r}")
 
 
 def _no_footage(camera_id: str, exc: NoFootage) -> HTTPException:

@@ -16,6 +16,7 @@
 
     .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
                                             [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
+                                            [--skip-cost] [--skip-index] [--ab]
 """
 from __future__ import annotations
 
@@ -93,25 +94,37 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
             while time.monotonic() < deadline and (any(p.recording.queue for p in pipes) or worker.recorder._rows):
                 time.sleep(0.1)
 
+        from cameras.recording import writer
+        default_sink = writer.SINK
+
+        def read_back(other: bool) -> None:
+            """--ab: the other sink (cameras/recording/writer.py SINK) for this window."""
+            writer.SINK = ("hashing" if default_sink == "file" else "file") if other else default_sink
+
         attach(False)
         time.sleep(4.0)
-        windows: dict[str, list[dict]] = {"off": [], "on": []}
+        modes = ("off", "on", "readback") if args.ab else ("off", "on")
+        windows: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(args.rounds):
-            for mode in ("off", "on"):
-                attach(mode == "on")
+            for mode in modes:
+                read_back(mode == "readback")
+                attach(mode != "off")
                 time.sleep(2.0 if mode == "on" else 0.5)      # the first keyframe after attaching
                 files0 = sum(p.recording.stats.bytes for p in pipes)
                 stream0 = sum(c.bytes for c in counters.values())
-                c0, t0 = cpu_seconds(os.getpid()), time.monotonic()
+                c0, t0, r0 = cpu_seconds(os.getpid()), time.monotonic(), worker.recorder.cpu_s
                 time.sleep(args.seconds)
-                c1, t1 = cpu_seconds(os.getpid()), time.monotonic()
+                c1, t1, r1 = cpu_seconds(os.getpid()), time.monotonic(), worker.recorder.cpu_s
                 stream1 = sum(c.bytes for c in counters.values())
                 attach(False)
                 settle()
-                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
+                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "thread": (r1 - r0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
                                       / args.cameras})
-            print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f}",
-                  flush=True)
+            print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f} "
+                  f"(recorder thread {windows['on'][-1]['thread']:.4f})"
+                  + (f", other sink {windows['readback'][-1]['cpu']:.3f} (recorder thread "
+                     f"{windows['readback'][-1]['thread']:.4f})" if args.ab else ""), flush=True)
+        read_back(False)
         stop.set()
         thread.join(30)
         files = sum(p.recording.stats.bytes for p in pipes)
@@ -126,6 +139,10 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
 
     off, on = med("off"), med("on")
     rec = on - off
+    thread = med("on", "thread")
+    # paired: each round's on window against the off window just before it (the machine's
+    # load drifts between rounds; a pair shares it)
+    paired = statistics.median(b["cpu"] - a["cpu"] for a, b in zip(windows["off"], windows["on"]))
     n = args.cameras
     print(f"\n1. Recording cost: {n} cameras, H.264 640x360 10 fps, {med('on', 'mbps'):.2f} Mbit/s each (measured), "
           f"{args.segment_s:.0f} s segments, fsync on; {args.rounds} rounds of {args.seconds:.0f} s; CPU in cores")
@@ -133,6 +150,15 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
     print(f"   worker with recording     {on:.3f}")
     print(f"   recording's own CPU       {rec:.3f}  ({rec / n * 1000:.2f} ms/s per camera) → "
           f"+{100 * rec / off:.1f} % of the worker's cost (goal ≤ 10 %)")
+    print(f"   paired (on − the off before it), median  {paired:.4f}  ({paired / n * 1000:.2f} ms/s per camera) → "
+          f"+{100 * paired / off:.1f} %")
+    print(f"   the recorder thread's own CPU (thread_time: remux, hash, write, fsync, index)  {thread:.4f}  "
+          f"({thread / n * 1000:.2f} ms/s per camera) → +{100 * thread / off:.1f} % (the readers' queueing is not in it)")
+    if args.ab:
+        rb = med("readback", "thread")
+        other = "hashing" if default_sink == "file" else "file"
+        print(f"   A/B, the recorder thread with SINK={other!r} instead of {default_sink!r}: {rb:.4f} "
+              f"({rb / n * 1000:.2f} ms/s per camera, {100 * (rb / thread - 1):+.0f} %)")
     if rec > 0:
         print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
               "(recording alone; reading them is the worker's cost above)")
@@ -233,6 +259,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=10)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-index", action="store_true")
+    ap.add_argument("--ab", action="store_true", help="also windows with the other segment sink (writer.SINK)")
     args = ap.parse_args()
 
     import logging
@@ -249,7 +277,8 @@ def main() -> None:
         migrate.upgrade(pg.url)
         if not args.skip_cost:
             recording_cost(args, pg.url, tmp)
-        index_queries(args, pg.url)
+        if not args.skip_index:
+            index_queries(args, pg.url)
     finally:
         pg.stop()
 

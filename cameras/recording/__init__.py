@@ -15,14 +15,17 @@
 - ``export.py``: a range of one camera to one MP4 by remux, with its provenance (segments'
   seq and links, gaps) and ``check`` of an export against the index; the API runs it
   (api/recordings/export.py).
-- ``holds.py``: ranges a case keeps past retention and the quota, released when the case
-  has finished for ``XLHUB_RECORDING_CASE_HOLD_DAYS`` (retention.py calls ``release_finished``).
+- ``holds.py``: ranges kept past retention and the quota — a case's evidence or a legal hold —
+  each with its own end (``expires_at``; a case's is set by alerts/ when the case finishes:
+  ``XLHUB_RECORDING_CASE_HOLD_DAYS`` later); retention.py calls ``release_expired``.
 - ``playback.py``: coverage and gaps, a playback stream from any moment (remux), the exact
   frame at a moment, a clip — what api/recordings/ serves.
 
 Why fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``): every segment is a file a
 browser plays as it is (progressive or Media Source) and a person can hand over; a fragment
 starts at each keyframe, so a worker killed mid-segment leaves a file readable up to its last
-fragment (it stays in ``.partial/`` and is not indexed: at most the open segment is lost).
+fragment (it stays in ``.partial/``, is not indexed and is dropped at the next start: at most
+the open segment is lost). The SHA-256 is taken from the finished file (``writer.SINK``; hashing
+while writing measured dearer in the worker: docs/recording-bench.md).
 MPEG-TS would survive a crash as well but no browser plays it without a JavaScript demuxer.
 """

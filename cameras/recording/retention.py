@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cameras.recording.holds import release_finished
+from cameras.recording.holds import release_expired
 from config.camera_recording import CameraRecording
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,10 @@ def remove_segment(conn, root: Path, camera_id: str, start_at, path: str, why: s
     conn.commit()
 
 
-def prune(pool, root: Path, policies: dict[str, CameraRecording], default_days: int,
-          case_hold_days: int | None = None) -> int:
+def prune(pool, root: Path, policies: dict[str, CameraRecording], default_days: int) -> int:
     removed = failed = 0
     with pool.connection(timeout=10) as conn:
-        if case_hold_days is not None:
-            release_finished(conn, case_hold_days)      # finished cases stop holding their footage
+        release_expired(conn)           # holds whose end has come (legal holds, finished cases') let go
         for camera_id, policy in policies.items():
             days = policy.retention_days or default_days
             expired = conn.execute(_EXPIRED, {"camera": camera_id, "days": days}).fetchall()

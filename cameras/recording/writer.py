@@ -14,6 +14,13 @@ thread takes the queues in turn and, per camera:
   cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
 
+How a segment reaches the disk is ``SINK``: ``"file"`` (the default) lets FFmpeg write the file
+itself and hashes the finished file from the page cache; ``"hashing"`` writes through a
+``HashingFile`` that hashes the bytes as the muxer hands them over (no read-back). Measured in
+the worker (bench/recording --ab, docs/recording-bench.md) the read-back is the cheaper of the
+two: the Python write callbacks and their GIL hand-overs cost more than reading 7.5 MB back
+from the page cache once per segment.
+
 While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
 more than writing it); idle, it sleeps until a packet wakes it.
 
@@ -23,6 +30,7 @@ be written (the database away) are kept, in order, and written later.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -48,6 +56,53 @@ log = logging.getLogger(__name__)
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 INDEX_RETRY_S = 5.0
 DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
+MUX_BUFFER = 256 * 1024     # SINK "hashing": the muxer's output buffer, one write and hash update per this many bytes
+SINK = "file"               # "file" | "hashing" (above; bench/recording --ab measures both)
+
+
+class HashingFile:
+    """The file object the muxer writes a segment through: the bytes go to disk and into the
+    SHA-256 at once, so a finished segment is not read back to be hashed (bench/recording).
+    Valid while the muxer only appends, which the fragmented MP4 muxer does; a write anywhere
+    else marks it ``linear = False`` and the file is hashed from disk instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open_private(path, buffering=0)     # the muxer writes MUX_BUFFER at a time
+        self.hash = hashlib.sha256()
+        self.pos = 0
+        self.size = 0
+        self.linear = True
+
+    def write(self, data) -> int:
+        n = self.file.write(data)
+        while n < len(data):                    # a raw file may take less than it was given
+            n += self.file.write(memoryview(data)[n:])
+        if self.linear:
+            if self.pos == self.size:
+                self.hash.update(data)
+            else:
+                self.linear = False
+        self.pos += n
+        if self.pos > self.size:
+            self.size = self.pos
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.pos = self.file.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def sync(self) -> None:
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+    def digest(self, path: Path) -> tuple[str, int]:
+        """The SHA-256 (hex) and size of what was written (from disk if the muxer seeked back)."""
+        return (self.hash.hexdigest(), self.size) if self.linear else sha256_file(path)
 
 
 @dataclass
@@ -76,8 +131,17 @@ class OpenSegment:
         self.last_wall = first.wall
         self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
         private_dir(self.partial.parent, root=root)
-        open_private(self.partial).close()          # 0600 before the muxer reopens it
-        self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
+        if SINK == "hashing":
+            self.file: HashingFile | None = HashingFile(self.partial)         # 0600
+            try:
+                self.out = av.open(self.file, "w", format="mp4", options=dict(FMP4), buffer_size=MUX_BUFFER)
+            except BaseException:
+                self.file.close()
+                raise
+        else:
+            self.file = None
+            open_private(self.partial).close()          # 0600 before the muxer reopens it
+            self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
         kwargs = {"width": seg.width, "height": seg.height}
         if seg.extradata:
             kwargs["extradata"] = seg.extradata
@@ -100,10 +164,8 @@ class OpenSegment:
         if dts <= self.last_dts:            # repeated or backwards: keep the picture, make its time playable
             dts = self.last_dts + 1
         pts = (src.pts - self.base) if src.pts is not None else dts
-        data = bytes(src)
-        if self.packets == 0 or rec.key:
-            data = _with_parameter_sets(data, self.segment)
-        pkt = av.Packet(data)
+        # one copy of the camera's bytes (the packet is shared with the ring and the tap)
+        pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)
         pkt.pts, pkt.dts = max(pts, dts), dts
         pkt.time_base = self.segment.time_base
         pkt.is_keyframe = rec.key
@@ -115,8 +177,27 @@ class OpenSegment:
             self.keyframes.append(round(rec.wall - self.start_wall, 3))
         self.last_wall = rec.wall
 
-    def close(self) -> None:
-        self.out.close()
+    def close(self, sync: bool = False) -> None:
+        """Finish the file (the muxer's trailer), fsync it when asked, close it."""
+        if self.file is None:
+            self.out.close()
+            if sync:
+                fd = os.open(self.partial, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            return
+        try:
+            self.out.close()
+            if sync:
+                self.file.sync()
+        finally:
+            self.file.close()
+
+    def digest(self) -> tuple[str, int]:
+        """The finished file's SHA-256 (hex) and size."""
+        return self.file.digest(self.partial) if self.file is not None else sha256_file(self.partial)
 
 
 @dataclass
@@ -298,7 +379,7 @@ class CameraRecorder:
         if cur is None:
             return
         try:
-            cur.close()
+            cur.close(sync=self.recorder.settings.sync and cur.packets > 0)
         except Exception as exc:  # noqa: BLE001
             self.stats.failed(f"closing: {type(exc).__name__}: {exc}")
             log.warning("recording %s: segment not closed (%s); kept in .partial", self.camera_id, exc)
@@ -306,13 +387,7 @@ class CameraRecorder:
         if cur.packets == 0:
             cur.partial.unlink(missing_ok=True)
             return
-        if self.recorder.settings.sync:
-            fd = os.open(cur.partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        digest, size = sha256_file(cur.partial)
+        digest, size = cur.digest()
         start = datetime.fromtimestamp(cur.start_wall, UTC)
         end = datetime.fromtimestamp(cur.last_wall + (1 / (cur.segment.fps or 25)), UTC)
         relative = Path(self.camera_id) / start.strftime("%Y%m%d") / f"{round(cur.start_wall * 1000)}.mp4"
@@ -355,6 +430,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._next_index_try = 0.0
         self.indexed = 0
+        self.cpu_s = 0.0                 # the recorder thread's own CPU (bench/recording, metrics)
 
     def camera(self, camera_id: str, stream: str, policy: CameraRecording, ring=None,
                timezone: str = "Asia/Shanghai") -> CameraRecorder:
@@ -396,7 +472,11 @@ class Recorder:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        cpu = time.thread_time()
         while True:
+            now = time.thread_time()
+            self.cpu_s += now - cpu
+            cpu = now
             with self._cond:
                 if not self._pending and not self._stop.is_set():
                     # idle: until a packet wakes it (at the latest INDEX_RETRY_S: a packet queued

@@ -226,7 +226,7 @@ def test_a_case_holds_its_footage_past_retention_until_it_lets_go(env):
     policies = {CAM: CameraRecording()}
     pool = open_pool(db, min_size=1, max_size=2, name="test-retention")
     try:
-        prune(pool, root, policies, 0, case_hold_days=30)        # every finished segment is past "0 days"
+        prune(pool, root, policies, 0)        # every finished segment is past "0 days"
         kept = {r["seq"]: r for r in rows(db)}
         for seq in (found[-3]["seq"], found[-2]["seq"]):
             assert kept[seq]["path"] and (root / kept[seq]["path"]).is_file(), "held: kept past retention"
@@ -236,9 +236,17 @@ def test_a_case_holds_its_footage_past_retention_until_it_lets_go(env):
         with api.client("ds-dispatcher") as c:
             r = c.post(f"/api/cases/{case['id']}/actions/cancel", json={"note": "当事人已自行协商"})
             assert r.status_code == 200, r.text
-        prune(pool, root, policies, 0, case_hold_days=30)        # finished, but within its 30 days
+        # the case finished: its holds end XLHUB_RECORDING_CASE_HOLD_DAYS (90) from now, set by alerts/
+        with connect(db) as conn:
+            h = conn.execute("SELECT expires_at, now() AS now FROM recording_holds WHERE id = %s",
+                             (hold["id"],)).fetchone()
+        assert abs((h["expires_at"] - h["now"]) - timedelta(days=90)) < timedelta(minutes=5), h
+        prune(pool, root, policies, 0)        # finished, but within its 90 days
         assert {r["seq"]: r for r in rows(db)}[found[-3]["seq"]]["path"], "a case just finished still holds"
-        prune(pool, root, policies, 0, case_hold_days=0)         # its days are over: released, pruned
+        with connect(db) as conn:             # 90 days on
+            conn.execute("UPDATE recording_holds SET expires_at = now() - interval '1 second' WHERE case_id = %s",
+                         (case["id"],))
+        prune(pool, root, policies, 0)         # its days are over: released, pruned
         after = {r["seq"]: r for r in rows(db)}
         for seq in (found[-3]["seq"], found[-2]["seq"]):
             assert after[seq]["path"] is None and after[seq]["pruned_at"] is not None
@@ -251,6 +259,65 @@ def test_a_case_holds_its_footage_past_retention_until_it_lets_go(env):
                              "AND target = %s", (f"hold {hold['id']}",)).fetchall()
         assert verify(conn, root, camera_id=CAM).ok, "pruned rows keep the chain"
     assert h["released_at"] is not None and audit and audit[0]["actor"] == "system:recordings"
+
+
+def test_a_legal_hold_without_a_case_keeps_footage_until_its_end(env):
+    """法定留存: a range held with a reason and an end by someone who may export, audited,
+    listed, kept past retention until its end (then released by itself), or released earlier
+    by a person with a reason. Retention knows nothing of cases (cameras/recording/holds.py)."""
+    api, db, worker = env["api"], env["db"], env["worker"]
+    root = worker.recorder.root
+    found = wait_rows(db, 8)
+    seg = found[-2]
+    body = {"camera_id": CAM, "start": (seg["start_at"] + timedelta(seconds=0.5)).isoformat(),
+            "end": (seg["start_at"] + timedelta(seconds=1)).isoformat(), "reason": "法院调取：(2026)川0101民初118号"}
+    until = datetime.now(UTC) + timedelta(days=30)
+    with api.client("ds-supervisor") as c:           # may play, may not hold
+        assert c.post("/api/recordings/holds", json={**body, "expires_at": until.isoformat()}).status_code == 403
+    with api.client("xh-dispatcher") as c:           # another township's camera
+        assert c.post("/api/recordings/holds", json={**body, "expires_at": until.isoformat()}).status_code == 404
+    with api.client("ds-dispatcher") as c:
+        r = c.post("/api/recordings/holds", json={**body, "expires_at": (datetime.now(UTC) - timedelta(hours=1))
+                                                  .isoformat()})
+        assert r.status_code == 422 and "留存期限须在将来" in r.json()["detail"], r.text
+        assert c.post("/api/recordings/holds", json={k: v for k, v in body.items() if k != "reason"} |
+                      {"expires_at": until.isoformat()}).status_code == 422
+        r = c.post("/api/recordings/holds", json={**body, "expires_at": until.isoformat()})
+        assert r.status_code == 201, r.text
+        hold = r.json()["hold"]
+        assert hold["case_id"] is None and hold["active"] and hold["reason"] == body["reason"]
+        assert abs(datetime.fromisoformat(hold["expires_at"]) - until) < timedelta(seconds=1)
+        assert [s["seq"] for s in r.json()["segments"]] == [seg["seq"]]
+        early = c.post("/api/recordings/holds", json={**body, "expires_at": until.isoformat()}).json()["hold"]
+        listed = c.get("/api/recordings/holds", params={"camera_id": CAM}).json()
+        assert {hold["id"], early["id"]} <= {h["id"] for h in listed}
+        r = c.post(f"/api/recordings/holds/{early['id']}/release", json={"reason": "法院撤回调取"})
+        assert r.status_code == 200 and r.json()["released_by"] == "ds-dispatcher"
+        assert r.json()["release_reason"] == "法院撤回调取"
+    with connect(db) as conn:
+        made = conn.execute("SELECT actor, detail FROM audit_log WHERE action = 'POST /api/recordings/holds' "
+                            "AND detail->>'hold_id' = %s", (str(hold["id"]),)).fetchone()
+    assert made and made["actor"] == "ds-dispatcher" and made["detail"]["reason"] == body["reason"]
+
+    policies = {CAM: CameraRecording()}
+    pool = open_pool(db, min_size=1, max_size=2, name="test-legal-hold")
+    try:
+        prune(pool, root, policies, 0)
+        kept = {r["seq"]: r for r in rows(db)}
+        assert kept[seg["seq"]]["path"] and (root / kept[seg["seq"]]["path"]).is_file(), "held past retention"
+        with connect(db) as conn:             # 30 days on
+            conn.execute("UPDATE recording_holds SET expires_at = now() - interval '1 second' WHERE id = %s",
+                         (hold["id"],))
+        prune(pool, root, policies, 0)
+    finally:
+        pool.close()
+    assert {r["seq"]: r for r in rows(db)}[seg["seq"]]["path"] is None, "its end came: the footage followed retention"
+    with connect(db) as conn:
+        h = conn.execute("SELECT * FROM recording_holds WHERE id = %s", (hold["id"],)).fetchone()
+        audit = conn.execute("SELECT actor FROM audit_log WHERE action = 'recordings.hold.release' AND target = %s",
+                             (f"hold {hold['id']}",)).fetchall()
+    assert h["released_at"] and h["released_by"] == "system:recordings" and h["release_reason"] == "expired"
+    assert [a["actor"] for a in audit] == ["system:recordings"]
 
 
 def test_the_integrity_report_names_a_tampered_segment(env):

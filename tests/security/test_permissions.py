@@ -212,6 +212,12 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/recordings/holds"): Rule(P.RECORDINGS_PLAY, "list", hidden=(OTHER_CAMERA,)),
     ("GET", "/api/recordings/{camera_id}/integrity"): Rule(P.AUDIT_READ, "path",
                                                            {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read"),
+    ("POST", "/api/recordings/holds"): Rule(P.RECORDINGS_EXPORT, "path", audit="write", ok=frozenset({422}),
+                                            body=lambda side, ctx: {
+                                                "camera_id": OWN_CAMERA if side == "own" else OTHER_CAMERA,
+                                                "start": "2026-01-01T08:00:00+08:00",
+                                                "end": "2026-01-01T08:05:00+08:00", "reason": "权限矩阵测试",
+                                                "expires_at": "2030-01-01T00:00:00+08:00"}),
     ("POST", "/api/recordings/holds/{hold_id}/release"): Rule(P.RECORDINGS_EXPORT, "role", {"hold_id": 999999},
                                                               body={"reason": "权限矩阵测试"}, audit="write"),
     # ---------------------------------------------------------------- live video

@@ -23,6 +23,8 @@ export async function render(main, { me, arg }) {
       '当前角色无权调阅录像（调阅录像涉及人脸、车牌等个人信息，仅视频监督员、调度员和中心主任可用）。'));
     return () => {};
   }
+  const synced = arg && arg.startsWith('sync/');          // #/playback/sync/camera[/ISO time]: 2×2
+  if (synced) arg = arg.slice(5);
   let argCam = arg || null;
   let argTime = null;
   if (arg && arg.includes('/')) {       // camera/ISO time (from the wall's 回放 or a case's evidence)
@@ -32,6 +34,7 @@ export async function render(main, { me, arg }) {
   }
   let cameras = [];
   try { cameras = await api.get('/api/cameras'); } catch (err) { main.append(errorBox(err, '摄像机列表加载失败')); return () => {}; }
+  if (synced) return (await import('./playback_sync.js')).renderSync(main, { cameras, camId: argCam, at: argTime });
   const view = {
     cam: cameras.find((c) => c.id === argCam) || cameras[0] || null,
     rangeMs: 3600e3, end: hubNow(), tl: null, fps: 25,
@@ -61,6 +64,14 @@ export async function render(main, { me, arg }) {
     type: 'button', class: 'seg', id: `pb-rate-${r}`, 'aria-pressed': String(r === 1), onclick: () => setRate(r),
   }, `${r}×`));
   const flagBtn = h('button', { type: 'button', id: 'pb-flag', class: 'flag-btn', onclick: () => openFlag() }, '标记事件');
+  const mayExport = !Array.isArray(me.permissions) || me.permissions.includes('recordings.export');
+  const exportBtn = h('button', {
+    type: 'button', id: 'pb-export', disabled: !mayExport, title: mayExport ? '导出所选时段为 MP4（原编码，附 SHA-256）' : '当前角色无权导出录像',
+    onclick: async () => {
+      const at = now() ?? (Number(position.dataset.ms) || hubNow() - 60e3);
+      (await import('./playback_export.js')).openExport(view.cam, at);
+    },
+  }, '导出录像');
   const controls = h('div', { class: 'pb-controls toolbar' },
     h('button', { type: 'button', id: 'pb-prev-event', title: '上一个事件', onclick: () => jumpEvent(-1) }, '⏮ 上一事件'),
     h('button', { type: 'button', id: 'pb-step-back', title: '后退一帧', onclick: () => step(-1) }, '◀ 帧'),
@@ -68,9 +79,13 @@ export async function render(main, { me, arg }) {
     h('button', { type: 'button', id: 'pb-step', title: '前进一帧', onclick: () => step(1) }, '帧 ▶'),
     h('button', { type: 'button', id: 'pb-next-event', title: '下一个事件', onclick: () => jumpEvent(1) }, '下一事件 ⏭'),
     h('div', { class: 'seg-group', role: 'group', 'aria-label': '倍速' }, speedButtons),
-    position, flagBtn);
+    position, flagBtn, exportBtn);
   main.append(h('div', { class: 'playback-page' },
-    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons)),
+    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons),
+      h('button', { type: 'button', id: 'pb-sync', title: '与附近三路摄像机同步回放', onclick: () => {
+        const at = now() ?? (Number(position.dataset.ms) || hubNow() - 5 * 60e3);
+        location.hash = `#/playback/sync/${encodeURIComponent(view.cam.id)}/${iso(at)}`;
+      } }, '2×2 同步回放')),
     h('div', { class: 'pb-screen' }, video, still, overlay),
     controls,
     h('div', { class: 'pb-track' }, bar, axis),
@@ -147,7 +162,14 @@ export async function render(main, { me, arg }) {
     still.hidden = true;
     if (buffered(ms)) { video.currentTime = (ms - view.stream.start) / 1000; return; }
     const span = view.tl && view.tl.spans.find((s) => Date.parse(s.start) <= ms + 1 && ms < Date.parse(s.end));
-    if (span && !span.plays_in_browser) { showFrame(ms); return; }
+    if (span && !span.plays_in_browser) {
+      // the browser cannot play this codec (H.265): the hub's frame at the moment, and the way out
+      stop();
+      overlay.textContent = `浏览器无法播放${span.codec === 'hevc' ? ' H.265 ' : '此编码的'}录像：此处显示该时刻的单帧画面（可逐帧查看、标记事件），完整录像请点“导出录像”下载 MP4。`;
+      main.dataset.state = 'still';
+      showFrame(ms);
+      return;
+    }
     await open(ms, autoplay);
   }
 
@@ -259,6 +281,7 @@ export async function render(main, { me, arg }) {
     try {
       const res = await request(`/api/recordings/${encodeURIComponent(view.cam.id)}/frame?t=${encodeURIComponent(iso(ms))}`, { raw: true, headers: { Accept: 'image/jpeg' } });
       still.src = URL.createObjectURL(await res.blob());
+      still.dataset.frameTime = res.headers.get('X-Frame-Time');
       still.hidden = false;
       moveCursor(Date.parse(res.headers.get('X-Frame-Time')));
     } catch (err) { overlay.textContent = err.detail || err.message; }

@@ -1,0 +1,67 @@
+// 导出录像 from the playback page: a range of the camera around the playback position to one MP4
+// (the camera's own codec, no re-encoding — H.265 footage the browser cannot play is exported as
+// it is), with the reason the audit log requires; the dialog follows the export's progress and
+// ends with the download link and the file's SHA-256 (for handing to police or a court).
+import { api } from '../api.js';
+import { clear, fmtTime, h, modal, toast } from '../ui.js';
+
+const pad = (n) => String(n).padStart(2, '0');
+// <input type=datetime-local> speaks local time without an offset; the API wants the offset.
+const localValue = (ms) => { const d = new Date(ms); return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; };
+const fromLocal = (value) => new Date(value).toISOString();
+
+export function openExport(cam, at) {
+  const start = h('input', { type: 'datetime-local', id: 'export-start', step: 1, required: true, value: localValue(at - 30e3) });
+  const end = h('input', { type: 'datetime-local', id: 'export-end', step: 1, required: true, value: localValue(at + 30e3) });
+  const reason = h('textarea', { id: 'export-reason', rows: 2, required: true, minlength: 2, maxlength: 500,
+    placeholder: '导出事由（必填），如：派出所调取，案件编号 2026-118' });
+  const result = h('div', { class: 'flag-result', role: 'status', id: 'export-result' });
+  const submit = h('button', { type: 'submit', class: 'primary', id: 'export-submit' }, '开始导出');
+  let alive = true;
+  const form = h('form', {
+    class: 'flag-form', id: 'export-form',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      submit.disabled = true;
+      clear(result).append('正在提交…');
+      let rec;
+      try {
+        rec = await api.post('/api/recordings/exports', {
+          camera_id: cam.id, start: fromLocal(start.value), end: fromLocal(end.value), reason: reason.value.trim(),
+        });
+      } catch (err) {
+        submit.disabled = false;
+        result.dataset.outcome = 'error';
+        clear(result).append(h('p', { class: 'error' }, err.status === 403 ? '当前角色无权导出录像' : `无法导出：${err.detail || err.message}`));
+        return;
+      }
+      result.dataset.exportId = rec.id;
+      while (alive && (rec.state === 'queued' || rec.state === 'running')) {
+        clear(result).append(h('p', {}, `${rec.state === 'queued' ? '排队中' : '导出中'}… ${Math.round((rec.progress || 0) * 100)}%`),
+          h('progress', { max: 1, value: rec.progress || 0 }));
+        await new Promise((r) => setTimeout(r, 500));
+        try { rec = await api.get(rec.status_url); } catch (err) { clear(result).append(h('p', { class: 'error' }, `查询导出进度失败：${err.detail || err.message}`)); return; }
+      }
+      if (!alive) return;
+      if (rec.state !== 'done') {
+        result.dataset.outcome = 'error';
+        clear(result).append(h('p', { class: 'error' }, rec.error || '导出失败'));
+        submit.disabled = false;
+        return;
+      }
+      result.dataset.outcome = 'ok';
+      clear(result).append(
+        h('p', { class: 'ok' }, `已导出 ${fmtTime(new Date(rec.first_frame_at), { date: true })} – ${fmtTime(new Date(rec.last_frame_at))}，${(rec.bytes / 1e6).toFixed(1)} MB（${rec.codec === 'hevc' ? 'H.265' : 'H.264'}，未重新编码）`),
+        h('p', {}, 'SHA-256：', h('code', { id: 'export-sha256' }, rec.sha256)),
+        rec.gaps && rec.gaps.length ? h('p', { class: 'warn' }, `此时段有 ${rec.gaps.length} 处无录像（摄像机离线或未录制）`) : null,
+        h('a', { href: rec.file_url, id: 'export-download', class: 'button primary', download: '' }, '下载 MP4'));
+      toast('录像已导出', 'ok');
+    },
+  },
+  h('dl', {}, h('dt', {}, '摄像机'), h('dd', {}, `${cam.name}（${cam.id}）`)),
+  h('label', { for: 'export-start' }, '开始'), start,
+  h('label', { for: 'export-end' }, '结束'), end,
+  h('label', { for: 'export-reason' }, '事由（记入审计）'), reason,
+  result, h('div', { class: 'actions' }, submit));
+  modal(`导出录像 · ${cam.name}`, form, { onClose: () => { alive = false; } });
+}

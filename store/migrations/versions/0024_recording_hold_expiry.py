@@ -10,14 +10,14 @@ say who let a hold go early, and why (system:recordings when it expired).
 Case holds made before this revision keep footage 90 days after their case finished (the
 default of XLHUB_RECORDING_CASE_HOLD_DAYS); those of cases already finished get their end now.
 
-Revision ID: 0028
-Revises: 0021
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-12-07
 """
 from store.migrate import run_script
 
-revision = "0028"
-down_revision = "0021"
+revision = "0024"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 

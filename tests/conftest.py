@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from hub.embedded import EmbeddedMosquitto, EmbeddedPostgres, free_port
+from hub.embedded import RELOCATED_ROOT, EmbeddedMosquitto, EmbeddedPostgres, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_ROOT / "artifacts"
@@ -117,3 +118,22 @@ def logs():
     yield records
     root.removeHandler(handler)
     root.setLevel(old)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The embedded servers of a var/ that PostgreSQL's or Mosquitto's user cannot reach keep
+    their data in /var/lib/xlhub/<hash> (hub/embedded.service_dir), outside pytest's temporary
+    directories: remove those of this session's var dirs, or every run leaves ~1 GB behind."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except Exception:                     # no temporary directory was made
+        return
+    for link in base.rglob("*"):
+        if not link.is_symlink():
+            continue
+        target = Path(os.readlink(link))
+        if target.is_absolute() and RELOCATED_ROOT in target.parents and target.parent.parent == RELOCATED_ROOT:
+            shutil.rmtree(target.parent, ignore_errors=True)

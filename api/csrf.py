@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "text/plain")
 MULTIPART = "multipart/form-data"
-# Where the UI uploads files (audio for broadcasts).
-UPLOAD_PATHS = ("/api/broadcasts/audio",)
+# Where the UI uploads files (audio for broadcasts, photos and video for cases).
+UPLOAD_PATHS = ("/api/broadcasts/audio", "/api/cases/media")
 
 
 def _origin_of(url: str) -> str | None:

@@ -1,9 +1,13 @@
 // The control room shell: login, navigation, and the pages (routed by #/name).
 import { api, ApiError, onUnauthorized, syncClock } from './api.js';
 import { onFeed, startFeed, stopFeed } from './feed.js';
-import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.js';
+import { onOutbox, startOutbox } from './outbox.js';
+import { beep, clear, eventLabel, fmtTime, gridIndex, h, loadVocabulary, setSiteZone, sourceName, toast } from './ui.js';
 
 const PAGES = [
+  // The grid worker's phone (网格员 APP): first in the tab bar for the roles that work a grid.
+  { id: 'tasks', label: '我的任务', en: 'My tasks', short: '任务', roles: ['grid_worker', 'grid_head'], load: () => import('./pages/tasks.js') },
+  { id: 'report', label: '上报', en: 'Report', short: '上报', roles: ['grid_worker', 'grid_head'], load: () => import('./pages/report.js') },
   { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
   { id: 'playback', label: '录像回放', en: 'Playback', load: () => import('./pages/playback.js') },
   { id: 'alerts', label: '告警', en: 'Alerts', load: () => import('./pages/alerts.js') },
@@ -14,6 +18,15 @@ const PAGES = [
   { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
+
+// The roles that work in the field see their phone pages first (and land on 我的任务).
+const FIELD_ROLES = ['grid_worker', 'grid_head'];
+function pagesFor(me) {
+  const mine = PAGES.filter((p) => !p.roles || p.roles.includes(me.role));
+  if (!FIELD_ROLES.includes(me.role)) return mine;
+  const first = ['tasks', 'report', 'cases', 'map', 'alerts', 'account'];
+  return [...first.map((id) => mine.find((p) => p.id === id)).filter(Boolean), ...mine.filter((p) => !first.includes(p.id))];
+}
 
 const root = document.getElementById('app');
 const state = { me: null, grid: null, page: null, cleanup: null };
@@ -75,7 +88,7 @@ function showLogin(message) {
 // Failed logins on this account since its last login: the owner is the one who can tell
 // whether they were theirs. Stays until dismissed.
 function showFailedAttempts({ count, last_at: lastAt, last_address: lastAddress }) {
-  const when = lastAt ? new Date(lastAt).toLocaleString('zh-CN', { hour12: false }) : '';
+  const when = lastAt ? fmtTime(lastAt, { date: true }) : '';
   const close = h('button', { type: 'button', class: 'secondary', onclick: () => box.remove() }, '知道了');
   const box = h('div', { class: 'warn failed-logins', role: 'alert', id: 'failed-logins' },
     h('strong', {}, `自上次登录以来，您的帐号有 ${count} 次登录失败。`),
@@ -100,20 +113,27 @@ async function meAfterLogin() {
 async function showShell() {
   document.body.classList.add('signed-in');
   syncClock();
-  const [grid, vocabulary] = await Promise.allSettled([api.get('/api/grid'), loadVocabulary((url) => api.get(url))]);
+  const [grid, vocabulary, site] = await Promise.allSettled([api.get('/api/grid'), loadVocabulary((url) => api.get(url)),
+    api.get('/api/site')]);
+  if (site.status === 'fulfilled' && site.value.timezone) setSiteZone(site.value.timezone);
   state.grid = gridIndex(grid.status === 'fulfilled' ? grid.value : []);
   if (grid.status === 'rejected') toast(`网格数据加载失败：${grid.reason.message}`, 'error');
   if (vocabulary.status === 'rejected') toast(`术语表加载失败：${vocabulary.reason.message}`, 'error');
   const me = state.me;
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
-  const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
-    PAGES.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+  state.pages = pagesFor(me);
+  // One navigation: a row of links on a desk, a tab bar at the bottom of a phone.
+  const nav = h('nav', { class: 'nav', id: 'nav', 'aria-label': '主导航' },
+    state.pages.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } },
+      h('span', { class: 'nav-label' }, p.label), h('span', { class: 'nav-short', 'aria-hidden': 'true' }, p.short || p.label),
+      h('small', {}, p.en))));
+  const outbox = h('a', { class: 'outbox-count', id: 'outbox-count', href: '#/report', hidden: true }, '');
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
       h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),
     nav,
-    h('div', { class: 'who' }, clock,
+    h('div', { class: 'who' }, outbox, clock,
       h('span', { id: 'whoami' }, `${me.display_name || me.username}（${me.role_label}）`),
       h('button', { type: 'button', class: 'link', id: 'logout', onclick: logout }, '退出')));
   const main = h('main', { id: 'page', class: 'page' });
@@ -122,6 +142,18 @@ async function showShell() {
   state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
   window.removeEventListener('hashchange', route);
   window.addEventListener('hashchange', route);
+  // What the worker entered offline: sent when the network returns; the count always in view.
+  startOutbox();
+  if (!state.outboxHook) {
+    state.outboxHook = onOutbox((list) => {
+      const el = document.getElementById('outbox-count');
+      if (!el) return;
+      const failed = list.filter((i) => i.state === 'failed').length;
+      el.hidden = list.length === 0;
+      el.textContent = `待发送 ${list.length} 条${failed ? `（${failed} 条被退回）` : ''}`;
+      el.classList.toggle('has-failed', failed > 0);
+    });
+  }
   // Alarms and cases pushed live; a critical alarm sounds and shows on whatever page is open.
   startFeed();
   if (!state.alarmHook) {
@@ -129,7 +161,7 @@ async function showShell() {
       const sum = m.summary || {};
       if (sum.severity === 'critical' && (m.action === 'raised' || m.action === 'reopened')) {
         if (localStorage.getItem('xlhub.sound') !== 'off') beep();
-        toast(`紧急告警：${sum.title || sum.type || ''}（${sum.source_id || ''}）`, 'error', 10000);
+        toast(`紧急告警：${sum.title || eventLabel(sum.type) || ''}（${sourceName(sum.source_id)}）`, 'error', 10000);
       }
     });
   }
@@ -141,6 +173,7 @@ async function showShell() {
 }
 
 function teardownPage() {
+  state.module = null;
   if (state.cleanup) {
     try { state.cleanup(); } catch (err) { console.error(err); }
   }
@@ -150,8 +183,15 @@ function teardownPage() {
 async function route() {
   if (!state.me) return;
   const [, id, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || [];
-  const page = PAGES.find((p) => p.id === id) || PAGES[0];
+  const pages = state.pages || PAGES;
+  const page = pages.find((p) => p.id === id) || pages[0];
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
+  // The same page with another argument (a case opened or closed, Back): the page follows
+  // without being built again.
+  if (state.page === page.id && state.module?.onArg && document.getElementById('page')?.dataset.page === page.id) {
+    state.module.onArg(arg ? decodeURIComponent(arg) : null);
+    return;
+  }
 
   teardownPage();
   document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === page.id));
@@ -164,6 +204,7 @@ async function route() {
   try {
     const mod = await page.load();
     if (state.page !== page.id) return;
+    state.module = mod;
     clear(main);
     const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout, arg: arg ? decodeURIComponent(arg) : null });
     if (state.page === page.id) state.cleanup = cleanup || null;
@@ -187,4 +228,8 @@ export async function logout(message) {
 }
 
 window.addEventListener('pagehide', teardownPage);
+// Installable as an app on the grid worker's phone; the shell opens offline.
+if ('serviceWorker' in navigator && window.isSecureContext) {
+  navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((err) => console.warn('service worker', err.message));
+}
 boot();

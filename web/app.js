@@ -35,14 +35,30 @@ const state = { me: null, grid: null, page: null, cleanup: null };
 export function session() { return state; }
 
 async function boot() {
-  onUnauthorized(() => { if (state.me) { state.me = null; stopFeed(); showLogin('会话已过期，请重新登录。Session expired.'); } });
+  onUnauthorized(() => {
+    if (state.me) {
+      state.me = null;
+      offlineCache('me', null);
+      stopFeed();
+      showLogin('会话已过期，请重新登录。Session expired.');
+    }
+  });
   try {
     state.me = await api.get('/api/auth/me');
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return showLogin();
+    // No network (a village without coverage): the app opens from what it kept at the last
+    // sign-in, so reports can be entered and queued; the hub checks the session when they are sent.
+    const kept = offlineCache('me');
+    if (err instanceof ApiError && err.status === 0 && kept) {
+      state.me = kept;
+      state.offline = true;
+      return showShell();
+    }
     clear(root).append(h('div', { class: 'error-box' }, `无法连接到服务器：${err.message}`));
     return undefined;
   }
+  offlineCache('me', state.me);
   return showShell();
 }
 
@@ -63,6 +79,7 @@ function showLogin(message) {
         const answer = await api.post('/api/auth/login', { username: user.value.trim(), password: pass.value });
         pass.value = '';
         state.me = await meAfterLogin();
+        offlineCache('me', state.me);
         await showShell();
         if (answer && answer.failed_attempts) showFailedAttempts(answer.failed_attempts);
       } catch (err) {
@@ -110,11 +127,28 @@ async function meAfterLogin() {
   }
 }
 
+// What the shell needs to open without a network, kept from the last time it had one.
+function offlineCache(name, value) {
+  const k = `xlhub.offline.${name}`;
+  try {
+    if (value === undefined) return JSON.parse(localStorage.getItem(k) || 'null');
+    if (value === null) localStorage.removeItem(k); else localStorage.setItem(k, JSON.stringify(value));
+  } catch { /* storage full or disabled: no offline start */ }
+  return null;
+}
+const cachedGet = async (url, name) => {
+  try { const v = await api.get(url); offlineCache(name, v); return v; } catch (err) {
+    const kept = err.status === 0 ? offlineCache(name) : null;
+    if (kept) return kept;
+    throw err;
+  }
+};
+
 async function showShell() {
   document.body.classList.add('signed-in');
   syncClock();
-  const [grid, vocabulary, site] = await Promise.allSettled([api.get('/api/grid'), loadVocabulary((url) => api.get(url)),
-    api.get('/api/site')]);
+  const [grid, vocabulary, site] = await Promise.allSettled([cachedGet('/api/grid', 'grid'),
+    loadVocabulary((url) => cachedGet(url, 'vocabulary')), cachedGet('/api/site', 'site')]);
   if (site.status === 'fulfilled' && site.value.timezone) setSiteZone(site.value.timezone);
   state.grid = gridIndex(grid.status === 'fulfilled' ? grid.value : []);
   if (grid.status === 'rejected') toast(`网格数据加载失败：${grid.reason.message}`, 'error');
@@ -220,6 +254,7 @@ export async function logout(message) {
   // Signed out on purpose: the logout call's own 401 (a password change already ended the
   // session) must not show 会话已过期 over this message.
   state.me = null;
+  ['me', 'grid', 'vocabulary', 'site'].forEach((k) => offlineCache(k, null));
   try { await api.post('/api/auth/logout'); } catch { /* already out */ }
   stopFeed();
   if (state.clockTimer) clearInterval(state.clockTimer);

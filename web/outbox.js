@@ -10,6 +10,7 @@ import { ApiError, request } from './api.js';
 const DB = 'xlhub-outbox';
 const STORE = 'items';
 const listeners = new Set();
+const OFFLINE = '无网络，联网后自动发送';
 let dbPromise = null;
 let flushing = null;
 let again = false;
@@ -117,7 +118,10 @@ async function flushNow() {
   let sent = 0;
   for (const item of await items()) {
     if (item.state === 'failed') continue;
-    if (!navigator.onLine) break;
+    if (!navigator.onLine) {
+      if (item.error !== OFFLINE) { item.error = OFFLINE; await put(item); }
+      continue;
+    }
     item.attempts += 1;
     item.state = 'sending';
     await put(item);
@@ -133,7 +137,7 @@ async function flushNow() {
         item.error = err.detail || err.message;
       } else {
         item.state = 'pending';
-        item.error = err.status ? `暂未发送（${err.status}），稍后自动重试` : '无网络，联网后自动发送';
+        item.error = err.status ? `暂未发送（${err.status}），稍后自动重试` : OFFLINE;
       }
       await put(item);
       await changed();
@@ -159,6 +163,7 @@ export function flush() {
 
 export function startOutbox() {
   window.addEventListener('online', () => flush());
+  window.addEventListener('offline', () => flush());     // marks what waits as waiting for the network
   if (!timer) timer = setInterval(() => flush(), 20000);
   flush();
 }

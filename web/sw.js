@@ -4,7 +4,7 @@
 // (web/outbox.js, IndexedDB) and sent, exactly once, when the network returns.
 const CACHE = 'xlhub-shell-v1';
 const SHELL = ['/', '/web/style.css', '/web/app.js', '/web/api.js', '/web/ui.js', '/web/feed.js', '/web/outbox.js',
-  '/web/pages/tasks.js', '/web/pages/report.js', '/favicon.ico', '/manifest.webmanifest', '/web/icons/icon-192.png'];
+  '/web/pages/tasks.js', '/web/pages/report.js', '/web/pages/alerts.js', '/favicon.ico', '/manifest.webmanifest', '/web/icons/icon-192.png'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));

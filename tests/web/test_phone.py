@@ -354,3 +354,42 @@ def test_no_console_errors_or_404s_on_any_page_or_when_live_views_end(tab, live_
     time.sleep(1.5)
     assert not t.bad, t.bad
     assert not t.errors, t.errors
+
+
+def test_the_map_on_a_phone_spreads_markers_at_one_place_and_shows_cases_and_alarms(tab, live_api, shots):
+    import httpx
+    token = login(live_api, "ds-dispatcher")
+    # a case reported right at 东山村委会 (where its door, speaker and radio are)
+    c = httpx.post(f"{live_api.base_url}/api/cases", headers={"Authorization": f"Bearer {token}"},
+                   json={"title": f"地图 {uuid.uuid4().hex[:6]}", "category": "city", "lat": 30.6511, "lon": 104.4884}).json()
+    assert c["grid_code"] == GRID_1
+    t = tab("ds-dispatcher")
+    p = t.page
+    visit(p, "map")
+    p.wait_for_selector(f'.case-marker[data-id="{c["id"]}"]')
+    boxes = p.eval_on_selector_all("#map-svg .marker, #map-svg .case-marker", """els => els.map(e => {
+        const b = e.getBoundingClientRect(); return {id: e.dataset.id, x: b.x + b.width / 2, y: b.y + b.height / 2, w: b.width}; })""")
+    assert len(boxes) >= 11
+    assert min(b["w"] for b in boxes) >= 10, boxes            # readable on the phone, not 4-px dots
+    close = [(a["id"], b["id"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+             if abs(a["x"] - b["x"]) < 8 and abs(a["y"] - b["y"]) < 8]
+    assert not close, f"markers on top of each other: {close}"
+    p.screenshot(path=str(shots / "phone-map.png"))
+    size = p.evaluate(NO_SIDEWAYS)
+    assert size["sw"] <= size["cw"], size
+    p.locator(f'.case-marker[data-id="{c["id"]}"]').tap()
+    p.wait_for_selector("#case-created")
+    assert p.evaluate("location.hash") == f"#/cases/{c['id']}"
+
+
+def test_desk_pages_do_not_scroll_sideways_at_1600(tab):
+    t = tab("ds-dispatcher", form=DESK, timezone="Asia/Shanghai")
+    p = t.page
+    wide = {}
+    for pid in nav_pages(p):
+        visit(p, pid)
+        size = p.evaluate(NO_SIDEWAYS)
+        if size["sw"] > size["cw"]:
+            wide[pid] = size
+    assert not wide, wide
+    assert not t.bad, t.bad

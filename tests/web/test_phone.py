@@ -284,6 +284,48 @@ def test_the_grid_head_verifies_on_site_with_a_photo(tab, live_api, live_db, pho
     p.wait_for_function("() => !document.getElementById('case-page') && location.hash === '#/tasks'")
 
 
+def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, live_db, photo, shots):
+    import httpx
+    base = live_api.base_url
+
+    def call(user, path, **body):
+        r = httpx.post(f"{base}{path}", headers={"Authorization": f"Bearer {login(live_api, user)}"}, json=body,
+                       timeout=20)
+        assert r.status_code < 300, (user, path, r.text)
+        return r.json()
+    c = call("hotline", "/api/cases", title=f"路灯不亮 {uuid.uuid4().hex[:6]}", category="city", grid_code=GRID_1)
+    for action, body in (("accept", {}), ("register", {}), ("dispatch", {"assignee": "dsc-worker"})):
+        c = call("ds-dispatcher", f"/api/cases/{c['id']}/actions/{action}", note="请网格员处理", **body)
+    t = tab("dsc-worker")
+    p = t.page
+    p.wait_for_selector(f'.task[data-id="{c["id"]}"]')
+    p.locator(f'.task[data-id="{c["id"]}"]').tap()
+    p.locator('#case-actions [data-action="sign"]').tap()
+    p.wait_for_selector('#case-actions [data-action="feedback"]', timeout=30000)
+    # 反馈 needs the result in words: refused on the phone before anything is queued
+    p.locator('#case-actions [data-action="feedback"]').tap()
+    assert "需要填写办理意见" in p.text_content("#action-result")
+    p.fill("#action-note", "已更换灯泡，路灯恢复。")
+    p.set_input_files("#action-photos", str(photo))
+    p.locator('#case-actions [data-action="feedback"]').tap()
+    p.wait_for_function("() => document.getElementById('case-state')?.textContent === '已反馈'", timeout=30000)
+    wait_sent(p)
+    p.screenshot(path=str(shots / "phone-feedback.png"))
+    with connect(live_db) as conn:
+        row = conn.execute("SELECT state FROM cases WHERE id = %s", (c["id"],)).fetchone()
+        parts = conn.execute("SELECT assignee, state, note FROM case_assignments WHERE case_id = %s", (c["id"],)).fetchall()
+        photos = conn.execute("SELECT ce.added_by FROM case_evidence ce WHERE ce.case_id = %s", (c["id"],)).fetchall()
+    assert row["state"] == "feedback"
+    assert [(a["assignee"], a["state"]) for a in parts] == [("dsc-worker", "done")]
+    assert [x["added_by"] for x in photos] == ["dsc-worker"]
+    # the dispatched part by name and in words (not "dsc-worker · done")
+    t2 = tab("ds-dispatcher", form=DESK)
+    t2.page.goto(f"/#/cases/{c['id']}")
+    t2.page.wait_for_selector("#case-created")
+    text = t2.page.text_content("#case-page")
+    assert "张伟 · 已反馈" in text and "done" not in text
+
+
 # ------------------------------------------------------------------------- finish: times, URL, names
 
 def test_times_show_in_the_site_zone_in_a_utc_browser_and_back_closes_the_case(tab, live_api, live_db):
@@ -312,6 +354,9 @@ def test_times_show_in_the_site_zone_in_a_utc_browser_and_back_closes_the_case(t
     # and Forward opens it again
     p.go_forward()
     p.wait_for_selector("#case-created")
+    # a time typed on the site's wall clock (a broadcast's 定时) means that time at the site
+    typed = p.evaluate("() => import('/web/ui.js').then(m => m.fromSiteLocal('2026-12-07T08:30').toISOString())")
+    assert typed == "2026-12-07T00:30:00.000Z"
     # the clock in the top bar runs on the site's time too
     clock = p.text_content("#clock")
     now = datetime.now(SITE_TZ)

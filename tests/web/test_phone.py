@@ -293,7 +293,7 @@ def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, 
                        timeout=20)
         assert r.status_code < 300, (user, path, r.text)
         return r.json()
-    c = call("hotline", "/api/cases", title=f"路灯不亮 {uuid.uuid4().hex[:6]}", category="city", grid_code=GRID_1)
+    c = call("ds-dispatcher", "/api/cases", title=f"路灯不亮 {uuid.uuid4().hex[:6]}", category="city", grid_code=GRID_1)
     for action, body in (("accept", {}), ("register", {}), ("dispatch", {"assignee": "dsc-worker"})):
         c = call("ds-dispatcher", f"/api/cases/{c['id']}/actions/{action}", note="请网格员处理", **body)
     t = tab("dsc-worker")

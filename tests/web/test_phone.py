@@ -301,6 +301,7 @@ def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, 
     p.wait_for_selector(f'.task[data-id="{c["id"]}"]')
     p.locator(f'.task[data-id="{c["id"]}"]').tap()
     p.locator('#case-actions [data-action="sign"]').tap()
+    wait_sent(p)
     p.wait_for_selector('#case-actions [data-action="feedback"]', timeout=30000)
     # 反馈 needs the result in words: refused on the phone before anything is queued
     p.locator('#case-actions [data-action="feedback"]').tap()
@@ -310,6 +311,9 @@ def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, 
     p.locator('#case-actions [data-action="feedback"]').tap()
     p.wait_for_function("() => document.getElementById('case-state')?.textContent === '已反馈'", timeout=30000)
     wait_sent(p)
+    p.wait_for_selector("#case-evidence img")                   # the result photo, shown on the case
+    case_text = p.text_content("#case-page")
+    assert "null" not in case_text and "object" not in case_text, case_text
     p.screenshot(path=str(shots / "phone-feedback.png"))
     with connect(live_db) as conn:
         row = conn.execute("SELECT state FROM cases WHERE id = %s", (c["id"],)).fetchone()

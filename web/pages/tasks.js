@@ -18,6 +18,8 @@ const NOTE_REQUIRED = new Set(['feedback', 'send_back', 'reopen', 'self_close', 
 const SATISFACTION = ['', '不满意', '基本满意', '满意', '比较满意', '非常满意'];
 
 const dueOf = (c) => c.stage_due_at || c.due_at;
+// Element.append() writes null as "null" and an array as "a,b": flatten and skip the absent.
+const add = (el, ...xs) => { el.append(...xs.flat(Infinity).filter((x) => x !== null && x !== undefined && x !== false)); return el; };
 
 export function remainingText(c) {
   const due = dueOf(c);
@@ -111,9 +113,11 @@ export async function render(main, { me, grid, arg }) {
       return;
     }
     d.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
+    // A repaint (an action arrived) keeps what the worker was typing.
+    const typed = body.querySelector('#action-note')?.value || '';
     const r = remainingText(c);
     const waiting = queued.filter((i) => i.caseId === c.id);
-    clear(body).append(
+    add(clear(body),
       h('h3', {}, c.title),
       h('div', { class: 'row' }, h('span', { class: 'badge', id: 'case-state' }, c.state_label),
         h('span', { class: `badge urgency-${c.urgency_colour}` }, c.urgency_label), h('span', { class: 'badge' }, c.category_label)),
@@ -131,6 +135,7 @@ export async function render(main, { me, grid, arg }) {
         h('time', {}, fmtTime(t.at, { date: true })), h('strong', {}, t.label),
         h('span', { class: 'muted' }, ` ${t.actor_label || t.actor || ''}${t.actor_department_label ? `（${t.actor_department_label}）` : ''}`),
         t.note ? h('div', { class: 'note' }, t.note) : null))));
+    if (typed && body.querySelector('#action-note')) body.querySelector('#action-note').value = typed;
   }
 
   function actionsFor(c, body, d) {
@@ -142,7 +147,7 @@ export async function render(main, { me, grid, arg }) {
     const satisfaction = h('select', { id: 'action-satisfaction' }, [5, 4, 3, 2, 1].map((n) => h('option', { value: n }, SATISFACTION[n])));
     const result = h('div', { role: 'status', id: 'action-result' });
     const wantsPhotos = allowed.some((a) => WITH_PHOTOS.has(a.action));
-    box.append(h('h4', {}, '办理'), note, wantsPhotos ? photos.box : null,
+    add(box, h('h4', {}, '办理'), note, wantsPhotos ? photos.box : null,
       allowed.some((a) => (a.params || []).includes('satisfaction')) ? h('label', { class: 'inline' }, '满意度 ', satisfaction) : null,
       h('div', { class: 'row' }, allowed.map((a) => h('button', {
         type: 'button', class: 'action-btn big-btn', dataset: { action: a.action },
@@ -159,9 +164,9 @@ export async function render(main, { me, grid, arg }) {
           if ((a.params || []).includes('satisfaction')) reqBody.satisfaction = Number(satisfaction.value);
           e.currentTarget.disabled = true;
           await enqueue({ kind: 'action', label: `${a.label} · ${c.number}`, caseId: c.id, action: a.action, body: reqBody, files });
-          toast(navigator.onLine ? `${a.label}：正在发送…` : `${a.label}：已保存，联网后自动发送`, navigator.onLine ? 'info' : 'warn');
+          if (!navigator.onLine) toast(`${a.label}：已保存在手机上，联网后自动发送`, 'warn');
           note.value = ''; photos.reset();
-          paintCase(c.id, body, d);
+          if (!navigator.onLine) paintCase(c.id, body, d);     // shows what waits; online, the answer repaints
         },
       }, a.label))), result);
     return box;

@@ -176,6 +176,12 @@ async function showShell() {
   state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
   window.removeEventListener('hashchange', route);
   window.addEventListener('hashchange', route);
+  // Installable as an app on the field roles' phones, whose shell then opens offline. Not on
+  // the control room's desks: a service worker sees every request of the pages it controls
+  // (live video, playback streams), and a desk has no use for an offline shell.
+  if (FIELD_ROLES.includes(me.role) && 'serviceWorker' in navigator && window.isSecureContext) {
+    navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((err) => console.warn('service worker', err.message));
+  }
   // What the worker entered offline: sent when the network returns; the count always in view.
   startOutbox();
   if (!state.outboxHook) {
@@ -263,8 +269,4 @@ export async function logout(message) {
 }
 
 window.addEventListener('pagehide', teardownPage);
-// Installable as an app on the grid worker's phone; the shell opens offline.
-if ('serviceWorker' in navigator && window.isSecureContext) {
-  navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((err) => console.warn('service worker', err.message));
-}
 boot();

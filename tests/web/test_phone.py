@@ -301,8 +301,8 @@ def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, 
     p.wait_for_selector(f'.task[data-id="{c["id"]}"]')
     p.locator(f'.task[data-id="{c["id"]}"]').tap()
     p.locator('#case-actions [data-action="sign"]').tap()
+    p.wait_for_function("() => document.getElementById('case-state')?.textContent === '处置中'", timeout=30000)
     wait_sent(p)
-    p.wait_for_selector('#case-actions [data-action="feedback"]', timeout=30000)
     # 反馈 needs the result in words: refused on the phone before anything is queued
     p.locator('#case-actions [data-action="feedback"]').tap()
     assert "需要填写办理意见" in p.text_content("#action-result")
@@ -311,6 +311,9 @@ def test_the_grid_worker_signs_and_feeds_back_with_result_photos(tab, live_api, 
     p.locator('#case-actions [data-action="feedback"]').tap()
     p.wait_for_function("() => document.getElementById('case-state')?.textContent === '已反馈'", timeout=30000)
     wait_sent(p)
+    with connect(live_db) as conn:
+        photos = conn.execute("SELECT ce.added_by FROM case_evidence ce WHERE ce.case_id = %s", (c["id"],)).fetchall()
+    assert [x["added_by"] for x in photos] == ["dsc-worker"]
     p.wait_for_selector("#case-evidence img")                   # the result photo, shown on the case
     case_text = p.text_content("#case-page")
     assert "null" not in case_text and "object" not in case_text, case_text

@@ -115,6 +115,7 @@ export async function render(main, { me, grid, arg }) {
     d.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
     // A repaint (an action arrived) keeps what the worker was typing.
     const typed = body.querySelector('#action-note')?.value || '';
+    const chosen = body.querySelector('#action-photos')?.files;
     const r = remainingText(c);
     const waiting = queued.filter((i) => i.caseId === c.id);
     add(clear(body),
@@ -136,6 +137,11 @@ export async function render(main, { me, grid, arg }) {
         h('span', { class: 'muted' }, ` ${t.actor_label || t.actor || ''}${t.actor_department_label ? `（${t.actor_department_label}）` : ''}`),
         t.note ? h('div', { class: 'note' }, t.note) : null))));
     if (typed && body.querySelector('#action-note')) body.querySelector('#action-note').value = typed;
+    const photosInput = body.querySelector('#action-photos');
+    if (chosen && chosen.length && photosInput) {
+      photosInput.files = chosen;
+      photosInput.dispatchEvent(new Event('change'));
+    }
   }
 
   function actionsFor(c, body, d) {

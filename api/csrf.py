@@ -28,8 +28,9 @@ from starlette.responses import JSONResponse
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "text/plain")
 MULTIPART = "multipart/form-data"
-# Where the UI uploads files (audio for broadcasts, photos and videos attached to a case).
-UPLOAD_PATHS = ("/api/broadcasts/audio",)
+# Where the UI uploads files: audio for broadcasts, photos and video for cases (before the
+# case exists: the phone's queued reports; or onto an open case).
+UPLOAD_PATHS = ("/api/broadcasts/audio", "/api/cases/media")
 UPLOAD_PATTERN = re.compile(r"/api/cases/[^/]+/attachments")
 
 

@@ -28,7 +28,8 @@ SECURITY_HEADERS = {
 TYPES = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8",
          ".svg": "image/svg+xml", ".png": "image/png", ".json": "application/json",
-         ".wav": "audio/wav", ".ico": "image/x-icon", ".woff2": "font/woff2"}
+         ".wav": "audio/wav", ".ico": "image/x-icon", ".woff2": "font/woff2",
+         ".webmanifest": "application/manifest+json"}
 
 router = APIRouter()
 router.include_router(live_router)
@@ -47,6 +48,19 @@ def index_html() -> RedirectResponse:
 @router.get("/favicon.ico", include_in_schema=False)
 def favicon() -> FileResponse:
     return FileResponse(WEB_ROOT / "favicon.svg", headers=SECURITY_HEADERS, media_type=TYPES[".svg"])
+
+
+# The grid worker's phone installs the UI as an app (PWA): the manifest and the service
+# worker are served from the root so that the worker's scope is the whole UI ("/").
+@router.get("/manifest.webmanifest", include_in_schema=False)
+def manifest() -> FileResponse:
+    return FileResponse(WEB_ROOT / "manifest.webmanifest", headers=SECURITY_HEADERS, media_type=TYPES[".webmanifest"])
+
+
+@router.get("/sw.js", include_in_schema=False)
+def service_worker() -> FileResponse:
+    return FileResponse(WEB_ROOT / "sw.js", media_type=TYPES[".js"],
+                        headers={**SECURITY_HEADERS, "Service-Worker-Allowed": "/"})
 
 
 @router.get("/web/{path:path}", include_in_schema=False)

@@ -219,6 +219,16 @@ CHANNEL_LABELS: dict[str, str] = {
     "open311": "网上受理", "external": "外部系统", "api": "平台录入",
 }
 
+# A department's (or grid worker's) part of a dispatched case (case_assignments.state).
+ASSIGNMENT_STATE_LABELS: dict[str, str] = {
+    "assigned": "待签收", "accepted": "已签收", "done": "已反馈", "returned": "已退单", "cancelled": "已撤回",
+}
+# Who acted, when it was the hub itself (Actor.system(...) names; rules are named by the site).
+SYSTEM_ACTOR_LABELS: dict[str, str] = {
+    "sla": "系统（时限监控）", "cap": "系统（预警信息）", "broadcast": "系统（广播）", "correlation": "系统（告警关联）",
+    "clear_after": "系统（告警自动清除）", "rule": "系统规则", "cap-feed": "系统（预警订阅）", "cli": "系统（命令行）",
+}
+
 
 class StreamProblem(StrEnum):
     """Why a camera's stream is not playing, as a person can act on it (cameras/failures.py
@@ -417,6 +427,8 @@ def as_json() -> dict:
         "stages": {k.value: v for k, v in STAGE_LABELS.items()},
         "alarm_states": dict(ALARM_STATE_LABELS),
         "channels": dict(CHANNEL_LABELS),
+        "assignment_states": dict(ASSIGNMENT_STATE_LABELS),
+        "system_actors": dict(SYSTEM_ACTOR_LABELS),
         "stream_problems": {k.value: v for k, v in STREAM_PROBLEM_LABELS.items()},
         "rtsp_transports": dict(RTSP_TRANSPORT_LABELS),
         "recording_states": dict(RECORDING_STATE_LABELS),

@@ -1,11 +1,15 @@
 // The control room shell: login, navigation, and the pages (routed by #/name).
 import { api, ApiError, onUnauthorized, syncClock } from './api.js';
 import { onFeed, startFeed, stopFeed } from './feed.js';
-import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.js';
+import { onOutbox, startOutbox } from './outbox.js';
+import { beep, clear, eventLabel, fmtTime, gridIndex, h, loadVocabulary, setSiteZone, sourceName, toast } from './ui.js';
 
 // `needs`: the permission (api/permissions.py, listed by /api/auth/me) without which the
 // page is of no use to the role and is not offered.
 const PAGES = [
+  // The grid worker's phone (网格员 APP): first in the tab bar for the roles that work a grid.
+  { id: 'tasks', label: '我的任务', en: 'My tasks', short: '任务', needs: 'cases.read', roles: ['grid_worker', 'grid_head'], load: () => import('./pages/tasks.js') },
+  { id: 'report', label: '上报', en: 'Report', short: '上报', needs: 'cases.create', roles: ['grid_worker', 'grid_head'], load: () => import('./pages/report.js') },
   { id: 'wall', label: '电视墙', en: 'Video wall', needs: 'live.view', load: () => import('./pages/wall.js') },
   { id: 'playback', label: '录像回放', en: 'Playback', needs: 'recordings.play', load: () => import('./pages/playback.js') },
   { id: 'alerts', label: '告警', en: 'Alerts', needs: 'alarms.read', load: () => import('./pages/alerts.js') },
@@ -15,22 +19,28 @@ const PAGES = [
   { id: 'devices', label: '设备', en: 'Devices', needs: 'devices.read', load: () => import('./pages/devices.js') },
   { id: 'map', label: '地图', en: 'Map', needs: 'grid.read', load: () => import('./pages/map.js') },
   { id: 'stats', label: '统计', en: 'Statistics', needs: 'stats.read', load: () => import('./pages/stats.js') },
-  { id: 'cameras', label: '摄像机管理', en: 'Cameras', needs: 'cameras.manage', load: () => import('./pages/cameras.js') },
-  { id: 'device-admin', label: '设备管理', en: 'Device admin', needs: 'devices.manage', load: () => import('./pages/device-admin.js') },
+  { id: 'cameras', label: '摄像机管理', en: 'Cameras', short: '摄像机', needs: 'cameras.manage', load: () => import('./pages/cameras.js') },
+  { id: 'device-admin', label: '设备管理', en: 'Device admin', short: '设备管理', needs: 'devices.manage', load: () => import('./pages/device-admin.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
-// Where each role starts: a department's handler and the field roles on their task list
-// (案件), the hotline at intake; the control room at the wall.
-const LANDING = { department_handler: 'cases', hotline: 'cases', grid_worker: 'cases', grid_head: 'cases' };
+// Where each role starts: the field roles on their phone's task list (我的任务), a department's
+// handler and the hotline on 案件, the control room at the wall (the first page offered).
+const LANDING = { department_handler: 'cases', hotline: 'cases', grid_worker: 'tasks', grid_head: 'tasks' };
+// The roles that work in the field see their phone pages first.
+const FIELD_ROLES = ['grid_worker', 'grid_head'];
 
-// The pages this user may use (an older hub without the permission list: all of them).
+// The pages this user may use: those their permissions serve (an older hub without the
+// permission list: all of them) and, for pages of some roles only, their role.
 function pagesFor(me) {
-  if (!me || !Array.isArray(me.permissions)) return PAGES;
-  return PAGES.filter((p) => !p.needs || me.permissions.includes(p.needs));
+  const mine = PAGES.filter((p) => (!p.roles || p.roles.includes(me.role))
+    && (!p.needs || !Array.isArray(me.permissions) || me.permissions.includes(p.needs)));
+  if (!FIELD_ROLES.includes(me.role)) return mine;
+  const first = ['tasks', 'report', 'cases', 'map', 'alerts', 'account'];
+  return [...first.map((id) => mine.find((p) => p.id === id)).filter(Boolean), ...mine.filter((p) => !first.includes(p.id))];
 }
 
 function landingFor(me) {
-  const pages = pagesFor(me);
+  const pages = state.pages || pagesFor(me);
   return pages.find((p) => p.id === LANDING[me.role]) || pages[0];
 }
 
@@ -41,14 +51,30 @@ const state = { me: null, grid: null, page: null, cleanup: null };
 export function session() { return state; }
 
 async function boot() {
-  onUnauthorized(() => { if (state.me) { state.me = null; stopFeed(); showLogin('会话已过期，请重新登录。Session expired.'); } });
+  onUnauthorized(() => {
+    if (state.me) {
+      state.me = null;
+      offlineCache('me', null);
+      stopFeed();
+      showLogin('会话已过期，请重新登录。Session expired.');
+    }
+  });
   try {
     state.me = await api.get('/api/auth/me');
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return showLogin();
+    // No network (a village without coverage): the app opens from what it kept at the last
+    // sign-in, so reports can be entered and queued; the hub checks the session when they are sent.
+    const kept = offlineCache('me');
+    if (err instanceof ApiError && err.status === 0 && kept) {
+      state.me = kept;
+      state.offline = true;
+      return showShell();
+    }
     clear(root).append(h('div', { class: 'error-box' }, `无法连接到服务器：${err.message}`));
     return undefined;
   }
+  offlineCache('me', state.me);
   return showShell();
 }
 
@@ -69,6 +95,7 @@ function showLogin(message) {
         const answer = await api.post('/api/auth/login', { username: user.value.trim(), password: pass.value });
         pass.value = '';
         state.me = await meAfterLogin();
+        offlineCache('me', state.me);
         await showShell();
         if (answer && answer.failed_attempts) showFailedAttempts(answer.failed_attempts);
       } catch (err) {
@@ -94,7 +121,7 @@ function showLogin(message) {
 // Failed logins on this account since its last login: the owner is the one who can tell
 // whether they were theirs. Stays until dismissed.
 function showFailedAttempts({ count, last_at: lastAt, last_address: lastAddress }) {
-  const when = lastAt ? new Date(lastAt).toLocaleString('zh-CN', { hour12: false }) : '';
+  const when = lastAt ? fmtTime(lastAt, { date: true }) : '';
   const close = h('button', { type: 'button', class: 'secondary', onclick: () => box.remove() }, '知道了');
   const box = h('div', { class: 'warn failed-logins', role: 'alert', id: 'failed-logins' },
     h('strong', {}, `自上次登录以来，您的帐号有 ${count} 次登录失败。`),
@@ -116,23 +143,47 @@ async function meAfterLogin() {
   }
 }
 
+// What the shell needs to open without a network, kept from the last time it had one.
+function offlineCache(name, value) {
+  const k = `xlhub.offline.${name}`;
+  try {
+    if (value === undefined) return JSON.parse(localStorage.getItem(k) || 'null');
+    if (value === null) localStorage.removeItem(k); else localStorage.setItem(k, JSON.stringify(value));
+  } catch { /* storage full or disabled: no offline start */ }
+  return null;
+}
+const cachedGet = async (url, name) => {
+  try { const v = await api.get(url); offlineCache(name, v); return v; } catch (err) {
+    const kept = err.status === 0 ? offlineCache(name) : null;
+    if (kept) return kept;
+    throw err;
+  }
+};
+
 async function showShell() {
   document.body.classList.add('signed-in');
   syncClock();
-  const [grid, vocabulary] = await Promise.allSettled([api.get('/api/grid'), loadVocabulary((url) => api.get(url))]);
+  const [grid, vocabulary, site] = await Promise.allSettled([cachedGet('/api/grid', 'grid'),
+    loadVocabulary((url) => cachedGet(url, 'vocabulary')), cachedGet('/api/site', 'site')]);
+  if (site.status === 'fulfilled' && site.value.timezone) setSiteZone(site.value.timezone);
   state.grid = gridIndex(grid.status === 'fulfilled' ? grid.value : []);
   if (grid.status === 'rejected') toast(`网格数据加载失败：${grid.reason.message}`, 'error');
   if (vocabulary.status === 'rejected') toast(`术语表加载失败：${vocabulary.reason.message}`, 'error');
   const me = state.me;
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
-  const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
-    pagesFor(me).map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+  state.pages = pagesFor(me);
+  // One navigation: a row of links on a desk, a tab bar at the bottom of a phone.
+  const nav = h('nav', { class: 'nav', id: 'nav', 'aria-label': '主导航' },
+    state.pages.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } },
+      h('span', { class: 'nav-label' }, p.label), h('span', { class: 'nav-short', 'aria-hidden': 'true' }, p.short || p.label),
+      h('small', {}, p.en))));
+  const outbox = h('a', { class: 'outbox-count', id: 'outbox-count', href: '#/report', hidden: true }, '');
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
       h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),
     nav,
-    h('div', { class: 'who' }, clock,
+    h('div', { class: 'who' }, outbox, clock,
       h('span', { id: 'whoami' }, `${me.display_name || me.username}（${me.role_label}）`),
       h('button', { type: 'button', class: 'link', id: 'logout', onclick: logout }, '退出')));
   const main = h('main', { id: 'page', class: 'page' });
@@ -141,6 +192,24 @@ async function showShell() {
   state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
   window.removeEventListener('hashchange', route);
   window.addEventListener('hashchange', route);
+  // Installable as an app on the field roles' phones, whose shell then opens offline. Not on
+  // the control room's desks: a service worker sees every request of the pages it controls
+  // (live video, playback streams), and a desk has no use for an offline shell.
+  if (FIELD_ROLES.includes(me.role) && 'serviceWorker' in navigator && window.isSecureContext) {
+    navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((err) => console.warn('service worker', err.message));
+  }
+  // What the worker entered offline: sent when the network returns; the count always in view.
+  startOutbox();
+  if (!state.outboxHook) {
+    state.outboxHook = onOutbox((list) => {
+      const el = document.getElementById('outbox-count');
+      if (!el) return;
+      const failed = list.filter((i) => i.state === 'failed').length;
+      el.hidden = list.length === 0;
+      el.textContent = `待发送 ${list.length} 条${failed ? `（${failed} 条被退回）` : ''}`;
+      el.classList.toggle('has-failed', failed > 0);
+    });
+  }
   // Alarms and cases pushed live; a critical alarm sounds and shows on whatever page is open.
   startFeed();
   if (!state.alarmHook) {
@@ -148,7 +217,7 @@ async function showShell() {
       const sum = m.summary || {};
       if (sum.severity === 'critical' && (m.action === 'raised' || m.action === 'reopened')) {
         if (localStorage.getItem('xlhub.sound') !== 'off') beep();
-        toast(`紧急告警：${sum.title || sum.type || ''}（${sum.source_id || ''}）`, 'error', 10000);
+        toast(`紧急告警：${sum.title || eventLabel(sum.type) || ''}（${sourceName(sum.source_id)}）`, 'error', 10000);
       }
     });
   }
@@ -160,6 +229,7 @@ async function showShell() {
 }
 
 function teardownPage() {
+  state.module = null;
   if (state.cleanup) {
     try { state.cleanup(); } catch (err) { console.error(err); }
   }
@@ -172,6 +242,12 @@ async function route() {
   // A page not offered to this role can still be opened by its address: it says why not.
   const page = PAGES.find((p) => p.id === id) || landingFor(state.me);
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
+  // The same page with another argument (a case opened or closed, Back): the page follows
+  // without being built again.
+  if (state.page === page.id && state.module?.onArg && document.getElementById('page')?.dataset.page === page.id) {
+    state.module.onArg(arg ? decodeURIComponent(arg) : null);
+    return;
+  }
 
   teardownPage();
   document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === page.id));
@@ -184,6 +260,7 @@ async function route() {
   try {
     const mod = await page.load();
     if (state.page !== page.id) return;
+    state.module = mod;
     clear(main);
     const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout, arg: arg ? decodeURIComponent(arg) : null });
     if (state.page === page.id) state.cleanup = cleanup || null;
@@ -199,6 +276,7 @@ export async function logout(message) {
   // Signed out on purpose: the logout call's own 401 (a password change already ended the
   // session) must not show 会话已过期 over this message.
   state.me = null;
+  ['me', 'grid', 'vocabulary', 'site'].forEach((k) => offlineCache(k, null));
   try { await api.post('/api/auth/logout'); } catch { /* already out */ }
   stopFeed();
   if (state.clockTimer) clearInterval(state.clockTimer);

@@ -59,13 +59,61 @@ export function errorBox(err, what = '加载失败') {
 }
 
 const pad = (n) => String(n).padStart(2, '0');
+
+// Every time is shown in the SITE's time zone (GET /api/site), whatever the browser's: a
+// laptop or phone set to UTC shows the same clock as the control room and the case text.
+let SITE_ZONE = 'Asia/Shanghai';
+let zoneParts = null;
+export function setSiteZone(zone) {
+  try {
+    zoneParts = new Intl.DateTimeFormat('en-GB', {
+      timeZone: zone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit',
+      hour: '2-digit', minute: '2-digit', second: '2-digit',
+    });
+    SITE_ZONE = zone;
+  } catch { /* an unknown zone: keep the last good one */ }
+  return SITE_ZONE;
+}
+export function siteZone() { return SITE_ZONE; }
+setSiteZone(SITE_ZONE);
+
+// {year, month, day, hour, minute, second} of an instant, on the site's wall clock.
+export function siteParts(value) {
+  const d = value instanceof Date ? value : new Date(value);
+  const out = {};
+  for (const p of zoneParts.formatToParts(d)) if (p.type !== 'literal') out[p.type] = p.value;
+  return out;
+}
+
 export function fmtTime(value, { seconds = true, date = false } = {}) {
   if (value === null || value === undefined || value === '') return '—';
   const d = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(d.getTime())) return '—';
-  const t = `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ''}`;
+  const p = siteParts(d);
+  const t = `${p.hour}:${p.minute}${seconds ? `:${p.second}` : ''}`;
   if (!date) return t;
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${t}`;
+  return `${p.year}-${p.month}-${p.day} ${t}`;
+}
+
+// A <input type="datetime-local"> value ("2026-12-07T08:30") read as the site's wall clock.
+export function fromSiteLocal(text) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?/.exec(text || '');
+  if (!m) return null;
+  const asUtc = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] || 0));
+  // the zone's offset at that moment (twice: across a DST change the first guess may be off)
+  let guess = asUtc;
+  for (let i = 0; i < 2; i += 1) {
+    const p = siteParts(new Date(guess));
+    const shown = Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second);
+    guess = asUtc - (shown - guess);
+  }
+  return new Date(guess);
+}
+
+// The site wall clock of an instant as a datetime-local value.
+export function toSiteLocal(value) {
+  const p = siteParts(value);
+  return `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}`;
 }
 
 export function fmtAgo(value) {
@@ -89,6 +137,7 @@ export let URGENCIES = [];
 export let SEVERITY_LABELS = {};
 let EVENT_TYPES = {};
 let EVENT_FAMILIES = {};
+export let VOCAB = {};
 
 export async function loadVocabulary(get) {
   const v = await get('/api/vocabulary');
@@ -100,6 +149,7 @@ export async function loadVocabulary(get) {
   SEVERITY_LABELS = { ...v.event_severities, ...v.alarm_severities };
   EVENT_TYPES = v.event_types;
   EVENT_FAMILIES = v.event_families;
+  VOCAB = v;
   return v;
 }
 
@@ -120,7 +170,8 @@ export function gridIndex(nodes) {
   }
   const nameOf = (code) => byCode.get(code)?.name || code;
   // "东山镇 › 东山村 › 东山村第一网格", from below the caller's own node
-  const trail = (path, from = 0) => (path || []).slice(from).map(nameOf).join(' › ');
+  // (codes outside the caller's tree — the levels above a grid worker's grid — are left out)
+  const trail = (path, from = 0) => (path || []).slice(from).filter((c) => byCode.has(c)).map(nameOf).join(' › ');
   return { byCode, roots, nameOf, trail };
 }
 
@@ -153,3 +204,20 @@ export function beep({ freq = 880, ms = 180, times = 3 } = {}) {
     }
   } catch { /* no audio device */ }
 }
+
+// Cameras' and devices' names by id (东山村村口, not cam-dsc-01), fetched once per session
+// when a page first needs them; an unknown id shows as itself.
+let SOURCE_NAMES = new Map();
+let sourcesLoading = null;
+export function loadSourceNames(get) {
+  if (!sourcesLoading) {
+    sourcesLoading = Promise.allSettled([get('/api/cameras'), get('/api/devices')]).then((res) => {
+      const m = new Map();
+      res.forEach((r) => { if (r.status === 'fulfilled') r.value.forEach((x) => m.set(x.id, x.name)); });
+      SOURCE_NAMES = m;
+      return m;
+    });
+  }
+  return sourcesLoading;
+}
+export function sourceName(id) { return (id && SOURCE_NAMES.get(id)) || id || ''; }

@@ -14,7 +14,7 @@ import threading
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,12 +25,15 @@ from alerts.alarms.models import AlarmError
 from alerts.cap.areas import CapOutOfScope
 from alerts.cap.parse import CapError
 from alerts.cap.service import import_cap
+from alerts.cases import media as case_media
+from alerts.cases import names as case_names
 from alerts.cases import service as cases
 from alerts.cases.flows import TRANSITIONS
 from alerts.cases.models import ACTION_LABELS, STATE_LABELS, Action, ActionParams, CaseError, NewCase
 from alerts.config import AlertsConfig, load_config
 from alerts.delivery import outbox
 from alerts.registry import RegistryView
+from api import idempotency
 from api.audit import add_audit_detail, audited_read, entry_for
 from api.deps import Conn, client_ip, require
 from api.permissions import Permission
@@ -81,6 +84,15 @@ def actor_of(request: Request, principal: Principal) -> Actor:
 async def raw_body(request: Request) -> bytes:
     """The request body as sent (signatures and XML need the exact bytes)."""
     return await request.body()
+
+
+def case_detail(request: Request, conn, case: dict, actor: Actor) -> dict:
+    """The case page's content, with names beside the codes (people, departments, rules)."""
+    try:
+        rules = {r.id: r.name for r in alerts_config(request).site.rules}
+    except HTTPException:
+        rules = {}
+    return case_names.label(conn, cases.detail(conn, case, actor), rules)
 
 
 def http_error(exc: CaseError | AlarmError | CapError | ValueError) -> HTTPException:
@@ -196,7 +208,8 @@ class CaseIn(BaseModel):
     description: str = Field("", max_length=5000)
     category: Category
     urgency: Urgency = Urgency.low
-    grid_code: str = Field(min_length=1, max_length=32, description="where it happened")
+    grid_code: str | None = Field(None, min_length=1, max_length=32,
+                                  description="where it happened; without it, the grid whose boundary holds lat/lon")
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
     address: str | None = Field(None, max_length=300)
@@ -209,23 +222,65 @@ class CaseIn(BaseModel):
 CHANNEL_BY_ROLE = {"hotline": "hotline", "grid_worker": "grid", "grid_head": "grid", "video_supervisor": "video"}
 
 
+IDEMPOTENCY_KEY = Header(alias=idempotency.HEADER, max_length=100,
+                         description="client-generated key: a retry with the same key returns the first result")
+
+
+def _grid_of(request: Request, conn, body: CaseIn) -> str:
+    """Where the case happened: the grid code given, else the grid holding the position
+    (the phone's location), else a clear refusal."""
+    if body.grid_code:
+        return body.grid_code
+    if body.lat is None or body.lon is None:
+        raise HTTPException(422,
+                            "缺少位置：请给出 grid_code，或 lat 与 lon (a place is required: grid_code, or lat and lon)")
+    grid = registry_view(request, conn).locate(body.lat, body.lon)
+    if grid is None:
+        raise HTTPException(422,
+                            f"位置 {body.lat:.5f}, {body.lon:.5f} 不在本平台的任何网格内，请选择网格 "
+                            "(the position is outside every grid of this site)")
+    return grid
+
+
 @router.post("/cases", status_code=status.HTTP_201_CREATED)
-def create_case(body: CaseIn, request: Request, conn: Conn,
-                principal: Annotated[Principal, Depends(require(Permission.CASES_CREATE))]) -> dict:
-    """Intake (受理渠道): a hotline call, a grid worker's report, a supervisor's ticket."""
+def create_case(body: CaseIn, request: Request, response: Response, conn: Conn,
+                principal: Annotated[Principal, Depends(require(Permission.CASES_CREATE))],
+                idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None) -> dict:
+    """Intake (受理渠道): a hotline call, a grid worker's report, a supervisor's ticket.
+    With an ``Idempotency-Key`` a retry returns the case the first request made."""
     cfg = alerts_config(request)
     actor = actor_of(request, principal)
+    key, route = idempotency.key_of(request), "POST /api/cases"
+    if key:
+        earlier = idempotency.claim(conn, principal, key, route)
+        if earlier is not None:
+            return _replay_case(request, response, conn, actor, earlier, "case.create")
+    grid_code = _grid_of(request, conn, body)
     try:
+        own, others = case_media.split_own(conn, body.evidence_ids, actor)
         case = cases.create_case(conn, cfg, NewCase(
             title=body.title, description=body.description, category=body.category.value,
-            urgency=body.urgency.value, channel=CHANNEL_BY_ROLE.get(principal.role, "api"), grid_code=body.grid_code,
+            urgency=body.urgency.value, channel=CHANNEL_BY_ROLE.get(principal.role, "api"), grid_code=grid_code,
             lat=body.lat, lon=body.lon, address=body.address,
             reporter=body.reporter.model_dump(exclude_none=True) or None if body.reporter else None,
-            evidence_ids=body.evidence_ids), actor)
+            evidence_ids=others), actor, evidence=own)
     except CaseError as exc:
         raise http_error(exc) from None
+    if key:
+        idempotency.remember(conn, principal, key, route, "case", case["id"])
     audit_change(request, conn, "case.create", case["number"], {"category": case["category"], "grid": case["grid_code"]})
-    return cases.detail(conn, case, actor)
+    return case_detail(request, conn, case, actor)
+
+
+def _replay_case(request: Request, response: Response, conn, actor: Actor, earlier, action: str) -> dict:
+    """The case an earlier request with this key made or acted on, as it is now."""
+    try:
+        case = cases.get_case(conn, earlier.ref, actor)
+    except CaseError as exc:
+        raise http_error(exc) from None
+    response.headers["Idempotent-Replayed"] = "true"
+    audit_change(request, conn, action, case["number"], {"replay": True})
+    return case_detail(request, conn, case, actor)
 
 
 @router.get("/cases")
@@ -253,7 +308,7 @@ def get_case(case_id: str, request: Request, conn: Conn,
         case = cases.get_case(conn, case_id, actor)
     except CaseError as exc:
         raise http_error(exc) from None
-    return cases.detail(conn, case, actor)
+    return case_detail(request, conn, case, actor)
 
 
 class ActionIn(BaseModel):
@@ -263,26 +318,78 @@ class ActionIn(BaseModel):
     target_node: str | None = Field(None, max_length=32, description="hand_down: the lower level")
     satisfaction: int | None = Field(None, ge=1, le=5, description="evaluate: 1 (不满意) … 5 (非常满意)")
     expected_state: str | None = Field(None, max_length=32, description="refuse if the case has moved meanwhile")
+    evidence_ids: list[str] = Field(default_factory=list, max_length=16,
+                                    description="photos taken for this step (POST /api/cases/media): result, on-site check")
 
 
 @router.post("/cases/{case_id}/actions/{action}")
-def case_action(case_id: str, action: Action, request: Request, conn: Conn,
+def case_action(case_id: str, action: Action, request: Request, response: Response, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.CASES_ACT))],
-                body: ActionIn | None = None) -> dict:
+                body: ActionIn | None = None,
+                idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None) -> dict:
     """One lifecycle step (受理 立案 派遣 上报 交办 签收 退单 反馈 核查 结案 评价 督办 …): allowed
-    only from the states, for the roles and in the scope alerts/cases/flows.py says."""
+    only from the states, for the roles and in the scope alerts/cases/flows.py says. Photos
+    uploaded for the step (``evidence_ids``) are attached to the case with it. With an
+    ``Idempotency-Key`` a retry returns the case as the first request left it."""
     body = body or ActionIn()
     cfg = alerts_config(request)
     actor = actor_of(request, principal)
+    key, route = idempotency.key_of(request), f"POST /api/cases/{case_id}/actions/{action.value}"
+    if key:
+        earlier = idempotency.claim(conn, principal, key, route)
+        if earlier is not None:
+            return _replay_case(request, response, conn, actor, earlier, f"case.{action.value}")
     try:
+        own, others = case_media.split_own(conn, body.evidence_ids, actor)
+        if others:
+            raise CaseError(f"evidence not found: {', '.join(others[:5])}", 404)
         case = cases.apply(conn, cfg, case_id, action, actor, ActionParams(
             note=body.note, departments=body.departments, assignee=body.assignee, target_node=body.target_node,
             satisfaction=body.satisfaction, expected_state=body.expected_state))
+        if own:
+            cases.attach_evidence(conn, cfg, case, own, actor)
     except CaseError as exc:
         raise http_error(exc) from None
+    if key:
+        idempotency.remember(conn, principal, key, route, "case", case["id"])
     audit_change(request, conn, f"case.{action.value}", case["number"],
-                 {"state": case["state"], "owner": case["owner_code"], "note": body.note})
-    return cases.detail(conn, case, actor)
+                 {"state": case["state"], "owner": case["owner_code"], "note": body.note,
+                  **({"evidence": [i.ref for i in own]} if own else {})})
+    return case_detail(request, conn, case, actor)
+
+
+MEDIA_MAX_BYTES = 64 * 1024 * 1024       # a minute of phone video
+
+
+@router.post("/cases/media", status_code=status.HTTP_201_CREATED, max_body_size=MEDIA_MAX_BYTES + 64 * 1024)
+def upload_case_media(request: Request, response: Response, conn: Conn,
+                      principal: Annotated[Principal, Depends(require(Permission.CASES_ACT))],
+                      file: UploadFile = File(..., description="a photo (JPEG, PNG, HEIC, WebP) or video (MP4, MOV, WebM)"),
+                      captured_at: Annotated[datetime | None, Form()] = None,
+                      idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None) -> dict:
+    """A photo or video taken for a case (上报, 反馈, 核查), kept as evidence; its id goes into
+    the report's or the action's ``evidence_ids``. Only its uploader can attach it."""
+    actor = actor_of(request, principal)
+    key, route = idempotency.key_of(request), "POST /api/cases/media"
+    if key:
+        earlier = idempotency.claim(conn, principal, key, route)
+        if earlier is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            audit_change(request, conn, "case.media.upload", earlier.ref, {"replay": True})
+            return case_media.get_upload(conn, earlier.ref)
+    from cameras.config import EvidenceSettings    # where evidence lives (shared with the camera workers)
+
+    root = EvidenceSettings().root(request.app.state.settings.var_dir)
+    try:
+        stored = case_media.save_upload(conn, root, actor, file.file, file.content_type, max_bytes=MEDIA_MAX_BYTES,
+                                        captured_at=captured_at)
+    except CaseError as exc:
+        raise http_error(exc) from None
+    if key:
+        idempotency.remember(conn, principal, key, route, "evidence", stored["evidence_id"])
+    audit_change(request, conn, "case.media.upload", stored["evidence_id"],
+                 {"sha256": stored["sha256"], "bytes": stored["bytes"], "media_type": stored["media_type"]})
+    return stored
 
 
 @router.get("/cases/{case_id}/evidence/{evidence_row}", dependencies=[Depends(audited_read("case.evidence.download"))])

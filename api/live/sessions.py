@@ -22,6 +22,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -31,6 +32,8 @@ from api.live.feed import Feed, FeedRegistry
 from api.live.taps import TapDirectory
 from api.live.sender import PassthroughTrack, Subscriber, install_sender, without_bandwidth_feedback
 from api.live.source import CameraSource, LiveError
+
+ENDED_KEPT = 4096          # ended sessions remembered (ids only), for a late "end" from their viewer
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,10 @@ class LiveRelay(FeedRegistry):
 
     def __init__(self, settings: LiveSettings, http_host: str = "127.0.0.1", taps: TapDirectory | None = None):
         self.sessions: dict[str, ViewerSession] = {}
+        # Sessions that ended (id → viewer), the latest few thousand: a viewer's own "end this
+        # session" arriving after the hub already ended it (its peer connection closed first,
+        # or it never connected) is a success, not a 404 in the browser's console.
+        self.ended: OrderedDict[str, str] = OrderedDict()
         super().__init__(settings, taps)
         use_host_addresses(settings.host_addresses(http_host))
 
@@ -190,6 +197,9 @@ class LiveRelay(FeedRegistry):
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
+        self.ended[session_id] = session.user
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
         session.closed = True
         session.feed.unsubscribe(session.subscriber)
         log.info("live %s: viewer %s leaves; %d viewer(s)", session.feed.label, session.id,

@@ -217,6 +217,8 @@ async def offer(camera_id: str, body: Offer, request: Request, source: Source, p
 async def close_session(session_id: str, request: Request, principal: CurrentPrincipal) -> None:
     relay = _relay(request)
     session = relay.sessions.get(session_id)
+    if session is None and relay.ended.get(session_id) == principal.name:
+        return None            # already ended by the hub (the peer closed first): ending it again is done
     if session is None or session.user != principal.name:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "session not found")
     await relay.close_session(session_id)

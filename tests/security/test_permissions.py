@@ -107,6 +107,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/auth/logout"): Rule("user", audit="write"),
     ("GET", "/api/auth/me"): Rule("user"),
     ("GET", "/api/vocabulary"): Rule("user"),
+    ("GET", "/api/site"): Rule("user"),
+    ("GET", "/manifest.webmanifest"): Rule("public"),
+    ("GET", "/sw.js"): Rule("public"),
     ("POST", "/api/auth/password"): Rule("user", body={"old_password": "not-my-password-1",
                                                        "new_password": "Another-pass-2026"}, audit="write"),
     # ---------------------------------------------------------------- registry
@@ -287,6 +290,8 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/cases"): Rule(P.CASES_CREATE, "path", audit="write", body=lambda side, ctx: {
         "title": "权限矩阵工单", "category": "public_order", "grid_code": OWN_GRID if side == "own" else OTHER_GRID}),
     ("GET", "/api/cases"): Rule(P.CASES_READ, "list", hidden=(OTHER_GRID,)),
+    ("POST", "/api/cases/media"): Rule(P.CASES_ACT, "none", audit="write", ok=frozenset({415}),
+                                       files={"file": ("x.jpg", b"\xff\xd8\xff\xd9", "image/jpeg")}),
     ("GET", "/api/cases/{case_id}"): Rule(P.CASES_READ, CASE_SCOPE, {"case_id": CASE}),
     ("POST", "/api/cases/{case_id}/actions/{action}"): Rule(P.CASES_ACT, CASE_SCOPE, audit="write",
                                                             args={"case_id": CASE, "action": "note"},

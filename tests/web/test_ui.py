@@ -288,7 +288,9 @@ def test_case_moves_through_its_lifecycle_by_the_right_roles(ui_for, live_api, s
     assert p.text_content("#case-state") == "已派遣"
     p.screenshot(path=str(shots / "12-case-dispatched.png"))
     timeline = p.text_content("#case-timeline")
-    assert all(step in timeline for step in ("生成工单", "受理", "立案", "派遣")) and "ds-dispatcher" in timeline
+    # people by name, not by login (issue 17: names, not codes)
+    assert all(step in timeline for step in ("生成工单", "受理", "立案", "派遣")) and "李娜" in timeline
+    assert "ds-dispatcher" not in timeline
 
     police = ui_for("ds-police")
     q = _open_case(police, number)
@@ -302,9 +304,9 @@ def test_case_moves_through_its_lifecycle_by_the_right_roles(ui_for, live_api, s
     v = _open_case(supervisor, number)
     _act(v, "verify", note="现场已恢复正常")
 
-    p.reload()
+    p.reload()          # the case window has its own URL (#/cases/<id>): a reload opens it again
     p.wait_for_selector("#whoami")
-    p = _open_case(dispatcher, number)
+    p.wait_for_function("() => document.querySelector('#case-state')?.textContent === '已核查'")
     _act(p, "close")
     _act(p, "evaluate", satisfaction="5")
     assert p.text_content("#case-state") == "已评价"

@@ -2,7 +2,7 @@
 // click away; below, the raw stream of events from cameras and field devices.
 import { api } from '../api.js';
 import { onFeed, onFeedStatus } from '../feed.js';
-import { CATEGORIES, SEVERITY_LABELS, URGENCIES, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, modal, notAvailable, toast } from '../ui.js';
+import { CATEGORIES, SEVERITY_LABELS, URGENCIES, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, loadSourceNames, modal, notAvailable, sourceName, toast } from '../ui.js';
 
 const EVENTS_EVERY_MS = 5000;
 const FILTERS = [
@@ -99,7 +99,7 @@ export async function render(main, { me, grid }) {
       h('span', { class: `badge sev-${a.severity}` }, a.severity_label || SEVERITY_LABELS[a.severity] || a.severity),
       h('div', { class: 'grow' },
         h('strong', {}, a.title || a.type_label || eventLabel(a.type)),
-        h('div', { class: 'muted small' }, `${a.source_id} · ${grid.trail(a.grid_path, 1) || a.grid_code || ''}`,
+        h('div', { class: 'muted small' }, `${sourceName(a.source_id)} · ${grid.trail(a.grid_path, 1) || grid.nameOf(a.grid_code) || ''}`,
           a.count > 1 ? ` · ${a.count} 次` : '', a.flapping ? ' · 反复' : '')),
       h('span', { class: `badge state-${a.state}` }, a.state_label || a.state),
       h('time', { datetime: a.last_at, title: fmtTime(a.first_at, { date: true }) }, fmtAgo(a.last_at)),
@@ -195,7 +195,7 @@ export async function render(main, { me, grid }) {
     return h('li', { class: `sev-${sev}`, dataset: { id: ev.id, type: ev.type } },
       h('span', { class: `badge sev-${sev}` }, SEVERITY_LABELS[sev] || sev),
       h('strong', {}, eventLabel(ev.type)),
-      h('span', {}, ev.source_id),
+      h('span', {}, sourceName(ev.source_id)),
       h('span', { class: 'muted' }, ev.grid_code ? grid.nameOf(ev.grid_code) : ''),
       h('time', { datetime: ev.time, title: fmtTime(ev.time, { date: true }) }, fmtAgo(ev.time)),
       hasEvidence ? h('button', { type: 'button', class: 'link', onclick: () => showEvidence(eventLabel(ev.type), () => api.get(`/api/events/${encodeURIComponent(ev.id)}/evidence`)) }, '证据') : null);
@@ -222,6 +222,7 @@ export async function render(main, { me, grid }) {
   }
   alarmList.append(h('li', { class: 'loading' }, '加载中…'));
   eventsList.append(h('li', { class: 'loading' }, '加载中…'));
+  await loadSourceNames((url) => api.get(url));
   loadAlarms();
   pollEvents();
   return () => { stopped = true; clearTimeout(timer); clearTimeout(reloadTimer); offAlarm(); offStatus(); };

@@ -3,7 +3,7 @@
 // 实时喊话: the operator's microphone over WebRTC to the chosen villages' speakers (api/devices/voice.py).
 import { api, request } from '../api.js';
 import { onFeed } from '../feed.js';
-import { clear, errorBox, fmtTime, h, modal, notAvailable } from '../ui.js';
+import { clear, errorBox, fmtTime, fromSiteLocal, h, modal, notAvailable, siteZone } from '../ui.js';
 
 const OPEN_STATES = ['scheduled', 'sending', 'playing'];
 const RECEIPT_CLASS = { finished: 'ok', failed: 'bad', offline: 'bad', rejected: 'bad', expired: 'bad', preempted: 'warn', stopped: 'warn', cancelled: 'muted' };
@@ -58,7 +58,7 @@ export async function render(main, { grid, me }) {
   const kind = h('select', { id: 'broadcast-kind' }, h('option', { value: 'notice' }, '通告'), h('option', { value: 'emergency' }, '应急预警'));
   const priority = h('select', { id: 'broadcast-priority' }, h('option', { value: 'normal' }, '普通'), h('option', { value: 'high' }, '优先'), h('option', { value: 'urgent' }, '紧急（打断当前播放）'));
   const repeat = h('input', { type: 'number', id: 'broadcast-repeat', min: 1, max: 10, value: 1 });
-  const when = h('input', { type: 'datetime-local', id: 'broadcast-when' });
+  const when = h('input', { type: 'datetime-local', id: 'broadcast-when', title: `按本站时区（${siteZone()}）` });
   const result = h('div', { id: 'broadcast-result', role: 'status' });
   const send = h('button', { type: 'submit', class: 'primary', id: 'broadcast-send' }, '发送广播');
   const form = h('form', {
@@ -81,7 +81,7 @@ export async function render(main, { grid, me }) {
         const out = await api.post('/api/broadcasts', {
           targets: [...chosen], text: text.value.trim() || null, audio_id: audioId, kind: kind.value,
           priority: kind.value === 'emergency' ? null : priority.value, repeat: Number(repeat.value) || 1,
-          at: when.value ? new Date(when.value).toISOString() : null,
+          at: when.value ? fromSiteLocal(when.value).toISOString() : null,     // the site's wall clock
         });
         result.dataset.outcome = 'ok';
         result.append(h('p', { class: 'ok' }, `已发送（${out.kind_label}）：${out.state_label || out.state}`));

@@ -128,7 +128,7 @@ export async function render(main, { me, grid, arg }) {
     const late = c.overdue || c.stage_overdue;
     return h('button', {
       type: 'button', class: `card urgency-${c.urgency_colour || ''}${late ? ' overdue' : ''}${c.warned ? ' warned' : ''}`,
-      dataset: { id: c.id, number: c.number }, onclick: () => openCase(c.id),
+      dataset: { id: c.id, number: c.number }, onclick: () => { location.hash = `#/cases/${encodeURIComponent(c.id)}`; },
     },
     h('span', { class: 'card-top' }, h('strong', {}, c.number), h('span', { class: `badge urgency-${c.urgency_colour}` }, c.urgency_label)),
     h('span', { class: 'card-title' }, c.title),
@@ -136,16 +136,31 @@ export async function render(main, { me, grid, arg }) {
     late ? h('small', { class: 'late' }, c.overdue ? '已超时' : `${c.stage_label || ''}环节超时`) : h('small', {}, c.due_at ? `期限 ${fmtTime(c.due_at, { date: true, seconds: false })}` : ''));
   }
 
+  // The case window has its own URL (#/cases/<id>): Back closes it, a link opens it.
+  let dlg = null;
+  let pushed = false;
+  function closeCase() { if (dlg) { const d = dlg; dlg = null; d.close(); } }
+  current = (a) => { if (a) { pushed = true; openCase(a); } else { pushed = false; closeCase(); } };
   async function openCase(id) {
+    closeCase();
     const body = h('div', { class: 'case-page', id: 'case-page' }, '加载中…');
-    const dlg = modal('案件', body, { wide: true });
+    dlg = modal('案件', body, {
+      wide: true,
+      onClose: () => {
+        if (!dlg) return;
+        dlg = null;
+        if (pushed) history.back(); else history.replaceState(null, '', '#/cases');
+        pushed = false;
+      },
+    });
+    const mine = dlg;
     const paint = async () => {
       let c;
       try { c = await api.get(`/api/cases/${encodeURIComponent(id)}`); } catch (err) {
         clear(body).append(errorBox(err, err.status === 404 ? '案件不存在或不在本辖区' : '案件加载失败'));
         return;
       }
-      dlg.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
+      mine.dialog.querySelector('h2').textContent = `案件 ${c.number}`;
       const late = c.overdue || c.stage_overdue;
       // h() flattens the optional sections (arrays) and skips the absent ones (null)
       clear(body).append(h('div', { class: 'case-body' },
@@ -158,10 +173,10 @@ export async function render(main, { me, grid, arg }) {
             h('span', { class: 'badge muted' }, c.channel_label || c.channel),
             h('span', { class: `sla${late ? ' late' : ''}`, id: 'case-sla' }, slaText(c)))),
         h('dl', {},
-          h('dt', {}, '地点'), h('dd', {}, `${grid.trail(c.grid_path, 1)}${c.address ? ` · ${c.address}` : ''}`),
-          h('dt', {}, '责任单位'), h('dd', {}, grid.trail(c.owner_path, 1) || c.owner_code),
-          h('dt', {}, '立案时间'), h('dd', {}, fmtTime(c.created_at, { date: true })),
-          h('dt', {}, '办结期限'), h('dd', {}, fmtTime(c.due_at, { date: true })),
+          h('dt', {}, '地点'), h('dd', { id: 'case-place' }, `${c.place_label || grid.trail(c.grid_path, 1)}${c.address ? ` · ${c.address}` : ''}`),
+          h('dt', {}, '责任单位'), h('dd', { id: 'case-owner' }, c.owner_label || grid.trail(c.owner_path, 1) || c.owner_code),
+          h('dt', {}, '立案时间'), h('dd', { id: 'case-created' }, fmtTime(c.created_at, { date: true })),
+          h('dt', {}, '办结期限'), h('dd', { id: 'case-due' }, fmtTime(c.due_at, { date: true })),
           c.description ? [h('dt', {}, '描述'), h('dd', {}, c.description)] : null,
           c.reporter ? [h('dt', {}, '报告人'), h('dd', { id: 'case-reporter' }, Object.values(c.reporter).join(' · '),
             c.reporter_revealable ? h('button', { type: 'button', class: 'link', id: 'reporter-reveal', onclick: (e) => reveal(c, e.target) }, ' 查看完整信息（记入审计）') : null)] : null,
@@ -171,10 +186,10 @@ export async function render(main, { me, grid, arg }) {
         h('ol', { class: 'timeline', id: 'case-timeline' }, (c.timeline || []).map((t) => h('li', {},
           h('time', {}, fmtTime(t.at, { date: true })),
           h('strong', {}, t.label || t.action), t.to_state_label ? h('span', { class: 'muted' }, ` → ${t.to_state_label}`) : null,
-          h('span', { class: 'muted' }, ` ${t.actor || ''}${t.actor_department ? `（${t.actor_department}）` : ''}`),
+          h('span', { class: 'muted actor' }, ` ${t.actor_label || t.actor || ''}${t.actor_department ? `（${t.actor_department_label || t.actor_department}）` : ''}`),
           t.note && t.note !== 'null' ? h('div', { class: 'note' }, t.note) : null))),
         (c.assignments || []).length ? [h('h4', {}, '派遣'), h('ul', {}, c.assignments.map((a) => h('li', {},
-          `${a.department_name || a.assignee || a.node_code} · ${PART_STATES[a.state] || a.state}${a.note ? ` · ${a.note}` : ''}${a.done_at ? ` · ${fmtTime(a.done_at, { date: true })}` : ''}`)))] : null,
+          `${a.department_name || a.assignee_label || a.assignee || a.node_code} · ${a.state_label || PART_STATES[a.state] || a.state}${a.note ? ` · ${a.note}` : ''}${a.done_at ? ` · ${fmtTime(a.done_at, { date: true })}` : ''}`)))] : null,
         h('h4', {}, '证据'),
         (c.evidence || []).length
           ? h('div', { class: 'evidence', id: 'case-evidence' }, c.evidence.map((e) => evidenceFigure({ ...e, url: e.media_type || e.evidence_id ? `/api/cases/${encodeURIComponent(c.id)}/evidence/${e.id}` : null })))
@@ -269,5 +284,9 @@ export async function render(main, { me, grid, arg }) {
   board.append(h('p', { class: 'loading' }, '加载中…'));
   await Promise.all([load(), loadTasks()]);
   if (arg) openCase(arg);
-  return () => { off(); clearTimeout(reload); clearTimeout(qTimer); };
+  return () => { off(); clearTimeout(reload); clearTimeout(qTimer); current = null; closeCase(); };
 }
+
+// Back (or a link) changes only the case argument: open it, or close the open one.
+let current = null;
+export function onArg(arg) { current?.(arg); }

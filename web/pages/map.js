@@ -52,7 +52,10 @@ export async function render(main, { me, grid }) {
   const legend = h('div', {}, h('h3', {}, '图例 ', h('small', {}, 'Legend')),
     h('ul', { class: 'legend' }, Object.entries(KIND_COLOURS).map(([k, c]) => h('li', {},
       h('span', { class: 'swatch', style: { background: c } }), KIND_LABELS[k])),
-    h('li', {}, h('span', { class: 'swatch offline-swatch' }), '离线（灰色）')),
+    h('li', {}, h('span', { class: 'swatch offline-swatch' }), '离线（灰色）'),
+    h('li', {}, h('span', { class: 'swatch', style: { background: '#f9a825', transform: 'rotate(45deg)' } }), '在办案件（按紧急程度着色，点击打开）'),
+    h('li', {}, h('span', { class: 'swatch', style: { border: '3px solid #ff5252', borderRadius: '50%' } }), '未清除告警'),
+    h('li', {}, h('span', { class: 'swatch', style: { border: '1px dashed #4fc3f7', borderRadius: '50%' } }), '同一地点的多个标记（散开显示）')),
     stateNote ? h('p', { class: 'muted' }, stateNote) : h('p', { class: 'muted' }, '点击设备或区域查看详情。'));
   const details = h('div', { id: 'map-details' });
   const sosBox = h('div', { id: 'sos', class: 'sos', hidden: true });
@@ -82,9 +85,15 @@ export async function render(main, { me, grid }) {
     svg.append(s('text', { x: X(n.center_lon), y: Y(n.center_lat), class: `label level-${n.level}`, 'text-anchor': 'middle' }, n.name));
   }
   const tracksLayer = s('g', { class: 'tracks' });
+  const spreadLayer = s('g', { class: 'spread' });
   const markersLayer = s('g', { class: 'markers' });
-  svg.append(tracksLayer, markersLayer);
+  svg.append(tracksLayer, spreadLayer, markersLayer);
   const markers = new Map();
+  // Every marker is drawn around (0, 0) and placed by layout(): things at the same place
+  // are spread on a small ring (with a line to where they are), and markers keep their size
+  // on screen whatever the map's width (a phone shows the 1000-unit map at ~380 px).
+  const placed = [];           // {g, x, y}
+  const put = (g, x, y) => { placed.push({ g, x, y }); markersLayer.append(g); return g; };
   const mark = (item, kind) => {
     const st = states.get(item.id);
     const lat = st && st.lat !== null ? st.lat : item.lat;
@@ -95,19 +104,77 @@ export async function render(main, { me, grid }) {
     const offline = st && st.status === 'offline';
     const colour = offline ? '#607d8b' : KIND_COLOURS[kind] || '#ccc';
     const shape = kind === 'camera'
-      ? s('path', { d: `M${x - 7},${y + 6} L${x + 7},${y + 6} L${x},${y - 8} Z`, fill: colour })
-      : s('circle', { cx: x, cy: y, r: 5.5, fill: colour });
+      ? s('path', { d: 'M-7,6 L7,6 L0,-8 Z', fill: colour })
+      : s('circle', { cx: 0, cy: 0, r: 5.5, fill: colour });
     const g = s('g', { class: `marker kind-${kind}${offline ? ' offline' : ''}`, 'data-id': item.id, 'data-status': st ? st.status || 'unknown' : 'unknown', tabindex: 0,
-      onclick: () => show(`${KIND_LABELS[kind]} · ${item.name}`, [['编号', item.id], ['网格', grid.trail(item.grid_path, 1)],
+      onclick: () => show(`${KIND_LABELS[kind]} · ${item.name}`, [['编号', item.id], ['网格', grid.trail(item.grid_path, 1) || grid.nameOf(item.grid_code)],
         ['状态', st ? `${st.status_label}${st.status_reason ? `（${st.status_reason}）` : ''}` : (kind === 'camera' ? '见电视墙' : '未知')],
         ['最后通信', st && st.last_seen_at ? fmtTime(st.last_seen_at, { date: true }) : '—'],
         ['坐标', `${lat.toFixed(5)}, ${lon.toFixed(5)}`]]) },
     shape, s('title', {}, `${KIND_LABELS[kind]}：${item.name}${st ? `（${st.status_label}）` : ''}`));
-    markersLayer.append(g);
-    markers.set(item.id, { g, x, y });
+    put(g, x, y);
+    markers.set(item.id, { g, x, y, name: item.name });
   };
   devices.forEach((d) => mark(d, d.kind));
   cameras.forEach((c) => mark(c, 'camera'));
+
+  // Open cases where they happened, and the active alarms at their device or camera.
+  const caseLayerNote = h('p', { class: 'muted small', id: 'map-overlays' });
+  const URGENCY_FILL = { green: '#43a047', yellow: '#f9a825', red: '#e53935' };
+  async function overlays() {
+    const qs = new URLSearchParams({ limit: '300' });
+    ['reported', 'accepted', 'registered', 'dispatched', 'handling', 'feedback', 'verified'].forEach((x) => qs.append('state', x));
+    const [cs, al] = await Promise.allSettled([api.get(`/api/cases?${qs}`), api.get('/api/alarms?state=active&state=acknowledged&limit=200')]);
+    const cases = cs.status === 'fulfilled' ? cs.value.filter((c) => c.lat !== null && c.lon !== null) : [];
+    const alarms = al.status === 'fulfilled' ? al.value.filter((a) => markers.has(a.source_id)) : [];
+    for (const c of cases) {
+      const g = s('g', { class: 'case-marker', 'data-id': c.id, tabindex: 0,
+        onclick: () => { location.hash = `#/cases/${encodeURIComponent(c.id)}`; } },
+      s('rect', { x: -6, y: -6, width: 12, height: 12, rx: 2, transform: 'rotate(45)', fill: URGENCY_FILL[c.urgency_colour] || '#90a4ae', class: 'marker-case' }),
+      s('title', {}, `案件 ${c.number}：${c.title}（${c.state_label}）`));
+      put(g, X(c.lon), Y(c.lat));
+    }
+    for (const a of alarms) {
+      const m = markers.get(a.source_id);
+      const g = s('g', { class: 'alarm-marker', 'data-id': a.id, tabindex: 0,
+        onclick: () => show(`告警 · ${a.title || eventLabel(a.type)}`, [['设备', m.name], ['级别', a.severity_label || a.severity],
+          ['状态', a.state_label || a.state], ['最近', fmtTime(a.last_at, { date: true })]]) },
+      s('circle', { r: 9, fill: 'none', stroke: '#ff5252', 'stroke-width': 3 }), s('text', { y: 4, 'text-anchor': 'middle', fill: '#ff5252', 'font-size': 11, 'font-weight': 700 }, '!'),
+      s('title', {}, `告警：${a.title || eventLabel(a.type)}（${m.name}）`));
+      put(g, m.x, m.y);
+    }
+    caseLayerNote.textContent = `${cases.length} 件在办案件 · ${alarms.length} 条未清除告警`;
+    layout();
+  }
+
+  function layout() {
+    const width = svg.getBoundingClientRect().width || W;
+    const k = Math.min(3, Math.max(1, W / width));        // viewBox units per screen pixel (≥ 1)
+    const near = 18 * k;
+    const groups = [];
+    for (const m of placed) {
+      const g = groups.find((gr) => Math.hypot(gr.x - m.x, gr.y - m.y) < near);
+      if (g) { g.items.push(m); g.x = (g.x * (g.items.length - 1) + m.x) / g.items.length; g.y = (g.y * (g.items.length - 1) + m.y) / g.items.length; }
+      else groups.push({ x: m.x, y: m.y, items: [m] });
+    }
+    clear(spreadLayer);
+    for (const gr of groups) {
+      const n = gr.items.length;
+      const r = n > 1 ? (10 + 3.5 * n) * k : 0;
+      if (n > 1) spreadLayer.append(s('circle', { cx: gr.x, cy: gr.y, r, class: 'spread-ring', fill: 'rgba(79,195,247,.06)', stroke: '#4fc3f7', 'stroke-opacity': 0.35, 'stroke-dasharray': '3 3' }));
+      gr.items.forEach((m, i) => {
+        const a = (2 * Math.PI * i) / n - Math.PI / 2;
+        const px = gr.x + r * Math.cos(a);
+        const py = gr.y + r * Math.sin(a);
+        if (n > 1) spreadLayer.append(s('line', { x1: m.x, y1: m.y, x2: px, y2: py, stroke: '#4fc3f7', 'stroke-opacity': 0.4 }));
+        m.g.setAttribute('transform', `translate(${px.toFixed(1)},${py.toFixed(1)}) scale(${k.toFixed(2)})`);
+      });
+    }
+  }
+  let resizeTimer = null;
+  const onResize = () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(layout, 150); };
+  window.addEventListener('resize', onResize);
+  info.prepend(caseLayerNote);
 
   main.append(h('div', { class: 'toolbar' }, h('h2', {}, '地图 ', h('small', {}, 'Map (offline, from the site file)')),
     h('span', { class: 'muted' }, `${cameras.length} 台摄像机 · ${devices.length} 台设备`)),
@@ -177,12 +244,14 @@ export async function render(main, { me, grid }) {
       for (const a of sos) {
         markers.get(a.source_id)?.g.classList.add('sos');
         markersLayer.append(markers.get(a.source_id)?.g || s('g'));   // to the front
-        sosBox.append(h('div', {}, h('strong', {}, `SOS · ${a.title || eventLabel('radio.sos')}`), ` ${a.source_id} · ${fmtTime(a.last_at, { date: true })} `,
+        sosBox.append(h('div', {}, h('strong', {}, `SOS · ${a.title || eventLabel('radio.sos')}`), ` ${markers.get(a.source_id)?.name || a.source_id} · ${fmtTime(a.last_at, { date: true })} `,
           a.case_id ? h('a', { href: `#/cases/${encodeURIComponent(a.case_id)}` }, '案件') : null));
       }
     } catch { sosBox.hidden = true; }
   }
+  layout();
+  overlays();
   loadSos();
   const off = onFeed('alarm', (m) => { if ((m.summary || {}).type === 'radio.sos') loadSos(); });
-  return () => { cancelAnimationFrame(anim); off(); };
+  return () => { cancelAnimationFrame(anim); off(); clearTimeout(resizeTimer); window.removeEventListener('resize', onResize); };
 }

@@ -2,7 +2,7 @@
 // by area and department (考核评价), device and camera availability. Every figure comes from
 // the hub; a block whose API is not reachable for this role says so.
 import { api } from '../api.js';
-import { CATEGORIES, KIND_LABELS, clear, h, s } from '../ui.js';
+import { CATEGORIES, KIND_LABELS, clear, fmtTime, h, s } from '../ui.js';
 
 function barChart(title, rows, { id, unit = '', max: fixedMax } = {}) {
   const max = fixedMax || Math.max(1, ...rows.map((r) => r.value));
@@ -24,7 +24,10 @@ const big = (label, value, id, cls = '') => h('div', { class: `kpi ${cls}`, id }
 const pct = (x) => (x === null || x === undefined ? '—' : `${Math.round(x * 100)}%`);
 const unavailable = (title, id, why) => h('figure', { class: 'panel chart-box', id }, h('figcaption', {}, title), h('p', { class: 'muted' }, why));
 
-export async function render(main, { grid }) {
+export async function render(main, { grid, me }) {
+  // Figures a role may not read are not asked for (no 403s): the block says why instead.
+  const may = (perm) => !me || !me.permissions || me.permissions.includes(perm);
+  const denied = Promise.resolve({ error: { status: 403, detail: '当前角色无权查看考核评价' } });
   const kpis = h('div', { class: 'kpis', id: 'kpis' });
   const charts = h('div', { class: 'charts' });
   const wrap = h('div', { class: 'stats' });
@@ -47,9 +50,9 @@ export async function render(main, { grid }) {
       soft(api.get('/api/camera-health')),
       soft(api.get('/api/live/status')),
       soft(api.get('/api/device-state')),
-      soft(api.get(`/api/cases?limit=1000&since=${encodeURIComponent(since30)}`)),
-      soft(api.get('/api/alerts/stats?by=area&level=village')),
-      soft(api.get('/api/alerts/stats?by=department')),
+      may('cases.read') ? soft(api.get(`/api/cases?limit=1000&since=${encodeURIComponent(since30)}`)) : denied,
+      may('stats.read') ? soft(api.get('/api/alerts/stats?by=area&level=village')) : denied,
+      may('stats.read') ? soft(api.get('/api/alerts/stats?by=department')) : denied,
     ]);
     // camera availability from the workers' health reports; a camera no worker reports on
     // (never, or not for a minute) is unknown, not online
@@ -72,7 +75,7 @@ export async function render(main, { grid }) {
       big('在办案件', cases.data ? openCases.length : '—', 'kpi-open-cases'),
       big('超时案件', cases.data ? overdue : '—', 'kpi-overdue', overdue ? 'bad' : 'ok'),
       big('按期办结率', byArea.data ? pct(byArea.data.total.on_time_rate) : '—', 'kpi-on-time'));
-    stamp.textContent = `更新于 ${new Date().toLocaleTimeString('zh-CN', { hour12: false })}`;
+    stamp.textContent = `更新于 ${fmtTime(new Date())}`;
 
     const blocks = [];
     if (cases.data) {

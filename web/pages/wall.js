@@ -28,6 +28,7 @@ export async function render(main, { me, grid }) {
     selected: null,
   };
   let cameras = [];
+  let ready = false;          // the camera list is in: a layout chosen before then is drawn when it is
   const tiles = new Map();   // camera id → { tile, el, live }
   const streams = new Map(); // camera id → the stream its tile asked for (流畅/高清), while on this page
   let health = new Map();
@@ -42,7 +43,11 @@ export async function render(main, { me, grid }) {
   const pager = h('span', { class: 'pager' });
   const layoutButtons = LAYOUTS.map((n) => h('button', {
     type: 'button', class: 'seg', id: `layout-${n}`, dataset: { layout: n }, 'aria-pressed': String(n === view.layout),
-    onclick: () => { view.layout = n; view.zoom = null; view.page = 0; persist(); draw(); },
+    onclick: () => {
+      view.layout = n; view.zoom = null; view.page = 0; persist();
+      layoutButtons.forEach((b) => b.setAttribute('aria-pressed', String(Number(b.dataset.layout) === n)));
+      if (ready) draw();
+    },
   }, `${n} 画面`));
   const title = h('h2', { class: 'wall-title' });
   const toolbar = h('div', { class: 'toolbar' }, title, h('div', { class: 'seg-group', role: 'group', 'aria-label': '布局' }, layoutButtons), pager,
@@ -431,6 +436,7 @@ export async function render(main, { me, grid }) {
   };
   document.addEventListener('keydown', onKey);
 
+  ready = true;
   draw();
   refreshHealth();
   refreshFeeds();

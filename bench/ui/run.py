@@ -1,0 +1,193 @@
+"""Benchmark: how long each page of the web UI takes to load, to network idle, in Debian's
+chromium (Playwright), on a desk (1600×900) and on a phone (390×844, touch), against the API
+as the hub runs it (``python -m hub.process api``, its own process) on an embedded
+PostgreSQL with the demo site.
+
+    .venv/bin/python bench/ui/run.py [--rounds 3] [--markdown]
+
+Each page is opened as a fresh document (about:blank, then ``/#/<page>``: the shell, its
+modules and the page's API calls), as a signed-in dispatcher (every desk page) and as a
+grid worker (the phone's pages). "Network idle" is the end of the last request before
+500 ms without any in flight (the alert feed's long-lived EventSource is not counted; the
+500 ms of quiet are not in the figure). Baseline measured in the same run: the login page
+(the shell alone, no session) — each page's time is also printed as a ratio of it.
+Goal (issue 17): every page under 2 s to network idle. No camera worker runs: the wall's
+tiles fall back to their offline state, as in a control room whose cameras are down.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from config.settings import DEMO_SITE_FILE  # noqa: E402
+from config.site import load_site  # noqa: E402
+from hub.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from store import identity, migrate  # noqa: E402
+from store.db import connect  # noqa: E402
+from store.registry import sync_site  # noqa: E402
+
+PASSWORD = "Bench-pass-2026"
+CHROMIUM = os.environ.get("XLHUB_CHROMIUM", "/usr/bin/chromium")
+FORMS = {"desk 1600×900": {"viewport": {"width": 1600, "height": 900}},
+         "phone 390×844": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
+                           "device_scale_factor": 2}}
+QUIET_S = 0.5
+LONG_LIVED = ("/api/alerts/feed",)
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the API exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout} s")
+
+
+class Idle:
+    """Requests in flight on a page, and when the last one ended."""
+
+    def __init__(self, page):
+        self.inflight: set = set()
+        self.last_end = time.perf_counter()
+        page.on("request", self.start)
+        page.on("requestfinished", self.end)
+        page.on("requestfailed", self.end)
+
+    def start(self, req) -> None:
+        if not any(p in req.url for p in LONG_LIVED):
+            self.inflight.add(req)
+
+    def end(self, req) -> None:
+        if req in self.inflight:
+            self.inflight.discard(req)
+            self.last_end = time.perf_counter()
+
+    def wait(self, page, timeout: float = 20.0) -> float:
+        """The time the last request ended, once nothing has been in flight for QUIET_S."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            page.wait_for_timeout(50)
+            now = time.perf_counter()
+            if not self.inflight and now - self.last_end >= QUIET_S:
+                return self.last_end
+        raise TimeoutError(f"still {len(self.inflight)} request(s) in flight: {[r.url for r in self.inflight][:3]}")
+
+
+def open_page(page, idle: Idle, base: str, pid: str | None, ready: str) -> float:
+    page.goto("about:blank")
+    idle.inflight.clear()
+    t0 = time.perf_counter()
+    page.goto(f"{base}/#/{pid}" if pid else f"{base}/")
+    page.wait_for_selector(ready, timeout=20000)
+    return idle.wait(page) - t0
+
+
+def measure(browser, base: str, form: dict, user: str | None, rounds: int) -> dict[str, float]:
+    ctx = browser.new_context(base_url=base, locale="zh-CN", timezone_id="Asia/Shanghai",
+                              geolocation={"latitude": 30.645, "longitude": 104.48}, permissions=["geolocation"],
+                              service_workers="block", **form)
+    page = ctx.new_page()
+    idle = Idle(page)
+    out: dict[str, list[float]] = {}
+    try:
+        if user is None:
+            for _ in range(rounds):
+                out.setdefault("login (baseline)", []).append(open_page(page, idle, base, None, "#login-username"))
+            return {k: statistics.median(v) for k, v in out.items()}
+        page.goto("/")
+        page.fill("#login-username", user)
+        page.fill("#login-password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_selector("#nav", timeout=20000)
+        pages = page.eval_on_selector_all("#nav a", "els => els.map(e => e.dataset.page)")
+        for _ in range(rounds):
+            for pid in pages:
+                ready = f'#page[data-page="{pid}"] > :not(.loading)'
+                out.setdefault(pid, []).append(open_page(page, idle, base, pid, ready))
+    finally:
+        ctx.close()
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/ui-load-times.md)")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-ui-"))
+    pg = EmbeddedPostgres(tmp / "var", free_port())
+    proc = None
+    try:
+        pg.start()
+        migrate.upgrade(pg.url)
+        site = load_site(DEMO_SITE_FILE)
+        with connect(pg.url) as conn:
+            sync_site(conn, site)
+            for u in site.users:
+                identity.set_password(conn, u.username, PASSWORD)
+                conn.execute("UPDATE users SET must_change_password = false WHERE username = %s", (u.username,))
+        port = free_port()
+        # plain HTTP on loopback (a secure context for the browser all the same): the figures
+        # are the UI's, not TLS's (bench/tls measures that)
+        env = {**os.environ, "XLHUB_DATABASE_URL": pg.url, "XLHUB_HTTP_PORT": str(port), "XLHUB_HTTPS": "false",
+               "XLHUB_VAR_DIR": str(tmp / "var"), "XLHUB_LOG_LEVEL": "WARNING",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+        (tmp / "metrics").mkdir()
+        env.pop("XLHUB_MQTT_URL", None)
+        proc = subprocess.Popen([sys.executable, "-m", "hub.process", "api"], cwd=ROOT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", proc)
+        rows = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
+            for form_name, form in FORMS.items():
+                base_s = measure(browser, base, form, None, args.rounds)["login (baseline)"]
+                rows.append((form_name, "login (baseline)", "—", base_s, 1.0))
+                for user in ("ds-dispatcher", "dsc-worker"):
+                    for pid, secs in measure(browser, base, form, user, args.rounds).items():
+                        rows.append((form_name, pid, user, secs, secs / base_s))
+            browser.close()
+        if args.markdown:
+            print("| form | page | signed in as | median to network idle | × login page |")
+            print("| --- | --- | --- | ---: | ---: |")
+            for form, pid, user, secs, ratio in rows:
+                print(f"| {form} | {pid} | {user} | {secs * 1000:.0f} ms | {ratio:.2f} |")
+        else:
+            for form, pid, user, secs, ratio in rows:
+                print(f"{form:16} {pid:18} {user:14} {secs * 1000:7.0f} ms  {ratio:5.2f}× login")
+        slow = [r for r in rows if r[3] >= 2.0]
+        print(f"\n{len(rows)} page loads (median of {args.rounds}); over 2 s: {len(slow)}"
+              + (f" — {', '.join(f'{r[0]} {r[1]}' for r in slow)}" if slow else ""))
+        return 1 if slow else 0
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,6 +37,7 @@ PACK_START = b"\x00\x00\x01\xba"
 START = b"\x00\x00\x01"
 TIME_BASE = Fraction(1, 90000)
 JUNK_LIMIT = 4 * 1024 * 1024
+AU_LIMIT = 8 * 1024 * 1024       # an access unit bigger than this is dropped (no picture is)
 ALIGNED_AFTER = 2               # access units beginning where PES begin, before trusting the marker
 VIDEO_TYPES = {0x1B: "h264", 0x24: "hevc"}
 AUDIO_TYPES = {0x90: "pcm_alaw", 0x91: "pcm_mulaw", 0x0F: "aac", 0x03: "mp2", 0x04: "mp2", 0x80: "pcm_s16be"}
@@ -70,6 +71,7 @@ class PsVideoDemuxer:
         self.packets = 0
         self.junk = 0                   # bytes skipped looking for a pack header
         self.resyncs = 0
+        self.dropped_units = 0
         self._ps = bytearray()          # PS bytes not parsed yet
         self._resync = False
         self._junk_run = 0
@@ -242,8 +244,11 @@ class PsVideoDemuxer:
         h264 = self.codec == "h264"
         while True:
             p = find(START, p)
-            if p < 0 or p + 5 > n:
+            if p < 0 or p + 6 > n:         # the NAL header and the byte after it (first slice or not)
                 self._scan = max(0, n - 3) if p < 0 else p
+                if n > AU_LIMIT:            # no access unit is that big: a broken stream
+                    self.dropped_units += 1
+                    self._drop_es()
                 return
             h = es[p + 3]
             if h264:

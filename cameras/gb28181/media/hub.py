@@ -172,7 +172,7 @@ class Channel:
                "lost_media": self.lost, "failure": str(self.failure) if self.failure else None}
         if s is not None:
             out["session"] = {"transport": s.receiver.transport, "port": s.receiver.port, "packets": s.packets,
-                              **s.receiver.stats}
+                              **s.receiver.stats, "ps_resyncs": s.demuxer.resyncs, "not_ps_bytes": s.demuxer.junk}
         return out
 
 

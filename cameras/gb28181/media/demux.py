@@ -59,7 +59,7 @@ def _pts(b, i: int) -> int:
 class PsVideoDemuxer:
     """``feed`` RTP payloads, ``end_frame`` at each RTP frame's end (marker, or a new
     timestamp), ``lost`` when a packet went missing. ``on_open(PsVideo)`` once the first
-    keyframe and the access unit after it are there (codec, size from decoding the keyframe,
+    keyframe is whole and the next frame's PES has come (codec, size from decoding the keyframe,
     rate from the two timestamps), then ``on_packet(av.Packet)`` for each video access unit
     from that keyframe on. Audio is not kept; which there is, the PSM says (``PsVideo.audio``)."""
 
@@ -85,6 +85,7 @@ class PsVideoDemuxer:
         self._aligned: bool | None = None
         self._aligned_seen = 0
         self._held: list[av.Packet] = []
+        self._pes_pts: int | None = None     # the last video PES's PTS (the rate, at the start)
         self._skipped = 0
         self._frames_without_video = 0
         self._saw_video = False
@@ -228,6 +229,8 @@ class PsVideoDemuxer:
         es = self._es
         at = self._base + len(es)
         self._pes.append([at, at + end - start, pts, dts])
+        if pts is not None and not self.opened:
+            self._next_pts(pts)
         if self._aligned and not es and b[start:start + 3] != START and b[start:start + 4] != b"\x00\x00\x00\x01":
             self._aligned = False       # the frame ended at the marker had more to come: wait for the next start
         es += memoryview(b)[start:end]
@@ -354,10 +357,19 @@ class PsVideoDemuxer:
                     raise PsError(f"no {self.codec} keyframe in the first {KEYFRAME_WITHIN} video access units")
                 return
             held.append(packet)
+            if self._pes_pts is not None and self._pes_pts > packet.pts:
+                self._open(self._pes_pts)       # the next frame's PES is here already: its time gives the rate
             return
         held.append(packet)
-        if packet.pts is None:
-            return
+
+    def _next_pts(self, pts: int) -> None:
+        """A video PES with a time: once the first keyframe is held, the rate is known."""
+        self._pes_pts = pts
+        if not self.opened and self._held and pts > self._held[0].pts:
+            self._open(pts)
+
+    def _open(self, next_pts: int) -> None:
+        held = self._held
         first = held[0]
         decoder = av.CodecContext.create(self.codec, "r")
         decoder.thread_count = 1
@@ -372,10 +384,8 @@ class PsVideoDemuxer:
                 break
         if not width:
             raise PsError(f"the first {self.codec} keyframe could not be decoded")
-        fps = None
-        if packet.pts > first.pts:
-            rate = 90000 / ((packet.pts - first.pts) / (len(held) - 1))
-            fps = round(rate, 3) if 1 <= rate <= 120 else None
+        rate = 90000 / (next_pts - first.pts)
+        fps = round(rate, 3) if 1 <= rate <= 120 else None
         self.opened = True
         self._held = []
         self.on_open(PsVideo(self.codec, width, height, fps, self._parameter_sets(bytes(first)), self.audio))

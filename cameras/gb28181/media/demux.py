@@ -200,6 +200,8 @@ class PsVideoDemuxer:
 
     def _video_pes(self, b, i: int, end: int) -> None:
         self._saw_video = True
+        if end - i < 9:
+            return                          # no header, no payload
         pts = dts = None
         if b[i + 6] >> 6 == 2:              # MPEG-2 PES header
             flags = b[i + 7] >> 6

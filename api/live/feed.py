@@ -1,6 +1,7 @@
 """Live video's camera side: one feed per camera and stream, shared by all its viewers.
 
     camera worker's tap ─┐ (cameras/tap.py: the packets of the worker's own RTSP session)
+    gb28181 media tap ───┤ (a gb28181:// channel no worker serves: cameras/gb28181/media)
     camera ──RTSP────────┴─▶ Feed (one thread: the tap's packets, or a PyAV demux; no decoding)
                            │  av.Packet, pts rebased to 90 kHz, SPS/PPS before every IDR
                            ├──▶ split into RTP payloads once (Packer, api/live/sender.py)
@@ -18,6 +19,9 @@ A stream no worker reads (another stream than the analysed one), or whose worker
 unreachable, is pulled here; such a pull asks every ``TAP_RECHECK_S`` whether a worker reads
 the stream again and gives way to it (``SWITCH``) without ending the viewers. While the
 worker cannot read the camera, the feed shows the worker's reason and does not knock itself.
+A GB/T 28181 channel (``gb28181://``, no stream address of its own) no worker serves is taken
+from the gb28181 process's media tap (``pull`` "gb28181"); that process not running is said
+(GB/T 28181 服务未运行), never "open failed".
 
 A feed is one stream of one camera, ``main`` or ``sub`` (``CameraSource.stream``, chosen by
 the API: the viewer's ``?stream=``, else ``XLHUB_LIVE_STREAM``; main for a camera without a
@@ -56,6 +60,8 @@ from api.live.sender import Packer, Subscriber, Unit
 from api.live.source import CameraSource, LiveError
 from api.live.taps import TapDirectory
 from api.live.transcode import Transcoder, scaled
+from cameras.gb28181.media.hub import gb_url, parse_gb_url
+from cameras.gb28181.media.source import is_gb28181
 from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, open_stream
 from cameras.tap import KEEPALIVE_S, TapHeader, TapPacket, TapRefused, TapStream
 from config.vocabulary import StreamProblem
@@ -162,7 +168,7 @@ class Feed:
         self.keyframe_ready = asyncio.Event()
         self._stop = threading.Event()
         self._container = None
-        self.pull: str | None = None                          # whose pull the packets are: "worker" or "rtsp"
+        self.pull: str | None = None                          # whose pull the packets are: "worker", "gb28181" or "rtsp"
         self._tap_refused: str | None = None                  # a worker's tap that does not serve this stream
         self._closer: Callable[[], None] | None = None        # ends a blocked read of the worker's tap
         self._thread = threading.Thread(target=self._run, name=f"live-{self.camera_id}-{self.stream}", daemon=True)
@@ -251,15 +257,51 @@ class Feed:
             got = self._pull_tap(address)
             if got is not None:
                 return got
+        if is_gb28181(self.source.url):
+            return self._pull_gb28181()
         return self._pull_rtsp(watch_for_tap=self.registry.taps is not None and self._tap_refused is None)
 
-    def _pull_tap(self, address: str) -> bool | None:
-        """The packets of the camera worker's own pull; None when it does not serve them
-        (it reads another stream of the camera, it is gone): then the feed pulls itself."""
-        tap = TapStream(address, self.registry.taps.key, self.camera_id, self.stream,
-                        "" if self.source.onvif_only else self.source.url,
+    def _pull_gb28181(self) -> bool:
+        """A GB/T 28181 channel no camera worker serves: the gb28181 process's media tap (its
+        one media session of the channel), never the URL itself (it is no stream address)."""
+        try:
+            device_id, channel_id = parse_gb_url(self.source.url)
+        except ValueError as exc:
+            failure = Failure(StreamProblem.other, f"GB/T 28181 通道地址无效 (bad gb28181:// URL: {exc})")
+            self._set_state("error", failure.detail, failure)
+            return False
+        taps = self.registry.taps
+        if taps is None:
+            failure = Failure(StreamProblem.other, "GB/T 28181 通道只能经 gb28181 服务观看，而实时视频读不到本 hub 的"
+                                                   "媒体密钥 (live view cannot read the hub's tap key)")
+            self._set_state("error", failure.detail, failure)
+            return False
+        hub = taps.gb28181_address()
+        if hub is None:
+            failure = Failure(StreamProblem.unreachable, "GB/T 28181 服务未运行，无法点播该通道 (the gb28181 process is "
+                                                         "not running: no live heartbeat with a media tap)")
+            self._set_state("error", failure.detail, failure)
+            return False
+        got = self._pull_tap(hub, camera=f"{device_id}/{channel_id}", stream="main",
+                             url=gb_url(device_id, channel_id), whose="gb28181")
+        if got is None:
+            failure = Failure(StreamProblem.unreachable, f"GB/T 28181 服务的媒体端口连不上或拒绝了该通道 (the gb28181 "
+                                                         f"process's media tap at {hub} does not serve it)")
+            self._set_state("error", failure.detail, failure)
+            return False
+        return got
+
+    def _pull_tap(self, address: str, *, camera: str | None = None, stream: str | None = None,
+                  url: str | None = None, whose: str = "worker") -> bool | None:
+        """The packets of the camera worker's own pull (or, ``whose`` "gb28181", of the
+        gb28181 process's media session); None when it does not serve them (it reads another
+        stream of the camera, it is gone): then the feed pulls itself."""
+        if url is None:
+            url = "" if self.source.onvif_only else self.source.url
+        tap = TapStream(address, self.registry.taps.key, camera or self.camera_id, stream or self.stream, url,
                         timeout_s=max(self.settings.read_timeout_s, 2 * KEEPALIVE_S + 1), tls=self.registry.taps.tls)
         self._closer = tap.close
+        who = "camera worker" if whose == "worker" else "gb28181 process"
         got_packet = False
         try:
             tap.open()
@@ -272,31 +314,31 @@ class Feed:
                         play(event.packet, event.wall)
                         got_packet = True
                 elif isinstance(event, TapHeader):
-                    if self.pull != "worker":
-                        log.info("live %s: taking the packets of the camera worker's pull (%s)", self.label,
-                                 address)
-                    self.pull = "worker"
+                    if self.pull != whose:
+                        log.info("live %s: taking the packets of the %s's pull (%s)", self.label, who, address)
+                    self.pull = whose
                     play = self._player(event.decoder(), event.codec, event.extradata, event.fps,
                                         event.width, event.height)
                 else:
-                    self.pull = "worker"
+                    self.pull = whose
                     play = None
-                    failure = event.failure or Failure(StreamProblem.other, "the camera worker is connecting")
-                    self._set_state("error", f"the camera worker cannot read the camera: {failure}", failure)
+                    failure = event.failure or Failure(StreamProblem.other, f"the {who} is connecting")
+                    self._set_state("error", f"the {who} cannot read the camera: {failure}", failure)
             return got_packet
         except TapRefused as exc:
-            log.info("live %s: the camera worker does not serve this stream (%s): pulling the camera", self.label, exc)
-            self._tap_refused = address
+            log.info("live %s: the %s does not serve this stream (%s)", self.label, who, exc)
+            if whose == "worker":
+                self._tap_refused = address
             return None
         except (OSError, ValueError) as exc:
             if self._stop.is_set():
                 return got_packet
-            if self.pull != "worker" and not got_packet:
-                log.warning("live %s: the camera worker's packets are not reachable at %s (%s): pulling the camera",
-                            self.label, address, exc.__class__.__name__)
+            if self.pull != whose and not got_packet:
+                log.warning("live %s: the %s's packets are not reachable at %s (%s)",
+                            self.label, who, address, exc.__class__.__name__)
                 return None
-            self._set_state("error", f"the camera worker's packets stopped: {exc.__class__.__name__}",
-                            Failure(StreamProblem.stream_ended, "the camera worker's packets stopped"))
+            self._set_state("error", f"the {who}'s packets stopped: {exc.__class__.__name__}",
+                            Failure(StreamProblem.stream_ended, f"the {who}'s packets stopped"))
             return got_packet
         finally:
             self._closer = None

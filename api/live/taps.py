@@ -1,7 +1,11 @@
 """Where live view finds the packets a camera worker already reads (cameras/tap.py), so a
 watched camera keeps one RTSP session: the camera workers say in their heartbeats where
 they serve (api/health/workers.camera_tap); a lookup is kept ``ttl_s`` per camera, and is
-made from the feeds' own threads, never on the event loop."""
+made from the feeds' own threads, never on the event loop.
+
+A GB/T 28181 channel (``gb28181://``) nobody's camera worker serves is taken from the gb28181
+process's media tap (cameras/gb28181/media: the same protocol and key, camera
+``<device>/<channel>``), found by its heartbeat (``HubLocator``): ``gb28181_address``."""
 from __future__ import annotations
 
 import logging
@@ -17,8 +21,9 @@ class TapDirectory:
     """The tap key of this hub, and per camera the address of the worker that serves it."""
 
     def __init__(self, key: bytes, lookup: Callable[[str], str | None], ttl_s: float = 3.0,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, gb28181: Callable[[], str | None] | None = None) -> None:
         self.key = key
+        self.gb28181 = gb28181      # where the gb28181 process serves its channels (None: not looked for)
         self.tls = tls              # verifies a worker's tap that serves TLS (tls:host:port)
         self.lookup = lookup
         self.ttl_s = ttl_s
@@ -40,6 +45,16 @@ class TapDirectory:
         with self._lock:
             self._cache[camera_id] = (now, found)
         return found
+
+    def gb28181_address(self) -> str | None:
+        """The gb28181 process's media tap, or None when it is not running (no live heartbeat)."""
+        if self.gb28181 is None:
+            return None
+        try:
+            return self.gb28181()
+        except Exception as exc:  # noqa: BLE001 - no answer: said as "not running"
+            log.warning("live: where the gb28181 process serves its channels is unknown (%s)", exc.__class__.__name__)
+            return None
 
 
 def from_app(app) -> TapDirectory | None:
@@ -64,10 +79,22 @@ def from_app(app) -> TapDirectory | None:
         with pool.connection(timeout=3) as conn:
             return camera_tap(conn, camera_id)
 
+    locator = None
+
+    def gb28181() -> str | None:
+        nonlocal locator
+        pool = getattr(app.state, "pool", None)
+        if pool is None:
+            return None
+        if locator is None:
+            from cameras.gb28181.media.source import HubLocator
+            locator = HubLocator(pool, key)
+        return locator.address()
+
     try:
         tls = TapSettings().client_context()
     except Exception as exc:  # noqa: BLE001 - the worker's settings, not ours: verify against the system's CAs
         log.warning("live view: XLHUB_CAMERA_TAP_* settings unusable here (%s); TLS taps are verified against "
                     "the system's CAs", exc)
         tls = None
-    return TapDirectory(key, lookup, tls=tls)
+    return TapDirectory(key, lookup, tls=tls, gb28181=gb28181)

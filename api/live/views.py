@@ -90,9 +90,10 @@ class FeedStatus(BaseModel):
     codec: str | None = Field(description="what the viewers get (h264)")
     transcoded_from: str | None = Field(None, description="the camera's own codec (hevc) when the hub transcodes "
                                                           "it for the browsers (XLHUB_LIVE_TRANSCODE)")
-    pull: Literal["worker", "rtsp"] | None = Field(
+    pull: Literal["worker", "gb28181", "rtsp"] | None = Field(
         None, description="worker: the packets of the camera worker's own pull (the camera keeps one RTSP "
-                          "session); rtsp: live view pulls this stream itself (no worker reads it, or it is down)")
+                          "session); gb28181: a GB/T 28181 channel no worker serves, from the gb28181 process's "
+                          "one media session; rtsp: live view pulls this stream itself (no worker reads it, or it is down)")
     width: int | None
     height: int | None
     viewers: int

@@ -8,8 +8,9 @@ cameras.gb28181.media.sender``), in child processes whose CPU is the device's, n
 every thread, no children), in alternating windows, medians shown:
   - rtsp: one PyAV RTSP demuxer per camera, every packet read, time-stamped and put into a Fanout
     (what a camera worker's reader does before decoding);
-  - gb28181: the MediaHub receiving every camera over RTP (udp, or --transport), reassembling the
-    PS and demuxing it with PyAV, into each channel's Fanout (ring) — the same packets.
+  - gb28181: the MediaHub receiving every camera over RTP (udp, or --transport), walking the
+    PS and cutting its video into access units in the receive thread (demux.py), into each
+    channel's Fanout (ring) — the same packets.
 Ratio gb28181/rtsp: goal ≤ 1.2.
 
 INVITE to first packet / first frame (loopback, LoopbackInviter: the SIP round trip is not in it;

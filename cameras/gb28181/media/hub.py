@@ -1,7 +1,7 @@
 """``MediaHub``: the GB/T 28181 channels' video, received once and served to the hub's camera
 workers — it lives in the ``gb28181`` process, next to the SIP dialogs.
 
-    device ──RTP/PS──▶ MediaSession (receiver, PS demux) ──▶ Fanout ──▶ TapServer ──▶ camera worker(s)
+    device ──RTP/PS──▶ MediaSession (receiver + PS demux, one thread) ──▶ Fanout ──▶ TapServer ──▶ camera worker(s)
                  ▲                                                                      (TapStream)
                  └── Inviter.play / bye (the SIP side) ◀── first consumer / last gone + linger
 
@@ -109,7 +109,7 @@ class Channel:
         self.idle_since: float | None = time.monotonic()
         self.retry_at = 0.0
         self.backoff = Backoff(CAMERA)
-        self.ended: str | None = None           # the demux thread's reason, for the control loop
+        self.ended: str | None = None           # the receiver thread's reason, for the control loop
         self.clock = WallClock()
         self.segment: Segment | None = None
         self.failure: Failure | None = None
@@ -122,10 +122,10 @@ class Channel:
     def consumers(self) -> int:
         return len(self.fanout.consumers) + self.local
 
-    # -- the session's demux thread ----------------------------------------------------------
-    def _opened(self, video, demuxer) -> None:
+    # -- the session's receiver thread -------------------------------------------------------
+    def _opened(self, video, time_base: Fraction) -> None:
         self.segment = Segment(next(_segments), video.codec, video.width, video.height,
-                               demuxer.video.time_base or Fraction(1, 90000), video.extradata, audio=video.audio,
+                               time_base, video.extradata, audio=video.audio,
                                fps=video.fps)
         self.clock.reset()
         self._last_pts = None
@@ -138,8 +138,8 @@ class Channel:
 
     def _packet(self, packet: av.Packet, arrival: float) -> None:
         segment = self.segment
-        if segment is None or packet.stream.type != "video":
-            return              # audio: the hub keeps video only (as for RTSP cameras)
+        if segment is None:
+            return              # video only (as for RTSP cameras): the demuxer leaves audio out
         # Only the PES's own PTS: FFmpeg guesses a dts for an access unit that began inside
         # another frame's PES, and that guess is the next frame's time when read live.
         pts = packet.pts
@@ -172,7 +172,7 @@ class Channel:
                "lost_media": self.lost, "failure": str(self.failure) if self.failure else None}
         if s is not None:
             out["session"] = {"transport": s.receiver.transport, "port": s.receiver.port, "packets": s.packets,
-                              **s.receiver.stats}
+                              **s.receiver.stats, "ps_resyncs": s.demuxer.resyncs, "not_ps_bytes": s.demuxer.junk}
         return out
 
 

@@ -2,7 +2,7 @@
 connects) or TCP active (we connect to the port of the device's answer), checked, tracked,
 and its PS payload demuxed into av.Packets.
 
-    device ──RTP/PS──▶ RtpReceiver ──payload──▶ PsPipe ──▶ PsDemuxer (PyAV "mpeg") ──▶ on_packet
+    device ──RTP/PS──▶ RtpReceiver ──payload──▶ PsVideoDemuxer ──▶ on_packet   (one thread)
 
 A session latches on the first packet with its SSRC (the offered one, or the one the device
 answered with) and from then on takes packets from that address only. Anything else — another
@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import av
 
-from cameras.gb28181.media.ps import PsDemuxer, PsError, PsPipe
+from cameras.gb28181.media.demux import TIME_BASE, PsVideoDemuxer
+from cameras.gb28181.media.ps import PsError, PsVideo
 from cameras.gb28181.media.rtp import SequenceTracker, StreamFramer, parse_header
 from cameras.gb28181.session import MediaAnswer, MediaOffer, Transport
 
@@ -134,26 +135,29 @@ class RtpReceiver:
 
     def _run_udp(self) -> None:
         sock, take, stop = self.sock, self._take, self._stop
+        buf = bytearray(65536)              # one buffer, no bytes object per datagram
+        view = memoryview(buf)
+        recv = sock.recvfrom_into
         dontwait = socket.MSG_DONTWAIT
         while not stop.is_set():
             try:
-                data, source = sock.recvfrom(65536)
+                n, source = recv(buf)
             except OSError:
                 return
             if source is None or stop.is_set():       # shut down
                 return
-            take(data, source[:2])
+            take(view[:n], source)
             # a frame's packets come back to back: take those already there without sleeping again
             while True:
                 try:
-                    data, source = sock.recvfrom(65536, dontwait)
+                    n, source = recv(buf, 0, dontwait)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     return
                 if source is None:
                     return
-                take(data, source[:2])
+                take(view[:n], source)
 
     def _run_tcp_passive(self) -> None:
         while not self._stop.is_set():
@@ -187,76 +191,81 @@ class RtpReceiver:
 
 
 class MediaSession:
-    """One INVITE's media: a receiver and the thread that demuxes what it receives. The
-    callbacks run on the demux thread: ``on_open(video, demuxer)``, ``on_packet(packet, arrival)``,
-    ``on_end(error or None)``."""
+    """One INVITE's media: a receiver whose thread also demuxes (``PsVideoDemuxer``: no second
+    thread, no pipe). The callbacks run on the receiver's thread: ``on_open(video, time_base)``,
+    ``on_packet(packet, arrival)``, ``on_end(error)`` once when the PS cannot be read (or a
+    consumer callback failed); nothing more is read from the session after that."""
 
-    def __init__(self, receiver: RtpReceiver, pipe: PsPipe, *, on_open, on_packet, on_end, label: str) -> None:
-        self.receiver = receiver
-        self.pipe = pipe
+    def __init__(self, transport: Transport, ssrc: int, *, host: str, advertise: str | None, on_open, on_packet,
+                 on_end, label: str) -> None:
         self.on_open, self.on_packet, self.on_end = on_open, on_packet, on_end
         self.label = label
         self.answer: MediaAnswer | None = None
-        self.demuxer: PsDemuxer | None = None
         self.started = time.monotonic()
         self.first_frame: float | None = None
         self.packets = 0
-        self._thread: threading.Thread | None = None
+        self.failed: str | None = None
         self._stopping = False
+        self.demuxer = PsVideoDemuxer(self._opened, self._packet)
+        self.receiver = RtpReceiver(transport, ssrc, self._payload, host=host, advertise=advertise, label=label)
+        self._ts: int | None = None
+        self._lost = 0
 
     @classmethod
     def open(cls, transport: Transport, ssrc: str, *, host: str, advertise: str | None, on_open, on_packet,
              on_end, label: str) -> MediaSession:
-        pipe = PsPipe()
-        frame: list[bytes] = []
-
-        def payload(data: bytes, ts: int, marker: bool) -> None:
-            frame.append(data)          # one write per frame (the marker), not per packet
-            if marker or len(frame) >= 64:
-                pipe.write(b"".join(frame))
-                frame.clear()
-
-        receiver = RtpReceiver(transport, int(ssrc), payload, host=host, advertise=advertise, label=label)
-        return cls(receiver, pipe, on_open=on_open, on_packet=on_packet, on_end=on_end, label=label)
+        return cls(transport, int(ssrc), host=host, advertise=advertise, on_open=on_open, on_packet=on_packet,
+                   on_end=on_end, label=label)
 
     def start(self, answer: MediaAnswer) -> None:
         self.answer = answer
         self.receiver.start(answer)
-        self._thread = threading.Thread(target=self._demux, name=f"{self.label}-demux", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
         self._stopping = True
         self.receiver.stop()
-        self.pipe.close()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.failed is None and not self._stopping
 
-    def _demux(self) -> None:
-        error: str | None = None
+    # -- the receiver's thread ---------------------------------------------------------------
+    def _payload(self, data, ts: int, marker: bool) -> None:
+        if self.failed is not None:
+            return
+        demuxer = self.demuxer
         try:
-            self.demuxer = PsDemuxer(self.pipe)
-            self.on_open(self.demuxer.open(), self.demuxer)
-            for packet in self.demuxer.packets():
-                now = time.time()
-                if self.first_frame is None:
-                    self.first_frame = time.monotonic()
-                self.packets += 1
-                self.on_packet(packet, now)
-        except (av.FFmpegError, PsError, OSError, ValueError) as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
+            lost = self.receiver.seq.lost
+            if lost != self._lost:
+                if lost > self._lost:           # a packet went missing: its frame is gone
+                    demuxer.lost()
+                self._lost = lost
+            if ts != self._ts and self._ts is not None:
+                demuxer.end_frame()             # the marker of the last frame went missing
+            self._ts = ts
+            demuxer.feed(data)
+            if marker:
+                demuxer.end_frame()
+                self._ts = None
+        except (av.FFmpegError, PsError, ValueError) as exc:
+            self._fail(f"{exc.__class__.__name__}: {exc}")
         except Exception as exc:        # a bug downstream must not take the hub's other sessions
-            error = f"{exc.__class__.__name__}: {exc}"
             log.exception("%s: demux failed", self.label)
-        finally:
-            if self.demuxer is not None:
-                self.demuxer.close()
-            else:
-                self.pipe.close()
+            self._fail(f"{exc.__class__.__name__}: {exc}")
+
+    def _fail(self, error: str) -> None:
+        self.failed = error
         if not self._stopping:
-            self.on_end(error or "the PS stream ended")
+            self.on_end(error)
+
+    def _opened(self, video: PsVideo) -> None:
+        self.on_open(video, TIME_BASE)
+
+    def _packet(self, packet: av.Packet) -> None:
+        if self.first_frame is None:
+            self.first_frame = time.monotonic()
+        self.packets += 1
+        self.on_packet(packet, time.time())
 
 
 __all__ = ["MediaSession", "RtpReceiver"]

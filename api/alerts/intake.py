@@ -7,7 +7,6 @@ Scoped like every case read (another township's case: 404); every change and eve
 is audited in its own transaction."""
 from __future__ import annotations
 
-import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,25 +14,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile, status
 from pydantic import BaseModel, Field
-from ulid import ULID
 
 from alerts.alarms import service as alarms
 from alerts.alarms.models import AlarmError
+from alerts.cases import media as case_media
 from alerts.cases import service as cases
-from alerts.cases.models import CaseError, EvidenceItem, NewCase
+from alerts.cases.models import CaseError, NewCase
 from api.alerts.views import actor_of, alerts_config, audit_change, http_error
 from api.audit import audited_read
 from api.deps import Conn, require
 from api.permissions import Permission
 from config.vocabulary import Category, Urgency
-from store.files import open_private, private_dir
 from store.identity import Principal
 
 router = APIRouter(prefix="/api", tags=["alerts 告警与工单"])
 
 # Photos and short videos people take (a phone's camera): JPEG, PNG, WebP, MP4, MOV.
-ATTACHMENT_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4",
-                    "video/quicktime": "mov"}
 MAX_ATTACHMENT_BYTES = int(os.environ.get("XLHUB_CASE_ATTACHMENT_MAX_BYTES", str(20 * 1024 * 1024)))
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -41,40 +37,6 @@ MULTIPART_OVERHEAD = 64 * 1024
 def _evidence_root(request: Request) -> Path:
     from cameras.config import EvidenceSettings   # where evidence lives (shared with the camera workers)
     return EvidenceSettings().root(request.app.state.settings.var_dir)
-
-
-def _store(root: Path, case_id: str, upload: UploadFile) -> tuple[str, str, str, int, str]:
-    """Write the file under the evidence store (hashing on the way, refusing more than the
-    limit); returns (evidence id, relative path, SHA-256, bytes, media type)."""
-    media_type = (upload.content_type or "").split(";")[0].strip().lower()
-    ext = ATTACHMENT_TYPES.get(media_type)
-    if ext is None:
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            f"不支持的文件类型 {media_type or '(无)'}：请上传 JPEG、PNG、WebP 照片或 MP4、MOV 视频 "
-                            "(unsupported media type)")
-    evidence_id = str(ULID())
-    relative = f"cases/{case_id}/{evidence_id}.{ext}"
-    final = root / relative
-    private_dir(final.parent, root=root)
-    partial = final.with_name(f".{evidence_id}.partial")
-    h, size = hashlib.sha256(), 0
-    try:
-        with open_private(partial) as out:
-            while chunk := upload.file.read(1 << 20):
-                size += len(chunk)
-                if size > MAX_ATTACHMENT_BYTES:
-                    raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                                        f"文件过大，最多 {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MB (file too large)")
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "文件为空 (empty upload)")
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    return evidence_id, relative, h.hexdigest(), size, media_type
 
 
 @router.post("/cases/{case_id}/attachments", status_code=status.HTTP_201_CREATED,
@@ -94,21 +56,24 @@ def attach_file(case_id: str, request: Request, conn: Conn,
         raise http_error(exc) from None
     if cases.is_finished(case):
         raise HTTPException(status.HTTP_409_CONFLICT, "案件已办结，不能再添加附件 (the case is finished)")
+    # Stored like the phone's photos (alerts/cases/media: one home for a person's files),
+    # then attached at once.
     root = _evidence_root(request)
-    evidence_id, relative, sha, size, media_type = _store(root, case["id"], file)
     try:
-        now = datetime.now(UTC)
-        conn.execute(
-            """INSERT INTO evidence (id, sha256, path, media_type, bytes, source_kind, source_id, event_id, captured_at)
-               VALUES (%s, %s, %s, %s, %s, 'person', %s, NULL, %s)""",
-            (evidence_id, sha, relative, media_type, size, principal.name, now))
-        item = EvidenceItem(kind="snapshot" if media_type.startswith("image/") else "clip", ref=evidence_id,
-                            sha256=sha, media_type=media_type, evidence_id=evidence_id, source_kind="person",
-                            source_id=principal.name, captured_at=now,
-                            detail={"note": note[:500]} if note else {})
-        rows = cases.attach_evidence(conn, cfg, case, [item], actor, now)
+        stored = case_media.save_upload(conn, root, actor, file.file, file.content_type,
+                                        max_bytes=MAX_ATTACHMENT_BYTES)
+    except CaseError as exc:
+        raise http_error(exc) from None
+    evidence_id, sha, size, media_type = (stored["evidence_id"], stored["sha256"], stored["bytes"],
+                                          stored["media_type"])
+    try:
+        items, _ = case_media.split_own(conn, [evidence_id], actor)
+        item = items[0].model_copy(update={"detail": {"note": note[:500]}}) if note else items[0]
+        rows = cases.attach_evidence(conn, cfg, case, [item], actor, datetime.now(UTC))
     except BaseException:
-        (root / relative).unlink(missing_ok=True)
+        path = conn.execute("SELECT path FROM evidence WHERE id = %s", (evidence_id,)).fetchone()
+        if path is not None:
+            (root / path["path"]).unlink(missing_ok=True)
         raise
     audit_change(request, conn, "case.attachment", case["number"],
                  {"evidence_id": evidence_id, "sha256": sha, "bytes": size, "media_type": media_type})

@@ -44,15 +44,17 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
                ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, level = EXCLUDED.level,
                    parent_code = EXCLUDED.parent_code, path = EXCLUDED.path, center_lat = EXCLUDED.center_lat,
                    center_lon = EXCLUDED.center_lon, boundary = EXCLUDED.boundary, retired_at = NULL,
-                   updated_at = now()""",
+                   origin = 'site', updated_at = now()""",
             {"code": node.code, "name": node.name, "level": str(node.level.value if hasattr(node.level, "value") else node.level),
              "parent": parent_code, "path": path,
              "lat": center.lat if center else None, "lon": center.lon if center else None,
              "boundary": Jsonb(node.boundary) if node.boundary else None},
         )
         report.nodes += 1
+    # Nodes created in the UI are not the site file's to retire.
     retired = conn.execute(
-        "UPDATE grid_nodes SET retired_at = now() WHERE retired_at IS NULL AND NOT (code = ANY(%s)) RETURNING code",
+        """UPDATE grid_nodes SET retired_at = now() WHERE retired_at IS NULL AND origin = 'site'
+               AND NOT (code = ANY(%s)) RETURNING code""",
         (seen_codes,),
     ).fetchall()
     report.retired_nodes = [r["code"] for r in retired]
@@ -102,9 +104,12 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
     for dept in site.departments:
         conn.execute(
             """INSERT INTO departments (code, name, node_code) VALUES (%s, %s, %s)
-               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, node_code = EXCLUDED.node_code""",
+               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, node_code = EXCLUDED.node_code,
+                   origin = 'site', retired_at = NULL""",
             (dept.code, dept.name, dept.node),
         )
+    conn.execute("""UPDATE departments SET retired_at = now() WHERE retired_at IS NULL AND origin = 'site'
+                        AND NOT (code = ANY(%s))""", ([d.code for d in site.departments],))
 
     for user in site.users:
         existing = conn.execute("SELECT id, origin FROM users WHERE username = %s", (user.username,)).fetchone()
@@ -117,8 +122,9 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
                                  node_code=user.node, department_code=user.department, password=password,
                                  origin="site", must_change_password=generated is not None)
             report.created_users.append((user.username, generated))
-        elif existing["origin"] == "site":
-            # The site file stays the truth for accounts it declares; passwords are the person's own.
+        else:
+            # A site file applied wins for the accounts it names (an account made in the UI
+            # under the same name included); passwords are the person's own.
             conn.execute(
                 """UPDATE users SET display_name = %s, role = %s, node_code = %s, department_code = %s,
                        updated_at = now() WHERE id = %s""",

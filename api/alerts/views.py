@@ -49,8 +49,16 @@ _registry_lock = threading.Lock()
 # ---------------------------------------------------------------------------- shared helpers
 
 def alerts_config(request: Request) -> AlertsConfig:
+    """The site's alerting configuration with the rules and SLA limits as the registry holds
+    them (edited in the UI: store/sitedoc.py)."""
+    from store import sitedoc
     try:
-        return load_config(request.app.state.settings.site_file)
+        with request.app.state.pool.connection(timeout=5) as conn:
+            found = sitedoc.sections(conn)
+    except Exception:       # noqa: BLE001 — the database answers the request's own query, or 503 there
+        found = None
+    try:
+        return load_config(request.app.state.settings.site_file, found or None)
     except (SiteError, OSError) as exc:
         log.error("site file cannot be loaded for alerts: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the site file has problems; see the hub log") from None

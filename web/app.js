@@ -12,8 +12,15 @@ const PAGES = [
   { id: 'warnings', label: '预警', en: 'Warnings', load: () => import('./pages/warnings.js') },
   { id: 'map', label: '地图', en: 'Map', load: () => import('./pages/map.js') },
   { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
+  // administration (api/admin): offered only to roles with the permission
+  { id: 'users', label: '用户管理', en: 'Users', perm: 'users.read', load: () => import('./pages/users.js') },
+  { id: 'departments', label: '部门管理', en: 'Departments', perm: 'departments.manage', load: () => import('./pages/departments.js') },
+  { id: 'grid', label: '网格管理', en: 'Grid', perm: 'grid.manage', load: () => import('./pages/grid.js') },
+  { id: 'alerting', label: '告警规则', en: 'Alerting', perm: 'alerting.read', load: () => import('./pages/alerting.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
+// A page with a permission is offered only to the roles that have it.
+const offered = (p) => !p.perm || !Array.isArray(state.me?.permissions) || state.me.permissions.includes(p.perm);
 
 const root = document.getElementById('app');
 const state = { me: null, grid: null, page: null, cleanup: null };
@@ -108,7 +115,7 @@ async function showShell() {
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
   const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
-    PAGES.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+    PAGES.filter(offered).map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
       h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),
@@ -150,7 +157,7 @@ function teardownPage() {
 async function route() {
   if (!state.me) return;
   const [, id, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || [];
-  const page = PAGES.find((p) => p.id === id) || PAGES[0];
+  const page = PAGES.filter(offered).find((p) => p.id === id) || PAGES[0];
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
 
   teardownPage();

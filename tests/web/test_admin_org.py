@@ -120,3 +120,23 @@ def test_an_admin_adds_a_grid_node_and_a_user_on_it(tabs, seeded_db, shots):
     newcomer = tabs(username, initial).page
     newcomer.wait_for_selector("#me-node")          # first login: sent to change the password
     assert "东山村测试网格" in newcomer.text_content("#me-node")
+
+
+def test_the_admin_pages_work_under_the_uis_own_content_security_policy(browser, admin_api):
+    ui = UI(browser, admin_api.base_url, bypass_csp=False)
+    try:
+        ui.login("admin")
+        p = ui.page
+        for page, ready in [("users", "#users-table tbody tr"), ("departments", "#departments-table tbody tr"),
+                            ("grid", "#boundary-map"), ("alerting", "#alerting-sla")]:
+            p.click(f"#nav-{page}")
+            try:
+                p.wait_for_selector(ready, timeout=30000)
+            except Exception:
+                raise AssertionError(f"{page}: {p.inner_text('#page')[:300]!r} {ui.errors} {ui.console[-5:]}") from None
+        assert '"total": "72h"' in p.input_value("#alerting-sla")
+        violations = [m for m in ui.console if "Content Security Policy" in m or "Refused to" in m]
+        assert not violations, violations
+        assert not ui.errors, ui.errors
+    finally:
+        ui.close()

@@ -18,7 +18,7 @@ export async function render(main, { me }) {
 
   async function load() {
     const cfg = await call('GET', '/api/admin/alerting');
-    clear(box).append(h('h2', {}, '告警规则与办结时限 ', h('small', {}, 'Alerting rules and SLA limits')),
+    clear(box).append(h('div', {}, h('h2', {}, '告警规则与办结时限 ', h('small', {}, 'Alerting rules and SLA limits')),
       editable ? null : h('p', { class: 'muted' }, '全县通用，仅县级管理员可修改。'),
       SECTIONS.map(([name, label, hint]) => {
         const text = h('textarea', { id: `alerting-${name}`, rows: name === 'rules' ? 18 : 10, spellcheck: 'false', class: 'code', readonly: !editable },
@@ -33,7 +33,7 @@ export async function render(main, { me }) {
             try { data = JSON.parse(text.value); } catch (err) { error.textContent = `JSON 格式错误：${err.message}`; return; }
             if (await act(error, () => call('PUT', `/api/admin/alerting/${name}`, { data }), '已保存，立即生效')) await load();
           } }, '保存')) : null);
-      }));
+      })));
   }
 
   await load();

@@ -42,7 +42,7 @@ export async function render(main, { me }) {
     const childName = h('input', { id: 'grid-child-name', maxlength: 200 });
     const childLevel = select('grid-child-level', levels.map((l) => [l, LEVEL_LABELS[l] || l]), levels[0]);
     const own = n.code === me.node_code;
-    clear(detail).append(
+    clear(detail).append(h('div', {},
       h('h2', {}, `${n.name} `, h('small', {}, `${LEVEL_LABELS[n.level] || n.level} · ${n.code}`)),
       h('p', { class: 'muted', id: 'grid-counts' }, `下级 ${n.children} · 摄像机 ${n.cameras} · 设备 ${n.devices} · 在用帐号 ${n.users}`),
       error,
@@ -67,7 +67,7 @@ export async function render(main, { me }) {
           if (!window.confirm(`撤销 ${n.name}？节点保留在历史中，不再使用。`)) return;
           if (await act(error, () => call('POST', `/api/admin/grid/nodes/${encodeURIComponent(n.code)}/retire`), '已撤销')) { selected = n.parent_code; await load(); }
         } }, '撤销'))) : null,
-      boundaryEditor(n, error));
+      boundaryEditor(n, error)));
   }
 
   // The boundary: click on the map to add points (drawn in [lon, lat]), or paste GeoJSON.

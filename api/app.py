@@ -20,6 +20,7 @@ from api.alerts.feed import router as alerts_feed_router
 from api.alerts.inbound import router as alerts_inbound_router
 from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
+from api.errors import validation_detail
 from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
 from api.csrf import CsrfGuard
@@ -127,7 +128,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     async def validation_error(request, exc: RequestValidationError):
         # Name every bad field; never echo the submitted values (they may be passwords).
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+        return JSONResponse({"detail": validation_detail(problems), "problems": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):

@@ -180,6 +180,11 @@ def test_a_user_is_checked_by_the_site_rules_in_chinese(admin):
                                        "node_code": OWN_TOWNSHIP, "department_code": "no-such-dept",
                                        "password": PASSWORD})
     assert r.status_code == 422 and "部门 'no-such-dept' 不存在" in r.json()["detail"], r.text
+    # what the request itself cannot say is named too, in Chinese, without echoing the value
+    r = admin.post("/api/users", json={"username": "Bad Name!", "display_name": "x", "role": "grid_worker",
+                                       "node_code": OWN_TOWNSHIP, "password": "Secret-value-2026"})
+    assert r.status_code == 422 and "字段 username：格式不符" in r.json()["detail"], r.text
+    assert "Secret-value-2026" not in r.text and "Bad Name!" not in r.text
 
 
 def test_a_site_user_is_edited_in_the_ui_and_the_change_stands(admin, sdb):

@@ -66,7 +66,7 @@ export async function render(main, { me }) {
         h('button', { type: 'button', class: 'danger', id: 'grid-retire', onclick: async () => {
           if (!window.confirm(`撤销 ${n.name}？节点保留在历史中，不再使用。`)) return;
           if (await act(error, () => call('POST', `/api/admin/grid/nodes/${encodeURIComponent(n.code)}/retire`), '已撤销')) { selected = n.parent_code; await load(); }
-        } }, '撤销'))) : null,
+        } }, '撤销节点'))) : null,
       boundaryEditor(n, error)));
   }
 
@@ -106,7 +106,7 @@ export async function render(main, { me }) {
     };
     return h('div', { class: 'form', id: 'grid-boundary' }, h('h3', {}, '边界 ', h('small', {}, '点击地图逐点绘制（橙点为中心点）')), svg,
       h('div', { class: 'actions' },
-        h('button', { type: 'button', class: 'secondary', onclick: () => { ring.pop(); draw(); } }, '撤销一点'),
+        h('button', { type: 'button', class: 'secondary', onclick: () => { ring.pop(); draw(); } }, '删除上一点'),
         h('button', { type: 'button', class: 'secondary', onclick: () => { ring = []; draw(); } }, '清空'),
         h('button', { type: 'button', class: 'primary', id: 'boundary-save-drawn', onclick: () => save(ring) }, '保存绘制的边界')),
       paste,

@@ -140,3 +140,24 @@ def test_the_admin_pages_work_under_the_uis_own_content_security_policy(browser,
         assert not ui.errors, ui.errors
     finally:
         ui.close()
+
+
+def test_sla_limits_are_edited_in_a_table_and_refused_in_chinese(tabs, seeded_db):
+    admin = tabs("admin")
+    p = admin.page
+    p.click("#nav-alerting")
+    p.wait_for_selector("#sla-table tbody tr")
+    first = p.locator('#sla-table tbody tr[data-default="true"] input[data-f="total"]')
+    assert first.input_value() == "72h"
+    first.fill("三天")
+    p.click("#sla-save")
+    p.wait_for_function("document.querySelector('#sla-error').textContent.length > 0")
+    assert "sla.default.total" in p.text_content("#sla-error")
+    p.locator('#sla-table tbody tr[data-default="true"] input[data-f="total"]').fill("48h")
+    p.click("#sla-save")
+    p.wait_for_function("JSON.parse(document.querySelector('#alerting-sla').value).default.total === '48h'")
+    with connect(seeded_db) as conn:
+        data = conn.execute("SELECT data FROM site_sections WHERE name = 'sla'").fetchone()["data"]
+    assert data["default"]["total"] == "48h" and len(data["limits"]) >= 1
+    assert data["limits"][0]["category"] in ("public_order", "治安防控")
+    assert not admin.errors

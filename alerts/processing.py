@@ -30,6 +30,7 @@ from alerts.registry import RegistryView
 from alerts.rules.compile import EventFacts
 from bus.commands import Command
 from config.alerting import Rule, pattern_matches
+from config.vocabulary import CATEGORY_LABELS, URGENCY_EVENT_SEVERITY, URGENCY_LABELS, Category, Urgency
 from devices.broadcast import Voice
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,35 @@ class Outcome:
     broadcast: bool = False
     # MQTT commands to publish after the transaction commits: (source id, command)
     commands: list[tuple[str, Command]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PersonChoice:
+    """What a person chose and wrote when flagging (camera.flag with ``by``)."""
+    by: str | None
+    category: str | None
+    urgency: str | None
+    note: str | None
+
+
+_CATEGORY_CODES = {**{c.value: c.value for c in Category}, **{label: c.value for c, label in CATEGORY_LABELS.items()}}
+_URGENCY_CODES = {**{u.value: u.value for u in Urgency}, **{label: u.value for u, label in URGENCY_LABELS.items()}}
+_URGENCY_OF_SEVERITY = {sev.value: u.value for u, sev in URGENCY_EVENT_SEVERITY.items()}
+
+
+def person_choice(ev: Event | None) -> PersonChoice | None:
+    """A supervisor's flag carries the category (code or label), the note and — as the
+    event's severity (URGENCY_EVENT_SEVERITY) or in the detail — the urgency they chose.
+    None for anything else (an evidence request's flag has no person behind it)."""
+    if ev is None or ev.type != "camera.flag":
+        return None
+    detail = ev.payload.get("detail") or {}
+    if not detail.get("by"):
+        return None
+    cat = _CATEGORY_CODES.get(str(detail.get("category") or "").strip())
+    urg = _URGENCY_CODES.get(str(detail.get("urgency") or "").strip()) or _URGENCY_OF_SEVERITY.get(ev.severity or "")
+    note = str(detail.get("note") or "").strip() or None
+    return PersonChoice(str(detail["by"]), cat, urg, note)
 
 
 class Processor:
@@ -185,8 +215,18 @@ class Processor:
         description += "。"
         items = [evidence.from_summary(e) for e in alarm["evidence"]]
         system = Actor.system(f"rule:{rule.id}")
+        category, urgency, title = str(spec.category), str(spec.urgency), spec.title or alarm["title"]
+        chosen = person_choice(ev)
+        if chosen is not None:
+            # A person's flag: what they chose and wrote is the case; the rule's are defaults.
+            category, urgency = chosen.category or category, chosen.urgency or urgency
+            if chosen.note:
+                title = f"{chosen.note.splitlines()[0][:60]}（{source_name}）"
+                description = f"{chosen.note}\n——{chosen.by or ''}标记。{description}"
+            elif chosen.by:
+                description = f"{chosen.by}标记。{description}"
         case = cases.create_case(conn, cfg, NewCase(
-            title=spec.title or alarm["title"], category=str(spec.category), urgency=str(spec.urgency),
+            title=title, category=category, urgency=urgency,
             channel="video" if alarm["source_kind"] == "camera" else "device", grid_code=alarm["grid_code"] or
             grid_path[-1], owner_code=owner, description=description, lat=alarm["lat"], lon=alarm["lon"],
             alarm_id=alarm["id"]), system, now, evidence=items)

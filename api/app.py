@@ -18,6 +18,7 @@ from api.admin.views import router as admin_router
 from api.alerts.cap import router as alerts_cap_router
 from api.alerts.feed import router as alerts_feed_router
 from api.alerts.inbound import router as alerts_inbound_router
+from api.alerts.intake import router as alerts_intake_router
 from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
 from api.errors import validation_detail
@@ -25,6 +26,7 @@ from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
 from api.csrf import CsrfGuard
 from api.deps import SESSION_COOKIE
+from api.cameras.admin import router as cameras_admin_router
 from api.cameras.ptz_holds import PtzHolds
 from api.cameras.views import router as cameras_router
 from api.devices.broadcasts import router as device_broadcasts_router
@@ -154,12 +156,37 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     # the UI at / and live video.
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router,
                    admin_grid_router, admin_departments_router, admin_alerting_router, cameras_router,
+                   cameras_admin_router,
                    recordings_export_router, recordings_integrity_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
-                   device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_feed_router,
+                   device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_intake_router,
+                   alerts_feed_router,
                    alerts_inbound_router, open311_router, web_router):
         app.include_router(router)
     return app
+
+
+# What a person reads when a form is refused (the operators' language first; ``problems``
+# keeps pydantic's own words for programs).
+_PROBLEM_ZH = {
+    "missing": "必填", "string_too_short": "不能为空或过短", "string_too_long": "过长", "too_long": "条目过多",
+    "enum": "取值无效", "literal_error": "取值无效", "int_parsing": "应为整数", "float_parsing": "应为数字",
+    "bool_parsing": "应为是/否", "datetime_parsing": "时间格式无效", "datetime_from_date_parsing": "时间格式无效",
+    "greater_than_equal": "超出范围", "less_than_equal": "超出范围", "greater_than": "超出范围", "less_than": "超出范围",
+    "string_pattern_mismatch": "格式无效", "json_invalid": "不是有效的 JSON", "model_attributes_type": "格式无效",
+    "dict_type": "格式无效", "list_type": "应为列表", "string_type": "应为文字", "extra_forbidden": "不允许的字段",
+}
+
+
+def validation_detail(problems: list[dict]) -> str:
+    parts = []
+    for p in problems[:5]:
+        loc = [str(x) for x in p["loc"] if x not in ("body", "query", "path")]
+        msg = str(p.get("msg") or "")
+        text = msg.removeprefix("Value error, ") if p.get("type") == "value_error" else _PROBLEM_ZH.get(
+            str(p.get("type")), "无效")
+        parts.append(f"{'.'.join(loc) or '请求体'}：{text}")
+    return f"请求内容有误 (invalid request)：{'；'.join(parts)}"
 
 
 class Hsts:

@@ -19,6 +19,7 @@ middleware like any other refused request.
 """
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -27,8 +28,9 @@ from starlette.responses import JSONResponse
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "text/plain")
 MULTIPART = "multipart/form-data"
-# Where the UI uploads files (audio for broadcasts).
+# Where the UI uploads files (audio for broadcasts, photos and videos attached to a case).
 UPLOAD_PATHS = ("/api/broadcasts/audio",)
+UPLOAD_PATTERN = re.compile(r"/api/cases/[^/]+/attachments")
 
 
 def _origin_of(url: str) -> str | None:
@@ -70,6 +72,7 @@ class CsrfGuard:
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in FORM_TYPES:
             return f"a {content_type} body (the API takes JSON)"
-        if content_type == MULTIPART and not scope["path"].startswith(UPLOAD_PATHS):
+        if content_type == MULTIPART and not (scope["path"].startswith(UPLOAD_PATHS)
+                                              or UPLOAD_PATTERN.fullmatch(scope["path"])):
             return "a multipart body outside the upload routes"
         return None

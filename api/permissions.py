@@ -28,12 +28,14 @@ class Permission(StrEnum):
     CASES_CREATE = "cases.create"            # intake: hotline, grid workers, video supervisors
     CASES_ACT = "cases.act"                  # lifecycle actions; flows.py decides which, per state and role
     CASE_EVIDENCE = "cases.evidence"         # download evidence files (audited)
+    CASES_REPORTER = "cases.reporter"        # reveal a reporter's name and phone, whole (audited)
     OUTBOX_READ = "outbox.read"
     OUTBOX_REPLAY = "outbox.replay"
     CAP_IMPORT = "cap.import"                # emergency warnings (应急预警)
     STATS_READ = "stats.read"                # 考核评价
     # field devices
-    DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices
+    DEVICES_MANAGE = "devices.manage"        # add, update, decommission devices, issue their credentials
+    CAMERAS_MANAGE = "cameras.manage"        # 摄像机管理: add, edit, retire, maintenance, test connection
     DEVICE_COMMAND = "device.command"        # drone mission / return home, speaker volume, door replay …
     DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)
     BROADCAST_SEND = "broadcast.send"        # 广播：通告 and 应急预警
@@ -75,11 +77,14 @@ GRANTS: dict[Permission, set[Role]] = {
                               Role.centre_lead},
     Permission.CASES_ACT: _ALL_STAFF - {Role.admin},
     Permission.CASE_EVIDENCE: _ALL_STAFF - {Role.admin},
+    # Personal information (§7.2): only those who call a reporter back (结果反馈) see it whole.
+    Permission.CASES_REPORTER: {Role.hotline, Role.dispatcher, Role.centre_lead},
     Permission.OUTBOX_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
     Permission.OUTBOX_REPLAY: {Role.admin, Role.centre_lead},
     Permission.CAP_IMPORT: {Role.dispatcher, Role.centre_lead},
     Permission.STATS_READ: {Role.centre_lead, Role.dispatcher},
     Permission.DEVICES_MANAGE: {Role.admin},
+    Permission.CAMERAS_MANAGE: {Role.admin},
     Permission.DEVICE_COMMAND: {Role.dispatcher, Role.centre_lead, Role.admin},
     # Opening a guarded door from afar: the control room's dispatcher, and the administrator.
     Permission.DOOR_UNLOCK: {Role.dispatcher, Role.admin},

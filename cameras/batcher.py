@@ -73,6 +73,11 @@ class AnalysisBatcher:
         self._share += max(2, math.ceil(BACKLOG_PERIODS * frames_per_s * self.period_s))
         self.max_pending = max(self.max_pending, self._share)
 
+    def unregister(self, target: Analysed) -> None:
+        """A camera stopped (a registry change): its frames still queued are analysed, no more come."""
+        if target in self._targets:
+            self._targets.remove(target)
+
     @property
     def dropped(self) -> int:
         return sum(t.analysis_dropped for t in self._targets)

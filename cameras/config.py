@@ -177,6 +177,34 @@ def camera_specs(site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec
     return specs, problems
 
 
+def registry_specs(rows: list[dict], site, shard: int = 0, shards: int = 1) -> tuple[list[CameraSpec], dict[str, str]]:
+    """The registry's cameras (store.registry.camera_rows) in this shard, as ``camera_specs``
+    makes them from the site file: each row is checked as a site-file camera entry (the one
+    validator), its credentials resolved by reference from the site file's ``credentials:``,
+    its recording policy defaulted from the site's ``recording_by_tag``."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from config.site import Camera
+    from store.registry import camera_site_entry
+
+    cameras, problems = [], {}
+    for row in rows:
+        if shard_of(row["id"], shards) != shard:
+            continue
+        try:
+            cameras.append(Camera.model_validate(camera_site_entry(row)))
+        except ValidationError as exc:
+            problems[row["id"]] = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                                            for e in exc.errors(include_input=False, include_url=False))[:500]
+    view = SimpleNamespace(cameras=cameras, credentials=site.credentials if site else {},
+                           timezone=site.timezone if site else "Asia/Shanghai",
+                           recording_by_tag=site.recording_by_tag if site else {})
+    specs, more = camera_specs(view, shard, shards)
+    return specs, {**problems, **more}
+
+
 class EvidenceSettings(BaseSettings):
     """Where evidence files live and how long (``XLHUB_EVIDENCE_*``). With several hub
     machines the directory must be shared storage: the API serves what workers wrote."""

@@ -55,6 +55,19 @@ class MqttLink(Connection):
             client.subscribe(subs[i:i + 100])
         log.info("MQTT connected to %s; commands of %d cameras subscribed", describe(self.url), len(subs))
 
+    def add_cameras(self, camera_ids: list[str]) -> None:
+        """Cameras added while running (a registry change): their commands from now on."""
+        new = [cid for cid in camera_ids if cid not in self.camera_ids]
+        self.camera_ids += new
+        if new and self.connected.is_set():
+            self.client.subscribe([(topic_for("camera", cid, "cmd", "+"), 1) for cid in new])
+
+    def remove_cameras(self, camera_ids: list[str]) -> None:
+        gone = [cid for cid in camera_ids if cid in self.camera_ids]
+        self.camera_ids = [cid for cid in self.camera_ids if cid not in gone]
+        if gone and self.connected.is_set():
+            self.client.unsubscribe([topic_for("camera", cid, "cmd", "+") for cid in gone])
+
     def on_lost(self, reason_code) -> None:
         log.warning("MQTT connection lost (%s); reconnecting", reason_code)
 

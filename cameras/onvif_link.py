@@ -102,6 +102,30 @@ class OnvifLink:
             task.add_done_callback(self._tasks.discard)
         self.loop.call_soon_threadsafe(create)
 
+    def forget(self, camera_id: str) -> None:
+        """A camera stopped by a registry change (retired, changed): its event subscription
+        ends (unsubscribed, best effort) and its PTZ session is closed. Does not wait. The
+        subscriber is taken off in a loop callback, so a subscription made right after (the
+        camera restarted) — scheduled later, run later — is not the one stopped."""
+        if self._thread is None or not self.loop.is_running():
+            return
+
+        async def drop(subscriber) -> None:
+            if subscriber is not None:
+                await subscriber.stop()
+                try:
+                    await subscriber.camera.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            if camera_id in self._sessions:
+                await self._drop(camera_id)
+
+        def take() -> None:
+            task = self.loop.create_task(drop(self.subscribers.pop(camera_id, None)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.loop.call_soon_threadsafe(take)
+
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None or not self.loop.is_running():
             return

@@ -143,6 +143,7 @@ class CameraPipeline:
         self._recent: dict[str, tuple[float, str]] = {}    # event type → (time, source) of the last one raised
         self._recent_lock = threading.Lock()
         self.duplicates = 0
+        self.retired = False        # the worker stopped it (retired, changed, moved to another shard)
         self.camera_events = 0
         self.analysed_frames = 0
         self.analysis_dropped = 0
@@ -250,6 +251,8 @@ class CameraPipeline:
         """Queue an event: its snapshot is taken first (the frame at ``at``, or ``frame``
         when the analysis holds it), then it is emitted with a pending clip.
         ``in_maintenance``: not an alert (a condition ending), sent during maintenance too."""
+        if self.retired:
+            return None         # stopped by a registry change: nothing more of it is raised
         if self.health.maintenance and not in_maintenance:
             log.info("camera %s: %s suppressed (maintenance)", self.spec.id, type_)
             return None

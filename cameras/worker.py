@@ -35,6 +35,7 @@ later. A supervisor's flag waits for the clip and carries both hashes.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import threading
@@ -55,7 +56,7 @@ from bus.commands import (
 )
 
 from cameras.batcher import AnalysisBatcher
-from cameras.config import CameraSpec, EvidenceSettings, camera_specs
+from cameras.config import CameraSpec, EvidenceSettings, camera_specs, registry_specs
 from cameras.evidence import EvidenceStore
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
@@ -73,6 +74,13 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 HEARTBEAT_S = 5.0
 BASELINE_SAVE_S = 300.0
+
+def _same_but_maintenance(a: CameraSpec, b: CameraSpec) -> bool:
+    """Only the maintenance switch differs: switched on the running pipeline, no restart."""
+    if a.analytics.maintenance == b.analytics.maintenance:
+        return False
+    return dataclasses.replace(a, analytics=a.analytics.model_copy(update={"maintenance": b.analytics.maintenance})) == b
+
 
 # --------------------------------------------------------------------------- the worker
 class CameraWorker:
@@ -101,12 +109,18 @@ class CameraWorker:
         self.recorder: Recorder | None = None
         self.disk: DiskKeeper | None = None
         self.ready = threading.Event()
+        self._site = None
+        self._next_tele: dict[str, float] = {}
+        self._told: dict[str, str] = {}          # camera → the health state its telemetry last said
+        self.jobs: ThreadPoolExecutor | None = None
         self.started_at = datetime.now(UTC)
 
     # -- set-up ------------------------------------------------------------------------
     def _load_cameras(self) -> list[CameraSpec]:
         if self._cameras is not None:
             return list(self._cameras)
+        if self.db_url:
+            return self._registry_cameras()
         from config.site import load_site
 
         site = load_site(self.settings.site_file)
@@ -115,10 +129,113 @@ class CameraWorker:
             log.error("camera %s not started: %s", cam_id, problem)
         return specs
 
+    @property
+    def live(self) -> bool:
+        """Cameras come from the registry and follow its changes (``xlhub run``); a fixed
+        list given to the constructor (tests, tools) never changes."""
+        return self._cameras is None and bool(self.db_url)
+
+    def _registry_cameras(self) -> list[CameraSpec]:
+        """This shard's active cameras of the registry; credentials (by reference), the time
+        zone and recording_by_tag from the site file, read again each time (its credentials
+        may have been added since)."""
+        from config.site import load_site
+        from store.db import connect
+        from store.registry import camera_rows
+
+        try:
+            self._site = load_site(self.settings.site_file)
+        except Exception as exc:      # SiteError: keep what the last good read said
+            if self._site is None:
+                raise
+            log.error("%s: site file not read again, its last good version is used: %s", self.name, exc)
+        with connect(self.db_url, autocommit=True) as conn:
+            rows = camera_rows(conn)
+        specs, problems = registry_specs(rows, self._site, self.shard, self.shards)
+        for cam_id, problem in problems.items():
+            if self.problems.get(cam_id) != problem:
+                log.error("camera %s not started: %s", cam_id, problem)
+        self.problems = problems
+        return specs
+
+    def _new_pipeline(self, spec: CameraSpec) -> CameraPipeline:
+        endpoint = source = None
+        if spec.onvif_host:
+            if self.onvif is None:
+                self.onvif = OnvifLink(name=f"{self.name}-onvif").start()
+            endpoint = OnvifEndpoint(spec.onvif_host, spec.onvif_port, spec.username, spec.password)
+        if spec.onvif_only:
+            h = spec.analytics.health
+            source = OnvifStreamSource(spec.id, endpoint, self.onvif, stream=spec.analytics.stream,
+                                       first_wait_s=min(5.0, h.open_timeout_s)).start()
+        return CameraPipeline(spec, emit=self._emit, store=self.store, jobs=self.jobs,
+                              baseline_dir=self.baseline_dir, source=source, onvif=endpoint, batcher=self.batcher)
+
+    # -- live changes (xlhub_registry) ------------------------------------------------------
+    def reconcile(self) -> dict[str, list[str]]:
+        """Bring the running pipelines in line with the registry: start new cameras of this
+        shard, stop retired ones (or ones moved to another shard), restart a changed one
+        (URL, stream, credentials, analytics, recording); maintenance alone is switched on
+        the running pipeline. The other cameras are not touched. On the main thread."""
+        wanted = {s.id: s for s in self._registry_cameras()}
+        done: dict[str, list[str]] = {"started": [], "stopped": [], "restarted": [], "maintenance": []}
+        for cid in [c for c in self.pipelines if c not in wanted]:
+            self._drop_pipeline(cid)
+            done["stopped"].append(cid)
+        for cid, spec in wanted.items():
+            running = self.pipelines.get(cid)
+            if running is not None and running.spec == spec:
+                continue
+            if running is not None and _same_but_maintenance(running.spec, spec):
+                running.spec = spec
+                running.set_maintenance(spec.analytics.maintenance)
+                done["maintenance"].append(cid)
+                continue
+            if running is not None:
+                self._drop_pipeline(cid)
+            self._add_pipeline(spec)
+            done["restarted" if running is not None else "started"].append(cid)
+        if any(done.values()):
+            log.info("%s: registry changed: %s", self.name,
+                     "; ".join(f"{k} {', '.join(v)}" for k, v in done.items() if v))
+        return done
+
+    def _add_pipeline(self, spec: CameraSpec) -> None:
+        p = self._new_pipeline(spec)
+        self.pipelines[spec.id] = p
+        self._attach_recording(p)
+        if p.onvif is not None and spec.onvif_events:
+            self.onvif.subscribe_events(spec.id, p.onvif, p.camera_event)
+        if self.link is not None:
+            self.link.add_cameras([spec.id])
+        self._next_tele[spec.id] = time.monotonic() + p.cfg.health.telemetry_s
+        p.start()
+
+    def _drop_pipeline(self, camera_id: str) -> None:
+        p = self.pipelines.pop(camera_id)
+        self._next_tele.pop(camera_id, None)
+        self._told.pop(camera_id, None)
+        p.stop()
+        p.retired = True          # ONVIF events still in flight are not raised any more
+        if self.link is not None:
+            self.link.remove_cameras([camera_id])
+        if self.batcher is not None:
+            self.batcher.unregister(p)
+        if self.onvif is not None and p.onvif is not None:
+            self.onvif.forget(camera_id)
+        if p.recording is not None and self.recorder is not None:
+            self.recorder.remove(camera_id)      # cuts and indexes its open segment
+        self.jobs.submit(self._finish_stopped, p)
+
+    @staticmethod
+    def _finish_stopped(p: CameraPipeline) -> None:
+        p.reader.join(timeout=5)
+        p.save_baseline()
+
     def run(self, stop: threading.Event) -> None:
-        specs = self._load_cameras()
         jobs = ThreadPoolExecutor(max_workers=self.job_threads, thread_name_prefix=f"{self.name}-job")
         self.jobs = jobs
+        specs = self._load_cameras()
         if self.db_url:
             from store.db import open_pool
             self.pool = open_pool(self.db_url, min_size=1, max_size=3, name=self.name)
@@ -129,20 +246,9 @@ class CameraWorker:
             self.link.start()
         else:
             log.warning("no MQTT broker configured: camera events are not published")
-        if any(s.onvif_host for s in specs):
-            self.onvif = OnvifLink(name=f"{self.name}-onvif").start()
         self.batcher = AnalysisBatcher(f"{self.name}-analysis").start()
         for spec in specs:
-            endpoint = source = None
-            if spec.onvif_host:
-                endpoint = OnvifEndpoint(spec.onvif_host, spec.onvif_port, spec.username, spec.password)
-            if spec.onvif_only:
-                h = spec.analytics.health
-                source = OnvifStreamSource(spec.id, endpoint, self.onvif, stream=spec.analytics.stream,
-                                           first_wait_s=min(5.0, h.open_timeout_s)).start()
-            self.pipelines[spec.id] = CameraPipeline(spec, emit=self._emit, store=self.store, jobs=jobs,
-                                                     baseline_dir=self.baseline_dir, source=source, onvif=endpoint,
-                                                     batcher=self.batcher)
+            self.pipelines[spec.id] = self._new_pipeline(spec)
         self._start_tap()
         self._start_recorder()
         for p in self.pipelines.values():
@@ -152,22 +258,40 @@ class CameraWorker:
             p.start()
         log.info("%s: %d cameras (shard %d of %d); evidence in %s", self.name, len(specs), self.shard,
                  self.shards, self.evidence_root)
+        changed = threading.Event()
+        if self.live:
+            from store.listen import Listener
+            from store.registry import REGISTRY_CHANNEL
+
+            # Any registry notification means "look now" (the triggers' and the API's alike);
+            # on (re)connect too: a change made while the connection was away is not missed.
+            Listener(self.db_url, [REGISTRY_CHANNEL], lambda _c, _p: changed.set(), name=f"{self.name}-registry",
+                     on_connect=changed.set).start(stop)
         self.ready.set()
-        next_tele: dict[str, float] = {cid: time.monotonic() + p.cfg.health.telemetry_s
-                                       for cid, p in self.pipelines.items()}
+        self._next_tele = {cid: time.monotonic() + p.cfg.health.telemetry_s for cid, p in self.pipelines.items()}
         next_heartbeat = 0.0
         next_sweep = time.monotonic() + 60
         next_baseline = time.monotonic() + BASELINE_SAVE_S
         try:
             while not stop.is_set():
+                if changed.is_set():
+                    changed.clear()
+                    try:
+                        self.reconcile()
+                    except Exception:
+                        log.exception("%s: registry change not applied (tried again at the next one)", self.name)
                 now = time.monotonic()
                 for cid, p in self.pipelines.items():
                     try:
                         p.tick()
                     except Exception:
                         log.exception("camera %s: tick failed", cid)
-                    if now >= next_tele[cid]:
-                        next_tele[cid] = now + p.cfg.health.telemetry_s
+                    # on schedule, and at once when the state changes (a camera just added or
+                    # put in maintenance shows so on the wall without waiting a period)
+                    shown = p.health.shown_state
+                    if now >= self._next_tele.get(cid, now) or shown != self._told.get(cid):
+                        self._told[cid] = shown
+                        self._next_tele[cid] = now + p.cfg.health.telemetry_s
                         if self.link is not None:
                             self.link.publish_telemetry(cid, p.health.telemetry())
                 if now >= next_heartbeat:
@@ -200,20 +324,32 @@ class CameraWorker:
 
     def _start_recorder(self) -> None:
         """Record the cameras whose policy says so (cameras/recording/)."""
-        settings = RecordingSettings()
         recorded = [p for p in self.pipelines.values() if p.spec.recording.mode != "off"]
-        if not settings.enabled or not recorded:
-            return
-        self.recording_root = settings.root(self.settings.var_dir)
-        self.recorder = Recorder(settings, self.recording_root, self.pool, name=self.name)
         for p in recorded:
-            p.recording = self.recorder.camera(p.spec.id, p.spec.stream, p.spec.recording, p.ring, p.spec.tz)
-            p.fanout.listeners += (p.recording,)
-        self.recorder.start()
-        if self.pool is not None:
-            self.disk = DiskKeeper(settings, self.recording_root, self.pool, [p.spec.id for p in recorded],
-                                   name=self.name)
-        log.info("%s: recording %d cameras into %s", self.name, len(recorded), self.recording_root)
+            self._attach_recording(p, start=False)
+        if self.recorder is not None:
+            self.recorder.start()
+            log.info("%s: recording %d cameras into %s", self.name, len(recorded), self.recording_root)
+
+    def _attach_recording(self, p: CameraPipeline, start: bool = True) -> None:
+        """Give a camera whose policy records it its recorder (the worker's one, made at the
+        first such camera: at start or when one is added live)."""
+        if p.spec.recording.mode == "off":
+            return
+        if self.recorder is None:
+            settings = RecordingSettings()
+            if not settings.enabled:
+                return
+            self.recording_root = settings.root(self.settings.var_dir)
+            self.recorder = Recorder(settings, self.recording_root, self.pool, name=self.name)
+            if self.pool is not None:
+                self.disk = DiskKeeper(settings, self.recording_root, self.pool, [], name=self.name)
+            if start:
+                self.recorder.start()
+        p.recording = self.recorder.camera(p.spec.id, p.spec.stream, p.spec.recording, p.ring, p.spec.tz)
+        p.fanout.listeners += (p.recording,)
+        if self.disk is not None and p.spec.id not in self.disk.cameras:
+            self.disk.cameras.append(p.spec.id)
 
     def _fanout_of(self, camera_id: str) -> Fanout | None:
         pipeline = self.pipelines.get(camera_id)

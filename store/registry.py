@@ -3,6 +3,7 @@ step with the site file, with versioned grid membership (a camera moved to anoth
 keeps its history: events stay in the grid they happened in)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -62,16 +63,17 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
     for cam in site.cameras:
         conn.execute(
             """INSERT INTO cameras (id, name, rtsp_url, substream_url, onvif, transport, credentials_ref, lat, lon, tags,
-                                   active)
+                                   analytics, recording, origin, active)
                VALUES (%(id)s, %(name)s, %(rtsp)s, %(sub)s, %(onvif)s, %(transport)s, %(cred)s, %(lat)s, %(lon)s,
-                       %(tags)s, true)
+                       %(tags)s, %(analytics)s, %(recording)s, 'site', true)
                ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, rtsp_url = EXCLUDED.rtsp_url,
                    substream_url = EXCLUDED.substream_url, onvif = EXCLUDED.onvif, transport = EXCLUDED.transport,
                    credentials_ref = EXCLUDED.credentials_ref, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
-                   tags = EXCLUDED.tags, active = true, updated_at = now()""",
+                   tags = EXCLUDED.tags, analytics = EXCLUDED.analytics, recording = EXCLUDED.recording,
+                   origin = 'site', active = true, retired_at = NULL, retired_by = NULL, updated_at = now()""",
             {"id": cam.id, "name": cam.name, "rtsp": _str(cam.rtsp_url), "sub": _str(cam.substream_url),
              "onvif": Jsonb(cam.onvif.model_dump()) if cam.onvif else None, "cred": cam.credentials,
-             "transport": cam.transport,
+             "transport": cam.transport, "analytics": _json(cam.analytics), "recording": _json(cam.recording),
              "lat": cam.position.lat if cam.position else None, "lon": cam.position.lon if cam.position else None,
              "tags": list(cam.tags or [])},
         )
@@ -90,8 +92,10 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
         report.devices += 1
 
     # Sources dropped from the site file stop being accepted (ingest dead-letters inactive
-    # ids) but keep their rows: their history still points at them.
-    conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE active AND NOT (id = ANY(%s))",
+    # ids) but keep their rows: their history still points at them. Cameras added through
+    # the API are not the site file's to remove.
+    conn.execute("""UPDATE cameras SET active = false, retired_at = now(), retired_by = 'site file', updated_at = now()
+                    WHERE active AND origin = 'site' AND NOT (id = ANY(%s))""",
                  ([c.id for c in site.cameras],))
     # Devices added through the API are not the site file's to remove. The devices
     # service clears a decommissioned device's retained topics.
@@ -133,6 +137,49 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
     return report
 
 
+def _json(model) -> Jsonb | None:
+    """A camera's analytics or recording settings as stored (unset keys left out: defaults
+    stay the code's)."""
+    return None if model is None else Jsonb(model.model_dump(mode="json", exclude_unset=True))
+
+
+REGISTRY_CHANNEL = "xlhub_registry"
+
+
+def notify_registry(conn: psycopg.Connection, kind: str, source_id: str) -> None:
+    """Tell the workers a camera or device changed (sent at commit, with the change):
+    ``{"kind": "camera"|"device", "id": …}`` on ``xlhub_registry``."""
+    conn.execute("SELECT pg_notify(%s, %s)", (REGISTRY_CHANNEL, json.dumps({"kind": kind, "id": source_id})))
+
+
+CAMERA_SQL = """
+SELECT c.id, c.name, c.rtsp_url, c.substream_url, c.onvif, c.transport, c.credentials_ref, c.lat, c.lon, c.tags,
+       c.analytics, c.recording, c.origin, c.active, c.retired_at, c.retired_by, c.updated_at,
+       g.grid_code, coalesce(g.grid_path, '{}') AS grid_path
+FROM cameras c LEFT JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
+"""
+
+
+def camera_rows(conn: psycopg.Connection, *, active: bool = True) -> list[dict]:
+    """The registry's cameras (active ones by default) with their current grid."""
+    where = " WHERE c.active" if active else ""
+    return conn.execute(CAMERA_SQL + where + " ORDER BY c.id").fetchall()
+
+
+def camera_site_entry(row: dict) -> dict:
+    """A registry row as the site file's camera entry (config.site.Camera's fields): what
+    the workers build their camera from and what the one validator checks."""
+    entry = {"id": row["id"], "name": row["name"], "grid": row["grid_code"], "transport": row["transport"],
+             "tags": list(row["tags"] or [])}
+    for key, col in (("rtsp_url", "rtsp_url"), ("substream_url", "substream_url"), ("onvif", "onvif"),
+                     ("credentials", "credentials_ref"), ("analytics", "analytics"), ("recording", "recording")):
+        if row.get(col) is not None:
+            entry[key] = row[col]
+    if row.get("lat") is not None and row.get("lon") is not None:
+        entry["position"] = {"lat": row["lat"], "lon": row["lon"]}
+    return entry
+
+
 def _str(value) -> str | None:
     return None if value is None else str(value)
 
@@ -172,3 +219,37 @@ def grid_at(conn: psycopg.Connection, source_id: str, at: datetime | None = None
 def node_path(conn: psycopg.Connection, code: str) -> list[str] | None:
     row = conn.execute("SELECT path FROM grid_nodes WHERE code = %s", (code,)).fetchone()
     return list(row["path"]) if row else None
+
+
+# --------------------------------------------------------------------------- the one validator
+def registry_document(conn: psycopg.Connection, site: Site | None) -> dict:
+    """The live registry as a site document with the site file's credentials and recording
+    policies: what ``check_site_data`` — the checks of ``xlhub check-config`` — is run on
+    when a camera or device is changed live. One home: store/sitedoc.py (also what
+    `xlhub site export` writes and what grid, department, user and alerting changes are
+    checked against)."""
+    from store.sitedoc import registry_document as document     # sitedoc builds on this module
+    return document(conn, site)
+
+
+def check_entry(conn: psycopg.Connection, site: Site | None, section: str, entry: dict) -> list[str]:
+    """Problems of one camera or device entry (``section`` cameras | devices) as the site
+    file's check would report them in the live registry: value checks, the camera rules,
+    references (grid node, credentials) and the shared id namespace. ``entry`` replaces the
+    registry's entry of the same id, if any. Each problem is ``path: reason`` with the
+    path inside the entry (``rtsp_url: …``)."""
+    from config.site import check_site_data
+
+    doc = registry_document(conn, site)
+    items = [e for e in doc[section] if e["id"] != entry.get("id")]
+    index = len(items)
+    doc[section] = [*items, entry]
+    _site, problems = check_site_data(doc, "registry")
+    mine = f"{section}[{index}]"
+    out = []
+    for p in problems:
+        if p.path == mine or p.path.startswith(mine + ".") or p.path.startswith(mine + "["):
+            out.append(f"{p.path[len(mine):].lstrip('.') or '(entry)'}: {p.reason}")
+        elif f"also at {mine}" in p.reason:
+            out.append(f"id: {p.reason.split(' (also at', 1)[0]}")
+    return out

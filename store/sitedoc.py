@@ -6,8 +6,7 @@ The database registry is the live truth (docs/architecture.md, "Site file and UI
   (what `xlhub site export` prints, and what every change made in the UI is checked against
   with the site file's own checks, config/site/change.py). What the registry does not hold
   — credentials (secret sources), case systems, CAP feeds, dialects, recording policies by
-  tag, a camera's analytics/recording and a device's dialect — is taken from ``base``, the
-  site file's own data.
+  tag and a device's dialect — is taken from ``base``, the site file's own data.
 - ``diff(old, new)`` compares two sites entity by entity (added / changed / retired).
 - ``apply_site(conn, site, data, …)`` brings the registry in line with a site file (the file
   wins for what it names, entities created in the UI are kept), stores its alerting sections
@@ -25,7 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from config.site import Site
-from store.registry import SyncReport, sync_site
+from store.registry import SyncReport, camera_rows, camera_site_entry, sync_site
 
 # The sections of a site file the registry keeps as documents (edited in the UI).
 SECTIONS: dict[str, Any] = {"rules": [], "schedules": {}, "arming": [], "sla": {}}
@@ -74,37 +73,19 @@ def _jsonable(data: Any) -> Any:
 
 # ---------------------------------------------------------------------------- registry → document
 
-def registry_document(conn: psycopg.Connection, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The live registry as the raw data of a site file (see the module's docstring)."""
+def registry_document(conn: psycopg.Connection, base: dict[str, Any] | Site | None = None) -> dict[str, Any]:
+    """The live registry as the raw data of a site file (see the module's docstring);
+    ``base``: the site file's data (or its model) for what the registry does not hold."""
+    if isinstance(base, Site):
+        base = base.model_dump(mode="json", exclude_none=True)
     base = dict(base or {})
     doc: dict[str, Any] = {"version": 1, "name": base.get("name") or "站点",
                            "timezone": base.get("timezone") or "Asia/Shanghai"}
     doc["grid"] = _grid_tree(conn)
     if base.get("credentials"):
         doc["credentials"] = base["credentials"]
-    by_id = {c.get("id"): c for c in base.get("cameras") or [] if isinstance(c, dict)}
-    cams = []
-    for r in conn.execute("""SELECT c.id, c.name, m.grid_code, c.rtsp_url, c.substream_url, c.onvif, c.transport,
-                                    c.credentials_ref, c.lat, c.lon, c.tags
-                             FROM cameras c JOIN grid_membership m ON m.source_kind = 'camera' AND m.source_id = c.id
-                                  AND m.valid_to IS NULL
-                             WHERE c.active ORDER BY c.id""").fetchall():
-        cam = {"id": r["id"], "name": r["name"], "grid": r["grid_code"]}
-        for key, col in (("rtsp_url", "rtsp_url"), ("substream_url", "substream_url"), ("onvif", "onvif"),
-                         ("credentials", "credentials_ref")):
-            if r[col] is not None:
-                cam[key] = r[col]
-        if r["transport"] and r["transport"] != "auto":
-            cam["transport"] = r["transport"]
-        if r["lat"] is not None:
-            cam["position"] = {"lat": r["lat"], "lon": r["lon"]}
-        if r["tags"]:
-            cam["tags"] = list(r["tags"])
-        for key in ("analytics", "recording"):
-            if (by_id.get(r["id"]) or {}).get(key) is not None:
-                cam[key] = by_id[r["id"]][key]
-        cams.append(cam)
-    doc["cameras"] = cams
+    # cameras as the workers run them (store/registry.camera_site_entry: one shape for both)
+    doc["cameras"] = [camera_site_entry(r) for r in camera_rows(conn) if r["grid_code"]]
     dev_by_id = {d.get("id"): d for d in base.get("devices") or [] if isinstance(d, dict)}
     devs = []
     for r in conn.execute("""SELECT d.id, d.kind, d.name, m.grid_code, d.lat, d.lon

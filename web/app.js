@@ -3,24 +3,40 @@ import { api, ApiError, onUnauthorized, syncClock } from './api.js';
 import { onFeed, startFeed, stopFeed } from './feed.js';
 import { beep, clear, fmtTime, gridIndex, h, loadVocabulary, toast } from './ui.js';
 
+// `needs`: the permission (api/permissions.py, listed by /api/auth/me) without which the
+// page is of no use to the role and is not offered.
 const PAGES = [
-  { id: 'wall', label: '电视墙', en: 'Video wall', load: () => import('./pages/wall.js') },
-  { id: 'playback', label: '录像回放', en: 'Playback', load: () => import('./pages/playback.js') },
-  { id: 'alerts', label: '告警', en: 'Alerts', load: () => import('./pages/alerts.js') },
-  { id: 'cases', label: '案件', en: 'Cases', load: () => import('./pages/cases.js') },
-  { id: 'broadcast', label: '广播', en: 'Broadcast', load: () => import('./pages/broadcast.js') },
-  { id: 'warnings', label: '预警', en: 'Warnings', load: () => import('./pages/warnings.js') },
-  { id: 'map', label: '地图', en: 'Map', load: () => import('./pages/map.js') },
-  { id: 'stats', label: '统计', en: 'Statistics', load: () => import('./pages/stats.js') },
-  // administration (api/admin): offered only to roles with the permission
-  { id: 'users', label: '用户管理', en: 'Users', perm: 'users.read', load: () => import('./pages/users.js') },
-  { id: 'departments', label: '部门管理', en: 'Departments', perm: 'departments.manage', load: () => import('./pages/departments.js') },
-  { id: 'grid', label: '网格管理', en: 'Grid', perm: 'grid.manage', load: () => import('./pages/grid.js') },
-  { id: 'alerting', label: '告警规则', en: 'Alerting', perm: 'alerting.read', load: () => import('./pages/alerting.js') },
+  { id: 'wall', label: '电视墙', en: 'Video wall', needs: 'live.view', load: () => import('./pages/wall.js') },
+  { id: 'playback', label: '录像回放', en: 'Playback', needs: 'recordings.play', load: () => import('./pages/playback.js') },
+  { id: 'alerts', label: '告警', en: 'Alerts', needs: 'alarms.read', load: () => import('./pages/alerts.js') },
+  { id: 'cases', label: '案件', en: 'Cases', needs: 'cases.read', load: () => import('./pages/cases.js') },
+  { id: 'broadcast', label: '广播', en: 'Broadcast', needs: 'broadcast.read', load: () => import('./pages/broadcast.js') },
+  { id: 'warnings', label: '预警', en: 'Warnings', needs: 'cases.read', load: () => import('./pages/warnings.js') },
+  { id: 'devices', label: '设备', en: 'Devices', needs: 'devices.read', load: () => import('./pages/devices.js') },
+  { id: 'map', label: '地图', en: 'Map', needs: 'grid.read', load: () => import('./pages/map.js') },
+  { id: 'stats', label: '统计', en: 'Statistics', needs: 'stats.read', load: () => import('./pages/stats.js') },
+  { id: 'cameras', label: '摄像机管理', en: 'Cameras', needs: 'cameras.manage', load: () => import('./pages/cameras.js') },
+  { id: 'device-admin', label: '设备管理', en: 'Device admin', needs: 'devices.manage', load: () => import('./pages/device-admin.js') },
+  { id: 'users', label: '用户管理', en: 'Users', needs: 'users.read', load: () => import('./pages/users.js') },
+  { id: 'departments', label: '部门管理', en: 'Departments', needs: 'departments.manage', load: () => import('./pages/departments.js') },
+  { id: 'grid', label: '网格管理', en: 'Grid', needs: 'grid.manage', load: () => import('./pages/grid.js') },
+  { id: 'alerting', label: '告警规则', en: 'Alerting', needs: 'alerting.read', load: () => import('./pages/alerting.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
-// A page with a permission is offered only to the roles that have it.
-const offered = (p) => !p.perm || !Array.isArray(state.me?.permissions) || state.me.permissions.includes(p.perm);
+// Where each role starts: a department's handler and the field roles on their task list
+// (案件), the hotline at intake; the control room at the wall.
+const LANDING = { department_handler: 'cases', hotline: 'cases', grid_worker: 'cases', grid_head: 'cases' };
+
+// The pages this user may use (an older hub without the permission list: all of them).
+function pagesFor(me) {
+  if (!me || !Array.isArray(me.permissions)) return PAGES;
+  return PAGES.filter((p) => !p.needs || me.permissions.includes(p.needs));
+}
+
+function landingFor(me) {
+  const pages = pagesFor(me);
+  return pages.find((p) => p.id === LANDING[me.role]) || pages[0];
+}
 
 const root = document.getElementById('app');
 const state = { me: null, grid: null, page: null, cleanup: null };
@@ -115,7 +131,7 @@ async function showShell() {
   const nodeName = state.grid.nameOf(me.node_code);
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
   const nav = h('nav', { class: 'nav', 'aria-label': '主导航' },
-    PAGES.filter(offered).map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
+    pagesFor(me).map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label, h('small', {}, p.en))));
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
       h('span', {}, '雪亮 hub'), h('span', { class: 'node', id: 'my-node' }, nodeName)),
@@ -157,7 +173,8 @@ function teardownPage() {
 async function route() {
   if (!state.me) return;
   const [, id, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || [];
-  const page = PAGES.filter(offered).find((p) => p.id === id) || PAGES[0];
+  // A page not offered to this role can still be opened by its address: it says why not.
+  const page = PAGES.find((p) => p.id === id) || landingFor(state.me);
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);
 
   teardownPage();

@@ -65,7 +65,7 @@ TRANSITIONS: dict[Action, Transition] = {t.action: t for t in [
     _t(Action.send_back, IN_HAND, None, {R.department_handler, R.grid_worker, R.grid_head}, "assignment",
        needs_note=True),
     _t(Action.feedback, IN_HAND, None, {R.department_handler, R.grid_worker, R.grid_head}, "assignment",
-       external=True),
+       needs_note=True, external=True),      # the result (处置结果) in words; a case system may report only a status
     _t(Action.verify, {S.feedback}, S.verified, VERIFIERS, "location", separated=True, external=True),
     _t(Action.reopen, {S.feedback}, S.registered, VERIFIERS, "location", separated=True, needs_note=True,
        external=True),
@@ -151,37 +151,41 @@ def refusal(action: Action, case: CaseView, actor: Actor) -> CaseError | None:
     system = actor.kind == "system"
     if action is Action.escalate and system:
         if case.state not in SYSTEM_ESCALATION_STATES:
-            return CaseError(f"cannot {action.value} ({label}) a case that is {case.state.value} ({case.state.label})")
+            return CaseError(f"案件当前为“{case.state.label}”，不能{label} (cannot {action.value} a case that is "
+                             f"{case.state.value})")
     elif case.state not in t.sources:
-        return CaseError(f"cannot {action.value} ({label}) a case that is {case.state.value} ({case.state.label})")
+        return CaseError(f"案件当前为“{case.state.label}”，不能{label} (cannot {action.value} a case that is "
+                         f"{case.state.value})")
     if action is Action.escalate and case.owner_is_root:
-        return CaseError(f"the case is already at the top level: nowhere to {action.value} ({label}) to")
+        return CaseError(f"案件已在最高一级，无法{label} (already at the top level)")
     if action is Action.hand_down and not case.owner_has_lower_level:
-        return CaseError(f"the case is already at its lowest level: nowhere to {action.value} ({label}) to")
+        return CaseError(f"案件已在最低一级，无法{label} (already at its lowest level)")
     if action is Action.self_close and case.urgency == "high":
-        return CaseError("a case of high urgency (严重) cannot be closed by its reporter at once (自行处置结案); "
-                         "escalate it (上报)", 403)
+        return CaseError("紧急程度为“严重”的案件不能自行处置结案，请上报 (a case of high urgency cannot be "
+                         "self-closed; escalate it)", 403)
     if system:
         return None
     if actor.kind == "external":
         if not t.external:
-            return CaseError(f"a case system cannot {action.value} ({label})", 403)
+            return CaseError(f"外部案件系统不能{label} (a case system cannot {action.value})", 403)
         if t.scope == "assignment" and not own_assignments(case, actor, ("assigned", "accepted")):
-            return CaseError(f"no dispatched part is waiting to {action.value} ({label})")
+            return CaseError(f"没有等待{label}的派遣任务 (no dispatched part is waiting to {action.value})")
         return None
     if actor.role not in t.roles:
         role = ROLE_LABELS.get(Role(actor.role), actor.role) if actor.role in Role.__members__ else actor.role
-        return CaseError(f"role {actor.role} ({role}) cannot {action.value} ({label})", 403)
+        return CaseError(f"{role}角色不能{label} (role {actor.role} cannot {action.value})", 403)
     if t.scope == "owner" and actor.node_code not in case.owner_path:
-        return CaseError(f"the case is the responsibility of node {case.owner_code}: only that level or one above "
-                         f"it can {action.value} ({label})", 403)
+        return CaseError(f"案件由 {case.owner_code} 负责，只有该级或其上级可以{label} (only the responsible level "
+                         f"or above can {action.value})", 403)
     if t.scope == "assignment":
         wanted = ("assigned",) if action is Action.sign else ("assigned", "accepted")
         if not own_assignments(case, actor, wanted):
-            return CaseError(f"no part of this case dispatched to you is waiting to {action.value} ({label})", 403)
+            return CaseError(f"没有派给您的任务等待{label} (no part dispatched to you is waiting to {action.value})",
+                             403)
     if t.separated and (actor.name in case.handlers or (
             actor.department_code is not None and actor.department_code in case.handler_departments)):
-        return CaseError("verification must be done by someone other than the handler (监督和处置相分离)", 403)
+        return CaseError("核查须由处置人以外的人员进行（监督和处置相分离） (verification by someone other than the "
+                         "handler)", 403)
     return None
 
 

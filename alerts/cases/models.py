@@ -129,7 +129,10 @@ class CaseError(Exception):
 
 class CaseNotFound(CaseError):
     def __init__(self, what: str = "case") -> None:
-        super().__init__(f"{what} not found", 404)
+        super().__init__(f"{_WHAT.get(what, what)}不存在或不在本辖区 ({what} not found)", 404)
+
+
+_WHAT = {"case": "案件", "alarm": "告警"}
 
 
 @dataclass

@@ -16,9 +16,9 @@ from ulid import ULID
 
 from alerts import feed, labels
 from alerts.actor import Actor
-from alerts.cases import flows, sla
+from alerts.cases import flows, personal, sla
 from alerts.cases.flows import AssignmentView, CaseView
-from config.vocabulary import CHANNEL_LABELS
+from config.vocabulary import CHANNEL_LABELS, LEVEL_RANK, ROLE_LABELS
 from store.where import Where
 from alerts.cases.models import (
     ACTION_LABELS,
@@ -165,6 +165,23 @@ def _path(conn: psycopg.Connection, code: str) -> list[str] | None:
     return list(row["path"]) if row else None
 
 
+def default_owner(conn: psycopg.Connection, actor: Actor, grid_path: list[str]) -> str:
+    """The level responsible for a case a person raises: their own level when the place is
+    inside it — but a county seat (the hotline, the county centre) hands a place inside a
+    township to that township's control room (乡镇调度中心), which dispatches it; a place
+    known only down to the county stays at the county. Outside the person's own line (a
+    case system, the hub): the place itself."""
+    if actor.node_code not in grid_path:
+        return grid_path[-1]
+    levels = {r["code"]: r["level"] for r in conn.execute(
+        "SELECT code, level FROM grid_nodes WHERE code = ANY(%s)", (grid_path,))}
+    township_rank = LEVEL_RANK["township"]
+    if LEVEL_RANK.get(levels.get(actor.node_code, ""), 9) >= township_rank:
+        return actor.node_code
+    townships = [c for c in grid_path if LEVEL_RANK.get(levels.get(c, ""), -1) == township_rank]
+    return townships[0] if townships else actor.node_code
+
+
 def find_by_source(conn: psycopg.Connection, channel: str, source_ref: str) -> dict | None:
     return conn.execute("SELECT * FROM cases WHERE channel = %s AND source_ref = %s",
                         (channel, source_ref)).fetchone()
@@ -182,20 +199,20 @@ def create_case(conn: psycopg.Connection, cfg: AlertsConfig, new: NewCase, actor
             return existing
     grid_path = _path(conn, new.grid_code)
     if grid_path is None:
-        raise CaseError(f"unknown grid node {new.grid_code!r}", 400)
+        raise CaseError(f"没有编码为 {new.grid_code} 的网格或辖区 (unknown grid node)", 400)
     if actor.kind != "system" and not actor.sees(grid_path):
-        raise CaseError(f"grid node {new.grid_code!r} not found", 404)
+        raise CaseError(f"网格 {new.grid_code} 不存在或不在本辖区 (grid node not found)", 404)
     owner = new.owner_code
     if owner is None:
-        # People raise cases at their own level when the place is inside it; else at the place.
-        owner = actor.node_code if actor.node_code in grid_path else new.grid_code
+        owner = default_owner(conn, actor, grid_path)
     if owner not in grid_path:
-        raise CaseError(f"the responsible node {owner!r} is not above the case's place {new.grid_code!r}", 400)
+        raise CaseError(f"责任单位 {owner} 不在事发地 {new.grid_code} 的上级路径上 "
+                        f"(the responsible node is not above the case's place)", 400)
     owner_path = grid_path[:grid_path.index(owner) + 1]
     try:
         snap = cfg.sla_snapshot(new.category, new.urgency)
     except Exception as exc:
-        raise CaseError(f"no time limit for this case: {exc}", 400) from None
+        raise CaseError(f"该类别与紧急程度没有配置办结时限 (no time limit for this case): {exc}", 400) from None
     clock = sla.start(snap, now, S.reported)
     case_id = str(ULID())
     case = conn.execute(
@@ -307,12 +324,16 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
     case = lock(conn, case_id)
     view = load_view(conn, case)
     if params.expected_state and params.expected_state != case["state"] and flows.visible(view, actor):
-        raise CaseError(f"the case moved meanwhile: it is now {case['state']} ({CaseState(case['state']).label})")
+        raise CaseError(f"案件已被他人办理，当前状态为“{CaseState(case['state']).label}”，请刷新后再试 "
+                        f"(the case moved meanwhile: it is now {case['state']})")
     flows.check(action, view, actor)
     t = flows.TRANSITIONS[action]
     note = (params.note or "").strip() or None
-    if t.needs_note and note is None and actor.kind != "system":
-        raise CaseError(f"{action.value} ({action.label}) needs a note saying why", 400)
+    if action is Action.feedback and note is None and actor.is_person:
+        raise CaseError("反馈须填写处置结果 (feedback needs the result: what was done)", 400)
+    if t.needs_note and note is None and actor.kind != "system" and not (
+            action is Action.feedback and actor.kind == "external"):     # a case system reports a status
+        raise CaseError(f"“{action.label}”须填写办理意见，说明理由 ({action.value} needs a note saying why)", 400)
     updates: dict[str, Any] = {}
     detail: dict[str, Any] = dict(params.detail)
     owner_changed = False
@@ -346,7 +367,7 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
         updates["closed_at"] = now
     elif action is Action.evaluate:
         if params.satisfaction is None or not 1 <= params.satisfaction <= 5:
-            raise CaseError("evaluate (评价) needs a satisfaction from 1 (不满意) to 5 (非常满意)", 400)
+            raise CaseError("评价须选择满意度：1（不满意）至 5（非常满意） (evaluate needs a satisfaction 1..5)", 400)
         updates["satisfaction"] = params.satisfaction
         detail["satisfaction"] = params.satisfaction
     elif action is Action.supervise:
@@ -360,8 +381,8 @@ def apply(conn: psycopg.Connection, cfg: AlertsConfig, case_id: str, action: Act
         target = params.target_node
         lower = list(case["grid_path"][len(case["owner_path"]):])
         if not target or target not in lower:
-            raise CaseError(f"hand_down (交办) needs target_node: one of the levels below the responsible node on the "
-                            f"way to the case's place ({', '.join(lower) or 'none'})", 400)
+            raise CaseError(f"交办须选择责任单位与事发地之间的下级单位：{'、'.join(lower) or '无'} "
+                            f"(hand_down needs target_node)", 400)
         owner_path = list(case["grid_path"][:case["grid_path"].index(target) + 1])
         updates.update(owner_code=target, owner_path=owner_path)
         detail.update({"from": case["owner_code"], "to": target})
@@ -398,15 +419,15 @@ def _dispatch(conn: psycopg.Connection, case: dict, actor: Actor, params: Action
         detail["parts"] = [actor.name]
         return
     if not departments and not params.assignee:
-        raise CaseError("dispatch (派遣) needs departments and/or an assignee (a grid worker)", 400)
+        raise CaseError("派遣须选择处置部门或网格员 (dispatch needs departments and/or an assignee)", 400)
     for code in departments:
         dept = conn.execute("SELECT d.code, d.node_code, n.path FROM departments d JOIN grid_nodes n "
                             "ON n.code = d.node_code WHERE d.code = %s", (code,)).fetchone()
         if dept is None:
-            raise CaseError(f"unknown department {code!r}", 400)
+            raise CaseError(f"没有编码为 {code} 的部门 (unknown department)", 400)
         # A department of the place's line: at the place or above it, or inside the responsible level.
         if dept["node_code"] not in case["grid_path"] and case["owner_code"] not in dept["path"]:
-            raise CaseError(f"department {code!r} does not serve this case's place", 400)
+            raise CaseError(f"部门 {code} 不负责该案件的事发地 (the department does not serve this case's place)", 400)
         conn.execute(
             """INSERT INTO case_assignments (case_id, round, department_code, node_code, state, assigned_at)
                VALUES (%s, %s, %s, %s, 'assigned', %s)""", (case["id"], round_, code, dept["node_code"], now))
@@ -415,9 +436,9 @@ def _dispatch(conn: psycopg.Connection, case: dict, actor: Actor, params: Action
             "SELECT u.username, u.role, u.node_code, n.path FROM users u JOIN grid_nodes n ON n.code = u.node_code "
             "WHERE u.username = %s AND u.active", (params.assignee,)).fetchone()
         if user is None or user["role"] not in ("grid_worker", "grid_head"):
-            raise CaseError(f"assignee {params.assignee!r} is not an active grid worker or grid head", 400)
+            raise CaseError(f"{params.assignee} 不是在岗的网格员或网格长 (not an active grid worker or grid head)", 400)
         if user["node_code"] not in case["grid_path"] and case["owner_code"] not in user["path"]:
-            raise CaseError(f"assignee {params.assignee!r} does not serve this case's place", 400)
+            raise CaseError(f"{params.assignee} 不负责该案件的事发地 (the assignee does not serve this case's place)", 400)
         conn.execute(
             """INSERT INTO case_assignments (case_id, round, assignee, node_code, state, assigned_at)
                VALUES (%s, %s, %s, %s, 'assigned', %s)""", (case["id"], round_, user["username"], user["node_code"], now))
@@ -571,7 +592,10 @@ def detail(conn: psycopg.Connection, case: dict, actor: Actor, now: datetime | N
                 "params": _action_params(a)} for a in flows.allowed_actions(view, actor)]
     out = summary(case)
     if actor.kind != "system" and actor.node_code in case["owner_path"]:
-        out["reporter"] = case["reporter"]     # personal data only for the responsible level and above
+        # personal data only for the responsible level and above, masked; whole only
+        # through the audited reveal (reporter_of), for the roles that call people back
+        out["reporter"] = personal.masked(case["reporter"])
+        out["reporter_revealable"] = bool(case["reporter"]) and actor.role in personal.REVEAL_ROLES
     out.update(timeline=timeline, assignments=assignments, evidence=evidence, alarm=alarm, broadcasts=broadcasts,
                allowed_actions=allowed, remaining_s=sla.remaining_s(case, now), sla=case["sla"])
     return out
@@ -606,7 +630,47 @@ def list_cases(conn: psycopg.Connection, actor: Actor, *, states: list[str] | No
     rows = conn.execute(f"SELECT c.* FROM cases c WHERE {w} "
                         "ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s OFFSET %(offset)s",
                         {**w.params, "limit": limit, "offset": offset}).fetchall()
-    return [summary(r) for r in rows]
+    out = []
+    for r in rows:
+        item = summary(r)
+        if actor.kind != "system" and actor.node_code in r["owner_path"] and r["reporter"]:
+            item["reporter"] = personal.masked(r["reporter"])
+        out.append(item)
+    return out
+
+
+def reporter_of(conn: psycopg.Connection, case_id: str, actor: Actor) -> dict[str, Any]:
+    """The reporter's personal information, whole: for the roles that call people back
+    (personal.REVEAL_ROLES) at the case's responsible level or above; the caller audits."""
+    case = get_case(conn, case_id, actor)
+    if actor.role not in personal.REVEAL_ROLES:
+        raise CaseError("当前角色无权查看报告人完整信息 (this role may not see the reporter's personal data)", 403)
+    if actor.node_code not in case["owner_path"]:
+        raise CaseError("仅案件责任单位及其上级可查看报告人信息 (only the responsible level or above)", 403)
+    if not case["reporter"]:
+        raise CaseError("该案件没有报告人信息 (the case has no reporter)", 404)
+    return {"case_id": case["id"], "number": case["number"], "reporter": case["reporter"]}
+
+
+def assignable(conn: psycopg.Connection, case_id: str, actor: Actor) -> dict[str, Any]:
+    """Who a dispatch of this case may go to, by the rule ``_dispatch`` holds it to: the
+    departments and the active grid workers and grid heads of the place's line (at the place
+    or above it) or inside the responsible level."""
+    case = get_case(conn, case_id, actor)
+    serves = "(x.node_code = ANY(%(grid_path)s) OR n.path @> ARRAY[%(owner)s]::text[])"
+    params = {"grid_path": list(case["grid_path"]), "owner": case["owner_code"]}
+    departments = conn.execute(
+        f"""SELECT x.code, x.name, x.node_code, n.name AS node_name FROM departments x
+            JOIN grid_nodes n ON n.code = x.node_code WHERE {serves} ORDER BY array_length(n.path, 1) DESC, x.name""",
+        params).fetchall()
+    people = conn.execute(
+        f"""SELECT x.username, x.display_name, x.role, x.node_code, n.name AS node_name FROM users x
+            JOIN grid_nodes n ON n.code = x.node_code
+            WHERE x.active AND x.role IN ('grid_worker', 'grid_head') AND {serves}
+            ORDER BY (x.node_code = %(place)s) DESC, array_length(n.path, 1) DESC, x.username""",
+        {**params, "place": case["grid_code"]}).fetchall()
+    return {"case_id": case["id"], "departments": departments,
+            "people": [{**p, "role_label": ROLE_LABELS.get(p["role"], p["role"])} for p in people]}
 
 
 def is_finished(case: dict) -> bool:

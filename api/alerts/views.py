@@ -9,6 +9,7 @@ transaction; the view writes its audit record in the same transaction."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alerts import stats
 from alerts.actor import Actor
@@ -200,6 +201,23 @@ def clear_alarm(alarm_id: str, request: Request, conn: Conn,
 
 # ---------------------------------------------------------------------------- cases
 
+class ReporterIn(BaseModel):
+    """A caller's personal information (来电人): kept whole, shown masked (张*, 138****5678)."""
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=50, description="来电人姓名")
+    phone: str | None = Field(None, max_length=20, description="联系电话")
+    email: str | None = Field(None, max_length=100)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if value and not re.fullmatch(r"\+?[0-9][0-9 -]{4,18}", value):
+            raise ValueError("联系电话格式无效：只能包含数字、空格、“-”和开头的“+” (invalid phone number)")
+        return value or None
+
+
 class CaseIn(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=5000)
@@ -209,7 +227,8 @@ class CaseIn(BaseModel):
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
     address: str | None = Field(None, max_length=300)
-    reporter: dict[str, str] | None = Field(None, description="name, phone: confidential, shown to the responsible level")
+    reporter: ReporterIn | None = Field(None, description="name, phone: personal information, shown masked; "
+                                                          "whole only through GET /api/cases/{id}/reporter (audited)")
     evidence_ids: list[str] = Field(default_factory=list, max_length=32,
                                     description="evidence already stored (e.g. a supervisor's snapshot)")
 
@@ -227,7 +246,8 @@ def create_case(body: CaseIn, request: Request, conn: Conn,
         case = cases.create_case(conn, cfg, NewCase(
             title=body.title, description=body.description, category=body.category.value,
             urgency=body.urgency.value, channel=CHANNEL_BY_ROLE.get(principal.role, "api"), grid_code=body.grid_code,
-            lat=body.lat, lon=body.lon, address=body.address, reporter=body.reporter,
+            lat=body.lat, lon=body.lon, address=body.address,
+            reporter=body.reporter.model_dump(exclude_none=True) or None if body.reporter else None,
             evidence_ids=body.evidence_ids), actor)
     except CaseError as exc:
         raise http_error(exc) from None

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.audit import add_audit_detail, audited_read
 from api.broker import BrokerRequests
@@ -42,7 +42,7 @@ from bus.envelope import Severity
 from cameras.config import EvidenceSettings
 from cameras.evidence import is_evidence_id, resolve_evidence_path
 from config.urls import redact_text
-from config.vocabulary import StreamProblem
+from config.vocabulary import CATEGORY_LABELS, URGENCY_EVENT_SEVERITY, Category, StreamProblem, Urgency
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,16 @@ class FlagIn(BaseModel):
     note: str = Field("", max_length=500)
     category: str = Field(..., min_length=1, max_length=64, description="e.g. 治安防控, 安全隐患, 城市管理")
     severity: Severity | None = None
+    urgency: Urgency | None = Field(None, description="紧急程度 the supervisor chose (low 一般, medium 中等, high 严重): "
+                                                     "the case gets it; sets severity when that is not given")
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        value = value.strip()
+        if value not in {c.value for c in Category} and value not in CATEGORY_LABELS.values():
+            raise ValueError(f"类别无效：应为 {'、'.join(CATEGORY_LABELS.values())} 之一 (unknown category)")
+        return value
 
 
 class ClipAudioOut(BaseModel):
@@ -155,8 +165,9 @@ def flag_camera(camera_id: str, flag: FlagIn, request: Request, conn: Conn,
     _require_worker(conn, camera_id)
     conn.commit()       # release the snapshot of the transaction while the worker works
     frame_ms = int(flag.frame_time.timestamp() * 1000)
+    severity = flag.severity or (URGENCY_EVENT_SEVERITY[flag.urgency].value if flag.urgency else None)
     command = FlagCommand(frame_ts=flag.frame_time, note=flag.note or None, category=flag.category,
-                          severity=flag.severity, by=principal.name)
+                          severity=severity, by=principal.name)
     waited = _timeout(request, "flag", FLAG_TIMEOUT_S)
     answer = camera_commands(request).request(camera_id, command, waited)
     if answer is None:

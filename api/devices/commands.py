@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api.deps import Conn, ensure_in_scope, require
 from api.devices.common import TAG, device_in_scope, devices_settings, record_audit, registry_error, requester
@@ -123,7 +123,15 @@ def command_status(command_id: str, conn: Conn, principal: Annotated[Principal, 
 
 class UnlockIn(BaseModel):
     duration_s: int = Field(5, ge=1, le=300, description="seconds the door stays unlocked")
-    reason: str = Field("", max_length=200, description="why (kept in the audit log)")
+    reason: str = Field(..., max_length=200, description="why (开门事由, required; kept in the audit log)")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_given(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("请填写开门事由 (a reason is required to unlock a door)")
+        return value
 
 
 @router.post("/doors/{device_id}/unlock", response_model=CommandOut, status_code=202)

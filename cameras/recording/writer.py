@@ -345,6 +345,7 @@ class Recorder:
         self.pool = pool
         self.name = name
         self.cameras: dict[str, CameraRecorder] = {}
+        self._removed: deque[str] = deque()
         self._rows: deque[Row] = deque()
         self._chain: dict[str, tuple[int, str]] = {}        # camera → (last seq, last link)
         self._cond = threading.Condition()
@@ -359,6 +360,12 @@ class Recorder:
                timezone: str = "Asia/Shanghai") -> CameraRecorder:
         cam = self.cameras[camera_id] = CameraRecorder(self, camera_id, stream, policy, ring, timezone)
         return cam
+
+    def remove(self, camera_id: str) -> None:
+        """Stop recording a camera (retired or changed): its open segment is cut and indexed
+        by the recorder's thread, then the camera is forgotten."""
+        self._removed.append(camera_id)
+        self.wake()
 
     def start(self) -> Recorder:
         private_dir(self.root)
@@ -399,6 +406,11 @@ class Recorder:
             taken = 0
             for cam in list(self.cameras.values()):
                 taken += cam.drain()
+            while self._removed:
+                gone = self.cameras.pop(self._removed.popleft(), None)
+                if gone is not None:
+                    gone.drain()
+                    gone.cut()
             self.idle = taken == 0
             if self._stop.is_set():
                 for cam in self.cameras.values():

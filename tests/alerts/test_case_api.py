@@ -73,17 +73,19 @@ def new_case(api, user, **fields):
 def test_full_lifecycle_with_role_and_scope_on_every_step(api):
     case = new_case(api, "hotline")
     cid = case["id"]
-    assert (case["state"], case["owner_code"], case["channel"]) == ("reported", "510199000000", "hotline")
-    assert case["reporter"] == {"name": "张三", "phone": "13800000000"}       # the responsible level sees it
+    # the place's township is responsible (not the hotline's county); the reporter is masked
+    assert (case["state"], case["owner_code"], case["channel"]) == ("reported", TOWNSHIP_DS, "hotline")
+    assert case["reporter"] == {"name": "张*", "phone": "138****0000"}        # whole only through the reveal
     assert allowed(api, "hotline", cid) == {"accept", "reject", "cancel", "note"}
     assert api.users["admin"].get("/api/cases").status_code == 403            # administrators handle no cases
     assert api.users["xh-dispatcher"].get(f"/api/cases/{cid}").status_code == 404
     act(api, "xh-dispatcher", cid, "accept", 404)                             # another township: not even seen
     act(api, "ds-police", cid, "accept", 403)                                 # a department does not accept
-    act(api, "ds-dispatcher", cid, "accept", 403)                             # the county holds it, not the township
-    assert "reporter" not in api.users["ds-dispatcher"].get(f"/api/cases/{cid}").json()
+    assert "reporter" not in api.users["dsc-worker"].get(f"/api/cases/{cid}").json()   # below the responsible level
     act(api, "hotline", cid, "register", 409)                                 # not from reported
     act(api, "hotline", cid, "accept")
+    assert act(api, "lead", cid, "escalate")["owner_code"] == "510199000000"   # 上报 to the county
+    act(api, "ds-dispatcher", cid, "register", 403)                           # the county holds it, not the township
     act(api, "hotline", cid, "hand_down", 403, target_node=TOWNSHIP_DS)       # a hotline seat does not hand down
     act(api, "lead", cid, "hand_down", 400, target_node=TOWNSHIP_XH)          # not on the way to the place
     assert act(api, "lead", cid, "hand_down", target_node=TOWNSHIP_DS)["owner_code"] == TOWNSHIP_DS   # 交办

@@ -185,10 +185,11 @@ def test_receiver_down_then_back_gets_every_message_once_in_order(hub, device):
                                                   "grid_code": "510199201201001", "description": "热线来电"})
             assert r.status_code == 201, r.text
             case = r.json()
+            assert case["owner_code"] == "510199201000"      # a hotline case lands at the place's township
             numbers.append(case["id"])
             assert hotline.post(f"/api/cases/{case['id']}/actions/accept").status_code == 200
             assert hotline.post(f"/api/cases/{case['id']}/actions/register").status_code == 200
-            r = lead.post(f"/api/cases/{case['id']}/actions/hand_down", json={"target_node": "510199201000"})
+            r = lead.post(f"/api/cases/{case['id']}/actions/supervise", json={"note": "请尽快派遣"})   # 督办
             assert r.status_code == 200, r.text
     device("door", "door-xhc", "forced_open")
     door_case = wait_for(lambda: case_of_alarm(hub.db, "door-xhc", "door.forced_open"), what="the 西河 door case")

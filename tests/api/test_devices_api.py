@@ -89,7 +89,7 @@ def test_door_refuses_an_unlock_signed_with_the_wrong_key(clients, var, hub):
     good = fleet.keys["door-dsc"]
     fleet.keys["door-dsc"] = bytes(32)          # the controller holds another key than the hub
     try:
-        r = clients["ds-dispatcher"].post("/api/doors/door-dsc/unlock?wait=10", json={"duration_s": 1})
+        r = clients["ds-dispatcher"].post("/api/doors/door-dsc/unlock?wait=10", json={"duration_s": 1, "reason": "测试错误密钥"})
         cmd = r.json()
         assert cmd["state"] == "rejected" and cmd["detail"] == "bad signature", cmd
     finally:
@@ -169,7 +169,7 @@ def test_a_township_cannot_reach_another_townships_devices(clients, seeded_db):
     xh = clients["xh-dispatcher"]
     assert xh.post("/api/devices/door-dsc/commands", json={"name": "replay_events", "body": {"since_seq": 0}}
                    ).status_code == 404
-    assert xh.post("/api/doors/door-dsc/unlock", json={"duration_s": 1}).status_code == 404
+    assert xh.post("/api/doors/door-dsc/unlock", json={"duration_s": 1, "reason": "测试错误密钥"}).status_code == 404
     assert xh.get("/api/devices/door-dsc/state").status_code == 404
     assert xh.get("/api/devices/drone-dsc/track").status_code == 404
     assert xh.get("/api/grid/510199101000/events").status_code == 404

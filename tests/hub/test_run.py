@@ -198,6 +198,36 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
         assert r.status_code == 201, r.text
         assert r.json()["evidence"], r.json()
 
+        # 摄像机管理 applied live: a camera added through the API is read by the running
+        # cameras-0 process and reported online, without a restart; retired, it is dropped
+        with psycopg.connect(hub.db_url()) as conn:
+            url = conn.execute("SELECT rtsp_url FROM cameras WHERE id = %s", (site.cameras[1].id,)).fetchone()[0]
+        added = time.monotonic()
+        r = httpx.post(f"{hub.base}/api/cameras", headers=auth, timeout=30, json={
+            "id": "cam-run-added", "name": "运行中新增摄像机", "grid": site.cameras[1].grid, "rtsp_url": url,
+            "credentials": site.cameras[1].credentials})
+        assert r.status_code == 201, r.text
+
+        def reported(state: str) -> bool:
+            with psycopg.connect(hub.db_url()) as conn:
+                return bool(conn.execute("SELECT 1 FROM camera_health WHERE camera_id = 'cam-run-added' AND state = %s",
+                                         (state,)).fetchone())
+        deadline = time.monotonic() + 45
+        while not reported("online") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert reported("online"), "a camera added through the API never came online in the running hub"
+        print(f"camera added through the API online in the running hub after {time.monotonic() - added:.1f}s")
+        assert httpx.delete(f"{hub.base}/api/cameras/cam-run-added", headers=auth, timeout=30).status_code == 200
+
+        def worker_cameras() -> int:
+            with psycopg.connect(hub.db_url()) as conn:
+                return conn.execute("SELECT detail->'cameras' FROM worker_heartbeats WHERE name = 'cameras-0'"
+                                    ).fetchone()[0]
+        deadline = time.monotonic() + 20
+        while worker_cameras() != len(site.cameras) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker_cameras() == len(site.cameras), "the retired camera is still run by cameras-0"
+
         # a refused broker login is on record (the supervisor follows the broker's log)
         assert not mqtt_login(hub.ports["mqtt_devices"], "door-dsc", "not-its-password", source=REFUSED_FROM)
         deadline = time.monotonic() + 15

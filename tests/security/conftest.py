@@ -116,7 +116,8 @@ def resources(security_db, api, tokens) -> Resources:
     for side, user, grid in (("own", role_user(Role.dispatcher), OWN_GRID), ("other", OTHER_USER, OTHER_GRID)):
         token = tokens[Role.dispatcher] if side == "own" else login(api, user)
         r = httpx.post(f"{api.base_url}/api/cases", headers={"Authorization": f"Bearer {token}"}, timeout=20,
-                       json={"title": f"矩阵测试 {side}", "category": "public_order", "urgency": "low", "grid_code": grid})
+                       json={"title": f"矩阵测试 {side}", "category": "public_order", "urgency": "low", "grid_code": grid,
+                             "reporter": {"name": "矩阵来电人", "phone": "13800000000"}})
         if r.status_code == 201 and r.json().get("id"):
             res.cases[side] = r.json()["id"]
     return res

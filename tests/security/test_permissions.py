@@ -193,6 +193,23 @@ ROUTES: dict[tuple[str, str], Rule] = {
         P.CAMERAS_PTZ, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA), "token": "1"}, audit="write",
         ok=GATEWAY | {409}),
     ("GET", "/api/camera-health"): Rule(P.CAMERAS_READ, "list", hidden=(OTHER_CAMERA,)),
+    # ---------------------------------------------------------------- 摄像机管理 (issue 17)
+    ("GET", "/api/camera-credentials"): Rule(P.CAMERAS_MANAGE),
+    ("GET", "/api/cameras/{camera_id}/settings"): Rule(P.CAMERAS_MANAGE, "path",
+                                                       {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}),
+    ("POST", "/api/cameras"): Rule(P.CAMERAS_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "id": f"mx-cam-{next(_n)}", "name": "矩阵摄像机", "grid": OWN_GRID if side == "own" else OTHER_GRID,
+        "rtsp_url": "rtsp://127.0.0.1:9/matrix", "credentials": "demo-cams"}),
+    ("PATCH", "/api/cameras/{camera_id}"): Rule(P.CAMERAS_MANAGE, "path", audit="write", body={"name": "改名的摄像机"},
+                                                args={"camera_id": lambda side, ctx: ctx.throwaway_camera(side)}),
+    ("POST", "/api/cameras/{camera_id}/maintenance"): Rule(
+        P.CAMERAS_MANAGE, "path", audit="write", body={"on": True},
+        args={"camera_id": lambda side, ctx: ctx.throwaway_camera(side)}),
+    ("DELETE", "/api/cameras/{camera_id}"): Rule(P.CAMERAS_MANAGE, "path", audit="write",
+                                                 args={"camera_id": lambda side, ctx: ctx.throwaway_camera(side)}),
+    # port 9 (discard) on loopback: refused at once, answered 200 with 无法连接
+    ("POST", "/api/camera-connection-tests"): Rule(P.CAMERAS_MANAGE, "none", audit="write",
+                                                   body={"rtsp_url": "rtsp://127.0.0.1:9/matrix"}),
     ("GET", "/api/evidence/{evidence_id}"): Rule(P.EVENTS_READ, "path", audit="read",
                                                  args={"evidence_id": lambda side, ctx: ctx.resources.evidence[side]}),
     ("GET", "/api/events/{event_id}/evidence"): Rule(
@@ -244,6 +261,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                                 body={"name": "改名的门禁"}, audit="write"),
     ("DELETE", "/api/devices/{device_id}"): Rule(P.DEVICES_MANAGE, "path", audit="write",
                                                  args={"device_id": lambda side, ctx: ctx.throwaway_device(side)}),
+    ("POST", "/api/devices/{device_id}/credentials"): Rule(
+        P.DEVICES_MANAGE, "path", audit="write", body={"client_certificate": False},
+        args={"device_id": lambda side, ctx: ctx.throwaway_device(side)}),
     ("POST", "/api/devices/{device_id}/commands"): Rule(
         P.DEVICE_COMMAND, "path", {"device_id": both(OWN_SPEAKER, OTHER_SPEAKER)}, audit="write",
         body={"name": "volume", "body": {"volume": 40}}),
@@ -289,6 +309,13 @@ ROUTES: dict[tuple[str, str], Rule] = {
                                                             body={"note": "权限矩阵补充说明"}, ok=frozenset({409, 422})),
     ("GET", "/api/cases/{case_id}/evidence/{evidence_row}"): Rule(P.CASE_EVIDENCE, "role", audit="read",
                                                                   args={"case_id": CASE, "evidence_row": 999999}),
+    # issue 17: attachments, the audited reveal of a reporter, the dispatch pickers, alarm → case
+    ("POST", "/api/cases/{case_id}/attachments"): Rule(P.CASES_ACT, CASE_SCOPE, {"case_id": CASE}, audit="write",
+                                                       files={"file": ("x.jpg", b"\xff\xd8\xff", "image/jpeg")}),
+    ("GET", "/api/cases/{case_id}/reporter"): Rule(P.CASES_REPORTER, CASE_SCOPE, {"case_id": CASE}, audit="read"),
+    ("GET", "/api/cases/{case_id}/assignees"): Rule(P.CASES_ACT, CASE_SCOPE, {"case_id": CASE}),
+    ("POST", "/api/alarms/{alarm_id}/case"): Rule(P.CASES_CREATE, "role", {"alarm_id": NOT_THERE}, audit="write",
+                                                  body={"category": "city", "urgency": "high"}),
     ("GET", "/api/notifications"): Rule(P.CASES_READ, "none"),
     ("POST", "/api/notifications/{notification_id}/acknowledge"): Rule(P.CASES_READ, "role",
                                                                        {"notification_id": 999999}, audit="write"),
@@ -414,6 +441,18 @@ class Ctx:
             conn.execute("INSERT INTO departments (code, name, node_code, origin) VALUES (%s, '待改部门', %s, 'api')",
                          (code, OWN_TOWNSHIP if side == "own" else OTHER_TOWNSHIP))
         return code
+
+    def throwaway_camera(self, side: str) -> str:
+        """A camera made for one change (the matrix' own cameras stay as they are)."""
+        from store.db import connect
+        cam = f"mx-chg-{side}-{next(self._devices)}"
+        grid = OWN_GRID if side == "own" else OTHER_GRID
+        with connect(self.db_url) as conn:
+            conn.execute("INSERT INTO cameras (id, name, rtsp_url, credentials_ref, origin) "
+                         "VALUES (%s, '待改摄像机', 'rtsp://127.0.0.1:9/x', 'demo-cams', 'api')", (cam,))
+            conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
+                         "VALUES ('camera', %s, %s, now() - interval '1 day')", (cam, grid))
+        return cam
 
     def throwaway_device(self, side: str) -> str:
         """A device made for one DELETE (decommissioning the demo's devices would change the rest)."""

@@ -2,7 +2,7 @@
 // click away; below, the raw stream of events from cameras and field devices.
 import { api } from '../api.js';
 import { onFeed, onFeedStatus } from '../feed.js';
-import { SEVERITY_LABELS, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, modal, notAvailable, toast } from '../ui.js';
+import { CATEGORIES, SEVERITY_LABELS, URGENCIES, clear, errorBox, eventLabel, fmtAgo, fmtTime, h, modal, notAvailable, toast } from '../ui.js';
 
 const EVENTS_EVERY_MS = 5000;
 const FILTERS = [
@@ -54,6 +54,8 @@ export function showEvidence(title, loader) {
 
 export async function render(main, { me, grid }) {
   let filter = FILTERS[0];
+  const perms = Array.isArray(me.permissions) ? me.permissions : null;
+  const may = (p) => !perms || perms.includes(p);
   const feedBadge = h('span', { class: 'badge muted', id: 'feed-status' }, '实时推送：—');
   const tabs = FILTERS.map((f) => h('button', {
     type: 'button', class: 'seg', 'aria-pressed': String(f === filter), dataset: { filter: f.id },
@@ -79,7 +81,7 @@ export async function render(main, { me, grid }) {
 
   const fresh = new Set();
   function alarmRow(a) {
-    const ackBtn = a.state === 'active' ? h('button', {
+    const ackBtn = a.state === 'active' && may('alarms.handle') ? h('button', {
       type: 'button', class: 'ack-btn', onclick: async (e) => {
         e.target.disabled = true;
         try {
@@ -103,7 +105,59 @@ export async function render(main, { me, grid }) {
       h('time', { datetime: a.last_at, title: fmtTime(a.first_at, { date: true }) }, fmtAgo(a.last_at)),
       ev.length ? h('button', { type: 'button', class: 'link', onclick: () => showEvidence(a.title || a.type_label, () => ev) }, `证据(${ev.length})`) : null,
       a.case_id ? h('a', { href: `#/cases/${encodeURIComponent(a.case_id)}` }, '案件') : null,
-      ackBtn);
+      !a.case_id && a.state !== 'cleared' && may('cases.create')
+        ? h('button', { type: 'button', class: 'case-btn', onclick: () => caseFromAlarm(a) }, '立案') : null,
+      ackBtn,
+      a.state !== 'cleared' && may('alarms.handle')
+        ? h('button', { type: 'button', class: 'clear-btn', onclick: () => clearAlarm(a) }, '清除') : null);
+  }
+
+  // 清除: the alarm is over (a note on why, kept with the alarm and in the audit log).
+  function clearAlarm(a) {
+    const note = h('textarea', { id: 'clear-note', rows: 2, maxlength: 1000, placeholder: '清除原因（可选）' });
+    const go = h('button', { type: 'button', class: 'primary', id: 'clear-submit' }, '清除告警');
+    const dlg = modal(`清除告警 · ${a.title || a.type_label}`, h('div', { class: 'form' }, note, h('div', { class: 'actions' }, go)));
+    go.addEventListener('click', async () => {
+      go.disabled = true;
+      try {
+        await api.post(`/api/alarms/${encodeURIComponent(a.id)}/clear`, { note: note.value.trim() || null });
+        toast(`已清除：${a.title || a.type_label}`, 'ok');
+        dlg.close();
+        loadAlarms();
+      } catch (err) {
+        go.disabled = false;
+        toast(`清除失败：${err.detail || err.message}`, 'error');
+      }
+    });
+  }
+
+  // 立案 from an alarm: the case is linked to it and takes its evidence.
+  function caseFromAlarm(a) {
+    const category = h('select', { id: 'alarm-case-category' }, CATEGORIES.map((c) => h('option', { value: c.code }, c.label)));
+    const urgency = h('select', { id: 'alarm-case-urgency' }, URGENCIES.map((u) => h('option', { value: u.code, selected: u.code === 'medium' }, u.label)));
+    const title = h('input', { id: 'alarm-case-title', maxlength: 200, value: a.title || '' });
+    const description = h('textarea', { id: 'alarm-case-description', rows: 3, maxlength: 5000, placeholder: '情况说明（留空则按告警生成）' });
+    const result = h('div', { role: 'status', id: 'alarm-case-result' });
+    const go = h('button', { type: 'button', class: 'primary', id: 'alarm-case-submit' }, '生成案件');
+    const dlg = modal(`由告警立案 · ${a.title || a.type_label}`, h('div', { class: 'form' },
+      h('label', { for: 'alarm-case-title' }, '标题'), title,
+      h('div', { class: 'row' }, h('label', {}, '类别 ', category), h('label', {}, '紧急程度 ', urgency)),
+      h('label', { for: 'alarm-case-description' }, '说明'), description, result, h('div', { class: 'actions' }, go)));
+    go.addEventListener('click', async () => {
+      go.disabled = true;
+      clear(result);
+      try {
+        const c = await api.post(`/api/alarms/${encodeURIComponent(a.id)}/case`, {
+          title: title.value.trim() || null, category: category.value, urgency: urgency.value, description: description.value.trim(),
+        });
+        toast(`已生成案件 ${c.number}`, 'ok');
+        dlg.close();
+        location.hash = `#/cases/${encodeURIComponent(c.id)}`;
+      } catch (err) {
+        go.disabled = false;
+        result.append(h('p', { class: 'error' }, `立案失败：${err.detail || err.message}`));
+      }
+    });
   }
 
   let alarmsAvailable = true;

@@ -19,7 +19,9 @@ async function stopBroadcast(b, after) {
   after();
 }
 
-export async function render(main, { grid }) {
+export async function render(main, { grid, me }) {
+  // Only those who may send (broadcast.send) get the console; the others see the history.
+  const canSend = !me || !Array.isArray(me.permissions) || me.permissions.includes('broadcast.send');
   let speakers = [];
   try {
     speakers = await api.get('/api/devices?kind=speaker');
@@ -105,7 +107,7 @@ export async function render(main, { grid }) {
   result, h('div', { class: 'actions' }, send));
   const history = h('section', { class: 'panel', id: 'broadcast-history' });
   const live = livePanel(chosen, () => { loadHistory(); });
-  main.append(h('div', { class: 'two-col' }, h('div', {}, form, live.panel), history));
+  main.append(canSend ? h('div', { class: 'two-col' }, h('div', {}, form, live.panel), history) : history);
 
   let pollTimer = null;
   let stopped = false;
@@ -129,7 +131,7 @@ export async function render(main, { grid }) {
           h('div', { class: 'muted small' }, `${b.targets.map((t) => grid.nameOf(t)).join('、')} · ${b.requested_by} · ${fmtTime(b.created_at, { date: true })}`)),
         h('span', { class: `badge ${b.state === 'done' ? 'ok' : ['failed', 'no_speakers'].includes(b.state) ? 'bad' : b.state === 'partial' ? 'warn' : 'muted'}` }, b.state_label || b.state),
         h('span', { class: 'small receipts' }, total ? `${sp.finished || 0}/${total} 播完` : ''),
-        OPEN_STATES.includes(b.state) && !b.stop
+        canSend && OPEN_STATES.includes(b.state) && !b.stop
           ? h('button', { type: 'button', class: 'link danger', dataset: { action: 'stop' }, onclick: () => stopBroadcast(b, loadHistory) }, '停止')
           : null,
         h('button', { type: 'button', class: 'link', onclick: () => showReport(b.id) }, '回执'));

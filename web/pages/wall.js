@@ -383,8 +383,8 @@ export async function render(main, { me, grid }) {
           const out = await api.post(`/api/cameras/${encodeURIComponent(cam.id)}/flags`, {
             frame_time: new Date(shot.time).toISOString(),
             category: category.value,
-            severity: u.severity,
-            note: [note.value.trim(), `紧急程度：${u.label}`].filter(Boolean).join('\n'),
+            urgency: u.code,       // the case takes the category, urgency and note as chosen here
+            note: note.value.trim(),
           });
           clear(result).append(h('div', {}, h('p', { class: 'ok' }, `已上报。事件编号 ${out.event_id}`),
             out.evidence && out.evidence.length ? h('p', {}, '证据：', out.evidence.map((ev) => h('a', { href: ev.url, target: '_blank', rel: 'noopener' }, ev.kind === 'clip' ? '视频片段 ' : '截图 '))) : null));

@@ -3,7 +3,7 @@ site file, and a site file applied to the live registry after showing what it ch
 
 The registry is the live truth (docs/architecture.md, "Site file and UI"); a file exported
 passes `xlhub check-config` and imports back to no difference. What the registry does not
-hold (credentials, case systems, CAP feeds, dialects, per-camera analytics and recording)
+hold (credentials, case systems, CAP feeds, dialects)
 is carried over from the hub's configured site file (XLHUB_SITE_FILE).
 """
 from __future__ import annotations

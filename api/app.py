@@ -21,7 +21,6 @@ from api.alerts.inbound import router as alerts_inbound_router
 from api.alerts.intake import router as alerts_intake_router
 from api.alerts.views import router as alerts_router
 from api.audit import AuditMiddleware
-from api.errors import validation_detail
 from api.auth.views import router as auth_router
 from api.broker import BrokerRequests, BrokerStatus
 from api.csrf import CsrfGuard

@@ -183,7 +183,7 @@ def test_a_user_is_checked_by_the_site_rules_in_chinese(admin):
     # what the request itself cannot say is named too, in Chinese, without echoing the value
     r = admin.post("/api/users", json={"username": "Bad Name!", "display_name": "x", "role": "grid_worker",
                                        "node_code": OWN_TOWNSHIP, "password": "Secret-value-2026"})
-    assert r.status_code == 422 and "字段 username：格式不符" in r.json()["detail"], r.text
+    assert r.status_code == 422 and "username：格式无效" in r.json()["detail"], r.text
     assert "Secret-value-2026" not in r.text and "Bad Name!" not in r.text
 
 

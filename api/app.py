@@ -38,6 +38,7 @@ from api.health.views import router as health_router
 from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.formats import Open311Error, error as open311_error
 from api.open311.views import router as open311_router
+from api.gb28181 import router as gb28181_router
 from api.recordings.export import router as recordings_export_router
 from api.recordings.integrity import router as recordings_integrity_router
 from api.recordings.views import router as recordings_router
@@ -160,7 +161,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
                    device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_intake_router,
                    alerts_feed_router,
-                   alerts_inbound_router, open311_router, web_router):
+                   alerts_inbound_router, open311_router, gb28181_router, web_router):
         app.include_router(router)
     return app
 

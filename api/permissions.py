@@ -45,6 +45,9 @@ class Permission(StrEnum):
     DEPARTMENTS_MANAGE = "departments.manage"  # 部门管理
     ALERTING_READ = "alerting.read"          # 告警规则 and 办结时限 as configured
     ALERTING_MANAGE = "alerting.manage"      # edit them (the county's administrators: they apply county-wide)
+    # GB/T 28181 access (国标接入)
+    GB28181_READ = "gb28181.read"            # devices: registration, address, keepalive, unknown devices
+    GB28181_MANAGE = "gb28181.manage"        # admit a device (its SIP password, 一机一帐号)
 
 
 _ALL_STAFF = set(Role)
@@ -94,6 +97,9 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.DEPARTMENTS_MANAGE: {Role.admin},
     Permission.ALERTING_READ: {Role.admin, Role.centre_lead},
     Permission.ALERTING_MANAGE: {Role.admin},
+    # Device addresses and registration are operations data: the administrator and the control room.
+    Permission.GB28181_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
+    Permission.GB28181_MANAGE: {Role.admin},
 }
 
 

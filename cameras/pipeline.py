@@ -25,6 +25,7 @@ from cameras.batcher import AnalysisBatcher
 from cameras.config import TAMPER_CHECKS, CameraSpec
 from cameras.evidence import (JPEG, MP4, ClipError, ClipInfo, Evidence, EvidenceStore, PacketRing, Record, frame_at,
                               jpeg, new_evidence_id, remux_mp4)
+from cameras.gb28181.media.source import GbTapReader, is_gb28181
 from cameras.health import HealthEvent, HealthMonitor
 from cameras.onvif_link import OnvifEndpoint, OnvifStreamSource
 from cameras.reader import StreamReader
@@ -109,8 +110,9 @@ class CameraPipeline:
     def __init__(self, spec: CameraSpec, *, emit: Callable[[OutEvent], None], store: EvidenceStore | None,
                  jobs: ThreadPoolExecutor, baseline_dir: Path | None = None, wall=time.time,
                  source: OnvifStreamSource | None = None, onvif: OnvifEndpoint | None = None,
-                 batcher: AnalysisBatcher | None = None) -> None:
+                 batcher: AnalysisBatcher | None = None, gb_locate=None) -> None:
         self.spec = spec
+        self.gb_locate = gb_locate  # gb28181:// cameras: () -> (the gb28181 process's tap, key)
         self.camera_id = spec.id
         self.source = source        # ONVIF-only camera: where the stream URI comes from
         self.onvif = onvif          # any camera with an ONVIF address (PTZ)
@@ -155,9 +157,15 @@ class CameraPipeline:
             batcher.register(self, self.cfg.motion.fps if self.cfg.decode_all else 1.0)
         self.reader = self._new_reader()
 
-    def _new_reader(self) -> StreamReader:
+    def _new_reader(self) -> StreamReader | GbTapReader:
         h = self.cfg.health
         url = self.source.url if self.source is not None else self.spec.stream_url
+        if is_gb28181(self.spec.url):
+            # the gb28181 process holds the channel's one media session: this camera is its consumer
+            return GbTapReader(self.spec.id, self.spec.url, self, self.gb_locate or (lambda: (None, b"")),
+                               decode_all=self.cfg.decode_all,
+                               analysis_fps=self.cfg.motion.fps if self.cfg.decode_all else None,
+                               read_timeout_s=h.read_timeout_s)
         return StreamReader(self.spec.id, url, self, decode_all=self.cfg.decode_all,
                             analysis_fps=self.cfg.motion.fps if self.cfg.decode_all else None,
                             open_timeout_s=h.open_timeout_s, read_timeout_s=h.read_timeout_s,

@@ -58,6 +58,7 @@ from bus.commands import (
 from cameras.batcher import AnalysisBatcher
 from cameras.config import CameraSpec, EvidenceSettings, camera_specs, registry_specs
 from cameras.evidence import EvidenceStore
+from cameras.gb28181.media.source import HubLocator, is_gb28181
 from cameras.link import MqttLink
 from cameras.onvif_link import OnvifEndpoint, OnvifLink, OnvifStreamSource
 from cameras.pipeline import CameraPipeline, CommandError, OutEvent, _ms, flag_answer
@@ -103,6 +104,7 @@ class CameraWorker:
         self.link: MqttLink | None = None
         self.onvif: OnvifLink | None = None
         self.batcher: AnalysisBatcher | None = None
+        self.gb_locate = None                                  # set with the first gb28181:// camera
         self.pool = None
         self.store: EvidenceStore | None = None
         self.tap: TapServer | None = None
@@ -168,8 +170,11 @@ class CameraWorker:
             h = spec.analytics.health
             source = OnvifStreamSource(spec.id, endpoint, self.onvif, stream=spec.analytics.stream,
                                        first_wait_s=min(5.0, h.open_timeout_s)).start()
+        if is_gb28181(spec.url) and self.gb_locate is None:
+            self.gb_locate = self._gb_locator()      # the first GB/T 28181 camera, at start or added live
         return CameraPipeline(spec, emit=self._emit, store=self.store, jobs=self.jobs,
-                              baseline_dir=self.baseline_dir, source=source, onvif=endpoint, batcher=self.batcher)
+                              baseline_dir=self.baseline_dir, source=source, onvif=endpoint, batcher=self.batcher,
+                              gb_locate=self.gb_locate)
 
     # -- live changes (xlhub_registry) ------------------------------------------------------
     def reconcile(self) -> dict[str, list[str]]:
@@ -312,6 +317,12 @@ class CameraWorker:
         finally:
             self._shutdown(jobs)
 
+    def _gb_locator(self):
+        """gb28181:// cameras read the gb28181 process's media tap (found by its heartbeat)."""
+        key = tap_key(self.settings)
+        locator = HubLocator(self.pool, key) if self.pool is not None else None
+        return lambda: (locator.address() if locator else None, key)
+
     def _start_tap(self) -> None:
         """Serve the cameras' packets to live view (one RTSP session per camera stream)."""
         try:
@@ -450,6 +461,8 @@ class CameraWorker:
         if pipeline is None:
             return      # another shard's camera (shared subscriptions) or a retired one
         if isinstance(cmd, PtzCommand):
+            if str(pipeline.spec.url or "").startswith("gb28181://"):
+                return      # GB/T 28181 channels are steered by the gb28181 process (DeviceControl)
             # Straight to the ONVIF loop, in arrival order (a job pool could let a stop overtake its move).
             self._ptz(pipeline, cmd, msg)
             return

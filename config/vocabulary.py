@@ -326,6 +326,8 @@ EVENT_TYPES: dict[str, EventType] = {
         "input": ("摄像机报警输入", "minor"), "intrusion": ("区域入侵", "major"),
         "intrusion.field": ("区域入侵", "major"), "intrusion.line": ("越线", "major"),
         "fire": ("疑似火情", "critical"), "smoke": ("疑似烟雾", "critical"),
+        # GB/T 28181 alarm notifications (cameras/gb28181/manscdp.py ALARM_TYPES)
+        "video_lost": ("视频信号丢失", "major"), "tamper.device": ("设备防拆报警", "major"),
     }),
     # Every source: availability (MQTT last will, or the hub's heartbeat timeout), answers
     # to commands, and media uploaded by field devices (drones, body cameras).

@@ -67,6 +67,13 @@ def run_dialects(settings: Settings) -> None:
     run_dialects(settings, _stop_event())
 
 
+def run_gb28181(settings: Settings) -> None:
+    """The GB/T 28181 SIP server (cameras/gb28181): started when the site file has a gb28181 section."""
+    from cameras.gb28181.process import run_gb28181 as run
+
+    run(settings, _stop_event())
+
+
 def run_cameras(settings: Settings, shard: int, of: int) -> None:
     from cameras.worker import CameraWorker
 
@@ -134,7 +141,7 @@ def run_demo_devices(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hub.process")
-    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "dialects", "cameras", "demo-cameras", "demo-devices"])
+    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "dialects", "cameras", "gb28181", "demo-cameras", "demo-devices"])
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         run_devices(settings)
     elif args.name == "dialects":
         run_dialects(settings)
+    elif args.name == "gb28181":
+        run_gb28181(settings)
     elif args.name == "cameras":
         run_cameras(settings, args.shard, args.of)
     elif args.name == "demo-cameras":

@@ -276,6 +276,9 @@ class Supervisor:
               for i in range(s.camera_workers)],
             Child("api", [*py, "api"], False),
         ]
+        if self.site is not None and self.site.gb28181 is not None:
+            # GB/T 28181 devices register to the hub (cameras/gb28181); its heartbeat counts for /readyz
+            self.children.insert(-1, Child("gb28181", [*py, "gb28181"], True))
         if s.demo_enabled:
             self.children += [Child("demo-cameras", [*py, "demo-cameras"], False),
                               Child("demo-devices", [*py, "demo-devices"], False)]

@@ -93,7 +93,8 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
 
     # Sources dropped from the site file stop being accepted (ingest dead-letters inactive
     # ids) but keep their rows: their history still points at them. Cameras added through
-    # the API are not the site file's to remove.
+    # the API, and those of GB/T 28181 catalogs (origin 'gb28181', the catalog's to retire),
+    # are not the site file's to remove.
     conn.execute("""UPDATE cameras SET active = false, retired_at = now(), retired_by = 'site file', updated_at = now()
                     WHERE active AND origin = 'site' AND NOT (id = ANY(%s))""",
                  ([c.id for c in site.cameras],))

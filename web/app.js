@@ -172,7 +172,7 @@ function teardownPage() {
 
 async function route() {
   if (!state.me) return;
-  const [, id, arg] = location.hash.match(/^#\/([a-z]+)(?:\/(.+))?/) || [];
+  const [, id, arg] = location.hash.match(/^#\/([a-z][a-z-]*)(?:\/(.+))?/) || [];
   // A page not offered to this role can still be opened by its address: it says why not.
   const page = PAGES.find((p) => p.id === id) || landingFor(state.me);
   if (id !== page.id) history.replaceState(null, '', `#/${page.id}`);

@@ -30,6 +30,7 @@ from config.alerting import Arming, CapSettings, CaseSystem, Rule, Schedule, Sla
 from config.dialects import DeviceDialect, Dialects
 from config.camera_analytics import CameraAnalytics
 from config.camera_recording import CameraRecording
+from config.gb28181 import GbSite
 from config.fields import (
     SECRET_QUERY_KEYS,
     Code,
@@ -116,7 +117,19 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("rtsp", "rtsps")) -> str |
     return None
 
 
+def camera_url_problem(url: str) -> str | None:
+    """A camera's stream: rtsp(s)://, or gb28181://<device id>/<channel id> (a channel of a
+    device registering over GB/T 28181, cameras/gb28181)."""
+    if url.lower().startswith("gb28181://"):
+        parts = url[len("gb28181://"):].split("/")
+        if len(parts) != 2 or not all(len(p) == 20 and p.isdigit() for p in parts):
+            return "a gb28181:// URL is gb28181://<20-digit device ID>/<20-digit channel ID>"
+        return None
+    return url_problem(url, ("rtsp", "rtsps"))
+
+
 RtspUrl = Annotated[str, from_problem(url_problem)]
+CameraUrl = Annotated[str, from_problem(camera_url_problem)]
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 
@@ -190,7 +203,7 @@ class Camera(StrictModel):
     id: Id
     name: Text
     grid: Code = Field(description="code of any node of the grid tree")
-    rtsp_url: RtspUrl | None = None
+    rtsp_url: CameraUrl | None = None
     substream_url: RtspUrl | None = None
     onvif: Onvif | None = None
     transport: RtspTransport = Field("auto", description="RTSP transport: auto (TCP, then UDP when the camera "
@@ -265,6 +278,8 @@ class Site(StrictModel):
         default_factory=dict)
     # Vendor device models mapped onto the hub's contract (config/dialects.py).
     dialects: Dialects = Field(default_factory=dict)
+    # The hub as a GB/T 28181 SIP server and where registering devices' channels go (config/gb28181.py).
+    gb28181: GbSite | None = None
 
     _index: dict[str, tuple[GridNode, str | None, int]] | None = PrivateAttr(None)
     _source: Path | None = PrivateAttr(None)

@@ -174,6 +174,20 @@ def site_rules(data: Any) -> list[Finding]:
         if check_nodes and isinstance(value, str) and value not in codes:
             out.append(Finding(loc, unknown_ref("grid node", value, codes)))
 
+    # -- GB/T 28181: where channels go must be nodes of the tree
+    gb = data.get("gb28181")
+    if isinstance(gb, dict):
+        node_ref(("gb28181", "default_grid"), gb.get("default_grid"))
+        placement = gb.get("placement")
+        if isinstance(placement, list):
+            for i, p in enumerate(placement):
+                if isinstance(p, dict):
+                    node_ref(("gb28181", "placement", i, "grid"), p.get("grid"))
+        sip_id, domain = gb.get("sip_id"), gb.get("domain")
+        if isinstance(sip_id, str) and isinstance(domain, str) and len(sip_id) == 20 and sip_id[:10] != domain:
+            out.append(Finding(("gb28181", "domain"), f"the domain {domain} is not the SIP ID's first ten digits "
+                                                      f"({sip_id[:10]}); devices are configured with both"))
+
     # -- credentials
     creds = data.get("credentials")
     cred_names: set[str] | None = None

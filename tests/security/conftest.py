@@ -25,6 +25,7 @@ OWN_CAMERA, OTHER_CAMERA = "cam-dsc-01", "cam-xhc-01"
 OWN_DOOR, OTHER_DOOR = "door-dsc", "door-xhc"
 OWN_SPEAKER, OTHER_SPEAKER = "speaker-dsc", "speaker-xhc"
 OTHER_USER = "xh-dispatcher"           # a demo user of the other township
+OWN_GB_DEVICE, OTHER_GB_DEVICE = "51019910111320000001", "51019920111320000001"   # GB/T 28181 devices
 
 
 def role_user(role: Role | str) -> str:
@@ -78,6 +79,16 @@ def security_db(db_url, demo_site, tmp_path_factory) -> tuple[str, Resources]:
                                                   captured_at) VALUES (%s, %s, %s, 'image/jpeg', %s, 'camera', %s, %s, now())""",
                          (eid, hashlib.sha256(data).hexdigest(), rel, len(data), cam, res.events[side]))
             res.evidence[side] = eid
+        for dev, grid in ((OWN_GB_DEVICE, OWN_GRID), (OTHER_GB_DEVICE, OTHER_GRID)):
+            # a GB/T 28181 device with one channel, placed on each side (cameras/gb28181/registry.py)
+            channel, cam = dev[:10] + "1310000001", "gb-" + dev[:10] + "1310000001"
+            conn.execute("INSERT INTO gb_devices (id, admitted, state) VALUES (%s, true, 'registered')", (dev,))
+            conn.execute("INSERT INTO cameras (id, name, rtsp_url, origin) VALUES (%s, '国标通道', %s, 'gb28181')",
+                         (cam, f"gb28181://{dev}/{channel}"))
+            conn.execute("INSERT INTO gb_channels (device_id, channel_id, camera_id, name) VALUES (%s, %s, %s, '国标通道')",
+                         (dev, channel, cam))
+            conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
+                         "VALUES ('camera', %s, %s, now() - interval '1 day')", (cam, grid))
     return db_url, res
 
 

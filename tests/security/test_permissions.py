@@ -25,6 +25,7 @@ from config.vocabulary import Role
 from tests.security.conftest import (
     OTHER_CAMERA,
     OTHER_DOOR,
+    OTHER_GB_DEVICE,
     OTHER_GRID,
     OTHER_SPEAKER,
     OTHER_TOWNSHIP,
@@ -32,6 +33,7 @@ from tests.security.conftest import (
     OTHER_VILLAGE,
     OWN_CAMERA,
     OWN_DOOR,
+    OWN_GB_DEVICE,
     OWN_GRID,
     OWN_SPEAKER,
     OWN_TOWNSHIP,
@@ -117,6 +119,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/sources/{source_id}/grid-history"): Rule(P.GRID_READ, "path",
                                                            {"source_id": both(OWN_CAMERA, OTHER_CAMERA)}),
     ("GET", "/api/events"): Rule(P.EVENTS_READ, "list", hidden=(OTHER_CAMERA,)),
+    # ---------------------------------------------------------------- GB/T 28181 devices
+    ("GET", "/api/gb28181/devices"): Rule(P.GB28181_READ, "list", hidden=(OTHER_GB_DEVICE,)),
+    ("POST", "/api/gb28181/devices/{device_id}/admit"): Rule(
+        P.GB28181_MANAGE, "path", {"device_id": both(OWN_GB_DEVICE, OTHER_GB_DEVICE)}, body={}, audit="write"),
     # ---------------------------------------------------------------- administration
     ("GET", "/api/users"): Rule(P.USERS_READ, "list", hidden=(OTHER_USER,)),
     ("POST", "/api/users"): Rule(P.USERS_MANAGE, "path", audit="write", body=lambda side, ctx: {

@@ -10,13 +10,13 @@
   kept when a changed site file is applied; departments are retired, never deleted.
 
 Revision ID: 0024
-Revises: 0025 (after the camera administration merged in main)
+Revises: 0023
 Create Date: 2026-12-07
 """
 from store.migrate import run_script
 
 revision = "0024"
-down_revision = "0025"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,172 @@
+"""What the GB/T 28181 server keeps in PostgreSQL: devices (``gb_devices``: admitted or only
+seen, registration, address, keepalive, what DeviceInfo said), their catalog channels
+(``gb_channels``) and the cameras those channels are in the hub's registry (``cameras`` with
+origin ``gb28181``, URL ``gb28181://<device>/<channel>``, placed in the grid by the site file's
+``gb28181.placement``; grid membership versioned as for every camera). A channel that leaves
+the catalog is retired (camera inactive, rows kept), never deleted. Every camera change is
+announced with ``pg_notify('xlhub_registry', {"kind":"camera","id":…})`` so camera workers
+reload."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from cameras.gb28181.manscdp import Channel, is_video_channel
+from config.gb28181 import GbSite
+
+CAMERA_PREFIX = "gb-"
+
+
+def camera_id(channel_id: str) -> str:
+    return f"{CAMERA_PREFIX}{channel_id}"
+
+
+def camera_url(device_id: str, channel_id: str) -> str:
+    return f"gb28181://{device_id}/{channel_id}"
+
+
+def parse_url(url: str) -> tuple[str, str] | None:
+    if not url or not url.lower().startswith("gb28181://"):
+        return None
+    parts = url[len("gb28181://"):].split("/")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def notify_camera(conn: psycopg.Connection, cam_id: str) -> None:
+    conn.execute("SELECT pg_notify('xlhub_registry', %s)", (json.dumps({"kind": "camera", "id": cam_id}),))
+
+
+def seen(conn: psycopg.Connection, device_id: str, *, host: str, port: int, transport: str,
+         refusal: str | None) -> dict:
+    """A REGISTER from ``device_id`` (any outcome): listed, attempts counted. Returns the row."""
+    return conn.execute(
+        """INSERT INTO gb_devices (id, host, port, transport, attempts, last_refusal, state)
+           VALUES (%(id)s, %(host)s, %(port)s, %(tr)s, 1, %(why)s, CASE WHEN %(why)s::text IS NULL
+                   THEN 'unregistered' ELSE 'refused' END)
+           ON CONFLICT (id) DO UPDATE SET attempts = gb_devices.attempts + 1, last_seen = now(),
+               last_refusal = coalesce(%(why)s, gb_devices.last_refusal),
+               host = CASE WHEN gb_devices.admitted THEN gb_devices.host ELSE EXCLUDED.host END,
+               port = CASE WHEN gb_devices.admitted THEN gb_devices.port ELSE EXCLUDED.port END,
+               transport = CASE WHEN gb_devices.admitted THEN gb_devices.transport ELSE EXCLUDED.transport END,
+               state = CASE WHEN %(why)s::text IS NOT NULL AND gb_devices.state <> 'registered' THEN 'refused'
+                            ELSE gb_devices.state END
+           RETURNING *""",
+        {"id": device_id, "host": host, "port": port, "tr": transport, "why": refusal}).fetchone()
+
+
+def registered(conn: psycopg.Connection, device_id: str, *, host: str, port: int, transport: str,
+               expires_at: datetime, skew_s: float | None) -> None:
+    conn.execute(
+        """UPDATE gb_devices SET state = 'registered', host = %s, port = %s, transport = %s, expires_at = %s,
+               registered_at = now(), last_keepalive = now(), keepalive_misses = 0, clock_skew_s = %s,
+               last_seen = now(), updated_at = now() WHERE id = %s""",
+        (host, port, transport, expires_at, skew_s, device_id))
+
+
+def set_state(conn: psycopg.Connection, device_id: str, state: str, misses: int | None = None) -> None:
+    conn.execute("""UPDATE gb_devices SET state = %s, keepalive_misses = coalesce(%s, keepalive_misses),
+                        updated_at = now() WHERE id = %s""", (state, misses, device_id))
+
+
+def keepalive(conn: psycopg.Connection, device_id: str, charset: str) -> None:
+    conn.execute("""UPDATE gb_devices SET last_keepalive = now(), keepalive_misses = 0, charset = %s,
+                        state = 'registered', last_seen = now() WHERE id = %s""", (charset, device_id))
+
+
+def device_info(conn: psycopg.Connection, device_id: str, *, name: str | None, manufacturer: str | None,
+                model: str | None, firmware: str | None) -> None:
+    conn.execute("""UPDATE gb_devices SET name = coalesce(%s, name), manufacturer = %s, model = %s, firmware = %s,
+                        updated_at = now() WHERE id = %s""", (name, manufacturer, model, firmware, device_id))
+
+
+def admit(conn: psycopg.Connection, device_id: str, *, by: str, name: str | None = None) -> None:
+    conn.execute(
+        """INSERT INTO gb_devices (id, name, admitted, admitted_by, admitted_at) VALUES (%s, %s, true, %s, now())
+           ON CONFLICT (id) DO UPDATE SET admitted = true, admitted_by = EXCLUDED.admitted_by,
+               admitted_at = now(), name = coalesce(EXCLUDED.name, gb_devices.name),
+               state = CASE WHEN gb_devices.state = 'refused' THEN 'unregistered' ELSE gb_devices.state END,
+               updated_at = now()""", (device_id, name, by))
+
+
+def admitted_devices(conn: psycopg.Connection) -> dict[str, dict]:
+    return {r["id"]: r for r in conn.execute("SELECT * FROM gb_devices WHERE admitted").fetchall()}
+
+
+@dataclass
+class CatalogChange:
+    added: list[str] = field(default_factory=list)       # camera ids
+    updated: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+
+def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channel], gb: GbSite,
+                 root_code: str) -> CatalogChange:
+    """The device's whole catalog (every packet): video channels become cameras; those no
+    longer listed are retired. In the caller's transaction."""
+    change = CatalogChange()
+    video = [c for c in channels if is_video_channel(c.channel_id)]
+    known = {r["channel_id"]: r for r in conn.execute(
+        "SELECT channel_id, retired_at FROM gb_channels WHERE device_id = %s", (device_id,)).fetchall()}
+    cams = [camera_id(c.channel_id) for c in video]
+    with conn.cursor() as cur:          # a catalog is hundreds of rows: batched, not one round trip each
+        cur.executemany(
+            """INSERT INTO cameras (id, name, rtsp_url, lat, lon, tags, active, origin)
+               VALUES (%s, %s, %s, %s, %s, %s, true, 'gb28181')
+               ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, rtsp_url = EXCLUDED.rtsp_url,
+                   lat = EXCLUDED.lat, lon = EXCLUDED.lon, active = true, updated_at = now()
+               WHERE cameras.origin = 'gb28181'""",
+            [(cam, c.name, camera_url(device_id, c.channel_id), c.lat, c.lon,
+              ["gb28181"] + (["ptz"] if c.ptz_type in (1, 2, 4) else [])) for cam, c in zip(cams, video)])
+        cur.executemany(
+            """INSERT INTO gb_channels (device_id, channel_id, camera_id, name, ptz_type, status, civil_code, lon, lat)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (device_id, channel_id) DO UPDATE SET name = EXCLUDED.name, ptz_type = EXCLUDED.ptz_type,
+                   status = EXCLUDED.status, civil_code = EXCLUDED.civil_code, lon = EXCLUDED.lon,
+                   lat = EXCLUDED.lat, retired_at = NULL, updated_at = now()""",
+            [(device_id, c.channel_id, cam, c.name, c.ptz_type, c.status, c.civil_code, c.lon, c.lat)
+             for cam, c in zip(cams, video)])
+    current = {r["source_id"]: r for r in conn.execute(
+        """SELECT id, source_id, grid_code FROM grid_membership WHERE source_kind = 'camera'
+           AND source_id = ANY(%s) AND valid_to IS NULL""", (cams,)).fetchall()}
+    close, open_ = [], []
+    for cam, c in zip(cams, video):
+        grid = gb.place(device_id, c.channel_id, root_code)
+        cur_row = current.get(cam)
+        if cur_row is None or cur_row["grid_code"] != grid:
+            if cur_row is not None:
+                close.append((cur_row["id"],))
+            open_.append((cam, grid))
+            change.moved.append((cam, cur_row["grid_code"] if cur_row else None, grid))
+        (change.updated if c.channel_id in known and known[c.channel_id]["retired_at"] is None
+         else change.added).append(cam)
+    with conn.cursor() as cur:
+        if close:
+            cur.executemany("UPDATE grid_membership SET valid_to = clock_timestamp() WHERE id = %s", close)
+        if open_:
+            cur.executemany("""INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from)
+                               VALUES ('camera', %s, %s, clock_timestamp())""", open_)
+    listed = [c.channel_id for c in video]
+    for r in conn.execute(
+            """UPDATE gb_channels SET retired_at = now(), updated_at = now()
+               WHERE device_id = %s AND retired_at IS NULL AND NOT (channel_id = ANY(%s)) RETURNING camera_id""",
+            (device_id, listed)).fetchall():
+        conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE id = %s AND origin = 'gb28181'",
+                     (r["camera_id"],))
+        change.retired.append(r["camera_id"])
+    conn.execute("UPDATE gb_devices SET channel_count = %s, updated_at = now() WHERE id = %s", (len(video), device_id))
+    changed = change.added + change.updated + change.retired
+    if changed:
+        with conn.cursor() as cur:
+            cur.executemany("SELECT pg_notify('xlhub_registry', %s)",
+                            [(json.dumps({"kind": "camera", "id": cam}),) for cam in changed])
+    return change
+
+
+def channel_of_camera(conn: psycopg.Connection, cam_id: str) -> tuple[str, str] | None:
+    row = conn.execute("SELECT device_id, channel_id FROM gb_channels WHERE camera_id = %s AND retired_at IS NULL",
+                       (cam_id,)).fetchone()
+    return (row["device_id"], row["channel_id"]) if row else None

@@ -1,0 +1,1 @@
+"""A GB/T 28181 device simulator (IPC or NVR): see device.py."""

@@ -1,0 +1,241 @@
+"""A GB/T 28181 device (IPC or NVR) for the demo, the tests and the benchmark: registers with
+digest authentication, keeps alive, answers Catalog in GB2312 (or UTF-8) in packets of
+``per_packet`` items, DeviceInfo and DeviceStatus, sends an alarm on demand, obeys PTZ
+(records each decoded command in ``self.ptz``) and answers INVITE with SDP.
+
+Media is not sent here: ``on_invite(offer_fields) -> (host, port)`` is called with the
+hub's offer (c=, m= port, y= SSRC, setup) and returns where the device says it sends from;
+the FFmpeg-based PS sender of cameras/gb28181/media is attached there (the lead wires it).
+
+    sim = SimDevice("34020000001320000001", password, hub=("127.0.0.1", 5060), channels=8)
+    await sim.start(); await sim.register()          # on an asyncio loop
+    SimFleet([...]).start()                           # or many, on a loop thread of their own
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from cameras.gb28181 import manscdp, sdp
+from cameras.gb28181.manscdp import Channel, el, encode
+from cameras.gb28181.sip import message as sipm
+from cameras.gb28181.sip.digest import authorization
+from cameras.gb28181.sip.transport import Peer, SipEndpoint
+
+
+def channel_ids(device_id: str, n: int) -> list[str]:
+    """``n`` camera channel IDs under the device's civil code (type 131)."""
+    return [f"{device_id[:10]}131{(int(device_id[13:]) * 1000 + i + 1) % 10**7:07d}" for i in range(n)]
+
+
+class SimDevice:
+    def __init__(self, device_id: str, password: str, *, hub: tuple[str, int], hub_id: str, domain: str,
+                 channels: int | list[Channel] = 4, transport: str = "udp", charset: str = "GB2312",
+                 per_packet: int = 4, keepalive_s: float = 60.0, expires: int = 3600,
+                 on_invite: Callable[[dict], tuple[str, int]] | None = None, name: str = "模拟摄像机",
+                 host: str = "127.0.0.1") -> None:
+        self.device_id, self.password, self.hub, self.hub_id, self.domain = device_id, password, hub, hub_id, domain
+        self.transport, self.charset, self.per_packet = transport, charset, per_packet
+        self.keepalive_s, self.expires, self.name, self.host = keepalive_s, expires, name, host
+        if isinstance(channels, int):
+            channels = [Channel(cid, f"{name}{i + 1}号通道", manufacturer="XLHub-Sim", model="SIM-IPC",
+                                ptz_type=1 if i == 0 else 3, lon=104.5 + i * 0.001, lat=30.6)
+                        for i, cid in enumerate(channel_ids(device_id, channels))]
+        self.channels: list[Channel] = channels
+        self.on_invite = on_invite or (lambda offer: (self.host, 0))
+        self.ptz: list[dict] = []
+        self.invites: list[dict] = []
+        self.byes: list[str] = []
+        self.acks: list[str] = []
+        self.messages: list[manscdp.Body] = []
+        self.registered = asyncio.Event()
+        self.last_register: sipm.Response | None = None
+        self.catalog_answer: Callable[[int], list[bytes]] | None = None   # tests: answer with these bodies
+        self.endpoint = SipEndpoint(host, 0, self._on_request, udp=True, tcp=False, name=f"sim-{device_id}",
+                                    rcvbuf=256 << 10)
+        self._cseq = 0
+        self._call_id = sipm.new_call_id(host)
+        self._tag = sipm.new_tag()
+        self._sn = 0
+        self._keepalive: asyncio.Task | None = None
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.transport, self.hub[0], self.hub[1])
+
+    async def start(self) -> None:
+        await self.endpoint.start()
+
+    async def stop(self) -> None:
+        if self._keepalive:
+            self._keepalive.cancel()
+        await self.endpoint.stop()
+
+    def _via(self) -> str:
+        return f"{self.transport.upper()} {self.host}:{self.endpoint.port}"
+
+    def _req(self, method: str, *, body: bytes = b"", ctype: str | None = None, call_id: str | None = None,
+             extra: dict | None = None) -> sipm.Request:
+        self._cseq += 1
+        return sipm.request(method, f"sip:{self.hub_id}@{self.domain}", via=self._via(),
+                            from_uri=f"sip:{self.device_id}@{self.domain}",
+                            to_uri=(f"sip:{self.device_id}@{self.domain}" if method == "REGISTER"
+                                    else f"sip:{self.hub_id}@{self.domain}"),
+                            call_id=call_id or (self._call_id if method == "REGISTER" else sipm.new_call_id(self.host)),
+                            cseq=self._cseq, from_tag=self._tag if method == "REGISTER" else sipm.new_tag(),
+                            body=body, content_type=ctype,
+                            contact=f"sip:{self.device_id}@{self.host}:{self.endpoint.port}", extra=extra)
+
+    # ------------------------------------------------------------------ registration
+    async def register(self, *, expires: int | None = None, password: str | None = None,
+                       timeout: float = 5.0, date: str | None = None) -> sipm.Response:
+        """REGISTER, answer the challenge; the final response (200 when admitted)."""
+        exp = self.expires if expires is None else expires
+        extra = {"Expires": str(exp)}
+        if date is not None:
+            extra["Date"] = date
+        resp = await self.endpoint.request(self._req("REGISTER", extra=extra), self.peer, timeout=timeout)
+        if resp.status == 401 and resp.get("WWW-Authenticate"):
+            self.challenge = resp["WWW-Authenticate"]
+            req = self._req("REGISTER", extra={**extra, "Authorization": authorization(
+                self.challenge, username=self.device_id, password=password or self.password, method="REGISTER",
+                uri=f"sip:{self.hub_id}@{self.domain}")})
+            self.last_auth_request = req
+            resp = await self.endpoint.request(req, self.peer, timeout=timeout)
+        self.last_register = resp
+        if resp.status == 200 and exp > 0:
+            self.registered.set()
+        return resp
+
+    async def send_raw(self, req: sipm.Request, timeout: float = 5.0) -> sipm.Response:
+        return await self.endpoint.request(req, self.peer, timeout=timeout)
+
+    def start_keepalive(self) -> None:
+        self._keepalive = asyncio.ensure_future(self._keepalive_loop())
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.keepalive()
+            await asyncio.sleep(self.keepalive_s)
+
+    def next_sn(self) -> int:
+        self._sn += 1
+        return self._sn
+
+    async def keepalive(self) -> sipm.Response:
+        body = encode("Notify", el("CmdType", "Keepalive") + el("SN", self.next_sn()) + el("DeviceID", self.device_id)
+                      + el("Status", "OK"), self.charset)
+        return await self.message(body)
+
+    async def message(self, body: bytes, timeout: float = 32.0) -> sipm.Response:     # RFC 3261 Timer F
+        return await self.endpoint.request(self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE), self.peer,
+                                           timeout=timeout)
+
+    async def alarm(self, *, method: str = "5", alarm_type: str | None = "2", channel: str | None = None,
+                    description: str = "移动侦测报警") -> sipm.Response:
+        info = f"<Info>\r\n{el('AlarmType', alarm_type)}</Info>\r\n" if alarm_type else ""
+        body = encode("Notify", el("CmdType", "Alarm") + el("SN", self.next_sn())
+                      + el("DeviceID", channel or self.channels[0].channel_id) + el("AlarmPriority", 1)
+                      + el("AlarmMethod", method) + el("AlarmTime", datetime.now().strftime("%Y-%m-%dT%H:%M:%S"))
+                      + el("AlarmDescription", description) + info, self.charset)
+        return await self.message(body)
+
+    # ------------------------------------------------------------------ requests from the hub
+    async def _on_request(self, req: sipm.Request, peer: Peer) -> None:
+        if req.method == "MESSAGE":
+            await self._on_message(req, peer)
+        elif req.method == "INVITE":
+            self._on_invite(req, peer)
+        elif req.method == "ACK":
+            self.acks.append(req.call_id)
+        elif req.method == "BYE":
+            self.byes.append(req.call_id)
+            self.endpoint.reply(peer, req, sipm.response(req, 200))
+        else:
+            self.endpoint.reply(peer, req, sipm.response(req, 405))
+
+    async def _on_message(self, req: sipm.Request, peer: Peer) -> None:
+        try:
+            body = manscdp.parse(req.body)
+        except manscdp.ManscdpError:
+            self.endpoint.reply(peer, req, sipm.response(req, 400))
+            return
+        self.messages.append(body)
+        self.endpoint.reply(peer, req, sipm.response(req, 200))
+        if body.cmd == "Catalog":
+            packets = (self.catalog_answer(body.sn) if self.catalog_answer else self.catalog_packets(body.sn))
+            for p in packets:
+                await self.message(p)
+        elif body.cmd == "DeviceInfo":
+            await self.message(encode("Response", el("CmdType", "DeviceInfo") + el("SN", body.sn)
+                                      + el("DeviceID", self.device_id) + el("DeviceName", self.name)
+                                      + el("Result", "OK") + el("Manufacturer", "XLHub-Sim") + el("Model", "SIM-IPC")
+                                      + el("Firmware", "V1.0.0") + el("Channel", len(self.channels)), self.charset))
+        elif body.cmd == "DeviceStatus":
+            await self.message(encode("Response", el("CmdType", "DeviceStatus") + el("SN", body.sn)
+                                      + el("DeviceID", self.device_id) + el("Result", "OK") + el("Online", "ONLINE")
+                                      + el("Status", "OK") + el("Encode", "ON") + el("Record", "OFF")
+                                      + el("DeviceTime", datetime.now().strftime("%Y-%m-%dT%H:%M:%S")), self.charset))
+        elif body.cmd == "DeviceControl":
+            cmd = body.text("PTZCmd")
+            if cmd:
+                self.ptz.append({"channel": body.device_id, "hex": cmd, **manscdp.parse_ptz(cmd)})
+
+    def catalog_packets(self, sn: int) -> list[bytes]:
+        n = len(self.channels)
+        return [manscdp.catalog_response(sn, self.device_id, n, self.channels[i:i + self.per_packet], self.charset)
+                for i in range(0, n, self.per_packet)] or [
+            manscdp.catalog_response(sn, self.device_id, 0, [], self.charset)]
+
+    def _on_invite(self, req: sipm.Request, peer: Peer) -> None:
+        offer = sdp.parse(req.body)
+        offer["channel_id"] = sipm.Uri.parse(f"<{req.uri}>").user
+        offer["subject"] = req.get("Subject")
+        self.invites.append(offer)
+        tag = sipm.new_tag()
+        if offer["channel_id"] not in {c.channel_id for c in self.channels}:
+            self.endpoint.reply(peer, req, sipm.response(req, 404, to_tag=tag))
+            return
+        host, port = self.on_invite(offer)
+        body = sdp.device_answer(offer, device_id=offer["channel_id"], host=host, port=port,
+                                 ssrc=offer["ssrc"] or "0000000000")
+        resp = sipm.response(req, 200, to_tag=tag, body=body, content_type="APPLICATION/SDP")
+        resp.add("Contact", f"<sip:{offer['channel_id']}@{self.host}:{self.endpoint.port}>")
+        self.endpoint.reply(peer, req, resp)
+
+
+class SimFleet:
+    """Many simulated devices on one asyncio loop in a thread of its own."""
+
+    def __init__(self, devices: list[SimDevice]) -> None:
+        self.devices = devices
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gb28181-sim", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self._start_all(), 60)
+
+    async def _start_all(self) -> None:
+        for d in self.devices:
+            await d.start()
+
+    def run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        async def stop_all():
+            for d in self.devices:
+                await d.stop()
+        with contextlib.suppress(Exception):
+            self.run(stop_all(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+_ = time

@@ -1,0 +1,90 @@
+"""A second GB/T 28181 peer not written by us: SIPp (Debian's sip-tester) registers with its
+own digest implementation, sends Keepalive and Catalog MESSAGEs, then plays the device's UAS
+answering the hub's INVITE with SDP."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cameras.gb28181 import registry
+from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.server import GbServer
+from cameras.gb28181.session import MediaOffer
+from cameras.gb28181.settings import GbSettings
+from config.gb28181 import GbSite
+from store.db import connect
+from store.secrets import SecretBox, derive_key
+
+HERE = Path(__file__).parent / "sipp"
+HUB_ID, DOMAIN = "51019900002000000001", "5101990000"
+DEV = "51019910111320000050"
+SIPP = shutil.which("sipp")
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def sipp(scenario: str, hub_port: int, local_port: int, *extra: str, timeout: float = 20) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SIPP, f"127.0.0.1:{hub_port}", "-sf", str(HERE / scenario), "-i", "127.0.0.1", "-p", str(local_port),
+         "-s", DEV, "-set", "hub", HUB_ID, "-set", "domain", DOMAIN, "-m", "1", "-timeout", f"{int(timeout)}s",
+         "-timeout_error", "-nostdin", "-nd", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(HERE.parent))
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) is installed by scripts/setup")
+def test_sipp_registers_keeps_alive_and_answers_invite(site_db, tmp_path):
+    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
+    server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
+                      site_db, pw, root_code="510199000000")
+    async def no_queries(device_id):      # this SIPp device answers no DeviceInfo/Catalog query: none sent,
+        return None                       # so the UAS below sees only the INVITE
+    server._after_register = no_queries
+    server.start()
+    try:
+        with connect(site_db) as conn:
+            registry.admit(conn, DEV, by="test")
+        password = pw.set(DEV)
+        port = free_udp_port()
+        uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
+        out, _ = uac.communicate(timeout=30)
+        assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
+        assert DEV in server.devices and server.devices[DEV].online
+        with connect(site_db) as conn:
+            row = conn.execute("SELECT state, last_keepalive, charset FROM gb_devices WHERE id = %s", (DEV,)).fetchone()
+        assert row["state"] == "registered" and row["charset"] in ("GB2312", "UTF-8")
+
+        # wrong password: SIPp's digest with another password is refused (403 ends its scenario in error)
+        bad = sipp("register_keepalive.xml", server.port, free_udp_port(), "-au", DEV, "-ap", "wrong")
+        bad.communicate(timeout=30)
+        assert bad.returncode != 0
+
+        # SIPp as the device's UAS on the port it registered from
+        uas = subprocess.Popen(
+                [SIPP, "-sf", str(HERE / "uas_invite.xml"), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
+                 "-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin", "-nd"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.5)
+        ssrc = server.next_ssrc()
+        try:
+            answer = server.play(DEV, "51019910111320000051", MediaOffer("127.0.0.1", 40000, "udp", ssrc))
+        except Exception:
+            uas.kill()
+            print(uas.communicate()[0].decode(errors="replace")[-3000:])
+            raise
+        assert (answer.host, answer.port, answer.ssrc, answer.codec) == ("127.0.0.1", 30555, ssrc, "ps")
+        server.bye(answer)
+        out, _ = uas.communicate(timeout=25)
+        assert uas.returncode == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        server.stop()

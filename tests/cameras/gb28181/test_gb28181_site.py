@@ -1,0 +1,32 @@
+"""The site file's gb28181 section goes through the same checks as `xlhub check-config`."""
+from __future__ import annotations
+
+import yaml
+
+from config.settings import DEMO_SITE_FILE
+from config.site.loader import check_site_file
+
+
+def _with(tmp_path, gb, cam_url=None):
+    data = yaml.safe_load(DEMO_SITE_FILE.read_text())
+    data["gb28181"] = gb
+    if cam_url:
+        data["cameras"][0]["rtsp_url"] = cam_url
+    p = tmp_path / "site.yaml"
+    p.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return check_site_file(p)
+
+
+def test_good_section_and_gb_url(tmp_path):
+    site, problems = _with(tmp_path, {"sip_id": "51019900002000000001", "domain": "5101990000",
+                                      "placement": [{"civil_code": "510199101", "grid": "510199101201"}]},
+                           "gb28181://51019910111320000001/51019910111320000002")
+    assert problems == [] and site.gb28181.place("x", "51019910111320000002", "r") == "510199101201"
+
+
+def test_bad_section_named(tmp_path):
+    _, problems = _with(tmp_path, {"sip_id": "123", "domain": "5101990000",
+                                   "placement": [{"device": "51019910111320000001", "grid": "999"}]},
+                        "gb28181://1/2")
+    text = " | ".join(str(p) for p in problems)
+    assert "20 digits" in text and "999" in text and "gb28181://<20-digit device ID>" in text

@@ -75,12 +75,17 @@ def test_an_admin_adds_a_grid_node_and_a_user_on_it(tabs, seeded_db, shots):
     admin = tabs("admin")
     p = admin.page
     p.click("#nav-grid")
+    p.wait_for_selector("#grid-add")          # the tree and the first node's details
     p.locator(f'#grid-tree button[data-code="{VILLAGE}"]').click()
-    p.wait_for_selector("#grid-add")
+    p.locator(f'#grid-tree button.active[data-code="{VILLAGE}"]').wait_for()
+    p.wait_for_function(f"document.querySelector('#grid-detail h2 small').textContent.includes('{VILLAGE}')")
     p.fill("#grid-child-code", code)
     p.fill("#grid-child-name", "东山村测试网格")
     p.click("#grid-add-submit")
-    p.locator(f'#grid-tree button.active[data-code="{code}"]').wait_for()
+    try:
+        p.locator(f'#grid-tree button.active[data-code="{code}"]').wait_for(timeout=15000)
+    except Exception:
+        raise AssertionError(f"not added: {p.text_content('#grid-error')!r} {admin.errors} {admin.console[-5:]}") from None
     # draw its boundary: four clicks on the map, then save
     box = p.locator("#boundary-map").bounding_box()
     for fx, fy in ((0.3, 0.3), (0.6, 0.3), (0.6, 0.6), (0.3, 0.6)):

@@ -2,6 +2,7 @@
 case systems (with their signing secrets, read when needed, never stored)."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -10,7 +11,9 @@ from zoneinfo import ZoneInfo
 
 from alerts.rules.compile import RuleSet
 from config.alerting import CaseSystem
-from config.site import Site, load_site
+from config.site import Site, SiteError, load_site
+from config.site.loader import read_site_document
+from config.site.problems import check_document
 
 
 class SecretError(RuntimeError):
@@ -77,20 +80,35 @@ class AlertsConfig:
         return next((s for s in self.site.case_systems if s.inbound_token == token_name), None)
 
 
-_cache: dict[Path, tuple[float, AlertsConfig]] = {}
+_cache: dict[Path, tuple[float, str, AlertsConfig]] = {}
 _lock = threading.Lock()
 
 
-def load_config(site_file: str | os.PathLike) -> AlertsConfig:
+def load_config(site_file: str | os.PathLike, sections: dict | None = None) -> AlertsConfig:
     """The compiled configuration of a site file, re-read when the file changes.  Raises
-    config.site.SiteError listing every problem."""
+    config.site.SiteError listing every problem.
+
+    ``sections``: the alerting sections (rules, schedules, arming, sla) as the registry holds
+    them (store.sitedoc.sections; edited in the UI), replacing the file's: the document is
+    checked whole by the site file's own checks."""
     path = Path(site_file).resolve()
     mtime = path.stat().st_mtime
+    stamp = json.dumps(sections, sort_keys=True, default=str) if sections else ""
     with _lock:
         hit = _cache.get(path)
-        if hit is not None and hit[0] == mtime:
-            return hit[1]
-    cfg = AlertsConfig(load_site(path))
+        if hit is not None and hit[0] == mtime and hit[1] == stamp:
+            return hit[2]
+    if sections:
+        data, root, problems = read_site_document(path)
+        if root is None or problems:
+            raise SiteError(problems)
+        site, problems = check_document({**data, **sections}, str(path), None, path.parent)
+        if site is None:
+            raise SiteError(problems)
+        site._source = path
+        cfg = AlertsConfig(site)
+    else:
+        cfg = AlertsConfig(load_site(path))
     with _lock:
-        _cache[path] = (mtime, cfg)
+        _cache[path] = (mtime, stamp, cfg)
     return cfg

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "xlhub_alert_events"
 OUTBOX_CHANNEL = "xlhub_outbox"
+ALERTING_CHANNEL = "xlhub_alerting"      # store/sitedoc.py: the rules or SLA limits changed in the UI
 MAX_PENDING_COMMANDS = 1000
 # How long a loop sleeps with nothing to do: long while the listener hears notifications (they
 # wake it for work), short while it does not (then the loops poll).
@@ -113,6 +114,10 @@ class AlertsWorker:
         self.mqtt: CommandPublisher | None = None
         self.listening = False
         self._cfg: AlertsConfig | None = None
+        # The alerting sections edited in the UI (store/sitedoc.py): re-read on xlhub_alerting.
+        self.sections_changed = threading.Event()
+        self.sections_changed.set()
+        self._sections: dict | None = None
         self._bad_mtime: float | None = None
         self._pending_commands: list[tuple[str, Command]] = []
         self._commands_lock = threading.Lock()
@@ -123,8 +128,10 @@ class AlertsWorker:
     # -- configuration ----------------------------------------------------------------------
     def config(self) -> AlertsConfig:
         """The site file's alerting configuration; a broken edit keeps the last good one."""
+        if self.sections_changed.is_set():
+            self._read_sections()
         try:
-            self._cfg = load_config(self.site_file)
+            self._cfg = load_config(self.site_file, self._sections)
         except (SiteError, OSError) as exc:
             mtime = _mtime(self.site_file)
             if self._cfg is None:
@@ -133,6 +140,28 @@ class AlertsWorker:
                 self._bad_mtime = mtime
                 log.error("site file %s has problems; keeping the rules loaded before:\n%s", self.site_file, exc)
         return self._cfg
+
+    def _read_sections(self) -> None:
+        """The registry's alerting sections (rules, schedules, arming, SLA limits as edited in
+        the UI), replacing the site file's; kept as they were when the database cannot say."""
+        from store import sitedoc
+        self.sections_changed.clear()
+        try:
+            if self.pool is not None:
+                with self.pool.connection() as conn:
+                    found = sitedoc.sections(conn)
+            else:
+                from store.db import connect
+                with connect(self.db_url) as conn:
+                    found = sitedoc.sections(conn)
+        except Exception as exc:        # noqa: BLE001 — the database is away: retry on the next call
+            log.warning("alerting sections cannot be read (%s); keeping those loaded before", exc)
+            self.sections_changed.set()
+            return
+        if found != self._sections:
+            if self._sections is not None:
+                log.info("alerting configuration changed in the registry: %s reloaded", ", ".join(sorted(found)))
+            self._sections = found or None
 
     # -- lifecycle --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -179,7 +208,8 @@ class AlertsWorker:
 
     # -- listener ---------------------------------------------------------------------------
     def _listen(self, stop: threading.Event) -> None:
-        wakes = {EVENTS_CHANNEL: self.events_wake, OUTBOX_CHANNEL: self.sender.wake, DONE_CHANNEL: self.scan_wake}
+        wakes = {EVENTS_CHANNEL: self.events_wake, OUTBOX_CHANNEL: self.sender.wake, DONE_CHANNEL: self.scan_wake,
+                 ALERTING_CHANNEL: self.sections_changed}
 
         def connected() -> None:
             # While notifications come, the loops sleep long: they are woken for work.
@@ -187,6 +217,7 @@ class AlertsWorker:
             self.sender.max_idle_s = IDLE_LISTENING_S
             for wake in wakes.values():         # catch up on what arrived while away
                 wake.set()
+            self.events_wake.set()
 
         def lost(exc: BaseException) -> None:
             self.listening = False

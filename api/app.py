@@ -11,6 +11,9 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.admin.alerting import router as admin_alerting_router
+from api.admin.departments import router as admin_departments_router
+from api.admin.grid import router as admin_grid_router
 from api.admin.views import router as admin_router
 from api.alerts.cap import router as alerts_cap_router
 from api.alerts.feed import router as alerts_feed_router
@@ -151,7 +154,9 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     # outbox, CAP, assessment; alerts_cap = the warning page (CAP preview, history, feeds); the feed is SSE;
     # inbound = case systems' status back; web =
     # the UI at / and live video.
-    for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router, cameras_router, cameras_admin_router,
+    for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router,
+                   admin_grid_router, admin_departments_router, admin_alerting_router, cameras_router,
+                   cameras_admin_router,
                    recordings_export_router, recordings_integrity_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
                    device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_intake_router,

@@ -40,6 +40,11 @@ class Permission(StrEnum):
     DOOR_UNLOCK = "door.unlock"              # 远程开门 (signed, audited)
     BROADCAST_SEND = "broadcast.send"        # 广播：通告 and 应急预警
     BROADCAST_READ = "broadcast.read"        # broadcast history and reports (回执)
+    # administration applied live (api/admin): checked by the site file's checks, audited
+    GRID_MANAGE = "grid.manage"              # 网格管理: add, rename, move, retire nodes, boundaries
+    DEPARTMENTS_MANAGE = "departments.manage"  # 部门管理
+    ALERTING_READ = "alerting.read"          # 告警规则 and 办结时限 as configured
+    ALERTING_MANAGE = "alerting.manage"      # edit them (the county's administrators: they apply county-wide)
     # GB/T 28181 access (国标接入)
     GB28181_READ = "gb28181.read"            # devices: registration, address, keepalive, unknown devices
     GB28181_MANAGE = "gb28181.manage"        # admit a device (its SIP password, 一机一帐号)
@@ -88,6 +93,10 @@ GRANTS: dict[Permission, set[Role]] = {
     Permission.DOOR_UNLOCK: {Role.dispatcher, Role.admin},
     Permission.BROADCAST_SEND: {Role.dispatcher, Role.centre_lead, Role.admin},
     Permission.BROADCAST_READ: _ALL_STAFF - {Role.department_handler},
+    Permission.GRID_MANAGE: {Role.admin},
+    Permission.DEPARTMENTS_MANAGE: {Role.admin},
+    Permission.ALERTING_READ: {Role.admin, Role.centre_lead},
+    Permission.ALERTING_MANAGE: {Role.admin},
     # Device addresses and registration are operations data: the administrator and the control room.
     Permission.GB28181_READ: {Role.admin, Role.centre_lead, Role.dispatcher},
     Permission.GB28181_MANAGE: {Role.admin},

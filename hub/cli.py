@@ -3,6 +3,7 @@
     xlhub run                      start the hub (embedded servers unless configured)
     xlhub check-config FILE        report every problem in a site file
     xlhub migrate                  apply the schema
+    xlhub site export|import       the live registry as a site file; a site file applied (with a diff)
     xlhub user add|list|passwd     manage accounts (一人一密码)
     xlhub user disable|enable|reset-password NAME   停用/启用 an account, an administrator's reset
     xlhub token add|revoke         API tokens for machine clients
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cameras.recording.cli import register as register_recordings   # recordings verify
     register_recordings(sub, database)
+
+    from hub.site_cli import register as register_site   # site export|import
+    register_site(sub, database)
 
     from alerts.cli import register as register_alerts   # outbox list|replay, cap import
     register_alerts(sub, database)

@@ -91,7 +91,9 @@ class Supervisor:
         """Everything before the hub's own processes: servers, schema, registry."""
         from store import migrate, workers
         from store.db import connect, wait_for_database
-        from store.registry import sync_site
+        from config.site.loader import read_site_document
+        from store import sitedoc
+        from store.registry import SyncReport
 
         s = self.settings
         check_plain_http(s)
@@ -108,7 +110,16 @@ class Supervisor:
         wait_for_database(self.db_url, timeout=120)
         migrate.upgrade(self.db_url)
         with connect(self.db_url) as conn:
-            report = sync_site(conn, self.site)
+            # The registry is the live truth: the site file is applied only when it differs
+            # from the one applied last (then it wins for what it names); otherwise the
+            # registry as edited in the UI stands (docs/architecture.md, "Site file and UI").
+            if sitedoc.file_changed(conn, s.site_file):
+                data, _root, _ = read_site_document(s.site_file)
+                report = sitedoc.apply_site(conn, self.site, data, file=s.site_file, by="site file")
+                log.info("site file %s applied to the registry (changed since the last one applied)", s.site_file)
+            else:
+                report = SyncReport()
+                log.info("site file %s unchanged since applied: the registry as edited in the UI stands", s.site_file)
             workers.forget_all(conn)
             kinds = self._active_kinds(conn)
         log.info("site %s: %d grid nodes, %d cameras, %d devices", self.site.name, report.nodes, report.cameras,

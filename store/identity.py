@@ -153,8 +153,9 @@ def end_session(conn: psycopg.Connection, token: str) -> None:
     conn.execute("DELETE FROM sessions WHERE token_hash = %s", (token_digest(token),))
 
 
-def end_all_sessions(conn: psycopg.Connection, user_id: int) -> None:
-    conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+def end_all_sessions(conn: psycopg.Connection, user_id: int) -> int:
+    """End every session of the account; how many there were."""
+    return conn.execute("DELETE FROM sessions WHERE user_id = %s", (user_id,)).rowcount
 
 
 SESSION_LOOKUP = """

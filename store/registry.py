@@ -45,15 +45,17 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
                ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, level = EXCLUDED.level,
                    parent_code = EXCLUDED.parent_code, path = EXCLUDED.path, center_lat = EXCLUDED.center_lat,
                    center_lon = EXCLUDED.center_lon, boundary = EXCLUDED.boundary, retired_at = NULL,
-                   updated_at = now()""",
+                   origin = 'site', updated_at = now()""",
             {"code": node.code, "name": node.name, "level": str(node.level.value if hasattr(node.level, "value") else node.level),
              "parent": parent_code, "path": path,
              "lat": center.lat if center else None, "lon": center.lon if center else None,
              "boundary": Jsonb(node.boundary) if node.boundary else None},
         )
         report.nodes += 1
+    # Nodes created in the UI are not the site file's to retire.
     retired = conn.execute(
-        "UPDATE grid_nodes SET retired_at = now() WHERE retired_at IS NULL AND NOT (code = ANY(%s)) RETURNING code",
+        """UPDATE grid_nodes SET retired_at = now() WHERE retired_at IS NULL AND origin = 'site'
+               AND NOT (code = ANY(%s)) RETURNING code""",
         (seen_codes,),
     ).fetchall()
     report.retired_nodes = [r["code"] for r in retired]
@@ -107,9 +109,12 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
     for dept in site.departments:
         conn.execute(
             """INSERT INTO departments (code, name, node_code) VALUES (%s, %s, %s)
-               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, node_code = EXCLUDED.node_code""",
+               ON CONFLICT (code) DO UPDATE SET name = EXCLUDED.name, node_code = EXCLUDED.node_code,
+                   origin = 'site', retired_at = NULL""",
             (dept.code, dept.name, dept.node),
         )
+    conn.execute("""UPDATE departments SET retired_at = now() WHERE retired_at IS NULL AND origin = 'site'
+                        AND NOT (code = ANY(%s))""", ([d.code for d in site.departments],))
 
     for user in site.users:
         existing = conn.execute("SELECT id, origin FROM users WHERE username = %s", (user.username,)).fetchone()
@@ -122,8 +127,9 @@ def sync_site(conn: psycopg.Connection, site: Site) -> SyncReport:
                                  node_code=user.node, department_code=user.department, password=password,
                                  origin="site", must_change_password=generated is not None)
             report.created_users.append((user.username, generated))
-        elif existing["origin"] == "site":
-            # The site file stays the truth for accounts it declares; passwords are the person's own.
+        else:
+            # A site file applied wins for the accounts it names (an account made in the UI
+            # under the same name included); passwords are the person's own.
             conn.execute(
                 """UPDATE users SET display_name = %s, role = %s, node_code = %s, department_code = %s,
                        updated_at = now() WHERE id = %s""",
@@ -218,34 +224,13 @@ def node_path(conn: psycopg.Connection, code: str) -> list[str] | None:
 
 # --------------------------------------------------------------------------- the one validator
 def registry_document(conn: psycopg.Connection, site: Site | None) -> dict:
-    """The live registry as a site document (grid, cameras, devices) with the site file's
-    credentials and recording policies: what ``check_site_data`` — the checks of
-    ``xlhub check-config`` — is run on when a camera or device is changed live."""
-    nodes = conn.execute("""SELECT code, name, level, parent_code, center_lat, center_lon, boundary FROM grid_nodes
-                            WHERE retired_at IS NULL ORDER BY cardinality(path), code""").fetchall()
-    by_code: dict[str, dict] = {}
-    root = None
-    for n in nodes:
-        entry = {"code": n["code"], "name": n["name"], "level": n["level"]}
-        if n["center_lat"] is not None and n["center_lon"] is not None:
-            entry["center"] = {"lat": n["center_lat"], "lon": n["center_lon"]}
-        if n["boundary"]:
-            entry["boundary"] = n["boundary"]
-        by_code[n["code"]] = entry
-        parent = by_code.get(n["parent_code"]) if n["parent_code"] else None
-        if parent is not None:
-            parent.setdefault("children", []).append(entry)
-        elif root is None:
-            root = entry
-    cameras = [camera_site_entry(r) for r in camera_rows(conn)]
-    devices = [{"id": r["id"], "kind": r["kind"], "name": r["name"], "grid": r["grid_code"]}
-               for r in conn.execute("""SELECT d.id, d.kind, d.name, g.grid_code FROM devices d
-                                        JOIN source_grid g ON g.source_kind = 'device' AND g.source_id = d.id
-                                        WHERE d.active ORDER BY d.id""").fetchall()]
-    dumped = site.model_dump(mode="json", exclude_none=True) if site is not None else {}
-    return {"version": 1, "name": dumped.get("name", "registry"), "timezone": dumped.get("timezone", "Asia/Shanghai"),
-            "grid": root, "credentials": dumped.get("credentials", {}), "cameras": cameras, "devices": devices,
-            "recording_by_tag": dumped.get("recording_by_tag", {})}
+    """The live registry as a site document with the site file's credentials and recording
+    policies: what ``check_site_data`` — the checks of ``xlhub check-config`` — is run on
+    when a camera or device is changed live. One home: store/sitedoc.py (also what
+    `xlhub site export` writes and what grid, department, user and alerting changes are
+    checked against)."""
+    from store.sitedoc import registry_document as document     # sitedoc builds on this module
+    return document(conn, site)
 
 
 def check_entry(conn: psycopg.Connection, site: Site | None, section: str, entry: dict) -> list[str]:

@@ -21,6 +21,10 @@ const PAGES = [
   { id: 'stats', label: '统计', en: 'Statistics', needs: 'stats.read', load: () => import('./pages/stats.js') },
   { id: 'cameras', label: '摄像机管理', en: 'Cameras', short: '摄像机', needs: 'cameras.manage', load: () => import('./pages/cameras.js') },
   { id: 'device-admin', label: '设备管理', en: 'Device admin', short: '设备管理', needs: 'devices.manage', load: () => import('./pages/device-admin.js') },
+  { id: 'users', label: '用户管理', en: 'Users', short: '用户', needs: 'users.read', load: () => import('./pages/users.js') },
+  { id: 'departments', label: '部门管理', en: 'Departments', short: '部门', needs: 'departments.manage', load: () => import('./pages/departments.js') },
+  { id: 'grid', label: '网格管理', en: 'Grid', short: '网格', needs: 'grid.manage', load: () => import('./pages/grid.js') },
+  { id: 'alerting', label: '告警规则', en: 'Alerting', short: '规则', needs: 'alerting.read', load: () => import('./pages/alerting.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
 // Where each role starts: the field roles on their phone's task list (我的任务), a department's

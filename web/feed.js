@@ -1,5 +1,6 @@
 // The live feed of alarms, cases, notifications and broadcasts (SSE, GET /api/alerts/feed),
 // one connection per signed-in page, shared by every view that listens.
+import { request } from './api.js';
 const handlers = new Map();   // kind → Set(fn)
 let source = null;
 let failures = 0;
@@ -37,6 +38,9 @@ export function startFeed() {
     source.addEventListener(kind, (e) => dispatch(kind, e));
   }
   source.addEventListener('overflow', () => { startFeed(); });
+  // The session ended (强制下线, account disabled, logged out elsewhere): the next request's
+  // 401 takes the page back to the login form (api.js onUnauthorized).
+  source.addEventListener('ended', () => { stopFeed(); request('/api/auth/me').catch(() => {}); });
   source.onopen = () => { failures = 0; setStatus('live'); };
   source.onerror = () => {
     failures += 1;

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.admin.checks import checked
 from api.audit import entry_for
 from api.deps import Conn, ensure_in_scope, in_scope, require
 from api.permissions import Permission
@@ -61,6 +62,10 @@ def create_user(body: NewUser, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.USERS_MANAGE))]) -> CreatedUser:
     # An administrator creates accounts only inside their own subtree.
     ensure_in_scope(principal, node_path(conn, body.node_code), f"grid node {body.node_code!r}")
+    if conn.execute("SELECT 1 FROM users WHERE username = %s", (body.username,)).fetchone():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"用户名 {body.username} 已存在（username）")
+    _check_user(request, conn, body.username, _user_entry(body.username, body.display_name, body.role.value,
+                                                          body.node_code, body.department_code))
     generated = None if body.password else identity.generate_password()
     try:
         identity.create_user(conn, username=body.username, display_name=body.display_name, role=body.role.value,
@@ -72,7 +77,10 @@ def create_user(body: NewUser, request: Request, conn: Conn,
                             str(exc)) from None
     request.state.audited = True
     audit.record(conn, entry_for(request, "user.create", "ok", target=body.username,
-                                 detail={"role": body.role.value, "node": body.node_code}))
+                                 detail={"role": body.role.value, "node": body.node_code,
+                                         "after": {"display_name": body.display_name, "role": body.role.value,
+                                                   "node_code": body.node_code,
+                                                   "department_code": body.department_code, "active": True}}))
     return CreatedUser(username=body.username, initial_password=generated)
 
 
@@ -139,9 +147,20 @@ def _identity_error(exc: identity.IdentityError) -> HTTPException:
     return HTTPException(status.HTTP_400_BAD_REQUEST, f"无法修改帐号 (cannot change the account): {exc}")
 
 
-# Fields of an account that the site file declares: it writes them back at every start,
-# so a change made here would silently revert.
-SITE_FIELDS = frozenset({"display_name", "role", "node_code", "department_code"})
+def _user_entry(username: str, display_name: str, role: str, node_code: str, department_code: str | None) -> dict:
+    entry = {"username": username, "name": display_name, "role": role, "node": node_code}
+    if department_code:
+        entry["department"] = department_code
+    return entry
+
+
+def _check_user(request: Request, conn, username: str, entry: dict) -> None:
+    """The account as it will be, checked by the site file's own checks (api/admin/checks.py):
+    a department handler needs a department, others have none, the node and department exist."""
+    def put(doc: dict) -> None:
+        users = [u for u in doc.get("users") or [] if u.get("username") != username]
+        doc["users"] = [*users, entry]
+    checked(request, conn, put)
 
 
 @router.patch("/users/{username}", response_model=User)
@@ -166,10 +185,10 @@ def update_user(username: str, body: UserChange, request: Request, conn: Conn,
         if "node_code" in wanted:
             raise HTTPException(status.HTTP_409_CONFLICT,
                                 "不能更改自己的所属节点，请由另一位管理员操作 (you cannot move your own account)")
-    if row["origin"] == "site" and SITE_FIELDS & wanted.keys():
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            "该帐号由站点配置文件声明，请在站点文件中修改 (this account is declared in the site file: "
-                            f"change {', '.join(sorted(SITE_FIELDS & wanted.keys()))} there)")
+    if {"display_name", "role", "node_code", "department_code"} & wanted.keys():
+        will = {**row, **wanted}
+        _check_user(request, conn, username, _user_entry(username, will["display_name"], will["role"],
+                                                         will["node_code"], will["department_code"]))
     try:
         before, after = identity.update_user(conn, username, **wanted)
     except identity.IdentityError as exc:
@@ -211,6 +230,24 @@ def reset_password(username: str, request: Request, conn: Conn,
                                  detail={"generated": generated is not None, "must_change_password": True}))
     _identity_changed(request, conn)
     return ResetDone(username=username, password=generated, must_change_password=True)
+
+
+class SessionsEnded(BaseModel):
+    username: str
+    ended: int
+
+
+@router.post("/users/{username}/sessions/end", response_model=SessionsEnded)
+def end_sessions(username: str, request: Request, conn: Conn,
+                 principal: Annotated[Principal, Depends(require(Permission.USERS_MANAGE))]) -> SessionsEnded:
+    """End every open session of an account (强制下线) at once: its browsers are logged out on
+    their next request or feed message; the account stays enabled."""
+    row = _user_in_scope(conn, principal, username)
+    ended = identity.end_all_sessions(conn, row["id"])
+    request.state.audited = True
+    audit.record(conn, entry_for(request, "user.sessions_end", "ok", target=username, detail={"ended": ended}))
+    _identity_changed(request, conn)
+    return SessionsEnded(username=username, ended=ended)
 
 
 class NewToken(BaseModel):

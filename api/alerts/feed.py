@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from alerts.feed import CHANNEL
-from api.deps import authenticate
+from api.deps import authenticate, request_token
 from api.permissions import Permission, allowed
 from store.identity import Principal
 from store.listen import Listener
@@ -114,6 +114,15 @@ def _hub(request: Request) -> FeedHub:
 _hub_lock = threading.Lock()
 
 
+def _still_valid(request: Request, token: str) -> bool:
+    """Whether the stream's session still stands (not ended, its account not disabled)."""
+    principals = request.app.state.principals
+    if principals.cached(token) is not None:
+        return True
+    with request.app.state.pool.connection(timeout=5) as conn:
+        return principals.resolve(conn, token) is not None
+
+
 def _authenticate(request: Request) -> Principal:
     # A streaming response holds no pooled connection for its life: one, just for this.
     with request.app.state.pool.connection(timeout=5) as conn:
@@ -156,6 +165,7 @@ async def feed(request: Request, after: int | None = None) -> StreamingResponse:
     sub = hub.subscribe(asyncio.get_running_loop())
     await run_in_threadpool(hub.listening.wait, 5.0)     # a change made after this answer reaches the client
     backlog = await run_in_threadpool(_backlog, request, last_id) if last_id is not None else []
+    token = request_token(request)
 
     async def stream():
         try:
@@ -175,6 +185,15 @@ async def feed(request: Request, after: int | None = None) -> StreamingResponse:
                 except TimeoutError:
                     # Look for a gone client every second (a server stopping waits for this), ping when idle.
                     if await request.is_disconnected():
+                        return
+                    # A session ended (logout elsewhere, 强制下线, account disabled) ends its stream
+                    # at once: the page is told, and its next request logs it out.
+                    try:
+                        valid = await run_in_threadpool(_still_valid, request, token)
+                    except Exception:       # noqa: BLE001 — the database away: judge again next second
+                        valid = True
+                    if not valid:
+                        yield "event: ended\ndata: {}\n\n"
                         return
                     idle += CHECK_S
                     if idle >= PING_S:

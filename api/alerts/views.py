@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -52,9 +53,35 @@ _registry_lock = threading.Lock()
 
 # ---------------------------------------------------------------------------- shared helpers
 
-def alerts_config(request: Request) -> AlertsConfig:
+_sections_lock = threading.Lock()
+SECTIONS_TTL_S = 1.0
+
+
+def _alerting_sections(request: Request) -> dict | None:
+    """The alerting sections the registry holds (store/sitedoc.py), read at most once a second
+    per process; the last ones read while the database does not answer."""
+    from store import sitedoc
+    state = request.app.state
+    now = time.monotonic()
+    with _sections_lock:
+        cached = getattr(state, "alerting_sections", None)
+        if cached is not None and now - cached[0] < SECTIONS_TTL_S:
+            return cached[1]
     try:
-        return load_config(request.app.state.settings.site_file)
+        with state.pool.connection(timeout=5) as conn:
+            found = sitedoc.sections(conn) or None
+    except Exception:       # noqa: BLE001 — the database away: keep what was read last
+        return cached[1] if cached is not None else None
+    with _sections_lock:
+        state.alerting_sections = (now, found)
+    return found
+
+
+def alerts_config(request: Request) -> AlertsConfig:
+    """The site's alerting configuration with the rules and SLA limits as the registry holds
+    them (edited in the UI: store/sitedoc.py)."""
+    try:
+        return load_config(request.app.state.settings.site_file, _alerting_sections(request))
     except (SiteError, OSError) as exc:
         log.error("site file cannot be loaded for alerts: %s", exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the site file has problems; see the hub log") from None

@@ -29,7 +29,10 @@ What lives where (import from ``config.site``; the modules are its parts):
     problems.py     Problem and SiteError, paths and line numbers, the wording of
                     reasons, check_site_data
     loader.py       reading the file: encodings, YAML hardening (alias cycles and bombs,
-                    duplicate keys), check_site_file and load_site
+                    duplicate keys), read_site_document, check_site_file and load_site
+    change.py       one change to the live registry checked by the same checks
+                    (change_problems: the problems a change brings) and worded in
+                    Chinese naming the field (zh) for the administration API
 
 Field types shared with the alerting sections are config/fields.py's, codes and labels
 config/vocabulary.py's; config/alerting.py holds the alerting models and must not import

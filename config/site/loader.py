@@ -105,21 +105,21 @@ def _yaml_line(exc: yaml.YAMLError) -> int | None:
     return mark.line + 1 if mark is not None else None
 
 
-def check_site_file(path: str | os.PathLike) -> tuple[Site | None, list[Problem]]:
-    """Read and validate a site file: (site, []) or (None, every problem).  Never raises for
-    bad input: unreadable files, encodings and YAML errors are problems too."""
+def read_site_document(path: str | os.PathLike) -> tuple[Any, yaml.Node | None, list[Problem]]:
+    """The parsed data of a site file (not yet validated), its YAML node tree, and the
+    problems of reading it (encoding, YAML, duplicate keys); data is None when unreadable."""
     path = Path(path)
     file = str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None, [Problem(file, None, "", "no such file")]
+        return None, None, [Problem(file, None, "", "no such file")]
     except IsADirectoryError:
-        return None, [Problem(file, None, "", "is a directory, not a site file")]
+        return None, None, [Problem(file, None, "", "is a directory, not a site file")]
     except PermissionError:
-        return None, [Problem(file, None, "", "cannot read the file: permission denied")]
+        return None, None, [Problem(file, None, "", "cannot read the file: permission denied")]
     except OSError as exc:
-        return None, [Problem(file, None, "", f"cannot read the file: {exc.strerror or type(exc).__name__}")]
+        return None, None, [Problem(file, None, "", f"cannot read the file: {exc.strerror or type(exc).__name__}")]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -131,31 +131,41 @@ def check_site_file(path: str | os.PathLike) -> tuple[Site | None, list[Problem]
             hint = "; it looks like GBK/GB18030 —"
         except UnicodeDecodeError:
             pass
-        return None, [Problem(file, line, "", f"not valid UTF-8 (column {col}){hint} save the file as UTF-8")]
+        return None, None, [Problem(file, line, "", f"not valid UTF-8 (column {col}){hint} save the file as UTF-8")]
     bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
         col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
-        return None, [Problem(file, line, "", f"control character U+{ord(bad.group()):04X} at column {col} "
+        return None, None, [Problem(file, line, "", f"control character U+{ord(bad.group()):04X} at column {col} "
                                               "is not allowed in YAML (is this a text file?)")]
 
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
-            return None, [Problem(file, None, "", "the file is empty; expected a mapping with version, name, grid, …")]
+            return None, None, [Problem(file, None, "", "the file is empty; expected a mapping with version, name, grid, …")]
         alias = _alias_problem(root)
         if alias is not None:
-            return None, [Problem(file, alias[0], "", alias[1])]
+            return None, None, [Problem(file, alias[0], "", alias[1])]
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        return None, [Problem(file, _yaml_line(exc), "", _yaml_reason(exc))]
+        return None, None, [Problem(file, _yaml_line(exc), "", _yaml_reason(exc))]
     except RecursionError:
-        return None, [Problem(file, None, "", "the document is nested too deeply")]
+        return None, None, [Problem(file, None, "", "the document is nested too deeply")]
     finally:
         loader.dispose()
 
-    dupes = _duplicate_keys(root, data, file)
+    return data, root, _duplicate_keys(root, data, file)
+
+
+def check_site_file(path: str | os.PathLike) -> tuple[Site | None, list[Problem]]:
+    """Read and validate a site file: (site, []) or (None, every problem).  Never raises for
+    bad input: unreadable files, encodings and YAML errors are problems too."""
+    path = Path(path)
+    file = str(path)
+    data, root, dupes = read_site_document(path)
+    if root is None:
+        return None, dupes
     site, problems = check_document(data, file, root, path.resolve().parent)
     if dupes:
         problems = sorted(dupes + problems, key=lambda p: p.line or 0)

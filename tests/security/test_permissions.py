@@ -36,6 +36,7 @@ from tests.security.conftest import (
     OWN_GB_DEVICE,
     OWN_GRID,
     OWN_SPEAKER,
+    OWN_TOWNSHIP,
     OWN_VILLAGE,
     login,
     role_user,
@@ -140,6 +141,33 @@ ROUTES: dict[tuple[str, str], Rule] = {
         "node_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
     ("GET", "/api/audit"): Rule(P.AUDIT_READ, "list", hidden=(OTHER_USER,)),
     ("GET", "/api/audit/verify"): Rule(P.AUDIT_READ),
+    ("POST", "/api/users/{username}/sessions/end"): Rule(P.USERS_MANAGE, "path", audit="write",
+                                                         args={"username": lambda side, ctx: ctx.throwaway_user(side)}),
+    # grid nodes, departments, alerting (issue 17): throwaway nodes and departments on either side
+    ("GET", "/api/admin/grid/nodes"): Rule(P.GRID_MANAGE, "list", hidden=(OTHER_TOWNSHIP,)),
+    ("POST", "/api/admin/grid/nodes"): Rule(P.GRID_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "code": f"mxn{next(_n)}", "name": "矩阵网格", "level": "grid",
+        "parent_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
+    ("PATCH", "/api/admin/grid/nodes/{code}"): Rule(P.GRID_MANAGE, "path", audit="write", body={"name": "矩阵改名"},
+                                                    args={"code": lambda side, ctx: ctx.throwaway_node(side)}),
+    ("POST", "/api/admin/grid/nodes/{code}/move"): Rule(
+        P.GRID_MANAGE, "path", audit="write", args={"code": lambda side, ctx: ctx.throwaway_node(side)},
+        body=lambda side, ctx: {"parent_code": OWN_VILLAGE if side == "own" else OTHER_VILLAGE}),
+    ("POST", "/api/admin/grid/nodes/{code}/retire"): Rule(P.GRID_MANAGE, "path", audit="write",
+                                                          args={"code": lambda side, ctx: ctx.throwaway_node(side)}),
+    ("GET", "/api/admin/departments"): Rule(P.DEPARTMENTS_MANAGE, "list", hidden=("police-xihe",)),
+    ("POST", "/api/admin/departments"): Rule(P.DEPARTMENTS_MANAGE, "path", audit="write", body=lambda side, ctx: {
+        "code": f"mxd{next(_n)}", "name": "矩阵部门", "node_code": OWN_TOWNSHIP if side == "own" else OTHER_TOWNSHIP}),
+    ("PATCH", "/api/admin/departments/{code}"): Rule(
+        P.DEPARTMENTS_MANAGE, "path", audit="write", body={"name": "矩阵改名部门"},
+        args={"code": lambda side, ctx: ctx.throwaway_department(side)}),
+    ("POST", "/api/admin/departments/{code}/retire"): Rule(
+        P.DEPARTMENTS_MANAGE, "path", audit="write", args={"code": lambda side, ctx: ctx.throwaway_department(side)}),
+    ("GET", "/api/admin/alerting"): Rule(P.ALERTING_READ),
+    # The matrix' administrator is a township's: rules and SLA limits apply county-wide and
+    # are the county administrators' (403 with the reason; tests/security/test_admin_org.py).
+    ("PUT", "/api/admin/alerting/{section}"): Rule(P.ALERTING_MANAGE, args={"section": "sla"}, audit="write",
+                                                   body={"data": {}}, ok=frozenset({403})),
     # ---------------------------------------------------------------- cameras (issue 3)
     ("POST", "/api/cameras/{camera_id}/flags"): Rule(
         P.CAMERAS_FLAG, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="write", ok=GATEWAY,
@@ -411,6 +439,25 @@ class Ctx:
             identity.create_user(conn, username=username, display_name="待改用户", role="grid_worker",
                                  node_code=OWN_VILLAGE if side == "own" else OTHER_VILLAGE, password="Throwaway-2026")
         return username
+
+    def throwaway_node(self, side: str) -> str:
+        """A grid made for one change (renaming or retiring the demo's would change the rest)."""
+        from store.db import connect
+        code = f"mx-node-{side}-{next(self._users)}"
+        village = OWN_VILLAGE if side == "own" else OTHER_VILLAGE
+        with connect(self.db_url) as conn:
+            path = conn.execute("SELECT path FROM grid_nodes WHERE code = %s", (village,)).fetchone()["path"]
+            conn.execute("INSERT INTO grid_nodes (code, name, level, parent_code, path, origin) "
+                         "VALUES (%s, '待改网格', 'grid', %s, %s, 'api')", (code, village, [*path, code]))
+        return code
+
+    def throwaway_department(self, side: str) -> str:
+        from store.db import connect
+        code = f"mx-dept-{side}-{next(self._users)}"
+        with connect(self.db_url) as conn:
+            conn.execute("INSERT INTO departments (code, name, node_code, origin) VALUES (%s, '待改部门', %s, 'api')",
+                         (code, OWN_TOWNSHIP if side == "own" else OTHER_TOWNSHIP))
+        return code
 
     def throwaway_camera(self, side: str) -> str:
         """A camera made for one change (the matrix' own cameras stay as they are)."""

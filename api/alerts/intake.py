@@ -7,6 +7,7 @@ Scoped like every case read (another township's case: 404); every change and eve
 is audited in its own transaction."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +69,7 @@ def attach_file(case_id: str, request: Request, conn: Conn,
                                           stored["media_type"])
     try:
         items, _ = case_media.split_own(conn, [evidence_id], actor)
-        item = items[0].model_copy(update={"detail": {"note": note[:500]}}) if note else items[0]
+        item = dataclasses.replace(items[0], detail={"note": note[:500]}) if note else items[0]
         rows = cases.attach_evidence(conn, cfg, case, [item], actor, datetime.now(UTC))
     except BaseException:
         path = conn.execute("SELECT path FROM evidence WHERE id = %s", (evidence_id,)).fetchone()

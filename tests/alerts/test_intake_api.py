@@ -99,7 +99,8 @@ def test_pickers_list_who_serves_the_place_and_feedback_needs_its_result_and_tak
     assert any(e["evidence_id"] == att["evidence_id"] and e["media_type"] == "image/jpeg" for e in done["evidence"])
     assert any(t["action"] == "evidence" and t["actor"] == "ds-police" for t in done["timeline"])
     assert one(api.db, "SELECT hold FROM evidence WHERE id = %s", (att["evidence_id"],))["hold"] == f"case {cid}"
-    assert (evidence_dir / "cases" / cid / f"{att['evidence_id']}.jpg").read_bytes() == JPEG
+    stored, = evidence_dir.rglob(f"{att['evidence_id']}.jpg")      # in the evidence store (alerts/cases/media)
+    assert stored.read_bytes() == JPEG
     assert one(api.db, "SELECT 1 AS x FROM audit_log WHERE action = 'case.attachment' AND actor = 'ds-police' "
                        "AND target = %s", (case["number"],)) is not None
 

@@ -102,7 +102,7 @@ def _own_gb_id(row) -> str | None:
 
 
 def catalog_bodies(items: list[CatalogItem], *, sn: int, hub_id: str, civil_code: str, label: str,
-                   per_packet: int = 10) -> list[bytes]:
+                   per_packet: int = 4) -> list[bytes]:
     """The Catalog response packets (SumNum the whole count, ``per_packet`` items each, GB/T
     28181 §A.2.6.4), encoded in ``label`` (the upper platform's own encoding)."""
     out = []

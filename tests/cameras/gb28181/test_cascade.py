@@ -1,0 +1,188 @@
+"""Cascade up, hub to hub: our own GbServer plays the upper platform (the same SIP code in its
+other role — the independent peer is SIPp, test_cascade_sipp.py). The lower hub registers with
+digest, is asked its catalog (the shared subtree as business group / virtual organisations
+with its cameras, GB2312, several packets), DeviceInfo; the upper platform INVITEs one of the
+lower hub's cameras and gets its packets as RTP/PS — the same bytes, not re-encoded —; an
+unshared or unknown camera is refused 404; the lower hub's alarms arrive as the upper's events."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cameras.gb28181 import manscdp, registry
+from cameras.gb28181.cascade import Cascade
+from cameras.gb28181.cascade_catalog import gb_id_for, shared_catalog
+from cameras.gb28181.media import sender as snd
+from cameras.gb28181.media.hub import MediaHub, MediaSettings, gb_url
+from cameras.gb28181.media.loopback import LoopbackInviter
+from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.server import GbServer
+from cameras.gb28181.session import InviteFailed
+from cameras.gb28181.settings import GbSettings
+from cameras.tap import TapSettings, TapStream
+from config.gb28181 import GbPlacement, GbSite, GbUpstream
+from store.db import connect
+from store.registry import sync_site
+from store.secrets import SecretBox, derive_key
+from tests.cameras.gb28181.test_media import take
+from tests.conftest import create_database
+
+pytestmark = pytest.mark.timeout(180)
+
+HUB_ID, DOMAIN = "51019900002000000001", "5101990000"
+UP_ID, UP_DOMAIN = "51000000002000000001", "5100000000"
+DEV, CH = "51019910111320000070", "51019910111320000071"      # a GB camera of the lower hub
+KEY = b"c" * 32
+SHARED = "510199101000"                                       # 东山: one township's subtree
+
+
+@pytest.fixture(scope="module")
+def upper_db(pg, demo_site):
+    url = create_database(pg)
+    with connect(url) as conn:
+        sync_site(conn, demo_site)
+    return url
+
+
+def test_hub_cascades_to_an_upper_hub(site_db, upper_db, tmp_path):
+    # the lower hub's GB camera, placed inside the shared subtree
+    lower_gb = GbSite(sip_id=HUB_ID, domain=DOMAIN,
+                      placement=[GbPlacement(channel=CH, grid="510199101201002")])
+    with connect(site_db) as conn:
+        registry.admit(conn, DEV, by="test")
+        registry.sync_catalog(conn, DEV, [manscdp.Channel(CH, "东山路口国标")], lower_gb, "510199000000")
+    media = MediaHub(LoopbackInviter({f"{DEV}/{CH}": snd.testsrc("h264", fps=25, gop=10)}), KEY,
+                     settings=MediaSettings(transport="udp"), tap_settings=TapSettings(), domain_id=DOMAIN).start()
+
+    # the upper platform: a GbServer with the lower hub admitted
+    events: list[tuple[str, str, dict]] = []
+    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
+    upper = GbServer(GbSite(sip_id=UP_ID, domain=UP_DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
+                     upper_db, pw, root_code="510199000000", on_event=lambda *e: events.append(e))
+    bodies: list[manscdp.Body] = []
+    packet_of = upper._catalog_packet
+    upper._catalog_packet = lambda device_id, body: (bodies.append(body), packet_of(device_id, body))
+    upper.start()
+    with connect(upper_db) as conn:
+        registry.admit(conn, HUB_ID, by="test")
+    pw.set(HUB_ID, "Up-Secret-2")
+
+    up = GbUpstream(sip_id=UP_ID, domain=UP_DOMAIN, host="127.0.0.1", port=upper.port, credentials="upper",
+                    keepalive_s=2, share=[SHARED])
+    gb = lower_gb.model_copy(update={"upstream": [up]})
+
+    def camera_tap(item):
+        if item.url and item.url.startswith("gb28181://"):
+            dev, ch = item.url[len("gb28181://"):].split("/")
+            return media.address, f"{dev}/{ch}", "main", gb_url(dev, ch)
+        return None
+
+    cascade = Cascade(gb, GbSettings(host="127.0.0.1", cascade_port=0, media_bind="127.0.0.1"), site_db,
+                      password_of=lambda up: (HUB_ID, "Up-Secret-2"), camera_tap=camera_tap, tap_key=KEY).start()
+    upper_media = None
+    try:
+        # registered, then the upper platform reads our catalog by itself (DeviceInfo, Catalog)
+        deadline = time.monotonic() + 30
+        while not isinstance(upper.catalog_results.get(HUB_ID), registry.CatalogChange) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert isinstance(upper.catalog_results.get(HUB_ID), registry.CatalogChange), (upper.catalog_results,
+                                                                                      cascade.status())
+        assert cascade.status()["upstream"][UP_ID]["state"] == "registered"
+
+        with connect(site_db) as conn:
+            expected = shared_catalog(conn, DOMAIN, up)
+        items = {}
+        for body in bodies:
+            assert body.charset == "GB2312", "answered in the encoding the upper platform asked in"
+            assert body.text("SumNum") == str(len(expected))
+            for it in body.root.find("DeviceList"):
+                items[it.findtext("DeviceID")] = {k: it.findtext(k) for k in ("Name", "ParentID", "BusinessGroupID")}
+        assert len(bodies) >= 2, "several packets"
+        assert len(items) == len(expected) and len(expected) >= 9
+        groups = [i for i in items if i[10:13] == "215"]
+        assert len(groups) == 1
+        group = groups[0]
+        with connect(site_db) as conn:
+            township = conn.execute("SELECT name FROM grid_nodes WHERE code = %s", (SHARED,)).fetchone()["name"]
+        assert items[group]["Name"] == township and items[group]["ParentID"] is None
+        orgs = {i: v for i, v in items.items() if i[10:13] == "216"}
+        assert len(orgs) == 6 and all(v["BusinessGroupID"] == group for v in orgs.values())
+        assert all(v["ParentID"] in orgs or v["ParentID"] == group for v in orgs.values())
+        cams = {i: v for i, v in items.items() if manscdp.is_video_channel(i)}
+        assert CH in cams and cams[CH]["Name"] == "东山路口国标", "a GB camera keeps its own ID; Chinese survives GB2312"
+        assert all(v["ParentID"] in orgs for v in cams.values()) and len(cams) == 3
+        assert all(i.startswith(DOMAIN) for i in items if i != CH), "our IDs are in our domain"
+        # stable: asked again, the same IDs
+        with connect(site_db) as conn:
+            assert [i.gb_id for i in shared_catalog(conn, DOMAIN, up)] == [i.gb_id for i in expected]
+        # only the shared subtree: a camera of another township is not there
+        with connect(site_db) as conn:
+            other = conn.execute("SELECT gb_id FROM gb_cascade_ids WHERE key = 'cam-xhc-01'").fetchone()
+        assert other is None and {i.camera_id for i in expected if i.camera_id} == {"cam-dsc-01", "cam-tyc-01", f"gb-{CH}"}
+
+        # INVITE from the upper platform: its MediaHub plays our GB camera through the cascade
+        lower_tap = TapStream(media.address, KEY, f"{DEV}/{CH}", "main", gb_url(DEV, CH), timeout_s=10).open()
+        lower: dict = {}
+        t = threading.Thread(target=lambda: lower.update(zip(("h", "p", "s"), take(lower_tap, 150, 25))))
+        t.start()
+        upper_media = MediaHub(upper, KEY, settings=MediaSettings(transport="udp"), tap_settings=TapSettings(),
+                               domain_id=UP_DOMAIN).start()
+        up_tap = TapStream(upper_media.address, KEY, f"{HUB_ID}/{CH}", "main", gb_url(HUB_ID, CH), timeout_s=10).open()
+        header, packets, _ = take(up_tap, 40, 20)
+        up_tap.close()
+        t.join(30)
+        lower_tap.close()
+        assert header is not None and (header.codec, header.width, header.height) == ("h264", 320, 240)
+        assert len(packets) == 40 and packets[0].key
+        decoder = header.decoder()
+        frames = [f for p in packets for f in decoder.decode(p.packet)]
+        assert len(frames) >= 35 and frames[0].width == 320
+        # the same bitstream: every non-key packet the upper platform got is the camera's, byte for byte
+        camera_bytes = [bytes(p.packet) for p in lower["p"]]
+        got = [bytes(p.packet) for p in packets if not p.key]
+        assert got and all(b in camera_bytes for b in got), "not re-encoded"
+        start = camera_bytes.index(got[0])
+        camera_nonkey = [b for b, p in zip(camera_bytes[start:], lower["p"][start:]) if not p.key]
+        assert got == camera_nonkey[:len(got)], "in order, none missing"
+        assert len(cascade.status()["plays"]) == 1
+        upper_media.stop()
+        upper_media = None
+        deadline = time.monotonic() + 10
+        while cascade.plays and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not cascade.plays, "BYE ended the play and released the tap"
+
+        # an unknown camera, or one that has an ID (shared with some other platform) outside what
+        # this platform is shared: refused 404 by us (the upper's own catalog check set aside)
+        with connect(site_db) as conn:
+            unshared = gb_id_for(conn, DOMAIN, "camera", "cam-xhc-01", "132")
+        upper.devices[HUB_ID].channels.clear()
+        for camera in ("51019900001320999999", unshared):
+            with pytest.raises(InviteFailed) as refused:
+                upper.play(HUB_ID, camera, upper_media_offer())
+            assert refused.value.status == 404, camera
+
+        # alarms upward: a GB camera's and an RTSP camera's
+        cam_dsc = next(i for i in expected if i.camera_id == "cam-dsc-01")
+        assert cascade.forward_alarm(f"gb-{CH}", "camera.motion", {"ts": int(time.time() * 1000)}) == 1
+        assert cascade.forward_alarm("cam-dsc-01", "camera.intrusion.line", {"ts": int(time.time() * 1000)}) == 1
+        assert cascade.forward_alarm("cam-xhc-01", "camera.motion", {}) == 0, "not shared: not forwarded"
+        deadline = time.monotonic() + 5
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {(cam, et) for cam, et, _ in events} == {(f"gb-{CH}", "camera.motion"),
+                                                        (f"gb-{cam_dsc.gb_id}", "camera.intrusion.line")}
+    finally:
+        if upper_media is not None:
+            upper_media.stop()
+        cascade.stop()
+        upper.stop()
+        media.stop()
+        media.inviter.stop_all()
+
+
+def upper_media_offer():
+    from cameras.gb28181.session import MediaOffer
+    return MediaOffer("127.0.0.1", 40999, "udp", "0000000001")

@@ -367,7 +367,7 @@ class Cascade:
             self.endpoint.reply(peer, req, sipm.response(req, 404, "Not Found (no shared camera with this ID)",
                                                          to_tag=to_tag))
             return
-        source = self.camera_tap(item)
+        source = await asyncio.get_running_loop().run_in_executor(None, self.camera_tap, item)
         if source is None:
             self.endpoint.reply(peer, req, sipm.response(req, 480, "Temporarily Unavailable (camera not being read)",
                                                          to_tag=to_tag))
@@ -406,6 +406,7 @@ class Cascade:
         address, camera, stream, url = source
         segment: Segment | None = None
         n = 0
+        started = False         # the receiver's first bytes are a keyframe's (with PSM): its demuxer starts there
         while not play.stop.is_set():
             tap = play.tap = TapStream(address, self.tap_key, camera, stream, url, timeout_s=10.0)
             try:
@@ -417,6 +418,9 @@ class Cascade:
                         n += 1
                         segment = Segment(n, ev.codec, ev.width, ev.height, ev.time_base, ev.extradata, ev.audio, ev.fps)
                     elif isinstance(ev, TapPacket) and segment is not None:
+                        if not started and not (ev.key and play.sender.connected):
+                            continue
+                        started = True
                         play.sender.send_packet(ev.packet, segment)
                         play.packets += 1
             except Exception as exc:           # the tap went away: again after a pause, until BYE

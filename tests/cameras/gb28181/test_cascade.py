@@ -6,8 +6,13 @@ lower hub's cameras and gets its packets as RTP/PS — the same bytes, not re-en
 unshared or unknown camera is refused 404; the lower hub's alarms arrive as the upper's events."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import threading
 import time
+from datetime import UTC, datetime
+
+import av
 
 import pytest
 
@@ -21,7 +26,9 @@ from cameras.gb28181.passwords import GbPasswords
 from cameras.gb28181.server import GbServer
 from cameras.gb28181.session import InviteFailed
 from cameras.gb28181.settings import GbSettings
-from cameras.tap import TapSettings, TapStream
+from cameras.evidence import PacketRing, Record, Segment
+from cameras.tap import Fanout, TapServer, TapSettings, TapStream
+from store.workers import beat
 from config.gb28181 import GbPlacement, GbSite, GbUpstream
 from store.db import connect
 from store.registry import sync_site
@@ -56,6 +63,98 @@ def test_hub_cascades_to_an_upper_hub(site_db, upper_db, tmp_path):
     media = MediaHub(LoopbackInviter({f"{DEV}/{CH}": snd.testsrc("h264", fps=25, gop=10)}), KEY,
                      settings=MediaSettings(transport="udp"), tap_settings=TapSettings(), domain_id=DOMAIN).start()
 
+    def camera_tap(item):
+        if item.url and item.url.startswith("gb28181://"):
+            dev, ch = item.url[len("gb28181://"):].split("/")
+            return media.address, f"{dev}/{ch}", "main", gb_url(dev, ch)
+        return None
+
+    try:
+        with platforms(site_db, upper_db, tmp_path, lower_gb, camera_tap) as (upper, cascade, up, events, bodies):
+            check_catalog_media_alarms(site_db, media, upper, cascade, up, events, bodies)
+    finally:
+        media.stop()
+        media.inviter.stop_all()
+
+
+class WorkerStandIn:
+    """A camera worker's tap as cameras/worker.py serves it (Fanout + TapServer + heartbeat),
+    fed by FFmpeg's H.264 (NUT demuxed by PyAV) in place of the RTSP reader."""
+
+    def __init__(self, db_url: str, camera_id: str, url: str) -> None:
+        self.fanout = Fanout(camera_id, PacketRing(10), url=url)
+        self.server = TapServer(TapSettings(), KEY, {camera_id: self.fanout}.get).start()
+        self.sent: list[bytes] = []
+        self.stop = threading.Event()
+        with connect(db_url) as conn:
+            beat(conn, "cameras-test", "cameras", datetime.now(UTC),
+                 {"ready": True, "tap": self.server.address, "shard": 0, "shards": 1})
+        self.proc = subprocess.Popen([snd.FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin",
+                                      *snd.testsrc("h264", size="352x288", fps=25, gop=10), "-f", "nut", "pipe:1"],
+                                     stdout=subprocess.PIPE)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with av.open(self.proc.stdout, format="nut", options={"probesize": "32", "analyzeduration": "1"}) as c:
+            st = c.streams.video[0]
+            seg = Segment(1, st.codec_context.name, st.codec_context.width, st.codec_context.height, st.time_base,
+                          bytes(st.codec_context.extradata) if st.codec_context.extradata else None, fps=25.0)
+            self.fanout.opened(seg)
+            for p in c.demux(st):
+                if self.stop.is_set():
+                    break
+                if p.size:
+                    self.sent.append(bytes(p))
+                    self.fanout.append(Record(p, time.time(), p.is_keyframe, seg))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.proc.kill()
+        self.proc.wait()
+        self.server.stop()
+
+
+@pytest.mark.parametrize("transport", ["tcp-passive", "tcp-active"])
+def test_an_rtsp_camera_is_played_from_its_workers_tap_over_tcp(site_db, upper_db, demo_site, tmp_path, transport,
+                                                                monkeypatch):
+    monkeypatch.setenv("XLHUB_DEMO_CAMERA_PASSWORD", "demo-cam-pw")        # the workers' credentials, as they have
+    from cameras.config import registry_specs
+    from cameras.gb28181.process import _camera_tap
+    from store.registry import camera_rows
+
+    spec = next(s for s in registry_specs(camera_rows(connect(site_db)), demo_site)[0] if s.id == "cam-dsc-01")
+    worker = WorkerStandIn(site_db, "cam-dsc-01", spec.url)
+    lower_gb = GbSite(sip_id=HUB_ID, domain=DOMAIN)
+    try:
+        with platforms(site_db, upper_db, tmp_path, lower_gb,
+                       lambda item: _camera_tap(site_db, demo_site, None, item)) as (upper, cascade, up, _, _b):
+            with connect(site_db) as conn:
+                gb_id = next(i.gb_id for i in shared_catalog(conn, DOMAIN, up) if i.camera_id == "cam-dsc-01")
+            upper_media = MediaHub(upper, KEY, settings=MediaSettings(transport=transport),
+                                   tap_settings=TapSettings(), domain_id=UP_DOMAIN).start()
+            try:
+                tap = TapStream(upper_media.address, KEY, f"{HUB_ID}/{gb_id}", "main", gb_url(HUB_ID, gb_id),
+                                timeout_s=10).open()
+                header, packets, _ = take(tap, 30, 20)
+                tap.close()
+                status = upper_media.status()["channels"][f"{HUB_ID}/{gb_id}"]
+                session = status["session"]
+                why = (status, cascade.status(), len(worker.sent))
+            finally:
+                upper_media.stop()
+        assert header is not None and (header.codec, header.width, header.height) == ("h264", 352, 288), why
+        assert len(packets) == 30 and session["transport"] == transport
+        got = [bytes(p.packet) for p in packets if not p.key]
+        assert got and all(b in worker.sent for b in got), "the worker's packets, not re-encoded"
+        decoder = header.decoder()
+        frames = [f for p in packets for f in decoder.decode(p.packet)]
+        assert frames
+    finally:
+        worker.close()
+
+
+@contextlib.contextmanager
+def platforms(site_db, upper_db, tmp_path, lower_gb, camera_tap):
     # the upper platform: a GbServer with the lower hub admitted
     events: list[tuple[str, str, dict]] = []
     pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
@@ -73,22 +172,24 @@ def test_hub_cascades_to_an_upper_hub(site_db, upper_db, tmp_path):
                     keepalive_s=2, share=[SHARED])
     gb = lower_gb.model_copy(update={"upstream": [up]})
 
-    def camera_tap(item):
-        if item.url and item.url.startswith("gb28181://"):
-            dev, ch = item.url[len("gb28181://"):].split("/")
-            return media.address, f"{dev}/{ch}", "main", gb_url(dev, ch)
-        return None
-
     cascade = Cascade(gb, GbSettings(host="127.0.0.1", cascade_port=0, media_bind="127.0.0.1"), site_db,
                       password_of=lambda up: (HUB_ID, "Up-Secret-2"), camera_tap=camera_tap, tap_key=KEY).start()
-    upper_media = None
     try:
-        # registered, then the upper platform reads our catalog by itself (DeviceInfo, Catalog)
         deadline = time.monotonic() + 30
         while not isinstance(upper.catalog_results.get(HUB_ID), registry.CatalogChange) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert isinstance(upper.catalog_results.get(HUB_ID), registry.CatalogChange), (upper.catalog_results,
                                                                                       cascade.status())
+        yield upper, cascade, up, events, bodies
+    finally:
+        cascade.stop()
+        upper.stop()
+
+
+def check_catalog_media_alarms(site_db, media, upper, cascade, up, events, bodies):
+    upper_media = None
+    try:
+        # registered, then the upper platform read our catalog by itself (DeviceInfo, Catalog)
         assert cascade.status()["upstream"][UP_ID]["state"] == "registered"
 
         with connect(site_db) as conn:
@@ -177,10 +278,6 @@ def test_hub_cascades_to_an_upper_hub(site_db, upper_db, tmp_path):
     finally:
         if upper_media is not None:
             upper_media.stop()
-        cascade.stop()
-        upper.stop()
-        media.stop()
-        media.inviter.stop_all()
 
 
 def upper_media_offer():

@@ -196,7 +196,7 @@ class Cascade:
             s.state, s.reason, s.failures = "registered", None, 0
             s.registered_at = time.time()
             log.info("GB/T 28181 cascade: registered to %s (%s:%d), %d s", up.sip_id, up.host, up.port, expires)
-            refresh_at = time.monotonic() + max(expires * 0.8, expires - 60, 5)
+            refresh_at = time.monotonic() + expires - min(60.0, expires * 0.2)     # before it expires
             missed = 0
             lost = None
             while time.monotonic() < refresh_at:

@@ -33,7 +33,7 @@ def upper(tmp_path, port: int, password: str) -> subprocess.Popen:
 
 def cascade(db_url: str, port: int, password: str) -> Cascade:
     up = GbUpstream(sip_id=UP_ID, domain=UP_DOMAIN, host="127.0.0.1", port=port, credentials="upper",
-                    keepalive_s=1, keepalive_misses=2, share=["510199000000"])
+                    keepalive_s=2, keepalive_misses=2, share=["510199000000"])
     gb = GbSite(sip_id=HUB_ID, domain=DOMAIN, upstream=[up])
     settings = GbSettings(host="127.0.0.1", cascade_port=0, cascade_backoff_s=[0.5, 1.0, 2.0], invite_timeout_s=2)
     return Cascade(gb, settings, db_url, password_of=lambda up: (HUB_ID, password), camera_tap=lambda item: None,
@@ -56,12 +56,14 @@ def test_registers_with_sipp_digest_keeps_alive_and_notices_the_platform_gone(si
     time.sleep(0.5)
     c = cascade(site_db, port, "Up-Secret-1").start()
     try:
+        t0 = time.monotonic()
         out, _ = peer.communicate(timeout=30)
         assert peer.returncode == 0, out.decode(errors="replace")[-2000:]
+        assert time.monotonic() - t0 < 8, "refreshed before the 5 s registration expired"
         st = c.status()["upstream"][UP_ID]
         assert st["registered_at"] is not None and st["last_keepalive_ok"] is not None
         # SIPp is gone: two keepalives unanswered → lost, reason shown, registering again
-        lost = wait(lambda: c.status()["upstream"][UP_ID]["reason"])
+        lost = wait(lambda: c.status()["upstream"][UP_ID]["reason"], 25)
         assert lost and "心跳未应答" in lost, c.status()
     finally:
         c.stop()

@@ -283,3 +283,38 @@ def check_catalog_media_alarms(site_db, media, upper, cascade, up, events, bodie
 def upper_media_offer():
     from cameras.gb28181.session import MediaOffer
     return MediaOffer("127.0.0.1", 40999, "udp", "0000000001")
+
+
+def test_camera_events_on_the_bus_are_handed_to_the_cascade(mqtt):
+    """The gb28181 process's bus subscription (real Mosquitto): every camera's event reaches
+    ``forward_alarm`` with its camera, full event type and body; other kinds do not."""
+    import json
+
+    from bus.client import mqtt_client, start, stop
+    from cameras.gb28181.process import _forward_alarms
+
+    class Recorder:
+        def __init__(self):
+            self.got: list[tuple[str, str, dict]] = []
+
+        def forward_alarm(self, camera_id, event_type, body):
+            self.got.append((camera_id, event_type, body))
+            return 1
+
+    rec = Recorder()
+    sub = _forward_alarms(mqtt.url, rec)
+    pub = mqtt_client(mqtt.url, "test-cascade-pub")
+    start(pub)
+    try:
+        body = {"v": 1, "id": "01J0000000000000000000000A", "ts": 1_800_000_000_000, "detail": {}, "evidence": []}
+        deadline = time.monotonic() + 10
+        while not rec.got and time.monotonic() < deadline:
+            pub.publish("xlhub/v1/door/D1/evt/forced_open", json.dumps(body), qos=1)
+            pub.publish("xlhub/v1/camera/cam-dsc-01/evt/intrusion.line", json.dumps(body), qos=1)
+            time.sleep(0.5)
+        time.sleep(0.5)
+        assert rec.got and set((c, e) for c, e, _ in rec.got) == {("cam-dsc-01", "camera.intrusion.line")}
+        assert rec.got[0][2] == body
+    finally:
+        stop(pub)
+        stop(sub)

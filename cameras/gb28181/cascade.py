@@ -378,7 +378,7 @@ class Cascade:
         else:
             transport = "udp"
         sender = PsRtpSender(MediaOffer(offer["host"], offer["port"], transport, offer["ssrc"]),
-                             bind=self.settings.media_bind, name=f"cascade-{item.gb_id}")
+                             bind=self.settings.cascade_media_bind, name=f"cascade-{item.gb_id}")
         try:
             answer = await asyncio.get_running_loop().run_in_executor(None, sender.start)
         except OSError as exc:
@@ -399,7 +399,7 @@ class Cascade:
 
     @property
     def advertised_media(self) -> str:
-        return self.settings.media_bind if self.settings.media_bind not in ("0.0.0.0", "") else self.advertised
+        return self.settings.cascade_media_bind if self.settings.cascade_media_bind not in ("0.0.0.0", "") else self.advertised
 
     def _feed(self, play: Play, source: tuple[str, str, str, str]) -> None:
         """The camera's packets from its tap into the sender, as they are, until BYE."""

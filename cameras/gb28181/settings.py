@@ -28,5 +28,5 @@ class GbSettings(BaseSettings):
                                                                 "platform: its REGISTER's Contact (0: any free)")
     cascade_backoff_s: list[float] = Field([2.0, 5.0, 15.0, 60.0, 300.0], min_length=1,
                                            description="waits before registering again after the n-th failure")
-    media_bind: str = Field("0.0.0.0", description="address the cascade's RTP/PS senders send from "
+    cascade_media_bind: str = Field("0.0.0.0", description="address the cascade's RTP/PS senders send from "
                                                      "(and listen on for tcp-active); advertised in the SDP answer")

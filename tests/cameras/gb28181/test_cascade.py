@@ -172,7 +172,7 @@ def platforms(site_db, upper_db, tmp_path, lower_gb, camera_tap):
                     keepalive_s=2, share=[SHARED])
     gb = lower_gb.model_copy(update={"upstream": [up]})
 
-    cascade = Cascade(gb, GbSettings(host="127.0.0.1", cascade_port=0, media_bind="127.0.0.1"), site_db,
+    cascade = Cascade(gb, GbSettings(host="127.0.0.1", cascade_port=0, cascade_media_bind="127.0.0.1"), site_db,
                       password_of=lambda up: (HUB_ID, "Up-Secret-2"), camera_tap=camera_tap, tap_key=KEY).start()
     try:
         deadline = time.monotonic() + 30
@@ -318,3 +318,49 @@ def test_camera_events_on_the_bus_are_handed_to_the_cascade(mqtt):
     finally:
         stop(pub)
         stop(sub)
+
+
+def test_the_gb28181_process_runs_the_cascade_from_the_site_file(site_db, upper_db, tmp_path, monkeypatch, mqtt):
+    """run_gb28181 with a site file whose gb28181 section has an upstream: registered to the
+    upper platform with the password from the credentials entry, and said so in its heartbeat."""
+    import yaml
+
+    from cameras.gb28181.process import run_gb28181
+    from config.settings import DEMO_SITE_FILE, Settings
+    from store.workers import heartbeats
+
+    pw = GbPasswords(tmp_path / "upper", SecretBox(derive_key("test-master-key-0123456789")))
+    upper = GbServer(GbSite(sip_id=UP_ID, domain=UP_DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
+                     upper_db, pw, root_code="510199000000")
+    upper.start()
+    with connect(upper_db) as conn:
+        registry.admit(conn, HUB_ID, by="test")
+    pw.set(HUB_ID, "Up-Secret-3")
+    data = yaml.safe_load(DEMO_SITE_FILE.read_text())
+    data["credentials"]["upper-sip"] = {"username": HUB_ID, "password_env": "XLHUB_TEST_UPPER_PASSWORD"}
+    data["gb28181"] = {"sip_id": HUB_ID, "domain": DOMAIN, "upstream": [
+        {"sip_id": UP_ID, "domain": UP_DOMAIN, "host": "127.0.0.1", "port": upper.port, "credentials": "upper-sip",
+         "keepalive_s": 2, "share": [SHARED]}]}
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(data, allow_unicode=True))
+    monkeypatch.setenv("XLHUB_TEST_UPPER_PASSWORD", "Up-Secret-3")
+    for k, v in {"HOST": "127.0.0.1", "PORT": "0", "CASCADE_PORT": "0"}.items():
+        monkeypatch.setenv(f"XLHUB_GB28181_{k}", v)
+    settings = Settings(var_dir=tmp_path, site_file=site_file, database_url=site_db, mqtt_url=mqtt.url)
+    stop = threading.Event()
+    proc = threading.Thread(target=run_gb28181, args=(settings, stop), daemon=True)
+    proc.start()
+    try:
+        def cascade_state():
+            with connect(site_db) as conn:
+                beat = next((b for b in heartbeats(conn, "gb28181")), None)
+            return ((beat or {}).get("detail") or {}).get("cascade", {}).get("upstream", {}).get(UP_ID, {})
+        deadline = time.monotonic() + 30
+        while cascade_state().get("state") != "registered" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cascade_state().get("state") == "registered", cascade_state()
+        assert HUB_ID in upper.devices and upper.devices[HUB_ID].online
+    finally:
+        stop.set()
+        proc.join(20)
+        upper.stop()

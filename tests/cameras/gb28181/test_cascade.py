@@ -322,7 +322,8 @@ def test_camera_events_on_the_bus_are_handed_to_the_cascade(mqtt):
 
 def test_the_gb28181_process_runs_the_cascade_from_the_site_file(site_db, upper_db, tmp_path, monkeypatch, mqtt):
     """run_gb28181 with a site file whose gb28181 section has an upstream: registered to the
-    upper platform with the password from the credentials entry, and said so in its heartbeat."""
+    upper platform with the password from the credentials entry, and said so in its heartbeat;
+    the catalog is answered in the encoding of the platform's query (GB2312, then UTF-8)."""
     import yaml
 
     from cameras.gb28181.process import run_gb28181
@@ -332,6 +333,9 @@ def test_the_gb28181_process_runs_the_cascade_from_the_site_file(site_db, upper_
     pw = GbPasswords(tmp_path / "upper", SecretBox(derive_key("test-master-key-0123456789")))
     upper = GbServer(GbSite(sip_id=UP_ID, domain=UP_DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
                      upper_db, pw, root_code="510199000000")
+    bodies: list[manscdp.Body] = []
+    packet_of = upper._catalog_packet
+    upper._catalog_packet = lambda device_id, body: (bodies.append(body), packet_of(device_id, body))
     upper.start()
     with connect(upper_db) as conn:
         registry.admit(conn, HUB_ID, by="test")
@@ -360,6 +364,15 @@ def test_the_gb28181_process_runs_the_cascade_from_the_site_file(site_db, upper_
             time.sleep(0.5)
         assert cascade_state().get("state") == "registered", cascade_state()
         assert HUB_ID in upper.devices and upper.devices[HUB_ID].online
+        while not isinstance(upper.catalog_results.get(HUB_ID), registry.CatalogChange) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert bodies and {b.charset for b in bodies} == {"GB2312"}, "asked in GB2312 (before our first body)"
+        bodies.clear()
+        upper.devices[HUB_ID].charset = "UTF-8"            # the platform now asks in UTF-8
+        upper.run(upper.query_catalog(HUB_ID))
+        assert bodies and {b.charset for b in bodies} == {"UTF-8"}
+        names = {it.findtext("Name") for b in bodies for it in b.root.find("DeviceList")}
+        assert "东山村村口" in names
     finally:
         stop.set()
         proc.join(20)

@@ -10,13 +10,23 @@ where the channels of registering devices are placed in the grid tree.
         - {civil_code: "510199101", grid: "510199101000"}
       default_grid: "510199000000"        # anything unmatched (absent: the tree's root)
       max_channels: 5000                  # a catalog announcing more is refused
+      upstream:                           # cascade (级联): the hub registers to upper platforms
+        - sip_id: "51000000002000000001"  # the upper platform's SIP ID
+          domain: "5100000000"
+          host: "10.1.2.3"
+          port: 5060
+          transport: udp                  # udp | tcp
+          credentials: upper-sip          # a name in the site file's credentials: (user + password source)
+          expires: 3600
+          keepalive_s: 60
+          share: ["510199101000"]         # grid subtrees whose cameras the upper platform sees
 
 The process settings (address, port, keepalive, nonce age) are ``XLHUB_GB28181_*``
 (cameras/gb28181/settings.py). Grid codes are checked with the rest of the site file
 (config/site/rules.py)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -49,6 +59,25 @@ class GbPlacement(BaseModel):
         return self
 
 
+class GbUpstream(BaseModel):
+    """One upper platform the hub registers to as a lower platform (cameras/gb28181/cascade.py)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sip_id: GbId = Field(description="the upper platform's 20-digit SIP ID")
+    domain: Annotated[str, _digits(10)] = Field(description="the upper platform's SIP domain (10 digits)")
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(5060, ge=1, le=65535)
+    transport: Literal["udp", "tcp"] = "udp"
+    credentials: str = Field(description="name of an entry of the site file's credentials: (username and the "
+                                         "password's source; never the password inline here)")
+    expires: int = Field(3600, ge=60, le=86400, description="registration lifetime asked (s); refreshed before")
+    keepalive_s: float = Field(60.0, ge=1, le=3600, description="Keepalive MESSAGE period (s)")
+    keepalive_misses: int = Field(3, ge=1, description="unanswered Keepalives after which the platform is gone")
+    share: list[str] = Field(min_length=1, description="grid node codes: the subtrees shared with this platform")
+    charset: Literal["GB2312", "UTF-8"] = Field("GB2312", description="encoding of our MANSCDP bodies until the "
+                                                                     "platform's own bodies say otherwise")
+
+
 class GbSite(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +87,7 @@ class GbSite(BaseModel):
     placement: list[GbPlacement] = Field(default_factory=list)
     default_grid: str | None = Field(None, description="grid node of unmatched channels; absent: the tree's root")
     max_channels: int = Field(5000, ge=1, le=100_000, description="a device announcing more channels is refused")
+    upstream: list[GbUpstream] = Field(default_factory=list, description="upper platforms (级联)")
 
     @property
     def auth_realm(self) -> str:

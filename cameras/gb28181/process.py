@@ -15,14 +15,17 @@ import paho.mqtt.client as mqtt
 
 from bus.commands import Command, PtzCommand
 from cameras.gb28181 import manscdp, registry
-from cameras.gb28181.media.hub import MediaHub
+from cameras.gb28181.cascade import Cascade
+from cameras.gb28181.cascade_catalog import CatalogItem
+from cameras.gb28181.media.hub import MediaHub, gb_url, parse_gb_url
 from cameras.gb28181.passwords import GbPasswords
 from cameras.gb28181.server import GbServer
 from cameras.gb28181.session import InviteFailed, Transport
 from cameras.gb28181.settings import GbSettings
 from cameras.link import MqttLink
 from cameras.tap import tap_key
-from bus.topics import TOPIC_ROOT
+from bus.client import mqtt_client, start as mqtt_start, stop as mqtt_stop
+from bus.topics import TOPIC_ROOT, parse_topic
 from store.db import connect
 from store.workers import Heartbeat
 
@@ -85,6 +88,75 @@ class PtzBridge:
             pass
 
 
+def _upstream_login(site, up) -> tuple[str, str]:
+    """(username, password) of an upper platform: the site file's credentials entry it names."""
+    from config.site import resolve_password
+
+    cred = site.credentials.get(up.credentials)
+    if cred is None:
+        raise RuntimeError(f"credentials '{up.credentials}' not in the site file")
+    return cred.username, resolve_password(cred, up.credentials)
+
+
+def _camera_tap(db_url: str, site, media: MediaHub, item: CatalogItem) -> tuple[str, str, str, str] | None:
+    """Where the cascade takes a camera's packets: the MediaHub's tap for a GB/T 28181 camera,
+    else the tap of the live camera worker that reads it (its heartbeat), with the stream and
+    URL that worker reads (the one rule the workers build their cameras with)."""
+    from cameras.config import registry_specs, shard_of
+    from store.registry import CAMERA_SQL
+    from store.workers import heartbeats
+
+    if item.url and item.url.startswith("gb28181://"):
+        device_id, channel_id = parse_gb_url(item.url)
+        return media.address, f"{device_id}/{channel_id}", "main", gb_url(device_id, channel_id)
+    with connect(db_url) as conn:
+        rows = conn.execute(CAMERA_SQL + " WHERE c.id = %s", (item.camera_id,)).fetchall()
+        beats = heartbeats(conn, "cameras")
+    specs, _ = registry_specs(rows, site)
+    if not specs:
+        return None
+    spec = specs[0]
+    for beat in beats:
+        detail = beat["detail"] or {}
+        if beat["age_s"] is None or beat["age_s"] > 15 or not detail.get("tap"):
+            continue
+        if "shards" in detail and shard_of(spec.id, int(detail["shards"])) != int(detail.get("shard", 0)):
+            continue
+        return detail["tap"], spec.id, spec.stream, "" if spec.onvif_only else spec.url
+    return None
+
+
+def _forward_alarms(mqtt_url: str, cascade: Cascade):
+    """The cameras' events on the bus, sent upward (each in a thread: a MESSAGE waits for its answer)."""
+    import json
+
+    client = mqtt_client(mqtt_url, f"xlhub-gb28181-cascade-{int(time.time())}")
+
+    def on_connect(c, userdata, flags, reason_code, properties=None):
+        c.subscribe(f"{TOPIC_ROOT}/camera/+/evt/#", qos=1)
+
+    def on_message(c, userdata, msg):
+        try:
+            topic = parse_topic(msg.topic)
+            body = json.loads(msg.payload)
+        except Exception as exc:
+            log.info("cascade: event on %s not forwarded: %s", msg.topic, exc)
+            return
+        threading.Thread(target=_forward_one, args=(cascade, topic.source_id, topic.event_type, body),
+                         daemon=True).start()
+
+    client.on_connect, client.on_message = on_connect, on_message
+    mqtt_start(client)
+    return client
+
+
+def _forward_one(cascade: Cascade, camera_id: str, event_type: str, body: dict) -> None:
+    try:
+        cascade.forward_alarm(camera_id, event_type, body if isinstance(body, dict) else {})
+    except Exception as exc:
+        log.warning("cascade: alarm of %s (%s) not forwarded: %s", camera_id, event_type, exc)
+
+
 def run_gb28181(settings, stop: threading.Event) -> None:
     from config.site import load_site
 
@@ -118,16 +190,31 @@ def run_gb28181(settings, stop: threading.Event) -> None:
 
     media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
 
+    cascade = alarms = None
+    if site.gb28181.upstream:                     # cascade up (级联): the hub as a lower platform
+        cascade = Cascade(site.gb28181, gb_settings, settings.database_url,
+                          password_of=lambda up: _upstream_login(site, up),
+                          camera_tap=lambda item: _camera_tap(settings.database_url, site, media, item),
+                          tap_key=tap_key(settings)).start()
+        if settings.mqtt_url:
+            alarms = _forward_alarms(settings.mqtt_url, cascade)
+
     def detail() -> dict:
-        online = sum(1 for d in server.devices.values() if d.online)
-        return {**media.status(), "ready": True, "registrations": online, "devices": len(server.devices),
-                "media_sessions": len(server.dialogs), "port": server.port,
-                "refused": dict(server.endpoint.refused) if server.endpoint else {}}
+        out = {**media.status(), "ready": True, "registrations": sum(1 for d in server.devices.values() if d.online),
+               "devices": len(server.devices), "media_sessions": len(server.dialogs), "port": server.port,
+               "refused": dict(server.endpoint.refused) if server.endpoint else {}}
+        if cascade is not None:
+            out["cascade"] = cascade.status()
+        return out
 
     beat = Heartbeat(settings.database_url, "gb28181", "gb28181", detail)
     beat.start()
     stop.wait()
     beat.stop()
+    if alarms is not None:
+        mqtt_stop(alarms)
+    if cascade is not None:
+        cascade.stop()
     media.stop()
     if bridge.link is not None:
         bridge.link.stop()

@@ -23,3 +23,10 @@ class GbSettings(BaseSettings):
     clock_skew_note_s: float = Field(10.0, ge=0, description="a device whose Date differs more is noted as skewed")
     catalog_timeout_s: float = Field(30.0, gt=0, description="time for all of a catalog's packets")
     invite_timeout_s: float = Field(5.0, gt=0)
+    # cascade up (级联, cameras/gb28181/cascade.py)
+    cascade_port: int = Field(5061, ge=0, le=65535, description="SIP port (UDP and TCP) of the hub as a lower "
+                                                                "platform: its REGISTER's Contact (0: any free)")
+    cascade_backoff_s: list[float] = Field([2.0, 5.0, 15.0, 60.0, 300.0], min_length=1,
+                                           description="waits before registering again after the n-th failure")
+    cascade_media_bind: str = Field("0.0.0.0", description="address the cascade's RTP/PS senders send from "
+                                                     "(and listen on for tcp-active); advertised in the SDP answer")

@@ -183,6 +183,12 @@ def site_rules(data: Any) -> list[Finding]:
             for i, p in enumerate(placement):
                 if isinstance(p, dict):
                     node_ref(("gb28181", "placement", i, "grid"), p.get("grid"))
+        upstream = gb.get("upstream")
+        if isinstance(upstream, list):
+            for i, up in enumerate(upstream):
+                if isinstance(up, dict) and isinstance(up.get("share"), list):
+                    for j, code in enumerate(up["share"]):
+                        node_ref(("gb28181", "upstream", i, "share", j), code)
         sip_id, domain = gb.get("sip_id"), gb.get("domain")
         if isinstance(sip_id, str) and isinstance(domain, str) and len(sip_id) == 20 and sip_id[:10] != domain:
             out.append(Finding(("gb28181", "domain"), f"the domain {domain} is not the SIP ID's first ten digits "
@@ -198,6 +204,12 @@ def site_rules(data: Any) -> list[Finding]:
                 out.append(Finding(("credentials", name) + sub, reason))
     elif creds is None:
         cred_names = set()
+    if isinstance(gb, dict) and isinstance(gb.get("upstream"), list) and cred_names is not None:
+        for i, up in enumerate(gb["upstream"]):
+            ref = up.get("credentials") if isinstance(up, dict) else None
+            if isinstance(ref, str) and ref not in cred_names:
+                out.append(Finding(("gb28181", "upstream", i, "credentials"),
+                                   unknown_ref("credentials", ref, cred_names, section="credentials")))
 
     # -- cameras and devices: one id namespace (both have MQTT topics)
     ids: dict[str, tuple] = {}

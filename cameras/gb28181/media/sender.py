@@ -147,6 +147,11 @@ class PsRtpSender:
                     pass
 
     @property
+    def connected(self) -> bool:
+        """Something to send to (tcp-active: once the receiver has connected)."""
+        return self._connected.is_set() and self._sock is not None and not self._stop.is_set()
+
+    @property
     def running(self) -> bool:
         return not self._stop.is_set()
 

@@ -30,3 +30,26 @@ def test_bad_section_named(tmp_path):
                         "gb28181://1/2")
     text = " | ".join(str(p) for p in problems)
     assert "20 digits" in text and "999" in text and "gb28181://<20-digit device ID>" in text
+
+
+UPPER = {"sip_id": "51000000002000000001", "domain": "5100000000", "host": "10.1.2.3", "port": 5060,
+         "credentials": "demo-cams", "share": ["510199101000"]}
+
+
+def test_upstream_section_checked_with_the_site_file(tmp_path):
+    gb = {"sip_id": "51019900002000000001", "domain": "5101990000"}
+    site, problems = _with(tmp_path, {**gb, "upstream": [UPPER]})
+    assert problems == [] and site.gb28181.upstream[0].share == ["510199101000"]
+    assert site.gb28181.upstream[0].transport == "udp" and site.gb28181.upstream[0].expires == 3600
+
+    _, problems = _with(tmp_path, {**gb, "upstream": [{**UPPER, "credentials": "nobody", "share": ["999"]}]})
+    text = " | ".join(str(p) for p in problems)
+    assert "upstream[0].credentials: unknown credentials 'nobody'" in text, text
+    assert "upstream[0].share[0]: unknown grid node '999'" in text, text
+    _, problems = _with(tmp_path, {**gb, "upstream": [{**UPPER, "transport": "sctp"}]})
+    assert "transport: must be 'udp' or 'tcp'" in " | ".join(str(p) for p in problems)
+
+    # a password written inline is refused: by reference to a credentials entry only
+    _, problems = _with(tmp_path, {**gb, "upstream": [{**UPPER, "password": "secret"}]})
+    text = " | ".join(str(p) for p in problems)
+    assert "upstream[0].password: unknown key 'password'" in text and "secret" not in text, text

@@ -17,6 +17,7 @@ from bus.commands import Command, PtzCommand
 from cameras.gb28181 import manscdp, registry
 from cameras.gb28181.media.hub import MediaHub
 from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.playback import DevicePlayback
 from cameras.gb28181.server import GbServer
 from cameras.gb28181.session import InviteFailed, Transport
 from cameras.gb28181.settings import GbSettings
@@ -117,10 +118,13 @@ def run_gb28181(settings, stop: threading.Event) -> None:
         return "tcp-passive" if state is not None and state.peer.transport == "tcp" else None
 
     media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
+    # Device playback (NVR footage): RecordInfo and s=Playback for the API, on loopback.
+    playback = DevicePlayback(server, tap_key(settings), media_host=media.settings.host,
+                              media_advertise=media.settings.advertise).start()
 
     def detail() -> dict:
         online = sum(1 for d in server.devices.values() if d.online)
-        return {**media.status(), "ready": True, "registrations": online, "devices": len(server.devices),
+        return {**media.status(), "ready": True, "playback": playback.address, "playbacks": playback.active, "registrations": online, "devices": len(server.devices),
                 "media_sessions": len(server.dialogs), "port": server.port,
                 "refused": dict(server.endpoint.refused) if server.endpoint else {}}
 
@@ -128,6 +132,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     beat.start()
     stop.wait()
     beat.stop()
+    playback.stop()
     media.stop()
     if bridge.link is not None:
         bridge.link.stop()

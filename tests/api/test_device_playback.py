@@ -1,0 +1,124 @@
+"""Device playback through the API (issue 14 item 5): a GB/T 28181 NVR (the simulator) that
+registered with a real GbServer, whose channels became cameras in 东山镇; the gb28181 process's
+playback service found through its heartbeat, signed with the API's own tap key.
+
+- the device timeline lists the NVR's RecordInfo ranges;
+- playing a device range gives an fMP4 whose frames carry the REQUESTED time (burnt-in strip);
+- scope (another township: 404), permission (a grid worker: 403), audit (who, camera, range,
+  source device); a camera that is not a GB channel: 404; no gb28181 process: 503."""
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime, timedelta
+
+import av
+import pytest
+
+from cameras.gb28181 import manscdp, registry
+from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.playback import DevicePlayback
+from cameras.gb28181.server import GbServer
+from cameras.gb28181.settings import GbSettings
+from cameras.gb28181.sim.device import SimDevice, SimFleet, channel_ids
+from cameras.sim.scene import decode_timestamp_strip
+from cameras.tap import tap_key
+from config.gb28181 import GbPlacement, GbSite
+from store.db import connect
+from store.secrets import SecretBox, derive_key
+from store.workers import Heartbeat
+from tests.api.conftest import api, seeded_db  # noqa: F401  (fixtures re-exported)
+
+pytestmark = pytest.mark.timeout(180)
+
+HUB_ID, DOMAIN = "51019900002000000001", "5101990000"
+NVR = "51019910111180000031"
+DAY = datetime(2026, 12, 5, 0, 0, tzinfo=UTC)
+CHANNELS = channel_ids(NVR, 1)
+CAM = registry.camera_id(CHANNELS[0])
+
+
+@pytest.fixture(scope="module")
+def gb_process(api, seeded_db, tmp_path_factory):  # noqa: F811
+    """What the gb28181 process runs: the SIP server, the playback service, the heartbeat."""
+    site = GbSite(sip_id=HUB_ID, domain=DOMAIN, placement=[GbPlacement(civil_code="51019910",
+                                                                       grid="510199101201001")])
+    pw = GbPasswords(tmp_path_factory.mktemp("gbvar"), SecretBox(derive_key("test-master-key-0123456789")))
+    server = GbServer(site, GbSettings(host="127.0.0.1", port=0, catalog_timeout_s=5), seeded_db, pw,
+                      root_code="510199000000")
+    server.start()
+    service = DevicePlayback(server, tap_key(api.settings)).start()
+    beat = Heartbeat(seeded_db, "gb28181", "gb28181", lambda: {"ready": True, "playback": service.address})
+    beat.start()
+    with connect(seeded_db) as conn:
+        registry.admit(conn, NVR, by="test")
+    records = [manscdp.RecordItem(DAY + timedelta(hours=h), DAY + timedelta(hours=h, minutes=30), "alarm" if h == 9
+                                  else "time", "东山村NVR录像") for h in (8, 9, 10, 11, 12)]
+    fleet = SimFleet([])
+    fleet.start()
+    nvr = SimDevice(NVR, pw.set(NVR), hub=("127.0.0.1", server.port), hub_id=HUB_ID, domain=DOMAIN, channels=1,
+                    per_packet=2, name="东山村NVR", records={CHANNELS[0]: records})
+    fleet.run(nvr.start())
+    fleet.devices.append(nvr)
+    assert fleet.run(nvr.register()).status == 200
+    deadline = time.monotonic() + 15
+    while NVR not in server.catalog_results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert NVR in server.catalog_results
+    time.sleep(1.5)                         # a first heartbeat
+    yield server, nvr
+    fleet.stop()
+    beat.stop()
+    service.stop()
+    server.stop()
+
+
+def test_device_timeline_lists_the_nvr_records(api, gb_process):  # noqa: F811
+    with api.client("ds-supervisor") as c:
+        r = c.get(f"/api/recordings/{CAM}/device/timeline",
+                  params={"start": (DAY + timedelta(hours=8, minutes=40)).isoformat(), "end": (DAY + timedelta(hours=12)).isoformat()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["device_id"] == NVR and body["channel_id"] == CHANNELS[0]
+    starts = [datetime.fromisoformat(x["start"]) for x in body["records"]]
+    assert starts == [DAY + timedelta(hours=h) for h in (9, 10, 11)]      # three of five, in two packets
+    assert body["records"][0]["type"] == "alarm" and body["records"][0]["name"] == "东山村NVR录像"
+
+
+def test_device_play_gives_the_requested_time(api, gb_process, seeded_db):  # noqa: F811
+    server, nvr = gb_process
+    start = DAY + timedelta(hours=10, minutes=5, seconds=7)
+    with api.client("ds-supervisor") as c:
+        r = c.get(f"/api/recordings/{CAM}/device/play",
+                  params={"t": start.isoformat(), "end": (start + timedelta(seconds=3)).isoformat()}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith('video/mp4; codecs="avc1.')
+    assert datetime.fromisoformat(r.headers["X-Start-Time"]) == start and r.headers["X-Source"] == "device"
+    shown = []
+    with av.open(io.BytesIO(r.content)) as container:
+        for frame in container.decode(video=0):
+            ms = decode_timestamp_strip(frame.to_ndarray(format="rgb24"))
+            assert ms is not None
+            shown.append(ms)
+    want = int(start.timestamp() * 1000)
+    assert shown[0] == want and shown == sorted(shown) and want + 2500 <= shown[-1] <= want + 3000
+    with connect(seeded_db) as conn:
+        audit = conn.execute("SELECT * FROM audit_log WHERE action = 'recordings.play' AND target LIKE %s "
+                             "ORDER BY id DESC LIMIT 1", (f"%{CAM}/device/play%",)).fetchone()
+    assert audit["actor"] == "ds-supervisor" and audit["detail"]["source"] == "device"
+    assert audit["detail"]["from"].startswith("2026-12-05T10:05:07")
+
+
+def test_scope_permission_and_refusals(api, gb_process):  # noqa: F811
+    params = {"start": DAY.isoformat(), "end": (DAY + timedelta(hours=1)).isoformat()}
+    with api.client("xh-supervisor") as c:
+        assert c.get(f"/api/recordings/{CAM}/device/timeline", params=params).status_code == 404
+        assert c.get(f"/api/recordings/{CAM}/device/play", params={"t": DAY.isoformat()}).status_code == 404
+    with api.client("dsc-worker") as c:
+        assert c.get(f"/api/recordings/{CAM}/device/timeline", params=params).status_code == 403
+    with api.client("ds-supervisor") as c:
+        r = c.get("/api/recordings/cam-dsc-01/device/timeline", params=params)
+        assert r.status_code == 404 and "不是 GB/T 28181 设备通道" in r.text
+        r = c.get(f"/api/recordings/{CAM}/device/play",
+                  params={"t": DAY.isoformat(), "end": (DAY - timedelta(seconds=1)).isoformat()})
+        assert r.status_code == 422

@@ -11,7 +11,8 @@ when it starts (who, camera, range, source ``device``).
 - ``GET /api/recordings/{camera}/device/timeline?start=&end=``: the device's records
   (start, end, type, name, file path) in the range (at most 7 days).
 - ``GET /api/recordings/{camera}/device/play?t=&end=``: fMP4 of [t, end] (default and at most
-  ``t`` + 2 h) from the device; ``X-Start-Time`` is ``t`` (the device starts where asked).
+  ``t`` + 2 h) from the device; ``X-Start-Time`` is where it starts: ``t`` to the whole second
+  (SDP ``t=`` has no fractions), so the page seeks ``t − X-Start-Time`` in, as for the hub's own.
 """
 from __future__ import annotations
 
@@ -126,11 +127,13 @@ def device_play(camera_id: str, request: Request, conn: Conn, principal: Player,
         headers, body = client.play(device_id, channel_id, at, stop)
     except PlaybackFailed as exc:
         raise _failed(exc) from None
+    begins = datetime.fromisoformat(headers.get("X-Start-Time") or at.isoformat())   # SDP t=: whole seconds
     record(conn, entry_for(request, "recordings.play", "ok", target=request.url.path,
                            detail={"camera_id": camera_id, "source": "device", "device_id": device_id,
-                                   "channel_id": channel_id, "from": _fmt(at), "to": _fmt(stop)}))
+                                   "channel_id": channel_id, "from": _fmt(begins), "to": _fmt(stop),
+                                   "requested": _fmt(at)}))
     request.state.audited = True
-    out = {"X-Start-Time": _fmt(at), "X-Requested-Time": _fmt(at), "X-Span-End": _fmt(stop),
+    out = {"X-Start-Time": _fmt(begins), "X-Requested-Time": _fmt(at), "X-Span-End": _fmt(stop),
            "X-Codec": headers.get("X-Codec", "h264"), "X-Source": "device", "Cache-Control": "private, no-store"}
     return StreamingResponse(body, media_type=headers.get("Content-Type", "video/mp4"), headers=out)
 

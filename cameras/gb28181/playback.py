@@ -96,6 +96,8 @@ class DeviceStream:
                  host: str = "127.0.0.1", advertise: str | None = None, idle_s: float = 3.0,
                  first_media_s: float = 10.0) -> None:
         self.server, self.device_id, self.channel_id = server, device_id, channel_id
+        # SDP t= is whole seconds: the device starts at the second, and so does the stream's clock
+        start = start.replace(microsecond=0)
         self.start, self.end, self.idle_s, self.first_media_s = start, end, idle_s, first_media_s
         self.host, self.advertise = host, advertise
         self.codec = "h264"
@@ -308,7 +310,7 @@ class DevicePlayback:
         try:
             h.send_response(200)
             h.send_header("Content-Type", f'video/mp4; codecs="{stream.codec_string}"')
-            h.send_header("X-Start-Time", _iso(start))
+            h.send_header("X-Start-Time", _iso(stream.start))
             h.send_header("X-Codec", stream.codec)
             h.end_headers()
             chunks = stream.chunks()

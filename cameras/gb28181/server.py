@@ -587,6 +587,8 @@ class GbServer:
         return self._call(self._invite(device_id, channel_id, offer, timeout_s), timeout_s + 2)
 
     def bye(self, answer: MediaAnswer) -> None:
+        if self.loop is None or not self.loop.is_running():
+            return                  # stopped: no dialog is left to end
         with contextlib.suppress(Exception):
             self._call(self._bye(answer.call_id), 5)
 

@@ -9,29 +9,21 @@ playback service found through its heartbeat, signed with the API's own tap key.
 from __future__ import annotations
 
 import io
-import time
 from datetime import UTC, datetime, timedelta
 
 import av
 import pytest
 
 from cameras.gb28181 import manscdp, registry
-from cameras.gb28181.passwords import GbPasswords
-from cameras.gb28181.playback import DevicePlayback
-from cameras.gb28181.server import GbServer
-from cameras.gb28181.settings import GbSettings
-from cameras.gb28181.sim.device import SimDevice, SimFleet, channel_ids
+from cameras.gb28181.sim.device import channel_ids
 from cameras.sim.scene import decode_timestamp_strip
 from cameras.tap import tap_key
-from config.gb28181 import GbPlacement, GbSite
 from store.db import connect
-from store.secrets import SecretBox, derive_key
-from store.workers import Heartbeat
 from tests.api.conftest import api, seeded_db  # noqa: F401  (fixtures re-exported)
+from tests.cameras.gb28181.nvr import running_nvr
 
 pytestmark = pytest.mark.timeout(180)
 
-HUB_ID, DOMAIN = "51019900002000000001", "5101990000"
 NVR = "51019910111180000031"
 DAY = datetime(2026, 12, 5, 0, 0, tzinfo=UTC)
 CHANNELS = channel_ids(NVR, 1)
@@ -40,37 +32,11 @@ CAM = registry.camera_id(CHANNELS[0])
 
 @pytest.fixture(scope="module")
 def gb_process(api, seeded_db, tmp_path_factory):  # noqa: F811
-    """What the gb28181 process runs: the SIP server, the playback service, the heartbeat."""
-    site = GbSite(sip_id=HUB_ID, domain=DOMAIN, placement=[GbPlacement(civil_code="51019910",
-                                                                       grid="510199101201001")])
-    pw = GbPasswords(tmp_path_factory.mktemp("gbvar"), SecretBox(derive_key("test-master-key-0123456789")))
-    server = GbServer(site, GbSettings(host="127.0.0.1", port=0, catalog_timeout_s=5), seeded_db, pw,
-                      root_code="510199000000")
-    server.start()
-    service = DevicePlayback(server, tap_key(api.settings)).start()
-    beat = Heartbeat(seeded_db, "gb28181", "gb28181", lambda: {"ready": True, "playback": service.address})
-    beat.start()
-    with connect(seeded_db) as conn:
-        registry.admit(conn, NVR, by="test")
+    """What the gb28181 process runs (the SIP server, the playback service, the heartbeat) and the NVR."""
     records = [manscdp.RecordItem(DAY + timedelta(hours=h), DAY + timedelta(hours=h, minutes=30), "alarm" if h == 9
                                   else "time", "东山村NVR录像") for h in (8, 9, 10, 11, 12)]
-    fleet = SimFleet([])
-    fleet.start()
-    nvr = SimDevice(NVR, pw.set(NVR), hub=("127.0.0.1", server.port), hub_id=HUB_ID, domain=DOMAIN, channels=1,
-                    per_packet=2, name="东山村NVR", records={CHANNELS[0]: records})
-    fleet.run(nvr.start())
-    fleet.devices.append(nvr)
-    assert fleet.run(nvr.register()).status == 200
-    deadline = time.monotonic() + 15
-    while NVR not in server.catalog_results and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert NVR in server.catalog_results
-    time.sleep(1.5)                         # a first heartbeat
-    yield server, nvr
-    fleet.stop()
-    beat.stop()
-    service.stop()
-    server.stop()
+    with running_nvr(seeded_db, tap_key(api.settings), tmp_path_factory.mktemp("gbvar"), NVR, records) as nvr:
+        yield nvr.server, nvr.device
 
 
 def test_device_timeline_lists_the_nvr_records(api, gb_process):  # noqa: F811
@@ -122,3 +88,16 @@ def test_scope_permission_and_refusals(api, gb_process):  # noqa: F811
         r = c.get(f"/api/recordings/{CAM}/device/play",
                   params={"t": DAY.isoformat(), "end": (DAY - timedelta(seconds=1)).isoformat()})
         assert r.status_code == 422
+
+
+def test_a_fractional_start_begins_at_its_second(api, gb_process):  # noqa: F811
+    start = DAY + timedelta(hours=11, minutes=1, seconds=2, milliseconds=640)
+    with api.client("ds-supervisor") as c:
+        r = c.get(f"/api/recordings/{CAM}/device/play",
+                  params={"t": start.isoformat(), "end": (start + timedelta(seconds=1.5)).isoformat()}, timeout=30)
+    assert r.status_code == 200, r.text
+    begins = datetime.fromisoformat(r.headers["X-Start-Time"])
+    assert begins == start.replace(microsecond=0)           # SDP t= is whole seconds: said, not hidden
+    with av.open(io.BytesIO(r.content)) as container:
+        first = next(iter(container.decode(video=0)))
+        assert decode_timestamp_strip(first.to_ndarray(format="rgb24")) == int(begins.timestamp() * 1000)

@@ -10,26 +10,39 @@ when it starts (who, camera, range, source ``device``).
 
 - ``GET /api/recordings/{camera}/device/timeline?start=&end=``: the device's records
   (start, end, type, name, file path) in the range (at most 7 days).
+- ``POST /api/recordings/{camera}/device/exports`` (``recordings.export``, a reason): the range
+  fetched from the device into one MP4 (remux, SHA-256), then as the hub's exports
+  (``GET /api/recordings/exports/{id}``, ``…/file``).
 - ``GET /api/recordings/{camera}/device/play?t=&end=``: fMP4 of [t, end] (default and at most
   ``t`` + 2 h) from the device; ``X-Start-Time`` is where it starts: ``t`` to the whole second
   (SDP ``t=`` has no fractions), so the page seeks ``t − X-Start-Time`` in, as for the hub's own.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-from datetime import datetime
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
+import av
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from ulid import ULID
 
 from api.audit import add_audit_detail, audited_read, entry_for
-from api.deps import Conn
+from api.deps import Conn, require
+from api.permissions import Permission
 from api.recordings.views import MAX_PLAY, MAX_TIMELINE, Player, _aware, _fmt, _scoped
 from cameras.gb28181.playback import PlaybackClient, PlaybackFailed
 from cameras.gb28181.registry import channel_of_camera
-from store.audit import record
+from store.audit import AuditEntry, record
+from store.files import open_private, private_dir
+from store.identity import Principal
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/recordings", tags=["recordings 录像"])
@@ -139,3 +152,119 @@ def device_play(camera_id: str, request: Request, conn: Conn, principal: Player,
 
 
 __all__ = ["router"]
+
+
+# --------------------------------------------------------------------------- export (导出设备录像)
+class DeviceExportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime = Field(description="ISO-8601 with its offset")
+    end: datetime = Field(description="after start, at most 2 hours later")
+    reason: str = Field(min_length=2, max_length=500, description="why (事由): a case number, a police request …")
+
+
+def remux_to_mp4(fmp4: Path, out: Path) -> tuple[int, str, int]:
+    """The fragmented MP4 the device stream gave, as one ordinary MP4 (moov first), no re-encode.
+    Returns (packets, SHA-256, bytes)."""
+    packets = 0
+    with av.open(str(fmp4)) as src, av.open(str(out), "w", format="mp4", options={"movflags": "+faststart"}) as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        for pkt in src.demux(vin):
+            if pkt.dts is None:
+                continue
+            pkt.stream = vout
+            dst.mux(pkt)
+            packets += 1
+    digest = hashlib.sha256()
+    with open(out, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return packets, digest.hexdigest(), out.stat().st_size
+
+
+def _run_export(pool, principal: Principal, source_ip: str | None, client: PlaybackClient, device_id: str,
+                channel_id: str, t0: datetime, t1: datetime, exports: Path, rec: dict) -> None:
+    from api.recordings.export import _running, _write_record
+
+    record_path = exports / f"{rec['id']}.json"
+    stream_path = exports / f"{rec['id']}.fmp4.partial"
+    partial = exports / f"{rec['id']}.mp4.partial"
+    with _running:
+        rec["state"] = "running"
+        _write_record(record_path, rec)
+        began, last = time.monotonic(), 0.0
+        try:
+            headers, body = client.play(device_id, channel_id, t0, t1)
+            with open_private(stream_path, "wb") as f:
+                for chunk in body:        # the device sends at its own pace (1×)
+                    f.write(chunk)
+                    if time.monotonic() - last >= 1.0:
+                        last = time.monotonic()
+                        rec["progress"] = round(min(0.99, (last - began) / max(1.0, (t1 - t0).total_seconds())), 3)
+                        _write_record(record_path, rec)
+            open_private(partial).close()
+            packets, sha, size = remux_to_mp4(stream_path, partial)
+            if not packets:
+                raise PlaybackFailed("设备未发送该时段的录像")
+            os.replace(partial, exports / f"{rec['id']}.mp4")
+            rec.update(state="done", progress=1.0, sha256=sha, bytes=size, packets=packets,
+                       first_frame_at=headers.get("X-Start-Time"), finished_at=datetime.now(UTC).isoformat())
+            outcome = "ok"
+        except Exception as exc:  # noqa: BLE001 - the record says why; the operator sees it
+            partial.unlink(missing_ok=True)
+            text = (f"导出失败：{exc.reason}" if isinstance(exc, PlaybackFailed)
+                    else f"导出失败：设备录像无法读取或写入 (export failed: {type(exc).__name__}: {str(exc)[:200]})")
+            rec.update(state="failed", error=text, finished_at=datetime.now(UTC).isoformat())
+            outcome = "failed"
+            log.warning("device export %s failed: %s", rec["id"], text)
+        finally:
+            stream_path.unlink(missing_ok=True)
+        _write_record(record_path, rec)
+    try:
+        with pool.connection(timeout=10) as conn:
+            record(conn, AuditEntry(
+                actor=principal.name, actor_kind=principal.kind, role=principal.role, node_code=principal.node_code,
+                action="recordings.export.finished", target=f"export {rec['id']}", source_ip=source_ip,
+                outcome=outcome, detail={"camera_id": rec["camera_id"], "source": "device", "start": _fmt(t0),
+                                         "end": _fmt(t1), "reason": rec["reason"], "sha256": rec.get("sha256"),
+                                         "bytes": rec.get("bytes"), "error": rec.get("error")}))
+    except Exception:  # noqa: BLE001
+        log.exception("device export %s: its audit record could not be written", rec["id"])
+
+
+@router.post("/{camera_id}/device/exports", status_code=status.HTTP_202_ACCEPTED)
+def start_device_export(camera_id: str, body: DeviceExportIn, request: Request, conn: Conn,
+                        principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
+    """Export a range of the device's own footage to one MP4 (remux, SHA-256): fetched from the
+    device at its pace (1×), then served like the hub's exports: poll
+    ``GET /api/recordings/exports/{id}``, fetch ``…/file``."""
+    from api.recordings.export import _dirs, _settings, _sweep, _write_record
+
+    add_audit_detail(request, camera_id=camera_id, source="device", start=body.start.isoformat(),
+                     end=body.end.isoformat(), reason=body.reason)
+    t0, t1 = _aware(body.start, "start"), _aware(body.end, "end")
+    if t1 <= t0 or t1 - t0 > MAX_PLAY:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"时间范围无效：结束须晚于开始且不超过 2 小时 (end after start, at most 2 hours: "
+                            f"{_fmt(t0)} – {_fmt(t1)})")
+    _scoped(conn, principal, camera_id)
+    device_id, channel_id = _channel(conn, camera_id)
+    client = _client(request, conn)
+    _, exports = _dirs(request)
+    private_dir(exports)
+    _sweep(exports, _settings().export_keep_hours)
+    export_id = str(ULID())
+    rec = {"id": export_id, "state": "queued", "progress": 0.0, "reason": body.reason, "source": "device",
+           "requested_by": principal.name, "requested_at": datetime.now(UTC).isoformat(), "camera_id": camera_id,
+           "device_id": device_id, "channel_id": channel_id,
+           "requested": {"start": _fmt(t0), "end": _fmt(t1)}, "sha256": None, "bytes": None,
+           "status_url": f"/api/recordings/exports/{export_id}",
+           "file_url": f"/api/recordings/exports/{export_id}/file"}
+    _write_record(exports / f"{export_id}.json", rec)
+    add_audit_detail(request, export_id=export_id)
+    threading.Thread(target=_run_export, args=(request.app.state.pool, principal,
+                                               request.client.host if request.client else None, client, device_id,
+                                               channel_id, t0, t1, exports, dict(rec)),
+                     name=f"device-export-{export_id}", daemon=True).start()
+    return rec

@@ -9,6 +9,7 @@ playback service found through its heartbeat, signed with the API's own tap key.
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime, timedelta
 
 import av
@@ -101,3 +102,38 @@ def test_a_fractional_start_begins_at_its_second(api, gb_process):  # noqa: F811
     with av.open(io.BytesIO(r.content)) as container:
         first = next(iter(container.decode(video=0)))
         assert decode_timestamp_strip(first.to_ndarray(format="rgb24")) == int(begins.timestamp() * 1000)
+
+
+def test_device_export_is_an_mp4_with_its_sha256(api, gb_process, seeded_db):  # noqa: F811
+    import hashlib
+
+    start = DAY + timedelta(hours=12, minutes=10)
+    with api.client("ds-dispatcher") as c:
+        r = c.post(f"/api/recordings/{CAM}/device/exports",
+                   json={"start": start.isoformat(), "end": (start + timedelta(seconds=2)).isoformat(),
+                         "reason": "案件调证 2026-118"})
+        assert r.status_code == 202, r.text
+        rec = r.json()
+        assert rec["source"] == "device" and rec["camera_id"] == CAM
+        deadline = time.monotonic() + 40
+        while rec["state"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rec = c.get(rec["status_url"]).json()
+        assert rec["state"] == "done", rec
+        f = c.get(rec["file_url"])
+    assert f.status_code == 200
+    assert f.headers["X-Content-SHA256"] == rec["sha256"] == hashlib.sha256(f.content).hexdigest()
+    assert f.content[4:8] == b"ftyp" and f.content.find(b"moov") < f.content.find(b"mdat")   # moov first
+    with av.open(io.BytesIO(f.content)) as container:
+        shown = [decode_timestamp_strip(fr.to_ndarray(format="rgb24")) for fr in container.decode(video=0)]
+    want = int(start.timestamp() * 1000)
+    assert shown[0] == want and want + 1500 <= shown[-1] <= want + 2000
+    with connect(seeded_db) as conn:
+        done = conn.execute("SELECT * FROM audit_log WHERE action = 'recordings.export.finished' "
+                            "ORDER BY id DESC LIMIT 1").fetchone()
+    assert done["actor"] == "ds-dispatcher" and done["detail"]["sha256"] == rec["sha256"]
+    assert done["detail"]["source"] == "device"
+    with api.client("xh-dispatcher") as c:       # another township: 404
+        assert c.post(f"/api/recordings/{CAM}/device/exports",
+                      json={"start": start.isoformat(), "end": (start + timedelta(seconds=2)).isoformat(),
+                            "reason": "越权调证"}).status_code == 404

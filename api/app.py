@@ -39,6 +39,7 @@ from api.readcache import LIVE_S, REGISTRY_CHANNEL, REGISTRY_S, ReadCache
 from api.open311.formats import Open311Error, error as open311_error
 from api.open311.views import router as open311_router
 from api.gb28181 import router as gb28181_router
+from api.recordings.device import router as recordings_device_router
 from api.recordings.export import router as recordings_export_router
 from api.recordings.integrity import router as recordings_integrity_router
 from api.recordings.views import router as recordings_router
@@ -157,7 +158,7 @@ def create_app(settings: Settings, *, db_url: str, mqtt_url: str | None,
     for router in (health_router, auth_router, vocabulary_router, registry_router, admin_router,
                    admin_grid_router, admin_departments_router, admin_alerting_router, cameras_router,
                    cameras_admin_router,
-                   recordings_export_router, recordings_integrity_router, recordings_router,
+                   recordings_export_router, recordings_integrity_router, recordings_device_router, recordings_router,
                    device_state_router, device_registry_router, device_commands_router, device_broadcasts_router,
                    device_voice_router, device_uploads_router, alerts_cap_router, alerts_router, alerts_intake_router,
                    alerts_feed_router,

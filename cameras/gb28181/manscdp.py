@@ -279,3 +279,80 @@ def parse_ptz(hex_text: str) -> dict:
     tilt = (raw[5] / 255) * (1 if c & 0x08 else -1 if c & 0x04 else 0)
     zoom = ((raw[6] >> 4) / 15) * (1 if c & 0x10 else -1 if c & 0x20 else 0)
     return {"pan": round(pan, 3), "tilt": round(tilt, 3), "zoom": round(zoom, 3), "stop": c == 0}
+
+
+# --------------------------------------------------------------------------- record info (录像查询, §A.2.4.5 / A.2.6.7)
+
+def _gb_time(dt: datetime) -> str:
+    """GB/T 28181 time: local time without an offset (the device's clock is the hub's, 校时)."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone().replace(tzinfo=None)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def parse_gb_time(text: str | None) -> datetime | None:
+    """A device's time (local, no offset; some write a space or a trailing Z) as an aware datetime."""
+    if not text:
+        return None
+    value = text.strip().replace(" ", "T")
+    try:
+        dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else dt.astimezone()
+
+
+def record_info_query(sn: int, channel_id: str, start: datetime, end: datetime, label: str = "GB2312",
+                      record_type: str = "all") -> bytes:
+    return query("RecordInfo", sn, channel_id, label,
+                 el("StartTime", _gb_time(start)) + el("EndTime", _gb_time(end)) + el("Secrecy", 0)
+                 + el("Type", record_type))
+
+
+@dataclass
+class RecordItem:
+    start: datetime
+    end: datetime
+    type: str = "time"          # time 定时 | alarm 报警 | manual 手动 | all
+    name: str | None = None
+    file_path: str | None = None
+    channel_id: str | None = None
+
+
+@dataclass
+class RecordPacket:
+    sum_num: int
+    name: str | None
+    items: list[RecordItem]
+
+
+def record_info_packet(body: Body) -> RecordPacket:
+    sum_text = body.text("SumNum") or ""
+    if not sum_text.isdigit():
+        raise ManscdpError(f"录像查询应答的 SumNum 不是数字 ({sum_text[:20]!r})")
+    items: list[RecordItem] = []
+    rl = body.root.find("RecordList")
+    for item in (rl if rl is not None else []):
+        if item.tag != "Item":
+            continue
+        start, end = parse_gb_time(item.findtext("StartTime")), parse_gb_time(item.findtext("EndTime"))
+        if start is None or end is None or end <= start:
+            raise ManscdpError(f"录像条目的起止时间无效 (RecordList item StartTime {item.findtext('StartTime')!r}, "
+                               f"EndTime {item.findtext('EndTime')!r})")
+        items.append(RecordItem(start, end, (item.findtext("Type") or "time").strip()[:20],
+                                (item.findtext("Name") or "").strip()[:100] or None,
+                                (item.findtext("FilePath") or "").strip()[:300] or None,
+                                (item.findtext("DeviceID") or "").strip() or None))
+    return RecordPacket(int(sum_text), body.text("Name"), items)
+
+
+def record_info_response(sn: int, channel_id: str, sum_num: int, items: list[RecordItem], *, name: str = "",
+                         label: str = "GB2312") -> bytes:
+    parts = [el("CmdType", "RecordInfo"), el("SN", sn), el("DeviceID", channel_id), el("Name", name),
+             el("SumNum", sum_num), f'<RecordList Num="{len(items)}">\r\n']
+    for r in items:
+        parts.append("<Item>\r\n" + el("DeviceID", r.channel_id or channel_id) + el("Name", r.name or name)
+                     + el("FilePath", r.file_path or "") + el("Address", "") + el("StartTime", _gb_time(r.start))
+                     + el("EndTime", _gb_time(r.end)) + el("Secrecy", 0) + el("Type", r.type) + "</Item>\r\n")
+    parts.append("</RecordList>\r\n")
+    return encode("Response", "".join(parts), label)

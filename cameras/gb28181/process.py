@@ -19,6 +19,7 @@ from cameras.gb28181.cascade import Cascade
 from cameras.gb28181.cascade_catalog import CatalogItem
 from cameras.gb28181.media.hub import MediaHub, gb_url, parse_gb_url
 from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.playback import DevicePlayback
 from cameras.gb28181.server import GbServer
 from cameras.gb28181.session import InviteFailed, Transport
 from cameras.gb28181.settings import GbSettings
@@ -189,6 +190,9 @@ def run_gb28181(settings, stop: threading.Event) -> None:
         return "tcp-passive" if state is not None and state.peer.transport == "tcp" else None
 
     media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
+    # Device playback (NVR footage): RecordInfo and s=Playback for the API, on loopback.
+    playback = DevicePlayback(server, tap_key(settings), media_host=media.settings.host,
+                              media_advertise=media.settings.advertise).start()
 
     cascade = alarms = None
     if site.gb28181.upstream:                     # cascade up (级联): the hub as a lower platform
@@ -202,6 +206,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     def detail() -> dict:
         out = {**media.status(), "ready": True, "registrations": sum(1 for d in server.devices.values() if d.online),
                "devices": len(server.devices), "media_sessions": len(server.dialogs), "port": server.port,
+               "playback": playback.address, "playbacks": playback.active,
                "refused": dict(server.endpoint.refused) if server.endpoint else {}}
         if cascade is not None:
             out["cascade"] = cascade.status()
@@ -211,6 +216,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     beat.start()
     stop.wait()
     beat.stop()
+    playback.stop()
     if alarms is not None:
         mqtt_stop(alarms)
     if cascade is not None:

@@ -33,6 +33,7 @@ from store.db import RECONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
+MAX_RECORDS = 5000   # RecordInfo items one query may announce
 TIMER_F = 32.0      # RFC 3261 non-INVITE transaction timeout (64 × T1)
 
 # Chinese reasons of a refused INVITE, by SIP status (shown to operators through InviteFailed).
@@ -62,6 +63,18 @@ class _Catalog:
 
 
 @dataclass
+class _Records:
+    sum_num: int | None = None
+    items: list[manscdp.RecordItem] = field(default_factory=list)
+    done: asyncio.Future | None = None
+    refused: str | None = None
+
+
+class RecordQueryFailed(InviteFailed):
+    """A RecordInfo query the device refused, answered wrongly or not in time (Chinese reason)."""
+
+
+@dataclass
 class Dialog:
     device_id: str
     channel_id: str
@@ -83,6 +96,7 @@ class GbServer:
         self.dialogs: dict[str, Dialog] = {}
         self._catalogs: dict[tuple[str, int], _Catalog] = {}
         self._answers: dict[tuple[str, str, int], asyncio.Future] = {}
+        self._records: dict[tuple[str, int], _Records] = {}
         self._sn = int(time.time()) % 100000
         self._ssrc_seq = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -345,6 +359,10 @@ class GbServer:
             self.endpoint.reply(peer, req, sipm.response(req, 200))
             self._alarm(device_id, body)
             return
+        if body.kind == "Response" and body.cmd == "RecordInfo":
+            self.endpoint.reply(peer, req, sipm.response(req, 200))
+            self._record_packet(device_id, body)
+            return
         if body.kind == "Notify" and body.cmd == "Catalog":          # subscription notify: changed items
             self.endpoint.reply(peer, req, sipm.response(req, 200))
             return
@@ -458,6 +476,62 @@ class GbServer:
             raise RuntimeError(f"device answered {resp.status} {resp.phrase}")
         return resp
 
+    # ------------------------------------------------------------------ record info (录像查询)
+    def _record_packet(self, device_id: str, body: manscdp.Body) -> None:
+        col = self._records.get((device_id, body.sn))
+        if col is None or col.done is None or col.done.done():
+            return
+        try:
+            packet = manscdp.record_info_packet(body)
+        except manscdp.ManscdpError as exc:
+            col.refused = str(exc)
+            col.done.set_result(None)
+            return
+        if packet.sum_num > MAX_RECORDS:
+            col.refused = f"设备录像条目数 {packet.sum_num} 超过上限 {MAX_RECORDS}，请缩小查询时间范围"
+            col.done.set_result(None)
+            return
+        col.sum_num = packet.sum_num
+        col.items.extend(packet.items)
+        if len(col.items) >= col.sum_num:
+            col.done.set_result(None)
+
+    async def query_record_info(self, device_id: str, channel_id: str, start: datetime, end: datetime,
+                                timeout_s: float | None = None) -> list[manscdp.RecordItem]:
+        """The device's recordings of a channel overlapping [start, end) (RecordInfo, packets
+        of SumNum collected), oldest first. RecordQueryFailed with a Chinese reason."""
+        try:
+            state = self._online(device_id)
+        except InviteFailed as exc:
+            raise RecordQueryFailed(exc.reason) from None
+        sn = self.next_sn()
+        col = _Records(done=asyncio.get_running_loop().create_future())
+        self._records[(device_id, sn)] = col
+        timeout_s = timeout_s or self.settings.catalog_timeout_s
+        try:
+            try:
+                await self._send_message(state, manscdp.record_info_query(sn, channel_id, start, end, state.charset),
+                                         to=channel_id)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RecordQueryFailed(f"设备 {device_id} 未接受录像查询 ({exc})") from None
+            try:
+                await asyncio.wait_for(asyncio.shield(col.done), timeout_s)
+            except TimeoutError:
+                raise RecordQueryFailed(f"设备 {device_id} 在 {timeout_s:g} 秒内未完整应答录像查询："
+                                        f"收到 {len(col.items)}/{col.sum_num if col.sum_num is not None else '?'} 条"
+                                        ) from None
+        finally:
+            self._records.pop((device_id, sn), None)
+        if col.refused:
+            raise RecordQueryFailed(col.refused)
+        return sorted(col.items, key=lambda r: r.start)
+
+    def record_info(self, device_id: str, channel_id: str, start: datetime, end: datetime, *,
+                    timeout_s: float | None = None) -> list[manscdp.RecordItem]:
+        """Blocking RecordInfo (from another thread: the playback service, tests)."""
+        wait = (timeout_s or self.settings.catalog_timeout_s) + TIMER_F + 2
+        return self._call(self.query_record_info(device_id, channel_id, start, end, timeout_s), wait)
+
     # ------------------------------------------------------------------ alarms
     def _alarm(self, device_id: str, body: manscdp.Body) -> None:
         try:
@@ -513,6 +587,8 @@ class GbServer:
         return self._call(self._invite(device_id, channel_id, offer, timeout_s), timeout_s + 2)
 
     def bye(self, answer: MediaAnswer) -> None:
+        if self.loop is None or not self.loop.is_running():
+            return                  # stopped: no dialog is left to end
         with contextlib.suppress(Exception):
             self._call(self._bye(answer.call_id), 5)
 

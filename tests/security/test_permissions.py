@@ -47,6 +47,10 @@ _n = itertools.count()
 NOT_THERE = "01ZZZZZZZZZZZZZZZZZZZZZZZZ"      # a well-formed id nobody has
 
 
+def GB_CAMERA(device: str) -> str:      # noqa: N802 - read as a constant: the camera of the device's channel
+    return "gb-" + device[:10] + "1310000001"
+
+
 @dataclass(frozen=True)
 class Rule:
     """What one route is meant to do.
@@ -184,6 +188,18 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/recordings/{camera_id}/play"): Rule(
         P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
         query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404}), stream=True),
+    # device playback (issue 14 item 5): the matrix' GB channels' cameras; no gb28181 process runs here, so an
+    # allowed caller in scope gets 503 "GB/T 28181 服务未运行" (another township's camera: 404 before that)
+    ("GET", "/api/recordings/{camera_id}/device/timeline"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
+        query={"start": "2026-12-07T08:00:00+08:00", "end": "2026-12-07T09:00:00+08:00"}, ok=frozenset({503})),
+    ("GET", "/api/recordings/{camera_id}/device/play"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
+        audit="read", query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({503}), stream=True),
+    ("POST", "/api/recordings/{camera_id}/device/exports"): Rule(
+        P.RECORDINGS_EXPORT, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
+        audit="write", ok=frozenset({503}),
+        body={"start": "2026-12-07T08:00:00+08:00", "end": "2026-12-07T08:01:00+08:00", "reason": "案件调证"}),
     ("GET", "/api/recordings/{camera_id}/frame"): Rule(
         P.RECORDINGS_PLAY, "path", {"camera_id": both(OWN_CAMERA, OTHER_CAMERA)}, audit="read",
         query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({404})),

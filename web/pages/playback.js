@@ -5,6 +5,9 @@
 // The stream is GET /api/recordings/{camera}/play?t=… — one fragmented MP4 from the keyframe at or
 // before t, fed to Media Source as it arrives; its X-Start-Time header is the first frame's time,
 // so the position on the timeline is X-Start-Time + currentTime and a seek to t lands on t exactly.
+// A GB/T 28181 camera (an NVR's or IPC's channel) has a second source, 设备录像 (NVR): the footage
+// the device keeps itself — its RecordInfo ranges on the timeline (GET …/device/timeline), played
+// from the device (GET …/device/play?t=&end=, INVITE s=Playback in the hub) as the same fMP4.
 // Route: #/playback[/camera[/ISO time]].
 import { api, request, hubNow } from '../api.js';
 import { CATEGORIES, URGENCIES, clear, errorBox, fmtTime, h, modal, toast } from '../ui.js';
@@ -40,10 +43,26 @@ export async function render(main, { me, arg }) {
     rangeMs: 3600e3, end: hubNow(), tl: null, fps: 25,
     stream: null,     // { start: ms, spanEnd: ms, abort }
     rate: 1, dragging: false,
+    source: 'hub',    // 'hub' 本机录像 | 'device' 设备录像 (GB/T 28181 cameras)
   };
+  const isGb = (c) => !!c && (c.origin === 'gb28181' || String(c.id).startsWith('gb-'));
+  const base = () => `/api/recordings/${encodeURIComponent(view.cam.id)}${view.source === 'device' ? '/device' : ''}`;
   if (argTime) view.end = Math.max(argTime + 5 * 60e3, Math.min(hubNow(), argTime + 30 * 60e3));
 
-  const camSelect = h('select', { id: 'pb-camera', onchange: () => { view.cam = cameras.find((c) => c.id === camSelect.value); stop(); loadTimeline(); } },
+  const sourceButtons = [['hub', '本机录像'], ['device', '设备录像 (NVR)']].map(([src, label]) => h('button', {
+    type: 'button', class: 'seg', id: `pb-source-${src}`, 'aria-pressed': String(src === view.source), dataset: { source: src },
+    onclick: () => setSource(src),
+  }, label));
+  const sourceGroup = h('div', { class: 'seg-group', role: 'group', 'aria-label': '录像来源', id: 'pb-source' }, sourceButtons);
+  function setSource(src) {
+    view.source = isGb(view.cam) ? src : 'hub';
+    sourceGroup.hidden = !isGb(view.cam);
+    sourceButtons.forEach((b) => b.setAttribute('aria-pressed', String(b.dataset.source === view.source)));
+    main.dataset.source = view.source;
+    stop();
+    loadTimeline();
+  }
+  const camSelect = h('select', { id: 'pb-camera', onchange: () => { view.cam = cameras.find((c) => c.id === camSelect.value); setSource(view.source); } },
     cameras.map((c) => h('option', { value: c.id, selected: view.cam && c.id === view.cam.id }, `${c.name}（${c.id}）`)));
   const rangeButtons = RANGES.map(([label, ms]) => h('button', {
     type: 'button', class: 'seg', 'aria-pressed': String(ms === view.rangeMs), dataset: { range: ms },
@@ -81,7 +100,7 @@ export async function render(main, { me, arg }) {
     h('div', { class: 'seg-group', role: 'group', 'aria-label': '倍速' }, speedButtons),
     position, flagBtn, exportBtn);
   main.append(h('div', { class: 'playback-page' },
-    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons),
+    h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, sourceGroup, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons),
       h('button', { type: 'button', id: 'pb-sync', title: '与附近三路摄像机同步回放', onclick: () => {
         const at = now() ?? (Number(position.dataset.ms) || hubNow() - 5 * 60e3);
         location.hash = `#/playback/sync/${encodeURIComponent(view.cam.id)}/${iso(at)}`;
@@ -100,15 +119,18 @@ export async function render(main, { me, arg }) {
   async function loadTimeline() {
     if (!view.cam) { overlay.textContent = '没有可回放的摄像机'; return; }
     bar.querySelectorAll('.pb-span, .pb-gap, .pb-mark').forEach((el) => el.remove());
+    if (view.source === 'device') overlay.textContent = '正在向设备查询录像…';
     try {
-      view.tl = await api.get(`/api/recordings/${encodeURIComponent(view.cam.id)}/timeline?start=${encodeURIComponent(iso(t0()))}&end=${encodeURIComponent(iso(view.end))}`);
+      const got = await api.get(`${base()}/timeline?start=${encodeURIComponent(iso(t0()))}&end=${encodeURIComponent(iso(view.end))}`);
+      view.tl = view.source === 'device' ? deviceTimeline(got) : got;
     } catch (err) {
       overlay.textContent = err.status === 403 ? '当前角色无权调阅录像' : `时间轴加载失败：${err.detail || err.message}`;
       return;
     }
     const tl = view.tl;
     for (const s of tl.spans) {
-      bar.append(h('div', { class: `pb-span${s.plays_in_browser ? '' : ' pb-span-noplay'}`, title: `有录像 ${clock(Date.parse(s.start))} – ${clock(Date.parse(s.end))}`,
+      bar.append(h('div', { class: `pb-span${s.plays_in_browser ? '' : ' pb-span-noplay'}${s.device ? ' pb-span-device' : ''}`,
+        title: `${s.device ? `设备录像（${{ time: '定时', alarm: '报警', manual: '手动' }[s.type] || s.type}）` : '有录像'} ${clock(Date.parse(s.start))} – ${clock(Date.parse(s.end))}`,
         style: { left: xOf(Date.parse(s.start)), width: `${((Date.parse(s.end) - Date.parse(s.start)) / view.rangeMs) * 100}%` } }));
       if (s.fps) view.fps = s.fps;
     }
@@ -131,6 +153,16 @@ export async function render(main, { me, arg }) {
     if (!tl.spans.length) overlay.textContent = '所选时段没有录像';
     else if (!view.stream) overlay.textContent = '点击时间轴上的位置开始回放';
     if (argTime && !view.stream) seek(argTime);
+  }
+
+  function deviceTimeline(got) {
+    // the device's records as spans (clamped to the range); what it lacks is simply not drawn
+    const lo = t0(); const hi = view.end;
+    const spans = got.records.map((r) => ({
+      start: iso(Math.max(lo, Date.parse(r.start))), end: iso(Math.min(hi, Date.parse(r.end))),
+      codec: 'h264', plays_in_browser: true, device: true, type: r.type, name: r.name,
+    })).filter((sp) => Date.parse(sp.end) > Date.parse(sp.start));
+    return { spans, gaps: [], marks: [], playable: [{ codec: 'device', browser: true, text: `设备录像（${got.device_id}）：${spans.length} 段，由设备按需回放` }] };
   }
 
   bar.addEventListener('pointerdown', (e) => { if (e.target.closest('.pb-mark')) return; view.dragging = true; bar.setPointerCapture(e.pointerId); moveCursor(msAt(e.clientX)); });
@@ -189,7 +221,9 @@ export async function render(main, { me, arg }) {
     main.dataset.state = 'loading';
     let res;
     try {
-      res = await request(`/api/recordings/${encodeURIComponent(view.cam.id)}/play?t=${encodeURIComponent(iso(ms))}`, { raw: true, signal: abort.signal, headers: { Accept: 'video/mp4' } });
+      const span = view.source === 'device' && view.tl && view.tl.spans.find((s) => Date.parse(s.start) <= ms + 1 && ms < Date.parse(s.end));
+      const until = span ? `&end=${encodeURIComponent(span.end)}` : '';
+      res = await request(`${base()}/play?t=${encodeURIComponent(iso(ms))}${until}`, { raw: true, signal: abort.signal, headers: { Accept: 'video/mp4' } });
     } catch (err) {
       if (err.name === 'AbortError') return;
       view.stream = null;
@@ -277,6 +311,7 @@ export async function render(main, { me, arg }) {
     else toast(dir > 0 ? '后面没有事件了' : '前面没有事件了');
   }
   async function showFrame(ms) {
+    if (view.source === 'device') { overlay.textContent = '设备录像不支持单帧查看'; return; }
     // a codec the browser cannot play: the hub's exact frame, decoded from the recording
     try {
       const res = await request(`/api/recordings/${encodeURIComponent(view.cam.id)}/frame?t=${encodeURIComponent(iso(ms))}`, { raw: true, headers: { Accept: 'image/jpeg' } });
@@ -291,6 +326,7 @@ export async function render(main, { me, arg }) {
   async function openFlag() {
     const at = now() ?? Number(position.dataset.ms);
     if (!at) { toast('请先在时间轴上选择回放位置', 'warn'); return; }
+    if (view.source === 'device') { toast('设备录像暂不支持标记事件：请切换到本机录像', 'warn'); return; }
     video.pause();
     const stillImg = h('img', { class: 'flag-still', id: 'pb-flag-still', alt: `${view.cam.name} ${clock(at)}` });
     const frameTime = h('dd', { id: 'flag-time', dataset: { ms: String(Math.round(at)) } }, clock(at));
@@ -349,6 +385,8 @@ export async function render(main, { me, arg }) {
     if (e.key === 'f' || e.key === 'F') openFlag();
   };
   document.addEventListener('keydown', onKey);
+  sourceGroup.hidden = !isGb(view.cam);
+  main.dataset.source = view.source;
   loadTimeline();
   return () => { document.removeEventListener('keydown', onKey); stop(); };
 }

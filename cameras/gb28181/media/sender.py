@@ -26,7 +26,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import uuid
 
 import av

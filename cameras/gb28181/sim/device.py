@@ -37,7 +37,8 @@ class SimDevice:
                  channels: int | list[Channel] = 4, transport: str = "udp", charset: str = "GB2312",
                  per_packet: int = 4, keepalive_s: float = 60.0, expires: int = 3600,
                  on_invite: Callable[[dict], tuple[str, int]] | None = None, name: str = "模拟摄像机",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", records: dict[str, list[manscdp.RecordItem]] | None = None,
+                 playback_speed: float = 1.0) -> None:
         self.device_id, self.password, self.hub, self.hub_id, self.domain = device_id, password, hub, hub_id, domain
         self.transport, self.charset, self.per_packet = transport, charset, per_packet
         self.keepalive_s, self.expires, self.name, self.host = keepalive_s, expires, name, host
@@ -48,8 +49,15 @@ class SimDevice:
         self.channels: list[Channel] = channels
         self.on_invite = on_invite or (lambda offer: (self.host, 0))
         self.ptz: list[dict] = []
+        # NVR footage per channel: answered to RecordInfo (``per_packet`` items a packet) and
+        # played back (s=Playback) as frames whose burnt-in clock is the requested time
+        self.records: dict[str, list[manscdp.RecordItem]] = records or {}
+        self.playback_speed = playback_speed
+        self.playbacks: dict[str, object] = {}          # call id → PlaybackSource
+        self.record_answer: Callable[[manscdp.Body], list[bytes]] | None = None   # tests: answer with these
         self.invites: list[dict] = []
         self.byes: list[str] = []
+        self.sent_byes: list[str] = []
         self.acks: list[str] = []
         self.messages: list[manscdp.Body] = []
         self.registered = asyncio.Event()
@@ -155,6 +163,9 @@ class SimDevice:
             self.acks.append(req.call_id)
         elif req.method == "BYE":
             self.byes.append(req.call_id)
+            source = self.playbacks.pop(req.call_id, None)
+            if source is not None:
+                source.stop()
             self.endpoint.reply(peer, req, sipm.response(req, 200))
         else:
             self.endpoint.reply(peer, req, sipm.response(req, 405))
@@ -169,6 +180,10 @@ class SimDevice:
         self.endpoint.reply(peer, req, sipm.response(req, 200))
         if body.cmd == "Catalog":
             packets = (self.catalog_answer(body.sn) if self.catalog_answer else self.catalog_packets(body.sn))
+            for p in packets:
+                await self.message(p)
+        elif body.cmd == "RecordInfo":
+            packets = (self.record_answer(body) if self.record_answer else self.record_packets(body))
             for p in packets:
                 await self.message(p)
         elif body.cmd == "DeviceInfo":
@@ -192,6 +207,48 @@ class SimDevice:
                 for i in range(0, n, self.per_packet)] or [
             manscdp.catalog_response(sn, self.device_id, 0, [], self.charset)]
 
+    def record_packets(self, body: manscdp.Body) -> list[bytes]:
+        """The channel's records overlapping the query's StartTime–EndTime, ``per_packet`` a packet."""
+        t0, t1 = manscdp.parse_gb_time(body.text("StartTime")), manscdp.parse_gb_time(body.text("EndTime"))
+        items = [r for r in self.records.get(body.device_id, [])
+                 if t0 is None or t1 is None or (r.start < t1 and r.end > t0)]
+        name = next((c.name for c in self.channels if c.channel_id == body.device_id), "")
+        n = len(items)
+        return [manscdp.record_info_response(body.sn, body.device_id, n, items[i:i + self.per_packet], name=name,
+                                             label=self.charset)
+                for i in range(0, n, self.per_packet)] or [
+            manscdp.record_info_response(body.sn, body.device_id, 0, [], name=name, label=self.charset)]
+
+    def _playback(self, offer: dict, req: sipm.Request, to_tag: str) -> tuple[str, int] | None:
+        """s=Playback of a channel with records: the simulated NVR sends the range itself."""
+        from cameras.gb28181.sim.playback import PlaybackSource, offer_of, playback_range
+
+        span = playback_range(offer)
+        if span is None or offer.get("session") != "Playback" or offer["channel_id"] not in self.records:
+            return None
+        loop = asyncio.get_running_loop()
+        call_id = req.call_id
+
+        def done() -> None:                 # end of the range: the device says BYE (as NVRs do)
+            if self.playbacks.pop(call_id, None) is not None:
+                asyncio.run_coroutine_threadsafe(self._send_bye(req, to_tag), loop)
+
+        source = PlaybackSource(offer_of(offer), *span, speed=self.playback_speed, bind=self.host, on_done=done,
+                                name=f"sim-playback-{offer['channel_id']}")
+        answer = source.start()
+        self.playbacks[call_id] = source
+        return answer.host, answer.port
+
+    async def _send_bye(self, invite: sipm.Request, to_tag: str) -> None:
+        self._cseq += 1
+        bye = sipm.request("BYE", f"sip:{self.hub_id}@{self.hub[0]}:{self.hub[1]}", via=self._via(),
+                           from_uri=str(invite.to_uri.user and f"sip:{invite.to_uri.user}@{self.domain}"),
+                           to_uri=f"sip:{invite.from_uri.user}@{self.domain}", call_id=invite.call_id,
+                           cseq=self._cseq, from_tag=to_tag, to_tag=invite.from_tag)
+        self.sent_byes.append(invite.call_id)
+        with contextlib.suppress(Exception):
+            await self.endpoint.request(bye, self.peer, timeout=5)
+
     def _on_invite(self, req: sipm.Request, peer: Peer) -> None:
         offer = sdp.parse(req.body)
         offer["channel_id"] = sipm.Uri.parse(f"<{req.uri}>").user
@@ -201,7 +258,8 @@ class SimDevice:
         if offer["channel_id"] not in {c.channel_id for c in self.channels}:
             self.endpoint.reply(peer, req, sipm.response(req, 404, to_tag=tag))
             return
-        host, port = self.on_invite(offer)
+        where = self._playback(offer, req, tag)
+        host, port = where if where is not None else self.on_invite(offer)
         body = sdp.device_answer(offer, device_id=offer["channel_id"], host=host, port=port,
                                  ssrc=offer["ssrc"] or "0000000000")
         resp = sipm.response(req, 200, to_tag=tag, body=body, content_type="APPLICATION/SDP")

@@ -88,3 +88,51 @@ def test_sipp_registers_keeps_alive_and_answers_invite(site_db, tmp_path):
         assert uas.returncode == 0, out.decode(errors="replace")[-2000:]
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp (Debian sip-tester) is installed by scripts/setup")
+def test_sipp_nvr_answers_record_info_in_two_packets(site_db, tmp_path):
+    """RecordInfo with a device not written by us: SIPp's NVR answers the query in two MESSAGEs."""
+    from datetime import datetime, timedelta
+
+    from cameras.gb28181 import manscdp
+
+    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
+    server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
+                      site_db, pw, root_code="510199000000")
+
+    async def no_queries(device_id):
+        return None
+    server._after_register = no_queries
+    server.start()
+    try:
+        with connect(site_db) as conn:
+            registry.admit(conn, DEV, by="test")
+        password = pw.set(DEV)
+        port = free_udp_port()
+        uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
+        out, _ = uac.communicate(timeout=30)
+        assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
+        uas = subprocess.Popen(
+                [SIPP, "-sf", str(HERE / "uas_record_info.xml"), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
+                 "-set", "hub", HUB_ID, "-set", "domain", DOMAIN, "-m", "1", "-timeout", "20s", "-timeout_error",
+                 "-nostdin", "-nd"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.5)
+        day = datetime(2026, 12, 6).astimezone()            # GB time: the local clock, no offset
+        try:
+            items = server.record_info(DEV, "51019910111320000051", day, day + timedelta(days=1), timeout_s=10)
+        except Exception:
+            uas.kill()
+            print(uas.communicate()[0].decode(errors="replace")[-3000:])
+            raise
+        assert [(i.start, i.end, i.type) for i in items] == [
+            (day + timedelta(hours=8), day + timedelta(hours=8, minutes=30), "time"),
+            (day + timedelta(hours=8, minutes=30), day + timedelta(hours=9), "alarm"),
+            (day + timedelta(hours=10), day + timedelta(hours=10, minutes=15), "manual")]
+        assert items[0].name == "SIPp录像机" and items[2].file_path == "/mnt/hdd1/0003.mp4"
+        assert isinstance(items[0], manscdp.RecordItem)
+        out, _ = uas.communicate(timeout=25)
+        assert uas.returncode == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        server.stop()

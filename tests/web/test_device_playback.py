@@ -1,0 +1,83 @@
+"""设备录像 (NVR) in Debian's chromium (issue 14 item 5): a GB/T 28181 NVR (the simulator,
+registered with a real GbServer) keeps footage of the last hour; on the playback page its
+channel's camera offers the source switch, 设备录像 draws the NVR's RecordInfo ranges on the
+timeline, a click in a range plays the device's footage through Media Source, and the picture
+on screen carries the burnt-in time of the position the page shows."""
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import cv2
+import numpy as np
+import pytest
+
+from cameras.gb28181 import manscdp
+from cameras.sim.scene import decode_timestamp_strip
+from cameras.tap import tap_key
+from tests.cameras.gb28181.nvr import running_nvr
+
+pytestmark = pytest.mark.timeout(240)
+NVR = "51019910111180000041"
+
+FRAME_OF_VIDEO = """() => {
+  const v = document.querySelector('#pb-video');
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  c.getContext('2d').drawImage(v, 0, 0);
+  return { url: c.toDataURL('image/png'), position: Number(document.querySelector('#page').dataset.position),
+           current: v.currentTime };
+}"""
+
+
+def strip_of_data_url(url: str) -> int | None:
+    raw = base64.b64decode(url.split(",", 1)[1])
+    return decode_timestamp_strip(cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE))
+
+
+@pytest.fixture(scope="module")
+def nvr(live_db, live_api, tmp_path_factory):
+    now = datetime.now(UTC).replace(microsecond=0)
+    records = [manscdp.RecordItem(now - timedelta(minutes=50), now - timedelta(minutes=30), "time", "东山村NVR录像"),
+               manscdp.RecordItem(now - timedelta(minutes=20), now - timedelta(minutes=10), "alarm", "东山村NVR录像")]
+    with running_nvr(live_db, tap_key(live_api.settings), tmp_path_factory.mktemp("gb-web"), NVR, records) as n:
+        yield n, records
+
+
+def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for, shots):
+    n, records = nvr
+    cam = n.cameras[0]
+    ui = ui_for("ds-supervisor")
+    p = ui.page
+    p.click("#nav-playback")
+    p.wait_for_selector("#pb-timeline[data-marks]", timeout=15000)
+    p.select_option("#pb-camera", cam)
+    p.wait_for_selector("#pb-source:not([hidden])", timeout=5000)
+    p.click("#pb-source-device")
+    try:
+        p.wait_for_function("document.querySelectorAll('#pb-timeline .pb-span-device').length === 2", timeout=20000)
+    except Exception:
+        raise AssertionError(f"timeline: {p.inner_html('#pb-timeline')[:1500]}; {ui.console[-5:]}") from None
+    assert "设备录像" in p.text_content("#pb-codec")
+    # a click in the second range (the alarm recording): 20 % into the bar's span of it
+    span = p.query_selector_all("#pb-timeline .pb-span-device")[1]
+    box = span.bounding_box()
+    x, y = box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2
+    p.mouse.move(x, y)
+    p.mouse.down()
+    p.mouse.up()
+    try:
+        p.wait_for_selector("#page[data-state=playing]", timeout=20000)
+        p.wait_for_function("document.querySelector('#pb-video').currentTime > 1 && "
+                            "!document.querySelector('#pb-video').paused", timeout=20000)
+    except Exception:
+        raise AssertionError(f"{p.text_content('#pb-message')}; {ui.console[-5:]}") from None
+    p.click("#pb-play")
+    p.wait_for_function("document.querySelector('#pb-video').paused && "
+                        "document.querySelector('#page').dataset.playing === 'false'")
+    shown = p.evaluate(FRAME_OF_VIDEO)
+    strip = strip_of_data_url(shown["url"])
+    assert strip is not None and abs(strip - shown["position"]) <= 250, (strip, shown["position"])
+    lo, hi = records[1].start.timestamp() * 1000, records[1].end.timestamp() * 1000
+    assert lo <= strip <= hi, "footage of the range clicked, from the device"
+    p.screenshot(path=str(shots / "31-device-playback.png"))

@@ -164,13 +164,15 @@ class GbDemoCamera:
 DEMO_DEVICE_ID = "51019910111320000001"
 DEMO_CHANNELS = [Channel("51019910111310000001", "东山村二组路口(GB)", manufacturer="XLHub-Sim", model="SIM-PTZ",
                          ptz_type=1, lon=104.5620, lat=30.6530)]
-ALARM_EVERY_S = (120.0, 300.0)      # a motion or intrusion alarm every 2–5 minutes
+ALARM_EVERY_S = 120.0      # a motion or an intrusion alarm (in turn) every 2–5 minutes (this to 2.5×)
 
 
 def run_demo(settings, stop: threading.Event) -> None:
     """The ``demo-gb28181`` child: admits the demo device (its password in the same secret
     store the hub's GB server reads, GbPasswords), registers it with the hub's SIP server,
     sends the test pattern on INVITE, obeys PTZ and sends an alarm now and then."""
+    import itertools
+    import os
     import random
 
     from cameras.gb28181 import registry
@@ -195,21 +197,24 @@ def run_demo(settings, stop: threading.Event) -> None:
     cam = GbDemoCamera(DEMO_DEVICE_ID, password, hub=(host, gb.port), hub_id=site.gb28181.sip_id,
                        domain=site.gb28181.domain, channels=DEMO_CHANNELS, name="示范GB摄像机",
                        keepalive_s=min(60.0, gb.keepalive_interval_s)).start()
+    every = float(os.environ.get("XLHUB_DEMO_GB28181_ALARM_S") or ALARM_EVERY_S)
     rng = random.Random(28181)
-    next_alarm = rng.uniform(*ALARM_EVERY_S)
+    alarms = itertools.cycle(DEMO_ALARMS)
+    next_alarm = rng.uniform(every, every * 2.5)
     seen_ptz = 0
     elapsed = 0.0
-    while not stop.wait(1):
-        elapsed += 1
+    tick = min(1.0, every / 2)
+    while not stop.wait(tick):
+        elapsed += tick
         for cmd in cam.ptz[seen_ptz:]:
             log.info("PTZ on %s: %s", cmd.get("channel"), {k: v for k, v in cmd.items() if k != "channel"})
         seen_ptz = len(cam.ptz)
         if elapsed >= next_alarm and cam.registered.is_set():
-            method, atype, text = rng.choice(DEMO_ALARMS)
+            method, atype, text = next(alarms)
             try:
                 log.info("demo alarm %s (%s/%s): hub answered %s", text, method, atype,
                          cam.alarm(method, atype, text, channel=DEMO_CHANNELS[0].channel_id))
             except Exception as exc:
                 log.warning("demo alarm not delivered: %s", exc)
-            next_alarm = elapsed + rng.uniform(*ALARM_EVERY_S)
+            next_alarm = elapsed + rng.uniform(every, every * 2.5)
     cam.stop()

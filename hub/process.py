@@ -139,9 +139,18 @@ def run_demo_devices(settings: Settings) -> None:
     fleet.stop()
 
 
+def run_demo_gb28181(settings: Settings) -> None:
+    """The demo site's GB/T 28181 camera: the device simulator registering with the hub's SIP
+    server, a test pattern sent on INVITE, PTZ obeyed, an alarm now and then."""
+    from cameras.gb28181.sim.demo import run_demo
+
+    run_demo(settings, _stop_event())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hub.process")
-    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "dialects", "cameras", "gb28181", "demo-cameras", "demo-devices"])
+    parser.add_argument("name", choices=["api", "ingest", "alerts", "devices", "dialects", "cameras", "gb28181",
+                                         "demo-cameras", "demo-devices", "demo-gb28181"])
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--of", type=int, default=1)
     args = parser.parse_args(argv)
@@ -168,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         run_demo_cameras(settings)
     elif args.name == "demo-devices":
         run_demo_devices(settings)
+    elif args.name == "demo-gb28181":
+        run_demo_gb28181(settings)
 
 
 if __name__ == "__main__":

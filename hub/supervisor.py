@@ -282,6 +282,8 @@ class Supervisor:
         if s.demo_enabled:
             self.children += [Child("demo-cameras", [*py, "demo-cameras"], False),
                               Child("demo-devices", [*py, "demo-devices"], False)]
+            if self.site is not None and self.site.gb28181 is not None:
+                self.children.append(Child("demo-gb28181", [*py, "demo-gb28181"], False))
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)

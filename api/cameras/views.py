@@ -79,9 +79,14 @@ def _failed(answer: dict) -> HTTPException:
 
 
 # --------------------------------------------------------------------------- scope
+# PTZ through ONVIF (the camera worker) or GB/T 28181 DeviceControl (the gb28181 process), for
+# channels whose catalog says they have a PTZ head (PTZType 1, 2 or 4: tag "ptz", registry.py)
+HAS_PTZ = "(c.onvif IS NOT NULL OR (c.origin = 'gb28181' AND 'ptz' = ANY(c.tags))) AS has_ptz"
+
+
 def _camera_row(conn, camera_id: str) -> dict | None:
     return conn.execute(
-        """SELECT g.grid_path AS path, c.onvif IS NOT NULL AS has_onvif FROM cameras c
+        f"""SELECT g.grid_path AS path, c.onvif IS NOT NULL AS has_onvif, c.origin, {HAS_PTZ} FROM cameras c
            JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
            WHERE c.id = %s AND c.active""", (camera_id,)).fetchone()
 
@@ -321,11 +326,12 @@ def _require_worker(conn, camera_id: str) -> None:
 
 
 def _ptz_target(conn, principal: Principal, camera_id: str) -> None:
-    """The camera is the caller's, has ONVIF, and a live worker owns it — or the answer why not."""
+    """The camera is the caller's, has PTZ (ONVIF, or a GB/T 28181 PTZ channel), and a live worker
+    owns it — or the answer why not."""
     row = _camera_row(conn, camera_id)
     ensure_in_scope(principal, list(row["path"]) if row else None, f"camera {camera_id!r}")
-    if not row["has_onvif"]:
-        code, zh, en = PTZ_FAILURES["no onvif"]
+    if not row["has_ptz"]:
+        code, zh, en = PTZ_FAILURES["not supported" if row["origin"] == "gb28181" else "no onvif"]
         raise HTTPException(code, f"{zh} ({en})")
     _require_worker(conn, camera_id)
     conn.commit()       # release the transaction's snapshot while the worker talks to the camera
@@ -440,6 +446,7 @@ class CameraHealthOut(BaseModel):
     last_snapshot: SnapshotRef | None = Field(None, description="the camera's newest stored picture "
                                                                 "(an offline camera's last good frame)")
     has_onvif: bool
+    has_ptz: bool = Field(description="PTZ can be steered: ONVIF, or a GB/T 28181 channel with a PTZ head")
     problem: StreamProblem | None = Field(None, description="why there is no picture (offline, connecting): "
                                                              "认证失败 auth_failed, 地址错误 not_found, 无法连接 "
                                                              "unreachable, 无响应 no_response, 传输方式不支持 "
@@ -451,7 +458,7 @@ class CameraHealthOut(BaseModel):
 
 
 HEALTH_QUERY = """
-SELECT c.id AS camera_id, g.grid_code, c.onvif IS NOT NULL AS has_onvif,
+SELECT c.id AS camera_id, g.grid_code, c.onvif IS NOT NULL AS has_onvif, """ + HAS_PTZ + """,
        h.state AS reported_state, h.time AS reported_at, h.problem, h.problem_detail, now() - h.time > make_interval(secs => %(stale)s) AS stale,
        t.conditions, s.id AS snapshot_id, s.captured_at AS snapshot_at, o.type AS last_change, o.time AS changed_at
 FROM cameras c
@@ -516,7 +523,8 @@ def camera_health_of(row: dict) -> CameraHealthOut:
     problem = _problem(row["problem"]) if state in ("offline", "connecting") else None
     return CameraHealthOut(camera_id=row["camera_id"], grid_code=row["grid_code"], state=state, label=label,
                            since=since, reported_state=reported, reported_at=row["reported_at"], stale=stale,
-                           tamper=tamper, last_snapshot=snap, has_onvif=row["has_onvif"], problem=problem,
+                           tamper=tamper, last_snapshot=snap, has_onvif=row["has_onvif"],
+                           has_ptz=row["has_ptz"], problem=problem,
                            problem_label=problem.label if problem else None,
                            problem_detail=row["problem_detail"] if problem else None)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from api.cameras.views import CameraHealthOut, healths
+from api.cameras.views import HAS_PTZ, CameraHealthOut, healths
 from api.deps import Conn, ensure_in_scope, read_rows, require
 from api.permissions import Permission
 from config.urls import redact_url
@@ -38,6 +38,7 @@ class Camera(BaseModel):
     grid_path: list[str]
     rtsp_url: str | None
     has_onvif: bool
+    has_ptz: bool = Field(False, description="PTZ can be steered: ONVIF, or a GB/T 28181 channel with a PTZ head")
     transport: RtspTransport = Field(description="RTSP transport: auto (TCP, then UDP), tcp or udp")
     lat: float | None
     lon: float | None
@@ -78,7 +79,7 @@ async def grid_tree(request: Request,
 
 CAMERA_QUERY = """
 SELECT c.id, c.name, g.grid_code, g.grid_path, c.rtsp_url, c.onvif IS NOT NULL AS has_onvif, c.transport,
-       c.lat, c.lon, c.tags
+       c.lat, c.lon, c.tags, """ + HAS_PTZ + """
 FROM cameras c
 JOIN source_grid g ON g.source_kind = 'camera' AND g.source_id = c.id
 WHERE c.active AND g.grid_path @> ARRAY[%(node)s] {extra}

@@ -20,6 +20,10 @@ consumer) to the first packet in the channel's fanout and to its first decoded f
 over --invites sessions. Goal < 1.5 s p95. The device's own start (FFmpeg spawning, its first
 keyframe) is in the figure; the hub's part (first RTP packet in → first packet out) is shown apart.
 
+The same through the real SIP path: the hub's GbServer as the Inviter and the device simulator
+registered with digest (its INVITE handler starts the same sender: the demo camera), printed
+beside the loopback figure with their ratio.
+
     .venv/bin/python bench/gb28181/media.py [--cameras 4] [--seconds 6] [--rounds 3] [--invites 15]
 """
 from __future__ import annotations
@@ -139,34 +143,100 @@ def gb_window(hub: MediaHub, channels: list[str], seconds: float) -> tuple[float
 
 
 def invite_latency(n: int, transport: str) -> tuple[list[float], list[float], list[float]]:
+    """Loopback: LoopbackInviter starts the sender itself, no SIP in between."""
     inviter = LoopbackInviter({f"{DEV}/3402000000131000{i:04d}": testsrc("h264", size="640x360", fps=15, gop=30)
                                for i in range(n)})
     hub = MediaHub(inviter, b"b" * 32, settings=MediaSettings(transport=transport, linger_s=0),
                    tap_settings=TapSettings()).start()
-    first_packet, first_frame, hub_part = [], [], []
     try:
-        for i in range(n):
-            ch = f"3402000000131000{i:04d}"
-            counter = Counter()
-            t0 = time.monotonic()
-            fanout = hub.acquire(DEV, ch)
-            fanout.listeners += (counter,)
-            deadline = t0 + 10
-            while counter.first_frame is None and time.monotonic() < deadline:
-                time.sleep(0.005)
-            if counter.first is not None:
-                first_packet.append(counter.first - t0)
-            if counter.first_frame is not None:
-                first_frame.append(counter.first_frame - t0)
-            session = hub.channels[f"{DEV}/{ch}"].session
-            if session is not None and session.receiver.first_packet is not None and counter.first is not None:
-                hub_part.append(counter.first - session.receiver.first_packet)
-            hub.release(DEV, ch)
-            time.sleep(0.3)
+        return first_frames(hub, DEV, [f"3402000000131000{i:04d}" for i in range(n)])
     finally:
         hub.stop()
         inviter.stop_all()
+
+
+def first_frames(hub: MediaHub, dev: str, channels: list[str]) -> tuple[list[float], list[float], list[float]]:
+    """From a channel's first consumer (the hub's INVITE) to its first packet and first decoded
+    frame in the channel's fanout — what the camera worker, and through it the wall, is served."""
+    first_packet, first_frame, hub_part = [], [], []
+    for ch in channels:
+        counter = Counter()
+        t0 = time.monotonic()
+        fanout = hub.acquire(dev, ch)
+        fanout.listeners += (counter,)
+        deadline = t0 + 10
+        while counter.first_frame is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if counter.first is not None:
+            first_packet.append(counter.first - t0)
+        if counter.first_frame is not None:
+            first_frame.append(counter.first_frame - t0)
+        session = hub.channels[f"{dev}/{ch}"].session
+        if session is not None and session.receiver.first_packet is not None and counter.first is not None:
+            hub_part.append(counter.first - session.receiver.first_packet)
+        hub.release(dev, ch)
+        time.sleep(0.3)
     return first_packet, first_frame, hub_part
+
+
+def sip_invite_latency(n: int, transport: str) -> tuple[list[float], list[float], list[float]]:
+    """The real SIP path: the hub's GbServer (on an embedded PostgreSQL) is the MediaHub's
+    Inviter; the device is the simulator registered with digest (cameras/gb28181/sim/demo.py),
+    whose INVITE handler starts the FFmpeg test pattern's PsRtpSender (as the demo camera)."""
+    import logging
+    import os
+    import tempfile
+
+    from cameras.gb28181 import registry
+    from cameras.gb28181.passwords import GbPasswords
+    from cameras.gb28181.server import GbServer
+    from cameras.gb28181.settings import GbSettings
+    from cameras.gb28181.sim.demo import GbDemoCamera
+    from config.gb28181 import GbSite
+    from config.settings import DEMO_SITE_FILE
+    from config.site import load_site
+    from hub.embedded import EmbeddedPostgres, free_port
+    from store import migrate
+    from store.db import connect
+    from store.registry import sync_site
+    from store.secrets import SecretBox, derive_key
+
+    logging.getLogger("cameras").setLevel(logging.WARNING)
+    hub_id, domain, dev = "51019900002000000001", "5101990000", "51019910111320000009"
+    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-gb-sip-"))
+    os.chmod(tmp, 0o755)
+    pg = EmbeddedPostgres(tmp, free_port())
+    pg.start()
+    server = cam = hub = None
+    try:
+        migrate.upgrade(pg.url)
+        with connect(pg.url) as conn:
+            sync_site(conn, load_site(DEMO_SITE_FILE))
+            registry.admit(conn, dev, by="bench")
+        pw = GbPasswords(tmp, SecretBox(derive_key("bench-master-key-0123456789")))
+        password = pw.set(dev)
+        server = GbServer(GbSite(sip_id=hub_id, domain=domain), GbSettings(host="127.0.0.1", port=0),
+                          pg.url, pw, root_code="510199000000")
+        server.start()
+        cam = GbDemoCamera(dev, password, hub=("127.0.0.1", server.port), hub_id=hub_id, domain=domain, channels=n,
+                           transport="tcp" if transport == "tcp-passive" else "udp",
+                           ffmpeg_args=testsrc("h264", size="640x360", fps=15, gop=30)).start()
+        if not cam.wait_registered(20):
+            raise RuntimeError(f"the simulated device did not register: {cam.last_refusal}")
+        deadline = time.monotonic() + 30
+        while dev not in server.catalog_results and time.monotonic() < deadline:
+            time.sleep(0.05)
+        hub = MediaHub(server, b"b" * 32, domain_id=domain, settings=MediaSettings(transport=transport, linger_s=0),
+                       tap_settings=TapSettings()).start()
+        return first_frames(hub, dev, cam.channel_ids)
+    finally:
+        if hub is not None:
+            hub.stop()
+        if cam is not None:
+            cam.stop()
+        if server is not None:
+            server.stop()
+        pg.stop(immediate=True)
 
 
 def p95(xs: list[float]) -> float:
@@ -218,6 +288,13 @@ def main() -> None:
     print(f"  first frame  p50 {statistics.median(first_frame):.3f} s  p95 {p95(first_frame):.3f} s   (goal < 1.5 s)")
     print(f"  of which the hub (first RTP in -> first packet out) p50 {statistics.median(hub_part) * 1000:.0f} ms "
           f"p95 {p95(hub_part) * 1000:.0f} ms")
+
+    sip_packet, sip_frame, _ = sip_invite_latency(args.invites, args.transport)
+    print(f"\nthrough the real SIP path (GbServer INVITE/200/ACK to the registered device simulator, "
+          f"{len(sip_frame)} sessions):")
+    print(f"  first packet p50 {statistics.median(sip_packet):.3f} s  p95 {p95(sip_packet):.3f} s")
+    print(f"  first frame  p50 {statistics.median(sip_frame):.3f} s  p95 {p95(sip_frame):.3f} s   (goal < 1.5 s)  "
+          f"= {p95(sip_frame) / p95(first_frame):.2f}x the loopback p95 above")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ class PtzBridge:
                 timer.start()
             elif cmd.op == "stop":
                 self.server.ptz(device_id, channel_id, manscdp.ptz_bytes(0, 0, 0))
+            elif cmd.op == "presets":
+                # GB/T 28181-2016 has no preset query (PresetQuery is 2022's): presets are
+                # numbers 1–255 the operator knows; the list is empty, goto by number works
+                link.reply(camera_id, cmd.name, msg, cmd, "finished", op=cmd.op, presets=[])
+                return
             elif cmd.op == "goto" and cmd.token and cmd.token.isdigit() and 1 <= int(cmd.token) <= 255:
                 self.server.ptz(device_id, channel_id, manscdp.ptz_preset(0x82, int(cmd.token)))
             else:

@@ -46,6 +46,9 @@ def assert_private(var_dir: Path) -> None:
     assert not loose, "readable beyond the hub's account:\n" + "\n".join(loose[:30])
 
 
+GB_CAMERA = "gb-51019910111310000001"      # the demo GB/T 28181 camera's channel (cameras/gb28181/sim/demo.py)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
@@ -58,7 +61,7 @@ class Hub:
         talk plain HTTP on loopback, which the hub allows there."""
         self.var_dir = var_dir
         self.ports = {"http": free_port(), "pg": free_port(), "mqtt": free_port(), "mqtt_devices": free_port(),
-                      "mqtt_tls": free_port(), "mqtt_mtls": free_port()}
+                      "mqtt_tls": free_port(), "mqtt_mtls": free_port(), "sip": free_port()}
         self.env = {**os.environ, **passwords,
                     "XLHUB_VAR_DIR": str(var_dir), "XLHUB_HTTP_PORT": str(self.ports["http"]),
                     "XLHUB_EMBEDDED_PG_PORT": str(self.ports["pg"]), "XLHUB_EMBEDDED_MQTT_PORT": str(self.ports["mqtt"]),
@@ -67,6 +70,8 @@ class Hub:
                     "XLHUB_EMBEDDED_MQTT_DEVICE_HOST": "127.0.0.1",
                     "XLHUB_EMBEDDED_MQTT_DEVICE_TLS_PORT": str(self.ports["mqtt_tls"]),
                     "XLHUB_EMBEDDED_MQTT_DEVICE_MTLS_PORT": str(self.ports["mqtt_mtls"]),
+                    # the demo site's GB/T 28181 server (and its demo device) on loopback, a free port
+                    "XLHUB_GB28181_HOST": "127.0.0.1", "XLHUB_GB28181_PORT": str(self.ports["sip"]),
                     "XLHUB_HTTPS": "true" if https else "false",
                     "XLHUB_TLS_SERVER_NAMES": '["127.0.0.1"]'}
         for key in ("XLHUB_DATABASE_URL", "XLHUB_MQTT_URL", "XLHUB_SITE_FILE", "PROMETHEUS_MULTIPROC_DIR"):
@@ -167,7 +172,7 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
         assert (db["timescaledb"], db["license"]) == ("2.19.3", "apache")
         assert ready["checks"]["broker"]["ready"]
         workers = ready["checks"]["workers"]["workers"]
-        assert {"ingest", "alerts", "devices", "cameras-0"} <= set(workers) and all(w["ready"] for w in workers.values())
+        assert {"ingest", "alerts", "devices", "cameras-0", "gb28181"} <= set(workers) and all(w["ready"] for w in workers.values())
 
         site = load_site(DEMO_SITE_FILE)
         admin = next(u for u in site.users if str(u.role) == "admin")
@@ -175,17 +180,22 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
                                                            "password": passwords[admin.password_env], "token": True})
         assert r.status_code == 200, r.text
         auth = {"Authorization": f"Bearer {r.json()['token']}"}
-        assert len(httpx.get(f"{hub.base}/api/cameras", headers=auth).json()) == len(site.cameras)
+        # the site's cameras, and (once its catalog is in) the demo GB/T 28181 device's channel
+        listed = {c["id"] for c in httpx.get(f"{hub.base}/api/cameras", headers=auth).json()}
+        assert {c.id for c in site.cameras} <= listed and listed - {c.id for c in site.cameras} <= {GB_CAMERA}
         assert "xlhub_" in httpx.get(f"{hub.base}/metrics").text or httpx.get(f"{hub.base}/metrics").status_code == 200
 
         # demo devices → broker → ingest → TimescaleDB, and camera health from the RTSP demo cameras
+        # and from the demo GB/T 28181 camera (demo-gb28181 → the gb28181 process → cameras-0)
         deadline = time.monotonic() + 60
         counts = {}
         while time.monotonic() < deadline:
             with psycopg.connect(hub.db_url()) as conn:
-                counts = dict(zip(("telemetry", "positions", "camera_health"), conn.execute(
+                counts = dict(zip(("telemetry", "positions", "camera_health", "gb_camera"), conn.execute(
                     """SELECT (SELECT count(*) FROM device_telemetry), (SELECT count(*) FROM device_positions),
-                              (SELECT count(*) FROM camera_health WHERE state = 'online')""").fetchone()))
+                              (SELECT count(*) FROM camera_health WHERE state = 'online'),
+                              (SELECT count(*) FROM camera_health WHERE state = 'online' AND camera_id = %s)""",
+                    (GB_CAMERA,)).fetchone()))
             if all(counts.values()):
                 break
             time.sleep(1)
@@ -224,9 +234,9 @@ def test_run_reaches_ready_moves_demo_data_and_stops_cleanly(tmp_path, passwords
                 return conn.execute("SELECT detail->'cameras' FROM worker_heartbeats WHERE name = 'cameras-0'"
                                     ).fetchone()[0]
         deadline = time.monotonic() + 20
-        while worker_cameras() != len(site.cameras) and time.monotonic() < deadline:
+        while worker_cameras() != len(site.cameras) + 1 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert worker_cameras() == len(site.cameras), "the retired camera is still run by cameras-0"
+        assert worker_cameras() == len(site.cameras) + 1, "the retired camera is still run by cameras-0"
 
         # a refused broker login is on record (the supervisor follows the broker's log)
         assert not mqtt_login(hub.ports["mqtt_devices"], "door-dsc", "not-its-password", source=REFUSED_FROM)

@@ -140,7 +140,7 @@ export async function render(main, { me, grid }) {
     // 回放: this camera's recording from five minutes ago (录像回放 page)
     const playbackBtn = canPlay ? h('a', { class: 'icon-btn playback-btn', href: `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`,
       title: '录像回放（最近 5 分钟）', 'aria-label': '回放', onclick: (e) => { e.stopPropagation(); e.currentTarget.href = `#/playback/${encodeURIComponent(cam.id)}/${new Date(Date.now() - 5 * 60e3).toISOString()}`; } }, '回放') : null;
-    const ptzBtn = cam.has_onvif && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
+    const ptzBtn = (cam.has_ptz ?? cam.has_onvif) && canPtz ? h('button', { type: 'button', class: 'icon-btn', title: '云台控制 (PTZ)', 'aria-label': '云台', onclick: (e) => { e.stopPropagation(); openPtz(cam); } }, '✥') : null;
     // 流畅 (sub) / 高清 (main): re-opens this tile with the camera's other stream
     const streamBtn = h('button', {
       type: 'button', class: 'stream-btn', dataset: { role: 'stream' }, 'aria-label': '码流', title: '切换码流',

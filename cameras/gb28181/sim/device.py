@@ -4,8 +4,9 @@ digest authentication, keeps alive, answers Catalog in GB2312 (or UTF-8) in pack
 (records each decoded command in ``self.ptz``) and answers INVITE with SDP.
 
 Media is not sent here: ``on_invite(offer_fields) -> (host, port)`` is called with the
-hub's offer (c=, m= port, y= SSRC, setup) and returns where the device says it sends from;
-the FFmpeg-based PS sender of cameras/gb28181/media is attached there (the lead wires it).
+hub's offer (c=, m= port, y= SSRC, setup, the INVITE's call_id) and returns where the device
+says it sends from; ``on_bye(call_id)`` ends it. ``sim/demo.py`` attaches the FFmpeg-based PS
+sender of cameras/gb28181/media there (the demo camera, the end-to-end test, the benchmark).
 
     sim = SimDevice("34020000001320000001", password, hub=("127.0.0.1", 5060), channels=8)
     await sim.start(); await sim.register()          # on an asyncio loop
@@ -38,7 +39,7 @@ class SimDevice:
                  per_packet: int = 4, keepalive_s: float = 60.0, expires: int = 3600,
                  on_invite: Callable[[dict], tuple[str, int]] | None = None, name: str = "模拟摄像机",
                  host: str = "127.0.0.1", records: dict[str, list[manscdp.RecordItem]] | None = None,
-                 playback_speed: float = 1.0) -> None:
+                 playback_speed: float = 1.0, on_bye: Callable[[str], None] | None = None) -> None:
         self.device_id, self.password, self.hub, self.hub_id, self.domain = device_id, password, hub, hub_id, domain
         self.transport, self.charset, self.per_packet = transport, charset, per_packet
         self.keepalive_s, self.expires, self.name, self.host = keepalive_s, expires, name, host
@@ -48,6 +49,7 @@ class SimDevice:
                         for i, cid in enumerate(channel_ids(device_id, channels))]
         self.channels: list[Channel] = channels
         self.on_invite = on_invite or (lambda offer: (self.host, 0))
+        self.on_bye = on_bye or (lambda call_id: None)      # the media of that INVITE (its Call-ID) ends
         self.ptz: list[dict] = []
         # NVR footage per channel: answered to RecordInfo (``per_packet`` items a packet) and
         # played back (s=Playback) as frames whose burnt-in clock is the requested time
@@ -167,6 +169,7 @@ class SimDevice:
             if source is not None:
                 source.stop()
             self.endpoint.reply(peer, req, sipm.response(req, 200))
+            self.on_bye(req.call_id)
         else:
             self.endpoint.reply(peer, req, sipm.response(req, 405))
 
@@ -253,6 +256,7 @@ class SimDevice:
         offer = sdp.parse(req.body)
         offer["channel_id"] = sipm.Uri.parse(f"<{req.uri}>").user
         offer["subject"] = req.get("Subject")
+        offer["call_id"] = req.call_id
         self.invites.append(offer)
         tag = sipm.new_tag()
         if offer["channel_id"] not in {c.channel_id for c in self.channels}:

@@ -2,7 +2,7 @@
 28181-2016 business groups (215) and virtual organisations (216), and the cameras in them
 (RTSP, ONVIF and GB/T 28181 ones alike) as video channels, each with a stable 20-digit ID.
 
-ID rule (stored in ``gb_cascade_ids``, migration 0031; given once, never reused or changed):
+ID rule (stored in ``gb_cascade_ids``, migration 0027; given once, never reused or changed):
 
     <the hub's SIP domain, 10 digits><type code, 3><network 0><sequence, 6 digits>
 

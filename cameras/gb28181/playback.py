@@ -193,7 +193,8 @@ class DeviceStream:
         origin = last_dts = None
         try:
             for pkt in self._packets():
-                if pkt.pts is None or pkt.stream.type != "video":
+                # the media receiver's demuxer hands video packets only, not bound to a stream
+                if pkt.pts is None or (pkt.stream is not None and pkt.stream.type != "video"):
                     continue
                 src_tb = pkt.time_base or tb
                 ts = round(pkt.pts * src_tb / tb)

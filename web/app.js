@@ -261,13 +261,17 @@ async function route() {
   clear(main).append(h('p', { class: 'loading' }, '加载中…'));
   main.dataset.page = page.id;
   state.page = page.id;
+  // Each rendering has its own number: one overtaken while it was loading (the same page
+  // opened again, e.g. its menu entry clicked while the landing page still waits for its
+  // data) is cleaned up as soon as it returns, or its live sessions would stay open.
+  const rendering = (state.rendering = (state.rendering || 0) + 1);
   try {
     const mod = await page.load();
-    if (state.page !== page.id) return;
+    if (rendering !== state.rendering) return;
     state.module = mod;
     clear(main);
     const cleanup = await mod.render(main, { me: state.me, grid: state.grid, logout, arg: arg ? decodeURIComponent(arg) : null });
-    if (state.page === page.id) state.cleanup = cleanup || null;
+    if (rendering === state.rendering) state.cleanup = cleanup || null;
     else if (cleanup) cleanup();
   } catch (err) {
     console.error(err);
@@ -277,6 +281,7 @@ async function route() {
 
 export async function logout(message) {
   teardownPage();
+  state.rendering = (state.rendering || 0) + 1;     // a page still loading is overtaken
   // Signed out on purpose: the logout call's own 401 (a password change already ended the
   // session) must not show 会话已过期 over this message.
   state.me = null;

@@ -5,8 +5,6 @@ its SHA-256 computed while it is written, a row in ``evidence`` and an event
 camera snapshot."""
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from ulid import ULID
 
 from config.vocabulary import DEVICE_KINDS
 from devices.registry import DeviceRecord, store_event
-from store.files import open_private, private_dir
+from store.files import UploadRefused, write_upload
 
 EMITS = tuple(f"{kind}.media" for kind in DEVICE_KINDS)      # labels: config/vocabulary.py
 
@@ -55,25 +53,10 @@ def save_media(conn: psycopg.Connection, root: Path, device: DeviceRecord, strea
     captured_at = captured_at or datetime.now(UTC)
     relative = f"{device.id}/{captured_at.astimezone(UTC):%Y%m%d}/{evidence_id}.{ext}"
     final = Path(root) / relative
-    private_dir(final.parent, root=root)
-    partial = final.with_name(f".{evidence_id}.partial")
-    h, size = hashlib.sha256(), 0
     try:
-        with open_private(partial) as out:
-            while chunk := stream.read(1 << 20):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MediaError(f"文件过大，最多 {max_bytes // (1024 * 1024)} MB (file too large)", 413)
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise MediaError("文件为空 (empty upload)")
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    sha = h.hexdigest()
+        sha, size = write_upload(stream, final, max_bytes=max_bytes, root=root)
+    except UploadRefused as exc:
+        raise MediaError(exc.reason, exc.status) from None
     try:
         event_id = store_event(
             conn, device_id=device.id, kind=device.kind, type=f"{device.kind}.media", severity="info",

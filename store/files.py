@@ -8,8 +8,10 @@ is private even before ``make_private`` runs on it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -45,6 +47,41 @@ def open_private(path: Path, mode: str = "wb", buffering: int = -1):
     except BaseException:
         os.close(fd)
         raise
+
+
+class UploadRefused(ValueError):
+    """An upload that was not kept: ``reason`` for the person (Chinese first), ``status``
+    the HTTP status that says it (413 too large, 400 empty)."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+def write_upload(stream: BinaryIO, final: Path, *, max_bytes: int, root: Path | None = None) -> tuple[str, int]:
+    """Write an uploaded file (a drone's photo, a grid worker's video) to ``final``, private,
+    hashing on the way and refusing more than ``max_bytes``: written to a partial file,
+    fsynced and moved into place, so ``final`` is whole or absent. Returns (SHA-256, bytes)."""
+    final = Path(final)
+    private_dir(final.parent, root=root)
+    partial = final.with_name(f".{final.name}.partial")
+    h, size = hashlib.sha256(), 0
+    try:
+        with open_private(partial) as out:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadRefused(f"文件过大，最多 {max_bytes // (1024 * 1024)} MB (file too large)", 413)
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size == 0:
+            raise UploadRefused("文件为空 (empty upload)", 400)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return h.hexdigest(), size
 
 
 def _close(path: Path, mode: int) -> None:

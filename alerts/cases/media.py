@@ -5,8 +5,6 @@ drone's upload — the file under the evidence directory (``<root>/person/<user>
 ``source_kind = 'person'`` — and attached to a case only by the person who took it."""
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from ulid import ULID
 
 from alerts.actor import Actor
 from alerts.cases.models import CaseError, EvidenceItem
-from store.files import open_private, private_dir
+from store.files import UploadRefused, write_upload
 
 # What phones produce: JPEG/HEIC/PNG photos, MP4/MOV/WebM video.
 MEDIA_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/heic": "heic", "image/webp": "webp",
@@ -46,25 +44,10 @@ def save_upload(conn: psycopg.Connection, root: Path, actor: Actor, stream: Bina
     captured_at = captured_at or datetime.now(UTC)
     relative = f"{SOURCE_KIND}/{_safe(actor.name)}/{captured_at.astimezone(UTC):%Y%m%d}/{evidence_id}.{ext}"
     final = Path(root) / relative
-    private_dir(final.parent, root=root)
-    partial = final.with_name(f".{evidence_id}.partial")
-    h, size = hashlib.sha256(), 0
     try:
-        with open_private(partial) as out:
-            while chunk := stream.read(1 << 20):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MediaError(f"文件过大，最多 {max_bytes // (1024 * 1024)} MB (file too large)", 413)
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise MediaError("文件为空 (empty upload)", 400)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    sha = h.hexdigest()
+        sha, size = write_upload(stream, final, max_bytes=max_bytes, root=root)
+    except UploadRefused as exc:
+        raise MediaError(exc.reason, exc.status) from None
     try:
         conn.execute(
             """INSERT INTO evidence (id, sha256, path, media_type, bytes, source_kind, source_id, captured_at)

@@ -6,8 +6,9 @@ PostgreSQL with the demo site.
     .venv/bin/python bench/ui/run.py [--rounds 3] [--markdown]
 
 Each page is opened as a fresh document (about:blank, then ``/#/<page>``: the shell, its
-modules and the page's API calls), as a signed-in dispatcher (every desk page) and as a
-grid worker (the phone's pages). "Network idle" is the end of the last request before
+modules and the page's API calls), as a signed-in dispatcher (the control room's pages), a
+grid worker (the phone's pages), the hotline seat and the administrator (the administration
+pages): each signed-in user visits the pages its menu offers. "Network idle" is the end of the last request before
 500 ms without any in flight (the alert feed's long-lived EventSource is not counted; the
 500 ms of quiet are not in the figure). Baseline measured in the same run: the login page
 (the shell alone, no session) — each page's time is also printed as a ratio of it.
@@ -163,7 +164,7 @@ def main() -> int:
             for form_name, form in FORMS.items():
                 base_s = measure(browser, base, form, None, args.rounds)["login (baseline)"]
                 rows.append((form_name, "login (baseline)", "—", base_s, 1.0))
-                for user in ("ds-dispatcher", "dsc-worker"):
+                for user in ("ds-dispatcher", "dsc-worker", "hotline", "admin"):
                     for pid, secs in measure(browser, base, form, user, args.rounds).items():
                         rows.append((form_name, pid, user, secs, secs / base_s))
             browser.close()

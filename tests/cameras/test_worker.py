@@ -349,12 +349,12 @@ def test_supervisor_flag_through_the_api(api, worker, bus, seeded, evidence_dir,
     # Another township's supervisor: the camera does not exist for them; a grid worker may not flag.
     with api.client("xh-supervisor") as c:
         assert c.post("/api/cameras/cam-dsc-01/flags",
-                      json={"frame_time": frame_time.isoformat(), "category": "x"}).status_code == 404
+                      json={"frame_time": frame_time.isoformat(), "category": "治安防控"}).status_code == 404
         assert c.get(snap["url"]).status_code == 404
         assert c.get("/api/cameras/cam-dsc-01/snapshot").status_code == 404
     with api.client("dsc-worker") as c:
         assert c.post("/api/cameras/cam-dsc-01/flags",
-                      json={"frame_time": frame_time.isoformat(), "category": "x"}).status_code == 403
+                      json={"frame_time": frame_time.isoformat(), "category": "治安防控"}).status_code == 403
         for bad in ("../../etc/passwd", "%2e%2e%2fsecret", "01ARZ3NDEKTSV4RRFFQ69G5FAV"):
             assert c.get(f"/api/evidence/{bad}").status_code == 404
 

@@ -84,8 +84,12 @@ def test_tiles_show_each_cameras_health(wall_hub, ui_for, shots):
     p.screenshot(path=str(shots / "20-wall-health.png"))
     # The statistics page counts from the same health reports: only the online camera is
     # available; the offline, covered and in-maintenance ones and the unreported one are not.
-    p.click("#nav-stats")
-    p.wait_for_selector("#kpi-cameras")
-    p.wait_for_function("document.querySelector('#kpi-cameras').textContent.includes('/')", timeout=15000)
-    assert "1/5" in p.text_content("#kpi-cameras")
+    # (统计 is the township dispatcher's page, not the supervisor's.)
     assert not ui.errors, ui.errors
+    stats = ui_for("ds-dispatcher")
+    d = stats.page
+    d.click("#nav-stats")
+    d.wait_for_selector("#kpi-cameras")
+    d.wait_for_function("document.querySelector('#kpi-cameras').textContent.includes('/')", timeout=15000)
+    assert "1/5" in d.text_content("#kpi-cameras")
+    assert not stats.errors, stats.errors

@@ -210,7 +210,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
 
     def detail() -> dict:
         out = {**media.status(), "ready": True, "registrations": sum(1 for d in server.devices.values() if d.online),
-               "devices": len(server.devices), "media_sessions": len(server.dialogs), "port": server.port,
+               "devices": len(server.devices), "dialogs": len(server.dialogs), "port": server.port,
                "playback": playback.address, "playbacks": playback.active,
                "refused": dict(server.endpoint.refused) if server.endpoint else {}}
         if cascade is not None:

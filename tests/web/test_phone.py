@@ -176,7 +176,10 @@ def test_a_report_with_a_photo_and_the_phone_position_lands_in_the_workers_grid(
     assert "东山村第一网格" in p.text_content("#report-place")
     p.click("#report-submit")
     wait_sent(p)
-    rows = cases_titled(live_db, title)
+    # the queue's badge is hidden before its first send too: wait for the hub to have it
+    deadline = time.monotonic() + 30
+    while not (rows := cases_titled(live_db, title)) and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert len(rows) == 1
     c = rows[0]
     assert c["grid_code"] == GRID_1 and c["channel"] == "grid"

@@ -29,6 +29,11 @@ FRAMES = """() => [...document.querySelectorAll('.sync-tile')].map((t) => {
   return { camera: t.dataset.camera, state: t.dataset.state, url: c.toDataURL('image/png'),
            paused: v.paused, rate: v.playbackRate };
 })"""
+TILE_STATES = """() => [...document.querySelectorAll('.sync-tile')].map((t) => {
+  const v = t.querySelector('video');
+  return [t.dataset.camera, t.dataset.state, v.paused, v.seeking, v.readyState, v.currentTime,
+          v.buffered.length ? [v.buffered.start(0), v.buffered.end(v.buffered.length - 1)] : null];
+})"""
 POSITION = "Number(document.querySelector('#page').dataset.position)"
 ALL_PAUSED = ("[...document.querySelectorAll('.sync-tile')].every(t => t.dataset.state === 'paused' && "
               "t.querySelector('video').paused && !t.querySelector('video').seeking && "
@@ -79,7 +84,10 @@ def frames(p) -> tuple[int, list[dict]]:
 
 
 def assert_at_cursor(p, what: str) -> int:
-    p.wait_for_function(ALL_PAUSED, timeout=15000)
+    try:
+        p.wait_for_function(ALL_PAUSED, timeout=15000)
+    except Exception:
+        raise AssertionError((what, p.evaluate(TILE_STATES))) from None
     time.sleep(0.3)                       # the paused pictures painted
     pos, shown = frames(p)
     strips = {f["camera"]: f["strip"] for f in shown}

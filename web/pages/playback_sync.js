@@ -17,6 +17,7 @@ const RANGE_MS = 3600e3;      // the timeline shows an hour
 const AHEAD_S = 20;           // buffer at most this far ahead of each tile's playhead
 const DRIFT_MS = 250;         // a playing tile further than this (× speed) from the cursor is put back on it
 const TICK_MS = 100;
+const REFRESH_MS = 10e3;    // timelines reload this often while the range reaches the present
 
 const iso = (ms) => new Date(ms).toISOString();
 const clock = (ms) => { const d = new Date(ms); return `${fmtTime(d, { date: true })}.${String(d.getMilliseconds()).padStart(3, '0')}`; };
@@ -197,7 +198,10 @@ export async function renderSync(main, { cameras, camId, at }) {
       const v = tile.video;
       if (stands[i] !== 'ready') {
         if (!v.paused) v.pause();
-        if (stands[i] === 'gap') setState(tile, 'gap', `${clock(T)} 无录像`);
+        if (stands[i] === 'gap') {
+          setState(tile, 'gap', `${clock(T)} 无录像`);
+          if (pastKnown(tile, T)) refresh(true);        // written since the timeline was loaded?
+        }
         else if (stands[i] === 'noplay') setState(tile, 'noplay', '浏览器无法播放此录像编码（H.265），请在单路回放中逐帧查看或导出录像');
         else if (stands[i] === 'loading') setState(tile, 'loading');
         return;
@@ -251,31 +255,56 @@ export async function renderSync(main, { cameras, camId, at }) {
   }
 
   // ------------------------------------------------------------------ timelines
-  const rows = await Promise.all(tiles.map(async (tile, i) => {
-    try {
-      tile.tl = await api.get(`/api/recordings/${encodeURIComponent(tile.cam.id)}/timeline?start=${encodeURIComponent(iso(t0))}&end=${encodeURIComponent(iso(end))}`);
-    } catch (err) {
-      setState(tile, 'error', err.status === 403 ? '当前角色无权调阅录像' : `时间轴加载失败：${err.detail || err.message}`);
-      tile.tl = { spans: [], marks: [] };
+  // Loaded on open and again while footage is still being written: every REFRESH_MS when the
+  // range reaches the present, and at once (at most every 2 s) when the cursor runs past a
+  // tile's last known footage — so playing up to "now" does not turn a recording camera into 无录像.
+  let refreshing = null;
+  let refreshedAt = 0;
+  async function loadTimelines() {
+    refreshedAt = performance.now();
+    const rows = await Promise.all(tiles.map(async (tile) => {
+      try {
+        return await api.get(`/api/recordings/${encodeURIComponent(tile.cam.id)}/timeline?start=${encodeURIComponent(iso(t0))}&end=${encodeURIComponent(iso(end))}`);
+      } catch (err) {
+        setState(tile, 'error', err.status === 403 ? '当前角色无权调阅录像' : `时间轴加载失败：${err.detail || err.message}`);
+        return { spans: [], marks: [], failed: true };
+      }
+    }));
+    bar.querySelectorAll('.pb-span, .pb-mark').forEach((el) => el.remove());
+    tiles.forEach((tile, i) => {
+      if (rows[i].failed && tile.tl) return;        // a failed refresh keeps what was known
+      tile.tl = rows[i];
+      const top = `${i * 25}%`;
+      for (const s of tile.tl.spans) {
+        if (s.fps && i === 0) sync.fps = s.fps;
+        bar.append(h('div', { class: `pb-span${s.plays_in_browser ? '' : ' pb-span-noplay'}`, title: `${tile.cam.name} 有录像 ${clock(Date.parse(s.start))} – ${clock(Date.parse(s.end))}`,
+          style: { left: xOf(Date.parse(s.start)), width: `${((Date.parse(s.end) - Date.parse(s.start)) / RANGE_MS) * 100}%`, top, height: '25%', bottom: 'auto' } }));
+      }
+    });
+    for (const m of tiles[0].tl.marks || []) {
+      bar.append(h('button', { type: 'button', class: `pb-mark pb-mark-${m.kind}`, title: `${m.title || m.label} ${clock(Date.parse(m.time))}`,
+        style: { left: xOf(Date.parse(m.time)) }, onclick: (e) => { e.stopPropagation(); seek(Date.parse(m.time)); } }));
     }
-    const top = `${i * 25}%`;
-    for (const s of tile.tl.spans) {
-      if (s.fps && i === 0) sync.fps = s.fps;
-      bar.append(h('div', { class: `pb-span${s.plays_in_browser ? '' : ' pb-span-noplay'}`, title: `${tile.cam.name} 有录像 ${clock(Date.parse(s.start))} – ${clock(Date.parse(s.end))}`,
-        style: { left: xOf(Date.parse(s.start)), width: `${((Date.parse(s.end) - Date.parse(s.start)) / RANGE_MS) * 100}%`, top, height: '25%', bottom: 'auto' } }));
-    }
-    return tile.tl.spans.length;
-  }));
-  for (const m of tiles[0].tl.marks || []) {
-    bar.append(h('button', { type: 'button', class: `pb-mark pb-mark-${m.kind}`, title: `${m.title || m.label} ${clock(Date.parse(m.time))}`,
-      style: { left: xOf(Date.parse(m.time)) }, onclick: (e) => { e.stopPropagation(); seek(Date.parse(m.time)); } }));
+    const n = tiles.map((t) => t.tl.spans.length);
+    bar.dataset.spans = String(n.reduce((a, b) => a + b, 0));
+    return n;
   }
-  bar.dataset.spans = String(rows.reduce((a, b) => a + b, 0));
+  function refresh(soon) {
+    if (refreshing || (soon && performance.now() - refreshedAt < 2000)) return;
+    refreshing = loadTimelines().catch(() => {}).finally(() => { refreshing = null; tick(); });
+  }
+  const pastKnown = (tile, T) => {
+    const spans = tile.tl ? tile.tl.spans : [];
+    const last = spans.length ? Date.parse(spans[spans.length - 1].end) : -Infinity;
+    return T >= last && T < hubNow();
+  };
+  const rows = await loadTimelines();
   if (!rows.some(Boolean)) toast('所选时段四路摄像机都没有录像', 'warn');
   anchor(sync.t);
   main.dataset.playing = 'false';
   tick();
   const timer = setInterval(tick, TICK_MS);
+  const reload = setInterval(() => { if (end > hubNow() - RANGE_MS / 60) refresh(false); }, REFRESH_MS);
   const onKey = (e) => {
     if (e.target.closest('input, textarea, select, .modal')) return;
     if (e.key === ' ') { e.preventDefault(); if (sync.playing) pause(); else play(); }
@@ -283,5 +312,5 @@ export async function renderSync(main, { cameras, camId, at }) {
     if (e.key === '.' || e.key === 'ArrowRight') step(1);
   };
   document.addEventListener('keydown', onKey);
-  return () => { clearInterval(timer); document.removeEventListener('keydown', onKey); tiles.forEach(close); clear(grid); };
+  return () => { clearInterval(timer); clearInterval(reload); document.removeEventListener('keydown', onKey); tiles.forEach(close); clear(grid); };
 }

@@ -19,14 +19,17 @@ const PAGES = [
   { id: 'devices', label: '设备', en: 'Devices', needs: 'devices.read', load: () => import('./pages/devices.js') },
   { id: 'map', label: '地图', en: 'Map', needs: 'grid.read', load: () => import('./pages/map.js') },
   { id: 'stats', label: '统计', en: 'Statistics', needs: 'stats.read', load: () => import('./pages/stats.js') },
-  { id: 'cameras', label: '摄像机管理', en: 'Cameras', short: '摄像机', needs: 'cameras.manage', load: () => import('./pages/cameras.js') },
-  { id: 'device-admin', label: '设备管理', en: 'Device admin', short: '设备管理', needs: 'devices.manage', load: () => import('./pages/device-admin.js') },
-  { id: 'users', label: '用户管理', en: 'Users', short: '用户', needs: 'users.read', load: () => import('./pages/users.js') },
-  { id: 'departments', label: '部门管理', en: 'Departments', short: '部门', needs: 'departments.manage', load: () => import('./pages/departments.js') },
-  { id: 'grid', label: '网格管理', en: 'Grid', short: '网格', needs: 'grid.manage', load: () => import('./pages/grid.js') },
-  { id: 'alerting', label: '告警规则', en: 'Alerting', short: '规则', needs: 'alerting.read', load: () => import('./pages/alerting.js') },
+  { id: 'cameras', label: '摄像机管理', en: 'Cameras', short: '摄像机', needs: 'cameras.manage', group: 'admin', load: () => import('./pages/cameras.js') },
+  { id: 'device-admin', label: '设备管理', en: 'Device admin', short: '设备管理', needs: 'devices.manage', group: 'admin', load: () => import('./pages/device-admin.js') },
+  { id: 'users', label: '用户管理', en: 'Users', short: '用户', needs: 'users.read', group: 'admin', load: () => import('./pages/users.js') },
+  { id: 'departments', label: '部门管理', en: 'Departments', short: '部门', needs: 'departments.manage', group: 'admin', load: () => import('./pages/departments.js') },
+  { id: 'grid', label: '网格管理', en: 'Grid', short: '网格', needs: 'grid.manage', group: 'admin', load: () => import('./pages/grid.js') },
+  { id: 'alerting', label: '告警规则', en: 'Alerting', short: '规则', needs: 'alerting.read', group: 'admin', load: () => import('./pages/alerting.js') },
   { id: 'account', label: '账户', en: 'Account', load: () => import('./pages/account.js') },
 ];
+// Pages of a group share one entry in the navigation and a row of tabs above the page: the
+// administration pages would otherwise crowd an administrator's menu past a desk's width.
+const GROUPS = { admin: { label: '管理', en: 'Admin', short: '管理' } };
 // Where each role starts: the field roles on their phone's task list (我的任务), a department's
 // handler and the hotline on 案件, the control room at the wall (the first page offered).
 const LANDING = { department_handler: 'cases', hotline: 'cases', grid_worker: 'tasks', grid_head: 'tasks' };
@@ -84,7 +87,7 @@ async function boot() {
 
 function showLogin(message) {
   teardownPage();
-  document.body.classList.remove('signed-in');
+  document.body.classList.remove('signed-in', 'has-subnav');
   const error = h('p', { class: 'form-error', role: 'alert', id: 'login-error' }, message || '');
   const user = h('input', { id: 'login-username', name: 'username', autocomplete: 'username', required: true, maxlength: 64 });
   const pass = h('input', { id: 'login-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true, maxlength: 256 });
@@ -178,10 +181,19 @@ async function showShell() {
   const clock = h('span', { class: 'clock', id: 'clock' }, fmtTime(new Date()));
   state.pages = pagesFor(me);
   // One navigation: a row of links on a desk, a tab bar at the bottom of a phone.
+  const entry = (p, id, href) => h('a', { href, id, dataset: { page: p.id, group: p.group || '' } },
+    h('span', { class: 'nav-label' }, p.label), h('span', { class: 'nav-short', 'aria-hidden': 'true' }, p.short || p.label),
+    h('small', {}, p.en));
+  const groups = new Set();
   const nav = h('nav', { class: 'nav', id: 'nav', 'aria-label': '主导航' },
-    state.pages.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } },
-      h('span', { class: 'nav-label' }, p.label), h('span', { class: 'nav-short', 'aria-hidden': 'true' }, p.short || p.label),
-      h('small', {}, p.en))));
+    state.pages.flatMap((p) => {
+      if (!p.group) return [entry(p, `nav-${p.id}`, `#/${p.id}`)];
+      if (groups.has(p.group)) return [];
+      groups.add(p.group);
+      return [entry({ ...GROUPS[p.group], id: p.id, group: p.group }, `nav-${p.group}`, `#/${p.id}`)];
+    }));
+  // The tabs of the group of the page shown (route() fills and shows it).
+  const subnav = h('nav', { class: 'subnav', id: 'subnav', 'aria-label': '管理', hidden: true });
   const outbox = h('a', { class: 'outbox-count', id: 'outbox-count', href: '#/report', hidden: true }, '');
   const header = h('header', { class: 'topbar' },
     h('div', { class: 'brand' }, h('img', { src: '/favicon.ico', alt: '', width: 28, height: 28 }),
@@ -191,7 +203,7 @@ async function showShell() {
       h('span', { id: 'whoami' }, `${me.display_name || me.username}（${me.role_label}）`),
       h('button', { type: 'button', class: 'link', id: 'logout', onclick: logout }, '退出')));
   const main = h('main', { id: 'page', class: 'page' });
-  clear(root).append(header, main);
+  clear(root).append(header, subnav, main);
   if (state.clockTimer) clearInterval(state.clockTimer);
   state.clockTimer = setInterval(() => { clock.textContent = fmtTime(new Date()); }, 1000);
   window.removeEventListener('hashchange', route);
@@ -254,7 +266,9 @@ async function route() {
   }
 
   teardownPage();
-  document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active', a.dataset.page === page.id));
+  document.querySelectorAll('.nav a').forEach((a) => a.classList.toggle('active',
+    a.dataset.page === page.id || (!!page.group && a.dataset.group === page.group)));
+  showSubnav(page);
   document.title = `${page.label} · 雪亮 hub`;
   const main = document.getElementById('page');
   if (!main) return;
@@ -277,6 +291,23 @@ async function route() {
     console.error(err);
     clear(main).append(h('div', { class: 'error-box', role: 'alert' }, `页面出错：${err.message}`));
   }
+}
+
+// The tabs of a page's group above it (the administration pages), or none.
+function showSubnav(page) {
+  const subnav = document.getElementById('subnav');
+  if (!subnav) return;
+  const mine = page.group ? state.pages.filter((p) => p.group === page.group) : [];
+  if (subnav.dataset.group !== (page.group || '')) {
+    subnav.dataset.group = page.group || '';
+    clear(subnav).append(...mine.map((p) => h('a', { href: `#/${p.id}`, id: `nav-${p.id}`, dataset: { page: p.id } }, p.label)));
+  }
+  subnav.hidden = !mine.length;
+  document.body.classList.toggle('has-subnav', mine.length > 0);
+  subnav.querySelectorAll('a').forEach((a) => {
+    a.classList.toggle('active', a.dataset.page === page.id);
+    if (a.dataset.page === page.id) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  });
 }
 
 export async function logout(message) {

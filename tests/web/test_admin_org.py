@@ -52,6 +52,7 @@ def test_disabling_a_user_ends_their_open_session_in_another_browser(tabs, seede
 
     admin = tabs("admin")
     ap = admin.page
+    ap.click("#nav-admin")                      # 管理, then its tab
     ap.click("#nav-users")
     row = ap.locator(f'tr[data-username="{victim}"]')
     row.wait_for()
@@ -74,6 +75,7 @@ def test_an_admin_adds_a_grid_node_and_a_user_on_it(tabs, seeded_db, shots):
     code = f"5101991012019{uuid.uuid4().int % 100:02d}"
     admin = tabs("admin")
     p = admin.page
+    p.click("#nav-admin")                      # 管理, then its tab
     p.click("#nav-grid")
     p.wait_for_selector("#grid-add")          # the tree and the first node's details
     p.locator(f'#grid-tree button[data-code="{VILLAGE}"]').click()
@@ -103,6 +105,7 @@ def test_an_admin_adds_a_grid_node_and_a_user_on_it(tabs, seeded_db, shots):
     assert node["boundary"] and len(node["boundary"]) == 4
 
     username = f"g{uuid.uuid4().hex[:8]}"
+    p.click("#nav-admin")                      # 管理, then its tab
     p.click("#nav-users")
     p.click("#user-new")
     p.fill("#user-username", username)
@@ -132,6 +135,7 @@ def test_the_admin_pages_work_under_the_uis_own_content_security_policy(browser,
     try:
         ui.login("admin")
         p = ui.page
+        p.click("#nav-admin")
         for page, ready in [("users", "#users-table tbody tr"), ("departments", "#departments-table tbody tr"),
                             ("grid", "#boundary-map"), ("alerting", "#alerting-sla")]:
             p.click(f"#nav-{page}")
@@ -150,6 +154,7 @@ def test_the_admin_pages_work_under_the_uis_own_content_security_policy(browser,
 def test_sla_limits_are_edited_in_a_table_and_refused_in_chinese(tabs, seeded_db):
     admin = tabs("admin")
     p = admin.page
+    p.click("#nav-admin")                      # 管理, then its tab
     p.click("#nav-alerting")
     p.wait_for_selector("#sla-table tbody tr")
     first = p.locator('#sla-table tbody tr[data-default="true"] input[data-f="total"]')
@@ -166,3 +171,27 @@ def test_sla_limits_are_edited_in_a_table_and_refused_in_chinese(tabs, seeded_db
     assert data["default"]["total"] == "48h" and len(data["limits"]) >= 1
     assert data["limits"][0]["category"] in ("public_order", "治安防控")
     assert not admin.errors
+
+
+def test_the_administrators_menu_fits_a_desk_and_groups_the_administration_pages(tabs, shots):
+    """Six administration pages beside the control room's would push the menu past a desk's
+    width: they share one entry, 管理, and a row of tabs above each of them."""
+    p = tabs("admin").page
+    fits = "(() => { const n = document.getElementById('nav'); return n.scrollWidth <= n.clientWidth + 1; })()"
+    assert p.evaluate(fits), "the top menu scrolls sideways on a 1440 px desk"
+    top = p.eval_on_selector_all("#nav a", "els => els.map(e => e.id)")
+    assert "nav-admin" in top and not {"nav-users", "nav-grid", "nav-cameras"} & set(top), top
+    assert p.locator("#subnav").is_hidden()                      # not on the wall
+    p.click("#nav-admin")
+    p.wait_for_selector("#subnav a.active")
+    tabs_ = p.eval_on_selector_all("#subnav a", "els => els.map(e => e.textContent)")
+    assert {"摄像机管理", "用户管理", "部门管理", "网格管理", "告警规则"} <= set(tabs_), tabs_
+    p.click("#nav-users")
+    p.wait_for_function("location.hash === '#/users'")
+    assert p.locator("#nav-admin").get_attribute("class") == "active"
+    assert p.locator("#subnav a.active").inner_text() == "用户管理"
+    p.wait_for_selector("#users-table tbody tr")
+    p.screenshot(path=str(shots / "admin-menu.png"))
+    p.click("#nav-account")
+    p.wait_for_function("location.hash.startsWith('#/account')")
+    assert p.locator("#subnav").is_hidden()

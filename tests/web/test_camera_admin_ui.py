@@ -56,6 +56,7 @@ def test_admin_adds_a_camera_that_goes_online_on_the_wall(live_hub, ui_for, sim_
     ui = ui_for("admin")
     p = ui.page
     p.on("dialog", lambda d: d.accept())
+    p.click("#nav-admin")                      # 管理, then its tab
     p.click("#nav-cameras")
     p.wait_for_selector("#cam-add")
     assert p.locator("#nav-device-admin").count() == 1
@@ -87,6 +88,8 @@ def test_admin_adds_a_camera_that_goes_online_on_the_wall(live_hub, ui_for, sim_
     print(f"\ncamera added in the UI: playing and online on the wall {online_s:.1f} s after 保存")
     p.screenshot(path=str(shots / "41-camera-admin-wall.png"))
     assert worker.pipelines[NEW].health.shown_state == "online"
+
+    p.click("#nav-admin")                      # 管理, then its tab
 
     p.click("#nav-cameras")
     row = f'#cam-admin-table tr[data-camera="{NEW}"]'
@@ -125,6 +128,7 @@ def test_admin_adds_a_device_and_issues_its_credentials_once(live_hub, live_api,
     ui = ui_for("admin")
     p = ui.page
     p.on("dialog", lambda d: d.accept())
+    p.click("#nav-admin")                      # 管理, then its tab
     p.click("#nav-device-admin")
     p.wait_for_selector("#dev-add")
     p.click("#dev-add")

@@ -24,12 +24,10 @@ wrk comes from Debian (scripts/setup installs it). Everything listens on 127.0.0
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -39,15 +37,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from config.settings import DEMO_SITE_FILE  # noqa: E402
-from config.site import load_site  # noqa: E402
-from hub.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from store import identity, migrate  # noqa: E402
+from bench._hub import PASSWORD, demo_api, wait_http  # noqa: E402
 from store.audit import AuditEntry, record  # noqa: E402
 from store.db import connect  # noqa: E402
-from store.registry import sync_site  # noqa: E402
+from hub.embedded import free_port  # noqa: E402
 
-PASSWORD = "Bench-pass-2026"
 BARE_APP = textwrap.dedent("""
     from fastapi import FastAPI
     app = FastAPI()
@@ -56,20 +50,6 @@ BARE_APP = textwrap.dedent("""
     async def ping() -> dict:
         return {"ok": True}
 """)
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the server exited ({proc.returncode})")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -121,54 +101,36 @@ def main() -> int:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (scripts/setup installs it)")
 
-    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-api-"))
-    pg = EmbeddedPostgres(tmp / "var", free_port())
     procs: list[subprocess.Popen] = []
-    try:
-        pg.start()
-        migrate.upgrade(pg.url)
-        site = load_site(DEMO_SITE_FILE)
-        with connect(pg.url) as conn:
-            sync_site(conn, site)
-            for u in site.users:
-                identity.set_password(conn, u.username, PASSWORD)
-        dispatcher = next(u.username for u in site.users if str(u.role) == "dispatcher")
-
-        api_port, bare_port = free_port(), free_port()
-        env = {**os.environ, "XLHUB_DATABASE_URL": pg.url, "XLHUB_HTTP_PORT": str(api_port),
-               "XLHUB_VAR_DIR": str(tmp / "var"), "XLHUB_LOG_LEVEL": "WARNING",
-               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
-        (tmp / "metrics").mkdir()
-        env.pop("XLHUB_MQTT_URL", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "hub.process", "api"], cwd=ROOT, env=env))
-        (tmp / "bare.py").write_text(BARE_APP)
-        procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bare:app", "--host", "127.0.0.1",
-                                       "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
-                                      cwd=tmp))
-        api, bare = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{bare_port}"
-        wait_http(f"{api}/healthz", procs[0])
-        wait_http(f"{bare}/ping", procs[1])
-        token = httpx.post(f"{api}/api/auth/login", json={"username": dispatcher, "password": PASSWORD, "token": True}).json()["token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        runs = [("bare FastAPI app GET /ping", f"{bare}/ping", None), ("GET /healthz", f"{api}/healthz", None),
-                ("GET /api/auth/me", f"{api}/api/auth/me", auth), ("GET /api/cameras", f"{api}/api/cameras", auth),
-                ("GET /api/camera-health", f"{api}/api/camera-health", auth),
-                ("GET /api/device-state", f"{api}/api/device-state", auth),
-                ("GET /api/alarms", f"{api}/api/alarms", auth)]
-        results = {}
-        for name, url, headers in runs:
-            wrk(url, 2, args.connections, args.threads, headers)          # warm up
-            results[name] = wrk(url, args.seconds, args.connections, args.threads, headers)
-        plain, chained = audit_rates(pg.url, args.audit_rows)
-    finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        pg.stop(immediate=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with demo_api("xlhub-bench-api-") as hub:
+        try:
+            dispatcher = next(u.username for u in hub.site.users if str(u.role) == "dispatcher")
+            bare_port = free_port()
+            (hub.tmp / "bare.py").write_text(BARE_APP)
+            procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "bare:app", "--host", "127.0.0.1",
+                                           "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+                                          cwd=hub.tmp))
+            api, bare = hub.base, f"http://127.0.0.1:{bare_port}"
+            wait_http(f"{bare}/ping", procs[0])
+            token = httpx.post(f"{api}/api/auth/login", json={"username": dispatcher, "password": PASSWORD, "token": True}).json()["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            runs = [("bare FastAPI app GET /ping", f"{bare}/ping", None), ("GET /healthz", f"{api}/healthz", None),
+                    ("GET /api/auth/me", f"{api}/api/auth/me", auth), ("GET /api/cameras", f"{api}/api/cameras", auth),
+                    ("GET /api/camera-health", f"{api}/api/camera-health", auth),
+                    ("GET /api/device-state", f"{api}/api/device-state", auth),
+                    ("GET /api/alarms", f"{api}/api/alarms", auth)]
+            results = {}
+            for name, url, headers in runs:
+                wrk(url, 2, args.connections, args.threads, headers)          # warm up
+                results[name] = wrk(url, args.seconds, args.connections, args.threads, headers)
+            plain, chained = audit_rates(hub.db_url, args.audit_rows)
+        finally:
+            for p in procs:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
     health, ceiling = results["GET /healthz"]["rps"], results["bare FastAPI app GET /ping"]["rps"]
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, loopback")

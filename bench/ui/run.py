@@ -20,45 +20,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from config.settings import DEMO_SITE_FILE  # noqa: E402
-from config.site import load_site  # noqa: E402
-from hub.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from store import identity, migrate  # noqa: E402
-from store.db import connect  # noqa: E402
-from store.registry import sync_site  # noqa: E402
+from bench._hub import PASSWORD, demo_api  # noqa: E402
 
-PASSWORD = "Bench-pass-2026"
 CHROMIUM = os.environ.get("XLHUB_CHROMIUM", "/usr/bin/chromium")
 FORMS = {"desk 1600×900": {"viewport": {"width": 1600, "height": 900}},
          "phone 390×844": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
                            "device_scale_factor": 2}}
 QUIET_S = 0.5
 LONG_LIVED = ("/api/alerts/feed",)
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the API exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer within {timeout} s")
 
 
 class Idle:
@@ -118,6 +94,11 @@ def measure(browser, base: str, form: dict, user: str | None, rounds: int) -> di
         page.click("#login-submit")
         page.wait_for_selector("#nav", timeout=20000)
         pages = page.eval_on_selector_all("#nav a", "els => els.map(e => e.dataset.page)")
+        # a group's entry (管理) opens its first page; the others are the tabs above it
+        for first in page.eval_on_selector_all("#nav a[data-group]:not([data-group=''])", "els => els.map(e => e.dataset.page)"):
+            page.goto(f"{base}/#/{first}")
+            page.wait_for_selector("#subnav a")
+            pages += [p for p in page.eval_on_selector_all("#subnav a", "els => els.map(e => e.dataset.page)") if p not in pages]
         for _ in range(rounds):
             for pid in pages:
                 ready = f'#page[data-page="{pid}"] > :not(.loading)'
@@ -134,29 +115,8 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-ui-"))
-    pg = EmbeddedPostgres(tmp / "var", free_port())
-    proc = None
-    try:
-        pg.start()
-        migrate.upgrade(pg.url)
-        site = load_site(DEMO_SITE_FILE)
-        with connect(pg.url) as conn:
-            sync_site(conn, site)
-            for u in site.users:
-                identity.set_password(conn, u.username, PASSWORD)
-                conn.execute("UPDATE users SET must_change_password = false WHERE username = %s", (u.username,))
-        port = free_port()
-        # plain HTTP on loopback (a secure context for the browser all the same): the figures
-        # are the UI's, not TLS's (bench/tls measures that)
-        env = {**os.environ, "XLHUB_DATABASE_URL": pg.url, "XLHUB_HTTP_PORT": str(port), "XLHUB_HTTPS": "false",
-               "XLHUB_VAR_DIR": str(tmp / "var"), "XLHUB_LOG_LEVEL": "WARNING",
-               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
-        (tmp / "metrics").mkdir()
-        env.pop("XLHUB_MQTT_URL", None)
-        proc = subprocess.Popen([sys.executable, "-m", "hub.process", "api"], cwd=ROOT, env=env)
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz", proc)
+    with demo_api("xlhub-bench-ui-") as hub:
+        base = hub.base
         rows = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -180,14 +140,6 @@ def main() -> int:
         print(f"\n{len(rows)} page loads (median of {args.rounds}); over 2 s: {len(slow)}"
               + (f" — {', '.join(f'{r[0]} {r[1]}' for r in slow)}" if slow else ""))
         return 1 if slow else 0
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        pg.stop()
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def test_the_admin_pages_work_under_the_uis_own_content_security_policy(browser,
         p = ui.page
         p.click("#nav-admin")
         for page, ready in [("users", "#users-table tbody tr"), ("departments", "#departments-table tbody tr"),
-                            ("grid", "#boundary-map"), ("alerting", "#alerting-sla")]:
+                            ("grid", "#boundary-map"), ("alerting", "#sla-table tbody tr")]:
             p.click(f"#nav-{page}")
             try:
                 p.wait_for_selector(ready, timeout=30000)

@@ -163,6 +163,7 @@ def test_sla_limits_are_edited_in_a_table_and_refused_in_chinese(tabs, seeded_db
     p.click("#sla-save")
     p.wait_for_function("document.querySelector('#sla-error').textContent.length > 0")
     assert "sla.default.total" in p.text_content("#sla-error")
+    assert "不是有效的时长" in p.text_content("#sla-error")
     p.locator('#sla-table tbody tr[data-default="true"] input[data-f="total"]').fill("48h")
     p.click("#sla-save")
     p.wait_for_function("JSON.parse(document.querySelector('#alerting-sla').value).default.total === '48h'")

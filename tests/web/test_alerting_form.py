@@ -126,6 +126,13 @@ def test_the_county_admin_adds_a_rule_with_the_form(tabs, admin_api, seeded_db, 
     with admin_api.client("admin") as c:
         ids = [r["id"] for r in c.get("/api/admin/alerting").json()["rules"]]
     assert ids.count("door-held-test") == 1 and "door-held-test-copy" not in ids
+
+    # order is priority (the first matching rule decides): 上移 puts it before the previous one
+    p.locator('#rules-table tr[data-rule="door-held-test"] [data-action="up"]').click()
+    p.wait_for_function("() => document.querySelector('#rules-table tbody tr:last-child').dataset.rule !== 'door-held-test'")
+    with admin_api.client("admin") as c:
+        ids = [r["id"] for r in c.get("/api/admin/alerting").json()["rules"]]
+    assert ids[-2:] == ["door-held-test", "camera-intrusion"], ids
     assert not ui.errors, ui.errors
 
 

@@ -36,6 +36,11 @@ export function rulesPanel(rules, ctx) {
     h('td', { class: 'row-actions' },
       h('button', { type: 'button', class: 'secondary', dataset: { action: 'edit' }, onclick: () => editRule(rules, i, ctx) }, editable ? '编辑' : '查看'),
       editable ? [
+        i > 0 ? h('button', { type: 'button', class: 'secondary', dataset: { action: 'up' }, title: '上移：先于上一条匹配', onclick: async () => {
+          const moved = [...rules];
+          [moved[i - 1], moved[i]] = [moved[i], moved[i - 1]];
+          await save('rules', moved, ctx.rulesError);
+        } }, '上移') : null,
         h('button', { type: 'button', class: 'secondary', dataset: { action: 'duplicate' }, onclick: () => {
           const copy = structuredClone(r);
           copy.id = uniqueId(rules, `${r.id}-copy`.slice(0, 63));
@@ -124,6 +129,12 @@ function editRule(list, i, ctx, isNew = false) {
     fieldBox('case.dispatch_to', '立即派遣到部门', dispatch),
     fieldBox('case.title', '工单标题', caseTitle));
   caseOn.addEventListener('change', () => { caseBox.hidden = !caseOn.checked; });
+  const syncWhen = () => {
+    repeats.closest('.field').hidden = caseWhen.value !== 'repeats' && !repeats.value;
+    unack.closest('.field').hidden = caseWhen.value !== 'unacknowledged' && !unack.value;
+  };
+  caseWhen.addEventListener('change', syncWhen);
+  syncWhen();
 
   const actionsList = h('div', { class: 'rule-actions', id: 'rule-actions' });
   const actionRow = (a, j) => {

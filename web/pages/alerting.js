@@ -4,7 +4,7 @@
 // section with the rest of the site (the one validator) and the alerts worker reloads at once.
 // Only the county's administrators edit; everyone else who may read sees the same forms read-only.
 import { CATEGORIES, URGENCIES, clear, gridIndex, h, sourceName, toast } from '../ui.js';
-import { act, call, can } from './admin-kit.js';
+import { call, can } from './admin-kit.js';
 import { jsonPanel, showProblems } from './alerting-kit.js';
 import { rulesPanel } from './alerting-rules.js';
 import { armingPanel, schedulesPanel } from './alerting-schedules.js';
@@ -96,7 +96,7 @@ export async function render(main, { me }) {
       editable ? h('div', { class: 'actions' },
         h('button', { type: 'button', class: 'secondary', id: 'sla-add', onclick: () => body.append(row({}, false)) }, '新增一行'),
         h('button', { type: 'button', class: 'primary', id: 'sla-save', onclick: async () => {
-          if (await act(error, () => call('PUT', '/api/admin/alerting/sla', { data: read() }), '办结时限已保存，立即生效')) await load();
+          await save('sla', read(), error);
         } }, '保存办结时限')) : null);
   }
 

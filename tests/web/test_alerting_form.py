@@ -136,7 +136,7 @@ def test_the_county_admin_adds_a_rule_with_the_form(tabs, admin_api, seeded_db, 
     assert not ui.errors, ui.errors
 
 
-def test_a_schedule_edited_in_the_weekly_grid_and_arming_round_trip(tabs, admin_api):  # noqa: F811
+def test_a_schedule_edited_in_the_weekly_grid_and_arming_round_trip(tabs, admin_api, shots):  # noqa: F811
     ui = tabs("admin")
     p = ui.page
     open_alerting(p)
@@ -187,6 +187,8 @@ def test_a_schedule_edited_in_the_weekly_grid_and_arming_round_trip(tabs, admin_
     assert arming == [{"schedule": "night", "grids": [VILLAGE]}]
     p.locator(".arming-entry .chip").wait_for()
     assert "东山村" in p.locator(".arming-entry .chip").inner_text()
+    p.locator("#schedules-editor").screenshot(path=str(shots / "alerting-schedules.png"))
+    p.locator("#arming-editor").screenshot(path=str(shots / "alerting-arming.png"))
     assert not ui.errors, ui.errors
 
 
@@ -222,6 +224,8 @@ def test_the_forms_fit_a_desk_and_a_phone(browser, admin_api, size, shots):  # n
         open_alerting(p)
         assert p.evaluate(NO_SIDEWAYS), "the alerting page scrolls sideways"
         p.screenshot(path=str(shots / f"alerting-{size[0]}.png"), full_page=True)
+        p.locator("#schedules-editor").scroll_into_view_if_needed()
+        p.screenshot(path=str(shots / f"alerting-schedules-{size[0]}.png"))
         p.click("#rule-new")
         p.wait_for_selector("#rule-form")
         p.select_option("#rule-types-pick", "camera.tamper.*")

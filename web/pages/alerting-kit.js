@@ -48,7 +48,7 @@ export function chips(id, groups, values, { label = (v) => v, empty = '（无）
   let chosen = [...(values || [])];
   const list = h('span', { class: 'chips-list' });
   const flat = groups.length && Array.isArray(groups[0][1]) ? groups.flatMap(([, opts]) => opts) : groups;
-  const nameOf = (v) => (flat.find(([x]) => x === v) || [])[1] || label(v);
+  const nameOf = (v) => ((flat.find(([x]) => x === v) || [])[1] || label(v)).trim();      // (tree options are indented)
   const draw = () => {
     clear(list).append(...(chosen.length ? chosen.map((v) => h('span', { class: 'chip', dataset: { value: v }, title: v }, nameOf(v),
       disabled ? null : h('button', { type: 'button', class: 'chip-x', 'aria-label': `移除 ${nameOf(v)}`, onclick: () => { chosen = chosen.filter((x) => x !== v); draw(); } }, '×')))

@@ -105,6 +105,7 @@ SOURCE_KINDS: tuple[str, ...] = (*DEVICE_KINDS, "camera")
 # recordings' storage (cameras/recording/quota.py).
 EVENT_FAMILIES: tuple[str, ...] = (*SOURCE_KINDS, "security", "recording")
 SOURCE_KIND_LABELS: dict[str, str] = {**{k.value: v for k, v in DEVICE_KIND_LABELS.items()}, "camera": "摄像机"}
+EVENT_FAMILY_LABELS: dict[str, str] = {**SOURCE_KIND_LABELS, "security": "安全", "recording": "录像"}
 
 
 class EventSeverity(StrEnum):
@@ -419,6 +420,7 @@ def as_json() -> dict:
         "roles": {k.value: v for k, v in ROLE_LABELS.items()},
         "levels": {k.value: v for k, v in LEVEL_LABELS.items()},
         "source_kinds": dict(SOURCE_KIND_LABELS),
+        "event_kinds": dict(EVENT_FAMILY_LABELS),
         "event_severities": {k.value: v for k, v in EVENT_SEVERITY_LABELS.items()},
         "alarm_severities": {k.value: v for k, v in ALARM_SEVERITY_LABELS.items()},
         "categories": {k.value: v for k, v in CATEGORY_LABELS.items()},

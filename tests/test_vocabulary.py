@@ -94,3 +94,5 @@ def test_the_api_serves_the_vocabulary():
     assert body["roles"]["video_supervisor"] == "视频监督员"
     assert body["urgencies"]["high"] == {"label": "严重", "colour": "red", "event_severity": "critical"}
     assert set(body["source_kinds"]) == set(SOURCE_KINDS)
+    # every event family has a name (the rule editor groups event types by it)
+    assert set(body["event_kinds"]) == set(vocabulary.EVENT_FAMILIES) and body["event_kinds"]["recording"] == "录像"

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from config.site.problems import Problem, check_site_data
-from config.vocabulary import GridLevel
+from config.vocabulary import EVENT_FAMILIES, EVENT_FAMILY_LABELS, GridLevel
 
 
 def change_problems(before: dict[str, Any] | None, after: dict[str, Any]) -> list[Problem]:
@@ -61,6 +61,29 @@ _REASONS: list[tuple[re.Pattern, str]] = [(re.compile(p), zh) for p, zh in (
     (r"^must be 2–32 characters", "须为 2–32 个字符：小写字母、数字、'_'、'.' 或 '-'"),
     (r"^must be a list", "必须是列表"),
     (r"^must be a mapping", "必须是键值对象"),
+    # the alerting sections (rules, schedules, arming)
+    (r"is not a duration", "不是有效的时长（应写作 30s、5m、4h、1d 或 1h30m）"),
+    (r"^must be a duration", "必须是时长（如 30s、5m、4h、1d）"),
+    (r"^must be longer than zero", "时长必须大于零"),
+    (r"^must be at most a year", "时长不能超过一年"),
+    (r"^names only the kind; write (\S+)", r"只写了来源类型；表示该类全部事件请写 \1"),
+    (r"^must be a dotted event type", "事件类型格式错误（如 door.forced_open，或以 .* 结尾表示一类）"),
+    (r"^must start with a source kind", "事件类型必须以来源类型开头（" + "、".join(EVENT_FAMILIES) + "）"),
+    (r"^must be a time of day", "时间须写作 HH:MM（00:00–24:00）"),
+    (r"^equals start", "结束时间与开始时间相同，时段为空"),
+    (r"^unknown camera or device '([^']*)'", r"摄像机或设备 '\1' 不存在"),
+    (r"^unknown schedule '([^']*)'", r"布防时间表 '\1' 不存在"),
+    (r"^unknown rule '([^']*)'", r"告警规则 '\1' 不存在"),
+    (r"^duplicate rule id '([^']*)'", r"规则编号 '\1' 重复"),
+    (r"also raises this alarm", "该事件类型同时触发本告警，不能既触发又清除"),
+    (r"^when: repeats needs", "“重复出现”需要填写次数"),
+    (r"^when: unacknowledged needs", "“未确认超时”需要填写时长"),
+    (r"^only used with when", "与所选的生成时机不符，请留空"),
+    (r"^dispatching at once needs", "立即派遣需要先勾选“自动受理立案”"),
+    (r"^each action is exactly one of", "每个自动动作只能是广播或通知之一"),
+    (r"^names no 'grids' or 'sources'", "请至少选择一个网格或一个设备"),
+    (r"^must be 1–63 characters", "编号须为 1–63 个字符：小写字母、数字、“-”或“_”，以字母或数字开头"),
+    (r"^must be an integer", "必须是数字"),
 )]
 
 
@@ -75,6 +98,7 @@ def zh_field(path: str) -> str:
 
 
 _LEVEL = re.compile(r"^a (\w+) \(.*\) cannot be under the (\w+) \(")
+_KIND_WITHOUT_TYPE = re.compile(r"^'([^']*)' is a (\w+), but no event type")
 
 
 def zh_reason(reason: str) -> str:
@@ -83,6 +107,10 @@ def zh_reason(reason: str) -> str:
         labels = {lv.value: lv.label for lv in GridLevel}
         child, parent = labels.get(m.group(1), m.group(1)), labels.get(m.group(2), m.group(2))
         return f"层级错误：{child}不能位于{parent}之下，每一级必须低于上级（{reason}）"
+    m = _KIND_WITHOUT_TYPE.search(reason)
+    if m:
+        kind = EVENT_FAMILY_LABELS.get(m.group(2), m.group(2))
+        return f"'{m.group(1)}' 是{kind}，但本规则没有{kind}的事件类型（{reason}）"
     for pattern, words in _REASONS:
         m = pattern.search(reason)
         if m:

@@ -6,10 +6,8 @@ import { VOCAB, clear, h, sourceName } from '../ui.js';
 
 export const DURATION_HINT = '时长写作 30s、5m、4h、1d 或 1h30m';
 export const WEEK = [['mon', '周一'], ['tue', '周二'], ['wed', '周三'], ['thu', '周四'], ['fri', '周五'], ['sat', '周六'], ['sun', '周日']];
-// Event kinds that are not sources (config/vocabulary.py EVENT_FAMILIES).
-const OTHER_KINDS = { security: '安全', recording: '录像' };
-
-export const kindLabel = (kind) => (VOCAB.source_kinds || {})[kind] || OTHER_KINDS[kind] || kind;
+// Event kinds by name: the sources and the hub's own families (config/vocabulary.py EVENT_FAMILY_LABELS).
+export const kindLabel = (kind) => (VOCAB.event_kinds || VOCAB.source_kinds || {})[kind] || kind;
 export const severityLabel = (s) => (VOCAB.alarm_severities || {})[s] || s;
 export const eventSeverityLabel = (s) => (VOCAB.event_severities || {})[s] || s;
 
@@ -91,46 +89,6 @@ export function fieldBox(path, label, input, hint) {
 export const durationInput = (id, value, disabled, placeholder = '如 5m') =>
   h('input', { id, value: value === undefined || value === null ? '' : String(value), size: 8, placeholder, disabled, autocomplete: 'off', spellcheck: 'false' });
 
-// The hub's English reasons for the alerting sections that config/site/change.py does not
-// word in Chinese yet; the English stays after the Chinese as zh_reason does.
-const REASONS = [
-  [/is not a duration/, () => '不是有效的时长（应写作 30s、5m、4h、1d 或 1h30m）'],
-  [/^must be a duration/, () => '必须是时长（如 30s、5m、4h、1d）'],
-  [/^must be longer than zero/, () => '时长必须大于零'],
-  [/^must be at most a year/, () => '时长不能超过一年'],
-  [/^names only the kind; write (\S+)/, (m) => `只写了来源类型；表示该类全部事件请写 ${m[1]}`],
-  [/^must be a dotted event type/, () => '事件类型格式错误（如 door.forced_open，或以 .* 结尾表示一类）'],
-  [/^must start with a source kind/, () => '事件类型必须以来源类型开头（camera、door、drone、radio、speaker、security、recording）'],
-  [/^must be a time of day/, () => '时间须写作 HH:MM（00:00–24:00）'],
-  [/^equals start/, () => '结束时间与开始时间相同，时段为空'],
-  [/^unknown grid node '([^']*)'/, (m) => `网格节点 '${m[1]}' 不存在`],
-  [/^unknown camera or device '([^']*)'/, (m) => `摄像机或设备 '${m[1]}' 不存在`],
-  [/^unknown schedule '([^']*)'/, (m) => `布防时间表 '${m[1]}' 不存在`],
-  [/^unknown rule '([^']*)'/, (m) => `告警规则 '${m[1]}' 不存在`],
-  [/^unknown department '([^']*)'/, (m) => `部门 '${m[1]}' 不存在`],
-  [/^duplicate rule id '([^']*)'/, (m) => `规则编号 '${m[1]}' 重复`],
-  [/^'([^']*)' is a (\w+), but no event type/, (m) => `'${sourceName(m[1])}' 是${kindLabel(m[2])}，但本规则没有${kindLabel(m[2])}的事件类型`],
-  [/also raises this alarm/, () => '该事件类型同时触发本告警，不能既触发又清除'],
-  [/^when: repeats needs/, () => '“重复出现”需要填写次数'],
-  [/^when: unacknowledged needs/, () => '“未确认超时”需要填写时长'],
-  [/^only used with when/, () => '与所选的生成时机不符，请留空'],
-  [/^dispatching at once needs/, () => '立即派遣需要先勾选“自动受理立案”'],
-  [/^each action is exactly one of/, () => '每个自动动作只能是广播或通知之一'],
-  [/^names no 'grids' or 'sources'/, () => '请至少选择一个网格或一个设备'],
-  [/^must be 1–63 characters/, () => '编号须为 1–63 个字符：小写字母、数字、“-”或“_”，以字母或数字开头'],
-  [/^must be an? (integer|whole number)|^must be a number/, () => '必须是数字'],
-  [/^must be (greater|less) than( or equal to)? ([\d.]+)/, (m) => `须${m[1] === 'greater' ? '大于' : '小于'}${m[2] ? '或等于' : ''} ${m[3]}`],
-];
-
-export function zhReason(reason) {
-  if (/^[\u4e00-\u9fff]/.test(reason)) return reason;      // worded by the hub already (至少需要 1 项（…）)
-  for (const [re, words] of REASONS) {
-    const m = re.exec(reason);
-    if (m) return `${words(m)}（${reason}）`;
-  }
-  return reason;
-}
-
 // "字段 X (path)：reason；字段 Y (path)：reason" → [{path, reason}] (reason in Chinese).
 export function parseProblems(text) {
   const re = /字段 [^()（）]*?\(([^()]*)\)：/g;
@@ -139,7 +97,7 @@ export function parseProblems(text) {
   return heads.map((m, i) => {
     const end = i + 1 < heads.length ? heads[i + 1].index : text.length;
     const reason = text.slice(m.index + m[0].length, end).replace(/；\s*$/, '');
-    return { path: m[1], reason: zhReason(reason) };
+    return { path: m[1], reason };
   });
 }
 

@@ -13,6 +13,7 @@
     xlhub outbox list|replay       deliveries to case systems: dead letters and replay
     xlhub cap import FILE          import a CAP 1.2 emergency warning
     xlhub devices credentials issue|rotate ID   a device's broker password (一机一帐号), shown once
+    xlhub gb28181 devices|admit ID   GB/T 28181 devices; admit one (its SIP password, shown once)
 """
 from __future__ import annotations
 
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from hub.site_cli import register as register_site   # site export|import
     register_site(sub, database)
+
+    from cameras.gb28181.cli import register as register_gb28181   # gb28181 devices|admit
+    register_gb28181(sub, database)
 
     from alerts.cli import register as register_alerts   # outbox list|replay, cap import
     register_alerts(sub, database)

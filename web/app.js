@@ -21,6 +21,7 @@ const PAGES = [
   { id: 'stats', label: '统计', en: 'Statistics', needs: 'stats.read', load: () => import('./pages/stats.js') },
   { id: 'cameras', label: '摄像机管理', en: 'Cameras', short: '摄像机', needs: 'cameras.manage', group: 'admin', load: () => import('./pages/cameras.js') },
   { id: 'device-admin', label: '设备管理', en: 'Device admin', short: '设备管理', needs: 'devices.manage', group: 'admin', load: () => import('./pages/device-admin.js') },
+  { id: 'gb-devices', label: '国标设备', en: 'GB/T 28181', short: '国标', needs: 'gb28181.read', group: 'admin', load: () => import('./pages/gb28181.js') },
   { id: 'users', label: '用户管理', en: 'Users', short: '用户', needs: 'users.read', group: 'admin', load: () => import('./pages/users.js') },
   { id: 'departments', label: '部门管理', en: 'Departments', short: '部门', needs: 'departments.manage', group: 'admin', load: () => import('./pages/departments.js') },
   { id: 'grid', label: '网格管理', en: 'Grid', short: '网格', needs: 'grid.manage', group: 'admin', load: () => import('./pages/grid.js') },

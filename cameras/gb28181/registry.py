@@ -133,8 +133,12 @@ def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channe
         """SELECT id, source_id, grid_code FROM grid_membership WHERE source_kind = 'camera'
            AND source_id = ANY(%s) AND valid_to IS NULL""", (cams,)).fetchall()}
     close, open_ = [], []
+    # the grid chosen at admission (admission.py) yields only to a channel rule of the site file
+    chosen = conn.execute("SELECT grid_code FROM gb_devices WHERE id = %s", (device_id,)).fetchone()
+    chosen = chosen["grid_code"] if chosen else None
+    by_channel = {p.channel: p.grid for p in gb.placement if p.channel}
     for cam, c in zip(cams, video):
-        grid = gb.place(device_id, c.channel_id, root_code)
+        grid = by_channel.get(c.channel_id) or chosen or gb.place(device_id, c.channel_id, root_code)
         cur_row = current.get(cam)
         if cur_row is None or cur_row["grid_code"] != grid:
             if cur_row is not None:

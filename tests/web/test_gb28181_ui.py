@@ -147,7 +147,7 @@ def test_admin_admits_an_unknown_device_which_then_registers_online(hub, fleet, 
             p.click("#gb-refresh")
             p.wait_for_selector(online)
             assert p.evaluate(NO_SIDEWAYS), f"sideways scroll at {size}"
-        p.screenshot(path=str(shots / "62-gb28181-desk.png"))
+            p.screenshot(path=str(shots / f"62-gb28181-{size['width']}.png"), full_page=True)
     finally:
         ui.close()
 

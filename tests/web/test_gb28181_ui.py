@@ -82,7 +82,9 @@ def test_admin_admits_an_unknown_device_which_then_registers_online(hub, fleet, 
         ui.login("admin")
         p = ui.page
         p.on("dialog", lambda d: d.accept())              # the confirmation of 接入
+        p.click("#nav-admin")                             # 管理, then its tab 国标设备
         p.click("#nav-gb-devices")
+        assert p.locator("#subnav a.active").inner_text() == "国标设备"
         card = f'#gb-unknown .gb-card[data-device="{DEVICE}"]'
         try:
             p.wait_for_selector(card)
@@ -170,7 +172,9 @@ def test_a_township_dispatcher_reads_its_devices_but_cannot_admit(hub, browser, 
     try:
         ui.login("ds-dispatcher")
         p = ui.page
-        p.click("#nav-gb-devices")
+        p.click("#nav-admin")                             # 管理 holds 国标设备 only, and opens it
+        p.wait_for_function("location.hash === '#/gb-devices'")
+        assert p.eval_on_selector_all("#subnav a", "els => els.map(e => e.textContent)") == ["国标设备"]
         p.wait_for_selector(f'#gb-unknown .gb-card[data-device="{mine}"]')
         assert p.locator(f'.gb-card[data-device="{other}"]').count() == 0
         assert p.locator('#gb-unknown button[data-action="admit"]').count() == 0

@@ -1,4 +1,5 @@
-"""The hub as a GB/T 28181 SIP server (上级): REGISTER with digest, Keepalive, Catalog,
+"""The hub as a GB/T 28181 SIP server (上级): REGISTER with digest, Keepalive, Catalog (query, and
+the catalog subscription of subscription.py: SUBSCRIBE after register, NOTIFY applied),
 DeviceInfo/DeviceStatus, Alarm, and the :class:`~cameras.gb28181.session.Inviter` the media
 side calls (INVITE/ACK/BYE), plus PTZ by DeviceControl.
 

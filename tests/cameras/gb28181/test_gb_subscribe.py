@@ -214,3 +214,19 @@ def test_notify_with_bad_event_refused_400_nothing_applied(gb, fleet):
     resp = fleet.run(d.notify_catalog([("ADD", good), ("EXPLODE", bad)]))
     assert resp.status == 400 and "Event" in resp.phrase
     assert row(gb, "SELECT 1 AS x FROM cameras WHERE id = %s", registry.camera_id(good.channel_id)) is None
+
+
+def test_catalog_notify_by_message_in_utf8_applied(gb, fleet):
+    """Some devices send catalog changes as a MESSAGE (no dialog); a 2022 device in UTF-8."""
+    dev = "51019910111320000108"
+    d = device(gb, fleet, dev, channels=1, charset="UTF-8")
+    assert wait_for(lambda: d.subscription is not None)
+    new = chan(dev, 808, "二〇二二版设备通道")
+    body = manscdp.catalog_notify_body(d.next_sn(), dev, [("ADD", new), ("VLOST", d.channels[0])], "UTF-8")
+    assert b'encoding="UTF-8"' in body
+    assert fleet.run(d.message(body)).status == 200
+    cam = registry.camera_id(new.channel_id)
+    assert wait_for(lambda: row(gb, "SELECT name FROM cameras WHERE id = %s", cam) is not None)
+    assert row(gb, "SELECT name FROM cameras WHERE id = %s", cam)["name"] == "二〇二二版设备通道"
+    first = registry.camera_id(d.channels[0].channel_id)
+    assert row(gb, "SELECT status FROM gb_channels WHERE camera_id = %s", first)["status"] == "VLOST"

@@ -55,6 +55,7 @@ class DeviceState:
     online: bool = True
     channels: set[str] = field(default_factory=set)
     sub: CatalogSub | None = None               # catalog subscription dialog (subscription.py)
+    sub_pending: CatalogSub | None = None       # its initial SUBSCRIBE, not yet answered
     sub_state: str = "none"                     # active | unsupported | none (gb_devices.catalog_subscription)
     last_catalog: float = 0.0                   # last Catalog query started (periodic when not subscribed)
 
@@ -181,6 +182,9 @@ class GbServer:
     def _load(self, conn) -> None:
         # After a restart nobody is registered until they REGISTER again (their address may have changed).
         conn.execute("UPDATE gb_devices SET state = 'offline' WHERE state = 'registered'")
+        # ... and the catalog subscriptions' dialogs are gone with the old process
+        conn.execute("""UPDATE gb_devices SET catalog_subscription = 'none', catalog_subscription_reason = '平台重启',
+                            catalog_subscription_expires_at = NULL WHERE catalog_subscription = 'active'""")
         self.admitted = {r["id"] for r in conn.execute("SELECT id FROM gb_devices WHERE admitted").fetchall()}
 
     def _behind(self, fn, *args, **kwargs) -> None:

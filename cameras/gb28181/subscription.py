@@ -83,6 +83,8 @@ class Subscriptions:
         else:
             sub.cseq += 1
         expires = s.settings.catalog_subscribe_expires_s
+        if not refresh:
+            state.sub_pending = sub          # a NOTIFY may come before the 200 (RFC 6665 §4.1.2.4)
         try:
             resp = await s.endpoint.request(self._request(state, sub, expires), state.peer,
                                             timeout=s.settings.subscribe_timeout_s)
@@ -91,6 +93,9 @@ class Subscriptions:
                 return self._ended(state, f"目录订阅续订无应答（{s.settings.subscribe_timeout_s:g} 秒），改为定期查询目录")
             return self._unsupported(state, f"设备不支持目录订阅（{s.settings.subscribe_timeout_s:g} 秒内未应答 SUBSCRIBE），"
                                             "改为定期查询目录")
+        finally:
+            if state.sub_pending is sub:
+                state.sub_pending = None
         if state.sub is not sub and refresh:
             return state.sub_state                # ended meanwhile (unregistered, offline)
         if 200 <= resp.status < 300:
@@ -154,9 +159,9 @@ class Subscriptions:
     def unsubscribe(self, state: DeviceState, reason: str) -> None:
         """End the device's subscription (SUBSCRIBE Expires: 0 in its dialog; not waited for)."""
         sub = self._drop(state)
-        state.sub_state = "none"
-        if sub is None:
+        if sub is None:                    # none running: "unsupported" stays what the device said
             return
+        state.sub_state = "none"
         self.server._behind(registry.set_catalog_subscription, state.device_id, "none", reason=reason)
         sub.cseq += 1
         req = self._request(state, sub, 0)
@@ -175,7 +180,7 @@ class Subscriptions:
         if state is None or not state.online:
             await self._refuse(req, peer, device_id, "unregistered", "设备未注册或已离线，拒绝其通知")
             return
-        sub = state.sub
+        sub = state.sub or state.sub_pending
         if sub is None or sub.call_id != req.call_id or req.to_tag != sub.from_tag:
             await self._refuse(req, peer, device_id, "unknown-dialog",
                                f"未知的订阅对话（Call-ID {req.call_id[:60]}），设备 {device_id} 当前"

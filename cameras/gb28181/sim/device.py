@@ -79,6 +79,10 @@ class SimDevice:
         self.subscribes: list[sipm.Request] = []
         self.subscription: dict | None = None
         self.subscribed = asyncio.Event()
+        # tests: items NOTIFYed right after a new SUBSCRIBE arrives, before the 200 is sent (RFC 6665
+        # allows it; some devices do it with their whole catalog)
+        self.notify_before_200: list[tuple[str, Channel]] | None = None
+        self._answering: set[str] = set()
 
     @property
     def peer(self) -> Peer:
@@ -222,8 +226,26 @@ class SimDevice:
         if req.to_tag and not known:                 # a refresh of a dialog this device does not have
             self.endpoint.reply(peer, req, sipm.response(req, 481))
             return
+        if req.call_id in self._answering:           # a retransmission while the early NOTIFY is out
+            return
         expires = int(req.get("Expires") or "3600")
         tag = self.subscription["tag"] if known else sipm.new_tag()
+        if self.notify_before_200 and not known and expires:
+            contact = sipm.Uri.parse(req.get("Contact") or f"<sip:{self.hub_id}@{self.hub[0]}:{self.hub[1]}>")
+            self.subscription = {"call_id": req.call_id, "tag": tag, "hub_tag": req.from_tag,
+                                 "event": req.get("Event"), "expires": expires,
+                                 "uri": f"sip:{contact.user}@{contact.host}:{contact.port or 5060}"}
+            events, self.notify_before_200 = self.notify_before_200, None
+            self._answering.add(req.call_id)
+
+            async def early():
+                try:
+                    self.early_notify = await self.notify_catalog(events)
+                finally:
+                    self._answering.discard(req.call_id)
+                    self._on_subscribe(req, peer)
+            asyncio.ensure_future(early())
+            return
         resp = sipm.response(req, 200, to_tag=tag, content_type=manscdp.CONTENT_TYPE, body=encode(
             "Response", el("CmdType", "Catalog") + el("SN", manscdp.parse(req.body).sn) + el("DeviceID", self.device_id)
             + el("Result", "OK"), self.charset))

@@ -230,3 +230,22 @@ def test_catalog_notify_by_message_in_utf8_applied(gb, fleet):
     assert row(gb, "SELECT name FROM cameras WHERE id = %s", cam)["name"] == "二〇二二版设备通道"
     first = registry.camera_id(d.channels[0].channel_id)
     assert row(gb, "SELECT status FROM gb_channels WHERE camera_id = %s", first)["status"] == "VLOST"
+
+
+def test_notify_before_the_subscribe_200_is_taken(gb, fleet):
+    """RFC 6665: the device may NOTIFY before its 200 reaches the hub; the dialog is known already."""
+    dev = "51019910111320000109"
+    with connect(gb.db_url) as conn:
+        registry.admit(conn, dev, by="test")
+    d = SimDevice(dev, gb.passwords.set(dev), hub=("127.0.0.1", gb.port), hub_id=HUB_ID, domain=DOMAIN,
+                  keepalive_s=0.3, channels=1)
+    early = chan(dev, 909, "订阅前通知的通道")
+    d.notify_before_200 = [("ADD", early)]
+    fleet.run(d.start())
+    fleet.devices.append(d)
+    assert fleet.run(d.register()).status == 200
+    fleet.loop.call_soon_threadsafe(d.start_keepalive)
+    assert wait_for(lambda: getattr(d, "early_notify", None) is not None)
+    assert d.early_notify.status == 200
+    assert wait_for(lambda: row(gb, "SELECT active FROM cameras WHERE id = %s", registry.camera_id(early.channel_id)))
+    assert wait_for(lambda: gb.devices[dev].sub_state == "active")

@@ -102,6 +102,13 @@ def catalog_subscribe(sn: int, device_id: str, label: str = "GB2312") -> bytes:
     return query("Catalog", sn, device_id, label)
 
 
+def alarm_subscribe(sn: int, device_id: str, label: str = "GB2312") -> bytes:
+    """The body of an alarm SUBSCRIBE (报警订阅, ``Event: presence``; A.2.4.8 alarm query fields):
+    every priority (0), every method (0) — what the hub maps is decided on arrival."""
+    return query("Alarm", sn, device_id, label, el("StartAlarmPriority", 0) + el("EndAlarmPriority", 0)
+                 + el("AlarmMethod", 0))
+
+
 # --------------------------------------------------------------------------- catalog
 
 @dataclass

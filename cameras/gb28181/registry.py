@@ -235,14 +235,17 @@ def _announce(conn: psycopg.Connection, cams: list[str]) -> None:
 SUBSCRIPTION_STATES = ("active", "unsupported", "none")
 
 
-def set_catalog_subscription(conn: psycopg.Connection, device_id: str, state: str, *, reason: str | None = None,
-                             expires_at: datetime | None = None) -> None:
-    """``gb_devices.catalog_subscription`` (active | unsupported | none), its Chinese reason and
-    when an active subscription runs out (the hub refreshes it before)."""
-    if state not in SUBSCRIPTION_STATES:
-        raise ValueError(f"catalog subscription state {state!r}")
-    conn.execute("""UPDATE gb_devices SET catalog_subscription = %s, catalog_subscription_reason = %s,
-                        catalog_subscription_expires_at = %s, updated_at = now() WHERE id = %s""",
+SUBSCRIPTION_KINDS = ("catalog", "alarm")
+
+
+def set_subscription(conn: psycopg.Connection, device_id: str, kind: str, state: str, *, reason: str | None = None,
+                     expires_at: datetime | None = None) -> None:
+    """``gb_devices.<kind>_subscription`` (kind catalog | alarm; state active | unsupported |
+    none), its Chinese reason and when an active subscription runs out (refreshed before)."""
+    if kind not in SUBSCRIPTION_KINDS or state not in SUBSCRIPTION_STATES:
+        raise ValueError(f"subscription {kind!r} state {state!r}")
+    conn.execute(f"""UPDATE gb_devices SET {kind}_subscription = %s, {kind}_subscription_reason = %s,
+                         {kind}_subscription_expires_at = %s, updated_at = now() WHERE id = %s""",
                  (state, reason[:300] if reason else None, expires_at, device_id))
 
 

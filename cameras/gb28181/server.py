@@ -25,7 +25,7 @@ from cameras.gb28181.settings import GbSettings
 from cameras.gb28181.sip import message as sipm
 from cameras.gb28181.sip.digest import DigestServer
 from cameras.gb28181.sip.transport import Peer, SipEndpoint
-from cameras.gb28181.subscription import CatalogSub, Subscriptions
+from cameras.gb28181.subscription import Subscription, Subscriptions
 from config.gb28181 import GbSite
 from store import audit
 from psycopg.rows import dict_row
@@ -54,10 +54,20 @@ class DeviceState:
     cseq: int = 1
     online: bool = True
     channels: set[str] = field(default_factory=set)
-    sub: CatalogSub | None = None               # catalog subscription dialog (subscription.py)
-    sub_pending: CatalogSub | None = None       # its initial SUBSCRIBE, not yet answered
-    sub_state: str = "none"                     # active | unsupported | none (gb_devices.catalog_subscription)
+    # subscriptions (subscription.py) by kind, "catalog" and "alarm": the dialog, the initial
+    # SUBSCRIBE not yet answered, the state active | unsupported | none (gb_devices.<kind>_subscription)
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    subs_pending: dict[str, Subscription] = field(default_factory=dict)
+    sub_states: dict[str, str] = field(default_factory=dict)
     last_catalog: float = 0.0                   # last Catalog query started (periodic when not subscribed)
+
+    @property
+    def sub(self) -> Subscription | None:
+        return self.subs.get("catalog")
+
+    @property
+    def sub_state(self) -> str:
+        return self.sub_states.get("catalog", "none")
 
 
 @dataclass
@@ -183,8 +193,9 @@ class GbServer:
         # After a restart nobody is registered until they REGISTER again (their address may have changed).
         conn.execute("UPDATE gb_devices SET state = 'offline' WHERE state = 'registered'")
         # ... and the catalog subscriptions' dialogs are gone with the old process
-        conn.execute("""UPDATE gb_devices SET catalog_subscription = 'none', catalog_subscription_reason = '平台重启',
-                            catalog_subscription_expires_at = NULL WHERE catalog_subscription = 'active'""")
+        for kind in ("catalog", "alarm"):
+            conn.execute(f"""UPDATE gb_devices SET {kind}_subscription = 'none', {kind}_subscription_reason = '平台重启',
+                                {kind}_subscription_expires_at = NULL WHERE {kind}_subscription = 'active'""")
         self.admitted = {r["id"] for r in conn.execute("SELECT id FROM gb_devices WHERE admitted").fetchall()}
 
     def _behind(self, fn, *args, **kwargs) -> None:
@@ -331,8 +342,10 @@ class GbServer:
         subscription (changes by NOTIFY; periodic queries when the device does not support it)."""
         await self._identify(device_id)
         state = self.devices.get(device_id)
-        if state is not None and state.online and state.sub is None:
-            await self.subs.subscribe(device_id)
+        for kind in ("catalog", "alarm"):
+            state = self.devices.get(device_id)
+            if state is not None and state.online and kind not in state.subs:
+                await self.subs.subscribe(device_id, kind)
 
     async def _identify(self, device_id: str) -> None:
         with contextlib.suppress(Exception):

@@ -25,6 +25,9 @@ class GbSettings(BaseSettings):
     invite_timeout_s: float = Field(5.0, gt=0)
     catalog_subscribe_expires_s: int = Field(3600, ge=2, le=86400,
                                              description="Expires of the catalog SUBSCRIBE (目录订阅); refreshed at 80 %")
+    alarm_subscribe_expires_s: int = Field(3600, ge=0, le=86400,
+                                           description="Expires of the alarm SUBSCRIBE (报警订阅, Event: presence); "
+                                                       "0: alarms not subscribed")
     subscribe_timeout_s: float = Field(8.0, gt=0, description="wait for a device's answer to SUBSCRIBE")
     catalog_query_interval_s: float = Field(3600.0, gt=0, description="periodic Catalog query of devices without an "
                                                                       "active catalog subscription")

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -38,17 +39,35 @@ log = logging.getLogger(__name__)
 REFRESH_AT = 0.8          # of the granted Expires
 
 
+@dataclass(frozen=True)
+class Kind:
+    name: str                                     # catalog | alarm (gb_devices.<name>_subscription)
+    label: str                                    # 目录订阅 | 报警订阅
+    event: Callable[[int], str]                   # Event header of the initial SUBSCRIBE, from its SN
+    body: Callable[[int, str, str], bytes]        # (sn, device id, charset) → MANSCDP Query
+
+
+KINDS = {
+    # GB/T 28181-2016 §9.11.2; WVP-GB28181-pro: "Catalog;id=<SN>"
+    "catalog": Kind("catalog", "目录订阅", lambda sn: f"Catalog;id={sn}", manscdp.catalog_subscribe),
+    # §9.11.1 事件订阅 (alarms); WVP-GB28181-pro and devices: "presence"
+    "alarm": Kind("alarm", "报警订阅", lambda sn: "presence", manscdp.alarm_subscribe),
+}
+
+
 @dataclass
-class CatalogSub:
-    """The hub's side of one catalog subscription dialog (RFC 6665)."""
+class Subscription:
+    """The hub's side of one subscription dialog (RFC 6665)."""
+    kind: str
     call_id: str
     from_tag: str             # ours
     to_tag: str | None        # the device's, from its 200
     cseq: int
-    event: str                # Event header value, e.g. "Catalog;id=1234"
+    event: str                # Event header value, e.g. "Catalog;id=1234", "presence"
     sn: int
     expires_at: float = 0.0
     task: asyncio.Task | None = None
+
 
 
 class Subscriptions:
@@ -56,8 +75,12 @@ class Subscriptions:
         self.server = server
         self.notify_results: dict[str, list[registry.CatalogChange]] = {}
 
+    def _expires(self, kind: str) -> int:
+        st = self.server.settings
+        return st.catalog_subscribe_expires_s if kind == "catalog" else st.alarm_subscribe_expires_s
+
     # ------------------------------------------------------------------ SUBSCRIBE
-    def _request(self, state: DeviceState, sub: CatalogSub, expires: int) -> sipm.Request:
+    def _request(self, state: DeviceState, sub: Subscription, expires: int) -> sipm.Request:
         s = self.server
         return sipm.request(
             "SUBSCRIBE", f"sip:{state.device_id}@{state.peer.host}:{state.peer.port}",
@@ -65,79 +88,86 @@ class Subscriptions:
             from_uri=f"sip:{s.gb.sip_id}@{s.gb.domain}", to_uri=f"sip:{state.device_id}@{s.gb.domain}",
             call_id=sub.call_id, cseq=sub.cseq, from_tag=sub.from_tag, to_tag=sub.to_tag,
             contact=f"sip:{s.gb.sip_id}@{s.advertised}:{s.port}",
-            body=manscdp.catalog_subscribe(sub.sn, state.device_id, state.charset),
+            body=KINDS[sub.kind].body(sub.sn, state.device_id, state.charset),
             content_type=manscdp.CONTENT_TYPE, extra={"Event": sub.event, "Expires": str(expires)})
 
-    async def subscribe(self, device_id: str, *, again: bool = True) -> str:
+    async def subscribe(self, device_id: str, kind: str = "catalog", *, again: bool = True) -> str:
         """SUBSCRIBE (initial, or the refresh of the running dialog). Returns the new state."""
         s = self.server
+        k = KINDS[kind]
         state = s.devices.get(device_id)
         if state is None or not state.online:
             return "none"
-        sub = state.sub
+        expires = self._expires(kind)
+        if expires <= 0:
+            return "none"
+        sub = state.subs.get(kind)
         refresh = sub is not None
         if sub is None:
             state.cseq += 1
             sn = s.next_sn()
-            sub = CatalogSub(sipm.new_call_id(s.advertised), sipm.new_tag(), None, state.cseq, f"Catalog;id={sn}", sn)
+            sub = Subscription(kind, sipm.new_call_id(s.advertised), sipm.new_tag(), None, state.cseq, k.event(sn), sn)
+            state.subs_pending[kind] = sub   # a NOTIFY may come before the 200 (RFC 6665 §4.1.2.4)
         else:
             sub.cseq += 1
-        expires = s.settings.catalog_subscribe_expires_s
-        if not refresh:
-            state.sub_pending = sub          # a NOTIFY may come before the 200 (RFC 6665 §4.1.2.4)
+        wait = s.settings.subscribe_timeout_s
         try:
-            resp = await s.endpoint.request(self._request(state, sub, expires), state.peer,
-                                            timeout=s.settings.subscribe_timeout_s)
+            resp = await s.endpoint.request(self._request(state, sub, expires), state.peer, timeout=wait)
         except TimeoutError:
             if refresh:
-                return self._ended(state, f"目录订阅续订无应答（{s.settings.subscribe_timeout_s:g} 秒），改为定期查询目录")
-            return self._unsupported(state, f"设备不支持目录订阅（{s.settings.subscribe_timeout_s:g} 秒内未应答 SUBSCRIBE），"
-                                            "改为定期查询目录")
+                return self._ended(state, kind, f"{k.label}续订无应答（{wait:g} 秒）")
+            return self._unsupported(state, kind, f"设备不支持{k.label}（{wait:g} 秒内未应答 SUBSCRIBE）")
         finally:
-            if state.sub_pending is sub:
-                state.sub_pending = None
-        if state.sub is not sub and refresh:
-            return state.sub_state                # ended meanwhile (unregistered, offline)
+            if state.subs_pending.get(kind) is sub:
+                del state.subs_pending[kind]
+        if refresh and state.subs.get(kind) is not sub:
+            return state.sub_states.get(kind, "none")     # ended meanwhile (unregistered, offline)
         if 200 <= resp.status < 300:
             granted = _int(resp.get("Expires"))
             granted = expires if granted is None else min(granted, expires)
             if granted <= 0:
-                return self._unsupported(state, "设备不支持目录订阅（应答的 Expires 为 0），改为定期查询目录")
+                return self._unsupported(state, kind, f"设备不支持{k.label}（应答的 Expires 为 0）")
             sub.to_tag = sub.to_tag or resp.to_tag
             sub.expires_at = time.time() + granted
             if sub.task is not None:
                 sub.task.cancel()
             sub.task = self._spawn(self._refresh_later(device_id, sub, granted * REFRESH_AT))
-            state.sub, state.sub_state = sub, "active"
-            metrics.SUBSCRIPTIONS.labels("active").inc()
-            s._behind(registry.set_catalog_subscription, device_id, "active",
+            state.subs[kind] = sub
+            state.sub_states[kind] = "active"
+            metrics.SUBSCRIPTIONS.labels(kind, "active").inc()
+            s._behind(registry.set_subscription, device_id, kind, "active",
                       expires_at=datetime.fromtimestamp(sub.expires_at, UTC))
-            log.info("GB/T 28181: catalog of %s subscribed for %d s (%s)", device_id, granted, sub.event)
+            log.info("GB/T 28181: %s of %s subscribed for %d s (%s)", kind, device_id, granted, sub.event)
             return "active"
         if resp.status == 481 and refresh and again:      # the device lost the dialog (restart): once anew
-            state.sub = None
-            return await self.subscribe(device_id, again=False)
-        why = f"设备不支持目录订阅（{resp.status} {resp.phrase}），改为定期查询目录"
-        return self._ended(state, why) if refresh else self._unsupported(state, why)
+            state.subs.pop(kind, None)
+            return await self.subscribe(device_id, kind, again=False)
+        if refresh:
+            return self._ended(state, kind, f"{k.label}续订被拒绝（{resp.status} {resp.phrase}）")
+        return self._unsupported(state, kind, f"设备不支持{k.label}（{resp.status} {resp.phrase}）")
 
-    def _unsupported(self, state: DeviceState, reason: str) -> str:
-        self._drop(state)
-        state.sub_state = "unsupported"
-        metrics.SUBSCRIPTIONS.labels("unsupported").inc()
+    def _unsupported(self, state: DeviceState, kind: str, reason: str) -> str:
+        if kind == "catalog":
+            reason += "，改为定期查询目录"
+        self._drop(state, kind)
+        state.sub_states[kind] = "unsupported"
+        metrics.SUBSCRIPTIONS.labels(kind, "unsupported").inc()
         log.info("GB/T 28181: %s: %s", state.device_id, reason)
-        self.server._behind(registry.set_catalog_subscription, state.device_id, "unsupported", reason=reason)
+        self.server._behind(registry.set_subscription, state.device_id, kind, "unsupported", reason=reason)
         return "unsupported"
 
-    def _ended(self, state: DeviceState, reason: str) -> str:
-        self._drop(state)
-        state.sub_state = "none"
-        log.info("GB/T 28181: catalog subscription of %s ended: %s", state.device_id, reason)
-        self.server._behind(registry.set_catalog_subscription, state.device_id, "none", reason=reason)
+    def _ended(self, state: DeviceState, kind: str, reason: str) -> str:
+        if kind == "catalog":
+            reason += "，改为定期查询目录"
+        self._drop(state, kind)
+        state.sub_states[kind] = "none"
+        log.info("GB/T 28181: %s subscription of %s ended: %s", kind, state.device_id, reason)
+        self.server._behind(registry.set_subscription, state.device_id, kind, "none", reason=reason)
         return "none"
 
     @staticmethod
-    def _drop(state: DeviceState) -> CatalogSub | None:
-        sub, state.sub = state.sub, None
+    def _drop(state: DeviceState, kind: str) -> Subscription | None:
+        sub = state.subs.pop(kind, None)
         if sub is not None and sub.task is not None and sub.task is not asyncio.current_task():
             sub.task.cancel()
         return sub
@@ -148,29 +178,28 @@ class Subscriptions:
         task.add_done_callback(self.server.endpoint.tasks.discard)
         return task
 
-    async def _refresh_later(self, device_id: str, sub: CatalogSub, delay: float) -> None:
+    async def _refresh_later(self, device_id: str, sub: Subscription, delay: float) -> None:
         await asyncio.sleep(delay)
         state = self.server.devices.get(device_id)
-        if state is None or state.sub is not sub or not state.online:
+        if state is None or state.subs.get(sub.kind) is not sub or not state.online:
             return
         sub.task = None                    # this task is done with it: the refresh schedules the next
-        await self.subscribe(device_id)
+        await self.subscribe(device_id, sub.kind)
 
     def unsubscribe(self, state: DeviceState, reason: str) -> None:
-        """End the device's subscription (SUBSCRIBE Expires: 0 in its dialog; not waited for)."""
-        sub = self._drop(state)
-        if sub is None:                    # none running: "unsupported" stays what the device said
-            return
-        state.sub_state = "none"
-        self.server._behind(registry.set_catalog_subscription, state.device_id, "none", reason=reason)
-        sub.cseq += 1
-        req = self._request(state, sub, 0)
+        """End the device's subscriptions (SUBSCRIBE Expires: 0 in each dialog; not waited for)."""
+        for kind in list(state.subs):
+            sub = self._drop(state, kind)
+            state.sub_states[kind] = "none"
+            self.server._behind(registry.set_subscription, state.device_id, kind, "none", reason=reason)
+            sub.cseq += 1
+            req = self._request(state, sub, 0)
 
-        async def send():
-            with contextlib.suppress(TimeoutError, OSError):
-                await self.server.endpoint.request(req, state.peer, timeout=2.0)
-        self._spawn(send())
-        log.info("GB/T 28181: catalog subscription of %s ended (%s)", state.device_id, reason)
+            async def send(req=req):
+                with contextlib.suppress(TimeoutError, OSError):
+                    await self.server.endpoint.request(req, state.peer, timeout=2.0)
+            self._spawn(send())
+            log.info("GB/T 28181: %s subscription of %s ended (%s)", kind, state.device_id, reason)
 
     # ------------------------------------------------------------------ NOTIFY
     async def notify(self, req: sipm.Request, peer: Peer) -> None:
@@ -180,11 +209,12 @@ class Subscriptions:
         if state is None or not state.online:
             await self._refuse(req, peer, device_id, "unregistered", "设备未注册或已离线，拒绝其通知")
             return
-        sub = state.sub or state.sub_pending
-        if sub is None or sub.call_id != req.call_id or req.to_tag != sub.from_tag:
+        sub = next((x for x in (*state.subs.values(), *state.subs_pending.values())
+                    if x.call_id == req.call_id and req.to_tag == x.from_tag), None)
+        if sub is None:
             await self._refuse(req, peer, device_id, "unknown-dialog",
                                f"未知的订阅对话（Call-ID {req.call_id[:60]}），设备 {device_id} 当前"
-                               + ("没有目录订阅" if sub is None else "的订阅是另一对话"))
+                               + ("没有订阅" if not state.subs else "的订阅是另外的对话"))
             return
         try:
             body = manscdp.parse(req.body)
@@ -197,7 +227,7 @@ class Subscriptions:
         s.endpoint.reply(peer, req, sipm.response(req, 200))
         state.charset = body.charset
         if (req.get("Subscription-State") or "").strip().lower().startswith("terminated"):
-            self._ended(state, "设备终止了目录订阅，改为定期查询目录")
+            self._ended(state, sub.kind, f"设备终止了{KINDS[sub.kind].label}")
         if events is not None:
             await self.apply(state, events)
         elif body.kind == "Notify" and body.cmd == "Alarm":

@@ -2,7 +2,8 @@
 catalog changes reach the hub by SUBSCRIBE/NOTIFY (``active``), the device refused the
 subscription (``unsupported``: the hub falls back to periodic Catalog queries), or there is
 none (``none``: not yet subscribed, unsubscribed, offline). The reason is Chinese, shown to
-operators (e.g. ``设备不支持目录订阅（489 Bad Event）``).
+operators (e.g. ``设备不支持目录订阅（489 Bad Event）``). The same three columns for the alarm
+subscription (报警订阅, ``alarm_subscription``).
 
 Revision ID: 0028
 Revises: 0027
@@ -20,12 +21,17 @@ ALTER TABLE gb_devices
     ADD COLUMN catalog_subscription text NOT NULL DEFAULT 'none'
         CHECK (catalog_subscription IN ('active', 'unsupported', 'none')),
     ADD COLUMN catalog_subscription_reason text,
-    ADD COLUMN catalog_subscription_expires_at timestamptz;
+    ADD COLUMN catalog_subscription_expires_at timestamptz,
+    ADD COLUMN alarm_subscription text NOT NULL DEFAULT 'none'
+        CHECK (alarm_subscription IN ('active', 'unsupported', 'none')),
+    ADD COLUMN alarm_subscription_reason text,
+    ADD COLUMN alarm_subscription_expires_at timestamptz;
 """
 
 DOWNGRADE = r"""
 ALTER TABLE gb_devices DROP COLUMN catalog_subscription, DROP COLUMN catalog_subscription_reason,
-    DROP COLUMN catalog_subscription_expires_at;
+    DROP COLUMN catalog_subscription_expires_at, DROP COLUMN alarm_subscription, DROP COLUMN alarm_subscription_reason,
+    DROP COLUMN alarm_subscription_expires_at;
 """
 
 

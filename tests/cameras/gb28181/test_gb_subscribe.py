@@ -79,6 +79,11 @@ def sub_row(gb, device_id):
                       FROM gb_devices WHERE id = %s""", device_id)
 
 
+def subscribes(d: SimDevice, kind: str = "catalog") -> list:
+    """The SUBSCRIBEs the device received of one kind (Event: Catalog… or presence)."""
+    return [r for r in d.subscribes if (r.get("Event") or "").startswith("Catalog") == (kind == "catalog")]
+
+
 def announced(listen, cam: str, timeout: float = 5.0) -> bool:
     """The camera was announced on xlhub_registry (other announcements skipped)."""
     end = time.monotonic() + timeout
@@ -99,7 +104,7 @@ def test_subscribe_notify_add_off_del_applied_and_announced(gb, fleet):
     listen.execute("LISTEN xlhub_registry")
     d = device(gb, fleet, dev, channels=2)
     assert wait_for(lambda: gb.devices.get(dev) and gb.devices[dev].sub_state == "active")
-    first = d.subscribes[0]
+    first = subscribes(d)[0]
     assert first.get("Event").startswith("Catalog;id=")
     assert first.get("Expires") == "4"
     body = manscdp.parse(first.body)
@@ -143,8 +148,8 @@ def test_subscribe_notify_add_off_del_applied_and_announced(gb, fleet):
 def test_refreshed_in_the_dialog_before_expiry(gb, fleet):
     dev = "51019910111320000102"
     d = device(gb, fleet, dev, channels=1)
-    assert wait_for(lambda: len(d.subscribes) >= 3, 12)        # 4 s granted: refreshed every 3.2 s
-    a, b = d.subscribes[0], d.subscribes[1]
+    assert wait_for(lambda: len(subscribes(d)) >= 3, 12)        # 4 s granted: refreshed every 3.2 s
+    a, b = subscribes(d)[0], subscribes(d)[1]
     assert a.call_id == b.call_id and a.from_tag == b.from_tag
     assert a.to_tag is None and b.to_tag == d.subscription["tag"]
     assert b.cseq[0] > a.cseq[0] and b.get("Event") == a.get("Event")
@@ -160,7 +165,8 @@ def test_refused_489_noted_unsupported_and_catalog_queried_periodically(gb, flee
     assert gb.devices[dev].sub_state == "unsupported"
     # fallback: the catalog is queried again every catalog_query_interval_s (1.5 s here)
     assert wait_for(lambda: sum(1 for m in d.messages if m.cmd == "Catalog") >= 3, 10)
-    assert len(d.subscribes) == 1                               # refused once: never asked again in a loop
+    assert len(subscribes(d)) == 1 and len(subscribes(d, "alarm")) == 1   # refused once: not asked again
+    assert row(gb, "SELECT alarm_subscription AS s FROM gb_devices WHERE id = %s", dev)["s"] == "unsupported"
 
 
 def test_unsubscribed_when_unregistered_and_when_offline(gb, fleet):
@@ -170,8 +176,9 @@ def test_unsubscribed_when_unregistered_and_when_offline(gb, fleet):
     call_id = d.subscription["call_id"]
     assert fleet.run(d.register(expires=0)).status == 200
     assert wait_for(lambda: d.subscription is None)
-    last = d.subscribes[-1]
+    last = subscribes(d)[-1]
     assert last.call_id == call_id and last.get("Expires") == "0"
+    assert subscribes(d, "alarm")[-1].get("Expires") == "0" and d.alarm_subscription is None
     assert wait_for(lambda: sub_row(gb, dev)["catalog_subscription"] == "none")
     assert sub_row(gb, dev)["catalog_subscription_reason"] == "设备注销"
 
@@ -180,7 +187,7 @@ def test_unsubscribed_when_unregistered_and_when_offline(gb, fleet):
     assert wait_for(lambda: d.subscription is not None and d.subscription["call_id"] != call_id)
     fleet.loop.call_soon_threadsafe(d._keepalive.cancel)
     assert wait_for(lambda: d.subscription is None, 8)
-    assert d.subscribes[-1].get("Expires") == "0"
+    assert subscribes(d)[-1].get("Expires") == "0"
     assert wait_for(lambda: sub_row(gb, dev)["catalog_subscription_reason"] == "设备离线")
 
 
@@ -192,8 +199,9 @@ def test_notify_of_unknown_dialog_or_unregistered_device_481_audited(gb, fleet):
     resp = fleet.run(d.notify_catalog([("ADD", stray)], call_id="not-a-dialog@127.0.0.1"))
     assert resp.status == 481
     assert row(gb, "SELECT 1 AS x FROM cameras WHERE id = %s", registry.camera_id(stray.channel_id)) is None
-    audit = row(gb, """SELECT outcome, detail FROM audit_log WHERE action = 'gb28181.notify' AND actor = %s
-                       ORDER BY id DESC LIMIT 1""", dev)
+    q = """SELECT outcome, detail FROM audit_log WHERE action = 'gb28181.notify' AND actor = %s ORDER BY id DESC LIMIT 1"""
+    assert wait_for(lambda: row(gb, q, dev) is not None)          # written just after the 481 is sent
+    audit = row(gb, q, dev)
     assert audit["outcome"] == "denied" and audit["detail"]["reason"] == "unknown-dialog"
     assert "未知的订阅对话" in audit["detail"]["text"]
 
@@ -202,7 +210,8 @@ def test_notify_of_unknown_dialog_or_unregistered_device_481_audited(gb, fleet):
     fleet.run(o.start())
     fleet.devices.append(o)
     assert fleet.run(o.notify_catalog([("ADD", chan(other, 556, "未注册"))])).status == 481
-    audit = row(gb, """SELECT detail FROM audit_log WHERE action = 'gb28181.notify' AND actor = %s""", other)
+    assert wait_for(lambda: row(gb, q, other) is not None)
+    audit = row(gb, q, other)
     assert audit["detail"]["reason"] == "unregistered" and "未注册" in audit["detail"]["text"]
 
 
@@ -249,3 +258,26 @@ def test_notify_before_the_subscribe_200_is_taken(gb, fleet):
     assert d.early_notify.status == 200
     assert wait_for(lambda: row(gb, "SELECT active FROM cameras WHERE id = %s", registry.camera_id(early.channel_id)))
     assert wait_for(lambda: gb.devices[dev].sub_state == "active")
+
+
+def test_alarm_subscription_and_alarm_notify_become_events(gb, fleet):
+    """报警订阅: SUBSCRIBE Event: presence with an Alarm query; alarms NOTIFYed in that dialog are events."""
+    dev = "51019910111320000110"
+    events = []
+    gb.on_event = lambda cam, kind, payload: events.append((cam, kind, payload))
+    try:
+        d = device(gb, fleet, dev, channels=1)
+        assert wait_for(lambda: d.alarm_subscription is not None)
+        sub = subscribes(d, "alarm")[0]
+        assert sub.get("Event") == "presence" and sub.get("Expires") == "3600"
+        body = manscdp.parse(sub.body)
+        assert (body.kind, body.cmd, body.text("StartAlarmPriority"), body.text("AlarmMethod")) == (
+            "Query", "Alarm", "0", "0")
+        assert wait_for(lambda: row(gb, "SELECT alarm_subscription AS s FROM gb_devices WHERE id = %s",
+                                    dev)["s"] == "active")
+        assert fleet.run(d.notify_alarm(alarm_type="2")).status == 200
+        cam = registry.camera_id(d.channels[0].channel_id)
+        assert wait_for(lambda: any(e[0] == cam for e in events))
+        assert [e[1] for e in events if e[0] == cam] == ["camera.motion"]
+    finally:
+        gb.on_event = None

@@ -34,7 +34,8 @@ def camera(db_url):
 def test_sipp_device_subscribed_notifies_add_then_del(site_db, tmp_path):
     pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
     site = GbSite(sip_id=HUB_ID, domain=DOMAIN, placement=[GbPlacement(civil_code="51019910", grid="510199101201001")])
-    server = GbServer(site, GbSettings(host="127.0.0.1", port=0, tcp=False, catalog_subscribe_expires_s=600),
+    server = GbServer(site, GbSettings(host="127.0.0.1", port=0, tcp=False, catalog_subscribe_expires_s=600,
+                                 alarm_subscribe_expires_s=0),
                       site_db, pw, root_code="510199000000")
     uas_ready = threading.Event()
 

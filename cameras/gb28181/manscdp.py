@@ -189,16 +189,17 @@ class CatalogEvent:
 
 
 def catalog_notify(body: Body) -> list[CatalogEvent]:
-    """The items of a ``<Notify><CmdType>Catalog`` body, each with its ``Event``. Refuses the
-    whole body (ManscdpError, Chinese first) when an item has no or an unknown Event, or an ID
-    that is not 20 digits: nothing of a body the hub cannot read fully is applied."""
+    """The items of a ``<Notify><CmdType>Catalog`` body, each with its ``Event``; an item
+    without one is an UPDATE (taken as a catalog query would take it: created or updated).
+    Refuses the whole body (ManscdpError, Chinese first) when an item has an unknown Event or
+    an ID that is not 20 digits: nothing of a body the hub cannot read fully is applied."""
     out: list[CatalogEvent] = []
     for item in _items(body):
         if len(out) >= MAX_NOTIFY_ITEMS:
             raise ManscdpError(f"目录通知项过多（超过 {MAX_NOTIFY_ITEMS} 项）(catalog notify of more than "
                                f"{MAX_NOTIFY_ITEMS} items)")
         channel = _channel(item)
-        event = (item.findtext("Event") or "").strip().upper()
+        event = (item.findtext("Event") or "UPDATE").strip().upper()
         if event not in CATALOG_EVENTS:
             raise ManscdpError(f"目录通知项 {channel.channel_id} 的事件类型无效 (Event {event[:20]!r}, expected one "
                                f"of {'/'.join(CATALOG_EVENTS)})")

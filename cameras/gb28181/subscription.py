@@ -12,9 +12,13 @@ same home as the catalog query's changes: ADD/UPDATE a camera, DEL retires it, O
 DEFECT its status, each announced on ``xlhub_registry``. A NOTIFY from a device that is not
 registered, or for a dialog the hub does not have, gets 481 and an audit record with the reason.
 
-State per device: ``DeviceState.sub`` (the dialog) and ``DeviceState.sub_state``, written
-through to ``gb_devices.catalog_subscription`` (active | unsupported | none) with a Chinese
-reason and the expiry (migration 0028)."""
+The alarm subscription (报警订阅, §9.11.1) runs the same way (``Event: presence``, an Alarm Query
+of every priority and method); alarms NOTIFYed in its dialog become events like MESSAGEd ones.
+A NOTIFY without a body (RFC 6665's initial state) is answered 200.
+
+State per device and kind (catalog, alarm): ``DeviceState.subs`` (the dialogs) and
+``DeviceState.sub_states``, written through to ``gb_devices.<kind>_subscription`` (active |
+unsupported | none) with a Chinese reason and the expiry (migration 0028)."""
 from __future__ import annotations
 
 import asyncio
@@ -215,6 +219,11 @@ class Subscriptions:
             await self._refuse(req, peer, device_id, "unknown-dialog",
                                f"未知的订阅对话（Call-ID {req.call_id[:60]}），设备 {device_id} 当前"
                                + ("没有订阅" if not state.subs else "的订阅是另外的对话"))
+            return
+        if not req.body.strip():
+            s.endpoint.reply(peer, req, sipm.response(req, 200))
+            if (req.get("Subscription-State") or "").strip().lower().startswith("terminated"):
+                self._ended(state, sub.kind, f"设备终止了{KINDS[sub.kind].label}")
             return
         try:
             body = manscdp.parse(req.body)

@@ -281,3 +281,17 @@ def test_alarm_subscription_and_alarm_notify_become_events(gb, fleet):
         assert [e[1] for e in events if e[0] == cam] == ["camera.motion"]
     finally:
         gb.on_event = None
+
+
+def test_empty_notify_answered_and_item_without_event_taken_as_update(gb, fleet):
+    dev = "51019910111320000111"
+    d = device(gb, fleet, dev, channels=1)
+    assert wait_for(lambda: d.subscription is not None)
+    assert fleet.run(d._notify("catalog", b"", 5.0, None)).status == 200       # RFC 6665 initial state, no body
+    c = chan(dev, 701, "无事件字段的通道")
+    body = manscdp.encode("Notify", manscdp.el("CmdType", "Catalog") + manscdp.el("SN", 9) + manscdp.el("DeviceID", dev)
+                          + manscdp.el("SumNum", 1) + '<DeviceList Num="1">\r\n<Item>\r\n'
+                          + manscdp.el("DeviceID", c.channel_id) + manscdp.el("Name", c.name) + "</Item>\r\n</DeviceList>\r\n")
+    assert fleet.run(d._notify("catalog", body, 5.0, None)).status == 200
+    assert wait_for(lambda: row(gb, "SELECT name FROM cameras WHERE id = %s", registry.camera_id(c.channel_id)))
+    assert row(gb, "SELECT name FROM cameras WHERE id = %s", registry.camera_id(c.channel_id))["name"] == c.name

@@ -97,7 +97,16 @@ def ptz_control(sn: int, channel_id: str, command: bytes, label: str = "GB2312")
 
 
 def catalog_subscribe(sn: int, device_id: str, label: str = "GB2312") -> bytes:
+    """The body of a catalog SUBSCRIBE (GB/T 28181-2016 §9.11.2, as WVP-GB28181-pro sends it):
+    a Catalog Query of the device; changes arrive as NOTIFY with ``<Notify><CmdType>Catalog``."""
     return query("Catalog", sn, device_id, label)
+
+
+def alarm_subscribe(sn: int, device_id: str, label: str = "GB2312") -> bytes:
+    """The body of an alarm SUBSCRIBE (报警订阅, ``Event: presence``; A.2.4.8 alarm query fields):
+    every priority (0), every method (0) — what the hub maps is decided on arrival."""
+    return query("Alarm", sn, device_id, label, el("StartAlarmPriority", 0) + el("EndAlarmPriority", 0)
+                 + el("AlarmMethod", 0))
 
 
 # --------------------------------------------------------------------------- catalog
@@ -135,31 +144,86 @@ class CatalogPacket:
     items: list[Channel]
 
 
+def _items(body: Body):
+    dl = body.root.find("DeviceList")
+    for item in (dl if dl is not None else []):
+        if item.tag == "Item":
+            yield item
+
+
+def _channel(item) -> Channel:
+    cid = (item.findtext("DeviceID") or "").strip()
+    if not is_gb_id(cid):
+        raise ManscdpError(f"目录项编码不是 20 位数字 (catalog item DeviceID {cid[:30]!r})")
+    info = item.find("Info")
+    ptz = (info.findtext("PTZType") if info is not None else None) or item.findtext("PTZType")
+    return Channel(
+        channel_id=cid, name=(item.findtext("Name") or cid).strip()[:100],
+        manufacturer=(item.findtext("Manufacturer") or "").strip() or None,
+        model=(item.findtext("Model") or "").strip() or None,
+        civil_code=(item.findtext("CivilCode") or "").strip() or None,
+        parent_id=(item.findtext("ParentID") or "").strip() or None,
+        status=(item.findtext("Status") or "ON").strip(),
+        ptz_type=int(ptz) if ptz and ptz.strip().isdigit() else None,
+        lon=_float(item.findtext("Longitude"), -180, 180), lat=_float(item.findtext("Latitude"), -90, 90),
+        address=(item.findtext("Address") or "").strip() or None)
+
+
 def catalog_packet(body: Body) -> CatalogPacket:
     sum_text = body.text("SumNum") or ""
     if not sum_text.isdigit():
         raise ManscdpError(f"SumNum 不是数字 ({sum_text[:20]!r})")
-    items: list[Channel] = []
-    dl = body.root.find("DeviceList")
-    for item in (dl if dl is not None else []):
-        if item.tag != "Item":
-            continue
-        cid = (item.findtext("DeviceID") or "").strip()
-        if not is_gb_id(cid):
-            raise ManscdpError(f"目录项编码不是 20 位数字 (catalog item DeviceID {cid[:30]!r})")
-        info = item.find("Info")
-        ptz = (info.findtext("PTZType") if info is not None else None) or item.findtext("PTZType")
-        items.append(Channel(
-            channel_id=cid, name=(item.findtext("Name") or cid).strip()[:100],
-            manufacturer=(item.findtext("Manufacturer") or "").strip() or None,
-            model=(item.findtext("Model") or "").strip() or None,
-            civil_code=(item.findtext("CivilCode") or "").strip() or None,
-            parent_id=(item.findtext("ParentID") or "").strip() or None,
-            status=(item.findtext("Status") or "ON").strip(),
-            ptz_type=int(ptz) if ptz and ptz.strip().isdigit() else None,
-            lon=_float(item.findtext("Longitude"), -180, 180), lat=_float(item.findtext("Latitude"), -90, 90),
-            address=(item.findtext("Address") or "").strip() or None))
-    return CatalogPacket(int(sum_text), items)
+    return CatalogPacket(int(sum_text), [_channel(item) for item in _items(body)])
+
+
+# GB/T 28181-2016 §9.11.2 / A.2.4.2: a catalog NOTIFY's item says what happened to it.
+# ON/OFF online/offline, VLOST video lost, DEFECT faulty; ADD/DEL/UPDATE change the catalog.
+CATALOG_EVENTS = ("ON", "OFF", "VLOST", "DEFECT", "ADD", "DEL", "UPDATE")
+MAX_NOTIFY_ITEMS = 1000
+
+
+@dataclass
+class CatalogEvent:
+    event: str
+    channel: Channel
+
+
+def catalog_notify(body: Body) -> list[CatalogEvent]:
+    """The items of a ``<Notify><CmdType>Catalog`` body, each with its ``Event``; an item
+    without one is an UPDATE (taken as a catalog query would take it: created or updated).
+    Refuses the whole body (ManscdpError, Chinese first) when an item has an unknown Event or
+    an ID that is not 20 digits: nothing of a body the hub cannot read fully is applied."""
+    out: list[CatalogEvent] = []
+    for item in _items(body):
+        if len(out) >= MAX_NOTIFY_ITEMS:
+            raise ManscdpError(f"目录通知项过多（超过 {MAX_NOTIFY_ITEMS} 项）(catalog notify of more than "
+                               f"{MAX_NOTIFY_ITEMS} items)")
+        channel = _channel(item)
+        event = (item.findtext("Event") or "UPDATE").strip().upper()
+        if event not in CATALOG_EVENTS:
+            raise ManscdpError(f"目录通知项 {channel.channel_id} 的事件类型无效 (Event {event[:20]!r}, expected one "
+                               f"of {'/'.join(CATALOG_EVENTS)})")
+        if event in ("OFF", "VLOST", "DEFECT", "ON"):
+            channel.status = event
+        out.append(CatalogEvent(event, channel))
+    return out
+
+
+def catalog_notify_body(sn: int, device_id: str, events: list[tuple[str, Channel]], label: str = "GB2312") -> bytes:
+    """A device's catalog NOTIFY body (the simulator's): ``(event, channel)`` items."""
+    parts = [el("CmdType", "Catalog"), el("SN", sn), el("DeviceID", device_id), el("SumNum", len(events)),
+             f'<DeviceList Num="{len(events)}">\r\n']
+    for event, c in events:
+        parts.append("<Item>\r\n" + el("DeviceID", c.channel_id) + el("Event", event))
+        if event in ("ADD", "UPDATE"):
+            parts.append(el("Name", c.name) + el("Manufacturer", c.manufacturer or "") + el("Model", c.model or "")
+                         + el("CivilCode", c.civil_code or c.channel_id[:6]) + el("ParentID", c.parent_id or device_id)
+                         + el("Status", c.status)
+                         + (el("Longitude", c.lon) + el("Latitude", c.lat) if c.lon is not None else "")
+                         + ("<Info>\r\n" + el("PTZType", c.ptz_type) + "</Info>\r\n" if c.ptz_type else ""))
+        parts.append("</Item>\r\n")
+    parts.append("</DeviceList>\r\n")
+    return encode("Notify", "".join(parts), label)
 
 
 def is_video_channel(channel_id: str) -> bool:

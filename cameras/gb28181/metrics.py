@@ -8,3 +8,7 @@ REFUSALS = Counter("xlhub_gb28181_refusals", "refused SIP requests, by reason", 
 KEEPALIVE_MISSES = Counter("xlhub_gb28181_keepalive_misses", "devices gone offline after missed Keepalives")
 MEDIA_SESSIONS = Gauge("xlhub_gb28181_media_sessions", "INVITE dialogs open now", multiprocess_mode="livesum")
 ALARMS = Counter("xlhub_gb28181_alarms", "alarm notifications turned into events", ["type"])
+SUBSCRIPTIONS = Counter("xlhub_gb28181_subscriptions",
+                        "SUBSCRIBE outcomes by kind (catalog, alarm) and outcome (active: granted or refreshed; "
+                        "unsupported: refused)", ["kind", "outcome"])
+CATALOG_NOTIFIES = Counter("xlhub_gb28181_catalog_notifies", "catalog NOTIFYs applied to the registry")

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-from cameras.gb28181.manscdp import Channel, is_video_channel
+from cameras.gb28181.manscdp import CatalogEvent, Channel, is_video_channel
 from config.gb28181 import GbSite
 
 CAMERA_PREFIX = "gb-"
@@ -101,6 +101,13 @@ class CatalogChange:
     updated: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
     moved: list[tuple[str, str | None, str]] = field(default_factory=list)
+    status: list[tuple[str, str]] = field(default_factory=list)     # (camera id, ON/OFF/VLOST/DEFECT) — NOTIFY
+    ignored: list[tuple[str, str]] = field(default_factory=list)    # (channel id, why) — NOTIFY items not applied
+
+    @property
+    def changed(self) -> list[str]:
+        """Camera ids announced on xlhub_registry, each once, in order."""
+        return list(dict.fromkeys(self.added + self.updated + self.retired + [c for c, _ in self.status]))
 
 
 def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channel], gb: GbSite,
@@ -109,8 +116,58 @@ def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channe
     longer listed are retired. In the caller's transaction."""
     change = CatalogChange()
     video = [c for c in channels if is_video_channel(c.channel_id)]
+    _upsert_channels(conn, device_id, video, gb, root_code, change)
+    listed = [c.channel_id for c in video]
+    _retire(conn, change, """UPDATE gb_channels SET retired_at = now(), updated_at = now()
+                             WHERE device_id = %s AND retired_at IS NULL AND NOT (channel_id = ANY(%s))
+                             RETURNING camera_id""", (device_id, listed))
+    _count(conn, device_id)
+    _announce(conn, change.changed)
+    return change
+
+
+def apply_catalog_events(conn: psycopg.Connection, device_id: str, events: list[CatalogEvent], gb: GbSite,
+                         root_code: str) -> CatalogChange:
+    """A catalog NOTIFY (subscription) applied as the same catalog change a query would make,
+    item by item in order: ADD/UPDATE create or update the channel's camera (placed, membership
+    versioned), DEL retires it (never deleted), ON/OFF/VLOST/DEFECT set the channel's status.
+    Items that are not video channels, or a status/DEL of a channel the hub does not know, are
+    listed in ``ignored``. In the caller's transaction."""
+    change = CatalogChange()
+    for ev in events:
+        c = ev.channel
+        if not is_video_channel(c.channel_id):
+            change.ignored.append((c.channel_id, "不是视频通道 (not a video channel type 131/132)"))
+            continue
+        if ev.event in ("ADD", "UPDATE"):
+            _upsert_channels(conn, device_id, [c], gb, root_code, change)
+        elif ev.event == "DEL":
+            if not _retire(conn, change, """UPDATE gb_channels SET retired_at = now(), updated_at = now()
+                                            WHERE device_id = %s AND channel_id = %s AND retired_at IS NULL
+                                            RETURNING camera_id""", (device_id, c.channel_id)):
+                change.ignored.append((c.channel_id, "删除的通道不在目录中 (DEL of a channel not in the catalog)"))
+        else:
+            row = conn.execute("""UPDATE gb_channels SET status = %s, updated_at = now()
+                                  WHERE device_id = %s AND channel_id = %s AND retired_at IS NULL
+                                  RETURNING camera_id""", (ev.event, device_id, c.channel_id)).fetchone()
+            if row is None:
+                change.ignored.append((c.channel_id, f"状态变化（{ev.event}）的通道不在目录中 (unknown channel)"))
+            else:
+                change.status.append((row["camera_id"], ev.event))
+    _count(conn, device_id)
+    _announce(conn, change.changed)
+    return change
+
+
+def _upsert_channels(conn: psycopg.Connection, device_id: str, video: list[Channel], gb: GbSite, root_code: str,
+                     change: CatalogChange) -> None:
+    """Video channels → cameras (origin gb28181) and gb_channels rows, placed in the grid (a new
+    membership row when the placement changed); added/updated/moved noted in ``change``."""
+    if not video:
+        return
     known = {r["channel_id"]: r for r in conn.execute(
-        "SELECT channel_id, retired_at FROM gb_channels WHERE device_id = %s", (device_id,)).fetchall()}
+        "SELECT channel_id, retired_at FROM gb_channels WHERE device_id = %s AND channel_id = ANY(%s)",
+        (device_id, [c.channel_id for c in video])).fetchall()}
     cams = [camera_id(c.channel_id) for c in video]
     with conn.cursor() as cur:          # a catalog is hundreds of rows: batched, not one round trip each
         cur.executemany(
@@ -153,21 +210,47 @@ def sync_catalog(conn: psycopg.Connection, device_id: str, channels: list[Channe
         if open_:
             cur.executemany("""INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from)
                                VALUES ('camera', %s, %s, clock_timestamp())""", open_)
-    listed = [c.channel_id for c in video]
-    for r in conn.execute(
-            """UPDATE gb_channels SET retired_at = now(), updated_at = now()
-               WHERE device_id = %s AND retired_at IS NULL AND NOT (channel_id = ANY(%s)) RETURNING camera_id""",
-            (device_id, listed)).fetchall():
+
+
+def _retire(conn: psycopg.Connection, change: CatalogChange, sql: str, params: tuple) -> int:
+    """Channels the statement retires (it returns their camera_id): cameras inactive, rows kept
+    (grid membership stays as it was: versioned history, not deleted)."""
+    rows = conn.execute(sql, params).fetchall()
+    for r in rows:
         conn.execute("UPDATE cameras SET active = false, updated_at = now() WHERE id = %s AND origin = 'gb28181'",
                      (r["camera_id"],))
         change.retired.append(r["camera_id"])
-    conn.execute("UPDATE gb_devices SET channel_count = %s, updated_at = now() WHERE id = %s", (len(video), device_id))
-    changed = change.added + change.updated + change.retired
-    if changed:
+    return len(rows)
+
+
+def _count(conn: psycopg.Connection, device_id: str) -> None:
+    conn.execute("""UPDATE gb_devices SET channel_count = (SELECT count(*) FROM gb_channels
+                        WHERE device_id = %s AND retired_at IS NULL), updated_at = now() WHERE id = %s""",
+                 (device_id, device_id))
+
+
+def _announce(conn: psycopg.Connection, cams: list[str]) -> None:
+    if cams:
         with conn.cursor() as cur:
             cur.executemany("SELECT pg_notify('xlhub_registry', %s)",
-                            [(json.dumps({"kind": "camera", "id": cam}),) for cam in changed])
-    return change
+                            [(json.dumps({"kind": "camera", "id": cam}),) for cam in cams])
+
+
+SUBSCRIPTION_STATES = ("active", "unsupported", "none")
+
+
+SUBSCRIPTION_KINDS = ("catalog", "alarm")
+
+
+def set_subscription(conn: psycopg.Connection, device_id: str, kind: str, state: str, *, reason: str | None = None,
+                     expires_at: datetime | None = None) -> None:
+    """``gb_devices.<kind>_subscription`` (kind catalog | alarm; state active | unsupported |
+    none), its Chinese reason and when an active subscription runs out (refreshed before)."""
+    if kind not in SUBSCRIPTION_KINDS or state not in SUBSCRIPTION_STATES:
+        raise ValueError(f"subscription {kind!r} state {state!r}")
+    conn.execute(f"""UPDATE gb_devices SET {kind}_subscription = %s, {kind}_subscription_reason = %s,
+                         {kind}_subscription_expires_at = %s, updated_at = now() WHERE id = %s""",
+                 (state, reason[:300] if reason else None, expires_at, device_id))
 
 
 def channel_of_camera(conn: psycopg.Connection, cam_id: str) -> tuple[str, str] | None:

@@ -1,4 +1,5 @@
-"""The hub as a GB/T 28181 SIP server (上级): REGISTER with digest, Keepalive, Catalog,
+"""The hub as a GB/T 28181 SIP server (上级): REGISTER with digest, Keepalive, Catalog (query, and
+the catalog subscription of subscription.py: SUBSCRIBE after register, NOTIFY applied),
 DeviceInfo/DeviceStatus, Alarm, and the :class:`~cameras.gb28181.session.Inviter` the media
 side calls (INVITE/ACK/BYE), plus PTZ by DeviceControl.
 
@@ -24,6 +25,7 @@ from cameras.gb28181.settings import GbSettings
 from cameras.gb28181.sip import message as sipm
 from cameras.gb28181.sip.digest import DigestServer
 from cameras.gb28181.sip.transport import Peer, SipEndpoint
+from cameras.gb28181.subscription import Subscription, Subscriptions
 from config.gb28181 import GbSite
 from store import audit
 from psycopg.rows import dict_row
@@ -52,6 +54,20 @@ class DeviceState:
     cseq: int = 1
     online: bool = True
     channels: set[str] = field(default_factory=set)
+    # subscriptions (subscription.py) by kind, "catalog" and "alarm": the dialog, the initial
+    # SUBSCRIBE not yet answered, the state active | unsupported | none (gb_devices.<kind>_subscription)
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    subs_pending: dict[str, Subscription] = field(default_factory=dict)
+    sub_states: dict[str, str] = field(default_factory=dict)
+    last_catalog: float = 0.0                   # last Catalog query started (periodic when not subscribed)
+
+    @property
+    def sub(self) -> Subscription | None:
+        return self.subs.get("catalog")
+
+    @property
+    def sub_state(self) -> str:
+        return self.sub_states.get("catalog", "none")
 
 
 @dataclass
@@ -107,6 +123,7 @@ class GbServer:
         self._stop: asyncio.Event | None = None
         self.catalog_results: dict[str, registry.CatalogChange | str] = {}
         self.admitted: set[str] = set()
+        self.subs = Subscriptions(self)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -175,6 +192,10 @@ class GbServer:
     def _load(self, conn) -> None:
         # After a restart nobody is registered until they REGISTER again (their address may have changed).
         conn.execute("UPDATE gb_devices SET state = 'offline' WHERE state = 'registered'")
+        # ... and the catalog subscriptions' dialogs are gone with the old process
+        for kind in ("catalog", "alarm"):
+            conn.execute(f"""UPDATE gb_devices SET {kind}_subscription = 'none', {kind}_subscription_reason = '平台重启',
+                                {kind}_subscription_expires_at = NULL WHERE {kind}_subscription = 'active'""")
         self.admitted = {r["id"] for r in conn.execute("SELECT id FROM gb_devices WHERE admitted").fetchall()}
 
     def _behind(self, fn, *args, **kwargs) -> None:
@@ -196,8 +217,10 @@ class GbServer:
     def _on_request(self, req: sipm.Request, peer: Peer):
         if req.method == "REGISTER":
             return self._register(req, peer)
-        if req.method in ("MESSAGE", "NOTIFY"):
+        if req.method == "MESSAGE":
             return self._message(req, peer)
+        if req.method == "NOTIFY":
+            return self.subs.notify(req, peer)
         if req.method == "ACK":
             return None
         if req.method == "BYE":
@@ -262,6 +285,8 @@ class GbServer:
             return
         now = time.time()
         if expires == 0:
+            if device_id in self.devices:
+                self.subs.unsubscribe(self.devices[device_id], "设备注销")
             self._unregister(device_id)
             await self._run_db(registry.set_state, device_id, "unregistered")
             resp = sipm.response(req, 200, to_tag=sipm.new_tag())
@@ -313,7 +338,16 @@ class GbServer:
             metrics.REGISTERED.set(sum(1 for d in self.devices.values() if d.online))
 
     async def _after_register(self, device_id: str) -> None:
-        """A device that has just come online: what it is, then its catalog."""
+        """A device that has just come online: what it is, its catalog, then the catalog
+        subscription (changes by NOTIFY; periodic queries when the device does not support it)."""
+        await self._identify(device_id)
+        state = self.devices.get(device_id)
+        for kind in ("catalog", "alarm"):
+            state = self.devices.get(device_id)
+            if state is not None and state.online and kind not in state.subs:
+                await self.subs.subscribe(device_id, kind)
+
+    async def _identify(self, device_id: str) -> None:
         with contextlib.suppress(Exception):
             await self.query_device_info(device_id)
         for attempt, pause in enumerate((5.0, 15.0, None)):
@@ -363,8 +397,16 @@ class GbServer:
             self.endpoint.reply(peer, req, sipm.response(req, 200))
             self._record_packet(device_id, body)
             return
-        if body.kind == "Notify" and body.cmd == "Catalog":          # subscription notify: changed items
+        if body.kind == "Notify" and body.cmd == "Catalog":      # changed items sent by MESSAGE (no dialog)
+            try:
+                events = manscdp.catalog_notify(body)
+            except manscdp.ManscdpError as exc:
+                metrics.REFUSALS.labels("bad-body").inc()
+                log.info("GB/T 28181: catalog notify from %s refused: %s", device_id, exc)
+                self.endpoint.reply(peer, req, sipm.response(req, 400, f"Bad Request ({str(exc)[:80]})"))
+                return
             self.endpoint.reply(peer, req, sipm.response(req, 200))
+            await self.subs.apply(state, events)
             return
         fut = self._answers.get((device_id, body.cmd, body.sn))
         self.endpoint.reply(peer, req, sipm.response(req, 200))
@@ -395,6 +437,7 @@ class GbServer:
 
     async def query_catalog(self, device_id: str) -> registry.CatalogChange:
         state = self._online(device_id)
+        state.last_catalog = time.time()
         sn = self.next_sn()
         col = _Catalog(done=asyncio.get_running_loop().create_future())
         self._catalogs[(device_id, sn)] = col
@@ -561,6 +604,12 @@ class GbServer:
             for state in list(self.devices.values()):
                 if not state.online:
                     continue
+                if (state.sub_state != "active" and state.last_catalog
+                        and now - state.last_catalog > self.settings.catalog_query_interval_s):
+                    state.last_catalog = now          # not subscribed: the catalog is asked again periodically
+                    task = asyncio.ensure_future(self._periodic_catalog(state.device_id))
+                    self.endpoint.tasks.add(task)
+                    task.add_done_callback(self.endpoint.tasks.discard)
                 why = None
                 if now - state.last_keepalive > limit:
                     why = "keepalive"
@@ -569,6 +618,7 @@ class GbServer:
                 if why is None:
                     continue
                 state.online = False
+                self.subs.unsubscribe(state, "设备离线")
                 misses = int((now - state.last_keepalive) // self.settings.keepalive_interval_s)
                 if why == "keepalive":
                     metrics.KEEPALIVE_MISSES.inc()
@@ -576,6 +626,12 @@ class GbServer:
                 with contextlib.suppress(Exception):
                     await self._run_db(registry.set_state, state.device_id, "offline", misses)
                 metrics.REGISTERED.set(sum(1 for d in self.devices.values() if d.online))
+
+    async def _periodic_catalog(self, device_id: str) -> None:
+        try:
+            await self.query_catalog(device_id)
+        except Exception as exc:
+            log.info("GB/T 28181: periodic catalog of %s not read: %s", device_id, exc)
 
     # ------------------------------------------------------------------ Inviter (for the media side)
     def _call(self, coro, timeout: float):

@@ -23,6 +23,14 @@ class GbSettings(BaseSettings):
     clock_skew_note_s: float = Field(10.0, ge=0, description="a device whose Date differs more is noted as skewed")
     catalog_timeout_s: float = Field(30.0, gt=0, description="time for all of a catalog's packets")
     invite_timeout_s: float = Field(5.0, gt=0)
+    catalog_subscribe_expires_s: int = Field(3600, ge=2, le=86400,
+                                             description="Expires of the catalog SUBSCRIBE (目录订阅); refreshed at 80 %")
+    alarm_subscribe_expires_s: int = Field(3600, ge=0, le=86400,
+                                           description="Expires of the alarm SUBSCRIBE (报警订阅, Event: presence); "
+                                                       "0: alarms not subscribed")
+    subscribe_timeout_s: float = Field(8.0, gt=0, description="wait for a device's answer to SUBSCRIBE")
+    catalog_query_interval_s: float = Field(3600.0, gt=0, description="periodic Catalog query of devices without an "
+                                                                      "active catalog subscription")
     # cascade up (级联, cameras/gb28181/cascade.py)
     cascade_port: int = Field(5061, ge=0, le=65535, description="SIP port (UDP and TCP) of the hub as a lower "
                                                                 "platform: its REGISTER's Contact (0: any free)")

@@ -39,7 +39,8 @@ class SimDevice:
                  per_packet: int = 4, keepalive_s: float = 60.0, expires: int = 3600,
                  on_invite: Callable[[dict], tuple[str, int]] | None = None, name: str = "模拟摄像机",
                  host: str = "127.0.0.1", records: dict[str, list[manscdp.RecordItem]] | None = None,
-                 playback_speed: float = 1.0, on_bye: Callable[[str], None] | None = None) -> None:
+                 playback_speed: float = 1.0, on_bye: Callable[[str], None] | None = None,
+                 subscribe_status: int = 200) -> None:
         self.device_id, self.password, self.hub, self.hub_id, self.domain = device_id, password, hub, hub_id, domain
         self.transport, self.charset, self.per_packet = transport, charset, per_packet
         self.keepalive_s, self.expires, self.name, self.host = keepalive_s, expires, name, host
@@ -72,6 +73,16 @@ class SimDevice:
         self._tag = sipm.new_tag()
         self._sn = 0
         self._keepalive: asyncio.Task | None = None
+        # catalog subscription (目录订阅): answered ``subscribe_status`` (200, or e.g. 489 Bad Event
+        # for a device without it); the running dialog, every SUBSCRIBE seen (Expires 0 = ended)
+        self.subscribe_status = subscribe_status
+        self.subscribes: list[sipm.Request] = []
+        self.subs: dict[str, dict] = {}                 # kind (catalog, alarm) → dialog
+        self.subscribed = asyncio.Event()
+        # tests: items NOTIFYed right after a new SUBSCRIBE arrives, before the 200 is sent (RFC 6665
+        # allows it; some devices do it with their whole catalog)
+        self.notify_before_200: list[tuple[str, Channel]] | None = None
+        self._answering: set[str] = set()
 
     @property
     def peer(self) -> Peer:
@@ -146,19 +157,23 @@ class SimDevice:
         return await self.endpoint.request(self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE), self.peer,
                                            timeout=timeout)
 
-    async def alarm(self, *, method: str = "5", alarm_type: str | None = "2", channel: str | None = None,
-                    description: str = "移动侦测报警") -> sipm.Response:
+    def _alarm_body(self, method: str, alarm_type: str | None, channel: str | None, description: str) -> bytes:
         info = f"<Info>\r\n{el('AlarmType', alarm_type)}</Info>\r\n" if alarm_type else ""
-        body = encode("Notify", el("CmdType", "Alarm") + el("SN", self.next_sn())
+        return encode("Notify", el("CmdType", "Alarm") + el("SN", self.next_sn())
                       + el("DeviceID", channel or self.channels[0].channel_id) + el("AlarmPriority", 1)
                       + el("AlarmMethod", method) + el("AlarmTime", datetime.now().strftime("%Y-%m-%dT%H:%M:%S"))
                       + el("AlarmDescription", description) + info, self.charset)
-        return await self.message(body)
+
+    async def alarm(self, *, method: str = "5", alarm_type: str | None = "2", channel: str | None = None,
+                    description: str = "移动侦测报警") -> sipm.Response:
+        return await self.message(self._alarm_body(method, alarm_type, channel, description))
 
     # ------------------------------------------------------------------ requests from the hub
     async def _on_request(self, req: sipm.Request, peer: Peer) -> None:
         if req.method == "MESSAGE":
             await self._on_message(req, peer)
+        elif req.method == "SUBSCRIBE":
+            self._on_subscribe(req, peer)
         elif req.method == "INVITE":
             self._on_invite(req, peer)
         elif req.method == "ACK":
@@ -203,6 +218,92 @@ class SimDevice:
             cmd = body.text("PTZCmd")
             if cmd:
                 self.ptz.append({"channel": body.device_id, "hex": cmd, **manscdp.parse_ptz(cmd)})
+
+    @property
+    def subscription(self) -> dict | None:
+        """The catalog subscription's dialog (``alarm_subscription``: the alarm one)."""
+        return self.subs.get("catalog")
+
+    @property
+    def alarm_subscription(self) -> dict | None:
+        return self.subs.get("alarm")
+
+    def _on_subscribe(self, req: sipm.Request, peer: Peer) -> None:
+        self.subscribes.append(req)
+        kind = "catalog" if (req.get("Event") or "").lower().startswith("catalog") else "alarm"
+        current = self.subs.get(kind)
+        known = current is not None and current["call_id"] == req.call_id
+        if self.subscribe_status != 200:
+            self.endpoint.reply(peer, req, sipm.response(req, self.subscribe_status, to_tag=sipm.new_tag()))
+            return
+        if req.to_tag and not known:                 # a refresh of a dialog this device does not have
+            self.endpoint.reply(peer, req, sipm.response(req, 481))
+            return
+        if req.call_id in self._answering:           # a retransmission while the early NOTIFY is out
+            return
+        expires = int(req.get("Expires") or "3600")
+        tag = current["tag"] if known else sipm.new_tag()
+        contact = sipm.Uri.parse(req.get("Contact") or f"<sip:{self.hub_id}@{self.hub[0]}:{self.hub[1]}>")
+        dialog = {"call_id": req.call_id, "tag": tag, "hub_tag": req.from_tag, "event": req.get("Event"),
+                  "expires": expires, "uri": f"sip:{contact.user}@{contact.host}:{contact.port or 5060}"}
+        if kind == "catalog" and self.notify_before_200 and not known and expires:
+            self.subs[kind] = dialog
+            events, self.notify_before_200 = self.notify_before_200, None
+            self._answering.add(req.call_id)
+
+            async def early():
+                try:
+                    self.early_notify = await self.notify_catalog(events)
+                finally:
+                    self._answering.discard(req.call_id)
+                    self._on_subscribe(req, peer)
+            asyncio.ensure_future(early())
+            return
+        body = manscdp.parse(req.body)
+        resp = sipm.response(req, 200, to_tag=tag, content_type=manscdp.CONTENT_TYPE, body=encode(
+            "Response", el("CmdType", body.cmd) + el("SN", body.sn) + el("DeviceID", self.device_id)
+            + el("Result", "OK"), self.charset))
+        resp.add("Expires", str(expires))
+        resp.add("Contact", f"<sip:{self.device_id}@{self.host}:{self.endpoint.port}>")
+        self.endpoint.reply(peer, req, resp)
+        if expires == 0:
+            self.subs.pop(kind, None)
+            return
+        self.subs[kind] = dialog
+        if kind == "catalog":
+            self.subscribed.set()
+
+    async def _notify(self, kind: str, body: bytes, timeout: float, call_id: str | None) -> sipm.Response:
+        sub = self.subs.get(kind) or {"call_id": sipm.new_call_id(self.host), "tag": sipm.new_tag(),
+                                      "hub_tag": sipm.new_tag(), "event": "Catalog", "expires": 3600,
+                                      "uri": f"sip:{self.hub_id}@{self.hub[0]}:{self.hub[1]}"}
+        self._cseq += 1
+        req = sipm.request("NOTIFY", sub["uri"], via=self._via(), from_uri=f"sip:{self.device_id}@{self.domain}",
+                           to_uri=f"sip:{self.hub_id}@{self.domain}", call_id=call_id or sub["call_id"],
+                           cseq=self._cseq, from_tag=sub["tag"], to_tag=sub["hub_tag"], body=body,
+                           content_type=manscdp.CONTENT_TYPE,
+                           contact=f"sip:{self.device_id}@{self.host}:{self.endpoint.port}",
+                           extra={"Event": sub["event"] or "Catalog",
+                                  "Subscription-State": f"active;expires={sub['expires']}"})
+        return await self.endpoint.request(req, self.peer, timeout=timeout)
+
+    async def notify_catalog(self, events: list[tuple[str, Channel]], *, timeout: float = 5.0,
+                             call_id: str | None = None) -> sipm.Response:
+        """NOTIFY in the catalog subscription's dialog with catalog items (``ADD``/``DEL``/``UPDATE``/
+        ``ON``/``OFF``/``VLOST``/``DEFECT``); ADD/DEL change this device's own catalog too.
+        ``call_id`` forces another dialog (tests of the hub's 481)."""
+        for event, c in events:
+            if event == "ADD" and c.channel_id not in {x.channel_id for x in self.channels}:
+                self.channels.append(c)
+            elif event == "DEL":
+                self.channels = [x for x in self.channels if x.channel_id != c.channel_id]
+        body = manscdp.catalog_notify_body(self.next_sn(), self.device_id, events, self.charset)
+        return await self._notify("catalog", body, timeout, call_id)
+
+    async def notify_alarm(self, *, method: str = "5", alarm_type: str | None = "2", channel: str | None = None,
+                           description: str = "移动侦测报警", timeout: float = 5.0) -> sipm.Response:
+        """An alarm as NOTIFY in the alarm subscription's dialog (报警订阅)."""
+        return await self._notify("alarm", self._alarm_body(method, alarm_type, channel, description), timeout, None)
 
     def catalog_packets(self, sn: int) -> list[bytes]:
         n = len(self.channels)

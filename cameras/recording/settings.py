@@ -73,6 +73,11 @@ class RecordingSettings(BaseSettings):
                                                       "default <var_dir>/exports")
     export_keep_hours: float = Field(72, gt=0, description="exported files are deleted after this long (the "
                                                            "audit log keeps who exported what, and its SHA-256)")
+    export_workers: int = Field(2, ge=1, le=8, description="exports written at once by each API process (the "
+                                                            "queue is shared: jobs/recording_exports)")
+    export_rate: int | None = Field(None, ge=10_000, description="bytes per second an export reads at most (keeps "
+                                                                 "a large export from starving recording's disk); "
+                                                                 "None: as fast as the disk goes")
     case_hold_days: int = Field(90, ge=0, le=3650, description="days a finished case (结案、撤销、不予受理) keeps "
                                                                "holding its footage before retention applies again")
 

@@ -88,7 +88,7 @@ async def lifespan(app: FastAPI):
     root, exports = _dirs(app)
     pool = open_pool(app.state.db_url, min_size=1, max_size=s.export_workers + 2, name="xlhub-api-exports")
     worker = ExportWorker(pool, root, exports, s.export_keep_hours, threads=s.export_workers,
-                          rate=lambda: _settings().export_rate)
+                          rate=lambda: _settings().export_rate, dirs=lambda: _dirs(app))
     app.state.export_worker = worker
     stop = threading.Event()
     worker.start(stop)

@@ -111,9 +111,10 @@ class ExportWorker:
     """Runs export jobs: ``threads`` at once, in this process, from the shared queue."""
 
     def __init__(self, pool, root: Path, exports: Path, keep_hours: float, threads: int = 2,
-                 name: str | None = None, rate=None) -> None:
-        # rate: bytes/s an export reads at most, or a callable giving it when a job starts
-        self.pool, self.root, self.exports, self.rate = pool, root, exports, rate
+                 name: str | None = None, rate=None, dirs=None) -> None:
+        # rate: bytes/s an export reads at most, or a callable giving it when a job starts;
+        # dirs: a callable giving (recordings root, exports dir) when a job starts (settings read then)
+        self.pool, self._root, self._exports, self.rate, self.dirs = pool, root, exports, rate, dirs
         self.keep = timedelta(hours=keep_hours)
         self.threads = threads
         self.name = name or f"exports-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -121,6 +122,14 @@ class ExportWorker:
         self._current: dict[str, float] = {}        # job id → last progress write (monotonic)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def root(self) -> Path:
+        return self.dirs()[0] if self.dirs else self._root
+
+    @property
+    def exports(self) -> Path:
+        return self.dirs()[1] if self.dirs else self._exports
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, stop: threading.Event) -> None:
@@ -199,8 +208,10 @@ class ExportWorker:
 
     # ------------------------------------------------------------------ one job
     def run_job(self, job: dict) -> None:
-        out = self.exports / f"{job['id']}.mp4"
-        partial = self.exports / f"{job['id']}.mp4.partial"
+        root, exports = self.root, self.exports
+        private_dir(exports)
+        out = exports / f"{job['id']}.mp4"
+        partial = exports / f"{job['id']}.mp4.partial"
         total = max(1, job["bytes_total"])
         began = time.monotonic()
         rate = self.rate() if callable(self.rate) else self.rate
@@ -224,7 +235,7 @@ class ExportWorker:
             with self.pool.connection(timeout=10) as conn:
                 plan = plan_of(conn, job)
             open_private(partial).close()
-            done = rec_export.write(plan, self.root, partial, comment=rec_export.comment_of(plan, job["id"]),
+            done = rec_export.write(plan, root, partial, comment=rec_export.comment_of(plan, job["id"]),
                                     progress=progress)
             os.replace(partial, out)
             result = {"packets": done.packets, "first_frame_at": done.first_at.isoformat(),

@@ -27,9 +27,12 @@ any other API process) queues it again and finishes it. Files go after
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import threading
+import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +57,7 @@ from cameras.recording import jobs as rec_jobs
 from cameras.recording.jobs import ExportWorker
 from cameras.recording.settings import RecordingSettings
 from store.db import open_pool
+from store.files import open_private
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -74,10 +78,53 @@ def _settings() -> RecordingSettings:
     return RecordingSettings()
 
 
-def _dirs(app) -> tuple[Path, Path]:
+def _dirs(app_or_request) -> tuple[Path, Path]:
     s = _settings()
-    var = app.state.settings.var_dir
+    var = getattr(app_or_request, "app", app_or_request).state.settings.var_dir
     return s.root(var), s.exports(var)
+
+
+# Device exports (api/recordings/device.py: footage fetched from a GB/T 28181 device at 1×)
+# are still a thread of the API with a JSON record file as their state; the endpoints below
+# serve them too when no job has the id. (Not durable yet: an API restart loses one running.)
+_running = threading.BoundedSemaphore(2)
+
+
+def _write_record(path: Path, rec: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open_private(tmp, "w") as f:
+        json.dump(rec, f, ensure_ascii=False, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _read_record(exports: Path, export_id: str) -> dict | None:
+    try:
+        return json.loads((exports / f"{export_id}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _sweep(exports: Path, keep_hours: float) -> None:
+    cutoff = time.time() - keep_hours * 3600
+    for p in exports.glob("*.json"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                (exports / f"{p.stem}.mp4").unlink(missing_ok=True)
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _device_job(exports: Path, export_id: str) -> dict | None:
+    """A device export's record file as a job row (the fields the endpoints read)."""
+    rec = _read_record(exports, export_id)
+    if rec is None:
+        return None
+    return {"id": rec["id"], "camera_id": rec["camera_id"], "state": rec["state"], "device_record": rec,
+            "sha256": rec.get("sha256"), "error": rec.get("error"), "reason": rec.get("reason"),
+            "start_at": datetime.fromisoformat(rec["requested"]["start"]),
+            "end_at": datetime.fromisoformat(rec["requested"]["end"]), "chain": None,
+            "bytes_done": 0, "bytes_total": 1}
 
 
 @asynccontextmanager
@@ -151,18 +198,21 @@ def start_export(body: RangeIn, request: Request, conn: Conn,
     return export_out(job)
 
 
-def _export_in_scope(conn, principal: Principal, export_id: str) -> dict:
-    job = rec_jobs.get(conn, export_id) if _ID.match(export_id) else None
+def _export_in_scope(request: Request, conn, principal: Principal, export_id: str) -> dict:
+    job = None
+    if _ID.match(export_id):
+        job = rec_jobs.get(conn, export_id) or _device_job(_dirs(request)[1], export_id)
     ensure_in_scope(principal, camera_path(conn, job["camera_id"]) if job else None, f"export {export_id!r}")
     return job
 
 
 @router.get("/recordings/exports/{export_id}")
-def get_export(export_id: str, conn: Conn,
+def get_export(export_id: str, request: Request, conn: Conn,
                principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
     """The export's record: state (queued, running, done, failed, expired), progress (bytes done
     of total), provenance and chain position, SHA-256, the reason it failed."""
-    return export_out(_export_in_scope(conn, principal, export_id))
+    job = _export_in_scope(request, conn, principal, export_id)
+    return job["device_record"] if "device_record" in job else export_out(job)
 
 
 @router.get("/recordings/exports/{export_id}/file", response_class=FileResponse,
@@ -172,14 +222,15 @@ def export_file(export_id: str, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> FileResponse:
     """The exported MP4 (``X-Content-SHA256``): for whoever may export this camera's footage;
     each download is an audit record naming the export's camera, range, reason and hash."""
-    job = _export_in_scope(conn, principal, export_id)
+    job = _export_in_scope(request, conn, principal, export_id)
     add_audit_detail(request, export_id=export_id, camera_id=job["camera_id"], sha256=job["sha256"],
                      reason=job["reason"], start=job["start_at"].isoformat(), end=job["end_at"].isoformat(),
                      chain=job["chain"])
     if job["state"] == "failed":
         raise HTTPException(status.HTTP_409_CONFLICT, job["error"] or "导出失败 (export failed)")
     if job["state"] in ("queued", "running"):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"导出尚未完成（{export_out(job)['progress'] * 100:.0f}%）"
+        progress = job["device_record"].get("progress", 0) if "device_record" in job else export_out(job)["progress"]
+        raise HTTPException(status.HTTP_409_CONFLICT, f"导出尚未完成（{progress * 100:.0f}%）"
                                                       "(the export is not finished yet)")
     path = _dirs(request.app)[1] / f"{export_id}.mp4"
     if job["state"] == "expired" or not path.is_file():

@@ -11,11 +11,12 @@ Retry-After (解码繁忙，请稍后再试), and a decode that takes longer tha
 answers 503 too (the decode runs on and frees its slot when it ends).
 
 Why threads by default (bench/recording_frame, 1280x720 H.264, 2 s GOP, 8 clients asking
-for frames at once, 2 decoders, on 2 shared cores): /healthz p95 under that load was 54.7 ms
-with the decode in the request threads, 23.4 ms with a pool of 2 threads (0.43×; PyAV decodes
-with the GIL released), 43.4 ms with a pool of 2 processes (0.79×: two more processes
-competing for the two cores, and half the frames per second). The bound, not the process
-boundary, is what keeps the API responsive here; ``process`` stays for hubs with more cores."""
+for frames at once, 2 decoders, on 2 cores shared with other work, load average ~10): /healthz
+p95 under that load against the decode in the request threads, three runs — thread pool
+0.43×, 0.84×, 0.37×; process pool 0.79×, 0.24×, 0.31×. Both bounded pools keep the API
+answering; neither wins steadily on this machine (PyAV decodes with the GIL released, and two
+more processes compete for the same two cores). Threads cost no extra processes or start-up;
+``process`` is there for a hub with cores to spare."""
 from __future__ import annotations
 
 import multiprocessing

@@ -81,7 +81,7 @@ class RecordingSettings(BaseSettings):
     # The exact frame at a moment (回放取帧, flags from playback): decoded off the request thread
     decode_pool: str = Field("thread", pattern="^(process|thread|inline)$",
                              description="where frames are decoded: thread (a bounded pool of threads: PyAV "
-                                         "decodes without the GIL), process (a pool of processes), or inline (in "
+                                         "decodes mostly without the GIL), process (a pool of processes), or inline (in "
                                          "the request's thread); bench/recording_frame measures them")
     decode_workers: int = Field(2, ge=1, le=16, description="frames decoded at once by each API process")
     decode_queue: int = Field(4, ge=0, le=256, description="frame requests that may wait for a decoder; beyond, "

@@ -6,9 +6,12 @@ POST   /api/broadcasts/live                    WebRTC offer (the microphone) + t
                                                (audited: broadcast.live.start) and sent like any
                                                other: one play command and receipt per speaker
 DELETE /api/broadcasts/live/{broadcast_id}     the operator ends it (audited: broadcast.live.stop)
-GET    /api/broadcasts/{broadcast_id}/live.mp3 the stream: a speaker told to play it (its own
-                                               credentials, HTTP Basic) or a person who may see
-                                               the broadcast (monitoring, 监听)
+GET    /api/broadcasts/{broadcast_id}/live.mp3 the stream, by a short-lived signed link only
+                                               (store/links.py, HMAC over path + expiry + listener):
+                                               a speaker told to play it (its play command's link,
+                                               for that speaker) or a person who may see the
+                                               broadcast (monitoring, 监听: the link in the answer,
+                                               for that user, with their own session)
 
 The broadcast is the devices layer's (devices/broadcast/service.py): the same tiers
 (an emergency warning, tier 9, interrupts a live notice; a live emergency interrupts a
@@ -30,13 +33,15 @@ from ulid import ULID
 from api.audit import entry_for
 from api.deps import authenticate, ensure_in_scope, require
 from api.devices.common import TAG, broadcast_in_scope, devices_settings, record_audit, registry_error, requester
-from api.devices.uploads import _authenticated_device, _basic_device
+from api.devices import refusals
+from api.devices.uploads import _basic_device, links
 from api.devices.voice_relay import VoiceError, VoiceRelay
 from api.permissions import Permission, allowed
 from devices import registry
 from devices.broadcast import service as broadcasts
 from store import audit
 from store.identity import Principal
+from store.links import LinkError
 
 
 @asynccontextmanager
@@ -73,7 +78,9 @@ class LiveOut(BaseModel):
     kind_label: str
     priority: int
     max_s: int = Field(description="the session ends by itself after this long")
-    stream_path: str = Field(description="where speakers (and monitoring) fetch the MP3 stream")
+    stream_path: str = Field(description="the caller's own signed link to monitor the MP3 stream (good for "
+                                         "2 minutes, with the caller's session); speakers get theirs in the "
+                                         "play command")
 
 
 def _relay(request: Request) -> VoiceRelay:
@@ -128,7 +135,8 @@ async def start_live(body: LiveIn, request: Request, principal: Sender) -> LiveO
     relay.rename(provisional, row["id"])
     return LiveOut(sdp=session.pc.localDescription.sdp, broadcast_id=row["id"], kind=row["kind"],
                    kind_label=broadcasts.KIND_LABELS[row["kind"]], priority=row["priority"], max_s=cfg.live_max_s,
-                   stream_path=broadcasts.live_path(row["id"]))
+                   stream_path=links(request).sign(broadcasts.live_path(row["id"]), MONITOR_LINK_TTL_S,
+                                                   sub=f"user:{principal.name}"))
 
 
 @router.delete("/broadcasts/live/{broadcast_id}", summary="结束实时喊话")
@@ -152,19 +160,40 @@ async def stop_live(broadcast_id: str, request: Request, principal: Sender) -> d
             "reason": ended.end_reason if ended is not None else "已结束 (had already ended)"}
 
 
+MONITOR_LINK_TTL_S = 120      # the operator's own listening link: long enough to open it, then useless
+
+
 def _listener(request: Request, broadcast_id: str) -> str:
-    """Who is asking for the stream: a speaker told to play it, or a person who sees it."""
+    """Who is asking for the stream. The link must be signed (store/links.py) for someone:
+    ``sub`` a speaker told to play it (its play command carries its link), or ``user:<name>``
+    (the answer to the live offer carries it) — then that person's own session or token too,
+    checked first (401, 403 by role, 404 outside their area) so nothing is learnt without it.
+    Expired, unsigned or altered links are refused (403) with the reason, and recorded."""
+    signer = links(request)
+    sub = request.query_params.get("sub") or ""
+    for_device = _basic_device(request) is not None or ("sig" in request.query_params and not sub.startswith("user:"))
     with request.app.state.pool.connection(timeout=5) as conn:
-        if _basic_device(request) is not None:
-            dev = _authenticated_device(request, conn)
-            row = broadcasts.for_speaker(conn, broadcast_id, dev.id)
-            who = dev.id
+        def check_link() -> str:
+            try:
+                got = signer.verify(request.url.path, request.query_params)
+                if not got:
+                    raise LinkError("链接未指明收听者 (the link names no listener)")
+                return got
+            except LinkError as exc:
+                refusals.refuse(request, conn, None, f"实时喊话链接无效：{exc}")
+                raise HTTPException(403, f"实时喊话链接无效：{exc}") from None
+
+        if for_device:
+            who = check_link()
+            row = broadcasts.for_speaker(conn, broadcast_id, who) if not who.startswith("user:") else None
         else:
             principal = authenticate(request, conn)
             if not allowed(principal.role, Permission.BROADCAST_READ):
                 raise HTTPException(403, f"role {principal.role!r} lacks permission "
                                          f"{Permission.BROADCAST_READ.value!r}")
             row = broadcast_in_scope(conn, principal, broadcast_id)
+            if check_link() != f"user:{principal.name}":
+                raise HTTPException(403, "实时喊话链接属于其他用户 (this listening link was issued to another user)")
             who = principal.name
         if row is None:
             raise HTTPException(404, f"broadcast {broadcast_id!r} not found")

@@ -15,25 +15,30 @@
   segments' hashes and how to play and export it.
 - ``GET /api/recordings/holds``, ``POST /api/recordings/holds/{id}/release`` (a reason).
 
-Every export is audited twice: the request (who, camera, range, reason) by the middleware,
-and its end (the same person, the SHA-256 and size, or why it failed). Exports are written by
-a thread of the API process into ``XLHUB_RECORDING_EXPORT_DIR``: the record file is the state,
-so any API process sharing that directory answers for it. Files go after
-``XLHUB_RECORDING_EXPORT_KEEP_HOURS``.
+Every export is audited: the request (who, camera, range, reason, chain position) by the
+middleware, its end (the same person, the SHA-256 and size, or why it failed) by the worker,
+and each download (with the reason it was exported for). An export is a durable job (a row
+of ``recording_exports``, cameras/recording/jobs.py) written by the export worker that this
+router's lifespan starts in the API process into ``XLHUB_RECORDING_EXPORT_DIR``: an API killed
+mid-export leaves its job ``running`` without a heartbeat, and the next worker to start (or
+any other API process) queues it again and finishes it. Files go after
+``XLHUB_RECORDING_EXPORT_KEEP_HOURS`` (the job becomes ``expired``).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
 import threading
 import time
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
@@ -48,16 +53,15 @@ from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission
 from cameras.recording import export as rec_export
 from cameras.recording import holds as rec_holds
+from cameras.recording import jobs as rec_jobs
+from cameras.recording.jobs import ExportWorker
 from cameras.recording.settings import RecordingSettings
-from store.audit import AuditEntry, record
-from store.files import open_private, private_dir
+from store.db import open_pool
+from store.files import open_private
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api", tags=["recordings 录像"])
-
 _ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-_running = threading.BoundedSemaphore(2)       # exports written at once by this process
 
 
 class RangeIn(BaseModel):
@@ -74,10 +78,16 @@ def _settings() -> RecordingSettings:
     return RecordingSettings()
 
 
-def _dirs(request: Request) -> tuple[Path, Path]:
+def _dirs(app_or_request) -> tuple[Path, Path]:
     s = _settings()
-    var = request.app.state.settings.var_dir
+    var = getattr(app_or_request, "app", app_or_request).state.settings.var_dir
     return s.root(var), s.exports(var)
+
+
+# Device exports (api/recordings/device.py: footage fetched from a GB/T 28181 device at 1×)
+# are still a thread of the API with a JSON record file as their state; the endpoints below
+# serve them too when no job has the id. (Not durable yet: an API restart loses one running.)
+_running = threading.BoundedSemaphore(2)
 
 
 def _write_record(path: Path, rec: dict) -> None:
@@ -88,8 +98,6 @@ def _write_record(path: Path, rec: dict) -> None:
 
 
 def _read_record(exports: Path, export_id: str) -> dict | None:
-    if not _ID.match(export_id):
-        return None
     try:
         return json.loads((exports / f"{export_id}.json").read_text())
     except (FileNotFoundError, ValueError):
@@ -107,62 +115,68 @@ def _sweep(exports: Path, keep_hours: float) -> None:
             pass
 
 
+def _device_job(exports: Path, export_id: str) -> dict | None:
+    """A device export's record file as a job row (the fields the endpoints read)."""
+    rec = _read_record(exports, export_id)
+    if rec is None:
+        return None
+    return {"id": rec["id"], "camera_id": rec["camera_id"], "state": rec["state"], "device_record": rec,
+            "sha256": rec.get("sha256"), "error": rec.get("error"), "reason": rec.get("reason"),
+            "start_at": datetime.fromisoformat(rec["requested"]["start"]),
+            "end_at": datetime.fromisoformat(rec["requested"]["end"]), "chain": None,
+            "bytes_done": 0, "bytes_total": 1}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """The export worker of this API process (cameras/recording/jobs.py): its threads take
+    queued and interrupted exports from the shared queue until the process stops."""
+    s = _settings()
+    root, exports = _dirs(app)
+    pool = open_pool(app.state.db_url, min_size=1, max_size=s.export_workers + 2, name="xlhub-api-exports")
+    worker = ExportWorker(pool, root, exports, s.export_keep_hours, threads=s.export_workers,
+                          rate=lambda: _settings().export_rate, dirs=lambda: _dirs(app))
+    app.state.export_worker = worker
+    stop = threading.Event()
+    worker.start(stop)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(worker.join, 10)
+        pool.close()
+
+
+router = APIRouter(prefix="/api", tags=["recordings 录像"], lifespan=lifespan)
+
+
 def _refused(exc: rec_export.ExportRefused) -> HTTPException:
     return HTTPException(exc.status, exc.text)
 
 
-def _run(pool, principal: Principal, source_ip: str | None, plan: rec_export.Plan, root: Path, exports: Path,
-         rec: dict) -> None:
-    """The export's thread: write the MP4, then its SHA-256 into the record and the audit log."""
-    record_path = exports / f"{rec['id']}.json"
-    out = exports / f"{rec['id']}.mp4"
-    partial = exports / f"{rec['id']}.mp4.partial"
-    last = [0.0]
-
-    def progress(fraction: float) -> None:
-        if time.monotonic() - last[0] >= 0.5 or fraction >= 1:
-            last[0] = time.monotonic()
-            rec["progress"] = round(fraction, 3)
-            _write_record(record_path, rec)
-
-    with _running:
-        rec["state"] = "running"
-        _write_record(record_path, rec)
-        try:
-            open_private(partial).close()
-            done = rec_export.write(plan, root, partial, comment=rec_export.comment_of(plan, rec["id"]),
-                                    progress=progress)
-            os.replace(partial, out)
-            rec.update(state="done", progress=1.0, sha256=done.sha256, bytes=done.bytes, packets=done.packets,
-                       first_frame_at=done.first_at.isoformat(), last_frame_at=done.last_at.isoformat(),
-                       finished_at=datetime.now(UTC).isoformat())
-            outcome = "ok"
-        except Exception as exc:  # noqa: BLE001 - the record says why; the operator sees it
-            partial.unlink(missing_ok=True)
-            text = exc.text if isinstance(exc, rec_export.ExportRefused) else \
-                f"导出失败：录像文件无法读取或写入 (export failed: {type(exc).__name__}: {str(exc)[:200]})"
-            rec.update(state="failed", error=text, finished_at=datetime.now(UTC).isoformat())
-            outcome = "failed"
-            log.warning("recording export %s failed: %s", rec["id"], text)
-        _write_record(record_path, rec)
-    try:
-        with pool.connection(timeout=10) as conn:
-            record(conn, AuditEntry(
-                actor=principal.name, actor_kind=principal.kind, role=principal.role, node_code=principal.node_code,
-                action="recordings.export.finished", target=f"export {rec['id']}", source_ip=source_ip,
-                outcome=outcome, detail={"camera_id": rec["camera_id"], "start": rec["requested"]["start"],
-                                         "end": rec["requested"]["end"], "reason": rec["reason"],
-                                         "sha256": rec.get("sha256"), "bytes": rec.get("bytes"),
-                                         "error": rec.get("error"), "chain": rec["chain"]}))
-    except Exception:  # noqa: BLE001
-        log.exception("recording export %s: its audit record could not be written", rec["id"])
+def export_out(job: dict) -> dict:
+    """A job as the page and the sidecar see it: state, progress, provenance, SHA-256."""
+    total = max(1, job["bytes_total"])
+    progress = 1.0 if job["state"] in ("done", "expired") else round(min(0.99, job["bytes_done"] / total), 3)
+    return {"id": job["id"], "state": job["state"], "progress": progress, "reason": job["reason"],
+            "requested_by": job["requested_by"], "requested_at": job["created_at"].isoformat(),
+            **job["provenance"], **(job["result"] or {}),
+            "bytes_done": job["bytes_done"], "bytes_total": job["bytes_total"], "estimate_bytes": job["bytes_total"],
+            "sha256": job["sha256"], "bytes": job["bytes"], "error": job["error"], "attempts": job["attempts"],
+            "started_at": job["started_at"].isoformat() if job["started_at"] else None,
+            "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
+            "expires_at": job["expires_at"].isoformat() if job["expires_at"] else None,
+            "status_url": f"/api/recordings/exports/{job['id']}",
+            "file_url": f"/api/recordings/exports/{job['id']}/file"}
 
 
 @router.post("/recordings/exports", status_code=status.HTTP_202_ACCEPTED)
 def start_export(body: RangeIn, request: Request, conn: Conn,
                  principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
     """Export a range of one camera to one MP4 (no re-encode). Answers 202 with the export's
-    record; poll ``GET /api/recordings/exports/{id}`` until ``state`` is ``done``."""
+    record; poll ``GET /api/recordings/exports/{id}`` until ``state`` is ``done``. The export
+    is a job (``recording_exports``): it survives a restart of the API and is finished by
+    whichever API process's export worker takes it."""
     add_audit_detail(request, camera_id=body.camera_id, start=body.start.isoformat(), end=body.end.isoformat(),
                      reason=body.reason)
     ensure_in_scope(principal, camera_path(conn, body.camera_id), f"camera {body.camera_id!r}")
@@ -172,36 +186,33 @@ def start_export(body: RangeIn, request: Request, conn: Conn,
     except rec_export.ExportRefused as exc:
         add_audit_detail(request, refused=exc.code)
         raise _refused(exc) from None
-    root, exports = _dirs(request)
-    private_dir(exports)
-    _sweep(exports, settings.export_keep_hours)
-    export_id = str(ULID())
-    rec = {"id": export_id, "state": "queued", "progress": 0.0, "reason": body.reason,
-           "requested_by": principal.name, "requested_at": datetime.now(UTC).isoformat(),
-           **rec_export.provenance(plan), "estimate_bytes": plan.bytes, "sha256": None, "bytes": None,
-           "status_url": f"/api/recordings/exports/{export_id}",
-           "file_url": f"/api/recordings/exports/{export_id}/file"}
-    _write_record(exports / f"{export_id}.json", rec)
-    add_audit_detail(request, export_id=export_id, segments=[plan.segments[0]["seq"], plan.segments[-1]["seq"]],
-                     gaps=len(plan.gaps))
-    threading.Thread(target=_run, args=(request.app.state.pool, principal, request.client.host if request.client
-                                        else None, plan, root, exports, dict(rec)),
-                     name=f"export-{export_id}", daemon=True).start()
-    return rec
+    job = rec_jobs.enqueue(conn, plan, body.reason, requested_by=principal.name, requester_kind=principal.kind,
+                           requester_role=principal.role, requester_node=principal.node_code,
+                           source_ip=request.client.host if request.client else None)
+    conn.commit()
+    worker = getattr(request.app.state, "export_worker", None)
+    if worker is not None:
+        worker.wake.set()
+    add_audit_detail(request, export_id=job["id"], segments=[plan.segments[0]["seq"], plan.segments[-1]["seq"]],
+                     gaps=len(plan.gaps), chain=job["chain"])
+    return export_out(job)
 
 
-def _export_in_scope(request: Request, conn, principal: Principal, export_id: str) -> tuple[dict, Path]:
-    _, exports = _dirs(request)
-    rec = _read_record(exports, export_id)
-    ensure_in_scope(principal, camera_path(conn, rec["camera_id"]) if rec else None, f"export {export_id!r}")
-    return rec, exports
+def _export_in_scope(request: Request, conn, principal: Principal, export_id: str) -> dict:
+    job = None
+    if _ID.match(export_id):
+        job = rec_jobs.get(conn, export_id) or _device_job(_dirs(request)[1], export_id)
+    ensure_in_scope(principal, camera_path(conn, job["camera_id"]) if job else None, f"export {export_id!r}")
+    return job
 
 
 @router.get("/recordings/exports/{export_id}")
 def get_export(export_id: str, request: Request, conn: Conn,
                principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
-    """The export's record: state (queued, running, done, failed), progress, provenance, SHA-256."""
-    return _export_in_scope(request, conn, principal, export_id)[0]
+    """The export's record: state (queued, running, done, failed, expired), progress (bytes done
+    of total), provenance and chain position, SHA-256, the reason it failed."""
+    job = _export_in_scope(request, conn, principal, export_id)
+    return job["device_record"] if "device_record" in job else export_out(job)
 
 
 @router.get("/recordings/exports/{export_id}/file", response_class=FileResponse,
@@ -209,19 +220,24 @@ def get_export(export_id: str, request: Request, conn: Conn,
             dependencies=[Depends(audited_read("recordings.export.download"))])
 def export_file(export_id: str, request: Request, conn: Conn,
                 principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> FileResponse:
-    rec, exports = _export_in_scope(request, conn, principal, export_id)
-    add_audit_detail(request, camera_id=rec["camera_id"], sha256=rec.get("sha256"))
-    if rec["state"] == "failed":
-        raise HTTPException(status.HTTP_409_CONFLICT, rec.get("error") or "导出失败 (export failed)")
-    if rec["state"] != "done":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"导出尚未完成（{rec['progress'] * 100:.0f}%）"
+    """The exported MP4 (``X-Content-SHA256``): for whoever may export this camera's footage;
+    each download is an audit record naming the export's camera, range, reason and hash."""
+    job = _export_in_scope(request, conn, principal, export_id)
+    add_audit_detail(request, export_id=export_id, camera_id=job["camera_id"], sha256=job["sha256"],
+                     reason=job["reason"], start=job["start_at"].isoformat(), end=job["end_at"].isoformat(),
+                     chain=job["chain"])
+    if job["state"] == "failed":
+        raise HTTPException(status.HTTP_409_CONFLICT, job["error"] or "导出失败 (export failed)")
+    if job["state"] in ("queued", "running"):
+        progress = job["device_record"].get("progress", 0) if "device_record" in job else export_out(job)["progress"]
+        raise HTTPException(status.HTTP_409_CONFLICT, f"导出尚未完成（{progress * 100:.0f}%）"
                                                       "(the export is not finished yet)")
-    path = exports / f"{export_id}.mp4"
-    if not path.is_file():
+    path = _dirs(request.app)[1] / f"{export_id}.mp4"
+    if job["state"] == "expired" or not path.is_file():
         raise HTTPException(status.HTTP_410_GONE, "导出文件已过期删除，请重新导出 (the exported file was deleted: "
                                                   "export again)")
-    return FileResponse(path, media_type="video/mp4", filename=f"{rec['camera_id']}-{export_id}.mp4",
-                        headers={"X-Content-SHA256": rec["sha256"], "Cache-Control": "private, no-store"})
+    return FileResponse(path, media_type="video/mp4", filename=f"{job['camera_id']}-{export_id}.mp4",
+                        headers={"X-Content-SHA256": job["sha256"], "Cache-Control": "private, no-store"})
 
 
 # --------------------------------------------------------------------------- holds

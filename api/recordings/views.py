@@ -20,8 +20,9 @@ playback stream, frame and flag leaves an audit record naming the camera and the
   a ``camera.flag`` event carries them (the alerts rules make the case from it, as from a
   live flag), its detail and evidence naming the recording position (camera, time, segment).
 
-Decoding a frame is the only decoding the API does, in the request's worker thread, from one
-keyframe to the frame (a GOP at most).
+Decoding a frame is the only decoding the API does, from one keyframe to the frame (a GOP at
+most), in a bounded pool off the request threads (api/recordings/decode.py): when every
+decoder is busy and the queue is full, 503 解码繁忙 with Retry-After.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,10 +44,11 @@ from api.audit import add_audit_detail, audited_read, entry_for
 from api.cameras.views import ClipMissingOut, EvidenceOut, FlagOut, _evidence_out, camera_path
 from api.deps import Conn, ensure_in_scope, require
 from api.permissions import Permission, allowed
+from api.recordings.decode import RETRY_AFTER_S, DecodeBusy, FramePool
 from bus.envelope import Severity
 from cameras.config import EvidenceSettings
-from cameras.evidence import JPEG, MP4, EvidenceStore, jpeg, new_evidence_id
-from cameras.recording.playback import BROWSER_CODECS, NoFootage, Play, coverage, frame_at, gaps, segments, write_clip
+from cameras.evidence import JPEG, MP4, EvidenceStore, new_evidence_id
+from cameras.recording.playback import BROWSER_CODECS, NoFootage, Play, coverage, gaps, segments, write_clip
 from cameras.recording.settings import RecordingSettings
 from config.camera_analytics import ClipConfig
 from config.vocabulary import event_label, event_severity
@@ -52,7 +56,16 @@ from store.audit import record
 from store.identity import Principal
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/recordings", tags=["recordings 录像"])
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.frame_pool = FramePool.from_settings()
+    try:
+        yield
+    finally:
+        app.state.frame_pool.close()
+
+
+router = APIRouter(prefix="/api/recordings", tags=["recordings 录像"], lifespan=lifespan)
 
 MAX_TIMELINE = timedelta(days=7)
 MAX_PLAY = timedelta(hours=2)        # one stream at most; the page asks again from where it ended
@@ -89,8 +102,27 @@ def _no_footage(camera_id: str, exc: NoFootage) -> HTTPException:
                          f"该时刻没有录像 (no footage of camera {camera_id!r} at {_fmt(exc.at)}){resumes}")
 
 
-def _gone(camera_id: str, exc: FileNotFoundError) -> HTTPException:
+def _gone(camera_id: str, exc: FileNotFoundError | str) -> HTTPException:
     return HTTPException(status.HTTP_410_GONE, f"录像文件已不存在 (camera {camera_id!r}: {exc})")
+
+
+def decode_frame(request: Request, camera_id: str, rows: list[dict], at: datetime, quality: int
+                 ) -> tuple[bytes, datetime]:
+    """The frame on screen at ``at`` as JPEG, and its time, from the decode pool."""
+    pool = getattr(request.app.state, "frame_pool", None)
+    if pool is None:            # an app without the router's lifespan (a test's bare app)
+        pool = request.app.state.frame_pool = FramePool.from_settings()
+    try:
+        got = pool.decode(_root(request), rows, at, quality)
+    except DecodeBusy as exc:
+        add_audit_detail(request, refused="decode_busy")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, exc.text,
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    if got[0] == "no_footage":
+        raise _no_footage(camera_id, NoFootage(got[1], got[2]))
+    if got[0] == "gone":
+        raise _gone(camera_id, got[1])
+    return got[1], got[2]
 
 
 # --------------------------------------------------------------------------- timeline
@@ -249,13 +281,8 @@ def frame(camera_id: str, request: Request, conn: Conn, principal: Player,
     _scoped(conn, principal, camera_id)
     rows = segments(conn, camera_id, at, at + timedelta(seconds=1))
     conn.commit()
-    try:
-        picture, shown = frame_at(_root(request), rows, at)
-    except NoFootage as exc:
-        raise _no_footage(camera_id, exc) from None
-    except FileNotFoundError as exc:
-        raise _gone(camera_id, exc) from None
-    return Response(jpeg(picture, ClipConfig().jpeg_quality), media_type="image/jpeg",
+    picture, shown = decode_frame(request, camera_id, rows, at, ClipConfig().jpeg_quality)
+    return Response(picture, media_type="image/jpeg",
                     headers={"X-Frame-Time": _fmt(shown), "Cache-Control": "private, no-store"})
 
 
@@ -312,18 +339,14 @@ def flag_from_playback(camera_id: str, flag: PlaybackFlagIn, request: Request, c
     t0, t1 = at - timedelta(seconds=clip_cfg.before_s), at + timedelta(seconds=clip_cfg.flag_after_s)
     rows = segments(conn, camera_id, t0, t1)
     root = _root(request)
-    try:
-        picture, shown = frame_at(root, rows, at)
-    except NoFootage as exc:
-        raise _no_footage(camera_id, exc) from None
-    except FileNotFoundError as exc:
-        raise _gone(camera_id, exc) from None
+    conn.commit()           # no transaction held open while the frame is decoded
+    picture, shown = decode_frame(request, camera_id, rows, at, clip_cfg.jpeg_quality)
     segment = next(r for r in rows if r["start_at"] <= at < r["end_at"])
     position = {"camera_id": camera_id, "at": _fmt(at), "frame_at": _fmt(shown), "segment_seq": segment["seq"],
                 "segment_sha256": segment["sha256"]}
     event_id = str(ULID())
     store = EvidenceStore(EvidenceSettings().root(request.app.state.settings.var_dir), pool=None)
-    snap = store.save_bytes(camera_id, "snapshot", jpeg(picture, clip_cfg.jpeg_quality), JPEG, shown.timestamp(),
+    snap = store.save_bytes(camera_id, "snapshot", picture, JPEG, shown.timestamp(),
                             event_id)
     clip_id = new_evidence_id()
     clip, missing = None, None

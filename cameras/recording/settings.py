@@ -73,6 +73,20 @@ class RecordingSettings(BaseSettings):
                                                       "default <var_dir>/exports")
     export_keep_hours: float = Field(72, gt=0, description="exported files are deleted after this long (the "
                                                            "audit log keeps who exported what, and its SHA-256)")
+    export_workers: int = Field(2, ge=1, le=8, description="exports written at once by each API process (the "
+                                                            "queue is shared: jobs/recording_exports)")
+    export_rate: int | None = Field(None, ge=10_000, description="bytes per second an export reads at most (keeps "
+                                                                 "a large export from starving recording's disk); "
+                                                                 "None: as fast as the disk goes")
+    # The exact frame at a moment (回放取帧, flags from playback): decoded off the request thread
+    decode_pool: str = Field("thread", pattern="^(process|thread|inline)$",
+                             description="where frames are decoded: thread (a bounded pool of threads: PyAV "
+                                         "decodes mostly without the GIL), process (a pool of processes), or inline (in "
+                                         "the request's thread); bench/recording_frame measures them")
+    decode_workers: int = Field(2, ge=1, le=16, description="frames decoded at once by each API process")
+    decode_queue: int = Field(4, ge=0, le=256, description="frame requests that may wait for a decoder; beyond, "
+                                                           "503 解码繁忙 with Retry-After")
+    decode_timeout_s: float = Field(10.0, gt=0, le=120, description="longest a frame request waits for its decode")
     case_hold_days: int = Field(90, ge=0, le=3650, description="days a finished case (结案、撤销、不予受理) keeps "
                                                                "holding its footage before retention applies again")
 

@@ -312,8 +312,8 @@ class DispatchOptions:
     media_base_url: str
     answer_margin_s: float = 30.0
     default_duration_s: float = 30.0
-    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s) → path?exp=…&sig=…
-    sign: Callable[[str, float], str] | None = None
+    # signs a hub path for a device to fetch (store/links.py): (path, ttl_s[, sub=speaker]) → path?exp=…&sig=…
+    sign: Callable[..., str] | None = None
 
 
 def audio_path(broadcast_id: str) -> str:
@@ -365,8 +365,15 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         elif b["live"]:
             audio = {"audio_url": opts.media_base_url.rstrip("/") + live_path(b["id"]),
                      "media_type": LIVE_MEDIA_TYPE, "live": True}
-        body = PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
-                           duration_s=duration, text=b["text"] or None, volume=b["volume"], **audio).content()
+
+        def body_for(speaker_id: str) -> dict:
+            a = audio
+            if b["live"] and opts.sign is not None:
+                # 实时喊话: a link for this speaker only (sub), good until its command expires
+                a = {**audio, "audio_url": opts.media_base_url.rstrip("/") + opts.sign(
+                    live_path(b["id"]), b["expires_in_s"] + opts.answer_margin_s, sub=speaker_id)}
+            return PlayCommand(broadcast_id=b["id"], kind=b["kind"], priority=b["priority"], repeat=b["repeat"],
+                               duration_s=duration, text=b["text"] or None, volume=b["volume"], **a).content()
         expires = now + timedelta(seconds=b["expires_in_s"])
         if b["ends_at"] is not None:
             expires = min(expires, b["ends_at"])     # never delivered to play after its end
@@ -376,7 +383,7 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, online: dict[str, bool
         commands, receipts = [], []
         for s in speakers:
             cid = new_command_id()
-            commands.append((cid, s.id, Jsonb(body), b["requested_by"], b["requester_kind"], b["requester_role"],
+            commands.append((cid, s.id, Jsonb(body_for(s.id)), b["requested_by"], b["requester_kind"], b["requester_role"],
                              b["requester_node"], now, expires, deadline, s.grid_code, list(s.grid_path), b["id"]))
             receipts.append((b["id"], s.id, s.grid_code, list(s.grid_path), s.village_code, cid,
                              bool(online.get(s.id, False)), now))

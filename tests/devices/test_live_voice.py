@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import numpy as np
@@ -109,7 +110,10 @@ def test_the_speaker_plays_the_tone_and_the_broadcast_is_reported_and_audited(hu
     assert abs(dominant_hz(pcm[lst.sample_rate // 5:], lst.sample_rate) - TONE_HZ) < 10
     assert float(np.sqrt(np.mean(pcm ** 2))) > 0.1                    # and it is loud, not a whisper
     (body,) = query(seeded_db, "SELECT body FROM device_commands WHERE broadcast_id = %s", (bid,))[0]
-    assert body["live"] is True and body["audio_url"].endswith(f"/api/broadcasts/{bid}/live.mp3")
+    url = urlsplit(body["audio_url"])
+    assert body["live"] is True and url.path == f"/api/broadcasts/{bid}/live.mp3"
+    link = parse_qs(url.query)          # a short-lived link signed for this speaker (store/links.py)
+    assert link["sub"] == ["speaker-dsc"] and link["sig"] and 0 < int(link["exp"][0]) - time.time() < 120
     assert body["media_type"] == "audio/mpeg"
     actions = [a for (a,) in query(seeded_db, "SELECT action FROM audit_log WHERE target = %s ORDER BY id", (bid,))]
     assert actions[:2] == ["broadcast.live.start", "broadcast.live.stop"] and "broadcast.completed" in actions
@@ -192,28 +196,57 @@ def test_refusals_name_what_is_wrong_and_record_nothing(hub, seeded_db):
     assert r.status_code == 422 and "no audio" in r.json()["detail"]
 
 
-def test_the_stream_is_for_the_speakers_told_to_play_it(hub, seeded_db, var):
+def test_the_stream_is_only_for_signed_links_to_its_listeners(hub, seeded_db, var):
+    """live.mp3 opens only with a short-lived link signed for one listener (HMAC over path,
+    expiry and listener with the hub's media key): unsigned, expired, re-addressed or altered
+    links are refused with the reason in Chinese; a person's link needs that person too."""
+    from devices.credentials import DeviceSecrets
+    from store.links import LinkSigner
     server, _, fleet = hub
     tok = token(server, "ds-dispatcher")
-    from devices.credentials import DeviceSecrets
     pw = DeviceSecrets.for_var_dir(var).passwords()
+    signer = LinkSigner.for_var_dir(var)
 
     async def scenario():
         mic = await talk(server.base_url, tok, [VILLAGE], ToneTrack(TONE_HZ))
         await asyncio.to_thread(receipt, seeded_db, mic.broadcast_id)
-        url = f"{server.base_url}/api/broadcasts/{mic.broadcast_id}/live.mp3"
+        path = f"/api/broadcasts/{mic.broadcast_id}/live.mp3"
+        url = server.base_url + path
+        good = dict(parse_qs(urlsplit(signer.sign(path, 30, sub="speaker-dsc")).query))
+        good = {k: v[0] for k, v in good.items()}
+        got = {}
         async with httpx.AsyncClient(timeout=5) as c:
-            other = await c.get(url, auth=("speaker-tyc", pw["speaker-tyc"]))     # 桃园村: not a target
-            wrong = await c.get(url, auth=("speaker-dsc", "not-the-password"))
-            async with c.stream("GET", url, headers={"Authorization": f"Bearer {tok}"}) as r:  # monitoring
-                monitor = (r.status_code, r.headers["content-type"], len(await anext(r.aiter_raw())))
+            # a speaker's own password no longer opens it without a link
+            got["unsigned"] = await c.get(url, auth=("speaker-dsc", pw["speaker-dsc"]))
+            got["expired"] = await c.get(server.base_url + signer.sign(path, 30, sub="speaker-dsc",
+                                                                       now=time.time() - 60))
+            got["readdressed"] = await c.get(f"{url}?{urlencode({**good, 'sub': 'speaker-tyc'})}")
+            got["tampered"] = await c.get(f"{url}?{urlencode({**good, 'exp': int(good['exp']) + 3600})}")
+            got["not_told"] = await c.get(server.base_url + signer.sign(path, 30, sub="speaker-tyc"))  # 桃园村
+            got["other_user"] = await c.get(server.base_url + mic.answer["stream_path"],
+                                            headers={"Authorization": f"Bearer {token(server, 'ds-supervisor')}"})
+            got["no_session"] = await c.get(server.base_url + mic.answer["stream_path"])
+            async with c.stream("GET", server.base_url + mic.answer["stream_path"],
+                                headers={"Authorization": f"Bearer {tok}"}) as r:  # monitoring, 监听
+                got["monitor"] = (r.status_code, r.headers["content-type"], len(await anext(r.aiter_raw())))
+            async with c.stream("GET", f"{url}?{urlencode(good)}") as r:            # the speaker's link
+                got["speaker"] = (r.status_code, len(await anext(r.aiter_raw())))
         await mic.stop()
         async with httpx.AsyncClient(timeout=5) as c:
-            after = await c.get(url, auth=("speaker-dsc", pw["speaker-dsc"]))
-        return other, wrong, monitor, after
+            got["after"] = await c.get(f"{url}?{urlencode(good)}")
+        return got
 
-    other, wrong, monitor, after = asyncio.run(scenario())
-    assert other.status_code == 404
-    assert wrong.status_code == 401
-    assert monitor[0] == 200 and monitor[1] == "audio/mpeg" and monitor[2] > 0
-    assert after.status_code == 410 and "实时喊话已结束" in after.json()["detail"]
+    got = asyncio.run(scenario())
+    assert got["unsigned"].status_code == 403 and "链接未签名" in got["unsigned"].json()["detail"]
+    assert got["expired"].status_code == 403 and "链接已过期" in got["expired"].json()["detail"]
+    for k in ("readdressed", "tampered"):
+        assert got[k].status_code == 403 and "签名无效或已被篡改" in got[k].json()["detail"], k
+    assert got["not_told"].status_code == 404
+    assert got["other_user"].status_code == 403 and "属于其他用户" in got["other_user"].json()["detail"]
+    assert got["no_session"].status_code == 401
+    assert got["monitor"][0] == 200 and got["monitor"][1] == "audio/mpeg" and got["monitor"][2] > 0
+    assert got["speaker"][0] == 200 and got["speaker"][1] > 0
+    assert got["after"].status_code == 410 and "实时喊话已结束" in got["after"].json()["detail"]
+    refused = query(seeded_db, "SELECT detail->>'reason' FROM audit_log WHERE outcome = 'denied' "
+                               "AND detail->>'path' LIKE %s", ("%/live.mp3",))
+    assert any("链接已过期" in r for (r,) in refused) and any("篡改" in r for (r,) in refused)

@@ -36,25 +36,40 @@ export function openExport(cam, at) {
         return;
       }
       result.dataset.exportId = rec.id;
+      // The export is a job of the hub (it goes on if the page is closed or the hub restarts):
+      // poll it; a failed poll (the hub restarting) is retried, not the end of the export.
+      let misses = 0;
       while (alive && (rec.state === 'queued' || rec.state === 'running')) {
-        clear(result).append(h('p', {}, `${rec.state === 'queued' ? '排队中' : '导出中'}… ${Math.round((rec.progress || 0) * 100)}%`),
-          h('progress', { max: 1, value: rec.progress || 0 }));
+        const mb = (n) => (n / 1e6).toFixed(1);
+        result.dataset.progress = String(rec.progress || 0);
+        clear(result).append(
+          h('p', {}, `${rec.state === 'queued' ? '排队中' : '导出中'}… ${Math.round((rec.progress || 0) * 100)}%`
+            + `（${mb(rec.bytes_done || 0)} / ${mb(rec.bytes_total || 0)} MB）`
+            + (rec.attempts > 1 ? '，服务重启后继续导出' : '')),
+          h('progress', { id: 'export-progress', max: 1, value: rec.progress || 0 }),
+          ...(misses ? [h('p', { class: 'warn' }, '暂时无法获取进度，正在重试…')] : []));
         await new Promise((r) => setTimeout(r, 500));
-        try { rec = await api.get(rec.status_url); } catch (err) { clear(result).append(h('p', { class: 'error' }, `查询导出进度失败：${err.detail || err.message}`)); return; }
+        try { rec = await api.get(rec.status_url); misses = 0; } catch (err) {
+          if (err.status === 404 || err.status === 403 || ++misses > 60) {
+            clear(result).append(h('p', { class: 'error' }, `查询导出进度失败：${err.detail || err.message}`));
+            return;
+          }
+        }
       }
       if (!alive) return;
       if (rec.state !== 'done') {
         result.dataset.outcome = 'error';
-        clear(result).append(h('p', { class: 'error' }, rec.error || '导出失败'));
+        clear(result).append(h('p', { class: 'error' }, rec.state === 'expired' ? '导出文件已过期删除，请重新导出' : (rec.error || '导出失败')));
         submit.disabled = false;
         return;
       }
       result.dataset.outcome = 'ok';
-      clear(result).append(
+      clear(result).append(...[
         h('p', { class: 'ok' }, `已导出 ${fmtTime(new Date(rec.first_frame_at), { date: true })} – ${fmtTime(new Date(rec.last_frame_at))}，${(rec.bytes / 1e6).toFixed(1)} MB（${rec.codec === 'hevc' ? 'H.265' : 'H.264'}，未重新编码）`),
         h('p', {}, 'SHA-256：', h('code', { id: 'export-sha256' }, rec.sha256)),
         rec.gaps && rec.gaps.length ? h('p', { class: 'warn' }, `此时段有 ${rec.gaps.length} 处无录像（摄像机离线或未录制）`) : null,
-        h('a', { href: rec.file_url, id: 'export-download', class: 'button primary', download: '' }, '下载 MP4'));
+        rec.expires_at ? h('p', { class: 'muted' }, `文件保留至 ${fmtTime(new Date(rec.expires_at), { date: true })}，之后需重新导出；每次下载均记入审计`) : null,
+        h('a', { href: rec.file_url, id: 'export-download', class: 'button primary', download: '' }, '下载 MP4')].filter(Boolean));
       toast('录像已导出', 'ok');
     },
   },

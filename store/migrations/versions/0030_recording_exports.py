@@ -6,14 +6,14 @@ state: queued → running → done | failed; done → expired once its file is d
 XLHUB_RECORDING_EXPORT_KEEP_HOURS. ``provenance`` is the export's record (segments, chain,
 gaps) known when it was planned; ``chain`` the chain position it came from.
 
-Revision ID: 0029
-Revises: 0027
+Revision ID: 0030
+Revises: 0029
 Create Date: 2026-12-07
 """
 from store.migrate import run_script
 
-revision = "0029"
-down_revision = "0027"
+revision = "0030"
+down_revision = "0029"
 branch_labels = None
 depends_on = None
 

@@ -59,6 +59,11 @@ class GbDeviceOut(BaseModel):
     first_seen: datetime
     last_seen: datetime
     grid_code: str | None
+    catalog_subscription: str = Field(description="目录订阅: active | unsupported (the device refused: the catalog "
+                                                  "is queried periodically instead) | none")
+    catalog_subscription_reason: str | None = Field(None, description="why not active, in Chinese")
+    alarm_subscription: str = Field(description="报警订阅: active | unsupported | none")
+    alarm_subscription_reason: str | None = None
     channels: list[GbChannelOut]
 
 

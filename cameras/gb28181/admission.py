@@ -27,6 +27,7 @@ LIST_SQL = f"""
 SELECT d.id, d.name, d.admitted, d.state, d.transport, d.host, d.port, d.expires_at, d.last_keepalive,
        d.keepalive_misses, d.manufacturer, d.model, d.firmware, d.channel_count, d.clock_skew_s, d.attempts,
        d.last_refusal, d.first_seen, d.last_seen, d.grid_code AS admitted_grid,
+       d.catalog_subscription, d.catalog_subscription_reason, d.alarm_subscription, d.alarm_subscription_reason,
        CASE WHEN NOT d.admitted THEN 'refused'
             WHEN d.state = 'registered' AND (d.expires_at IS NULL OR d.expires_at > now()) THEN 'online'
             WHEN d.expires_at IS NOT NULL AND d.expires_at <= now()

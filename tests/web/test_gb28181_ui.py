@@ -127,6 +127,11 @@ def test_admin_admits_an_unknown_device_which_then_registers_online(hub, fleet, 
         assert p.text_content(f"{online} .gb-channel-count").startswith(f"{CHANNELS} 路")
         assert "时钟快 120 秒" in p.text_content(f"{online} .gb-skew") or "时钟快 119 秒" in p.text_content(f"{online} .gb-skew")
         assert p.text_content(f"{online} .gb-keepalive") not in ("", "—")
+        # the hub subscribed to its catalog after reading it (the simulator accepts): the card says so
+        subscribed = ("(sel) => { const el = document.querySelector(sel + ' .gb-subscriptions');"
+                      " if (el && el.textContent.includes('目录已订阅')) return true;"
+                      " document.getElementById('gb-refresh').click(); return false; }")
+        p.wait_for_function(subscribed, arg=online, timeout=20000, polling=1000)
         items = p.locator(f"{online} .gb-channels li")
         assert items.count() == CHANNELS
         first = items.nth(0).text_content()

@@ -38,6 +38,16 @@ export async function render(main, { me }) {
       h('small', { class: 'muted' }, ` 通道 ${c.channel_id} → 摄像机 ${c.camera_id}`));
   }
 
+  // 目录订阅 / 报警订阅: active, refused by the device (the catalog is then queried periodically), or none
+  const SUB = { active: '已订阅', unsupported: '设备不支持', none: '未订阅' };
+  function subscriptions(d) {
+    const one = (what, state, reason) => h('span', { class: `gb-sub gb-sub-${state}`, title: reason || '', dataset: { kind: what } },
+      `${what}${SUB[state] || state}`);
+    return [one('目录', d.catalog_subscription, d.catalog_subscription_reason), ' · ',
+      one('报警', d.alarm_subscription, d.alarm_subscription_reason),
+      d.catalog_subscription === 'unsupported' ? h('small', { class: 'muted' }, '（改为定期查询目录）') : null];
+  }
+
   function deviceCard(d) {
     const live = d.channels.filter((c) => c.state !== 'retired').length;
     return h('article', { class: 'gb-card', dataset: { device: d.id, registration: d.registration } },
@@ -50,6 +60,7 @@ export async function render(main, { me }) {
         h('dt', {}, '最后心跳'), h('dd', { class: 'gb-keepalive' }, fmtTime(d.last_keepalive, { date: true })),
         h('dt', {}, '注册有效至'), h('dd', {}, fmtTime(d.expires_at, { date: true })),
         d.manufacturer || d.model ? [h('dt', {}, '厂商 / 型号'), h('dd', {}, [d.manufacturer, d.model, d.firmware].filter(Boolean).join(' · '))] : null,
+        h('dt', {}, '目录 / 报警订阅'), h('dd', { class: 'gb-subscriptions' }, subscriptions(d)),
         h('dt', {}, '通道'), h('dd', { class: 'gb-channel-count' }, `${live} 路${d.channels.length > live ? `（另有 ${d.channels.length - live} 路已退役）` : ''}`)),
       skewNote(d),
       d.last_refusal && d.registration !== 'online' ? h('p', { class: 'muted small' }, `最近一次拒绝：${d.refusal_label}`) : null,

@@ -45,6 +45,7 @@ from ulid import ULID
 
 from cameras.evidence import Record, Segment, _with_parameter_sets, sha256_file
 from cameras.recording.chain import link_of
+from cameras.recording.fmp4 import DIRECT_CODECS, FragmentedFile, init_segment, is_annexb
 from cameras.recording.settings import RecordingSettings
 from cameras.rtsp import Failure
 from config.camera_recording import CameraRecording
@@ -54,6 +55,7 @@ from store.files import open_private, private_dir
 log = logging.getLogger(__name__)
 
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+DIRECT = True               # H.264/H.265 fragments built from the packets (cameras/recording/fmp4.py), not by PyAV's muxer
 INDEX_RETRY_S = 5.0
 DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
 MUX_BUFFER = 256 * 1024     # SINK "hashing": the muxer's output buffer, one write and hash update per this many bytes
@@ -123,37 +125,65 @@ class Row:
 
 
 class OpenSegment:
-    """One segment being written."""
+    """One segment being written. H.264 and H.265 (``DIRECT``): the fragments are built here
+    from the packets and hashed as written (cameras/recording/fmp4.py); any other codec: PyAV's
+    MP4 muxer writes the file (``SINK``)."""
 
-    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record) -> None:
+    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record, inits: dict | None = None) -> None:
         self.segment = seg
         self.start_wall = first.wall
         self.last_wall = first.wall
         self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
         private_dir(self.partial.parent, root=root)
-        if SINK == "hashing":
-            self.file: HashingFile | None = HashingFile(self.partial)         # 0600
+        self.file: HashingFile | None = None
+        self.frag: FragmentedFile | None = None
+        self.out = None
+        if DIRECT and seg.codec in DIRECT_CODECS:
+            self._open_direct(seg, first, inits)
+        elif SINK == "hashing":
+            self.file = HashingFile(self.partial)         # 0600
             try:
                 self.out = av.open(self.file, "w", format="mp4", options=dict(FMP4), buffer_size=MUX_BUFFER)
             except BaseException:
                 self.file.close()
                 raise
         else:
-            self.file = None
             open_private(self.partial).close()          # 0600 before the muxer reopens it
             self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
-        kwargs = {"width": seg.width, "height": seg.height}
-        if seg.extradata:
-            kwargs["extradata"] = seg.extradata
-        self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
-        self.stream.time_base = seg.time_base
-        if seg.audio:
-            self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+        if self.out is not None:
+            kwargs = {"width": seg.width, "height": seg.height}
+            if seg.extradata:
+                kwargs["extradata"] = seg.extradata
+            self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
+            self.stream.time_base = seg.time_base
+            if seg.audio:
+                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
         self.base: int | None = None
         self.last_dts = -1
         self.packets = 0
         self.keyframes: list[float] = []
         self.step = max(1, round(1 / (seg.fps or 25) / float(seg.time_base))) if seg.time_base else 1
+
+    def _open_direct(self, seg: Segment, first: Record, inits: dict | None) -> None:
+        """The init segment (FFmpeg's, once per connection: ``inits`` keeps the last) and the
+        file the fragments go to."""
+        known = inits.get("init") if inits is not None else None
+        if known is not None and known[0] is seg:
+            init = known[1]
+        else:
+            data = _with_parameter_sets(bytes(first.packet), seg)
+            comment = f"audio not kept ({seg.audio}): video only" if seg.audio else None
+            init = (*init_segment(seg.codec, seg.width, seg.height, seg.time_base, seg.extradata, data, comment),
+                    is_annexb(seg.extradata, data))
+            if inits is not None:
+                inits["init"] = (seg, init)
+        head, timescale, track_id, annexb = init
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            self.frag = FragmentedFile(fd, head, timescale, track_id, seg.time_base, annexb)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, rec: Record) -> None:
         src = rec.packet
@@ -164,13 +194,17 @@ class OpenSegment:
         if dts <= self.last_dts:            # repeated or backwards: keep the picture, make its time playable
             dts = self.last_dts + 1
         pts = (src.pts - self.base) if src.pts is not None else dts
-        # one copy of the camera's bytes (the packet is shared with the ring and the tap)
-        pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)
-        pkt.pts, pkt.dts = max(pts, dts), dts
-        pkt.time_base = self.segment.time_base
-        pkt.is_keyframe = rec.key
-        pkt.stream = self.stream
-        self.out.mux(pkt)
+        if self.frag is not None:
+            self.frag.add(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key
+                          else bytes(src), max(pts, dts), dts, rec.key)
+        else:
+            # one copy of the camera's bytes (the packet is shared with the ring and the tap)
+            pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)
+            pkt.pts, pkt.dts = max(pts, dts), dts
+            pkt.time_base = self.segment.time_base
+            pkt.is_keyframe = rec.key
+            pkt.stream = self.stream
+            self.out.mux(pkt)
         self.last_dts = dts
         self.packets += 1
         if rec.key:
@@ -178,7 +212,16 @@ class OpenSegment:
         self.last_wall = rec.wall
 
     def close(self, sync: bool = False) -> None:
-        """Finish the file (the muxer's trailer), fsync it when asked, close it."""
+        """Finish the file (the last fragment and the index of fragments), fsync it when
+        asked, close it."""
+        if self.frag is not None:
+            try:
+                self.frag.finish()
+                if sync:
+                    os.fsync(self.frag.fd)
+            finally:
+                os.close(self.frag.fd)
+            return
         if self.file is None:
             self.out.close()
             if sync:
@@ -197,6 +240,8 @@ class OpenSegment:
 
     def digest(self) -> tuple[str, int]:
         """The finished file's SHA-256 (hex) and size."""
+        if self.frag is not None:
+            return self.frag.hash.hexdigest(), self.frag.size
         return self.file.digest(self.partial) if self.file is not None else sha256_file(self.partial)
 
 
@@ -262,6 +307,7 @@ class CameraRecorder:
         self.events_until = float("-inf")
         self.current: OpenSegment | None = None
         self.preroll_until: tuple[Segment, int | None] | None = None   # (segment, last dts) taken from the ring
+        self.inits: dict = {}           # the connection's init segment (cameras/recording/fmp4.py), made once
 
     # -- Fanout listener (reader thread) ---------------------------------------------------
     def opened(self, segment: Segment) -> None:
@@ -368,7 +414,7 @@ class CameraRecorder:
             if not rec.key:
                 self.stats.dropped += 1
                 return
-            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec)
+            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec, self.inits)
             self.stats.recording = True
         cur.write(rec)
 

@@ -29,6 +29,7 @@ import struct
 from fractions import Fraction
 
 import av
+import numpy as np
 
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 DIRECT_CODECS = frozenset({"h264", "hevc"})
@@ -106,32 +107,87 @@ def init_segment(codec: str, width: int, height: int, time_base: Fraction, extra
     return init, timescale, track_id
 
 
-def annexb_to_lengths(data: bytes, out: list) -> int:
-    """Append the NAL units of an Annex B access unit to ``out`` as (4-byte length, payload)
-    pieces, as FFmpeg's ff_nal_parse_units writes them; returns the sample's size."""
-    find = data.find
-    end = len(data)
-    i = find(_START3)
-    if i < 0:                               # not Annex B after all: as it is
+def start_codes(a: np.ndarray) -> list[int]:
+    """Where ``00 00 01`` begins in an Annex B buffer (as uint8), in order. The scan runs in
+    numpy, two bytes at a time (a search loop in Python, bytes.find, costs as much as the
+    SHA-256 of the same bytes): the zero pairs at even and at odd offsets, then the ``01``
+    after each (zero pairs are few in compressed video: emulation prevention)."""
+    n = len(a)
+    if n < 3:
+        return []
+    even = np.flatnonzero(a[:n & ~1].view("<u2") == 0) * 2
+    odd = np.flatnonzero(a[1:1 + ((n - 1) & ~1)].view("<u2") == 0) * 2 + 1
+    c = np.concatenate((even, odd))
+    c = c[c < n - 2]
+    c = c[a[c + 2] == 1]
+    c.sort()
+    return c.tolist()
+
+
+def annexb_to_lengths(data, out: list) -> int:
+    """Append the NAL units of an Annex B access unit (bytes, or any buffer: an av.Packet is
+    not copied) to ``out`` as (4-byte length, payload) pieces, as FFmpeg's ff_nal_parse_units
+    writes them (a NAL unit ends one zero before a 4-byte start code); returns the sample's
+    size."""
+    a = np.frombuffer(data, np.uint8)
+    end = len(a)
+    codes = start_codes(a)
+    if not codes:                           # not Annex B after all: as it is
         out.append(data)
         return end
+    view = memoryview(a)
     size = 0
-    view = memoryview(data)
-    start = i + 3
-    while start < end:
-        j = find(_START3, start)
-        if j < 0:
-            stop = nxt = end
+    last = len(codes) - 1
+    for k, code in enumerate(codes):
+        nal = code + 3
+        if k < last:
+            stop = codes[k + 1]
+            if view[stop - 1] == 0:
+                stop -= 1
         else:
-            stop = j - 1 if data[j - 1] == 0 else j       # a 4-byte start code's zero is not the NAL's
-            nxt = j + 3
-        if stop > start:
-            n = stop - start
-            out.append(_BE32.pack(n))
-            out.append(view[start:stop])
-            size += 4 + n
-        start = nxt
+            stop = end
+        if stop > nal:
+            out.append(_BE32.pack(stop - nal))
+            out.append(view[nal:stop])
+            size += 4 + stop - nal
     return size
+
+
+def in_place(buf: bytearray, sizes: list[int]) -> bool:
+    """Annex B access units laid end to end in ``buf`` (``sizes`` bytes each) made length-
+    prefixed where they are: when every NAL unit starts with a 4-byte start code (as RTSP
+    depacketizers write them) the 4-byte lengths take the start codes' places and the sizes do
+    not change. The bytes are FFmpeg's (ff_nal_parse_units). False, with ``buf`` partly
+    rewritten, when some unit does not fit (a 3-byte start code, leading bytes, an empty unit):
+    the caller converts the original buffers instead."""
+    codes = start_codes(np.frombuffer(buf, np.uint8))
+    nc = len(codes)
+    pos = 0
+    o = 0
+    pack = _BE32.pack
+    for size in sizes:
+        e = o + size
+        if pos >= nc or codes[pos] != o + 1 or buf[o] != 0:
+            return False
+        while True:
+            c = codes[pos]
+            pos += 1
+            nxt = codes[pos] if pos < nc else e
+            if nxt + 3 <= e:                        # the next unit is in this access unit
+                stop = nxt - 1
+                if buf[stop] != 0 or stop <= c + 3:
+                    return False
+            elif nxt < e:                           # a start code across two access units
+                return False
+            else:
+                stop = e
+                if stop <= c + 3:
+                    return False
+            buf[c - 1:c + 3] = pack(stop - c - 3)
+            if stop == e:
+                break
+        o = e
+    return pos == nc
 
 
 class FragmentedFile:
@@ -154,36 +210,52 @@ class FragmentedFile:
         self.last_duration = 0
         self._write(init)
 
-    def _write(self, data) -> None:
-        self.hash.update(data)
-        view = memoryview(data)
-        n = os.write(self.fd, view)
-        while n < len(view):
-            n += os.write(self.fd, view[n:])
-        self.size += len(view)
+    def _write(self, *parts) -> None:
+        """The parts to the file in one system call, and into the SHA-256."""
+        update = self.hash.update
+        total = 0
+        for part in parts:
+            update(part)
+            total += memoryview(part).nbytes
+        n = os.writev(self.fd, parts) if len(parts) > 1 else os.write(self.fd, parts[0])
+        if n < total:                               # a short write: the rest, in order
+            rest = memoryview(b"".join(parts))[n:]
+            while rest:
+                rest = rest[os.write(self.fd, rest):]
+        self.size += total
 
-    def add(self, data: bytes, pts: int, dts: int, key: bool) -> None:
-        """A sample in the stream's time base (dts increasing, pts ≥ dts)."""
+    def add(self, data, pts: int, dts: int, key: bool) -> None:
+        """A sample (bytes or a buffer, kept until its fragment is written) in the stream's time
+        base (dts increasing, pts ≥ dts)."""
         if self.scale is not None:
             pts, dts = round(pts * self.scale), round(dts * self.scale)
         if key and self.samples:
             self.flush(dts)
-        if self.annexb:
-            size = annexb_to_lengths(data, self.pieces)
-        else:
-            self.pieces.append(data)
-            size = len(data)
+        view = memoryview(data)
+        self.pieces.append(view)
         cto = pts - dts
         if cto:
             self.cts = True
-        self.samples.append((dts, cto, size, key))
+        self.samples.append((dts, cto, view.nbytes, key))
+
+    def _mdat(self) -> tuple[list[int], list]:
+        """The open fragment's sample sizes and the mdat's payload (buffers)."""
+        sizes = [s[2] for s in self.samples]
+        if not self.annexb:
+            return sizes, self.pieces
+        buf = bytearray().join(self.pieces)         # the one copy of the camera's bytes
+        if in_place(buf, sizes):
+            return sizes, [buf]
+        out: list = []                              # 3-byte start codes and the like: NAL unit by NAL unit
+        return [annexb_to_lengths(p, out) for p in self.pieces], out
 
     def flush(self, next_dts: int | None = None) -> None:
         """Write the open fragment (its last sample lasts until ``next_dts``, else as long as
         the sample before it)."""
-        samples = self.samples
-        if not samples:
+        if not self.samples:
             return
+        sizes, payload = self._mdat()
+        samples = [(d, c, size, k) for (d, c, _, k), size in zip(self.samples, sizes)]
         n = len(samples)
         durations = [samples[i + 1][0] - samples[i][0] for i in range(n - 1)]
         if next_dts is not None and next_dts > samples[-1][0]:
@@ -235,7 +307,7 @@ class FragmentedFile:
         mdat_size = 8 + sum(s[2] for s in samples)
         head.append(struct.pack(">I4s", mdat_size, b"mdat"))
         self.fragments.append((samples[0][0] + samples[0][1], self.size))
-        self._write(b"".join(head + self.pieces))
+        self._write(b"".join(head), *payload)
         self.samples = []
         self.pieces = []
 

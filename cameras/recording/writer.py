@@ -195,8 +195,10 @@ class OpenSegment:
             dts = self.last_dts + 1
         pts = (src.pts - self.base) if src.pts is not None else dts
         if self.frag is not None:
-            self.frag.add(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key
-                          else bytes(src), max(pts, dts), dts, rec.key)
+            # the camera's bytes as they are (a keyframe may get its parameter sets first); the
+            # fragment's buffer is their one copy
+            self.frag.add(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src,
+                          max(pts, dts), dts, rec.key)
         else:
             # one copy of the camera's bytes (the packet is shared with the ring and the tap)
             pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)

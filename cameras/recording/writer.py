@@ -11,15 +11,18 @@ thread takes the queues in turn and, per camera:
   (new parameters, new timestamps), when the camera goes away, and when the policy stops
   wanting footage;
 - writes ``.partial/<ulid>.mp4`` (fragmented MP4 by remux, the camera's codec), then on the
-  cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
+  cut: fsync, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
 
-How a segment reaches the disk is ``SINK``: ``"file"`` (the default) lets FFmpeg write the file
-itself and hashes the finished file from the page cache; ``"hashing"`` writes through a
-``HashingFile`` that hashes the bytes as the muxer hands them over (no read-back). Measured in
-the worker (bench/recording --ab, docs/recording-bench.md) the read-back is the cheaper of the
-two: the Python write callbacks and their GIL hand-overs cost more than reading 7.5 MB back
-from the page cache once per segment.
+How a segment reaches the disk: H.264 and H.265 (``DIRECT``, the default) are written by
+cameras/recording/fmp4.py — FFmpeg's init segment once per connection, then one ``moof``+``mdat``
+per GOP built from the packets, one write per fragment, the SHA-256 taken from the same buffers
+(no read-back). The files are the ones FFmpeg's muxer writes from the same packets, byte for
+byte (tests/cameras/test_recording_fmp4.py). Other codecs, and ``DIRECT = False``, go through
+PyAV's muxer; its ``SINK``: ``"file"`` lets FFmpeg write the file and hashes the finished file
+from the page cache, ``"hashing"`` writes through a ``HashingFile``. Measured in the worker over
+whole segments (bench/recording --ab, docs/recording-bench.md) the direct writer costs about a
+fifth less than the muxer with the read-back.
 
 While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
 more than writing it); idle, it sleeps until a packet wakes it.
@@ -555,29 +558,38 @@ class Recorder:
 
     def flush(self, force: bool = False) -> bool:
         """Insert the finished segments' rows in order, each with the next link of its
-        camera's chain. On failure the rows stay and are tried again INDEX_RETRY_S later."""
+        camera's chain, in one transaction. On failure the rows stay and are tried again
+        INDEX_RETRY_S later."""
         if self.pool is None:
             self._rows.clear()
             return True
         if not self._rows:
             return True
         try:
+            rows = list(self._rows)
+            chain: dict[str, tuple[int, str]] = {}
+            params = []
             with self.pool.connection(timeout=5) as conn:
-                while self._rows:
-                    row = self._rows[0]
-                    with conn.transaction():
-                        seq, prev = self._chain_of(conn, row.camera_id)
+                # every waiting row in one transaction and one round trip (executemany): all or
+                # none go in, so the chain's cache stays what the table holds
+                with conn.transaction():
+                    for row in rows:
+                        seq, prev = chain.get(row.camera_id) or self._chain_of(conn, row.camera_id)
                         seq += 1
                         link = link_of(prev, row.camera_id, seq, row.start_at, row.end_at, row.sha256, row.bytes)
-                        conn.execute(
+                        params.append((row.camera_id, row.start_at, row.end_at, seq, row.stream, row.path, row.bytes,
+                                       row.codec, row.width, row.height, row.keyframes, row.packets, row.sha256,
+                                       prev, link))
+                        chain[row.camera_id] = (seq, link)
+                    with conn.cursor() as cur:
+                        cur.executemany(
                             """INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes,
                                    codec, width, height, keyframes, packets, sha256, prev_link, link)
-                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                            (row.camera_id, row.start_at, row.end_at, seq, row.stream, row.path, row.bytes, row.codec,
-                             row.width, row.height, row.keyframes, row.packets, row.sha256, prev, link))
-                    self._chain[row.camera_id] = (seq, link)
-                    self._rows.popleft()
-                    self.indexed += 1
+                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", params)
+            self._chain.update(chain)
+            for _ in rows:
+                self._rows.popleft()
+            self.indexed += len(rows)
             return True
         except Exception as exc:  # noqa: BLE001 - kept, in order, for the next try
             self._chain.clear()                 # re-read: a row may have gone in before the failure

@@ -230,30 +230,77 @@ class ReaderStats:
     packets: int = 0
 
 
-class StreamReader:
-    """Reads one camera forever (``start``), or one connection (``read_once``)."""
+def next_segment_id() -> int:
+    """A new connection's ``Segment`` id (unique in the process, whichever reader opened it)."""
+    with ReaderLoop._segments_lock:
+        ReaderLoop._segments += 1
+        return ReaderLoop._segments
+
+
+class PacketFeed:
+    """One connection's packets into the sink, the same for every reader (RTSP here, the
+    gb28181 tap in cameras/gb28181/media/source.py): each packet to ``on_packet``; keyframes
+    (or, ``decode_all``, every packet) decoded; frames to ``on_frame`` at the analysis cadence.
+    ``to_wall`` maps a decoded frame's stream time to wall time (None: the packet's wall time
+    plus the frame's distance from the packet)."""
+
+    __slots__ = ("sink", "ctx", "decode_all", "period", "tb", "to_wall", "frames", "next_analysis")
+
+    def __init__(self, sink: ReaderSink, ctx, decode_all: bool, period: float, time_base: Fraction,
+                 to_wall: Callable[[float], float] | None = None) -> None:
+        self.sink = sink
+        self.ctx = ctx
+        self.decode_all = decode_all
+        self.period = period
+        self.tb = float(time_base)
+        self.to_wall = to_wall
+        self.frames = 0
+        self.next_analysis = float("-inf")     # in stream seconds
+
+    def packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment, mono: float) -> None:
+        self.sink.on_packet(packet, wall, key, segment, mono)
+        decode_all = self.decode_all
+        if not (decode_all or key):
+            return
+        try:
+            decoded = self.ctx.decode(packet)
+        except av.FFmpegError:
+            return          # a corrupt packet costs one frame, not the connection
+        tb = self.tb
+        for frame in decoded:
+            self.frames += 1
+            if decode_all:
+                pts_s = packet.pts * tb
+                fts = frame.pts * tb if frame.pts is not None else pts_s
+                if fts < self.next_analysis:
+                    continue
+                # A steady cadence; after a gap, restart it from this frame.
+                period = self.period
+                self.next_analysis = self.next_analysis + period if fts - self.next_analysis < period else fts + period
+                self.sink.on_frame(frame, self.to_wall(fts) if self.to_wall is not None else wall + (fts - pts_s),
+                                   frame.key_frame)
+            else:
+                self.sink.on_frame(frame, wall, True)
+
+
+class ReaderLoop:
+    """What every camera reader is around its connections: a thread that connects
+    (``read_once``), backs off (``Backoff``) and connects again until ``stop``; ``abandon`` for
+    a thread stuck where no timeout reaches; ``stuck_for`` for the health check. StreamReader
+    (RTSP and files) and GbTapReader (cameras/gb28181/media/source.py) are its two readers."""
 
     _segments = 0
     _segments_lock = threading.Lock()
+    QUIET_PHASES = ("idle", "backoff", "stopped")       # phases that are not a stall
 
-    def __init__(self, camera_id: str, url: Callable[[], str] | str, sink: ReaderSink, *,
-                 decode_all: bool = False, analysis_fps: float | None = None,
-                 open_timeout_s: float = 5.0, read_timeout_s: float = 3.0,
-                 backoff: tuple[float, ...] = BACKOFF_S, clock: WallClock | None = None,
-                 pace: bool = False, transport: Transport | str = "auto") -> None:
+    def __init__(self, camera_id: str, sink: ReaderSink, *, decode_all: bool, analysis_fps: float | None,
+                 backoff: tuple[float, ...]) -> None:
         self.camera_id = camera_id
-        self._url = url if callable(url) else (lambda u=url: u)
         self.sink = sink
         self.decode_all = decode_all
         self.analysis_period = 1.0 / analysis_fps if analysis_fps else 0.0
-        self.open_timeout_s = open_timeout_s
-        self.read_timeout_s = read_timeout_s
         self.backoff = backoff
-        self.clock = clock or WallClock()
-        self.pace = pace
-        self.transport = transport if isinstance(transport, Transport) else Transport(transport)
         self.last_failure: Failure | None = None
-        self._probe: tuple[str, int] | None = None
         self.stats = ReaderStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -262,8 +309,11 @@ class StreamReader:
         self.progress_at = time.monotonic()
         self.phase = "idle"
 
+    def read_once(self) -> int:
+        raise NotImplementedError
+
     # -- thread --------------------------------------------------------------------
-    def start(self) -> StreamReader:
+    def start(self):
         self._thread = threading.Thread(target=self._run, name=f"reader-{self.camera_id}", daemon=True)
         self._thread.start()
         return self
@@ -283,11 +333,11 @@ class StreamReader:
         """Give up on a thread stuck where no timeout reaches (it is a daemon; when it
         wakes up it finds itself abandoned and exits without touching anything)."""
         self.abandoned = True
-        self._stop.set()
+        self.stop()
 
     def stuck_for(self, now: float | None = None) -> float:
         """Seconds since the reader thread last showed life (0 when waiting to retry)."""
-        if self.phase in ("idle", "backoff", "stopped"):
+        if self.phase in self.QUIET_PHASES:
             return 0.0
         return (now or time.monotonic()) - self.progress_at
 
@@ -303,6 +353,27 @@ class StreamReader:
             self.sink.on_retry(delay, policy.failures)
             self._wait(delay)
         self.phase = "stopped"
+
+    def _wait(self, delay: float) -> None:
+        self._stop.wait(delay)
+
+
+class StreamReader(ReaderLoop):
+    """Reads one camera forever (``start``), or one connection (``read_once``)."""
+
+    def __init__(self, camera_id: str, url: Callable[[], str] | str, sink: ReaderSink, *,
+                 decode_all: bool = False, analysis_fps: float | None = None,
+                 open_timeout_s: float = 5.0, read_timeout_s: float = 3.0,
+                 backoff: tuple[float, ...] = BACKOFF_S, clock: WallClock | None = None,
+                 pace: bool = False, transport: Transport | str = "auto") -> None:
+        super().__init__(camera_id, sink, decode_all=decode_all, analysis_fps=analysis_fps, backoff=backoff)
+        self._url = url if callable(url) else (lambda u=url: u)
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.clock = clock or WallClock()
+        self.pace = pace
+        self.transport = transport if isinstance(transport, Transport) else Transport(transport)
+        self._probe: tuple[str, int] | None = None
 
     def _wait(self, delay: float) -> None:
         """Wait ``delay`` before the next connection; on a long wait after a camera could not
@@ -378,11 +449,8 @@ class StreamReader:
         ctx.thread_count = 1            # hundreds of cameras per process: no per-camera thread pools
         if not self.decode_all:
             ctx.skip_frame = "NONKEY"
-        with StreamReader._segments_lock:
-            StreamReader._segments += 1
-            seg_id = StreamReader._segments
         tb = stream.time_base or Fraction(1, 90000)
-        segment = Segment(seg_id, ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None,
+        segment = Segment(next_segment_id(), ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None,
                           audio=_audio_codec(container), fps=_rate(stream))
         tb_f = float(tb)
         self.stats.opens += 1
@@ -391,10 +459,8 @@ class StreamReader:
         self.progress_at = time.monotonic()
         self.sink.on_open(segment, time.monotonic() - started)
 
-        sink, clock, stop, stats = self.sink, self.clock, self._stop, self.stats
-        decode_all, period = self.decode_all, self.analysis_period
-        next_analysis = float("-inf")     # in stream seconds
-        frames = 0
+        clock, stop, stats = self.clock, self._stop, self.stats
+        feed = PacketFeed(self.sink, ctx, self.decode_all, self.analysis_period, tb, clock.map)
         rtcp_checks = 0 if not clock.stream_time else 2000     # live streams: look for RTCP a while
         pace_origin: tuple[float, float] | None = None
         wall_clock, mono_clock = time.time, time.monotonic
@@ -421,24 +487,5 @@ class StreamReader:
                 if ahead > 0 and stop.wait(ahead):
                     break
                 now = time.time()
-            wall = clock.observe(pts_s, now)
-            key = packet.is_keyframe
-            sink.on_packet(packet, wall, key, segment, mono)
-            if not (decode_all or key):
-                continue
-            try:
-                decoded = ctx.decode(packet)
-            except av.FFmpegError:
-                continue        # a corrupt packet costs one frame, not the connection
-            for frame in decoded:
-                frames += 1
-                if decode_all:
-                    fts = frame.pts * tb_f if frame.pts is not None else pts_s
-                    if fts < next_analysis:
-                        continue
-                    # A steady cadence; after a gap, restart it from this frame.
-                    next_analysis = next_analysis + period if fts - next_analysis < period else fts + period
-                    sink.on_frame(frame, clock.map(fts), frame.key_frame)
-                else:
-                    sink.on_frame(frame, wall, True)
-        return frames
+            feed.packet(packet, clock.observe(pts_s, now), packet.is_keyframe, segment, mono)
+        return feed.frames

@@ -16,7 +16,7 @@
 
     .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
                                             [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
-                                            [--skip-cost] [--skip-index] [--ab]
+                                            [--skip-cost] [--skip-index] [--ab | --ab-sink]
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class Counter:
     def __init__(self) -> None:
         self.bytes = 0
         self.started = False
+        self.span = 0.0            # seconds of video from the first keyframe on (reset per window)
+        self._last: float | None = None
 
     def opened(self, segment) -> None:
         self.started = False
@@ -51,8 +53,13 @@ class Counter:
     def packet(self, record) -> None:
         if not self.started and not record.key:
             return
+        if not self.started:
+            self._last = None
         self.started = True
         self.bytes += record.packet.size
+        if self._last is not None and record.wall > self._last:
+            self.span += record.wall - self._last
+        self._last = record.wall
 
     def closed(self, failure) -> None:
         self.started = False
@@ -95,21 +102,37 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
                 time.sleep(0.1)
 
         from cameras.recording import writer
-        default_sink = writer.SINK
+        default_sink, default_direct = writer.SINK, writer.DIRECT
 
         def read_back(other: bool) -> None:
-            """--ab: the other sink (cameras/recording/writer.py SINK) for this window."""
-            writer.SINK = ("hashing" if default_sink == "file" else "file") if other else default_sink
+            """--ab: the other writer for this window (cameras/recording/writer.py: DIRECT, the
+            fragments built from the packets, or PyAV's muxer; --ab-sink: the muxer's SINK)."""
+            if args.ab_sink:
+                writer.SINK = ("hashing" if default_sink == "file" else "file") if other else default_sink
+            else:
+                writer.DIRECT = (not default_direct) if other else default_direct
 
         attach(False)
         time.sleep(4.0)
+        args.ab = args.ab or args.ab_sink
         modes = ("off", "on", "readback") if args.ab else ("off", "on")
         windows: dict[str, list[dict]] = {m: [] for m in modes}
+        def recorder_cpu() -> float:
+            """The recorder thread's CPU so far, every round it ran counted (it adds its CPU at the
+            top of each round: wake it for one more)."""
+            worker.recorder.wake()
+            time.sleep(0.3)
+            return worker.recorder.cpu_s
+
         for r in range(args.rounds):
             for mode in modes:
                 read_back(mode == "readback")
+                if mode != "off":
+                    ca, ta, ra = cpu_seconds(os.getpid()), time.monotonic(), recorder_cpu()
+                    for c in counters.values():
+                        c.span = 0.0
                 attach(mode != "off")
-                time.sleep(2.0 if mode == "on" else 0.5)      # the first keyframe after attaching
+                time.sleep(0.5 if mode == "off" else 2.0)      # the first keyframe after attaching
                 files0 = sum(p.recording.stats.bytes for p in pipes)
                 stream0 = sum(c.bytes for c in counters.values())
                 c0, t0, r0 = cpu_seconds(os.getpid()), time.monotonic(), worker.recorder.cpu_s
@@ -118,12 +141,22 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
                 stream1 = sum(c.bytes for c in counters.values())
                 attach(False)
                 settle()
-                windows[mode].append({"cpu": (c1 - c0) / (t1 - t0), "thread": (r1 - r0) / (t1 - t0), "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0)
-                                      / args.cameras})
+                w = {"cpu": (c1 - c0) / (t1 - t0), "thread": (r1 - r0) / (t1 - t0),
+                     "mbps": (stream1 - stream0) * 8 / 1e6 / (t1 - t0) / args.cameras}
+                if mode != "off":
+                    # Whole segments: from attaching to the last one hashed, fsynced and indexed
+                    # after detaching (a segment's close is where a read-back hash is paid), per
+                    # second of video recorded; the process against the off window's rate.
+                    rz, cz, tz = recorder_cpu(), cpu_seconds(os.getpid()), time.monotonic()
+                    span = statistics.mean(c.span for c in counters.values())
+                    w["thread_full"] = (rz - ra) / span
+                    w["cpu_full"] = ((cz - ca) - windows["off"][-1]["cpu"] * (tz - ta)) / span
+                windows[mode].append(w)
             print(f"round {r + 1}: off {windows['off'][-1]['cpu']:.3f} cores, on {windows['on'][-1]['cpu']:.3f} "
-                  f"(recorder thread {windows['on'][-1]['thread']:.4f})"
-                  + (f", other sink {windows['readback'][-1]['cpu']:.3f} (recorder thread "
-                     f"{windows['readback'][-1]['thread']:.4f})" if args.ab else ""), flush=True)
+                  f"(recorder thread {windows['on'][-1]['thread']:.4f}, whole segments {windows['on'][-1]['thread_full']:.4f})"
+                  + (f", other writer {windows['readback'][-1]['cpu']:.3f} (recorder thread "
+                     f"{windows['readback'][-1]['thread']:.4f}, whole segments {windows['readback'][-1]['thread_full']:.4f})"
+                     if args.ab else ""), flush=True)
         read_back(False)
         stop.set()
         thread.join(30)
@@ -154,11 +187,27 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
           f"+{100 * paired / off:.1f} %")
     print(f"   the recorder thread's own CPU (thread_time: remux, hash, write, fsync, index)  {thread:.4f}  "
           f"({thread / n * 1000:.2f} ms/s per camera) → +{100 * thread / off:.1f} % (the readers' queueing is not in it)")
+    full = med("on", "thread_full")
+    full_cpu = med("on", "cpu_full")
+    print(f"   whole segments (attach → last segment closed, hashed, fsynced, indexed; per second of video): "
+          f"recorder thread {full:.4f} ({full / n * 1000:.2f} ms/s per camera) → +{100 * full / off:.1f} %; "
+          f"process − off rate {full_cpu:.4f} → +{100 * full_cpu / off:.1f} %")
     if args.ab:
+        rbf = med("readback", "thread_full")
+        rbf_cpu = med("readback", "cpu_full")
+        print(f"   whole segments, the other writer: recorder thread {rbf:.4f} ({rbf / n * 1000:.2f} ms/s per camera) "
+              f"→ +{100 * rbf / off:.1f} %; process − off rate {rbf_cpu:.4f} → +{100 * rbf_cpu / off:.1f} %; "
+              f"this writer {100 * (full / rbf - 1):+.0f} % against it (thread), {100 * (full_cpu / rbf_cpu - 1):+.0f} % (process)")
         rb = med("readback", "thread")
-        other = "hashing" if default_sink == "file" else "file"
-        print(f"   A/B, the recorder thread with SINK={other!r} instead of {default_sink!r}: {rb:.4f} "
-              f"({rb / n * 1000:.2f} ms/s per camera, {100 * (rb / thread - 1):+.0f} %)")
+        rb_paired = statistics.median(b["cpu"] - a["cpu"] for a, b in zip(windows["off"], windows["readback"]))
+        if args.ab_sink:
+            other = f"SINK={'hashing' if default_sink == 'file' else 'file'!r} instead of {default_sink!r}"
+        else:
+            other = ("PyAV's muxer (DIRECT=False)" if default_direct else "the direct writer (DIRECT=True)") + \
+                " instead of " + ("the direct writer" if default_direct else "PyAV's muxer")
+        print(f"   A/B, the recorder thread with {other}: {rb:.4f} "
+              f"({rb / n * 1000:.2f} ms/s per camera, → +{100 * rb / off:.1f} %; this writer {100 * (thread / rb - 1):+.0f} % "
+              f"against it); paired on − off {rb_paired:.4f} → +{100 * rb_paired / off:.1f} %")
     if rec > 0:
         print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
               "(recording alone; reading them is the worker's cost above)")
@@ -260,7 +309,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
-    ap.add_argument("--ab", action="store_true", help="also windows with the other segment sink (writer.SINK)")
+    ap.add_argument("--ab", action="store_true",
+                    help="also windows with the other segment writer (writer.DIRECT: PyAV's muxer against the direct one)")
+    ap.add_argument("--ab-sink", action="store_true", help="--ab with the PyAV muxer's other sink (writer.SINK)")
     args = ap.parse_args()
 
     import logging

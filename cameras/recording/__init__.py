@@ -11,6 +11,8 @@
 - ``settings.py``: ``RecordingSettings`` (``XLHUB_RECORDING_*``): where, segment length,
   default retention; the per-camera policy is the site file's (config/camera_recording.py).
 - ``writer.py``: the recorder thread and one ``CameraRecorder`` per camera.
+- ``fmp4.py``: H.264/H.265 fragments written from the packets (no muxer per packet), FFmpeg's
+  layout byte for byte, hashed as written.
 - ``chain.py``: the link of each segment, and ``verify``.
 - ``export.py``: a range of one camera to one MP4 by remux, with its provenance (segments'
   seq and links, gaps) and ``check`` of an export against the index; the API runs it
@@ -25,7 +27,7 @@ Why fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``): every segme
 browser plays as it is (progressive or Media Source) and a person can hand over; a fragment
 starts at each keyframe, so a worker killed mid-segment leaves a file readable up to its last
 fragment (it stays in ``.partial/``, is not indexed and is dropped at the next start: at most
-the open segment is lost). The SHA-256 is taken from the finished file (``writer.SINK``; hashing
-while writing measured dearer in the worker: docs/recording-bench.md).
+the open segment is lost). The SHA-256 is taken from the bytes as they are written (fmp4.py;
+for other codecs from the finished file: ``writer.SINK``; docs/recording-bench.md).
 MPEG-TS would survive a crash as well but no browser plays it without a JavaScript demuxer.
 """

@@ -11,15 +11,18 @@ thread takes the queues in turn and, per camera:
   (new parameters, new timestamps), when the camera goes away, and when the policy stops
   wanting footage;
 - writes ``.partial/<ulid>.mp4`` (fragmented MP4 by remux, the camera's codec), then on the
-  cut: fsync, SHA-256, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
+  cut: fsync, rename to ``<camera>/<yyyymmdd>/<start ms>.mp4`` and an index row
   (``recording_segments``) with the next link of the camera's chain (cameras/recording/chain.py).
 
-How a segment reaches the disk is ``SINK``: ``"file"`` (the default) lets FFmpeg write the file
-itself and hashes the finished file from the page cache; ``"hashing"`` writes through a
-``HashingFile`` that hashes the bytes as the muxer hands them over (no read-back). Measured in
-the worker (bench/recording --ab, docs/recording-bench.md) the read-back is the cheaper of the
-two: the Python write callbacks and their GIL hand-overs cost more than reading 7.5 MB back
-from the page cache once per segment.
+How a segment reaches the disk: H.264 and H.265 (``DIRECT``, the default) are written by
+cameras/recording/fmp4.py — FFmpeg's init segment once per connection, then one ``moof``+``mdat``
+per GOP built from the packets, one write per fragment, the SHA-256 taken from the same buffers
+(no read-back). The files are the ones FFmpeg's muxer writes from the same packets, byte for
+byte (tests/cameras/test_recording_fmp4.py). Other codecs, and ``DIRECT = False``, go through
+PyAV's muxer; its ``SINK``: ``"file"`` lets FFmpeg write the file and hashes the finished file
+from the page cache, ``"hashing"`` writes through a ``HashingFile``. Measured in the worker over
+whole segments (bench/recording --ab, docs/recording-bench.md) the direct writer costs about a
+fifth less than the muxer with the read-back.
 
 While packets come the thread takes the queues every ``DRAIN_S`` (a wake-up per packet cost
 more than writing it); idle, it sleeps until a packet wakes it.
@@ -45,6 +48,7 @@ from ulid import ULID
 
 from cameras.evidence import Record, Segment, _with_parameter_sets, sha256_file
 from cameras.recording.chain import link_of
+from cameras.recording.fmp4 import DIRECT_CODECS, FragmentedFile, init_segment, is_annexb
 from cameras.recording.settings import RecordingSettings
 from cameras.rtsp import Failure
 from config.camera_recording import CameraRecording
@@ -54,6 +58,7 @@ from store.files import open_private, private_dir
 log = logging.getLogger(__name__)
 
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+DIRECT = True               # H.264/H.265 fragments built from the packets (cameras/recording/fmp4.py), not by PyAV's muxer
 INDEX_RETRY_S = 5.0
 DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
 MUX_BUFFER = 256 * 1024     # SINK "hashing": the muxer's output buffer, one write and hash update per this many bytes
@@ -123,37 +128,65 @@ class Row:
 
 
 class OpenSegment:
-    """One segment being written."""
+    """One segment being written. H.264 and H.265 (``DIRECT``): the fragments are built here
+    from the packets and hashed as written (cameras/recording/fmp4.py); any other codec: PyAV's
+    MP4 muxer writes the file (``SINK``)."""
 
-    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record) -> None:
+    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record, inits: dict | None = None) -> None:
         self.segment = seg
         self.start_wall = first.wall
         self.last_wall = first.wall
         self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
         private_dir(self.partial.parent, root=root)
-        if SINK == "hashing":
-            self.file: HashingFile | None = HashingFile(self.partial)         # 0600
+        self.file: HashingFile | None = None
+        self.frag: FragmentedFile | None = None
+        self.out = None
+        if DIRECT and seg.codec in DIRECT_CODECS:
+            self._open_direct(seg, first, inits)
+        elif SINK == "hashing":
+            self.file = HashingFile(self.partial)         # 0600
             try:
                 self.out = av.open(self.file, "w", format="mp4", options=dict(FMP4), buffer_size=MUX_BUFFER)
             except BaseException:
                 self.file.close()
                 raise
         else:
-            self.file = None
             open_private(self.partial).close()          # 0600 before the muxer reopens it
             self.out = av.open(str(self.partial), "w", format="mp4", options=dict(FMP4))
-        kwargs = {"width": seg.width, "height": seg.height}
-        if seg.extradata:
-            kwargs["extradata"] = seg.extradata
-        self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
-        self.stream.time_base = seg.time_base
-        if seg.audio:
-            self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+        if self.out is not None:
+            kwargs = {"width": seg.width, "height": seg.height}
+            if seg.extradata:
+                kwargs["extradata"] = seg.extradata
+            self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
+            self.stream.time_base = seg.time_base
+            if seg.audio:
+                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
         self.base: int | None = None
         self.last_dts = -1
         self.packets = 0
         self.keyframes: list[float] = []
         self.step = max(1, round(1 / (seg.fps or 25) / float(seg.time_base))) if seg.time_base else 1
+
+    def _open_direct(self, seg: Segment, first: Record, inits: dict | None) -> None:
+        """The init segment (FFmpeg's, once per connection: ``inits`` keeps the last) and the
+        file the fragments go to."""
+        known = inits.get("init") if inits is not None else None
+        if known is not None and known[0] is seg:
+            init = known[1]
+        else:
+            data = _with_parameter_sets(bytes(first.packet), seg)
+            comment = f"audio not kept ({seg.audio}): video only" if seg.audio else None
+            init = (*init_segment(seg.codec, seg.width, seg.height, seg.time_base, seg.extradata, data, comment),
+                    is_annexb(seg.extradata, data))
+            if inits is not None:
+                inits["init"] = (seg, init)
+        head, timescale, track_id, annexb = init
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            self.frag = FragmentedFile(fd, head, timescale, track_id, seg.time_base, annexb)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, rec: Record) -> None:
         src = rec.packet
@@ -164,13 +197,19 @@ class OpenSegment:
         if dts <= self.last_dts:            # repeated or backwards: keep the picture, make its time playable
             dts = self.last_dts + 1
         pts = (src.pts - self.base) if src.pts is not None else dts
-        # one copy of the camera's bytes (the packet is shared with the ring and the tap)
-        pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)
-        pkt.pts, pkt.dts = max(pts, dts), dts
-        pkt.time_base = self.segment.time_base
-        pkt.is_keyframe = rec.key
-        pkt.stream = self.stream
-        self.out.mux(pkt)
+        if self.frag is not None:
+            # the camera's bytes as they are (a keyframe may get its parameter sets first); the
+            # fragment's buffer is their one copy
+            self.frag.add(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src,
+                          max(pts, dts), dts, rec.key)
+        else:
+            # one copy of the camera's bytes (the packet is shared with the ring and the tap)
+            pkt = av.Packet(_with_parameter_sets(bytes(src), self.segment) if self.packets == 0 or rec.key else src)
+            pkt.pts, pkt.dts = max(pts, dts), dts
+            pkt.time_base = self.segment.time_base
+            pkt.is_keyframe = rec.key
+            pkt.stream = self.stream
+            self.out.mux(pkt)
         self.last_dts = dts
         self.packets += 1
         if rec.key:
@@ -178,7 +217,16 @@ class OpenSegment:
         self.last_wall = rec.wall
 
     def close(self, sync: bool = False) -> None:
-        """Finish the file (the muxer's trailer), fsync it when asked, close it."""
+        """Finish the file (the last fragment and the index of fragments), fsync it when
+        asked, close it."""
+        if self.frag is not None:
+            try:
+                self.frag.finish()
+                if sync:
+                    os.fsync(self.frag.fd)
+            finally:
+                os.close(self.frag.fd)
+            return
         if self.file is None:
             self.out.close()
             if sync:
@@ -197,6 +245,8 @@ class OpenSegment:
 
     def digest(self) -> tuple[str, int]:
         """The finished file's SHA-256 (hex) and size."""
+        if self.frag is not None:
+            return self.frag.hash.hexdigest(), self.frag.size
         return self.file.digest(self.partial) if self.file is not None else sha256_file(self.partial)
 
 
@@ -262,6 +312,7 @@ class CameraRecorder:
         self.events_until = float("-inf")
         self.current: OpenSegment | None = None
         self.preroll_until: tuple[Segment, int | None] | None = None   # (segment, last dts) taken from the ring
+        self.inits: dict = {}           # the connection's init segment (cameras/recording/fmp4.py), made once
 
     # -- Fanout listener (reader thread) ---------------------------------------------------
     def opened(self, segment: Segment) -> None:
@@ -368,7 +419,7 @@ class CameraRecorder:
             if not rec.key:
                 self.stats.dropped += 1
                 return
-            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec)
+            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec, self.inits)
             self.stats.recording = True
         cur.write(rec)
 
@@ -507,29 +558,38 @@ class Recorder:
 
     def flush(self, force: bool = False) -> bool:
         """Insert the finished segments' rows in order, each with the next link of its
-        camera's chain. On failure the rows stay and are tried again INDEX_RETRY_S later."""
+        camera's chain, in one transaction. On failure the rows stay and are tried again
+        INDEX_RETRY_S later."""
         if self.pool is None:
             self._rows.clear()
             return True
         if not self._rows:
             return True
         try:
+            rows = list(self._rows)
+            chain: dict[str, tuple[int, str]] = {}
+            params = []
             with self.pool.connection(timeout=5) as conn:
-                while self._rows:
-                    row = self._rows[0]
-                    with conn.transaction():
-                        seq, prev = self._chain_of(conn, row.camera_id)
+                # every waiting row in one transaction and one round trip (executemany): all or
+                # none go in, so the chain's cache stays what the table holds
+                with conn.transaction():
+                    for row in rows:
+                        seq, prev = chain.get(row.camera_id) or self._chain_of(conn, row.camera_id)
                         seq += 1
                         link = link_of(prev, row.camera_id, seq, row.start_at, row.end_at, row.sha256, row.bytes)
-                        conn.execute(
+                        params.append((row.camera_id, row.start_at, row.end_at, seq, row.stream, row.path, row.bytes,
+                                       row.codec, row.width, row.height, row.keyframes, row.packets, row.sha256,
+                                       prev, link))
+                        chain[row.camera_id] = (seq, link)
+                    with conn.cursor() as cur:
+                        cur.executemany(
                             """INSERT INTO recording_segments (camera_id, start_at, end_at, seq, stream, path, bytes,
                                    codec, width, height, keyframes, packets, sha256, prev_link, link)
-                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                            (row.camera_id, row.start_at, row.end_at, seq, row.stream, row.path, row.bytes, row.codec,
-                             row.width, row.height, row.keyframes, row.packets, row.sha256, prev, link))
-                    self._chain[row.camera_id] = (seq, link)
-                    self._rows.popleft()
-                    self.indexed += 1
+                               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", params)
+            self._chain.update(chain)
+            for _ in rows:
+                self._rows.popleft()
+            self.indexed += len(rows)
             return True
         except Exception as exc:  # noqa: BLE001 - kept, in order, for the next try
             self._chain.clear()                 # re-read: a row may have gone in before the failure

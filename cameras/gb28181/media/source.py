@@ -17,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import av
-
 from cameras.evidence import Segment
 from cameras.gb28181.media.hub import parse_gb_url
-from cameras.reader import BACKOFF_S, Backoff, ReaderStats, ReaderSink
+from cameras.reader import BACKOFF_S, PacketFeed, ReaderLoop, ReaderSink, next_segment_id
 from cameras.rtsp import Failure
 from cameras.tap import KEEPALIVE_S, TapHeader, TapPacket, TapRefused, TapState, TapStream
 from config.vocabulary import StreamProblem
@@ -69,73 +67,29 @@ class HubLocator:
         return address
 
 
-class GbTapReader:
-    """StreamReader's interface (start, stop, join, alive, abandon, stuck_for, stats, phase),
-    reading the channel's packets from the gb28181 process."""
+class GbTapReader(ReaderLoop):
+    """A camera reader (cameras/reader.py ``ReaderLoop``: the thread, the backoff, stop and
+    abandon; ``PacketFeed``: the packets into the pipeline) whose connection is the channel's
+    stream from the gb28181 process."""
+
+    QUIET_PHASES = ("idle", "backoff", "stopped", "waiting")     # waiting: the hub may be INVITing
 
     def __init__(self, camera_id: str, url: str, sink: ReaderSink, locate: Callable[[], tuple[str | None, bytes]],
                  *, decode_all: bool = False, analysis_fps: float | None = None, read_timeout_s: float = 3.0,
                  backoff: tuple[float, ...] = BACKOFF_S, tls=None) -> None:
-        self.camera_id = camera_id
+        super().__init__(camera_id, sink, decode_all=decode_all, analysis_fps=analysis_fps, backoff=backoff)
         self.url = url
         self.device_id, self.channel_id = parse_gb_url(url)
-        self.sink = sink
         self.locate = locate
-        self.decode_all = decode_all
-        self.analysis_period = 1.0 / analysis_fps if analysis_fps else 0.0
         self.read_timeout_s = max(read_timeout_s, 2 * KEEPALIVE_S + 1)
-        self.backoff = backoff
         self.tls = tls
-        self.last_failure: Failure | None = None
-        self.stats = ReaderStats()
-        self.abandoned = False
-        self.progress_at = time.monotonic()
-        self.phase = "idle"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._tap: TapStream | None = None
 
-    # -- thread (as StreamReader) ------------------------------------------------------------
-    def start(self) -> GbTapReader:
-        self._thread = threading.Thread(target=self._run, name=f"reader-{self.camera_id}", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         tap = self._tap
         if tap is not None:
             tap.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def abandon(self) -> None:
-        self.abandoned = True
-        self.stop()
-
-    def stuck_for(self, now: float | None = None) -> float:
-        if self.phase in ("idle", "backoff", "stopped", "waiting"):
-            return 0.0
-        return (now or time.monotonic()) - self.progress_at
-
-    def _run(self) -> None:
-        policy = Backoff(self.backoff)
-        while not self._stop.is_set():
-            packets = self.stats.packets
-            self.read_once()
-            if self._stop.is_set() or self.abandoned:
-                break
-            delay = policy.after(delivered=self.stats.packets > packets)
-            self.phase = "backoff"
-            self.sink.on_retry(delay, policy.failures)
-            self._stop.wait(delay)
-        self.phase = "stopped"
 
     # -- one connection to the hub -----------------------------------------------------------
     def read_once(self) -> int:
@@ -181,11 +135,10 @@ class GbTapReader:
         """Until the connection to the hub ends. Returns (frames decoded, a failure, whether a
         stream opened)."""
         segment: Segment | None = None
-        ctx = None
-        frames = 0
+        feed: PacketFeed | None = None
+        frames = 0                  # of the connections before ``feed``'s
         opened_any = False
-        next_analysis = float("-inf")
-        sink, period, decode_all, stop = self.sink, self.analysis_period, self.decode_all, self._stop
+        sink, stop = self.sink, self._stop
         self.phase = "waiting"          # the hub may be INVITing: not stuck
         for event in tap.events():
             if stop.is_set():
@@ -195,40 +148,21 @@ class GbTapReader:
                     continue
                 self.progress_at = mono = time.monotonic()
                 self.stats.packets += 1
-                packet, key = event.packet, event.key
-                packet.time_base = segment.time_base
-                sink.on_packet(packet, event.wall, key, segment, mono)
-                if not (decode_all or key):
-                    continue
-                try:
-                    decoded = ctx.decode(packet)
-                except av.FFmpegError:
-                    continue
-                tb = float(segment.time_base)
-                for frame in decoded:
-                    frames += 1
-                    if decode_all:
-                        fts = frame.pts * tb if frame.pts is not None else packet.pts * tb
-                        if fts < next_analysis:
-                            continue
-                        next_analysis = next_analysis + period if fts - next_analysis < period else fts + period
-                        sink.on_frame(frame, event.wall + (fts - packet.pts * tb), frame.key_frame)
-                    else:
-                        sink.on_frame(frame, event.wall, True)
+                event.packet.time_base = segment.time_base
+                feed.packet(event.packet, event.wall, event.key, segment, mono)
             elif isinstance(event, TapHeader):
                 if segment is not None:
-                    sink.on_close(Failure(StreamProblem.stream_ended, "the channel's stream restarted"), frames)
-                from cameras.reader import StreamReader
-                with StreamReader._segments_lock:
-                    StreamReader._segments += 1
-                    seg_id = StreamReader._segments
-                segment = Segment(seg_id, event.codec, event.width, event.height, event.time_base, event.extradata,
-                                  audio=event.audio, fps=event.fps)
+                    sink.on_close(Failure(StreamProblem.stream_ended, "the channel's stream restarted"),
+                                  frames + feed.frames)
+                segment = Segment(next_segment_id(), event.codec, event.width, event.height, event.time_base,
+                                  event.extradata, audio=event.audio, fps=event.fps)
                 ctx = event.decoder()
                 ctx.thread_count = 1
-                if not decode_all:
+                if not self.decode_all:
                     ctx.skip_frame = "NONKEY"
-                next_analysis = float("-inf")
+                if feed is not None:
+                    frames += feed.frames
+                feed = PacketFeed(sink, ctx, self.decode_all, self.analysis_period, segment.time_base)
                 self.stats.opens += 1
                 self.phase = "reading"
                 self.progress_at = time.monotonic()
@@ -238,15 +172,15 @@ class GbTapReader:
                 if segment is not None:
                     # the hub lost the media (it INVITEs again itself): closed for the pipeline, the
                     # connection kept, so the channel keeps its consumer and the next header reopens
-                    segment, ctx = None, None
+                    segment = None
                     opened_any = True
                     self.phase = "waiting"
                     self.last_failure = failure
-                    sink.on_close(failure, frames)
+                    sink.on_close(failure, frames + feed.frames)
                 elif event.failure is not None and event.failure != self.last_failure:
                     self.last_failure = event.failure
                     sink.on_close(event.failure, 0)
-        return frames, None, opened_any or segment is not None
+        return frames + (feed.frames if feed is not None else 0), None, opened_any or segment is not None
 
 
 __all__ = ["GbTapReader", "HubLocator", "is_gb28181"]

@@ -1,0 +1,333 @@
+"""Fragmented MP4 written from the camera's packets without a muxer per packet (issue 13: the
+recorder's cost; bench/recording).
+
+The file is laid out as FFmpeg's MP4 muxer lays it out with
+``movflags=frag_keyframe+empty_moov+default_base_moof`` (what cameras/recording/writer.py used
+before, and what playback and export read back):
+
+    ftyp moov | moof mdat (one fragment per GOP, from a keyframe) | ... | mfra (at the close)
+
+- ``ftyp`` + ``moov`` (the init segment: the decoder configuration, avcC/hvcC, the track's
+  timescale) still come from FFmpeg, once per camera connection (``init_segment``): the mux of
+  the connection's first keyframe into memory, cut before its first ``moof``.
+- Each fragment's ``moof`` is built here (``mfhd``, ``tfhd`` with default-base-is-moof and
+  defaults, ``tfdt``, ``trun``), with FFmpeg's choice of defaults and per-sample fields, and its
+  ``mdat`` holds the samples: Annex B start codes replaced by 4-byte lengths (what the muxer's
+  ``ff_nal_parse_units`` does), length-prefixed packets as they come.
+- The file is written by one ``write`` per fragment and hashed from the same buffer as it is
+  written (no read-back); fsync only at the close.
+
+Only H.264 and H.265 are written this way (``DIRECT_CODECS``); any other codec goes through
+PyAV's muxer as before.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+
+FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+DIRECT_CODECS = frozenset({"h264", "hevc"})
+
+# sample flags as FFmpeg's movenc writes them (MOV_FRAG_SAMPLE_FLAG_*)
+SYNC = 0x02000000                    # depends on no other sample
+NON_SYNC = 0x01010000                # depends on others, not a sync sample
+
+_START3 = b"\x00\x00\x01"
+_BE32 = struct.Struct(">I")
+
+
+class InitError(Exception):
+    """FFmpeg could not write the init segment for these parameters."""
+
+
+def _boxes(data: bytes, start: int = 0, end: int | None = None):
+    """(type, offset, size) of the boxes in data[start:end]."""
+    end = len(data) if end is None else end
+    off = start
+    while off + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, off)
+        hdr = 8
+        if size == 1:
+            size = struct.unpack_from(">Q", data, off + 8)[0]
+            hdr = 16
+        elif size == 0:
+            size = end - off
+        if size < hdr:
+            raise InitError(f"a box of {size} bytes at {off}")
+        yield kind, off, size
+        off += size
+
+
+def _find(data: bytes, path: tuple[bytes, ...], start: int = 0, end: int | None = None) -> tuple[int, int]:
+    for kind, off, size in _boxes(data, start, end):
+        if kind == path[0]:
+            if len(path) == 1:
+                return off, size
+            return _find(data, path[1:], off + 8, off + size)
+    raise InitError(f"no {b'/'.join(path).decode()} box")
+
+
+def init_segment(codec: str, width: int, height: int, time_base: Fraction, extradata: bytes | None,
+                 first: bytes, comment: str | None = None) -> tuple[bytes, int, int]:
+    """FFmpeg's ``ftyp`` + ``moov`` for this stream, its track's timescale and track id. ``first``
+    is the connection's first keyframe (with its parameter sets): the muxer takes the decoder
+    configuration from it when the camera gave no extradata."""
+    buf = io.BytesIO()
+    try:
+        with av.open(buf, "w", format="mp4", options=dict(FMP4)) as out:
+            kwargs = {"width": width, "height": height}
+            if extradata:
+                kwargs["extradata"] = extradata
+            stream = out.add_mux_stream(codec, **kwargs)
+            stream.time_base = time_base
+            if comment:
+                out.metadata["comment"] = comment
+            pkt = av.Packet(first)
+            pkt.pts = pkt.dts = 0
+            pkt.time_base = time_base
+            pkt.is_keyframe = True
+            pkt.stream = stream
+            out.mux(pkt)
+    except av.FFmpegError as exc:
+        raise InitError(f"{type(exc).__name__}: {exc}") from None
+    data = buf.getvalue()
+    moof, _ = _find(data, (b"moof",))
+    init = data[:moof]
+    mdhd, _ = _find(init, (b"moov", b"trak", b"mdia", b"mdhd"))
+    version = init[mdhd + 8]
+    timescale = _BE32.unpack_from(init, mdhd + 12 + (16 if version == 1 else 8))[0]
+    tkhd, _ = _find(init, (b"moov", b"trak", b"tkhd"))
+    track_id = _BE32.unpack_from(init, tkhd + 12 + (16 if init[tkhd + 8] == 1 else 8))[0]
+    return init, timescale, track_id
+
+
+def start_codes(a: np.ndarray) -> list[int]:
+    """Where ``00 00 01`` begins in an Annex B buffer (as uint8), in order. The scan runs in
+    numpy, two bytes at a time (a search loop in Python, bytes.find, costs as much as the
+    SHA-256 of the same bytes): the zero pairs at even and at odd offsets, then the ``01``
+    after each (zero pairs are few in compressed video: emulation prevention)."""
+    n = len(a)
+    if n < 3:
+        return []
+    even = np.flatnonzero(a[:n & ~1].view("<u2") == 0) * 2
+    odd = np.flatnonzero(a[1:1 + ((n - 1) & ~1)].view("<u2") == 0) * 2 + 1
+    c = np.concatenate((even, odd))
+    c = c[c < n - 2]
+    c = c[a[c + 2] == 1]
+    c.sort()
+    return c.tolist()
+
+
+def annexb_to_lengths(data, out: list) -> int:
+    """Append the NAL units of an Annex B access unit (bytes, or any buffer: an av.Packet is
+    not copied) to ``out`` as (4-byte length, payload) pieces, as FFmpeg's ff_nal_parse_units
+    writes them (a NAL unit ends one zero before a 4-byte start code); returns the sample's
+    size."""
+    a = np.frombuffer(data, np.uint8)
+    end = len(a)
+    codes = start_codes(a)
+    if not codes:                           # not Annex B after all: as it is
+        out.append(data)
+        return end
+    view = memoryview(a)
+    size = 0
+    last = len(codes) - 1
+    for k, code in enumerate(codes):
+        nal = code + 3
+        if k < last:
+            stop = codes[k + 1]
+            if view[stop - 1] == 0:
+                stop -= 1
+        else:
+            stop = end
+        if stop > nal:
+            out.append(_BE32.pack(stop - nal))
+            out.append(view[nal:stop])
+            size += 4 + stop - nal
+    return size
+
+
+def in_place(buf: bytearray, sizes: list[int]) -> bool:
+    """Annex B access units laid end to end in ``buf`` (``sizes`` bytes each) made length-
+    prefixed where they are: when every NAL unit starts with a 4-byte start code (as RTSP
+    depacketizers write them) the 4-byte lengths take the start codes' places and the sizes do
+    not change. The bytes are FFmpeg's (ff_nal_parse_units). False, with ``buf`` partly
+    rewritten, when some unit does not fit (a 3-byte start code, leading bytes, an empty unit):
+    the caller converts the original buffers instead."""
+    codes = start_codes(np.frombuffer(buf, np.uint8))
+    nc = len(codes)
+    pos = 0
+    o = 0
+    pack = _BE32.pack
+    for size in sizes:
+        e = o + size
+        if pos >= nc or codes[pos] != o + 1 or buf[o] != 0:
+            return False
+        while True:
+            c = codes[pos]
+            pos += 1
+            nxt = codes[pos] if pos < nc else e
+            if nxt + 3 <= e:                        # the next unit is in this access unit
+                stop = nxt - 1
+                if buf[stop] != 0 or stop <= c + 3:
+                    return False
+            elif nxt < e:                           # a start code across two access units
+                return False
+            else:
+                stop = e
+                if stop <= c + 3:
+                    return False
+            buf[c - 1:c + 3] = pack(stop - c - 3)
+            if stop == e:
+                break
+        o = e
+    return pos == nc
+
+
+class FragmentedFile:
+    """One segment file: the init segment, then a fragment per GOP, hashed as written."""
+
+    def __init__(self, fd: int, init: bytes, timescale: int, track_id: int, time_base: Fraction, annexb: bool) -> None:
+        self.fd = fd
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.track_id = track_id
+        self.annexb = annexb
+        scale = Fraction(time_base) * timescale
+        self.scale = None if scale == 1 else scale
+        self.seq = 0
+        self.cts = False                # any sample with pts ≠ dts (then every trun carries offsets)
+        # the open fragment: per sample (dts, cts offset, size, key) and the mdat's pieces
+        self.samples: list[tuple[int, int, int, bool]] = []
+        self.pieces: list = []
+        self.fragments: list[tuple[int, int]] = []          # (time, moof offset) for the mfra
+        self.last_duration = 0
+        self._write(init)
+
+    def _write(self, *parts) -> None:
+        """The parts to the file in one system call, and into the SHA-256."""
+        update = self.hash.update
+        total = 0
+        for part in parts:
+            update(part)
+            total += memoryview(part).nbytes
+        n = os.writev(self.fd, parts) if len(parts) > 1 else os.write(self.fd, parts[0])
+        if n < total:                               # a short write: the rest, in order
+            rest = memoryview(b"".join(parts))[n:]
+            while rest:
+                rest = rest[os.write(self.fd, rest):]
+        self.size += total
+
+    def add(self, data, pts: int, dts: int, key: bool) -> None:
+        """A sample (bytes or a buffer, kept until its fragment is written) in the stream's time
+        base (dts increasing, pts ≥ dts)."""
+        if self.scale is not None:
+            pts, dts = round(pts * self.scale), round(dts * self.scale)
+        if key and self.samples:
+            self.flush(dts)
+        view = memoryview(data)
+        self.pieces.append(view)
+        cto = pts - dts
+        if cto:
+            self.cts = True
+        self.samples.append((dts, cto, view.nbytes, key))
+
+    def _mdat(self) -> tuple[list[int], list]:
+        """The open fragment's sample sizes and the mdat's payload (buffers)."""
+        sizes = [s[2] for s in self.samples]
+        if not self.annexb:
+            return sizes, self.pieces
+        buf = bytearray().join(self.pieces)         # the one copy of the camera's bytes
+        if in_place(buf, sizes):
+            return sizes, [buf]
+        out: list = []                              # 3-byte start codes and the like: NAL unit by NAL unit
+        return [annexb_to_lengths(p, out) for p in self.pieces], out
+
+    def flush(self, next_dts: int | None = None) -> None:
+        """Write the open fragment (its last sample lasts until ``next_dts``, else as long as
+        the sample before it)."""
+        if not self.samples:
+            return
+        sizes, payload = self._mdat()
+        samples = [(d, c, size, k) for (d, c, _, k), size in zip(self.samples, sizes)]
+        n = len(samples)
+        durations = [samples[i + 1][0] - samples[i][0] for i in range(n - 1)]
+        if next_dts is not None and next_dts > samples[-1][0]:
+            last = next_dts - samples[-1][0]
+        else:
+            last = durations[-1] if durations else self.last_duration
+        durations.append(last)
+        self.last_duration = last
+        flags = [SYNC if s[3] else NON_SYNC for s in samples]
+        # FFmpeg's defaults (movenc mov_write_tfhd_tag / mov_write_trun_tag)
+        d_duration, d_size = durations[0], samples[0][2]
+        d_flags = flags[1] if n > 1 else NON_SYNC
+        tr = 0x000001                                       # data offset
+        if any(d != d_duration for d in durations):
+            tr |= 0x000100
+        if any(s[2] != d_size for s in samples):
+            tr |= 0x000200
+        if any(f != d_flags for f in flags[1:]):
+            tr |= 0x000400
+        if not tr & 0x000400 and flags[0] != d_flags:
+            tr |= 0x000004                                  # first sample flags
+        if self.cts:
+            tr |= 0x000800
+        per = 4 * bool(tr & 0x100) + 4 * bool(tr & 0x200) + 4 * bool(tr & 0x400) + 4 * bool(tr & 0x800)
+        trun_size = 8 + 4 + 4 + 4 + (4 if tr & 0x4 else 0) + per * n
+        tfhd_size, tfdt_size, mfhd_size = 28, 20, 16
+        traf_size = 8 + tfhd_size + tfdt_size + trun_size
+        moof_size = 8 + mfhd_size + traf_size
+        self.seq += 1
+        head = [struct.pack(">I4s", moof_size, b"moof"),
+                struct.pack(">I4sII", mfhd_size, b"mfhd", 0, self.seq),
+                struct.pack(">I4s", traf_size, b"traf"),
+                struct.pack(">I4sIIIII", tfhd_size, b"tfhd", 0x020038, self.track_id, d_duration, d_size, d_flags),
+                struct.pack(">I4sIQ", tfdt_size, b"tfdt", 0x01000000, samples[0][0]),
+                struct.pack(">I4sIII", trun_size, b"trun", tr, n, moof_size + 8)]
+        if tr & 0x4:
+            head.append(_BE32.pack(flags[0]))
+        fields = []
+        for (dts, cto, size, _key), dur, fl in zip(samples, durations, flags):
+            if tr & 0x100:
+                fields.append(dur)
+            if tr & 0x200:
+                fields.append(size)
+            if tr & 0x400:
+                fields.append(fl)
+            if tr & 0x800:
+                fields.append(cto & 0xFFFFFFFF)
+        head.append(struct.pack(f">{len(fields)}I", *fields))
+        mdat_size = 8 + sum(s[2] for s in samples)
+        head.append(struct.pack(">I4s", mdat_size, b"mdat"))
+        self.fragments.append((samples[0][0] + samples[0][1], self.size))
+        self._write(b"".join(head), *payload)
+        self.samples = []
+        self.pieces = []
+
+    def finish(self) -> None:
+        """The last fragment and the ``mfra`` (fragment random access, as FFmpeg writes it)."""
+        self.flush()
+        if not self.fragments:
+            return
+        tfra = struct.pack(">I4sIII", 12 + 12 + 19 * len(self.fragments), b"tfra", 0x01000000, self.track_id, 0) \
+            + _BE32.pack(len(self.fragments)) \
+            + b"".join(struct.pack(">QQBBB", t, off, 1, 1, 1) for t, off in self.fragments)
+        mfra_size = 8 + len(tfra) + 16
+        self._write(struct.pack(">I4s", mfra_size, b"mfra") + tfra + struct.pack(">I4sII", 16, b"mfro", 0, mfra_size))
+
+
+def is_annexb(extradata: bytes | None, first: bytes) -> bool:
+    """Whether the muxer would convert the packets from Annex B (movenc: its decoder
+    configuration, the extradata or else the first packet, starts with a start code)."""
+    vos = extradata or first
+    return vos[:3] == _START3 or vos[:4] == b"\x00\x00\x00\x01"
+
+
+__all__ = ["DIRECT_CODECS", "FMP4", "FragmentedFile", "InitError", "annexb_to_lengths", "init_segment", "is_annexb"]

@@ -1,6 +1,7 @@
-"""The hub's API as the benchmarks run it: an embedded PostgreSQL with the demo site (every
-demo user's password set to one known to the bench) and ``python -m hub.process api`` in its
-own process, as `xlhub run` starts it. Shared by bench/api and bench/ui."""
+"""The hub as the benchmarks run it: an embedded PostgreSQL with the demo site (every demo
+user's password set to one known to the bench: ``start_demo_db``, shared by bench/api,
+bench/ui, bench/playback and bench/recording_frame), and ``python -m hub.process api`` in its
+own process, as `xlhub run` starts it (``demo_api``: bench/api and bench/ui)."""
 from __future__ import annotations
 
 import os
@@ -44,6 +45,21 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
 
+def start_demo_db(var_dir: Path) -> tuple[EmbeddedPostgres, object]:
+    """A started embedded PostgreSQL (the caller stops it), migrated, with the demo site and
+    every demo user's password PASSWORD; and the demo site."""
+    pg = EmbeddedPostgres(var_dir, free_port())
+    pg.start()
+    migrate.upgrade(pg.url)
+    site = load_site(DEMO_SITE_FILE)
+    with connect(pg.url) as conn:
+        sync_site(conn, site)
+        for u in site.users:
+            identity.set_password(conn, u.username, PASSWORD)
+            conn.execute("UPDATE users SET must_change_password = false WHERE username = %s", (u.username,))
+    return pg, site
+
+
 @dataclass
 class DemoApi:
     base: str              # http://127.0.0.1:PORT
@@ -57,17 +73,10 @@ def demo_api(prefix: str, env_extra: dict[str, str] | None = None) -> Iterator[D
     """The API on plain HTTP on loopback (a secure context for a browser all the same: the
     figures are the API's and the UI's, not TLS's — bench/tls measures that)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    pg = EmbeddedPostgres(tmp / "var", free_port())
+    pg = None
     proc = None
     try:
-        pg.start()
-        migrate.upgrade(pg.url)
-        site = load_site(DEMO_SITE_FILE)
-        with connect(pg.url) as conn:
-            sync_site(conn, site)
-            for u in site.users:
-                identity.set_password(conn, u.username, PASSWORD)
-                conn.execute("UPDATE users SET must_change_password = false WHERE username = %s", (u.username,))
+        pg, site = start_demo_db(tmp / "var")
         port = free_port()
         (tmp / "metrics").mkdir()
         env = {**os.environ, "XLHUB_DATABASE_URL": pg.url, "XLHUB_HTTP_PORT": str(port), "XLHUB_HTTPS": "false",
@@ -85,5 +94,6 @@ def demo_api(prefix: str, env_extra: dict[str, str] | None = None) -> Iterator[D
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        pg.stop(immediate=True)
+        if pg is not None:
+            pg.stop(immediate=True)
         shutil.rmtree(tmp, ignore_errors=True)

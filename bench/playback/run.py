@@ -26,7 +26,6 @@ import io
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -45,14 +44,11 @@ from api.app import create_app, server_config  # noqa: E402
 from cameras.config import CameraAnalytics, CameraSpec  # noqa: E402
 from cameras.sim.server import SimRtspServer  # noqa: E402
 from cameras.worker import CameraWorker  # noqa: E402
-from config.settings import DEMO_SITE_FILE, Settings  # noqa: E402
-from config.site import load_site  # noqa: E402
-from hub.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from store import identity, migrate  # noqa: E402
+from bench._hub import PASSWORD, start_demo_db  # noqa: E402
+from hub.embedded import free_port  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from store.db import connect  # noqa: E402
-from store.registry import sync_site  # noqa: E402
 
-PASSWORD = "Bench-pass-2026"
 CAM = "cam-dsc-01"
 USER = "ds-supervisor"
 
@@ -95,19 +91,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-playback-"))
     os.environ["XLHUB_RECORDING_DIR"] = str(tmp / "recordings")
     os.environ["XLHUB_RECORDING_SEGMENT_S"] = "10"
-    pg = EmbeddedPostgres(tmp / "var", free_port())
+    pg = None
     mounts = [{"path": f"/{CAM}", "width": 640, "height": 360, "fps": 10, "gop": 10, "bitrate": 1000, "seed": 1}]
     mounts += [{"path": f"/beside{i}", "width": 640, "height": 360, "fps": 10, "gop": 10, "bitrate": 1000,
                 "seed": i + 2} for i in range(args.beside)]
     stop = threading.Event()
     server = None
     try:
-        pg.start()
-        migrate.upgrade(pg.url)
-        site = load_site(DEMO_SITE_FILE)
-        with connect(pg.url) as conn:
-            sync_site(conn, site)
-            identity.set_password(conn, USER, PASSWORD)
+        pg, _ = start_demo_db(tmp / "var")
         with SimRtspServer(mounts) as sim:
             specs = [CameraSpec(id=CAM, url=sim.url(f"/{CAM}"), analytics=CameraAnalytics(stream="main"))]
             specs += [CameraSpec(id=f"bench-beside-{i}", url=sim.url(f"/beside{i}"),
@@ -174,7 +165,8 @@ def main() -> int:
         if server is not None:
             server.should_exit = True
         time.sleep(1)
-        pg.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -36,14 +36,11 @@ from api.recordings.decode import FramePool  # noqa: E402
 from cameras.config import CameraAnalytics, CameraSpec  # noqa: E402
 from cameras.sim.server import SimRtspServer  # noqa: E402
 from cameras.worker import CameraWorker  # noqa: E402
-from config.settings import DEMO_SITE_FILE, Settings  # noqa: E402
-from config.site import load_site  # noqa: E402
-from hub.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from store import identity, migrate  # noqa: E402
+from bench._hub import PASSWORD, start_demo_db  # noqa: E402
+from hub.embedded import free_port  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from store.db import connect  # noqa: E402
-from store.registry import sync_site  # noqa: E402
 
-PASSWORD = "Bench-pass-2026"
 CAM = "cam-dsc-01"
 USER = "ds-supervisor"
 
@@ -103,17 +100,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="xlhub-bench-frame-"))
     os.environ["XLHUB_RECORDING_DIR"] = str(tmp / "recordings")
     os.environ["XLHUB_RECORDING_SEGMENT_S"] = "10"
-    pg = EmbeddedPostgres(tmp / "var", free_port())
+    pg = None
     mounts = [{"path": f"/{CAM}", "width": 1280, "height": 720, "fps": 25, "gop": 50, "bitrate": 2000, "seed": 1}]
     stop = threading.Event()
     server = None
     pools: list[FramePool] = []
     try:
-        pg.start()
-        migrate.upgrade(pg.url)
-        with connect(pg.url) as conn:
-            sync_site(conn, load_site(DEMO_SITE_FILE))
-            identity.set_password(conn, USER, PASSWORD)
+        pg, _ = start_demo_db(tmp / "var")
         with SimRtspServer(mounts) as sim:
             worker = CameraWorker(Settings(var_dir=tmp), cameras=[CameraSpec(
                 id=CAM, url=sim.url(f"/{CAM}"), analytics=CameraAnalytics(stream="main"))], db_url=pg.url,
@@ -184,7 +177,8 @@ def main() -> int:
         if server is not None:
             server.should_exit = True
             time.sleep(0.5)
-        pg.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

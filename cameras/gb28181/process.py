@@ -197,7 +197,7 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
     # Device playback (NVR footage): RecordInfo and s=Playback for the API, on loopback.
     playback = DevicePlayback(server, tap_key(settings), media_host=media.settings.host,
-                              media_advertise=media.settings.advertise).start()
+                              media_advertise=media.settings.advertise, transport_of=media.transport_for).start()
 
     cascade = alarms = None
     if site.gb28181.upstream:                     # cascade up (级联): the hub as a lower platform

@@ -58,6 +58,7 @@ class SimDevice:
         self.playback_speed = playback_speed
         self.playbacks: dict[str, object] = {}          # call id → PlaybackSource
         self.end_with_bye = False       # end of a played range: MediaStatus 121 (False) or the device's own BYE
+        self.media_status_in_dialog = True     # MediaStatus on the INVITE's Call-ID (False: a new one)
         self.infos: list[tuple] = []    # (call id, Content-Type, mansrtsp.Command) of each INFO
         self.sent_media_status: list[str] = []
         self.record_answer: Callable[[manscdp.Body], list[bytes]] | None = None   # tests: answer with these
@@ -213,9 +214,9 @@ class SimDevice:
         """MediaStatus Notify (121: the file played back has ended), in the dialog's Call-ID or not."""
         body = encode("Notify", el("CmdType", "MediaStatus") + el("SN", self.next_sn()) + el("DeviceID", channel_id)
                       + el("NotifyType", notify_type), self.charset)
-        self.sent_media_status.append(call_id or "")
-        return await self.endpoint.request(self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE,
-                                                     call_id=call_id), self.peer, timeout=32.0)
+        req = self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE, call_id=call_id)
+        self.sent_media_status.append(req.call_id)
+        return await self.endpoint.request(req, self.peer, timeout=32.0)
 
     async def _on_message(self, req: sipm.Request, peer: Peer) -> None:
         try:
@@ -369,7 +370,8 @@ class SimDevice:
                 self.playbacks.pop(call_id, None)
                 asyncio.run_coroutine_threadsafe(self._send_bye(req, to_tag), loop)
             else:
-                asyncio.run_coroutine_threadsafe(self.media_status(offer["channel_id"], call_id=call_id), loop)
+                asyncio.run_coroutine_threadsafe(self.media_status(
+                    offer["channel_id"], call_id=call_id if self.media_status_in_dialog else None), loop)
 
         source = PlaybackSource(offer_of(offer), *span, speed=self.playback_speed, bind=self.host, on_done=done,
                                 name=f"sim-playback-{offer['channel_id']}")

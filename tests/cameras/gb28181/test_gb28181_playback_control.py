@@ -86,8 +86,25 @@ def test_playback_over_each_transport_ends_on_media_status(gb, nvr, transport):
     assert got and got[0] == want0 and got == sorted(got) and got[-1] >= want0 + 2500, (got[:3], got[-3:], want0)
     stream = svc.finished[-1]
     assert stream.ended_by == "media-status"        # the NVR's end of file, not a media timeout
-    assert offer["call_id"] in d.sent_media_status and offer["call_id"] in d.byes and not gb.dialogs
+    assert d.sent_media_status[-1] == offer["call_id"] and offer["call_id"] in d.byes and not gb.dialogs
     assert took < 3 + stream.idle_s                 # a media timeout would have taken idle_s more
+
+
+def test_media_status_outside_the_dialog_ends_the_channels_playback(gb, nvr):
+    """Some NVRs send MediaStatus 121 on a Call-ID of its own: the playback of that channel ends all the same."""
+    d, chan = nvr
+    svc = service_for(gb, "udp")
+    d.media_status_in_dialog = False
+    try:
+        start = DAY + timedelta(hours=1)
+        headers, body = PlaybackClient(svc.address, KEY).play(NVR, chan, start, start + timedelta(seconds=2))
+        data = b"".join(body)
+    finally:
+        d.media_status_in_dialog = True
+        svc.stop()
+    call_id = d.invites[-1]["call_id"]
+    assert d.sent_media_status[-1] != call_id and call_id in d.byes
+    assert svc.finished[-1].ended_by == "media-status" and strips(data)[0] == int(start.timestamp() * 1000)
 
 
 def test_pause_scale_and_seek_reach_the_nvr(gb, nvr):

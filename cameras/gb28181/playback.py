@@ -408,10 +408,12 @@ class DevicePlayback:
             self._json(h, exc.status, {"reason": exc.reason})
 
     def _control(self, h: BaseHTTPRequestHandler, q: dict) -> None:
-        """``/control?session=&action=pause|play[&scale=2][&at=<ISO time>]``: MANSRTSP to the device."""
+        """``/control?session=&action=pause|play[&scale=2][&at=<ISO time>][&device=&channel=]``:
+        MANSRTSP to the device (a device/channel given must be the session's)."""
         stream = self.streams.get(q.get("session", ""))
-        if stream is None:
-            self._json(h, 404, {"reason": "回放会话不存在或已结束"})
+        if stream is None or (q.get("device"), q.get("channel")) not in ((None, None),
+                                                                          (stream.device_id, stream.channel_id)):
+            self._json(h, 404, {"reason": "回放会话不存在或已结束"})     # nor one of another channel's
             return
         try:
             action = q.get("action")
@@ -494,9 +496,13 @@ class PlaybackClient:
     def _params(device: str, channel: str, start: datetime, end: datetime) -> dict:
         return {"device": device, "channel": channel, "start": start.isoformat(), "end": end.isoformat()}
 
-    def control(self, session: str, action: str, *, scale: float | None = None, at: datetime | None = None) -> dict:
-        """Pause or play (speed ``scale``, seek to ``at``) the playback ``session`` (its X-Session)."""
+    def control(self, session: str, action: str, *, scale: float | None = None, at: datetime | None = None,
+                device: str | None = None, channel: str | None = None) -> dict:
+        """Pause or play (speed ``scale``, seek to ``at``) the playback ``session`` (its X-Session);
+        with ``device``/``channel``, only a session of that channel (else 404)."""
         params = {"session": session, "action": action}
+        if device is not None:
+            params.update(device=device, channel=channel or "")
         if scale is not None:
             params["scale"] = f"{scale:g}"
         if at is not None:

@@ -5,12 +5,17 @@ the API asks for a device's record list (RecordInfo) and for a range of its foot
 
     API ──HTTP (loopback, HMAC with the camera tap key)──▶ DevicePlayback (gb28181 process)
         GET /records?device=&channel=&start=&end=   → JSON (RecordInfo, all packets)
-        GET /play?device=&channel=&start=&end=      → video/mp4 (fMP4), X-Start-Time
+        GET /play?device=&channel=&start=&end=      → video/mp4 (fMP4), X-Start-Time, X-Session
                                                        ▲ MediaSession ◀─RTP/PS── device (s=Playback)
+        GET /control?session=&action=pause|play&scale=&at=   → JSON; MANSRTSP in INFO ──▶ device
 
 Each ``/play`` is one INVITE of its own (playback sessions are never shared: each viewer asks
-for another range); it ends at the range's end, when the device says BYE (end of its file),
-when its media stops for ``idle_s``, or when the API closes the connection — then BYE.
+for another range), over the transport the channel's live video uses (``transport_of``:
+MediaHub.transport_for — UDP, TCP passive or TCP active, the same receiver). It ends at the
+range's end, when the device says its file ended (MediaStatus NotifyType 121: what is still in
+flight is taken, then BYE), when it says BYE, when its media stops for ``idle_s`` (not while
+paused), or when the API closes the connection — then BYE. The fMP4 is written by
+cameras/recording/fmp4.py, as the hub's own recordings are.
 Requests are signed ``X-Xlhub-Auth: <unix time>:<HMAC-SHA256(key, "<time>|<path?query>")>``
 with the hub's tap key (cameras/tap.py), valid for a minute; the service listens on loopback
 only. The address is in the gb28181 process's heartbeat (``detail.playback``)."""

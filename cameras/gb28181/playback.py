@@ -160,8 +160,9 @@ class DeviceStream:
         try:
             session.start(self._answer)
         except OSError as exc:          # tcp-active: the device's media port would not take our connection
+            where = self._answer_where()
             self.close()
-            raise PlaybackFailed(f"无法连接设备的录像媒体端口 {self._answer_where()}（{type(exc).__name__}）") from None
+            raise PlaybackFailed(f"无法连接设备的录像媒体端口 {where}（{type(exc).__name__}）") from None
         try:
             kind, value = self._q.get(timeout=self.first_media_s)
         except queue.Empty:

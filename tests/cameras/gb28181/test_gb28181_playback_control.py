@@ -44,11 +44,11 @@ def gb(site_db, tmp_path_factory):
 def nvr(gb):
     with connect(gb.db_url) as conn:
         registry.admit(conn, NVR, by="test")
-    chans = channel_ids(NVR, 1)
+    chans = channel_ids(NVR, 2)             # footage on the first only
     records = {chans[0]: [manscdp.RecordItem(DAY, DAY + timedelta(hours=2), "time", "村口录像", "/r/0.ps")]}
     fleet = SimFleet([])
     fleet.start()
-    d = SimDevice(NVR, gb.passwords.set(NVR), hub=("127.0.0.1", gb.port), hub_id=HUB_ID, domain=DOMAIN, channels=1,
+    d = SimDevice(NVR, gb.passwords.set(NVR), hub=("127.0.0.1", gb.port), hub_id=HUB_ID, domain=DOMAIN, channels=2,
                   name="村口NVR", records=records)
     fleet.run(d.start())
     fleet.devices.append(d)
@@ -56,6 +56,7 @@ def nvr(gb):
     deadline = time.monotonic() + 15
     while NVR not in gb.catalog_results and time.monotonic() < deadline:
         time.sleep(0.05)
+    d.second = chans[1]
     yield d, chans[0]
     fleet.stop()
 
@@ -144,6 +145,28 @@ def test_pause_scale_and_seek_reach_the_nvr(gb, nvr):
     assert any(ms >= want0 + 14000 for ms in got)               # frames from after the seek
     assert not [ms for ms in got if want0 + 6000 < ms < want0 + 14000]   # the skipped part is not there
     assert svc.finished[-1].ended_by == "media-status"
+
+
+def test_tcp_active_to_a_closed_port_is_said_and_the_dialog_ended(gb, nvr):
+    """The device answers a TCP port nobody listens on: a clear Chinese reason, and the dialog is
+    ended (BYE), not left open."""
+    import socket
+
+    d, _ = nvr
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = s.getsockname()[1]
+    s.close()
+    svc = service_for(gb, "tcp-active")
+    before = d.on_invite
+    d.on_invite = lambda offer: ("127.0.0.1", closed)      # the channel without footage answers this port
+    try:
+        with pytest.raises(PlaybackFailed, match=f"无法连接设备的录像媒体端口 127.0.0.1:{closed}"):
+            PlaybackClient(svc.address, KEY).play(NVR, d.second, DAY, DAY + timedelta(seconds=5))
+    finally:
+        d.on_invite = before
+        svc.stop()
+    assert d.invites[-1]["call_id"] in d.byes and not gb.dialogs and not svc.streams
 
 
 def test_mansrtsp_bodies():

@@ -20,6 +20,8 @@ where the channels of registering devices are placed in the grid tree.
           expires: 3600
           keepalive_s: 60
           share: ["510199101000"]         # grid subtrees whose cameras the upper platform sees
+      media_transport:                    # per device: its media (live and NVR playback) over
+        "51019910111180000001": tcp-active   # udp | tcp-passive (it connects) | tcp-active (we connect)
 
 The process settings (address, port, keepalive, nonce age) are ``XLHUB_GB28181_*``
 (cameras/gb28181/settings.py). Grid codes are checked with the rest of the site file
@@ -40,6 +42,7 @@ def _digits(n: int):
 
 
 GbId = Annotated[str, _digits(20)]
+MediaTransport = Literal["udp", "tcp-passive", "tcp-active"]     # seen from the receiver (cameras/gb28181/session.py)
 
 
 class GbPlacement(BaseModel):
@@ -88,6 +91,10 @@ class GbSite(BaseModel):
     default_grid: str | None = Field(None, description="grid node of unmatched channels; absent: the tree's root")
     max_channels: int = Field(5000, ge=1, le=100_000, description="a device announcing more channels is refused")
     upstream: list[GbUpstream] = Field(default_factory=list, description="upper platforms (级联)")
+    media_transport: dict[GbId, MediaTransport] = Field(
+        default_factory=dict, description="per device ID: how its media comes, live and playback alike (udp, "
+                                          "tcp-passive: it connects to us, tcp-active: we connect to it); absent: "
+                                          "tcp-passive for a device registered over TCP, else XLHUB_GB28181_MEDIA_TRANSPORT")
 
     @property
     def auth_realm(self) -> str:

@@ -16,6 +16,10 @@ when it starts (who, camera, range, source ``device``).
 - ``GET /api/recordings/{camera}/device/play?t=&end=``: fMP4 of [t, end] (default and at most
   ``t`` + 2 h) from the device; ``X-Start-Time`` is where it starts: ``t`` to the whole second
   (SDP ``t=`` has no fractions), so the page seeks ``t − X-Start-Time`` in, as for the hub's own.
+  ``X-Session`` names the stream for:
+- ``POST /api/recordings/{camera}/device/control`` ``{session, action: pause|play, scale?, at?}``:
+  pause, resume, speed (Scale 0.25–4: the device sends faster) or seek inside the range, by
+  MANSRTSP in the dialog (audited as a write, with the action).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import av
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -148,7 +152,48 @@ def device_play(camera_id: str, request: Request, conn: Conn, principal: Player,
     request.state.audited = True
     out = {"X-Start-Time": _fmt(begins), "X-Requested-Time": _fmt(at), "X-Span-End": _fmt(stop),
            "X-Codec": headers.get("X-Codec", "h264"), "X-Source": "device", "Cache-Control": "private, no-store"}
+    if headers.get("X-Session"):
+        out["X-Session"] = headers["X-Session"]           # for …/device/control while this stream plays
     return StreamingResponse(body, media_type=headers.get("Content-Type", "video/mp4"), headers=out)
+
+
+class DeviceControlIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session: str = Field(pattern=r"^[0-9a-f]{16}$", description="the X-Session of the playing …/device/play")
+    action: Literal["pause", "play"] = Field(description="pause 暂停 | play 继续 (with scale and/or at)")
+    scale: float | None = Field(None, description="speed asked of the device: 0.25, 0.5, 1, 2 or 4")
+    at: datetime | None = Field(None, description="seek: a moment inside the playing range (ISO-8601 with offset)")
+
+
+class DeviceControlOut(BaseModel):
+    session: str
+    paused: bool
+    scale: float
+
+
+@router.post("/{camera_id}/device/control", response_model=DeviceControlOut)
+def device_control(camera_id: str, body: DeviceControlIn, request: Request, conn: Conn,
+                   principal: Player) -> DeviceControlOut:
+    """Pause, resume, change the speed of, or seek a device playback while it streams
+    (MANSRTSP in the dialog: PAUSE, PLAY with Scale, PLAY with Range). Only a session of this
+    camera's channel is found (another's: 404)."""
+    add_audit_detail(request, camera_id=camera_id, action=body.action, scale=body.scale,
+                     at=_fmt(body.at) if body.at else None)
+    at = _aware(body.at, "at") if body.at is not None else None
+    _scoped(conn, principal, camera_id)
+    device_id, channel_id = _channel(conn, camera_id)
+    client = _client(request, conn)
+    conn.commit()
+    try:
+        got = client.control(body.session, body.action, scale=body.scale, at=at, device=device_id, channel=channel_id)
+    except PlaybackFailed as exc:
+        if exc.status == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"设备录像：{exc.reason}") from None
+        if exc.status == 409:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"设备录像：{exc.reason}") from None
+        raise _failed(exc) from None
+    return DeviceControlOut.model_validate(got)
 
 
 __all__ = ["router"]

@@ -94,6 +94,14 @@ class PtzBridge:
             pass
 
 
+def media_transport(gb, state, device_id: str) -> Transport | None:
+    """How a device's media comes (live and playback): the site file's ``media_transport`` for it;
+    else tcp-passive for a device that registered over TCP (it usually sits behind NAT and connects
+    out to us for the media too); else None — the media settings' default decides."""
+    if device_id in gb.media_transport:
+        return gb.media_transport[device_id]
+    return "tcp-passive" if state is not None and state.peer.transport == "tcp" else None
+
 def _upstream_login(site, up) -> tuple[str, str]:
     """(username, password) of an upper platform: the site file's credentials entry it names."""
     from config.site import resolve_password
@@ -189,15 +197,12 @@ def run_gb28181(settings, stop: threading.Event) -> None:
     # The media side meets the signalling here: one on-demand RTP/PS session per channel,
     # served to the camera workers (and the cascade) on the camera tap protocol.
     def transport_of(device_id: str, channel_id: str) -> Transport | None:
-        # A device that registered over TCP usually sits behind NAT: it connects out to us
-        # for the media too (tcp-passive on our side); otherwise the media settings decide.
-        state = server.devices.get(device_id)
-        return "tcp-passive" if state is not None and state.peer.transport == "tcp" else None
+        return media_transport(site.gb28181, server.devices.get(device_id), device_id)
 
     media = MediaHub(server, tap_key(settings), domain_id=site.gb28181.domain, transport_of=transport_of).start()
     # Device playback (NVR footage): RecordInfo and s=Playback for the API, on loopback.
     playback = DevicePlayback(server, tap_key(settings), media_host=media.settings.host,
-                              media_advertise=media.settings.advertise).start()
+                              media_advertise=media.settings.advertise, transport_of=media.transport_for).start()
 
     cascade = alarms = None
     if site.gb28181.upstream:                     # cascade up (级联): the hub as a lower platform

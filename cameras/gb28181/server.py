@@ -124,6 +124,9 @@ class GbServer:
         self.catalog_results: dict[str, registry.CatalogChange | str] = {}
         self.admitted: set[str] = set()
         self.subs = Subscriptions(self)
+        # MediaStatus notifies (NotifyType 121: a playback's file ended) go to these, on the SIP
+        # loop: (device_id, channel_id, notify_type, call_id) — the device playback service
+        self.media_status_listeners: list[Callable[[str, str, str, str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -397,6 +400,14 @@ class GbServer:
             self.endpoint.reply(peer, req, sipm.response(req, 200))
             self._record_packet(device_id, body)
             return
+        if body.kind == "Notify" and body.cmd == "MediaStatus":      # playback: end of the device's file
+            self.endpoint.reply(peer, req, sipm.response(req, 200))
+            for listener in list(self.media_status_listeners):
+                try:
+                    listener(device_id, body.device_id, body.text("NotifyType") or "", req.call_id)
+                except Exception:
+                    log.exception("GB/T 28181: MediaStatus listener failed")
+            return
         if body.kind == "Notify" and body.cmd == "Catalog":      # changed items sent by MESSAGE (no dialog)
             try:
                 events = manscdp.catalog_notify(body)
@@ -647,6 +658,28 @@ class GbServer:
             return                  # stopped: no dialog is left to end
         with contextlib.suppress(Exception):
             self._call(self._bye(answer.call_id), 5)
+
+    def info(self, answer: MediaAnswer, body: bytes, content_type: str, *, timeout_s: float = 5.0) -> None:
+        """A request inside the media dialog (INFO: MANSRTSP playback control). InviteFailed with
+        a Chinese reason when the dialog is gone, the device refuses or does not answer."""
+        self._call(self._info(answer.call_id, body, content_type, timeout_s), timeout_s + 2)
+
+    async def _info(self, call_id: str, body: bytes, content_type: str, timeout_s: float) -> None:
+        d = self.dialogs.get(call_id)
+        state = self.devices.get(d.device_id) if d is not None else None
+        if d is None or state is None:
+            raise InviteFailed("回放会话已结束，无法控制")
+        d.cseq += 1
+        req = sipm.request("INFO", d.uri, via=f"{state.peer.transport.upper()} {self.advertised}:{self.port}",
+                           from_uri=f"sip:{self.gb.sip_id}@{self.gb.domain}",
+                           to_uri=f"sip:{d.channel_id}@{self.gb.domain}", call_id=d.call_id, cseq=d.cseq,
+                           from_tag=d.from_tag, to_tag=d.to_tag, body=body, content_type=content_type)
+        try:
+            resp = await self.endpoint.request(req, state.peer, timeout=timeout_s)
+        except TimeoutError:
+            raise InviteFailed(f"设备在 {timeout_s:g} 秒内未应答回放控制") from None
+        if resp.status >= 300:
+            raise InviteFailed(f"设备拒绝回放控制（{resp.status} {resp.phrase}）", status=resp.status)
 
     def next_ssrc(self, playback: bool = False) -> str:
         from cameras.gb28181.session import ssrc

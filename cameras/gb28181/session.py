@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Protocol
 
-Transport = Literal["udp", "tcp-passive", "tcp-active"]
+from config.gb28181 import MediaTransport
+
+Transport = MediaTransport       # one home: config/gb28181.py (the site file names it per device)
 """Seen from the side that receives: ``tcp-passive`` — the receiver listens and the sender
 connects (SDP ``a=setup:passive`` in the receiver's offer); ``tcp-active`` — the receiver
 connects to the port the sender's answer names (``a=setup:active``). RTP over TCP is framed

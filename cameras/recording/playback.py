@@ -33,10 +33,10 @@ from pathlib import Path
 import av
 
 from cameras.evidence import resolve_evidence_path
+from cameras.recording.fmp4 import Fmp4Writer
 
 log = logging.getLogger(__name__)
 
-FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 GAP_S = 0.5                 # segments further apart than this are a gap (the recorder's cuts meet within 0.1 s)
 MAX_SEGMENT_S = 300         # RecordingSettings.segment_s's bound: how far back a segment overlapping t0 starts
 BROWSER_CODECS = {"h264": True, "hevc": False}
@@ -170,10 +170,7 @@ class Play:
         return cls(root, run, offset, first["start_at"] + timedelta(seconds=offset), end, codec_string)
 
     def chunks(self) -> Iterator[bytes]:
-        sink = _Sink()
-        out = av.open(sink, "w", format="mp4", options=dict(FMP4))
-        ostream = None
-        last_dts = None
+        w = Fmp4Writer()
         try:
             for n, row in enumerate(self.run):
                 if self.end is not None and row["start_at"] >= self.end:
@@ -186,11 +183,10 @@ class Play:
                 with av.open(str(path)) as src:
                     vin = src.streams.video[0]
                     tb = vin.time_base
-                    if ostream is None:
-                        ostream = out.add_stream_from_template(vin)
-                        ostream.time_base = tb
+                    if w.stream is None:
+                        w.add_video_from_template(vin)
                         otb = tb
-                    elif vin.codec_context.extradata != ostream.codec_context.extradata:
+                    elif vin.codec_context.extradata != w.stream.codec_context.extradata:
                         break           # new parameter sets: the page asks again from here
                     shift = Fraction(_seconds(row["start_at"], self.start)).limit_denominator(1_000_000)
                     if n == 0:
@@ -209,42 +205,18 @@ class Play:
                             break
                         dts = round((pkt.dts if pkt.dts is not None else ts) * tb / otb + shift / otb)
                         pts = round(ts * tb / otb + shift / otb)
-                        if last_dts is not None and dts <= last_dts:
-                            dts = last_dts + 1
-                        pkt.dts, pkt.pts = dts, max(pts, dts)
-                        pkt.time_base = otb
-                        pkt.stream = ostream
-                        out.mux(pkt)
-                        last_dts = dts
+                        chunk = w.write(pkt, dts, pts)
                         self.packets += 1
                         self.last = wall
-                        if sink.parts:
-                            yield sink.take()
+                        if chunk:
+                            yield chunk
                     else:
                         continue
                     break           # reached ``end``
         finally:
-            try:
-                out.close()
-            except av.FFmpegError:
-                pass
-        if sink.parts:
-            yield sink.take()
-
-
-class _Sink:
-    """Where the muxer writes (not seekable: a fragmented MP4 needs no seeking back)."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
+            tail = w.close()
+        if tail:
+            yield tail
 
 
 def codec_string(codec: str, extradata: bytes | None) -> str:

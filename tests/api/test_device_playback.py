@@ -137,3 +137,45 @@ def test_device_export_is_an_mp4_with_its_sha256(api, gb_process, seeded_db):  #
         assert c.post(f"/api/recordings/{CAM}/device/exports",
                       json={"start": start.isoformat(), "end": (start + timedelta(seconds=2)).isoformat(),
                             "reason": "越权调证"}).status_code == 404
+
+
+def test_device_playback_control_reaches_the_nvr(api, gb_process, seeded_db):  # noqa: F811
+    """Pause and speed of a device stream while it plays (MANSRTSP INFO to the NVR), scoped to its camera."""
+    import threading
+
+    server, nvr = gb_process
+    start = DAY + timedelta(hours=8, minutes=20)
+    got: list[bytes] = []
+    with api.client("ds-supervisor") as c, c.stream(
+            "GET", f"/api/recordings/{CAM}/device/play",
+            params={"t": start.isoformat(), "end": (start + timedelta(seconds=8)).isoformat()}, timeout=30) as r:
+        assert r.status_code == 200
+        session = r.headers["X-Session"]
+        reader = threading.Thread(target=lambda: got.extend(r.iter_bytes()), daemon=True)
+        reader.start()
+        source = nvr.playbacks[nvr.invites[-1]["call_id"]]
+        with api.client("ds-supervisor") as ctl:
+            p = ctl.post(f"/api/recordings/{CAM}/device/control", json={"session": session, "action": "pause"})
+            assert p.status_code == 200, p.text
+            assert p.json()["paused"] is True and source.paused
+            p = ctl.post(f"/api/recordings/{CAM}/device/control",
+                         json={"session": session, "action": "play", "scale": 4})
+            assert p.status_code == 200 and p.json() == {"session": session, "paused": False, "scale": 4.0}
+            assert source.speed == 4 and not source.paused
+            bad = ctl.post(f"/api/recordings/{CAM}/device/control",
+                           json={"session": session, "action": "play", "scale": 3})
+            assert bad.status_code == 422 and "倍速" in bad.text
+            # a session of this camera asked through another camera in scope: not found
+            other = ctl.post("/api/recordings/cam-dsc-01/device/control", json={"session": session, "action": "pause"})
+            assert other.status_code == 404
+        with api.client("xh-supervisor") as away:     # another township
+            assert away.post(f"/api/recordings/{CAM}/device/control",
+                             json={"session": session, "action": "pause"}).status_code == 404
+        reader.join(30)
+    assert b"".join(got) and [c.method for _, _, c in nvr.infos[-2:]] == ["PAUSE", "PLAY"]
+    with connect(seeded_db) as conn:
+        rows = conn.execute("SELECT actor, outcome, detail FROM audit_log WHERE target LIKE %s ORDER BY id",
+                            (f"%{CAM}/device/control%",)).fetchall()
+    mine = [r["detail"].get("action") for r in rows if r["actor"] == "ds-supervisor"]
+    assert mine[-3:] == ["pause", "play", "play"]               # every control audited, with what it asked
+    assert rows[-1]["actor"] == "xh-supervisor"                 # the refused one too

@@ -196,6 +196,9 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/recordings/{camera_id}/device/play"): Rule(
         P.RECORDINGS_PLAY, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
         audit="read", query={"t": "2026-12-07T08:00:00+08:00"}, ok=frozenset({503}), stream=True),
+    ("POST", "/api/recordings/{camera_id}/device/control"): Rule(
+        P.RECORDINGS_PLAY, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
+        audit="write", ok=frozenset({503}), body={"session": "0123456789abcdef", "action": "pause"}),
     ("POST", "/api/recordings/{camera_id}/device/exports"): Rule(
         P.RECORDINGS_EXPORT, "path", {"camera_id": both(GB_CAMERA(OWN_GB_DEVICE), GB_CAMERA(OTHER_GB_DEVICE))},
         audit="write", ok=frozenset({503}),

@@ -72,9 +72,18 @@ def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for
                             "!document.querySelector('#pb-video').paused", timeout=20000)
     except Exception:
         raise AssertionError(f"{p.text_content('#pb-message')}; {ui.console[-5:]}") from None
+    # the speed buttons ask the NVR itself to send faster (MANSRTSP Scale; 8× on the page is 4× at the NVR)
+    source = n.device.playbacks[n.device.invites[-1]["call_id"]]
+    p.click("#pb-rate-4")
+    p.wait_for_function("document.querySelector('#page').dataset.deviceScale === '4'", timeout=10000)
+    assert source.speed == 4
+    p.click("#pb-rate-1")
+    p.wait_for_function("document.querySelector('#page').dataset.deviceScale === '1'", timeout=10000)
     p.click("#pb-play")
     p.wait_for_function("document.querySelector('#pb-video').paused && "
                         "document.querySelector('#page').dataset.playing === 'false'")
+    p.wait_for_function("document.querySelector('#page').dataset.devicePaused === 'true'", timeout=10000)
+    assert source.paused                    # a pause on the page stops the NVR sending (MANSRTSP PAUSE)
     shown = p.evaluate(FRAME_OF_VIDEO)
     strip = strip_of_data_url(shown["url"])
     assert strip is not None and abs(strip - shown["position"]) <= 250, (strip, shown["position"])

@@ -233,6 +233,7 @@ export async function render(main, { me, arg }) {
     }
     opening.start = Date.parse(res.headers.get('X-Start-Time'));
     opening.spanEnd = Date.parse(res.headers.get('X-Span-End'));
+    opening.session = res.headers.get('X-Session');     // a device stream: paused and sped up at the NVR too
     const type = res.headers.get('Content-Type').replace(/;\s*codecs=/, '; codecs=');
     if (!window.MediaSource || !MediaSource.isTypeSupported(type)) {
       abort.abort();
@@ -278,8 +279,11 @@ export async function render(main, { me, arg }) {
   const showPosition = () => { const ms = now(); if (ms && !view.dragging) moveCursor(ms); main.dataset.position = ms ? String(Math.round(ms)) : ''; };
   video.addEventListener('timeupdate', showPosition);
   video.addEventListener('seeked', showPosition);
-  video.addEventListener('play', () => { playBtn.textContent = '暂停'; main.dataset.playing = 'true'; });
-  video.addEventListener('pause', () => { playBtn.textContent = '播放'; main.dataset.playing = 'false'; showPosition(); });
+  video.addEventListener('play', () => { playBtn.textContent = '暂停'; main.dataset.playing = 'true'; if (view.stream && view.stream.pausedAtDevice) deviceControl({ action: 'play' }); });
+  video.addEventListener('pause', () => {
+    playBtn.textContent = '播放'; main.dataset.playing = 'false'; showPosition();
+    if (!video.ended) deviceControl({ action: 'pause' });
+  });
   video.addEventListener('ratechange', () => { view.rate = video.playbackRate; });
   video.addEventListener('ended', () => {
     // the footage of this stream ended (a gap or a change of stream follows): on to the next span
@@ -293,7 +297,17 @@ export async function render(main, { me, arg }) {
     if (!view.stream) { const s = view.tl && view.tl.spans[0]; if (s) seek(Date.parse(s.start)); return; }
     if (video.paused) { still.hidden = true; video.play().catch(() => {}); } else video.pause();
   }
+  // Device footage comes at the pace the NVR sends it: a pause stops the NVR sending (MANSRTSP
+  // PAUSE), a speed asks it to send faster (Scale, at most 4×) so the buffer keeps up.
+  function deviceControl(body) {
+    const s = view.source === 'device' && view.stream;
+    if (!s || !s.session) return;
+    s.pausedAtDevice = body.action === 'pause';
+    api.post(`${base()}/control`, { session: s.session, ...body }).then((got) => { main.dataset.deviceScale = String(got.scale); main.dataset.devicePaused = String(got.paused); })
+      .catch((err) => { if (err.status !== 404 && err.status !== 409) toast(`设备回放控制失败：${err.detail || err.message}`, 'warn'); });
+  }
   function setRate(r) {
+    if (view.source === 'device' && (r !== view.rate || r !== 1)) deviceControl({ action: 'play', scale: Math.min(r, 4) });
     video.playbackRate = r; view.rate = r;
     speedButtons.forEach((b, i) => b.setAttribute('aria-pressed', String(SPEEDS[i] === r)));
   }

@@ -227,6 +227,12 @@ class MediaHub:
         return {"tap": self.address, "media_sessions": sum(1 for c in channels.values() if c["session"]),
                 "channels": channels}
 
+    def transport_for(self, device_id: str, channel_id: str) -> Transport:
+        """The media transport of a channel: the device's own (``transport_of``: one that registered
+        over TCP gets tcp-passive) else the media settings' default. Live sessions and the device
+        playback service (cameras/gb28181/playback.py) both ask here."""
+        return self.transport_of(device_id, channel_id) or self.settings.transport
+
     # -- consumers ---------------------------------------------------------------------------
     def channel(self, device_id: str, channel_id: str) -> Channel:
         key = f"{device_id}/{channel_id}"
@@ -331,7 +337,7 @@ class MediaHub:
 
     def _invite(self, ch: Channel) -> None:
         s = self.settings
-        transport = self.transport_of(ch.device_id, ch.channel_id) or s.transport
+        transport = self.transport_for(ch.device_id, ch.channel_id)
         session = None
         try:
             number = ssrc(False, self.domain_id, next(self._seq))

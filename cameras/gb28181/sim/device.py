@@ -57,6 +57,10 @@ class SimDevice:
         self.records: dict[str, list[manscdp.RecordItem]] = records or {}
         self.playback_speed = playback_speed
         self.playbacks: dict[str, object] = {}          # call id → PlaybackSource
+        self.end_with_bye = False       # end of a played range: MediaStatus 121 (False) or the device's own BYE
+        self.media_status_in_dialog = True     # MediaStatus on the INVITE's Call-ID (False: a new one)
+        self.infos: list[tuple] = []    # (call id, Content-Type, mansrtsp.Command) of each INFO
+        self.sent_media_status: list[str] = []
         self.record_answer: Callable[[manscdp.Body], list[bytes]] | None = None   # tests: answer with these
         self.invites: list[dict] = []
         self.byes: list[str] = []
@@ -178,6 +182,8 @@ class SimDevice:
             self._on_invite(req, peer)
         elif req.method == "ACK":
             self.acks.append(req.call_id)
+        elif req.method == "INFO":            # MANSRTSP playback control inside an s=Playback dialog
+            self._on_info(req, peer)
         elif req.method == "BYE":
             self.byes.append(req.call_id)
             source = self.playbacks.pop(req.call_id, None)
@@ -187,6 +193,30 @@ class SimDevice:
             self.on_bye(req.call_id)
         else:
             self.endpoint.reply(peer, req, sipm.response(req, 405))
+
+    def _on_info(self, req: sipm.Request, peer: Peer) -> None:
+        from cameras.gb28181 import mansrtsp
+        source = self.playbacks.get(req.call_id)
+        if source is None:
+            self.endpoint.reply(peer, req, sipm.response(req, 481))
+            return
+        try:
+            command = mansrtsp.parse(req.body)
+        except ValueError:
+            self.endpoint.reply(peer, req, sipm.response(req, 400))
+            return
+        self.infos.append((req.call_id, req.get("Content-Type"), command))
+        source.control(command)
+        self.endpoint.reply(peer, req, sipm.response(req, 200))
+
+    async def media_status(self, channel_id: str, *, call_id: str | None = None,
+                           notify_type: str = "121") -> sipm.Response:
+        """MediaStatus Notify (121: the file played back has ended), in the dialog's Call-ID or not."""
+        body = encode("Notify", el("CmdType", "MediaStatus") + el("SN", self.next_sn()) + el("DeviceID", channel_id)
+                      + el("NotifyType", notify_type), self.charset)
+        req = self._req("MESSAGE", body=body, ctype=manscdp.CONTENT_TYPE, call_id=call_id)
+        self.sent_media_status.append(req.call_id)
+        return await self.endpoint.request(req, self.peer, timeout=32.0)
 
     async def _on_message(self, req: sipm.Request, peer: Peer) -> None:
         try:
@@ -333,9 +363,15 @@ class SimDevice:
         loop = asyncio.get_running_loop()
         call_id = req.call_id
 
-        def done() -> None:                 # end of the range: the device says BYE (as NVRs do)
-            if self.playbacks.pop(call_id, None) is not None:
+        def done() -> None:                 # end of the range: MediaStatus 121 (as NVRs do); the hub says BYE
+            if call_id not in self.playbacks:
+                return
+            if self.end_with_bye:
+                self.playbacks.pop(call_id, None)
                 asyncio.run_coroutine_threadsafe(self._send_bye(req, to_tag), loop)
+            else:
+                asyncio.run_coroutine_threadsafe(self.media_status(
+                    offer["channel_id"], call_id=call_id if self.media_status_in_dialog else None), loop)
 
         source = PlaybackSource(offer_of(offer), *span, speed=self.playback_speed, bind=self.host, on_done=done,
                                 name=f"sim-playback-{offer['channel_id']}")

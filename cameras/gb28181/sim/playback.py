@@ -2,8 +2,9 @@
 frames whose burnt-in clock (cameras/sim/scene.py's timestamp strip, ms since epoch) is the
 REQUESTED time, starting at the ``t=`` start and advancing one frame interval per frame,
 encoded with PyAV's x264 and sent by a ``PsRtpSender`` (``send_packet``: our PS muxer) to the
-hub's offer, paced at ``speed`` × real time. At the ``t=`` end the stream stops and
-``on_done`` is called (the device then sends BYE, as NVRs do at the end of a file).
+hub's offer (UDP, or TCP either way: the sender follows the offer's a=setup), paced at
+``speed`` × real time. At the ``t=`` end the stream stops and ``on_done`` is called (the device
+then sends MediaStatus NotifyType 121, as NVRs do at the end of a file, and the hub says BYE).
 
 The strip is machine-readable, so tests check that what the hub plays back is the footage
 of the time asked for, not merely some video."""
@@ -19,6 +20,7 @@ import av
 import numpy as np
 
 from cameras.evidence import Segment
+from cameras.gb28181 import mansrtsp
 from cameras.gb28181.media.sender import PsRtpSender
 from cameras.gb28181.session import MediaOffer
 from cameras.sim.scene import draw_timestamp_strip
@@ -47,7 +49,9 @@ def playback_range(fields: dict) -> tuple[float, float] | None:
 
 
 class PlaybackSource:
-    """One playback session of the simulated NVR."""
+    """One playback session of the simulated NVR. MANSRTSP from the hub (``control``): PAUSE
+    stops the frames (the session stays), PLAY resumes, ``Scale`` changes the pace, ``Range:
+    npt=<s>-`` jumps to that second of the range (the burnt-in clock jumps with it)."""
 
     def __init__(self, offer: MediaOffer, start: float, end: float, *, speed: float = 1.0, bind: str = "127.0.0.1",
                  on_done: Callable[[], None] | None = None, name: str = "sim-playback") -> None:
@@ -55,7 +59,11 @@ class PlaybackSource:
         self.start_s, self.end_s, self.speed = start, end, speed
         self.on_done = on_done
         self.sent: list[int] = []           # the burnt-in ms of each frame sent
+        self.paused = False
+        self.commands: list[mansrtsp.Command] = []
         self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._seek: int | None = None       # frame number to go on from
 
     def start(self):
         answer = self.sender.start()
@@ -64,7 +72,22 @@ class PlaybackSource:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         self.sender.stop()
+
+    def control(self, command: mansrtsp.Command) -> None:
+        with self._changed:
+            self.commands.append(command)
+            if command.method == "PAUSE":
+                self.paused = True
+            elif command.method == "PLAY":
+                self.paused = False
+                if command.scale is not None:
+                    self.speed = command.scale
+                if command.npt is not None:
+                    self._seek = int(command.npt * FPS)
+            self._changed.notify_all()
 
     def _run(self) -> None:
         ctx = av.CodecContext.create("libx264", "w")
@@ -73,14 +96,23 @@ class PlaybackSource:
         ctx.framerate = FPS
         ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0", "g": str(FPS)}
         segment = Segment(1, "h264", WIDTH, HEIGHT, Fraction(1, 90000), None, fps=float(FPS))
-        began = time.monotonic()
         total = int((self.end_s - self.start_s) * FPS)
         ended = False
+        n = 0
+        due = time.monotonic()
         try:
-            for n in range(total):
-                due = began + n / FPS / self.speed
+            while n < total:
+                with self._changed:
+                    while self.paused and not self._stop.is_set():
+                        self._changed.wait()
+                        due = time.monotonic()
+                    if self._seek is not None:
+                        n, self._seek = min(self._seek, total - 1), None
+                        due = time.monotonic()
+                    speed = self.speed
                 if self._stop.wait(max(0.0, due - time.monotonic())):
                     return
+                due += 1 / FPS / speed
                 img = np.full((HEIGHT, WIDTH, 3), 70, dtype=np.uint8)
                 img[HEIGHT // 2:, (n * 7) % WIDTH:] = 190
                 ms = int(self.start_s * 1000) + n * 1000 // FPS
@@ -92,6 +124,7 @@ class PlaybackSource:
                     packet.time_base = ctx.time_base
                     self.sender.send_packet(packet, segment)
                 self.sent.append(ms)
+                n += 1
             for packet in ctx.encode(None):
                 packet.time_base = ctx.time_base
                 self.sender.send_packet(packet, segment)
@@ -99,8 +132,8 @@ class PlaybackSource:
         except (OSError, av.FFmpegError) as exc:
             log.info("simulated playback stopped: %s", exc)
         finally:
-            self.sender.stop()
             if ended and not self._stop.is_set() and self.on_done is not None:
+                time.sleep(0.2)             # the last frames are on their way before the end is said
                 self.on_done()
 
 

@@ -138,8 +138,9 @@ def test_playback_of_a_range_shows_the_requested_time(gb, nvr, service):
     want0 = int(start.timestamp() * 1000)
     assert got and got[0] == want0, (got[:3], want0)        # the first frame is the moment asked for
     assert got == sorted(got) and got[-1] <= want0 + 3000 and got[-1] >= want0 + 2500
-    assert d.sent_byes                                      # the NVR ended the range with BYE
-    assert not gb.dialogs
+    call_id = d.invites[-1]["call_id"]
+    assert call_id in d.sent_media_status                   # the NVR said the end of its file (MediaStatus 121)
+    assert call_id in d.byes and not gb.dialogs             # and the hub ended the dialog with BYE
 
 
 def test_playback_refusals(gb, nvr, service):

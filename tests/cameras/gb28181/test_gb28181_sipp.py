@@ -136,3 +136,94 @@ def test_sipp_nvr_answers_record_info_in_two_packets(site_db, tmp_path):
         assert uas.returncode == 0, out.decode(errors="replace")[-2000:]
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["tcp-passive", "tcp-active"])
+def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_path, transport):
+    """s=Playback with a device not written by us: SIPp answers the INVITE with a TCP SDP
+    (a=setup:active when the hub listens, passive when the hub connects), FFmpeg's own PS muxer
+    (``-f vob``) feeds the RTP, and SIPp's MediaStatus 121 ends the session: the hub says BYE."""
+    import io
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    import av
+
+    from cameras.gb28181.media.sender import PsRtpSender, testsrc
+    from cameras.gb28181.playback import DevicePlayback, PlaybackClient
+
+    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
+    server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
+                      site_db, pw, root_code="510199000000")
+
+    async def no_queries(device_id):
+        return None
+    server._after_register = no_queries
+    server.start()
+    key = b"s" * 32
+    svc = DevicePlayback(server, key, transport_of=lambda device, channel: transport).start()
+    ssrc = "1019900077"
+    sender = None
+    try:
+        with connect(site_db) as conn:
+            registry.admit(conn, DEV, by="test")
+        password = pw.set(DEV)
+        port = free_udp_port()
+        uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
+        out, _ = uac.communicate(timeout=30)
+        assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
+        media = testsrc(fps=10, clock=False) + ["-t", "3"]
+        if transport == "tcp-active":           # the hub connects: the device listens first
+            sender = PsRtpSender(MediaOffer("127.0.0.1", 9, "tcp-active", ssrc), ffmpeg_args=media, mux="ffmpeg")
+            mport, setup = sender.start().port, "passive"
+        else:
+            mport, setup = 9, "active"
+        portfile = tmp_path / "offer-port"
+        uas = subprocess.Popen(
+                [SIPP, "-sf", str(HERE / "uas_playback.xml"), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
+                 "-set", "hub", HUB_ID, "-set", "domain", DOMAIN, "-set", "setup", setup, "-set", "mport", str(mport),
+                 "-set", "portfile", str(portfile), "-set", "ssrc", ssrc, "-d", "4500", "-m", "1",
+                 "-timeout", "30s", "-timeout_error", "-nostdin", "-nd"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(0.5)
+        result: dict = {}
+
+        def play():
+            try:
+                start = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+                headers, body = PlaybackClient(svc.address, key).play(DEV, "51019910111320000051", start,
+                                                                       start + timedelta(minutes=10))
+                result["headers"], result["data"] = headers, b"".join(body)
+            except Exception as exc:            # noqa: BLE001 - said by the assertion below
+                result["error"] = exc
+        player = threading.Thread(target=play, daemon=True)
+        player.start()
+        if transport == "tcp-passive":          # the hub listens on the port of its offer: connect there
+            deadline = time.monotonic() + 15
+            while not (portfile.exists() and portfile.read_text().strip()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not portfile.exists():
+                uas.kill()
+                player.join(15)
+                raise AssertionError(f"SIPp wrote no offer port ({result}): "
+                                     + uas.communicate()[0].decode(errors="replace")[-3000:])
+            offered = int(portfile.read_text().strip())
+            sender = PsRtpSender(MediaOffer("127.0.0.1", offered, "tcp-passive", ssrc), ffmpeg_args=media,
+                                 mux="ffmpeg")
+            sender.start()
+        player.join(40)
+        out, _ = uas.communicate(timeout=30)
+        assert uas.returncode == 0, out.decode(errors="replace")[-3000:]
+        assert "error" not in result, result.get("error")
+        assert result["headers"]["X-Transport"] == transport
+        with av.open(io.BytesIO(result["data"])) as c:
+            frames = sum(1 for _ in c.decode(video=0))
+        assert frames >= 20                     # ~3 s at 10 fps, decodable
+        stream = svc.finished[-1]
+        assert stream.ended_by == "media-status" and not server.dialogs
+    finally:
+        if sender is not None:
+            sender.stop()
+        svc.stop()
+        server.stop()

@@ -53,3 +53,25 @@ def test_upstream_section_checked_with_the_site_file(tmp_path):
     _, problems = _with(tmp_path, {**gb, "upstream": [{**UPPER, "password": "secret"}]})
     text = " | ".join(str(p) for p in problems)
     assert "upstream[0].password: unknown key 'password'" in text and "secret" not in text, text
+
+
+def test_media_transport_per_device(tmp_path):
+    """The site file says how a device's media comes (live and NVR playback alike); what it does
+    not name keeps the default rule (registered over TCP → tcp-passive, else the media setting)."""
+    from types import SimpleNamespace
+
+    from cameras.gb28181.process import media_transport
+
+    gb = {"sip_id": "51019900002000000001", "domain": "5101990000"}
+    nvr, ipc = "51019910111180000001", "51019910111320000001"
+    site, problems = _with(tmp_path, {**gb, "media_transport": {nvr: "tcp-active"}})
+    assert problems == []
+    over = lambda t: SimpleNamespace(peer=SimpleNamespace(transport=t))     # noqa: E731 - a registered device
+    assert media_transport(site.gb28181, over("udp"), nvr) == "tcp-active"
+    assert media_transport(site.gb28181, over("tcp"), nvr) == "tcp-active"      # the site file wins
+    assert media_transport(site.gb28181, over("tcp"), ipc) == "tcp-passive"
+    assert media_transport(site.gb28181, over("udp"), ipc) is None and media_transport(site.gb28181, None, ipc) is None
+
+    _, problems = _with(tmp_path, {**gb, "media_transport": {nvr: "tcp", "123": "udp"}})
+    text = " | ".join(str(p) for p in problems)
+    assert "media_transport" in text and "tcp-active" in text and "20 digits" in text, text

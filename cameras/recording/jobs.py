@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 6.0            # a running job whose heartbeat is older than this has lost its worker
 HEARTBEAT_S = 1.0
-POLL_S = 1.0
+# An idle API asks the queue this often: a job queued in this process wakes its worker at once
+# (``wake``), and an API that starts (after a kill) claims what was left at once; the poll only
+# serves a job queued by another API process or lost by one (an idle hub costs ~nothing).
+POLL_S = 30.0
 SWEEP_S = 60.0
 
 _SEGMENTS_BY_SEQ = """
@@ -161,7 +164,8 @@ class ExportWorker:
                     with self.pool.connection(timeout=10) as conn:
                         if self.requeue_lost(conn):
                             continue
-                    self.wake.wait(POLL_S)
+                        lease = self.next_lease_end(conn)
+                    self.wake.wait(POLL_S if lease is None else min(POLL_S, lease + 0.5))
                     self.wake.clear()
                     continue
                 self.run_job(job)
@@ -192,6 +196,17 @@ class ExportWorker:
         if n:
             log.info("export worker %s: %d interrupted export(s) queued again", self.name, n)
         return n
+
+    def next_lease_end(self, conn: psycopg.Connection) -> float | None:
+        """Seconds until the lease of a job running elsewhere runs out (a process killed just
+        before this one started leaves one still fresh): then it is taken up without waiting
+        for the idle poll."""
+        row = conn.execute(
+            """SELECT extract(epoch FROM min(heartbeat_at) + make_interval(secs => %s) - now()) AS s
+               FROM recording_exports WHERE state = 'running' AND worker IS DISTINCT FROM %s""",
+            (LEASE_S, self.name)).fetchone()
+        s = row["s"] if row else None
+        return None if s is None else max(0.0, float(s))
 
     def claim(self) -> dict | None:
         with self.pool.connection(timeout=10) as conn:

@@ -75,7 +75,8 @@ def wall(seeded_db, mqtt, evidence_dir):
         tele(conn, "h-online", "offline", ago(50))
         tele(conn, "h-online", "online", ago(5))              # the newest row decides
         event(conn, "h-offline", "camera.online", ago(3600))
-        off = event(conn, "h-offline", "camera.offline", ago(120), {"reason": "timed out (no data)"})
+        snaps["h-offline-since"] = off_at = ago(120)
+        off = event(conn, "h-offline", "camera.offline", off_at, {"reason": "timed out (no data)"})
         snaps["h-offline-old"] = snapshot(conn, evidence_dir, "h-offline", ago(3700))
         snaps["h-offline"] = snapshot(conn, evidence_dir, "h-offline", ago(125), off)
         tele(conn, "h-offline", "offline", ago(9), "unreachable", "Connection refused")
@@ -120,7 +121,8 @@ def test_each_state_and_its_label(wall):
     off = got["h-offline"]
     assert off["last_snapshot"]["id"] == snaps["h-offline"]            # the newest picture, not an older one
     assert off["last_snapshot"]["url"] == f"/api/evidence/{snaps['h-offline']}"
-    assert off["since"] and abs(datetime.fromisoformat(off["since"]) - ago(120)) < timedelta(seconds=1)
+    # since the offline event (the time it was written with: the API's start-up lies in between)
+    assert off["since"] and abs(datetime.fromisoformat(off["since"]) - snaps["h-offline-since"]) < timedelta(seconds=1)
     assert off["reported_state"] == "offline" and not off["stale"]
     # why, from the newest report (it was unreachable before; now the password is refused)
     assert (off["problem"], off["problem_label"]) == ("auth_failed", "认证失败")

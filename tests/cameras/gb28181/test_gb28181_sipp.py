@@ -44,19 +44,32 @@ def sipp(scenario: str, hub_port: int, local_port: int, *extra: str, timeout: fl
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(HERE.parent))
 
 
-def test_sipp_registers_keeps_alive_and_answers_invite(site_db, tmp_path):
+def sipp_hub(site_db, tmp_path) -> tuple[GbServer, GbPasswords]:
+    """The hub's SIP server (UDP) for a SIPp device, started, and its password store. SIPp's
+    devices answer no DeviceInfo/Catalog query: none is sent after REGISTER, so a UAS scenario
+    sees only what the test asks of it."""
     pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
     server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
                       site_db, pw, root_code="510199000000")
-    async def no_queries(device_id):      # this SIPp device answers no DeviceInfo/Catalog query: none sent,
-        return None                       # so the UAS below sees only the INVITE
+
+    async def no_queries(device_id):
+        return None
     server._after_register = no_queries
     server.start()
+    return server, pw
+
+
+def admit_sipp_device(site_db, pw: GbPasswords) -> tuple[str, int]:
+    """DEV admitted with a fresh password; the password and a free local port for SIPp."""
+    with connect(site_db) as conn:
+        registry.admit(conn, DEV, by="test")
+    return pw.set(DEV), free_udp_port()
+
+
+def test_sipp_registers_keeps_alive_and_answers_invite(site_db, tmp_path):
+    server, pw = sipp_hub(site_db, tmp_path)
     try:
-        with connect(site_db) as conn:
-            registry.admit(conn, DEV, by="test")
-        password = pw.set(DEV)
-        port = free_udp_port()
+        password, port = admit_sipp_device(site_db, pw)
         uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
         out, _ = uac.communicate(timeout=30)
         assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
@@ -97,19 +110,9 @@ def test_sipp_nvr_answers_record_info_in_two_packets(site_db, tmp_path):
 
     from cameras.gb28181 import manscdp
 
-    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
-    server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
-                      site_db, pw, root_code="510199000000")
-
-    async def no_queries(device_id):
-        return None
-    server._after_register = no_queries
-    server.start()
+    server, pw = sipp_hub(site_db, tmp_path)
     try:
-        with connect(site_db) as conn:
-            registry.admit(conn, DEV, by="test")
-        password = pw.set(DEV)
-        port = free_udp_port()
+        password, port = admit_sipp_device(site_db, pw)
         uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
         out, _ = uac.communicate(timeout=30)
         assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
@@ -153,23 +156,13 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
     from cameras.gb28181.media.sender import PsRtpSender, testsrc
     from cameras.gb28181.playback import DevicePlayback, PlaybackClient
 
-    pw = GbPasswords(tmp_path, SecretBox(derive_key("test-master-key-0123456789")))
-    server = GbServer(GbSite(sip_id=HUB_ID, domain=DOMAIN), GbSettings(host="127.0.0.1", port=0, tcp=False),
-                      site_db, pw, root_code="510199000000")
-
-    async def no_queries(device_id):
-        return None
-    server._after_register = no_queries
-    server.start()
+    server, pw = sipp_hub(site_db, tmp_path)
     key = b"s" * 32
     svc = DevicePlayback(server, key, transport_of=lambda device, channel: transport).start()
     ssrc = "1019900077"
     sender = None
     try:
-        with connect(site_db) as conn:
-            registry.admit(conn, DEV, by="test")
-        password = pw.set(DEV)
-        port = free_udp_port()
+        password, port = admit_sipp_device(site_db, pw)
         uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
         out, _ = uac.communicate(timeout=30)
         assert uac.returncode == 0, out.decode(errors="replace")[-2000:]

@@ -17,7 +17,7 @@ from cameras.gb28181.settings import GbSettings
 from config.gb28181 import GbPlacement, GbSite
 from store.db import connect
 from store.secrets import SecretBox, derive_key
-from tests.cameras.gb28181.test_gb28181_sipp import DEV, DOMAIN, HERE, HUB_ID, SIPP, free_udp_port, sipp
+from tests.cameras.gb28181.test_gb28181_sipp import DEV, DOMAIN, HERE, HUB_ID, SIPP, admit_sipp_device, sipp
 
 CHANNEL = "51019910111310000071"
 CAM = registry.camera_id(CHANNEL)
@@ -48,10 +48,7 @@ def test_sipp_device_subscribed_notifies_add_then_del(site_db, tmp_path):
     server.start()
     uas = None
     try:
-        with connect(site_db) as conn:
-            registry.admit(conn, DEV, by="test")
-        password = pw.set(DEV)
-        port = free_udp_port()
+        password, port = admit_sipp_device(site_db, pw)
         uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
         out, _ = uac.communicate(timeout=30)
         assert uac.returncode == 0, out.decode(errors="replace")[-6000:]

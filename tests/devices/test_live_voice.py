@@ -160,6 +160,10 @@ def test_live_emergency_voice_interrupts_a_playing_notice(hub, seeded_db):
         mic = await talk(server.base_url, tok, [VILLAGE], ToneTrack(TONE_HZ), kind="emergency")
         await asyncio.to_thread(receipt, seeded_db, notice["id"], "speaker-dsc", ("preempted",))
         status = await asyncio.to_thread(receipt, seeded_db, mic.broadcast_id)
+        # the speaker hears the voice before the operator lets go (a shout that carried no audio
+        # ends as failed: nobody heard anything)
+        lst = await asyncio.to_thread(listener, fleet, mic.broadcast_id)
+        await asyncio.to_thread(wait_audio, lst, 0.5)
         await mic.stop()
         return mic, status
 

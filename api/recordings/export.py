@@ -41,7 +41,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
-from ulid import ULID
 
 from alerts.cases import service as cases
 from alerts.cases.models import CaseError, CaseState, EvidenceItem

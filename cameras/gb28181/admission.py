@@ -11,7 +11,7 @@ import psycopg
 
 from cameras.gb28181 import registry
 from cameras.gb28181.passwords import GbPasswords
-from cameras.gb28181.server import _REFUSAL_TEXT
+from cameras.gb28181.registration import REFUSAL_TEXT
 from config.gb28181 import GbSite
 from store import audit
 
@@ -118,7 +118,7 @@ def list_devices(conn: psycopg.Connection, *, admitted: bool | None = None, devi
     for r in rows:
         r = dict(r)
         r["registration_label"] = REGISTRATION_LABELS[r["registration"]]
-        r["refusal_label"] = _REFUSAL_TEXT.get(r["last_refusal"] or "", r["last_refusal"])
+        r["refusal_label"] = REFUSAL_TEXT.get(r["last_refusal"] or "", r["last_refusal"])
         r["channels"] = channels.get(r["id"], [])
         out.append(r)
     return out

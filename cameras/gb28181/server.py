@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from cameras.gb28181 import manscdp, metrics, registry, sdp
 from cameras.gb28181.passwords import GbPasswords
+from cameras.gb28181.registration import REFUSAL_TEXT, clock_skew_s, requested_expires
 from cameras.gb28181.session import InviteFailed, MediaAnswer, MediaOffer
 from cameras.gb28181.settings import GbSettings
 from cameras.gb28181.sip import message as sipm
@@ -253,7 +254,7 @@ class GbServer:
         if not manscdp.is_gb_id(device_id):
             self._refuse(req, peer, 400, "bad-id")
             return
-        expires = _expires(req)
+        expires = requested_expires(req)
         if expires is None:
             self._refuse(req, peer, 400, "bad-expires")
             return
@@ -297,7 +298,7 @@ class GbServer:
             self.endpoint.reply(peer, req, resp)
             return
         expires = max(self.settings.min_expires_s, min(self.settings.max_expires_s, expires))
-        skew = _skew(req.get("Date"))
+        skew = clock_skew_s(req.get("Date"))
         if skew is not None and abs(skew) > self.settings.clock_skew_note_s:
             log.warning("GB/T 28181: device %s clock is %+.0f s off the hub's", device_id, skew)
         first = device_id not in self.devices or not self.devices[device_id].online
@@ -333,7 +334,7 @@ class GbServer:
         audit.record(conn, audit.AuditEntry(
             actor=device_id, actor_kind="device", action="gb28181.register", outcome="denied",
             target=f"gb28181:{device_id}", source_ip=peer.host,
-            detail={"reason": reason, "text": _REFUSAL_TEXT.get(reason, "注册被拒绝"), "transport": peer.transport}))
+            detail={"reason": reason, "text": REFUSAL_TEXT.get(reason, "注册被拒绝"), "transport": peer.transport}))
 
     def _unregister(self, device_id: str) -> None:
         state = self.devices.pop(device_id, None)
@@ -633,7 +634,7 @@ class GbServer:
                 misses = int((now - state.last_keepalive) // self.settings.keepalive_interval_s)
                 if why == "keepalive":
                     metrics.KEEPALIVE_MISSES.inc()
-                log.info("GB/T 28181: device %s offline (%s)", device_id_of(state), why)
+                log.info("GB/T 28181: device %s offline (%s)", state.device_id, why)
                 with contextlib.suppress(Exception):
                     await self._run_db(registry.set_state, state.device_id, "offline", misses)
                 metrics.REGISTERED.set(sum(1 for d in self.devices.values() if d.online))
@@ -764,41 +765,3 @@ class GbServer:
 
 def _relaxed_commit(conn) -> None:
     conn.execute("SET synchronous_commit = off")
-
-
-def device_id_of(state: DeviceState) -> str:
-    return state.device_id
-
-
-_REFUSAL_TEXT = {"bad-password": "密码错误", "not-admitted": "设备未准入（未分配帐号）", "no-account": "设备未准入（未分配帐号）",
-                 "replayed-nonce": "重放的认证随机数", "stale-nonce": "认证随机数已过期",
-                 "username-mismatch": "认证用户名与设备编码不符", "wrong-realm": "认证域错误"}
-
-
-def _expires(req: sipm.Request) -> int | None:
-    value = req.get("Expires")
-    contact = req.get("Contact") or ""
-    for part in contact.split(";")[1:]:
-        k, _, v = part.strip().partition("=")
-        if k.lower() == "expires":
-            value = v
-    if value is None:
-        return 3600
-    value = value.strip()
-    return int(value) if value.isdigit() and len(value) < 9 else None
-
-
-def _skew(date: str | None) -> float | None:
-    """Seconds the device's clock is ahead of the hub's (GB/T 28181 Date: local ISO time)."""
-    if not date:
-        return None
-    try:
-        dt = datetime.fromisoformat(date.strip())
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        return (dt - datetime.now()).total_seconds()
-    return (dt - datetime.now(UTC)).total_seconds()
-
-
-_ = timedelta

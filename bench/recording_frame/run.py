@@ -37,6 +37,7 @@ from cameras.config import CameraAnalytics, CameraSpec  # noqa: E402
 from cameras.sim.server import SimRtspServer  # noqa: E402
 from cameras.worker import CameraWorker  # noqa: E402
 from bench._hub import PASSWORD, start_demo_db  # noqa: E402
+from bench._stats import pct  # noqa: E402
 from hub.embedded import free_port  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from store.db import connect  # noqa: E402
@@ -44,10 +45,6 @@ from store.db import connect  # noqa: E402
 CAM = "cam-dsc-01"
 USER = "ds-supervisor"
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))] if values else float("nan")
 
 
 def probe(base: str, stop: threading.Event, out: list[float]) -> None:

@@ -11,7 +11,8 @@ when it starts (who, camera, range, source ``device``).
 - ``GET /api/recordings/{camera}/device/timeline?start=&end=``: the device's records
   (start, end, type, name, file path) in the range (at most 7 days).
 - ``POST /api/recordings/{camera}/device/exports`` (``recordings.export``, a reason): the range
-  fetched from the device into one MP4 (remux, SHA-256), then as the hub's exports
+  fetched from the device into one MP4 (remux, SHA-256) — by s=Download at
+  ``recording.device_export_speed`` (4×) when the device takes it, else played at 1× — then as the hub's exports
   (``GET /api/recordings/exports/{id}``, ``…/file``).
 - ``GET /api/recordings/{camera}/device/play?t=&end=``: fMP4 of [t, end] (default and at most
   ``t`` + 2 h) from the device; ``X-Start-Time`` is where it starts: ``t`` to the whole second
@@ -229,7 +230,7 @@ def remux_to_mp4(fmp4: Path, out: Path) -> tuple[int, str, int]:
 
 
 def _run_export(pool, principal: Principal, source_ip: str | None, client: PlaybackClient, device_id: str,
-                channel_id: str, t0: datetime, t1: datetime, exports: Path, rec: dict) -> None:
+                channel_id: str, t0: datetime, t1: datetime, exports: Path, rec: dict, speed: int = 1) -> None:
     from api.recordings.export import _running, _write_record
 
     record_path = exports / f"{rec['id']}.json"
@@ -240,13 +241,19 @@ def _run_export(pool, principal: Principal, source_ip: str | None, client: Playb
         _write_record(record_path, rec)
         began, last = time.monotonic(), 0.0
         try:
-            headers, body = client.play(device_id, channel_id, t0, t1)
+            headers, body = client.play(device_id, channel_id, t0, t1, speed=speed)
+            if headers.get("X-Download") == "refused":
+                speed = 1
+                rec["download_refused"] = "设备不支持录像下载（s=Download），已按 1 倍速回放导出"
+            rec["download_speed"] = speed
+            _write_record(record_path, rec)
+            expected_s = max(1.0, (t1 - t0).total_seconds() / speed)
             with open_private(stream_path, "wb") as f:
-                for chunk in body:        # the device sends at its own pace (1×)
+                for chunk in body:        # the device sends at the download speed (or 1× if it refused)
                     f.write(chunk)
                     if time.monotonic() - last >= 1.0:
                         last = time.monotonic()
-                        rec["progress"] = round(min(0.99, (last - began) / max(1.0, (t1 - t0).total_seconds())), 3)
+                        rec["progress"] = round(min(0.99, (last - began) / expected_s), 3)
                         _write_record(record_path, rec)
             open_private(partial).close()
             packets, sha, size = remux_to_mp4(stream_path, partial)
@@ -281,8 +288,9 @@ def _run_export(pool, principal: Principal, source_ip: str | None, client: Playb
 @router.post("/{camera_id}/device/exports", status_code=status.HTTP_202_ACCEPTED)
 def start_device_export(camera_id: str, body: DeviceExportIn, request: Request, conn: Conn,
                         principal: Annotated[Principal, Depends(require(Permission.RECORDINGS_EXPORT))]) -> dict:
-    """Export a range of the device's own footage to one MP4 (remux, SHA-256): fetched from the
-    device at its pace (1×), then served like the hub's exports: poll
+    """Export a range of the device's own footage to one MP4 (remux, SHA-256): downloaded from the
+    device (s=Download at ``device_export_speed``; 1× playback if it refuses: ``download_refused``
+    says so), then served like the hub's exports: poll
     ``GET /api/recordings/exports/{id}``, fetch ``…/file``."""
     from api.recordings.export import _dirs, _settings, _sweep, _write_record
 
@@ -310,6 +318,7 @@ def start_device_export(camera_id: str, body: DeviceExportIn, request: Request, 
     add_audit_detail(request, export_id=export_id)
     threading.Thread(target=_run_export, args=(request.app.state.pool, principal,
                                                request.client.host if request.client else None, client, device_id,
-                                               channel_id, t0, t1, exports, dict(rec)),
+                                               channel_id, t0, t1, exports, dict(rec),
+                                               _settings().device_export_speed),
                      name=f"device-export-{export_id}", daemon=True).start()
     return rec

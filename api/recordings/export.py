@@ -83,7 +83,7 @@ def _dirs(app_or_request) -> tuple[Path, Path]:
     return s.root(var), s.exports(var)
 
 
-# Device exports (api/recordings/device.py: footage fetched from a GB/T 28181 device at 1×)
+# Device exports (api/recordings/device.py: footage downloaded from a GB/T 28181 device)
 # are still a thread of the API with a JSON record file as their state; the endpoints below
 # serve them too when no job has the id. (Not durable yet: an API restart loses one running.)
 _running = threading.BoundedSemaphore(2)

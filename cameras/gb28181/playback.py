@@ -5,12 +5,16 @@ the API asks for a device's record list (RecordInfo) and for a range of its foot
 
     API ──HTTP (loopback, HMAC with the camera tap key)──▶ DevicePlayback (gb28181 process)
         GET /records?device=&channel=&start=&end=   → JSON (RecordInfo, all packets)
-        GET /play?device=&channel=&start=&end=      → video/mp4 (fMP4), X-Start-Time, X-Session
+        GET /play?device=&channel=&start=&end=[&speed=4]  → video/mp4 (fMP4), X-Start-Time, X-Session,
+                                                       X-Download (the speed, or "refused")
                                                        ▲ MediaSession ◀─RTP/PS── device (s=Playback)
         GET /control?session=&action=pause|play&scale=&at=   → JSON; MANSRTSP in INFO ──▶ device
 
 Each ``/play`` is one INVITE of its own (playback sessions are never shared: each viewer asks
-for another range), over the transport the channel's live video uses (``transport_of``:
+for another range): s=Playback at 1× for a viewer; with ``speed`` (an export) s=Download with
+``a=downloadspeed`` (录像下载, GB/T 28181-2016 §9.9), the device sending its file that many times
+faster — a device that refuses Download (488 and the like) is asked for s=Playback at 1× in
+its place, and ``X-Download: refused`` says so, over the transport the channel's live video uses (``transport_of``:
 MediaHub.transport_for — UDP, TCP passive or TCP active, the same receiver). It ends at the
 range's end, when the device says its file ended (MediaStatus NotifyType 121: what is still in
 flight is taken, then BYE), when it says BYE, when its media stops for ``idle_s`` (not while
@@ -54,6 +58,9 @@ AUTH_AGE_S = 60
 MAX_PAUSE_S = 600.0         # a paused playback nobody resumes ends after this
 EOF_DRAIN_S = 0.5           # after MediaStatus 121 (or the device's BYE): media still arriving is taken this long
 TRANSPORT_TEXT = {"udp": "UDP", "tcp-passive": "TCP 被动", "tcp-active": "TCP 主动"}
+DOWNLOAD_SPEEDS = (1, 2, 4, 8)      # a=downloadspeed values asked for (2016: 1, 2, 4; many NVRs take 8)
+# A refusal of s=Download that asking for s=Playback may cure (not: no such channel, busy)
+DOWNLOAD_NOT_RETRIED = frozenset({404, 486})
 
 
 class PlaybackFailed(Exception):
@@ -110,7 +117,8 @@ class DeviceStream:
 
     def __init__(self, server, device_id: str, channel_id: str, start: datetime, end: datetime, *,
                  transport: Transport = "udp", host: str = "127.0.0.1", advertise: str | None = None,
-                 idle_s: float = 3.0, first_media_s: float = 10.0, max_pause_s: float = MAX_PAUSE_S) -> None:
+                 idle_s: float = 3.0, first_media_s: float = 10.0, max_pause_s: float = MAX_PAUSE_S,
+                 download: int | None = None) -> None:
         self.server, self.device_id, self.channel_id = server, device_id, channel_id
         # SDP t= is whole seconds: the device starts at the second, and so does the stream's clock
         start = start.replace(microsecond=0)
@@ -118,6 +126,8 @@ class DeviceStream:
         self.transport: Transport = transport
         self.host, self.advertise = host, advertise
         self.max_pause_s = max_pause_s
+        self.download = download                # s=Download at this speed (None: s=Playback)
+        self.download_refused: str | None = None     # the device's refusal of s=Download, when it played instead
         self.id = secrets.token_hex(8)
         self.codec = "h264"
         self.codec_string = "avc1.42E01E"
@@ -148,9 +158,18 @@ class DeviceStream:
                                     on_packet=lambda packet, arrival: self._q.put(("packet", packet)),
                                     on_end=lambda reason: self._q.put(("end", reason)))
         self._session = session
-        offer = dataclasses.replace(session.receiver.offer(ssrc), start=self.start, end=self.end)
+        offer = dataclasses.replace(session.receiver.offer(ssrc), start=self.start, end=self.end,
+                                    download_speed=self.download)
         try:
-            self._answer = self.server.play(self.device_id, self.channel_id, offer, timeout_s=5.0)
+            try:
+                self._answer = self.server.play(self.device_id, self.channel_id, offer, timeout_s=5.0)
+            except InviteFailed as exc:
+                if not self.download or exc.status is None or exc.status in DOWNLOAD_NOT_RETRIED:
+                    raise
+                log.info("%s: s=Download refused (%s); asking for s=Playback at 1x", label, exc.reason)
+                self.download_refused, self.download = exc.reason, None
+                self._answer = self.server.play(self.device_id, self.channel_id,
+                                                dataclasses.replace(offer, download_speed=None), timeout_s=5.0)
         except InviteFailed as exc:
             session.stop()
             raise PlaybackFailed(f"设备拒绝录像回放：{exc.reason}") from None
@@ -405,7 +424,10 @@ class DevicePlayback:
             elif url.path == "/play":
                 if end - start > MAX_RANGE:
                     raise PlaybackFailed("回放时间范围超过 2 小时", 400)
-                self._play(h, device, channel, start, end)
+                speed = q.get("speed")
+                if speed is not None and (not speed.isdigit() or int(speed) not in DOWNLOAD_SPEEDS):
+                    raise PlaybackFailed(f"不支持的下载倍速 {speed}（可选 {'/'.join(map(str, DOWNLOAD_SPEEDS))}）", 400)
+                self._play(h, device, channel, start, end, int(speed) if speed else None)
             else:
                 self._json(h, 404, {"reason": f"no such path {url.path!r}"})
         except InviteFailed as exc:
@@ -441,9 +463,10 @@ class DevicePlayback:
             return
         self._json(h, 200, {"session": stream.id, "paused": stream.paused, "scale": stream.scale})
 
-    def _play(self, h: BaseHTTPRequestHandler, device: str, channel: str, start: datetime, end: datetime) -> None:
+    def _play(self, h: BaseHTTPRequestHandler, device: str, channel: str, start: datetime, end: datetime,
+              download: int | None = None) -> None:
         stream = DeviceStream(self.server, device, channel, start, end, transport=self.transport_of(device, channel),
-                              host=self.media_host, advertise=self.media_advertise).open()
+                              host=self.media_host, advertise=self.media_advertise, download=download).open()
         with self._lock:
             self.streams[stream.id] = stream
         try:
@@ -453,6 +476,8 @@ class DevicePlayback:
             h.send_header("X-Codec", stream.codec)
             h.send_header("X-Session", stream.id)
             h.send_header("X-Transport", stream.transport)
+            if download:
+                h.send_header("X-Download", str(stream.download) if stream.download else "refused")
             h.end_headers()
             chunks = stream.chunks()
             try:
@@ -464,8 +489,9 @@ class DevicePlayback:
             finally:
                 chunks.close()
                 stream.close()
-            log.info("device playback %s/%s %s–%s over %s: %d packets, ended by %s", device, channel, _iso(start),
-                     _iso(end), stream.transport, stream.packets, stream.ended_by or "viewer")
+            log.info("device %s %s/%s %s–%s over %s: %d packets, ended by %s",
+                     f"download at {stream.download}x" if stream.download else "playback", device, channel,
+                     _iso(start), _iso(end), stream.transport, stream.packets, stream.ended_by or "viewer")
         finally:
             with self._lock:
                 self.streams.pop(stream.id, None)
@@ -526,8 +552,14 @@ class PlaybackClient:
         finally:
             resp.close()
 
-    def play(self, device: str, channel: str, start: datetime, end: datetime) -> tuple[dict, Iterator[bytes]]:
-        resp = self._get("/play", self._params(device, channel, start, end))
+    def play(self, device: str, channel: str, start: datetime, end: datetime, *,
+             speed: int | None = None) -> tuple[dict, Iterator[bytes]]:
+        """The range as fMP4 chunks; ``speed``: downloaded (s=Download) that many times faster than
+        real time, or at 1× when the device refuses (headers ``X-Download``)."""
+        params = self._params(device, channel, start, end)
+        if speed is not None:
+            params["speed"] = str(speed)
+        resp = self._get("/play", params)
         headers = {k: v for k, v in resp.getheaders()}
 
         def body() -> Iterator[bytes]:

@@ -3,7 +3,7 @@ media (the RTP/PS receivers, which know ports, SSRCs and packets).
 
 The media side asks for a stream with ``Inviter.play`` when the first consumer of a channel
 appears, and ends it with ``Inviter.bye`` when the last one leaves; the SIP side turns these
-into INVITE (s=Play, or s=Playback with a time range) and BYE dialogs. Neither side imports the
+into INVITE (s=Play, or s=Playback / s=Download with a time range) and BYE dialogs. Neither side imports the
 other's internals: only these types.
 
 SSRC (GB/T 28181-2016 Appendix F): ten decimal digits, the first 0 for real-time and 1 for
@@ -35,6 +35,7 @@ class MediaOffer:
     ssrc: str                                   # ten digits
     start: datetime | None = None               # s=Playback: the range asked of the device
     end: datetime | None = None
+    download_speed: int | None = None           # s=Download (录像下载) at this many times real time
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,16 @@ class RecordingSettings(BaseSettings):
     export_rate: int | None = Field(None, ge=10_000, description="bytes per second an export reads at most (keeps "
                                                                  "a large export from starving recording's disk); "
                                                                  "None: as fast as the disk goes")
+    device_export_speed: int = Field(4, description="a GB/T 28181 device's footage is exported by s=Download at "
+                                                    "this many times real time (1, 2, 4 or 8); a device that "
+                                                    "refuses Download is played at 1× instead")
+
+    @field_validator("device_export_speed")
+    @classmethod
+    def _download_speed(cls, value: int) -> int:
+        if value not in (1, 2, 4, 8):
+            raise ValueError(f"device_export_speed must be 1, 2, 4 or 8, not {value}")
+        return value
     # The exact frame at a moment (回放取帧, flags from playback): decoded off the request thread
     decode_pool: str = Field("thread", pattern="^(process|thread|inline)$",
                              description="where frames are decoded: thread (a bounded pool of threads: PyAV "

@@ -108,9 +108,10 @@ def test_device_export_is_an_mp4_with_its_sha256(api, gb_process, seeded_db):  #
     import hashlib
 
     start = DAY + timedelta(hours=12, minutes=10)
+    _, nvr = gb_process
     with api.client("ds-dispatcher") as c:
         r = c.post(f"/api/recordings/{CAM}/device/exports",
-                   json={"start": start.isoformat(), "end": (start + timedelta(seconds=2)).isoformat(),
+                   json={"start": start.isoformat(), "end": (start + timedelta(seconds=4)).isoformat(),
                          "reason": "案件调证 2026-118"})
         assert r.status_code == 202, r.text
         rec = r.json()
@@ -127,7 +128,11 @@ def test_device_export_is_an_mp4_with_its_sha256(api, gb_process, seeded_db):  #
     with av.open(io.BytesIO(f.content)) as container:
         shown = [decode_timestamp_strip(fr.to_ndarray(format="rgb24")) for fr in container.decode(video=0)]
     want = int(start.timestamp() * 1000)
-    assert shown[0] == want and want + 1500 <= shown[-1] <= want + 2000
+    assert shown[0] == want and want + 3500 <= shown[-1] <= want + 4000 and len(shown) >= 35
+    # downloaded (录像下载: s=Download at the configured 4×), not played at 1×
+    asked = [o for o in nvr.invites if o["t"] == f"{int(start.timestamp())} {int(start.timestamp()) + 4}"]
+    assert [(o["session"], o["downloadspeed"]) for o in asked] == [("Download", 4)]
+    assert rec["download_speed"] == 4 and "download_refused" not in rec
     with connect(seeded_db) as conn:
         done = conn.execute("SELECT * FROM audit_log WHERE action = 'recordings.export.finished' "
                             "ORDER BY id DESC LIMIT 1").fetchone()

@@ -90,3 +90,40 @@ def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for
     lo, hi = records[1].start.timestamp() * 1000, records[1].end.timestamp() * 1000
     assert lo <= strip <= hi, "footage of the range clicked, from the device"
     p.screenshot(path=str(shots / "31-device-playback.png"))
+
+
+
+def test_export_from_the_device_source_downloads_from_the_nvr(nvr, ui_for, shots):
+    """导出录像 with the page on 设备录像: the range comes from the NVR by s=Download (4×), not
+    from the hub's own recordings (it has none of this camera), and the page offers its file."""
+    from tests.web.test_playback_export import SET_RANGE, SHA256_OF_DOWNLOAD
+
+    n, records = nvr
+    cam = n.cameras[0]
+    ui = ui_for("ds-dispatcher")
+    p = ui.page
+    p.click("#nav-playback")
+    p.wait_for_selector("#pb-timeline[data-marks]", timeout=15000)
+    p.select_option("#pb-camera", cam)
+    p.wait_for_selector("#pb-source:not([hidden])", timeout=5000)
+    p.click("#pb-source-device")
+    p.wait_for_function("document.querySelectorAll('#pb-timeline .pb-span-device').length === 2", timeout=20000)
+    p.click("#pb-export")
+    p.wait_for_selector("#export-form")
+    assert "设备录像" in p.text_content("#export-form")
+    start = records[0].start + timedelta(minutes=5)
+    p.evaluate(SET_RANGE, [start.timestamp() * 1000, (start + timedelta(seconds=6)).timestamp() * 1000])
+    p.fill("#export-reason", "派出所调取：案件 2026-141")
+    before = len(n.device.invites)
+    p.click("#export-submit")
+    try:
+        p.wait_for_selector("#export-download", timeout=40000)
+    except Exception:
+        raise AssertionError(f"{p.text_content('#export-result')}; {ui.console[-5:]}") from None
+    shown = p.text_content("#export-result")
+    assert "已从设备导出" in shown and "null" not in shown and "undefined" not in shown, shown
+    assert [(o["session"], o["downloadspeed"]) for o in n.device.invites[before:]] == [("Download", 4)]
+    got = p.evaluate(SHA256_OF_DOWNLOAD)
+    assert got == {"status": 200, "sha": p.text_content("#export-sha256")}
+    p.screenshot(path=str(shots / "34-device-export-done.png"))
+    assert not ui.errors, ui.errors

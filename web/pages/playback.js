@@ -88,7 +88,7 @@ export async function render(main, { me, arg }) {
     type: 'button', id: 'pb-export', disabled: !mayExport, title: mayExport ? '导出所选时段为 MP4（原编码，附 SHA-256）' : '当前角色无权导出录像',
     onclick: async () => {
       const at = now() ?? (Number(position.dataset.ms) || hubNow() - 60e3);
-      (await import('./playback_export.js')).openExport(view.cam, at);
+      (await import('./playback_export.js')).openExport(view.cam, at, view.source);
     },
   }, '导出录像');
   const controls = h('div', { class: 'pb-controls toolbar' },
@@ -282,6 +282,9 @@ export async function render(main, { me, arg }) {
   video.addEventListener('play', () => { playBtn.textContent = '暂停'; main.dataset.playing = 'true'; if (view.stream && view.stream.pausedAtDevice) deviceControl({ action: 'play' }); });
   video.addEventListener('pause', () => {
     playBtn.textContent = '播放'; main.dataset.playing = 'false'; showPosition();
+    // The picture on screen may run ahead of currentTime when paused under load (a frame late
+    // is 0.4 s of footage at 4×): a seek to where it stopped paints that very frame.
+    if (!video.ended && !video.seeking) video.currentTime = video.currentTime;
     if (!video.ended) deviceControl({ action: 'pause' });
   });
   video.addEventListener('ratechange', () => { view.rate = video.playbackRate; });

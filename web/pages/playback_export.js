@@ -2,6 +2,8 @@
 // (the camera's own codec, no re-encoding — H.265 footage the browser cannot play is exported as
 // it is), with the reason the audit log requires; the dialog follows the export's progress and
 // ends with the download link and the file's SHA-256 (for handing to police or a court).
+// With the page on 设备录像 (a GB/T 28181 channel), the range is downloaded from the NVR itself
+// (…/device/exports: s=Download at 4×, or 1× playback when the device refuses — said in the result).
 import { api } from '../api.js';
 import { clear, fmtTime, h, modal, toast } from '../ui.js';
 
@@ -10,7 +12,8 @@ const pad = (n) => String(n).padStart(2, '0');
 const localValue = (ms) => { const d = new Date(ms); return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`; };
 const fromLocal = (value) => new Date(value).toISOString();
 
-export function openExport(cam, at) {
+export function openExport(cam, at, source = 'hub') {
+  const device = source === 'device';
   const start = h('input', { type: 'datetime-local', id: 'export-start', step: 1, required: true, value: localValue(at - 30e3) });
   const end = h('input', { type: 'datetime-local', id: 'export-end', step: 1, required: true, value: localValue(at + 30e3) });
   const reason = h('textarea', { id: 'export-reason', rows: 2, required: true, minlength: 2, maxlength: 500,
@@ -26,9 +29,10 @@ export function openExport(cam, at) {
       clear(result).append('正在提交…');
       let rec;
       try {
-        rec = await api.post('/api/recordings/exports', {
-          camera_id: cam.id, start: fromLocal(start.value), end: fromLocal(end.value), reason: reason.value.trim(),
-        });
+        const range = { start: fromLocal(start.value), end: fromLocal(end.value), reason: reason.value.trim() };
+        rec = device
+          ? await api.post(`/api/recordings/${encodeURIComponent(cam.id)}/device/exports`, range)
+          : await api.post('/api/recordings/exports', { camera_id: cam.id, ...range });
       } catch (err) {
         submit.disabled = false;
         result.dataset.outcome = 'error';
@@ -44,7 +48,8 @@ export function openExport(cam, at) {
         result.dataset.progress = String(rec.progress || 0);
         clear(result).append(
           h('p', {}, `${rec.state === 'queued' ? '排队中' : '导出中'}… ${Math.round((rec.progress || 0) * 100)}%`
-            + `（${mb(rec.bytes_done || 0)} / ${mb(rec.bytes_total || 0)} MB）`
+            + (device ? `（从设备${rec.download_speed > 1 ? ` ${rec.download_speed} 倍速` : ''}下载）`
+              : `（${mb(rec.bytes_done || 0)} / ${mb(rec.bytes_total || 0)} MB）`)
             + (rec.attempts > 1 ? '，服务重启后继续导出' : '')),
           h('progress', { id: 'export-progress', max: 1, value: rec.progress || 0 }),
           ...(misses ? [h('p', { class: 'warn' }, '暂时无法获取进度，正在重试…')] : []));
@@ -65,7 +70,8 @@ export function openExport(cam, at) {
       }
       result.dataset.outcome = 'ok';
       clear(result).append(...[
-        h('p', { class: 'ok' }, `已导出 ${fmtTime(new Date(rec.first_frame_at), { date: true })} – ${fmtTime(new Date(rec.last_frame_at))}，${(rec.bytes / 1e6).toFixed(1)} MB（${rec.codec === 'hevc' ? 'H.265' : 'H.264'}，未重新编码）`),
+        h('p', { class: 'ok' }, `${device ? '已从设备导出' : '已导出'} ${fmtTime(new Date(rec.first_frame_at), { date: true })} – ${fmtTime(new Date(device ? rec.requested.end : rec.last_frame_at))}，${(rec.bytes / 1e6).toFixed(1)} MB（${rec.codec === 'hevc' ? 'H.265' : 'H.264'}，未重新编码）`),
+        rec.download_refused ? h('p', { class: 'warn', id: 'export-download-refused' }, rec.download_refused) : null,
         h('p', {}, 'SHA-256：', h('code', { id: 'export-sha256' }, rec.sha256)),
         rec.gaps && rec.gaps.length ? h('p', { class: 'warn' }, `此时段有 ${rec.gaps.length} 处无录像（摄像机离线或未录制）`) : null,
         rec.expires_at ? h('p', { class: 'muted' }, `文件保留至 ${fmtTime(new Date(rec.expires_at), { date: true })}，之后需重新导出；每次下载均记入审计`) : null,
@@ -73,7 +79,8 @@ export function openExport(cam, at) {
       toast('录像已导出', 'ok');
     },
   },
-  h('dl', {}, h('dt', {}, '摄像机'), h('dd', {}, `${cam.name}（${cam.id}）`)),
+  h('dl', {}, h('dt', {}, '摄像机'), h('dd', {}, `${cam.name}（${cam.id}）`),
+    ...(device ? [h('dt', {}, '来源'), h('dd', {}, '设备录像（NVR），由设备下载，最长 2 小时')] : [])),
   h('label', { for: 'export-start' }, '开始'), start,
   h('label', { for: 'export-end' }, '结束'), end,
   h('label', { for: 'export-reason' }, '事由（记入审计）'), reason,

@@ -58,6 +58,7 @@ class SimDevice:
         self.playback_speed = playback_speed
         self.playbacks: dict[str, object] = {}          # call id → PlaybackSource
         self.end_with_bye = False       # end of a played range: MediaStatus 121 (False) or the device's own BYE
+        self.supports_download = True   # s=Download (a=downloadspeed); False: 488, as devices without it answer
         self.media_status_in_dialog = True     # MediaStatus on the INVITE's Call-ID (False: a new one)
         self.infos: list[tuple] = []    # (call id, Content-Type, mansrtsp.Command) of each INFO
         self.sent_media_status: list[str] = []
@@ -354,12 +355,14 @@ class SimDevice:
             manscdp.record_info_response(body.sn, body.device_id, 0, [], name=name, label=self.charset)]
 
     def _playback(self, offer: dict, req: sipm.Request, to_tag: str) -> tuple[str, int] | None:
-        """s=Playback of a channel with records: the simulated NVR sends the range itself."""
+        """s=Playback (or s=Download, at its a=downloadspeed) of a channel with records: the
+        simulated NVR sends the range itself."""
         from cameras.gb28181.sim.playback import PlaybackSource, offer_of, playback_range
 
         span = playback_range(offer)
-        if span is None or offer.get("session") != "Playback" or offer["channel_id"] not in self.records:
+        if span is None or offer.get("session") not in ("Playback", "Download") or offer["channel_id"] not in self.records:
             return None
+        speed = float(offer.get("downloadspeed") or 1) if offer.get("session") == "Download" else self.playback_speed
         loop = asyncio.get_running_loop()
         call_id = req.call_id
 
@@ -373,7 +376,7 @@ class SimDevice:
                 asyncio.run_coroutine_threadsafe(self.media_status(
                     offer["channel_id"], call_id=call_id if self.media_status_in_dialog else None), loop)
 
-        source = PlaybackSource(offer_of(offer), *span, speed=self.playback_speed, bind=self.host, on_done=done,
+        source = PlaybackSource(offer_of(offer), *span, speed=speed, bind=self.host, on_done=done,
                                 name=f"sim-playback-{offer['channel_id']}")
         answer = source.start()
         self.playbacks[call_id] = source
@@ -398,6 +401,9 @@ class SimDevice:
         tag = sipm.new_tag()
         if offer["channel_id"] not in {c.channel_id for c in self.channels}:
             self.endpoint.reply(peer, req, sipm.response(req, 404, to_tag=tag))
+            return
+        if offer.get("session") == "Download" and not self.supports_download:
+            self.endpoint.reply(peer, req, sipm.response(req, 488, to_tag=tag))
             return
         where = self._playback(offer, req, tag)
         host, port = where if where is not None else self.on_invite(offer)

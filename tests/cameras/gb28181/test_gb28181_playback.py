@@ -151,3 +151,42 @@ def test_playback_refusals(gb, nvr, service):
         PlaybackClient(service.address, b"x" * 32).records(NVR, chans[0], DAY, DAY + timedelta(hours=1))
     with pytest.raises(Exception):
         urllib.request.urlopen(service.address + "/records?device=1", timeout=5)
+
+
+def test_download_comes_faster_than_real_time_and_is_the_whole_range(gb, nvr, service):
+    """s=Download with a=downloadspeed:4 (录像下载, what an export asks): 8 s of footage arrive in
+    well under 8 s, every frame of the range, in order, the first the moment asked for."""
+    d, chans = nvr
+    start = DAY + timedelta(hours=1, minutes=20)
+    began = time.monotonic()
+    headers, body = PlaybackClient(service.address, KEY).play(NVR, chans[1], start, start + timedelta(seconds=8),
+                                                              speed=4)
+    data = b"".join(body)
+    took = time.monotonic() - began
+    offer = d.invites[-1]
+    assert offer["session"] == "Download" and offer["downloadspeed"] == 4, offer
+    assert headers["X-Download"] == "4"
+    got = strips(data)
+    want0 = int(start.timestamp() * 1000)
+    assert got[0] == want0 and got == sorted(got) and got[-1] >= want0 + 7500, (got[:3], got[-3:])
+    assert len(got) >= 75                   # 10 fps × 8 s: nothing skipped for the speed
+    assert took < 7.0, f"8 s of footage at 4× took {took:.1f} s"    # at 1×: 8 s or more
+    assert offer["call_id"] in d.sent_media_status and not gb.dialogs
+
+
+def test_a_device_without_download_is_played_at_1x_instead(gb, nvr, service):
+    d, chans = nvr
+    d.supports_download = False
+    try:
+        start = DAY + timedelta(hours=1, minutes=30)
+        n = len(d.invites)
+        headers, body = PlaybackClient(service.address, KEY).play(NVR, chans[1], start, start + timedelta(seconds=2),
+                                                                  speed=4)
+        got = strips(b"".join(body))
+    finally:
+        d.supports_download = True
+    assert [o["session"] for o in d.invites[n:]] == ["Download", "Playback"]
+    assert headers["X-Download"] == "refused"
+    assert got and got[0] == int(start.timestamp() * 1000)
+    with pytest.raises(PlaybackFailed, match="不支持的下载倍速 3"):
+        PlaybackClient(service.address, KEY).play(NVR, chans[1], start, start + timedelta(seconds=2), speed=3)

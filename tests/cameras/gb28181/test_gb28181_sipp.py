@@ -142,11 +142,13 @@ def test_sipp_nvr_answers_record_info_in_two_packets(site_db, tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("transport", ["tcp-passive", "tcp-active"])
-def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_path, transport):
+@pytest.mark.parametrize("transport,speed", [("tcp-passive", None), ("tcp-active", None), ("tcp-passive", 4)])
+def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_path, transport, speed):
     """s=Playback with a device not written by us: SIPp answers the INVITE with a TCP SDP
     (a=setup:active when the hub listens, passive when the hub connects), FFmpeg's own PS muxer
-    (``-f vob``) feeds the RTP, and SIPp's MediaStatus 121 ends the session: the hub says BYE."""
+    (``-f vob``) feeds the RTP, and SIPp's MediaStatus 121 ends the session: the hub says BYE.
+    With ``speed`` (an export's download) the INVITE must be s=Download with a=downloadspeed:4
+    (SIPp's scenario refuses the call otherwise)."""
     import io
     import threading
     from datetime import UTC, datetime, timedelta
@@ -174,7 +176,7 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
             mport, setup = 9, "active"
         portfile = tmp_path / "offer-port"
         uas = subprocess.Popen(
-                [SIPP, "-sf", str(HERE / "uas_playback.xml"), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
+                [SIPP, "-sf", str(HERE / ("uas_download.xml" if speed else "uas_playback.xml")), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
                  "-set", "hub", HUB_ID, "-set", "domain", DOMAIN, "-set", "setup", setup, "-set", "mport", str(mport),
                  "-set", "portfile", str(portfile), "-set", "ssrc", ssrc, "-d", "4500", "-m", "1",
                  "-timeout", "30s", "-timeout_error", "-nostdin", "-nd"],
@@ -186,7 +188,7 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
             try:
                 start = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
                 headers, body = PlaybackClient(svc.address, key).play(DEV, "51019910111320000051", start,
-                                                                       start + timedelta(minutes=10))
+                                                                       start + timedelta(minutes=10), speed=speed)
                 result["headers"], result["data"] = headers, b"".join(body)
             except Exception as exc:            # noqa: BLE001 - said by the assertion below
                 result["error"] = exc
@@ -210,6 +212,7 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
         assert uas.returncode == 0, out.decode(errors="replace")[-3000:]
         assert "error" not in result, result.get("error")
         assert result["headers"]["X-Transport"] == transport
+        assert result["headers"].get("X-Download") == (str(speed) if speed else None)
         with av.open(io.BytesIO(result["data"])) as c:
             frames = sum(1 for _ in c.decode(video=0))
         assert frames >= 20                     # ~3 s at 10 fps, decodable

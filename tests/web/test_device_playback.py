@@ -44,10 +44,8 @@ def nvr(live_db, live_api, tmp_path_factory):
         yield n, records
 
 
-def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for, shots):
-    n, records = nvr
-    cam = n.cameras[0]
-    ui = ui_for("ds-supervisor")
+def device_source(ui, cam: str):
+    """The playback page on ``cam`` with 设备录像 chosen, the NVR's two ranges drawn."""
     p = ui.page
     p.click("#nav-playback")
     p.wait_for_selector("#pb-timeline[data-marks]", timeout=15000)
@@ -58,6 +56,13 @@ def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for
         p.wait_for_function("document.querySelectorAll('#pb-timeline .pb-span-device').length === 2", timeout=20000)
     except Exception:
         raise AssertionError(f"timeline: {p.inner_html('#pb-timeline')[:1500]}; {ui.console[-5:]}") from None
+    return ui
+
+
+def test_device_source_shows_nvr_ranges_and_plays_the_requested_time(nvr, ui_for, shots):
+    n, records = nvr
+    ui = device_source(ui_for("ds-supervisor"), n.cameras[0])
+    p = ui.page
     assert "设备录像" in p.text_content("#pb-codec")
     # a click in the second range (the alarm recording): 20 % into the bar's span of it
     span = p.query_selector_all("#pb-timeline .pb-span-device")[1]
@@ -99,15 +104,8 @@ def test_export_from_the_device_source_downloads_from_the_nvr(nvr, ui_for, shots
     from tests.web.test_playback_export import SET_RANGE, SHA256_OF_DOWNLOAD
 
     n, records = nvr
-    cam = n.cameras[0]
-    ui = ui_for("ds-dispatcher")
+    ui = device_source(ui_for("ds-dispatcher"), n.cameras[0])
     p = ui.page
-    p.click("#nav-playback")
-    p.wait_for_selector("#pb-timeline[data-marks]", timeout=15000)
-    p.select_option("#pb-camera", cam)
-    p.wait_for_selector("#pb-source:not([hidden])", timeout=5000)
-    p.click("#pb-source-device")
-    p.wait_for_function("document.querySelectorAll('#pb-timeline .pb-span-device').length === 2", timeout=20000)
     p.click("#pb-export")
     p.wait_for_selector("#export-form")
     assert "设备录像" in p.text_content("#export-form")

@@ -141,19 +141,14 @@ def test_sipp_nvr_answers_record_info_in_two_packets(site_db, tmp_path):
         server.stop()
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("transport,speed", [("tcp-passive", None), ("tcp-active", None), ("tcp-passive", 4)])
-def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_path, transport, speed):
-    """s=Playback with a device not written by us: SIPp answers the INVITE with a TCP SDP
-    (a=setup:active when the hub listens, passive when the hub connects), FFmpeg's own PS muxer
-    (``-f vob``) feeds the RTP, and SIPp's MediaStatus 121 ends the session: the hub says BYE.
-    With ``speed`` (an export's download) the INVITE must be s=Download with a=downloadspeed:4
-    (SIPp's scenario refuses the call otherwise)."""
-    import io
+def sipp_nvr_playback(site_db, tmp_path, transport: str, scenario: str, *, speed: int | None = None,
+                      control=None, seconds: int = 3) -> tuple[dict, object]:
+    """SIPp (``scenario``) as an NVR answering the hub's playback INVITE over TCP media (a=setup
+    from ``transport``), FFmpeg's own PS muxer (``-f vob``) feeding ``seconds`` of test pattern.
+    ``control(client, session)`` runs while the stream plays. Returns what the viewer got
+    (``headers``, ``data``) and the ended DeviceStream; SIPp's scenario must have passed."""
     import threading
     from datetime import UTC, datetime, timedelta
-
-    import av
 
     from cameras.gb28181.media.sender import PsRtpSender, testsrc
     from cameras.gb28181.playback import DevicePlayback, PlaybackClient
@@ -161,6 +156,7 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
     server, pw = sipp_hub(site_db, tmp_path)
     key = b"s" * 32
     svc = DevicePlayback(server, key, transport_of=lambda device, channel: transport).start()
+    client = PlaybackClient(svc.address, key)
     ssrc = "1019900077"
     sender = None
     try:
@@ -168,7 +164,7 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
         uac = sipp("register_keepalive.xml", server.port, port, "-au", DEV, "-ap", password)
         out, _ = uac.communicate(timeout=30)
         assert uac.returncode == 0, out.decode(errors="replace")[-2000:]
-        media = testsrc(fps=10, clock=False) + ["-t", "3"]
+        media = testsrc(fps=10, clock=False) + ["-t", str(seconds)]
         if transport == "tcp-active":           # the hub connects: the device listens first
             sender = PsRtpSender(MediaOffer("127.0.0.1", 9, "tcp-active", ssrc), ffmpeg_args=media, mux="ffmpeg")
             mport, setup = sender.start().port, "passive"
@@ -176,10 +172,10 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
             mport, setup = 9, "active"
         portfile = tmp_path / "offer-port"
         uas = subprocess.Popen(
-                [SIPP, "-sf", str(HERE / ("uas_download.xml" if speed else "uas_playback.xml")), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
+                [SIPP, "-sf", str(HERE / scenario), "-i", "127.0.0.1", "-p", str(port), "-s", DEV,
                  "-set", "hub", HUB_ID, "-set", "domain", DOMAIN, "-set", "setup", setup, "-set", "mport", str(mport),
-                 "-set", "portfile", str(portfile), "-set", "ssrc", ssrc, "-d", "4500", "-m", "1",
-                 "-timeout", "30s", "-timeout_error", "-nostdin", "-nd"],
+                 "-set", "portfile", str(portfile), "-set", "ssrc", ssrc, "-d", str(seconds * 1000 + 1500),
+                 "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-nd"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(0.5)
         result: dict = {}
@@ -187,9 +183,10 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
         def play():
             try:
                 start = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
-                headers, body = PlaybackClient(svc.address, key).play(DEV, "51019910111320000051", start,
-                                                                       start + timedelta(minutes=10), speed=speed)
-                result["headers"], result["data"] = headers, b"".join(body)
+                headers, body = client.play(DEV, "51019910111320000051", start, start + timedelta(minutes=10),
+                                            speed=speed)
+                result["headers"] = headers
+                result["data"] = b"".join(body)
             except Exception as exc:            # noqa: BLE001 - said by the assertion below
                 result["error"] = exc
         player = threading.Thread(target=play, daemon=True)
@@ -207,19 +204,63 @@ def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_pa
             sender = PsRtpSender(MediaOffer("127.0.0.1", offered, "tcp-passive", ssrc), ffmpeg_args=media,
                                  mux="ffmpeg")
             sender.start()
+        if control is not None:
+            deadline = time.monotonic() + 15
+            while "headers" not in result and "error" not in result and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "headers" in result, result
+            result["control"] = control(client, result["headers"]["X-Session"])
         player.join(40)
         out, _ = uas.communicate(timeout=30)
         assert uas.returncode == 0, out.decode(errors="replace")[-3000:]
         assert "error" not in result, result.get("error")
         assert result["headers"]["X-Transport"] == transport
-        assert result["headers"].get("X-Download") == (str(speed) if speed else None)
-        with av.open(io.BytesIO(result["data"])) as c:
-            frames = sum(1 for _ in c.decode(video=0))
-        assert frames >= 20                     # ~3 s at 10 fps, decodable
-        stream = svc.finished[-1]
-        assert stream.ended_by == "media-status" and not server.dialogs
+        assert not server.dialogs
+        return result, svc.finished[-1]
     finally:
         if sender is not None:
             sender.stop()
         svc.stop()
         server.stop()
+
+
+def decodable_frames(data: bytes) -> int:
+    import io
+
+    import av
+    with av.open(io.BytesIO(data)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport,speed", [("tcp-passive", None), ("tcp-active", None), ("tcp-passive", 4)])
+def test_sipp_nvr_plays_back_over_tcp_and_ends_with_media_status(site_db, tmp_path, transport, speed):
+    """s=Playback with a device not written by us: SIPp answers the INVITE with a TCP SDP
+    (a=setup:active when the hub listens, passive when the hub connects), FFmpeg's own PS muxer
+    (``-f vob``) feeds the RTP, and SIPp's MediaStatus 121 ends the session: the hub says BYE.
+    With ``speed`` (an export's download) the INVITE must be s=Download with a=downloadspeed:4
+    (SIPp's scenario refuses the call otherwise)."""
+    result, stream = sipp_nvr_playback(site_db, tmp_path, transport,
+                                       "uas_download.xml" if speed else "uas_playback.xml", speed=speed)
+    assert result["headers"].get("X-Download") == (str(speed) if speed else None)
+    assert decodable_frames(result["data"]) >= 20          # ~3 s at 10 fps, decodable
+    assert stream.ended_by == "media-status"
+
+
+@pytest.mark.timeout(120)
+def test_sipp_nvr_takes_mansrtsp_pause_speed_and_seek(site_db, tmp_path):
+    """Playback control (MANSRTSP in INFO) read by a SIP stack not ours: SIPp's NVR checks the
+    Content-Type and each request line and field (PAUSE with PauseTime, PLAY with Scale, PLAY with
+    Range: npt=), answering each 200; the hub's session follows (paused, then at 2×)."""
+    from datetime import UTC, datetime
+
+    def control(client, session):
+        at = datetime(2026, 12, 6, 8, 0, 5, tzinfo=UTC)
+        return [client.control(session, "pause"), client.control(session, "play", scale=2),
+                client.control(session, "play", at=at)]
+    result, stream = sipp_nvr_playback(site_db, tmp_path, "tcp-passive", "uas_playback_control.xml",
+                                       control=control, seconds=4)
+    assert [(r["paused"], r["scale"]) for r in result["control"]] == [(True, 1.0), (False, 2.0), (False, 2.0)]
+    assert [c.split()[0] for c in stream.controls] == ["PAUSE", "PLAY", "PLAY"]
+    assert decodable_frames(result["data"]) >= 20
+    assert stream.ended_by == "media-status"

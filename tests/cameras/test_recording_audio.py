@@ -1,0 +1,161 @@
+"""The camera's audio in its recording (issue 13: "audio kept when the camera sends it"), from
+GStreamer's RTSP server (tests/cameras/peers/gst_rtsp.py, not the hub's simulator) sending
+H.264 and a 440 Hz sine as AAC (RFC 3640) or as G.711 A-law (PCMA, as GB/T 28181 cameras do),
+read by a real camera worker (reader → Fanout → recorder → index and chain in PostgreSQL):
+
+- every segment has an AAC track (A-law transcoded: MP4 cannot hold G.711) as long as its
+  video, starting with it, and it is the sine (its loudness and its pitch, decoded by FFmpeg);
+- ffprobe (not our reader) sees both tracks; the chain verifies;
+- an export of a range keeps the audio, in sync, as long as the range.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from datetime import timedelta
+
+import av
+import numpy as np
+import pytest
+
+from cameras.config import CameraAnalytics, CameraSpec
+from cameras.recording import export
+from cameras.recording.chain import verify
+from cameras.worker import CameraWorker
+from config.settings import Settings
+from store.db import connect
+from tests.cameras.peers import GstPeer
+
+pytestmark = pytest.mark.timeout(180)
+
+SINE_HZ = 440
+
+
+@pytest.fixture(scope="module")
+def peers():
+    with GstPeer(audio="aac", path="/aac") as aac, GstPeer(audio="alaw", path="/alaw") as alaw:
+        yield {"aac": aac, "alaw": alaw}
+
+
+@pytest.fixture(scope="module")
+def recorded(peers, db_url, tmp_path_factory):
+    var = tmp_path_factory.mktemp("rec-audio")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XLHUB_RECORDING_SEGMENT_S", "3")
+    specs = [CameraSpec(id=f"cam-audio-{k}", url=p.url(), analytics=CameraAnalytics(stream="main"))
+             for k, p in peers.items()]
+    worker = CameraWorker(Settings(var_dir=var), cameras=specs, db_url=db_url, evidence_root=var / "evidence",
+                          heartbeat_s=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    assert worker.ready.wait(15)
+    yield worker
+    stop.set()
+    thread.join(20)
+    mp.undo()
+
+
+def wait_rows(db_url: str, camera: str, n: int, timeout: float = 40) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    found: list = []
+    while time.monotonic() < deadline:
+        with connect(db_url) as conn:
+            found = conn.execute("SELECT * FROM recording_segments WHERE camera_id = %s ORDER BY seq",
+                                 (camera,)).fetchall()
+        if len(found) >= n:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"{camera}: {len(found)} segments indexed, wanted {n}")
+
+
+def probe(path) -> dict:
+    """FFmpeg's own reading of the file (not PyAV's demuxer as the hub uses it)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                          "stream=codec_type,codec_name,sample_rate,channels,start_time,duration",
+                          "-of", "json", str(path)], check=True, capture_output=True, text=True).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+def sound(path) -> tuple[np.ndarray, int, float]:
+    """The audio decoded (mono float), its rate, and its first sample's time."""
+    with av.open(str(path)) as c:
+        s = c.streams.audio[0]
+        frames = list(c.decode(s))
+    first = float(frames[0].pts * frames[0].time_base)
+    data = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float64)
+    return data, s.sample_rate, first
+
+
+def assert_sine(data: np.ndarray, rate: int) -> None:
+    body = data[rate // 4:-rate // 4]          # without the encoder's ramp at either end
+    rms = float(np.sqrt(np.mean(body ** 2)))
+    assert rms > 0.1, f"audio RMS {rms:.4f}: the camera's sine (volume 0.5) is not there"
+    spectrum = np.abs(np.fft.rfft(body * np.hanning(len(body))))
+    peak = float(np.fft.rfftfreq(len(body), 1 / rate)[int(np.argmax(spectrum))])
+    assert abs(peak - SINE_HZ) < 10, f"the loudest pitch is {peak:.0f} Hz, the camera sent {SINE_HZ} Hz"
+
+
+@pytest.mark.parametrize("kind,rate", [("aac", 16000), ("alaw", 8000)])
+def test_segments_keep_the_cameras_audio_in_sync(kind, rate, recorded, db_url):
+    camera = f"cam-audio-{kind}"
+    found = wait_rows(db_url, camera, 3)
+    root = recorded.recorder.root
+    for row in found[1:3]:                     # whole segments (the first starts mid-connection)
+        path = root / row["path"]
+        streams = probe(path)
+        assert streams["video"]["codec_name"] == "h264"
+        a = streams.get("audio")
+        assert a is not None, f"{kind}: the segment has no audio track: {streams}"
+        assert a["codec_name"] == "aac" and int(a["sample_rate"]) == rate and a["channels"] == 1
+        video_s = float(streams["video"]["duration"])
+        assert abs(float(a["duration"]) - video_s) < 0.5, f"audio {a['duration']} s beside video {video_s} s"
+        assert abs(float(a["start_time"]) - float(streams["video"]["start_time"])) < 0.5, "audio starts with video"
+        data, got_rate, first = sound(path)
+        assert got_rate == rate and len(data) / rate > video_s - 0.5
+        assert_sine(data, rate)
+    with connect(db_url) as conn:
+        report = verify(conn, root, camera_id=camera)
+    assert report.ok and report.files_checked == report.segments >= 3, report.as_dict()
+
+
+def test_an_export_keeps_the_audio(recorded, db_url, tmp_path):
+    camera = "cam-audio-alaw"
+    found = wait_rows(db_url, camera, 4)
+    start = found[1]["start_at"] + timedelta(seconds=1)
+    end = found[3]["start_at"] + timedelta(seconds=1)
+    with connect(db_url) as conn:
+        p = export.plan(conn, camera, start, end, max_bytes=10**9)
+    out = tmp_path / "export.mp4"
+    written = export.write(p, recorded.recorder.root, out)
+    assert written.packets > 0
+    streams = probe(out)
+    a, v = streams.get("audio"), streams["video"]
+    assert a is not None and a["codec_name"] == "aac", f"the export lost the audio: {streams}"
+    want = (end - start).total_seconds()
+    assert abs(float(a["duration"]) - want) < 0.6, f"audio {a['duration']} s for a {want:.1f} s range"
+    data, rate, first = sound(out)
+    assert abs(first - max(0.0, float(v.get("start_time", 0)))) < 0.5, f"audio starts at {first:.3f} s"
+    assert_sine(data, rate)
+
+
+
+def test_audio_mp4_cannot_hold_is_dropped_with_the_reason_and_the_video_kept(tmp_path, monkeypatch):
+    """G.726 (some GB/T 28181 cameras): no MP4 mapping, no transcode here — the segment says why."""
+    from dataclasses import replace
+    from fractions import Fraction
+
+    from cameras.evidence import AudioTrack
+    from tests.cameras.test_recording_fmp4 import encode, packets_of, record
+
+    recs = packets_of(encode(tmp_path, "h264", 0), extradata=True, uneven=False)
+    seg = replace(recs[0].segment, audio="adpcm_g726", audio_track=AudioTrack("adpcm_g726", 8000, 1, Fraction(1, 8000)))
+    for r in recs:
+        r.segment = seg
+    rows = record(recs, tmp_path / "d", direct=True, monkeypatch=monkeypatch)
+    assert sum(r.packets for r in rows) == len(recs)
+    with av.open(str(tmp_path / "d" / rows[0].path)) as c:
+        assert not c.streams.audio and len(c.streams.video) == 1
+        assert "adpcm_g726 cannot be stored in MP4" in c.metadata.get("comment", ""), c.metadata

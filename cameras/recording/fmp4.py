@@ -27,7 +27,9 @@ a device (cameras/gb28181/playback.py, packets demuxed from the device's RTP/PS)
 
     w = Fmp4Writer()
     w.add_video_from_template(stream)  |  w.add_video("h264", width, height, time_base, extradata)
+    w.add_audio_from_template(astream)          (optional: the recording's AAC track)
     for packet: chunk = w.write(packet, dts, pts)  -> bytes ready to send (b"" while a fragment fills)
+                chunk = w.write_audio(packet, dts)
     tail = w.close()
 
 Its decode times are kept strictly increasing (a repeated or backward one becomes last + 1: a
@@ -435,6 +437,7 @@ class Fmp4Writer:
         self.sink = _Sink()
         self.out = av.open(self.sink, "w", format="mp4", options=dict(FMP4))
         self.stream = None
+        self.astream = None             # the audio track, when there is one (add_audio_from_template)
         self.time_base: Fraction | None = None
         self.last_dts: int | None = None
         self.packets = 0
@@ -453,6 +456,24 @@ class Fmp4Writer:
         self.stream.time_base = self.time_base = time_base
         if extradata:
             self.stream.codec_context.extradata = extradata
+
+    def add_audio_from_template(self, template) -> None:
+        """The recording's audio track (AAC) copied from a demuxed stream, its time base kept."""
+        self.astream = self.out.add_stream_from_template(template)
+        self.astream.time_base = self.atime_base = template.time_base
+        self.alast_dts: int | None = None
+
+    def write_audio(self, packet: av.Packet, dts: int) -> bytes:
+        """Mux an audio packet at ``dts`` (the audio's time base); one at or before the last is
+        left out (segments meet with a few ms of the same sound in both)."""
+        if self.alast_dts is not None and dts <= self.alast_dts:
+            return b""
+        packet.dts = packet.pts = dts
+        packet.time_base = self.atime_base
+        packet.stream = self.astream
+        self.out.mux(packet)
+        self.alast_dts = dts
+        return self.sink.take() if self.sink.parts else b""
 
     def write(self, packet: av.Packet, dts: int, pts: int) -> bytes:
         """Mux ``packet`` at ``dts``/``pts`` (in the stream's time base); the bytes completed so far."""

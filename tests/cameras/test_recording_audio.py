@@ -159,3 +159,72 @@ def test_audio_mp4_cannot_hold_is_dropped_with_the_reason_and_the_video_kept(tmp
     with av.open(str(tmp_path / "d" / rows[0].path)) as c:
         assert not c.streams.audio and len(c.streams.video) == 1
         assert "adpcm_g726 cannot be stored in MP4" in c.metadata.get("comment", ""), c.metadata
+
+
+def play_bytes(recorded, db_url, camera: str) -> tuple[bytes, str]:
+    from cameras.recording.playback import Play, segments
+    found = wait_rows(db_url, camera, 3)
+    t = found[1]["start_at"] + timedelta(seconds=0.5)
+    with connect(db_url) as conn:
+        rows = segments(conn, camera, t, found[-1]["end_at"])
+    play = Play.open(recorded.recorder.root, rows, t, end=t + timedelta(seconds=5))
+    return b"".join(play.chunks()), play.codec_string
+
+
+def test_playback_streams_the_audio_with_the_pictures(recorded, db_url, tmp_path):
+    data, codecs = play_bytes(recorded, db_url, "cam-audio-aac")
+    assert codecs.startswith("avc1.") and codecs.endswith(",mp4a.40.2"), codecs
+    out = tmp_path / "play.mp4"
+    out.write_bytes(data)
+    streams = probe(out)
+    a = streams.get("audio")
+    assert a is not None and a["codec_name"] == "aac", streams
+    samples, rate, first = sound(out)
+    assert abs(first - float(streams["video"].get("start_time", 0))) < 0.5
+    assert len(samples) / rate > 4.0
+    assert_sine(samples, rate)
+
+
+CHROMIUM = "/usr/bin/chromium"
+MSE = """async ([b64, type]) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  if (!MediaSource.isTypeSupported(type)) return {supported: false};
+  const video = document.querySelector('video');
+  const ms = new MediaSource();
+  video.src = URL.createObjectURL(ms);
+  await new Promise(r => ms.addEventListener('sourceopen', r, {once: true}));
+  const sb = ms.addSourceBuffer(type);
+  const err = await new Promise(r => { sb.addEventListener('updateend', () => r(null), {once: true});
+                                       sb.addEventListener('error', () => r('error'), {once: true});
+                                       sb.appendBuffer(bytes); });
+  const b = sb.buffered;
+  const ranges = []; for (let i = 0; i < b.length; i++) ranges.push([b.start(i), b.end(i)]);
+  video.currentTime = ranges.length ? ranges[0][0] : 0;
+  await video.play().catch(e => null);
+  await new Promise(r => setTimeout(r, 1500));
+  return {supported: true, err, ranges, currentTime: video.currentTime,
+          audioBytes: video.webkitAudioDecodedByteCount, videoBytes: video.webkitVideoDecodedByteCount,
+          mediaError: video.error && video.error.message};
+}"""
+
+
+def test_chromium_media_source_takes_the_audio_and_decodes_it(recorded, db_url):
+    import base64
+
+    from playwright import sync_api
+    data, codecs = play_bytes(recorded, db_url, "cam-audio-alaw")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page()
+            page.set_content("<video></video>")
+            got = page.evaluate(MSE, [base64.b64encode(data).decode(), f'video/mp4; codecs="{codecs}"'])
+        finally:
+            browser.close()
+    assert got["supported"], f"chromium's Media Source refuses {codecs}"
+    assert got["err"] is None and got["mediaError"] is None, got
+    # a SourceBuffer's buffered range is where every track (video and audio) has media
+    assert got["ranges"] and got["ranges"][0][1] - got["ranges"][0][0] > 3, got
+    assert got["audioBytes"] > 0 and got["videoBytes"] > 0, f"the audio was not decoded: {got}"

@@ -9,8 +9,8 @@ segment files carry of the audio the reader hands on (``ReaderSink.on_audio``):
   MP4 cannot hold it (FFmpeg's muxer: "codec not currently supported in container"), and
   neither can a browser's Media Source. It is transcoded to AAC-LC at the camera's own rate
   (8 or 16 kHz, mono, 32 kbit/s): decoding G.711 is a table lookup and FFmpeg's AAC encoder at
-  8 kHz mono is a few percent of one core's second per camera-hour of audio (bench/recording
-  --audio alaw measures it); the alternatives were worse — a second file (MKA/WAV) beside each
+  8 kHz mono costs ~2.4 ms of CPU per second of sound (bench/recording --audio alaw,
+  docs/recording-bench.md); the alternatives were worse — a second file (MKA/WAV) beside each
   segment doubles the index, the chain and the playback path; MPEG-TS would hold neither G.711
   for browsers nor our fragment writer's byte-identity; dropping the audio loses evidence.
   The transcode runs here, on the recorder thread, never on the reader thread.

@@ -307,6 +307,7 @@ class CameraStats:
     error_at: float | None = None   # wall time of the last error, of the last segment saved, of falling behind
     saved_at: float | None = None
     behind_at: float | None = None
+    cpu_s: float = 0.0              # the recorder thread's CPU on this camera (bench/recording --audio)
 
     def failed(self, error: str) -> None:
         self.errors += 1
@@ -634,7 +635,9 @@ class Recorder:
                 self._pending = False
             taken = 0
             for cam in list(self.cameras.values()):
+                t = time.thread_time()
                 taken += cam.drain()
+                cam.stats.cpu_s += time.thread_time() - t
             while self._removed:
                 gone = self.cameras.pop(self._removed.popleft(), None)
                 if gone is not None:

@@ -349,7 +349,7 @@ def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: f
                 raise ClipError("codec", seg.codec) from None
             stream.time_base = seg.time_base
             if seg.audio:
-                out.metadata["comment"] = f"audio not in this clip ({seg.audio}): video only; the recording keeps it"
+                out.metadata["comment"] = f"audio not kept ({seg.audio}): this clip is video only; the camera's recording keeps it"
             for n, s in enumerate(stamped):
                 src = s.record.packet
                 data = bytes(src)

@@ -166,7 +166,8 @@ class OpenSegment:
             self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
             self.stream.time_base = seg.time_base
             if seg.audio:
-                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): this codec's segments are video only"
+                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): only the direct writer (H.264/H.265) " \
+                                               "keeps audio; video only"
         self.base: int | None = None
         self.last_dts = -1
         self.packets = 0

@@ -1,6 +1,7 @@
 """The camera's audio in its recording (issue 13: "audio kept when the camera sends it"), from
 GStreamer's RTSP server (tests/cameras/peers/gst_rtsp.py, not the hub's simulator) sending
-H.264 and a 440 Hz sine as AAC (RFC 3640) or as G.711 A-law (PCMA, as GB/T 28181 cameras do),
+H.264 and a 440 Hz sine as AAC (RFC 3640) or as G.711 A-law (PCMA, as GB/T 28181 cameras do;
+over RTP/TCP, and over RTP/UDP from a server that allows nothing else),
 read by a real camera worker (reader → Fanout → recorder → index and chain in PostgreSQL):
 
 - every segment has an AAC track (A-law transcoded: MP4 cannot hold G.711) as long as its
@@ -35,8 +36,9 @@ SINE_HZ = 440
 
 @pytest.fixture(scope="module")
 def peers():
-    with GstPeer(audio="aac", path="/aac") as aac, GstPeer(audio="alaw", path="/alaw") as alaw:
-        yield {"aac": aac, "alaw": alaw}
+    with GstPeer(audio="aac", path="/aac") as aac, GstPeer(audio="alaw", path="/alaw") as alaw, \
+            GstPeer(audio="alaw", path="/udp", protocols="udp") as udp:      # RTP over UDP (the reader falls back)
+        yield {"aac": aac, "alaw": alaw, "alaw-udp": udp}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def assert_sine(data: np.ndarray, rate: int) -> None:
     assert abs(peak - SINE_HZ) < 10, f"the loudest pitch is {peak:.0f} Hz, the camera sent {SINE_HZ} Hz"
 
 
-@pytest.mark.parametrize("kind,rate", [("aac", 16000), ("alaw", 8000)])
+@pytest.mark.parametrize("kind,rate", [("aac", 16000), ("alaw", 8000), ("alaw-udp", 8000)])
 def test_segments_keep_the_cameras_audio_in_sync(kind, rate, recorded, db_url):
     camera = f"cam-audio-{kind}"
     found = wait_rows(db_url, camera, 3)

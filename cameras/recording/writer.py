@@ -233,6 +233,13 @@ class OpenSegment:
         """The segment's time 0 on the connection's stream clock (seconds)."""
         return self.base * float(self.segment.time_base) if self.base is not None else float("inf")
 
+    @property
+    def end_s(self) -> float:
+        """Where its pictures end on the connection's stream clock (seconds)."""
+        if self.base is None:
+            return float("-inf")
+        return (self.base + self.last_dts + self.step) * float(self.segment.time_base)
+
     def write_audio(self, data: bytes, pts_s: float, dur_s: float) -> None:
         """An AAC access unit at ``pts_s`` on the connection's stream clock, placed on the
         segment's timeline (time 0: its first video packet); sound from before that is left to
@@ -350,7 +357,9 @@ class CameraRecorder:
         self.preroll_until: tuple[Segment, int | None] | None = None   # (segment, last dts) taken from the ring
         self.inits: dict = {}           # the connection's init segment (cameras/recording/fmp4.py), made once
         self.audio_path: tuple[Segment, AudioPath | None] | None = None   # the connection's audio (audio.py)
-        self.audio_wait: deque[Record] = deque(maxlen=64)  # audio come while no segment was open (≈ 4 s of AAC)
+        # audio come while no segment was open: the sound of an events-mode pre-roll (the ring
+        # holds video only) — ≥ 20 s of G.711 in 20 ms packets, a minute of AAC
+        self.audio_wait: deque[Record] = deque(maxlen=1024)
         self.tail: OpenSegment | None = None    # cut at a keyframe, waiting for the sound up to its end (cut())
 
     # -- Fanout listener (reader thread) ---------------------------------------------------
@@ -454,12 +463,12 @@ class CameraRecorder:
             if rec.segment is seg and _dts(rec) is not None and _dts(rec) <= dts:
                 return
             self.preroll_until = None
-        if not pre_roll and not self.wants(rec.wall):
-            if cur is not None:
-                self.cut()
-            return
         if self.tail is not None and rec.wall - self.tail.last_wall > TAIL_S:
             self._finish_tail()             # its sound stopped coming: it has what it will get
+        if not pre_roll and not self.wants(rec.wall):
+            if cur is not None:
+                self.cut(keep_audio=True)
+            return
         if cur is not None and rec.key and rec.wall - cur.start_wall >= self.recorder.settings.segment_s:
             self.cut(keep_audio=True)
             cur = None
@@ -470,13 +479,20 @@ class CameraRecorder:
             cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec, self.inits,
                                              self._audio_of(rec.segment))
             self.stats.recording = True
-            cur.write(rec)
-            waiting, self.audio_wait = self.audio_wait, deque(maxlen=self.audio_wait.maxlen)
-            for a in waiting:                   # the sound that came just before the keyframe
-                if a.segment is rec.segment:
-                    self._audio(a)
-            return
         cur.write(rec)
+        if self.audio_wait:
+            self._drain_wait(cur, rec.wall)
+
+    def _drain_wait(self, cur: OpenSegment, upto: float) -> None:
+        """The waiting sound up to ``upto`` (wall time) into the recording, in step with the
+        pictures (a pre-roll from the ring may span a cut); from 0.5 s before the segment's
+        first picture on — older sound is let go without being transcoded."""
+        wait = self.audio_wait
+        since = cur.start_wall - 0.5
+        while wait and wait[0].wall <= upto:
+            a = wait.popleft()
+            if a.segment is cur.segment and a.wall >= since:
+                self._audio(a, waited=True)
 
     def _audio_of(self, seg: Segment) -> AudioPath | None:
         """The connection's AudioPath (one per connection: the transcoder keeps its state)."""
@@ -484,19 +500,21 @@ class CameraRecorder:
             self.audio_path = (seg, AudioPath(seg.audio_track) if seg.audio_track is not None else None)
         return self.audio_path[1]
 
-    def _audio(self, rec: Record) -> None:
+    def _audio(self, rec: Record, waited: bool = False) -> None:
         cur, tail = self.current, self.tail
         if cur is None or rec.segment is not cur.segment:
             if tail is None or rec.segment is not tail.segment:
                 self.audio_wait.append(rec)
                 return
             cur = None
+        elif self.audio_wait and not waited:
+            self._drain_wait(cur, rec.wall)     # what waited comes first: sound in order
         path = (cur or tail).audio
         if path is None or not path.kept:
             return
         for data, pts_s, dur_s in path.packets(rec.packet):
             tail = self.tail
-            if tail is not None and (cur is None or pts_s < cur.start_s):
+            if tail is not None and pts_s < (cur.start_s if cur is not None else tail.end_s):
                 tail.write_audio(data, pts_s, dur_s)        # sound from before the keyframe the next one starts at
                 continue
             if tail is not None:
@@ -506,9 +524,10 @@ class CameraRecorder:
 
     def cut(self, keep_audio: bool = False) -> None:
         """Finish the open segment: close, hash, move into place, queue its index row.
-        ``keep_audio`` (the next segment follows at this keyframe): a segment with audio stays
-        open as the ``tail`` until the sound up to its end has come (the transcoder's output
-        lags its input by a frame or two), then is finished; any other cut finishes it first."""
+        ``keep_audio`` (cut at a keyframe for the next segment, or because the policy stops
+        wanting footage): a segment with audio stays open as the ``tail`` until the sound up to
+        its end has come (audio travels and is transcoded behind the pictures), at most
+        ``TAIL_S`` of video, then is finished; any other cut finishes it first."""
         self._finish_tail()
         cur, self.current = self.current, None
         self.stats.recording = False

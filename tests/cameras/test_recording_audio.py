@@ -25,6 +25,7 @@ from cameras.config import CameraAnalytics, CameraSpec
 from cameras.recording import export
 from cameras.recording.chain import verify
 from cameras.worker import CameraWorker
+from config.camera_recording import CameraRecording
 from config.settings import Settings
 from store.db import connect
 from tests.cameras.peers import GstPeer
@@ -48,6 +49,8 @@ def recorded(peers, db_url, tmp_path_factory):
     mp.setenv("XLHUB_RECORDING_SEGMENT_S", "3")
     specs = [CameraSpec(id=f"cam-audio-{k}", url=p.url(), analytics=CameraAnalytics(stream="main"))
              for k, p in peers.items()]
+    specs.append(CameraSpec(id="cam-audio-events", url=peers["aac"].url(), analytics=CameraAnalytics(stream="main"),
+                            recording=CameraRecording(mode="events", pre_s=3, post_s=2)))
     worker = CameraWorker(Settings(var_dir=var), cameras=specs, db_url=db_url, evidence_root=var / "evidence",
                           heartbeat_s=1)
     stop = threading.Event()
@@ -230,3 +233,23 @@ def test_chromium_media_source_takes_the_audio_and_decodes_it(recorded, db_url):
     # a SourceBuffer's buffered range is where every track (video and audio) has media
     assert got["ranges"] and got["ranges"][0][1] - got["ranges"][0][0] > 3, got
     assert got["audioBytes"] > 0 and got["videoBytes"] > 0, f"the audio was not decoded: {got}"
+
+
+def test_an_events_pre_roll_has_its_sound(recorded, db_url):
+    """The ring holds pictures only: the seconds before the event get their sound from the
+    recorder's own audio buffer."""
+    time.sleep(5)                               # the ring and the audio buffer fill
+    at = time.time()
+    recorded.pipelines["cam-audio-events"].recording.mark(at)
+    row = wait_rows(db_url, "cam-audio-events", 1, timeout=20)[0]
+    assert row["start_at"].timestamp() <= at - 2.5, "the pre-roll from the ring"
+    path = recorded.recorder.root / row["path"]
+    streams = probe(path)
+    a = streams.get("audio")
+    assert a is not None, streams
+    assert float(a["start_time"]) < 0.3, f"the pre-roll's sound starts at {a['start_time']} s, not with the picture"
+    end = float(a["duration"]) + float(a["start_time"])
+    assert abs(end - float(streams["video"]["duration"])) < 0.5, f"sound to {end} s, pictures to " \
+                                                                  f"{streams['video']['duration']} s"
+    data, rate, _ = sound(path)
+    assert_sine(data, rate)

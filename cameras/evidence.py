@@ -11,7 +11,8 @@ frame. From it, for any moment still in the ring:
   ``t0`` up to ``t1`` into an MP4 without re-encoding (codec copy), so the clip is the
   camera's own bitstream; repeated or backwards timestamps are re-stamped (``restamp``),
   a clip that cannot be made raises ``ClipError`` with its reason. The camera's audio is
-  not kept (the reader demuxes the video only): ``ClipInfo.audio_dropped`` says so.
+  not in an evidence clip (the ring holds video packets only; the recording keeps the audio:
+  cameras/recording/audio.py): ``ClipInfo.audio_dropped`` says so.
 
 ``EvidenceStore`` writes each file under the evidence directory
 (``<root>/<camera>/<yyyymmdd>/<evidence id>.<ext>``), computes its SHA-256 and records it
@@ -50,6 +51,18 @@ _EVIDENCE_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
 # --------------------------------------------------------------------------- the ring
 @dataclass(frozen=True, slots=True)
+class AudioTrack:
+    """The camera's first audio stream as the reader demuxed it (cameras/reader.py): what the
+    recorder needs to keep it (cameras/recording/audio.py). Never decoded for analysis."""
+
+    codec: str                      # FFmpeg's name: aac, pcm_alaw, pcm_mulaw, ...
+    sample_rate: int
+    channels: int
+    time_base: Fraction
+    extradata: bytes | None = None  # AAC: the AudioSpecificConfig (from the SDP)
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """One connection's stream: packets of different connections never mix in a decode
     or a clip (their timestamps and parameter sets are unrelated)."""
@@ -60,8 +73,9 @@ class Segment:
     height: int
     time_base: Fraction
     extradata: bytes | None = None
-    audio: str | None = None      # the codec of the stream's audio track (not kept: the hub demuxes video only)
+    audio: str | None = None      # the codec of the stream's audio track (evidence clips keep video only)
     fps: float | None = None      # the stream's frame rate as it says it (None: unknown)
+    audio_track: AudioTrack | None = None   # the audio the reader hands on (sink.on_audio); None: not demuxed
 
 
 @dataclass(slots=True, eq=False)
@@ -335,7 +349,7 @@ def remux_mp4(records: list[Record], t0: float, t1: float, path: Path, around: f
                 raise ClipError("codec", seg.codec) from None
             stream.time_base = seg.time_base
             if seg.audio:
-                out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+                out.metadata["comment"] = f"audio not kept ({seg.audio}): this clip is video only; the camera's recording keeps it"
             for n, s in enumerate(stamped):
                 src = s.record.packet
                 data = bytes(src)

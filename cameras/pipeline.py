@@ -197,6 +197,10 @@ class CameraPipeline:
         self.fanout.append(Record(packet, wall, key, segment))
         self.health.packet(packet.size, key, wall, mono)
 
+    def on_audio(self, packet: av.Packet, wall: float, segment) -> None:
+        """The camera's audio (reader thread): to the recorder only (not the ring, not analysis)."""
+        self.fanout.audio(Record(packet, wall, True, segment))
+
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
         if self.batcher is not None:
             self.batcher.submit(self, frame, wall, key)

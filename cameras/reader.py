@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 import av
 
-from cameras.evidence import Segment
+from cameras.evidence import AudioTrack, Segment
 from cameras.rtsp import NO_VIDEO, STREAM_ENDED, Failure, StreamError, Transport, classify, is_rtsp, open_stream
 from config.urls import redact_text
 from config.vocabulary import StreamProblem
@@ -198,14 +198,42 @@ class WallClock:
 
 
 def _audio_codec(container) -> str | None:
-    """The codec of the stream's audio track, if it has one: only the video is demuxed, so
-    evidence clips say the audio was not kept."""
+    """The codec of the stream's audio track, if it has one (evidence clips say it was not
+    kept in them)."""
     for stream in container.streams.audio:
         try:
             return stream.codec_context.name or "audio"
         except Exception:       # a codec FFmpeg does not know: there is audio all the same
             return "audio"
     return None
+
+
+def _audio_track(stream) -> AudioTrack | None:
+    """What the recorder needs to keep the camera's first audio stream (None: FFmpeg cannot
+    say what it is)."""
+    try:
+        ctx = stream.codec_context
+        rate = ctx.sample_rate or 0
+        return AudioTrack(ctx.name, rate, ctx.channels or 1, stream.time_base or Fraction(1, rate or 8000),
+                          bytes(ctx.extradata) if ctx.extradata else None)
+    except Exception:       # noqa: BLE001 - an audio stream FFmpeg cannot describe: video as ever
+        return None
+
+
+def _split_audio(packets, index: int, tb: float, on_audio, clock: WallClock, segment: Segment):
+    """The demuxed packets with the audio ones handed to ``on_audio`` (at their wall time, the
+    video's mapping) and the video ones passed on: only cameras with audio go through here,
+    so a video-only camera's loop is the one it always was."""
+    for packet in packets:
+        if packet.stream_index != index:
+            yield packet
+            continue
+        pts = packet.pts
+        if pts is None or packet.size == 0:
+            continue
+        wall = clock.map(pts * tb)
+        if wall != float("inf"):        # before the first video packet there is no mapping yet
+            on_audio(packet, wall, segment)
 
 
 def _rate(stream) -> float | None:
@@ -221,6 +249,9 @@ class ReaderSink(Protocol):
     def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None: ...
     def on_close(self, failure: Failure | None, frames: int) -> None: ...
     def on_retry(self, delay_s: float, failures: int) -> None: ...
+    # Optional: a sink with ``on_audio(packet, wall, segment)`` also gets the camera's first
+    # audio stream's packets (never decoded here); a sink without it gets video only and the
+    # audio is not even demuxed (the reader looks it up once per connection).
 
 
 @dataclass
@@ -450,8 +481,11 @@ class StreamReader(ReaderLoop):
         if not self.decode_all:
             ctx.skip_frame = "NONKEY"
         tb = stream.time_base or Fraction(1, 90000)
+        on_audio = getattr(self.sink, "on_audio", None)
+        astream = container.streams.audio[0] if on_audio is not None and container.streams.audio else None
+        track = _audio_track(astream) if astream is not None else None
         segment = Segment(next_segment_id(), ctx.name, ctx.width, ctx.height, tb, bytes(ctx.extradata) if ctx.extradata else None,
-                          audio=_audio_codec(container), fps=_rate(stream))
+                          audio=_audio_codec(container), fps=_rate(stream), audio_track=track)
         tb_f = float(tb)
         self.stats.opens += 1
         self.clock.reset()
@@ -464,7 +498,12 @@ class StreamReader(ReaderLoop):
         rtcp_checks = 0 if not clock.stream_time else 2000     # live streams: look for RTCP a while
         pace_origin: tuple[float, float] | None = None
         wall_clock, mono_clock = time.time, time.monotonic
-        for packet in container.demux(stream):
+        if track is None:
+            packets = container.demux(stream)
+        else:
+            packets = _split_audio(container.demux(stream, astream), astream.index, float(track.time_base), on_audio,
+                                   clock, segment)
+        for packet in packets:
             if stop.is_set():
                 break
             pts = packet.pts

@@ -282,7 +282,7 @@ class Fanout:
         self.url = url              # the stream the worker reads (no credentials); "" for ONVIF-only
         self.stream = stream        # ONVIF-only: the profile it asked the camera for
         self.consumers: tuple[Consumer, ...] = ()
-        self.listeners: tuple = ()              # in-process: the recorder (opened, packet, closed; quick)
+        self.listeners: tuple = ()              # in-process: the recorder (opened, packet, audio, closed; quick)
         self.segment: Segment | None = None     # the open connection's stream, None between connections
         self.failure: Failure | None = None
         self.served = 0
@@ -316,6 +316,13 @@ class Fanout:
             frame = packet_frame(record)
             for c in consumers:
                 c.offer(frame, record.key)
+
+    def audio(self, record: Record) -> None:
+        """An audio packet: to the listeners that keep audio (the recorder), nowhere else."""
+        for listener in self.listeners:
+            take = getattr(listener, "audio", None)
+            if take is not None:
+                take(record)
 
     def closed(self, failure: Failure | None) -> None:
         with self._lock:

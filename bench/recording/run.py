@@ -13,14 +13,17 @@
    a day of one camera; a grid's cameras (G of them) over an hour; and the disk keeper's two
    queries (cameras/recording/quota.py): the sum over what is kept, and the first batch of
    deletion candidates.
+3. ``--audio aac|alaw``: half the cameras also send a sine as AAC or G.711 A-law; the CPU per
+   camera of those with audio against those without (reader thread, recorder thread), whole run.
 
     .venv/bin/python bench/recording/run.py [--cameras 4] [--mbps 2] [--seconds 10] [--rounds 3]
                                             [--index-cameras 100] [--days 7] [--grid 10] [--queries 200]
-                                            [--skip-cost] [--skip-index] [--ab | --ab-sink]
+                                            [--skip-cost] [--skip-index] [--ab | --ab-sink] [--audio aac|alaw]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -74,10 +77,22 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
     os.environ["XLHUB_RECORDING_SEGMENT_S"] = str(args.segment_s)
     os.environ["XLHUB_RECORDING_QUOTA"] = ""
     paths = [f"/rec{i}" for i in range(args.cameras)]
+    # --audio: half the cameras send audio beside the same video, so its cost is a ratio in one run
+    with_audio = set(paths[args.cameras // 2:]) if args.audio else set()
     mounts = [{"path": p, "width": 640, "height": 360, "fps": 10, "gop": 20, "seed": i + 1,
                "bitrate": int(args.mbps * 1000)} for i, p in enumerate(paths)]
-    with SimRtspServer(mounts) as sim:
-        specs = [CameraSpec(id=f"rec{i}", url=sim.url(p), analytics=CameraAnalytics(stream="main"))
+    with contextlib.ExitStack() as servers:
+        if args.audio:
+            # GStreamer's own RTSP server (the tests' peer: videotestsrc, H.264 320x240 10 fps
+            # 300 kbit/s, 2 s GOP) for every camera, half with audio: the simulator sends no sound
+            from tests.cameras.peers import GstPeer
+            peers = {p: servers.enter_context(GstPeer(path=p, audio=args.audio if p in with_audio else None))
+                     for p in paths}
+            urls = {p: peers[p].url() for p in paths}
+        else:
+            sim = servers.enter_context(SimRtspServer(mounts))
+            urls = {p: sim.url(p) for p in paths}
+        specs = [CameraSpec(id=f"rec{i}", url=urls[p], analytics=CameraAnalytics(stream="main"))
                  for i, p in enumerate(paths)]
         worker = CameraWorker(Settings(var_dir=tmp / "var"), cameras=specs, db_url=db_url,
                               evidence_root=tmp / "evidence")
@@ -85,6 +100,7 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
         thread.start()
         assert worker.ready.wait(30), "the worker did not start"
+        started = time.monotonic()
         pipes = list(worker.pipelines.values())
         counters = {p.camera_id: Counter() for p in pipes}
 
@@ -158,6 +174,7 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
                      f"{windows['readback'][-1]['thread']:.4f}, whole segments {windows['readback'][-1]['thread_full']:.4f})"
                      if args.ab else ""), flush=True)
         read_back(False)
+        audio_report = audio_cost(args, pipes, {f"rec{paths.index(p)}" for p in with_audio}, started) if args.audio else None
         stop.set()
         thread.join(30)
         files = sum(p.recording.stats.bytes for p in pipes)
@@ -177,7 +194,7 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
     # load drifts between rounds; a pair shares it)
     paired = statistics.median(b["cpu"] - a["cpu"] for a, b in zip(windows["off"], windows["on"]))
     n = args.cameras
-    print(f"\n1. Recording cost: {n} cameras, H.264 640x360 10 fps, {med('on', 'mbps'):.2f} Mbit/s each (measured), "
+    print(f"\n1. Recording cost: {n} cameras, H.264 {'320x240 (GStreamer peers)' if args.audio else '640x360'} 10 fps, {med('on', 'mbps'):.2f} Mbit/s each (measured), "
           f"{args.segment_s:.0f} s segments, fsync on; {args.rounds} rounds of {args.seconds:.0f} s; CPU in cores")
     print(f"   worker without recording  {off:.3f}  ({off / n * 1000:.1f} ms/s per camera)")
     print(f"   worker with recording     {on:.3f}")
@@ -211,9 +228,46 @@ def recording_cost(args, db_url: str, tmp: Path) -> None:
     if rec > 0:
         print(f"   one core records ≈ {1 / (rec / n):.0f} cameras of {med('on', 'mbps'):.1f} Mbit/s "
               "(recording alone; reading them is the worker's cost above)")
+    if audio_report:
+        print(audio_report)
     print(f"   bytes on disk / stream bytes: {files / stream:.4f} ({100 * (files / stream - 1):+.2f} %, goal within 2 %); "
           f"{indexed} segments indexed, {dropped} packets dropped waiting for a keyframe, behind {behind}×, "
           f"errors {errors or 'none'}")
+
+
+def _thread_cpu(native_id: int | None) -> float:
+    """One thread's CPU seconds so far (/proc schedstat: nanoseconds)."""
+    try:
+        return int(Path(f"/proc/self/task/{native_id}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def audio_cost(args, pipes, audio_ids: set[str], started: float) -> str:
+    """--audio: the cameras with audio against those without (same video, same run, whole run):
+    each camera's reader thread (demux; the audio packets handed on) and the recorder thread's
+    CPU on it (remux, or the G.711 → AAC transcode), per camera."""
+    def per(ids, fn) -> float:
+        vals = [fn(p) for p in pipes if (p.camera_id in audio_ids) == ids]
+        return statistics.mean(vals) if vals else 0.0
+
+    def reader(p) -> float:
+        return _thread_cpu(getattr(p.reader._thread, "native_id", None))
+
+    def recorder(p) -> float:
+        return p.recording.stats.cpu_s
+    r_a, r_v = per(True, reader), per(False, reader)
+    w_a, w_v = per(True, recorder), per(False, recorder)
+    run_s = time.monotonic() - started
+    ms = 1000 / run_s
+    return (f"   audio ({args.audio}, {len(audio_ids)} of {len(pipes)} cameras, CPU seconds per camera over the run): "
+            f"reader {r_a:.3f} with audio against {r_v:.3f} without ({100 * (r_a / r_v - 1):+.1f} %); "
+            f"recorder thread {w_a:.3f} against {w_v:.3f} ({100 * (w_a / w_v - 1):+.1f} %); "
+            f"both together {100 * ((r_a + w_a) / (r_v + w_v) - 1):+.1f} % per camera; the audio's own cost "
+            f"{(r_a + w_a - r_v - w_v) * ms:.2f} ms/s per camera over the {run_s:.0f} s run "
+            f"(reader {(r_a - r_v) * ms:.2f}, recorder {(w_a - w_v) * ms:.2f}: one core ≈ "
+            f"{1000 / max(1e-9, (r_a + w_a - r_v - w_v) * ms):.0f} cameras' audio)"
+            f"{'' if r_v and w_v else ' (no baseline)'}")
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -312,6 +366,8 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true",
                     help="also windows with the other segment writer (writer.DIRECT: PyAV's muxer against the direct one)")
     ap.add_argument("--ab-sink", action="store_true", help="--ab with the PyAV muxer's other sink (writer.SINK)")
+    ap.add_argument("--audio", choices=("aac", "alaw"),
+                    help="half the cameras also send audio (AAC remuxed, or A-law transcoded to AAC): its cost per camera")
     args = ap.parse_args()
 
     import logging

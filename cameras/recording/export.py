@@ -12,7 +12,8 @@ decoding, no re-encode):
 - a packet's time in the file is its wall time (the segment's ``start_at`` + its offset)
   minus that origin: times run on across segments, and a gap stays a gap of its real length
   (the picture holds; the provenance lists it) rather than being squeezed out;
-- packets after the range's end are left out.
+- packets after the range's end are left out;
+- the recording's audio (AAC, cameras/recording/audio.py) goes along on the same clock, as it is.
 
 The provenance (the sidecar JSON, the MP4's ``comment`` tag, the API's answer) names the
 camera, the range, the gaps, and each segment's ``seq``, SHA-256, ``prev_link`` and ``link``,
@@ -173,23 +174,33 @@ def write(p: Plan, root: Path, out: Path, comment: str = "",
         if comment:
             container.metadata["comment"] = comment
         ost = None
+        audio = _Audio(container)
         for seg in p.segments:
             with av.open(str(root / seg["path"])) as src:
                 ist = src.streams.video[0]
                 if ost is None:
                     ost = container.add_stream_from_template(ist)
                     ost.time_base = OUT_TIME_BASE
+                    # the recording's audio track (AAC, cameras/recording/audio.py), from the first
+                    # segment that has one: the MP4 must know its tracks before the first packet
+                    audio.add(p, root)
                 tb = ist.time_base
+                ast = src.streams.audio[0] if audio.stream is not None and src.streams.audio else None
                 pending: list[av.Packet] = []       # from the last keyframe at or before the origin
-                for pkt in src.demux(ist):
+                for pkt in src.demux(ist, ast) if ast is not None else src.demux(ist):
                     if pkt.dts is None and pkt.pts is None:
+                        continue
+                    if ast is not None and pkt.stream is ast:
+                        audio.mux(pkt, seg["start_at"], origin, p.end)
                         continue
                     pts_at = seg["start_at"] + timedelta(seconds=float((pkt.pts if pkt.pts is not None
                                                                          else pkt.dts) * tb))
                     dts_at = seg["start_at"] + timedelta(seconds=float((pkt.dts if pkt.dts is not None
                                                                          else pkt.pts) * tb))
                     if dts_at >= p.end:
-                        break
+                        if ast is None:
+                            break
+                        continue            # the GOP's sound is written after its pictures: read on
                     if pts_at >= p.end:
                         continue
                     if pts_at < origin:
@@ -217,6 +228,43 @@ def write(p: Plan, root: Path, out: Path, comment: str = "",
     if progress:
         progress(1.0)
     return Written(digest, size, packets, first_at or origin, last_at or origin)
+
+
+class _Audio:
+    """The export's audio track: the segments' AAC access units on the file's clock (wall time
+    − origin), in order; sound before the origin or after the end is left out."""
+
+    def __init__(self, container) -> None:
+        self.container = container
+        self.stream = None
+        self.last_dts: int | None = None
+        self.packets = 0
+
+    def add(self, p: Plan, root: Path) -> None:
+        for seg in p.segments:
+            with av.open(str(root / seg["path"])) as src:
+                if src.streams.audio:
+                    self.stream = self.container.add_stream_from_template(src.streams.audio[0])
+                    self.tb = self.stream.time_base = src.streams.audio[0].time_base
+                    return
+
+    def mux(self, pkt: av.Packet, start_at: datetime, origin: datetime, end: datetime) -> None:
+        if pkt.pts is None or pkt.size == 0:
+            return
+        at = start_at + timedelta(seconds=float(pkt.pts * pkt.time_base))
+        if at < origin or at >= end:
+            return
+        d = round((at - origin).total_seconds() / self.tb)
+        if self.last_dts is not None and d <= self.last_dts:
+            return                      # segments overlap by a few ms: that sound is in already
+        q = av.Packet(bytes(pkt))
+        q.pts = q.dts = d
+        q.duration = pkt.duration
+        q.time_base = self.tb
+        q.stream = self.stream
+        self.container.mux(q)
+        self.last_dts = d
+        self.packets += 1
 
 
 def _mux(container, ost, src: av.Packet, pts: timedelta, dts: timedelta, last_dts: int | None) -> int:

@@ -27,7 +27,9 @@ a device (cameras/gb28181/playback.py, packets demuxed from the device's RTP/PS)
 
     w = Fmp4Writer()
     w.add_video_from_template(stream)  |  w.add_video("h264", width, height, time_base, extradata)
+    w.add_audio_from_template(astream)          (optional: the recording's AAC track)
     for packet: chunk = w.write(packet, dts, pts)  -> bytes ready to send (b"" while a fragment fills)
+                chunk = w.write_audio(packet, dts)
     tail = w.close()
 
 Its decode times are kept strictly increasing (a repeated or backward one becomes last + 1: a
@@ -88,10 +90,12 @@ def _find(data: bytes, path: tuple[bytes, ...], start: int = 0, end: int | None 
 
 
 def init_segment(codec: str, width: int, height: int, time_base: Fraction, extradata: bytes | None,
-                 first: bytes, comment: str | None = None) -> tuple[bytes, int, int]:
+                 first: bytes, comment: str | None = None, audio=None) -> tuple[bytes, int, int]:
     """FFmpeg's ``ftyp`` + ``moov`` for this stream, its track's timescale and track id. ``first``
     is the connection's first keyframe (with its parameter sets): the muxer takes the decoder
-    configuration from it when the camera gave no extradata."""
+    configuration from it when the camera gave no extradata. ``audio`` (an AudioPath that keeps
+    the audio, cameras/recording/audio.py): a second track, AAC, after the video's (``audio_track``
+    reads its id and timescale)."""
     buf = io.BytesIO()
     try:
         with av.open(buf, "w", format="mp4", options=dict(FMP4)) as out:
@@ -100,6 +104,13 @@ def init_segment(codec: str, width: int, height: int, time_base: Fraction, extra
                 kwargs["extradata"] = extradata
             stream = out.add_mux_stream(codec, **kwargs)
             stream.time_base = time_base
+            if audio is not None:
+                # an encoder stream only to describe the track: its own AudioSpecificConfig is
+                # replaced by the camera's (or the transcoder's) before the header is written
+                astream = out.add_stream("aac", rate=audio.sample_rate, layout="mono" if audio.channels <= 1 else "stereo")
+                astream.codec_context.open()
+                astream.codec_context.extradata = audio.extradata
+                astream.time_base = Fraction(1, audio.sample_rate)
             if comment:
                 out.metadata["comment"] = comment
             pkt = av.Packet(first)
@@ -119,6 +130,21 @@ def init_segment(codec: str, width: int, height: int, time_base: Fraction, extra
     tkhd, _ = _find(init, (b"moov", b"trak", b"tkhd"))
     track_id = _BE32.unpack_from(init, tkhd + 12 + (16 if init[tkhd + 8] == 1 else 8))[0]
     return init, timescale, track_id
+
+
+def audio_track(init: bytes) -> tuple[int, int]:
+    """The track id and timescale of an init segment's second track (the audio)."""
+    moov, size = _find(init, (b"moov",))
+    traks = [off for kind, off, _ in _boxes(init, moov + 8, moov + size) if kind == b"trak"]
+    if len(traks) < 2:
+        raise InitError("no second track")
+    trak = traks[1]
+    end = trak + _BE32.unpack_from(init, trak)[0]
+    tkhd, _ = _find(init, (b"tkhd",), trak + 8, end)
+    track_id = _BE32.unpack_from(init, tkhd + 12 + (16 if init[tkhd + 8] == 1 else 8))[0]
+    mdhd, _ = _find(init, (b"mdia", b"mdhd"), trak + 8, end)
+    timescale = _BE32.unpack_from(init, mdhd + 12 + (16 if init[mdhd + 8] == 1 else 8))[0]
+    return track_id, timescale
 
 
 def start_codes(a: np.ndarray) -> list[int]:
@@ -222,7 +248,50 @@ class FragmentedFile:
         self.pieces: list = []
         self.fragments: list[tuple[int, int]] = []          # (time, moof offset) for the mfra
         self.last_duration = 0
+        # the audio track (``with_audio``): its samples (dts, duration, size) since the last fragment
+        self.audio_id: int | None = None
+        self.asamples: list[tuple[int, int, int]] = []
+        self.apieces: list = []
         self._write(init)
+
+    def with_audio(self, track_id: int, timescale: int) -> None:
+        self.audio_id = track_id
+        self.audio_scale = timescale
+
+    def add_audio(self, data: bytes, dts: int, duration: int) -> None:
+        """An audio access unit (AAC), in the audio track's timescale on the segment's timeline
+        (dts increasing); written as its own fragment after the GOP it arrived during."""
+        self.asamples.append((dts, duration, len(data)))
+        self.apieces.append(data)
+
+    def _flush_audio(self) -> None:
+        """The audio since the last fragment as one ``moof`` (one ``traf``: tfhd with
+        default-base-is-moof, tfdt, a trun with each sample's duration and size) + ``mdat``."""
+        samples = self.asamples
+        if not samples:
+            return
+        n = len(samples)
+        durations = [samples[i + 1][0] - samples[i][0] for i in range(n - 1)] + [samples[-1][1]]
+        tfhd_size, tfdt_size, mfhd_size = 20, 20, 16
+        trun_size = 8 + 4 + 4 + 4 + 8 * n
+        traf_size = 8 + tfhd_size + tfdt_size + trun_size
+        moof_size = 8 + mfhd_size + traf_size
+        self.seq += 1
+        fields = []
+        for (_dts, _dur, size), dur in zip(samples, durations):
+            fields.append(dur)
+            fields.append(size)
+        head = b"".join((struct.pack(">I4s", moof_size, b"moof"),
+                         struct.pack(">I4sII", mfhd_size, b"mfhd", 0, self.seq),
+                         struct.pack(">I4s", traf_size, b"traf"),
+                         struct.pack(">I4sIII", tfhd_size, b"tfhd", 0x020020, self.audio_id, SYNC),
+                         struct.pack(">I4sIQ", tfdt_size, b"tfdt", 0x01000000, samples[0][0]),
+                         struct.pack(">I4sIII", trun_size, b"trun", 0x000301, n, moof_size + 8),
+                         struct.pack(f">{len(fields)}I", *fields),
+                         struct.pack(">I4s", 8 + sum(s[2] for s in samples), b"mdat")))
+        self._write(head, *self.apieces)
+        self.asamples = []
+        self.apieces = []
 
     def _write(self, *parts) -> None:
         """The parts to the file in one system call, and into the SHA-256."""
@@ -267,6 +336,7 @@ class FragmentedFile:
         """Write the open fragment (its last sample lasts until ``next_dts``, else as long as
         the sample before it)."""
         if not self.samples:
+            self._flush_audio()
             return
         sizes, payload = self._mdat()
         samples = [(d, c, size, k) for (d, c, _, k), size in zip(self.samples, sizes)]
@@ -324,6 +394,8 @@ class FragmentedFile:
         self._write(b"".join(head), *payload)
         self.samples = []
         self.pieces = []
+        if self.asamples:
+            self._flush_audio()
 
     def finish(self) -> None:
         """The last fragment and the ``mfra`` (fragment random access, as FFmpeg writes it)."""
@@ -365,6 +437,7 @@ class Fmp4Writer:
         self.sink = _Sink()
         self.out = av.open(self.sink, "w", format="mp4", options=dict(FMP4))
         self.stream = None
+        self.astream = None             # the audio track, when there is one (add_audio_from_template)
         self.time_base: Fraction | None = None
         self.last_dts: int | None = None
         self.packets = 0
@@ -383,6 +456,24 @@ class Fmp4Writer:
         self.stream.time_base = self.time_base = time_base
         if extradata:
             self.stream.codec_context.extradata = extradata
+
+    def add_audio_from_template(self, template) -> None:
+        """The recording's audio track (AAC) copied from a demuxed stream, its time base kept."""
+        self.astream = self.out.add_stream_from_template(template)
+        self.astream.time_base = self.atime_base = template.time_base
+        self.alast_dts: int | None = None
+
+    def write_audio(self, packet: av.Packet, dts: int) -> bytes:
+        """Mux an audio packet at ``dts`` (the audio's time base); one at or before the last is
+        left out (segments meet with a few ms of the same sound in both)."""
+        if self.alast_dts is not None and dts <= self.alast_dts:
+            return b""
+        packet.dts = packet.pts = dts
+        packet.time_base = self.atime_base
+        packet.stream = self.astream
+        self.out.mux(packet)
+        self.alast_dts = dts
+        return self.sink.take() if self.sink.parts else b""
 
     def write(self, packet: av.Packet, dts: int, pts: int) -> bytes:
         """Mux ``packet`` at ``dts``/``pts`` (in the stream's time base); the bytes completed so far."""
@@ -407,5 +498,5 @@ class Fmp4Writer:
         return self.sink.take() if self.sink.parts else b""
 
 
-__all__ = ["DIRECT_CODECS", "FMP4", "FragmentedFile", "Fmp4Writer", "InitError", "annexb_to_lengths", "init_segment",
-           "is_annexb"]
+__all__ = ["DIRECT_CODECS", "FMP4", "FragmentedFile", "Fmp4Writer", "InitError", "annexb_to_lengths", "audio_track",
+           "init_segment", "is_annexb"]

@@ -8,7 +8,8 @@ exact frame, a clip — all by remux from the segment files, decoding only for a
   ``t`` — known before a byte is sent (``start``: its exact time, so the page can seek to ``t``);
   ``Play.chunks()`` yields one fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``)
   from that keyframe across the span's segments until a gap, a change of stream parameters, or
-  ``end``: the segments' own packets, re-timed onto one clock (wall time − start);
+  ``end``: the segments' own packets, re-timed onto one clock (wall time − start) — their audio
+  track too (AAC, cameras/recording/audio.py; the codec string then names ``mp4a.40.2``);
 - ``frame_at(root, rows, t)``: the frame on screen at ``t`` (the last one at or before it),
   decoded from the keyframe before it;
 - ``write_clip(root, rows, t0, t1, path)``: [t0, t1] (from the keyframe at or before t0) into
@@ -186,15 +187,31 @@ class Play:
                     if w.stream is None:
                         w.add_video_from_template(vin)
                         otb = tb
+                        if src.streams.audio:       # the run's audio: as the first segment has it
+                            w.add_audio_from_template(src.streams.audio[0])
                     elif vin.codec_context.extradata != w.stream.codec_context.extradata:
                         break           # new parameter sets: the page asks again from here
+                    ain = src.streams.audio[0] if w.astream is not None and src.streams.audio else None
                     shift = Fraction(_seconds(row["start_at"], self.start)).limit_denominator(1_000_000)
                     if n == 0:
                         src.seek(round(self.first_offset / tb), stream=vin, backward=True, any_frame=False)
                     started = n > 0
-                    for pkt in src.demux(vin):
+                    ended = False
+                    for pkt in src.demux(vin, ain) if ain is not None else src.demux(vin):
                         if pkt.dts is None and pkt.pts is None:
                             continue        # the demuxer's end-of-stream packet
+                        if ain is not None and pkt.stream is ain:
+                            # the sound on the pictures' clock; none before the first picture sent
+                            at = float(pkt.pts * ain.time_base + shift)
+                            wall = row["start_at"] + timedelta(seconds=float(pkt.pts * ain.time_base))
+                            if not started or wall < self.start or (self.end is not None and wall > self.end):
+                                continue
+                            chunk = w.write_audio(pkt, round(at / ain.time_base))
+                            if chunk:
+                                yield chunk
+                            continue
+                        if ended:
+                            continue
                         if not started:
                             if not pkt.is_keyframe:
                                 continue
@@ -202,7 +219,10 @@ class Play:
                         ts = pkt.pts if pkt.pts is not None else pkt.dts
                         wall = row["start_at"] + timedelta(seconds=float(ts * tb))
                         if self.end is not None and wall > self.end:
-                            break
+                            if ain is None:
+                                break
+                            ended = True        # the GOP's sound comes after its pictures: read on
+                            continue
                         dts = round((pkt.dts if pkt.dts is not None else ts) * tb / otb + shift / otb)
                         pts = round(ts * tb / otb + shift / otb)
                         chunk = w.write(pkt, dts, pts)
@@ -211,7 +231,8 @@ class Play:
                         if chunk:
                             yield chunk
                     else:
-                        continue
+                        if not ended:
+                            continue
                     break           # reached ``end``
         finally:
             tail = w.close()
@@ -228,12 +249,20 @@ def codec_string(codec: str, extradata: bytes | None) -> str:
     return "hvc1" if codec == "hevc" else codec
 
 
+def audio_codec_string(asc: bytes | None) -> str:
+    """RFC 6381 for AAC: mp4a.40.<audio object type> from the AudioSpecificConfig (2: AAC-LC)."""
+    aot = asc[0] >> 3 if asc else 2
+    return f"mp4a.40.{aot or 2}"
+
+
 def _keyframe_before(path: Path, offset: float) -> tuple[float, str]:
     """Media seconds of the keyframe at or before ``offset`` in a segment file, and its codec string."""
     with av.open(str(path)) as src:
         vin = src.streams.video[0]
         tb = vin.time_base
         name = codec_string(vin.codec_context.name, vin.codec_context.extradata)
+        if src.streams.audio:           # the recording's AAC track (cameras/recording/audio.py)
+            name += "," + audio_codec_string(src.streams.audio[0].codec_context.extradata)
         src.seek(max(0, round(offset / tb)), stream=vin, backward=True, any_frame=False)
         for pkt in src.demux(vin):
             if pkt.is_keyframe and (pkt.pts is not None or pkt.dts is not None):

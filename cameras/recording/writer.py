@@ -47,8 +47,9 @@ import av
 from ulid import ULID
 
 from cameras.evidence import Record, Segment, _with_parameter_sets, sha256_file
+from cameras.recording.audio import AudioPath, comment as audio_comment
 from cameras.recording.chain import link_of
-from cameras.recording.fmp4 import DIRECT_CODECS, FragmentedFile, init_segment, is_annexb
+from cameras.recording.fmp4 import DIRECT_CODECS, FragmentedFile, audio_track, init_segment, is_annexb
 from cameras.recording.settings import RecordingSettings
 from cameras.rtsp import Failure
 from config.camera_recording import CameraRecording
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 FMP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 DIRECT = True               # H.264/H.265 fragments built from the packets (cameras/recording/fmp4.py), not by PyAV's muxer
 INDEX_RETRY_S = 5.0
+TAIL_S = 2.0            # a segment cut at a keyframe waits at most this long (video time) for its last sound
 DRAIN_S = 0.25          # while packets come, the recorder thread takes the queues this often
 MUX_BUFFER = 256 * 1024     # SINK "hashing": the muxer's output buffer, one write and hash update per this many bytes
 SINK = "file"               # "file" | "hashing" (above; bench/recording --ab measures both)
@@ -132,8 +134,12 @@ class OpenSegment:
     from the packets and hashed as written (cameras/recording/fmp4.py); any other codec: PyAV's
     MP4 muxer writes the file (``SINK``)."""
 
-    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record, inits: dict | None = None) -> None:
+    def __init__(self, root: Path, camera_id: str, seg: Segment, first: Record, inits: dict | None = None,
+                 audio: AudioPath | None = None) -> None:
         self.segment = seg
+        self.audio = audio if DIRECT and seg.codec in DIRECT_CODECS else None     # the muxer path: video only
+        self.audio_end = 0              # where the audio written so far ends (audio timescale)
+        self.audio_samples = 0
         self.start_wall = first.wall
         self.last_wall = first.wall
         self.partial = root / camera_id / ".partial" / f"{ULID()}.mp4"
@@ -160,7 +166,8 @@ class OpenSegment:
             self.stream = self.out.add_mux_stream(seg.codec, **kwargs)
             self.stream.time_base = seg.time_base
             if seg.audio:
-                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): video only"
+                self.out.metadata["comment"] = f"audio not kept ({seg.audio}): only the direct writer (H.264/H.265) " \
+                                               "keeps audio; video only"
         self.base: int | None = None
         self.last_dts = -1
         self.packets = 0
@@ -175,15 +182,20 @@ class OpenSegment:
             init = known[1]
         else:
             data = _with_parameter_sets(bytes(first.packet), seg)
-            comment = f"audio not kept ({seg.audio}): video only" if seg.audio else None
-            init = (*init_segment(seg.codec, seg.width, seg.height, seg.time_base, seg.extradata, data, comment),
-                    is_annexb(seg.extradata, data))
+            audio = self.audio if self.audio is not None and self.audio.kept else None
+            comment = audio_comment(self.audio, seg.audio)
+            head, timescale, track_id = init_segment(seg.codec, seg.width, seg.height, seg.time_base, seg.extradata,
+                                                     data, comment, audio=audio)
+            init = (head, timescale, track_id, is_annexb(seg.extradata, data),
+                    audio_track(head) if audio is not None else None)
             if inits is not None:
                 inits["init"] = (seg, init)
-        head, timescale, track_id, annexb = init
+        head, timescale, track_id, annexb, atrack = init
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             self.frag = FragmentedFile(fd, head, timescale, track_id, seg.time_base, annexb)
+            if atrack is not None:
+                self.frag.with_audio(*atrack)
         except BaseException:
             os.close(fd)
             raise
@@ -215,6 +227,36 @@ class OpenSegment:
         if rec.key:
             self.keyframes.append(round(rec.wall - self.start_wall, 3))
         self.last_wall = rec.wall
+
+    @property
+    def start_s(self) -> float:
+        """The segment's time 0 on the connection's stream clock (seconds)."""
+        return self.base * float(self.segment.time_base) if self.base is not None else float("inf")
+
+    @property
+    def end_s(self) -> float:
+        """Where its pictures end on the connection's stream clock (seconds)."""
+        if self.base is None:
+            return float("-inf")
+        return (self.base + self.last_dts + self.step) * float(self.segment.time_base)
+
+    def write_audio(self, data: bytes, pts_s: float, dur_s: float) -> None:
+        """An AAC access unit at ``pts_s`` on the connection's stream clock, placed on the
+        segment's timeline (time 0: its first video packet); sound from before that is left to
+        the segment before."""
+        frag = self.frag
+        if frag is None or frag.audio_id is None or self.base is None:
+            return
+        scale = frag.audio_scale
+        dts = round((pts_s - self.base * float(self.segment.time_base)) * scale)
+        dur = max(1, round(dur_s * scale))
+        if dts < self.audio_end:
+            if dts + dur // 2 < self.audio_end:
+                return                  # overlaps what is written (a repeated packet, the encoder's priming)
+            dts = self.audio_end        # jitter of a sample or two: butt it on
+        frag.add_audio(data, dts, dur)
+        self.audio_end = dts + dur
+        self.audio_samples += 1
 
     def close(self, sync: bool = False) -> None:
         """Finish the file (the last fragment and the index of fragments), fsync it when
@@ -273,6 +315,7 @@ class CameraStats:
     error_at: float | None = None   # wall time of the last error, of the last segment saved, of falling behind
     saved_at: float | None = None
     behind_at: float | None = None
+    cpu_s: float = 0.0              # the recorder thread's CPU on this camera (bench/recording --audio)
 
     def failed(self, error: str) -> None:
         self.errors += 1
@@ -313,6 +356,11 @@ class CameraRecorder:
         self.current: OpenSegment | None = None
         self.preroll_until: tuple[Segment, int | None] | None = None   # (segment, last dts) taken from the ring
         self.inits: dict = {}           # the connection's init segment (cameras/recording/fmp4.py), made once
+        self.audio_path: tuple[Segment, AudioPath | None] | None = None   # the connection's audio (audio.py)
+        # audio come while no segment was open: the sound of an events-mode pre-roll (the ring
+        # holds video only) — ≥ 20 s of G.711 in 20 ms packets, a minute of AAC
+        self.audio_wait: deque[Record] = deque(maxlen=1024)
+        self.tail: OpenSegment | None = None    # cut at a keyframe, waiting for the sound up to its end (cut())
 
     # -- Fanout listener (reader thread) ---------------------------------------------------
     def opened(self, segment: Segment) -> None:
@@ -328,6 +376,11 @@ class CameraRecorder:
                         self.camera_id, self.limit)
             return
         self._put(_Item("packet", record=record))
+
+    def audio(self, record: Record) -> None:
+        """An audio packet of the camera (cameras/recording/audio.py decides what is kept)."""
+        if len(self.queue) < self.limit:        # a full queue is handled by the video's packet()
+            self._put(_Item("audio", record=record))
 
     def closed(self, failure: Failure | None) -> None:
         self._put(_Item("close"))
@@ -372,6 +425,8 @@ class CameraRecorder:
     def _handle(self, item: _Item) -> None:
         if item.kind == "packet":
             self._packet(item.record)
+        elif item.kind == "audio":
+            self._audio(item.record)
         elif item.kind == "close":
             self.cut()
         elif item.kind == "open":
@@ -408,27 +463,87 @@ class CameraRecorder:
             if rec.segment is seg and _dts(rec) is not None and _dts(rec) <= dts:
                 return
             self.preroll_until = None
+        if self.tail is not None and rec.wall - self.tail.last_wall > TAIL_S:
+            self._finish_tail()             # its sound stopped coming: it has what it will get
         if not pre_roll and not self.wants(rec.wall):
             if cur is not None:
-                self.cut()
+                self.cut(keep_audio=True)
             return
         if cur is not None and rec.key and rec.wall - cur.start_wall >= self.recorder.settings.segment_s:
-            self.cut()
+            self.cut(keep_audio=True)
             cur = None
         if cur is None:
             if not rec.key:
                 self.stats.dropped += 1
                 return
-            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec, self.inits)
+            cur = self.current = OpenSegment(self.recorder.root, self.camera_id, rec.segment, rec, self.inits,
+                                             self._audio_of(rec.segment))
             self.stats.recording = True
         cur.write(rec)
+        if self.audio_wait:
+            self._drain_wait(cur, rec.wall)
 
-    def cut(self) -> None:
-        """Finish the open segment: close, hash, move into place, queue its index row."""
+    def _drain_wait(self, cur: OpenSegment, upto: float) -> None:
+        """The waiting sound up to ``upto`` (wall time) into the recording, in step with the
+        pictures (a pre-roll from the ring may span a cut); from 0.5 s before the segment's
+        first picture on — older sound is let go without being transcoded."""
+        wait = self.audio_wait
+        since = cur.start_wall - 0.5
+        while wait and wait[0].wall <= upto:
+            a = wait.popleft()
+            if a.segment is cur.segment and a.wall >= since:
+                self._audio(a, waited=True)
+
+    def _audio_of(self, seg: Segment) -> AudioPath | None:
+        """The connection's AudioPath (one per connection: the transcoder keeps its state)."""
+        if self.audio_path is None or self.audio_path[0] is not seg:
+            self.audio_path = (seg, AudioPath(seg.audio_track) if seg.audio_track is not None else None)
+        return self.audio_path[1]
+
+    def _audio(self, rec: Record, waited: bool = False) -> None:
+        cur, tail = self.current, self.tail
+        if cur is None or rec.segment is not cur.segment:
+            if tail is None or rec.segment is not tail.segment:
+                self.audio_wait.append(rec)
+                return
+            cur = None
+        elif self.audio_wait and not waited:
+            self._drain_wait(cur, rec.wall)     # what waited comes first: sound in order
+        path = (cur or tail).audio
+        if path is None or not path.kept:
+            return
+        for data, pts_s, dur_s in path.packets(rec.packet):
+            tail = self.tail
+            if tail is not None and pts_s < (cur.start_s if cur is not None else tail.end_s):
+                tail.write_audio(data, pts_s, dur_s)        # sound from before the keyframe the next one starts at
+                continue
+            if tail is not None:
+                self._finish_tail()
+            if cur is not None:
+                cur.write_audio(data, pts_s, dur_s)
+
+    def cut(self, keep_audio: bool = False) -> None:
+        """Finish the open segment: close, hash, move into place, queue its index row.
+        ``keep_audio`` (cut at a keyframe for the next segment, or because the policy stops
+        wanting footage): a segment with audio stays open as the ``tail`` until the sound up to
+        its end has come (audio travels and is transcoded behind the pictures), at most
+        ``TAIL_S`` of video, then is finished; any other cut finishes it first."""
+        self._finish_tail()
         cur, self.current = self.current, None
         self.stats.recording = False
         if cur is None:
             return
+        if keep_audio and cur.frag is not None and cur.frag.audio_id is not None and cur.packets:
+            self.tail = cur
+            return
+        self._finish(cur)
+
+    def _finish_tail(self) -> None:
+        tail, self.tail = self.tail, None
+        if tail is not None:
+            self._finish(tail)
+
+    def _finish(self, cur: OpenSegment) -> None:
         try:
             cur.close(sync=self.recorder.settings.sync and cur.packets > 0)
         except Exception as exc:  # noqa: BLE001
@@ -452,6 +567,10 @@ class CameraRecorder:
                                 cur.segment.width, cur.segment.height, cur.keyframes, cur.packets, digest))
 
     def _abandon(self) -> None:
+        try:
+            self._finish_tail()
+        except Exception:  # noqa: BLE001
+            self.tail = None
         cur, self.current = self.current, None
         self.stats.recording = False
         if cur is not None:
@@ -536,7 +655,9 @@ class Recorder:
                 self._pending = False
             taken = 0
             for cam in list(self.cameras.values()):
+                t = time.thread_time()
                 taken += cam.drain()
+                cam.stats.cpu_s += time.thread_time() - t
             while self._removed:
                 gone = self.cameras.pop(self._removed.popleft(), None)
                 if gone is not None:

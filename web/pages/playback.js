@@ -83,6 +83,11 @@ export async function render(main, { me, arg }) {
     type: 'button', class: 'seg', id: `pb-rate-${r}`, 'aria-pressed': String(r === 1), onclick: () => setRate(r),
   }, `${r}×`));
   const flagBtn = h('button', { type: 'button', id: 'pb-flag', class: 'flag-btn', onclick: () => openFlag() }, '标记事件');
+  // The recording's sound (AAC; G.711 cameras' transcoded): muted until asked, as autoplay needs.
+  const soundBtn = h('button', {
+    type: 'button', id: 'pb-sound', 'aria-pressed': 'false', hidden: true, title: '此录像含声音',
+    onclick: () => { video.muted = !video.muted; soundBtn.setAttribute('aria-pressed', String(!video.muted)); soundBtn.textContent = video.muted ? '声音：关' : '声音：开'; },
+  }, '声音：关');
   const mayExport = !Array.isArray(me.permissions) || me.permissions.includes('recordings.export');
   const exportBtn = h('button', {
     type: 'button', id: 'pb-export', disabled: !mayExport, title: mayExport ? '导出所选时段为 MP4（原编码，附 SHA-256）' : '当前角色无权导出录像',
@@ -98,7 +103,7 @@ export async function render(main, { me, arg }) {
     h('button', { type: 'button', id: 'pb-step', title: '前进一帧', onclick: () => step(1) }, '帧 ▶'),
     h('button', { type: 'button', id: 'pb-next-event', title: '下一个事件', onclick: () => jumpEvent(1) }, '下一事件 ⏭'),
     h('div', { class: 'seg-group', role: 'group', 'aria-label': '倍速' }, speedButtons),
-    position, flagBtn, exportBtn);
+    position, soundBtn, flagBtn, exportBtn);
   main.append(h('div', { class: 'playback-page' },
     h('div', { class: 'toolbar' }, h('h2', {}, '录像回放'), camSelect, sourceGroup, h('div', { class: 'seg-group', role: 'group', 'aria-label': '时间范围' }, rangeButtons),
       h('button', { type: 'button', id: 'pb-sync', title: '与附近三路摄像机同步回放', onclick: () => {
@@ -242,6 +247,7 @@ export async function render(main, { me, arg }) {
       showFrame(ms);
       return;
     }
+    soundBtn.hidden = !/mp4a\./.test(type);      // the segment files carry the camera's audio, if it sent any
     const source = new MediaSource();
     video.src = URL.createObjectURL(source);
     await new Promise((r) => source.addEventListener('sourceopen', r, { once: true }));

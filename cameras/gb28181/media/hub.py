@@ -139,7 +139,7 @@ class Channel:
     def _packet(self, packet: av.Packet, arrival: float) -> None:
         segment = self.segment
         if segment is None:
-            return              # video only (as for RTSP cameras): the demuxer leaves audio out
+            return              # video only (GB/T 28181 channels; RTSP cameras' audio is recorded): audio left out
         # Only the PES's own PTS: FFmpeg guesses a dts for an access unit that began inside
         # another frame's PES, and that guess is the next frame's time when read live.
         pts = packet.pts

@@ -19,12 +19,14 @@ class GstPeer:
 
     def __init__(self, *, protocols: str = "all", codec: str = "h264", user: str | None = None,
                  password: str | None = None, port: int | None = None, path: str = "/stream", fps: int = 10,
-                 gop_s: float = 2.0) -> None:
+                 gop_s: float = 2.0, audio: str | None = None) -> None:
         self.port = port or free_port()
         self.path = path
         self.argv = [SYSTEM_PYTHON, str(HERE / "gst_rtsp.py"), "--port", str(self.port), "--path", path,
                      "--protocols", protocols, "--codec", codec, "--fps", str(fps),
                      "--gop-s", str(gop_s)]
+        if audio:
+            self.argv += ["--audio", audio]
         if user:
             self.argv += ["--user", user, "--password", password or ""]
         self.proc: subprocess.Popen | None = None

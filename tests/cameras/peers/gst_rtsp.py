@@ -7,7 +7,7 @@ with the lower transports it allows (``--protocols udp`` answers a TCP SETUP wit
 Runs under Debian's /usr/bin/python3 (python3-gi); imports nothing from the project.
 
     /usr/bin/python3 gst_rtsp.py --port 8554 [--protocols udp|tcp|all] [--codec h264|h265]
-                                 [--user u --password p] [--path /stream]
+                                 [--user u --password p] [--path /stream] [--audio aac|alaw]
 
 Prints ``READY rtsp://127.0.0.1:<port><path>`` once listening.
 """
@@ -30,6 +30,14 @@ ENCODERS = {
     "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate=300 "
             "! rtph265pay name=pay0 pt=96 config-interval=1",
 }
+# The camera's audio (``--audio``): a 440 Hz sine, AAC (RFC 3640, as IP cameras send it) or
+# G.711 A-law (PCMA: the common audio of Chinese cameras and GB/T 28181), 8 kHz mono.
+AUDIO = {
+    "aac": "audiotestsrc is-live=true wave=sine freq=440 volume=0.5 ! audio/x-raw,rate=16000,channels=1 "
+           "! audioconvert ! avenc_aac ! rtpmp4gpay name=pay1 pt=97",
+    "alaw": "audiotestsrc is-live=true wave=sine freq=440 volume=0.5 ! audio/x-raw,rate=8000,channels=1 "
+            "! alawenc ! rtppcmapay name=pay1 pt=8",
+}
 PROTOCOLS = {
     "udp": GstRtsp.RTSPLowerTrans.UDP,
     "tcp": GstRtsp.RTSPLowerTrans.TCP,
@@ -45,6 +53,7 @@ def main() -> int:
     ap.add_argument("--codec", choices=sorted(ENCODERS), default="h264")
     ap.add_argument("--fps", type=int, default=10)
     ap.add_argument("--gop-s", type=float, default=2.0, help="seconds between keyframes")
+    ap.add_argument("--audio", choices=sorted(AUDIO), help="an audio track beside the video")
     ap.add_argument("--user")
     ap.add_argument("--password")
     args = ap.parse_args()
@@ -56,7 +65,8 @@ def main() -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate={args.fps}/1 "
-        f"! videoconvert ! {ENCODERS[args.codec].format(gop=max(1, round(args.fps * args.gop_s)))} )")
+        f"! videoconvert ! {ENCODERS[args.codec].format(gop=max(1, round(args.fps * args.gop_s)))} "
+        f"{AUDIO[args.audio] if args.audio else ''} )")
     factory.set_shared(False)          # a pipeline per client: no shared media still tearing down
     factory.set_protocols(PROTOCOLS[args.protocols])
     if args.user:      # Basic auth: anonymous may see the mount (else 404), only the user may play it

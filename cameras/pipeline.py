@@ -197,6 +197,10 @@ class CameraPipeline:
         self.fanout.append(Record(packet, wall, key, segment))
         self.health.packet(packet.size, key, wall, mono)
 
+    def wants_audio(self) -> bool:
+        """The camera's audio is set up only while something keeps it: the recorder."""
+        return self.recording is not None
+
     def on_audio(self, packet: av.Packet, wall: float, segment) -> None:
         """The camera's audio (reader thread): to the recorder only (not the ring, not analysis)."""
         self.fanout.audio(Record(packet, wall, True, segment))

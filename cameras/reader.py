@@ -250,8 +250,9 @@ class ReaderSink(Protocol):
     def on_close(self, failure: Failure | None, frames: int) -> None: ...
     def on_retry(self, delay_s: float, failures: int) -> None: ...
     # Optional: a sink with ``on_audio(packet, wall, segment)`` also gets the camera's first
-    # audio stream's packets (never decoded here); a sink without it gets video only and the
-    # audio is not even demuxed (the reader looks it up once per connection).
+    # audio stream's packets (never decoded here), unless its ``wants_audio()`` says no at a
+    # connection's start; otherwise the camera's audio is not even set up (RTSP: FFmpeg's
+    # ``allowed_media_types=video``), and ``Segment.audio`` is None.
 
 
 @dataclass
@@ -428,6 +429,15 @@ class StreamReader(ReaderLoop):
             else:
                 was_open = False
 
+    def _wants_audio(self) -> bool:
+        """Set up the camera's audio for this connection? Only for a sink that takes it
+        (``on_audio``) and, if it says (``wants_audio()``), wants it now: audio nobody keeps
+        is not even received."""
+        if getattr(self.sink, "on_audio", None) is None:
+            return False
+        wants = getattr(self.sink, "wants_audio", None)
+        return bool(wants()) if wants is not None else True
+
     # -- one connection ------------------------------------------------------------
     def read_once(self) -> int:
         """Open, read until the stream ends, fails or ``stop``; returns frames decoded."""
@@ -441,7 +451,8 @@ class StreamReader(ReaderLoop):
             url = self._url()
             self.clock.stream_time = not is_live(url)
             self._probe = probe_target(url)     # where to knock during a long backoff (no credentials)
-            container = open_stream(url, self.transport, self.open_timeout_s, self.read_timeout_s)
+            container = open_stream(url, self.transport, self.open_timeout_s, self.read_timeout_s,
+                                    audio=self._wants_audio())
             del url
             if self.abandoned:
                 return 0

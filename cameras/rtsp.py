@@ -72,10 +72,14 @@ class Transport:
         return f"Transport({self.setting!r}, working={self.working!r})"
 
 
-def input_options(url: str, read_timeout_s: float, transport: str = "tcp") -> dict[str, str]:
+def input_options(url: str, read_timeout_s: float, transport: str = "tcp", audio: bool = False) -> dict[str, str]:
+    """FFmpeg's options for a camera's stream. Without ``audio`` only the video is set up: a
+    camera's audio RTP that nobody keeps costs the reader about half again its CPU (measured:
+    GStreamer's camera with AAC, 4.1 ms/s read video-only against 6.5 ms/s with the audio set up
+    and discarded)."""
     if not is_rtsp(url):
         return {}
-    return {
+    options = {
         "rtsp_transport": transport,
         "timeout": str(int(read_timeout_s * 1_000_000)),  # socket I/O timeout, µs
         # Probe little: the SDP already names the codec, and a long probe is time to first
@@ -84,20 +88,25 @@ def input_options(url: str, read_timeout_s: float, transport: str = "tcp") -> di
         "probesize": "131072",
         "fflags": "nobuffer",
     }
+    if not audio:
+        options["allowed_media_types"] = "video"
+    return options
 
 
 def _unsupported_transport(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.EPROTONOSUPPORT
 
 
-def open_stream(url: str, transport: Transport, open_timeout_s: float, read_timeout_s: float):
-    """``av.open`` with the camera's transport; raises ``StreamError`` with a ``Failure``."""
+def open_stream(url: str, transport: Transport, open_timeout_s: float, read_timeout_s: float, *,
+                audio: bool = False):
+    """``av.open`` with the camera's transport (and its audio, when ``audio``: the recorder keeps
+    it); raises ``StreamError`` with a ``Failure``."""
     started = time.monotonic()
     order = transport.order() if is_rtsp(url) else ("tcp",)
     refused: list[str] = []
     for i, lower in enumerate(order):
         try:
-            container = av.open(url, options=input_options(url, read_timeout_s, lower),
+            container = av.open(url, options=input_options(url, read_timeout_s, lower, audio),
                                 timeout=(open_timeout_s, read_timeout_s))
         except (av.FFmpegError, OSError) as exc:
             if _unsupported_transport(exc):

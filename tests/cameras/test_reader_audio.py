@@ -80,4 +80,17 @@ def test_a_sink_without_on_audio_reads_the_camera_as_before(peer):
     sink = VideoSink()
     read(peer.url(), sink)
     assert len(sink.video) > 30
-    assert sink.segment.audio == "aac" and sink.segment.audio_track is None, "not demuxed for it"
+    # the audio is not even set up (allowed_media_types=video): no RTP for it, so no stream
+    assert sink.segment.audio is None and sink.segment.audio_track is None
+
+
+class NotNowSink(AudioSink):
+    def wants_audio(self) -> bool:      # a camera not recorded: its pipeline has no recorder
+        return False
+
+
+def test_audio_nobody_keeps_is_not_set_up(peer):
+    sink = NotNowSink()
+    read(peer.url(), sink, seconds=3.0)
+    assert len(sink.video) > 15
+    assert sink.segment.audio is None and sink.audio == []

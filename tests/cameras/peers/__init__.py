@@ -51,8 +51,9 @@ class GstPeer:
 
     def _count_clients(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            if line.startswith("CLIENTS "):
-                self.clients = int(line.split()[1])
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "CLIENTS" and parts[1].isdigit():
+                self.clients = int(parts[1])
                 self.most_clients = max(self.most_clients, self.clients)
 
     def reset_most(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 import gi
 
@@ -85,15 +86,23 @@ def main() -> int:
         server.set_auth(auth)
     server.get_mount_points().add_factory(args.path, factory)
     clients = set()
+    said = threading.Lock()
+
+    def say_clients():
+        # one write per line, under a lock: "closed" comes on the client's own thread, and two
+        # print()s at once interleaved as "CLIENTS 0CLIENTS 1"
+        with said:
+            sys.stdout.write(f"CLIENTS {len(clients)}\n")
+            sys.stdout.flush()
 
     def closed(client):
         clients.discard(client)
-        print(f"CLIENTS {len(clients)}", flush=True)
+        say_clients()
 
     def connected(_server, client):
         clients.add(client)
         client.connect("closed", closed)
-        print(f"CLIENTS {len(clients)}", flush=True)
+        say_clients()
     server.connect("client-connected", connected)     # RTSP connections, counted where the camera is
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)

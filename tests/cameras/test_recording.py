@@ -9,7 +9,6 @@ PostgreSQL, a hash chain that names what was tampered with.
 - events mode records around an event only, with the seconds before it from the ring."""
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +23,7 @@ from cameras.worker import CameraWorker
 from config.camera_recording import CameraRecording
 from config.settings import Settings
 from store.db import connect
+from tests.processes import running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,13 +47,8 @@ def recorded(sim, db_url, tmp_path_factory):
                         recording=CameraRecording(mode="events", pre_s=2, post_s=2))]
     worker = CameraWorker(Settings(var_dir=var), cameras=specs, db_url=db_url, evidence_root=var / "evidence",
                           heartbeat_s=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    assert worker.ready.wait(15)
-    yield worker
-    stop.set()
-    thread.join(20)
+    with running(worker):
+        yield worker
     mp.undo()
 
 

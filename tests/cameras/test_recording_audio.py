@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from datetime import timedelta
 
@@ -29,6 +28,7 @@ from config.camera_recording import CameraRecording
 from config.settings import Settings
 from store.db import connect
 from tests.cameras.peers import GstPeer
+from tests.processes import running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,13 +53,8 @@ def recorded(peers, db_url, tmp_path_factory):
                             recording=CameraRecording(mode="events", pre_s=3, post_s=2)))
     worker = CameraWorker(Settings(var_dir=var), cameras=specs, db_url=db_url, evidence_root=var / "evidence",
                           heartbeat_s=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    assert worker.ready.wait(15)
-    yield worker
-    stop.set()
-    thread.join(20)
+    with running(worker):
+        yield worker
     mp.undo()
 
 

@@ -6,17 +6,11 @@ both tracks through Media Source: the sound button appears, unmutes, and the bro
 audio while the picture plays."""
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 
 import pytest
+from tests.web.recorded_peer import recorded_peer
 
-from cameras.config import CameraAnalytics, CameraSpec
-from cameras.worker import CameraWorker
-from config.settings import Settings
-from store.db import connect
-from tests.cameras.peers import GstPeer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,35 +20,9 @@ CAM = "cam-dsc-soundrec"
 
 @pytest.fixture(scope="module")
 def sound_recording(live_db, live_api, tmp_path_factory):
-    var = tmp_path_factory.mktemp("sound-var")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XLHUB_RECORDING_DIR", str(var / "recordings"))      # the API reads the same settings
-    mp.setenv("XLHUB_RECORDING_SEGMENT_S", "3")
-    mp.setenv("XLHUB_EVIDENCE_DIR", str(var / "evidence"))
-    with GstPeer(audio="alaw", fps=10, gop_s=1.0) as peer:
-        with connect(live_db) as conn:
-            conn.execute("INSERT INTO cameras (id, name, rtsp_url) VALUES (%s, '东山村有声录像机', %s)", (CAM, peer.url()))
-            conn.execute("INSERT INTO grid_membership (source_kind, source_id, grid_code, valid_from) "
-                         "VALUES ('camera', %s, %s, now() - interval '1 day')", (CAM, GRID))
-        worker = CameraWorker(Settings(var_dir=var), cameras=[CameraSpec(id=CAM, url=peer.url(),
-                              analytics=CameraAnalytics(stream="main"))], db_url=live_db,
-                              evidence_root=var / "evidence", heartbeat_s=1)
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-        thread.start()
-        assert worker.ready.wait(15)
-        deadline = time.monotonic() + 60
-        rows = []
-        while time.monotonic() < deadline and len(rows) < 4:
-            with connect(live_db) as conn:
-                rows = conn.execute("SELECT * FROM recording_segments WHERE camera_id = %s ORDER BY seq",
-                                    (CAM,)).fetchall()
-            time.sleep(0.3)
-        assert len(rows) >= 4, f"the worker records the camera: {worker.recorder.status()}"
+    with recorded_peer(live_db, tmp_path_factory.mktemp("sound-var"), CAM, "东山村有声录像机", GRID,
+                       audio="alaw") as (rows, _):
         yield rows
-        stop.set()
-        thread.join(20)
-    mp.undo()
 
 
 def test_the_page_plays_the_recordings_sound(sound_recording, ui_for, shots):

@@ -255,6 +255,25 @@ class ReaderSink(Protocol):
     # ``allowed_media_types=video``), and ``Segment.audio`` is None.
 
 
+class QuietSink:
+    """A ReaderSink that does nothing: subclass it and override what a sink needs (tests, benches)."""
+
+    def on_open(self, segment: Segment, open_s: float) -> None:
+        pass
+
+    def on_packet(self, packet: av.Packet, wall: float, key: bool, segment: Segment, mono: float) -> None:
+        pass
+
+    def on_frame(self, frame: av.VideoFrame, wall: float, key: bool) -> None:
+        pass
+
+    def on_close(self, failure: Failure | None, frames: int) -> None:
+        pass
+
+    def on_retry(self, delay_s: float, failures: int) -> None:
+        pass
+
+
 @dataclass
 class ReaderStats:
     opens: int = 0

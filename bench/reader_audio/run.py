@@ -21,8 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from cameras.reader import QuietSink  # noqa: E402
 
-class Sink:
+
+class Sink(QuietSink):
     def __init__(self, audio: bool) -> None:
         self.audio, self.video, self.heard, self.cpu = audio, 0, 0, 0.0
 
@@ -39,14 +41,6 @@ class Sink:
     def on_audio(self, packet, wall, segment):
         self.heard += 1
 
-    def on_frame(self, frame, wall, key):
-        pass
-
-    def on_close(self, failure, frames):
-        pass
-
-    def on_retry(self, delay_s, failures):
-        pass
 
 
 def window(url: str, audio: bool, seconds: float) -> Sink:

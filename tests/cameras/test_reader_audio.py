@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from cameras.reader import StreamReader
+from cameras.reader import QuietSink, StreamReader
 from tests.cameras.peers import GstPeer
 
 pytestmark = pytest.mark.timeout(90)
 
 
-class VideoSink:
+class VideoSink(QuietSink):
     def __init__(self) -> None:
         self.video: list[float] = []
         self.segment = None
@@ -25,14 +25,6 @@ class VideoSink:
     def on_packet(self, packet, wall, key, segment, mono):
         self.video.append(wall)
 
-    def on_frame(self, frame, wall, key):
-        pass
-
-    def on_close(self, failure, frames):
-        pass
-
-    def on_retry(self, delay_s, failures):
-        pass
 
 
 class AudioSink(VideoSink):

@@ -19,7 +19,7 @@ import pytest
 
 import cameras.recording.writer as writer
 from cameras.evidence import Record, Segment
-from cameras.reader import StreamReader
+from cameras.reader import QuietSink, StreamReader
 from cameras.recording.settings import RecordingSettings
 from cameras.sim.scene import decode_timestamp_strip
 from cameras.sim.server import SimRtspServer
@@ -98,27 +98,16 @@ def test_the_direct_path_never_reads_a_segment_back(tmp_path, monkeypatch):
         assert r.sha256 == hashlib.sha256((tmp_path / "d" / r.path).read_bytes()).hexdigest()
 
 
-class Collect:
+class Collect(QuietSink):
     """A reader sink keeping what the worker's Fanout would get."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
 
-    def on_open(self, segment, open_s):
-        pass
-
     def on_packet(self, packet, wall, key, segment, mono):
         if self.records or key:
             self.records.append(Record(packet, wall, key, segment))
 
-    def on_frame(self, frame, wall, key):
-        pass
-
-    def on_close(self, failure, frames):
-        pass
-
-    def on_retry(self, delay_s, failures):
-        pass
 
 
 def test_a_segment_from_the_rtsp_camera_reads_back_frame_for_frame_at_its_times(tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ from cameras.gb28181 import mansrtsp
 from cameras.gb28181.media.receiver import MediaSession
 from cameras.gb28181.session import InviteFailed, Transport
 from cameras.recording.fmp4 import Fmp4Writer
+from cameras.recording.playback import codec_string
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,6 @@ def _parameter_sets(data: bytes) -> bytes | None:
         if nal and nal[0] & 0x1F in (7, 8):
             out.append(b"\x00\x00\x00\x01" + nal)
     return b"".join(out) or None
-
-
-def codec_string_of(extradata: bytes | None) -> str:
-    if extradata and extradata[:1] == b"\x01" and len(extradata) >= 4:
-        return "avc1." + extradata[1:4].hex().upper()
-    for nal in (extradata or b"").split(b"\x00\x00\x01"):
-        nal = nal.rstrip(b"\x00")
-        if len(nal) >= 4 and nal[0] & 0x1F == 7:
-            return "avc1." + nal[1:4].hex().upper()
-    return "avc1.42E01E"
 
 
 class DeviceStream:
@@ -206,7 +197,7 @@ class DeviceStream:
             raise PlaybackFailed("设备录像数据中断")
         self._first.append(packet)
         self.extradata = value.extradata or _parameter_sets(bytes(packet))
-        self.codec_string = codec_string_of(self.extradata)
+        self.codec_string = codec_string("h264", self.extradata)
         return self
 
     def _answer_where(self) -> str:

@@ -241,10 +241,15 @@ class Play:
 
 
 def codec_string(codec: str, extradata: bytes | None) -> str:
-    """The RFC 6381 codec of a stream: avc1.PPCCLL from the avcC record (H.264); hvc1 else."""
+    """The RFC 6381 codec of a stream: avc1.PPCCLL from the avcC record or the Annex B SPS
+    (H.264); hvc1 else."""
     if codec == "h264":
         if extradata and len(extradata) >= 4 and extradata[0] == 1:
             return "avc1." + extradata[1:4].hex().upper()
+        for nal in (extradata or b"").split(b"\x00\x00\x01"):
+            nal = nal.rstrip(b"\x00")
+            if len(nal) >= 4 and nal[0] & 0x1F == 7:
+                return "avc1." + nal[1:4].hex().upper()
         return "avc1.42E01E"
     return "hvc1" if codec == "hevc" else codec
 
